@@ -1,0 +1,266 @@
+//! Identifiers of the trading domain, each a newtype with a checked constructor.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Why a string was refused as an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The symbol is empty, too long, or has characters outside `[A-Z0-9]`.
+    #[error("invalid symbol {0:?}: expected 1 to {max} characters of A-Z and 0-9", max = Symbol::LEN_MAX)]
+    Symbol(String),
+    /// The client order id breaks Binance's `^[\.A-Z\:/a-z0-9_-]{1,36}$`.
+    #[error("invalid client order id {0:?}: expected 1 to 36 characters of [.A-Z:/a-z0-9_-]")]
+    ClientOrderId(String),
+    /// The text is not a UUID.
+    #[error("invalid {what} {text:?}: expected a UUID")]
+    Uuid {
+        /// Which id was being parsed.
+        what: &'static str,
+        /// The refused text.
+        text: String,
+    },
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh random id.
+            pub fn new_random() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// Wraps an existing UUID.
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            /// The UUID inside.
+            pub const fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+
+            /// Parses the canonical text form of a UUID.
+            pub fn parse(text: &str) -> Result<Self, IdError> {
+                Uuid::parse_str(text).map(Self).map_err(|_| IdError::Uuid {
+                    what: $what,
+                    text: text.to_owned(),
+                })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::parse(text)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A tenant: the `sub` of the user's JWT. Every tenant row carries it.
+    UserId,
+    "user id"
+);
+uuid_id!(
+    /// A trading profile: one strategy, one capital account, one exchange account, one owner.
+    ProfileId,
+    "profile id"
+);
+
+/// An instrument on an exchange, such as `BTCUSDT`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Symbol(String);
+
+impl Symbol {
+    /// The longest symbol accepted.
+    pub const LEN_MAX: usize = 32;
+
+    /// Checks that `text` is 1 to [`Symbol::LEN_MAX`] characters of `A-Z` and `0-9`.
+    pub fn new(text: &str) -> Result<Self, IdError> {
+        let valid = !text.is_empty()
+            && text.len() <= Self::LEN_MAX
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(IdError::Symbol(text.to_owned()))
+        }
+    }
+
+    /// The symbol as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Symbol {
+    type Error = IdError;
+    fn try_from(text: String) -> Result<Self, IdError> {
+        Self::new(&text)
+    }
+}
+
+impl From<Symbol> for String {
+    fn from(symbol: Symbol) -> String {
+        symbol.0
+    }
+}
+
+impl fmt::Display for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an order does to a position: open it or close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IntentKind {
+    /// Opens or adds to a position.
+    Entry,
+    /// Reduces or closes a position (reduce-only).
+    Exit,
+}
+
+impl IntentKind {
+    fn letter(self) -> char {
+        match self {
+            IntentKind::Entry => 'E',
+            IntentKind::Exit => 'X',
+        }
+    }
+}
+
+/// The id the kernel gives an order before the exchange sees it.
+///
+/// It is derived, not random: the same decision re-made after a crash yields the same id, so the
+/// kernel can ask the exchange whether the order exists instead of sending it twice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientOrderId(String);
+
+impl ClientOrderId {
+    /// The longest id Binance accepts.
+    pub const LEN_MAX: usize = 36;
+
+    /// Checks `text` against Binance's `^[\.A-Z\:/a-z0-9_-]{1,36}$`.
+    pub fn new(text: &str) -> Result<Self, IdError> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b".:/_-".contains(&b);
+        if !text.is_empty() && text.len() <= Self::LEN_MAX && text.bytes().all(allowed) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(IdError::ClientOrderId(text.to_owned()))
+        }
+    }
+
+    /// Derives the id of decision `sequence` of `kind` for `profile` on `symbol`.
+    ///
+    /// The form is `k{E|X}{sequence}-{digest}`: readable enough to grep for, and the digest of
+    /// (profile, symbol) keeps ids of different profiles apart on a shared exchange account.
+    pub fn derive(profile: ProfileId, symbol: &Symbol, sequence: u64, kind: IntentKind) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(profile.as_uuid().as_bytes());
+        hasher.update(symbol.as_str().as_bytes());
+        let digest = hex::encode(hasher.finalize());
+        let head = format!("k{}{}-", kind.letter(), sequence);
+        let digest_len = Self::LEN_MAX - head.len();
+        let id = format!("{head}{}", &digest[..digest_len.min(digest.len())]);
+        let id = Self::new(&id).expect("a derived client order id is always valid");
+        assert!(id.0.len() <= Self::LEN_MAX);
+        id
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ClientOrderId {
+    type Error = IdError;
+    fn try_from(text: String) -> Result<Self, IdError> {
+        Self::new(&text)
+    }
+}
+
+impl From<ClientOrderId> for String {
+    fn from(id: ClientOrderId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for ClientOrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A fencing token: grows with every acquisition of a lock, never reset.
+///
+/// A write made under a lock carries the fence it was granted; the store refuses a write whose
+/// fence is older than the lock's current one, so a holder that lost its lock cannot write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fence(pub i64);
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_client_order_id_is_deterministic_and_valid() {
+        let profile = ProfileId::parse("7d1f3e8a-5b2c-4c4e-9a51-0f6f0d3c2b1a").unwrap();
+        let symbol = Symbol::new("BTCUSDT").unwrap();
+        let a = ClientOrderId::derive(profile, &symbol, u64::MAX, IntentKind::Entry);
+        let b = ClientOrderId::derive(profile, &symbol, u64::MAX, IntentKind::Entry);
+        assert_eq!(a, b);
+        assert!(a.as_str().len() <= ClientOrderId::LEN_MAX);
+        let exit = ClientOrderId::derive(profile, &symbol, u64::MAX, IntentKind::Exit);
+        assert_ne!(a, exit);
+        let other = Symbol::new("ETHUSDT").unwrap();
+        assert_ne!(
+            a,
+            ClientOrderId::derive(profile, &other, u64::MAX, IntentKind::Entry)
+        );
+    }
+
+    #[test]
+    fn client_order_id_refuses_binance_invalid_text() {
+        assert!(ClientOrderId::new("").is_err());
+        assert!(ClientOrderId::new(&"a".repeat(37)).is_err());
+        assert!(ClientOrderId::new("has space").is_err());
+        assert!(ClientOrderId::new("ok.A:z/0_9-").is_ok());
+    }
+
+    #[test]
+    fn symbol_refuses_lowercase_and_empty() {
+        assert!(Symbol::new("btcusdt").is_err());
+        assert!(Symbol::new("").is_err());
+        assert_eq!(Symbol::new("BTCUSDT").unwrap().as_str(), "BTCUSDT");
+    }
+}
