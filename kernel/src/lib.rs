@@ -23,3 +23,4 @@ pub mod ids;
 pub mod market;
 pub mod money;
 pub mod order;
+pub mod strategy;

@@ -1,0 +1,4 @@
+//! Keel's host: the edges around the kernel.
+//!
+//! The kernel (`keel-kernel`) decides; this crate connects it to the world: the wasmtime runtime
+//! that runs strategy plugins, exchange adapters, the HTTP API, metrics and the `keel` CLI.

@@ -1,0 +1,231 @@
+//! What the kernel sees of a strategy: the [`StrategyRuntime`] trait and the untrusted requests it
+//! returns.
+//!
+//! Everything here is *raw*: numbers are `f64` exactly as a plugin produced them, strings are
+//! unchecked. The kernel validates every request before anything touches money or an exchange.
+
+use serde::{Deserialize, Serialize};
+
+use crate::market::Candle;
+
+/// A strategy as the kernel drives it: a Wasm component in production, or a native Rust
+/// strategy in kernel tests. One instance serves one profile.
+///
+/// Calls are synchronous and bounded by the runtime's budgets (fuel, deadline, memory): a call
+/// either returns the strategy's requests or a [`PluginFault`]. After a fault other than
+/// [`PluginFault::InvalidOutput`] the instance is dead and every later call returns
+/// [`PluginFault::Dead`]; it is never re-entered.
+pub trait StrategyRuntime: Send {
+    /// Configures the strategy once, before the first candle. An `Err` from the strategy is a
+    /// [`PluginFault::InitRefused`].
+    fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginFault>;
+
+    /// A closed candle for one of the profile's symbols.
+    fn on_candle(
+        &mut self,
+        candle: &Candle,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault>;
+
+    /// One of the profile's orders filled (fully or partly).
+    fn on_fill(
+        &mut self,
+        fill: &FillView,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault>;
+
+    /// A timer the strategy asked for has come due (kernel clock, milliseconds since the epoch).
+    fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault>;
+}
+
+/// Why a strategy call produced no usable answer. Returned as data, never a panic of the host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum PluginFault {
+    /// The call used up its fuel (deterministic instruction budget).
+    #[error("fuel exhausted")]
+    FuelExhausted,
+    /// The call ran past its wall-clock deadline.
+    #[error("deadline exceeded")]
+    Deadline,
+    /// The instance asked for more memory than its cap.
+    #[error("memory limit exceeded")]
+    MemoryLimit,
+    /// The instance trapped (panic, unreachable, out-of-bounds access, stack overflow, ...).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The call returned something the kernel will not take (too many intents, oversized strings).
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+    /// `init` returned an error.
+    #[error("init refused: {0}")]
+    InitRefused(String),
+    /// The instance faulted earlier and is never re-entered.
+    #[error("instance is dead after an earlier fault")]
+    Dead,
+}
+
+impl PluginFault {
+    /// A short, stable name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginFault::FuelExhausted => "fuel",
+            PluginFault::Deadline => "deadline",
+            PluginFault::MemoryLimit => "memory",
+            PluginFault::Trap(_) => "trap",
+            PluginFault::InvalidOutput(_) => "invalid_output",
+            PluginFault::InitRefused(_) => "init_refused",
+            PluginFault::Dead => "dead",
+        }
+    }
+}
+
+/// Long or short, as a strategy asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionSide {
+    /// Profits when the price rises.
+    Long,
+    /// Profits when the price falls.
+    Short,
+}
+
+/// How big an entry should be, as the strategy asks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum RawSize {
+    /// Quote currency to commit (e.g. 100 USDT).
+    QuoteNotional(f64),
+    /// Base quantity (e.g. 0.01 BTC).
+    BaseQty(f64),
+    /// A fraction, in (0, 1], of the profile's free capital.
+    FreeCapitalFraction(f64),
+}
+
+/// The price a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum RawPrice {
+    /// Whatever the market gives (market order).
+    Market,
+    /// At this price or better (limit order).
+    Limit(f64),
+}
+
+/// A request to open a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawEntry {
+    /// The instrument, unchecked.
+    pub symbol: String,
+    /// Long or short.
+    pub side: PositionSide,
+    /// How much.
+    pub size: RawSize,
+    /// At what price.
+    pub price: RawPrice,
+    /// Optional protective stop price.
+    pub stop_loss: Option<f64>,
+    /// Optional profit-taking price.
+    pub take_profit: Option<f64>,
+    /// Free text the strategy attaches for its own bookkeeping, shown in reports.
+    pub tag: String,
+}
+
+/// A request to reduce or close a position (always reduce-only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawExit {
+    /// The instrument, unchecked.
+    pub symbol: String,
+    /// Fraction, in (0, 1], of the open position to close.
+    pub fraction: f64,
+    /// At what price.
+    pub price: RawPrice,
+    /// Free text, as for entries.
+    pub tag: String,
+}
+
+/// Anything a strategy may ask of the kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RawIntent {
+    /// Open a position.
+    Entry(RawEntry),
+    /// Reduce or close a position.
+    Exit(RawExit),
+    /// Cancel one of the profile's open orders, by its client order id (unchecked).
+    Cancel {
+        /// The client order id, as seen in the account view.
+        client_order_id: String,
+    },
+    /// Call `on_timer` at or after this kernel time (milliseconds since the epoch).
+    SetTimer {
+        /// When.
+        at_ms: i64,
+    },
+}
+
+/// A read-only snapshot of the profile's account, handed to every call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountView {
+    /// Capital not reserved by orders or positions, in quote currency.
+    pub free_capital: f64,
+    /// Capital allocated to the profile plus realized PnL.
+    pub equity: f64,
+    /// Open positions.
+    pub positions: Vec<PositionView>,
+    /// Orders still open on the exchange (or not yet answered).
+    pub open_orders: Vec<OrderView>,
+}
+
+/// One open position, as a strategy sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionView {
+    /// The instrument.
+    pub symbol: String,
+    /// Long or short.
+    pub side: PositionSide,
+    /// Base quantity held.
+    pub qty: f64,
+    /// Average entry price.
+    pub entry_price: f64,
+}
+
+/// One open order, as a strategy sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderView {
+    /// The kernel's id for the order; a strategy cancels by it.
+    pub client_order_id: String,
+    /// The instrument.
+    pub symbol: String,
+    /// True for an exit (reduce-only) order.
+    pub is_exit: bool,
+    /// Long or short (the position the order opens or reduces).
+    pub side: PositionSide,
+    /// Base quantity ordered.
+    pub qty: f64,
+    /// Base quantity filled so far.
+    pub filled_qty: f64,
+    /// Limit price, if any.
+    pub limit_price: Option<f64>,
+}
+
+/// A fill of one of the profile's orders, as a strategy sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FillView {
+    /// The order that filled.
+    pub client_order_id: String,
+    /// The instrument.
+    pub symbol: String,
+    /// True for an exit order.
+    pub is_exit: bool,
+    /// Long or short.
+    pub side: PositionSide,
+    /// Price of this fill.
+    pub price: f64,
+    /// Quantity of this fill.
+    pub qty: f64,
+    /// Fee charged for this fill, in quote currency.
+    pub fee: f64,
+    /// Exchange time of the fill, milliseconds since the epoch.
+    pub time_ms: i64,
+}
