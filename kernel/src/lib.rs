@@ -23,4 +23,5 @@ pub mod ids;
 pub mod market;
 pub mod money;
 pub mod order;
+pub mod risk;
 pub mod strategy;

@@ -1,0 +1,731 @@
+//! Validation of what a strategy asks for, and the kernel's risk rules.
+//!
+//! A plugin's [`RawIntent`] is untrusted: its floats may be NaN, negative or absurd and its
+//! strings anything. [`validate`] turns one raw intent into a [`ValidIntent`] with decimal money
+//! and checked ids, or a [`Refusal`] that names the rule it broke. It is a pure function of the
+//! intent, the profile's [`RiskLimits`] and a [`RiskContext`] snapshot, so a backtest and a live
+//! run refuse alike.
+
+use std::collections::BTreeSet;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientOrderId, IdError, Symbol};
+use crate::money::{Amount, MoneyError, Price, Qty, decimal_from_f64};
+use crate::strategy::{PositionSide, RawEntry, RawExit, RawIntent, RawPrice, RawSize};
+
+/// The longest tag a strategy may attach to a request, in bytes.
+pub const TAG_BYTES_MAX: usize = 64;
+
+/// A profile's risk rules. Changeable at run time; checked on every intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskLimits {
+    /// Symbols the profile may trade. An entry on any other symbol is refused.
+    pub symbols_allowed: BTreeSet<Symbol>,
+    /// Largest notional (quote currency) of one entry.
+    pub entry_notional_max: Decimal,
+    /// Most positions open at once (counting pending entries).
+    pub positions_open_max: u32,
+    /// Largest total exposure divided by equity.
+    pub leverage_max: Decimal,
+    /// How far a limit price may be from the last price, in basis points.
+    pub limit_price_band_bps: u32,
+    /// Most intents accepted per minute of kernel time.
+    pub intents_per_minute_max: u32,
+    /// Largest realized loss (a positive number) per UTC day before entries stop.
+    pub daily_loss_max: Decimal,
+}
+
+impl RiskLimits {
+    /// Conservative limits for `symbols`: 1,000 quote per entry, 3 positions, leverage 1, a 5%
+    /// price band, 60 intents a minute, a daily loss of at most 500.
+    pub fn conservative(symbols: impl IntoIterator<Item = Symbol>) -> Self {
+        RiskLimits {
+            symbols_allowed: symbols.into_iter().collect(),
+            entry_notional_max: Decimal::from(1_000),
+            positions_open_max: 3,
+            leverage_max: Decimal::ONE,
+            limit_price_band_bps: 500,
+            intents_per_minute_max: 60,
+            daily_loss_max: Decimal::from(500),
+        }
+    }
+}
+
+/// Why a profile may not open new positions right now. Exits stay allowed in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryBlock {
+    /// The operator's host-wide kill switch is on.
+    HostKillSwitch,
+    /// The profile's kill switch is on.
+    ProfileKillSwitch,
+    /// The profile is paused by its owner or an operator.
+    Paused,
+    /// Reconciliation found drift it could not repair: reduce-only until an operator clears it.
+    Quarantined,
+    /// The strategy faulted; entries wait until it is healthy again.
+    PluginFaulted,
+}
+
+/// What the kernel knows about the profile when it validates an intent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RiskContext {
+    /// Last traded price of the intent's symbol, if the kernel has seen one.
+    pub last_price: Option<Price>,
+    /// Capital not reserved, in quote currency.
+    pub free_capital: Decimal,
+    /// Allocated capital plus realized PnL.
+    pub equity: Decimal,
+    /// Notional of all open positions and open entry orders.
+    pub exposure: Decimal,
+    /// Open positions plus pending entries.
+    pub positions_open: u32,
+    /// Base quantity held in the intent's symbol (zero if none).
+    pub position_qty: Decimal,
+    /// The side of that position, if any.
+    pub position_side: Option<PositionSide>,
+    /// Realized PnL since the start of the UTC day (negative for a loss).
+    pub daily_realized_pnl: Decimal,
+    /// Intents already accepted in the current minute.
+    pub intents_this_minute: u32,
+    /// Set when new entries are blocked for the profile.
+    pub entry_block: Option<EntryBlock>,
+}
+
+/// The price of a validated order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum OrderPrice {
+    /// Market order.
+    Market,
+    /// Limit order at this price.
+    Limit(Price),
+}
+
+/// A checked entry request, in decimals. Not yet rounded to the exchange's tick and step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryRequest {
+    /// The instrument.
+    pub symbol: Symbol,
+    /// Long or short.
+    pub side: PositionSide,
+    /// Base quantity.
+    pub qty: Qty,
+    /// Market or limit.
+    pub price: OrderPrice,
+    /// Estimated notional at the reference price: what the kernel reserves.
+    pub notional: Amount,
+    /// Protective stop price.
+    pub stop_loss: Option<Price>,
+    /// Profit-taking price.
+    pub take_profit: Option<Price>,
+    /// The strategy's tag.
+    pub tag: String,
+}
+
+/// A checked, reduce-only exit request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRequest {
+    /// The instrument.
+    pub symbol: Symbol,
+    /// The side of the position being reduced.
+    pub side: PositionSide,
+    /// Base quantity to close: never more than is held.
+    pub qty: Qty,
+    /// Market or limit.
+    pub price: OrderPrice,
+    /// The strategy's tag.
+    pub tag: String,
+}
+
+/// An intent the kernel accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ValidIntent {
+    /// Open a position.
+    Entry(EntryRequest),
+    /// Reduce a position.
+    Exit(ExitRequest),
+    /// Cancel an open order of the profile.
+    Cancel {
+        /// Which order.
+        client_order_id: ClientOrderId,
+    },
+    /// Wake the strategy at this kernel time.
+    SetTimer {
+        /// Milliseconds since the epoch.
+        at_ms: i64,
+    },
+}
+
+/// Why an intent was refused. Each variant is one rule; [`Refusal::rule`] names it for metrics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// A number in the request is NaN, infinite, not positive or too large.
+    #[error("{0}")]
+    InvalidNumber(#[from] MoneyError),
+    /// A fraction outside (0, 1].
+    #[error("{what} must be in (0, 1], got {value}")]
+    FractionOutOfRange {
+        /// Which fraction.
+        what: &'static str,
+        /// The refused value.
+        value: f64,
+    },
+    /// A symbol or client order id that is not well formed.
+    #[error("{0}")]
+    InvalidId(#[from] IdError),
+    /// The tag is longer than [`TAG_BYTES_MAX`].
+    #[error("tag of {bytes} bytes is longer than {TAG_BYTES_MAX}")]
+    TagTooLong {
+        /// Its length.
+        bytes: usize,
+    },
+    /// The profile may not trade this symbol.
+    #[error("symbol {0} is not allowed for this profile")]
+    SymbolNotAllowed(Symbol),
+    /// No price is known yet for the symbol, so a market entry cannot be sized or checked.
+    #[error("no price is known yet for {0}")]
+    NoPrice(Symbol),
+    /// The entry's notional is above the profile's maximum.
+    #[error("entry notional {notional} is above the maximum {max}")]
+    NotionalAboveMax {
+        /// The entry's notional.
+        notional: Decimal,
+        /// The limit.
+        max: Decimal,
+    },
+    /// The entry needs more capital than is free.
+    #[error("entry notional {notional} is above the free capital {free}")]
+    InsufficientCapital {
+        /// The entry's notional.
+        notional: Decimal,
+        /// Free capital.
+        free: Decimal,
+    },
+    /// Too many positions are open.
+    #[error("{open} positions are open, the maximum is {max}")]
+    TooManyPositions {
+        /// Open positions and pending entries.
+        open: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The entry would take exposure over the leverage limit.
+    #[error("exposure {exposure} would exceed {max}x equity {equity}")]
+    LeverageAboveMax {
+        /// Exposure after the entry.
+        exposure: Decimal,
+        /// Equity.
+        equity: Decimal,
+        /// The limit.
+        max: Decimal,
+    },
+    /// A limit price too far from the last price.
+    #[error("limit price {price} is more than {band_bps} bps from the last price {last}")]
+    PriceOutsideBand {
+        /// The requested limit price.
+        price: Decimal,
+        /// The last price.
+        last: Decimal,
+        /// The allowed band.
+        band_bps: u32,
+    },
+    /// Stop-loss or take-profit on the wrong side of the entry price.
+    #[error("{what} {price} is on the wrong side of the entry price {reference}")]
+    ProtectiveOrderWrongSide {
+        /// Which one.
+        what: &'static str,
+        /// Its price.
+        price: Decimal,
+        /// The entry's reference price.
+        reference: Decimal,
+    },
+    /// Too many intents this minute.
+    #[error("more than {max} intents in one minute")]
+    RateLimited {
+        /// The limit.
+        max: u32,
+    },
+    /// Today's realized loss reached the daily limit.
+    #[error("daily loss {loss} reached the limit {max}")]
+    DailyLossLimit {
+        /// Today's realized loss, positive.
+        loss: Decimal,
+        /// The limit.
+        max: Decimal,
+    },
+    /// New entries are blocked for the profile.
+    #[error("entries are blocked: {0:?}")]
+    EntryBlocked(EntryBlock),
+    /// An exit for a symbol the profile holds no position in.
+    #[error("no open position in {0} to exit")]
+    NoPosition(Symbol),
+    /// A timer in the past or absurdly far ahead.
+    #[error("timer at {at_ms} ms is not in the next day")]
+    TimerOutOfRange {
+        /// The requested time.
+        at_ms: i64,
+    },
+}
+
+impl Refusal {
+    /// A short, stable name of the rule, for metrics labels and the refusal record.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Refusal::InvalidNumber(_) | Refusal::FractionOutOfRange { .. } => "invalid_number",
+            Refusal::InvalidId(_) => "invalid_id",
+            Refusal::TagTooLong { .. } => "tag_too_long",
+            Refusal::SymbolNotAllowed(_) => "symbol_not_allowed",
+            Refusal::NoPrice(_) => "no_price",
+            Refusal::NotionalAboveMax { .. } => "notional_max",
+            Refusal::InsufficientCapital { .. } => "insufficient_capital",
+            Refusal::TooManyPositions { .. } => "positions_max",
+            Refusal::LeverageAboveMax { .. } => "leverage_max",
+            Refusal::PriceOutsideBand { .. } => "price_band",
+            Refusal::ProtectiveOrderWrongSide { .. } => "protective_order_side",
+            Refusal::RateLimited { .. } => "rate_limit",
+            Refusal::DailyLossLimit { .. } => "daily_loss",
+            Refusal::EntryBlocked(_) => "entry_blocked",
+            Refusal::NoPosition(_) => "no_position",
+            Refusal::TimerOutOfRange { .. } => "timer_range",
+        }
+    }
+}
+
+/// How far ahead a strategy may set a timer: one day.
+pub const TIMER_AHEAD_MS_MAX: i64 = 24 * 60 * 60 * 1000;
+
+/// Validates one raw intent against the limits and the context, at kernel time `now_ms`.
+pub fn validate(
+    raw: &RawIntent,
+    limits: &RiskLimits,
+    context: &RiskContext,
+    now_ms: i64,
+) -> Result<ValidIntent, Refusal> {
+    if context.intents_this_minute >= limits.intents_per_minute_max {
+        return Err(Refusal::RateLimited {
+            max: limits.intents_per_minute_max,
+        });
+    }
+    match raw {
+        RawIntent::Entry(entry) => validate_entry(entry, limits, context).map(ValidIntent::Entry),
+        RawIntent::Exit(exit) => validate_exit(exit, context).map(ValidIntent::Exit),
+        RawIntent::Cancel { client_order_id } => Ok(ValidIntent::Cancel {
+            client_order_id: ClientOrderId::new(client_order_id)?,
+        }),
+        RawIntent::SetTimer { at_ms } => {
+            if *at_ms < now_ms || *at_ms - now_ms > TIMER_AHEAD_MS_MAX {
+                return Err(Refusal::TimerOutOfRange { at_ms: *at_ms });
+            }
+            Ok(ValidIntent::SetTimer { at_ms: *at_ms })
+        }
+    }
+}
+
+fn check_tag(tag: &str) -> Result<String, Refusal> {
+    if tag.len() > TAG_BYTES_MAX {
+        return Err(Refusal::TagTooLong { bytes: tag.len() });
+    }
+    Ok(tag.to_owned())
+}
+
+fn check_fraction(what: &'static str, value: f64) -> Result<Decimal, Refusal> {
+    if !(value > 0.0 && value <= 1.0) {
+        return Err(Refusal::FractionOutOfRange { what, value });
+    }
+    Ok(decimal_from_f64(what, value)?)
+}
+
+fn order_price(raw: RawPrice) -> Result<OrderPrice, Refusal> {
+    Ok(match raw {
+        RawPrice::Market => OrderPrice::Market,
+        RawPrice::Limit(price) => OrderPrice::Limit(Price::from_f64(price)?),
+    })
+}
+
+fn check_band(price: OrderPrice, last: Price, band_bps: u32) -> Result<(), Refusal> {
+    if let OrderPrice::Limit(limit) = price {
+        let distance = (limit.get() - last.get()).abs();
+        if distance * Decimal::from(10_000) > last.get() * Decimal::from(band_bps) {
+            return Err(Refusal::PriceOutsideBand {
+                price: limit.get(),
+                last: last.get(),
+                band_bps,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_entry_allowed(
+    symbol: &Symbol,
+    limits: &RiskLimits,
+    context: &RiskContext,
+) -> Result<(), Refusal> {
+    if let Some(block) = context.entry_block {
+        return Err(Refusal::EntryBlocked(block));
+    }
+    if !limits.symbols_allowed.contains(symbol) {
+        return Err(Refusal::SymbolNotAllowed(symbol.clone()));
+    }
+    let loss = -context.daily_realized_pnl;
+    if loss >= limits.daily_loss_max {
+        return Err(Refusal::DailyLossLimit {
+            loss,
+            max: limits.daily_loss_max,
+        });
+    }
+    if context.positions_open >= limits.positions_open_max {
+        return Err(Refusal::TooManyPositions {
+            open: context.positions_open,
+            max: limits.positions_open_max,
+        });
+    }
+    Ok(())
+}
+
+fn validate_entry(
+    raw: &RawEntry,
+    limits: &RiskLimits,
+    context: &RiskContext,
+) -> Result<EntryRequest, Refusal> {
+    let symbol = Symbol::new(&raw.symbol)?;
+    let tag = check_tag(&raw.tag)?;
+    check_entry_allowed(&symbol, limits, context)?;
+    let price = order_price(raw.price)?;
+    let last = context
+        .last_price
+        .ok_or_else(|| Refusal::NoPrice(symbol.clone()))?;
+    check_band(price, last, limits.limit_price_band_bps)?;
+    let reference = match price {
+        OrderPrice::Market => last,
+        OrderPrice::Limit(limit) => limit,
+    };
+    let qty = entry_qty(raw.size, reference, context)?;
+    let notional = Amount::notional(reference, qty)?;
+    check_entry_size(notional.get(), limits, context)?;
+    let stop_loss = raw.stop_loss.map(Price::from_f64).transpose()?;
+    let take_profit = raw.take_profit.map(Price::from_f64).transpose()?;
+    check_protective(raw.side, reference, stop_loss, take_profit)?;
+    Ok(EntryRequest {
+        symbol,
+        side: raw.side,
+        qty,
+        price,
+        notional,
+        stop_loss,
+        take_profit,
+        tag,
+    })
+}
+
+fn entry_qty(size: RawSize, reference: Price, context: &RiskContext) -> Result<Qty, Refusal> {
+    let qty = match size {
+        RawSize::BaseQty(qty) => Qty::from_f64(qty)?,
+        RawSize::QuoteNotional(notional) => {
+            let notional = Amount::positive(decimal_from_f64("notional", notional)?)?;
+            Qty::new(notional.get() / reference.get())?
+        }
+        RawSize::FreeCapitalFraction(fraction) => {
+            let fraction = check_fraction("free capital fraction", fraction)?;
+            Qty::new(context.free_capital * fraction / reference.get())?
+        }
+    };
+    Ok(qty)
+}
+
+fn check_entry_size(
+    notional: Decimal,
+    limits: &RiskLimits,
+    context: &RiskContext,
+) -> Result<(), Refusal> {
+    if notional > limits.entry_notional_max {
+        return Err(Refusal::NotionalAboveMax {
+            notional,
+            max: limits.entry_notional_max,
+        });
+    }
+    if notional > context.free_capital {
+        return Err(Refusal::InsufficientCapital {
+            notional,
+            free: context.free_capital,
+        });
+    }
+    let exposure = context.exposure + notional;
+    if exposure > context.equity * limits.leverage_max {
+        return Err(Refusal::LeverageAboveMax {
+            exposure,
+            equity: context.equity,
+            max: limits.leverage_max,
+        });
+    }
+    Ok(())
+}
+
+fn check_protective(
+    side: PositionSide,
+    reference: Price,
+    stop_loss: Option<Price>,
+    take_profit: Option<Price>,
+) -> Result<(), Refusal> {
+    // For a long, the stop sits below the entry and the target above; for a short, the reverse.
+    let below = |p: Price| p.get() < reference.get();
+    let wrong = |what, p: Price| Refusal::ProtectiveOrderWrongSide {
+        what,
+        price: p.get(),
+        reference: reference.get(),
+    };
+    let long = side == PositionSide::Long;
+    if let Some(stop) = stop_loss.filter(|&p| below(p) != long) {
+        return Err(wrong("stop loss", stop));
+    }
+    if let Some(target) = take_profit.filter(|&p| below(p) == long) {
+        return Err(wrong("take profit", target));
+    }
+    Ok(())
+}
+
+fn validate_exit(raw: &RawExit, context: &RiskContext) -> Result<ExitRequest, Refusal> {
+    let symbol = Symbol::new(&raw.symbol)?;
+    let tag = check_tag(&raw.tag)?;
+    let fraction = check_fraction("exit fraction", raw.fraction)?;
+    let price = order_price(raw.price)?;
+    let side = match context.position_side {
+        Some(side) if context.position_qty > Decimal::ZERO => side,
+        _ => return Err(Refusal::NoPosition(symbol)),
+    };
+    // Reduce-only: never more than is held.
+    let qty = Qty::new((context.position_qty * fraction).min(context.position_qty))?;
+    Ok(ExitRequest {
+        symbol,
+        side,
+        qty,
+        price,
+        tag,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn btc() -> Symbol {
+        Symbol::new("BTCUSDT").unwrap()
+    }
+
+    fn context() -> RiskContext {
+        RiskContext {
+            last_price: Some(Price::new(dec!(100)).unwrap()),
+            free_capital: dec!(1000),
+            equity: dec!(1000),
+            exposure: dec!(0),
+            positions_open: 0,
+            position_qty: dec!(0),
+            position_side: None,
+            daily_realized_pnl: dec!(0),
+            intents_this_minute: 0,
+            entry_block: None,
+        }
+    }
+
+    fn entry(size: RawSize, price: RawPrice) -> RawIntent {
+        RawIntent::Entry(RawEntry {
+            symbol: "BTCUSDT".into(),
+            side: PositionSide::Long,
+            size,
+            price,
+            stop_loss: None,
+            take_profit: None,
+            tag: "t".into(),
+        })
+    }
+
+    fn check(raw: &RawIntent, context: &RiskContext) -> Result<ValidIntent, Refusal> {
+        validate(raw, &RiskLimits::conservative([btc()]), context, 0)
+    }
+
+    #[test]
+    fn fraction_of_free_capital_is_sized_at_the_last_price() {
+        let valid = check(
+            &entry(RawSize::FreeCapitalFraction(0.5), RawPrice::Market),
+            &context(),
+        )
+        .unwrap();
+        let ValidIntent::Entry(entry) = valid else {
+            panic!("not an entry")
+        };
+        assert_eq!(entry.qty.get(), dec!(5));
+        assert_eq!(entry.notional.get(), dec!(500));
+    }
+
+    #[test]
+    fn hostile_numbers_are_refused_as_invalid_numbers() {
+        for size in [
+            RawSize::BaseQty(f64::NAN),
+            RawSize::BaseQty(f64::INFINITY),
+            RawSize::BaseQty(-1.0),
+            RawSize::BaseQty(1e300),
+            RawSize::QuoteNotional(f64::NEG_INFINITY),
+            RawSize::FreeCapitalFraction(f64::NAN),
+            RawSize::FreeCapitalFraction(2.0),
+        ] {
+            let refusal = check(&entry(size, RawPrice::Market), &context()).unwrap_err();
+            assert_eq!(refusal.rule(), "invalid_number", "{size:?}: {refusal}");
+        }
+        let refusal = check(
+            &entry(RawSize::BaseQty(1.0), RawPrice::Limit(f64::NAN)),
+            &context(),
+        )
+        .unwrap_err();
+        assert_eq!(refusal.rule(), "invalid_number");
+    }
+
+    #[test]
+    fn entry_is_refused_when_capital_is_reserved() {
+        let mut context = context();
+        context.free_capital = dec!(50);
+        let refusal = check(
+            &entry(RawSize::QuoteNotional(100.0), RawPrice::Market),
+            &context,
+        )
+        .unwrap_err();
+        assert_eq!(refusal.rule(), "insufficient_capital");
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_own_name() {
+        let base = context();
+        let cases: Vec<(RawIntent, RiskContext, &str)> = vec![
+            (
+                entry(RawSize::QuoteNotional(2000.0), RawPrice::Market),
+                base.clone(),
+                "notional_max",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Limit(200.0)),
+                base.clone(),
+                "price_band",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Market),
+                RiskContext {
+                    positions_open: 3,
+                    ..base.clone()
+                },
+                "positions_max",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Market),
+                RiskContext {
+                    exposure: dec!(950),
+                    ..base.clone()
+                },
+                "leverage_max",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Market),
+                RiskContext {
+                    daily_realized_pnl: dec!(-500),
+                    ..base.clone()
+                },
+                "daily_loss",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Market),
+                RiskContext {
+                    intents_this_minute: 60,
+                    ..base.clone()
+                },
+                "rate_limit",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Market),
+                RiskContext {
+                    entry_block: Some(EntryBlock::HostKillSwitch),
+                    ..base.clone()
+                },
+                "entry_blocked",
+            ),
+            (
+                entry(RawSize::BaseQty(1.0), RawPrice::Market),
+                RiskContext {
+                    last_price: None,
+                    ..base.clone()
+                },
+                "no_price",
+            ),
+        ];
+        for (raw, context, rule) in cases {
+            let refusal = check(&raw, &context).unwrap_err();
+            assert_eq!(refusal.rule(), rule, "{refusal}");
+        }
+    }
+
+    #[test]
+    fn symbol_outside_the_allowed_set_is_refused() {
+        let mut raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+        if let RawIntent::Entry(entry) = &mut raw {
+            entry.symbol = "ETHUSDT".into();
+        }
+        assert_eq!(
+            check(&raw, &context()).unwrap_err().rule(),
+            "symbol_not_allowed"
+        );
+    }
+
+    #[test]
+    fn stop_loss_above_a_long_entry_is_refused() {
+        let mut raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+        if let RawIntent::Entry(entry) = &mut raw {
+            entry.stop_loss = Some(101.0);
+        }
+        assert_eq!(
+            check(&raw, &context()).unwrap_err().rule(),
+            "protective_order_side"
+        );
+    }
+
+    #[test]
+    fn exit_is_reduce_only_and_allowed_while_entries_are_blocked() {
+        let context = RiskContext {
+            position_qty: dec!(2),
+            position_side: Some(PositionSide::Short),
+            entry_block: Some(EntryBlock::Quarantined),
+            ..context()
+        };
+        let raw = RawIntent::Exit(RawExit {
+            symbol: "BTCUSDT".into(),
+            fraction: 1.0,
+            price: RawPrice::Market,
+            tag: String::new(),
+        });
+        let ValidIntent::Exit(exit) = check(&raw, &context).unwrap() else {
+            panic!("not an exit")
+        };
+        assert_eq!(exit.qty.get(), dec!(2));
+        assert_eq!(exit.side, PositionSide::Short);
+        let no_position = RiskContext {
+            position_qty: dec!(0),
+            ..context
+        };
+        assert_eq!(check(&raw, &no_position).unwrap_err().rule(), "no_position");
+    }
+
+    #[test]
+    fn oversized_tag_and_bad_cancel_id_are_refused() {
+        let mut raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+        if let RawIntent::Entry(entry) = &mut raw {
+            entry.tag = "x".repeat(TAG_BYTES_MAX + 1);
+        }
+        assert_eq!(check(&raw, &context()).unwrap_err().rule(), "tag_too_long");
+        let cancel = RawIntent::Cancel {
+            client_order_id: "not valid!".into(),
+        };
+        assert_eq!(check(&cancel, &context()).unwrap_err().rule(), "invalid_id");
+    }
+}
