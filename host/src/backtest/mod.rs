@@ -1,0 +1,3 @@
+//! Backtests: the whole kernel path over recorded candles, with paper fills and a virtual clock.
+
+pub mod candles;
