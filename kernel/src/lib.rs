@@ -21,6 +21,7 @@
 
 pub mod ids;
 pub mod market;
+pub mod metrics;
 pub mod money;
 pub mod order;
 pub mod risk;

@@ -1,0 +1,440 @@
+//! The kernel's metrics: one registry, every family named `keel_*` with its unit in the name.
+//!
+//! The host serves [`Metrics::encode`] at `/metrics`. Label values come from closed sets (loop
+//! names, rule names, fault kinds, statuses) so cardinality is bounded; the one per-profile family,
+//! [`Metrics::capital_free_quote`], labels at most [`PROFILE_LABELS_MAX`] profiles and folds the
+//! rest into `profile="_other"`. docs/metrics.md lists every family.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::ids::ProfileId;
+
+/// Most profiles that get a label of their own in per-profile families.
+pub const PROFILE_LABELS_MAX: usize = 1000;
+
+/// The label value that stands for every profile past [`PROFILE_LABELS_MAX`].
+pub const PROFILE_LABEL_OTHER: &str = "_other";
+
+/// Buckets for latencies from 10 µs to 10 s.
+const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
+/// Every metric family of Keel.
+#[allow(missing_docs)] // each field is documented by its help text in `Metrics::new`
+pub struct Metrics {
+    registry: Registry,
+    profiles_labelled: Mutex<HashSet<ProfileId>>,
+    pub capital_invariant_violations_total: IntCounter,
+    pub capital_free_quote: GaugeVec,
+    pub capital_free_quote_min: Gauge,
+    pub ledger_rebuilds_total: IntCounter,
+    pub ledger_rebuild_mismatches_total: IntCounter,
+    pub lock_contention_total: IntCounterVec,
+    pub lock_acquire_duration_seconds: HistogramVec,
+    pub lock_ttl_expiries_total: IntCounterVec,
+    pub lock_stale_fence_rejections_total: IntCounter,
+    pub reconciliation_runs_total: IntCounterVec,
+    pub reconciliation_mismatches: IntGaugeVec,
+    pub reconciliation_mismatches_total: IntCounterVec,
+    pub reconciliation_last_clean_pass_timestamp_seconds: Gauge,
+    pub profiles_quarantined: IntGauge,
+    pub loop_heartbeat_timestamp_seconds: GaugeVec,
+    pub loop_iteration_duration_seconds: HistogramVec,
+    pub exchange_requests_total: IntCounterVec,
+    pub exchange_request_duration_seconds: HistogramVec,
+    pub exchange_rate_limit_headroom_ratio: GaugeVec,
+    pub exchange_stream_connected: IntGaugeVec,
+    pub exchange_stream_reconnects_total: IntCounterVec,
+    pub orders_total: IntCounterVec,
+    pub orders_open: IntGaugeVec,
+    pub lifecycle_transactions_total: IntCounterVec,
+    pub risk_refusals_total: IntCounterVec,
+    pub plugin_calls_total: IntCounterVec,
+    pub plugin_call_duration_seconds: HistogramVec,
+    pub plugin_fuel_consumed_total: IntCounter,
+    pub plugin_faults_total: IntCounterVec,
+    pub plugin_hot_swaps_total: IntCounterVec,
+    pub tenant_isolation_denials_total: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let metric = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_SECONDS.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a metric is registered once");
+    metric
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered (and every closed label set pre-created, so a
+    /// scrape shows each series at zero before the first event).
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let metrics = Metrics {
+            capital_invariant_violations_total: counter(
+                &r,
+                "keel_capital_invariant_violations_total",
+                "Operations refused, or rows found, that would break allocated - reserved_for_orders - reserved_for_positions + realized_pnl >= 0.",
+            ),
+            capital_free_quote: gauge_vec(
+                &r,
+                "keel_capital_free_quote",
+                "Free capital (the invariant's left-hand side) per profile, quote currency; profiles past the label cap fold into profile=\"_other\".",
+                &["profile"],
+            ),
+            capital_free_quote_min: gauge(
+                &r,
+                "keel_capital_free_quote_min",
+                "The smallest free capital of any active profile, quote currency.",
+            ),
+            ledger_rebuilds_total: counter(
+                &r,
+                "keel_ledger_rebuilds_total",
+                "Capital rows recomputed from the ledger journal.",
+            ),
+            ledger_rebuild_mismatches_total: counter(
+                &r,
+                "keel_ledger_rebuild_mismatches_total",
+                "Capital rows that differed from the sum of their journal when rebuilt.",
+            ),
+            lock_contention_total: counter_vec(
+                &r,
+                "keel_lock_contention_total",
+                "Lock acquisitions refused because another owner held the lock.",
+                &["lock"],
+            ),
+            lock_acquire_duration_seconds: histogram_vec(
+                &r,
+                "keel_lock_acquire_duration_seconds",
+                "Time to acquire a lock (successful or not).",
+                &["lock"],
+            ),
+            lock_ttl_expiries_total: counter_vec(
+                &r,
+                "keel_lock_ttl_expiries_total",
+                "Locks taken over after their holder let the TTL expire.",
+                &["lock"],
+            ),
+            lock_stale_fence_rejections_total: counter(
+                &r,
+                "keel_lock_stale_fence_rejections_total",
+                "Writes refused because they carried a fencing token older than the lock's.",
+            ),
+            reconciliation_runs_total: counter_vec(
+                &r,
+                "keel_reconciliation_runs_total",
+                "Reconciliation passes by result (clean, repaired, quarantined, error).",
+                &["result"],
+            ),
+            reconciliation_mismatches: int_gauge_vec(
+                &r,
+                "keel_reconciliation_mismatches",
+                "Discrepancies found by the last reconciliation pass, by kind; reset by a clean pass.",
+                &["kind"],
+            ),
+            reconciliation_mismatches_total: counter_vec(
+                &r,
+                "keel_reconciliation_mismatches_total",
+                "Discrepancies found by reconciliation since start, by kind.",
+                &["kind"],
+            ),
+            reconciliation_last_clean_pass_timestamp_seconds: gauge(
+                &r,
+                "keel_reconciliation_last_clean_pass_timestamp_seconds",
+                "Unix time of the last reconciliation pass that found nothing to repair.",
+            ),
+            profiles_quarantined: int_gauge(
+                &r,
+                "keel_profiles_quarantined",
+                "Profiles in reduce-only quarantine after drift reconciliation could not repair.",
+            ),
+            loop_heartbeat_timestamp_seconds: gauge_vec(
+                &r,
+                "keel_loop_heartbeat_timestamp_seconds",
+                "Unix time of each loop's last completed iteration.",
+                &["loop"],
+            ),
+            loop_iteration_duration_seconds: histogram_vec(
+                &r,
+                "keel_loop_iteration_duration_seconds",
+                "Duration of one loop iteration.",
+                &["loop"],
+            ),
+            exchange_requests_total: counter_vec(
+                &r,
+                "keel_exchange_requests_total",
+                "Exchange requests by endpoint and outcome (ok, rejected, unknown, rate_limited).",
+                &["endpoint", "outcome"],
+            ),
+            exchange_request_duration_seconds: histogram_vec(
+                &r,
+                "keel_exchange_request_duration_seconds",
+                "Exchange request latency.",
+                &["endpoint"],
+            ),
+            exchange_rate_limit_headroom_ratio: gauge_vec(
+                &r,
+                "keel_exchange_rate_limit_headroom_ratio",
+                "Share of each exchange rate limit still unused (1 = idle, 0 = exhausted).",
+                &["limit"],
+            ),
+            exchange_stream_connected: int_gauge_vec(
+                &r,
+                "keel_exchange_stream_connected",
+                "1 while the stream is connected and trusted, else 0.",
+                &["stream"],
+            ),
+            exchange_stream_reconnects_total: counter_vec(
+                &r,
+                "keel_exchange_stream_reconnects_total",
+                "Stream reconnections.",
+                &["stream"],
+            ),
+            orders_total: counter_vec(
+                &r,
+                "keel_orders_total",
+                "Orders entering each status.",
+                &["status"],
+            ),
+            orders_open: int_gauge_vec(
+                &r,
+                "keel_orders_open",
+                "Orders currently in each non-terminal status.",
+                &["status"],
+            ),
+            lifecycle_transactions_total: counter_vec(
+                &r,
+                "keel_lifecycle_transactions_total",
+                "ENTRY/EXIT lifecycle transactions by kind and result (committed, replayed, failed).",
+                &["kind", "result"],
+            ),
+            risk_refusals_total: counter_vec(
+                &r,
+                "keel_risk_refusals_total",
+                "Strategy intents refused by the kernel, by rule.",
+                &["rule"],
+            ),
+            plugin_calls_total: counter_vec(
+                &r,
+                "keel_plugin_calls_total",
+                "Calls into strategy plugins, by export.",
+                &["export"],
+            ),
+            plugin_call_duration_seconds: histogram_vec(
+                &r,
+                "keel_plugin_call_duration_seconds",
+                "Duration of calls into strategy plugins.",
+                &["export"],
+            ),
+            plugin_fuel_consumed_total: counter(
+                &r,
+                "keel_plugin_fuel_consumed_total",
+                "Fuel (Wasm instructions, roughly) consumed by plugin calls.",
+            ),
+            plugin_faults_total: counter_vec(
+                &r,
+                "keel_plugin_faults_total",
+                "Plugin faults by kind (fuel, deadline, memory, trap, invalid_output, init_refused).",
+                &["kind"],
+            ),
+            plugin_hot_swaps_total: counter_vec(
+                &r,
+                "keel_plugin_hot_swaps_total",
+                "Plugin hot-swaps by result (ok, failed).",
+                &["result"],
+            ),
+            tenant_isolation_denials_total: counter_vec(
+                &r,
+                "keel_tenant_isolation_denials_total",
+                "Requests for another tenant's data that were denied, by surface (api, websocket, store).",
+                &["surface"],
+            ),
+            registry: r,
+            profiles_labelled: Mutex::new(HashSet::new()),
+        };
+        metrics.precreate_label_sets();
+        metrics
+    }
+
+    fn precreate_label_sets(&self) {
+        for name in ["trading", "monitor", "reconciliation"] {
+            self.loop_heartbeat_timestamp_seconds
+                .with_label_values(&[name]);
+            self.loop_iteration_duration_seconds
+                .with_label_values(&[name]);
+        }
+        for lock in ["entry", "reconciliation", "lease"] {
+            self.lock_contention_total.with_label_values(&[lock]);
+            self.lock_acquire_duration_seconds
+                .with_label_values(&[lock]);
+            self.lock_ttl_expiries_total.with_label_values(&[lock]);
+        }
+        for result in ["clean", "repaired", "quarantined", "error"] {
+            self.reconciliation_runs_total.with_label_values(&[result]);
+        }
+        for kind in MISMATCH_KINDS {
+            self.reconciliation_mismatches.with_label_values(&[kind]);
+            self.reconciliation_mismatches_total
+                .with_label_values(&[kind]);
+        }
+        for status in crate::order::OrderStatus::ALL {
+            self.orders_total.with_label_values(&[status.as_str()]);
+            if status.is_open() {
+                self.orders_open.with_label_values(&[status.as_str()]);
+            }
+        }
+        for kind in [
+            "fuel",
+            "deadline",
+            "memory",
+            "trap",
+            "invalid_output",
+            "init_refused",
+        ] {
+            self.plugin_faults_total.with_label_values(&[kind]);
+        }
+        for result in ["ok", "failed"] {
+            self.plugin_hot_swaps_total.with_label_values(&[result]);
+        }
+        for surface in ["api", "websocket", "store"] {
+            self.tenant_isolation_denials_total
+                .with_label_values(&[surface]);
+        }
+    }
+
+    /// The label value for `profile`: its id while fewer than [`PROFILE_LABELS_MAX`] profiles
+    /// have one, [`PROFILE_LABEL_OTHER`] after.
+    pub fn profile_label(&self, profile: ProfileId) -> String {
+        let mut labelled = self
+            .profiles_labelled
+            .lock()
+            .expect("the label set is never poisoned");
+        if labelled.contains(&profile) || labelled.len() < PROFILE_LABELS_MAX {
+            labelled.insert(profile);
+            profile.to_string()
+        } else {
+            PROFILE_LABEL_OTHER.to_owned()
+        }
+    }
+
+    /// The registry, for families the host adds (HTTP, process).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every family in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding metrics into memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The kinds of discrepancy reconciliation distinguishes.
+pub const MISMATCH_KINDS: [&str; 5] = [
+    "missing_in_db",
+    "missing_on_exchange",
+    "qty_mismatch",
+    "status_mismatch",
+    "position_mismatch",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exposed_with_the_keel_prefix() {
+        let text = Metrics::new().encode();
+        for family in [
+            "keel_capital_invariant_violations_total",
+            "keel_loop_heartbeat_timestamp_seconds{loop=\"reconciliation\"}",
+            "keel_orders_total{status=\"UNKNOWN\"}",
+            "keel_plugin_faults_total{kind=\"fuel\"}",
+        ] {
+            assert!(text.contains(family), "{family} missing from:\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("keel_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn profile_labels_are_capped() {
+        let metrics = Metrics::new();
+        let first = ProfileId::new_random();
+        assert_eq!(metrics.profile_label(first), first.to_string());
+        for _ in 1..PROFILE_LABELS_MAX {
+            metrics.profile_label(ProfileId::new_random());
+        }
+        assert_eq!(
+            metrics.profile_label(ProfileId::new_random()),
+            PROFILE_LABEL_OTHER
+        );
+        assert_eq!(metrics.profile_label(first), first.to_string());
+    }
+}
