@@ -62,6 +62,7 @@ pub struct Metrics {
     pub plugin_faults_total: IntCounterVec,
     pub plugin_hot_swaps_total: IntCounterVec,
     pub tenant_isolation_denials_total: IntCounterVec,
+    pub ready: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -304,6 +305,11 @@ impl Metrics {
                 "keel_tenant_isolation_denials_total",
                 "Requests for another tenant's data that were denied, by surface (api, websocket, store).",
                 &["surface"],
+            ),
+            ready: int_gauge(
+                &r,
+                "keel_ready",
+                "1 once restart recovery has finished and decisions run (the /readyz condition), else 0.",
             ),
             registry: r,
             profiles_labelled: Mutex::new(HashSet::new()),
