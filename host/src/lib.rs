@@ -4,3 +4,5 @@
 //! that runs strategy plugins, exchange adapters, the HTTP API, metrics and the `keel` CLI.
 
 pub mod backtest;
+pub mod bench;
+pub mod cli;

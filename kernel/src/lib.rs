@@ -3,7 +3,7 @@
 //! Strategies are untrusted: they only *ask* for entries and exits. This crate is the part of
 //! Keel that decides. It owns the domain types (ids, money, market data), the validation of what
 //! a strategy asks for, the capital ledger and its invariant, the order lifecycle, lease locks,
-//! reconciliation against the exchange, and the [`store`](crate) that persists all of it. It knows
+//! reconciliation against the exchange, and the [`store`] that persists all of it. It knows
 //! nothing of WebAssembly or HTTP: the host crate plugs a Wasm runtime and exchange adapters into
 //! the traits defined here.
 //!
@@ -20,9 +20,13 @@
 //! ```
 
 pub mod ids;
+pub mod ledger;
+pub mod lifecycle;
+pub mod lock;
 pub mod market;
 pub mod metrics;
 pub mod money;
 pub mod order;
 pub mod risk;
+pub mod store;
 pub mod strategy;

@@ -1,0 +1,3 @@
+//! The `keel` subcommands' implementations.
+
+pub mod migrate;

@@ -1,0 +1,398 @@
+//! The capital ledger: one capital row per profile and the journal it is derived from.
+//!
+//! The invariant `allocated - reserved_for_orders - reserved_for_positions + realized_pnl >= 0`
+//! is checked here, before any write, so the kernel refuses an operation with a typed error
+//! instead of leaning on the database's CHECK constraint (which is the second line, not the first).
+//! Every change to a capital row is a [`CapitalDelta`] written to the append-only journal in the
+//! same transaction; [`Capital::from_journal`] recomputes the row from those deltas.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Decimal places the ledger keeps: the scale of `NUMERIC(30, 8)` on PostgreSQL and of the
+/// fixed-point integer units on SQLite.
+pub const AMOUNT_SCALE: u32 = 8;
+
+/// The largest magnitude of any capital column (10^10 quote). On SQLite a column holds at most
+/// 10^18 units, so the four-term sum of the invariant stays inside a 64-bit integer.
+pub const CAPITAL_MAX: Decimal = Decimal::from_parts(0x540B_E400, 0x2, 0, false, 0);
+
+/// Why the ledger refused an operation. Nothing was written when one of these is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The operation needs more free capital than the profile has.
+    #[error("insufficient capital: {needed} needed, {available} available")]
+    InsufficientCapital {
+        /// Free capital the operation would consume.
+        needed: Decimal,
+        /// Free capital before the operation.
+        available: Decimal,
+    },
+    /// An amount that must be positive was zero or negative.
+    #[error("{what} must be positive, got {value}")]
+    NotPositive {
+        /// What the amount was for.
+        what: &'static str,
+        /// The refused value.
+        value: Decimal,
+    },
+    /// An amount that must not be negative was negative.
+    #[error("{what} must not be negative, got {value}")]
+    Negative {
+        /// What the amount was for.
+        what: &'static str,
+        /// The refused value.
+        value: Decimal,
+    },
+    /// An amount has more decimal places than the ledger keeps.
+    #[error("{what} {value} has more than {AMOUNT_SCALE} decimal places")]
+    TooPrecise {
+        /// What the amount was for.
+        what: &'static str,
+        /// The refused value.
+        value: Decimal,
+    },
+    /// A capital column would leave `[-CAPITAL_MAX, CAPITAL_MAX]`.
+    #[error("{what} would be {value}, beyond the limit {CAPITAL_MAX}")]
+    OutOfRange {
+        /// Which column or amount.
+        what: &'static str,
+        /// The refused value.
+        value: Decimal,
+    },
+    /// A reservation column would go below zero: the kernel's own bookkeeping is wrong.
+    #[error("{what} would become negative ({value})")]
+    NegativeReservation {
+        /// Which column.
+        what: &'static str,
+        /// The value it would have.
+        value: Decimal,
+    },
+}
+
+/// Checks that `value` fits the ledger's scale and range.
+pub fn check_amount(what: &'static str, value: Decimal) -> Result<Decimal, LedgerError> {
+    if value.abs() > CAPITAL_MAX {
+        return Err(LedgerError::OutOfRange { what, value });
+    }
+    if value.normalize().scale() > AMOUNT_SCALE {
+        return Err(LedgerError::TooPrecise { what, value });
+    }
+    Ok(value)
+}
+
+/// Checks that `value` is positive and fits the ledger.
+pub fn check_positive(what: &'static str, value: Decimal) -> Result<Decimal, LedgerError> {
+    let value = check_amount(what, value)?;
+    if value <= Decimal::ZERO {
+        return Err(LedgerError::NotPositive { what, value });
+    }
+    Ok(value)
+}
+
+/// Checks that `value` is zero or positive and fits the ledger.
+pub fn check_nonnegative(what: &'static str, value: Decimal) -> Result<Decimal, LedgerError> {
+    let value = check_amount(what, value)?;
+    if value < Decimal::ZERO {
+        return Err(LedgerError::Negative { what, value });
+    }
+    Ok(value)
+}
+
+/// Rounds up to the ledger's scale: reservations never fall short of what they cover.
+pub fn round_up(value: Decimal) -> Decimal {
+    value.round_dp_with_strategy(AMOUNT_SCALE, rust_decimal::RoundingStrategy::AwayFromZero)
+}
+
+/// Rounds half away from zero to the ledger's scale: costs and proceeds of fills.
+pub fn round_half(value: Decimal) -> Decimal {
+    value.round_dp_with_strategy(
+        AMOUNT_SCALE,
+        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+    )
+}
+
+/// One profile's capital row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capital {
+    /// Capital the owner gave the profile.
+    pub allocated: Decimal,
+    /// Capital held by orders that may still fill.
+    pub reserved_for_orders: Decimal,
+    /// Cost of open positions.
+    pub reserved_for_positions: Decimal,
+    /// Realized profit and loss, fees included.
+    pub realized_pnl: Decimal,
+}
+
+impl Capital {
+    /// Capital that no order or position holds:
+    /// `allocated - reserved_for_orders - reserved_for_positions + realized_pnl`.
+    pub fn free(&self) -> Decimal {
+        self.allocated - self.reserved_for_orders - self.reserved_for_positions + self.realized_pnl
+    }
+
+    /// True when the capital invariant holds.
+    pub fn holds_invariant(&self) -> bool {
+        self.free() >= Decimal::ZERO
+            && self.allocated >= Decimal::ZERO
+            && self.reserved_for_orders >= Decimal::ZERO
+            && self.reserved_for_positions >= Decimal::ZERO
+    }
+
+    /// The row after `delta`, or the reason the ledger refuses it.
+    ///
+    /// Every column must stay within [`CAPITAL_MAX`], reservations must stay non-negative, and
+    /// free capital must stay non-negative (the capital invariant).
+    pub fn apply(&self, delta: &CapitalDelta) -> Result<Capital, LedgerError> {
+        let next = Capital {
+            allocated: self.allocated + delta.allocated,
+            reserved_for_orders: self.reserved_for_orders + delta.reserved_for_orders,
+            reserved_for_positions: self.reserved_for_positions + delta.reserved_for_positions,
+            realized_pnl: self.realized_pnl + delta.realized_pnl,
+        };
+        for (what, value) in next.columns() {
+            check_amount(what, value)?;
+        }
+        if next.allocated < Decimal::ZERO {
+            return Err(LedgerError::NegativeReservation {
+                what: "allocated",
+                value: next.allocated,
+            });
+        }
+        if next.reserved_for_orders < Decimal::ZERO {
+            return Err(LedgerError::NegativeReservation {
+                what: "reserved_for_orders",
+                value: next.reserved_for_orders,
+            });
+        }
+        if next.reserved_for_positions < Decimal::ZERO {
+            return Err(LedgerError::NegativeReservation {
+                what: "reserved_for_positions",
+                value: next.reserved_for_positions,
+            });
+        }
+        if next.free() < Decimal::ZERO {
+            return Err(LedgerError::InsufficientCapital {
+                needed: self.free() - next.free(),
+                available: self.free(),
+            });
+        }
+        debug_assert!(next.holds_invariant());
+        Ok(next)
+    }
+
+    /// The row the journal `deltas` add up to, starting from zero.
+    pub fn from_journal<'a>(deltas: impl IntoIterator<Item = &'a CapitalDelta>) -> Capital {
+        deltas
+            .into_iter()
+            .fold(Capital::default(), |sum, d| Capital {
+                allocated: sum.allocated + d.allocated,
+                reserved_for_orders: sum.reserved_for_orders + d.reserved_for_orders,
+                reserved_for_positions: sum.reserved_for_positions + d.reserved_for_positions,
+                realized_pnl: sum.realized_pnl + d.realized_pnl,
+            })
+    }
+
+    fn columns(&self) -> [(&'static str, Decimal); 4] {
+        [
+            ("allocated", self.allocated),
+            ("reserved_for_orders", self.reserved_for_orders),
+            ("reserved_for_positions", self.reserved_for_positions),
+            ("realized_pnl", self.realized_pnl),
+        ]
+    }
+}
+
+impl fmt::Display for Capital {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "allocated {} reserved_for_orders {} reserved_for_positions {} realized_pnl {}",
+            self.allocated,
+            self.reserved_for_orders,
+            self.reserved_for_positions,
+            self.realized_pnl
+        )
+    }
+}
+
+/// A change to a capital row, as written to the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapitalDelta {
+    /// Change of `allocated`.
+    pub allocated: Decimal,
+    /// Change of `reserved_for_orders`.
+    pub reserved_for_orders: Decimal,
+    /// Change of `reserved_for_positions`.
+    pub reserved_for_positions: Decimal,
+    /// Change of `realized_pnl`.
+    pub realized_pnl: Decimal,
+}
+
+impl CapitalDelta {
+    /// True when the delta changes nothing (and so is not journaled).
+    pub fn is_zero(&self) -> bool {
+        *self == CapitalDelta::default()
+    }
+
+    /// The sum of two deltas.
+    pub fn plus(&self, other: &CapitalDelta) -> CapitalDelta {
+        CapitalDelta {
+            allocated: self.allocated + other.allocated,
+            reserved_for_orders: self.reserved_for_orders + other.reserved_for_orders,
+            reserved_for_positions: self.reserved_for_positions + other.reserved_for_positions,
+            realized_pnl: self.realized_pnl + other.realized_pnl,
+        }
+    }
+}
+
+/// What a journal entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JournalKind {
+    /// Capital given to the profile.
+    Allocate,
+    /// An ENTRY order's reservation, written ahead of the exchange call.
+    EntryReserve,
+    /// An ENTRY fill: reservation moves from the order to the position.
+    Fill,
+    /// A cancelled, rejected or expired order gives back what it still held.
+    CancelRelease,
+    /// An EXIT fill releases the cost of the closed part of the position.
+    Exit,
+    /// A trading fee, charged to realized PnL.
+    Fee,
+    /// The profit or loss of an EXIT fill.
+    RealizedPnl,
+}
+
+impl JournalKind {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalKind::Allocate => "ALLOCATE",
+            JournalKind::EntryReserve => "ENTRY_RESERVE",
+            JournalKind::Fill => "FILL",
+            JournalKind::CancelRelease => "CANCEL_RELEASE",
+            JournalKind::Exit => "EXIT",
+            JournalKind::Fee => "FEE",
+            JournalKind::RealizedPnl => "REALIZED_PNL",
+        }
+    }
+}
+
+/// The result of recomputing a capital row from its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    /// The row as stored before the rebuild.
+    pub stored: Capital,
+    /// The row the journal adds up to (now stored, when `repaired`).
+    pub journal: Capital,
+    /// True when the stored row differed from the journal and was overwritten.
+    pub repaired: bool,
+}
+
+impl RebuildReport {
+    /// True when the stored row differed from the journal.
+    pub fn differs(&self) -> bool {
+        self.stored != self.journal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn funded(allocated: Decimal) -> Capital {
+        Capital {
+            allocated,
+            ..Capital::default()
+        }
+    }
+
+    #[test]
+    fn capital_max_is_ten_billion() {
+        assert_eq!(CAPITAL_MAX, dec!(10_000_000_000));
+    }
+
+    #[test]
+    fn reservation_beyond_free_capital_is_insufficient_capital() {
+        let capital = funded(dec!(100));
+        let delta = CapitalDelta {
+            reserved_for_orders: dec!(100.00000001),
+            ..CapitalDelta::default()
+        };
+        assert_eq!(
+            capital.apply(&delta),
+            Err(LedgerError::InsufficientCapital {
+                needed: dec!(100.00000001),
+                available: dec!(100)
+            })
+        );
+        let exact = CapitalDelta {
+            reserved_for_orders: dec!(100),
+            ..CapitalDelta::default()
+        };
+        assert_eq!(capital.apply(&exact).unwrap().free(), Decimal::ZERO);
+    }
+
+    #[test]
+    fn release_below_zero_is_a_bookkeeping_error() {
+        let delta = CapitalDelta {
+            reserved_for_orders: dec!(-1),
+            ..CapitalDelta::default()
+        };
+        assert!(matches!(
+            funded(dec!(5)).apply(&delta),
+            Err(LedgerError::NegativeReservation { .. })
+        ));
+    }
+
+    #[test]
+    fn amounts_are_checked_for_scale_sign_and_range() {
+        assert!(matches!(
+            check_positive("x", dec!(0.000000001)),
+            Err(LedgerError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            check_positive("x", dec!(0)),
+            Err(LedgerError::NotPositive { .. })
+        ));
+        assert!(matches!(
+            check_nonnegative("x", dec!(-0.1)),
+            Err(LedgerError::Negative { .. })
+        ));
+        assert!(matches!(
+            check_amount("x", dec!(10_000_000_000.00000001)),
+            Err(LedgerError::OutOfRange { .. })
+        ));
+        assert_eq!(check_positive("x", dec!(1.50000000)), Ok(dec!(1.5)));
+    }
+
+    #[test]
+    fn journal_sum_rebuilds_the_row() {
+        let deltas = [
+            CapitalDelta {
+                allocated: dec!(10),
+                ..CapitalDelta::default()
+            },
+            CapitalDelta {
+                reserved_for_orders: dec!(4),
+                ..CapitalDelta::default()
+            },
+            CapitalDelta {
+                reserved_for_orders: dec!(-4),
+                reserved_for_positions: dec!(3.5),
+                realized_pnl: dec!(-0.1),
+                ..CapitalDelta::default()
+            },
+        ];
+        let rebuilt = Capital::from_journal(&deltas);
+        assert_eq!(rebuilt.free(), dec!(6.4));
+        assert!(rebuilt.holds_invariant());
+    }
+}

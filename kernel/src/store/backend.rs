@@ -1,0 +1,206 @@
+//! The two backends behind one contract.
+//!
+//! Every query is written once, with `$N` placeholders (both drivers accept them), and expanded
+//! for each backend by [`with_tx!`]: inside its body the module alias names the backend's money
+//! encoding (`NUMERIC` decimals on PostgreSQL, fixed-point integer units on SQLite), its clock
+//! expression and its row-locking clause.
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::ledger::AMOUNT_SCALE;
+
+use super::StoreError;
+
+/// An open transaction on either backend.
+pub(crate) enum Tx {
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    Lite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+/// Expands `$body` once per backend with `$c` bound to the transaction and `$b` to the backend's
+/// helper module (`pg` or `lite`).
+macro_rules! with_tx {
+    ($tx:expr, $c:ident, $b:ident => $body:block) => {
+        match $tx {
+            $crate::store::backend::Tx::Pg($c) => {
+                #[allow(unused_imports)]
+                use $crate::store::backend::pg as $b;
+                $body
+            }
+            $crate::store::backend::Tx::Lite($c) => {
+                #[allow(unused_imports)]
+                use $crate::store::backend::lite as $b;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_tx;
+
+/// PostgreSQL: money is `NUMERIC(30, 8)`, time is the server's `clock_timestamp()`.
+pub(crate) mod pg {
+    use rust_decimal::Decimal;
+
+    /// The money encoding.
+    pub fn money(value: Decimal) -> Decimal {
+        value
+    }
+
+    /// Milliseconds since the epoch by the database clock.
+    pub const NOW_MS: &str = "keel_now_ms()";
+    /// Locks a row against concurrent writers until commit.
+    pub const FOR_UPDATE: &str = "FOR UPDATE";
+    /// Keeps a row from changing until commit, without blocking other readers.
+    pub const FOR_SHARE: &str = "FOR SHARE";
+}
+
+/// SQLite: money is INTEGER units of 10^-8; transactions start with `BEGIN IMMEDIATE`, so a
+/// writer holds the database from its first statement and row locks are not needed.
+pub(crate) mod lite {
+    use rust_decimal::Decimal;
+
+    /// The money encoding: exact units of 10^-8.
+    pub fn money(value: Decimal) -> i64 {
+        super::decimal_to_units(value)
+    }
+
+    /// Milliseconds since the epoch by the database clock.
+    pub const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+    /// Not needed: the writer holds the whole database.
+    pub const FOR_UPDATE: &str = "";
+    /// Not needed: the writer holds the whole database.
+    pub const FOR_SHARE: &str = "";
+}
+
+/// Converts a ledger-checked decimal into SQLite units.
+pub(crate) fn decimal_to_units(value: Decimal) -> i64 {
+    // `value * 10^8` exactly: the ledger refused more than AMOUNT_SCALE places beforehand.
+    let units = (value * Decimal::from(10_i64.pow(AMOUNT_SCALE))).trunc();
+    assert_eq!(
+        units / Decimal::from(10_i64.pow(AMOUNT_SCALE)),
+        value,
+        "amount {value} was not checked against the ledger scale"
+    );
+    units
+        .to_i64()
+        .expect("amounts are bounded by CAPITAL_MAX, far inside i64 units")
+}
+
+/// Reads typed values out of a row of either backend.
+pub(crate) trait RowExt {
+    fn uuid(&self, column: &str) -> Result<Uuid, StoreError>;
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn money(&self, column: &str) -> Result<Decimal, StoreError>;
+}
+
+impl RowExt for sqlx::postgres::PgRow {
+    fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn money(&self, column: &str) -> Result<Decimal, StoreError> {
+        Ok(self.try_get::<Decimal, _>(column)?.normalize())
+    }
+}
+
+impl RowExt for sqlx::sqlite::SqliteRow {
+    fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn money(&self, column: &str) -> Result<Decimal, StoreError> {
+        let units: i64 = self.try_get(column)?;
+        Ok(Decimal::new(units, AMOUNT_SCALE).normalize())
+    }
+}
+
+/// The name of the constraint (or constraint-like trigger) an error reports, on either backend.
+///
+/// PostgreSQL names it in the error fields. SQLite names CHECK constraints in the message, lists
+/// the columns of a UNIQUE violation, and Keel's triggers start their message with a name.
+pub(crate) fn constraint_name(error: &sqlx::Error) -> Option<String> {
+    let db = error.as_database_error()?;
+    if let Some(name) = db.constraint() {
+        return Some(name.to_owned());
+    }
+    let message = db.message();
+    if let Some(name) = message.strip_prefix("CHECK constraint failed: ") {
+        return Some(name.trim().to_owned());
+    }
+    if let Some(columns) = message.strip_prefix("UNIQUE constraint failed: ") {
+        return sqlite_unique_name(columns.trim()).map(str::to_owned);
+    }
+    let (name, _) = message.split_once(':')?;
+    TRIGGER_NAMES.contains(&name).then(|| name.to_owned())
+}
+
+const TRIGGER_NAMES: [&str; 3] = [
+    "ledger_entries_append_only",
+    "orders_current_fence",
+    "locks_fence_only_grows",
+];
+
+fn sqlite_unique_name(columns: &str) -> Option<&'static str> {
+    Some(match columns {
+        "orders.client_order_id" => "orders_client_order_id_key",
+        "orders.profile_id, orders.symbol" => "orders_one_open_entry",
+        "lifecycles.profile_id, lifecycles.symbol" => "lifecycles_one_open_entry",
+        "lifecycles.client_order_id" => "lifecycles_client_order_id_key",
+        "fills.profile_id, fills.symbol, fills.exchange_trade_id" => "fills_exchange_trade_key",
+        "trade_history.profile_id, trade_history.symbol, trade_history.exchange_trade_id" => {
+            "trade_history_exchange_trade_key"
+        }
+        "ledger_entries.profile_id, ledger_entries.dedup_key" => "ledger_entries_dedup_key",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn units_are_exact_at_ledger_scale() {
+        assert_eq!(decimal_to_units(dec!(1.00000001)), 100_000_001);
+        assert_eq!(decimal_to_units(dec!(-0.5)), -50_000_000);
+        assert_eq!(
+            decimal_to_units(dec!(10_000_000_000)),
+            1_000_000_000_000_000_000
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not checked against the ledger scale")]
+    fn units_refuse_unchecked_precision() {
+        decimal_to_units(dec!(0.000000001));
+    }
+}

@@ -1,0 +1,173 @@
+//! Lease locks on the database: acquire, renew, release, with expiry by the database clock and
+//! fences from a sequence that only grows.
+
+use std::time::Instant;
+
+use sqlx::Row;
+
+use crate::ids::Fence;
+use crate::lock::{self, Lease, LockError, LockKey, LockKind, OwnerToken};
+
+use super::backend::{lite, pg};
+use super::{Pool, Store, StoreError};
+
+/// Lease locks of one store. Obtained from [`Store::locks`].
+pub struct Locks<'s> {
+    store: &'s Store,
+}
+
+impl<'s> Locks<'s> {
+    pub(crate) fn new(store: &'s Store) -> Self {
+        Locks { store }
+    }
+
+    /// Takes the lock for `owner` for `ttl_ms`, if it is free or its lease expired. `None` when
+    /// another lease is live (counted as contention). Each grant carries a new, larger fence.
+    pub async fn acquire(
+        &self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let ttl_ms = lock::check_ttl_ms(ttl_ms)?;
+        let started = Instant::now();
+        let granted = match self.store.pool() {
+            Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms).await?,
+            Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms).await?,
+        };
+        self.store
+            .stats()
+            .lock_attempt(kind, granted.is_some(), started.elapsed());
+        Ok(granted.map(|(fence, expires_at_ms)| Lease {
+            kind,
+            key: key.clone(),
+            owner,
+            fence: Fence(fence),
+            expires_at_ms,
+        }))
+    }
+
+    /// Extends a live lease to `ttl_ms` from now. [`LockError::Lost`] when it expired or was
+    /// taken over: the holder must stop writing under it.
+    pub async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease, StoreError> {
+        let ttl_ms = lock::check_ttl_ms(ttl_ms)?;
+        let table = lease.kind.table();
+        let sql = |now: &str| {
+            format!(
+                "UPDATE {table} SET expires_at_ms = {now} + $4 WHERE lock_key = $1 \
+                 AND owner_token = $2 AND fence = $3 AND expires_at_ms > {now} RETURNING expires_at_ms"
+            )
+        };
+        let (key, owner, fence) = (lease.key.as_str(), lease.owner.as_uuid(), lease.fence.0);
+        let row = match self.store.pool() {
+            Pool::Pg(pool) => {
+                let text = sql(pg::NOW_MS);
+                let q = sqlx::query(&text).bind(key).bind(owner).bind(fence);
+                q.bind(ttl_ms)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| r.try_get(0))
+            }
+            Pool::Lite(pool) => {
+                let text = sql(lite::NOW_MS);
+                let q = sqlx::query(&text).bind(key).bind(owner).bind(fence);
+                q.bind(ttl_ms)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| r.try_get(0))
+            }
+        };
+        match row.transpose()? {
+            Some(expires_at_ms) => Ok(Lease {
+                expires_at_ms,
+                ..lease.clone()
+            }),
+            None => {
+                self.store.stats().lock_lost(lease.kind);
+                Err(LockError::Lost {
+                    key: lease.key.clone(),
+                    fence: lease.fence,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Gives the lease up. False when it was no longer held (expired and possibly taken over);
+    /// a later acquisition still gets a larger fence, since fences come from a sequence.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE lock_key = $1 AND owner_token = $2 AND fence = $3",
+            lease.kind.table()
+        );
+        let (key, owner, fence) = (lease.key.as_str(), lease.owner.as_uuid(), lease.fence.0);
+        let affected = match self.store.pool() {
+            Pool::Pg(pool) => {
+                let q = sqlx::query(&sql).bind(key).bind(owner).bind(fence);
+                q.execute(pool).await?.rows_affected()
+            }
+            Pool::Lite(pool) => {
+                let q = sqlx::query(&sql).bind(key).bind(owner).bind(fence);
+                q.execute(pool).await?.rows_affected()
+            }
+        };
+        Ok(affected == 1)
+    }
+}
+
+fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str) -> String {
+    format!(
+        "INSERT INTO {table} AS l (lock_key, owner_token, fence, expires_at_ms, acquired_at_ms) \
+         SELECT $1, $2, {fence_expr}, t.now_ms + $3, t.now_ms FROM (SELECT {now} AS now_ms) AS t \
+         WHERE true \
+         ON CONFLICT (lock_key) DO UPDATE SET owner_token = excluded.owner_token, \
+         fence = excluded.fence, expires_at_ms = excluded.expires_at_ms, \
+         acquired_at_ms = excluded.acquired_at_ms \
+         WHERE l.expires_at_ms <= excluded.acquired_at_ms \
+         RETURNING fence, expires_at_ms",
+        table = kind.table()
+    )
+}
+
+async fn acquire_pg(
+    pool: &sqlx::PgPool,
+    kind: LockKind,
+    key: &LockKey,
+    owner: OwnerToken,
+    ttl_ms: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let sql = upsert_sql(kind, "nextval('lock_fence_seq')", pg::NOW_MS);
+    let row = sqlx::query(&sql)
+        .bind(key.as_str())
+        .bind(owner.as_uuid())
+        .bind(ttl_ms)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+async fn acquire_lite(
+    pool: &sqlx::SqlitePool,
+    kind: LockKind,
+    key: &LockKey,
+    owner: OwnerToken,
+    ttl_ms: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let fence: i64 = sqlx::query_scalar(
+        "UPDATE lock_fence_seq SET value = value + 1 WHERE id = 1 RETURNING value",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let sql = upsert_sql(kind, "$4", lite::NOW_MS);
+    let row = sqlx::query(&sql)
+        .bind(key.as_str())
+        .bind(owner.as_uuid())
+        .bind(ttl_ms)
+        .bind(fence)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}

@@ -1,0 +1,292 @@
+//! The kernel's persistence: PostgreSQL (production, several host instances) and SQLite (one
+//! instance), behind one contract.
+//!
+//! Tenant data is reached only through a tenant scope: [`Store::tenant`] names the user, and
+//! [`Tenant::begin`] opens a [`TenantTx`] in which, on PostgreSQL, the transaction-local setting
+//! `request.jwt.claims` carries the user's id, so row-level security filters every statement. On
+//! both backends every query of a [`TenantTx`] is also filtered by the user's id. Lease locks
+//! are not tenant data; they live behind [`Store::locks`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keel_kernel::store::StoreError> {
+//! use keel_kernel::ids::UserId;
+//! use keel_kernel::money::Amount;
+//! use keel_kernel::store::Store;
+//!
+//! let store = Store::open_sqlite(std::path::Path::new("keel.db")).await?;
+//! let user = UserId::new_random();
+//! let mut tx = store.tenant(user).begin().await?;
+//! let profile = tx.create_profile("momentum").await?;
+//! tx.allocate(profile, Amount::positive(rust_decimal::Decimal::from(1000)).unwrap()).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+
+pub(crate) mod backend;
+mod history;
+mod lease;
+mod rows;
+mod stats;
+mod tenant;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::ids::{ProfileId, UserId};
+use crate::ledger::LedgerError;
+use crate::lifecycle::LifecycleError;
+use crate::lock::LockError;
+
+pub use lease::Locks;
+pub use stats::{LOCK_LATENCY_BUCKETS_US, StoreStats, StoreStatsSnapshot};
+pub use tenant::{PROFILE_NAME_LEN_MAX, Tenant, TenantTx};
+
+/// The most connections a store opens to PostgreSQL unless told otherwise.
+pub const PG_CONNECTIONS_MAX_DEFAULT: u32 = 16;
+/// Connections to a SQLite file: writers take turns anyway (`BEGIN IMMEDIATE`).
+pub const SQLITE_CONNECTIONS_MAX: u32 = 4;
+/// How long a SQLite writer waits for another before giving up.
+pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 10_000;
+/// How long a caller waits for a free connection.
+pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 30_000;
+
+/// A database constraint (or constraint-like trigger) that refused a write, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Constraint {
+    /// `capital_invariant`: free capital would go negative.
+    CapitalInvariant,
+    /// `capital_*_nonnegative`: a capital column would go negative.
+    CapitalNonNegative(String),
+    /// `orders_client_order_id_key`.
+    ClientOrderIdKey,
+    /// `orders_one_open_entry`: a second ENTRY order in flight for (profile, symbol).
+    OneOpenEntryOrder,
+    /// `lifecycles_one_open_entry`: a second open ENTRY lifecycle for (profile, symbol).
+    OneOpenEntryLifecycle,
+    /// `fills_exchange_trade_key` or `trade_history_exchange_trade_key`.
+    ExchangeTradeKey,
+    /// `ledger_entries_dedup_key`: a journal move applied twice.
+    LedgerDedupKey,
+    /// `ledger_entries_append_only`: the journal refuses UPDATE and DELETE.
+    LedgerAppendOnly,
+    /// `orders_current_fence`: a write-ahead order with a stale fence.
+    CurrentFence,
+    /// `locks_fence_only_grows`.
+    FenceOnlyGrows,
+    /// Any other named constraint.
+    Other(String),
+}
+
+impl Constraint {
+    fn from_name(name: &str) -> Constraint {
+        match name {
+            "capital_invariant" => Constraint::CapitalInvariant,
+            "orders_client_order_id_key" => Constraint::ClientOrderIdKey,
+            "orders_one_open_entry" => Constraint::OneOpenEntryOrder,
+            "lifecycles_one_open_entry" => Constraint::OneOpenEntryLifecycle,
+            "fills_exchange_trade_key" | "trade_history_exchange_trade_key" => {
+                Constraint::ExchangeTradeKey
+            }
+            "ledger_entries_dedup_key" => Constraint::LedgerDedupKey,
+            "ledger_entries_append_only" => Constraint::LedgerAppendOnly,
+            "orders_current_fence" => Constraint::CurrentFence,
+            "locks_fence_only_grows" => Constraint::FenceOnlyGrows,
+            other if other.starts_with("capital_") && other.ends_with("_nonnegative") => {
+                Constraint::CapitalNonNegative(other.to_owned())
+            }
+            other => Constraint::Other(other.to_owned()),
+        }
+    }
+}
+
+/// Why a store operation failed. The transaction it ran in must be dropped (rolled back).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The capital ledger refused the operation.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The order lifecycle refused the operation.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// A lock refused the operation.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The profile does not exist for this tenant (or belongs to another one).
+    #[error("no profile {0} for this user")]
+    UnknownProfile(ProfileId),
+    /// A profile name was empty or too long.
+    #[error("invalid profile name {0:?}: expected 1 to 64 characters")]
+    InvalidProfileName(String),
+    /// The database refused a write by a named constraint.
+    #[error("the database refused the write by constraint {0:?}")]
+    Constraint(Constraint),
+    /// A stored value the kernel cannot read back (a status or side it does not know).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The store was opened with a URL it does not understand.
+    #[error("unsupported database url {0:?}: expected postgres://, postgresql:// or sqlite:")]
+    UnsupportedUrl(String),
+    /// Applying migrations failed.
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database failure (connection, I/O, timeout).
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match backend::constraint_name(&error) {
+            Some(name) => StoreError::Constraint(Constraint::from_name(&name)),
+            None => StoreError::Database(error),
+        }
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Pg(PgPool),
+    Lite(SqlitePool),
+}
+
+/// The kernel's store. Cheap to clone: clones share the pool and the counters.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    stats: Arc<StoreStats>,
+}
+
+impl Store {
+    /// Connects to PostgreSQL as the host role (`database.url`). Migrations are not run: they
+    /// belong to the owner role, see [`Store::migrate_postgres`].
+    pub async fn connect_postgres(url: &str, connections_max: u32) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections_max)
+            .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+            .connect_with(options)
+            .await?;
+        Ok(Store::from_pool(Pool::Pg(pool)))
+    }
+
+    /// Applies the PostgreSQL migrations as the owner role (`database.admin_url`).
+    pub async fn migrate_postgres(admin_url: &str) -> Result<(), StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(PgConnectOptions::from_str(admin_url)?)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// Opens (creating if needed) a SQLite database file and applies its migrations: with one
+    /// instance and one file there is no separate owner role.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // The ledger is money: a commit survives a power cut.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(SQLITE_CONNECTIONS_MAX)
+            .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Store::from_pool(Pool::Lite(pool)))
+    }
+
+    /// Opens a store by URL: `postgres://…` (host role, no migrations) or `sqlite:PATH`
+    /// (created and migrated).
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::connect_postgres(url, PG_CONNECTIONS_MAX_DEFAULT).await
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            Store::open_sqlite(Path::new(path)).await
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    fn from_pool(pool: Pool) -> Store {
+        Store {
+            pool,
+            stats: Arc::new(StoreStats::default()),
+        }
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Pg(_) => Backend::Postgres,
+            Pool::Lite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The scope of one tenant: the only way to tenant data.
+    pub fn tenant(&self, user: UserId) -> Tenant<'_> {
+        Tenant::new(self, user)
+    }
+
+    /// Lease locks: entry locks, reconciliation locks and profile leases.
+    pub fn locks(&self) -> Locks<'_> {
+        Locks::new(self)
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// The PostgreSQL pool, for work outside the kernel's tables (benchmarks, health checks).
+    pub fn pg_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Pg(pool) => Some(pool),
+            Pool::Lite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, for work outside the kernel's tables.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.pool {
+            Pool::Lite(pool) => Some(pool),
+            Pool::Pg(_) => None,
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Pg(pool) => pool.close().await,
+            Pool::Lite(pool) => pool.close().await,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn stats_arc(&self) -> Arc<StoreStats> {
+        Arc::clone(&self.stats)
+    }
+}

@@ -1,0 +1,412 @@
+//! The statements a [`TenantTx`] is made of, each written once for both backends. Every one
+//! filters by the tenant's `user_id`, on top of row-level security on PostgreSQL.
+
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::ids::{ClientOrderId, Fence, IntentKind, ProfileId, Symbol, UserId};
+use crate::ledger::{Capital, CapitalDelta, JournalKind};
+use crate::lifecycle::{FillReport, OrderRecord, Position};
+use crate::lock::{FencedLock, LockError, LockKey};
+use crate::market::Side;
+use crate::order::OrderStatus;
+
+use super::StoreError;
+use super::backend::{RowExt, with_tx};
+use super::tenant::TenantTx;
+
+/// The statuses of an order that may still fill: it holds a reservation and blocks a new ENTRY.
+const OPEN_STATUSES: &str = "('PENDING_SUBMIT', 'UNKNOWN', 'NEW', 'PARTIALLY_FILLED')";
+
+const ORDER_COLUMNS: &str = "client_order_id, user_id, profile_id, symbol, kind, side, qty, price, \
+     reserved, reserved_remaining, filled_qty, status, lock_key, fence, exchange_order_id";
+
+/// One journal move: what it is, its delta and the key that makes it happen at most once.
+pub(crate) struct Move {
+    pub kind: JournalKind,
+    pub delta: CapitalDelta,
+    pub dedup_key: String,
+}
+
+pub(crate) fn side_str(side: Side) -> &'static str {
+    match side {
+        Side::Buy => "BUY",
+        Side::Sell => "SELL",
+    }
+}
+
+fn parse_side(text: &str) -> Result<Side, StoreError> {
+    match text {
+        "BUY" => Ok(Side::Buy),
+        "SELL" => Ok(Side::Sell),
+        other => Err(StoreError::Corrupt(format!("side {other:?}"))),
+    }
+}
+
+pub(crate) fn kind_str(kind: IntentKind) -> &'static str {
+    match kind {
+        IntentKind::Entry => "ENTRY",
+        IntentKind::Exit => "EXIT",
+    }
+}
+
+fn parse_kind(text: &str) -> Result<IntentKind, StoreError> {
+    match text {
+        "ENTRY" => Ok(IntentKind::Entry),
+        "EXIT" => Ok(IntentKind::Exit),
+        other => Err(StoreError::Corrupt(format!("order kind {other:?}"))),
+    }
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
+}
+
+fn decode_capital(row: &impl RowExt) -> Result<Capital, StoreError> {
+    Ok(Capital {
+        allocated: row.money("allocated")?,
+        reserved_for_orders: row.money("reserved_for_orders")?,
+        reserved_for_positions: row.money("reserved_for_positions")?,
+        realized_pnl: row.money("realized_pnl")?,
+    })
+}
+
+fn decode_order(row: &impl RowExt) -> Result<OrderRecord, StoreError> {
+    let coid = row.text("client_order_id")?;
+    let status = row.text("status")?;
+    let lock = match (row.opt_text("lock_key")?, row.opt_int("fence")?) {
+        (Some(key), Some(fence)) => Some(FencedLock {
+            key: LockKey::new(&key).map_err(|e| corrupt("lock key", e))?,
+            fence: Fence(fence),
+        }),
+        _ => None,
+    };
+    Ok(OrderRecord {
+        client_order_id: ClientOrderId::new(&coid).map_err(|e| corrupt("client order id", e))?,
+        user: UserId::from_uuid(row.uuid("user_id")?),
+        profile: ProfileId::from_uuid(row.uuid("profile_id")?),
+        symbol: Symbol::new(&row.text("symbol")?).map_err(|e| corrupt("symbol", e))?,
+        kind: parse_kind(&row.text("kind")?)?,
+        side: parse_side(&row.text("side")?)?,
+        qty: row.money("qty")?,
+        price: row.money("price")?,
+        reserved: row.money("reserved")?,
+        reserved_remaining: row.money("reserved_remaining")?,
+        filled_qty: row.money("filled_qty")?,
+        status: OrderStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("order status {status:?}")))?,
+        lock,
+        exchange_order_id: row.opt_text("exchange_order_id")?,
+    })
+}
+
+fn decode_position(row: &impl RowExt, symbol: &Symbol) -> Result<Position, StoreError> {
+    Ok(Position {
+        lifecycle_id: row.int("lifecycle_id")?,
+        symbol: symbol.clone(),
+        side: parse_side(&row.text("side")?)?,
+        qty_open: row.money("qty_open")?,
+        cost_open: row.money("cost_open")?,
+    })
+}
+
+/// A fill as stored, for comparing a replay with the original.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct StoredFill {
+    pub client_order_id: String,
+    pub qty: Decimal,
+    pub price: Decimal,
+    pub fee: Decimal,
+}
+
+impl TenantTx {
+    fn user_uuid(&self) -> Uuid {
+        self.user().as_uuid()
+    }
+
+    pub(crate) async fn insert_profile(
+        &mut self,
+        profile: ProfileId,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            sqlx::query("INSERT INTO profiles (profile_id, user_id, name) VALUES ($1, $2, $3)")
+                .bind(profile.as_uuid()).bind(user).bind(name)
+                .execute(&mut **c).await?;
+            sqlx::query("INSERT INTO capital_accounts (profile_id, user_id) VALUES ($1, $2)")
+                .bind(profile.as_uuid()).bind(user)
+                .execute(&mut **c).await?;
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn load_capital(
+        &mut self,
+        profile: ProfileId,
+        lock: bool,
+    ) -> Result<Capital, StoreError> {
+        let user = self.user_uuid();
+        let row = with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "SELECT allocated, reserved_for_orders, reserved_for_positions, realized_pnl \
+                 FROM capital_accounts WHERE profile_id = $1 AND user_id = $2 {}",
+                if lock { b::FOR_UPDATE } else { "" }
+            );
+            let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user)
+                .fetch_optional(&mut **c).await?;
+            row.map(|r| decode_capital(&r)).transpose()?
+        });
+        row.ok_or(StoreError::UnknownProfile(profile))
+    }
+
+    pub(crate) async fn write_capital(
+        &mut self,
+        profile: ProfileId,
+        capital: &Capital,
+    ) -> Result<(), StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "UPDATE capital_accounts SET allocated = $3, reserved_for_orders = $4, \
+                 reserved_for_positions = $5, realized_pnl = $6, updated_at_ms = {} \
+                 WHERE profile_id = $1 AND user_id = $2",
+                b::NOW_MS
+            );
+            sqlx::query(&sql)
+                .bind(profile.as_uuid()).bind(user)
+                .bind(b::money(capital.allocated))
+                .bind(b::money(capital.reserved_for_orders))
+                .bind(b::money(capital.reserved_for_positions))
+                .bind(b::money(capital.realized_pnl))
+                .execute(&mut **c).await?;
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn insert_journal(
+        &mut self,
+        profile: ProfileId,
+        order: Option<&ClientOrderId>,
+        entry: &Move,
+    ) -> Result<(), StoreError> {
+        let user = self.user_uuid();
+        let order = order.map(|o| o.as_str().to_owned());
+        let d = entry.delta;
+        with_tx!(&mut self.tx, c, b => {
+            sqlx::query(
+                "INSERT INTO ledger_entries (user_id, profile_id, client_order_id, entry_kind, \
+                 d_allocated, d_reserved_for_orders, d_reserved_for_positions, d_realized_pnl, dedup_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(user).bind(profile.as_uuid()).bind(order).bind(entry.kind.as_str())
+            .bind(b::money(d.allocated)).bind(b::money(d.reserved_for_orders))
+            .bind(b::money(d.reserved_for_positions)).bind(b::money(d.realized_pnl))
+            .bind(entry.dedup_key.as_str())
+            .execute(&mut **c).await?;
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn journal_sum(&mut self, profile: ProfileId) -> Result<Capital, StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let row = sqlx::query(
+                "SELECT COALESCE(SUM(d_allocated), 0) AS allocated, \
+                 COALESCE(SUM(d_reserved_for_orders), 0) AS reserved_for_orders, \
+                 COALESCE(SUM(d_reserved_for_positions), 0) AS reserved_for_positions, \
+                 COALESCE(SUM(d_realized_pnl), 0) AS realized_pnl \
+                 FROM ledger_entries WHERE profile_id = $1 AND user_id = $2",
+            )
+            .bind(profile.as_uuid()).bind(user)
+            .fetch_one(&mut **c).await?;
+            decode_capital(&row)
+        })
+    }
+
+    pub(crate) async fn load_order(
+        &mut self,
+        coid: &ClientOrderId,
+        lock: bool,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE client_order_id = $1 AND user_id = $2 {}",
+                if lock { b::FOR_UPDATE } else { "" }
+            );
+            let row = sqlx::query(&sql).bind(coid.as_str()).bind(user)
+                .fetch_optional(&mut **c).await?;
+            row.map(|r| decode_order(&r)).transpose()
+        })
+    }
+
+    /// Inserts the write-ahead row; false when the client order id already exists.
+    pub(crate) async fn insert_order(&mut self, order: &OrderRecord) -> Result<bool, StoreError> {
+        let (lock_key, fence) = match &order.lock {
+            Some(lock) => (Some(lock.key.as_str().to_owned()), Some(lock.fence.0)),
+            None => (None, None),
+        };
+        with_tx!(&mut self.tx, c, b => {
+            let row = sqlx::query(
+                "INSERT INTO orders (client_order_id, user_id, profile_id, symbol, kind, side, qty, \
+                 price, reserved, reserved_remaining, filled_qty, status, lock_key, fence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (client_order_id) DO NOTHING RETURNING order_id",
+            )
+            .bind(order.client_order_id.as_str()).bind(order.user.as_uuid())
+            .bind(order.profile.as_uuid()).bind(order.symbol.as_str())
+            .bind(kind_str(order.kind)).bind(side_str(order.side))
+            .bind(b::money(order.qty)).bind(b::money(order.price))
+            .bind(b::money(order.reserved)).bind(b::money(order.reserved_remaining))
+            .bind(b::money(order.filled_qty)).bind(order.status.as_str())
+            .bind(lock_key.clone()).bind(fence)
+            .fetch_optional(&mut **c).await?;
+            Ok(row.is_some())
+        })
+    }
+
+    pub(crate) async fn update_order(&mut self, order: &OrderRecord) -> Result<(), StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "UPDATE orders SET status = $3, filled_qty = $4, reserved_remaining = $5, \
+                 exchange_order_id = $6, updated_at_ms = {} WHERE client_order_id = $1 AND user_id = $2",
+                b::NOW_MS
+            );
+            sqlx::query(&sql)
+                .bind(order.client_order_id.as_str()).bind(user)
+                .bind(order.status.as_str()).bind(b::money(order.filled_qty))
+                .bind(b::money(order.reserved_remaining)).bind(order.exchange_order_id.clone())
+                .execute(&mut **c).await?;
+        });
+        Ok(())
+    }
+
+    /// Refuses unless `lock` is the current, unexpired fence of its entry lock. On PostgreSQL the
+    /// lock row is then held (FOR SHARE) until commit, so no acquisition can slip in between.
+    pub(crate) async fn check_fence(&mut self, lock: &FencedLock) -> Result<(), StoreError> {
+        let current: Option<i64> = with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "SELECT fence FROM entry_locks WHERE lock_key = $1 AND expires_at_ms > {} {}",
+                b::NOW_MS, b::FOR_SHARE
+            );
+            let row = sqlx::query(&sql).bind(lock.key.as_str()).fetch_optional(&mut **c).await?;
+            row.map(|r| r.int("fence")).transpose()?
+        });
+        if current == Some(lock.fence.0) {
+            return Ok(());
+        }
+        Err(LockError::StaleFence {
+            key: lock.key.clone(),
+            fence: lock.fence,
+            current: current.map(Fence),
+        }
+        .into())
+    }
+
+    /// True when an ENTRY order is in flight or a position is open for (profile, symbol).
+    pub(crate) async fn entry_in_flight(
+        &mut self,
+        profile: ProfileId,
+        symbol: &Symbol,
+    ) -> Result<bool, StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "SELECT (SELECT count(*) FROM orders WHERE profile_id = $1 AND user_id = $2 \
+                 AND symbol = $3 AND kind = 'ENTRY' AND status IN {OPEN_STATUSES}) + \
+                 (SELECT count(*) FROM lifecycles WHERE profile_id = $1 AND user_id = $2 \
+                 AND symbol = $3 AND kind = 'ENTRY' AND is_open) AS n"
+            );
+            let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
+                .fetch_one(&mut **c).await?;
+            Ok(row.int("n")? > 0)
+        })
+    }
+
+    /// Quantity of EXIT orders in flight for (profile, symbol) not yet filled.
+    pub(crate) async fn pending_exit_qty(
+        &mut self,
+        profile: ProfileId,
+        symbol: &Symbol,
+    ) -> Result<Decimal, StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "SELECT COALESCE(SUM(qty - filled_qty), 0) AS pending FROM orders \
+                 WHERE profile_id = $1 AND user_id = $2 AND symbol = $3 AND kind = 'EXIT' \
+                 AND status IN {OPEN_STATUSES}"
+            );
+            let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
+                .fetch_one(&mut **c).await?;
+            row.money("pending")
+        })
+    }
+
+    pub(crate) async fn open_position(
+        &mut self,
+        profile: ProfileId,
+        symbol: &Symbol,
+        lock: bool,
+    ) -> Result<Option<Position>, StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let sql = format!(
+                "SELECT lifecycle_id, side, qty_open, cost_open FROM lifecycles \
+                 WHERE profile_id = $1 AND user_id = $2 AND symbol = $3 AND kind = 'ENTRY' \
+                 AND is_open {}",
+                if lock { b::FOR_UPDATE } else { "" }
+            );
+            let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
+                .fetch_optional(&mut **c).await?;
+            row.map(|r| decode_position(&r, symbol)).transpose()
+        })
+    }
+
+    /// Inserts a fill; false when its exchange trade id was already recorded.
+    pub(crate) async fn insert_fill(
+        &mut self,
+        order: &OrderRecord,
+        fill: &FillReport,
+    ) -> Result<bool, StoreError> {
+        with_tx!(&mut self.tx, c, b => {
+            let row = sqlx::query(
+                "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
+                 qty, price, fee, executed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (profile_id, symbol, exchange_trade_id) DO NOTHING RETURNING fill_id",
+            )
+            .bind(order.user.as_uuid()).bind(order.profile.as_uuid()).bind(order.symbol.as_str())
+            .bind(order.client_order_id.as_str()).bind(fill.exchange_trade_id.as_str())
+            .bind(b::money(fill.qty.get())).bind(b::money(fill.price.get()))
+            .bind(b::money(fill.fee)).bind(fill.executed_at_ms)
+            .fetch_optional(&mut **c).await?;
+            Ok(row.is_some())
+        })
+    }
+
+    pub(crate) async fn load_fill(
+        &mut self,
+        order: &OrderRecord,
+        trade_id: &str,
+    ) -> Result<Option<StoredFill>, StoreError> {
+        let user = self.user_uuid();
+        with_tx!(&mut self.tx, c, b => {
+            let row = sqlx::query(
+                "SELECT client_order_id, qty, price, fee FROM fills WHERE profile_id = $1 \
+                 AND user_id = $2 AND symbol = $3 AND exchange_trade_id = $4",
+            )
+            .bind(order.profile.as_uuid()).bind(user).bind(order.symbol.as_str()).bind(trade_id)
+            .fetch_optional(&mut **c).await?;
+            row.map(|r| -> Result<StoredFill, StoreError> {
+                Ok(StoredFill {
+                    client_order_id: r.text("client_order_id")?,
+                    qty: r.money("qty")?,
+                    price: r.money("price")?,
+                    fee: r.money("fee")?,
+                })
+            })
+            .transpose()
+        })
+    }
+}

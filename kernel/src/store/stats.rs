@@ -1,0 +1,163 @@
+//! Counters the store keeps for the metrics layer: lock contention and latency, stale fences,
+//! capital-invariant refusals and replays. Plain atomics, read with [`StoreStats::snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::lifecycle::LifecycleError;
+use crate::lock::LockKind;
+
+use super::{Constraint, StoreError};
+
+/// Upper bounds (inclusive, microseconds) of the lock acquisition latency histogram buckets.
+/// The last bucket counts everything slower.
+pub const LOCK_LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Live counters of one [`Store`](super::Store), shared by all its clones.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    lock_acquired: [AtomicU64; 3],
+    lock_contended: [AtomicU64; 3],
+    lock_lost: [AtomicU64; 3],
+    lock_latency_buckets: [AtomicU64; LOCK_LATENCY_BUCKETS_US.len() + 1],
+    lock_latency_sum_us: AtomicU64,
+    lock_latency_count: AtomicU64,
+    stale_fence_rejections: AtomicU64,
+    capital_check_refusals: AtomicU64,
+    capital_constraint_violations: AtomicU64,
+    replay_duplicates: AtomicU64,
+    replay_mismatches: AtomicU64,
+    ledger_rebuild_differences: AtomicU64,
+}
+
+/// A copy of the counters at one moment. Histogram buckets are per bucket, not cumulative.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStatsSnapshot {
+    /// Leases granted, by kind (entry, reconciliation, profile lease).
+    pub lock_acquired: [u64; 3],
+    /// Acquisitions refused because another owner held the lease, by kind.
+    pub lock_contended: [u64; 3],
+    /// Renewals that found the lease expired or taken over, by kind.
+    pub lock_lost: [u64; 3],
+    /// Acquisition attempts per latency bucket ([`LOCK_LATENCY_BUCKETS_US`], then overflow).
+    pub lock_latency_buckets: Vec<u64>,
+    /// Sum of acquisition latencies, microseconds.
+    pub lock_latency_sum_us: u64,
+    /// Number of acquisition attempts timed.
+    pub lock_latency_count: u64,
+    /// Writes refused because they carried a stale fence (kernel check or database trigger).
+    pub stale_fence_rejections: u64,
+    /// Operations the kernel refused because they would break the capital invariant.
+    pub capital_check_refusals: u64,
+    /// Writes the database refused by the `capital_invariant` CHECK (the kernel check missed).
+    pub capital_constraint_violations: u64,
+    /// Replayed write-aheads, fills and status reports that changed nothing.
+    pub replay_duplicates: u64,
+    /// Replays refused because their payload differed from the original.
+    pub replay_mismatches: u64,
+    /// Ledger rebuilds that found the capital row different from its journal.
+    pub ledger_rebuild_differences: u64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl StoreStats {
+    /// Records one lock acquisition attempt and how long it took.
+    pub(crate) fn lock_attempt(&self, kind: LockKind, granted: bool, latency: Duration) {
+        if granted {
+            bump(&self.lock_acquired[kind.index()]);
+        } else {
+            bump(&self.lock_contended[kind.index()]);
+        }
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LOCK_LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| latency_us <= bound)
+            .unwrap_or(LOCK_LATENCY_BUCKETS_US.len());
+        bump(&self.lock_latency_buckets[bucket]);
+        self.lock_latency_sum_us
+            .fetch_add(latency_us, Ordering::Relaxed);
+        bump(&self.lock_latency_count);
+    }
+
+    /// Records a renewal that found the lease gone.
+    pub(crate) fn lock_lost(&self, kind: LockKind) {
+        bump(&self.lock_lost[kind.index()]);
+    }
+
+    /// Records a replay that changed nothing.
+    pub(crate) fn replay_duplicate(&self) {
+        bump(&self.replay_duplicates);
+    }
+
+    /// Records a rebuild that found a difference.
+    pub(crate) fn rebuild_difference(&self) {
+        bump(&self.ledger_rebuild_differences);
+    }
+
+    /// Counts what an operation's error says about the invariants, then hands it back.
+    pub(crate) fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            match error {
+                StoreError::Ledger(crate::ledger::LedgerError::InsufficientCapital { .. }) => {
+                    bump(&self.capital_check_refusals)
+                }
+                StoreError::Constraint(Constraint::CapitalInvariant) => {
+                    bump(&self.capital_constraint_violations)
+                }
+                StoreError::Lock(crate::lock::LockError::StaleFence { .. })
+                | StoreError::Constraint(Constraint::CurrentFence) => {
+                    bump(&self.stale_fence_rejections)
+                }
+                StoreError::Lifecycle(
+                    LifecycleError::ReplayMismatch(_) | LifecycleError::FillReplayMismatch(_),
+                ) => bump(&self.replay_mismatches),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> StoreStatsSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreStatsSnapshot {
+            lock_acquired: self.lock_acquired.each_ref().map(load),
+            lock_contended: self.lock_contended.each_ref().map(load),
+            lock_lost: self.lock_lost.each_ref().map(load),
+            lock_latency_buckets: self.lock_latency_buckets.iter().map(load).collect(),
+            lock_latency_sum_us: load(&self.lock_latency_sum_us),
+            lock_latency_count: load(&self.lock_latency_count),
+            stale_fence_rejections: load(&self.stale_fence_rejections),
+            capital_check_refusals: load(&self.capital_check_refusals),
+            capital_constraint_violations: load(&self.capital_constraint_violations),
+            replay_duplicates: load(&self.replay_duplicates),
+            replay_mismatches: load(&self.replay_mismatches),
+            ledger_rebuild_differences: load(&self.ledger_rebuild_differences),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_lands_in_its_bucket() {
+        let stats = StoreStats::default();
+        stats.lock_attempt(LockKind::Entry, true, Duration::from_micros(300));
+        stats.lock_attempt(LockKind::Entry, false, Duration::from_secs(5));
+        let snap = stats.snapshot();
+        assert_eq!(snap.lock_acquired, [1, 0, 0]);
+        assert_eq!(snap.lock_contended, [1, 0, 0]);
+        assert_eq!(snap.lock_latency_buckets[2], 1);
+        assert_eq!(snap.lock_latency_buckets[LOCK_LATENCY_BUCKETS_US.len()], 1);
+        assert_eq!(snap.lock_latency_count, 2);
+    }
+}

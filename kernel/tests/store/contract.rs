@@ -1,0 +1,747 @@
+//! The store contract, run against PostgreSQL and SQLite alike.
+
+use keel_kernel::ids::{ClientOrderId, IntentKind, ProfileId, UserId};
+use keel_kernel::ledger::{Capital, LedgerError};
+use keel_kernel::lifecycle::{FillOutcome, LifecycleError, StatusOutcome, WriteAhead};
+use keel_kernel::lock::{LockError, LockKey, LockKind, OwnerToken};
+use keel_kernel::money::{Amount, Price, Qty, decimal_from_f64};
+use keel_kernel::order::OrderStatus;
+use keel_kernel::store::{Constraint, StoreError};
+
+use crate::fixtures::*;
+use crate::support::Harness;
+
+crate::contract_tests!(
+    allocation_is_journaled_and_rebuild_finds_no_difference,
+    entry_is_refused_when_capital_is_insufficient,
+    bad_amounts_and_unknown_profiles_are_refused_with_typed_errors,
+    write_ahead_replay_is_a_noop_and_a_different_payload_is_refused,
+    entry_and_exit_lifecycle_moves_capital_and_writes_rows_only_on_fills,
+    fill_replay_changes_nothing_and_a_different_fill_under_its_trade_id_is_refused,
+    cancel_releases_the_reservation_exactly_once,
+    unknown_order_keeps_its_reservation_until_resolved,
+    second_entry_for_a_symbol_is_refused_while_one_is_in_flight,
+    write_with_a_stale_fence_is_refused_by_the_kernel_and_by_the_database,
+    lease_contention_renewal_release_and_fences_that_only_grow,
+    lease_expires_by_the_database_clock,
+    database_check_refuses_a_capital_row_that_breaks_the_invariant,
+    journal_refuses_update_and_delete,
+    rebuild_reports_and_repairs_a_tampered_capital_row,
+    unique_keys_refuse_duplicate_rows_in_the_database,
+    another_tenant_cannot_see_or_touch_a_profile_or_its_orders,
+    exits_beyond_the_position_are_refused,
+);
+
+async fn allocation_is_journaled_and_rebuild_finds_no_difference(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "100.5").await;
+    let tenant = h.store.tenant(user);
+    let capital = tenant
+        .allocate(profile, Amount::positive(d("0.00000001")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(capital.allocated, d("100.50000001"));
+    let report = tenant.rebuild_capital(profile, false).await.unwrap();
+    assert!(!report.differs(), "{report:?}");
+    assert_eq!(report.journal, capital);
+}
+
+async fn entry_is_refused_when_capital_is_insufficient(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "100").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let before = h.store.stats().snapshot().capital_check_refusals;
+    let request = entry(&lease, profile, &s, 1, "1", "100.00000001");
+    let error = tenant.write_ahead_entry(&request).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::Ledger(LedgerError::InsufficientCapital { .. })
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        h.store.stats().snapshot().capital_check_refusals,
+        before + 1
+    );
+    assert!(
+        tenant
+            .order(&request.client_order_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        d("0")
+    );
+    let fits = entry(&lease, profile, &s, 2, "1", "100");
+    tenant.write_ahead_entry(&fits).await.unwrap();
+    assert_eq!(tenant.capital(profile).await.unwrap().free(), d("0"));
+}
+
+async fn bad_amounts_and_unknown_profiles_are_refused_with_typed_errors(h: &Harness) {
+    assert!(decimal_from_f64("amount", f64::NAN).is_err());
+    assert!(Amount::positive(d("0")).is_err());
+    assert!(Amount::positive(d("-1")).is_err());
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "10").await;
+    let tenant = h.store.tenant(user);
+    let too_precise = tenant
+        .allocate(profile, Amount::positive(d("0.000000001")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        too_precise,
+        StoreError::Ledger(LedgerError::TooPrecise { .. })
+    ));
+    let too_large = tenant
+        .allocate(profile, Amount::positive(d("10000000000")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        too_large,
+        StoreError::Ledger(LedgerError::OutOfRange { .. })
+    ));
+    let unknown = ProfileId::new_random();
+    let missing = tenant
+        .allocate(unknown, Amount::positive(d("1")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::UnknownProfile(p) if p == unknown));
+    assert!(matches!(
+        tenant.create_profile("").await,
+        Err(StoreError::InvalidProfileName(_))
+    ));
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let mut precise = entry(&lease, profile, &s, 1, "1", "1");
+    precise.qty = Qty::new(d("0.000000001")).unwrap();
+    assert!(matches!(
+        tenant.write_ahead_entry(&precise).await,
+        Err(StoreError::Ledger(LedgerError::TooPrecise { .. }))
+    ));
+    assert_eq!(tenant.capital(profile).await.unwrap().allocated, d("10"));
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+}
+
+async fn write_ahead_replay_is_a_noop_and_a_different_payload_is_refused(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("ETHUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 7, "2", "100");
+    assert!(matches!(
+        tenant.write_ahead_entry(&request).await.unwrap(),
+        WriteAhead::Written(_)
+    ));
+    for _ in 0..3 {
+        assert!(matches!(
+            tenant.write_ahead_entry(&request).await.unwrap(),
+            WriteAhead::Replayed(_)
+        ));
+    }
+    let mut different = request.clone();
+    different.price = Price::new(d("101")).unwrap();
+    let error = tenant.write_ahead_entry(&different).await.unwrap_err();
+    assert!(matches!(
+        error,
+        StoreError::Lifecycle(LifecycleError::ReplayMismatch(_))
+    ));
+    assert!(h.store.stats().snapshot().replay_mismatches >= 1);
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        d("200")
+    );
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+}
+
+async fn entry_and_exit_lifecycle_moves_capital_and_writes_rows_only_on_fills(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 1, "2", "100");
+    let coid = request.client_order_id.clone();
+    tenant.write_ahead_entry(&request).await.unwrap();
+    assert!(
+        tenant.position(profile, &s).await.unwrap().is_none(),
+        "no lifecycle before a fill"
+    );
+    tenant.confirm_accepted(&coid, "8812").await.unwrap();
+    tenant
+        .record_fill(&fill(&coid, "t1", "0.5", "99", "0.01"))
+        .await
+        .unwrap();
+    let position = tenant.position(profile, &s).await.unwrap().unwrap();
+    assert_eq!(
+        (position.qty_open, position.cost_open),
+        (d("0.5"), d("49.5"))
+    );
+    tenant
+        .record_fill(&fill(&coid, "t2", "1.5", "100", "0.03"))
+        .await
+        .unwrap();
+    let order = tenant.order(&coid).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Filled);
+    assert_eq!(order.reserved_remaining, d("0"));
+    let capital = tenant.capital(profile).await.unwrap();
+    assert_eq!(
+        capital,
+        Capital {
+            allocated: d("1000"),
+            reserved_for_orders: d("0"),
+            reserved_for_positions: d("199.5"),
+            realized_pnl: d("-0.04"),
+        }
+    );
+    let exit_request = exit(profile, &s, 2, "2", "110");
+    let exit_coid = exit_request.client_order_id.clone();
+    tenant.write_ahead_exit(&exit_request).await.unwrap();
+    let outcome = tenant
+        .record_fill(&fill(&exit_coid, "t3", "2", "110", "0.05"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, FillOutcome::Recorded { realized_pnl, .. } if realized_pnl == d("20.5"))
+    );
+    assert!(
+        tenant.position(profile, &s).await.unwrap().is_none(),
+        "position closed"
+    );
+    let capital = tenant.capital(profile).await.unwrap();
+    assert_eq!(capital.reserved_for_positions, d("0"));
+    assert_eq!(capital.realized_pnl, d("20.41"));
+    assert!(capital.holds_invariant());
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+    // The symbol is free again for a new entry.
+    tenant
+        .write_ahead_entry(&entry(&lease, profile, &s, 3, "1", "100"))
+        .await
+        .unwrap();
+}
+
+async fn fill_replay_changes_nothing_and_a_different_fill_under_its_trade_id_is_refused(
+    h: &Harness,
+) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 1, "3", "100");
+    tenant.write_ahead_entry(&request).await.unwrap();
+    let first = fill(&request.client_order_id, "t1", "1", "100", "0.1");
+    tenant.record_fill(&first).await.unwrap();
+    let after_first = tenant.capital(profile).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            tenant.record_fill(&first).await.unwrap(),
+            FillOutcome::Duplicate
+        );
+    }
+    let forged = fill(&request.client_order_id, "t1", "2", "100", "0.1");
+    assert!(matches!(
+        tenant.record_fill(&forged).await,
+        Err(StoreError::Lifecycle(LifecycleError::FillReplayMismatch(_)))
+    ));
+    assert_eq!(tenant.capital(profile).await.unwrap(), after_first);
+    let order = tenant
+        .order(&request.client_order_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.filled_qty, d("1"));
+    assert_eq!(order.status, OrderStatus::PartiallyFilled);
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+}
+
+async fn cancel_releases_the_reservation_exactly_once(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 1, "4", "100");
+    let coid = request.client_order_id.clone();
+    tenant.write_ahead_entry(&request).await.unwrap();
+    tenant.confirm_accepted(&coid, "1").await.unwrap();
+    tenant
+        .record_fill(&fill(&coid, "t1", "1", "100", "0"))
+        .await
+        .unwrap();
+    let changed = tenant
+        .release_order(&coid, OrderStatus::Canceled)
+        .await
+        .unwrap();
+    assert!(matches!(changed, StatusOutcome::Changed(_)));
+    for _ in 0..3 {
+        let again = tenant
+            .release_order(&coid, OrderStatus::Canceled)
+            .await
+            .unwrap();
+        assert!(matches!(again, StatusOutcome::Unchanged(_)));
+    }
+    let capital = tenant.capital(profile).await.unwrap();
+    assert_eq!(capital.reserved_for_orders, d("0"));
+    assert_eq!(capital.reserved_for_positions, d("100"));
+    assert!(matches!(
+        tenant.release_order(&coid, OrderStatus::New).await,
+        Err(StoreError::Lifecycle(LifecycleError::NotAReleaseStatus(_)))
+    ));
+    assert!(matches!(
+        tenant.release_order(&coid, OrderStatus::Rejected).await,
+        Err(StoreError::Lifecycle(LifecycleError::InvalidTransition(_)))
+    ));
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+}
+
+async fn unknown_order_keeps_its_reservation_until_resolved(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 1, "1", "100");
+    let coid = request.client_order_id.clone();
+    tenant.write_ahead_entry(&request).await.unwrap();
+    tenant.mark_unknown(&coid).await.unwrap();
+    let order = tenant.order(&coid).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Unknown);
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        d("100")
+    );
+    tenant.confirm_accepted(&coid, "55").await.unwrap();
+    // A late timeout after the answer changes nothing.
+    let late = tenant.mark_unknown(&coid).await.unwrap();
+    assert!(matches!(late, StatusOutcome::Unchanged(o) if o.status == OrderStatus::New));
+    tenant
+        .release_order(&coid, OrderStatus::Expired)
+        .await
+        .unwrap();
+    assert_eq!(tenant.capital(profile).await.unwrap().free(), d("1000"));
+}
+
+async fn second_entry_for_a_symbol_is_refused_while_one_is_in_flight(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    tenant
+        .write_ahead_entry(&entry(&lease, profile, &s, 1, "1", "100"))
+        .await
+        .unwrap();
+    let second = tenant
+        .write_ahead_entry(&entry(&lease, profile, &s, 2, "1", "100"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        second,
+        StoreError::Lifecycle(LifecycleError::EntryInFlight { .. })
+    ));
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        d("100")
+    );
+}
+
+async fn write_with_a_stale_fence_is_refused_by_the_kernel_and_by_the_database(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let old = entry_lock(&h.store, profile, &s).await;
+    assert!(h.store.locks().release(&old).await.unwrap());
+    let new = entry_lock(&h.store, profile, &s).await;
+    assert!(new.fence > old.fence);
+    let tenant = h.store.tenant(user);
+    let stale = entry(&old, profile, &s, 1, "1", "100");
+    let error = tenant.write_ahead_entry(&stale).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::Lock(LockError::StaleFence { current: Some(c), .. }) if c == new.fence),
+        "{error:?}"
+    );
+    assert!(h.store.stats().snapshot().stale_fence_rejections >= 1);
+    assert!(
+        tenant
+            .order(&stale.client_order_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The database refuses it too, when the kernel's check is bypassed.
+    let raw = format!(
+        "INSERT INTO orders (client_order_id, user_id, profile_id, symbol, kind, side, qty, price, \
+         reserved, reserved_remaining, status, lock_key, fence) SELECT 'raw-stale', user_id, \
+         profile_id, 'BTCUSDT', 'ENTRY', 'BUY', 1, 1, 0, 0, 'PENDING_SUBMIT', '{}', {} \
+         FROM profiles WHERE profile_id = {}",
+        old.key,
+        old.fence.0,
+        profile_literal(h, profile)
+    );
+    let refused = h.raw(user, &raw).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Constraint(Constraint::CurrentFence)),
+        "{refused:?}"
+    );
+    tenant
+        .write_ahead_entry(&entry(&new, profile, &s, 1, "1", "100"))
+        .await
+        .unwrap();
+}
+
+/// A profile id as an SQL literal of the backend.
+fn profile_literal(h: &Harness, profile: ProfileId) -> String {
+    match h.store.backend() {
+        keel_kernel::store::Backend::Postgres => format!("'{profile}'::uuid"),
+        keel_kernel::store::Backend::Sqlite => {
+            format!("X'{}'", profile.as_uuid().simple())
+        }
+    }
+}
+
+async fn lease_contention_renewal_release_and_fences_that_only_grow(h: &Harness) {
+    let locks = h.store.locks();
+    let key = LockKey::reconciliation(ProfileId::new_random());
+    let (a, b) = (OwnerToken::new_random(), OwnerToken::new_random());
+    let before = h.store.stats().snapshot();
+    let lease = locks
+        .acquire(LockKind::Reconciliation, &key, a, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        locks
+            .acquire(LockKind::Reconciliation, &key, b, 60_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let renewed = locks.renew(&lease, 90_000).await.unwrap();
+    assert!(renewed.expires_at_ms >= lease.expires_at_ms);
+    assert!(locks.release(&renewed).await.unwrap());
+    assert!(
+        !locks.release(&renewed).await.unwrap(),
+        "a second release finds nothing"
+    );
+    let taken = locks
+        .acquire(LockKind::Reconciliation, &key, b, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(taken.fence > lease.fence);
+    assert!(matches!(
+        locks.renew(&lease, 60_000).await,
+        Err(StoreError::Lock(LockError::Lost { .. }))
+    ));
+    assert!(matches!(
+        locks.acquire(LockKind::ProfileLease, &key, a, 0).await,
+        Err(StoreError::Lock(LockError::TtlOutOfRange { .. }))
+    ));
+    let after = h.store.stats().snapshot();
+    assert_eq!(after.lock_acquired[1], before.lock_acquired[1] + 2);
+    assert_eq!(after.lock_contended[1], before.lock_contended[1] + 1);
+    assert_eq!(after.lock_lost[1], before.lock_lost[1] + 1);
+    assert_eq!(after.lock_latency_count, before.lock_latency_count + 3);
+}
+
+async fn lease_expires_by_the_database_clock(h: &Harness) {
+    let locks = h.store.locks();
+    let key = LockKey::profile(ProfileId::new_random());
+    let a = OwnerToken::new_random();
+    let first = locks
+        .acquire(LockKind::ProfileLease, &key, a, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let second = locks
+        .acquire(
+            LockKind::ProfileLease,
+            &key,
+            OwnerToken::new_random(),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .expect("an expired lease is free");
+    assert!(second.fence > first.fence);
+    assert!(matches!(
+        locks.renew(&first, 60_000).await,
+        Err(StoreError::Lock(LockError::Lost { .. }))
+    ));
+}
+
+async fn database_check_refuses_a_capital_row_that_breaks_the_invariant(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "100").await;
+    let sql = format!(
+        "UPDATE capital_accounts SET reserved_for_orders = allocated + 1 WHERE profile_id = {}",
+        profile_literal(h, profile)
+    );
+    let refused = h.raw(user, &sql).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::Constraint(Constraint::CapitalInvariant)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        h.store.tenant(user).capital(profile).await.unwrap().free(),
+        d("100")
+    );
+}
+
+async fn journal_refuses_update_and_delete(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "100").await;
+    let lit = profile_literal(h, profile);
+    for sql in [
+        format!("UPDATE ledger_entries SET d_allocated = 5 WHERE profile_id = {lit}"),
+        format!("DELETE FROM ledger_entries WHERE profile_id = {lit}"),
+    ] {
+        let refused = h.raw(user, &sql).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::Constraint(Constraint::LedgerAppendOnly)
+            ),
+            "{sql}: {refused:?}"
+        );
+    }
+}
+
+async fn rebuild_reports_and_repairs_a_tampered_capital_row(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "100").await;
+    let sql = format!(
+        "UPDATE capital_accounts SET allocated = allocated + allocated WHERE profile_id = {}",
+        profile_literal(h, profile)
+    );
+    assert_eq!(h.raw(user, &sql).await.unwrap(), 1);
+    let tenant = h.store.tenant(user);
+    let differences = h.store.stats().snapshot().ledger_rebuild_differences;
+    let report = tenant.rebuild_capital(profile, true).await.unwrap();
+    assert!(report.differs() && report.repaired);
+    assert_eq!(report.stored.allocated, d("200"));
+    assert_eq!(report.journal.allocated, d("100"));
+    assert_eq!(
+        h.store.stats().snapshot().ledger_rebuild_differences,
+        differences + 1
+    );
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+    assert_eq!(tenant.capital(profile).await.unwrap().allocated, d("100"));
+}
+
+async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 1, "2", "100");
+    let coid = request.client_order_id.clone();
+    tenant.write_ahead_entry(&request).await.unwrap();
+    tenant
+        .record_fill(&fill(&coid, "t1", "1", "100", "0"))
+        .await
+        .unwrap();
+    let order_columns = "user_id, profile_id, symbol, kind, side, qty, price, reserved, \
+                         reserved_remaining, status, lock_key, fence";
+    // A closed copy, so that only the client order id collides.
+    let closed_columns =
+        "user_id, profile_id, symbol, kind, side, qty, price, reserved, reserved_remaining, status";
+    let closed_select = "user_id, profile_id, symbol, kind, side, qty, price, reserved, reserved_remaining, 'CANCELED'";
+    let cases = [
+        (
+            format!(
+                "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
+                 qty, price, fee, executed_at_ms) SELECT user_id, profile_id, symbol, client_order_id, \
+                 exchange_trade_id, qty, price, fee, executed_at_ms FROM fills WHERE client_order_id = '{coid}'"
+            ),
+            Constraint::ExchangeTradeKey,
+        ),
+        (
+            format!(
+                "INSERT INTO orders (client_order_id, {closed_columns}) SELECT client_order_id, \
+                 {closed_select} FROM orders WHERE client_order_id = '{coid}'"
+            ),
+            Constraint::ClientOrderIdKey,
+        ),
+        (
+            format!(
+                "INSERT INTO orders (client_order_id, {order_columns}) SELECT 'second-entry', \
+                 {order_columns} FROM orders WHERE client_order_id = '{coid}'"
+            ),
+            Constraint::OneOpenEntryOrder,
+        ),
+        (
+            format!(
+                "INSERT INTO ledger_entries (user_id, profile_id, client_order_id, entry_kind, \
+                 d_reserved_for_orders, dedup_key) SELECT user_id, profile_id, client_order_id, \
+                 entry_kind, d_reserved_for_orders, dedup_key FROM ledger_entries \
+                 WHERE client_order_id = '{coid}' AND entry_kind = 'ENTRY_RESERVE'"
+            ),
+            Constraint::LedgerDedupKey,
+        ),
+    ];
+    for (sql, expected) in cases {
+        let refused = h.raw(user, &sql).await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Constraint(c) if *c == expected),
+            "{sql}: {refused:?}"
+        );
+    }
+    // A second open ENTRY lifecycle for the symbol, under an order that has none yet.
+    let exit_request = exit(profile, &s, 2, "1", "100");
+    tenant.write_ahead_exit(&exit_request).await.unwrap();
+    let lifecycle = format!(
+        "INSERT INTO lifecycles (user_id, profile_id, symbol, kind, side, client_order_id, qty, \
+         cost, qty_open, cost_open, is_open) SELECT user_id, profile_id, symbol, kind, side, \
+         '{}', qty, cost, qty_open, cost_open, is_open FROM lifecycles WHERE client_order_id = '{coid}'",
+        exit_request.client_order_id
+    );
+    let refused = h.raw(user, &lifecycle).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::Constraint(Constraint::OneOpenEntryLifecycle)
+        ),
+        "{refused:?}"
+    );
+}
+
+async fn another_tenant_cannot_see_or_touch_a_profile_or_its_orders(h: &Harness) {
+    let (alice, bob) = (UserId::new_random(), UserId::new_random());
+    let profile = funded_profile(&h.store, alice, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let request = entry(&lease, profile, &s, 1, "1", "100");
+    let coid = request.client_order_id.clone();
+    h.store
+        .tenant(alice)
+        .write_ahead_entry(&request)
+        .await
+        .unwrap();
+    let bob_scope = h.store.tenant(bob);
+    assert!(matches!(
+        bob_scope.capital(profile).await,
+        Err(StoreError::UnknownProfile(_))
+    ));
+    assert!(matches!(
+        bob_scope
+            .allocate(profile, Amount::positive(d("1")).unwrap())
+            .await,
+        Err(StoreError::UnknownProfile(_))
+    ));
+    assert!(bob_scope.order(&coid).await.unwrap().is_none());
+    assert!(matches!(
+        bob_scope
+            .record_fill(&fill(&coid, "t1", "1", "100", "0"))
+            .await,
+        Err(StoreError::Lifecycle(LifecycleError::UnknownOrder(_)))
+    ));
+    assert!(matches!(
+        bob_scope.release_order(&coid, OrderStatus::Canceled).await,
+        Err(StoreError::Lifecycle(LifecycleError::UnknownOrder(_)))
+    ));
+    // Bob's own profile cannot reuse Alice's client order id.
+    let bobs = funded_profile(&h.store, bob, "1000").await;
+    let bob_lease = entry_lock(&h.store, bobs, &s).await;
+    let mut stolen = entry(&bob_lease, bobs, &s, 1, "1", "100");
+    stolen.client_order_id = coid.clone();
+    assert!(matches!(
+        bob_scope.write_ahead_entry(&stolen).await,
+        Err(StoreError::Lifecycle(LifecycleError::ClientOrderIdTaken(_)))
+    ));
+    let alice_order = h.store.tenant(alice).order(&coid).await.unwrap().unwrap();
+    assert_eq!(alice_order.status, OrderStatus::PendingSubmit);
+    assert_eq!(bob_scope.capital(bobs).await.unwrap().free(), d("1000"));
+    let _ = ClientOrderId::derive(profile, &s, 1, IntentKind::Entry);
+}
+
+async fn exits_beyond_the_position_are_refused(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let tenant = h.store.tenant(user);
+    assert!(matches!(
+        tenant
+            .write_ahead_exit(&exit(profile, &s, 1, "1", "100"))
+            .await,
+        Err(StoreError::Lifecycle(LifecycleError::NoOpenPosition { .. }))
+    ));
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let request = entry(&lease, profile, &s, 1, "2", "100");
+    tenant.write_ahead_entry(&request).await.unwrap();
+    tenant
+        .record_fill(&fill(&request.client_order_id, "t1", "2", "100", "0"))
+        .await
+        .unwrap();
+    tenant
+        .write_ahead_exit(&exit(profile, &s, 2, "1.5", "100"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        tenant
+            .write_ahead_exit(&exit(profile, &s, 3, "1", "100"))
+            .await,
+        Err(StoreError::Lifecycle(
+            LifecycleError::ExitExceedsPosition { .. }
+        ))
+    ));
+    let overfill = fill(&request.client_order_id, "t9", "1", "100", "0");
+    assert!(matches!(
+        tenant.record_fill(&overfill).await,
+        Err(StoreError::Lifecycle(LifecycleError::Overfill { .. }))
+    ));
+    assert!(
+        !tenant
+            .rebuild_capital(profile, false)
+            .await
+            .unwrap()
+            .differs()
+    );
+}
