@@ -19,6 +19,7 @@
 //! );
 //! ```
 
+pub mod exchange;
 pub mod ids;
 pub mod market;
 pub mod money;

@@ -1,0 +1,1 @@
+//! Exchange integration tests.
