@@ -6,3 +6,4 @@
 pub mod backtest;
 pub mod bench;
 pub mod cli;
+pub mod exchange;

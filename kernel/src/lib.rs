@@ -19,6 +19,7 @@
 //! );
 //! ```
 
+pub mod exchange;
 pub mod ids;
 pub mod ledger;
 pub mod lifecycle;
