@@ -25,6 +25,7 @@
 pub(crate) mod backend;
 mod history;
 mod lease;
+mod listing;
 mod rows;
 mod stats;
 mod tenant;

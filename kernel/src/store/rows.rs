@@ -18,7 +18,7 @@ use super::tenant::TenantTx;
 /// The statuses of an order that may still fill: it holds a reservation and blocks a new ENTRY.
 const OPEN_STATUSES: &str = "('PENDING_SUBMIT', 'UNKNOWN', 'NEW', 'PARTIALLY_FILLED')";
 
-const ORDER_COLUMNS: &str = "client_order_id, user_id, profile_id, symbol, kind, side, qty, price, \
+pub(super) const ORDER_COLUMNS: &str = "client_order_id, user_id, profile_id, symbol, kind, side, qty, price, \
      reserved, reserved_remaining, filled_qty, status, lock_key, fence, exchange_order_id";
 
 /// One journal move: what it is, its delta and the key that makes it happen at most once.
@@ -71,7 +71,7 @@ fn decode_capital(row: &impl RowExt) -> Result<Capital, StoreError> {
     })
 }
 
-fn decode_order(row: &impl RowExt) -> Result<OrderRecord, StoreError> {
+pub(super) fn decode_order(row: &impl RowExt) -> Result<OrderRecord, StoreError> {
     let coid = row.text("client_order_id")?;
     let status = row.text("status")?;
     let lock = match (row.opt_text("lock_key")?, row.opt_int("fence")?) {
@@ -100,7 +100,7 @@ fn decode_order(row: &impl RowExt) -> Result<OrderRecord, StoreError> {
     })
 }
 
-fn decode_position(row: &impl RowExt, symbol: &Symbol) -> Result<Position, StoreError> {
+pub(super) fn decode_position(row: &impl RowExt, symbol: &Symbol) -> Result<Position, StoreError> {
     Ok(Position {
         lifecycle_id: row.int("lifecycle_id")?,
         symbol: symbol.clone(),
@@ -120,7 +120,7 @@ pub(crate) struct StoredFill {
 }
 
 impl TenantTx {
-    fn user_uuid(&self) -> Uuid {
+    pub(super) fn user_uuid(&self) -> Uuid {
         self.user().as_uuid()
     }
 

@@ -1,0 +1,336 @@
+//! The lifecycle handlers: the one place where what the exchange says becomes stored truth.
+//!
+//! The decision path, the monitor loop (live events), restart recovery and reconciliation all
+//! route through [`ProfileEngine::apply_report`] and [`ProfileEngine::apply_fill`], so a fill
+//! learned from a WebSocket event, a REST answer or a reconciliation pass is recorded the same way,
+//! once (the store's UNIQUE keys make a replay a no-op).
+
+use crate::exchange::{Fill, OrderReport, OrderRequest, PlaceOutcome, UserEvent};
+use crate::ids::{ClientOrderId, IntentKind};
+use crate::lifecycle::{FillOutcome, FillReport, OrderRecord, StatusOutcome};
+use crate::order::OrderStatus;
+use crate::store::StoreError;
+use crate::strategy::FillView;
+
+use super::book::position_side;
+use super::{EngineError, PENDING_DECISIONS_PER_STEP_MAX, ProfileEngine, StepOutcome};
+
+impl ProfileEngine {
+    /// Sends a written-ahead order and applies the answer.
+    pub(super) async fn submit(
+        &mut self,
+        order: &OrderRecord,
+        request: &OrderRequest,
+    ) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
+        let outcome = self.exchange.place(request).await;
+        let label = place_outcome_label(&outcome);
+        self.metrics
+            .exchange_requests_total
+            .with_label_values(&["order", label])
+            .inc();
+        self.metrics
+            .exchange_request_duration_seconds
+            .with_label_values(&["order"])
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            PlaceOutcome::Accepted(report) => self.apply_report(&report).await,
+            PlaceOutcome::Filled { report, fills }
+            | PlaceOutcome::PartiallyFilled { report, fills } => {
+                for fill in &fills {
+                    self.apply_fill(fill).await?;
+                }
+                self.apply_report(&report).await
+            }
+            PlaceOutcome::Rejected { code, msg } => {
+                tracing::info!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, code, %msg, "order rejected by the exchange");
+                self.release(&order.client_order_id, OrderStatus::Rejected)
+                    .await
+            }
+            // A rate-limited request was not executed: the order does not exist.
+            PlaceOutcome::RateLimited { retry_after_ms } => {
+                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, retry_after_ms, "order rate-limited");
+                self.release(&order.client_order_id, OrderStatus::Rejected)
+                    .await
+            }
+            PlaceOutcome::Unknown { reason } => {
+                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, %reason, "order outcome unknown: querying");
+                self.mark_unknown(&order.client_order_id).await?;
+                let order = self
+                    .book
+                    .open_orders
+                    .get(&order.client_order_id)
+                    .cloned()
+                    .unwrap_or_else(|| order.clone());
+                self.resolve_by_query(&order).await
+            }
+        }
+    }
+
+    async fn mark_unknown(&mut self, id: &ClientOrderId) -> Result<(), EngineError> {
+        let outcome = self.store.tenant(self.spec.user).mark_unknown(id).await?;
+        self.unknown_since_ms
+            .entry(id.clone())
+            .or_insert_with(|| self.clock.now_ms());
+        self.note_status(outcome).await
+    }
+
+    /// Asks the exchange about one order by client order id and applies the answer. An order the
+    /// exchange does not know stays as it is until reconciliation's window says it never existed.
+    pub(super) async fn resolve_by_query(
+        &mut self,
+        order: &OrderRecord,
+    ) -> Result<(), EngineError> {
+        match self
+            .exchange
+            .order(&order.symbol, &order.client_order_id)
+            .await
+        {
+            Ok(Some(report)) => self.apply_report(&report).await,
+            Ok(None) => {
+                self.unknown_since_ms
+                    .entry(order.client_order_id.clone())
+                    .or_insert_with(|| self.clock.now_ms());
+                Ok(())
+            }
+            Err(error) => {
+                // Still unknown: reconciliation asks again.
+                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, %error, "order query failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies what the exchange says about one order: missing fills first (fetched by client
+    /// order id when the report shows more executed than recorded), then the status.
+    pub async fn apply_report(&mut self, report: &OrderReport) -> Result<(), EngineError> {
+        let Some(stored) = self
+            .store
+            .tenant(self.spec.user)
+            .order(&report.client_order_id)
+            .await?
+        else {
+            // Not this profile's order (or not this tenant's): nothing to apply here.
+            return Ok(());
+        };
+        if report.executed_qty > stored.filled_qty {
+            let fills = self
+                .exchange
+                .fills(&report.symbol, &report.client_order_id)
+                .await?;
+            for fill in &fills {
+                self.apply_fill(fill).await?;
+            }
+        }
+        let tenant = self.store.tenant(self.spec.user);
+        let outcome = match report.status {
+            OrderStatus::New => {
+                let exchange_id = report.exchange_order_id.to_string();
+                Some(
+                    tenant
+                        .confirm_accepted(&report.client_order_id, &exchange_id)
+                        .await?,
+                )
+            }
+            OrderStatus::Canceled | OrderStatus::Rejected | OrderStatus::Expired => Some(
+                tenant
+                    .release_order(&report.client_order_id, report.status)
+                    .await?,
+            ),
+            // Fill statuses are reached by recording fills; the others are the kernel's own.
+            OrderStatus::PartiallyFilled
+            | OrderStatus::Filled
+            | OrderStatus::PendingSubmit
+            | OrderStatus::Unknown => None,
+        };
+        match outcome {
+            Some(outcome) => self.note_status(outcome).await,
+            None => self.reload_order(&report.client_order_id).await,
+        }
+    }
+
+    async fn release(
+        &mut self,
+        id: &ClientOrderId,
+        status: OrderStatus,
+    ) -> Result<(), EngineError> {
+        let outcome = self
+            .store
+            .tenant(self.spec.user)
+            .release_order(id, status)
+            .await?;
+        self.note_status(outcome).await
+    }
+
+    async fn reload_order(&mut self, id: &ClientOrderId) -> Result<(), EngineError> {
+        if let Some(order) = self.store.tenant(self.spec.user).order(id).await? {
+            self.after_order_change(order).await?;
+        }
+        Ok(())
+    }
+
+    async fn note_status(&mut self, outcome: StatusOutcome) -> Result<(), EngineError> {
+        if let StatusOutcome::Changed(order) = &outcome {
+            self.metrics
+                .orders_total
+                .with_label_values(&[order.status.as_str()])
+                .inc();
+        }
+        self.after_order_change(outcome.order().clone()).await
+    }
+
+    /// Updates the book after an order changed, and lets go of its entry lock once the exchange
+    /// has answered for it.
+    async fn after_order_change(&mut self, order: OrderRecord) -> Result<(), EngineError> {
+        let id = order.client_order_id.clone();
+        let answered = !matches!(
+            order.status,
+            OrderStatus::PendingSubmit | OrderStatus::Unknown
+        );
+        if answered {
+            self.unknown_since_ms.remove(&id);
+            if let Some(lease) = self.entry_leases.remove(&id) {
+                self.release_lease(&lease).await;
+            }
+        }
+        let symbol = order.symbol.clone();
+        self.book.update_order(order);
+        let position = self
+            .store
+            .tenant(self.spec.user)
+            .position(self.spec.profile, &symbol)
+            .await?;
+        self.book.update_position(&symbol, position);
+        self.refresh_capital().await
+    }
+
+    pub(super) async fn refresh_capital(&mut self) -> Result<(), EngineError> {
+        let capital = self
+            .store
+            .tenant(self.spec.user)
+            .capital(self.spec.profile)
+            .await?;
+        self.book.update_capital(capital);
+        let label = self.metrics.profile_label(self.spec.profile);
+        let free = rust_decimal::prelude::ToPrimitive::to_f64(&capital.free()).unwrap_or(0.0);
+        self.metrics
+            .capital_free_quote
+            .with_label_values(&[&label])
+            .set(free);
+        Ok(())
+    }
+
+    /// Records one fill (a replay changes nothing) and tells the strategy about a new one.
+    pub async fn apply_fill(&mut self, fill: &Fill) -> Result<(), EngineError> {
+        let report = FillReport {
+            client_order_id: fill.client_order_id.clone(),
+            exchange_trade_id: fill.trade_id.to_string(),
+            qty: fill.qty,
+            price: fill.price,
+            fee: fill.fee.get().max(rust_decimal::Decimal::ZERO),
+            executed_at_ms: fill.time_ms,
+        };
+        let recorded = match self.store.tenant(self.spec.user).record_fill(&report).await {
+            Ok(recorded) => recorded,
+            // Not this profile's order: the exchange account is the profile's own, so this is a
+            // foreign order; reconciliation reports it.
+            Err(StoreError::Lifecycle(error)) => {
+                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %fill.client_order_id, %error, "fill not recorded");
+                return Ok(());
+            }
+            Err(error) => {
+                self.metrics
+                    .lifecycle_transactions_total
+                    .with_label_values(&[kind_label(None), "failed"])
+                    .inc();
+                return Err(error.into());
+            }
+        };
+        let (order, realized_pnl) = match recorded {
+            FillOutcome::Duplicate => {
+                self.metrics
+                    .lifecycle_transactions_total
+                    .with_label_values(&["fill", "replayed"])
+                    .inc();
+                return Ok(());
+            }
+            FillOutcome::Recorded {
+                order,
+                realized_pnl,
+            } => (order, realized_pnl),
+        };
+        self.metrics
+            .lifecycle_transactions_total
+            .with_label_values(&[kind_label(Some(order.kind)), "committed"])
+            .inc();
+        self.note_realized(realized_pnl - report.fee);
+        let view = FillView {
+            client_order_id: order.client_order_id.to_string(),
+            symbol: order.symbol.to_string(),
+            is_exit: order.kind == IntentKind::Exit,
+            side: position_side(order.side, order.kind),
+            price: fill.price.get().try_into().unwrap_or(0.0),
+            qty: fill.qty.get().try_into().unwrap_or(0.0),
+            fee: report.fee.try_into().unwrap_or(0.0),
+            time_ms: fill.time_ms,
+        };
+        self.metrics
+            .orders_total
+            .with_label_values(&[order.status.as_str()])
+            .inc();
+        self.after_order_change(order).await?;
+        let result = self.strategy.on_fill(&view, self.book.view());
+        // Decisions made on a fill are numbered by its trade id: re-made after a crash, they
+        // carry the same client order ids. They run once the current step's handlers finish.
+        self.pending_decisions
+            .push_back((result, fill.trade_id.0.unsigned_abs()));
+        Ok(())
+    }
+
+    /// One event from the exchange's user-data stream.
+    pub async fn on_user_event(&mut self, event: &UserEvent) -> Result<StepOutcome, EngineError> {
+        match event {
+            UserEvent::Order(report) => self.apply_report(report).await?,
+            UserEvent::Fill(fill) => self.apply_fill(fill).await?,
+        }
+        let mut outcome = StepOutcome::default();
+        self.drain_decisions(&mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Runs the decisions strategies made on fills during this step, and those their orders'
+    /// fills lead to, up to [`PENDING_DECISIONS_PER_STEP_MAX`] rounds.
+    pub(super) async fn drain_decisions(
+        &mut self,
+        outcome: &mut StepOutcome,
+    ) -> Result<(), EngineError> {
+        for _ in 0..PENDING_DECISIONS_PER_STEP_MAX {
+            let Some((result, sequence)) = self.pending_decisions.pop_front() else {
+                return Ok(());
+            };
+            self.decide(result, sequence, outcome).await?;
+        }
+        // A strategy that answers every fill with a new immediately-filled order would loop
+        // for ever: what is left waits for the next step.
+        Ok(())
+    }
+}
+
+fn kind_label(kind: Option<IntentKind>) -> &'static str {
+    match kind {
+        Some(IntentKind::Entry) => "entry",
+        Some(IntentKind::Exit) => "exit",
+        None => "fill",
+    }
+}
+
+fn place_outcome_label(outcome: &PlaceOutcome) -> &'static str {
+    match outcome {
+        PlaceOutcome::Accepted(_)
+        | PlaceOutcome::Filled { .. }
+        | PlaceOutcome::PartiallyFilled { .. } => "ok",
+        PlaceOutcome::Rejected { .. } => "rejected",
+        PlaceOutcome::Unknown { .. } => "unknown",
+        PlaceOutcome::RateLimited { .. } => "rate_limited",
+    }
+}

@@ -1,0 +1,769 @@
+//! The per-profile engine: the path of one decision, the lifecycle handlers that live events,
+//! restart recovery and reconciliation share, and the profile's entry blocks.
+//!
+//! ```text
+//! candle ─► strategy ─► risk::validate ─► entry lock ─► write-ahead (order + reservation)
+//!        ─► Exchange::place ─► handlers (status, fills, lifecycle, ledger) ─► release lock
+//! ```
+//!
+//! A [`ProfileEngine`] is driven by one task at a time (`&mut self`): the host's trading loop
+//! calls [`ProfileEngine::on_candle`], its monitor loop [`ProfileEngine::on_user_event`], its
+//! reconciliation loop [`ProfileEngine::reconcile`]. Backtests drive the same methods from one
+//! loop with a virtual clock.
+
+pub mod book;
+pub mod clock;
+mod handlers;
+mod reconcile;
+mod recovery;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::exchange::{Exchange, ExchangeError, OrderRequest, OrderType, SymbolRules};
+use crate::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
+use crate::lifecycle::{EntryRequest, ExitRequest};
+use crate::lock::{Lease, LockKey, LockKind, OwnerToken};
+use crate::market::Candle;
+use crate::metrics::Metrics;
+use crate::money::{MoneyError, Price};
+use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
+use crate::store::{Store, StoreError};
+use crate::strategy::{PluginFault, RawIntent, StrategyRuntime};
+
+pub use book::Book;
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use reconcile::ReconcileReport;
+
+use book::entry_side;
+
+/// Tunables of the engine, with safe defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// TTL of an entry lock: a crashed holder blocks its (profile, symbol) no longer than this.
+    pub entry_lock_ttl_ms: i64,
+    /// How long an order may stay UNKNOWN or PENDING_SUBMIT without the exchange knowing it
+    /// before reconciliation declares it never placed. Longer than the exchange's `recvWindow`,
+    /// after which a delayed request can no longer be accepted.
+    pub unknown_resolve_after_ms: i64,
+    /// Extra capital reserved above the reference price for market entries and short limit
+    /// entries, which may fill at a worse price than the one they were sized at.
+    pub slippage_reserve_bps: u32,
+    /// Most intents taken from one strategy call; the rest are refused.
+    pub intents_per_call_max: usize,
+    /// Most refusals kept in memory for the API and dashboard.
+    pub refusals_kept_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            entry_lock_ttl_ms: 30_000,
+            unknown_resolve_after_ms: 60_000,
+            slippage_reserve_bps: 100,
+            intents_per_call_max: 16,
+            refusals_kept_max: 256,
+        }
+    }
+}
+
+/// Why the engine could not finish a step. The step's transaction was rolled back; whatever the
+/// exchange already did is found again by the handlers or reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed (database unreachable, constraint, stale fence).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The exchange failed in a way that leaves nothing half-done (a query, not a placement).
+    #[error("exchange: {0}")]
+    Exchange(#[from] ExchangeError),
+}
+
+/// A refused intent, kept for the API and counted by rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefusalRecord {
+    /// Kernel time of the refusal.
+    pub at_ms: i64,
+    /// The rule (`Refusal::rule`).
+    pub rule: &'static str,
+    /// The full reason.
+    pub reason: String,
+    /// The intent as the strategy sent it.
+    pub intent: RawIntent,
+}
+
+/// What one step decided, for logs, tests and the deterministic simulation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepOutcome {
+    /// Orders sent to the exchange (client order ids).
+    pub orders_sent: Vec<ClientOrderId>,
+    /// Intents refused by the kernel.
+    pub refused: usize,
+    /// Set when the strategy faulted during the step.
+    pub fault: Option<PluginFault>,
+}
+
+/// Host-wide switches every profile engine reads.
+#[derive(Debug, Default)]
+pub struct HostSwitches {
+    /// The operator's kill switch: no new entries anywhere.
+    pub kill: AtomicBool,
+}
+
+/// Who the profile is and what it may do.
+#[derive(Debug, Clone)]
+pub struct ProfileSpec {
+    /// The profile.
+    pub profile: ProfileId,
+    /// Its owner: every store access runs in this tenant's scope.
+    pub user: UserId,
+    /// Its risk rules.
+    pub limits: RiskLimits,
+}
+
+/// Operator and owner controls of one profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProfileControls {
+    /// Paused by the owner or an operator.
+    pub paused: bool,
+    /// The profile's kill switch.
+    pub killed: bool,
+    /// Reduce-only after drift reconciliation could not repair.
+    pub quarantined: bool,
+}
+
+/// One profile's engine.
+pub struct ProfileEngine {
+    spec: ProfileSpec,
+    config: EngineConfig,
+    store: Store,
+    exchange: Arc<dyn Exchange>,
+    strategy: Box<dyn StrategyRuntime>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    switches: Arc<HostSwitches>,
+    owner: OwnerToken,
+    controls: ProfileControls,
+    strategy_faulted: bool,
+    book: Book,
+    last_price: HashMap<Symbol, Price>,
+    rules: HashMap<Symbol, SymbolRules>,
+    entry_leases: HashMap<ClientOrderId, Lease>,
+    unknown_since_ms: HashMap<ClientOrderId, i64>,
+    timers: BTreeSet<i64>,
+    minute: (i64, u32),
+    day: (i64, Decimal),
+    refusals: VecDeque<RefusalRecord>,
+    pending_decisions: VecDeque<(Result<Vec<RawIntent>, PluginFault>, u64)>,
+}
+
+/// Most rounds of fill-triggered decisions one step runs.
+pub const PENDING_DECISIONS_PER_STEP_MAX: usize = 64;
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
+
+impl ProfileEngine {
+    /// An engine for `spec`. Call [`ProfileEngine::recover`] before the first candle.
+    #[allow(clippy::too_many_arguments)] // each is a separate collaborator the host injects
+    pub fn new(
+        spec: ProfileSpec,
+        config: EngineConfig,
+        store: Store,
+        exchange: Arc<dyn Exchange>,
+        strategy: Box<dyn StrategyRuntime>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        switches: Arc<HostSwitches>,
+        owner: OwnerToken,
+    ) -> Self {
+        ProfileEngine {
+            spec,
+            config,
+            store,
+            exchange,
+            strategy,
+            clock,
+            metrics,
+            switches,
+            owner,
+            controls: ProfileControls::default(),
+            strategy_faulted: false,
+            book: Book::default(),
+            last_price: HashMap::new(),
+            rules: HashMap::new(),
+            entry_leases: HashMap::new(),
+            unknown_since_ms: HashMap::new(),
+            timers: BTreeSet::new(),
+            minute: (0, 0),
+            day: (0, Decimal::ZERO),
+            refusals: VecDeque::new(),
+            pending_decisions: VecDeque::new(),
+        }
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> ProfileId {
+        self.spec.profile
+    }
+
+    /// The owner.
+    pub fn user(&self) -> UserId {
+        self.spec.user
+    }
+
+    /// The book as last read from the store.
+    pub fn book(&self) -> &Book {
+        &self.book
+    }
+
+    /// The profile's controls.
+    pub fn controls(&self) -> ProfileControls {
+        self.controls
+    }
+
+    /// Pauses or resumes new entries (exits keep running).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.controls.paused = paused;
+    }
+
+    /// Sets the profile's kill switch.
+    pub fn set_killed(&mut self, killed: bool) {
+        self.controls.killed = killed;
+    }
+
+    /// Clears quarantine (an operator, after checking the exchange and the store agree).
+    pub fn clear_quarantine(&mut self) {
+        if self.controls.quarantined {
+            self.controls.quarantined = false;
+            self.metrics.profiles_quarantined.dec();
+        }
+    }
+
+    /// Replaces the risk rules.
+    pub fn set_limits(&mut self, limits: RiskLimits) {
+        self.spec.limits = limits;
+    }
+
+    /// Swaps the strategy at a call boundary (the caller already initialised the new one).
+    /// Returns the old one.
+    pub fn swap_strategy(
+        &mut self,
+        strategy: Box<dyn StrategyRuntime>,
+    ) -> Box<dyn StrategyRuntime> {
+        self.strategy_faulted = false;
+        std::mem::replace(&mut self.strategy, strategy)
+    }
+
+    /// The most recent refusals, oldest first.
+    pub fn refusals(&self) -> impl Iterator<Item = &RefusalRecord> {
+        self.refusals.iter()
+    }
+
+    /// The reason new entries are blocked, if they are.
+    pub fn entry_block(&self) -> Option<EntryBlock> {
+        if self.switches.kill.load(Ordering::Relaxed) {
+            Some(EntryBlock::HostKillSwitch)
+        } else if self.controls.killed {
+            Some(EntryBlock::ProfileKillSwitch)
+        } else if self.controls.quarantined {
+            Some(EntryBlock::Quarantined)
+        } else if self.controls.paused {
+            Some(EntryBlock::Paused)
+        } else if self.strategy_faulted {
+            Some(EntryBlock::PluginFaulted)
+        } else {
+            None
+        }
+    }
+
+    /// Feeds candles the strategy would have seen, discarding what it asks for, so an indicator
+    /// strategy that starts fresh is not blind. Returns how many candles it took.
+    pub fn warm_up(&mut self, candles: &[Candle]) -> usize {
+        let view = self.book.view().clone();
+        let mut taken = 0;
+        for candle in candles {
+            if self.strategy.on_candle(candle, &view).is_err() {
+                break;
+            }
+            self.note_price(candle);
+            taken += 1;
+        }
+        taken
+    }
+
+    /// One closed candle: timers that came due, then the strategy's decision, then its requests.
+    pub async fn on_candle(&mut self, candle: &Candle) -> Result<StepOutcome, EngineError> {
+        self.note_price(candle);
+        let mut outcome = StepOutcome::default();
+        let now_ms = self.clock.now_ms();
+        while let Some(&at_ms) = self.timers.first().filter(|&&at| at <= now_ms) {
+            self.timers.remove(&at_ms);
+            let view = self.book.view();
+            let result = self.strategy.on_timer(now_ms, view);
+            self.decide(result, at_ms.unsigned_abs(), &mut outcome)
+                .await?;
+        }
+        let view = self.book.view();
+        let result = self.strategy.on_candle(candle, view);
+        self.decide(result, candle.open_time_ms.unsigned_abs(), &mut outcome)
+            .await?;
+        self.drain_decisions(&mut outcome).await?;
+        Ok(outcome)
+    }
+
+    fn note_price(&mut self, candle: &Candle) {
+        // Market data is not trusted either: a nonsensical close is not a price.
+        if let Ok(price) = Price::from_f64(candle.close) {
+            self.last_price.insert(candle.symbol.clone(), price);
+        }
+    }
+
+    async fn decide(
+        &mut self,
+        result: Result<Vec<RawIntent>, PluginFault>,
+        sequence: u64,
+        outcome: &mut StepOutcome,
+    ) -> Result<(), EngineError> {
+        let intents = match result {
+            Ok(intents) => {
+                self.strategy_faulted = false;
+                intents
+            }
+            Err(fault) => {
+                self.metrics
+                    .plugin_faults_total
+                    .with_label_values(&[fault.kind()])
+                    .inc();
+                tracing::warn!(profile_id = %self.spec.profile, %fault, "strategy fault: entries paused");
+                self.strategy_faulted = true;
+                outcome.fault = Some(fault);
+                return Ok(());
+            }
+        };
+        for (index, raw) in intents.into_iter().enumerate() {
+            if index >= self.config.intents_per_call_max {
+                self.refuse(
+                    raw,
+                    &Refusal::RateLimited {
+                        max: self.config.intents_per_call_max as u32,
+                    },
+                );
+                outcome.refused += 1;
+                continue;
+            }
+            match self.validate(&raw) {
+                Ok(valid) => {
+                    if let Some(sent) = self.execute(&raw, valid, sequence).await? {
+                        outcome.orders_sent.push(sent);
+                    }
+                }
+                Err(refusal) => {
+                    self.refuse(raw, &refusal);
+                    outcome.refused += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn risk_context(&self, symbol: Option<&Symbol>) -> RiskContext {
+        let position = symbol.and_then(|s| self.book.positions.get(s));
+        RiskContext {
+            last_price: symbol.and_then(|s| self.last_price.get(s).copied()),
+            free_capital: self.book.capital.free(),
+            equity: self.book.equity(),
+            exposure: self.book.exposure(),
+            positions_open: self.book.positions_open(),
+            position_qty: position.map_or(Decimal::ZERO, |p| {
+                p.qty_open - self.exit_qty_pending(&p.symbol)
+            }),
+            position_side: position.map(|p| book::position_side(p.side, IntentKind::Entry)),
+            daily_realized_pnl: self.day.1,
+            intents_this_minute: self.minute.1,
+            entry_block: self.entry_block(),
+        }
+    }
+
+    /// Quantity already asked for by open exit orders: an exit never closes more than is held.
+    fn exit_qty_pending(&self, symbol: &Symbol) -> Decimal {
+        self.book
+            .open_orders
+            .values()
+            .filter(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
+            .map(|o| o.qty - o.filled_qty)
+            .sum()
+    }
+
+    fn validate(&mut self, raw: &RawIntent) -> Result<ValidIntent, Refusal> {
+        let now_ms = self.clock.now_ms();
+        if now_ms / MINUTE_MS != self.minute.0 {
+            self.minute = (now_ms / MINUTE_MS, 0);
+        }
+        let symbol = match raw {
+            RawIntent::Entry(e) => Symbol::new(&e.symbol).ok(),
+            RawIntent::Exit(e) => Symbol::new(&e.symbol).ok(),
+            _ => None,
+        };
+        let context = self.risk_context(symbol.as_ref());
+        let valid = risk::validate(raw, &self.spec.limits, &context, now_ms)?;
+        self.minute.1 += 1;
+        Ok(valid)
+    }
+
+    fn refuse(&mut self, intent: RawIntent, refusal: &Refusal) {
+        self.metrics
+            .risk_refusals_total
+            .with_label_values(&[refusal.rule()])
+            .inc();
+        tracing::info!(profile_id = %self.spec.profile, rule = refusal.rule(), %refusal, "intent refused");
+        if self.refusals.len() == self.config.refusals_kept_max {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(RefusalRecord {
+            at_ms: self.clock.now_ms(),
+            rule: refusal.rule(),
+            reason: refusal.to_string(),
+            intent,
+        });
+    }
+
+    async fn execute(
+        &mut self,
+        raw: &RawIntent,
+        valid: ValidIntent,
+        sequence: u64,
+    ) -> Result<Option<ClientOrderId>, EngineError> {
+        match valid {
+            ValidIntent::Entry(entry) => self.enter(raw, entry, sequence).await,
+            ValidIntent::Exit(exit) => self.exit(raw, exit, sequence).await,
+            ValidIntent::Cancel { client_order_id } => {
+                self.cancel(raw, &client_order_id).await?;
+                Ok(None)
+            }
+            ValidIntent::SetTimer { at_ms } => {
+                self.timers.insert(at_ms);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn symbol_rules(&mut self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
+        if let Some(rules) = self.rules.get(symbol) {
+            return Ok(rules.clone());
+        }
+        let rules = self.exchange.symbol_rules(symbol).await?;
+        self.rules.insert(symbol.clone(), rules.clone());
+        Ok(rules)
+    }
+
+    /// Prepares an order: the exchange's filters round it, or refuse it with a reason.
+    async fn prepare(
+        &mut self,
+        raw: &RawIntent,
+        request: OrderRequest,
+    ) -> Result<Option<OrderRequest>, EngineError> {
+        let rules = match self.symbol_rules(&request.symbol).await {
+            Ok(rules) => rules,
+            Err(ExchangeError::UnknownSymbol(symbol)) => {
+                self.refuse(raw.clone(), &Refusal::SymbolNotAllowed(symbol));
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let reference = self.last_price.get(&request.symbol).copied();
+        match rules.apply(&request, reference) {
+            Ok(prepared) => Ok(Some(prepared)),
+            Err(violation) => {
+                self.metrics
+                    .risk_refusals_total
+                    .with_label_values(&["exchange_filter"])
+                    .inc();
+                tracing::info!(profile_id = %self.spec.profile, %violation, "order refused by the exchange's filters");
+                self.refusals_push(raw.clone(), "exchange_filter", violation.to_string());
+                Ok(None)
+            }
+        }
+    }
+
+    fn refusals_push(&mut self, intent: RawIntent, rule: &'static str, reason: String) {
+        if self.refusals.len() == self.config.refusals_kept_max {
+            self.refusals.pop_front();
+        }
+        let at_ms = self.clock.now_ms();
+        self.refusals.push_back(RefusalRecord {
+            at_ms,
+            rule,
+            reason,
+            intent,
+        });
+    }
+
+    /// The price an entry reserves capital at: never below what it may fill at, within the
+    /// slippage allowance.
+    fn reservation_price(&self, request: &OrderRequest) -> Result<Price, MoneyError> {
+        let reference = match request.order_type {
+            OrderType::Limit { price } if request.side == crate::market::Side::Buy => {
+                return Ok(price);
+            }
+            OrderType::Limit { price } => price,
+            OrderType::Market => *self
+                .last_price
+                .get(&request.symbol)
+                .expect("risk validation refuses a market entry without a last price"),
+        };
+        let factor =
+            Decimal::ONE + Decimal::from(self.config.slippage_reserve_bps) / Decimal::from(10_000);
+        Price::new(
+            (reference.get() * factor)
+                .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero),
+        )
+    }
+
+    async fn enter(
+        &mut self,
+        raw: &RawIntent,
+        entry: risk::EntryRequest,
+        sequence: u64,
+    ) -> Result<Option<ClientOrderId>, EngineError> {
+        let id = ClientOrderId::derive(
+            self.spec.profile,
+            &entry.symbol,
+            sequence,
+            IntentKind::Entry,
+        );
+        if self.book.entry_in_flight(&entry.symbol) {
+            self.refusals_push(
+                raw.clone(),
+                "entry_in_flight",
+                format!("an entry on {} is already in flight", entry.symbol),
+            );
+            self.metrics
+                .risk_refusals_total
+                .with_label_values(&["entry_in_flight"])
+                .inc();
+            return Ok(None);
+        }
+        let request = OrderRequest {
+            client_order_id: id.clone(),
+            symbol: entry.symbol.clone(),
+            side: entry_side(entry.side),
+            order_type: order_type(entry.price),
+            qty: entry.qty,
+            reduce_only: false,
+        };
+        let Some(request) = self.prepare(raw, request).await? else {
+            return Ok(None);
+        };
+        let price = match self.reservation_price(&request) {
+            Ok(price) => price,
+            Err(error) => {
+                self.refuse(raw.clone(), &Refusal::InvalidNumber(error));
+                return Ok(None);
+            }
+        };
+        let key = LockKey::entry(self.spec.profile, &entry.symbol);
+        let Some(lease) = self.acquire_entry_lock(&key).await? else {
+            self.refusals_push(
+                raw.clone(),
+                "entry_locked",
+                format!("the entry lock {key} is held by another owner"),
+            );
+            return Ok(None);
+        };
+        let write_ahead = EntryRequest {
+            profile: self.spec.profile,
+            client_order_id: id.clone(),
+            symbol: entry.symbol.clone(),
+            side: request.side,
+            qty: request.qty,
+            price,
+            lock: lease.fenced(),
+        };
+        let written = self
+            .store
+            .tenant(self.spec.user)
+            .write_ahead_entry(&write_ahead)
+            .await;
+        let order = match written {
+            Ok(written) => written.order().clone(),
+            Err(error) => {
+                self.release_lease(&lease).await;
+                return self.entry_write_ahead_failed(raw, error);
+            }
+        };
+        self.entry_leases.insert(id.clone(), lease);
+        self.metrics
+            .orders_total
+            .with_label_values(&["PENDING_SUBMIT"])
+            .inc();
+        self.book.update_order(order.clone());
+        self.refresh_capital().await?;
+        self.submit(&order, &request).await?;
+        Ok(Some(id))
+    }
+
+    fn entry_write_ahead_failed(
+        &mut self,
+        raw: &RawIntent,
+        error: StoreError,
+    ) -> Result<Option<ClientOrderId>, EngineError> {
+        use crate::ledger::LedgerError;
+        use crate::store::Constraint;
+        match &error {
+            StoreError::Ledger(LedgerError::InsufficientCapital { .. })
+            | StoreError::Constraint(Constraint::CapitalInvariant) => {
+                if matches!(error, StoreError::Constraint(_)) {
+                    // The database caught what the kernel's check should have: count it loudly.
+                    self.metrics.capital_invariant_violations_total.inc();
+                }
+                self.metrics
+                    .risk_refusals_total
+                    .with_label_values(&["insufficient_capital"])
+                    .inc();
+                self.refusals_push(raw.clone(), "insufficient_capital", error.to_string());
+                Ok(None)
+            }
+            StoreError::Constraint(Constraint::CurrentFence) | StoreError::Lock(_) => {
+                self.metrics.lock_stale_fence_rejections_total.inc();
+                self.refusals_push(raw.clone(), "stale_fence", error.to_string());
+                Ok(None)
+            }
+            StoreError::Constraint(Constraint::OneOpenEntryOrder) => {
+                self.metrics
+                    .risk_refusals_total
+                    .with_label_values(&["entry_in_flight"])
+                    .inc();
+                self.refusals_push(raw.clone(), "entry_in_flight", error.to_string());
+                Ok(None)
+            }
+            _ => Err(error.into()),
+        }
+    }
+
+    async fn acquire_entry_lock(&mut self, key: &LockKey) -> Result<Option<Lease>, EngineError> {
+        let started = std::time::Instant::now();
+        let lease = self
+            .store
+            .locks()
+            .acquire(
+                LockKind::Entry,
+                key,
+                self.owner,
+                self.config.entry_lock_ttl_ms,
+            )
+            .await?;
+        self.metrics
+            .lock_acquire_duration_seconds
+            .with_label_values(&["entry"])
+            .observe(started.elapsed().as_secs_f64());
+        if lease.is_none() {
+            self.metrics
+                .lock_contention_total
+                .with_label_values(&["entry"])
+                .inc();
+        }
+        Ok(lease)
+    }
+
+    async fn release_lease(&mut self, lease: &Lease) {
+        // A failed release only delays the next entry by the TTL: the lock expires by itself.
+        if let Err(error) = self.store.locks().release(lease).await {
+            tracing::warn!(profile_id = %self.spec.profile, %error, "releasing entry lock");
+        }
+    }
+
+    async fn exit(
+        &mut self,
+        raw: &RawIntent,
+        exit: risk::ExitRequest,
+        sequence: u64,
+    ) -> Result<Option<ClientOrderId>, EngineError> {
+        let id = ClientOrderId::derive(self.spec.profile, &exit.symbol, sequence, IntentKind::Exit);
+        let request = OrderRequest {
+            client_order_id: id.clone(),
+            symbol: exit.symbol.clone(),
+            side: entry_side(exit.side).opposite(),
+            order_type: order_type(exit.price),
+            qty: exit.qty,
+            reduce_only: true,
+        };
+        let Some(request) = self.prepare(raw, request).await? else {
+            return Ok(None);
+        };
+        let price = match request.order_type {
+            OrderType::Limit { price } => price,
+            OrderType::Market => *self.last_price.get(&exit.symbol).ok_or_else(|| {
+                EngineError::Exchange(ExchangeError::Unknown {
+                    reason: format!("no price known for {}", exit.symbol),
+                })
+            })?,
+        };
+        let write_ahead = ExitRequest {
+            profile: self.spec.profile,
+            client_order_id: id.clone(),
+            symbol: exit.symbol.clone(),
+            qty: request.qty,
+            price,
+        };
+        let order = match self
+            .store
+            .tenant(self.spec.user)
+            .write_ahead_exit(&write_ahead)
+            .await
+        {
+            Ok(written) => written.order().clone(),
+            Err(StoreError::Lifecycle(error)) => {
+                self.refusals_push(raw.clone(), "exit_refused", error.to_string());
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.metrics
+            .orders_total
+            .with_label_values(&["PENDING_SUBMIT"])
+            .inc();
+        self.book.update_order(order.clone());
+        self.submit(&order, &request).await?;
+        Ok(Some(id))
+    }
+
+    async fn cancel(&mut self, raw: &RawIntent, id: &ClientOrderId) -> Result<(), EngineError> {
+        let Some(order) = self.book.open_orders.get(id).cloned() else {
+            self.refusals_push(
+                raw.clone(),
+                "unknown_order",
+                format!("no open order {id} to cancel"),
+            );
+            return Ok(());
+        };
+        match self.exchange.cancel(&order.symbol, id).await {
+            Ok(report) => self.apply_report(&report).await,
+            // The order may have filled or gone meanwhile: ask, and apply what the exchange says.
+            Err(_) => self.resolve_by_query(&order).await,
+        }
+    }
+}
+
+fn order_type(price: OrderPrice) -> OrderType {
+    match price {
+        OrderPrice::Market => OrderType::Market,
+        OrderPrice::Limit(price) => OrderType::Limit { price },
+    }
+}
+
+impl ProfileEngine {
+    /// Keeps the daily realized PnL for the daily loss rule.
+    fn note_realized(&mut self, pnl: Decimal) {
+        let day = self.clock.now_ms() / DAY_MS;
+        if day != self.day.0 {
+            self.day = (day, Decimal::ZERO);
+        }
+        self.day.1 += pnl;
+    }
+}

@@ -1,0 +1,281 @@
+//! Reconciliation: the database converges to the exchange.
+//!
+//! Under the profile's reconciliation lock, a pass compares full sets — open orders, positions —
+//! between the store and the exchange, and routes every discrepancy through the same handlers
+//! live events use. A drift it cannot repair (an order or position the store cannot explain)
+//! puts the profile, and only it, into reduce-only quarantine.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::exchange::OrderReport;
+use crate::ids::ClientOrderId;
+use crate::lock::{LockKey, LockKind};
+use crate::market::Side;
+use crate::order::OrderStatus;
+
+use super::{EngineError, ProfileEngine};
+
+/// TTL of the reconciliation lock: a pass that takes longer than this loses it.
+pub const RECONCILIATION_LOCK_TTL_MS: i64 = 60_000;
+
+/// What one pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReconcileReport {
+    /// Discrepancies by kind (see `metrics::MISMATCH_KINDS`).
+    pub mismatches: BTreeMap<&'static str, u32>,
+    /// Discrepancies repaired through the handlers.
+    pub repaired: u32,
+    /// Set when the pass put the profile into quarantine.
+    pub quarantined: bool,
+    /// Set when another owner held the reconciliation lock: nothing was compared.
+    pub skipped_locked: bool,
+}
+
+impl ReconcileReport {
+    fn found(&mut self, kind: &'static str) {
+        *self.mismatches.entry(kind).or_default() += 1;
+    }
+
+    /// True when the pass found nothing to repair.
+    pub fn is_clean(&self) -> bool {
+        !self.skipped_locked && self.mismatches.is_empty()
+    }
+
+    /// The result label for `keel_reconciliation_runs_total`.
+    pub fn result_label(&self) -> &'static str {
+        if self.quarantined {
+            "quarantined"
+        } else if self.mismatches.is_empty() {
+            "clean"
+        } else {
+            "repaired"
+        }
+    }
+}
+
+impl ProfileEngine {
+    /// One reconciliation pass under the profile's reconciliation lock.
+    pub async fn reconcile(&mut self) -> Result<ReconcileReport, EngineError> {
+        let key = LockKey::reconciliation(self.spec.profile);
+        let lease = self
+            .store
+            .locks()
+            .acquire(
+                LockKind::Reconciliation,
+                &key,
+                self.owner,
+                RECONCILIATION_LOCK_TTL_MS,
+            )
+            .await?;
+        let Some(lease) = lease else {
+            self.metrics
+                .lock_contention_total
+                .with_label_values(&["reconciliation"])
+                .inc();
+            return Ok(ReconcileReport {
+                skipped_locked: true,
+                ..ReconcileReport::default()
+            });
+        };
+        let result = self.reconcile_locked().await;
+        if let Err(error) = self.store.locks().release(&lease).await {
+            tracing::warn!(profile_id = %self.spec.profile, %error, "releasing reconciliation lock");
+        }
+        let label = match &result {
+            Ok(report) => report.result_label(),
+            Err(_) => "error",
+        };
+        self.metrics
+            .reconciliation_runs_total
+            .with_label_values(&[label])
+            .inc();
+        if let Ok(report) = &result {
+            for (kind, count) in &report.mismatches {
+                self.metrics
+                    .reconciliation_mismatches_total
+                    .with_label_values(&[kind])
+                    .inc_by(u64::from(*count));
+            }
+            tracing::info!(profile_id = %self.spec.profile, result = label, mismatches = ?report.mismatches, "reconciliation pass");
+        }
+        result
+    }
+
+    async fn reconcile_locked(&mut self) -> Result<ReconcileReport, EngineError> {
+        let mut report = ReconcileReport::default();
+        let stored_open = self
+            .store
+            .tenant(self.spec.user)
+            .open_orders(self.spec.profile)
+            .await?;
+        let exchange_open: HashMap<ClientOrderId, OrderReport> = self
+            .exchange
+            .open_orders(None)
+            .await?
+            .into_iter()
+            .map(|r| (r.client_order_id.clone(), r))
+            .collect();
+        for order in &stored_open {
+            match exchange_open.get(&order.client_order_id) {
+                Some(live) => {
+                    if live.executed_qty != order.filled_qty {
+                        report.found("qty_mismatch");
+                        self.apply_report(live).await?;
+                        report.repaired += 1;
+                    } else if live.status != order.status && order.status.apply(live.status).is_ok()
+                    {
+                        report.found("status_mismatch");
+                        self.apply_report(live).await?;
+                        report.repaired += 1;
+                    }
+                }
+                None => self.reconcile_closed(order, &mut report).await?,
+            }
+        }
+        let tenant = self.store.tenant(self.spec.user);
+        for (id, live) in &exchange_open {
+            if stored_open.iter().any(|o| &o.client_order_id == id) {
+                continue;
+            }
+            match tenant.order(id).await? {
+                // Terminal in the store, open on the exchange: the store cannot move back.
+                Some(_) => report.found("status_mismatch"),
+                // An order the store never wrote ahead: not Keel's, or a lost database.
+                None => report.found("missing_in_db"),
+            }
+            tracing::warn!(profile_id = %self.spec.profile, client_order_id = %id, status = %live.status, "exchange order the store cannot explain");
+            report.quarantined = true;
+        }
+        self.reconcile_positions(&mut report).await?;
+        if report.quarantined {
+            self.quarantine();
+        }
+        self.reload_book().await?;
+        Ok(report)
+    }
+
+    /// A stored open order the exchange no longer lists as open.
+    async fn reconcile_closed(
+        &mut self,
+        order: &crate::lifecycle::OrderRecord,
+        report: &mut ReconcileReport,
+    ) -> Result<(), EngineError> {
+        match self
+            .exchange
+            .order(&order.symbol, &order.client_order_id)
+            .await?
+        {
+            Some(live) => {
+                report.found(if live.executed_qty != order.filled_qty {
+                    "qty_mismatch"
+                } else {
+                    "status_mismatch"
+                });
+                self.apply_report(&live).await?;
+                report.repaired += 1;
+            }
+            None if matches!(
+                order.status,
+                OrderStatus::PendingSubmit | OrderStatus::Unknown
+            ) =>
+            {
+                let now_ms = self.clock.now_ms();
+                let since_ms = *self
+                    .unknown_since_ms
+                    .entry(order.client_order_id.clone())
+                    .or_insert(now_ms);
+                if now_ms - since_ms >= self.config.unknown_resolve_after_ms {
+                    // Past the window in which a delayed request could still be accepted: the
+                    // order never existed. Its reservation and lock are released.
+                    report.found("missing_on_exchange");
+                    self.release_never_placed(&order.client_order_id).await?;
+                    report.repaired += 1;
+                }
+            }
+            None => {
+                // The store saw the exchange accept it, and the exchange has forgotten it.
+                report.found("missing_on_exchange");
+                report.quarantined = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_never_placed(&mut self, id: &ClientOrderId) -> Result<(), EngineError> {
+        let outcome = self
+            .store
+            .tenant(self.spec.user)
+            .release_order(id, OrderStatus::Rejected)
+            .await?;
+        self.unknown_since_ms.remove(id);
+        if let crate::lifecycle::StatusOutcome::Changed(order) = &outcome {
+            self.metrics
+                .orders_total
+                .with_label_values(&[order.status.as_str()])
+                .inc();
+        }
+        if let Some(lease) = self.entry_leases.remove(id) {
+            self.release_lease(&lease).await;
+        }
+        Ok(())
+    }
+
+    async fn reconcile_positions(
+        &mut self,
+        report: &mut ReconcileReport,
+    ) -> Result<(), EngineError> {
+        let stored = self
+            .store
+            .tenant(self.spec.user)
+            .positions(self.spec.profile)
+            .await?;
+        let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
+        for position in &stored {
+            let signed = match position.side {
+                Side::Buy => position.qty_open,
+                Side::Sell => -position.qty_open,
+            };
+            expected.insert(position.symbol.to_string(), signed);
+        }
+        let mut actual: BTreeMap<String, Decimal> = BTreeMap::new();
+        for position in self.exchange.positions().await? {
+            if !position.qty.is_zero() {
+                actual.insert(position.symbol.to_string(), position.qty);
+            }
+        }
+        let symbols: std::collections::BTreeSet<&String> =
+            expected.keys().chain(actual.keys()).collect();
+        for symbol in symbols {
+            let want = expected.get(symbol).copied().unwrap_or_default();
+            let have = actual.get(symbol).copied().unwrap_or_default();
+            if want != have {
+                tracing::warn!(profile_id = %self.spec.profile, %symbol, stored = %want, exchange = %have, "position differs from the exchange");
+                report.found("position_mismatch");
+                report.quarantined = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn quarantine(&mut self) {
+        if !self.controls.quarantined {
+            self.controls.quarantined = true;
+            self.metrics.profiles_quarantined.inc();
+            tracing::error!(profile_id = %self.spec.profile, "profile quarantined: reduce-only until an operator clears it");
+        }
+    }
+
+    /// Reloads the book from the store.
+    pub(super) async fn reload_book(&mut self) -> Result<(), EngineError> {
+        let mut tx = self.store.tenant(self.spec.user).begin().await?;
+        let capital = tx.capital(self.spec.profile).await?;
+        let positions = tx.positions(self.spec.profile).await?;
+        let orders = tx.open_orders(self.spec.profile).await?;
+        tx.commit().await?;
+        self.book.reset(capital, positions, orders);
+        Ok(())
+    }
+}

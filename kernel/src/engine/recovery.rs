@@ -1,0 +1,59 @@
+//! Restart recovery: before the first decision, the profile's state is rebuilt from the journal
+//! and the exchange's truth.
+
+use serde::Serialize;
+
+use crate::ledger::RebuildReport;
+use crate::order::OrderStatus;
+
+use super::{EngineError, ProfileEngine, ReconcileReport, StepOutcome};
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecoveryReport {
+    /// The capital rebuild from the journal.
+    pub rebuild: RebuildReport,
+    /// Orders that were PENDING_SUBMIT or UNKNOWN and were asked about.
+    pub orders_resolved: usize,
+    /// The reconciliation pass that closed recovery.
+    pub reconciliation: ReconcileReport,
+}
+
+impl ProfileEngine {
+    /// Rebuilds the capital row from the journal, asks the exchange about every order left in
+    /// flight, and runs a reconciliation pass. Decisions may start once it returns.
+    pub async fn recover(&mut self) -> Result<RecoveryReport, EngineError> {
+        let rebuild = self
+            .store
+            .tenant(self.spec.user)
+            .rebuild_capital(self.spec.profile, true)
+            .await?;
+        self.metrics.ledger_rebuilds_total.inc();
+        if rebuild.differs() {
+            self.metrics.ledger_rebuild_mismatches_total.inc();
+            tracing::error!(profile_id = %self.spec.profile, stored = %rebuild.stored, journal = %rebuild.journal, "ledger rebuild: the capital row differed from its journal");
+        }
+        self.reload_book().await?;
+        let in_flight: Vec<_> = self.book.open_orders.values().cloned().collect();
+        let mut orders_resolved = 0;
+        for order in &in_flight {
+            if matches!(
+                order.status,
+                OrderStatus::PendingSubmit | OrderStatus::Unknown
+            ) {
+                orders_resolved += 1;
+            }
+            // Every open order is asked about: fills may have happened while no one listened.
+            self.resolve_by_query(order).await?;
+        }
+        let mut outcome = StepOutcome::default();
+        self.drain_decisions(&mut outcome).await?;
+        let reconciliation = self.reconcile().await?;
+        tracing::info!(profile_id = %self.spec.profile, orders_resolved, "recovery finished");
+        Ok(RecoveryReport {
+            rebuild,
+            orders_resolved,
+            reconciliation,
+        })
+    }
+}
