@@ -1,0 +1,5 @@
+//! The trading engine end to end: a native strategy, the paper exchange and a real SQLite store.
+
+mod harness;
+mod path;
+mod recovery;

@@ -1,0 +1,154 @@
+//! The path of one decision: validation, write-ahead, exchange, confirmation, ledger.
+
+use std::sync::atomic::Ordering;
+
+use keel_kernel::order::OrderStatus;
+use keel_kernel::strategy::{PositionSide, RawEntry, RawExit, RawIntent, RawPrice, RawSize};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+
+use crate::harness::{Harness, Scripted, candle};
+
+pub fn buy(quote: f64) -> RawIntent {
+    RawIntent::Entry(RawEntry {
+        symbol: "BTCUSDT".into(),
+        side: PositionSide::Long,
+        size: RawSize::QuoteNotional(quote),
+        price: RawPrice::Market,
+        stop_loss: None,
+        take_profit: None,
+        tag: "test".into(),
+    })
+}
+
+pub fn close_all() -> RawIntent {
+    RawIntent::Exit(RawExit {
+        symbol: "BTCUSDT".into(),
+        fraction: 1.0,
+        price: RawPrice::Market,
+        tag: String::new(),
+    })
+}
+
+#[tokio::test]
+async fn entry_then_exit_moves_capital_through_the_ledger() {
+    let strategy = Scripted::default()
+        .at(1, vec![buy(500.0)])
+        .at(3, vec![close_all()]);
+    let mut h = Harness::new(strategy.clone()).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let sent = h.step(&candle(1, 100.0, 100.0)).await;
+    let refusals: Vec<_> = h.engine.refusals().collect();
+    assert_eq!(sent.orders_sent.len(), 1, "{sent:?} {refusals:?}");
+    let id = sent.orders_sent[0].clone();
+    // A market order is accepted now and fills at the next candle's open.
+    let order = h.store.tenant(h.user).order(&id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::New);
+    assert!(h.engine.book().capital.reserved_for_orders > Decimal::ZERO);
+
+    h.step(&candle(2, 110.0, 110.0)).await;
+    let order = h.store.tenant(h.user).order(&id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Filled);
+    let capital = h.engine.book().capital;
+    assert_eq!(capital.reserved_for_orders, Decimal::ZERO);
+    assert_eq!(capital.reserved_for_positions, dec!(5) * dec!(110));
+    assert_eq!(strategy.fills_seen.lock().unwrap().len(), 1);
+
+    h.step(&candle(3, 120.0, 120.0)).await;
+    h.step(&candle(4, 130.0, 130.0)).await;
+    let capital = h.engine.book().capital;
+    assert_eq!(capital.reserved_for_positions, Decimal::ZERO);
+    assert!(h.engine.book().positions.is_empty());
+    // Bought 5 at 110, sold 5 at 130: +100 before fees; fees are 4 bps of each notional.
+    let fees = (dec!(550) + dec!(650)) * dec!(0.0004);
+    assert_eq!(capital.realized_pnl, dec!(100) - fees);
+    assert!(capital.holds_invariant());
+    let report = h.engine.reconcile().await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_second_entry_while_one_is_in_flight_is_refused_not_sent() {
+    let strategy = Scripted::default().at(1, vec![buy(500.0), buy(500.0)]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let outcome = h.step(&candle(1, 100.0, 100.0)).await;
+    assert_eq!(outcome.orders_sent.len(), 1);
+    let open = h.exchange.with_engine(|e| e.open_orders(None));
+    assert_eq!(open.len(), 1);
+    assert!(h.engine.refusals().any(|r| r.rule == "entry_in_flight"));
+}
+
+#[tokio::test]
+async fn hostile_numbers_never_reach_the_exchange() {
+    let hostile = |size| {
+        RawIntent::Entry(RawEntry {
+            symbol: "BTCUSDT".into(),
+            side: PositionSide::Long,
+            size,
+            price: RawPrice::Market,
+            stop_loss: None,
+            take_profit: None,
+            tag: String::new(),
+        })
+    };
+    let intents = vec![
+        hostile(RawSize::BaseQty(f64::NAN)),
+        hostile(RawSize::BaseQty(f64::INFINITY)),
+        hostile(RawSize::QuoteNotional(-5.0)),
+        hostile(RawSize::BaseQty(1e300)),
+    ];
+    let mut h = Harness::new(Scripted::default().at(1, intents)).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let outcome = h.step(&candle(1, 100.0, 100.0)).await;
+    assert_eq!(outcome.refused, 4);
+    assert!(outcome.orders_sent.is_empty());
+    assert!(h.exchange.with_engine(|e| e.open_orders(None)).is_empty());
+    let refused = h
+        .metrics
+        .risk_refusals_total
+        .with_label_values(&["invalid_number"])
+        .get();
+    assert_eq!(refused, 4);
+}
+
+#[tokio::test]
+async fn host_kill_switch_blocks_entries_but_not_exits() {
+    let strategy = Scripted::default()
+        .at(1, vec![buy(500.0)])
+        .at(3, vec![buy(200.0)])
+        .at(4, vec![close_all()]);
+    let mut h = Harness::new(strategy).await;
+    for minute in 0..3 {
+        h.step(&candle(minute, 100.0, 100.0)).await;
+    }
+    assert_eq!(h.engine.book().positions.len(), 1);
+    h.switches.kill.store(true, Ordering::Relaxed);
+    let blocked = h.step(&candle(3, 100.0, 100.0)).await;
+    assert!(blocked.orders_sent.is_empty());
+    assert!(h.engine.refusals().any(|r| r.rule == "entry_blocked"));
+    let exit = h.step(&candle(4, 100.0, 100.0)).await;
+    assert_eq!(exit.orders_sent.len(), 1);
+    h.step(&candle(5, 100.0, 100.0)).await;
+    assert!(h.engine.book().positions.is_empty());
+}
+
+#[tokio::test]
+async fn a_plugin_fault_pauses_entries_for_that_profile() {
+    let mut strategy = Scripted::default().at(2, vec![buy(500.0)]);
+    strategy.fault_at = Some(60_000);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let faulted = h.step(&candle(1, 100.0, 100.0)).await;
+    assert!(faulted.fault.is_some());
+    assert_eq!(
+        h.metrics
+            .plugin_faults_total
+            .with_label_values(&["fuel"])
+            .get(),
+        1
+    );
+    // The next healthy call clears the block, and its entry goes through.
+    let next = h.step(&candle(2, 100.0, 100.0)).await;
+    assert_eq!(next.orders_sent.len(), 1);
+}
