@@ -2,3 +2,6 @@
 //!
 //! The kernel (`keel-kernel`) decides; this crate connects it to the world: the wasmtime runtime
 //! that runs strategy plugins, exchange adapters, the HTTP API, metrics and the `keel` CLI.
+
+pub mod cli;
+pub mod runtime;

@@ -1,5 +1,7 @@
 //! `keel`: the command line of the Keel trading host.
 
-fn main() {
-    println!("keel {}", env!("CARGO_PKG_VERSION"));
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    keel_host::cli::run(keel_host::cli::Cli::parse())
 }
