@@ -24,8 +24,12 @@ const SWAPS_MEASURED: usize = 200;
 /// The most instances the memory figure may hold.
 const INSTANCES_MAX: u32 = 20_000;
 /// The sma-cross settings measured.
-const SMA_CONFIG: [(&str, &str); 4] =
-    [("fast", "10"), ("slow", "30"), ("mode", "long-short"), ("size_fraction", "0.1")];
+const SMA_CONFIG: [(&str, &str); 4] = [
+    ("fast", "10"),
+    ("slow", "30"),
+    ("mode", "long-short"),
+    ("size_fraction", "0.1"),
+];
 
 /// The figures, one JSON object.
 #[derive(Debug, serde::Serialize)]
@@ -44,7 +48,10 @@ pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<
     if instances == 0 || instances > INSTANCES_MAX {
         bail!("--instances must be in 1..={INSTANCES_MAX}");
     }
-    let settings = EngineSettings { instances_max: instances + 64, ..EngineSettings::default() };
+    let settings = EngineSettings {
+        instances_max: instances + 64,
+        ..EngineSettings::default()
+    };
     let engine = PluginEngine::new(settings)?;
     let sma = load(&engine, plugins_dir, "sma_cross")?;
     let boundary = load(&engine, plugins_dir, "boundary")?;
@@ -52,7 +59,9 @@ pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<
     let (wasm_median, wasm_p99) = on_candle_ns(&mut start(&engine, &sma)?, &candles);
     let (boundary_median, _) = on_candle_ns(&mut start(&engine, &boundary)?, &candles);
     let mut native = NativeSmaCross::new();
-    native.init(&pairs()).map_err(|f| anyhow::anyhow!("native init: {f}"))?;
+    native
+        .init(&pairs())
+        .map_err(|f| anyhow::anyhow!("native init: {f}"))?;
     let (native_median, _) = on_candle_ns(&mut native, &candles);
     let figures = PluginBench {
         wasm_on_candle_ns_median: wasm_median,
@@ -74,21 +83,35 @@ pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<
 
 fn load(engine: &PluginEngine, dir: &Path, name: &str) -> anyhow::Result<PluginVersion> {
     let path = dir.join(format!("{name}.wasm"));
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("reading {} (build it with scripts/build-plugins)", path.display()))?;
-    engine.load(&bytes).with_context(|| format!("loading {}", path.display()))
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (build it with scripts/build-plugins)",
+            path.display()
+        )
+    })?;
+    engine
+        .load(&bytes)
+        .with_context(|| format!("loading {}", path.display()))
 }
 
 fn pairs() -> Vec<(String, String)> {
-    SMA_CONFIG.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    SMA_CONFIG
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn setup() -> InstanceSetup {
     InstanceSetup::new(ProfileId::new_random(), Arc::new(ManualClock::new(0))).config(SMA_CONFIG)
 }
 
-fn start(engine: &PluginEngine, version: &PluginVersion) -> anyhow::Result<crate::runtime::WasmStrategy> {
-    engine.start(version, setup()).map_err(|fault| anyhow::anyhow!("starting a plugin: {fault}"))
+fn start(
+    engine: &PluginEngine,
+    version: &PluginVersion,
+) -> anyhow::Result<crate::runtime::WasmStrategy> {
+    engine
+        .start(version, setup())
+        .map_err(|fault| anyhow::anyhow!("starting a plugin: {fault}"))
 }
 
 /// A deterministic random walk (xorshift), so every run sees the same prices.
@@ -119,7 +142,11 @@ fn random_walk(count: usize) -> Vec<Candle> {
 /// Median and 99th percentile of single calls, each timed on its own (the figure includes the
 /// ~20 ns of reading the clock twice). The first half of the candles warms up.
 fn on_candle_ns(strategy: &mut dyn StrategyRuntime, candles: &[Candle]) -> (u64, u64) {
-    let view = AccountView { free_capital: 10_000.0, equity: 10_000.0, ..AccountView::default() };
+    let view = AccountView {
+        free_capital: 10_000.0,
+        equity: 10_000.0,
+        ..AccountView::default()
+    };
     let (warm, measured) = candles.split_at(candles.len() / 2);
     for candle in warm {
         let _ = std::hint::black_box(strategy.on_candle(candle, &view));
@@ -152,7 +179,9 @@ fn instantiate_us(engine: &PluginEngine, version: &PluginVersion) -> anyhow::Res
     for _ in 0..INSTANTIATIONS_MEASURED {
         let setup = setup();
         let started = Instant::now();
-        let prepared = engine.prepare(version, setup).map_err(|f| anyhow::anyhow!("{f}"))?;
+        let prepared = engine
+            .prepare(version, setup)
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
         samples.push(started.elapsed().as_secs_f64() * 1e6);
         drop(prepared);
     }
@@ -160,7 +189,11 @@ fn instantiate_us(engine: &PluginEngine, version: &PluginVersion) -> anyhow::Res
 }
 
 /// From asking for a swap to the first candle answered by the new instance.
-fn hot_swap_ms(engine: &PluginEngine, version: &PluginVersion, candles: &[Candle]) -> anyhow::Result<f64> {
+fn hot_swap_ms(
+    engine: &PluginEngine,
+    version: &PluginVersion,
+    candles: &[Candle],
+) -> anyhow::Result<f64> {
     let mut strategy = start(engine, version)?;
     let handle = strategy.swap_handle();
     let view = AccountView::default();
@@ -169,8 +202,12 @@ fn hot_swap_ms(engine: &PluginEngine, version: &PluginVersion, candles: &[Candle
         let mut next = setup();
         next.profile = strategy.profile();
         let started = Instant::now();
-        handle.hot_swap(version, next).map_err(|f| anyhow::anyhow!("{f}"))?;
-        strategy.on_candle(candle, &view).map_err(|f| anyhow::anyhow!("{f}"))?;
+        handle
+            .hot_swap(version, next)
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
+        strategy
+            .on_candle(candle, &view)
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
     Ok(median_f64(samples))
@@ -189,7 +226,9 @@ fn rss_per_instance(
     for _ in 0..count {
         let mut strategy = start(engine, version)?;
         for candle in candles.iter().take(40) {
-            strategy.on_candle(candle, &view).map_err(|f| anyhow::anyhow!("{f}"))?;
+            strategy
+                .on_candle(candle, &view)
+                .map_err(|f| anyhow::anyhow!("{f}"))?;
         }
         live.push(strategy);
     }
@@ -199,11 +238,18 @@ fn rss_per_instance(
 }
 
 fn rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let kib = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .context("no VmRSS in /proc/self/status")?;
     Ok(kib * 1024)
 }

@@ -62,12 +62,17 @@ enum BenchCommand {
 /// Runs a parsed command line; the exit code says whether it succeeded.
 pub fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
-        Command::Plugin { command: PluginCommand::Check { file, config, json } } => {
-            plugin::check(&file, &config, json)
-        }
-        Command::Bench { command: BenchCommand::Plugin { json, instances, plugins_dir } } => {
-            bench::plugin(&plugins_dir, instances, json)
-        }
+        Command::Plugin {
+            command: PluginCommand::Check { file, config, json },
+        } => plugin::check(&file, &config, json),
+        Command::Bench {
+            command:
+                BenchCommand::Plugin {
+                    json,
+                    instances,
+                    plugins_dir,
+                },
+        } => bench::plugin(&plugins_dir, instances, json),
     };
     match outcome {
         Ok(code) => code,

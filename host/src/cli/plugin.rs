@@ -13,7 +13,10 @@ use crate::runtime::{EngineSettings, InstanceSetup, LoadReport, PluginEngine, Sy
 pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let pairs = parse_config(config)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let engine = PluginEngine::new(EngineSettings { instances_max: 2, ..EngineSettings::default() })?;
+    let engine = PluginEngine::new(EngineSettings {
+        instances_max: 2,
+        ..EngineSettings::default()
+    })?;
     let version = match engine.load(&bytes) {
         Ok(version) => version,
         Err(error) => {
@@ -22,9 +25,22 @@ pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitC
         }
     };
     let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).config(pairs);
-    let init = engine.prepare(&version, setup).map(|_| ()).map_err(|fault| fault.to_string());
-    print_report(file, version.digest().as_str(), version.report(), &init, json);
-    Ok(if init.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let init = engine
+        .prepare(&version, setup)
+        .map(|_| ())
+        .map_err(|fault| fault.to_string());
+    print_report(
+        file,
+        version.digest().as_str(),
+        version.report(),
+        &init,
+        json,
+    );
+    Ok(if init.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn parse_config(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -46,7 +62,13 @@ fn print_refusal(file: &Path, reason: &str, json: bool) {
     }
 }
 
-fn print_report(file: &Path, digest: &str, report: &LoadReport, init: &Result<(), String>, json: bool) {
+fn print_report(
+    file: &Path,
+    digest: &str,
+    report: &LoadReport,
+    init: &Result<(), String>,
+    json: bool,
+) {
     if json {
         let out = serde_json::json!({
             "file": file, "loadable": init.is_ok(), "sha256": digest, "report": report,
@@ -59,7 +81,11 @@ fn print_report(file: &Path, digest: &str, report: &LoadReport, init: &Result<()
     println!("sha256:   {digest}");
     println!("world:    {}", report.world);
     println!("size:     {} bytes", report.size_bytes);
-    let source = if report.from_cache { "from cache" } else { "compiled" };
+    let source = if report.from_cache {
+        "from cache"
+    } else {
+        "compiled"
+    };
     println!("compile:  {:.1} ms ({source})", report.compile_ms);
     println!("exports:  {}", report.exports.join(", "));
     println!("imports:");

@@ -52,11 +52,15 @@ impl CompiledCache {
     pub fn new(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating plugin cache directory {}", dir.display()))?;
-        Ok(CompiledCache { dir: dir.to_path_buf(), engine_key: engine_key(engine) })
+        Ok(CompiledCache {
+            dir: dir.to_path_buf(),
+            engine_key: engine_key(engine),
+        })
     }
 
     fn path(&self, digest: &PluginDigest) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", digest.as_str(), self.engine_key))
+        self.dir
+            .join(format!("{}-{}.cwasm", digest.as_str(), self.engine_key))
     }
 
     /// Loads the compiled form of `digest`, or compiles `bytes` and stores the result.
@@ -82,7 +86,9 @@ impl CompiledCache {
 
     /// Writes to a temporary file first and renames it, so a reader never sees half a file.
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
-        let serialized = component.serialize().map_err(|e| e.context("serializing a compiled plugin"))?;
+        let serialized = component
+            .serialize()
+            .map_err(|e| e.context("serializing a compiled plugin"))?;
         let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
         std::fs::write(&temporary, serialized)
             .with_context(|| format!("writing {}", temporary.display()))?;

@@ -98,7 +98,10 @@ pub(crate) fn intents(
             limits.intents_per_call_max
         ));
     }
-    intents.into_iter().map(|intent| raw_intent(intent, symbols, limits)).collect()
+    intents
+        .into_iter()
+        .map(|intent| raw_intent(intent, symbols, limits))
+        .collect()
 }
 
 fn raw_intent(
@@ -107,11 +110,18 @@ fn raw_intent(
     limits: &PluginLimits,
 ) -> Result<RawIntent, String> {
     let symbol_name = |id: wit::SymbolId| {
-        symbols.name(id).map(str::to_string).ok_or_else(|| format!("unknown symbol handle {id}"))
+        symbols
+            .name(id)
+            .map(str::to_string)
+            .ok_or_else(|| format!("unknown symbol handle {id}"))
     };
     let tag = |tag: String| {
         if tag.len() > limits.tag_bytes_max {
-            Err(format!("tag of {} bytes, more than {}", tag.len(), limits.tag_bytes_max))
+            Err(format!(
+                "tag of {} bytes, more than {}",
+                tag.len(),
+                limits.tag_bytes_max
+            ))
         } else {
             Ok(tag)
         }

@@ -11,6 +11,7 @@ use keel_kernel::strategy::PluginFault;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
 use super::clock::KernelClock;
 use super::faults::{FaultCounts, FaultLedger};
@@ -19,7 +20,6 @@ use super::limits::EngineSettings;
 use super::state::PluginState;
 use super::strategy::WasmStrategy;
 use super::wit::{Strategy, StrategyPre};
-use super::PluginDigest;
 
 /// The functions a `keel:strategy@0.1.0` component must export.
 pub const STRATEGY_EXPORTS: [&str; 4] = ["init", "on-candle", "on-fill", "on-timer"];
@@ -111,7 +111,12 @@ pub struct InstanceSetup {
 impl InstanceSetup {
     /// A setup with no config and random seed 0.
     pub fn new(profile: ProfileId, clock: Arc<dyn KernelClock>) -> Self {
-        InstanceSetup { profile, config: Vec::new(), random_seed: 0, clock }
+        InstanceSetup {
+            profile,
+            config: Vec::new(),
+            random_seed: 0,
+            clock,
+        }
     }
 
     /// Sets the config pairs.
@@ -119,7 +124,10 @@ impl InstanceSetup {
         mut self,
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        self.config = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        self.config = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         self
     }
 
@@ -144,9 +152,21 @@ impl PluginEngine {
             Some(dir) => Some(CompiledCache::new(dir, &engine)?),
             None => None,
         };
-        let ticker = EpochTicker::start(engine.clone(), Duration::from_millis(settings.epoch_tick_ms));
-        let inner = EngineInner { engine, linker, settings, faults: FaultLedger::default(), cache, ticker };
-        Ok(PluginEngine { inner: Arc::new(inner) })
+        let ticker = EpochTicker::start(
+            engine.clone(),
+            Duration::from_millis(settings.epoch_tick_ms),
+        );
+        let inner = EngineInner {
+            engine,
+            linker,
+            settings,
+            faults: FaultLedger::default(),
+            cache,
+            ticker,
+        };
+        Ok(PluginEngine {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The settings the engine was built with.
@@ -163,11 +183,9 @@ impl PluginEngine {
         let (component, source) = self.compile(&digest, bytes)?;
         let imports = check_imports(&self.inner.engine, &component)?;
         let exports = check_exports(&self.inner.engine, &component)?;
-        let instance_pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("plugin imports something this host does not serve: {e:#}"))?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("plugin imports something this host does not serve: {e:#}")
+        })?;
         let pre = StrategyPre::new(instance_pre).map_err(|e| {
             anyhow::anyhow!("exports do not match the keel:strategy@0.1.0 world: {e:#}")
         })?;
@@ -179,10 +197,18 @@ impl PluginEngine {
             compile_ms: started.elapsed().as_secs_f64() * 1e3,
             from_cache: source == CompileSource::Cache,
         };
-        Ok(PluginVersion { digest, pre, report })
+        Ok(PluginVersion {
+            digest,
+            pre,
+            report,
+        })
     }
 
-    fn compile(&self, digest: &PluginDigest, bytes: &[u8]) -> anyhow::Result<(Component, CompileSource)> {
+    fn compile(
+        &self,
+        digest: &PluginDigest,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CompileSource)> {
         let compiled = match &self.inner.cache {
             Some(cache) => cache.load_or_compile(&self.inner.engine, digest, bytes),
             None => Component::new(&self.inner.engine, bytes)
@@ -246,7 +272,10 @@ fn wasmtime_config(settings: &EngineSettings) -> Config {
 /// the file is instead.
 fn check_header(bytes: &[u8], bytes_max: usize) -> anyhow::Result<()> {
     if bytes.len() > bytes_max {
-        bail!("plugin is {} bytes, more than the {bytes_max} allowed", bytes.len());
+        bail!(
+            "plugin is {} bytes, more than the {bytes_max} allowed",
+            bytes.len()
+        );
     }
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         bail!("not a WebAssembly file (no `\\0asm` header)");
@@ -265,7 +294,10 @@ fn check_header(bytes: &[u8], bytes_max: usize) -> anyhow::Result<()> {
 /// named in the error.
 fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<String>> {
     let ty = component.component_type();
-    let names: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     for name in &names {
         let allowed = STRATEGY_IMPORTS.contains(&name.as_str())
             || (name.starts_with("wasi:") && name.contains("@0.2."));
@@ -281,9 +313,15 @@ fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<S
 
 fn check_exports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<String>> {
     let ty = component.component_type();
-    let names: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-    let missing: Vec<&str> =
-        STRATEGY_EXPORTS.iter().copied().filter(|e| !names.iter().any(|n| n == e)).collect();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let missing: Vec<&str> = STRATEGY_EXPORTS
+        .iter()
+        .copied()
+        .filter(|e| !names.iter().any(|n| n == e))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "not a keel:strategy@0.1.0 strategy: it exports [{}] and lacks [{}]",
@@ -313,7 +351,10 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch ticker thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn stop(&mut self) {

@@ -63,7 +63,10 @@ pub(crate) struct FaultLedger {
 impl FaultLedger {
     pub fn record(&self, profile: ProfileId, digest: &PluginDigest, fault: &PluginFault) {
         let mut counts = self.counts.lock().unwrap();
-        counts.entry((profile, digest.clone())).or_default().add(fault);
+        counts
+            .entry((profile, digest.clone()))
+            .or_default()
+            .add(fault);
     }
 
     pub fn for_profile(&self, profile: ProfileId) -> Vec<(PluginDigest, FaultCounts)> {

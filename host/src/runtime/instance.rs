@@ -12,6 +12,7 @@ use wasmtime::component::{ComponentNamedList, Instance, Lift, Lower, TypedFunc};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
+use super::PluginDigest;
 use super::clock::{KernelClock, WasiMonotonicClock, WasiWallClock};
 use super::convert;
 use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
@@ -19,7 +20,6 @@ use super::limits::PluginLimits;
 use super::log::{LogCounters, LogLevel, LogLine, LogPipe, PluginLog};
 use super::state::{MemoryCap, MemoryCapExceeded, PluginState, SymbolTable};
 use super::wit::keel::strategy::types as wit;
-use super::PluginDigest;
 
 /// Longest `init` error kept, in bytes.
 const INIT_ERROR_BYTES_MAX: usize = 1024;
@@ -60,10 +60,17 @@ impl PreparedInstance {
         limits: &PluginLimits,
         epoch_tick_ms: u64,
     ) -> Result<(Self, InitFunc), PluginFault> {
-        let deadline_ticks = limits.call_deadline_ms.div_ceil(epoch_tick_ms.max(1)).max(1);
+        let deadline_ticks = limits
+            .call_deadline_ms
+            .div_ceil(epoch_tick_ms.max(1))
+            .max(1);
         store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
         store.set_epoch_deadline(deadline_ticks);
-        let instance = version.pre.instance_pre().instantiate(&mut store).map_err(classify)?;
+        let instance = version
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(classify)?;
         let init = typed_export(&instance, &mut store, "init")?;
         let prepared = PreparedInstance {
             on_candle: typed_export(&instance, &mut store, "on-candle")?,
@@ -81,9 +88,13 @@ impl PreparedInstance {
     /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
     fn init(&mut self, init: InitFunc, config: &[(String, String)]) -> Result<(), PluginFault> {
         self.store.data_mut().begin_call(&AccountView::default());
-        self.store.set_fuel(self.limits.fuel_per_init).map_err(host_error)?;
+        self.store
+            .set_fuel(self.limits.fuel_per_init)
+            .map_err(host_error)?;
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let (outcome,) = init.call(&mut self.store, (config.to_vec(),)).map_err(classify)?;
+        let (outcome,) = init
+            .call(&mut self.store, (config.to_vec(),))
+            .map_err(classify)?;
         outcome.map_err(|message| PluginFault::InitRefused(truncate(message, INIT_ERROR_BYTES_MAX)))
     }
 
@@ -114,7 +125,9 @@ impl PreparedInstance {
 
     fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
         self.store.data_mut().begin_call(view);
-        self.store.set_fuel(self.limits.fuel_per_call).map_err(host_error)?;
+        self.store
+            .set_fuel(self.limits.fuel_per_call)
+            .map_err(host_error)?;
         self.store.set_epoch_deadline(self.deadline_ticks);
         Ok(())
     }
@@ -163,7 +176,9 @@ impl PreparedInstance {
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault> {
         self.begin_call(view)?;
-        let output = self.on_timer.call(&mut self.store, (now_ms, convert::account_view(view)));
+        let output = self
+            .on_timer
+            .call(&mut self.store, (now_ms, convert::account_view(view)));
         self.finish(output)
     }
 }
@@ -204,11 +219,18 @@ fn new_store(
 ) -> Store<PluginState> {
     let call_seq = Arc::new(AtomicU64::new(0));
     let label = format!("{}/{}", setup.profile, version.digest.short());
-    let log = Arc::new(Mutex::new(PluginLog::new(label, limits, setup.clock.clone(), call_seq.clone())));
+    let log = Arc::new(Mutex::new(PluginLog::new(
+        label,
+        limits,
+        setup.clock.clone(),
+        call_seq.clone(),
+    )));
     let wasi = no_authority_wasi(&log, setup.clock.clone(), setup.random_seed);
     let state = PluginState::new(
         wasi,
-        MemoryCap { cap_bytes: limits.memory_bytes_max },
+        MemoryCap {
+            cap_bytes: limits.memory_bytes_max,
+        },
         SymbolTable::new(limits.symbols_max),
         log,
         setup.clock.clone(),
@@ -231,7 +253,10 @@ fn no_authority_wasi(
         .stdout(LogPipe::new(log.clone(), LogLevel::Info))
         .stderr(LogPipe::new(log.clone(), LogLevel::Warn))
         .wall_clock(WasiWallClock(clock.clone()))
-        .monotonic_clock(WasiMonotonicClock { clock, highest_ns: AtomicU64::new(0) })
+        .monotonic_clock(WasiMonotonicClock {
+            clock,
+            highest_ns: AtomicU64::new(0),
+        })
         .secure_random(StdRng::seed_from_u64(seed))
         .insecure_random(StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15))
         .insecure_random_seed(u128::from(seed) << 64 | u128::from(!seed))

@@ -65,8 +65,6 @@ pub(crate) struct PluginLog {
     label: String,
 }
 
-
-
 impl PluginLog {
     pub fn new(
         label: String,
@@ -103,7 +101,11 @@ impl PluginLog {
         if self.lines.len() == LOG_LINES_RETAINED_MAX {
             self.lines.pop_front();
         }
-        self.lines.push_back(LogLine { level, message, at_ms });
+        self.lines.push_back(LogLine {
+            level,
+            message,
+            at_ms,
+        });
         self.counters.lines += 1;
     }
 
@@ -116,7 +118,11 @@ impl PluginLog {
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        format!("{}…[truncated from {} bytes]", &message[..end], message.len())
+        format!(
+            "{}…[truncated from {} bytes]",
+            &message[..end],
+            message.len()
+        )
     }
 
     pub fn lines(&self) -> Vec<LogLine> {
@@ -138,7 +144,11 @@ pub(crate) struct LogPipe {
 
 impl LogPipe {
     pub fn new(log: Arc<Mutex<PluginLog>>, level: LogLevel) -> Self {
-        LogPipe { log, level, pending: Arc::new(Mutex::new(Vec::new())) }
+        LogPipe {
+            log,
+            level,
+            pending: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     fn write_bytes(&self, bytes: &[u8]) {

@@ -32,7 +32,8 @@ impl NativeSmaCross {
         let index = match self.crosses.iter().position(|(s, _)| s == symbol) {
             Some(index) => index,
             None if self.crosses.len() < SYMBOLS_MAX => {
-                self.crosses.push((symbol.to_string(), SmaCross::new(config)));
+                self.crosses
+                    .push((symbol.to_string(), SmaCross::new(config)));
                 self.crosses.len() - 1
             }
             None => return None,
@@ -48,13 +49,22 @@ impl StrategyRuntime for NativeSmaCross {
         Ok(())
     }
 
-    fn on_candle(&mut self, candle: &Candle, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+    fn on_candle(
+        &mut self,
+        candle: &Candle,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
         let symbol = candle.symbol.as_str();
         let Some(turn) = self.cross(symbol).and_then(|c| c.on_close(candle.close)) else {
             return Ok(Vec::new());
         };
         let config = self.config.expect("a cross exists only after init");
-        let holding = match view.positions.iter().find(|p| p.symbol == symbol).map(|p| p.side) {
+        let holding = match view
+            .positions
+            .iter()
+            .find(|p| p.symbol == symbol)
+            .map(|p| p.side)
+        {
             None => Holding::Flat,
             Some(PositionSide::Long) => Holding::Long,
             Some(PositionSide::Short) => Holding::Short,
@@ -88,11 +98,19 @@ impl StrategyRuntime for NativeSmaCross {
         Ok(intents)
     }
 
-    fn on_fill(&mut self, _fill: &FillView, _view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+    fn on_fill(
+        &mut self,
+        _fill: &FillView,
+        _view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
         Ok(Vec::new())
     }
 
-    fn on_timer(&mut self, _now_ms: i64, _view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+    fn on_timer(
+        &mut self,
+        _now_ms: i64,
+        _view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
         Ok(Vec::new())
     }
 }

@@ -40,7 +40,11 @@ impl ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.cap_bytes {
-            return Err(MemoryCapExceeded { desired_bytes: desired, cap_bytes: self.cap_bytes }.into());
+            return Err(MemoryCapExceeded {
+                desired_bytes: desired,
+                cap_bytes: self.cap_bytes,
+            }
+            .into());
         }
         Ok(true)
     }
@@ -65,7 +69,11 @@ pub(crate) struct SymbolTable {
 
 impl SymbolTable {
     pub fn new(symbols_max: usize) -> Self {
-        SymbolTable { names: Vec::new(), symbols_max, last: 0 }
+        SymbolTable {
+            names: Vec::new(),
+            symbols_max,
+            last: 0,
+        }
     }
 
     /// The handle of `name`, assigned if new; `None` when the table is full or the name is
@@ -151,7 +159,10 @@ impl PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

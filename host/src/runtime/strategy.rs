@@ -7,10 +7,10 @@ use keel_kernel::ids::ProfileId;
 use keel_kernel::market::Candle;
 use keel_kernel::strategy::{AccountView, FillView, PluginFault, RawIntent, StrategyRuntime};
 
+use super::PluginDigest;
 use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
 use super::instance::PreparedInstance;
 use super::log::{LogCounters, LogLine};
-use super::PluginDigest;
 
 /// A plugin serving one profile: the kernel's [`StrategyRuntime`] over a Wasm instance.
 ///
@@ -50,8 +50,15 @@ impl SwapHandle {
     /// Validates nothing more: `version` is already loaded. Instantiates it, runs `init` with
     /// `setup`, and only if that succeeds queues it for the swap. On a fault the running
     /// instance is untouched and the fault is returned.
-    pub fn hot_swap(&self, version: &PluginVersion, setup: InstanceSetup) -> Result<(), PluginFault> {
-        assert_eq!(setup.profile, self.profile, "a swap must target the strategy's own profile");
+    pub fn hot_swap(
+        &self,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> Result<(), PluginFault> {
+        assert_eq!(
+            setup.profile, self.profile,
+            "a swap must target the strategy's own profile"
+        );
         let prepared = self.engine.prepare(version, setup)?;
         self.offer(prepared);
         Ok(())
@@ -70,7 +77,11 @@ impl SwapHandle {
 }
 
 impl WasmStrategy {
-    pub(crate) fn new(engine: PluginEngine, profile: ProfileId, prepared: PreparedInstance) -> Self {
+    pub(crate) fn new(
+        engine: PluginEngine,
+        profile: ProfileId,
+        prepared: PreparedInstance,
+    ) -> Self {
         WasmStrategy {
             engine,
             profile,
@@ -100,7 +111,11 @@ impl WasmStrategy {
 
     /// A handle to hot-swap this strategy from another thread.
     pub fn swap_handle(&self) -> SwapHandle {
-        SwapHandle { engine: self.engine.clone(), profile: self.profile, slot: self.swap.clone() }
+        SwapHandle {
+            engine: self.engine.clone(),
+            profile: self.profile,
+            slot: self.swap.clone(),
+        }
     }
 
     /// Replaces the instance now (the caller holds the strategy, so no call is in progress).
@@ -150,7 +165,10 @@ impl WasmStrategy {
             None => Err(PluginFault::Dead),
         };
         if let Err(fault) = &result {
-            self.engine.inner.faults.record(self.profile, &self.digest, fault);
+            self.engine
+                .inner
+                .faults
+                .record(self.profile, &self.digest, fault);
             if !matches!(fault, PluginFault::InvalidOutput(_))
                 && let Some(dead) = self.current.take()
             {
@@ -178,11 +196,19 @@ impl StrategyRuntime for WasmStrategy {
         Ok(())
     }
 
-    fn on_candle(&mut self, candle: &Candle, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+    fn on_candle(
+        &mut self,
+        candle: &Candle,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
         self.call(|instance| instance.on_candle(candle, view))
     }
 
-    fn on_fill(&mut self, fill: &FillView, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+    fn on_fill(
+        &mut self,
+        fill: &FillView,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
         self.call(|instance| instance.on_fill(fill, view))
     }
 

@@ -36,7 +36,10 @@ pub fn plugin_bytes(name: &str) -> Vec<u8> {
 pub fn engine() -> &'static PluginEngine {
     static ENGINE: OnceLock<PluginEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let settings = EngineSettings { instances_max: 256, ..EngineSettings::default() };
+        let settings = EngineSettings {
+            instances_max: 256,
+            ..EngineSettings::default()
+        };
         PluginEngine::new(settings).expect("building the test engine")
     })
 }
@@ -45,9 +48,16 @@ pub fn engine() -> &'static PluginEngine {
 pub fn deadline_only_engine() -> &'static PluginEngine {
     static ENGINE: OnceLock<PluginEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let limits =
-            PluginLimits { fuel_per_call: u64::MAX / 4, call_deadline_ms: 50, ..PluginLimits::default() };
-        let settings = EngineSettings { instances_max: 16, limits, ..EngineSettings::default() };
+        let limits = PluginLimits {
+            fuel_per_call: u64::MAX / 4,
+            call_deadline_ms: 50,
+            ..PluginLimits::default()
+        };
+        let settings = EngineSettings {
+            instances_max: 16,
+            limits,
+            ..EngineSettings::default()
+        };
         PluginEngine::new(settings).expect("building the deadline-only engine")
     })
 }
@@ -59,7 +69,11 @@ pub fn version(engine: &PluginEngine, name: &str) -> PluginVersion {
     let mut versions = VERSIONS.get_or_init(Default::default).lock().unwrap();
     versions
         .entry(key)
-        .or_insert_with(|| engine.load(&plugin_bytes(name)).expect("loading an example plugin"))
+        .or_insert_with(|| {
+            engine
+                .load(&plugin_bytes(name))
+                .expect("loading an example plugin")
+        })
         .clone()
 }
 
@@ -71,7 +85,9 @@ pub fn setup(config: &[(&str, &str)]) -> InstanceSetup {
 
 /// Starts a plugin for a fresh profile.
 pub fn start(engine: &PluginEngine, name: &str, config: &[(&str, &str)]) -> WasmStrategy {
-    engine.start(&version(engine, name), setup(config)).expect("starting a plugin")
+    engine
+        .start(&version(engine, name), setup(config))
+        .expect("starting a plugin")
 }
 
 /// Candle number `index` of a stream on BTCUSDT.
@@ -91,7 +107,11 @@ pub fn candle(index: i64, close: f64) -> Candle {
 
 /// A view with some free capital and nothing open.
 pub fn flat_view() -> AccountView {
-    AccountView { free_capital: 1_000.0, equity: 1_000.0, ..AccountView::default() }
+    AccountView {
+        free_capital: 1_000.0,
+        equity: 1_000.0,
+        ..AccountView::default()
+    }
 }
 
 /// A well-behaved neighbour in its own store: an sma-cross that must answer a known price path
@@ -104,7 +124,10 @@ pub struct Neighbour {
 impl Neighbour {
     pub fn start() -> Self {
         let strategy = start(engine(), "sma-cross", &[("fast", "2"), ("slow", "4")]);
-        Neighbour { strategy, next_index: 0 }
+        Neighbour {
+            strategy,
+            next_index: 0,
+        }
     }
 
     /// Feeds a fall then a rise: exactly one long entry, on the rise (the fall of the next round
@@ -114,9 +137,17 @@ impl Neighbour {
         for close in [10.0, 9.0, 8.0, 7.0, 6.0, 8.0, 10.0, 12.0] {
             let candle = candle(self.next_index, close);
             self.next_index += 1;
-            intents.extend(self.strategy.on_candle(&candle, &flat_view()).expect("neighbour call"));
+            intents.extend(
+                self.strategy
+                    .on_candle(&candle, &flat_view())
+                    .expect("neighbour call"),
+            );
         }
-        assert_eq!(intents.len(), 1, "the neighbour should enter once: {intents:?}");
+        assert_eq!(
+            intents.len(),
+            1,
+            "the neighbour should enter once: {intents:?}"
+        );
         assert!(matches!(&intents[0], RawIntent::Entry(e) if e.tag == "sma-cross long"));
     }
 }

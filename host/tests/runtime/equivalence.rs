@@ -26,12 +26,23 @@ fn apply(view: &mut AccountView, intents: &[RawIntent]) {
 
 #[test]
 fn wasm_and_native_sma_cross_agree_on_a_random_walk() {
-    let seed: u64 = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20_26);
+    let seed: u64 = std::env::var("KEEL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_26);
     println!("random walk seed: {seed} (set KEEL_TEST_SEED to replay)");
-    let config = [("fast", "5"), ("slow", "20"), ("mode", "long-short"), ("size_fraction", "0.25")];
+    let config = [
+        ("fast", "5"),
+        ("slow", "20"),
+        ("mode", "long-short"),
+        ("size_fraction", "0.25"),
+    ];
     let mut wasm = start(engine(), "sma-cross", &config);
     let mut native = NativeSmaCross::new();
-    let pairs: Vec<_> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let pairs: Vec<_> = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     native.init(&pairs).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut view, mut price, mut signals) = (AccountView::default(), 100.0_f64, 0);

@@ -12,13 +12,24 @@ fn load_error(bytes: &[u8]) -> String {
 #[test]
 fn every_example_plugin_loads_as_a_strategy() {
     for name in ["sma-cross", "rsi-reversion", "boundary", "hostile"] {
-        let version = engine().load(&plugin_bytes(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let version = engine()
+            .load(&plugin_bytes(name))
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let report = version.report();
         assert_eq!(report.world, "keel:strategy/strategy@0.1.0");
         for export in ["init", "on-candle", "on-fill", "on-timer"] {
-            assert!(report.exports.iter().any(|e| e == export), "{name} lacks {export}");
+            assert!(
+                report.exports.iter().any(|e| e == export),
+                "{name} lacks {export}"
+            );
         }
-        assert!(report.imports.iter().any(|i| i == "keel:strategy/types@0.1.0"), "{name}");
+        assert!(
+            report
+                .imports
+                .iter()
+                .any(|i| i == "keel:strategy/types@0.1.0"),
+            "{name}"
+        );
     }
 }
 
@@ -29,7 +40,10 @@ fn component_importing_an_unknown_interface_is_refused_naming_it() {
     )"#;
     let bytes = wat::parse_str(wat).unwrap();
     let error = load_error(&bytes);
-    assert!(error.contains("plugin imports `evil:net/socket@1.0.0`"), "{error}");
+    assert!(
+        error.contains("plugin imports `evil:net/socket@1.0.0`"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -50,15 +64,24 @@ fn component_of_another_world_is_refused_listing_what_it_lacks() {
         (export "run" (func $run))
     )"#;
     let error = load_error(&wat::parse_str(wat).unwrap());
-    assert!(error.contains("not a keel:strategy@0.1.0 strategy"), "{error}");
-    assert!(error.contains("lacks [init, on-candle, on-fill, on-timer]"), "{error}");
+    assert!(
+        error.contains("not a keel:strategy@0.1.0 strategy"),
+        "{error}"
+    );
+    assert!(
+        error.contains("lacks [init, on-candle, on-fill, on-timer]"),
+        "{error}"
+    );
 }
 
 #[test]
 fn core_module_is_refused_with_how_to_build_a_component() {
     let bytes = wat::parse_str("(module (func (export \"on-candle\")))").unwrap();
     let error = load_error(&bytes);
-    assert!(error.contains("a core WebAssembly module, not a component"), "{error}");
+    assert!(
+        error.contains("a core WebAssembly module, not a component"),
+        "{error}"
+    );
     assert!(error.contains("wasm32-wasip2"), "{error}");
 }
 
@@ -72,7 +95,10 @@ fn random_bytes_are_refused_as_not_webassembly() {
 fn truncated_component_is_refused_without_panicking() {
     let bytes = plugin_bytes("sma-cross");
     let error = load_error(&bytes[..bytes.len() / 2]);
-    assert!(error.starts_with("not a valid WebAssembly component"), "{error}");
+    assert!(
+        error.starts_with("not a valid WebAssembly component"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -88,10 +114,16 @@ fn compiled_plugins_are_cached_on_disk_and_reused() {
     let bytes = plugin_bytes("boundary");
     let first = engine.load(&bytes).unwrap();
     assert!(!first.report().from_cache);
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(cached.len(), 1);
     let name = cached[0].to_string_lossy().to_string();
-    assert!(name.starts_with(first.digest().as_str()) && name.ends_with(".cwasm"), "{name}");
+    assert!(
+        name.starts_with(first.digest().as_str()) && name.ends_with(".cwasm"),
+        "{name}"
+    );
     let second = engine.load(&bytes).unwrap();
     assert!(second.report().from_cache);
     assert_eq!(first.digest(), second.digest());

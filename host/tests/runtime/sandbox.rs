@@ -11,14 +11,19 @@ use crate::common::{T0_MS, candle, engine, flat_view, start, version};
 
 fn probe(attack: &str) -> Vec<String> {
     let mut plugin = start(engine(), "hostile", &[("attack", attack)]);
-    plugin.on_candle(&candle(0, 1.0), &flat_view()).expect("a probe call returns normally");
+    plugin
+        .on_candle(&candle(0, 1.0), &flat_view())
+        .expect("a probe call returns normally");
     plugin.log_lines().into_iter().map(|l| l.message).collect()
 }
 
 fn assert_denied(attack: &str) {
     let lines = probe(attack);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].starts_with(&format!("{attack}: denied")), "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("{attack}: denied")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -37,7 +42,7 @@ fn resolving_a_name_is_denied() {
 }
 
 #[test]
-fn environment_arguments_and_directory_are_empty() {
+fn environment_and_arguments_are_empty() {
     assert_denied("read-env");
 }
 
@@ -45,7 +50,11 @@ fn environment_arguments_and_directory_are_empty() {
 fn stdout_and_stderr_go_to_the_plugin_log() {
     let mut plugin = start(engine(), "hostile", &[("attack", "stdout")]);
     plugin.on_candle(&candle(0, 1.0), &flat_view()).unwrap();
-    let lines: Vec<_> = plugin.log_lines().into_iter().map(|l| (l.level, l.message)).collect();
+    let lines: Vec<_> = plugin
+        .log_lines()
+        .into_iter()
+        .map(|l| (l.level, l.message))
+        .collect();
     assert_eq!(
         lines,
         vec![
@@ -59,7 +68,9 @@ fn clock_and_random(seed: u64, clock: Arc<ManualClock>) -> String {
     let setup = InstanceSetup::new(ProfileId::new_random(), clock)
         .config([("attack", "clock-and-random")])
         .random_seed(seed);
-    let mut plugin: WasmStrategy = engine().start(&version(engine(), "hostile"), setup).unwrap();
+    let mut plugin: WasmStrategy = engine()
+        .start(&version(engine(), "hostile"), setup)
+        .unwrap();
     plugin.on_candle(&candle(0, 1.0), &flat_view()).unwrap();
     plugin.log_lines().pop().expect("one line").message
 }
@@ -78,6 +89,14 @@ fn guest_randomness_replays_from_the_kernel_seed() {
     let hash = |line: String| line.split("hash=").nth(1).unwrap().to_string();
     let clock = || Arc::new(ManualClock::new(T0_MS));
     let first = hash(clock_and_random(7, clock()));
-    assert_eq!(first, hash(clock_and_random(7, clock())), "same seed, same randomness");
-    assert_ne!(first, hash(clock_and_random(8, clock())), "another seed, other randomness");
+    assert_eq!(
+        first,
+        hash(clock_and_random(7, clock())),
+        "same seed, same randomness"
+    );
+    assert_ne!(
+        first,
+        hash(clock_and_random(8, clock())),
+        "another seed, other randomness"
+    );
 }

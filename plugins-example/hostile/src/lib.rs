@@ -50,7 +50,7 @@ impl Strategy for Hostile {
                 black_box(recurse(black_box(1)));
             }
             "panic" => panic!("hostile plugin panics on purpose"),
-            "intent-flood" => return (0..100_000).map(Intent::SetTimer).collect(),
+            "intent-flood" => return (0..10_000).map(Intent::SetTimer).collect(),
             "oversized-log" => oversized_log(),
             "bad-numbers" => return bad_numbers(candle.symbol),
             "read-file" => report("read-file", std::fs::read("/etc/passwd").map(|_| ())),
@@ -87,8 +87,9 @@ fn infinite_loop() {
 impl Hostile {
     fn grow_memory(&mut self) {
         loop {
-            let mut chunk = vec![0u8; 1 << 20];
-            chunk[0] = 1;
+            // Reserve without zeroing, so memory runs out long before fuel does.
+            let mut chunk = Vec::with_capacity(1 << 20);
+            chunk.push(1u8);
             self.hoard.push(black_box(chunk));
         }
     }
@@ -142,19 +143,13 @@ fn bad_numbers(symbol: u32) -> Vec<Intent> {
 }
 
 fn read_env() {
+    // The working directory is wasi-libc's fiction ("/" with nothing preopened), not authority.
     let vars: Vec<_> = std::env::vars().collect();
     let args: Vec<_> = std::env::args().collect();
-    let cwd = std::env::current_dir();
-    if vars.is_empty() && args.is_empty() && cwd.is_err() {
-        keel_guest::log(
-            Level::Info,
-            "read-env: denied: no variables, no arguments, no directory",
-        );
+    if vars.is_empty() && args.is_empty() {
+        keel_guest::log(Level::Info, "read-env: denied: no variables, no arguments");
     } else {
-        keel_guest::log(
-            Level::Info,
-            &format!("read-env: GRANTED {vars:?} {args:?} {cwd:?}"),
-        );
+        keel_guest::log(Level::Info, &format!("read-env: GRANTED {vars:?} {args:?}"));
     }
 }
 
