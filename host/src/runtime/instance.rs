@@ -199,7 +199,7 @@ where
         .get_export_index(&mut *store, None, name)
         .ok_or_else(|| PluginFault::Trap(format!("the plugin does not export `{name}`")))?;
     instance
-        .get_typed_func(&mut *store, &index)
+        .get_typed_func(&mut *store, index)
         .map_err(|e| PluginFault::Trap(format!("export `{name}` has the wrong type: {e:#}")))
 }
 
