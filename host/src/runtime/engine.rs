@@ -182,10 +182,10 @@ impl PluginEngine {
         let digest = PluginDigest::of(bytes);
         let (component, source) = self.compile(&digest, bytes)?;
         let imports = check_imports(&self.inner.engine, &component)?;
-        let exports = check_exports(&self.inner.engine, &component)?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("plugin imports something this host does not serve: {e:#}")
         })?;
+        let exports = check_exports(&self.inner.engine, &component)?;
         let pre = StrategyPre::new(instance_pre).map_err(|e| {
             anyhow::anyhow!("exports do not match the keel:strategy@0.1.0 world: {e:#}")
         })?;

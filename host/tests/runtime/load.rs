@@ -56,6 +56,22 @@ fn component_importing_wasi_0_3_is_refused_naming_it() {
 }
 
 #[test]
+fn component_importing_a_wasi_0_2_interface_the_host_does_not_serve_is_refused_naming_it() {
+    let wat = r#"(component
+        (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func))))
+    )"#;
+    let error = load_error(&wat::parse_str(wat).unwrap());
+    assert!(
+        error.contains("plugin imports something this host does not serve"),
+        "{error}"
+    );
+    assert!(
+        error.contains("wasi:http/outgoing-handler@0.2.0"),
+        "{error}"
+    );
+}
+
+#[test]
 fn component_of_another_world_is_refused_listing_what_it_lacks() {
     let wat = r#"(component
         (core module $m (func (export "run")))
