@@ -7,3 +7,4 @@ pub mod backtest;
 pub mod bench;
 pub mod cli;
 pub mod exchange;
+pub mod runtime;

@@ -2,17 +2,38 @@
 //! measured here, never asserted in tests.
 
 pub mod ledger;
+mod plugin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
+    /// The plugin runtime: call latency, instantiation, hot-swap and memory per instance.
+    Plugin {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Live, initialised instances held for the memory measurement.
+        #[arg(long, default_value_t = 1_000)]
+        instances: u32,
+        /// Where the example plugins were built.
+        #[arg(long, default_value = "plugins-example/target/wasm32-wasip2/release")]
+        plugins_dir: PathBuf,
+    },
     /// Two-commit ENTRY lifecycles against plain single-row UPDATE transactions on PostgreSQL.
     Ledger(ledger::LedgerArgs),
 }
 
 /// Runs the chosen benchmark.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
-        BenchCommand::Ledger(args) => ledger::run(args).await,
+        BenchCommand::Plugin {
+            json,
+            instances,
+            plugins_dir,
+        } => plugin::plugin(&plugins_dir, instances, json),
+        BenchCommand::Ledger(args) => ledger::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

@@ -1,3 +1,66 @@
-//! The `keel` subcommands' implementations.
+//! The `keel` command line: one module per command family.
 
 pub mod migrate;
+mod plugin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::bench::BenchCommand;
+
+/// Keel, a trading host with a fixed safety kernel.
+#[derive(Debug, clap::Parser)]
+#[command(name = "keel", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Work with strategy plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Measure Keel's speed and print the figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Apply the database migrations (PostgreSQL as the owner role, or a SQLite file).
+    Migrate(migrate::MigrateArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PluginCommand {
+    /// Validates a plugin exactly as the host loads it: compile, link, instantiate, `init`.
+    Check {
+        /// The component file (`.wasm`).
+        file: PathBuf,
+        /// A config pair handed to `init`, as `key=value` (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line; the exit code says whether it succeeded.
+pub async fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Plugin {
+            command: PluginCommand::Check { file, config, json },
+        } => plugin::check(&file, &config, json),
+        Command::Bench { command } => crate::bench::run(command).await,
+        Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("keel: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

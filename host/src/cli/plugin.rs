@@ -1,0 +1,102 @@
+//! `keel plugin check`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use keel_kernel::ids::ProfileId;
+
+use crate::runtime::{EngineSettings, InstanceSetup, LoadReport, PluginEngine, SystemClock};
+
+/// Loads `file` as the host would, then instantiates it and runs `init` with `config`.
+pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let pairs = parse_config(config)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let engine = PluginEngine::new(EngineSettings {
+        instances_max: 2,
+        ..EngineSettings::default()
+    })?;
+    let version = match engine.load(&bytes) {
+        Ok(version) => version,
+        Err(error) => {
+            print_refusal(file, &format!("{error:#}"), json);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).config(pairs);
+    let init = engine
+        .prepare(&version, setup)
+        .map(|_| ())
+        .map_err(|fault| fault.to_string());
+    print_report(
+        file,
+        version.digest().as_str(),
+        version.report(),
+        &init,
+        json,
+    );
+    Ok(if init.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn parse_config(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    config
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => bail!("--config takes KEY=VALUE, not {pair:?}"),
+        })
+        .collect()
+}
+
+fn print_refusal(file: &Path, reason: &str, json: bool) {
+    if json {
+        let out = serde_json::json!({ "file": file, "loadable": false, "reason": reason });
+        println!("{out}");
+    } else {
+        eprintln!("{}: refused: {reason}", file.display());
+    }
+}
+
+fn print_report(
+    file: &Path,
+    digest: &str,
+    report: &LoadReport,
+    init: &Result<(), String>,
+    json: bool,
+) {
+    if json {
+        let out = serde_json::json!({
+            "file": file, "loadable": init.is_ok(), "sha256": digest, "report": report,
+            "init": match init { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
+        });
+        println!("{out}");
+        return;
+    }
+    println!("plugin:   {}", file.display());
+    println!("sha256:   {digest}");
+    println!("world:    {}", report.world);
+    println!("size:     {} bytes", report.size_bytes);
+    let source = if report.from_cache {
+        "from cache"
+    } else {
+        "compiled"
+    };
+    println!("compile:  {:.1} ms ({source})", report.compile_ms);
+    println!("exports:  {}", report.exports.join(", "));
+    println!("imports:");
+    for import in &report.imports {
+        println!("  {import}");
+    }
+    match init {
+        Ok(()) => println!("init:     ok\nloadable: yes"),
+        Err(fault) => {
+            println!("init:     {fault}\nloadable: no");
+            eprintln!("{}: refused: {fault}", file.display());
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Compiled plugins cached on disk, keyed by the plugin's sha256 and the engine's compatibility
+//! hash: a cached artifact is only ever loaded by an engine that could have produced it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::PluginDigest;
+
+/// Feeds `Hash` output into sha256, so the engine key is stable across processes (unlike
+/// `DefaultHasher`, whose algorithm may change between Rust releases).
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("the digest is read with finalize")
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// A hex digest of everything that makes compiled code loadable by this engine.
+pub(crate) fn engine_key(engine: &Engine) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(&hasher.0.finalize()[..16])
+}
+
+/// The on-disk cache of compiled components.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+/// Where a component came from, for `keel plugin check` and the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileSource {
+    /// Compiled now by Cranelift.
+    Compiled,
+    /// Loaded from the on-disk cache.
+    Cache,
+}
+
+impl CompiledCache {
+    pub fn new(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating plugin cache directory {}", dir.display()))?;
+        Ok(CompiledCache {
+            dir: dir.to_path_buf(),
+            engine_key: engine_key(engine),
+        })
+    }
+
+    fn path(&self, digest: &PluginDigest) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.cwasm", digest.as_str(), self.engine_key))
+    }
+
+    /// Loads the compiled form of `digest`, or compiles `bytes` and stores the result.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &PluginDigest,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CompileSource)> {
+        let path = self.path(digest);
+        if path.exists() {
+            match deserialize(engine, &path) {
+                Ok(component) => return Ok((component, CompileSource::Cache)),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), "recompiling a cached plugin: {error:#}");
+                }
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        self.store(&path, &component)?;
+        Ok((component, CompileSource::Compiled))
+    }
+
+    /// Writes to a temporary file first and renames it, so a reader never sees half a file.
+    fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
+        let serialized = component
+            .serialize()
+            .map_err(|e| e.context("serializing a compiled plugin"))?;
+        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&temporary, serialized)
+            .with_context(|| format!("writing {}", temporary.display()))?;
+        std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: the file lives in the operator's cache directory and was written by `store`
+    // above from a component this same engine configuration compiled; its name carries the
+    // engine's compatibility hash, and wasmtime re-checks that hash and the artifact's header
+    // before use. Whoever can write this directory can already replace the `keel` binary.
+    Ok(unsafe { Component::deserialize_file(engine, path) }?)
+}

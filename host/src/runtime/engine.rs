@@ -1,0 +1,366 @@
+//! The process-wide plugin engine: configuration, validation at load, instantiation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use keel_kernel::ids::ProfileId;
+use keel_kernel::strategy::PluginFault;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::PluginDigest;
+use super::cache::{CompileSource, CompiledCache};
+use super::clock::KernelClock;
+use super::faults::{FaultCounts, FaultLedger};
+use super::instance::PreparedInstance;
+use super::limits::EngineSettings;
+use super::state::PluginState;
+use super::strategy::WasmStrategy;
+use super::wit::{Strategy, StrategyPre};
+
+/// The functions a `keel:strategy@0.1.0` component must export.
+pub const STRATEGY_EXPORTS: [&str; 4] = ["init", "on-candle", "on-fill", "on-timer"];
+
+/// The interfaces of the `strategy` world a plugin may import.
+const STRATEGY_IMPORTS: [&str; 4] = [
+    "keel:strategy/types@0.1.0",
+    "keel:strategy/log@0.1.0",
+    "keel:strategy/clock@0.1.0",
+    "keel:strategy/account@0.1.0",
+];
+
+/// Core instances one component may create (a Rust guest makes three or four).
+const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 16;
+/// Tables one component may create (a Rust guest makes two).
+const TABLES_PER_COMPONENT_MAX: u32 = 8;
+
+/// The engine every plugin of this process runs on. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginEngine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub engine: Engine,
+    pub linker: Linker<PluginState>,
+    pub settings: EngineSettings,
+    pub faults: FaultLedger,
+    cache: Option<CompiledCache>,
+    ticker: EpochTicker,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+/// A validated, compiled plugin version, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginVersion {
+    pub(crate) digest: PluginDigest,
+    pub(crate) pre: StrategyPre<PluginState>,
+    report: LoadReport,
+}
+
+impl PluginVersion {
+    /// The sha256 of the plugin file.
+    pub fn digest(&self) -> &PluginDigest {
+        &self.digest
+    }
+
+    /// What loading found.
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+}
+
+/// What loading a plugin found: shown by `keel plugin check`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    /// The world the plugin implements.
+    pub world: String,
+    /// Names the component exports.
+    pub exports: Vec<String>,
+    /// Interfaces the component imports.
+    pub imports: Vec<String>,
+    /// Size of the plugin file, in bytes.
+    pub size_bytes: usize,
+    /// Time to compile (or load from the cache) and link, in milliseconds.
+    pub compile_ms: f64,
+    /// Whether the compiled code came from the cache.
+    pub from_cache: bool,
+}
+
+/// Everything one instance is set up with, besides the plugin version.
+#[derive(Clone)]
+pub struct InstanceSetup {
+    /// The profile the instance serves: faults are counted under it.
+    pub profile: ProfileId,
+    /// The strategy's settings, handed to `init`.
+    pub config: Vec<(String, String)>,
+    /// Seed of the guest's randomness: the same seed gives the same replay.
+    pub random_seed: u64,
+    /// The kernel's clock (virtual in a backtest).
+    pub clock: Arc<dyn KernelClock>,
+}
+
+impl InstanceSetup {
+    /// A setup with no config and random seed 0.
+    pub fn new(profile: ProfileId, clock: Arc<dyn KernelClock>) -> Self {
+        InstanceSetup {
+            profile,
+            config: Vec::new(),
+            random_seed: 0,
+            clock,
+        }
+    }
+
+    /// Sets the config pairs.
+    pub fn config<K: Into<String>, V: Into<String>>(
+        mut self,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.config = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// Sets the random seed.
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.random_seed = seed;
+        self
+    }
+}
+
+impl PluginEngine {
+    /// Builds the engine, its linker and its epoch ticker.
+    pub fn new(settings: EngineSettings) -> anyhow::Result<Self> {
+        let engine = Engine::new(&wasmtime_config(&settings))
+            .map_err(|e| e.context("creating the wasm engine"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| e.context("linking WASI 0.2"))?;
+        Strategy::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| e.context("linking the strategy world"))?;
+        let cache = match &settings.cache_dir {
+            Some(dir) => Some(CompiledCache::new(dir, &engine)?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(
+            engine.clone(),
+            Duration::from_millis(settings.epoch_tick_ms),
+        );
+        let inner = EngineInner {
+            engine,
+            linker,
+            settings,
+            faults: FaultLedger::default(),
+            cache,
+            ticker,
+        };
+        Ok(PluginEngine {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The settings the engine was built with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// Validates and compiles a plugin exactly as it will run: a component of the
+    /// `keel:strategy@0.1.0` world importing nothing outside that world and WASI 0.2.
+    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<PluginVersion> {
+        let started = Instant::now();
+        check_header(bytes, self.inner.settings.plugin_bytes_max)?;
+        let digest = PluginDigest::of(bytes);
+        let (component, source) = self.compile(&digest, bytes)?;
+        let imports = check_imports(&self.inner.engine, &component)?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("plugin imports something this host does not serve: {e:#}")
+        })?;
+        let exports = check_exports(&self.inner.engine, &component)?;
+        let pre = StrategyPre::new(instance_pre).map_err(|e| {
+            anyhow::anyhow!("exports do not match the keel:strategy@0.1.0 world: {e:#}")
+        })?;
+        let report = LoadReport {
+            world: "keel:strategy/strategy@0.1.0".to_string(),
+            exports,
+            imports,
+            size_bytes: bytes.len(),
+            compile_ms: started.elapsed().as_secs_f64() * 1e3,
+            from_cache: source == CompileSource::Cache,
+        };
+        Ok(PluginVersion {
+            digest,
+            pre,
+            report,
+        })
+    }
+
+    fn compile(
+        &self,
+        digest: &PluginDigest,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CompileSource)> {
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(&self.inner.engine, digest, bytes),
+            None => Component::new(&self.inner.engine, bytes)
+                .map(|c| (c, CompileSource::Compiled))
+                .map_err(anyhow::Error::from),
+        };
+        compiled.map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))
+    }
+
+    /// Instantiates `version` in a new store and runs `init`; the instance serves no profile
+    /// yet. A fault (including `init` refusing the config) is counted under the profile.
+    pub fn prepare(
+        &self,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> Result<PreparedInstance, PluginFault> {
+        let profile = setup.profile;
+        PreparedInstance::new(self, version, setup).inspect_err(|fault| {
+            self.inner.faults.record(profile, &version.digest, fault);
+        })
+    }
+
+    /// Prepares an instance and puts it to work for its profile.
+    pub fn start(
+        &self,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> Result<WasmStrategy, PluginFault> {
+        let profile = setup.profile;
+        let prepared = self.prepare(version, setup)?;
+        Ok(WasmStrategy::new(self.clone(), profile, prepared))
+    }
+
+    /// Fault counts of one profile, per plugin version it ran.
+    pub fn fault_counts(&self, profile: ProfileId) -> Vec<(PluginDigest, FaultCounts)> {
+        self.inner.faults.for_profile(profile)
+    }
+}
+
+fn wasmtime_config(settings: &EngineSettings) -> Config {
+    let instances = settings.instances_max;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT_MAX / 4))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT_MAX)
+        .total_memories(instances)
+        .max_memories_per_component(1)
+        .total_tables(instances.saturating_mul(3))
+        .max_tables_per_component(TABLES_PER_COMPONENT_MAX)
+        .max_memory_size(settings.limits.memory_bytes_max);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .wasm_component_model(true);
+    config
+}
+
+/// Refuses what is not a component before the compiler sees it, with a message that says what
+/// the file is instead.
+fn check_header(bytes: &[u8], bytes_max: usize) -> anyhow::Result<()> {
+    if bytes.len() > bytes_max {
+        bail!(
+            "plugin is {} bytes, more than the {bytes_max} allowed",
+            bytes.len()
+        );
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("not a WebAssembly file (no `\\0asm` header)");
+    }
+    match [bytes[4], bytes[5], bytes[6], bytes[7]] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => bail!(
+            "a core WebAssembly module, not a component: build the plugin with \
+             `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+        ),
+        other => bail!("unsupported WebAssembly version or layer {other:02x?}"),
+    }
+}
+
+/// Every import must belong to the `strategy` world or to WASI 0.2; the first that does not is
+/// named in the error.
+fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<String>> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for name in &names {
+        let allowed = STRATEGY_IMPORTS.contains(&name.as_str())
+            || (name.starts_with("wasi:") && name.contains("@0.2."));
+        if !allowed {
+            bail!(
+                "plugin imports `{name}`, which is outside the keel:strategy@0.1.0 world and \
+                 WASI 0.2; a strategy may import only those"
+            );
+        }
+    }
+    Ok(names)
+}
+
+fn check_exports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<String>> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let missing: Vec<&str> = STRATEGY_EXPORTS
+        .iter()
+        .copied()
+        .filter(|e| !names.iter().any(|n| n == e))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "not a keel:strategy@0.1.0 strategy: it exports [{}] and lacks [{}]",
+            names.join(", "),
+            missing.join(", ")
+        );
+    }
+    Ok(names)
+}
+
+/// Advances the engine's epoch at a fixed interval: the wall-clock backstop of every call.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_seen = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-epoch".to_string())
+            .spawn(move || {
+                while !stop_seen.load(Ordering::Acquire) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

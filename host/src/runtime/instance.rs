@@ -1,0 +1,291 @@
+//! One instance of a plugin in its own `Store`: the calls, their budgets, and how a failure
+//! becomes a typed fault.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use keel_kernel::market::Candle;
+use keel_kernel::strategy::{AccountView, FillView, PluginFault, RawIntent};
+use rand_wasi::SeedableRng as _;
+use rand_wasi::rngs::StdRng;
+use wasmtime::component::{ComponentNamedList, Instance, Lift, Lower, TypedFunc};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::PluginDigest;
+use super::clock::{KernelClock, WasiMonotonicClock, WasiWallClock};
+use super::convert;
+use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
+use super::limits::PluginLimits;
+use super::log::{LogCounters, LogLevel, LogLine, LogPipe, PluginLog};
+use super::state::{MemoryCap, MemoryCapExceeded, PluginState, SymbolTable};
+use super::wit::keel::strategy::types as wit;
+
+/// Longest `init` error kept, in bytes.
+const INIT_ERROR_BYTES_MAX: usize = 1024;
+
+type CallOutput = (Vec<wit::Intent>,);
+
+/// An instantiated, initialised plugin in its own store, ready to serve a profile.
+pub struct PreparedInstance {
+    store: Store<PluginState>,
+    on_candle: TypedFunc<(wit::Candle, wit::AccountView), CallOutput>,
+    on_fill: TypedFunc<(wit::Fill, wit::AccountView), CallOutput>,
+    on_timer: TypedFunc<(i64, wit::AccountView), CallOutput>,
+    version: PluginVersion,
+    setup: InstanceSetup,
+    limits: PluginLimits,
+    deadline_ticks: u64,
+}
+
+impl PreparedInstance {
+    pub(crate) fn new(
+        engine: &PluginEngine,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> Result<Self, PluginFault> {
+        let settings = engine.settings();
+        let limits = settings.limits;
+        let store = new_store(engine, version, &setup, &limits);
+        let (mut instance, init) =
+            Self::instantiate(store, version, &setup, &limits, settings.epoch_tick_ms)?;
+        instance.init(init, &setup.config)?;
+        Ok(instance)
+    }
+
+    fn instantiate(
+        mut store: Store<PluginState>,
+        version: &PluginVersion,
+        setup: &InstanceSetup,
+        limits: &PluginLimits,
+        epoch_tick_ms: u64,
+    ) -> Result<(Self, InitFunc), PluginFault> {
+        let deadline_ticks = limits
+            .call_deadline_ms
+            .div_ceil(epoch_tick_ms.max(1))
+            .max(1);
+        store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = version
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(classify)?;
+        let init = typed_export(&instance, &mut store, "init")?;
+        let prepared = PreparedInstance {
+            on_candle: typed_export(&instance, &mut store, "on-candle")?,
+            on_fill: typed_export(&instance, &mut store, "on-fill")?,
+            on_timer: typed_export(&instance, &mut store, "on-timer")?,
+            store,
+            version: version.clone(),
+            setup: setup.clone(),
+            limits: *limits,
+            deadline_ticks,
+        };
+        Ok((prepared, init))
+    }
+
+    /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
+    fn init(&mut self, init: InitFunc, config: &[(String, String)]) -> Result<(), PluginFault> {
+        self.store.data_mut().begin_call(&AccountView::default());
+        self.store
+            .set_fuel(self.limits.fuel_per_init)
+            .map_err(host_error)?;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let (outcome,) = init
+            .call(&mut self.store, (config.to_vec(),))
+            .map_err(classify)?;
+        outcome.map_err(|message| PluginFault::InitRefused(truncate(message, INIT_ERROR_BYTES_MAX)))
+    }
+
+    /// The plugin version this instance runs.
+    pub fn digest(&self) -> &PluginDigest {
+        &self.version.digest
+    }
+
+    /// The loaded plugin this instance runs.
+    pub fn version(&self) -> &PluginVersion {
+        &self.version
+    }
+
+    /// What the instance was set up with.
+    pub fn setup(&self) -> &InstanceSetup {
+        &self.setup
+    }
+
+    /// The last lines of the plugin's log, oldest first.
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        self.store.data().log.lock().unwrap().lines()
+    }
+
+    /// What happened to the plugin's log so far.
+    pub fn log_counters(&self) -> LogCounters {
+        self.store.data().log.lock().unwrap().counters()
+    }
+
+    fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
+        self.store.data_mut().begin_call(view);
+        self.store
+            .set_fuel(self.limits.fuel_per_call)
+            .map_err(host_error)?;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        Ok(())
+    }
+
+    fn finish(&self, output: wasmtime::Result<CallOutput>) -> Result<Vec<RawIntent>, PluginFault> {
+        let (intents,) = output.map_err(classify)?;
+        if intents.is_empty() {
+            return Ok(Vec::new());
+        }
+        convert::intents(intents, &self.store.data().symbols, &self.limits)
+            .map_err(PluginFault::InvalidOutput)
+    }
+
+    pub(crate) fn on_candle(
+        &mut self,
+        candle: &Candle,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        let Some(symbol) = self.store.data_mut().symbols.intern(candle.symbol.as_str()) else {
+            // The instance tracks as many instruments as it may; this one it never sees.
+            return Ok(Vec::new());
+        };
+        self.begin_call(view)?;
+        let args = (convert::candle(symbol, candle), convert::account_view(view));
+        let output = self.on_candle.call(&mut self.store, args);
+        self.finish(output)
+    }
+
+    pub(crate) fn on_fill(
+        &mut self,
+        fill: &FillView,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        let Some(symbol) = self.store.data_mut().symbols.intern(&fill.symbol) else {
+            return Ok(Vec::new());
+        };
+        self.begin_call(view)?;
+        let args = (convert::fill(symbol, fill), convert::account_view(view));
+        let output = self.on_fill.call(&mut self.store, args);
+        self.finish(output)
+    }
+
+    pub(crate) fn on_timer(
+        &mut self,
+        now_ms: i64,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        self.begin_call(view)?;
+        let output = self
+            .on_timer
+            .call(&mut self.store, (now_ms, convert::account_view(view)));
+        self.finish(output)
+    }
+}
+
+type InitFunc = TypedFunc<(Vec<(String, String)>,), (Result<(), String>,)>;
+
+/// Looks up an export and checks its type once, so each call skips both.
+fn typed_export<P, R>(
+    instance: &Instance,
+    store: &mut Store<PluginState>,
+    name: &str,
+) -> Result<TypedFunc<P, R>, PluginFault>
+where
+    P: ComponentNamedList + Lower,
+    R: ComponentNamedList + Lift,
+{
+    let index = instance
+        .get_export_index(&mut *store, None, name)
+        .ok_or_else(|| PluginFault::Trap(format!("the plugin does not export `{name}`")))?;
+    instance
+        .get_typed_func(&mut *store, index)
+        .map_err(|e| PluginFault::Trap(format!("export `{name}` has the wrong type: {e:#}")))
+}
+
+/// A failure of the host around a call (not of the plugin); reported as a trap so the instance
+/// is not trusted again.
+fn host_error(error: wasmtime::Error) -> PluginFault {
+    PluginFault::Trap(format!("host: {error:#}"))
+}
+
+/// A store with no authority: WASI sees no files, no network, no environment; its clocks read
+/// the kernel's clock and its randomness is seeded by the kernel.
+fn new_store(
+    engine: &PluginEngine,
+    version: &PluginVersion,
+    setup: &InstanceSetup,
+    limits: &PluginLimits,
+) -> Store<PluginState> {
+    let call_seq = Arc::new(AtomicU64::new(0));
+    let label = format!("{}/{}", setup.profile, version.digest.short());
+    let log = Arc::new(Mutex::new(PluginLog::new(
+        label,
+        limits,
+        setup.clock.clone(),
+        call_seq.clone(),
+    )));
+    let wasi = no_authority_wasi(&log, setup.clock.clone(), setup.random_seed);
+    let state = PluginState::new(
+        wasi,
+        MemoryCap {
+            cap_bytes: limits.memory_bytes_max,
+        },
+        SymbolTable::new(limits.symbols_max),
+        log,
+        setup.clock.clone(),
+        call_seq,
+    );
+    let mut store = Store::new(&engine.inner.engine, state);
+    store.limiter(|state| &mut state.memory);
+    store
+}
+
+fn no_authority_wasi(
+    log: &Arc<Mutex<PluginLog>>,
+    clock: Arc<dyn KernelClock>,
+    seed: u64,
+) -> wasmtime_wasi::WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    // The builder starts with no preopened directory, no environment and no arguments; network
+    // access is switched off explicitly.
+    builder
+        .stdout(LogPipe::new(log.clone(), LogLevel::Info))
+        .stderr(LogPipe::new(log.clone(), LogLevel::Warn))
+        .wall_clock(WasiWallClock(clock.clone()))
+        .monotonic_clock(WasiMonotonicClock {
+            clock,
+            highest_ns: AtomicU64::new(0),
+        })
+        .secure_random(StdRng::seed_from_u64(seed))
+        .insecure_random(StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15))
+        .insecure_random_seed(u128::from(seed) << 64 | u128::from(!seed))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder.build()
+}
+
+/// Names what stopped a call.
+pub(crate) fn classify(error: wasmtime::Error) -> PluginFault {
+    if error.downcast_ref::<MemoryCapExceeded>().is_some() {
+        return PluginFault::MemoryLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => PluginFault::FuelExhausted,
+        Some(Trap::Interrupt) => PluginFault::Deadline,
+        Some(trap) => PluginFault::Trap(trap.to_string()),
+        None => PluginFault::Trap(format!("{error:#}")),
+    }
+}
+
+pub(crate) fn truncate(mut text: String, bytes_max: usize) -> String {
+    if text.len() > bytes_max {
+        let mut end = bytes_max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

@@ -1,0 +1,218 @@
+//! The instance serving one profile, as the kernel drives it, and its hot-swap.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use keel_kernel::ids::ProfileId;
+use keel_kernel::market::Candle;
+use keel_kernel::strategy::{AccountView, FillView, PluginFault, RawIntent, StrategyRuntime};
+
+use super::PluginDigest;
+use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
+use super::instance::PreparedInstance;
+use super::log::{LogCounters, LogLine};
+
+/// A plugin serving one profile: the kernel's [`StrategyRuntime`] over a Wasm instance.
+///
+/// A fault other than [`PluginFault::InvalidOutput`] drops the instance; every later call
+/// returns [`PluginFault::Dead`] until a new version (or the same one, fresh) is swapped in.
+pub struct WasmStrategy {
+    engine: PluginEngine,
+    profile: ProfileId,
+    digest: PluginDigest,
+    current: Option<PreparedInstance>,
+    swap: Arc<SwapSlot>,
+    /// What the last instance ran, to start afresh after a fault.
+    last_version: PluginVersion,
+    last_setup: InstanceSetup,
+    /// The log of an instance dropped after a fault: what it said before it died.
+    dead_log: (Vec<LogLine>, LogCounters),
+}
+
+/// A replacement waiting for the next call boundary.
+#[derive(Default)]
+struct SwapSlot {
+    pending: AtomicBool,
+    instance: Mutex<Option<PreparedInstance>>,
+}
+
+/// Hands a new instance to a [`WasmStrategy`] from any thread; the strategy takes it at its
+/// next call boundary, so the call in progress finishes on the old instance and no event is
+/// delivered twice or skipped. Cheap to clone.
+#[derive(Clone)]
+pub struct SwapHandle {
+    engine: PluginEngine,
+    profile: ProfileId,
+    slot: Arc<SwapSlot>,
+}
+
+impl SwapHandle {
+    /// Validates nothing more: `version` is already loaded. Instantiates it, runs `init` with
+    /// `setup`, and only if that succeeds queues it for the swap. On a fault the running
+    /// instance is untouched and the fault is returned.
+    pub fn hot_swap(
+        &self,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> Result<(), PluginFault> {
+        assert_eq!(
+            setup.profile, self.profile,
+            "a swap must target the strategy's own profile"
+        );
+        let prepared = self.engine.prepare(version, setup)?;
+        self.offer(prepared);
+        Ok(())
+    }
+
+    /// Queues a prepared instance; a replacement queued earlier and not yet taken is dropped.
+    pub fn offer(&self, prepared: PreparedInstance) {
+        *self.slot.instance.lock().unwrap() = Some(prepared);
+        self.slot.pending.store(true, Ordering::Release);
+    }
+
+    /// True while a queued replacement has not been taken.
+    pub fn is_pending(&self) -> bool {
+        self.slot.pending.load(Ordering::Acquire)
+    }
+}
+
+impl WasmStrategy {
+    pub(crate) fn new(
+        engine: PluginEngine,
+        profile: ProfileId,
+        prepared: PreparedInstance,
+    ) -> Self {
+        WasmStrategy {
+            engine,
+            profile,
+            digest: prepared.digest().clone(),
+            last_version: prepared.version().clone(),
+            last_setup: prepared.setup().clone(),
+            current: Some(prepared),
+            swap: Arc::new(SwapSlot::default()),
+            dead_log: (Vec::new(), LogCounters::default()),
+        }
+    }
+
+    /// The profile served.
+    pub fn profile(&self) -> ProfileId {
+        self.profile
+    }
+
+    /// The plugin version serving now (or that served last, if the instance is dead).
+    pub fn digest(&self) -> &PluginDigest {
+        &self.digest
+    }
+
+    /// False once a fault dropped the instance.
+    pub fn is_alive(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// A handle to hot-swap this strategy from another thread.
+    pub fn swap_handle(&self) -> SwapHandle {
+        SwapHandle {
+            engine: self.engine.clone(),
+            profile: self.profile,
+            slot: self.swap.clone(),
+        }
+    }
+
+    /// Replaces the instance now (the caller holds the strategy, so no call is in progress).
+    pub fn replace(&mut self, prepared: PreparedInstance) {
+        self.digest = prepared.digest().clone();
+        self.last_version = prepared.version().clone();
+        self.last_setup = prepared.setup().clone();
+        self.current = Some(prepared);
+    }
+
+    /// The last lines of the current instance's log (of the dropped one, after a fault).
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        match &self.current {
+            Some(instance) => instance.log_lines(),
+            None => self.dead_log.0.clone(),
+        }
+    }
+
+    /// The log counters of the current instance (of the dropped one, after a fault).
+    pub fn log_counters(&self) -> LogCounters {
+        match &self.current {
+            Some(instance) => instance.log_counters(),
+            None => self.dead_log.1,
+        }
+    }
+
+    fn take_swap(&mut self) {
+        if self.swap.pending.load(Ordering::Acquire) {
+            self.swap.pending.store(false, Ordering::Release);
+            let taken = self.swap.instance.lock().unwrap().take();
+            if let Some(prepared) = taken {
+                tracing::info!(profile = %self.profile, from = %self.digest.short(),
+                    to = %prepared.digest().short(), "plugin hot-swapped");
+                self.replace(prepared);
+            }
+        }
+    }
+
+    /// Runs one call on the live instance and books its fault, if any.
+    fn call(
+        &mut self,
+        run: impl FnOnce(&mut PreparedInstance) -> Result<Vec<RawIntent>, PluginFault>,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        self.take_swap();
+        let result = match self.current.as_mut() {
+            Some(instance) => run(instance),
+            None => Err(PluginFault::Dead),
+        };
+        if let Err(fault) = &result {
+            self.engine
+                .inner
+                .faults
+                .record(self.profile, &self.digest, fault);
+            if !matches!(fault, PluginFault::InvalidOutput(_))
+                && let Some(dead) = self.current.take()
+            {
+                tracing::warn!(profile = %self.profile, plugin = %self.digest.short(),
+                    "plugin instance dropped after a fault: {fault}");
+                self.dead_log = (dead.log_lines(), dead.log_counters());
+            }
+        }
+        result
+    }
+}
+
+impl StrategyRuntime for WasmStrategy {
+    /// Reconfigures: a fresh instance of the same plugin version runs `init` with `config` and
+    /// replaces the current one only if `init` succeeds (a plugin's `init` runs once per
+    /// instance). [`PluginEngine::start`] already ran `init` with the setup's config.
+    fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginFault> {
+        let (version, mut setup) = match &self.current {
+            Some(current) => (current.version().clone(), current.setup().clone()),
+            None => (self.last_version.clone(), self.last_setup.clone()),
+        };
+        setup.config = config.to_vec();
+        let prepared = self.engine.prepare(&version, setup)?;
+        self.replace(prepared);
+        Ok(())
+    }
+
+    fn on_candle(
+        &mut self,
+        candle: &Candle,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        self.call(|instance| instance.on_candle(candle, view))
+    }
+
+    fn on_fill(
+        &mut self,
+        fill: &FillView,
+        view: &AccountView,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        self.call(|instance| instance.on_fill(fill, view))
+    }
+
+    fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+        self.call(|instance| instance.on_timer(now_ms, view))
+    }
+}

@@ -1,0 +1,178 @@
+//! A deliberately hostile strategy, used by Keel's tests to prove the sandbox holds.
+//!
+//! Config key `attack` picks the misbehaviour, run on every `on-candle`:
+//! `infinite-loop`, `memory-growth`, `recursion`, `panic`, `intent-flood`, `oversized-log`,
+//! `bad-numbers`, `read-file`, `open-socket`, `resolve-name`, `read-env`, `stdout`,
+//! `clock-and-random`. `fail-init` refuses the configuration. `echo` (not hostile) answers each
+//! candle with `cancel("<label>-<open-time-ms>")`.
+//! Probes that ask for authority log `<probe>: denied: <error>` or `<probe>: GRANTED`.
+
+use std::hint::black_box;
+
+use keel_guest::{
+    AccountView, Candle, Config, EntryRequest, ExitRequest, Intent, Level, PositionSide, Price,
+    Size, Strategy,
+};
+
+struct Hostile {
+    attack: String,
+    label: String,
+    hoard: Vec<Vec<u8>>,
+}
+
+impl Strategy for Hostile {
+    fn init(config: &Config) -> Result<Self, String> {
+        let attack = config.get("attack").unwrap_or("").to_string();
+        if attack == "fail-init" {
+            return Err("hostile plugin refuses this configuration".to_string());
+        }
+        let label = config.get("label").unwrap_or("echo").to_string();
+        Ok(Hostile {
+            attack,
+            label,
+            hoard: Vec::new(),
+        })
+    }
+
+    fn on_candle(&mut self, candle: &Candle, _account: &AccountView) -> Vec<Intent> {
+        match self.attack.as_str() {
+            // Not hostile: answers each candle with a cancel naming it, so tests can see which
+            // instance saw which candle.
+            "echo" => {
+                return vec![Intent::Cancel(format!(
+                    "{}-{}",
+                    self.label, candle.open_time_ms
+                ))];
+            }
+            "infinite-loop" => infinite_loop(),
+            "memory-growth" => self.grow_memory(),
+            "recursion" => {
+                black_box(recurse(black_box(1)));
+            }
+            "panic" => panic!("hostile plugin panics on purpose"),
+            "intent-flood" => return (0..10_000).map(Intent::SetTimer).collect(),
+            "oversized-log" => oversized_log(),
+            "bad-numbers" => return bad_numbers(candle.symbol),
+            "read-file" => report("read-file", std::fs::read("/etc/passwd").map(|_| ())),
+            "open-socket" => report(
+                "open-socket",
+                std::net::TcpStream::connect(("127.0.0.1", 5432)).map(|_| ()),
+            ),
+            "resolve-name" => {
+                use std::net::ToSocketAddrs;
+                report(
+                    "resolve-name",
+                    ("localhost", 80).to_socket_addrs().map(|_| ()),
+                )
+            }
+            "read-env" => read_env(),
+            "stdout" => {
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+            }
+            "clock-and-random" => clock_and_random(),
+            _ => {}
+        }
+        Vec::new()
+    }
+}
+
+fn infinite_loop() {
+    let mut counter = 0u64;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+impl Hostile {
+    fn grow_memory(&mut self) {
+        loop {
+            // Reserve without zeroing, so memory runs out long before fuel does.
+            let mut chunk = Vec::with_capacity(1 << 20);
+            chunk.push(1u8);
+            self.hoard.push(black_box(chunk));
+        }
+    }
+}
+
+#[allow(unconditional_recursion)] // the point: recursion without end
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 16]);
+    recurse(black_box(depth + 1)) + frame[3]
+}
+
+fn oversized_log() {
+    keel_guest::log(Level::Info, &"x".repeat(1 << 20));
+    for line in 0..1_000 {
+        keel_guest::log(Level::Info, &format!("flood line {line}"));
+    }
+}
+
+fn bad_numbers(symbol: u32) -> Vec<Intent> {
+    let entry = |size: Size, price: Price, stop_loss: Option<f64>| {
+        Intent::Entry(EntryRequest {
+            symbol,
+            side: PositionSide::Long,
+            size,
+            price,
+            stop_loss,
+            take_profit: None,
+            tag: "bad".to_string(),
+        })
+    };
+    vec![
+        entry(Size::QuoteNotional(f64::NAN), Price::Market, None),
+        entry(Size::BaseQty(f64::INFINITY), Price::Market, None),
+        entry(
+            Size::FreeCapitalFraction(-1.0),
+            Price::Limit(f64::NEG_INFINITY),
+            None,
+        ),
+        entry(
+            Size::QuoteNotional(1e300),
+            Price::Limit(-5.0),
+            Some(f64::NAN),
+        ),
+        Intent::Exit(ExitRequest {
+            symbol,
+            fraction: 1e308,
+            price: Price::Market,
+            tag: String::new(),
+        }),
+    ]
+}
+
+fn read_env() {
+    // The working directory is wasi-libc's fiction ("/" with nothing preopened), not authority.
+    let vars: Vec<_> = std::env::vars().collect();
+    let args: Vec<_> = std::env::args().collect();
+    if vars.is_empty() && args.is_empty() {
+        keel_guest::log(Level::Info, "read-env: denied: no variables, no arguments");
+    } else {
+        keel_guest::log(Level::Info, &format!("read-env: GRANTED {vars:?} {args:?}"));
+    }
+}
+
+fn clock_and_random() {
+    use std::hash::BuildHasher;
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let hash = std::collections::hash_map::RandomState::new().hash_one(42u64);
+    let message = format!(
+        "clock-and-random: wall_ms={wall_ms} kernel_ms={} hash={hash}",
+        keel_guest::now_ms()
+    );
+    keel_guest::log(Level::Info, &message);
+}
+
+fn report(probe: &str, outcome: std::io::Result<()>) {
+    let message = match outcome {
+        Ok(()) => format!("{probe}: GRANTED"),
+        Err(error) => format!("{probe}: denied: {error}"),
+    };
+    keel_guest::log(Level::Info, &message);
+}
+
+keel_guest::export_strategy!(Hostile);

@@ -1,0 +1,67 @@
+//! RSI mean reversion: long when the RSI enters the oversold zone, out (or short, in
+//! `long-short` mode) when it enters the overbought zone.
+//!
+//! Config keys: `period` (default 14), `oversold` (default 30), `overbought` (default 70),
+//! `mode` (`long-only` | `long-short`, default `long-only`), `size_fraction` (default 0.1).
+
+use keel_guest::{AccountView, Candle, Config, Intent, PositionSide, Strategy};
+use keel_strategies::{Holding, RsiConfig, RsiReversion, decide};
+
+/// How many instruments one instance tracks; a bound on its memory.
+const SYMBOLS_MAX: usize = 256;
+
+struct RsiPlugin {
+    config: RsiConfig,
+    indicators: Vec<Option<RsiReversion>>,
+}
+
+impl Strategy for RsiPlugin {
+    fn init(config: &Config) -> Result<Self, String> {
+        let config = RsiConfig::from_pairs(config.pairs())?;
+        Ok(RsiPlugin {
+            config,
+            indicators: Vec::new(),
+        })
+    }
+
+    fn on_candle(&mut self, candle: &Candle, _account: &AccountView) -> Vec<Intent> {
+        let index = candle.symbol as usize;
+        if index >= SYMBOLS_MAX {
+            return Vec::new();
+        }
+        if self.indicators.len() <= index {
+            self.indicators.resize(index + 1, None);
+        }
+        let config = self.config;
+        let indicator = self.indicators[index].get_or_insert_with(|| RsiReversion::new(config));
+        let Some(turn) = indicator.on_close(candle.close) else {
+            return Vec::new();
+        };
+        let holding = match keel_guest::position(candle.symbol).map(|p| p.side) {
+            None => Holding::Flat,
+            Some(PositionSide::Long) => Holding::Long,
+            Some(PositionSide::Short) => Holding::Short,
+        };
+        let signal = decide(turn, holding, config.mode);
+        let mut intents = Vec::with_capacity(2);
+        if signal.exit.is_some() {
+            intents.push(keel_guest::exit_market(candle.symbol, "rsi exit"));
+        }
+        let side = match signal.enter {
+            Some(Holding::Long) => Some(PositionSide::Long),
+            Some(Holding::Short) => Some(PositionSide::Short),
+            _ => None,
+        };
+        if let Some(side) = side {
+            intents.push(keel_guest::enter_market(
+                candle.symbol,
+                side,
+                config.size_fraction,
+                "rsi entry",
+            ));
+        }
+        intents
+    }
+}
+
+keel_guest::export_strategy!(RsiPlugin);
