@@ -354,6 +354,18 @@ impl PaperEngine {
         (&order.report.symbol == symbol).then_some(&order.report)
     }
 
+    /// The order with this exchange order id, if the engine remembers it.
+    pub fn order_by_exchange_id(
+        &self,
+        symbol: &Symbol,
+        id: ExchangeOrderId,
+    ) -> Option<&OrderReport> {
+        self.orders
+            .values()
+            .map(|o| &o.report)
+            .find(|r| r.exchange_order_id == id && &r.symbol == symbol)
+    }
+
     /// The fills of one order, oldest first.
     pub fn fills(&self, symbol: &Symbol, id: &ClientOrderId) -> Option<&[Fill]> {
         let order = self.orders.get(id)?;
