@@ -6,6 +6,7 @@
 //! walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
 //! and can be changed at run time with `PUT /admin/faults`.
 
+pub mod cli;
 mod faults;
 mod rest;
 mod ws;
