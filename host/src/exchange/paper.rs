@@ -402,7 +402,7 @@ impl PaperEngine {
     /// Every symbol's position, flat ones included, sorted by symbol.
     pub fn positions(&self) -> Vec<Position> {
         let mut positions: Vec<Position> =
-            self.books.values().map(|book| position_of(book)).collect();
+            self.books.values().map(position_of).collect();
         positions.sort_by(|a, b| a.symbol.cmp(&b.symbol));
         positions
     }
