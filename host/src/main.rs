@@ -13,6 +13,15 @@ struct Cli {
 enum Command {
     /// Serve a Binance USDⓈ-M Futures compatible simulator with fault injection.
     ExchangeSim(keel_host::exchange::sim::cli::ExchangeSimArgs),
+    /// Measure Keel's speed; prints JSON.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Candles per second through the paper exchange.
+    Paper(keel_host::exchange::bench::PaperBenchArgs),
 }
 
 #[tokio::main]
@@ -23,5 +32,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::ExchangeSim(args) => keel_host::exchange::sim::cli::run(args).await,
+        Command::Bench(Bench::Paper(args)) => keel_host::exchange::bench::run(args).await,
     }
 }
