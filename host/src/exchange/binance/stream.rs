@@ -27,6 +27,16 @@ pub const LISTEN_KEY_KEEPALIVE_MS: u64 = 30 * 60 * 1000;
 pub const FILTER_REMEMBERED_MAX: usize = 100_000;
 /// How many orders the stream tracks as open for re-fetching after a reconnect.
 pub const TRACKED_ORDERS_MAX: usize = 10_000;
+/// A stream silent this long is treated as dead and reconnected (Binance pings every 3 minutes).
+pub const STREAM_IDLE_MAX_MS: u64 = 10 * 60 * 1000;
+
+async fn next_message(ws: &mut Ws) -> Option<Result<Message, String>> {
+    let idle = Duration::from_millis(STREAM_IDLE_MAX_MS);
+    match tokio::time::timeout(idle, ws.next()).await {
+        Ok(message) => message.map(|m| m.map_err(|e| e.to_string())),
+        Err(_) => Some(Err("no message within the idle limit".to_owned())),
+    }
+}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -110,7 +120,7 @@ impl UserStream {
         resync.tick().await;
         loop {
             tokio::select! {
-                message = ws.next() => match message {
+                message = next_message(&mut ws) => match message {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(end) = self.on_message(&text).await {
                             return end;
@@ -310,7 +320,7 @@ async fn run_klines(
                 backoff_ms = RECONNECT_BACKOFF_MIN_MS;
                 loop {
                     let message = tokio::select! {
-                        message = ws.next() => message,
+                        message = next_message(&mut ws) => message,
                         _ = tx.closed() => return,
                     };
                     let text = match message {
