@@ -616,3 +616,70 @@ async fn binance_error_bodies_and_statuses_are_served_for_bad_requests() {
         .unwrap();
     assert!(time["serverTime"].as_i64().unwrap() > 1_600_000_000_000);
 }
+
+#[tokio::test]
+async fn events_the_stream_never_sends_are_recovered_by_the_rest_resync() {
+    let (sim, exchange) = start(19).await;
+    sim.state.set_faults(Faults {
+        stream_drop_rate: 1.0,
+        ..Faults::default()
+    });
+    let mut events = exchange.user_events().await.unwrap();
+    exchange.place(&market("rs-1", Side::Buy, dec!(0.01))).await;
+    let last = collect_until_terminal(&mut events, &["rs-1".to_owned()]).await;
+    assert_eq!(last["rs-1"].status, OrderStatus::Filled);
+}
+
+#[tokio::test]
+async fn listen_keys_are_created_kept_alive_and_deleted() {
+    let (sim, _exchange) = start(20).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/fapi/v1/listenKey", sim.rest_url());
+    let call = |method: reqwest::Method| {
+        http.request(method, &url)
+            .header("X-MBX-APIKEY", SimConfig::DEFAULT_API_KEY)
+            .send()
+    };
+    let created: serde_json::Value = call(reqwest::Method::POST)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["listenKey"].as_str().unwrap().to_owned();
+    let again: serde_json::Value = call(reqwest::Method::POST)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["listenKey"],
+        key.as_str(),
+        "a live key is handed out again"
+    );
+    assert!(
+        call(reqwest::Method::PUT)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let ws = format!("{}/ws/{key}", sim.ws_url());
+    assert!(tokio_tungstenite::connect_async(&ws).await.is_ok());
+    assert!(
+        call(reqwest::Method::DELETE)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let kept = call(reqwest::Method::PUT).await.unwrap();
+    assert_eq!(kept.status(), 400);
+    let body: serde_json::Value = kept.json().await.unwrap();
+    assert_eq!(body["code"], -1125);
+    assert!(
+        tokio_tungstenite::connect_async(&ws).await.is_err(),
+        "a deleted key streams nothing"
+    );
+}

@@ -159,6 +159,27 @@ struct Usage {
     banned_until_ms: i64,
 }
 
+impl Usage {
+    /// Until when a request of `weight` must wait at server time `now_ms`: the end of a ban,
+    /// or the next minute when the request would pass [`THROTTLE_PERCENT`] of a limit.
+    fn wait_until_ms(&self, now_ms: i64, weight: u32, is_order: bool) -> i64 {
+        let near = |used: u32, add: u32, limit: u32| {
+            limit > 0
+                && u64::from(used + add) * 100 > u64::from(limit) * u64::from(THROTTLE_PERCENT)
+        };
+        let same_minute = self.minute == now_ms / 60_000;
+        let full = same_minute
+            && (near(self.used_weight_1m, weight, self.weight_limit_1m)
+                || (is_order && near(self.used_orders_1m, 1, self.order_limit_1m)));
+        let window_end = if full {
+            (now_ms / 60_000 + 1) * 60_000
+        } else {
+            0
+        };
+        self.banned_until_ms.max(window_end)
+    }
+}
+
 pub(crate) struct Client {
     http: reqwest::Client,
     config: BinanceConfig,
@@ -325,18 +346,11 @@ impl Client {
     /// rate limit instead when the wait would be longer than [`RATE_LIMIT_WAIT_MAX_MS`].
     async fn throttle(&self, weight: u32, is_order: bool) -> Result<(), CallError> {
         let now = self.now_ms();
-        let wait_until = {
-            let usage = self.usage.lock().expect("lock poisoned");
-            let near = |used: u32, add: u32, limit: u32| {
-                limit > 0 && (used + add) * 100 > limit * THROTTLE_PERCENT
-            };
-            let same_minute = usage.minute == now / 60_000;
-            let full = same_minute
-                && (near(usage.used_weight_1m, weight, usage.weight_limit_1m)
-                    || (is_order && near(usage.used_orders_1m, 1, usage.order_limit_1m)));
-            let window_end = if full { (now / 60_000 + 1) * 60_000 } else { 0 };
-            usage.banned_until_ms.max(window_end)
-        };
+        let wait_until = self
+            .usage
+            .lock()
+            .expect("lock poisoned")
+            .wait_until_ms(now, weight, is_order);
         if wait_until <= now {
             return Ok(());
         }
@@ -606,6 +620,57 @@ fn parse_order(body: &str) -> Result<OrderReport, CallError> {
     order
         .to_report()
         .map_err(|e| CallError::Unknown(format!("malformed order: {e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(used_weight_1m: u32, used_orders_1m: u32) -> Usage {
+        Usage {
+            weight_limit_1m: 2400,
+            order_limit_1m: 1200,
+            minute: 1_000,
+            used_weight_1m,
+            used_orders_1m,
+            banned_until_ms: 0,
+        }
+    }
+
+    #[test]
+    fn requests_wait_for_the_next_minute_near_the_weight_limit() {
+        let now = 1_000 * 60_000 + 12_345;
+        assert_eq!(usage(100, 0).wait_until_ms(now, 1, false), 0);
+        assert_eq!(usage(2_160, 0).wait_until_ms(now, 1, false), 1_001 * 60_000);
+        // The count belongs to a past minute: it no longer applies.
+        assert_eq!(usage(2_160, 0).wait_until_ms(now + 60_000, 1, false), 0);
+    }
+
+    #[test]
+    fn orders_wait_near_the_order_limit_and_reads_do_not() {
+        let now = 1_000 * 60_000;
+        assert_eq!(usage(0, 1_080).wait_until_ms(now, 0, true), 1_001 * 60_000);
+        assert_eq!(usage(0, 1_080).wait_until_ms(now, 1, false), 0);
+    }
+
+    #[test]
+    fn a_ban_holds_every_request_until_it_ends() {
+        let mut banned = usage(0, 0);
+        banned.banned_until_ms = 1_000 * 60_000 + 5_000;
+        assert_eq!(
+            banned.wait_until_ms(1_000 * 60_000, 1, false),
+            1_000 * 60_000 + 5_000
+        );
+    }
+
+    #[test]
+    fn client_order_ids_are_checked_against_binances_pattern() {
+        assert!(is_valid_client_order_id("kE7-abc.DEF:/_"));
+        assert!(!is_valid_client_order_id(""));
+        assert!(!is_valid_client_order_id(&"a".repeat(37)));
+        assert!(!is_valid_client_order_id("with space"));
+        assert!(!is_valid_client_order_id("emoji✓"));
+    }
 }
 
 fn order_params(request: &OrderRequest) -> Vec<(&'static str, String)> {
