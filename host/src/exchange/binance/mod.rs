@@ -622,57 +622,6 @@ fn parse_order(body: &str) -> Result<OrderReport, CallError> {
         .map_err(|e| CallError::Unknown(format!("malformed order: {e:#}")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn usage(used_weight_1m: u32, used_orders_1m: u32) -> Usage {
-        Usage {
-            weight_limit_1m: 2400,
-            order_limit_1m: 1200,
-            minute: 1_000,
-            used_weight_1m,
-            used_orders_1m,
-            banned_until_ms: 0,
-        }
-    }
-
-    #[test]
-    fn requests_wait_for_the_next_minute_near_the_weight_limit() {
-        let now = 1_000 * 60_000 + 12_345;
-        assert_eq!(usage(100, 0).wait_until_ms(now, 1, false), 0);
-        assert_eq!(usage(2_160, 0).wait_until_ms(now, 1, false), 1_001 * 60_000);
-        // The count belongs to a past minute: it no longer applies.
-        assert_eq!(usage(2_160, 0).wait_until_ms(now + 60_000, 1, false), 0);
-    }
-
-    #[test]
-    fn orders_wait_near_the_order_limit_and_reads_do_not() {
-        let now = 1_000 * 60_000;
-        assert_eq!(usage(0, 1_080).wait_until_ms(now, 0, true), 1_001 * 60_000);
-        assert_eq!(usage(0, 1_080).wait_until_ms(now, 1, false), 0);
-    }
-
-    #[test]
-    fn a_ban_holds_every_request_until_it_ends() {
-        let mut banned = usage(0, 0);
-        banned.banned_until_ms = 1_000 * 60_000 + 5_000;
-        assert_eq!(
-            banned.wait_until_ms(1_000 * 60_000, 1, false),
-            1_000 * 60_000 + 5_000
-        );
-    }
-
-    #[test]
-    fn client_order_ids_are_checked_against_binances_pattern() {
-        assert!(is_valid_client_order_id("kE7-abc.DEF:/_"));
-        assert!(!is_valid_client_order_id(""));
-        assert!(!is_valid_client_order_id(&"a".repeat(37)));
-        assert!(!is_valid_client_order_id("with space"));
-        assert!(!is_valid_client_order_id("emoji✓"));
-    }
-}
-
 fn order_params(request: &OrderRequest) -> Vec<(&'static str, String)> {
     let mut params = vec![
         ("symbol", request.symbol.to_string()),
@@ -874,5 +823,56 @@ impl Exchange for BinanceExchange {
             symbol.clone(),
             interval,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(used_weight_1m: u32, used_orders_1m: u32) -> Usage {
+        Usage {
+            weight_limit_1m: 2400,
+            order_limit_1m: 1200,
+            minute: 1_000,
+            used_weight_1m,
+            used_orders_1m,
+            banned_until_ms: 0,
+        }
+    }
+
+    #[test]
+    fn requests_wait_for_the_next_minute_near_the_weight_limit() {
+        let now = 1_000 * 60_000 + 12_345;
+        assert_eq!(usage(100, 0).wait_until_ms(now, 1, false), 0);
+        assert_eq!(usage(2_160, 0).wait_until_ms(now, 1, false), 1_001 * 60_000);
+        // The count belongs to a past minute: it no longer applies.
+        assert_eq!(usage(2_160, 0).wait_until_ms(now + 60_000, 1, false), 0);
+    }
+
+    #[test]
+    fn orders_wait_near_the_order_limit_and_reads_do_not() {
+        let now = 1_000 * 60_000;
+        assert_eq!(usage(0, 1_080).wait_until_ms(now, 0, true), 1_001 * 60_000);
+        assert_eq!(usage(0, 1_080).wait_until_ms(now, 1, false), 0);
+    }
+
+    #[test]
+    fn a_ban_holds_every_request_until_it_ends() {
+        let mut banned = usage(0, 0);
+        banned.banned_until_ms = 1_000 * 60_000 + 5_000;
+        assert_eq!(
+            banned.wait_until_ms(1_000 * 60_000, 1, false),
+            1_000 * 60_000 + 5_000
+        );
+    }
+
+    #[test]
+    fn client_order_ids_are_checked_against_binances_pattern() {
+        assert!(is_valid_client_order_id("kE7-abc.DEF:/_"));
+        assert!(!is_valid_client_order_id(""));
+        assert!(!is_valid_client_order_id(&"a".repeat(37)));
+        assert!(!is_valid_client_order_id("with space"));
+        assert!(!is_valid_client_order_id("emoji✓"));
     }
 }
