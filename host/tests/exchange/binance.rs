@@ -683,3 +683,45 @@ async fn listen_keys_are_created_kept_alive_and_deleted() {
         "a deleted key streams nothing"
     );
 }
+
+#[tokio::test]
+async fn a_replayed_candle_file_sets_the_prices_orders_fill_at() {
+    let opens = [60_000.0, 61_000.0, 62_000.0, 63_000.0, 64_000.0, 65_000.0];
+    let lines: String = opens
+        .iter()
+        .map(|open| (*open, open + 500.0))
+        .enumerate()
+        .map(|(n, (open, close))| {
+            let line = serde_json::json!({
+                "symbol": "BTCUSDT", "open_time_ms": n as i64 * 60_000,
+                "close_time_ms": (n as i64 + 1) * 60_000, "open": open,
+                "high": close + 10.0, "low": open - 10.0, "close": close, "volume": 1.0,
+            });
+            format!("{line}\n")
+        })
+        .collect();
+    let replay = keel_host::exchange::sim::read_candle_file(&lines).unwrap();
+    let sim = start_sim(21, |config| {
+        config.replay = Some(replay);
+        config.candle_ms = 400;
+    })
+    .await;
+    let exchange = BinanceExchange::connect(adapter_config(sim.rest_url(), sim.ws_url(), hmac()))
+        .await
+        .unwrap();
+    let mut candles = exchange.candles(&btc(), Interval::S1).await.unwrap();
+    let first = tokio::time::timeout(WAIT_MAX, candles.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // On a slow machine the stream may join after the first candle: find where it joined.
+    let joined = opens.iter().position(|o| *o == first.open).unwrap();
+    assert!(joined + 2 < opens.len(), "joined too late: {first:?}");
+    exchange.place(&market("rp-1", Side::Buy, dec!(0.01))).await;
+    let filled = wait_for_status(&exchange, "rp-1", OrderStatus::Filled).await;
+    // Placed after candle 1 closed, i.e. after candle 2's interval began: candle 2's open is
+    // already history, so the order fills at the open of candle 3 (no look-ahead).
+    let expected = Decimal::try_from(opens[joined + 2]).unwrap();
+    assert_eq!(filled.avg_price.unwrap().get(), expected);
+    assert!(keel_host::exchange::sim::read_candle_file("{not json").is_err());
+}

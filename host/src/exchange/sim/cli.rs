@@ -23,6 +23,9 @@ pub struct ExchangeSimArgs {
     /// The width of one synthetic candle, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
     pub candle_ms: u64,
+    /// Replay this candle file (one JSON candle per line) instead of the random walk.
+    #[arg(long)]
+    pub candles_file: Option<std::path::PathBuf>,
     /// The accepted API key.
     #[arg(long, env = "KEEL_SIM_API_KEY", default_value = SimConfig::DEFAULT_API_KEY)]
     pub api_key: String,

@@ -74,6 +74,9 @@ pub struct SimConfig {
     pub order_limit_1m: u32,
     /// The paper engine's settings (fees, latency, partial fills, starting balance).
     pub paper: PaperConfig,
+    /// Candles to replay instead of the random walk, in file order. Their prices are kept and
+    /// their times re-stamped onto the simulator's clock, so orders placed now can fill.
+    pub replay: Option<Vec<Candle>>,
 }
 
 impl SimConfig {
@@ -101,6 +104,7 @@ impl SimConfig {
                 seed,
                 ..PaperConfig::default()
             },
+            replay: None,
         }
     }
 }
@@ -346,30 +350,122 @@ pub async fn serve(config: SimConfig, listener: TcpListener) -> anyhow::Result<S
 /// Generates one candle per symbol every `candle_ms`, feeds the engine, and streams klines.
 async fn run_market(state: SimState) {
     let candle_ms = state.0.config.candle_ms;
-    let mut rng = ChaCha8Rng::seed_from_u64(state.0.config.seed);
-    let mut prices: Vec<(Symbol, f64, u32)> = sim_symbols()
-        .into_iter()
-        .map(|(rules, price)| (rules.symbol, price, rules.tick_size.scale()))
-        .collect();
+    let mut source = CandleSource::new(&state.0.config);
     let mut open_time_ms = state.now_ms();
     let mut ticker = tokio::time::interval(Duration::from_millis(candle_ms));
     ticker.tick().await;
     loop {
         ticker.tick().await;
         let close_time_ms = open_time_ms + candle_ms as i64;
-        for (symbol, price, decimals) in &mut prices {
-            let span = (open_time_ms, close_time_ms);
-            let candle = next_candle(&mut rng, symbol, price, *decimals, span);
+        let Some(candles) = source.next((open_time_ms, close_time_ms)) else {
+            tracing::info!("candle replay finished; the market stands still");
+            return;
+        };
+        for candle in candles {
             let fed = state.with_engine(|engine| engine.on_candle(&candle));
             if let Err(e) = fed {
                 tracing::error!(error = %e, "simulated candle refused");
                 continue;
             }
             let event = wire::kline_event(&candle, state.0.interval_name, true, close_time_ms);
-            let _ = state.0.klines.send((symbol.clone(), event.to_string()));
+            let _ = state
+                .0
+                .klines
+                .send((candle.symbol.clone(), event.to_string()));
         }
         open_time_ms = close_time_ms;
     }
+}
+
+/// Where the simulator's prices come from: a seeded random walk, or a replayed file.
+enum CandleSource {
+    Walk {
+        rng: Box<ChaCha8Rng>,
+        prices: Vec<(Symbol, f64, u32)>,
+    },
+    Replay {
+        candles: std::vec::IntoIter<Candle>,
+        pending: Option<Candle>,
+    },
+}
+
+impl CandleSource {
+    fn new(config: &SimConfig) -> Self {
+        match &config.replay {
+            Some(candles) => CandleSource::Replay {
+                candles: candles.clone().into_iter(),
+                pending: None,
+            },
+            None => CandleSource::Walk {
+                rng: Box::new(ChaCha8Rng::seed_from_u64(config.seed)),
+                prices: sim_symbols()
+                    .into_iter()
+                    .map(|(rules, price)| (rules.symbol, price, rules.tick_size.scale()))
+                    .collect(),
+            },
+        }
+    }
+
+    /// The candles of the interval `span`: one per symbol for the walk; for a replay, the next
+    /// run of candles sharing an open time, re-stamped to `span`. `None` once a replay ends.
+    fn next(&mut self, span: (i64, i64)) -> Option<Vec<Candle>> {
+        match self {
+            CandleSource::Walk { rng, prices } => Some(
+                prices
+                    .iter_mut()
+                    .map(|(symbol, price, decimals)| {
+                        next_candle(rng, symbol, price, *decimals, span)
+                    })
+                    .collect(),
+            ),
+            CandleSource::Replay { candles, pending } => {
+                let first = pending.take().or_else(|| candles.next())?;
+                let mut group = vec![first];
+                for candle in candles.by_ref() {
+                    if candle.open_time_ms != group[0].open_time_ms {
+                        *pending = Some(candle);
+                        break;
+                    }
+                    group.push(candle);
+                }
+                for candle in &mut group {
+                    (candle.open_time_ms, candle.close_time_ms) = span;
+                }
+                Some(group)
+            }
+        }
+    }
+}
+
+/// Reads a candle file: one JSON candle per line (`symbol`, `open_time_ms`, `close_time_ms`,
+/// `open`, `high`, `low`, `close`, `volume`), oldest first. Blank lines are skipped.
+pub fn read_candle_file(text: &str) -> anyhow::Result<Vec<Candle>> {
+    let listed: Vec<Symbol> = sim_symbols().into_iter().map(|(r, _)| r.symbol).collect();
+    let mut candles: Vec<Candle> = Vec::new();
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let candle: Candle = serde_json::from_str(line)
+            .with_context(|| format!("candle file line {}", index + 1))?;
+        anyhow::ensure!(
+            listed.contains(&candle.symbol),
+            "candle file line {}: the simulator does not list {}",
+            index + 1,
+            candle.symbol
+        );
+        if let Some(last) = candles.last() {
+            anyhow::ensure!(
+                candle.open_time_ms >= last.open_time_ms,
+                "candle file line {}: candles must be oldest first",
+                index + 1
+            );
+        }
+        candles.push(candle);
+    }
+    anyhow::ensure!(!candles.is_empty(), "the candle file has no candles");
+    Ok(candles)
 }
 
 /// A random-walk candle: the open is the last close, moves are a few basis points, prices are
