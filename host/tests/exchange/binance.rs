@@ -536,14 +536,14 @@ async fn query_until_answered(exchange: &BinanceExchange, request: &OrderRequest
     }
 }
 
-#[tokio::test]
-async fn no_fault_kind_produces_a_duplicate_order_when_unknown_is_followed_by_a_query() {
-    let (sim, exchange) = start(16).await;
-    sim.state.set_faults(Faults {
+/// Every fault kind alone at a high rate, then all at once.
+fn fault_kinds() -> Vec<(&'static str, Faults)> {
+    let hold = TEST_REQUEST_TIMEOUT_MS * 2;
+    let all = Faults {
         latency_ms: 5,
         unknown_rate: 0.3,
         lost_response_rate: 0.2,
-        lost_response_hold_ms: TEST_REQUEST_TIMEOUT_MS * 2,
+        lost_response_hold_ms: hold,
         unavailable_rate: 0.2,
         rate_limit_rate: 0.2,
         retry_after_s: 0,
@@ -552,15 +552,56 @@ async fn no_fault_kind_produces_a_duplicate_order_when_unknown_is_followed_by_a_
         stream_duplicate_rate: 0.3,
         stream_reorder_rate: 0.3,
         stream_disconnect_rate: 0.1,
-    });
-    let ids: Vec<String> = (0..12).map(|n| format!("nd-{n}")).collect();
-    for (n, cid) in ids.iter().enumerate() {
-        let request = if n % 3 == 0 {
-            market(cid, Side::Buy, dec!(0.01))
-        } else {
-            limit(cid, Side::Buy, dec!(30000), dec!(0.01))
-        };
-        place_following_the_rule(&exchange, &request).await;
+    };
+    let one = |f: fn(&mut Faults)| {
+        let mut faults = Faults::default();
+        f(&mut faults);
+        faults
+    };
+    vec![
+        ("latency", one(|f| f.latency_ms = 50)),
+        ("unknown", one(|f| f.unknown_rate = 0.6)),
+        (
+            "lost",
+            one(|f| {
+                f.lost_response_rate = 0.6;
+                f.lost_response_hold_ms = TEST_REQUEST_TIMEOUT_MS * 2;
+            }),
+        ),
+        ("unavailable", one(|f| f.unavailable_rate = 0.5)),
+        ("ratelimit", one(|f| f.rate_limit_rate = 0.5)),
+        ("skew", one(|f| f.clock_skew_ms = -7_000)),
+        (
+            "stream",
+            one(|f| {
+                f.stream_drop_rate = 0.5;
+                f.stream_duplicate_rate = 0.5;
+                f.stream_reorder_rate = 0.5;
+                f.stream_disconnect_rate = 0.2;
+            }),
+        ),
+        ("all", all),
+    ]
+}
+
+#[tokio::test]
+async fn no_fault_kind_produces_a_duplicate_order_when_unknown_is_followed_by_a_query() {
+    let (sim, exchange) = start(16).await;
+    let _events = exchange.user_events().await.unwrap();
+    let mut ids = Vec::new();
+    for (kind, faults) in fault_kinds() {
+        sim.state.set_faults(faults);
+        for n in 0..6 {
+            let cid = format!("nd-{kind}-{n}");
+            // Market orders close within a candle: a blind resend of one would be a new order.
+            let request = if n % 2 == 0 {
+                market(&cid, Side::Buy, dec!(0.01))
+            } else {
+                limit(&cid, Side::Buy, dec!(30000), dec!(0.01))
+            };
+            place_following_the_rule(&exchange, &request).await;
+            ids.push(cid);
+        }
     }
     let placements = sim.state.placements();
     for cid in &ids {
