@@ -771,6 +771,44 @@ mod tests {
         assert_eq!(filter.dropped_count(), 3);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn applied_filters_never_add_quantity_and_land_on_the_grid(
+            qty_ten_thousandths in 1u64..5_000_000,
+            price_cents in 1u64..10_000_000,
+            market in proptest::bool::ANY,
+        ) {
+            let qty = Decimal::new(qty_ten_thousandths as i64, 4);
+            let price = Decimal::new(price_cents as i64, 2);
+            let order_type = if market { OrderType::Market } else { limit(price) };
+            let asked = request(qty, order_type, true);
+            if let Ok(prepared) = rules().apply(&asked, None) {
+                proptest::prop_assert!(prepared.qty <= asked.qty);
+                proptest::prop_assert!(prepared.qty.get() >= dec!(0.001));
+                proptest::prop_assert_eq!(prepared.qty.get() % dec!(0.001), Decimal::ZERO);
+                if let Some(p) = prepared.order_type.limit_price() {
+                    proptest::prop_assert_eq!(p.get() % dec!(0.1), Decimal::ZERO);
+                    proptest::prop_assert!((p.get() - price).abs() <= dec!(0.05));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn filter_forgets_the_oldest_beyond_its_limit() {
+        let mut filter = UpdateFilter::new(2);
+        let report_of = |id: &str| {
+            let mut r = report(OrderStatus::Filled, dec!(2));
+            r.client_order_id = ClientOrderId::new(id).unwrap();
+            UserEvent::Order(r)
+        };
+        for id in ["a", "b", "c"] {
+            assert!(filter.admit(&report_of(id)));
+        }
+        assert!(!filter.admit(&report_of("c")), "remembered");
+        assert!(filter.admit(&report_of("a")), "forgotten, so news again");
+    }
+
     #[test]
     fn interval_names_round_trip() {
         for interval in Interval::ALL {

@@ -2,6 +2,7 @@
 //! measured here, never asserted in tests.
 
 pub mod ledger;
+pub mod paper;
 mod plugin;
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub enum BenchCommand {
     },
     /// Two-commit ENTRY lifecycles against plain single-row UPDATE transactions on PostgreSQL.
     Ledger(ledger::LedgerArgs),
+    /// Candles per second through the paper exchange.
+    Paper(paper::PaperBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -35,5 +38,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             plugins_dir,
         } => plugin::plugin(&plugins_dir, instances, json),
         BenchCommand::Ledger(args) => ledger::run(args).await.map(|()| ExitCode::SUCCESS),
+        BenchCommand::Paper(args) => paper::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

@@ -30,6 +30,8 @@ enum Command {
     },
     /// Apply the database migrations (PostgreSQL as the owner role, or a SQLite file).
     Migrate(migrate::MigrateArgs),
+    /// Serve a Binance USDⓈ-M Futures compatible simulator with fault injection.
+    ExchangeSim(crate::exchange::sim::cli::ExchangeSimArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -55,6 +57,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => plugin::check(&file, &config, json),
         Command::Bench { command } => crate::bench::run(command).await,
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::ExchangeSim(args) => crate::exchange::sim::cli::run(args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

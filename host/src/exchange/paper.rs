@@ -34,6 +34,7 @@ use keel_kernel::order::OrderStatus;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use tokio::sync::mpsc;
 
 /// How many closed orders the engine remembers for queries before forgetting the oldest.
@@ -245,18 +246,23 @@ impl PaperEngine {
         if book.open.is_empty() {
             return Ok(());
         }
-        let ids = std::mem::take(&mut book.open);
-        let mut still_open = Vec::with_capacity(ids.len());
-        for id in ids {
-            self.match_order(&id, candle);
-            if self.orders[&id].report.status.is_open() {
-                still_open.push(id);
-            } else {
-                self.close(id);
+        // The open list is taken out and put back so its capacity is reused: no allocation
+        // per candle unless an order closes.
+        let mut ids = std::mem::take(&mut book.open);
+        let mut closed = Vec::new();
+        ids.retain(|id| {
+            self.match_order(id, candle);
+            let open = self.orders[id].report.status.is_open();
+            if !open {
+                closed.push(id.clone());
             }
-        }
+            open
+        });
         let book = self.books.get_mut(&candle.symbol).expect("checked above");
-        book.open = still_open;
+        book.open = ids;
+        for id in closed {
+            self.close(id);
+        }
         Ok(())
     }
 
@@ -354,6 +360,18 @@ impl PaperEngine {
         (&order.report.symbol == symbol).then_some(&order.report)
     }
 
+    /// The order with this exchange order id, if the engine remembers it.
+    pub fn order_by_exchange_id(
+        &self,
+        symbol: &Symbol,
+        id: ExchangeOrderId,
+    ) -> Option<&OrderReport> {
+        self.orders
+            .values()
+            .map(|o| &o.report)
+            .find(|r| r.exchange_order_id == id && &r.symbol == symbol)
+    }
+
     /// The fills of one order, oldest first.
     pub fn fills(&self, symbol: &Symbol, id: &ClientOrderId) -> Option<&[Fill]> {
         let order = self.orders.get(id)?;
@@ -389,8 +407,7 @@ impl PaperEngine {
 
     /// Every symbol's position, flat ones included, sorted by symbol.
     pub fn positions(&self) -> Vec<Position> {
-        let mut positions: Vec<Position> =
-            self.books.values().map(|book| position_of(book)).collect();
+        let mut positions: Vec<Position> = self.books.values().map(position_of).collect();
         positions.sort_by(|a, b| a.symbol.cmp(&b.symbol));
         positions
     }
@@ -600,6 +617,19 @@ fn reducible_qty(position_qty: Decimal, side: Side) -> Decimal {
 
 /// The price `candle` fills an order at, or `None` when it does not reach the order.
 fn fill_price(order_type: OrderType, side: Side, candle: &Candle) -> Option<Price> {
+    if let OrderType::Limit { price } = order_type {
+        // A float pre-check keeps the common case (not crossed) free of decimal conversions;
+        // the slack keeps it from ever refusing what the exact check below would accept.
+        let limit = price.get().to_f64()?;
+        let slack = limit.abs() * 1e-9;
+        let reached = match side {
+            Side::Buy => candle.low <= limit + slack,
+            Side::Sell => candle.high >= limit - slack,
+        };
+        if !reached {
+            return None;
+        }
+    }
     let open = decimal_from_f64("open", candle.open).ok()?;
     let price = match order_type {
         OrderType::Market => open,

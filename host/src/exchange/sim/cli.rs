@@ -1,0 +1,57 @@
+//! `keel exchange-sim`: the command-line front of the simulator.
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use super::{Faults, SimConfig, SimKey, serve};
+
+/// Arguments of `keel exchange-sim`.
+#[derive(Debug, clap::Args)]
+pub struct ExchangeSimArgs {
+    /// The port to listen on (0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// The address to bind. The admin endpoint has no authentication: keep this local.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Seeds the synthetic market and the fault draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Faults at start, as `key=value,...` or JSON, e.g. `unknown_rate=0.1,latency_ms=50`.
+    #[arg(long, default_value = "")]
+    pub faults: String,
+    /// The width of one synthetic candle, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    pub candle_ms: u64,
+    /// Replay this candle file (one JSON candle per line) instead of the random walk.
+    #[arg(long)]
+    pub candles_file: Option<std::path::PathBuf>,
+    /// The accepted API key.
+    #[arg(long, env = "KEEL_SIM_API_KEY", default_value = SimConfig::DEFAULT_API_KEY)]
+    pub api_key: String,
+    /// The HMAC secret of that key.
+    #[arg(long, env = "KEEL_SIM_API_SECRET", default_value = SimConfig::DEFAULT_API_SECRET)]
+    pub api_secret: String,
+}
+
+/// Runs the simulator until the process is stopped.
+pub async fn run(args: ExchangeSimArgs) -> anyhow::Result<()> {
+    let faults = Faults::parse(&args.faults).map_err(anyhow::Error::msg)?;
+    let mut config = SimConfig::new(args.seed);
+    config.faults = faults;
+    config.candle_ms = args.candle_ms;
+    config.keys = [(
+        args.api_key,
+        SimKey::Hmac {
+            secret: args.api_secret,
+        },
+    )]
+    .into();
+    let listener = TcpListener::bind((args.bind.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
+    let handle = serve(config, listener).await?;
+    // One line on stdout, so scripts and tests can find the port.
+    println!("exchange-sim listening on {}", handle.addr);
+    handle.wait().await
+}
