@@ -10,7 +10,6 @@
 //!
 //! Run it against a scratch database migrated with `keel migrate`: it adds profiles and orders.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};

@@ -522,7 +522,7 @@ impl TenantTx {
         self.update_order(&order).await?;
         self.insert_trade(&order, fill, realized_pnl).await?;
         Ok(FillOutcome::Recorded {
-            order,
+            order: Box::new(order),
             realized_pnl,
         })
     }
