@@ -23,6 +23,7 @@
 //! ```
 
 pub(crate) mod backend;
+mod combined;
 mod history;
 mod lease;
 mod rows;
