@@ -139,16 +139,28 @@ pub struct LiteTestDb {
     _dir: tempfile::TempDir,
     /// The store.
     pub store: Store,
+    /// A connection pool of its own on the same file, for statements outside the store API.
+    pub raw: sqlx::SqlitePool,
 }
 
 impl LiteTestDb {
     /// Creates and migrates a database file.
     pub async fn create() -> LiteTestDb {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("keel.db"))
+        let path = dir.path().join("keel.db");
+        let store = Store::open_sqlite(&path)
             .await
             .expect("migrations apply on a fresh SQLite file");
-        LiteTestDb { _dir: dir, store }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let raw = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        LiteTestDb {
+            _dir: dir,
+            store,
+            raw,
+        }
     }
 }
 
@@ -157,7 +169,12 @@ impl LiteTestDb {
 pub struct Harness {
     /// The store under test.
     pub store: Store,
-    owner: Option<sqlx::PgPool>,
+    raw: Raw,
+}
+
+enum Raw {
+    PgOwner(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
 }
 
 impl Harness {
@@ -165,7 +182,7 @@ impl Harness {
     pub fn pg(db: &PgTestDb) -> Harness {
         Harness {
             store: db.store.clone(),
-            owner: Some(db.owner.clone()),
+            raw: Raw::PgOwner(db.owner.clone()),
         }
     }
 
@@ -173,7 +190,7 @@ impl Harness {
     pub fn lite(db: &LiteTestDb) -> Harness {
         Harness {
             store: db.store.clone(),
-            owner: None,
+            raw: Raw::Lite(db.raw.clone()),
         }
     }
 
@@ -181,8 +198,8 @@ impl Harness {
     /// (RLS is forced on the owner too), on SQLite directly. Errors are mapped as the store maps
     /// them, so constraint names can be checked.
     pub async fn raw(&self, user: UserId, sql: &str) -> Result<u64, StoreError> {
-        match (&self.owner, self.store.sqlite_pool()) {
-            (Some(owner), _) => {
+        match &self.raw {
+            Raw::PgOwner(owner) => {
                 let mut tx = owner.begin().await?;
                 let claims = format!(r#"{{"sub":"{user}"}}"#);
                 sqlx::query("SELECT set_config('request.jwt.claims', $1, true)")
@@ -193,8 +210,7 @@ impl Harness {
                 tx.commit().await?;
                 Ok(affected)
             }
-            (None, Some(pool)) => Ok(sqlx::query(sql).execute(pool).await?.rows_affected()),
-            (None, None) => unreachable!("a harness has a backend"),
+            Raw::Lite(pool) => Ok(sqlx::query(sql).execute(pool).await?.rows_affected()),
         }
     }
 }
