@@ -217,7 +217,8 @@ CREATE TRIGGER orders_current_fence BEFORE INSERT ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_require_current_fence();
 
 -- Tenant isolation: every tenant table has RLS enabled and forced (the owner too), keyed on the
--- Supabase/PostgREST transaction-local setting request.jwt.claims. No claims, no rows.
+-- Supabase/PostgREST transaction-local setting request.jwt.claims. No claims, no rows. The
+-- claims are read in a sub-SELECT so that they are parsed once per statement, not once per row.
 DO $$
 DECLARE
     t text;
@@ -229,8 +230,8 @@ BEGIN
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format(
             'CREATE POLICY %I ON %I FOR ALL '
-            'USING (user_id = (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid) '
-            'WITH CHECK (user_id = (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid)',
+            'USING (user_id = (SELECT (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid)) '
+            'WITH CHECK (user_id = (SELECT (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid))',
             t || '_tenant', t);
     END LOOP;
 END
