@@ -12,6 +12,9 @@ use sqlx::{Connection, Executor, PgConnection};
 pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The role that owns the schema and runs migrations.
 pub const OWNER_ROLE: &str = "keel_owner";
+/// Connections of a test's host-role store: enough for races to overlap in the server, few
+/// enough that parallel tests stay far below the server's `max_connections`.
+pub const HOST_CONNECTIONS_MAX: u32 = 8;
 /// The role the host runs as: a member of keel_app, owning nothing.
 pub const HOST_ROLE: &str = "keel_host";
 
@@ -114,10 +117,13 @@ impl PgTestDb {
         Store::migrate_postgres(&url_with(&base, OWNER_ROLE, &name))
             .await
             .expect("migrations apply on a fresh database");
-        let store = Store::connect_postgres(&url_with(&base, HOST_ROLE, &name), 24)
-            .await
-            .unwrap();
-        let owner = sqlx::PgPool::connect(&url_with(&base, OWNER_ROLE, &name))
+        let store =
+            Store::connect_postgres(&url_with(&base, HOST_ROLE, &name), HOST_CONNECTIONS_MAX)
+                .await
+                .unwrap();
+        let owner = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url_with(&base, OWNER_ROLE, &name))
             .await
             .unwrap();
         PgTestDb { name, store, owner }
