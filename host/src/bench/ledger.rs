@@ -88,6 +88,11 @@ pub struct LedgerReport {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
+    if !(args.database_url.starts_with("postgres://")
+        || args.database_url.starts_with("postgresql://"))
+    {
+        bail!("the ledger benchmark runs on PostgreSQL: --database-url must be postgres://…");
+    }
     if !(1..=CONCURRENCY_MAX).contains(&args.concurrency) {
         bail!(
             "--concurrency must be 1 to {CONCURRENCY_MAX}, got {}",
