@@ -244,7 +244,7 @@ pub enum FillOutcome {
     /// The fill was new and is now recorded.
     Recorded {
         /// The order after the fill.
-        order: OrderRecord,
+        order: Box<OrderRecord>,
         /// Realized PnL of the fill before fees (zero for ENTRY fills).
         realized_pnl: Decimal,
     },

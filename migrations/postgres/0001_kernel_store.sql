@@ -196,16 +196,19 @@ CREATE TRIGGER profile_leases_fence_only_grows BEFORE UPDATE ON profile_leases
     FOR EACH ROW EXECUTE FUNCTION locks_refuse_fence_decrease();
 
 -- A write-ahead order made under a lock must carry the lock's current fence, checked inside the
--- inserting transaction: a holder that lost its lock cannot write.
+-- inserting transaction: a holder that lost its lock cannot write. The lock row is then held
+-- FOR SHARE until commit, so no new acquisition can slip in before the order is committed.
 CREATE FUNCTION orders_require_current_fence() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.lock_key IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM entry_locks
+    IF NEW.lock_key IS NOT NULL THEN
+        PERFORM 1 FROM entry_locks
         WHERE lock_key = NEW.lock_key AND fence = NEW.fence AND expires_at_ms > keel_now_ms()
-    ) THEN
-        RAISE EXCEPTION 'stale fence % for lock %', NEW.fence, NEW.lock_key
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'orders_current_fence';
+        FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'stale fence % for lock %', NEW.fence, NEW.lock_key
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'orders_current_fence';
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -214,7 +217,8 @@ CREATE TRIGGER orders_current_fence BEFORE INSERT ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_require_current_fence();
 
 -- Tenant isolation: every tenant table has RLS enabled and forced (the owner too), keyed on the
--- Supabase/PostgREST transaction-local setting request.jwt.claims. No claims, no rows.
+-- Supabase/PostgREST transaction-local setting request.jwt.claims. No claims, no rows. The
+-- claims are read in a sub-SELECT so that they are parsed once per statement, not once per row.
 DO $$
 DECLARE
     t text;
@@ -226,8 +230,8 @@ BEGIN
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format(
             'CREATE POLICY %I ON %I FOR ALL '
-            'USING (user_id = (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid) '
-            'WITH CHECK (user_id = (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid)',
+            'USING (user_id = (SELECT (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid)) '
+            'WITH CHECK (user_id = (SELECT (nullif(current_setting(''request.jwt.claims'', true), '''')::json ->> ''sub'')::uuid))',
             t || '_tenant', t);
     END LOOP;
 END

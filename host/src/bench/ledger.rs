@@ -1,7 +1,7 @@
 //! `keel bench ledger`: what the ledger's two-commit ENTRY lifecycle costs against the cheapest
 //! transaction the same server can commit.
 //!
-//! Two phases in one run, one after the other, on the same server and with the same number of
+//! Two phases in one run, alternating in slices, on the same server and with the same number of
 //! workers: (1) plain single-row UPDATE transactions, each worker on its own row, and (2) full
 //! ENTRY lifecycles — the write-ahead transaction (order row + reservation, fence checked) and
 //! the confirmation transaction (fill, lifecycle row, trade history, ledger moves) — spread over
@@ -10,7 +10,6 @@
 //!
 //! Run it against a scratch database migrated with `keel migrate`: it adds profiles and orders.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -27,6 +26,8 @@ use serde::Serialize;
 pub const CONCURRENCY_MAX: usize = 256;
 /// The longest phase a run may ask for.
 pub const PHASE_MS_MAX: u64 = 600_000;
+/// The most alternations of the two phases a run may ask for.
+pub const ROUNDS_MAX: u32 = 100;
 /// Latency samples kept per run; beyond it the p99 is taken over the first samples.
 const LATENCY_SAMPLES_MAX: usize = 2_000_000;
 /// Lease TTL of the entry locks the lifecycles run under: longer than any phase.
@@ -50,6 +51,10 @@ pub struct LedgerArgs {
     /// Profiles the lifecycles are spread over (each its own user).
     #[arg(long, default_value_t = 64)]
     pub profiles: usize,
+    /// The phases alternate this many times (each slice `phase_ms / rounds` long), so that both
+    /// see the same background load on a shared machine.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
 }
 
 /// What a run measured.
@@ -71,6 +76,8 @@ pub struct LedgerReport {
     pub profiles: usize,
     /// Length of each phase, milliseconds.
     pub phase_ms: u64,
+    /// Alternations of the two phases.
+    pub rounds: u32,
     /// Lifecycles completed.
     pub lifecycles: u64,
     /// UPDATE transactions completed.
@@ -81,6 +88,11 @@ pub struct LedgerReport {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
+    if !(args.database_url.starts_with("postgres://")
+        || args.database_url.starts_with("postgresql://"))
+    {
+        bail!("the ledger benchmark runs on PostgreSQL: --database-url must be postgres://…");
+    }
     if !(1..=CONCURRENCY_MAX).contains(&args.concurrency) {
         bail!(
             "--concurrency must be 1 to {CONCURRENCY_MAX}, got {}",
@@ -92,6 +104,9 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
             "--phase-ms must be 100 to {PHASE_MS_MAX}, got {}",
             args.phase_ms
         );
+    }
+    if !(1..=ROUNDS_MAX).contains(&args.rounds) {
+        bail!("--rounds must be 1 to {ROUNDS_MAX}, got {}", args.rounds);
     }
     if args.profiles < args.concurrency {
         bail!(
@@ -122,11 +137,19 @@ async fn measure(store: &Store, args: &LedgerArgs) -> anyhow::Result<LedgerRepor
         .fetch_one(pool)
         .await
         .context("reading synchronous_commit")?;
-    let phase = Duration::from_millis(args.phase_ms);
-    let raw_update_txs = raw_updates(store, args.concurrency, phase).await?;
+    let slice = Duration::from_millis(args.phase_ms) / args.rounds;
     let profiles = setup_profiles(store, args.profiles).await?;
-    let (lifecycles, mut latencies_us) =
-        lifecycles(store, &profiles, args.concurrency, phase).await?;
+    let (mut raw_update_txs, mut lifecycles, mut latencies_us) = (0, 0, Vec::new());
+    let mut next_symbol = 0;
+    for _ in 0..args.rounds {
+        raw_update_txs += raw_updates(store, args.concurrency, slice).await?;
+        let (done, latencies) =
+            run_lifecycles(store, &profiles, args.concurrency, slice, next_symbol).await?;
+        lifecycles += done;
+        next_symbol += done + 1;
+        latencies_us.extend(latencies);
+    }
+    let phase = slice * args.rounds;
     latencies_us.sort_unstable();
     let seconds = phase.as_secs_f64();
     let lifecycles_per_sec = lifecycles as f64 / seconds;
@@ -140,6 +163,7 @@ async fn measure(store: &Store, args: &LedgerArgs) -> anyhow::Result<LedgerRepor
         concurrency: args.concurrency,
         profiles: args.profiles,
         phase_ms: args.phase_ms,
+        rounds: args.rounds,
         lifecycles,
         raw_update_txs,
         synchronous_commit,
@@ -236,11 +260,12 @@ async fn setup_profiles(store: &Store, count: usize) -> anyhow::Result<Vec<Bench
 
 /// Phase 2: each worker runs full ENTRY lifecycles on its share of the profiles, each on a new
 /// symbol so that no two lifecycles of a profile collide.
-async fn lifecycles(
+async fn run_lifecycles(
     store: &Store,
     profiles: &[BenchProfile],
     concurrency: usize,
     phase: Duration,
+    first_symbol: u64,
 ) -> anyhow::Result<(u64, Vec<u64>)> {
     let deadline = Instant::now() + phase;
     let shares: Vec<Vec<BenchProfile>> = (0..concurrency)
@@ -253,7 +278,7 @@ async fn lifecycles(
                 .collect()
         })
         .collect();
-    let samples_per_worker = LATENCY_SAMPLES_MAX / concurrency;
+    let samples_per_worker = LATENCY_SAMPLES_MAX / concurrency / ROUNDS_MAX as usize;
     let workers = shares.into_iter().enumerate().map(|(w, share)| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -262,7 +287,7 @@ async fn lifecycles(
             while Instant::now() < deadline {
                 let target = &share[n as usize % share.len()];
                 let started = Instant::now();
-                one_lifecycle(&store, target, w, n).await?;
+                one_lifecycle(&store, target, w, first_symbol + n).await?;
                 if latencies.len() < samples_per_worker {
                     latencies
                         .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));

@@ -278,7 +278,7 @@ impl ProfileEngine {
             .orders_total
             .with_label_values(&[order.status.as_str()])
             .inc();
-        self.after_order_change(order).await?;
+        self.after_order_change(*order).await?;
         let result = self.strategy.on_fill(&view, self.book.view());
         // Decisions made on a fill are numbered by its trade id: re-made after a crash, they
         // carry the same client order ids. They run once the current step's handlers finish.

@@ -53,8 +53,8 @@ pub(crate) mod pg {
     pub const NOW_MS: &str = "keel_now_ms()";
     /// Locks a row against concurrent writers until commit.
     pub const FOR_UPDATE: &str = "FOR UPDATE";
-    /// Keeps a row from changing until commit, without blocking other readers.
-    pub const FOR_SHARE: &str = "FOR SHARE";
+    /// Locks the order and capital rows of a fill (aliases `o` and `c`) until commit.
+    pub const FOR_UPDATE_ORDER_CAPITAL: &str = "FOR UPDATE OF o, c";
 }
 
 /// SQLite: money is INTEGER units of 10^-8; transactions start with `BEGIN IMMEDIATE`, so a
@@ -72,7 +72,7 @@ pub(crate) mod lite {
     /// Not needed: the writer holds the whole database.
     pub const FOR_UPDATE: &str = "";
     /// Not needed: the writer holds the whole database.
-    pub const FOR_SHARE: &str = "";
+    pub const FOR_UPDATE_ORDER_CAPITAL: &str = "";
 }
 
 /// Converts a ledger-checked decimal into SQLite units.

@@ -23,6 +23,7 @@
 //! ```
 
 pub(crate) mod backend;
+mod combined;
 mod history;
 mod lease;
 mod listing;
@@ -259,19 +260,12 @@ impl Store {
         &self.stats
     }
 
-    /// The PostgreSQL pool, for work outside the kernel's tables (benchmarks, health checks).
+    /// The PostgreSQL pool, for work outside the tenant tables (benchmarks, health checks). It
+    /// carries no claims, so row-level security shows it no tenant rows.
     pub fn pg_pool(&self) -> Option<&PgPool> {
         match &self.pool {
             Pool::Pg(pool) => Some(pool),
             Pool::Lite(_) => None,
-        }
-    }
-
-    /// The SQLite pool, for work outside the kernel's tables.
-    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
-        match &self.pool {
-            Pool::Lite(pool) => Some(pool),
-            Pool::Pg(_) => None,
         }
     }
 

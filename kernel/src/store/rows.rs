@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::ids::{ClientOrderId, Fence, IntentKind, ProfileId, Symbol, UserId};
 use crate::ledger::{Capital, CapitalDelta, JournalKind};
-use crate::lifecycle::{FillReport, OrderRecord, Position};
-use crate::lock::{FencedLock, LockError, LockKey};
+use crate::lifecycle::{EntryRequest, FillReport, OrderRecord, Position};
+use crate::lock::{FencedLock, LockKey};
 use crate::market::Side;
 use crate::order::OrderStatus;
 
@@ -108,6 +108,21 @@ pub(super) fn decode_position(row: &impl RowExt, symbol: &Symbol) -> Result<Posi
         qty_open: row.money("qty_open")?,
         cost_open: row.money("cost_open")?,
     })
+}
+
+/// What [`TenantTx::gather_entry`] reads.
+pub(crate) struct EntryGather {
+    pub capital: Capital,
+    pub order_exists: bool,
+    pub fence: Option<Fence>,
+    pub in_flight: bool,
+}
+
+/// What [`TenantTx::gather_fill`] reads.
+pub(crate) struct FillGather {
+    pub order: OrderRecord,
+    pub capital: Capital,
+    pub existing: Option<StoredFill>,
 }
 
 /// A fill as stored, for comparing a replay with the original.
@@ -283,45 +298,84 @@ impl TenantTx {
         Ok(())
     }
 
-    /// Refuses unless `lock` is the current, unexpired fence of its entry lock. On PostgreSQL the
-    /// lock row is then held (FOR SHARE) until commit, so no acquisition can slip in between.
-    pub(crate) async fn check_fence(&mut self, lock: &FencedLock) -> Result<(), StoreError> {
-        let current: Option<i64> = with_tx!(&mut self.tx, c, b => {
+    /// Everything a write-ahead ENTRY decides on, read in one statement: the capital row (locked
+    /// until commit on PostgreSQL), whether the client order id is already this tenant's, the
+    /// lock's current unexpired fence, and whether an entry is in flight or open for the symbol.
+    pub(crate) async fn gather_entry(
+        &mut self,
+        request: &EntryRequest,
+    ) -> Result<EntryGather, StoreError> {
+        let user = self.user_uuid();
+        let row = with_tx!(&mut self.tx, c, b => {
             let sql = format!(
-                "SELECT fence FROM entry_locks WHERE lock_key = $1 AND expires_at_ms > {} {}",
-                b::NOW_MS, b::FOR_SHARE
+                "SELECT c.allocated, c.reserved_for_orders, c.reserved_for_positions, c.realized_pnl, \
+                 (SELECT count(*) FROM orders WHERE client_order_id = $3 AND user_id = $2) AS order_exists, \
+                 (SELECT fence FROM entry_locks WHERE lock_key = $4 AND expires_at_ms > {now}) AS fence, \
+                 (SELECT count(*) FROM orders WHERE profile_id = $1 AND user_id = $2 AND symbol = $5 \
+                  AND kind = 'ENTRY' AND status IN {OPEN_STATUSES}) + \
+                 (SELECT count(*) FROM lifecycles WHERE profile_id = $1 AND user_id = $2 AND symbol = $5 \
+                  AND kind = 'ENTRY' AND is_open) AS in_flight \
+                 FROM capital_accounts c WHERE c.profile_id = $1 AND c.user_id = $2 {lock}",
+                now = b::NOW_MS,
+                lock = b::FOR_UPDATE,
             );
-            let row = sqlx::query(&sql).bind(lock.key.as_str()).fetch_optional(&mut **c).await?;
-            row.map(|r| r.int("fence")).transpose()?
+            let row = sqlx::query(&sql)
+                .bind(request.profile.as_uuid()).bind(user)
+                .bind(request.client_order_id.as_str()).bind(request.lock.key.as_str())
+                .bind(request.symbol.as_str())
+                .fetch_optional(&mut **c).await?;
+            row.map(|r| -> Result<EntryGather, StoreError> {
+                Ok(EntryGather {
+                    capital: decode_capital(&r)?,
+                    order_exists: r.int("order_exists")? > 0,
+                    fence: r.opt_int("fence")?.map(Fence),
+                    in_flight: r.int("in_flight")? > 0,
+                })
+            })
+            .transpose()?
         });
-        if current == Some(lock.fence.0) {
-            return Ok(());
-        }
-        Err(LockError::StaleFence {
-            key: lock.key.clone(),
-            fence: lock.fence,
-            current: current.map(Fence),
-        }
-        .into())
+        row.ok_or(StoreError::UnknownProfile(request.profile))
     }
 
-    /// True when an ENTRY order is in flight or a position is open for (profile, symbol).
-    pub(crate) async fn entry_in_flight(
+    /// Everything a fill decides on, read in one statement: the order and its profile's capital
+    /// row (both locked until commit on PostgreSQL) and any fill already stored under the trade id.
+    pub(crate) async fn gather_fill(
         &mut self,
-        profile: ProfileId,
-        symbol: &Symbol,
-    ) -> Result<bool, StoreError> {
+        fill: &FillReport,
+    ) -> Result<Option<FillGather>, StoreError> {
         let user = self.user_uuid();
+        let columns = ORDER_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         with_tx!(&mut self.tx, c, b => {
             let sql = format!(
-                "SELECT (SELECT count(*) FROM orders WHERE profile_id = $1 AND user_id = $2 \
-                 AND symbol = $3 AND kind = 'ENTRY' AND status IN {OPEN_STATUSES}) + \
-                 (SELECT count(*) FROM lifecycles WHERE profile_id = $1 AND user_id = $2 \
-                 AND symbol = $3 AND kind = 'ENTRY' AND is_open) AS n"
+                "SELECT {columns}, c.allocated, c.reserved_for_orders, c.reserved_for_positions, \
+                 c.realized_pnl, f.client_order_id AS f_client_order_id, f.qty AS f_qty, \
+                 f.price AS f_price, f.fee AS f_fee \
+                 FROM orders o JOIN capital_accounts c ON c.profile_id = o.profile_id AND c.user_id = o.user_id \
+                 LEFT JOIN fills f ON f.profile_id = o.profile_id AND f.symbol = o.symbol \
+                 AND f.exchange_trade_id = $3 \
+                 WHERE o.client_order_id = $1 AND o.user_id = $2 {}",
+                b::FOR_UPDATE_ORDER_CAPITAL
             );
-            let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
-                .fetch_one(&mut **c).await?;
-            Ok(row.int("n")? > 0)
+            let row = sqlx::query(&sql)
+                .bind(fill.client_order_id.as_str()).bind(user).bind(fill.exchange_trade_id.as_str())
+                .fetch_optional(&mut **c).await?;
+            row.map(|r| -> Result<FillGather, StoreError> {
+                let existing = match r.opt_text("f_client_order_id")? {
+                    Some(client_order_id) => Some(StoredFill {
+                        client_order_id,
+                        qty: r.money("f_qty")?,
+                        price: r.money("f_price")?,
+                        fee: r.money("f_fee")?,
+                    }),
+                    None => None,
+                };
+                Ok(FillGather { order: decode_order(&r)?, capital: decode_capital(&r)?, existing })
+            })
+            .transpose()
         })
     }
 

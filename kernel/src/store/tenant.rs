@@ -10,6 +10,7 @@ use crate::lifecycle::{
     self, EntryRequest, ExitRequest, FillOutcome, FillReport, LifecycleError, OrderRecord,
     Position, StatusOutcome, WriteAhead,
 };
+use crate::lock::LockError;
 use crate::money::Amount;
 use crate::order::{OrderStatus, Transition};
 
@@ -51,17 +52,14 @@ impl<'s> Tenant<'s> {
     pub async fn begin(&self) -> Result<TenantTx, StoreError> {
         let tx = match self.store.pool() {
             Pool::Pg(pool) => {
-                let mut tx = pool.begin().await?;
-                let claims = serde_json::json!({
-                    "sub": self.user.to_string(),
-                    "role": "authenticated",
-                })
-                .to_string();
-                sqlx::query("SELECT set_config('request.jwt.claims', $1, true)")
-                    .bind(claims)
-                    .execute(&mut *tx)
-                    .await?;
-                Tx::Pg(tx)
+                // One round trip: BEGIN and the claims as one simple query. The user id is a
+                // UUID printed by Rust, so the literal cannot carry anything else.
+                let begin = format!(
+                    "BEGIN; SELECT set_config('request.jwt.claims', \
+                     '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', true)",
+                    self.user.as_uuid().hyphenated()
+                );
+                Tx::Pg(pool.begin_with(begin).await?)
             }
             Pool::Lite(pool) => Tx::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
         };
@@ -248,23 +246,28 @@ impl TenantTx {
         let price = ledger::check_positive("price", request.price.get())?;
         let reserved = lifecycle::entry_reservation(price, qty)?;
         let coid = &request.client_order_id;
-        if let Some(existing) = self.load_order(coid, false).await? {
-            return self.entry_replay(existing, request);
+        let gathered = self.gather_entry(request).await?;
+        if gathered.order_exists {
+            return self.entry_replay_of(coid, request).await;
         }
-        self.check_fence(&request.lock).await?;
-        let moves = [Move {
+        if gathered.fence != Some(request.lock.fence) {
+            return Err(LockError::StaleFence {
+                key: request.lock.key.clone(),
+                fence: request.lock.fence,
+                current: gathered.fence,
+            }
+            .into());
+        }
+        let reserve = Move {
             kind: JournalKind::EntryReserve,
             delta: CapitalDelta {
                 reserved_for_orders: reserved,
                 ..CapitalDelta::default()
             },
             dedup_key: format!("reserve:{coid}"),
-        }];
-        let capital = self.plan_moves(request.profile, &moves).await?;
-        if self
-            .entry_in_flight(request.profile, &request.symbol)
-            .await?
-        {
+        };
+        let capital = gathered.capital.apply(&reserve.delta)?;
+        if gathered.in_flight {
             return Err(LifecycleError::EntryInFlight {
                 profile: request.profile,
                 symbol: request.symbol.clone(),
@@ -287,16 +290,33 @@ impl TenantTx {
             lock: Some(request.lock.clone()),
             exchange_order_id: None,
         };
-        if !self.insert_order(&order).await? {
-            // Written by a concurrent transaction since the first look.
-            let existing = self.load_order(coid, false).await?;
-            let existing =
-                existing.ok_or_else(|| LifecycleError::ClientOrderIdTaken(coid.clone()))?;
-            return self.entry_replay(existing, request);
+        let inserted = match self.tx {
+            Tx::Pg(_) => self.pg_write_entry(&order, &capital, &reserve).await?,
+            Tx::Lite(_) => {
+                let inserted = self.insert_order(&order).await?;
+                if inserted {
+                    let moves = [reserve];
+                    self.commit_moves(request.profile, Some(coid), &capital, &moves)
+                        .await?;
+                }
+                inserted
+            }
+        };
+        if !inserted {
+            // Written by a concurrent transaction since the first look, or another tenant's.
+            return self.entry_replay_of(coid, request).await;
         }
-        self.commit_moves(request.profile, Some(coid), &capital, &moves)
-            .await?;
         Ok(WriteAhead::Written(order))
+    }
+
+    async fn entry_replay_of(
+        &mut self,
+        coid: &ClientOrderId,
+        request: &EntryRequest,
+    ) -> Result<WriteAhead, StoreError> {
+        let existing = self.load_order(coid, false).await?;
+        let existing = existing.ok_or_else(|| LifecycleError::ClientOrderIdTaken(coid.clone()))?;
+        self.entry_replay(existing, request)
     }
 
     fn entry_replay(
@@ -493,11 +513,12 @@ impl TenantTx {
         ledger::check_positive("fill price", fill.price.get())?;
         ledger::check_nonnegative("fee", fill.fee)?;
         let coid = &fill.client_order_id;
-        let order = self.load_order(coid, true).await?;
-        let mut order = order.ok_or_else(|| LifecycleError::UnknownOrder(coid.clone()))?;
-        if !self.insert_fill(&order, fill).await? {
-            return self.fill_replay(&order, fill).await;
+        let gathered = self.gather_fill(fill).await?;
+        let gathered = gathered.ok_or_else(|| LifecycleError::UnknownOrder(coid.clone()))?;
+        if let Some(stored) = gathered.existing {
+            return self.fill_replay(Some(stored), fill);
         }
+        let order = gathered.order;
         let remaining = order.qty - order.filled_qty;
         if qty > remaining {
             return Err(LifecycleError::Overfill {
@@ -512,27 +533,74 @@ impl TenantTx {
             Transition::Advance(next) => next,
             Transition::Same | Transition::Stale => order.status,
         };
+        if order.kind == IntentKind::Entry && matches!(self.tx, Tx::Pg(_)) {
+            return self
+                .pg_entry_fill(order, next, gathered.capital, fill)
+                .await;
+        }
+        self.fill_statement_by_statement(order, next, fill).await
+    }
+
+    /// PostgreSQL's ENTRY fill: the capital read with the order is checked here, then every row
+    /// is written by one statement.
+    async fn pg_entry_fill(
+        &mut self,
+        order: OrderRecord,
+        next: OrderStatus,
+        capital: Capital,
+        fill: &FillReport,
+    ) -> Result<FillOutcome, StoreError> {
+        let (qty, price) = (fill.qty.get(), fill.price.get());
+        let mv = lifecycle::entry_fill_move(&order, qty, price, fill.fee);
+        let moves = entry_fill_moves(&order, fill, mv.released, mv.cost);
+        let mut planned = capital;
+        for entry in &moves {
+            planned = planned.apply(&entry.delta)?;
+        }
+        let mut after = order.clone();
+        after.filled_qty += qty;
+        after.reserved_remaining -= mv.released;
+        after.status = next;
+        let first_fill = order.filled_qty == Decimal::ZERO;
+        self.pg_write_entry_fill(&after, first_fill, fill, mv.cost, &planned, &moves)
+            .await?;
+        Ok(FillOutcome::Recorded {
+            order: Box::new(after),
+            realized_pnl: Decimal::ZERO,
+        })
+    }
+
+    /// Every other fill (and every fill on SQLite), one statement per row.
+    async fn fill_statement_by_statement(
+        &mut self,
+        mut order: OrderRecord,
+        next: OrderStatus,
+        fill: &FillReport,
+    ) -> Result<FillOutcome, StoreError> {
+        if !self.insert_fill(&order, fill).await? {
+            let stored = self.load_fill(&order, &fill.exchange_trade_id).await?;
+            return self.fill_replay(stored, fill);
+        }
         let (realized_pnl, released) = match order.kind {
             IntentKind::Entry => (Decimal::ZERO, self.entry_fill(&order, fill).await?),
             IntentKind::Exit => (self.exit_fill(&order, fill).await?, Decimal::ZERO),
         };
         order.reserved_remaining -= released;
-        order.filled_qty += qty;
+        order.filled_qty += fill.qty.get();
         order.status = next;
         self.update_order(&order).await?;
         self.insert_trade(&order, fill, realized_pnl).await?;
         Ok(FillOutcome::Recorded {
-            order,
+            order: Box::new(order),
             realized_pnl,
         })
     }
 
-    async fn fill_replay(
-        &mut self,
-        order: &OrderRecord,
+    fn fill_replay(
+        &self,
+        stored: Option<super::rows::StoredFill>,
         fill: &FillReport,
     ) -> Result<FillOutcome, StoreError> {
-        let stored = self.load_fill(order, &fill.exchange_trade_id).await?;
         let same = stored.is_some_and(|s| {
             s.client_order_id == fill.client_order_id.as_str()
                 && s.qty == fill.qty.get()
@@ -556,19 +624,7 @@ impl TenantTx {
     ) -> Result<Decimal, StoreError> {
         let (qty, price) = (fill.qty.get(), fill.price.get());
         let mv = lifecycle::entry_fill_move(order, qty, price, fill.fee);
-        let trade = &fill.exchange_trade_id;
-        let moves = [
-            Move {
-                kind: JournalKind::Fill,
-                delta: CapitalDelta {
-                    reserved_for_orders: -mv.released,
-                    reserved_for_positions: mv.cost,
-                    ..CapitalDelta::default()
-                },
-                dedup_key: format!("fill:{}:{trade}", order.symbol),
-            },
-            fee_move(&order.symbol, trade, fill.fee),
-        ];
+        let moves = entry_fill_moves(order, fill, mv.released, mv.cost);
         let capital = self.plan_moves(order.profile, &moves).await?;
         let add = LifecycleAdd {
             qty,
@@ -669,6 +725,28 @@ impl TenantTx {
             repaired: differs && repair,
         })
     }
+}
+
+/// The journal moves of an ENTRY fill: reservation to position, then the fee.
+fn entry_fill_moves(
+    order: &OrderRecord,
+    fill: &FillReport,
+    released: Decimal,
+    cost: Decimal,
+) -> [Move; 2] {
+    let trade = &fill.exchange_trade_id;
+    [
+        Move {
+            kind: JournalKind::Fill,
+            delta: CapitalDelta {
+                reserved_for_orders: -released,
+                reserved_for_positions: cost,
+                ..CapitalDelta::default()
+            },
+            dedup_key: format!("fill:{}:{trade}", order.symbol),
+        },
+        fee_move(&order.symbol, trade, fill.fee),
+    ]
 }
 
 fn fee_move(symbol: &Symbol, trade: &str, fee: Decimal) -> Move {

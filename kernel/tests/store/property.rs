@@ -26,6 +26,8 @@ use crate::support::{LiteTestDb, PgTestDb};
 
 /// Symbols a case trades: few, so that operations meet on the same symbol often.
 const SYMBOLS: [&str; 3] = ["AAAUSDT", "BBBUSDT", "CCCUSDT"];
+/// Capital every case starts with.
+const OPENING_BALANCE: i64 = 500;
 /// Operations per case.
 const OPS_PER_CASE_MAX: usize = 40;
 
@@ -601,12 +603,22 @@ async fn run_case(store: &Store, ops: &[Op]) -> Result<(), String> {
     for sym in 0..SYMBOLS.len() {
         leases.push(entry_lock(store, profile, &sym_of(sym)).await);
     }
+    // A starting balance, so that most cases trade rather than only refuse.
+    let opening = Decimal::from(OPENING_BALANCE);
+    let amount = Amount::positive(opening).unwrap();
+    store
+        .tenant(user)
+        .allocate(profile, amount)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut model = Model::default();
+    model.capital.allocated = opening;
     let mut case = Case {
         store,
         user,
         profile,
         leases,
-        model: Model::default(),
+        model,
         seq: 0,
         trade: 0,
         last_fill: None,

@@ -12,6 +12,9 @@ use sqlx::{Connection, Executor, PgConnection};
 pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The role that owns the schema and runs migrations.
 pub const OWNER_ROLE: &str = "keel_owner";
+/// Connections of a test's host-role store: enough for races to overlap in the server, few
+/// enough that parallel tests stay far below the server's `max_connections`.
+pub const HOST_CONNECTIONS_MAX: u32 = 8;
 /// The role the host runs as: a member of keel_app, owning nothing.
 pub const HOST_ROLE: &str = "keel_host";
 
@@ -114,10 +117,13 @@ impl PgTestDb {
         Store::migrate_postgres(&url_with(&base, OWNER_ROLE, &name))
             .await
             .expect("migrations apply on a fresh database");
-        let store = Store::connect_postgres(&url_with(&base, HOST_ROLE, &name), 24)
-            .await
-            .unwrap();
-        let owner = sqlx::PgPool::connect(&url_with(&base, OWNER_ROLE, &name))
+        let store =
+            Store::connect_postgres(&url_with(&base, HOST_ROLE, &name), HOST_CONNECTIONS_MAX)
+                .await
+                .unwrap();
+        let owner = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url_with(&base, OWNER_ROLE, &name))
             .await
             .unwrap();
         PgTestDb { name, store, owner }
@@ -139,16 +145,28 @@ pub struct LiteTestDb {
     _dir: tempfile::TempDir,
     /// The store.
     pub store: Store,
+    /// A connection pool of its own on the same file, for statements outside the store API.
+    pub raw: sqlx::SqlitePool,
 }
 
 impl LiteTestDb {
     /// Creates and migrates a database file.
     pub async fn create() -> LiteTestDb {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("keel.db"))
+        let path = dir.path().join("keel.db");
+        let store = Store::open_sqlite(&path)
             .await
             .expect("migrations apply on a fresh SQLite file");
-        LiteTestDb { _dir: dir, store }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let raw = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        LiteTestDb {
+            _dir: dir,
+            store,
+            raw,
+        }
     }
 }
 
@@ -157,7 +175,12 @@ impl LiteTestDb {
 pub struct Harness {
     /// The store under test.
     pub store: Store,
-    owner: Option<sqlx::PgPool>,
+    raw: Raw,
+}
+
+enum Raw {
+    PgOwner(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
 }
 
 impl Harness {
@@ -165,7 +188,7 @@ impl Harness {
     pub fn pg(db: &PgTestDb) -> Harness {
         Harness {
             store: db.store.clone(),
-            owner: Some(db.owner.clone()),
+            raw: Raw::PgOwner(db.owner.clone()),
         }
     }
 
@@ -173,7 +196,7 @@ impl Harness {
     pub fn lite(db: &LiteTestDb) -> Harness {
         Harness {
             store: db.store.clone(),
-            owner: None,
+            raw: Raw::Lite(db.raw.clone()),
         }
     }
 
@@ -181,8 +204,8 @@ impl Harness {
     /// (RLS is forced on the owner too), on SQLite directly. Errors are mapped as the store maps
     /// them, so constraint names can be checked.
     pub async fn raw(&self, user: UserId, sql: &str) -> Result<u64, StoreError> {
-        match (&self.owner, self.store.sqlite_pool()) {
-            (Some(owner), _) => {
+        match &self.raw {
+            Raw::PgOwner(owner) => {
                 let mut tx = owner.begin().await?;
                 let claims = format!(r#"{{"sub":"{user}"}}"#);
                 sqlx::query("SELECT set_config('request.jwt.claims', $1, true)")
@@ -193,8 +216,7 @@ impl Harness {
                 tx.commit().await?;
                 Ok(affected)
             }
-            (None, Some(pool)) => Ok(sqlx::query(sql).execute(pool).await?.rows_affected()),
-            (None, None) => unreachable!("a harness has a backend"),
+            Raw::Lite(pool) => Ok(sqlx::query(sql).execute(pool).await?.rows_affected()),
         }
     }
 }
