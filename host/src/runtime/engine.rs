@@ -265,7 +265,11 @@ fn wasmtime_config(settings: &EngineSettings) -> Config {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .consume_fuel(true)
         .epoch_interruption(true)
-        .wasm_component_model(true);
+        .wasm_component_model(true)
+        // A strategy's data segments are a few KiB: copying them at instantiation gave lower
+        // call latency in most benchmark runs than mapping a copy-on-write image, for the same
+        // resident memory (docs/benchmarks.md).
+        .memory_init_cow(false);
     config
 }
 
