@@ -190,7 +190,7 @@ impl StrategyRuntime for WasmStrategy {
             Some(current) => (current.version().clone(), current.setup().clone()),
             None => (self.last_version.clone(), self.last_setup.clone()),
         };
-        setup.config = config.to_vec();
+        setup.config = config.into();
         let prepared = self.engine.prepare(&version, setup)?;
         self.replace(prepared);
         Ok(())

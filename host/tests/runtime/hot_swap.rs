@@ -51,7 +51,7 @@ fn hot_swap_under_a_live_stream_skips_and_repeats_no_candle() {
                 .hot_swap(&hostile, new_setup.clone())
                 .expect("the new version starts");
             let mut failing = new_setup;
-            failing.config = vec![("attack".into(), "fail-init".into())];
+            failing.config = vec![("attack".into(), "fail-init".into())].into();
             let refused = handle.hot_swap(&hostile, failing);
             assert!(
                 matches!(refused, Err(PluginFault::InitRefused(_))),
