@@ -417,18 +417,24 @@ impl ProfileEngine {
     }
 
     fn refuse(&mut self, intent: RawIntent, refusal: &Refusal) {
+        self.record_refusal(intent, refusal.rule(), refusal.to_string());
+    }
+
+    /// Counts a refused intent by rule, logs it, and keeps it for the API (bounded).
+    fn record_refusal(&mut self, intent: RawIntent, rule: &'static str, reason: String) {
         self.metrics
             .risk_refusals_total
-            .with_label_values(&[refusal.rule()])
+            .with_label_values(&[rule])
             .inc();
-        tracing::info!(profile_id = %self.spec.profile, rule = refusal.rule(), %refusal, "intent refused");
+        tracing::info!(profile_id = %self.spec.profile, rule, %reason, "intent refused");
         if self.refusals.len() == self.config.refusals_kept_max {
             self.refusals.pop_front();
         }
+        let at_ms = self.clock.now_ms();
         self.refusals.push_back(RefusalRecord {
-            at_ms: self.clock.now_ms(),
-            rule: refusal.rule(),
-            reason: refusal.to_string(),
+            at_ms,
+            rule,
+            reason,
             intent,
         });
     }
@@ -480,28 +486,10 @@ impl ProfileEngine {
         match rules.apply(&request, reference) {
             Ok(prepared) => Ok(Some(prepared)),
             Err(violation) => {
-                self.metrics
-                    .risk_refusals_total
-                    .with_label_values(&["exchange_filter"])
-                    .inc();
-                tracing::info!(profile_id = %self.spec.profile, %violation, "order refused by the exchange's filters");
-                self.refusals_push(raw.clone(), "exchange_filter", violation.to_string());
+                self.record_refusal(raw.clone(), "exchange_filter", violation.to_string());
                 Ok(None)
             }
         }
-    }
-
-    fn refusals_push(&mut self, intent: RawIntent, rule: &'static str, reason: String) {
-        if self.refusals.len() == self.config.refusals_kept_max {
-            self.refusals.pop_front();
-        }
-        let at_ms = self.clock.now_ms();
-        self.refusals.push_back(RefusalRecord {
-            at_ms,
-            rule,
-            reason,
-            intent,
-        });
     }
 
     /// The price an entry reserves capital at: never below what it may fill at, within the
@@ -538,15 +526,11 @@ impl ProfileEngine {
             IntentKind::Entry,
         );
         if self.book.entry_in_flight(&entry.symbol) {
-            self.refusals_push(
+            self.record_refusal(
                 raw.clone(),
                 "entry_in_flight",
                 format!("an entry on {} is already in flight", entry.symbol),
             );
-            self.metrics
-                .risk_refusals_total
-                .with_label_values(&["entry_in_flight"])
-                .inc();
             return Ok(None);
         }
         let request = OrderRequest {
@@ -569,7 +553,7 @@ impl ProfileEngine {
         };
         let key = LockKey::entry(self.spec.profile, &entry.symbol);
         let Some(lease) = self.acquire_entry_lock(&key).await? else {
-            self.refusals_push(
+            self.record_refusal(
                 raw.clone(),
                 "entry_locked",
                 format!("the entry lock {key} is held by another owner"),
@@ -622,24 +606,16 @@ impl ProfileEngine {
                     // The database caught what the kernel's check should have: count it loudly.
                     self.metrics.capital_invariant_violations_total.inc();
                 }
-                self.metrics
-                    .risk_refusals_total
-                    .with_label_values(&["insufficient_capital"])
-                    .inc();
-                self.refusals_push(raw.clone(), "insufficient_capital", error.to_string());
+                self.record_refusal(raw.clone(), "insufficient_capital", error.to_string());
                 Ok(None)
             }
             StoreError::Constraint(Constraint::CurrentFence) | StoreError::Lock(_) => {
                 self.metrics.lock_stale_fence_rejections_total.inc();
-                self.refusals_push(raw.clone(), "stale_fence", error.to_string());
+                self.record_refusal(raw.clone(), "stale_fence", error.to_string());
                 Ok(None)
             }
             StoreError::Constraint(Constraint::OneOpenEntryOrder) => {
-                self.metrics
-                    .risk_refusals_total
-                    .with_label_values(&["entry_in_flight"])
-                    .inc();
-                self.refusals_push(raw.clone(), "entry_in_flight", error.to_string());
+                self.record_refusal(raw.clone(), "entry_in_flight", error.to_string());
                 Ok(None)
             }
             _ => Err(error.into()),
@@ -719,7 +695,7 @@ impl ProfileEngine {
         {
             Ok(written) => written.order().clone(),
             Err(StoreError::Lifecycle(error)) => {
-                self.refusals_push(raw.clone(), "exit_refused", error.to_string());
+                self.record_refusal(raw.clone(), "exit_refused", error.to_string());
                 return Ok(None);
             }
             Err(error) => return Err(error.into()),
@@ -735,7 +711,7 @@ impl ProfileEngine {
 
     async fn cancel(&mut self, raw: &RawIntent, id: &ClientOrderId) -> Result<(), EngineError> {
         let Some(order) = self.book.open_orders.get(id).cloned() else {
-            self.refusals_push(
+            self.record_refusal(
                 raw.clone(),
                 "unknown_order",
                 format!("no open order {id} to cancel"),
