@@ -634,7 +634,10 @@ impl ProfileEngine {
                 self.refusals_push(raw.clone(), "stale_fence", error.to_string());
                 Ok(None)
             }
-            StoreError::Constraint(Constraint::OneOpenEntryOrder) => {
+            // The store's check: one lifecycle per (profile, symbol), so an entry while a
+            // position is still open is the strategy's mistake, refused like an order in flight.
+            StoreError::Constraint(Constraint::OneOpenEntryOrder)
+            | StoreError::Lifecycle(crate::lifecycle::LifecycleError::EntryInFlight { .. }) => {
                 self.metrics
                     .risk_refusals_total
                     .with_label_values(&["entry_in_flight"])
