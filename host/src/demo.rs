@@ -34,6 +34,7 @@ use crate::exchange::paper::{PaperConfig, PaperExchange};
 use crate::exchange::sim::{CandleSource, SimConfig, sim_symbols};
 use crate::runtime::{EngineSettings, InstanceSetup, KernelClock, PluginEngine};
 use crate::serve::http::{AppState, HealthProbe, router};
+use crate::serve::metered::MeteredStrategy;
 use crate::serve::{LoopConfig, LoopHealth, Loops, ProfileLoops, wall_now_ms};
 
 /// Width of one synthetic candle in virtual time.
@@ -158,6 +159,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let state = set_up_tenant(&store, &args.data_dir).await?;
     let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
     let metrics = Arc::new(Metrics::new());
+    // The paper account has no rate limits: its headroom is always whole.
+    metrics
+        .exchange_rate_limit_headroom_ratio
+        .with_label_values(&["request_weight"])
+        .set(1.0);
     let plugins = PluginEngine::new(EngineSettings::default())?;
     let mut papers = Vec::new();
     let mut inputs = Vec::new();
@@ -372,7 +378,7 @@ fn build_engine(
         EngineConfig::default(),
         store.clone(),
         exchange,
-        Box::new(strategy),
+        Box::new(MeteredStrategy::new(Box::new(strategy), metrics.clone())),
         clock.clone(),
         metrics.clone(),
         Arc::new(HostSwitches::default()),

@@ -8,6 +8,7 @@
 //! after every profile has recovered.
 
 pub mod http;
+pub mod metered;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,23 +239,32 @@ impl ProfileTask {
             self.beat(name, Duration::ZERO);
         }
         self.health.mark_recovered(profile, &self.metrics);
+        self.stream_connected(true);
         let mut reconcile =
             tokio::time::interval(Duration::from_millis(self.config.reconcile_interval_ms));
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconcile.tick().await; // the first tick is immediate; recovery just reconciled
         let mut idle = tokio::time::interval(Duration::from_millis(MONITOR_IDLE_TICK_MS));
+        let mut events_closed = false;
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
-                Some(event) = inputs.events.recv() => {
-                    self.monitor(&mut inputs, event).await;
-                }
+                event = inputs.events.recv(), if !events_closed => match event {
+                    Some(event) => self.monitor(&mut inputs, event).await,
+                    None => {
+                        // The exchange dropped the stream: reconciliation still finds what
+                        // happened, and the health endpoint says so.
+                        events_closed = true;
+                        self.stream_connected(false);
+                        self.health.record(profile, "monitor", Some("the user event stream closed".into()));
+                    }
+                },
                 Some(candle) = inputs.candles.recv() => {
                     self.trade(&mut inputs.engine, &candle).await;
                 }
                 _ = reconcile.tick() => self.reconcile(&mut inputs.engine).await,
-                _ = idle.tick() => {
+                _ = idle.tick(), if !events_closed => {
                     self.health.record(profile, "monitor", None);
                     self.beat("monitor", Duration::ZERO);
                 }
@@ -324,6 +334,17 @@ impl ProfileTask {
         self.health.record(engine.profile(), name, error);
         self.health.snapshot(engine);
         self.beat(name, started.elapsed());
+    }
+
+    fn stream_connected(&self, connected: bool) {
+        self.metrics
+            .exchange_stream_connected
+            .with_label_values(&["user"])
+            .set(i64::from(connected));
+        self.metrics
+            .exchange_stream_reconnects_total
+            .with_label_values(&["user"])
+            .inc_by(0);
     }
 
     fn beat(&self, name: &str, took: Duration) {
