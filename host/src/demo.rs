@@ -156,6 +156,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let store = Store::open_sqlite(&db_path)
         .await
         .with_context(|| format!("opening {}", db_path.display()))?;
+    ensure_plugins(&args.plugins_dir)?;
     let state = set_up_tenant(&store, &args.data_dir).await?;
     let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
     let metrics = Arc::new(Metrics::new());
@@ -241,6 +242,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(error) => Err(error),
         None => stopped,
     }
+}
+
+/// On a fresh checkout the example plugins are not built yet: when run from the repository
+/// root, build them (the README's first command then works as is).
+fn ensure_plugins(dir: &Path) -> anyhow::Result<()> {
+    let missing = DEMO_PROFILES.iter().any(|p| !dir.join(p.plugin).is_file());
+    let script = Path::new("scripts/build-plugins");
+    if !missing || !script.is_file() {
+        return Ok(());
+    }
+    println!("keel demo: building the example plugins (scripts/build-plugins), once");
+    // The target may be missing on a fresh toolchain; without rustup the build says so itself.
+    let _ = std::process::Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    let status = std::process::Command::new(script)
+        .status()
+        .context("running scripts/build-plugins")?;
+    anyhow::ensure!(status.success(), "scripts/build-plugins failed ({status})");
+    Ok(())
 }
 
 /// Finds the demo user and profiles from `demo.json`, or creates them and allocates capital
