@@ -91,17 +91,17 @@ impl Demo {
         sample(&text, series)
     }
 
-    /// SIGINT, then the exit status and everything printed.
-    async fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    /// Sends `signal` (`INT`, `TERM`), then returns the exit status and everything printed.
+    async fn stop(mut self, signal: &str) -> (std::process::ExitStatus, Vec<String>) {
         let pid = self.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill")
-            .args(["-INT", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .unwrap();
         assert!(sent.success());
         let status = tokio::time::timeout(WAIT_MAX, self.child.wait())
             .await
-            .expect("the demo stops after SIGINT")
+            .expect("the demo stops after the signal")
             .unwrap();
         (status, self.stdout.await.unwrap())
     }
@@ -185,7 +185,7 @@ async fn demo_trades_stops_cleanly_and_restarts_with_its_state() {
     .await;
     health_is_ok(&demo).await;
 
-    let (status, stdout) = demo.interrupt().await;
+    let (status, stdout) = demo.stop("INT").await;
     assert!(status.success(), "exit {status:?}, stdout {stdout:?}");
     assert!(
         stdout.iter().any(|l| l.contains("stopped cleanly")),
@@ -213,7 +213,7 @@ async fn demo_trades_stops_cleanly_and_restarts_with_its_state() {
         demo.metric("keel_ledger_rebuild_mismatches_total").await,
         0.0
     );
-    let (status, _) = demo.interrupt().await;
+    let (status, _) = demo.stop("INT").await;
     assert!(status.success());
 }
 
@@ -274,5 +274,13 @@ async fn every_metric_named_in_runbooks_and_alerts_is_scraped() {
         .filter(|n| !scraped.contains(n.as_str()))
         .collect();
     assert!(missing.is_empty(), "not in the scrape: {missing:?}");
-    demo.interrupt().await;
+    let (status, stdout) = demo.stop("TERM").await;
+    assert!(
+        status.success(),
+        "SIGTERM: exit {status:?}, stdout {stdout:?}"
+    );
+    assert!(
+        stdout.iter().any(|l| l.contains("stopped cleanly")),
+        "{stdout:?}"
+    );
 }
