@@ -6,5 +6,7 @@
 pub mod backtest;
 pub mod bench;
 pub mod cli;
+pub mod demo;
 pub mod exchange;
 pub mod runtime;
+pub mod serve;

@@ -32,6 +32,9 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Serve a Binance USDⓈ-M Futures compatible simulator with fault injection.
     ExchangeSim(crate::exchange::sim::cli::ExchangeSimArgs),
+    /// Run the whole host locally: SQLite, the paper exchange over a synthetic market, three
+    /// example profiles, and /metrics, /internal/health, /livez, /readyz on 127.0.0.1.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -60,6 +63,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::ExchangeSim(args) => crate::exchange::sim::cli::run(args)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

@@ -227,6 +227,34 @@ impl PaperEngine {
         Price::from_f64(book.last_close).ok()
     }
 
+    /// Sets `symbol`'s position to `qty` (signed: positive long) at `entry_price`.
+    ///
+    /// A paper account lives only in memory: a host restarting over a store that still holds
+    /// positions restores them here before recovery, so reconciliation finds what it expects.
+    pub fn restore_position(
+        &mut self,
+        symbol: &Symbol,
+        qty: Decimal,
+        entry_price: Decimal,
+    ) -> Result<(), PaperError> {
+        let book = self
+            .books
+            .get_mut(symbol)
+            .ok_or_else(|| PaperError::UnknownSymbol(symbol.clone()))?;
+        book.position = PositionState { qty, entry_price };
+        Ok(())
+    }
+
+    /// Numbers the next exchange order and trade ids from `first_id` (never lower than now).
+    ///
+    /// A fresh paper account would start both at 1 again; a host restarting over a store that
+    /// already recorded trade 1 starts them past everything the store has seen, as a real
+    /// exchange never reuses an id.
+    pub fn start_ids_at(&mut self, first_id: i64) {
+        self.next_order_id = self.next_order_id.max(first_id);
+        self.next_trade_id = self.next_trade_id.max(first_id);
+    }
+
     /// Events (order updates and fills) produced since the last drain, oldest first.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, UserEvent> {
         self.events.drain(..)
@@ -512,7 +540,12 @@ impl PaperEngine {
         } else {
             self.config.taker_fee_bps
         };
-        let fee = price.get() * qty * bps / BPS_PER_UNIT;
+        // Rounded to the ledger's scale, as the exchange reports commission: a tick of 0.01
+        // times a step of 0.001 times a fee in basis points has more places than any ledger keeps.
+        let fee = (price.get() * qty * bps / BPS_PER_UNIT).round_dp_with_strategy(
+            keel_kernel::ledger::AMOUNT_SCALE,
+            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+        );
         let order = self.orders.get_mut(id).expect("open order");
         let side = order.report.side;
         let book = self.books.get_mut(&order.report.symbol).expect("book");

@@ -80,6 +80,22 @@ async fn a_second_entry_while_one_is_in_flight_is_refused_not_sent() {
 }
 
 #[tokio::test]
+async fn an_entry_while_a_position_is_open_is_refused_and_the_step_succeeds() {
+    let strategy = Scripted::default()
+        .at(1, vec![buy(500.0)])
+        .at(3, vec![buy(500.0)]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    h.step(&candle(1, 100.0, 100.0)).await;
+    h.step(&candle(2, 100.0, 100.0)).await;
+    assert_eq!(h.engine.book().positions.len(), 1, "the first entry filled");
+    let second = h.step(&candle(3, 100.0, 100.0)).await;
+    assert!(second.orders_sent.is_empty(), "{second:?}");
+    let last = h.engine.refusals().last().unwrap();
+    assert_eq!(last.rule, "entry_in_flight", "{last:?}");
+}
+
+#[tokio::test]
 async fn hostile_numbers_never_reach_the_exchange() {
     let hostile = |size| {
         RawIntent::Entry(RawEntry {

@@ -179,6 +179,21 @@ fn fees_in_basis_points_and_realised_pnl_move_the_wallet() {
 }
 
 #[test]
+fn fees_are_rounded_to_the_ledger_scale() {
+    let mut engine = PaperEngine::new(PaperConfig::default(), [rules()]);
+    engine
+        .on_candle(&candle(0, 100.01, 100.01, 100.01, 100.01))
+        .unwrap();
+    engine.place(&order("b", Side::Buy, OrderType::Market, dec!(0.053)));
+    engine
+        .on_candle(&candle(1, 100.01, 100.01, 100.01, 100.01))
+        .unwrap();
+    let fills = fills(&mut engine);
+    // 100.01 * 0.053 * 4 bps = 0.002120212: nine places, one more than the ledger keeps.
+    assert_eq!(fills[0].fee.get(), dec!(0.00212021));
+}
+
+#[test]
 fn duplicate_client_order_id_is_refused_while_open_and_reusable_once_closed() {
     let mut engine = PaperEngine::new(fee_free(), [rules()]);
     engine

@@ -614,7 +614,10 @@ impl ProfileEngine {
                 self.record_refusal(raw.clone(), "stale_fence", error.to_string());
                 Ok(None)
             }
-            StoreError::Constraint(Constraint::OneOpenEntryOrder) => {
+            // The store's check: one lifecycle per (profile, symbol), so an entry while a
+            // position is still open is the strategy's mistake, refused like an order in flight.
+            StoreError::Constraint(Constraint::OneOpenEntryOrder)
+            | StoreError::Lifecycle(crate::lifecycle::LifecycleError::EntryInFlight { .. }) => {
                 self.record_refusal(raw.clone(), "entry_in_flight", error.to_string());
                 Ok(None)
             }

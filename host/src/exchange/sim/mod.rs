@@ -378,11 +378,15 @@ async fn run_market(state: SimState) {
 }
 
 /// Where the simulator's prices come from: a seeded random walk, or a replayed file.
-enum CandleSource {
+///
+/// `keel demo` drives the same walk in process, without the HTTP simulator around it.
+pub enum CandleSource {
+    /// A seeded random walk over [`sim_symbols`].
     Walk {
         rng: Box<ChaCha8Rng>,
         prices: Vec<(Symbol, f64, u32)>,
     },
+    /// Candles read from a file, re-stamped onto the clock.
     Replay {
         candles: std::vec::IntoIter<Candle>,
         pending: Option<Candle>,
@@ -390,7 +394,8 @@ enum CandleSource {
 }
 
 impl CandleSource {
-    fn new(config: &SimConfig) -> Self {
+    /// The source `config` asks for: its replay file, else the walk seeded by `config.seed`.
+    pub fn new(config: &SimConfig) -> Self {
         match &config.replay {
             Some(candles) => CandleSource::Replay {
                 candles: candles.clone().into_iter(),
@@ -408,7 +413,7 @@ impl CandleSource {
 
     /// The candles of the interval `span`: one per symbol for the walk; for a replay, the next
     /// run of candles sharing an open time, re-stamped to `span`. `None` once a replay ends.
-    fn next(&mut self, span: (i64, i64)) -> Option<Vec<Candle>> {
+    pub fn next(&mut self, span: (i64, i64)) -> Option<Vec<Candle>> {
         match self {
             CandleSource::Walk { rng, prices } => Some(
                 prices

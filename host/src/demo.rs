@@ -1,0 +1,537 @@
+//! `keel demo`: the whole host on one machine — a SQLite file, the paper exchange over the
+//! seeded synthetic market, a demo user with three profiles running the example Wasm plugins,
+//! the per-profile loops, and the operational endpoints on 127.0.0.1.
+//!
+//! Restart: the store is the truth. Profiles and the market's clock are remembered in
+//! `demo.json` beside the database; capital is allocated once. The paper accounts live only in
+//! memory, so on restart each is rebuilt from the store before recovery runs: its positions,
+//! its open orders (re-placed under their client order ids), and ids numbered past any the
+//! store has recorded. Recovery and reconciliation then find the account they expect.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock};
+use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
+use keel_kernel::ids::{IntentKind, ProfileId, Symbol, UserId};
+use keel_kernel::lifecycle::OrderRecord;
+use keel_kernel::lock::OwnerToken;
+use keel_kernel::market::Candle;
+use keel_kernel::market::Side;
+use keel_kernel::metrics::Metrics;
+use keel_kernel::money::Amount;
+use keel_kernel::money::Qty;
+use keel_kernel::risk::RiskLimits;
+use keel_kernel::store::Store;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::exchange::paper::{PaperConfig, PaperExchange};
+use crate::exchange::sim::{CandleSource, SimConfig, sim_symbols};
+use crate::runtime::{EngineSettings, InstanceSetup, KernelClock, PluginEngine};
+use crate::serve::http::{AppState, HealthProbe, router};
+use crate::serve::metered::MeteredStrategy;
+use crate::serve::{LoopConfig, LoopHealth, Loops, ProfileLoops, wall_now_ms};
+
+/// Width of one synthetic candle in virtual time.
+pub const CANDLE_MS: i64 = 60_000;
+/// Candles queued per profile before the market waits for it.
+pub const CANDLE_QUEUE_MAX: usize = 16;
+/// Capital allocated to each demo profile, in quote currency.
+pub const CAPITAL_PER_PROFILE: i64 = 10_000;
+/// Seed of the demo market.
+pub const DEMO_SEED: u64 = 7;
+
+/// `keel demo` options.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the SQLite file and `demo.json` live.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Port of the HTTP server on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Wall time between synthetic candles, in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub speed_ms: u64,
+    /// Wall time between reconciliation passes, in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub reconcile_interval_ms: u64,
+    /// Directory holding the example plugins (`sma_cross.wasm`, `rsi_reversion.wasm`).
+    #[arg(long, default_value = "plugins-example/target/wasm32-wasip2/release")]
+    pub plugins_dir: PathBuf,
+}
+
+/// One demo profile: a plugin, its symbol and its settings.
+struct DemoProfile {
+    name: &'static str,
+    plugin: &'static str,
+    symbol: &'static str,
+    config: &'static [(&'static str, &'static str)],
+}
+
+/// Short windows so the demo trades within its first minute.
+const DEMO_PROFILES: [DemoProfile; 3] = [
+    DemoProfile {
+        name: "sma-btc",
+        plugin: "sma_cross.wasm",
+        symbol: "BTCUSDT",
+        config: &[("fast", "3"), ("slow", "8"), ("size_fraction", "0.05")],
+    },
+    DemoProfile {
+        name: "sma-eth-long-short",
+        plugin: "sma_cross.wasm",
+        symbol: "ETHUSDT",
+        config: &[
+            ("fast", "2"),
+            ("slow", "5"),
+            ("mode", "long-short"),
+            ("size_fraction", "0.05"),
+        ],
+    },
+    DemoProfile {
+        name: "rsi-eth",
+        plugin: "rsi_reversion.wasm",
+        symbol: "ETHUSDT",
+        config: &[
+            ("period", "6"),
+            ("oversold", "40"),
+            ("overbought", "60"),
+            ("size_fraction", "0.05"),
+        ],
+    },
+];
+
+/// What the demo remembers between runs, beside the database.
+#[derive(Debug, Serialize, Deserialize)]
+struct DemoState {
+    user: UserId,
+    profiles: Vec<(String, ProfileId)>,
+    /// Open time of the next candle: virtual time never moves back across restarts.
+    next_open_time_ms: i64,
+}
+
+const STATE_FILE: &str = "demo.json";
+
+impl DemoState {
+    fn load(dir: &Path) -> anyhow::Result<Option<DemoState>> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("reading {}", path.display()))
+                .map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Written to a temporary file and renamed: a crash leaves the old file or the new one.
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    }
+}
+
+/// The runtime's view of the demo's virtual clock.
+struct PluginClock(Arc<VirtualClock>);
+
+impl KernelClock for PluginClock {
+    fn now_ms(&self) -> i64 {
+        keel_kernel::engine::Clock::now_ms(&*self.0)
+    }
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let db_path = args.data_dir.join("keel.db");
+    let store = Store::open_sqlite(&db_path)
+        .await
+        .with_context(|| format!("opening {}", db_path.display()))?;
+    ensure_plugins(&args.plugins_dir)?;
+    let state = set_up_tenant(&store, &args.data_dir).await?;
+    let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
+    let metrics = Arc::new(Metrics::new());
+    // The paper account has no rate limits: its headroom is always whole.
+    metrics
+        .exchange_rate_limit_headroom_ratio
+        .with_label_values(&["request_weight"])
+        .set(1.0);
+    let plugins = PluginEngine::new(EngineSettings::default())?;
+    let mut papers = Vec::new();
+    let mut inputs = Vec::new();
+    let mut candle_txs = Vec::new();
+    for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
+        let paper = restored_paper(&store, state.user, *profile, state.next_open_time_ms).await?;
+        let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
+        let events = paper.user_events().await?;
+        let engine = build_engine(
+            spec, &args, &store, &paper, &plugins, &clock, &metrics, state.user, *profile,
+        )?;
+        inputs.push(ProfileLoops {
+            engine,
+            candles,
+            events,
+        });
+        candle_txs.push((Symbol::new(spec.symbol)?, candle_tx));
+        papers.push(paper);
+    }
+    let loop_config = LoopConfig {
+        reconcile_interval_ms: args.reconcile_interval_ms,
+        trading_stall_ms: (args.speed_ms * 10).max(5_000),
+        monitor_stall_ms: 10_000,
+        reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
+    };
+    let health = Arc::new(LoopHealth::new(inputs.len()));
+    let market_clock = Arc::new(MarketProbe::default());
+    let app = AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        loop_config,
+        store: store.clone(),
+        probes: vec![
+            market_clock.clone(),
+            Arc::new(PluginProbe {
+                engine: plugins.clone(),
+                profiles: state.profiles.clone(),
+            }),
+        ],
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+    let address = listener.local_addr()?;
+    let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(serve(listener, app, stop_rx.clone()));
+    let market = tokio::spawn(run_market(MarketRun {
+        papers: papers.clone(),
+        candle_txs,
+        clock: clock.clone(),
+        speed_ms: args.speed_ms,
+        state,
+        data_dir: args.data_dir.clone(),
+        probe: market_clock,
+        stop: stop_rx,
+    }));
+    println!("keel demo: http://{address}/internal/health  (metrics at http://{address}/metrics)");
+    println!(
+        "keel demo: data in {}; Ctrl-C to stop",
+        args.data_dir.display()
+    );
+    let failure = tokio::select! {
+        signal = shutdown_signal() => { signal?; None }
+        error = loops.failed() => Some(error),
+    };
+    tracing::info!("shutting down: the market stops, then each profile finishes its step");
+    stop_tx.send_replace(true);
+    market.await.context("market task panicked")??;
+    let stopped = loops.stop().await;
+    server.await.context("server task panicked")??;
+    store.close().await;
+    println!("keel demo: stopped cleanly");
+    match failure {
+        Some(error) => Err(error),
+        None => stopped,
+    }
+}
+
+/// On a fresh checkout the example plugins are not built yet: when run from the repository
+/// root, build them (the README's first command then works as is).
+fn ensure_plugins(dir: &Path) -> anyhow::Result<()> {
+    let missing = DEMO_PROFILES.iter().any(|p| !dir.join(p.plugin).is_file());
+    let script = Path::new("scripts/build-plugins");
+    if !missing || !script.is_file() {
+        return Ok(());
+    }
+    println!("keel demo: building the example plugins (scripts/build-plugins), once");
+    // The target may be missing on a fresh toolchain; without rustup the build says so itself.
+    let _ = std::process::Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    let status = std::process::Command::new(script)
+        .status()
+        .context("running scripts/build-plugins")?;
+    anyhow::ensure!(status.success(), "scripts/build-plugins failed ({status})");
+    Ok(())
+}
+
+/// Finds the demo user and profiles from `demo.json`, or creates them and allocates capital
+/// once. The file is written only after allocation committed.
+async fn set_up_tenant(store: &Store, dir: &Path) -> anyhow::Result<DemoState> {
+    if let Some(state) = DemoState::load(dir)? {
+        anyhow::ensure!(
+            state.profiles.len() == DEMO_PROFILES.len(),
+            "{} lists {} profiles, the demo runs {}: use a fresh --data-dir",
+            dir.join(STATE_FILE).display(),
+            state.profiles.len(),
+            DEMO_PROFILES.len()
+        );
+        return Ok(state);
+    }
+    let user = UserId::new_random();
+    let tenant = store.tenant(user);
+    let mut profiles = Vec::new();
+    for spec in &DEMO_PROFILES {
+        let profile = tenant.create_profile(spec.name).await?;
+        tenant
+            .allocate(
+                profile,
+                Amount::positive(Decimal::from(CAPITAL_PER_PROFILE))?,
+            )
+            .await
+            .with_context(|| format!("allocating capital to {}", spec.name))?;
+        profiles.push((spec.name.to_owned(), profile));
+    }
+    let minute_ms = CANDLE_MS;
+    let state = DemoState {
+        user,
+        profiles,
+        next_open_time_ms: wall_now_ms() / minute_ms * minute_ms,
+    };
+    state.save(dir)?;
+    Ok(state)
+}
+
+/// A fresh paper account holding the positions and open orders the store says the profile
+/// holds, numbering its ids from `first_id`.
+async fn restored_paper(
+    store: &Store,
+    user: UserId,
+    profile: ProfileId,
+    first_id: i64,
+) -> anyhow::Result<Arc<PaperExchange>> {
+    let config = PaperConfig {
+        seed: DEMO_SEED,
+        ..PaperConfig::default()
+    };
+    let paper = PaperExchange::new(config, sim_symbols().into_iter().map(|(r, _)| r));
+    paper.with_engine(|e| e.start_ids_at(first_id));
+    let tenant = store.tenant(user);
+    for position in tenant.positions(profile).await? {
+        if position.qty_open.is_zero() {
+            continue;
+        }
+        let qty = match position.side {
+            Side::Buy => position.qty_open,
+            Side::Sell => -position.qty_open,
+        };
+        let entry_price = position.cost_open / position.qty_open;
+        paper.with_engine(|e| e.restore_position(&position.symbol, qty, entry_price))?;
+        tracing::info!(profile_id = %profile, symbol = %position.symbol, %qty, "paper position restored from the store");
+    }
+    for order in tenant.open_orders(profile).await? {
+        restore_order(&paper, &order)?;
+    }
+    Ok(Arc::new(paper))
+}
+
+/// Places an order the store holds open into a fresh paper account, under its own client order
+/// id, for what is left of it. The demo's plugins send market orders only, so the order comes
+/// back as a market order; its fill then reaches the engine as a live fill would.
+fn restore_order(paper: &PaperExchange, order: &OrderRecord) -> anyhow::Result<()> {
+    let remaining = order.qty - order.filled_qty;
+    if !order.status.is_open() || remaining <= Decimal::ZERO {
+        return Ok(());
+    }
+    let request = OrderRequest {
+        client_order_id: order.client_order_id.clone(),
+        symbol: order.symbol.clone(),
+        side: order.side,
+        order_type: OrderType::Market,
+        qty: Qty::new(remaining)?,
+        reduce_only: order.kind == IntentKind::Exit,
+    };
+    match paper.with_engine(|e| e.place(&request)) {
+        PlaceOutcome::Accepted(_) => {
+            tracing::info!(client_order_id = %order.client_order_id, "open order restored into the paper account");
+            Ok(())
+        }
+        other => anyhow::bail!(
+            "restoring order {} into the paper account: {other:?}",
+            order.client_order_id
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // each is a separate collaborator of the engine
+fn build_engine(
+    spec: &DemoProfile,
+    args: &DemoArgs,
+    store: &Store,
+    paper: &Arc<PaperExchange>,
+    plugins: &PluginEngine,
+    clock: &Arc<VirtualClock>,
+    metrics: &Arc<Metrics>,
+    user: UserId,
+    profile: ProfileId,
+) -> anyhow::Result<ProfileEngine> {
+    let path = args.plugins_dir.join(spec.plugin);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading plugin {}: build the example plugins first with scripts/build-plugins",
+            path.display()
+        )
+    })?;
+    let version = plugins
+        .load(&bytes)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let setup = InstanceSetup::new(profile, Arc::new(PluginClock(clock.clone())))
+        .config(spec.config.iter().copied());
+    let strategy = plugins
+        .start(&version, setup)
+        .map_err(|fault| anyhow::anyhow!("starting {} for {}: {fault}", spec.plugin, spec.name))?;
+    let exchange: Arc<dyn Exchange> = paper.clone();
+    Ok(ProfileEngine::new(
+        ProfileSpec {
+            profile,
+            user,
+            limits: RiskLimits::conservative([Symbol::new(spec.symbol)?]),
+        },
+        EngineConfig::default(),
+        store.clone(),
+        exchange,
+        Box::new(MeteredStrategy::new(Box::new(strategy), metrics.clone())),
+        clock.clone(),
+        metrics.clone(),
+        Arc::new(HostSwitches::default()),
+        OwnerToken::new_random(),
+    ))
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: AppState,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .context("serving HTTP")
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+struct MarketRun {
+    papers: Vec<Arc<PaperExchange>>,
+    candle_txs: Vec<(Symbol, mpsc::Sender<Candle>)>,
+    clock: Arc<VirtualClock>,
+    speed_ms: u64,
+    state: DemoState,
+    data_dir: PathBuf,
+    probe: Arc<MarketProbe>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One candle per symbol every `speed_ms`: each paper account sees every candle (fills and
+/// marks), each profile gets its own symbol's.
+async fn run_market(mut run: MarketRun) -> anyhow::Result<()> {
+    let mut source = CandleSource::new(&SimConfig::new(
+        DEMO_SEED ^ run.state.next_open_time_ms as u64,
+    ));
+    let mut tick = tokio::time::interval(Duration::from_millis(run.speed_ms));
+    loop {
+        tokio::select! {
+            biased;
+            _ = run.stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let open_ms = run.state.next_open_time_ms;
+        let span = (open_ms, open_ms + CANDLE_MS);
+        let candles = source.next(span).context("the random walk never ends")?;
+        run.clock.advance_to(span.1);
+        for candle in &candles {
+            for paper in &run.papers {
+                paper.feed_candle(candle).await?;
+            }
+            for (symbol, tx) in &run.candle_txs {
+                if symbol == &candle.symbol {
+                    // A closed receiver means its profile task ended; the loops report that.
+                    let _ = tx.send(candle.clone()).await;
+                }
+            }
+        }
+        run.state.next_open_time_ms = span.1;
+        run.state.save(&run.data_dir)?;
+        run.probe.record(wall_now_ms());
+    }
+}
+
+/// The exchange as the health endpoint sees it: candles are arriving.
+#[derive(Debug, Default)]
+struct MarketProbe {
+    last_candle_ms: std::sync::atomic::AtomicI64,
+}
+
+impl MarketProbe {
+    fn record(&self, now_ms: i64) {
+        self.last_candle_ms
+            .store(now_ms, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Candles older than this mean the market feed has stopped.
+const MARKET_STALL_MS: i64 = 60_000;
+
+#[async_trait::async_trait]
+impl HealthProbe for MarketProbe {
+    fn name(&self) -> &'static str {
+        "exchange"
+    }
+
+    async fn check(&self) -> Result<serde_json::Value, String> {
+        let last = self
+            .last_candle_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        let lag_ms = wall_now_ms() - last;
+        if last != 0 && lag_ms > MARKET_STALL_MS {
+            return Err(format!("no candle for {lag_ms} ms"));
+        }
+        Ok(serde_json::json!({"kind": "paper", "last_candle_ms": last, "lag_ms": lag_ms}))
+    }
+}
+
+/// Plugin fault counts per profile; failing while any profile's plugin is faulted.
+struct PluginProbe {
+    engine: PluginEngine,
+    profiles: Vec<(String, ProfileId)>,
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for PluginProbe {
+    fn name(&self) -> &'static str {
+        "plugins"
+    }
+
+    async fn check(&self) -> Result<serde_json::Value, String> {
+        let mut faults = serde_json::Map::new();
+        for (name, profile) in &self.profiles {
+            let counts: Vec<serde_json::Value> = self
+                .engine
+                .fault_counts(*profile)
+                .into_iter()
+                .map(|(digest, counts)| serde_json::json!({"digest": digest.to_string(), "faults": counts}))
+                .collect();
+            faults.insert(name.clone(), counts.into());
+        }
+        Ok(faults.into())
+    }
+}
