@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::exchange::paper::{PaperConfig, PaperExchange};
 use crate::exchange::sim::{CandleSource, SimConfig, sim_symbols};
-use crate::runtime::{EngineSettings, InstanceSetup, KernelClock, PluginEngine};
+use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine};
 use crate::serve::http::{AppState, HealthProbe, router};
 use crate::serve::metered::MeteredStrategy;
 use crate::serve::{LoopConfig, LoopHealth, Loops, ProfileLoops, wall_now_ms};
@@ -136,15 +136,6 @@ impl DemoState {
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
-    }
-}
-
-/// The runtime's view of the demo's virtual clock.
-struct PluginClock(Arc<VirtualClock>);
-
-impl KernelClock for PluginClock {
-    fn now_ms(&self) -> i64 {
-        keel_kernel::engine::Clock::now_ms(&*self.0)
     }
 }
 
@@ -384,8 +375,7 @@ fn build_engine(
     let version = plugins
         .load(&bytes)
         .with_context(|| format!("loading {}", path.display()))?;
-    let setup = InstanceSetup::new(profile, Arc::new(PluginClock(clock.clone())))
-        .config(spec.config.iter().copied());
+    let setup = InstanceSetup::new(profile, clock.clone()).config(spec.config.iter().copied());
     let strategy = plugins
         .start(&version, setup)
         .map_err(|fault| anyhow::anyhow!("starting {} for {}: {fault}", spec.plugin, spec.name))?;

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use keel_kernel::engine::VirtualClock;
 use keel_kernel::ids::{ProfileId, Symbol};
 use keel_kernel::market::Candle;
 use keel_kernel::strategy::{AccountView, StrategyRuntime};
 
-use crate::runtime::{
-    EngineSettings, InstanceSetup, ManualClock, NativeSmaCross, PluginEngine, PluginVersion,
-};
+use crate::runtime::{EngineSettings, InstanceSetup, NativeSmaCross, PluginEngine, PluginVersion};
 
 /// Calls measured per on-candle figure (after as many warm-up calls).
 const CALLS_MEASURED: usize = 200_000;
@@ -102,7 +101,7 @@ fn pairs() -> Vec<(String, String)> {
 }
 
 fn setup() -> InstanceSetup {
-    InstanceSetup::new(ProfileId::new_random(), Arc::new(ManualClock::new(0))).config(SMA_CONFIG)
+    InstanceSetup::new(ProfileId::new_random(), Arc::new(VirtualClock::new(0))).config(SMA_CONFIG)
 }
 
 fn start(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use keel_kernel::ids::ProfileId;
 
-use crate::runtime::{EngineSettings, InstanceSetup, LoadReport, PluginEngine, SystemClock};
+use keel_kernel::engine::SystemClock;
+
+use crate::runtime::{EngineSettings, InstanceSetup, LoadReport, PluginEngine};
 
 /// Loads `file` as the host would, then instantiates it and runs `init` with `config`.
 pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {

@@ -13,13 +13,13 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
-use super::clock::KernelClock;
 use super::faults::{FaultCounts, FaultLedger};
 use super::instance::PreparedInstance;
 use super::limits::EngineSettings;
 use super::state::PluginState;
 use super::strategy::WasmStrategy;
 use super::wit::{Strategy, StrategyPre};
+use keel_kernel::engine::Clock;
 
 /// The functions a `keel:strategy@0.1.0` component must export.
 pub const STRATEGY_EXPORTS: [&str; 4] = ["init", "on-candle", "on-fill", "on-timer"];
@@ -106,12 +106,12 @@ pub struct InstanceSetup {
     /// Seed of the guest's randomness: the same seed gives the same replay.
     pub random_seed: u64,
     /// The kernel's clock (virtual in a backtest).
-    pub clock: Arc<dyn KernelClock>,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl InstanceSetup {
     /// A setup with no config and random seed 0.
-    pub fn new(profile: ProfileId, clock: Arc<dyn KernelClock>) -> Self {
+    pub fn new(profile: ProfileId, clock: Arc<dyn Clock>) -> Self {
         InstanceSetup {
             profile,
             config: Arc::new([]),

@@ -13,7 +13,9 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::PluginDigest;
-use super::clock::{KernelClock, WasiMonotonicClock, WasiWallClock};
+use keel_kernel::engine::Clock;
+
+use super::clock::{WasiMonotonicClock, WasiWallClock};
 use super::convert;
 use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
 use super::limits::PluginLimits;
@@ -243,7 +245,7 @@ fn new_store(
 
 fn no_authority_wasi(
     log: &Arc<Mutex<PluginLog>>,
-    clock: Arc<dyn KernelClock>,
+    clock: Arc<dyn Clock>,
     seed: u64,
 ) -> wasmtime_wasi::WasiCtx {
     let mut builder = WasiCtxBuilder::new();

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use super::clock::KernelClock;
 use super::limits::PluginLimits;
+use keel_kernel::engine::Clock;
 
 /// Log lines kept per instance for inspection; older lines are forgotten first.
 pub const LOG_LINES_RETAINED_MAX: usize = 256;
@@ -61,7 +61,7 @@ pub(crate) struct PluginLog {
     call_seq: Arc<AtomicU64>,
     lines_per_call_max: u32,
     message_bytes_max: usize,
-    clock: Arc<dyn KernelClock>,
+    clock: Arc<dyn Clock>,
     label: String,
 }
 
@@ -69,7 +69,7 @@ impl PluginLog {
     pub fn new(
         label: String,
         limits: &PluginLimits,
-        clock: Arc<dyn KernelClock>,
+        clock: Arc<dyn Clock>,
         call_seq: Arc<AtomicU64>,
     ) -> Self {
         PluginLog {

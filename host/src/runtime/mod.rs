@@ -4,7 +4,8 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use keel_host::runtime::{EngineSettings, InstanceSetup, PluginEngine, SystemClock};
+//! use keel_host::runtime::{EngineSettings, InstanceSetup, PluginEngine};
+//! use keel_kernel::engine::SystemClock;
 //! use keel_kernel::ids::ProfileId;
 //! use keel_kernel::strategy::StrategyRuntime;
 //!
@@ -43,7 +44,6 @@ mod state;
 mod strategy;
 
 pub use cache::CompileSource;
-pub use clock::{KernelClock, ManualClock, SystemClock};
 pub use engine::{InstanceSetup, LoadReport, PluginEngine, PluginVersion};
 pub use faults::FaultCounts;
 pub use instance::PreparedInstance;

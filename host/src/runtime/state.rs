@@ -8,10 +8,10 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::clock::KernelClock;
 use super::convert;
 use super::log::{LogLevel, PluginLog};
 use super::wit::keel::strategy::{account, clock, log, types};
+use keel_kernel::engine::Clock;
 
 /// Longest instrument name a plugin may ask a handle for.
 pub(crate) const SYMBOL_NAME_BYTES_MAX: usize = 32;
@@ -114,7 +114,7 @@ pub(crate) struct PluginState {
     pub view: AccountView,
     pub symbols: SymbolTable,
     pub log: Arc<Mutex<PluginLog>>,
-    pub clock: Arc<dyn KernelClock>,
+    pub clock: Arc<dyn Clock>,
     /// Advanced before each call; the log's per-call budget restarts when it changes.
     pub call_seq: Arc<AtomicU64>,
 }
@@ -125,7 +125,7 @@ impl PluginState {
         memory: MemoryCap,
         symbols: SymbolTable,
         log: Arc<Mutex<PluginLog>>,
-        clock: Arc<dyn KernelClock>,
+        clock: Arc<dyn Clock>,
         call_seq: Arc<AtomicU64>,
     ) -> Self {
         PluginState {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use keel_host::runtime::{
-    EngineSettings, InstanceSetup, ManualClock, PluginEngine, PluginLimits, PluginVersion,
-    WasmStrategy,
+    EngineSettings, InstanceSetup, PluginEngine, PluginLimits, PluginVersion, WasmStrategy,
 };
+use keel_kernel::engine::VirtualClock;
 use keel_kernel::ids::{ProfileId, Symbol};
 use keel_kernel::market::Candle;
 use keel_kernel::strategy::{AccountView, RawIntent, StrategyRuntime};
@@ -79,7 +79,7 @@ pub fn version(engine: &PluginEngine, name: &str) -> PluginVersion {
 
 /// A setup for a fresh profile with a manual clock at [`T0_MS`].
 pub fn setup(config: &[(&str, &str)]) -> InstanceSetup {
-    InstanceSetup::new(ProfileId::new_random(), Arc::new(ManualClock::new(T0_MS)))
+    InstanceSetup::new(ProfileId::new_random(), Arc::new(VirtualClock::new(T0_MS)))
         .config(config.iter().copied())
 }
 

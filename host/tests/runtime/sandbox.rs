@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use keel_host::runtime::{InstanceSetup, LogLevel, ManualClock, WasmStrategy};
+use keel_host::runtime::{InstanceSetup, LogLevel, WasmStrategy};
+use keel_kernel::engine::VirtualClock;
 use keel_kernel::ids::ProfileId;
 use keel_kernel::strategy::StrategyRuntime;
 
@@ -64,7 +65,7 @@ fn stdout_and_stderr_go_to_the_plugin_log() {
     );
 }
 
-fn clock_and_random(seed: u64, clock: Arc<ManualClock>) -> String {
+fn clock_and_random(seed: u64, clock: Arc<VirtualClock>) -> String {
     let setup = InstanceSetup::new(ProfileId::new_random(), clock)
         .config([("attack", "clock-and-random")])
         .random_seed(seed);
@@ -77,8 +78,8 @@ fn clock_and_random(seed: u64, clock: Arc<ManualClock>) -> String {
 
 #[test]
 fn wasi_clocks_read_the_kernel_clock() {
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    clock.set(T0_MS + 42);
+    let clock = Arc::new(VirtualClock::new(T0_MS));
+    clock.advance_to(T0_MS + 42);
     let line = clock_and_random(1, clock);
     let expected = format!("wall_ms={} kernel_ms={}", T0_MS + 42, T0_MS + 42);
     assert!(line.contains(&expected), "{line}");
@@ -87,7 +88,7 @@ fn wasi_clocks_read_the_kernel_clock() {
 #[test]
 fn guest_randomness_replays_from_the_kernel_seed() {
     let hash = |line: String| line.split("hash=").nth(1).unwrap().to_string();
-    let clock = || Arc::new(ManualClock::new(T0_MS));
+    let clock = || Arc::new(VirtualClock::new(T0_MS));
     let first = hash(clock_and_random(7, clock()));
     assert_eq!(
         first,
