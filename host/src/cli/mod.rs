@@ -30,6 +30,8 @@ enum Command {
     },
     /// Apply the database migrations (PostgreSQL as the owner role, or a SQLite file).
     Migrate(migrate::MigrateArgs),
+    /// Run a plugin over recorded candles through the whole kernel path with paper fills.
+    Backtest(crate::backtest::cli::BacktestArgs),
     /// Serve a Binance USDⓈ-M Futures compatible simulator with fault injection.
     ExchangeSim(crate::exchange::sim::cli::ExchangeSimArgs),
 }
@@ -56,6 +58,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             command: PluginCommand::Check { file, config, json },
         } => plugin::check(&file, &config, json),
         Command::Bench { command } => crate::bench::run(command).await,
+        Command::Backtest(args) => crate::backtest::cli::run(args).await,
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::ExchangeSim(args) => crate::exchange::sim::cli::run(args)
             .await

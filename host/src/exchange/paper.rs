@@ -63,6 +63,8 @@ pub const CODE_TICK: i64 = -4014;
 /// Binance's code for a quantity outside the lot size.
 pub const CODE_LOT_SIZE: i64 = -4003;
 
+/// Decimal places of settled amounts (fees, realized PnL), as the ledger stores them.
+const LEDGER_DECIMALS: u32 = 8;
 const BPS_PER_UNIT: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
 
 /// How the paper exchange fills orders.
@@ -512,11 +514,13 @@ impl PaperEngine {
         } else {
             self.config.taker_fee_bps
         };
-        let fee = price.get() * qty * bps / BPS_PER_UNIT;
+        // Fees and PnL are settled to the ledger's 8 decimal places, as an exchange reports them.
+        let fee = (price.get() * qty * bps / BPS_PER_UNIT).round_dp(LEDGER_DECIMALS);
         let order = self.orders.get_mut(id).expect("open order");
         let side = order.report.side;
         let book = self.books.get_mut(&order.report.symbol).expect("book");
-        let realized = apply_fill(&mut book.position, side, price.get(), qty);
+        let realized =
+            apply_fill(&mut book.position, side, price.get(), qty).round_dp(LEDGER_DECIMALS);
         self.wallet += realized - fee;
         let fill = Fill {
             trade_id: TradeId(self.next_trade_id),
