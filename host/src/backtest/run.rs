@@ -132,7 +132,7 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
 impl Rig {
     async fn new(spec: &BacktestSpec, start_ms: i64) -> anyhow::Result<Rig> {
         let dir = tempfile::tempdir().context("creating the backtest's temporary directory")?;
-        let store = Store::open_sqlite(&dir.path().join("backtest.db"))
+        let store = Store::open_sqlite_scratch(&dir.path().join("backtest.db"))
             .await
             .context("opening the backtest's SQLite store")?;
         let user = UserId::new_random();
