@@ -1,6 +1,7 @@
 //! `keel bench …`: benchmarks that print their figures (JSON with `--json`). Speed targets are
 //! measured here, never asserted in tests.
 
+pub mod backtest;
 pub mod ledger;
 pub mod paper;
 mod plugin;
@@ -25,6 +26,8 @@ pub enum BenchCommand {
     },
     /// Two-commit ENTRY lifecycles against plain single-row UPDATE transactions on PostgreSQL.
     Ledger(ledger::LedgerArgs),
+    /// Candles per second of a whole backtest of sma-cross (kernel path, paper fills).
+    Backtest(backtest::BacktestBenchArgs),
     /// Candles per second through the paper exchange.
     Paper(paper::PaperBenchArgs),
 }
@@ -38,6 +41,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             plugins_dir,
         } => plugin::plugin(&plugins_dir, instances, json),
         BenchCommand::Ledger(args) => ledger::run(args).await.map(|()| ExitCode::SUCCESS),
+        BenchCommand::Backtest(args) => backtest::run(args).await.map(|()| ExitCode::SUCCESS),
         BenchCommand::Paper(args) => paper::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

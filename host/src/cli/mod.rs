@@ -2,6 +2,7 @@
 
 pub mod migrate;
 mod plugin;
+pub mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     },
     /// Apply the database migrations (PostgreSQL as the owner role, or a SQLite file).
     Migrate(migrate::MigrateArgs),
+    /// Run a plugin over recorded candles through the whole kernel path with paper fills.
+    Backtest(crate::backtest::cli::BacktestArgs),
     /// Serve a Binance USDⓈ-M Futures compatible simulator with fault injection.
     ExchangeSim(crate::exchange::sim::cli::ExchangeSimArgs),
     /// Run the whole host locally: SQLite, the paper exchange over a synthetic market, three
@@ -50,6 +53,14 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Creates a plugin crate that builds into a component and passes `keel plugin check`.
+    New {
+        /// The crate's name: lowercase letters, digits and '-'.
+        name: String,
+        /// The directory the crate is created in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
@@ -58,7 +69,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file, config, json },
         } => plugin::check(&file, &config, json),
+        Command::Plugin {
+            command: PluginCommand::New { name, dir },
+        } => scaffold::new_plugin(&name, &dir).map(|root| {
+            println!("created {}", root.display());
+            println!(
+                "build it with: cd {} && cargo build --target wasm32-wasip2 --release",
+                root.display()
+            );
+            ExitCode::SUCCESS
+        }),
         Command::Bench { command } => crate::bench::run(command).await,
+        Command::Backtest(args) => crate::backtest::cli::run(args).await,
         Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::ExchangeSim(args) => crate::exchange::sim::cli::run(args)
             .await

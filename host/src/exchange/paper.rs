@@ -63,6 +63,8 @@ pub const CODE_TICK: i64 = -4014;
 /// Binance's code for a quantity outside the lot size.
 pub const CODE_LOT_SIZE: i64 = -4003;
 
+/// Decimal places of settled amounts (fees, realized PnL), as the ledger stores them.
+const LEDGER_DECIMALS: u32 = keel_kernel::ledger::AMOUNT_SCALE;
 const BPS_PER_UNIT: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
 
 /// How the paper exchange fills orders.
@@ -540,16 +542,15 @@ impl PaperEngine {
         } else {
             self.config.taker_fee_bps
         };
-        // Rounded to the ledger's scale, as the exchange reports commission: a tick of 0.01
-        // times a step of 0.001 times a fee in basis points has more places than any ledger keeps.
-        let fee = (price.get() * qty * bps / BPS_PER_UNIT).round_dp_with_strategy(
-            keel_kernel::ledger::AMOUNT_SCALE,
-            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
-        );
+        // Fees and PnL are settled to the ledger's scale, as an exchange reports commission: a
+        // tick of 0.01 times a step of 0.001 times a fee in basis points has more places than
+        // any ledger keeps.
+        let fee = (price.get() * qty * bps / BPS_PER_UNIT).round_dp(LEDGER_DECIMALS);
         let order = self.orders.get_mut(id).expect("open order");
         let side = order.report.side;
         let book = self.books.get_mut(&order.report.symbol).expect("book");
-        let realized = apply_fill(&mut book.position, side, price.get(), qty);
+        let realized =
+            apply_fill(&mut book.position, side, price.get(), qty).round_dp(LEDGER_DECIMALS);
         self.wallet += realized - fee;
         let fill = Fill {
             trade_id: TradeId(self.next_trade_id),

@@ -200,13 +200,27 @@ impl Store {
     /// Opens (creating if needed) a SQLite database file and applies its migrations: with one
     /// instance and one file there is no separate owner role.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        // The ledger is money: a commit survives a power cut.
+        Store::open_sqlite_with(path, SqliteSynchronous::Full).await
+    }
+
+    /// Opens a throwaway SQLite database (a backtest's): the same schema, constraints and code
+    /// path as [`Store::open_sqlite`], without waiting for the disk on each commit, since the
+    /// file is deleted after the run and nothing in it must survive a power cut.
+    pub async fn open_sqlite_scratch(path: &Path) -> Result<Store, StoreError> {
+        Store::open_sqlite_with(path, SqliteSynchronous::Off).await
+    }
+
+    async fn open_sqlite_with(
+        path: &Path,
+        synchronous: SqliteSynchronous,
+    ) -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .foreign_keys(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // The ledger is money: a commit survives a power cut.
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(synchronous)
             .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_CONNECTIONS_MAX)

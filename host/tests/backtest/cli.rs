@@ -1,0 +1,146 @@
+//! The `keel backtest` command line, spawned as the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::{candle_file, plugin_path};
+
+fn keel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .expect("keel runs")
+}
+
+fn backtest(candles: &Path, extra: &[&str]) -> Output {
+    let plugin = plugin_path("sma-cross");
+    let mut args = vec![
+        "backtest",
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--candles",
+        candles.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    keel(&args)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn cli_prints_the_summary_and_writes_json_svg_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let candles = candle_file(dir.path(), 11);
+    let json = dir.path().join("out.json");
+    let svg = dir.path().join("out.svg");
+    let png = dir.path().join("out.png");
+    let out = backtest(
+        &candles,
+        &[
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    for row in [
+        "total return",
+        "annualised return",
+        "max drawdown",
+        "sharpe",
+        "trades",
+        "win rate",
+        "fees paid",
+        "exposure",
+    ] {
+        assert!(table.contains(row), "{row} missing from:\n{table}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(!report["trades"].as_array().unwrap().is_empty());
+    assert!(report["trades"][0]["entry_price"].is_string());
+    assert_eq!(report["equity"].as_array().unwrap().len(), 20_000);
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<svg") && svg_text.contains("drawdown"));
+    let out = backtest(&candles, &["--plot", png.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}
+
+#[test]
+fn cli_json_is_byte_identical_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let candles = candle_file(dir.path(), 12);
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    for path in [&a, &b] {
+        let out = backtest(&candles, &["--json", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+}
+
+/// Writes `text` as a candle file and runs the CLI over it.
+fn refused(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    std::fs::write(&path, text).unwrap();
+    let out = backtest(&path, &[]);
+    assert!(!out.status.success(), "a bad file was accepted");
+    assert!(
+        out.stdout.is_empty(),
+        "a summary was printed for a bad file"
+    );
+    stderr(&out)
+}
+
+const HEADER: &str = "timestamp,open,high,low,close,volume\n";
+
+#[test]
+fn cli_refuses_a_malformed_row_with_file_and_line() {
+    let text =
+        format!("{HEADER}1704067200000,100,101,99,100.5,10\n1704067260000,100.5,abc,99,100,10\n");
+    let message = refused(&text);
+    assert!(message.contains("bad.csv:3:"), "{message}");
+}
+
+#[test]
+fn cli_refuses_unsorted_timestamps_with_file_and_line() {
+    let text =
+        format!("{HEADER}1704067260000,100,101,99,100.5,10\n1704067200000,100.5,101,99,100,10\n");
+    let message = refused(&text);
+    assert!(message.contains("bad.csv:3:"), "{message}");
+}
+
+#[test]
+fn cli_refuses_duplicated_timestamps_with_file_and_line() {
+    let text =
+        format!("{HEADER}1704067200000,100,101,99,100.5,10\n1704067200000,100.5,101,99,100,10\n");
+    let message = refused(&text);
+    assert!(message.contains("bad.csv:3:"), "{message}");
+}
+
+#[test]
+fn cli_refuses_a_short_row_with_file_and_line() {
+    let text = format!("{HEADER}1704067200000,100,101,99,100.5,10\n1704067260000,100.5,101\n");
+    let message = refused(&text);
+    assert!(message.contains("bad.csv:3:"), "{message}");
+}
+
+#[test]
+fn cli_refuses_an_empty_file() {
+    let message = refused(HEADER);
+    assert!(message.contains("no candles"), "{message}");
+}
+
+#[test]
+fn cli_refuses_a_plot_path_that_is_neither_svg_nor_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let candles = candle_file(dir.path(), 13);
+    let out = backtest(&candles, &["--plot", "/tmp/out.jpg"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(".svg or .png"), "{}", stderr(&out));
+}

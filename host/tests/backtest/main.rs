@@ -1,0 +1,6 @@
+//! `keel backtest`: the whole kernel path over candle files, its report, and its command line.
+
+mod cli;
+mod common;
+mod runs;
+mod scaffold;
