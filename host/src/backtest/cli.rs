@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use keel_kernel::ids::Symbol;
 use rust_decimal::Decimal;
 
@@ -46,7 +46,7 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
     if let Some(plot) = &args.plot {
         super::plot::format_of(plot)?;
     }
-    let config = parse_config(&args.config)?;
+    let config = crate::cli::parse_config(&args.config)?;
     let (plugin, plugin_name) = load_inputs(&args.plugin)?;
     let candles = read_candles(&args.candles, &symbol)?;
     let spec = BacktestSpec {
@@ -68,14 +68,4 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         super::plot::plot(&report, path)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn parse_config(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    config
-        .iter()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-            _ => bail!("--config takes KEY=VALUE, not {pair:?}"),
-        })
-        .collect()
 }

@@ -95,3 +95,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
     }
 }
+
+/// Parses repeated `--config KEY=VALUE` arguments into the pairs a plugin's `init` takes.
+pub(crate) fn parse_config(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    config
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => anyhow::bail!("--config takes KEY=VALUE, not {pair:?}"),
+        })
+        .collect()
+}

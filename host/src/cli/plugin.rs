@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use keel_kernel::ids::ProfileId;
 
 use keel_kernel::engine::SystemClock;
@@ -13,7 +13,7 @@ use crate::runtime::{EngineSettings, InstanceSetup, LoadReport, PluginEngine};
 
 /// Loads `file` as the host would, then instantiates it and runs `init` with `config`.
 pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {
-    let pairs = parse_config(config)?;
+    let pairs = super::parse_config(config)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let engine = PluginEngine::new(EngineSettings {
         instances_max: 2,
@@ -43,16 +43,6 @@ pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitC
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn parse_config(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    config
-        .iter()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-            _ => bail!("--config takes KEY=VALUE, not {pair:?}"),
-        })
-        .collect()
 }
 
 fn print_refusal(file: &Path, reason: &str, json: bool) {
