@@ -65,9 +65,8 @@ fn plugin_new_refuses_a_bad_name_and_an_existing_directory() {
 }
 
 /// Builds the scaffold for wasm32-wasip2 (about 40 s of CPU, longer on a busy machine) and runs
-/// `keel plugin check` and `keel backtest` on it. Run with `--ignored`.
+/// `keel plugin check` and `keel backtest` on it: the strategy author's first five minutes.
 #[test]
-#[ignore = "builds a plugin crate from scratch: run with --ignored"]
 fn plugin_new_crate_builds_passes_check_and_backtests() {
     let dir = tempfile::tempdir().unwrap();
     let out = keel(&[
