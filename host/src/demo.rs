@@ -182,6 +182,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
     };
     let health = Arc::new(LoopHealth::new(inputs.len()));
+    let auth = demo_jwt_keys(&args.data_dir)?;
+    let token = auth.mint(
+        state.user,
+        false,
+        chrono::Utc::now().timestamp(),
+        DEMO_TOKEN_TTL_SECS,
+    );
     let market_clock = Arc::new(MarketProbe::default());
     let app = AppState {
         metrics: metrics.clone(),
@@ -195,6 +202,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 profiles: state.profiles.clone(),
             }),
         ],
+        auth,
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await
@@ -214,6 +222,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop: stop_rx,
     }));
     println!("keel demo: http://{address}/internal/health  (metrics at http://{address}/metrics)");
+    println!("keel demo: token of the demo user (valid 24 h): {token}");
     println!(
         "keel demo: data in {}; Ctrl-C to stop",
         args.data_dir.display()
@@ -233,6 +242,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(error) => Err(error),
         None => stopped,
     }
+}
+
+/// How long the token the demo prints stays valid.
+pub const DEMO_TOKEN_TTL_SECS: i64 = 24 * 3600;
+
+/// The demo's JWT secret: made once, kept in the data directory (mode 0600) so tokens survive
+/// a restart.
+fn demo_jwt_keys(dir: &Path) -> anyhow::Result<crate::auth::JwtKeys> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("jwt-secret");
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        std::io::Write::write_all(&mut file, hex::encode(secret).as_bytes())?;
+    }
+    let secret =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    crate::auth::JwtKeys::new(secret.trim().as_bytes())
+        .with_context(|| format!("the secret in {}", path.display()))
 }
 
 /// On a fresh checkout the example plugins are not built yet: when run from the repository

@@ -38,6 +38,24 @@ enum Command {
     /// Run the whole host locally: SQLite, the paper exchange over a synthetic market, three
     /// example profiles, and /metrics, /internal/health, /livez, /readyz on 127.0.0.1.
     Demo(crate::demo::DemoArgs),
+    /// Mint an HS256 API token (the shape Supabase issues) for local use.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The user id the token speaks for (a UUID).
+    #[arg(long)]
+    sub: keel_kernel::ids::UserId,
+    /// Give the token the operator role (`app_metadata.keel_role = "operator"`).
+    #[arg(long)]
+    operator: bool,
+    /// How long the token is valid, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: i64,
+    /// The HS256 secret the host verifies tokens with.
+    #[arg(long, env = "KEEL_JWT_SECRET", hide_env_values = true)]
+    secret: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -86,6 +104,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => crate::auth::JwtKeys::new(args.secret.as_bytes()).map(|keys| {
+            let now = chrono::Utc::now().timestamp();
+            println!("{}", keys.mint(args.sub, args.operator, now, args.ttl_secs));
+            ExitCode::SUCCESS
+        }),
     };
     match outcome {
         Ok(code) => code,

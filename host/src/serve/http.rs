@@ -36,6 +36,8 @@ pub struct AppState {
     pub store: Store,
     /// Further components (exchange, plugins).
     pub probes: Vec<Arc<dyn HealthProbe>>,
+    /// The keys bearer tokens are verified with.
+    pub auth: crate::auth::JwtKeys,
 }
 
 /// The operational router.
