@@ -151,12 +151,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let state = set_up_tenant(&store, &args.data_dir).await?;
     let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
     let metrics = Arc::new(Metrics::new());
+    metrics.observe_store(&store);
     // The paper account has no rate limits: its headroom is always whole.
     metrics
         .exchange_rate_limit_headroom_ratio
         .with_label_values(&["request_weight"])
         .set(1.0);
-    let plugins = PluginEngine::new(EngineSettings::default())?;
+    let plugins = PluginEngine::counting_fuel_into(
+        EngineSettings::default(),
+        metrics.plugin_fuel_consumed_total.clone(),
+    )?;
     let mut papers = Vec::new();
     let mut inputs = Vec::new();
     let mut candle_txs = Vec::new();

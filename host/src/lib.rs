@@ -9,5 +9,6 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod exchange;
+pub mod logging;
 pub mod runtime;
 pub mod serve;

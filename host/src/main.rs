@@ -4,9 +4,10 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    keel_host::cli::run(keel_host::cli::Cli::parse()).await
+    let cli = keel_host::cli::Cli::parse();
+    if let Err(error) = keel_host::logging::init(cli.log_level_default()) {
+        eprintln!("keel: {error:#}");
+        return std::process::ExitCode::from(2);
+    }
+    keel_host::cli::run(cli).await
 }

@@ -3,17 +3,24 @@
 //! The host serves [`Metrics::encode`] at `/metrics`. Label values come from closed sets (loop
 //! names, rule names, fault kinds, statuses) so cardinality is bounded; the one per-profile family,
 //! [`Metrics::capital_free_quote`], labels at most [`PROFILE_LABELS_MAX`] profiles and folds the
-//! rest into `profile="_other"`. docs/metrics.md lists every family.
+//! rest into `profile="_other"`. The lock families are the store's own counters, read at each
+//! scrape ([`Metrics::observe_store`]). docs/operations.md describes them; runbooks/ say which to
+//! alert on.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::ids::ProfileId;
+use crate::lock::LockKind;
+use crate::store::{LOCK_LATENCY_BUCKETS_US, Store, StoreStats, StoreStatsSnapshot};
 
 /// Most profiles that get a label of their own in per-profile families.
 pub const PROFILE_LABELS_MAX: usize = 1000;
@@ -31,15 +38,12 @@ const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
 pub struct Metrics {
     registry: Registry,
     profiles_labelled: Mutex<HashSet<ProfileId>>,
+    store_stats: Arc<OnceLock<Arc<StoreStats>>>,
     pub capital_invariant_violations_total: IntCounter,
     pub capital_free_quote: GaugeVec,
     pub capital_free_quote_min: Gauge,
     pub ledger_rebuilds_total: IntCounter,
     pub ledger_rebuild_mismatches_total: IntCounter,
-    pub lock_contention_total: IntCounterVec,
-    pub lock_acquire_duration_seconds: HistogramVec,
-    pub lock_ttl_expiries_total: IntCounterVec,
-    pub lock_stale_fence_rejections_total: IntCounter,
     pub reconciliation_runs_total: IntCounterVec,
     pub reconciliation_mismatches: IntGaugeVec,
     pub reconciliation_mismatches_total: IntCounterVec,
@@ -127,6 +131,9 @@ impl Metrics {
     /// scrape shows each series at zero before the first event).
     pub fn new() -> Metrics {
         let r = Registry::new();
+        let store_stats = Arc::new(OnceLock::new());
+        r.register(Box::new(StoreCollector::new(store_stats.clone())))
+            .expect("the store's families are registered once");
         let metrics = Metrics {
             capital_invariant_violations_total: counter(
                 &r,
@@ -153,29 +160,6 @@ impl Metrics {
                 &r,
                 "keel_ledger_rebuild_mismatches_total",
                 "Capital rows that differed from the sum of their journal when rebuilt.",
-            ),
-            lock_contention_total: counter_vec(
-                &r,
-                "keel_lock_contention_total",
-                "Lock acquisitions refused because another owner held the lock.",
-                &["lock"],
-            ),
-            lock_acquire_duration_seconds: histogram_vec(
-                &r,
-                "keel_lock_acquire_duration_seconds",
-                "Time to acquire a lock (successful or not).",
-                &["lock"],
-            ),
-            lock_ttl_expiries_total: counter_vec(
-                &r,
-                "keel_lock_ttl_expiries_total",
-                "Locks taken over after their holder let the TTL expire.",
-                &["lock"],
-            ),
-            lock_stale_fence_rejections_total: counter(
-                &r,
-                "keel_lock_stale_fence_rejections_total",
-                "Writes refused because they carried a fencing token older than the lock's.",
             ),
             reconciliation_runs_total: counter_vec(
                 &r,
@@ -313,6 +297,7 @@ impl Metrics {
             ),
             registry: r,
             profiles_labelled: Mutex::new(HashSet::new()),
+            store_stats,
         };
         metrics.precreate_label_sets();
         metrics
@@ -324,12 +309,6 @@ impl Metrics {
                 .with_label_values(&[name]);
             self.loop_iteration_duration_seconds
                 .with_label_values(&[name]);
-        }
-        for lock in ["entry", "reconciliation", "lease"] {
-            self.lock_contention_total.with_label_values(&[lock]);
-            self.lock_acquire_duration_seconds
-                .with_label_values(&[lock]);
-            self.lock_ttl_expiries_total.with_label_values(&[lock]);
         }
         for result in ["clean", "repaired", "quarantined", "error"] {
             self.reconciliation_runs_total.with_label_values(&[result]);
@@ -379,6 +358,19 @@ impl Metrics {
         }
     }
 
+    /// Exposes `store`'s lock and fence counters (read at each scrape) as
+    /// `keel_lock_contention_total`, `keel_lock_acquire_duration_seconds`,
+    /// `keel_lock_ttl_expiries_total` and `keel_lock_stale_fence_rejections_total`. Until a store
+    /// is attached those families read zero. One store per process: a second is a programming
+    /// error.
+    pub fn observe_store(&self, store: &Store) {
+        let attached = self.store_stats.set(store.stats_arc());
+        assert!(
+            attached.is_ok(),
+            "a metrics registry observes one store per process"
+        );
+    }
+
     /// The registry, for families the host adds (HTTP, process).
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -397,6 +389,156 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// The `lock` label of each lock kind.
+pub fn lock_label(kind: LockKind) -> &'static str {
+    match kind {
+        LockKind::Entry => "entry",
+        LockKind::Reconciliation => "reconciliation",
+        LockKind::ProfileLease => "lease",
+    }
+}
+
+/// The store's lock families, built from a [`StoreStatsSnapshot`] at each scrape: the store
+/// counts with plain atomics on its hot path and the registry reads them only when asked.
+struct StoreCollector {
+    stats: Arc<OnceLock<Arc<StoreStats>>>,
+    contention: Desc,
+    acquire_duration: Desc,
+    ttl_expiries: Desc,
+    stale_fences: Desc,
+}
+
+const LOCK_CONTENTION: (&str, &str) = (
+    "keel_lock_contention_total",
+    "Lock acquisitions refused because another owner held the lock.",
+);
+const LOCK_ACQUIRE_DURATION: (&str, &str) = (
+    "keel_lock_acquire_duration_seconds",
+    "Time to acquire a lock (successful or not).",
+);
+const LOCK_TTL_EXPIRIES: (&str, &str) = (
+    "keel_lock_ttl_expiries_total",
+    "Locks taken over after their holder let the TTL expire.",
+);
+const LOCK_STALE_FENCES: (&str, &str) = (
+    "keel_lock_stale_fence_rejections_total",
+    "Writes refused because they carried a fencing token older than the lock's (kernel check or database trigger).",
+);
+
+fn desc((name, help): (&str, &str), labels: &[&str]) -> Desc {
+    let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+    Desc::new(name.to_owned(), help.to_owned(), labels, Default::default())
+        .expect("a valid metric description")
+}
+
+fn family(
+    (name, help): (&str, &str),
+    kind: MetricType,
+    metrics: Vec<proto::Metric>,
+) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+fn lock_labelled(kind: LockKind) -> proto::Metric {
+    let mut label = proto::LabelPair::default();
+    label.set_name("lock".to_owned());
+    label.set_value(lock_label(kind).to_owned());
+    proto::Metric::from_label(vec![label])
+}
+
+fn counter_sample(mut metric: proto::Metric, value: u64) -> proto::Metric {
+    let mut counter = proto::Counter::default();
+    // Counts stay far below 2^53, where f64 is exact.
+    counter.set_value(value as f64);
+    metric.set_counter(counter);
+    metric
+}
+
+fn latency_histogram(snapshot: &StoreStatsSnapshot, k: usize) -> proto::Histogram {
+    let mut histogram = proto::Histogram::default();
+    let mut cumulative = 0;
+    let buckets = LOCK_LATENCY_BUCKETS_US
+        .iter()
+        .zip(&snapshot.lock_latency_buckets[k])
+        .map(|(&bound_us, &count)| {
+            cumulative += count;
+            let mut bucket = proto::Bucket::default();
+            bucket.set_upper_bound(Duration::from_micros(bound_us).as_secs_f64());
+            bucket.set_cumulative_count(cumulative);
+            bucket
+        })
+        .collect();
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(snapshot.lock_latency_count[k]);
+    histogram.set_sample_sum(Duration::from_micros(snapshot.lock_latency_sum_us[k]).as_secs_f64());
+    histogram
+}
+
+impl StoreCollector {
+    fn new(stats: Arc<OnceLock<Arc<StoreStats>>>) -> Self {
+        StoreCollector {
+            stats,
+            contention: desc(LOCK_CONTENTION, &["lock"]),
+            acquire_duration: desc(LOCK_ACQUIRE_DURATION, &["lock"]),
+            ttl_expiries: desc(LOCK_TTL_EXPIRIES, &["lock"]),
+            stale_fences: desc(LOCK_STALE_FENCES, &[]),
+        }
+    }
+}
+
+impl Collector for StoreCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![
+            &self.contention,
+            &self.acquire_duration,
+            &self.ttl_expiries,
+            &self.stale_fences,
+        ]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snapshot = self
+            .stats
+            .get()
+            .map(|stats| stats.snapshot())
+            .unwrap_or_default();
+        let per_lock = |values: &[u64; 3]| -> Vec<proto::Metric> {
+            LockKind::ALL
+                .iter()
+                .map(|&kind| counter_sample(lock_labelled(kind), values[kind.index()]))
+                .collect()
+        };
+        let durations = LockKind::ALL
+            .iter()
+            .map(|&kind| {
+                let mut metric = lock_labelled(kind);
+                metric.set_histogram(latency_histogram(&snapshot, kind.index()));
+                metric
+            })
+            .collect();
+        let stale = counter_sample(proto::Metric::default(), snapshot.stale_fence_rejections);
+        vec![
+            family(
+                LOCK_CONTENTION,
+                MetricType::COUNTER,
+                per_lock(&snapshot.lock_contended),
+            ),
+            family(LOCK_ACQUIRE_DURATION, MetricType::HISTOGRAM, durations),
+            family(
+                LOCK_TTL_EXPIRIES,
+                MetricType::COUNTER,
+                per_lock(&snapshot.lock_ttl_expiries),
+            ),
+            family(LOCK_STALE_FENCES, MetricType::COUNTER, vec![stale]),
+        ]
     }
 }
 
@@ -421,6 +563,9 @@ mod tests {
             "keel_loop_heartbeat_timestamp_seconds{loop=\"reconciliation\"}",
             "keel_orders_total{status=\"UNKNOWN\"}",
             "keel_plugin_faults_total{kind=\"fuel\"}",
+            "keel_lock_contention_total{lock=\"lease\"} 0",
+            "keel_lock_acquire_duration_seconds_bucket{lock=\"entry\",le=\"+Inf\"} 0",
+            "keel_lock_stale_fence_rejections_total 0",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }

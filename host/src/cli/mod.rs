@@ -42,7 +42,7 @@ enum Command {
     Token(TokenArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 struct TokenArgs {
     /// The user id the token speaks for (a UUID).
     #[arg(long)]
@@ -79,6 +79,29 @@ enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+}
+
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("TokenArgs")
+            .field("sub", &self.sub)
+            .field("operator", &self.operator)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("secret", &"..")
+            .finish()
+    }
+}
+
+impl Cli {
+    /// The log level when `RUST_LOG` is unset: `info` for the long-running commands (the host
+    /// and the exchange simulator), `warn` for one-shot tools, whose results go to stdout.
+    pub fn log_level_default(&self) -> tracing::level_filters::LevelFilter {
+        match self.command {
+            Command::Demo(_) | Command::ExchangeSim(_) => tracing::level_filters::LevelFilter::INFO,
+            _ => tracing::level_filters::LevelFilter::WARN,
+        }
+    }
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
@@ -128,4 +151,29 @@ pub(crate) fn parse_config(config: &[String]) -> anyhow::Result<Vec<(String, Str
             _ => anyhow::bail!("--config takes KEY=VALUE, not {pair:?}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_that_take_a_secret_never_print_it() {
+        use clap::Parser as _;
+        let secret = "a-secret-of-enough-bytes-0123456789";
+        let token = Cli::parse_from([
+            "keel",
+            "token",
+            "--sub",
+            "00000000-0000-0000-0000-000000000001",
+            "--secret",
+            secret,
+        ]);
+        let sim = Cli::parse_from(["keel", "exchange-sim", "--api-secret", secret]);
+        for (cli, args) in [(token, "TokenArgs"), (sim, "ExchangeSimArgs")] {
+            let printed = format!("{cli:?}");
+            assert!(printed.contains(args), "{printed}");
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
 }

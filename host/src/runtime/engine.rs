@@ -48,6 +48,8 @@ pub(crate) struct EngineInner {
     pub linker: Linker<PluginState>,
     pub settings: EngineSettings,
     pub faults: FaultLedger,
+    /// Fuel every call of every instance used: `keel_plugin_fuel_consumed_total`.
+    pub fuel_consumed: prometheus::IntCounter,
     cache: Option<CompiledCache>,
     ticker: EpochTicker,
 }
@@ -140,8 +142,24 @@ impl InstanceSetup {
 }
 
 impl PluginEngine {
-    /// Builds the engine, its linker and its epoch ticker.
+    /// Builds the engine, its linker and its epoch ticker; fuel is counted by the engine alone
+    /// ([`PluginEngine::fuel_consumed_total`]).
     pub fn new(settings: EngineSettings) -> anyhow::Result<Self> {
+        let fuel_consumed = prometheus::IntCounter::new(
+            "keel_plugin_fuel_consumed_total",
+            "Fuel consumed by plugin calls.",
+        )
+        .expect("a valid metric name");
+        Self::counting_fuel_into(settings, fuel_consumed)
+    }
+
+    /// Builds the engine with every call's fuel (its budget minus what is left after it,
+    /// `init` included) added to `fuel_consumed`, normally
+    /// [`Metrics::plugin_fuel_consumed_total`](keel_kernel::metrics::Metrics).
+    pub fn counting_fuel_into(
+        settings: EngineSettings,
+        fuel_consumed: prometheus::IntCounter,
+    ) -> anyhow::Result<Self> {
         let engine = Engine::new(&wasmtime_config(&settings))
             .map_err(|e| e.context("creating the wasm engine"))?;
         let mut linker = Linker::new(&engine);
@@ -162,6 +180,7 @@ impl PluginEngine {
             linker,
             settings,
             faults: FaultLedger::default(),
+            fuel_consumed,
             cache,
             ticker,
         };
@@ -241,6 +260,11 @@ impl PluginEngine {
         let profile = setup.profile;
         let prepared = self.prepare(version, setup)?;
         Ok(WasmStrategy::new(self.clone(), profile, prepared))
+    }
+
+    /// Fuel used by every call so far.
+    pub fn fuel_consumed_total(&self) -> u64 {
+        self.inner.fuel_consumed.get()
     }
 
     /// Fault counts of one profile, per plugin version it ran.

@@ -28,6 +28,12 @@ const INIT_ERROR_BYTES_MAX: usize = 1024;
 
 type CallOutput = (Vec<wit::Intent>,);
 
+/// Where an instance's calls are logged and their fuel counted.
+struct CallAccounting {
+    span: tracing::Span,
+    fuel_consumed: prometheus::IntCounter,
+}
+
 /// An instantiated, initialised plugin in its own store, ready to serve a profile.
 pub struct PreparedInstance {
     store: Store<PluginState>,
@@ -38,6 +44,11 @@ pub struct PreparedInstance {
     setup: InstanceSetup,
     limits: PluginLimits,
     deadline_ticks: u64,
+    /// Carries `profile_id` and `plugin_sha256` into every log line of this instance's calls.
+    /// Made once per instance, entered per call: entering costs no allocation.
+    span: tracing::Span,
+    /// `keel_plugin_fuel_consumed_total`, or the engine's own counter when no registry is used.
+    fuel_consumed: prometheus::IntCounter,
 }
 
 impl PreparedInstance {
@@ -48,10 +59,25 @@ impl PreparedInstance {
     ) -> Result<Self, PluginFault> {
         let settings = engine.settings();
         let limits = settings.limits;
+        // No parent: the instance outlives the step that happened to create it.
+        let span = tracing::info_span!(parent: None, "plugin",
+            profile_id = %setup.profile, plugin_sha256 = %version.digest);
+        let _entered = span.enter();
         let store = new_store(engine, version, &setup, &limits);
-        let (mut instance, init) =
-            Self::instantiate(store, version, &setup, &limits, settings.epoch_tick_ms)?;
+        let accounting = CallAccounting {
+            span: span.clone(),
+            fuel_consumed: engine.inner.fuel_consumed.clone(),
+        };
+        let (mut instance, init) = Self::instantiate(
+            store,
+            version,
+            &setup,
+            &limits,
+            settings.epoch_tick_ms,
+            accounting,
+        )?;
         instance.init(init, &setup.config)?;
+        tracing::info!("plugin instance initialised");
         Ok(instance)
     }
 
@@ -61,6 +87,7 @@ impl PreparedInstance {
         setup: &InstanceSetup,
         limits: &PluginLimits,
         epoch_tick_ms: u64,
+        accounting: CallAccounting,
     ) -> Result<(Self, InitFunc), PluginFault> {
         let deadline_ticks = limits
             .call_deadline_ms
@@ -83,6 +110,8 @@ impl PreparedInstance {
             setup: setup.clone(),
             limits: *limits,
             deadline_ticks,
+            span: accounting.span,
+            fuel_consumed: accounting.fuel_consumed,
         };
         Ok((prepared, init))
     }
@@ -94,9 +123,9 @@ impl PreparedInstance {
             .set_fuel(self.limits.fuel_per_init)
             .map_err(host_error)?;
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let (outcome,) = init
-            .call(&mut self.store, (config.to_vec(),))
-            .map_err(classify)?;
+        let output = init.call(&mut self.store, (config.to_vec(),));
+        self.count_fuel(self.limits.fuel_per_init);
+        let (outcome,) = output.map_err(classify)?;
         outcome.map_err(|message| PluginFault::InitRefused(truncate(message, INIT_ERROR_BYTES_MAX)))
     }
 
@@ -134,7 +163,24 @@ impl PreparedInstance {
         Ok(())
     }
 
-    fn finish(&self, output: wasmtime::Result<CallOutput>) -> Result<Vec<RawIntent>, PluginFault> {
+    /// The span of this instance, entered around each call.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Adds what the call just made used (its budget minus what is left) to the fuel counter.
+    fn count_fuel(&self, budget: u64) {
+        // A trap other than running out may leave the store unable to report: count nothing.
+        if let Ok(left) = self.store.get_fuel() {
+            self.fuel_consumed.inc_by(budget.saturating_sub(left));
+        }
+    }
+
+    fn finish(
+        &mut self,
+        output: wasmtime::Result<CallOutput>,
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        self.count_fuel(self.limits.fuel_per_call);
         let (intents,) = output.map_err(classify)?;
         if intents.is_empty() {
             return Ok(Vec::new());

@@ -147,8 +147,9 @@ impl WasmStrategy {
             self.swap.pending.store(false, Ordering::Release);
             let taken = self.swap.instance.lock().unwrap().take();
             if let Some(prepared) = taken {
-                tracing::info!(profile = %self.profile, from = %self.digest.short(),
-                    to = %prepared.digest().short(), "plugin hot-swapped");
+                let span = prepared.span().clone();
+                let _entered = span.enter();
+                tracing::info!(from_sha256 = %self.digest, "plugin hot-swapped");
                 self.replace(prepared);
             }
         }
@@ -161,7 +162,11 @@ impl WasmStrategy {
     ) -> Result<Vec<RawIntent>, PluginFault> {
         self.take_swap();
         let result = match self.current.as_mut() {
-            Some(instance) => run(instance),
+            Some(instance) => {
+                let span = instance.span().clone();
+                let _entered = span.enter();
+                run(instance)
+            }
             None => Err(PluginFault::Dead),
         };
         if let Err(fault) = &result {
@@ -172,8 +177,8 @@ impl WasmStrategy {
             if !matches!(fault, PluginFault::InvalidOutput(_))
                 && let Some(dead) = self.current.take()
             {
-                tracing::warn!(profile = %self.profile, plugin = %self.digest.short(),
-                    "plugin instance dropped after a fault: {fault}");
+                let _entered = dead.span().enter();
+                tracing::warn!(%fault, "plugin instance dropped after a fault");
                 self.dead_log = (dead.log_lines(), dead.log_counters());
             }
         }

@@ -1,5 +1,6 @@
 //! The real `keel demo` binary: it trades, reports its loops, stops cleanly on SIGINT and comes
-//! back with its state; and every metric the runbooks and alerts name is in its scrape.
+//! back with its state; every metric the runbooks, alerts and dashboard name is in its scrape;
+//! its JSON log carries the span fields and no secret.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+mod logs;
 
 /// How long the demo may take to become ready or to reach a condition, generously: the
 /// machine is shared with other builds.
@@ -26,7 +29,15 @@ struct Demo {
 impl Demo {
     /// Starts the demo on a free port and waits for the line that prints its URL.
     async fn start(data_dir: &Path) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        let mut command = Demo::command(data_dir);
+        command.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+        Demo::spawn(command).await
+    }
+
+    /// `keel demo` on a free port, fast, with its stdout piped.
+    fn command(data_dir: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
             .arg("demo")
             .arg("--data-dir")
             .arg(data_dir)
@@ -40,12 +51,14 @@ impl Demo {
             ])
             .arg("--plugins-dir")
             .arg(repo_root().join("plugins-example/target/wasm32-wasip2/release"))
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawning keel demo");
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Spawns `command` and waits for the line that prints the demo's URL.
+    async fn spawn(mut command: Command) -> Demo {
+        let mut child = command.spawn().expect("spawning keel demo");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = tokio::time::timeout(WAIT_MAX, lines.next_line())
             .await
@@ -217,7 +230,45 @@ async fn demo_trades_stops_cleanly_and_restarts_with_its_state() {
     assert!(status.success());
 }
 
-/// Every `keel_*` name in the runbooks and alert rules, histogram suffixes stripped.
+/// Every `keel_*` name in `text`, histogram suffixes stripped.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (start, _) in text.match_indices("keel_") {
+        let name: String = text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let name = name.trim_end_matches('_');
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+    }
+    names
+}
+
+/// Every query (`expr`) of a Grafana dashboard, panels and rows at any depth.
+fn dashboard_queries(node: &serde_json::Value, queries: &mut Vec<String>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => queries.push(expr.clone()),
+                    _ => dashboard_queries(value, queries),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                dashboard_queries(item, queries);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every `keel_*` name in the runbooks, the alert rules and the dashboard's queries.
 fn documented_metric_names() -> BTreeSet<String> {
     let root = repo_root();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("runbooks"))
@@ -228,25 +279,28 @@ fn documented_metric_names() -> BTreeSet<String> {
     files.push(root.join("deploy/prometheus/alerts.yml"));
     let mut names = BTreeSet::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (start, _) in text.match_indices("keel_") {
-            let name: String = text[start..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect();
-            let name = name.trim_end_matches('_');
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name);
-            names.insert(base.to_owned());
-        }
+        names.extend(metric_names_in(&std::fs::read_to_string(&file).unwrap()));
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/keel.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    assert!(queries.len() > 10, "the dashboard has queries: {queries:?}");
+    for query in &queries {
+        let used = metric_names_in(query);
+        assert!(
+            !used.is_empty(),
+            "a dashboard query names no metric: {query}"
+        );
+        names.extend(used);
     }
     names
 }
 
 #[tokio::test]
-async fn every_metric_named_in_runbooks_and_alerts_is_scraped() {
+async fn every_metric_named_in_runbooks_alerts_and_the_dashboard_is_scraped() {
     let names = documented_metric_names();
     assert!(names.len() > 10, "{names:?}");
     let dir = tempfile::tempdir().unwrap();
@@ -274,6 +328,15 @@ async fn every_metric_named_in_runbooks_and_alerts_is_scraped() {
         .filter(|n| !scraped.contains(n.as_str()))
         .collect();
     assert!(missing.is_empty(), "not in the scrape: {missing:?}");
+    // Fed by the running host, not merely registered: the plugins burn fuel, the store's lock
+    // counters reach the registry.
+    for series in [
+        "keel_plugin_fuel_consumed_total",
+        "keel_lock_acquire_duration_seconds_count{lock=\"entry\"}",
+        "keel_lock_acquire_duration_seconds_count{lock=\"reconciliation\"}",
+    ] {
+        assert!(sample(&text, series) > 0.0, "{series} is zero");
+    }
     let (status, stdout) = demo.stop("TERM").await;
     assert!(
         status.success(),

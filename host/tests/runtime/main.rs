@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod equivalence;
+mod fuel;
 mod hostile;
 mod hot_swap;
 mod load;

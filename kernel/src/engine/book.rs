@@ -5,6 +5,7 @@
 //! hot path (a candle with no decision) touches no database.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
@@ -13,6 +14,8 @@ use crate::ids::{ClientOrderId, IntentKind, Symbol};
 use crate::ledger::Capital;
 use crate::lifecycle::{OrderRecord, Position};
 use crate::market::Side;
+use crate::metrics::Metrics;
+use crate::order::OrderStatus;
 use crate::strategy::{AccountView, OrderView, PositionSide, PositionView};
 
 /// One profile's account as the engine last saw it in the store.
@@ -162,4 +165,57 @@ impl Book {
             open_orders,
         }
     }
+}
+
+/// This engine's share of `keel_orders_open{status}`: the gauge is shared by every profile of
+/// the process, so each engine adds the difference between what its book holds now and what it
+/// published last, and takes its share back when it is dropped.
+pub(super) struct OpenOrdersGauge {
+    metrics: Arc<Metrics>,
+    published: [i64; OrderStatus::ALL.len()],
+}
+
+impl OpenOrdersGauge {
+    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+        OpenOrdersGauge {
+            metrics,
+            published: [0; OrderStatus::ALL.len()],
+        }
+    }
+
+    /// Brings the gauge in line with the open orders of `book`.
+    pub(super) fn publish(&mut self, book: &Book) {
+        let mut counts = [0i64; OrderStatus::ALL.len()];
+        for order in book.open_orders.values() {
+            counts[status_index(order.status)] += 1;
+        }
+        self.apply(counts);
+    }
+
+    fn apply(&mut self, counts: [i64; OrderStatus::ALL.len()]) {
+        for (index, status) in OrderStatus::ALL.into_iter().enumerate() {
+            let delta = counts[index] - self.published[index];
+            if delta != 0 {
+                assert!(status.is_open(), "the book holds only open orders");
+                self.metrics
+                    .orders_open
+                    .with_label_values(&[status.as_str()])
+                    .add(delta);
+            }
+        }
+        self.published = counts;
+    }
+}
+
+impl Drop for OpenOrdersGauge {
+    fn drop(&mut self) {
+        self.apply([0; OrderStatus::ALL.len()]);
+    }
+}
+
+fn status_index(status: OrderStatus) -> usize {
+    OrderStatus::ALL
+        .iter()
+        .position(|&s| s == status)
+        .expect("ALL lists every status")
 }

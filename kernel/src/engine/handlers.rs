@@ -7,7 +7,7 @@
 
 use crate::exchange::{Fill, OrderReport, OrderRequest, PlaceOutcome, UserEvent};
 use crate::ids::{ClientOrderId, IntentKind};
-use crate::lifecycle::{FillOutcome, FillReport, OrderRecord, StatusOutcome};
+use crate::lifecycle::{FillOutcome, FillReport, OrderRecord, StatusOutcome, WriteAhead};
 use crate::order::OrderStatus;
 use crate::store::StoreError;
 use crate::strategy::FillView;
@@ -17,6 +17,7 @@ use super::{EngineError, PENDING_DECISIONS_PER_STEP_MAX, ProfileEngine, StepOutc
 
 impl ProfileEngine {
     /// Sends a written-ahead order and applies the answer.
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %order.client_order_id))]
     pub(super) async fn submit(
         &mut self,
         order: &OrderRecord,
@@ -77,6 +78,7 @@ impl ProfileEngine {
 
     /// Asks the exchange about one order by client order id and applies the answer. An order the
     /// exchange does not know stays as it is until reconciliation's window says it never existed.
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %order.client_order_id))]
     pub(super) async fn resolve_by_query(
         &mut self,
         order: &OrderRecord,
@@ -103,6 +105,7 @@ impl ProfileEngine {
 
     /// Applies what the exchange says about one order: missing fills first (fetched by client
     /// order id when the report shows more executed than recorded), then the status.
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %report.client_order_id))]
     pub async fn apply_report(&mut self, report: &OrderReport) -> Result<(), EngineError> {
         let Some(stored) = self
             .store
@@ -171,12 +174,33 @@ impl ProfileEngine {
 
     async fn note_status(&mut self, outcome: StatusOutcome) -> Result<(), EngineError> {
         if let StatusOutcome::Changed(order) = &outcome {
-            self.metrics
-                .orders_total
-                .with_label_values(&[order.status.as_str()])
-                .inc();
+            self.count_status_entered(order.status);
         }
         self.after_order_change(outcome.order().clone()).await
+    }
+
+    /// Counts an order entering `status` (`keel_orders_total`): called once per transition,
+    /// never for a replay or a repeated report.
+    pub(super) fn count_status_entered(&self, status: OrderStatus) {
+        tracing::info!(status = status.as_str(), "order status");
+        self.metrics
+            .orders_total
+            .with_label_values(&[status.as_str()])
+            .inc();
+    }
+
+    /// The order a write-ahead stored; a new one has entered PENDING_SUBMIT, a replay has not.
+    pub(super) fn written_ahead(&self, written: WriteAhead) -> OrderRecord {
+        if let WriteAhead::Written(order) = &written {
+            self.count_status_entered(order.status);
+        }
+        written.order().clone()
+    }
+
+    /// Records the latest state of one order in the book and in `keel_orders_open`.
+    pub(super) fn update_book_order(&mut self, order: OrderRecord) {
+        self.book.update_order(order);
+        self.orders_open.publish(&self.book);
     }
 
     /// Updates the book after an order changed, and lets go of its entry lock once the exchange
@@ -194,7 +218,7 @@ impl ProfileEngine {
             }
         }
         let symbol = order.symbol.clone();
-        self.book.update_order(order);
+        self.update_book_order(order);
         let position = self
             .store
             .tenant(self.spec.user)
@@ -221,6 +245,7 @@ impl ProfileEngine {
     }
 
     /// Records one fill (a replay changes nothing) and tells the strategy about a new one.
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %fill.client_order_id))]
     pub async fn apply_fill(&mut self, fill: &Fill) -> Result<(), EngineError> {
         let report = FillReport {
             client_order_id: fill.client_order_id.clone(),
@@ -274,10 +299,15 @@ impl ProfileEngine {
             fee: report.fee.try_into().unwrap_or(0.0),
             time_ms: fill.time_ms,
         };
-        self.metrics
-            .orders_total
-            .with_label_values(&[order.status.as_str()])
-            .inc();
+        // A partial fill after a partial fill is no new status.
+        let previous = self
+            .book
+            .open_orders
+            .get(&order.client_order_id)
+            .map(|o| o.status);
+        if previous != Some(order.status) {
+            self.count_status_entered(order.status);
+        }
         self.after_order_change(*order).await?;
         let result = self.strategy.on_fill(&view, self.book.view());
         // Decisions made on a fill are numbered by its trade id: re-made after a crash, they
@@ -288,6 +318,7 @@ impl ProfileEngine {
     }
 
     /// One event from the exchange's user-data stream.
+    #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn on_user_event(&mut self, event: &UserEvent) -> Result<StepOutcome, EngineError> {
         match event {
             UserEvent::Order(report) => self.apply_report(report).await?,

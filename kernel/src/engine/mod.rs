@@ -39,7 +39,7 @@ pub use book::Book;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use reconcile::ReconcileReport;
 
-use book::entry_side;
+use book::{OpenOrdersGauge, entry_side};
 
 /// Tunables of the engine, with safe defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -151,6 +151,7 @@ pub struct ProfileEngine {
     controls: ProfileControls,
     strategy_faulted: bool,
     book: Book,
+    orders_open: OpenOrdersGauge,
     last_price: HashMap<Symbol, Price>,
     rules: HashMap<Symbol, SymbolRules>,
     entry_leases: HashMap<ClientOrderId, Lease>,
@@ -182,6 +183,7 @@ impl ProfileEngine {
         switches: Arc<HostSwitches>,
         owner: OwnerToken,
     ) -> Self {
+        let orders_open = OpenOrdersGauge::new(metrics.clone());
         ProfileEngine {
             spec,
             config,
@@ -195,6 +197,7 @@ impl ProfileEngine {
             controls: ProfileControls::default(),
             strategy_faulted: false,
             book: Book::default(),
+            orders_open,
             last_price: HashMap::new(),
             rules: HashMap::new(),
             entry_leases: HashMap::new(),
@@ -298,6 +301,7 @@ impl ProfileEngine {
     }
 
     /// One closed candle: timers that came due, then the strategy's decision, then its requests.
+    #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn on_candle(&mut self, candle: &Candle) -> Result<StepOutcome, EngineError> {
         self.note_price(candle);
         let mut outcome = StepOutcome::default();
@@ -513,6 +517,7 @@ impl ProfileEngine {
         )
     }
 
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = tracing::field::Empty))]
     async fn enter(
         &mut self,
         raw: &RawIntent,
@@ -525,6 +530,7 @@ impl ProfileEngine {
             sequence,
             IntentKind::Entry,
         );
+        tracing::Span::current().record("client_order_id", tracing::field::display(&id));
         if self.book.entry_in_flight(&entry.symbol) {
             self.record_refusal(
                 raw.clone(),
@@ -575,18 +581,14 @@ impl ProfileEngine {
             .write_ahead_entry(&write_ahead)
             .await;
         let order = match written {
-            Ok(written) => written.order().clone(),
+            Ok(written) => self.written_ahead(written),
             Err(error) => {
                 self.release_lease(&lease).await;
                 return self.entry_write_ahead_failed(raw, error);
             }
         };
         self.entry_leases.insert(id.clone(), lease);
-        self.metrics
-            .orders_total
-            .with_label_values(&["PENDING_SUBMIT"])
-            .inc();
-        self.book.update_order(order.clone());
+        self.update_book_order(order.clone());
         self.refresh_capital().await?;
         self.submit(&order, &request).await?;
         Ok(Some(id))
@@ -609,8 +611,8 @@ impl ProfileEngine {
                 self.record_refusal(raw.clone(), "insufficient_capital", error.to_string());
                 Ok(None)
             }
+            // The store counts the stale fence (`keel_lock_stale_fence_rejections_total`).
             StoreError::Constraint(Constraint::CurrentFence) | StoreError::Lock(_) => {
-                self.metrics.lock_stale_fence_rejections_total.inc();
                 self.record_refusal(raw.clone(), "stale_fence", error.to_string());
                 Ok(None)
             }
@@ -625,8 +627,8 @@ impl ProfileEngine {
         }
     }
 
+    /// The store counts the attempt, its latency and any contention (`keel_lock_*`).
     async fn acquire_entry_lock(&mut self, key: &LockKey) -> Result<Option<Lease>, EngineError> {
-        let started = std::time::Instant::now();
         let lease = self
             .store
             .locks()
@@ -637,16 +639,6 @@ impl ProfileEngine {
                 self.config.entry_lock_ttl_ms,
             )
             .await?;
-        self.metrics
-            .lock_acquire_duration_seconds
-            .with_label_values(&["entry"])
-            .observe(started.elapsed().as_secs_f64());
-        if lease.is_none() {
-            self.metrics
-                .lock_contention_total
-                .with_label_values(&["entry"])
-                .inc();
-        }
         Ok(lease)
     }
 
@@ -657,6 +649,7 @@ impl ProfileEngine {
         }
     }
 
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = tracing::field::Empty))]
     async fn exit(
         &mut self,
         raw: &RawIntent,
@@ -664,6 +657,7 @@ impl ProfileEngine {
         sequence: u64,
     ) -> Result<Option<ClientOrderId>, EngineError> {
         let id = ClientOrderId::derive(self.spec.profile, &exit.symbol, sequence, IntentKind::Exit);
+        tracing::Span::current().record("client_order_id", tracing::field::display(&id));
         let request = OrderRequest {
             client_order_id: id.clone(),
             symbol: exit.symbol.clone(),
@@ -696,22 +690,19 @@ impl ProfileEngine {
             .write_ahead_exit(&write_ahead)
             .await
         {
-            Ok(written) => written.order().clone(),
+            Ok(written) => self.written_ahead(written),
             Err(StoreError::Lifecycle(error)) => {
                 self.record_refusal(raw.clone(), "exit_refused", error.to_string());
                 return Ok(None);
             }
             Err(error) => return Err(error.into()),
         };
-        self.metrics
-            .orders_total
-            .with_label_values(&["PENDING_SUBMIT"])
-            .inc();
-        self.book.update_order(order.clone());
+        self.update_book_order(order.clone());
         self.submit(&order, &request).await?;
         Ok(Some(id))
     }
 
+    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %id))]
     async fn cancel(&mut self, raw: &RawIntent, id: &ClientOrderId) -> Result<(), EngineError> {
         let Some(order) = self.book.open_orders.get(id).cloned() else {
             self.record_refusal(

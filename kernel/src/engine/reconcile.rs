@@ -58,6 +58,7 @@ impl ReconcileReport {
 
 impl ProfileEngine {
     /// One reconciliation pass under the profile's reconciliation lock.
+    #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn reconcile(&mut self) -> Result<ReconcileReport, EngineError> {
         let key = LockKey::reconciliation(self.spec.profile);
         let lease = self
@@ -70,11 +71,8 @@ impl ProfileEngine {
                 RECONCILIATION_LOCK_TTL_MS,
             )
             .await?;
+        // The store counted the contention, if any (`keel_lock_contention_total`).
         let Some(lease) = lease else {
-            self.metrics
-                .lock_contention_total
-                .with_label_values(&["reconciliation"])
-                .inc();
             return Ok(ReconcileReport {
                 skipped_locked: true,
                 ..ReconcileReport::default()
@@ -212,10 +210,7 @@ impl ProfileEngine {
             .await?;
         self.unknown_since_ms.remove(id);
         if let crate::lifecycle::StatusOutcome::Changed(order) = &outcome {
-            self.metrics
-                .orders_total
-                .with_label_values(&[order.status.as_str()])
-                .inc();
+            self.count_status_entered(order.status);
         }
         if let Some(lease) = self.entry_leases.remove(id) {
             self.release_lease(&lease).await;
@@ -276,6 +271,7 @@ impl ProfileEngine {
         let orders = tx.open_orders(self.spec.profile).await?;
         tx.commit().await?;
         self.book.reset(capital, positions, orders);
+        self.orders_open.publish(&self.book);
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub struct RecoveryReport {
 impl ProfileEngine {
     /// Rebuilds the capital row from the journal, asks the exchange about every order left in
     /// flight, and runs a reconciliation pass. Decisions may start once it returns.
+    #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn recover(&mut self) -> Result<RecoveryReport, EngineError> {
         let rebuild = self
             .store

@@ -9,6 +9,7 @@ use crate::ids::Fence;
 use crate::lock::{self, Lease, LockError, LockKey, LockKind, OwnerToken};
 
 use super::backend::{lite, pg};
+use super::stats::LockGrant;
 use super::{Pool, Store, StoreError};
 
 /// Lease locks of one store. Obtained from [`Store::locks`].
@@ -23,6 +24,8 @@ impl<'s> Locks<'s> {
 
     /// Takes the lock for `owner` for `ttl_ms`, if it is free or its lease expired. `None` when
     /// another lease is live (counted as contention). Each grant carries a new, larger fence.
+    /// Taking over an expired lease is counted as a TTL expiry: a released lease leaves no row,
+    /// so a row still there when the grant overwrites it was one its holder let run out.
     pub async fn acquire(
         &self,
         kind: LockKind,
@@ -36,16 +39,34 @@ impl<'s> Locks<'s> {
             Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms).await?,
             Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms).await?,
         };
+        let grant = match granted {
+            None => LockGrant::Refused,
+            Some(Granted {
+                took_over: true, ..
+            }) => LockGrant::TookOverExpired,
+            Some(Granted {
+                took_over: false, ..
+            }) => LockGrant::Free,
+        };
         self.store
             .stats()
-            .lock_attempt(kind, granted.is_some(), started.elapsed());
-        Ok(granted.map(|(fence, expires_at_ms)| Lease {
-            kind,
-            key: key.clone(),
-            owner,
-            fence: Fence(fence),
-            expires_at_ms,
-        }))
+            .lock_attempt(kind, grant, started.elapsed());
+        if grant == LockGrant::TookOverExpired {
+            tracing::warn!(lock = %key, ?kind, "lease taken over after its holder let the TTL expire");
+        }
+        Ok(granted.map(
+            |Granted {
+                 fence,
+                 expires_at_ms,
+                 ..
+             }| Lease {
+                kind,
+                key: key.clone(),
+                owner,
+                fence: Fence(fence),
+                expires_at_ms,
+            },
+        ))
     }
 
     /// Extends a live lease to `ttl_ms` from now. [`LockError::Lost`] when it expired or was
@@ -116,7 +137,17 @@ impl<'s> Locks<'s> {
     }
 }
 
-fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str) -> String {
+/// What a granted acquisition returned.
+struct Granted {
+    fence: i64,
+    expires_at_ms: i64,
+    /// The row overwritten was an expired lease of some holder (possibly this owner).
+    took_over: bool,
+}
+
+/// The upsert that grants a lease when the lock is free or expired; `RETURNING` adds
+/// `took_over_expr` as its third column.
+fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str, took_over_expr: &str) -> String {
     format!(
         "INSERT INTO {table} AS l (lock_key, owner_token, fence, expires_at_ms, acquired_at_ms) \
          SELECT $1, $2, {fence_expr}, t.now_ms + $3, t.now_ms FROM (SELECT {now} AS now_ms) AS t \
@@ -125,7 +156,7 @@ fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str) -> String {
          fence = excluded.fence, expires_at_ms = excluded.expires_at_ms, \
          acquired_at_ms = excluded.acquired_at_ms \
          WHERE l.expires_at_ms <= excluded.acquired_at_ms \
-         RETURNING fence, expires_at_ms",
+         RETURNING fence, expires_at_ms, {took_over_expr}",
         table = kind.table()
     )
 }
@@ -136,15 +167,32 @@ async fn acquire_pg(
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
-) -> Result<Option<(i64, i64)>, StoreError> {
-    let sql = upsert_sql(kind, "nextval('lock_fence_seq')", pg::NOW_MS);
+) -> Result<Option<Granted>, StoreError> {
+    // Every part of one statement sees the same snapshot: `prev` is the row before the upsert.
+    let sql = format!(
+        "WITH prev AS (SELECT 1 FROM {table} WHERE lock_key = $1) {upsert}",
+        table = kind.table(),
+        upsert = upsert_sql(
+            kind,
+            "nextval('lock_fence_seq')",
+            pg::NOW_MS,
+            "EXISTS (SELECT 1 FROM prev)"
+        ),
+    );
     let row = sqlx::query(&sql)
         .bind(key.as_str())
         .bind(owner.as_uuid())
         .bind(ttl_ms)
         .fetch_optional(pool)
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    let granted = row.map(|r| -> Result<Granted, sqlx::Error> {
+        Ok(Granted {
+            fence: r.try_get(0)?,
+            expires_at_ms: r.try_get(1)?,
+            took_over: r.try_get(2)?,
+        })
+    });
+    Ok(granted.transpose()?)
 }
 
 async fn acquire_lite(
@@ -153,14 +201,24 @@ async fn acquire_lite(
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
-) -> Result<Option<(i64, i64)>, StoreError> {
+) -> Result<Option<Granted>, StoreError> {
+    // `BEGIN IMMEDIATE` holds the write lock from the start: the row read here is the row the
+    // upsert finds.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let held_before: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT fence FROM {} WHERE lock_key = $1",
+        kind.table()
+    ))
+    .bind(key.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
     let fence: i64 = sqlx::query_scalar(
         "UPDATE lock_fence_seq SET value = value + 1 WHERE id = 1 RETURNING value",
     )
     .fetch_one(&mut *tx)
     .await?;
-    let sql = upsert_sql(kind, "$4", lite::NOW_MS);
+    // The third column is unused here: the row read above already says whether one was held.
+    let sql = upsert_sql(kind, "$4", lite::NOW_MS, "0");
     let row = sqlx::query(&sql)
         .bind(key.as_str())
         .bind(owner.as_uuid())
@@ -169,5 +227,12 @@ async fn acquire_lite(
         .fetch_optional(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    let granted = row.map(|r| -> Result<Granted, sqlx::Error> {
+        Ok(Granted {
+            fence: r.try_get(0)?,
+            expires_at_ms: r.try_get(1)?,
+            took_over: held_before.is_some(),
+        })
+    });
+    Ok(granted.transpose()?)
 }

@@ -1,5 +1,7 @@
-//! Counters the store keeps for the metrics layer: lock contention and latency, stale fences,
-//! capital-invariant refusals and replays. Plain atomics, read with [`StoreStats::snapshot`].
+//! Counters the store keeps for the metrics layer: lock contention, latency and TTL expiries,
+//! stale fences, capital-invariant refusals and replays. Plain atomics, read with
+//! [`StoreStats::snapshot`]; [`crate::metrics::Metrics::observe_store`] exposes them at
+//! `/metrics` by reading a snapshot at each scrape.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,9 +25,10 @@ pub struct StoreStats {
     lock_acquired: [AtomicU64; 3],
     lock_contended: [AtomicU64; 3],
     lock_lost: [AtomicU64; 3],
-    lock_latency_buckets: [AtomicU64; LOCK_LATENCY_BUCKETS_US.len() + 1],
-    lock_latency_sum_us: AtomicU64,
-    lock_latency_count: AtomicU64,
+    lock_ttl_expiries: [AtomicU64; 3],
+    lock_latency_buckets: [[AtomicU64; LOCK_LATENCY_BUCKETS_US.len() + 1]; 3],
+    lock_latency_sum_us: [AtomicU64; 3],
+    lock_latency_count: [AtomicU64; 3],
     stale_fence_rejections: AtomicU64,
     capital_check_refusals: AtomicU64,
     capital_constraint_violations: AtomicU64,
@@ -43,12 +46,16 @@ pub struct StoreStatsSnapshot {
     pub lock_contended: [u64; 3],
     /// Renewals that found the lease expired or taken over, by kind.
     pub lock_lost: [u64; 3],
-    /// Acquisition attempts per latency bucket ([`LOCK_LATENCY_BUCKETS_US`], then overflow).
-    pub lock_latency_buckets: Vec<u64>,
-    /// Sum of acquisition latencies, microseconds.
-    pub lock_latency_sum_us: u64,
-    /// Number of acquisition attempts timed.
-    pub lock_latency_count: u64,
+    /// Grants that took over a lease its holder had let expire (it neither renewed nor
+    /// released it), by kind.
+    pub lock_ttl_expiries: [u64; 3],
+    /// Acquisition attempts per latency bucket ([`LOCK_LATENCY_BUCKETS_US`], then overflow), by
+    /// kind.
+    pub lock_latency_buckets: [Vec<u64>; 3],
+    /// Sum of acquisition latencies, microseconds, by kind.
+    pub lock_latency_sum_us: [u64; 3],
+    /// Number of acquisition attempts timed, by kind.
+    pub lock_latency_count: [u64; 3],
     /// Writes refused because they carried a stale fence (kernel check or database trigger).
     pub stale_fence_rejections: u64,
     /// Operations the kernel refused because they would break the capital invariant.
@@ -63,27 +70,41 @@ pub struct StoreStatsSnapshot {
     pub ledger_rebuild_differences: u64,
 }
 
+/// How one acquisition attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockGrant {
+    /// Another owner's lease was live.
+    Refused,
+    /// Granted: nobody held the lock.
+    Free,
+    /// Granted over a lease whose holder let its TTL run out.
+    TookOverExpired,
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl StoreStats {
     /// Records one lock acquisition attempt and how long it took.
-    pub(crate) fn lock_attempt(&self, kind: LockKind, granted: bool, latency: Duration) {
-        if granted {
-            bump(&self.lock_acquired[kind.index()]);
-        } else {
-            bump(&self.lock_contended[kind.index()]);
+    pub(crate) fn lock_attempt(&self, kind: LockKind, grant: LockGrant, latency: Duration) {
+        let k = kind.index();
+        match grant {
+            LockGrant::Refused => bump(&self.lock_contended[k]),
+            LockGrant::Free => bump(&self.lock_acquired[k]),
+            LockGrant::TookOverExpired => {
+                bump(&self.lock_acquired[k]);
+                bump(&self.lock_ttl_expiries[k]);
+            }
         }
         let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let bucket = LOCK_LATENCY_BUCKETS_US
             .iter()
             .position(|&bound| latency_us <= bound)
             .unwrap_or(LOCK_LATENCY_BUCKETS_US.len());
-        bump(&self.lock_latency_buckets[bucket]);
-        self.lock_latency_sum_us
-            .fetch_add(latency_us, Ordering::Relaxed);
-        bump(&self.lock_latency_count);
+        bump(&self.lock_latency_buckets[k][bucket]);
+        self.lock_latency_sum_us[k].fetch_add(latency_us, Ordering::Relaxed);
+        bump(&self.lock_latency_count[k]);
     }
 
     /// Records a renewal that found the lease gone.
@@ -131,9 +152,13 @@ impl StoreStats {
             lock_acquired: self.lock_acquired.each_ref().map(load),
             lock_contended: self.lock_contended.each_ref().map(load),
             lock_lost: self.lock_lost.each_ref().map(load),
-            lock_latency_buckets: self.lock_latency_buckets.iter().map(load).collect(),
-            lock_latency_sum_us: load(&self.lock_latency_sum_us),
-            lock_latency_count: load(&self.lock_latency_count),
+            lock_ttl_expiries: self.lock_ttl_expiries.each_ref().map(load),
+            lock_latency_buckets: self
+                .lock_latency_buckets
+                .each_ref()
+                .map(|buckets| buckets.iter().map(load).collect()),
+            lock_latency_sum_us: self.lock_latency_sum_us.each_ref().map(load),
+            lock_latency_count: self.lock_latency_count.each_ref().map(load),
             stale_fence_rejections: load(&self.stale_fence_rejections),
             capital_check_refusals: load(&self.capital_check_refusals),
             capital_constraint_violations: load(&self.capital_constraint_violations),
@@ -151,13 +176,23 @@ mod tests {
     #[test]
     fn latency_lands_in_its_bucket() {
         let stats = StoreStats::default();
-        stats.lock_attempt(LockKind::Entry, true, Duration::from_micros(300));
-        stats.lock_attempt(LockKind::Entry, false, Duration::from_secs(5));
+        stats.lock_attempt(LockKind::Entry, LockGrant::Free, Duration::from_micros(300));
+        stats.lock_attempt(LockKind::Entry, LockGrant::Refused, Duration::from_secs(5));
+        stats.lock_attempt(
+            LockKind::ProfileLease,
+            LockGrant::TookOverExpired,
+            Duration::from_micros(50),
+        );
         let snap = stats.snapshot();
-        assert_eq!(snap.lock_acquired, [1, 0, 0]);
+        assert_eq!(snap.lock_acquired, [1, 0, 1]);
         assert_eq!(snap.lock_contended, [1, 0, 0]);
-        assert_eq!(snap.lock_latency_buckets[2], 1);
-        assert_eq!(snap.lock_latency_buckets[LOCK_LATENCY_BUCKETS_US.len()], 1);
-        assert_eq!(snap.lock_latency_count, 2);
+        assert_eq!(snap.lock_ttl_expiries, [0, 0, 1]);
+        assert_eq!(snap.lock_latency_buckets[0][2], 1);
+        assert_eq!(
+            snap.lock_latency_buckets[0][LOCK_LATENCY_BUCKETS_US.len()],
+            1
+        );
+        assert_eq!(snap.lock_latency_buckets[2][0], 1);
+        assert_eq!(snap.lock_latency_count, [2, 0, 1]);
     }
 }

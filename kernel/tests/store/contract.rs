@@ -477,13 +477,21 @@ async fn lease_contention_renewal_release_and_fences_that_only_grow(h: &Harness)
     assert_eq!(after.lock_acquired[1], before.lock_acquired[1] + 2);
     assert_eq!(after.lock_contended[1], before.lock_contended[1] + 1);
     assert_eq!(after.lock_lost[1], before.lock_lost[1] + 1);
-    assert_eq!(after.lock_latency_count, before.lock_latency_count + 3);
+    assert_eq!(
+        after.lock_latency_count[1],
+        before.lock_latency_count[1] + 3
+    );
+    assert_eq!(
+        after.lock_ttl_expiries, before.lock_ttl_expiries,
+        "a lease released, then taken, did not expire"
+    );
 }
 
 async fn lease_expires_by_the_database_clock(h: &Harness) {
     let locks = h.store.locks();
     let key = LockKey::profile(ProfileId::new_random());
     let a = OwnerToken::new_random();
+    let before = h.store.stats().snapshot();
     let first = locks
         .acquire(LockKind::ProfileLease, &key, a, 50)
         .await
@@ -501,6 +509,12 @@ async fn lease_expires_by_the_database_clock(h: &Harness) {
         .unwrap()
         .expect("an expired lease is free");
     assert!(second.fence > first.fence);
+    let after = h.store.stats().snapshot();
+    assert_eq!(
+        after.lock_ttl_expiries[2],
+        before.lock_ttl_expiries[2] + 1,
+        "taking over the expired lease is one TTL expiry"
+    );
     assert!(matches!(
         locks.renew(&first, 60_000).await,
         Err(StoreError::Lock(LockError::Lost { .. }))

@@ -60,8 +60,9 @@ pub const CLIENT_ORDER_ID_PATTERN: &str = r"^[\.A-Z\:/a-z0-9_-]{1,36}$";
 /// Local refusals (filters, invalid ids) are reported as rejections with this code.
 pub const LOCAL_REFUSAL_CODE: i64 = 0;
 
-/// Where and how the adapter connects.
-#[derive(Debug, Clone)]
+/// Where and how the adapter connects. Its `Debug` shows the API key only by its last four
+/// characters and the signer without its secret.
+#[derive(Clone)]
 pub struct BinanceConfig {
     /// The REST base URL, such as `https://fapi.binance.com`.
     pub rest_url: String,
@@ -78,6 +79,24 @@ pub struct BinanceConfig {
     /// How often the user-data stream re-fetches orders and fills over REST even without a
     /// reconnect (covers events the stream lost silently).
     pub resync_interval_ms: u64,
+}
+
+impl std::fmt::Debug for BinanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key_tail: String = {
+            let chars: Vec<char> = self.api_key.chars().collect();
+            chars[chars.len().saturating_sub(4)..].iter().collect()
+        };
+        f.debug_struct("BinanceConfig")
+            .field("rest_url", &self.rest_url)
+            .field("ws_url", &self.ws_url)
+            .field("api_key", &format_args!("..{key_tail}"))
+            .field("signer", &self.signer)
+            .field("recv_window_ms", &self.recv_window_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("resync_interval_ms", &self.resync_interval_ms)
+            .finish()
+    }
 }
 
 impl BinanceConfig {

@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use super::{Faults, SimConfig, SimKey, serve};
 
 /// Arguments of `keel exchange-sim`.
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct ExchangeSimArgs {
     /// The port to listen on (0 picks a free one; the chosen address is printed).
     #[arg(long, default_value_t = 0)]
@@ -32,6 +32,22 @@ pub struct ExchangeSimArgs {
     /// The HMAC secret of that key.
     #[arg(long, env = "KEEL_SIM_API_SECRET", default_value = SimConfig::DEFAULT_API_SECRET)]
     pub api_secret: String,
+}
+
+impl std::fmt::Debug for ExchangeSimArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeSimArgs")
+            .field("port", &self.port)
+            .field("bind", &self.bind)
+            .field("seed", &self.seed)
+            .field("faults", &self.faults)
+            .field("candle_ms", &self.candle_ms)
+            .field("candles_file", &self.candles_file)
+            .field("api_key", &self.api_key)
+            // The secret never reaches a log.
+            .field("api_secret", &"..")
+            .finish()
+    }
 }
 
 /// Runs the simulator until the process is stopped.

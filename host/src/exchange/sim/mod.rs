@@ -43,7 +43,7 @@ pub const ORDER_LIMIT_1M_DEFAULT: u32 = 1200;
 pub const LISTEN_KEY_TTL_MS: i64 = 60 * 60 * 1000;
 
 /// A key the simulator accepts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SimKey {
     /// An HMAC key and its secret.
     Hmac {
@@ -55,6 +55,19 @@ pub enum SimKey {
         /// The public key that verifies the client's signatures.
         public: ed25519_dalek::VerifyingKey,
     },
+}
+
+impl std::fmt::Debug for SimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The shared secret never reaches a log.
+            SimKey::Hmac { .. } => f.write_str("SimKey::Hmac(..)"),
+            SimKey::Ed25519 { public } => f
+                .debug_struct("SimKey::Ed25519")
+                .field("public", public)
+                .finish(),
+        }
+    }
 }
 
 /// How the simulator starts.
