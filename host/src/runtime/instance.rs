@@ -47,7 +47,7 @@ impl PreparedInstance {
         setup: InstanceSetup,
     ) -> Result<Self, PluginFault> {
         let settings = engine.settings();
-        let limits = settings.limits;
+        let limits = version.limits;
         let store = new_store(engine, version, &setup, &limits);
         let (mut instance, init) =
             Self::instantiate(store, version, &setup, &limits, settings.epoch_tick_ms)?;
