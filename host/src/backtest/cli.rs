@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::candles::read_candles;
 use super::report::summary_table;
-use super::run::{BacktestSpec, load_inputs, run_backtest};
+use super::run::{BacktestSpec, BacktestStore, load_inputs, run_backtest};
 
 /// Runs a plugin over recorded candles through the whole kernel path with paper fills.
 #[derive(Debug, clap::Args)]
@@ -35,6 +35,9 @@ pub struct BacktestArgs {
     /// Write the full report (summary, trades, equity curve) as JSON here.
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
+    /// Where the kernel store lives: in memory, or a SQLite file in a temporary directory.
+    #[arg(long, value_enum, default_value_t = BacktestStore::Memory)]
+    pub store: BacktestStore,
     /// Plot equity and drawdown with trades marked (SVG or PNG, by extension).
     #[arg(long, value_name = "OUT.svg|OUT.png")]
     pub plot: Option<PathBuf>,
@@ -57,6 +60,7 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         config,
         capital: args.capital,
         fee_bps: args.fee_bps,
+        store: args.store,
     };
     let report = run_backtest(&spec, true).await?;
     print!("{}", summary_table(&report));

@@ -2,7 +2,7 @@
 //!
 //! The path is the live one: the Wasm runtime with the live fuel and memory budgets, the
 //! [`ProfileEngine`] (validation, risk rules, entry locks, write-ahead, lifecycle, ledger) over a
-//! SQLite store in a temporary directory, and the paper exchange, whose market orders fill at the
+//! SQLite store (in memory by default, see [`BacktestStore`]), and the paper exchange, whose market orders fill at the
 //! next candle's open, so a decision never sees its own fill price in advance.
 //!
 //! Risk limits of a backtest (see [`backtest_limits`]): only the backtested symbol, one entry's
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::report::{BacktestReport, EquityPoint, build_report};
 use crate::exchange::paper::{PaperConfig, PaperExchange};
-use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine};
+use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine, user_cache_dir};
 
 /// Candles between two redraws of the progress bar.
 const PROGRESS_EVERY_CANDLES: u64 = 4_096;
@@ -42,6 +42,17 @@ const INCREMENT: Decimal = Decimal::from_parts(1, 0, 0, false, 8);
 const QTY_MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 /// Smallest order notional of the backtest instrument, as on Binance USDⓈ-M futures.
 const NOTIONAL_MIN: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
+
+/// Where a backtest keeps its kernel store. Both are SQLite with the live schema, constraints
+/// and queries; the report is the same byte for byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BacktestStore {
+    /// A private in-memory database on one connection: nothing touches the disk.
+    #[default]
+    Memory,
+    /// A database file in a temporary directory, written without fsync, deleted after the run.
+    File,
+}
 
 /// What to backtest.
 #[derive(Debug, Clone)]
@@ -60,6 +71,8 @@ pub struct BacktestSpec {
     pub capital: Decimal,
     /// Fee of every fill, in basis points of notional.
     pub fee_bps: Decimal,
+    /// Where the kernel store lives.
+    pub store: BacktestStore,
 }
 
 /// The risk limits a backtest runs under (documented at the top of this module).
@@ -92,7 +105,8 @@ pub fn backtest_rules(symbol: &Symbol) -> SymbolRules {
 
 /// Everything one run needs, wired as the live host wires it.
 struct Rig {
-    _dir: tempfile::TempDir,
+    /// The directory of a file store, deleted with the rig.
+    _dir: Option<tempfile::TempDir>,
     exchange: Arc<PaperExchange>,
     events: mpsc::Receiver<UserEvent>,
     clock: Arc<VirtualClock>,
@@ -130,8 +144,7 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
 
 impl Rig {
     async fn new(spec: &BacktestSpec, start_ms: i64) -> anyhow::Result<Rig> {
-        let dir = tempfile::tempdir().context("creating the backtest's temporary directory")?;
-        let store = Store::open_sqlite_scratch(&dir.path().join("backtest.db"))
+        let (store, dir) = open_store(spec.store)
             .await
             .context("opening the backtest's SQLite store")?;
         let user = UserId::new_random();
@@ -217,14 +230,27 @@ impl Rig {
     }
 }
 
+async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<tempfile::TempDir>)> {
+    match kind {
+        BacktestStore::Memory => Ok((Store::open_sqlite_memory().await?, None)),
+        BacktestStore::File => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let store = Store::open_sqlite_scratch(&dir.path().join("backtest.db")).await?;
+            Ok((store, Some(dir)))
+        }
+    }
+}
+
 fn start_plugin(
     spec: &BacktestSpec,
     profile: ProfileId,
     clock: Arc<VirtualClock>,
 ) -> anyhow::Result<crate::runtime::WasmStrategy> {
-    // The live budgets (fuel, memory, deadlines) with room for one instance.
+    // The live budgets (fuel, memory, deadlines) with room for one instance; compiled code is
+    // cached as for `keel plugin check`.
     let runtime = PluginEngine::new(EngineSettings {
         instances_max: 2,
+        cache_dir: user_cache_dir(),
         ..EngineSettings::default()
     })?;
     let version = runtime

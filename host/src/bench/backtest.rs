@@ -8,7 +8,7 @@ use keel_kernel::ids::Symbol;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::backtest::run::{BacktestSpec, load_inputs, run_backtest};
+use crate::backtest::run::{BacktestSpec, BacktestStore, load_inputs, run_backtest};
 use crate::backtest::synthetic::random_walk;
 
 /// Arguments of `keel bench backtest`.
@@ -20,6 +20,9 @@ pub struct BacktestBenchArgs {
     /// Where the example plugins were built.
     #[arg(long, default_value = "plugins-example/target/wasm32-wasip2/release")]
     pub plugins_dir: PathBuf,
+    /// Where the backtest's kernel store lives.
+    #[arg(long, value_enum, default_value_t = BacktestStore::Memory)]
+    pub store: BacktestStore,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +48,7 @@ pub async fn run(args: BacktestBenchArgs) -> anyhow::Result<()> {
         config: Vec::new(),
         capital: Decimal::from(10_000),
         fee_bps: Decimal::from(4),
+        store: args.store,
     };
     let started = Instant::now();
     let report = run_backtest(&spec, false).await?;
@@ -55,6 +59,7 @@ pub async fn run(args: BacktestBenchArgs) -> anyhow::Result<()> {
             "bench": "backtest",
             "plugin": "sma-cross",
             "candles": args.candles,
+            "store": format!("{:?}", args.store).to_lowercase(),
             "trades": report.summary.trades,
             "seconds": seconds,
             "candles_per_sec": candles_per_sec,
@@ -62,8 +67,8 @@ pub async fn run(args: BacktestBenchArgs) -> anyhow::Result<()> {
         println!("{out}");
     } else {
         println!(
-            "backtest sma-cross: {} candles, {} trades in {seconds:.3} s: {candles_per_sec:.0} candles/s",
-            args.candles, report.summary.trades
+            "backtest sma-cross ({:?} store): {} candles, {} trades in {seconds:.3} s: {candles_per_sec:.0} candles/s",
+            args.store, args.candles, report.summary.trades
         );
     }
     Ok(())

@@ -9,7 +9,9 @@ use keel_kernel::ids::ProfileId;
 
 use keel_kernel::engine::SystemClock;
 
-use crate::runtime::{EngineSettings, InstanceSetup, LoadReport, PluginEngine};
+use crate::runtime::{
+    EngineSettings, InstanceSetup, PluginEngine, PluginLimits, PluginVersion, user_cache_dir,
+};
 
 /// Loads `file` as the host would, then instantiates it and runs `init` with `config`.
 pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {
@@ -17,6 +19,7 @@ pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitC
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let engine = PluginEngine::new(EngineSettings {
         instances_max: 2,
+        cache_dir: user_cache_dir(),
         ..EngineSettings::default()
     })?;
     let version = match engine.load(&bytes) {
@@ -31,13 +34,7 @@ pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitC
         .prepare(&version, setup)
         .map(|_| ())
         .map_err(|fault| fault.to_string());
-    print_report(
-        file,
-        version.digest().as_str(),
-        version.report(),
-        &init,
-        json,
-    );
+    print_report(file, version.digest().as_str(), &version, &init, json);
     Ok(if init.is_ok() {
         ExitCode::SUCCESS
     } else {
@@ -57,13 +54,20 @@ fn print_refusal(file: &Path, reason: &str, json: bool) {
 fn print_report(
     file: &Path,
     digest: &str,
-    report: &LoadReport,
+    version: &PluginVersion,
     init: &Result<(), String>,
     json: bool,
 ) {
+    let report = version.report();
+    let limits = version.limits();
     if json {
         let out = serde_json::json!({
             "file": file, "loadable": init.is_ok(), "sha256": digest, "report": report,
+            "limits": {
+                "fuel_per_call": limits.fuel_per_call,
+                "fuel_per_init": limits.fuel_per_init,
+                "memory_bytes_max": limits.memory_bytes_max,
+            },
             "init": match init { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         });
         println!("{out}");
@@ -72,6 +76,8 @@ fn print_report(
     println!("plugin:   {}", file.display());
     println!("sha256:   {digest}");
     println!("world:    {}", report.world);
+    println!("language: {}", report.language.as_str());
+    println!("budgets:  {}", budgets(limits));
     println!("size:     {} bytes", report.size_bytes);
     let source = if report.from_cache {
         "from cache"
@@ -91,4 +97,14 @@ fn print_report(
             eprintln!("{}: refused: {fault}", file.display());
         }
     }
+}
+
+/// The budgets line of the report.
+fn budgets(limits: &PluginLimits) -> String {
+    format!(
+        "{} fuel per call, {} fuel for init, {} MiB of memory",
+        limits.fuel_per_call,
+        limits.fuel_per_init,
+        limits.memory_bytes_max >> 20
+    )
 }

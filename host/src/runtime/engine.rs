@@ -14,8 +14,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
 use super::faults::{FaultCounts, FaultLedger};
+use super::guest::GuestLanguage;
 use super::instance::PreparedInstance;
-use super::limits::EngineSettings;
+use super::limits::{EngineSettings, PluginLimits};
 use super::state::PluginState;
 use super::strategy::WasmStrategy;
 use super::wit::{Strategy, StrategyPre};
@@ -32,8 +33,11 @@ const STRATEGY_IMPORTS: [&str; 4] = [
     "keel:strategy/account@0.1.0",
 ];
 
-/// Core instances one component may create (a Rust guest makes three or four).
-const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 16;
+/// Core instances one component may create (a Rust guest makes three or four, a componentize-py
+/// guest, which links CPython and its libraries as separate modules, about fifteen).
+const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 32;
+/// Core instances the pool reserves per component instance on average: most plugins are small.
+const CORE_INSTANCES_PER_COMPONENT_AVERAGE: u32 = 4;
 /// Tables one component may create (a Rust guest makes two).
 const TABLES_PER_COMPONENT_MAX: u32 = 8;
 
@@ -65,6 +69,8 @@ impl Drop for EngineInner {
 pub struct PluginVersion {
     pub(crate) digest: PluginDigest,
     pub(crate) pre: StrategyPre<PluginState>,
+    /// The budgets of this version's instances (by the language it was written in).
+    pub(crate) limits: PluginLimits,
     /// Shared: every instance holds its version, and the report's strings are not small.
     report: Arc<LoadReport>,
 }
@@ -73,6 +79,11 @@ impl PluginVersion {
     /// The sha256 of the plugin file.
     pub fn digest(&self) -> &PluginDigest {
         &self.digest
+    }
+
+    /// The budgets this version's instances run under.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
     }
 
     /// What loading found.
@@ -86,6 +97,8 @@ impl PluginVersion {
 pub struct LoadReport {
     /// The world the plugin implements.
     pub world: String,
+    /// The language the plugin was written in, which picks its budgets.
+    pub language: GuestLanguage,
     /// Names the component exports.
     pub exports: Vec<String>,
     /// Interfaces the component imports.
@@ -201,6 +214,7 @@ impl PluginEngine {
         check_header(bytes, self.inner.settings.plugin_bytes_max)?;
         let digest = PluginDigest::of(bytes);
         let (component, source) = self.compile(&digest, bytes)?;
+        let language = GuestLanguage::detect(bytes);
         let imports = check_imports(&self.inner.engine, &component)?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("plugin imports something this host does not serve: {e:#}")
@@ -211,6 +225,7 @@ impl PluginEngine {
         })?;
         let report = LoadReport {
             world: "keel:strategy/strategy@0.1.0".to_string(),
+            language,
             exports,
             imports,
             size_bytes: bytes.len(),
@@ -220,6 +235,7 @@ impl PluginEngine {
         Ok(PluginVersion {
             digest,
             pre,
+            limits: *self.inner.settings.limits_for(language),
             report: Arc::new(report),
         })
     }
@@ -277,13 +293,19 @@ fn wasmtime_config(settings: &EngineSettings) -> Config {
     let instances = settings.instances_max;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
-        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT_MAX / 4))
+        // At least two of the largest components fit, so a small engine (a backtest's, `plugin
+        // check`'s) can run any plugin and prepare its replacement.
+        .total_core_instances(
+            instances
+                .saturating_mul(CORE_INSTANCES_PER_COMPONENT_AVERAGE)
+                .max(2 * CORE_INSTANCES_PER_COMPONENT_MAX),
+        )
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT_MAX)
         .total_memories(instances)
         .max_memories_per_component(1)
         .total_tables(instances.saturating_mul(3))
         .max_tables_per_component(TABLES_PER_COMPONENT_MAX)
-        .max_memory_size(settings.limits.memory_bytes_max);
+        .max_memory_size(settings.memory_bytes_max());
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

@@ -58,7 +58,7 @@ impl PreparedInstance {
         setup: InstanceSetup,
     ) -> Result<Self, PluginFault> {
         let settings = engine.settings();
-        let limits = settings.limits;
+        let limits = version.limits;
         // No parent: the instance outlives the step that happened to create it.
         let span = tracing::info_span!(parent: None, "plugin",
             profile_id = %setup.profile, plugin_sha256 = %version.digest);

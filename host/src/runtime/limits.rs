@@ -1,6 +1,8 @@
 //! The budgets a plugin lives under. Every one has a safe default and a name that carries its
 //! unit.
 
+use super::guest::GuestLanguage;
+
 /// Per-instance budgets, checked on every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginLimits {
@@ -45,6 +47,28 @@ impl Default for PluginLimits {
     }
 }
 
+impl PluginLimits {
+    /// The defaults for a Python plugin (a componentize-py component, detected at load): CPython
+    /// needs a larger heap than a compiled guest, and interpreting a strategy burns far more
+    /// fuel per call. The call deadline and every output bound stay those of
+    /// [`PluginLimits::default`].
+    pub fn python() -> Self {
+        PluginLimits {
+            fuel_per_call: PYTHON_FUEL_PER_CALL,
+            fuel_per_init: PYTHON_FUEL_PER_INIT,
+            memory_bytes_max: PYTHON_MEMORY_BYTES_MAX,
+            ..PluginLimits::default()
+        }
+    }
+}
+
+/// Fuel of one `on-*` call of a Python plugin.
+const PYTHON_FUEL_PER_CALL: u64 = 100_000_000;
+/// Fuel of a Python plugin's `init`.
+const PYTHON_FUEL_PER_INIT: u64 = 1_000_000_000;
+/// Linear memory of one Python instance, in bytes.
+const PYTHON_MEMORY_BYTES_MAX: usize = 128 << 20;
+
 /// Process-wide settings of the plugin engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
@@ -55,8 +79,10 @@ pub struct EngineSettings {
     pub epoch_tick_ms: u64,
     /// Where compiled plugins are cached, keyed by content and engine; `None` disables the cache.
     pub cache_dir: Option<std::path::PathBuf>,
-    /// Budgets given to every instance.
+    /// Budgets given to every instance of a compiled plugin.
     pub limits: PluginLimits,
+    /// Budgets given to every instance of a Python plugin.
+    pub python_limits: PluginLimits,
     /// The largest plugin file accepted, in bytes.
     pub plugin_bytes_max: usize,
 }
@@ -68,7 +94,26 @@ impl Default for EngineSettings {
             epoch_tick_ms: 5,
             cache_dir: None,
             limits: PluginLimits::default(),
+            python_limits: PluginLimits::python(),
             plugin_bytes_max: 64 << 20,
         }
+    }
+}
+
+impl EngineSettings {
+    /// The budgets of a plugin written in `language`.
+    pub fn limits_for(&self, language: GuestLanguage) -> &PluginLimits {
+        match language {
+            GuestLanguage::Python => &self.python_limits,
+            GuestLanguage::Compiled => &self.limits,
+        }
+    }
+
+    /// The largest linear memory any plugin may hold, in bytes: what the pooling allocator
+    /// reserves per slot.
+    pub fn memory_bytes_max(&self) -> usize {
+        self.limits
+            .memory_bytes_max
+            .max(self.python_limits.memory_bytes_max)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_host::backtest::run::{BacktestSpec, load_inputs};
+use keel_host::backtest::run::{BacktestSpec, BacktestStore, load_inputs};
 use keel_host::backtest::synthetic::{random_walk, to_plain_csv};
 use keel_kernel::ids::Symbol;
 use rust_decimal_macros::dec;
@@ -45,5 +45,6 @@ pub fn spec(plugin: &str, seed: u64) -> BacktestSpec {
         config: Vec::new(),
         capital: dec!(10000),
         fee_bps: dec!(4),
+        store: BacktestStore::Memory,
     }
 }

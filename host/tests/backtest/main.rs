@@ -2,5 +2,6 @@
 
 mod cli;
 mod common;
+mod python;
 mod runs;
 mod scaffold;

@@ -1,7 +1,7 @@
 //! Backtests of the example plugins through the library entry point.
 
 use keel_host::backtest::report::BacktestReport;
-use keel_host::backtest::run::run_backtest;
+use keel_host::backtest::run::{BacktestStore, run_backtest};
 use rust_decimal::Decimal;
 
 use crate::common::{CANDLES, spec};
@@ -92,4 +92,16 @@ async fn a_higher_fee_costs_more_and_is_reported() {
     let dear = run_backtest(&dear_spec, false).await.unwrap();
     assert!(dear.summary.fees_paid > cheap.summary.fees_paid * Decimal::from(4));
     assert!(dear.summary.realized_pnl < cheap.summary.realized_pnl);
+}
+
+#[tokio::test]
+async fn the_memory_and_file_stores_give_byte_identical_json() {
+    let memory = run_backtest(&spec("sma-cross", 10), false).await.unwrap();
+    let mut on_file = spec("sma-cross", 10);
+    on_file.store = BacktestStore::File;
+    let on_file = run_backtest(&on_file, false).await.unwrap();
+    assert!(memory.summary.trades > 0);
+    let a = serde_json::to_vec_pretty(&memory).unwrap();
+    let b = serde_json::to_vec_pretty(&on_file).unwrap();
+    assert!(a == b, "the store changed the report");
 }

@@ -63,3 +63,41 @@ fn plugin_check_refuses_a_file_that_is_not_webassembly() {
         "{stderr}"
     );
 }
+
+/// The Python example: `init` runs the interpreter, reads the config and keeps it for the calls
+/// that follow; a refusal carries the Python exception's message.
+#[test]
+fn plugin_check_accepts_the_python_example_and_names_its_language_and_budgets() {
+    let check = |config: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .args(["plugin", "check", "--json"])
+            .arg(plugin_path("sma-cross-py"));
+        for pair in config {
+            command.args(["--config", pair]);
+        }
+        command.output().unwrap()
+    };
+    let output = check(&["fast=5", "slow=20", "mode=long-short"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["loadable"], true, "{report}");
+    assert_eq!(report["init"], "ok", "{report}");
+    assert_eq!(report["report"]["language"], "python", "{report}");
+    let python = keel_host::runtime::PluginLimits::python();
+    assert_eq!(report["limits"]["fuel_per_call"], python.fuel_per_call);
+    assert_eq!(
+        report["limits"]["memory_bytes_max"],
+        python.memory_bytes_max
+    );
+
+    let output = check(&["fast=50", "slow=20"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["init"], "init refused: fast (50) must be less than slow (20)",
+        "{report}"
+    );
+}

@@ -211,6 +211,28 @@ impl Store {
         Store::open_sqlite_with(path, SqliteSynchronous::Off).await
     }
 
+    /// Opens a private in-memory SQLite database (a backtest's): the same schema, constraints
+    /// and code path as [`Store::open_sqlite`], with nothing written to disk. It lives on one
+    /// connection that is never closed while the store lives (an in-memory database dies with its
+    /// connection), and the pool does not ping it before each use: the connection is in this
+    /// process and nothing else can break it.
+    pub async fn open_sqlite_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?
+            .shared_cache(false)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Store::from_pool(Pool::Lite(pool)))
+    }
+
     async fn open_sqlite_with(
         path: &Path,
         synchronous: SqliteSynchronous,
