@@ -11,3 +11,4 @@ pub mod demo;
 pub mod exchange;
 pub mod runtime;
 pub mod serve;
+pub mod simulate;

@@ -30,11 +30,34 @@ impl<'s> Locks<'s> {
         owner: OwnerToken,
         ttl_ms: i64,
     ) -> Result<Option<Lease>, StoreError> {
+        self.acquire_with(kind, key, owner, ttl_ms, true).await
+    }
+
+    /// [`Locks::acquire`] that takes the lock even from a live holder: the entry lock
+    /// planted away by the simulation (see [`crate::plant`]). Nothing else calls it.
+    pub(crate) async fn acquire_ignoring_holder(
+        &self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.acquire_with(kind, key, owner, ttl_ms, false).await
+    }
+
+    async fn acquire_with(
+        &self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+        exclusive: bool,
+    ) -> Result<Option<Lease>, StoreError> {
         let ttl_ms = lock::check_ttl_ms(ttl_ms)?;
         let started = Instant::now();
         let granted = match self.store.pool() {
-            Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms).await?,
-            Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms).await?,
+            Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms, exclusive).await?,
+            Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms, exclusive).await?,
         };
         self.store
             .stats()
@@ -116,7 +139,12 @@ impl<'s> Locks<'s> {
     }
 }
 
-fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str) -> String {
+fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str, exclusive: bool) -> String {
+    let free = if exclusive {
+        "l.expires_at_ms <= excluded.acquired_at_ms"
+    } else {
+        "true"
+    };
     format!(
         "INSERT INTO {table} AS l (lock_key, owner_token, fence, expires_at_ms, acquired_at_ms) \
          SELECT $1, $2, {fence_expr}, t.now_ms + $3, t.now_ms FROM (SELECT {now} AS now_ms) AS t \
@@ -124,7 +152,7 @@ fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str) -> String {
          ON CONFLICT (lock_key) DO UPDATE SET owner_token = excluded.owner_token, \
          fence = excluded.fence, expires_at_ms = excluded.expires_at_ms, \
          acquired_at_ms = excluded.acquired_at_ms \
-         WHERE l.expires_at_ms <= excluded.acquired_at_ms \
+         WHERE {free} \
          RETURNING fence, expires_at_ms",
         table = kind.table()
     )
@@ -136,8 +164,9 @@ async fn acquire_pg(
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
+    exclusive: bool,
 ) -> Result<Option<(i64, i64)>, StoreError> {
-    let sql = upsert_sql(kind, "nextval('lock_fence_seq')", pg::NOW_MS);
+    let sql = upsert_sql(kind, "nextval('lock_fence_seq')", pg::NOW_MS, exclusive);
     let row = sqlx::query(&sql)
         .bind(key.as_str())
         .bind(owner.as_uuid())
@@ -153,6 +182,7 @@ async fn acquire_lite(
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
+    exclusive: bool,
 ) -> Result<Option<(i64, i64)>, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let fence: i64 = sqlx::query_scalar(
@@ -160,7 +190,7 @@ async fn acquire_lite(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let sql = upsert_sql(kind, "$4", lite::NOW_MS);
+    let sql = upsert_sql(kind, "$4", lite::NOW_MS, exclusive);
     let row = sqlx::query(&sql)
         .bind(key.as_str())
         .bind(owner.as_uuid())
