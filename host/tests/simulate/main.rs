@@ -6,7 +6,7 @@ use keel_kernel::plant::Plant;
 
 /// Seeds CI runs on every change (docs/testing.md says how to run millions).
 const CI_SEEDS: u64 = 200;
-const CI_STEPS: u32 = 60;
+const CI_STEPS: u32 = 30;
 
 fn args(first_seed: u64, seeds: u64, steps: u32, plant: Option<Plant>) -> SimulateArgs {
     SimulateArgs {
@@ -15,7 +15,7 @@ fn args(first_seed: u64, seeds: u64, steps: u32, plant: Option<Plant>) -> Simula
         seed: None,
         steps,
         plant,
-        jobs: 2,
+        jobs: 4,
         json: true,
     }
 }
