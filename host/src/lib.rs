@@ -12,3 +12,4 @@ pub mod exchange;
 pub mod logging;
 pub mod runtime;
 pub mod serve;
+pub mod simulate;

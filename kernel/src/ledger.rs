@@ -147,12 +147,7 @@ impl Capital {
     /// Every column must stay within [`CAPITAL_MAX`], reservations must stay non-negative, and
     /// free capital must stay non-negative (the capital invariant).
     pub fn apply(&self, delta: &CapitalDelta) -> Result<Capital, LedgerError> {
-        let next = Capital {
-            allocated: self.allocated + delta.allocated,
-            reserved_for_orders: self.reserved_for_orders + delta.reserved_for_orders,
-            reserved_for_positions: self.reserved_for_positions + delta.reserved_for_positions,
-            realized_pnl: self.realized_pnl + delta.realized_pnl,
-        };
+        let next = self.plus_unchecked(delta);
         for (what, value) in next.columns() {
             check_amount(what, value)?;
         }
@@ -182,6 +177,17 @@ impl Capital {
         }
         debug_assert!(next.holds_invariant());
         Ok(next)
+    }
+
+    /// The row after `delta`, unchecked: what the database's constraints alone would see when
+    /// the kernel's check is planted away (see [`crate::plant`]).
+    pub(crate) fn plus_unchecked(&self, delta: &CapitalDelta) -> Capital {
+        Capital {
+            allocated: self.allocated + delta.allocated,
+            reserved_for_orders: self.reserved_for_orders + delta.reserved_for_orders,
+            reserved_for_positions: self.reserved_for_positions + delta.reserved_for_positions,
+            realized_pnl: self.realized_pnl + delta.realized_pnl,
+        }
     }
 
     /// The row the journal `deltas` add up to, starting from zero.

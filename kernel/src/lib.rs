@@ -29,6 +29,7 @@ pub mod market;
 pub mod metrics;
 pub mod money;
 pub mod order;
+pub mod plant;
 pub mod risk;
 pub mod store;
 pub mod strategy;

@@ -2,6 +2,7 @@
 //! measured here, never asserted in tests.
 
 pub mod backtest;
+pub mod engine;
 pub mod ledger;
 pub mod paper;
 mod plugin;
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     Backtest(backtest::BacktestBenchArgs),
     /// Candles per second through the paper exchange.
     Paper(paper::PaperBenchArgs),
+    /// The kernel's decision-to-wire latency beside a commit, fan-out of one candle to many
+    /// profiles, and reconciliation of many open orders.
+    Engine(engine::EngineBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -43,5 +47,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Ledger(args) => ledger::run(args).await.map(|()| ExitCode::SUCCESS),
         BenchCommand::Backtest(args) => backtest::run(args).await.map(|()| ExitCode::SUCCESS),
         BenchCommand::Paper(args) => paper::run(args).await.map(|()| ExitCode::SUCCESS),
+        BenchCommand::Engine(args) => engine::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

@@ -38,6 +38,8 @@ enum Command {
     /// Run the whole host locally: SQLite, the paper exchange over a synthetic market, three
     /// example profiles, and /metrics, /internal/health, /livez, /readyz on 127.0.0.1.
     Demo(crate::demo::DemoArgs),
+    /// Run the kernel in process under seeded faults and check every invariant after each step.
+    Simulate(crate::simulate::SimulateArgs),
     /// Mint an HS256 API token (the shape Supabase issues) for local use.
     Token(TokenArgs),
 }
@@ -126,6 +128,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::ExchangeSim(args) => crate::exchange::sim::cli::run(args)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => crate::simulate::run(args).await,
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Token(args) => crate::auth::JwtKeys::new(args.secret.as_bytes()).map(|keys| {
             let now = chrono::Utc::now().timestamp();

@@ -26,11 +26,12 @@ use serde::Serialize;
 
 use crate::exchange::{Exchange, ExchangeError, OrderRequest, OrderType, SymbolRules};
 use crate::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
-use crate::lifecycle::{EntryRequest, ExitRequest};
+use crate::lifecycle::{EntryRequest, ExitRequest, OrderRecord, WriteAhead};
 use crate::lock::{Lease, LockKey, LockKind, OwnerToken};
 use crate::market::Candle;
 use crate::metrics::Metrics;
 use crate::money::{MoneyError, Price};
+use crate::plant::Plant;
 use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
 use crate::store::{Store, StoreError};
 use crate::strategy::{PluginFault, RawIntent, StrategyRuntime};
@@ -54,6 +55,10 @@ pub struct EngineConfig {
     /// Extra capital reserved above the reference price for market entries and short limit
     /// entries, which may fill at a worse price than the one they were sized at.
     pub slippage_reserve_bps: u32,
+    /// Extra capital reserved above the price of every entry for the fee its fills are
+    /// charged (fees come out of realized PnL when the fill is recorded). At least the
+    /// exchange's taker fee: Binance USDⓈ-M charges 5 bps at the base tier.
+    pub fee_reserve_bps: u32,
     /// Most intents taken from one strategy call; the rest are refused.
     pub intents_per_call_max: usize,
     /// Most refusals kept in memory for the API and dashboard.
@@ -66,6 +71,7 @@ impl Default for EngineConfig {
             entry_lock_ttl_ms: 30_000,
             unknown_resolve_after_ms: 60_000,
             slippage_reserve_bps: 100,
+            fee_reserve_bps: 10,
             intents_per_call_max: 16,
             refusals_kept_max: 256,
         }
@@ -161,6 +167,7 @@ pub struct ProfileEngine {
     day: (i64, Decimal),
     refusals: VecDeque<RefusalRecord>,
     pending_decisions: VecDeque<(Result<Vec<RawIntent>, PluginFault>, u64)>,
+    plant: Option<Plant>,
 }
 
 /// Most rounds of fill-triggered decisions one step runs.
@@ -207,7 +214,14 @@ impl ProfileEngine {
             day: (0, Decimal::ZERO),
             refusals: VecDeque::new(),
             pending_decisions: VecDeque::new(),
+            plant: None,
         }
+    }
+
+    /// Switches one protection off. Only the deterministic simulation calls this, to show it
+    /// catches the bug (see [`crate::plant`]); the store's plants are set on the store.
+    pub fn set_plant(&mut self, plant: Plant) {
+        self.plant = Some(plant);
     }
 
     /// The profile.
@@ -496,21 +510,23 @@ impl ProfileEngine {
         }
     }
 
-    /// The price an entry reserves capital at: never below what it may fill at, within the
-    /// slippage allowance.
+    /// The price an entry reserves capital at: never below what it may fill at (within the
+    /// slippage allowance) plus the fee its fills are charged (within the fee allowance), so
+    /// recording a fill never needs capital the reservation does not hold.
     fn reservation_price(&self, request: &OrderRequest) -> Result<Price, MoneyError> {
-        let reference = match request.order_type {
-            OrderType::Limit { price } if request.side == crate::market::Side::Buy => {
-                return Ok(price);
-            }
-            OrderType::Limit { price } => price,
-            OrderType::Market => *self
-                .last_price
-                .get(&request.symbol)
-                .expect("risk validation refuses a market entry without a last price"),
+        let (reference, slippage_bps) = match request.order_type {
+            OrderType::Limit { price } if request.side == crate::market::Side::Buy => (price, 0),
+            OrderType::Limit { price } => (price, self.config.slippage_reserve_bps),
+            OrderType::Market => (
+                *self
+                    .last_price
+                    .get(&request.symbol)
+                    .expect("risk validation refuses a market entry without a last price"),
+                self.config.slippage_reserve_bps,
+            ),
         };
-        let factor =
-            Decimal::ONE + Decimal::from(self.config.slippage_reserve_bps) / Decimal::from(10_000);
+        let allowance_bps = slippage_bps + self.config.fee_reserve_bps;
+        let factor = Decimal::ONE + Decimal::from(allowance_bps) / Decimal::from(10_000);
         Price::new(
             (reference.get() * factor)
                 .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero),
@@ -581,7 +597,12 @@ impl ProfileEngine {
             .write_ahead_entry(&write_ahead)
             .await;
         let order = match written {
-            Ok(written) => self.written_ahead(written),
+            Ok(written @ WriteAhead::Written(_)) => self.written_ahead(written),
+            Ok(WriteAhead::Replayed(order)) => {
+                self.release_lease(&lease).await;
+                self.refuse_replayed(raw, &order);
+                return Ok(None);
+            }
             Err(error) => {
                 self.release_lease(&lease).await;
                 return self.entry_write_ahead_failed(raw, error);
@@ -592,6 +613,21 @@ impl ProfileEngine {
         self.refresh_capital().await?;
         self.submit(&order, &request).await?;
         Ok(Some(id))
+    }
+
+    /// A decision already written ahead (by this profile before a crash, or by another
+    /// instance with a stale book) is never sent again: the exchange may already hold it, and
+    /// Binance refuses a duplicate client order id only while the first order is open. The
+    /// order it names is resolved by query and reconciliation, like any order in flight.
+    fn refuse_replayed(&mut self, raw: &RawIntent, order: &OrderRecord) {
+        self.record_refusal(
+            raw.clone(),
+            "decision_replayed",
+            format!(
+                "order {} was already written ahead ({})",
+                order.client_order_id, order.status
+            ),
+        );
     }
 
     fn entry_write_ahead_failed(
@@ -629,16 +665,15 @@ impl ProfileEngine {
 
     /// The store counts the attempt, its latency and any contention (`keel_lock_*`).
     async fn acquire_entry_lock(&mut self, key: &LockKey) -> Result<Option<Lease>, EngineError> {
-        let lease = self
-            .store
-            .locks()
-            .acquire(
-                LockKind::Entry,
-                key,
-                self.owner,
-                self.config.entry_lock_ttl_ms,
-            )
-            .await?;
+        let locks = self.store.locks();
+        let (owner, ttl_ms) = (self.owner, self.config.entry_lock_ttl_ms);
+        let lease = if self.plant == Some(Plant::LockDisabled) {
+            locks
+                .acquire_ignoring_holder(LockKind::Entry, key, owner, ttl_ms)
+                .await?
+        } else {
+            locks.acquire(LockKind::Entry, key, owner, ttl_ms).await?
+        };
         Ok(lease)
     }
 
@@ -690,7 +725,11 @@ impl ProfileEngine {
             .write_ahead_exit(&write_ahead)
             .await
         {
-            Ok(written) => self.written_ahead(written),
+            Ok(written @ WriteAhead::Written(_)) => self.written_ahead(written),
+            Ok(WriteAhead::Replayed(order)) => {
+                self.refuse_replayed(raw, &order);
+                return Ok(None);
+            }
             Err(StoreError::Lifecycle(error)) => {
                 self.record_refusal(raw.clone(), "exit_refused", error.to_string());
                 return Ok(None);

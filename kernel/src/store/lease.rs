@@ -33,11 +33,34 @@ impl<'s> Locks<'s> {
         owner: OwnerToken,
         ttl_ms: i64,
     ) -> Result<Option<Lease>, StoreError> {
+        self.acquire_with(kind, key, owner, ttl_ms, true).await
+    }
+
+    /// [`Locks::acquire`] that takes the lock even from a live holder: the entry lock
+    /// planted away by the simulation (see [`crate::plant`]). Nothing else calls it.
+    pub(crate) async fn acquire_ignoring_holder(
+        &self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.acquire_with(kind, key, owner, ttl_ms, false).await
+    }
+
+    async fn acquire_with(
+        &self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+        exclusive: bool,
+    ) -> Result<Option<Lease>, StoreError> {
         let ttl_ms = lock::check_ttl_ms(ttl_ms)?;
         let started = Instant::now();
         let granted = match self.store.pool() {
-            Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms).await?,
-            Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms).await?,
+            Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms, exclusive).await?,
+            Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms, exclusive).await?,
         };
         let grant = match granted {
             None => LockGrant::Refused,
@@ -147,7 +170,18 @@ struct Granted {
 
 /// The upsert that grants a lease when the lock is free or expired; `RETURNING` adds
 /// `took_over_expr` as its third column.
-fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str, took_over_expr: &str) -> String {
+fn upsert_sql(
+    kind: LockKind,
+    fence_expr: &str,
+    now: &str,
+    took_over_expr: &str,
+    exclusive: bool,
+) -> String {
+    let free = if exclusive {
+        "l.expires_at_ms <= excluded.acquired_at_ms"
+    } else {
+        "true"
+    };
     format!(
         "INSERT INTO {table} AS l (lock_key, owner_token, fence, expires_at_ms, acquired_at_ms) \
          SELECT $1, $2, {fence_expr}, t.now_ms + $3, t.now_ms FROM (SELECT {now} AS now_ms) AS t \
@@ -155,7 +189,7 @@ fn upsert_sql(kind: LockKind, fence_expr: &str, now: &str, took_over_expr: &str)
          ON CONFLICT (lock_key) DO UPDATE SET owner_token = excluded.owner_token, \
          fence = excluded.fence, expires_at_ms = excluded.expires_at_ms, \
          acquired_at_ms = excluded.acquired_at_ms \
-         WHERE l.expires_at_ms <= excluded.acquired_at_ms \
+         WHERE {free} \
          RETURNING fence, expires_at_ms, {took_over_expr}",
         table = kind.table()
     )
@@ -167,6 +201,7 @@ async fn acquire_pg(
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
+    exclusive: bool,
 ) -> Result<Option<Granted>, StoreError> {
     // Every part of one statement sees the same snapshot: `prev` is the row before the upsert.
     let sql = format!(
@@ -176,7 +211,8 @@ async fn acquire_pg(
             kind,
             "nextval('lock_fence_seq')",
             pg::NOW_MS,
-            "EXISTS (SELECT 1 FROM prev)"
+            "EXISTS (SELECT 1 FROM prev)",
+            exclusive,
         ),
     );
     let row = sqlx::query(&sql)
@@ -201,6 +237,7 @@ async fn acquire_lite(
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
+    exclusive: bool,
 ) -> Result<Option<Granted>, StoreError> {
     // `BEGIN IMMEDIATE` holds the write lock from the start: the row read here is the row the
     // upsert finds.
@@ -218,7 +255,7 @@ async fn acquire_lite(
     .fetch_one(&mut *tx)
     .await?;
     // The third column is unused here: the row read above already says whether one was held.
-    let sql = upsert_sql(kind, "$4", lite::NOW_MS, "0");
+    let sql = upsert_sql(kind, "$4", lite::NOW_MS, "0", exclusive);
     let row = sqlx::query(&sql)
         .bind(key.as_str())
         .bind(owner.as_uuid())

@@ -44,6 +44,7 @@ use crate::ids::{ProfileId, UserId};
 use crate::ledger::LedgerError;
 use crate::lifecycle::LifecycleError;
 use crate::lock::LockError;
+use crate::plant::Plant;
 
 pub use lease::Locks;
 pub use stats::{LOCK_LATENCY_BUCKETS_US, StoreStats, StoreStatsSnapshot};
@@ -171,6 +172,7 @@ pub(crate) enum Pool {
 pub struct Store {
     pool: Pool,
     stats: Arc<StoreStats>,
+    plant: Option<Plant>,
 }
 
 impl Store {
@@ -270,7 +272,19 @@ impl Store {
         Store {
             pool,
             stats: Arc::new(StoreStats::default()),
+            plant: None,
         }
+    }
+
+    /// This store with one protection switched off. Only the deterministic simulation calls
+    /// this, to show it catches the bug (see [`crate::plant`]).
+    pub fn with_plant(mut self, plant: Plant) -> Store {
+        self.plant = Some(plant);
+        self
+    }
+
+    pub(crate) fn plant(&self) -> Option<Plant> {
+        self.plant
     }
 
     /// Which database this store runs on.

@@ -424,12 +424,20 @@ impl TenantTx {
         order: &OrderRecord,
         fill: &FillReport,
     ) -> Result<bool, StoreError> {
+        // Without de-duplication (planted by the simulation) a repeated trade id reaches the
+        // database's UNIQUE key.
+        let on_conflict = if self.dedups_fills() {
+            "ON CONFLICT (profile_id, symbol, exchange_trade_id) DO NOTHING"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
+             qty, price, fee, executed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             {on_conflict} RETURNING fill_id"
+        );
         with_tx!(&mut self.tx, c, b => {
-            let row = sqlx::query(
-                "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
-                 qty, price, fee, executed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (profile_id, symbol, exchange_trade_id) DO NOTHING RETURNING fill_id",
-            )
+            let row = sqlx::query(&sql)
             .bind(order.user.as_uuid()).bind(order.profile.as_uuid()).bind(order.symbol.as_str())
             .bind(order.client_order_id.as_str()).bind(fill.exchange_trade_id.as_str())
             .bind(b::money(fill.qty.get())).bind(b::money(fill.price.get()))

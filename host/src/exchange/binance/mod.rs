@@ -641,7 +641,7 @@ fn parse_order(body: &str) -> Result<OrderReport, CallError> {
         .map_err(|e| CallError::Unknown(format!("malformed order: {e:#}")))
 }
 
-fn order_params(request: &OrderRequest) -> Vec<(&'static str, String)> {
+pub(crate) fn order_params(request: &OrderRequest) -> Vec<(&'static str, String)> {
     let mut params = vec![
         ("symbol", request.symbol.to_string()),
         ("side", wire::side_str(request.side).to_owned()),
