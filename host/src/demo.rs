@@ -30,9 +30,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::api::{ApiState, CredentialsKey};
 use crate::exchange::paper::{PaperConfig, PaperExchange};
 use crate::exchange::sim::{CandleSource, SimConfig, sim_symbols};
-use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine};
+use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine, SwapHandle};
+use crate::serve::control::LoopControl;
 use crate::serve::http::{AppState, HealthProbe, router};
 use crate::serve::metered::MeteredStrategy;
 use crate::serve::{LoopConfig, LoopHealth, Loops, ProfileLoops, wall_now_ms};
@@ -161,6 +163,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         EngineSettings::default(),
         metrics.plugin_fuel_consumed_total.clone(),
     )?;
+    let switches = Arc::new(HostSwitches::default());
+    let control = Arc::new(LoopControl::new(switches.clone()));
     let mut papers = Vec::new();
     let mut inputs = Vec::new();
     let mut candle_txs = Vec::new();
@@ -168,13 +172,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let paper = restored_paper(&store, state.user, *profile, state.next_open_time_ms).await?;
         let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
         let events = paper.user_events().await?;
-        let engine = build_engine(
-            spec, &args, &store, &paper, &plugins, &clock, &metrics, state.user, *profile,
-        )?;
+        let collaborators = Collaborators {
+            store: &store,
+            paper: &paper,
+            plugins: &plugins,
+            clock: &clock,
+            metrics: &metrics,
+            switches: &switches,
+        };
+        let (engine, swap) = build_engine(spec, &args, collaborators, state.user, *profile).await?;
+        let commands = control.register(*profile, Some(swap), clock.clone());
         inputs.push(ProfileLoops {
             engine,
             candles,
             events,
+            commands,
         });
         candle_txs.push((Symbol::new(spec.symbol)?, candle_tx));
         papers.push(paper);
@@ -206,7 +218,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 profiles: state.profiles.clone(),
             }),
         ],
+        auth: auth.clone(),
+    };
+    let api = ApiState {
+        store: store.clone(),
         auth,
+        plugins: plugins.clone(),
+        control,
+        credentials: demo_credentials_key(&args.data_dir)?,
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await
@@ -214,7 +233,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(listener, app, stop_rx.clone()));
+    let routes = router(app).merge(crate::api::router(api));
+    let server = tokio::spawn(serve(listener, routes, stop_rx.clone()));
     let market = tokio::spawn(run_market(MarketRun {
         papers: papers.clone(),
         candle_txs,
@@ -226,6 +246,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop: stop_rx,
     }));
     println!("keel demo: http://{address}/internal/health  (metrics at http://{address}/metrics)");
+    println!(
+        "keel demo: API at http://{address}/api/v1 (described at http://{address}/openapi.json)"
+    );
     println!("keel demo: token of the demo user (valid 24 h): {token}");
     println!(
         "keel demo: data in {}; Ctrl-C to stop",
@@ -254,23 +277,42 @@ pub const DEMO_TOKEN_TTL_SECS: i64 = 24 * 3600;
 /// The demo's JWT secret: made once, kept in the data directory (mode 0600) so tokens survive
 /// a restart.
 fn demo_jwt_keys(dir: &Path) -> anyhow::Result<crate::auth::JwtKeys> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join("jwt-secret");
-    if !path.exists() {
+    let secret = read_or_make_secret(&path, || {
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        hex::encode(secret)
+    })?;
+    crate::auth::JwtKeys::new(secret.as_bytes())
+        .with_context(|| format!("the secret in {}", path.display()))
+}
+
+/// The secret in `path`, written there first by `make` (created mode 0600) if it is missing.
+fn read_or_make_secret(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !path.exists() {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
-        std::io::Write::write_all(&mut file, hex::encode(secret).as_bytes())?;
+        std::io::Write::write_all(&mut file, make().as_bytes())?;
     }
     let secret =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    crate::auth::JwtKeys::new(secret.trim().as_bytes())
-        .with_context(|| format!("the secret in {}", path.display()))
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(secret.trim().to_owned())
+}
+
+/// The key the demo seals exchange credentials with: `KEEL_CREDENTIALS_KEY` when set, else one
+/// made once and kept in the data directory (mode 0600).
+fn demo_credentials_key(dir: &Path) -> anyhow::Result<CredentialsKey> {
+    if let Some(key) = CredentialsKey::from_env()? {
+        return Ok(key);
+    }
+    let path = dir.join("credentials-key");
+    let text = read_or_make_secret(&path, CredentialsKey::generate_hex)?;
+    CredentialsKey::from_hex(&text).with_context(|| format!("the key in {}", path.display()))
 }
 
 /// On a fresh checkout the example plugins are not built yet: when run from the repository
@@ -310,7 +352,10 @@ async fn set_up_tenant(store: &Store, dir: &Path) -> anyhow::Result<DemoState> {
     let tenant = store.tenant(user);
     let mut profiles = Vec::new();
     for spec in &DEMO_PROFILES {
-        let profile = tenant.create_profile(spec.name).await?;
+        let limits = RiskLimits::conservative([Symbol::new(spec.symbol)?]);
+        let mut tx = tenant.begin().await?;
+        let profile = tx.create_profile_with_limits(spec.name, &limits).await?;
+        tx.commit().await?;
         tenant
             .allocate(
                 profile,
@@ -391,56 +436,106 @@ fn restore_order(paper: &PaperExchange, order: &OrderRecord) -> anyhow::Result<(
     }
 }
 
-#[allow(clippy::too_many_arguments)] // each is a separate collaborator of the engine
-fn build_engine(
+/// What every demo engine is built with.
+#[derive(Clone, Copy)]
+struct Collaborators<'a> {
+    store: &'a Store,
+    paper: &'a Arc<PaperExchange>,
+    plugins: &'a PluginEngine,
+    clock: &'a Arc<VirtualClock>,
+    metrics: &'a Arc<Metrics>,
+    switches: &'a Arc<HostSwitches>,
+}
+
+/// The profile's engine, set as the store says: the plugin bound through the API (else the
+/// demo's example plugin), its risk rules and its switches. Returns the strategy's swap handle.
+async fn build_engine(
     spec: &DemoProfile,
     args: &DemoArgs,
-    store: &Store,
-    paper: &Arc<PaperExchange>,
-    plugins: &PluginEngine,
-    clock: &Arc<VirtualClock>,
-    metrics: &Arc<Metrics>,
+    with: Collaborators<'_>,
     user: UserId,
     profile: ProfileId,
-) -> anyhow::Result<ProfileEngine> {
-    let path = args.plugins_dir.join(spec.plugin);
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "reading plugin {}: build the example plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })?;
-    let version = plugins
+) -> anyhow::Result<(ProfileEngine, SwapHandle)> {
+    let mut tx = with.store.tenant(user).begin().await?;
+    let row = tx
+        .profile(profile, false)
+        .await?
+        .with_context(|| format!("profile {} ({profile}) is not in the store", spec.name))?;
+    let binding = match tx.binding(profile).await? {
+        Some(binding) => {
+            let wasm = tx.plugin_wasm(binding.plugin).await?;
+            let wasm = wasm.context("a bound plugin is stored")?;
+            let config: Vec<(String, String)> =
+                serde_json::from_str::<std::collections::BTreeMap<String, String>>(&binding.config)
+                    .context("reading the bound plugin's config")?
+                    .into_iter()
+                    .collect();
+            Some((wasm, config))
+        }
+        None => None,
+    };
+    tx.commit().await?;
+    let (bytes, config, source) = match binding {
+        Some((wasm, config)) => (wasm, config, "the bound plugin".to_owned()),
+        None => {
+            let path = args.plugins_dir.join(spec.plugin);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading plugin {}: build the example plugins first with scripts/build-plugins",
+                    path.display()
+                )
+            })?;
+            let config = spec
+                .config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()));
+            (bytes, config.collect(), path.display().to_string())
+        }
+    };
+    let version = with
+        .plugins
         .load(&bytes)
-        .with_context(|| format!("loading {}", path.display()))?;
-    let setup = InstanceSetup::new(profile, clock.clone()).config(spec.config.iter().copied());
-    let strategy = plugins
+        .with_context(|| format!("loading {source}"))?;
+    let setup = InstanceSetup::new(profile, with.clock.clone()).config(config);
+    let strategy = with
+        .plugins
         .start(&version, setup)
-        .map_err(|fault| anyhow::anyhow!("starting {} for {}: {fault}", spec.plugin, spec.name))?;
-    let exchange: Arc<dyn Exchange> = paper.clone();
-    Ok(ProfileEngine::new(
+        .map_err(|fault| anyhow::anyhow!("starting {source} for {}: {fault}", spec.name))?;
+    let swap = strategy.swap_handle();
+    let exchange: Arc<dyn Exchange> = with.paper.clone();
+    let limits = match row.risk_limits {
+        Some(limits) => limits,
+        None => RiskLimits::conservative([Symbol::new(spec.symbol)?]),
+    };
+    let mut engine = ProfileEngine::new(
         ProfileSpec {
             profile,
             user,
-            limits: RiskLimits::conservative([Symbol::new(spec.symbol)?]),
+            limits,
         },
         EngineConfig::default(),
-        store.clone(),
+        with.store.clone(),
         exchange,
-        Box::new(MeteredStrategy::new(Box::new(strategy), metrics.clone())),
-        clock.clone(),
-        metrics.clone(),
-        Arc::new(HostSwitches::default()),
+        Box::new(MeteredStrategy::new(
+            Box::new(strategy),
+            with.metrics.clone(),
+        )),
+        with.clock.clone(),
+        with.metrics.clone(),
+        with.switches.clone(),
         OwnerToken::new_random(),
-    ))
+    );
+    engine.set_paused(row.paused);
+    engine.set_killed(row.killed);
+    Ok((engine, swap))
 }
 
 async fn serve(
     listener: tokio::net::TcpListener,
-    app: AppState,
+    routes: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(app))
+    axum::serve(listener, routes)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

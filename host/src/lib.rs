@@ -3,6 +3,7 @@
 //! The kernel (`keel-kernel`) decides; this crate connects it to the world: the wasmtime runtime
 //! that runs strategy plugins, exchange adapters, the HTTP API, metrics and the `keel` CLI.
 
+pub mod api;
 pub mod auth;
 pub mod backtest;
 pub mod bench;

@@ -82,6 +82,11 @@ uuid_id!(
     ProfileId,
     "profile id"
 );
+uuid_id!(
+    /// An uploaded plugin version of one user.
+    PluginId,
+    "plugin id"
+);
 
 /// An instrument on an exchange, such as `BTCUSDT`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The `keel` command line: one module per command family.
 
 pub mod migrate;
-mod plugin;
+pub mod plugin;
 pub mod scaffold;
 
 use std::path::PathBuf;

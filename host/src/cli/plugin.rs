@@ -13,6 +13,30 @@ use crate::runtime::{
     EngineSettings, InstanceSetup, PluginEngine, PluginLimits, PluginVersion, user_cache_dir,
 };
 
+/// What checking a plugin found: the loaded version and whether `init` accepted the config.
+pub struct Checked {
+    /// The validated, compiled plugin version.
+    pub version: PluginVersion,
+    /// `init`'s answer: the fault when it refused.
+    pub init: Result<(), String>,
+}
+
+/// Checks plugin bytes exactly as the host loads them: validation and compilation, then an
+/// instance whose `init` runs with `config`. `Err` is the reason the bytes were refused at load.
+pub fn check_bytes(
+    engine: &PluginEngine,
+    bytes: &[u8],
+    config: Vec<(String, String)>,
+) -> Result<Checked, String> {
+    let version = engine.load(bytes).map_err(|error| format!("{error:#}"))?;
+    let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).config(config);
+    let init = engine
+        .prepare(&version, setup)
+        .map(|_| ())
+        .map_err(|fault| fault.to_string());
+    Ok(Checked { version, init })
+}
+
 /// Loads `file` as the host would, then instantiates it and runs `init` with `config`.
 pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let pairs = super::parse_config(config)?;
@@ -22,20 +46,21 @@ pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitC
         cache_dir: user_cache_dir(),
         ..EngineSettings::default()
     })?;
-    let version = match engine.load(&bytes) {
-        Ok(version) => version,
-        Err(error) => {
-            print_refusal(file, &format!("{error:#}"), json);
+    let checked = match check_bytes(&engine, &bytes, pairs) {
+        Ok(checked) => checked,
+        Err(reason) => {
+            print_refusal(file, &reason, json);
             return Ok(ExitCode::FAILURE);
         }
     };
-    let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).config(pairs);
-    let init = engine
-        .prepare(&version, setup)
-        .map(|_| ())
-        .map_err(|fault| fault.to_string());
-    print_report(file, version.digest().as_str(), &version, &init, json);
-    Ok(if init.is_ok() {
+    print_report(
+        file,
+        checked.version.digest().as_str(),
+        &checked.version,
+        &checked.init,
+        json,
+    );
+    Ok(if checked.init.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -7,6 +7,7 @@
 //! ([`ProfileEngine::recover`]) runs before the first decision, and `keel_ready` turns 1 only
 //! after every profile has recovered.
 
+pub mod control;
 pub mod http;
 pub mod metered;
 
@@ -161,6 +162,8 @@ pub struct ProfileLoops {
     pub candles: mpsc::Receiver<Candle>,
     /// The exchange's user events for the monitor loop.
     pub events: mpsc::Receiver<UserEvent>,
+    /// Commands from the API ([`control::LoopControl::register`]), applied between steps.
+    pub commands: mpsc::Receiver<control::Command>,
 }
 
 /// The running loops of every profile.
@@ -263,7 +266,13 @@ impl ProfileTask {
                 Some(candle) = inputs.candles.recv() => {
                     self.trade(&mut inputs.engine, &candle).await;
                 }
-                _ = reconcile.tick() => self.reconcile(&mut inputs.engine).await,
+                Some(command) = inputs.commands.recv() => {
+                    self.command(&mut inputs.engine, command).await;
+                }
+                _ = reconcile.tick() => {
+                    // The pass records its own health and metrics; nobody waits for it here.
+                    let _ = self.reconcile(&mut inputs.engine).await;
+                }
                 _ = idle.tick(), if !events_closed => {
                     self.health.record(profile, "monitor", None);
                     self.beat("monitor", Duration::ZERO);
@@ -309,19 +318,36 @@ impl ProfileTask {
         self.finish(engine, "trading", started, error);
     }
 
-    async fn reconcile(&self, engine: &mut ProfileEngine) {
+    /// One reconciliation pass; its result label, or its error.
+    async fn reconcile(&self, engine: &mut ProfileEngine) -> Result<&'static str, String> {
         let started = Instant::now();
-        let error = match engine.reconcile().await {
-            Ok(report) if report.is_clean() => {
-                self.metrics
-                    .reconciliation_last_clean_pass_timestamp_seconds
-                    .set(wall_now_ms() as f64 / 1e3);
-                None
+        let result = match engine.reconcile().await {
+            Ok(report) => {
+                if report.is_clean() {
+                    self.metrics
+                        .reconciliation_last_clean_pass_timestamp_seconds
+                        .set(wall_now_ms() as f64 / 1e3);
+                }
+                Ok(report.result_label())
             }
-            Ok(_) => None,
-            Err(e) => Some(e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        self.finish(engine, "reconciliation", started, error);
+        self.finish(engine, "reconciliation", started, result.clone().err());
+        result
+    }
+
+    async fn command(&self, engine: &mut ProfileEngine, command: control::Command) {
+        match command {
+            control::Command::Change(change) => {
+                control::apply(change, engine);
+                self.health.snapshot(engine);
+            }
+            control::Command::Reconcile(reply) => {
+                let result = self.reconcile(engine).await;
+                // The caller may have gone; the pass counts anyway.
+                let _ = reply.send(result);
+            }
+        }
     }
 
     fn finish(

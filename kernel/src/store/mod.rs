@@ -27,6 +27,9 @@ mod combined;
 mod history;
 mod lease;
 mod listing;
+mod pages;
+mod plugins;
+mod profiles;
 mod rows;
 mod stats;
 mod tenant;
@@ -47,6 +50,9 @@ use crate::lock::LockError;
 use crate::plant::Plant;
 
 pub use lease::Locks;
+pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
+pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
+pub use profiles::{Operator, PROFILES_LISTED_MAX, ProfileRow};
 pub use stats::{LOCK_LATENCY_BUCKETS_US, StoreStats, StoreStatsSnapshot};
 pub use tenant::{PROFILE_NAME_LEN_MAX, Tenant, TenantTx};
 

@@ -35,7 +35,7 @@ pub(crate) fn side_str(side: Side) -> &'static str {
     }
 }
 
-fn parse_side(text: &str) -> Result<Side, StoreError> {
+pub(super) fn parse_side(text: &str) -> Result<Side, StoreError> {
     match text {
         "BUY" => Ok(Side::Buy),
         "SELL" => Ok(Side::Sell),
@@ -50,7 +50,7 @@ pub(crate) fn kind_str(kind: IntentKind) -> &'static str {
     }
 }
 
-fn parse_kind(text: &str) -> Result<IntentKind, StoreError> {
+pub(super) fn parse_kind(text: &str) -> Result<IntentKind, StoreError> {
     match text {
         "ENTRY" => Ok(IntentKind::Entry),
         "EXIT" => Ok(IntentKind::Exit),
@@ -58,7 +58,7 @@ fn parse_kind(text: &str) -> Result<IntentKind, StoreError> {
     }
 }
 
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 

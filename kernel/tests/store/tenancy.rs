@@ -2,7 +2,7 @@
 //! role sees it, and the catalog facts it rests on.
 
 use keel_kernel::ids::{ProfileId, UserId};
-use keel_kernel::store::Store;
+use keel_kernel::store::{NewPlugin, SealedCredentials, Store};
 use sqlx::Row;
 
 use crate::fixtures::*;
@@ -10,7 +10,7 @@ use crate::support::{HOST_ROLE, OWNER_ROLE, PgTestDb};
 
 /// Every table that carries tenant rows. The catalog test checks that no other table has a
 /// `user_id` column, so a new tenant table cannot be added without landing here.
-const TENANT_TABLES: [&str; 7] = [
+const TENANT_TABLES: [&str; 10] = [
     "profiles",
     "capital_accounts",
     "orders",
@@ -18,13 +18,16 @@ const TENANT_TABLES: [&str; 7] = [
     "lifecycles",
     "trade_history",
     "ledger_entries",
+    "plugins",
+    "profile_bindings",
+    "profile_credentials",
 ];
 
 /// SQLSTATE of both "permission denied" and "new row violates row-level security policy".
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
-/// A user with one profile that went through a full ENTRY and a partial EXIT, so that every
-/// tenant table has rows.
+/// A user with one profile that went through a full ENTRY and a partial EXIT, with a plugin
+/// bound and credentials stored, so that every tenant table has rows.
 async fn trading_user(store: &Store) -> (UserId, ProfileId) {
     let user = UserId::new_random();
     let profile = funded_profile(store, user, "1000").await;
@@ -49,6 +52,25 @@ async fn trading_user(store: &Store) -> (UserId, ProfileId) {
         ))
         .await
         .unwrap();
+    let mut tx = tenant.begin().await.unwrap();
+    let (plugin, _) = tx
+        .insert_plugin(NewPlugin {
+            name: "p",
+            sha256: &"ab".repeat(32),
+            report: "{}",
+            wasm: b"\0asm",
+        })
+        .await
+        .unwrap();
+    tx.bind_plugin(profile, plugin.plugin, "{}").await.unwrap();
+    let sealed = SealedCredentials {
+        exchange: "paper".to_owned(),
+        nonce: vec![0; 24],
+        ciphertext: vec![1; 32],
+        updated_at_ms: 0,
+    };
+    tx.put_credentials(profile, &sealed).await.unwrap();
+    tx.commit().await.unwrap();
     (user, profile)
 }
 

@@ -1,0 +1,126 @@
+//! Operator routes: every profile of every user, the host-wide kill switch, and a forced
+//! reconciliation pass. A token without the operator role gets 403.
+
+use axum::Json;
+use axum::extract::State;
+use keel_kernel::ids::{ProfileId, UserId};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, ApiState, ErrorBody, OperatorAuth, ReconcileOutcome};
+
+pub(super) fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(all_profiles))
+        .routes(routes!(
+            host_kill_state,
+            engage_host_kill,
+            release_host_kill
+        ))
+        .routes(routes!(reconcile))
+}
+
+/// A profile as an operator sees it: whose it is and how it is switched, not its money.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorProfileView {
+    /// The profile.
+    #[schema(value_type = String, format = Uuid)]
+    pub profile_id: ProfileId,
+    /// Its owner.
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: UserId,
+    /// Its name.
+    pub name: String,
+    /// Created, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Paused by its owner.
+    pub paused: bool,
+    /// Its kill switch is engaged.
+    pub killed: bool,
+    /// A loop runs it in the answering host.
+    pub running: bool,
+}
+
+/// The host-wide kill switch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostKillView {
+    /// True while no profile may open a position.
+    pub engaged: bool,
+}
+
+/// Lists every profile of every user.
+#[utoipa::path(get, path = "/operator/profiles", tag = "operator",
+    responses((status = 200, body = [OperatorProfileView]), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn all_profiles(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+) -> Result<Json<Vec<OperatorProfileView>>, ApiError> {
+    let rows = state.store.operator(caller.user).all_profiles().await?;
+    let views = rows
+        .into_iter()
+        .map(|row| OperatorProfileView {
+            running: state.control.is_running(row.profile),
+            profile_id: row.profile,
+            user_id: row.user,
+            name: row.name,
+            created_at_ms: row.created_at_ms,
+            paused: row.paused,
+            killed: row.killed,
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+/// Reads the host-wide kill switch.
+#[utoipa::path(get, path = "/operator/kill", tag = "operator",
+    responses((status = 200, body = HostKillView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn host_kill_state(
+    State(state): State<ApiState>,
+    OperatorAuth(_): OperatorAuth,
+) -> Json<HostKillView> {
+    Json(HostKillView {
+        engaged: state.control.host_kill(),
+    })
+}
+
+/// Engages the host-wide kill switch: no new entries on any profile of this host (exits go on).
+#[utoipa::path(post, path = "/operator/kill", tag = "operator",
+    responses((status = 200, body = HostKillView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn engage_host_kill(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+) -> Json<HostKillView> {
+    state.control.set_host_kill(true);
+    tracing::warn!(operator = %caller.user, "host-wide kill switch engaged");
+    Json(HostKillView { engaged: true })
+}
+
+/// Releases the host-wide kill switch.
+#[utoipa::path(delete, path = "/operator/kill", tag = "operator",
+    responses((status = 200, body = HostKillView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn release_host_kill(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+) -> Json<HostKillView> {
+    state.control.set_host_kill(false);
+    tracing::warn!(operator = %caller.user, "host-wide kill switch released");
+    Json(HostKillView { engaged: false })
+}
+
+/// Runs a reconciliation pass of every profile running in this host now, and reports each.
+#[utoipa::path(post, path = "/operator/reconcile", tag = "operator",
+    responses((status = 200, body = [ReconcileOutcome]), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn reconcile(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+) -> Json<Vec<ReconcileOutcome>> {
+    tracing::info!(operator = %caller.user, "forced reconciliation pass");
+    Json(state.control.reconcile_all().await)
+}

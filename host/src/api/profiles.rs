@@ -1,0 +1,491 @@
+//! Profiles: create, list, read, risk limits, delete, capital allocation, and the owner's
+//! switches (pause, resume, kill).
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use keel_kernel::ids::{ProfileId, Symbol};
+use keel_kernel::ledger::Capital;
+use keel_kernel::money::Amount;
+use keel_kernel::risk::RiskLimits;
+use keel_kernel::store::{ProfileRow, StoreError, TenantTx};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::errors::{ApiJson, ApiPath};
+use super::plugins::BindingView;
+use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
+
+/// Most symbols one profile may trade.
+pub const SYMBOLS_ALLOWED_MAX: usize = 64;
+
+pub(super) fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_profiles, create_profile))
+        .routes(routes!(read_profile, delete_profile))
+        .routes(routes!(update_risk))
+        .routes(routes!(allocate))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(engage_kill, release_kill))
+}
+
+/// A profile's risk rules. Money is a decimal string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Symbols the profile may trade (at most 64), such as `BTCUSDT`.
+    pub symbols_allowed: Vec<String>,
+    /// Largest notional of one entry, in quote currency (> 0).
+    #[schema(example = "1000")]
+    pub entry_notional_max: String,
+    /// Most positions open at once.
+    pub positions_open_max: u32,
+    /// Largest total exposure divided by equity (> 0).
+    #[schema(example = "1")]
+    pub leverage_max: String,
+    /// How far a limit price may be from the last price, in basis points (at most 10000).
+    pub limit_price_band_bps: u32,
+    /// Most intents accepted per minute (at least 1).
+    pub intents_per_minute_max: u32,
+    /// Largest realized loss per UTC day before entries stop (>= 0).
+    #[schema(example = "500")]
+    pub daily_loss_max: String,
+}
+
+fn decimal(what: &str, text: &str) -> Result<Decimal, ApiError> {
+    Decimal::from_str(text.trim()).map_err(|_| {
+        ApiError::Unprocessable(format!("{what} must be a decimal string, got {text:?}"))
+    })
+}
+
+impl RiskConfig {
+    /// Checks every value and converts to the kernel's rules.
+    pub fn to_limits(&self) -> Result<RiskLimits, ApiError> {
+        let refuse = |message: String| Err(ApiError::Unprocessable(message));
+        if self.symbols_allowed.len() > SYMBOLS_ALLOWED_MAX {
+            return refuse(format!(
+                "symbols_allowed has more than {SYMBOLS_ALLOWED_MAX} symbols"
+            ));
+        }
+        let mut symbols = BTreeSet::new();
+        for text in &self.symbols_allowed {
+            let symbol = Symbol::new(text)
+                .map_err(|e| ApiError::Unprocessable(format!("symbols_allowed: {e}")))?;
+            symbols.insert(symbol);
+        }
+        let entry_notional_max = decimal("entry_notional_max", &self.entry_notional_max)?;
+        let leverage_max = decimal("leverage_max", &self.leverage_max)?;
+        let daily_loss_max = decimal("daily_loss_max", &self.daily_loss_max)?;
+        if entry_notional_max <= Decimal::ZERO {
+            return refuse(format!(
+                "entry_notional_max must be positive, got {entry_notional_max}"
+            ));
+        }
+        if leverage_max <= Decimal::ZERO {
+            return refuse(format!("leverage_max must be positive, got {leverage_max}"));
+        }
+        if daily_loss_max < Decimal::ZERO {
+            return refuse(format!(
+                "daily_loss_max must not be negative, got {daily_loss_max}"
+            ));
+        }
+        if self.limit_price_band_bps > 10_000 {
+            return refuse(format!(
+                "limit_price_band_bps must be at most 10000, got {}",
+                self.limit_price_band_bps
+            ));
+        }
+        if self.intents_per_minute_max == 0 {
+            return refuse("intents_per_minute_max must be at least 1".to_owned());
+        }
+        Ok(RiskLimits {
+            symbols_allowed: symbols,
+            entry_notional_max,
+            positions_open_max: self.positions_open_max,
+            leverage_max,
+            limit_price_band_bps: self.limit_price_band_bps,
+            intents_per_minute_max: self.intents_per_minute_max,
+            daily_loss_max,
+        })
+    }
+
+    fn from_limits(limits: &RiskLimits) -> Self {
+        RiskConfig {
+            symbols_allowed: limits
+                .symbols_allowed
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            entry_notional_max: limits.entry_notional_max.to_string(),
+            positions_open_max: limits.positions_open_max,
+            leverage_max: limits.leverage_max.to_string(),
+            limit_price_band_bps: limits.limit_price_band_bps,
+            intents_per_minute_max: limits.intents_per_minute_max,
+            daily_loss_max: limits.daily_loss_max.to_string(),
+        }
+    }
+}
+
+/// A profile's capital account. Amounts are decimal strings in quote currency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapitalView {
+    /// Capital given to the profile.
+    pub allocated: String,
+    /// Held by orders in flight.
+    pub reserved_for_orders: String,
+    /// Held by open positions.
+    pub reserved_for_positions: String,
+    /// Realized profit and loss, fees included.
+    pub realized_pnl: String,
+    /// What new entries may use.
+    pub free: String,
+}
+
+impl From<Capital> for CapitalView {
+    fn from(capital: Capital) -> Self {
+        CapitalView {
+            allocated: capital.allocated.to_string(),
+            reserved_for_orders: capital.reserved_for_orders.to_string(),
+            reserved_for_positions: capital.reserved_for_positions.to_string(),
+            realized_pnl: capital.realized_pnl.to_string(),
+            free: capital.free().to_string(),
+        }
+    }
+}
+
+/// A profile as its owner sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileView {
+    /// The profile's id.
+    #[schema(value_type = String, format = Uuid)]
+    pub profile_id: ProfileId,
+    /// Its name.
+    pub name: String,
+    /// Created, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Its risk rules; `null` until set (a profile without rules may trade nothing).
+    pub risk_limits: Option<RiskConfig>,
+    /// New entries paused by the owner.
+    pub paused: bool,
+    /// The profile's kill switch is engaged.
+    pub killed: bool,
+    /// A loop runs this profile in the answering host.
+    pub running: bool,
+    /// Its capital account.
+    pub capital: CapitalView,
+    /// The plugin bound to it, if any.
+    pub plugin: Option<BindingView>,
+}
+
+/// Body of `POST /api/v1/profiles`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProfile {
+    /// 1 to 64 characters.
+    pub name: String,
+    /// Its risk rules; without them it may trade nothing until they are set.
+    pub risk_limits: Option<RiskConfig>,
+}
+
+/// Body of `POST /api/v1/profiles/{profile_id}/allocations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Allocation {
+    /// Capital to add, a positive decimal string in quote currency.
+    #[schema(example = "1000")]
+    pub amount: String,
+}
+
+/// Reads everything the view shows of `row` in `tx`.
+pub(super) async fn view(
+    state: &ApiState,
+    tx: &mut TenantTx,
+    row: ProfileRow,
+) -> Result<ProfileView, ApiError> {
+    let capital = tx.capital(row.profile).await?;
+    let plugin = tx
+        .binding(row.profile)
+        .await?
+        .map(BindingView::from_row)
+        .transpose()?;
+    Ok(ProfileView {
+        profile_id: row.profile,
+        name: row.name,
+        created_at_ms: row.created_at_ms,
+        risk_limits: row.risk_limits.as_ref().map(RiskConfig::from_limits),
+        paused: row.paused,
+        killed: row.killed,
+        running: state.control.is_running(row.profile),
+        capital: capital.into(),
+        plugin,
+    })
+}
+
+/// The profile of this tenant, or 404.
+pub(super) async fn found(
+    tx: &mut TenantTx,
+    profile: ProfileId,
+    lock: bool,
+) -> Result<ProfileRow, ApiError> {
+    tx.profile(profile, lock)
+        .await?
+        .ok_or_else(|| ApiError::from(StoreError::UnknownProfile(profile)))
+}
+
+/// Lists the caller's profiles.
+#[utoipa::path(get, path = "/profiles", tag = "profiles",
+    responses((status = 200, body = [ProfileView]), (status = 401, body = ErrorBody)))]
+async fn list_profiles(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+) -> Result<Json<Vec<ProfileView>>, ApiError> {
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    let mut views = Vec::new();
+    for row in tx.profiles().await? {
+        views.push(view(&state, &mut tx, row).await?);
+    }
+    tx.commit().await?;
+    Ok(Json(views))
+}
+
+/// Creates a profile with an empty capital account.
+#[utoipa::path(post, path = "/profiles", tag = "profiles", request_body = CreateProfile,
+    responses((status = 201, body = ProfileView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_profile(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiJson(body): ApiJson<CreateProfile>,
+) -> Result<(StatusCode, Json<ProfileView>), ApiError> {
+    let limits = body
+        .risk_limits
+        .as_ref()
+        .map(RiskConfig::to_limits)
+        .transpose()?;
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    let profile = match &limits {
+        Some(limits) => tx.create_profile_with_limits(&body.name, limits).await?,
+        None => tx.create_profile(&body.name).await?,
+    };
+    let row = found(&mut tx, profile, false).await?;
+    let view = view(&state, &mut tx, row).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Reads one profile.
+#[utoipa::path(get, path = "/profiles/{profile_id}", tag = "profiles",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn read_profile(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<ProfileView>, ApiError> {
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    let row = found(&mut tx, ProfileId::from_uuid(profile), false).await?;
+    let view = view(&state, &mut tx, row).await?;
+    tx.commit().await?;
+    Ok(Json(view))
+}
+
+/// Deletes a profile that holds nothing: no open order, no open position, no running loop.
+/// Its history stays in the store (the ledger is append-only); the profile answers 404 after.
+#[utoipa::path(delete, path = "/profiles/{profile_id}", tag = "profiles",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_profile(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let profile = ProfileId::from_uuid(profile);
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    found(&mut tx, profile, true).await?;
+    if state.control.is_running(profile) {
+        return Err(ApiError::Conflict(format!(
+            "profile {profile} is running in this host; it can be deleted once no loop runs it"
+        )));
+    }
+    let orders = tx.open_orders(profile).await?.len();
+    let positions = tx.positions(profile).await?.len();
+    if orders > 0 || positions > 0 {
+        return Err(ApiError::Conflict(format!(
+            "profile {profile} has {orders} open orders and {positions} open positions; close them first"
+        )));
+    }
+    let deleted = tx.delete_profile(profile).await?;
+    assert!(
+        deleted,
+        "the profile was found and locked in this transaction"
+    );
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces the profile's risk rules; a running profile checks its next intent against them.
+#[utoipa::path(put, path = "/profiles/{profile_id}/risk", tag = "profiles",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    request_body = RiskConfig,
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update_risk(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<RiskConfig>,
+) -> Result<Json<ProfileView>, ApiError> {
+    let profile = ProfileId::from_uuid(profile);
+    let limits = body.to_limits()?;
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    found(&mut tx, profile, true).await?;
+    tx.set_risk_limits(profile, &limits).await?;
+    let row = found(&mut tx, profile, false).await?;
+    let view = view(&state, &mut tx, row).await?;
+    tx.commit().await?;
+    state
+        .control
+        .apply(profile, ControlChange::Limits(limits))
+        .await;
+    Ok(Json(view))
+}
+
+/// Adds capital to the profile through the capital ledger (one journal entry).
+#[utoipa::path(post, path = "/profiles/{profile_id}/allocations", tag = "profiles",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    request_body = Allocation,
+    responses((status = 200, body = CapitalView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn allocate(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<Allocation>,
+) -> Result<Json<CapitalView>, ApiError> {
+    let profile = ProfileId::from_uuid(profile);
+    let amount = Amount::positive(decimal("amount", &body.amount)?)?;
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    found(&mut tx, profile, true).await?;
+    let capital = tx.allocate(profile, amount).await?;
+    tx.commit().await?;
+    Ok(Json(capital.into()))
+}
+
+/// One of the owner's switches.
+#[derive(Debug, Clone, Copy)]
+enum Switch {
+    Paused(bool),
+    Killed(bool),
+}
+
+/// Stores a switch, then tells the running loop.
+async fn switch(
+    state: &ApiState,
+    caller: crate::auth::Caller,
+    profile: ProfileId,
+    switch: Switch,
+) -> Result<Json<ProfileView>, ApiError> {
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    found(&mut tx, profile, true).await?;
+    let change = match switch {
+        Switch::Paused(paused) => {
+            tx.set_paused(profile, paused).await?;
+            ControlChange::Paused(paused)
+        }
+        Switch::Killed(killed) => {
+            tx.set_killed(profile, killed).await?;
+            ControlChange::Killed(killed)
+        }
+    };
+    let row = found(&mut tx, profile, false).await?;
+    let view = view(state, &mut tx, row).await?;
+    tx.commit().await?;
+    state.control.apply(profile, change).await;
+    Ok(Json(view))
+}
+
+/// Pauses new entries (exits keep running).
+#[utoipa::path(post, path = "/profiles/{profile_id}/pause", tag = "controls",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn pause(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<ProfileView>, ApiError> {
+    switch(
+        &state,
+        caller,
+        ProfileId::from_uuid(profile),
+        Switch::Paused(true),
+    )
+    .await
+}
+
+/// Resumes new entries after a pause (the kill switch stays as it is).
+#[utoipa::path(post, path = "/profiles/{profile_id}/resume", tag = "controls",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn resume(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<ProfileView>, ApiError> {
+    switch(
+        &state,
+        caller,
+        ProfileId::from_uuid(profile),
+        Switch::Paused(false),
+    )
+    .await
+}
+
+/// Engages the profile's kill switch: no new entries until it is released.
+#[utoipa::path(post, path = "/profiles/{profile_id}/kill", tag = "controls",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn engage_kill(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<ProfileView>, ApiError> {
+    switch(
+        &state,
+        caller,
+        ProfileId::from_uuid(profile),
+        Switch::Killed(true),
+    )
+    .await
+}
+
+/// Releases the profile's kill switch.
+#[utoipa::path(delete, path = "/profiles/{profile_id}/kill", tag = "controls",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn release_kill(
+    State(state): State<ApiState>,
+    Auth(caller): Auth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<ProfileView>, ApiError> {
+    switch(
+        &state,
+        caller,
+        ProfileId::from_uuid(profile),
+        Switch::Killed(false),
+    )
+    .await
+}

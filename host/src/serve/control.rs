@@ -1,0 +1,157 @@
+//! [`ProfileControl`] for the loops of this process: each registered profile has a bounded
+//! command channel its task reads between steps, and (for a Wasm strategy) the [`SwapHandle`]
+//! its strategy takes a new instance from at its next call boundary.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use keel_kernel::engine::{Clock, HostSwitches, ProfileEngine};
+use keel_kernel::ids::ProfileId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{ControlChange, ProfileControl, ReconcileOutcome};
+use crate::runtime::{PreparedInstance, SwapHandle};
+
+/// Commands queued per profile before a sender waits for the loop.
+pub const COMMAND_QUEUE_MAX: usize = 16;
+
+/// What a profile's loop is asked to do between two of its steps.
+#[derive(Debug)]
+pub enum Command {
+    /// Apply a change of switches or risk rules.
+    Change(ControlChange),
+    /// Run a reconciliation pass now and report its result label (or its error).
+    Reconcile(oneshot::Sender<Result<&'static str, String>>),
+}
+
+/// Applies a change to the engine (reconciliation is the loop's own: it records its health).
+pub(super) fn apply(change: ControlChange, engine: &mut ProfileEngine) {
+    match change {
+        ControlChange::Paused(paused) => engine.set_paused(paused),
+        ControlChange::Killed(killed) => engine.set_killed(killed),
+        ControlChange::Limits(limits) => engine.set_limits(limits),
+    }
+}
+
+struct Registered {
+    commands: mpsc::Sender<Command>,
+    swap: Option<SwapHandle>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The profiles whose loops run in this process.
+pub struct LoopControl {
+    switches: Arc<HostSwitches>,
+    profiles: RwLock<HashMap<ProfileId, Registered>>,
+}
+
+impl LoopControl {
+    /// Control over loops whose engines share `switches` (the host-wide kill switch).
+    pub fn new(switches: Arc<HostSwitches>) -> Self {
+        LoopControl {
+            switches,
+            profiles: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a profile before its loop starts; the receiver goes into its
+    /// [`super::ProfileLoops`]. `swap` is the strategy's hot-swap handle, when it has one.
+    pub fn register(
+        &self,
+        profile: ProfileId,
+        swap: Option<SwapHandle>,
+        clock: Arc<dyn Clock>,
+    ) -> mpsc::Receiver<Command> {
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let registered = Registered {
+            commands,
+            swap,
+            clock,
+        };
+        let mut profiles = self.profiles.write().expect("lock poisoned");
+        let earlier = profiles.insert(profile, registered);
+        assert!(earlier.is_none(), "profile {profile} registered twice");
+        receiver
+    }
+
+    fn sender(&self, profile: ProfileId) -> Option<mpsc::Sender<Command>> {
+        let profiles = self.profiles.read().expect("lock poisoned");
+        profiles.get(&profile).map(|r| r.commands.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl ProfileControl for LoopControl {
+    fn is_running(&self, profile: ProfileId) -> bool {
+        self.sender(profile).is_some_and(|s| !s.is_closed())
+    }
+
+    fn clock(&self, profile: ProfileId) -> Option<Arc<dyn Clock>> {
+        let profiles = self.profiles.read().expect("lock poisoned");
+        profiles.get(&profile).map(|r| r.clock.clone())
+    }
+
+    fn offer_strategy(&self, profile: ProfileId, instance: PreparedInstance) -> bool {
+        let profiles = self.profiles.read().expect("lock poisoned");
+        match profiles.get(&profile).and_then(|r| r.swap.as_ref()) {
+            Some(swap) => {
+                swap.offer(instance);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn apply(&self, profile: ProfileId, change: ControlChange) -> bool {
+        match self.sender(profile) {
+            Some(sender) => sender.send(Command::Change(change)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn reconcile_all(&self) -> Vec<ReconcileOutcome> {
+        let senders: Vec<(ProfileId, mpsc::Sender<Command>)> = {
+            let profiles = self.profiles.read().expect("lock poisoned");
+            profiles
+                .iter()
+                .map(|(p, r)| (*p, r.commands.clone()))
+                .collect()
+        };
+        let mut waiting = Vec::new();
+        for (profile, sender) in senders {
+            let (reply, answer) = oneshot::channel();
+            if sender.send(Command::Reconcile(reply)).await.is_ok() {
+                waiting.push((profile, answer));
+            }
+        }
+        let mut outcomes = Vec::new();
+        for (profile, answer) in waiting {
+            let outcome = match answer.await {
+                Ok(Ok(label)) => ReconcileOutcome {
+                    profile_id: profile,
+                    result: label.to_owned(),
+                    error: None,
+                },
+                Ok(Err(error)) => ReconcileOutcome {
+                    profile_id: profile,
+                    result: "error".to_owned(),
+                    error: Some(error),
+                },
+                // The loop stopped before it got to the command.
+                Err(_) => continue,
+            };
+            outcomes.push(outcome);
+        }
+        outcomes.sort_by_key(|o| o.profile_id);
+        outcomes
+    }
+
+    fn set_host_kill(&self, engaged: bool) {
+        self.switches.kill.store(engaged, Ordering::Release);
+    }
+
+    fn host_kill(&self) -> bool {
+        self.switches.kill.load(Ordering::Acquire)
+    }
+}
