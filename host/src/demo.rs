@@ -160,13 +160,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut papers = Vec::new();
     let mut inputs = Vec::new();
     let mut candle_txs = Vec::new();
+    let mut profile_infos = Vec::new();
     for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
         let paper = restored_paper(&store, state.user, *profile, state.next_open_time_ms).await?;
         let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
         let events = paper.user_events().await?;
-        let engine = build_engine(
+        let (engine, version) = build_engine(
             spec, &args, &store, &paper, &plugins, &clock, &metrics, state.user, *profile,
         )?;
+        profile_infos.push(crate::live::ProfileInfo {
+            profile: *profile,
+            user: state.user,
+            name: spec.name.to_owned(),
+            plugin: spec.plugin.to_owned(),
+            plugin_version: version.to_string(),
+            symbols: vec![Symbol::new(spec.symbol)?],
+        });
         inputs.push(ProfileLoops {
             engine,
             candles,
@@ -182,6 +191,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
     };
     let health = Arc::new(LoopHealth::new(inputs.len()));
+    let bus = crate::live::Bus::new(store.clone(), loop_config, crate::live::QUEUE_MAX_DEFAULT);
+    for info in profile_infos {
+        bus.register(info);
+    }
+    health.publish_to(bus.clone());
     let auth = demo_jwt_keys(&args.data_dir)?;
     let token = auth.mint(
         state.user,
@@ -210,7 +224,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(listener, app, stop_rx.clone()));
+    let live = crate::live::router(bus.clone(), app.auth.clone());
+    let server = tokio::spawn(serve(listener, router(app).merge(live), stop_rx.clone()));
+    let watch = tokio::spawn(crate::live::watch_host(
+        bus,
+        health.clone(),
+        None,
+        stop_rx.clone(),
+    ));
     let market = tokio::spawn(run_market(MarketRun {
         papers: papers.clone(),
         candle_txs,
@@ -223,6 +244,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }));
     println!("keel demo: http://{address}/internal/health  (metrics at http://{address}/metrics)");
     println!("keel demo: token of the demo user (valid 24 h): {token}");
+    println!("keel demo: dashboard at http://{address}/#token={token}");
     println!(
         "keel demo: data in {}; Ctrl-C to stop",
         args.data_dir.display()
@@ -236,6 +258,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     market.await.context("market task panicked")??;
     let stopped = loops.stop().await;
     server.await.context("server task panicked")??;
+    watch.await.context("host watch task panicked")?;
     store.close().await;
     println!("keel demo: stopped cleanly");
     match failure {
@@ -398,7 +421,7 @@ fn build_engine(
     metrics: &Arc<Metrics>,
     user: UserId,
     profile: ProfileId,
-) -> anyhow::Result<ProfileEngine> {
+) -> anyhow::Result<(ProfileEngine, crate::runtime::PluginDigest)> {
     let path = args.plugins_dir.join(spec.plugin);
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
@@ -414,7 +437,7 @@ fn build_engine(
         .start(&version, setup)
         .map_err(|fault| anyhow::anyhow!("starting {} for {}: {fault}", spec.plugin, spec.name))?;
     let exchange: Arc<dyn Exchange> = paper.clone();
-    Ok(ProfileEngine::new(
+    let engine = ProfileEngine::new(
         ProfileSpec {
             profile,
             user,
@@ -428,15 +451,16 @@ fn build_engine(
         metrics.clone(),
         Arc::new(HostSwitches::default()),
         OwnerToken::new_random(),
-    ))
+    );
+    Ok((engine, version.digest().clone()))
 }
 
 async fn serve(
     listener: tokio::net::TcpListener,
-    app: AppState,
+    app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(app))
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

@@ -9,5 +9,6 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod exchange;
+pub mod live;
 pub mod runtime;
 pub mod serve;

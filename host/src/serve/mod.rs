@@ -48,7 +48,8 @@ pub struct LoopConfig {
 }
 
 impl LoopConfig {
-    fn stall_ms(&self, name: &str) -> u64 {
+    /// The stall threshold of the loop `name`.
+    pub fn stall_ms(&self, name: &str) -> u64 {
         match name {
             "trading" => self.trading_stall_ms,
             "monitor" => self.monitor_stall_ms,
@@ -74,6 +75,7 @@ pub struct LoopHealth {
     recovered: Mutex<Vec<ProfileId>>,
     expected_profiles: Mutex<usize>,
     ready: AtomicBool,
+    live: std::sync::OnceLock<Arc<crate::live::Bus>>,
 }
 
 /// What one profile looked like after its last step.
@@ -97,6 +99,11 @@ impl LoopHealth {
         health
     }
 
+    /// Makes the loops started with this health publish their steps to `bus`.
+    pub fn publish_to(&self, bus: Arc<crate::live::Bus>) {
+        let _ = self.live.set(bus);
+    }
+
     /// Whether every profile has finished restart recovery.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -114,15 +121,14 @@ impl LoopHealth {
         snapshots.iter().map(|(p, s)| (*p, s.clone())).collect()
     }
 
-    fn record(&self, profile: ProfileId, name: &'static str, error: Option<String>) {
+    fn record(&self, profile: ProfileId, name: &'static str, error: Option<String>) -> LoopRun {
+        let run = LoopRun {
+            last_run_ms: wall_now_ms(),
+            last_error: error,
+        };
         let mut runs = self.runs.lock().expect("lock poisoned");
-        runs.insert(
-            (profile, name),
-            LoopRun {
-                last_run_ms: wall_now_ms(),
-                last_error: error,
-            },
-        );
+        runs.insert((profile, name), run.clone());
+        run
     }
 
     fn snapshot(&self, engine: &ProfileEngine) {
@@ -181,11 +187,13 @@ impl Loops {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for profile in profiles {
+            let engine = &profile.engine;
             let task = ProfileTask {
                 config,
                 metrics: metrics.clone(),
                 health: health.clone(),
                 shutdown: shutdown.subscribe(),
+                feed: health.live.get().map(|bus| bus.feed(engine.profile(), engine.user())),
             };
             tasks.spawn(task.run(profile));
         }
@@ -222,6 +230,7 @@ struct ProfileTask {
     metrics: Arc<Metrics>,
     health: Arc<LoopHealth>,
     shutdown: watch::Receiver<bool>,
+    feed: Option<crate::live::ProfileFeed>,
 }
 
 impl ProfileTask {
@@ -235,8 +244,9 @@ impl ProfileTask {
         tracing::info!(profile_id = %profile, quarantined = report.reconciliation.quarantined, "profile recovered");
         self.health.snapshot(&inputs.engine);
         for name in LOOP_NAMES {
-            self.health.record(profile, name, None);
+            let run = self.health.record(profile, name, None);
             self.beat(name, Duration::ZERO);
+            self.publish(&inputs.engine, crate::live::StepReport { loop_name: name, run: Some(run), ..Default::default() }).await;
         }
         self.health.mark_recovered(profile, &self.metrics);
         self.stream_connected(true);
@@ -265,8 +275,9 @@ impl ProfileTask {
                 }
                 _ = reconcile.tick() => self.reconcile(&mut inputs.engine).await,
                 _ = idle.tick(), if !events_closed => {
-                    self.health.record(profile, "monitor", None);
+                    let run = self.health.record(profile, "monitor", None);
                     self.beat("monitor", Duration::ZERO);
+                    self.publish(&inputs.engine, crate::live::StepReport { loop_name: "monitor", run: Some(run), ..Default::default() }).await;
                 }
             }
         }
@@ -274,42 +285,70 @@ impl ProfileTask {
         Ok(())
     }
 
-    async fn monitor(&self, inputs: &mut ProfileLoops, first: UserEvent) {
+    async fn monitor(&mut self, inputs: &mut ProfileLoops, first: UserEvent) {
         let started = Instant::now();
         let mut error = None;
         let mut next = Some(first);
-        let mut applied = 0;
+        let mut applied = Vec::new();
+        let mut fault = None;
         while let Some(event) = next.take() {
-            if let Err(e) = inputs.engine.on_user_event(&event).await {
-                error = Some(e.to_string());
-                tracing::error!(profile_id = %inputs.engine.profile(), error = %e, "monitor step failed; reconciliation will repair");
+            match inputs.engine.on_user_event(&event).await {
+                Ok(outcome) => fault = outcome.fault.or(fault),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    tracing::error!(profile_id = %inputs.engine.profile(), error = %e, "monitor step failed; reconciliation will repair");
+                }
             }
-            applied += 1;
-            if applied < MONITOR_BATCH_MAX {
+            applied.push(event);
+            if applied.len() < MONITOR_BATCH_MAX {
                 next = inputs.events.try_recv().ok();
             }
         }
-        self.finish(&inputs.engine, "monitor", started, error);
+        let run = self.finish(&inputs.engine, "monitor", started, error);
+        let step = crate::live::StepReport {
+            loop_name: "monitor",
+            run: Some(run),
+            user_events: &applied,
+            fault: fault.as_ref(),
+            ..Default::default()
+        };
+        self.publish(&inputs.engine, step).await;
     }
 
-    async fn trade(&self, engine: &mut ProfileEngine, candle: &Candle) {
+    async fn trade(&mut self, engine: &mut ProfileEngine, candle: &Candle) {
         let started = Instant::now();
-        let error = match engine.on_candle(candle).await {
+        let (error, outcome) = match engine.on_candle(candle).await {
             Ok(outcome) => {
                 if !outcome.orders_sent.is_empty() {
                     tracing::info!(profile_id = %engine.profile(), orders = outcome.orders_sent.len(), "orders sent");
                 }
-                None
+                (None, outcome)
             }
             Err(e) => {
                 tracing::error!(profile_id = %engine.profile(), error = %e, "trading step failed");
-                Some(e.to_string())
+                (Some(e.to_string()), Default::default())
             }
         };
-        self.finish(engine, "trading", started, error);
+        let run = self.finish(engine, "trading", started, error);
+        let step = crate::live::StepReport {
+            loop_name: "trading",
+            run: Some(run),
+            candle: Some(candle),
+            orders_sent: &outcome.orders_sent,
+            fault: outcome.fault.as_ref(),
+            ..Default::default()
+        };
+        self.publish(engine, step).await;
     }
 
-    async fn reconcile(&self, engine: &mut ProfileEngine) {
+    /// Tells the live feed, if there is one, what the step changed.
+    async fn publish(&mut self, engine: &ProfileEngine, step: crate::live::StepReport<'_>) {
+        if let Some(feed) = &mut self.feed {
+            feed.after_step(engine, step).await;
+        }
+    }
+
+    async fn reconcile(&mut self, engine: &mut ProfileEngine) {
         let started = Instant::now();
         let error = match engine.reconcile().await {
             Ok(report) if report.is_clean() => {
@@ -321,7 +360,13 @@ impl ProfileTask {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
-        self.finish(engine, "reconciliation", started, error);
+        let run = self.finish(engine, "reconciliation", started, error);
+        let step = crate::live::StepReport {
+            loop_name: "reconciliation",
+            run: Some(run),
+            ..Default::default()
+        };
+        self.publish(engine, step).await;
     }
 
     fn finish(
@@ -330,10 +375,11 @@ impl ProfileTask {
         name: &'static str,
         started: Instant,
         error: Option<String>,
-    ) {
-        self.health.record(engine.profile(), name, error);
+    ) -> LoopRun {
+        let run = self.health.record(engine.profile(), name, error);
         self.health.snapshot(engine);
         self.beat(name, started.elapsed());
+        run
     }
 
     fn stream_connected(&self, connected: bool) {
