@@ -69,7 +69,9 @@ impl ProfileFeed {
     }
 
     /// Publishes what changed in `engine` during the step `step`.
-    pub async fn after_step(&mut self, engine: &ProfileEngine, step: StepReport<'_>) {
+    ///
+    /// Takes the engine by `&mut` only so that the future is `Send` (the engine is not `Sync`).
+    pub async fn after_step(&mut self, engine: &mut ProfileEngine, step: StepReport<'_>) {
         if let Some(candle) = step.candle {
             self.send(ProfileEvent::Candle {
                 symbol: candle.symbol.clone(),
@@ -122,7 +124,7 @@ impl ProfileFeed {
     }
 
     /// Open orders that are new or changed, and orders that left the book (read from the store).
-    async fn orders(&mut self, engine: &ProfileEngine, step: &StepReport<'_>) {
+    async fn orders(&mut self, engine: &mut ProfileEngine, step: &StepReport<'_>) {
         let open = &engine.book().open_orders;
         for (id, order) in open {
             if self.published.orders.get(id) != Some(order) {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use axum::extract::ws::Utf8Bytes;
 use keel_kernel::engine::{HostSwitches, ProfileControls};
 use keel_kernel::ids::{ClientOrderId, ProfileId, Symbol, UserId};
 use keel_kernel::ledger::Capital;
@@ -26,7 +27,6 @@ use keel_kernel::risk::EntryBlock;
 use keel_kernel::store::Store;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::serve::{LoopConfig, LoopHealth, LoopRun, LoopStatus, loop_statuses};
@@ -695,8 +695,7 @@ pub async fn watch_host(
     switches: Option<Arc<HostSwitches>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick =
-        tokio::time::interval(std::time::Duration::from_millis(HOST_WATCH_INTERVAL_MS));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(HOST_WATCH_INTERVAL_MS));
     let mut seen = HostView::default();
     let mut first = true;
     loop {

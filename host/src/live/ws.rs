@@ -70,9 +70,9 @@ fn authenticate(
 ) -> Result<Caller, AuthError> {
     match headers.get(header::AUTHORIZATION) {
         Some(value) => {
-            let value = value
-                .to_str()
-                .map_err(|_| AuthError::Malformed("the Authorization header is not ASCII".into()))?;
+            let value = value.to_str().map_err(|_| {
+                AuthError::Malformed("the Authorization header is not ASCII".into())
+            })?;
             keys.verify_header(Some(value))
         }
         None => match query.get("access_token") {

@@ -219,7 +219,9 @@ async fn capital_status(
                 let holds = !free.is_sign_negative();
                 if !holds {
                     broken += 1;
-                    reasons.detail.push(format!("capital invariant broken for profile {profile}"));
+                    reasons
+                        .detail
+                        .push(format!("capital invariant broken for profile {profile}"));
                 }
                 profiles.push(json!({
                     "profile": profile.to_string(),

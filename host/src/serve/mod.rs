@@ -193,7 +193,10 @@ impl Loops {
                 metrics: metrics.clone(),
                 health: health.clone(),
                 shutdown: shutdown.subscribe(),
-                feed: health.live.get().map(|bus| bus.feed(engine.profile(), engine.user())),
+                feed: health
+                    .live
+                    .get()
+                    .map(|bus| bus.feed(engine.profile(), engine.user())),
             };
             tasks.spawn(task.run(profile));
         }
@@ -246,7 +249,15 @@ impl ProfileTask {
         for name in LOOP_NAMES {
             let run = self.health.record(profile, name, None);
             self.beat(name, Duration::ZERO);
-            self.publish(&inputs.engine, crate::live::StepReport { loop_name: name, run: Some(run), ..Default::default() }).await;
+            self.publish(
+                &mut inputs.engine,
+                crate::live::StepReport {
+                    loop_name: name,
+                    run: Some(run),
+                    ..Default::default()
+                },
+            )
+            .await;
         }
         self.health.mark_recovered(profile, &self.metrics);
         self.stream_connected(true);
@@ -277,7 +288,7 @@ impl ProfileTask {
                 _ = idle.tick(), if !events_closed => {
                     let run = self.health.record(profile, "monitor", None);
                     self.beat("monitor", Duration::ZERO);
-                    self.publish(&inputs.engine, crate::live::StepReport { loop_name: "monitor", run: Some(run), ..Default::default() }).await;
+                    self.publish(&mut inputs.engine, crate::live::StepReport { loop_name: "monitor", run: Some(run), ..Default::default() }).await;
                 }
             }
         }
@@ -312,7 +323,7 @@ impl ProfileTask {
             fault: fault.as_ref(),
             ..Default::default()
         };
-        self.publish(&inputs.engine, step).await;
+        self.publish(&mut inputs.engine, step).await;
     }
 
     async fn trade(&mut self, engine: &mut ProfileEngine, candle: &Candle) {
@@ -342,7 +353,7 @@ impl ProfileTask {
     }
 
     /// Tells the live feed, if there is one, what the step changed.
-    async fn publish(&mut self, engine: &ProfileEngine, step: crate::live::StepReport<'_>) {
+    async fn publish(&mut self, engine: &mut ProfileEngine, step: crate::live::StepReport<'_>) {
         if let Some(feed) = &mut self.feed {
             feed.after_step(engine, step).await;
         }

@@ -172,9 +172,7 @@ async fn stored(data_dir: &Path) -> (i64, Vec<(String, String)>) {
 
 /// The health document as an operator reads it: every component and the per-profile detail.
 async fn health_is_ok(demo: &Demo) -> serde_json::Value {
-    let (status, body) = demo
-        .get_as("/internal/health", &demo.token(true))
-        .await;
+    let (status, body) = demo.get_as("/internal/health", &demo.token(true)).await;
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200, "{health:#}");
     for name in ["trading", "monitor", "reconciliation"] {
@@ -188,7 +186,11 @@ async fn health_is_ok(demo: &Demo) -> serde_json::Value {
         assert_eq!(profile["invariant_holds"], true, "{profile:#}");
         assert_eq!(profile["controls"]["quarantined"], false, "{profile:#}");
     }
-    assert_eq!(health["profiles"].as_array().unwrap().len(), 3, "{health:#}");
+    assert_eq!(
+        health["profiles"].as_array().unwrap().len(),
+        3,
+        "{health:#}"
+    );
     health
 }
 
@@ -217,7 +219,10 @@ async fn public_health_names_no_tenant(demo: &Demo) {
                 "{who}: no {component} in {health:#}"
             );
         }
-        assert_eq!(health["components"]["capital"], serde_json::json!({"status": "ok"}));
+        assert_eq!(
+            health["components"]["capital"],
+            serde_json::json!({"status": "ok"})
+        );
         assert!(health.get("profiles").is_none(), "{who}: {health:#}");
         for word in &tenant_words {
             assert!(!body.contains(word.as_str()), "{who}: {word} in {body}");

@@ -63,10 +63,14 @@ async fn start_chromedriver() -> (Child, u16) {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning {CHROMEDRIVER} (apt-get install chromium-driver): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("spawning {CHROMEDRIVER} (apt-get install chromium-driver): {e}")
+        });
     let status = format!("http://127.0.0.1:{port}/status");
     wait_for("chromedriver to answer", || async {
-        reqwest::get(&status).await.is_ok_and(|r| r.status().is_success())
+        reqwest::get(&status)
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
     .await;
     (child, port)
@@ -141,10 +145,7 @@ async fn readings(client: &Client, name: &str) -> Option<(String, String)> {
         .await
         .unwrap();
     let pair = value.as_array()?;
-    Some((
-        pair[0].as_str()?.to_owned(),
-        pair[1].as_str()?.to_owned(),
-    ))
+    Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned()))
 }
 
 #[tokio::test]
@@ -173,7 +174,10 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     assert_eq!(status, ["live"]);
     // Each card shows its plugin version and capital.
     let meta = texts(&client, "[data-profile] .meta").await;
-    assert!(meta.iter().any(|m| m.contains("sma_cross.wasm · version ")), "{meta:?}");
+    assert!(
+        meta.iter().any(|m| m.contains("sma_cross.wasm · version ")),
+        "{meta:?}"
+    );
     wait_for("capital on every card", || async {
         let allocated = texts(&client, "[data-profile] .allocated").await;
         allocated.len() == 3 && allocated.iter().all(|a| a.starts_with("10,000"))
@@ -186,7 +190,9 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
         .await
         .unwrap();
     assert_eq!(marker, 1);
-    let first = readings(&client, "sma-btc").await.expect("the sma-btc card");
+    let first = readings(&client, "sma-btc")
+        .await
+        .expect("the sma-btc card");
     wait_for("the last price of sma-btc to change", || async {
         readings(&client, "sma-btc")
             .await
@@ -202,11 +208,18 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     })
     .await;
     wait_for("recent orders listed", || async {
-        !texts(&client, "[data-profile] table.orders td").await.is_empty()
+        !texts(&client, "[data-profile] table.orders td")
+            .await
+            .is_empty()
     })
     .await;
     let loops = texts(&client, "[data-profile] tr[data-loop]").await;
-    assert!(loops.iter().any(|l| l.starts_with("trading") && l.contains("ok")), "{loops:?}");
+    assert!(
+        loops
+            .iter()
+            .any(|l| l.starts_with("trading") && l.contains("ok")),
+        "{loops:?}"
+    );
     let same_page = client
         .execute("return window.keelNoReload === 1", vec![])
         .await

@@ -34,7 +34,8 @@ const ROUNDS_MAX: usize = 5_000;
 /// Bound on every wait, for a shared and busy machine.
 const WAIT_MAX: Duration = Duration::from_secs(120);
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Host {
     bus: Arc<Bus>,
@@ -45,7 +46,9 @@ struct Host {
 
 async fn start_host() -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("keel.db")).await.unwrap();
+    let store = Store::open_sqlite(&dir.path().join("keel.db"))
+        .await
+        .unwrap();
     let config = LoopConfig {
         reconcile_interval_ms: 1_000,
         trading_stall_ms: 5_000,
@@ -382,7 +385,12 @@ async fn events_reach_their_owner_only_and_a_slow_client_is_dropped() {
         reader.abort();
     }
     let wrong = wrong.lock().unwrap();
-    assert!(wrong.is_empty(), "{} misdelivered: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} misdelivered: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 /// The status and JSON error of a refused upgrade.
@@ -456,8 +464,13 @@ async fn refused_tokens_never_upgrade() {
     assert_eq!(snapshot["profiles"], serde_json::json!([]));
     ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "pong");
-    ws.send(Message::text(r#"{"type":"subscribe"}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"type":"subscribe"}"#))
+        .await
+        .unwrap();
     let error = next_json(&mut ws).await;
     assert_eq!(error["type"], "error");
-    assert!(error["error"].as_str().unwrap().contains("topic"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("topic"),
+        "{error}"
+    );
 }
