@@ -168,6 +168,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut papers = Vec::new();
     let mut inputs = Vec::new();
     let mut candle_txs = Vec::new();
+    let mut profile_infos = Vec::new();
     for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
         let paper = restored_paper(&store, state.user, *profile, state.next_open_time_ms).await?;
         let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
@@ -180,8 +181,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             metrics: &metrics,
             switches: &switches,
         };
-        let (engine, swap) = build_engine(spec, &args, collaborators, state.user, *profile).await?;
+        let (engine, swap, digest) = build_engine(spec, &args, collaborators, state.user, *profile).await?;
         let commands = control.register(*profile, Some(swap), clock.clone());
+        profile_infos.push(crate::live::ProfileInfo {
+            profile: *profile,
+            user: state.user,
+            name: spec.name.to_owned(),
+            plugin: spec.plugin.to_owned(),
+            plugin_version: digest.to_string(),
+            symbols: vec![Symbol::new(spec.symbol)?],
+        });
         inputs.push(ProfileLoops {
             engine,
             candles,
@@ -198,6 +207,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
     };
     let health = Arc::new(LoopHealth::new(inputs.len()));
+    let bus = crate::live::Bus::new(store.clone(), loop_config, crate::live::QUEUE_MAX_DEFAULT);
+    for info in profile_infos {
+        bus.register(info);
+    }
+    health.publish_to(bus.clone());
     let auth = demo_jwt_keys(&args.data_dir)?;
     let token = auth.mint(
         state.user,
@@ -233,8 +247,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let routes = router(app).merge(crate::api::router(api));
+    let live = crate::live::router(bus.clone(), app.auth.clone());
+    let routes = router(app).merge(crate::api::router(api)).merge(live);
     let server = tokio::spawn(serve(listener, routes, stop_rx.clone()));
+    let watch = tokio::spawn(crate::live::watch_host(
+        bus,
+        health.clone(),
+        None,
+        stop_rx.clone(),
+    ));
     let market = tokio::spawn(run_market(MarketRun {
         papers: papers.clone(),
         candle_txs,
@@ -250,6 +271,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "keel demo: API at http://{address}/api/v1 (described at http://{address}/openapi.json)"
     );
     println!("keel demo: token of the demo user (valid 24 h): {token}");
+    println!("keel demo: dashboard at http://{address}/#token={token}");
     println!(
         "keel demo: data in {}; Ctrl-C to stop",
         args.data_dir.display()
@@ -263,6 +285,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     market.await.context("market task panicked")??;
     let stopped = loops.stop().await;
     server.await.context("server task panicked")??;
+    watch.await.context("host watch task panicked")?;
     store.close().await;
     println!("keel demo: stopped cleanly");
     match failure {
@@ -455,7 +478,7 @@ async fn build_engine(
     with: Collaborators<'_>,
     user: UserId,
     profile: ProfileId,
-) -> anyhow::Result<(ProfileEngine, SwapHandle)> {
+) -> anyhow::Result<(ProfileEngine, SwapHandle, crate::runtime::PluginDigest)> {
     let mut tx = with.store.tenant(user).begin().await?;
     let row = tx
         .profile(profile, false)
@@ -527,7 +550,7 @@ async fn build_engine(
     );
     engine.set_paused(row.paused);
     engine.set_killed(row.killed);
-    Ok((engine, swap))
+    Ok((engine, swap, version.digest().clone()))
 }
 
 async fn serve(

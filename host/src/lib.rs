@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod exchange;
+pub mod live;
 pub mod logging;
 pub mod runtime;
 pub mod serve;

@@ -49,7 +49,8 @@ pub struct LoopConfig {
 }
 
 impl LoopConfig {
-    fn stall_ms(&self, name: &str) -> u64 {
+    /// The stall threshold of the loop `name`.
+    pub fn stall_ms(&self, name: &str) -> u64 {
         match name {
             "trading" => self.trading_stall_ms,
             "monitor" => self.monitor_stall_ms,
@@ -75,6 +76,7 @@ pub struct LoopHealth {
     recovered: Mutex<Vec<ProfileId>>,
     expected_profiles: Mutex<usize>,
     ready: AtomicBool,
+    live: std::sync::OnceLock<Arc<crate::live::Bus>>,
 }
 
 /// What one profile looked like after its last step.
@@ -98,6 +100,11 @@ impl LoopHealth {
         health
     }
 
+    /// Makes the loops started with this health publish their steps to `bus`.
+    pub fn publish_to(&self, bus: Arc<crate::live::Bus>) {
+        let _ = self.live.set(bus);
+    }
+
     /// Whether every profile has finished restart recovery.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -115,15 +122,14 @@ impl LoopHealth {
         snapshots.iter().map(|(p, s)| (*p, s.clone())).collect()
     }
 
-    fn record(&self, profile: ProfileId, name: &'static str, error: Option<String>) {
+    fn record(&self, profile: ProfileId, name: &'static str, error: Option<String>) -> LoopRun {
+        let run = LoopRun {
+            last_run_ms: wall_now_ms(),
+            last_error: error,
+        };
         let mut runs = self.runs.lock().expect("lock poisoned");
-        runs.insert(
-            (profile, name),
-            LoopRun {
-                last_run_ms: wall_now_ms(),
-                last_error: error,
-            },
-        );
+        runs.insert((profile, name), run.clone());
+        run
     }
 
     fn snapshot(&self, engine: &ProfileEngine) {
@@ -184,11 +190,16 @@ impl Loops {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for profile in profiles {
+            let engine = &profile.engine;
             let task = ProfileTask {
                 config,
                 metrics: metrics.clone(),
                 health: health.clone(),
                 shutdown: shutdown.subscribe(),
+                feed: health
+                    .live
+                    .get()
+                    .map(|bus| bus.feed(engine.profile(), engine.user())),
             };
             tasks.spawn(task.run(profile));
         }
@@ -225,6 +236,7 @@ struct ProfileTask {
     metrics: Arc<Metrics>,
     health: Arc<LoopHealth>,
     shutdown: watch::Receiver<bool>,
+    feed: Option<crate::live::ProfileFeed>,
 }
 
 impl ProfileTask {
@@ -238,8 +250,17 @@ impl ProfileTask {
         tracing::info!(profile_id = %profile, quarantined = report.reconciliation.quarantined, "profile recovered");
         self.health.snapshot(&inputs.engine);
         for name in LOOP_NAMES {
-            self.health.record(profile, name, None);
+            let run = self.health.record(profile, name, None);
             self.beat(name, Duration::ZERO);
+            self.publish(
+                &mut inputs.engine,
+                crate::live::StepReport {
+                    loop_name: name,
+                    run: Some(run),
+                    ..Default::default()
+                },
+            )
+            .await;
         }
         self.health.mark_recovered(profile, &self.metrics);
         self.stream_connected(true);
@@ -274,8 +295,9 @@ impl ProfileTask {
                     let _ = self.reconcile(&mut inputs.engine).await;
                 }
                 _ = idle.tick(), if !events_closed => {
-                    self.health.record(profile, "monitor", None);
+                    let run = self.health.record(profile, "monitor", None);
                     self.beat("monitor", Duration::ZERO);
+                    self.publish(&mut inputs.engine, crate::live::StepReport { loop_name: "monitor", run: Some(run), ..Default::default() }).await;
                 }
             }
         }
@@ -283,43 +305,71 @@ impl ProfileTask {
         Ok(())
     }
 
-    async fn monitor(&self, inputs: &mut ProfileLoops, first: UserEvent) {
+    async fn monitor(&mut self, inputs: &mut ProfileLoops, first: UserEvent) {
         let started = Instant::now();
         let mut error = None;
         let mut next = Some(first);
-        let mut applied = 0;
+        let mut applied = Vec::new();
+        let mut fault = None;
         while let Some(event) = next.take() {
-            if let Err(e) = inputs.engine.on_user_event(&event).await {
-                error = Some(e.to_string());
-                tracing::error!(profile_id = %inputs.engine.profile(), error = %e, "monitor step failed; reconciliation will repair");
+            match inputs.engine.on_user_event(&event).await {
+                Ok(outcome) => fault = outcome.fault.or(fault),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    tracing::error!(profile_id = %inputs.engine.profile(), error = %e, "monitor step failed; reconciliation will repair");
+                }
             }
-            applied += 1;
-            if applied < MONITOR_BATCH_MAX {
+            applied.push(event);
+            if applied.len() < MONITOR_BATCH_MAX {
                 next = inputs.events.try_recv().ok();
             }
         }
-        self.finish(&inputs.engine, "monitor", started, error);
+        let run = self.finish(&inputs.engine, "monitor", started, error);
+        let step = crate::live::StepReport {
+            loop_name: "monitor",
+            run: Some(run),
+            user_events: &applied,
+            fault: fault.as_ref(),
+            ..Default::default()
+        };
+        self.publish(&mut inputs.engine, step).await;
     }
 
-    async fn trade(&self, engine: &mut ProfileEngine, candle: &Candle) {
+    async fn trade(&mut self, engine: &mut ProfileEngine, candle: &Candle) {
         let started = Instant::now();
-        let error = match engine.on_candle(candle).await {
+        let (error, outcome) = match engine.on_candle(candle).await {
             Ok(outcome) => {
                 if !outcome.orders_sent.is_empty() {
                     tracing::info!(profile_id = %engine.profile(), orders = outcome.orders_sent.len(), "orders sent");
                 }
-                None
+                (None, outcome)
             }
             Err(e) => {
                 tracing::error!(profile_id = %engine.profile(), error = %e, "trading step failed");
-                Some(e.to_string())
+                (Some(e.to_string()), Default::default())
             }
         };
-        self.finish(engine, "trading", started, error);
+        let run = self.finish(engine, "trading", started, error);
+        let step = crate::live::StepReport {
+            loop_name: "trading",
+            run: Some(run),
+            candle: Some(candle),
+            orders_sent: &outcome.orders_sent,
+            fault: outcome.fault.as_ref(),
+            ..Default::default()
+        };
+        self.publish(engine, step).await;
+    }
+
+    /// Tells the live feed, if there is one, what the step changed.
+    async fn publish(&mut self, engine: &mut ProfileEngine, step: crate::live::StepReport<'_>) {
+        if let Some(feed) = &mut self.feed {
+            feed.after_step(engine, step).await;
+        }
     }
 
     /// One reconciliation pass; its result label, or its error.
-    async fn reconcile(&self, engine: &mut ProfileEngine) -> Result<&'static str, String> {
+    async fn reconcile(&mut self, engine: &mut ProfileEngine) -> Result<&'static str, String> {
         let started = Instant::now();
         let result = match engine.reconcile().await {
             Ok(report) => {
@@ -332,15 +382,27 @@ impl ProfileTask {
             }
             Err(e) => Err(e.to_string()),
         };
-        self.finish(engine, "reconciliation", started, result.clone().err());
+        let run = self.finish(engine, "reconciliation", started, result.clone().err());
+        let step = crate::live::StepReport {
+            loop_name: "reconciliation",
+            run: Some(run),
+            ..Default::default()
+        };
+        self.publish(engine, step).await;
         result
     }
 
-    async fn command(&self, engine: &mut ProfileEngine, command: control::Command) {
+    async fn command(&mut self, engine: &mut ProfileEngine, command: control::Command) {
         match command {
             control::Command::Change(change) => {
                 control::apply(change, engine);
                 self.health.snapshot(engine);
+                // The feed sees the new status at once, not at the next candle.
+                let step = crate::live::StepReport {
+                    loop_name: "trading",
+                    ..Default::default()
+                };
+                self.publish(engine, step).await;
             }
             control::Command::Reconcile(reply) => {
                 let result = self.reconcile(engine).await;
@@ -356,10 +418,11 @@ impl ProfileTask {
         name: &'static str,
         started: Instant,
         error: Option<String>,
-    ) {
-        self.health.record(engine.profile(), name, error);
+    ) -> LoopRun {
+        let run = self.health.record(engine.profile(), name, error);
         self.health.snapshot(engine);
         self.beat(name, started.elapsed());
+        run
     }
 
     fn stream_connected(&self, connected: bool) {

@@ -23,6 +23,7 @@ fn repo_root() -> PathBuf {
 struct Demo {
     child: Child,
     base: String,
+    data_dir: PathBuf,
     stdout: tokio::task::JoinHandle<Vec<String>>,
 }
 
@@ -80,6 +81,7 @@ impl Demo {
         Demo {
             child,
             base,
+            data_dir: data_dir.to_owned(),
             stdout,
         }
     }
@@ -90,6 +92,26 @@ impl Demo {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
+    }
+
+    /// GET with a bearer token.
+    async fn get_as(&self, path: &str, token: &str) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// A token signed with the demo's secret, for a fresh user id.
+    fn token(&self, operator: bool) -> String {
+        let secret = std::fs::read_to_string(self.data_dir.join("jwt-secret")).unwrap();
+        let keys = keel_host::auth::JwtKeys::new(secret.trim().as_bytes()).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        keys.mint(keel_kernel::ids::UserId::new_random(), operator, now, 600)
     }
 
     async fn wait_ready(&self) {
@@ -161,8 +183,9 @@ async fn stored(data_dir: &Path) -> (i64, Vec<(String, String)>) {
     (orders, capital)
 }
 
+/// The health document as an operator reads it: every component and the per-profile detail.
 async fn health_is_ok(demo: &Demo) -> serde_json::Value {
-    let (status, body) = demo.get("/internal/health").await;
+    let (status, body) = demo.get_as("/internal/health", &demo.token(true)).await;
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200, "{health:#}");
     for name in ["trading", "monitor", "reconciliation"] {
@@ -176,7 +199,50 @@ async fn health_is_ok(demo: &Demo) -> serde_json::Value {
         assert_eq!(profile["invariant_holds"], true, "{profile:#}");
         assert_eq!(profile["controls"]["quarantined"], false, "{profile:#}");
     }
+    assert_eq!(
+        health["profiles"].as_array().unwrap().len(),
+        3,
+        "{health:#}"
+    );
     health
+}
+
+/// Without an operator token the health document says how each component is, and names no
+/// tenant: no profile id, no user id, no profile name.
+async fn public_health_names_no_tenant(demo: &Demo) {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.data_dir.join("demo.json")).unwrap())
+            .unwrap();
+    let mut tenant_words = vec![state["user"].as_str().unwrap().to_owned()];
+    for pair in state["profiles"].as_array().unwrap() {
+        tenant_words.push(pair[0].as_str().unwrap().to_owned());
+        tenant_words.push(pair[1].as_str().unwrap().to_owned());
+    }
+    let user_token = demo.token(false);
+    for (who, (status, body)) in [
+        ("anonymous", demo.get("/internal/health").await),
+        ("a user", demo.get_as("/internal/health", &user_token).await),
+    ] {
+        assert_eq!(status, 200, "{who}: {body}");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "ok", "{who}: {health:#}");
+        for component in ["loops", "database", "capital", "exchange", "plugins"] {
+            assert!(
+                health["components"].get(component).is_some(),
+                "{who}: no {component} in {health:#}"
+            );
+        }
+        assert_eq!(
+            health["components"]["capital"],
+            serde_json::json!({"status": "ok"})
+        );
+        assert!(health.get("profiles").is_none(), "{who}: {health:#}");
+        for word in &tenant_words {
+            assert!(!body.contains(word.as_str()), "{who}: {word} in {body}");
+        }
+    }
+    let (status, body) = demo.get_as("/internal/health", "forged.token.value").await;
+    assert_eq!(status, 401, "{body}");
 }
 
 #[tokio::test]
@@ -197,6 +263,7 @@ async fn demo_trades_stops_cleanly_and_restarts_with_its_state() {
     })
     .await;
     health_is_ok(&demo).await;
+    public_health_names_no_tenant(&demo).await;
 
     let (status, stdout) = demo.stop("INT").await;
     assert!(status.success(), "exit {status:?}, stdout {stdout:?}");
