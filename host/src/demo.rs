@@ -431,7 +431,8 @@ fn build_engine(
     ))
 }
 
-async fn serve(
+/// Serves the operational router until `stop` turns true.
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: AppState,
     mut stop: watch::Receiver<bool>,
@@ -445,7 +446,7 @@ async fn serve(
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

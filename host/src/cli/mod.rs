@@ -38,6 +38,14 @@ enum Command {
     /// Run the whole host locally: SQLite, the paper exchange over a synthetic market, three
     /// example profiles, and /metrics, /internal/health, /livez, /readyz on 127.0.0.1.
     Demo(crate::demo::DemoArgs),
+    /// Run the host from a configuration file: profiles shared by lease with other instances on
+    /// the same PostgreSQL database, restart recovery, /metrics and /internal/health.
+    Serve(crate::serve::command::ServeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Mint an HS256 API token (the shape Supabase issues) for local use.
     Token(TokenArgs),
 }
@@ -56,6 +64,16 @@ struct TokenArgs {
     /// The HS256 secret the host verifies tokens with.
     #[arg(long, env = "KEEL_JWT_SECRET", hide_env_values = true)]
     secret: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigCommand {
+    /// Validates a configuration file with the `KEEL_*` overrides of the environment and prints
+    /// the effective configuration, every secret masked.
+    Check {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -103,6 +121,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::ExchangeSim(args) => crate::exchange::sim::cli::run(args)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => crate::serve::command::run(args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => crate::config::Config::load_with_process_env(&file)
+            .and_then(|config| crate::config::render_masked(&config))
+            .map(|text| {
+                println!("# {}: valid; effective configuration, secrets masked", file.display());
+                print!("{text}");
+                ExitCode::SUCCESS
+            }),
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Token(args) => crate::auth::JwtKeys::new(args.secret.as_bytes()).map(|keys| {
             let now = chrono::Utc::now().timestamp();

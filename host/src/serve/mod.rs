@@ -7,6 +7,8 @@
 //! ([`ProfileEngine::recover`]) runs before the first decision, and `keel_ready` turns 1 only
 //! after every profile has recovered.
 
+pub mod cluster;
+pub mod command;
 pub mod http;
 pub mod metered;
 
@@ -95,6 +97,28 @@ impl LoopHealth {
         let health = LoopHealth::default();
         *health.expected_profiles.lock().expect("lock poisoned") = profiles;
         health
+    }
+
+    /// Sets how many profiles must recover before the host is ready (an instance of several
+    /// learns it after its first look at the directory); ready at once when they already have.
+    pub fn expect_profiles(&self, profiles: usize, metrics: &Metrics) {
+        *self.expected_profiles.lock().expect("lock poisoned") = profiles;
+        if self.recovered.lock().expect("lock poisoned").len() >= profiles {
+            self.ready.store(true, Ordering::Release);
+            metrics.ready.set(1);
+        }
+    }
+
+    /// Forgets a profile this instance no longer runs (its lease moved to another instance).
+    pub fn forget(&self, profile: ProfileId) {
+        let mut runs = self.runs.lock().expect("lock poisoned");
+        runs.retain(|(p, _), _| *p != profile);
+        drop(runs);
+        let mut snapshots = self.snapshots.lock().expect("lock poisoned");
+        snapshots.remove(&profile);
+        drop(snapshots);
+        let mut recovered = self.recovered.lock().expect("lock poisoned");
+        recovered.retain(|p| *p != profile);
     }
 
     /// Whether every profile has finished restart recovery.

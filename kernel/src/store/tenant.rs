@@ -52,16 +52,26 @@ impl<'s> Tenant<'s> {
     pub async fn begin(&self) -> Result<TenantTx, StoreError> {
         let tx = match self.store.pool() {
             Pool::Pg(pool) => {
-                // One round trip: BEGIN and the claims as one simple query. The user id is a
-                // UUID printed by Rust, so the literal cannot carry anything else.
-                let begin = format!(
+                // One round trip: BEGIN, the claims and the lease check as one simple query.
+                // The user id is a UUID and the guard a UUID and an integer, printed by Rust, so
+                // the literals cannot carry anything else.
+                let mut begin = format!(
                     "BEGIN; SELECT set_config('request.jwt.claims', \
                      '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', true)",
                     self.user.as_uuid().hyphenated()
                 );
+                if let Some(guard) = self.store.guard() {
+                    begin.push_str(&guard.pg_check_statement());
+                }
                 Tx::Pg(pool.begin_with(begin).await?)
             }
-            Pool::Lite(pool) => Tx::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Lite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                if let Some(guard) = self.store.guard() {
+                    guard.check_lite(&mut tx).await?;
+                }
+                Tx::Lite(tx)
+            }
         };
         Ok(TenantTx {
             tx,
