@@ -347,7 +347,10 @@ const KEYS: [(&str, &[&str]); 8] = [
             "upload_limit_bytes",
         ],
     ),
-    ("exchange", &["kind", "rest_url", "ws_url", "api_key", "api_secret"]),
+    (
+        "exchange",
+        &["kind", "rest_url", "ws_url", "api_key", "api_secret"],
+    ),
     (
         "instance",
         &["id", "lease_ttl_ms", "lease_renew_ms", "profiles_max"],
@@ -442,9 +445,11 @@ impl Config {
         }
         if let Some(admin) = &db.admin_url {
             if !is_pg || !admin.is_postgres() {
-                return Err("database.admin_url: only a PostgreSQL store has an owner role; \
+                return Err(
+                    "database.admin_url: only a PostgreSQL store has an owner role; \
                             SQLite is migrated on open"
-                    .to_owned());
+                        .to_owned(),
+                );
             }
         }
         if db.connections_max == 0 || db.connections_max > 1_000 {
@@ -475,7 +480,10 @@ impl Config {
             ("loops.reconcile_interval_ms", loops.reconcile_interval_ms),
             ("loops.trading_stall_ms", loops.trading_stall_ms),
             ("loops.monitor_stall_ms", loops.monitor_stall_ms),
-            ("loops.reconciliation_stall_ms", loops.reconciliation_stall_ms),
+            (
+                "loops.reconciliation_stall_ms",
+                loops.reconciliation_stall_ms,
+            ),
         ] {
             if !(100..=INTERVAL_MS_MAX).contains(&value) {
                 return Err(format!("{key}: {value} is outside 100..={INTERVAL_MS_MAX}"));
@@ -503,8 +511,9 @@ fn check_engine(engine: &keel_kernel::engine::EngineConfig) -> Result<(), String
         ));
     }
     if engine.intents_per_call_max == 0 || engine.refusals_kept_max == 0 {
-        return Err("engine.intents_per_call_max and engine.refusals_kept_max: must be positive"
-            .to_owned());
+        return Err(
+            "engine.intents_per_call_max and engine.refusals_kept_max: must be positive".to_owned(),
+        );
     }
     Ok(())
 }
@@ -597,12 +606,14 @@ fn env_value(key: &str, text: &str) -> toml::Value {
         || key.ends_with("_max")
         || key.ends_with("_bps");
     match (integer, key == "kill_switch") {
-        (true, _) => text
-            .parse::<i64>()
-            .map_or_else(|_| toml::Value::String(text.to_owned()), toml::Value::Integer),
-        (_, true) => text
-            .parse::<bool>()
-            .map_or_else(|_| toml::Value::String(text.to_owned()), toml::Value::Boolean),
+        (true, _) => text.parse::<i64>().map_or_else(
+            |_| toml::Value::String(text.to_owned()),
+            toml::Value::Integer,
+        ),
+        (_, true) => text.parse::<bool>().map_or_else(
+            |_| toml::Value::String(text.to_owned()),
+            toml::Value::Boolean,
+        ),
         _ => toml::Value::String(text.to_owned()),
     }
 }
@@ -659,7 +670,9 @@ symbols = ["BTCUSDT"]
     #[test]
     fn unknown_key_names_the_key_and_line() {
         let text = GOOD.replace("[api]", "[api]\nlisten_addr = \"x\"");
-        let error = Config::parse(&text, "bad.toml", &[]).unwrap_err().to_string();
+        let error = Config::parse(&text, "bad.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("bad.toml"), "{error}");
         assert!(error.contains("listen_addr"), "{error}");
         assert!(error.contains("line 5"), "{error}");
@@ -668,17 +681,23 @@ symbols = ["BTCUSDT"]
     #[test]
     fn bad_relations_name_the_key() {
         let text = format!("{GOOD}\n[instance]\nlease_ttl_ms = 1000\nlease_renew_ms = 900\n");
-        let error = Config::parse(&text, "bad.toml", &[]).unwrap_err().to_string();
+        let error = Config::parse(&text, "bad.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("instance.lease_renew_ms"), "{error}");
         let short = GOOD.replace("0123456789abcdef0123456789abcdef", "short");
-        let error = Config::parse(&short, "bad.toml", &[]).unwrap_err().to_string();
+        let error = Config::parse(&short, "bad.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("api.jwt_secret"), "{error}");
     }
 
     #[test]
     fn wrong_type_is_reported() {
         let text = GOOD.replace("[api]", "[api]\nbody_limit_bytes = \"big\"");
-        let error = Config::parse(&text, "bad.toml", &[]).unwrap_err().to_string();
+        let error = Config::parse(&text, "bad.toml", &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("bad.toml"), "{error}");
         assert!(error.contains("invalid type"), "{error}");
     }

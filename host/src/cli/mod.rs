@@ -129,7 +129,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => crate::config::Config::load_with_process_env(&file)
             .and_then(|config| crate::config::render_masked(&config))
             .map(|text| {
-                println!("# {}: valid; effective configuration, secrets masked", file.display());
+                println!(
+                    "# {}: valid; effective configuration, secrets masked",
+                    file.display()
+                );
                 print!("{text}");
                 ExitCode::SUCCESS
             }),

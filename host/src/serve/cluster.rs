@@ -269,8 +269,8 @@ impl Cluster {
             if self.owned.len() >= self.config.profiles_max {
                 break;
             }
-            let busy =
-                self.owned.contains_key(&entry.profile) || self.stopping.contains_key(&entry.profile);
+            let busy = self.owned.contains_key(&entry.profile)
+                || self.stopping.contains_key(&entry.profile);
             if !busy {
                 self.try_take(entry).await?;
             }
@@ -297,9 +297,7 @@ impl Cluster {
             return Ok(()); // another instance runs it
         };
         tracing::info!(profile_id = %entry.profile, fence = %lease.fence, "profile lease taken");
-        let store = self
-            .store
-            .guarded_by(LeaseGuard::of(entry.profile, &lease));
+        let store = self.store.guarded_by(LeaseGuard::of(entry.profile, &lease));
         let inputs = match self.starter.start(entry, store).await {
             Ok(inputs) => inputs,
             Err(error) => {

@@ -24,14 +24,20 @@ fn the_example_config_passes_and_every_secret_is_masked() {
         &example,
         &[
             ("KEEL_JWT_SECRET", secret),
-            ("KEEL_DATABASE_URL", "postgres://keel_host:pw-in-url@db/keel"),
+            (
+                "KEEL_DATABASE_URL",
+                "postgres://keel_host:pw-in-url@db/keel",
+            ),
         ],
     );
     assert!(ok, "{stderr}");
     for hidden in [secret, "pw-in-url", "keel-sim-secret", "keel-sim-key"] {
         assert!(!stdout.contains(hidden), "{hidden} printed:\n{stdout}");
     }
-    assert!(stdout.contains("postgres://keel_host:********@db/keel"), "{stdout}");
+    assert!(
+        stdout.contains("postgres://keel_host:********@db/keel"),
+        "{stdout}"
+    );
     assert!(stdout.contains("lease_ttl_ms = 15000"), "{stdout}");
 }
 
@@ -44,7 +50,10 @@ fn a_bad_file_gets_an_error_naming_the_file_the_key_and_the_problem() {
             example.replace("lease_ttl_ms = 15000", "lease_ttl_ms = \"long\""),
             "lease_ttl_ms",
         ),
-        (example.replace("[host]", "[host]\nkil_switch = true"), "kil_switch"),
+        (
+            example.replace("[host]", "[host]\nkil_switch = true"),
+            "kil_switch",
+        ),
         (
             example.replace("lease_renew_ms = 5000", "lease_renew_ms = 9000"),
             "instance.lease_renew_ms",
@@ -60,6 +69,9 @@ fn a_bad_file_gets_an_error_naming_the_file_the_key_and_the_problem() {
         let (ok, _, stderr) = config_check(&file, &[]);
         assert!(!ok, "case {index} passed");
         assert!(stderr.contains(&format!("bad-{index}.toml")), "{stderr}");
-        assert!(stderr.contains(key), "case {index} does not name {key}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "case {index} does not name {key}: {stderr}"
+        );
     }
 }

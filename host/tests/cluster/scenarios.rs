@@ -3,15 +3,17 @@
 use crate::harness::{Serve, World, signal, wait_for};
 
 /// A moving-average cross that turns on almost every candle: entries and exits all the time.
-pub const BUSY_STRATEGY: [(&str, &str); 3] = [("fast", "1"), ("slow", "2"), ("size_fraction", "0.02")];
+pub const BUSY_STRATEGY: [(&str, &str); 3] =
+    [("fast", "1"), ("slow", "2"), ("size_fraction", "0.02")];
 
 /// Orders the trading instances must have placed before the checks.
 const PLACEMENTS_MIN: usize = 6;
 
 async fn wait_for_placements(world: &World, at_least: usize) {
-    wait_for(&format!("{at_least} placements on the exchange"), || async {
-        world.sim.placements().await.len() >= at_least
-    })
+    wait_for(
+        &format!("{at_least} placements on the exchange"),
+        || async { world.sim.placements().await.len() >= at_least },
+    )
     .await;
 }
 
@@ -25,7 +27,11 @@ pub async fn settle(world: &World, instances: Vec<Serve>) -> Vec<(String, Vec<St
         assert!(status.success(), "{name} exited with {status:?}: {log:#?}");
         logs.push((name, log));
     }
-    assert_eq!(world.lease().await, None, "a clean shutdown releases the lease");
+    assert_eq!(
+        world.lease().await,
+        None,
+        "a clean shutdown releases the lease"
+    );
     converge(world).await;
     logs
 }
@@ -79,7 +85,11 @@ async fn three_instances_racing_for_one_profile_place_each_decision_once() {
     .await;
     let (holder, fence) = world.lease().await.unwrap();
     let holders: Vec<&Serve> = instances.iter().filter(|s| s.owner == holder).collect();
-    assert_eq!(holders.len(), 1, "the lease belongs to exactly one instance");
+    assert_eq!(
+        holders.len(),
+        1,
+        "the lease belongs to exactly one instance"
+    );
     wait_for_placements(&world, PLACEMENTS_MIN).await;
     assert_eq!(
         world.lease().await,
@@ -90,7 +100,11 @@ async fn three_instances_racing_for_one_profile_place_each_decision_once() {
         let sent = idle
             .metric("keel_orders_total{status=\"PENDING_SUBMIT\"}")
             .await;
-        assert_eq!(sent, 0.0, "{} wrote orders for a profile it does not hold", idle.name);
+        assert_eq!(
+            sent, 0.0,
+            "{} wrote orders for a profile it does not hold",
+            idle.name
+        );
     }
     settle(&world, instances).await;
     world.drop_db().await;
@@ -105,7 +119,10 @@ async fn an_owner_stopped_past_its_lease_is_fenced_out_after_the_takeover() {
     )
     .await;
     wait_for("the first instance to hold the profile", || async {
-        world.lease().await.is_some_and(|(owner, _)| owner == first.owner)
+        world
+            .lease()
+            .await
+            .is_some_and(|(owner, _)| owner == first.owner)
     })
     .await;
     let (_, first_fence) = world.lease().await.unwrap();

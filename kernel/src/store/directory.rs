@@ -40,22 +40,29 @@ impl LeaseGuard {
     /// When `lease` is not the profile lease of `profile`: a programmer error.
     pub fn of(profile: ProfileId, lease: &Lease) -> LeaseGuard {
         assert_eq!(lease.kind, LockKind::ProfileLease, "not a profile lease");
-        assert_eq!(lease.key, LockKey::profile(profile), "the lease of another profile");
+        assert_eq!(
+            lease.key,
+            LockKey::profile(profile),
+            "the lease of another profile"
+        );
         LeaseGuard {
             profile,
             fence: lease.fence,
         }
     }
 
-    /// The statement appended to a PostgreSQL `BEGIN`: it raises `profile_lease_current` when
-    /// the lease is no longer this fence's, and holds the lease row until commit.
-    pub(crate) fn pg_check_statement(&self) -> String {
-        // A key derived from a UUID and an integer: no quoting can be needed.
-        format!(
-            "; SELECT keel_require_profile_lease('{}', {})",
-            LockKey::profile(self.profile),
-            self.fence.0
-        )
+    /// The check on PostgreSQL, first in the transaction: it raises `profile_lease_current`
+    /// when the lease is no longer this fence's, and holds the lease row until commit.
+    pub(crate) async fn check_pg(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT keel_require_profile_lease($1, $2)")
+            .bind(LockKey::profile(self.profile).as_str())
+            .bind(self.fence.0)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// The same check on SQLite, inside a transaction that already holds the write lock.

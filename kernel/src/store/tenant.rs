@@ -52,18 +52,21 @@ impl<'s> Tenant<'s> {
     pub async fn begin(&self) -> Result<TenantTx, StoreError> {
         let tx = match self.store.pool() {
             Pool::Pg(pool) => {
-                // One round trip: BEGIN, the claims and the lease check as one simple query.
-                // The user id is a UUID and the guard a UUID and an integer, printed by Rust, so
-                // the literals cannot carry anything else.
-                let mut begin = format!(
+                // One round trip: BEGIN and the claims as one simple query. The user id is a
+                // UUID printed by Rust, so the literal cannot carry anything else.
+                let begin = format!(
                     "BEGIN; SELECT set_config('request.jwt.claims', \
                      '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', true)",
                     self.user.as_uuid().hyphenated()
                 );
+                let mut tx = pool.begin_with(begin).await?;
+                // The lease check runs inside the opened transaction, not in the BEGIN query:
+                // a failed BEGIN query would leave the connection in an aborted transaction
+                // that nothing rolls back, while dropping `tx` does.
                 if let Some(guard) = self.store.guard() {
-                    begin.push_str(&guard.pg_check_statement());
+                    guard.check_pg(&mut tx).await?;
                 }
-                Tx::Pg(pool.begin_with(begin).await?)
+                Tx::Pg(tx)
             }
             Pool::Lite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;

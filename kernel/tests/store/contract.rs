@@ -754,7 +754,12 @@ async fn a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transact
     let locks = h.store.locks();
     let key = LockKey::profile(profile);
     let first = locks
-        .acquire(LockKind::ProfileLease, &key, OwnerToken::new_random(), 60_000)
+        .acquire(
+            LockKind::ProfileLease,
+            &key,
+            OwnerToken::new_random(),
+            60_000,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -764,7 +769,12 @@ async fn a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transact
     // The lease moves to another instance (released here; an expiry behaves alike).
     assert!(locks.release(&first).await.unwrap());
     let second = locks
-        .acquire(LockKind::ProfileLease, &key, OwnerToken::new_random(), 60_000)
+        .acquire(
+            LockKind::ProfileLease,
+            &key,
+            OwnerToken::new_random(),
+            60_000,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -779,7 +789,11 @@ async fn a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transact
     );
     let current = h.store.guarded_by(LeaseGuard::of(profile, &second));
     let capital = current.tenant(user).allocate(profile, one).await.unwrap();
-    assert_eq!(capital.allocated, d("102"), "the refused write left nothing");
+    assert_eq!(
+        capital.allocated,
+        d("102"),
+        "the refused write left nothing"
+    );
     // Without any lease row at all, a guarded write is refused too.
     assert!(locks.release(&second).await.unwrap());
     assert!(matches!(
