@@ -553,7 +553,8 @@ async fn build_engine(
     Ok((engine, swap, version.digest().clone()))
 }
 
-async fn serve(
+/// Serves the operational router until `stop` turns true.
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     routes: axum::Router,
     mut stop: watch::Receiver<bool>,
@@ -567,7 +568,7 @@ async fn serve(
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backtest;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod exchange;
 pub mod live;

@@ -19,6 +19,7 @@
 //! );
 //! ```
 
+pub mod crash;
 pub mod engine;
 pub mod exchange;
 pub mod ids;

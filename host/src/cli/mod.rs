@@ -40,6 +40,14 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run the kernel in process under seeded faults and check every invariant after each step.
     Simulate(crate::simulate::SimulateArgs),
+    /// Run the host from a configuration file: profiles shared by lease with other instances on
+    /// the same PostgreSQL database, restart recovery, /metrics and /internal/health.
+    Serve(crate::serve::command::ServeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Mint an HS256 API token (the shape Supabase issues) for local use.
     Token(TokenArgs),
 }
@@ -58,6 +66,16 @@ struct TokenArgs {
     /// The HS256 secret the host verifies tokens with.
     #[arg(long, env = "KEEL_JWT_SECRET", hide_env_values = true)]
     secret: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigCommand {
+    /// Validates a configuration file with the `KEEL_*` overrides of the environment and prints
+    /// the effective configuration, every secret masked.
+    Check {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -129,6 +147,21 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => crate::simulate::run(args).await,
+        Command::Serve(args) => crate::serve::command::run(args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => crate::config::Config::load_with_process_env(&file)
+            .and_then(|config| crate::config::render_masked(&config))
+            .map(|text| {
+                println!(
+                    "# {}: valid; effective configuration, secrets masked",
+                    file.display()
+                );
+                print!("{text}");
+                ExitCode::SUCCESS
+            }),
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Token(args) => crate::auth::JwtKeys::new(args.secret.as_bytes()).map(|keys| {
             let now = chrono::Utc::now().timestamp();

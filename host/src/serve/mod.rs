@@ -8,6 +8,8 @@
 //! after every profile has recovered.
 
 pub mod control;
+pub mod cluster;
+pub mod command;
 pub mod http;
 pub mod metered;
 
@@ -103,6 +105,28 @@ impl LoopHealth {
     /// Makes the loops started with this health publish their steps to `bus`.
     pub fn publish_to(&self, bus: Arc<crate::live::Bus>) {
         let _ = self.live.set(bus);
+    }
+
+    /// Sets how many profiles must recover before the host is ready (an instance of several
+    /// learns it after its first look at the directory); ready at once when they already have.
+    pub fn expect_profiles(&self, profiles: usize, metrics: &Metrics) {
+        *self.expected_profiles.lock().expect("lock poisoned") = profiles;
+        if self.recovered.lock().expect("lock poisoned").len() >= profiles {
+            self.ready.store(true, Ordering::Release);
+            metrics.ready.set(1);
+        }
+    }
+
+    /// Forgets a profile this instance no longer runs (its lease moved to another instance).
+    pub fn forget(&self, profile: ProfileId) {
+        let mut runs = self.runs.lock().expect("lock poisoned");
+        runs.retain(|(p, _), _| *p != profile);
+        drop(runs);
+        let mut snapshots = self.snapshots.lock().expect("lock poisoned");
+        snapshots.remove(&profile);
+        drop(snapshots);
+        let mut recovered = self.recovered.lock().expect("lock poisoned");
+        recovered.retain(|p| *p != profile);
     }
 
     /// Whether every profile has finished restart recovery.

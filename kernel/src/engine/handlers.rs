@@ -5,6 +5,7 @@
 //! learned from a WebSocket event, a REST answer or a reconciliation pass is recorded the same way,
 //! once (the store's UNIQUE keys make a replay a no-op).
 
+use crate::crash;
 use crate::exchange::{Fill, OrderReport, OrderRequest, PlaceOutcome, UserEvent};
 use crate::ids::{ClientOrderId, IntentKind};
 use crate::lifecycle::{FillOutcome, FillReport, OrderRecord, StatusOutcome, WriteAhead};
@@ -23,8 +24,10 @@ impl ProfileEngine {
         order: &OrderRecord,
         request: &OrderRequest,
     ) -> Result<(), EngineError> {
+        crash::point(crash::BEFORE_SUBMIT);
         let started = std::time::Instant::now();
         let outcome = self.exchange.place(request).await;
+        crash::point(crash::AFTER_SUBMIT_BEFORE_ANSWER);
         let label = place_outcome_label(&outcome);
         self.metrics
             .exchange_requests_total
@@ -244,6 +247,16 @@ impl ProfileEngine {
         Ok(())
     }
 
+    /// Records a fill in its own transaction, passing the crash points around its commit.
+    async fn record_fill(&mut self, report: &FillReport) -> Result<FillOutcome, StoreError> {
+        let mut tx = self.store.tenant(self.spec.user).begin().await?;
+        let recorded = tx.record_fill(report).await?;
+        crash::point(crash::AFTER_ANSWER_BEFORE_COMMIT);
+        tx.commit().await?;
+        crash::point(crash::AFTER_COMMIT);
+        Ok(recorded)
+    }
+
     /// Records one fill (a replay changes nothing) and tells the strategy about a new one.
     #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %fill.client_order_id))]
     pub async fn apply_fill(&mut self, fill: &Fill) -> Result<(), EngineError> {
@@ -255,7 +268,7 @@ impl ProfileEngine {
             fee: fill.fee.get().max(rust_decimal::Decimal::ZERO),
             executed_at_ms: fill.time_ms,
         };
-        let recorded = match self.store.tenant(self.spec.user).record_fill(&report).await {
+        let recorded = match self.record_fill(&report).await {
             Ok(recorded) => recorded,
             // Not this profile's order: the exchange account is the profile's own, so this is a
             // foreign order; reconciliation reports it.

@@ -24,6 +24,7 @@
 
 pub(crate) mod backend;
 mod combined;
+mod directory;
 mod history;
 mod lease;
 mod listing;
@@ -49,6 +50,7 @@ use crate::lifecycle::LifecycleError;
 use crate::lock::LockError;
 use crate::plant::Plant;
 
+pub use directory::{DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL};
 pub use lease::Locks;
 pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
 pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
@@ -88,6 +90,9 @@ pub enum Constraint {
     CurrentFence,
     /// `locks_fence_only_grows`.
     FenceOnlyGrows,
+    /// `profile_lease_current`: a profile's write under a profile lease that expired or was
+    /// taken over by another instance.
+    StaleProfileLease,
     /// Any other named constraint.
     Other(String),
 }
@@ -106,6 +111,7 @@ impl Constraint {
             "ledger_entries_append_only" => Constraint::LedgerAppendOnly,
             "orders_current_fence" => Constraint::CurrentFence,
             "locks_fence_only_grows" => Constraint::FenceOnlyGrows,
+            "profile_lease_current" => Constraint::StaleProfileLease,
             other if other.starts_with("capital_") && other.ends_with("_nonnegative") => {
                 Constraint::CapitalNonNegative(other.to_owned())
             }
@@ -179,6 +185,7 @@ pub struct Store {
     pool: Pool,
     stats: Arc<StoreStats>,
     plant: Option<Plant>,
+    guard: Option<LeaseGuard>,
 }
 
 impl Store {
@@ -279,6 +286,7 @@ impl Store {
             pool,
             stats: Arc::new(StoreStats::default()),
             plant: None,
+            guard: None,
         }
     }
 
@@ -291,6 +299,22 @@ impl Store {
 
     pub(crate) fn plant(&self) -> Option<Plant> {
         self.plant
+    }
+
+    /// This store with every tenant transaction opened under `guard`: the transaction first
+    /// checks that the profile lease is still this fence's and unexpired (by the database
+    /// clock), and is refused otherwise. An instance hands such a store to the engine of each
+    /// profile it runs, so a stale owner's write is rejected inside its own transaction.
+    pub fn guarded_by(&self, guard: LeaseGuard) -> Store {
+        Store {
+            guard: Some(guard),
+            ..self.clone()
+        }
+    }
+
+    /// The lease guard of this store's tenant transactions, if any.
+    pub fn guard(&self) -> Option<&LeaseGuard> {
+        self.guard.as_ref()
     }
 
     /// Which database this store runs on.

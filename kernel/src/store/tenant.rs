@@ -61,9 +61,22 @@ impl<'s> Tenant<'s> {
                      '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', true)",
                     self.user.as_uuid().hyphenated()
                 );
-                Tx::Pg(pool.begin_with(begin).await?)
+                let mut tx = pool.begin_with(begin).await?;
+                // The lease check runs inside the opened transaction, not in the BEGIN query:
+                // a failed BEGIN query would leave the connection in an aborted transaction
+                // that nothing rolls back, while dropping `tx` does.
+                if let Some(guard) = self.store.guard() {
+                    guard.check_pg(&mut tx).await?;
+                }
+                Tx::Pg(tx)
             }
-            Pool::Lite(pool) => Tx::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Lite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                if let Some(guard) = self.store.guard() {
+                    guard.check_lite(&mut tx).await?;
+                }
+                Tx::Lite(tx)
+            }
         };
         Ok(TenantTx {
             tx,

@@ -6,7 +6,7 @@ use keel_kernel::lifecycle::{FillOutcome, LifecycleError, StatusOutcome, WriteAh
 use keel_kernel::lock::{LockError, LockKey, LockKind, OwnerToken};
 use keel_kernel::money::{Amount, Price, Qty, decimal_from_f64};
 use keel_kernel::order::OrderStatus;
-use keel_kernel::store::{Constraint, StoreError};
+use keel_kernel::store::{Constraint, DirectoryEntry, LeaseGuard, StoreError};
 
 use crate::fixtures::*;
 use crate::support::Harness;
@@ -30,6 +30,8 @@ crate::contract_tests!(
     unique_keys_refuse_duplicate_rows_in_the_database,
     another_tenant_cannot_see_or_touch_a_profile_or_its_orders,
     exits_beyond_the_position_are_refused,
+    a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transaction,
+    the_directory_lists_every_tenants_profiles,
 );
 
 async fn allocation_is_journaled_and_rebuild_finds_no_difference(h: &Harness) {
@@ -758,4 +760,71 @@ async fn exits_beyond_the_position_are_refused(h: &Harness) {
             .unwrap()
             .differs()
     );
+}
+
+async fn a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transaction(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "100").await;
+    let locks = h.store.locks();
+    let key = LockKey::profile(profile);
+    let first = locks
+        .acquire(
+            LockKind::ProfileLease,
+            &key,
+            OwnerToken::new_random(),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = h.store.guarded_by(LeaseGuard::of(profile, &first));
+    let one = Amount::positive(d("1")).unwrap();
+    stale.tenant(user).allocate(profile, one).await.unwrap();
+    // The lease moves to another instance (released here; an expiry behaves alike).
+    assert!(locks.release(&first).await.unwrap());
+    let second = locks
+        .acquire(
+            LockKind::ProfileLease,
+            &key,
+            OwnerToken::new_random(),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.fence > first.fence);
+    let refused = stale.tenant(user).allocate(profile, one).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Constraint(Constraint::StaleProfileLease))
+        ),
+        "{refused:?}"
+    );
+    let current = h.store.guarded_by(LeaseGuard::of(profile, &second));
+    let capital = current.tenant(user).allocate(profile, one).await.unwrap();
+    assert_eq!(
+        capital.allocated,
+        d("102"),
+        "the refused write left nothing"
+    );
+    // Without any lease row at all, a guarded write is refused too.
+    assert!(locks.release(&second).await.unwrap());
+    assert!(matches!(
+        current.tenant(user).capital(profile).await,
+        Err(StoreError::Constraint(Constraint::StaleProfileLease))
+    ));
+}
+
+async fn the_directory_lists_every_tenants_profiles(h: &Harness) {
+    let (alice, bob) = (UserId::new_random(), UserId::new_random());
+    let a = funded_profile(&h.store, alice, "1").await;
+    let b = funded_profile(&h.store, bob, "1").await;
+    let listed = h.store.profile_directory().await.unwrap();
+    for (profile, user) in [(a, alice), (b, bob)] {
+        assert!(
+            listed.contains(&DirectoryEntry { profile, user }),
+            "{profile} of {user} missing from {listed:?}"
+        );
+    }
 }

@@ -1,0 +1,354 @@
+//! Several `keel serve` instances on one database: which instance runs which profile.
+//!
+//! Each profile in the directory ([`Store::profile_directory`]) is run by the one instance that
+//! holds its profile lease (`profile_leases`: a TTL by the database clock, an owner token per
+//! instance, a fence from a sequence that only grows). Every `lease_renew_ms` an instance renews
+//! its leases and reads the directory for profiles nobody holds — a new profile, or one whose
+//! instance died and whose lease expired — and on PostgreSQL a notification on
+//! [`PROFILES_CHANNEL`] makes it look at once.
+//!
+//! The lease's fence is carried into every write of the profile: the engine of a profile gets a
+//! store [`Store::guarded_by`] the lease, whose tenant transactions first check (and hold until
+//! commit) that the lease is still that fence's and unexpired. An instance that was stopped past
+//! its TTL (a pause, a partition) and comes back cannot write: its transactions are refused
+//! inside themselves, and its write-ahead rule means nothing reaches the exchange that the
+//! database does not hold. It also stops the profile as soon as it sees the lease lost — by
+//! a failed renewal, or by its own monotonic clock passing the TTL since the last renewal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use keel_kernel::ids::ProfileId;
+use keel_kernel::lock::{Lease, LockError, LockKey, LockKind, OwnerToken};
+use keel_kernel::metrics::Metrics;
+use keel_kernel::store::{DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, Store, StoreError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{LoopConfig, LoopHealth, Loops, ProfileLoops};
+
+/// How profiles are shared between instances.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterConfig {
+    /// TTL of a profile lease.
+    pub lease_ttl_ms: i64,
+    /// Time between renewals and directory reads.
+    pub lease_renew_ms: u64,
+    /// Most profiles this instance runs.
+    pub profiles_max: usize,
+}
+
+/// Builds the engine and channels of a profile this instance just took.
+#[async_trait::async_trait]
+pub trait ProfileStarter: Send + Sync {
+    /// The loops' inputs for `entry`, whose engine must write through `store` (guarded by the
+    /// profile's lease).
+    async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops>;
+}
+
+/// A profile this instance runs.
+struct Owned {
+    lease: Lease,
+    /// When the lease was last granted or renewed, by this process's monotonic clock: the lease
+    /// is surely live until `renewed_at + ttl` (the database counts from a later instant).
+    renewed_at: Instant,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// The profile leases of one instance and the loops of the profiles it holds.
+pub struct Cluster {
+    store: Store,
+    owner: OwnerToken,
+    config: ClusterConfig,
+    loop_config: LoopConfig,
+    starter: Arc<dyn ProfileStarter>,
+    metrics: Arc<Metrics>,
+    health: Arc<LoopHealth>,
+    owned: HashMap<ProfileId, Owned>,
+    /// Profiles whose loops were told to stop and have not ended yet: not taken again before.
+    stopping: HashMap<ProfileId, (Lease, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Cluster {
+    /// An instance identified by `owner` that has taken nothing yet.
+    pub fn new(
+        store: Store,
+        owner: OwnerToken,
+        config: ClusterConfig,
+        loop_config: LoopConfig,
+        starter: Arc<dyn ProfileStarter>,
+        metrics: Arc<Metrics>,
+        health: Arc<LoopHealth>,
+    ) -> Cluster {
+        Cluster {
+            store,
+            owner,
+            config,
+            loop_config,
+            starter,
+            metrics,
+            health,
+            owned: HashMap::new(),
+            stopping: HashMap::new(),
+        }
+    }
+
+    /// Takes, renews and gives up profiles until `shutdown` turns true; then stops every
+    /// profile's loops after their current step and releases the leases.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut changes = self.listen().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.lease_renew_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = tick.tick() => {}
+                Some(()) = changes.recv() => {}
+            }
+            self.renew().await;
+            self.reap().await;
+            if let Err(error) = self.scan().await {
+                tracing::warn!(error = %format!("{error:#}"), "reading the profile directory failed; retrying");
+            } else if first {
+                first = false;
+                self.health.expect_profiles(self.owned.len(), &self.metrics);
+            }
+        }
+        self.shut_down().await
+    }
+
+    /// Notifications of directory changes (PostgreSQL), coalesced: one pending wake-up at most.
+    /// Without them (SQLite, or LISTEN failing) the periodic scan alone finds changes.
+    async fn listen(&self) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel(1);
+        let Some(pool) = self.store.pg_pool() else {
+            return rx;
+        };
+        let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "LISTEN unavailable; profile changes are found by polling");
+                return rx;
+            }
+        };
+        if let Err(error) = listener.listen(PROFILES_CHANNEL).await {
+            tracing::warn!(%error, "LISTEN unavailable; profile changes are found by polling");
+            return rx;
+        }
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    // A full channel already holds a wake-up: this change is seen by it.
+                    Ok(_) => {
+                        if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        // PgListener reconnects by itself on the next recv.
+                        tracing::warn!(%error, "profile notifications interrupted");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.config.lease_ttl_ms.unsigned_abs())
+    }
+
+    /// Renews every lease; a lease lost (or possibly expired by the local clock) stops its
+    /// profile at once.
+    async fn renew(&mut self) {
+        let ids: Vec<ProfileId> = self.owned.keys().copied().collect();
+        for profile in ids {
+            let owned = &self.owned[&profile];
+            if owned.renewed_at.elapsed() >= self.ttl() {
+                tracing::warn!(profile_id = %profile, "profile lease may have expired before renewal: stopping the profile");
+                self.stop_profile(profile);
+                continue;
+            }
+            let asked_at = Instant::now();
+            match self
+                .store
+                .locks()
+                .renew(&owned.lease, self.config.lease_ttl_ms)
+                .await
+            {
+                Ok(lease) => {
+                    let owned = self.owned.get_mut(&profile).expect("listed above");
+                    owned.lease = lease;
+                    owned.renewed_at = asked_at;
+                }
+                Err(StoreError::Lock(LockError::Lost { .. })) => {
+                    tracing::warn!(profile_id = %profile, "profile lease lost: stopping the profile");
+                    self.stop_profile(profile);
+                }
+                Err(error) => {
+                    // The database is unreachable: keep running until the local clock says the
+                    // lease may have expired; the guarded writes refuse anything later anyway.
+                    tracing::warn!(profile_id = %profile, %error, "renewing the profile lease failed");
+                }
+            }
+        }
+    }
+
+    /// Tells a profile's loops to stop; the lease is released once they have.
+    fn stop_profile(&mut self, profile: ProfileId) {
+        if let Some(owned) = self.owned.remove(&profile) {
+            owned.stop.send_replace(true);
+            self.stopping.insert(profile, (owned.lease, owned.task));
+        }
+    }
+
+    /// Collects profiles whose loops ended: stopped ones, and ones that failed on their own.
+    async fn reap(&mut self) {
+        let failed: Vec<ProfileId> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for profile in failed {
+            self.stop_profile(profile);
+        }
+        let done: Vec<ProfileId> = self
+            .stopping
+            .iter()
+            .filter(|(_, (_, task))| task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for profile in done {
+            let (lease, task) = self.stopping.remove(&profile).expect("listed above");
+            self.finish(profile, lease, task).await;
+        }
+    }
+
+    async fn finish(&self, profile: ProfileId, lease: Lease, task: JoinHandle<anyhow::Result<()>>) {
+        match task.await {
+            Ok(Ok(())) => tracing::info!(profile_id = %profile, "profile stopped"),
+            Ok(Err(error)) => {
+                tracing::error!(profile_id = %profile, error = %format!("{error:#}"), "profile loops failed");
+            }
+            Err(error) => tracing::error!(profile_id = %profile, %error, "profile task panicked"),
+        }
+        self.health.forget(profile);
+        if let Err(error) = self.store.locks().release(&lease).await {
+            // It expires by itself after its TTL.
+            tracing::warn!(profile_id = %profile, %error, "releasing the profile lease failed");
+        }
+    }
+
+    /// Reads the directory: stops profiles that left it, takes free ones up to the limit.
+    async fn scan(&mut self) -> anyhow::Result<()> {
+        let directory = self
+            .store
+            .profile_directory()
+            .await
+            .context("reading the profile directory")?;
+        let listed: std::collections::HashSet<ProfileId> =
+            directory.iter().map(|e| e.profile).collect();
+        let gone: Vec<ProfileId> = self
+            .owned
+            .keys()
+            .filter(|p| !listed.contains(p))
+            .copied()
+            .collect();
+        for profile in gone {
+            tracing::info!(profile_id = %profile, "profile left the directory: stopping it");
+            self.stop_profile(profile);
+        }
+        for entry in directory {
+            if self.owned.len() >= self.config.profiles_max {
+                break;
+            }
+            let busy = self.owned.contains_key(&entry.profile)
+                || self.stopping.contains_key(&entry.profile);
+            if !busy {
+                self.try_take(entry).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `entry`'s lease if it is free and starts its loops (recovery first).
+    async fn try_take(&mut self, entry: DirectoryEntry) -> anyhow::Result<()> {
+        let asked_at = Instant::now();
+        let key = LockKey::profile(entry.profile);
+        let granted = self
+            .store
+            .locks()
+            .acquire(
+                LockKind::ProfileLease,
+                &key,
+                self.owner,
+                self.config.lease_ttl_ms,
+            )
+            .await
+            .with_context(|| format!("acquiring the lease of profile {}", entry.profile))?;
+        let Some(lease) = granted else {
+            return Ok(()); // another instance runs it
+        };
+        tracing::info!(profile_id = %entry.profile, fence = %lease.fence, "profile lease taken");
+        let store = self.store.guarded_by(LeaseGuard::of(entry.profile, &lease));
+        let inputs = match self.starter.start(entry, store).await {
+            Ok(inputs) => inputs,
+            Err(error) => {
+                tracing::error!(profile_id = %entry.profile, error = %format!("{error:#}"), "starting the profile failed");
+                let _ = self.store.locks().release(&lease).await;
+                return Ok(());
+            }
+        };
+        let loops = Loops::start(
+            vec![inputs],
+            self.loop_config,
+            self.metrics.clone(),
+            self.health.clone(),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(loops, stop_rx));
+        self.owned.insert(
+            entry.profile,
+            Owned {
+                lease,
+                renewed_at: asked_at,
+                stop,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    async fn shut_down(mut self) -> anyhow::Result<()> {
+        let ids: Vec<ProfileId> = self.owned.keys().copied().collect();
+        for profile in ids {
+            self.stop_profile(profile);
+        }
+        let stopping: Vec<_> = self.stopping.drain().collect();
+        for (profile, (lease, task)) in stopping {
+            self.finish(profile, lease, task).await;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one profile's loops until told to stop (then lets the current step finish) or until
+/// they fail.
+async fn supervise(mut loops: Loops, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let failure = tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => None,
+        error = loops.failed() => Some(error),
+    };
+    let stopped = loops.stop().await;
+    match failure {
+        Some(error) => Err(error),
+        None => stopped,
+    }
+}

@@ -1,0 +1,268 @@
+//! `keel serve --config FILE`: the host in production — PostgreSQL (several instances) or SQLite
+//! (one), a real exchange adapter, the profiles of the directory shared out by lease
+//! ([`super::cluster`]), and the operational endpoints.
+//!
+//! Start: the configuration is validated, migrations are applied when `database.admin_url` is
+//! set, the strategy plugin is compiled once, and the instance starts taking profiles; each runs
+//! restart recovery before its first decision. SIGTERM or Ctrl-C: the HTTP server stops
+//! accepting, each profile finishes its current step, and every lease is released so other
+//! instances take the profiles at once rather than after the TTL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, SystemClock};
+use keel_kernel::exchange::{Exchange, Interval};
+use keel_kernel::ids::Symbol;
+use keel_kernel::lock::OwnerToken;
+use keel_kernel::metrics::Metrics;
+use keel_kernel::risk::RiskLimits;
+use keel_kernel::store::{DirectoryEntry, Store};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, ExchangeConfig};
+use crate::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
+use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine, PluginVersion};
+
+use super::cluster::{Cluster, ClusterConfig, ProfileStarter};
+use super::http::AppState;
+use super::metered::MeteredStrategy;
+use super::{LoopHealth, ProfileLoops};
+
+/// Candles queued per profile before its stream waits.
+pub const CANDLE_QUEUE_MAX: usize = 64;
+
+/// `keel serve` options.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file (TOML); `KEEL_*` variables override its keys.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Runs one instance until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load_with_process_env(&args.config)?;
+    if let Ok(point) = std::env::var(keel_kernel::crash::ENV) {
+        anyhow::ensure!(
+            keel_kernel::crash::is_valid(&point),
+            "{} = {point:?} names no crash point; known: {}",
+            keel_kernel::crash::ENV,
+            keel_kernel::crash::ALL.join(", ")
+        );
+        tracing::warn!(%point, "a crash point is armed: this process will abort there");
+    }
+    let instance = config.instance.id_or_default();
+    let store = open_store(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let auth = crate::auth::JwtKeys::new(config.api.jwt_secret.expose().as_bytes())
+        .context("api.jwt_secret")?;
+    let exchange = connect_exchange(&config.exchange).await?;
+    let starter = Arc::new(Starter::new(&config, exchange, metrics.clone())?);
+    let loop_config = config.loops.loop_config();
+    // Not ready until the first look at the directory says how many profiles must recover.
+    let health = Arc::new(LoopHealth::new(usize::MAX));
+    let app = AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        loop_config,
+        store: store.clone(),
+        probes: Vec::new(),
+        auth,
+    };
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+    let address = listener.local_addr()?;
+    let owner = OwnerToken::new_random();
+    let cluster = Cluster::new(
+        store.clone(),
+        owner,
+        ClusterConfig {
+            lease_ttl_ms: config.instance.lease_ttl_ms,
+            lease_renew_ms: config.instance.lease_renew_ms,
+            profiles_max: config.instance.profiles_max,
+        },
+        loop_config,
+        starter,
+        metrics.clone(),
+        health,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut cluster = tokio::spawn(cluster.run(stop_rx.clone()));
+    let server = tokio::spawn(crate::demo::serve(listener, app, stop_rx));
+    // One line on stdout, so scripts and tests can find the address.
+    println!(
+        "keel serve: instance {instance} (owner {}) listening on http://{address}",
+        owner.as_uuid()
+    );
+    tracing::info!(%instance, owner = %owner.as_uuid(), %address, "serving");
+    let early = tokio::select! {
+        signal = crate::demo::shutdown_signal() => { signal?; None }
+        ended = &mut cluster => Some(ended),
+    };
+    tracing::info!("shutting down: each profile finishes its step, then its lease is released");
+    stop_tx.send_replace(true);
+    let ended = match early {
+        Some(ended) => ended,
+        None => cluster.await,
+    };
+    let result = ended.context("the cluster task panicked").and_then(|r| r);
+    server.await.context("server task panicked")??;
+    store.close().await;
+    println!("keel serve: stopped cleanly");
+    result
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let db = &config.database;
+    if let Some(admin) = &db.admin_url {
+        Store::migrate_postgres(admin.expose())
+            .await
+            .with_context(|| format!("applying migrations as {}", admin.masked()))?;
+    }
+    let url = db.url.expose();
+    let store = if url.starts_with("sqlite:") {
+        Store::open(url).await
+    } else {
+        Store::connect_postgres(url, db.connections_max).await
+    };
+    store.with_context(|| format!("opening database.url {}", db.url.masked()))
+}
+
+async fn connect_exchange(config: &ExchangeConfig) -> anyhow::Result<Arc<dyn Exchange>> {
+    match config {
+        ExchangeConfig::Binance {
+            rest_url,
+            ws_url,
+            api_key,
+            api_secret,
+        } => {
+            let signer = Signer::Hmac {
+                secret: api_secret.expose().to_owned(),
+            };
+            let binance = BinanceConfig::at(rest_url, ws_url, api_key.expose().to_owned(), signer);
+            let exchange = BinanceExchange::connect(binance)
+                .await
+                .with_context(|| format!("connecting to the exchange at {rest_url}"))?;
+            Ok(Arc::new(exchange))
+        }
+    }
+}
+
+/// Builds each profile's engine: the configured plugin, the exchange, the candle streams.
+struct Starter {
+    plugins: PluginEngine,
+    version: PluginVersion,
+    engine: EngineConfig,
+    plugin_config: Vec<(String, String)>,
+    symbols: Vec<Symbol>,
+    interval: Interval,
+    exchange: Arc<dyn Exchange>,
+    metrics: Arc<Metrics>,
+    switches: Arc<HostSwitches>,
+    owner: OwnerToken,
+}
+
+impl Starter {
+    fn new(
+        config: &Config,
+        exchange: Arc<dyn Exchange>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Starter> {
+        let strategy = &config.strategy;
+        let plugins = PluginEngine::new(EngineSettings::default())?;
+        let bytes = std::fs::read(&strategy.plugin)
+            .with_context(|| format!("reading strategy.plugin {}", strategy.plugin.display()))?;
+        let version = plugins
+            .load(&bytes)
+            .with_context(|| format!("loading strategy.plugin {}", strategy.plugin.display()))?;
+        let symbols = strategy
+            .symbols
+            .iter()
+            .map(|s| Symbol::new(s))
+            .collect::<Result<Vec<_>, _>>()
+            .context("strategy.symbols")?;
+        Ok(Starter {
+            plugins,
+            version,
+            engine: config.engine.clone(),
+            plugin_config: strategy.config.clone().into_iter().collect(),
+            symbols,
+            interval: strategy.interval()?,
+            exchange,
+            metrics,
+            switches: Arc::new(HostSwitches {
+                kill: AtomicBool::new(config.host.kill_switch),
+            }),
+            // One owner per instance: its entry locks, like its profile leases, are its own.
+            owner: OwnerToken::new_random(),
+        })
+    }
+
+    /// One channel of every configured symbol's closed candles.
+    async fn candles(&self) -> anyhow::Result<mpsc::Receiver<keel_kernel::market::Candle>> {
+        let (tx, rx) = mpsc::channel(CANDLE_QUEUE_MAX);
+        for symbol in &self.symbols {
+            let mut stream = self
+                .exchange
+                .candles(symbol, self.interval)
+                .await
+                .with_context(|| format!("subscribing to {symbol} candles"))?;
+            let tx = tx.clone();
+            // Ends when the profile's loops drop their receiver, which ends the stream too.
+            tokio::spawn(async move {
+                while let Some(candle) = stream.recv().await {
+                    if tx.send(candle).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(rx)
+    }
+}
+
+#[async_trait::async_trait]
+impl ProfileStarter for Starter {
+    async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
+        let clock = Arc::new(SystemClock);
+        let setup =
+            InstanceSetup::new(entry.profile, clock.clone()).config(self.plugin_config.clone());
+        let strategy = self
+            .plugins
+            .start(&self.version, setup)
+            .map_err(|fault| anyhow::anyhow!("starting the strategy: {fault}"))?;
+        let events = self
+            .exchange
+            .user_events()
+            .await
+            .context("subscribing to the exchange's user events")?;
+        let candles = self.candles().await?;
+        let engine = ProfileEngine::new(
+            ProfileSpec {
+                profile: entry.profile,
+                user: entry.user,
+                limits: RiskLimits::conservative(self.symbols.iter().cloned()),
+            },
+            self.engine.clone(),
+            store,
+            self.exchange.clone(),
+            Box::new(MeteredStrategy::new(
+                Box::new(strategy),
+                self.metrics.clone(),
+            )),
+            clock,
+            self.metrics.clone(),
+            self.switches.clone(),
+            self.owner,
+        );
+        Ok(ProfileLoops {
+            engine,
+            candles,
+            events,
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! The race for a profile and the stale owner, with real processes.
+
+use crate::harness::{Serve, World, signal, wait_for};
+
+/// A moving-average cross that turns on almost every candle: entries and exits all the time.
+pub const BUSY_STRATEGY: [(&str, &str); 3] =
+    [("fast", "1"), ("slow", "2"), ("size_fraction", "0.02")];
+
+/// Orders the trading instances must have placed before the checks.
+const PLACEMENTS_MIN: usize = 6;
+
+async fn wait_for_placements(world: &World, at_least: usize) {
+    wait_for(
+        &format!("{at_least} placements on the exchange"),
+        || async { world.sim.placements().await.len() >= at_least },
+    )
+    .await;
+}
+
+/// Stops every instance with SIGTERM (each must exit cleanly and release its lease), then
+/// checks that the database converges to the exchange.
+pub async fn settle(world: &World, instances: Vec<Serve>) -> Vec<(String, Vec<String>)> {
+    let mut logs = Vec::new();
+    for instance in instances {
+        let name = instance.name.clone();
+        let (status, log) = instance.stop().await;
+        assert!(status.success(), "{name} exited with {status:?}: {log:#?}");
+        logs.push((name, log));
+    }
+    assert_eq!(
+        world.lease().await,
+        None,
+        "a clean shutdown releases the lease"
+    );
+    converge(world).await;
+    logs
+}
+
+/// Runs one instance whose strategy never trades until restart recovery and a later clean
+/// reconciliation pass are done and no order waits for the exchange's word; stops it, then
+/// the database must equal the exchange.
+pub async fn converge(world: &World) {
+    let config = world.config_file("settle", "boundary.wasm", &[]);
+    let settle = Serve::start("settle", &config).await;
+    wait_for("the settling instance's recovery", || async {
+        settle.get("/readyz").await.0 == 200
+    })
+    .await;
+    wait_for("a clean reconciliation pass after recovery", || async {
+        settle
+            .metric("keel_reconciliation_last_clean_pass_timestamp_seconds")
+            .await
+            > 0.0
+    })
+    .await;
+    // An order the exchange never received is declared never placed once
+    // engine.unknown_resolve_after_ms has passed.
+    wait_for("every order resolved", || async {
+        world.unresolved_orders().await == 0
+    })
+    .await;
+    let (status, log) = settle.stop().await;
+    assert!(status.success(), "settle exited with {status:?}: {log:#?}");
+    world.assert_agreement().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_racing_for_one_profile_place_each_decision_once() {
+    let world = World::create(11).await;
+    let names = ["a", "b", "c"];
+    let configs: Vec<_> = names
+        .iter()
+        .map(|n| world.config_file(n, "sma_cross.wasm", &BUSY_STRATEGY))
+        .collect();
+    let instances = futures::future::join_all(
+        names
+            .iter()
+            .zip(&configs)
+            .map(|(name, config)| Serve::start(name, config)),
+    )
+    .await;
+    wait_for("one instance to hold the profile", || async {
+        world.lease().await.is_some()
+    })
+    .await;
+    let (holder, fence) = world.lease().await.unwrap();
+    let holders: Vec<&Serve> = instances.iter().filter(|s| s.owner == holder).collect();
+    assert_eq!(
+        holders.len(),
+        1,
+        "the lease belongs to exactly one instance"
+    );
+    wait_for_placements(&world, PLACEMENTS_MIN).await;
+    assert_eq!(
+        world.lease().await,
+        Some((holder, fence)),
+        "live instances never take a held profile"
+    );
+    for idle in instances.iter().filter(|s| s.owner != holder) {
+        let sent = idle
+            .metric("keel_orders_total{status=\"PENDING_SUBMIT\"}")
+            .await;
+        assert_eq!(
+            sent, 0.0,
+            "{} wrote orders for a profile it does not hold",
+            idle.name
+        );
+    }
+    settle(&world, instances).await;
+    world.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_stopped_past_its_lease_is_fenced_out_after_the_takeover() {
+    let world = World::create(12).await;
+    let first = Serve::start(
+        "first",
+        &world.config_file("first", "sma_cross.wasm", &BUSY_STRATEGY),
+    )
+    .await;
+    wait_for("the first instance to hold the profile", || async {
+        world
+            .lease()
+            .await
+            .is_some_and(|(owner, _)| owner == first.owner)
+    })
+    .await;
+    let (_, first_fence) = world.lease().await.unwrap();
+    let second = Serve::start(
+        "second",
+        &world.config_file("second", "sma_cross.wasm", &BUSY_STRATEGY),
+    )
+    .await;
+    wait_for_placements(&world, 3).await;
+
+    signal(first.pid(), "STOP");
+    wait_for("the second instance to take the profile over", || async {
+        world
+            .lease()
+            .await
+            .is_some_and(|(owner, _)| owner == second.owner)
+    })
+    .await;
+    let (_, second_fence) = world.lease().await.unwrap();
+    assert!(second_fence > first_fence, "a takeover gets a larger fence");
+    let at_takeover = world.sim.placements().await.len();
+    wait_for_placements(&world, at_takeover + 2).await;
+
+    // The stale owner wakes up with candles queued and a lease it believes it holds.
+    signal(first.pid(), "CONT");
+    wait_for("the stale owner to stop the profile", || async {
+        let (_, body) = first.get("/internal/health").await;
+        body.contains("not_started")
+    })
+    .await;
+    let resumed_at = world.sim.placements().await.len();
+    wait_for_placements(&world, resumed_at + 2).await;
+    assert_eq!(
+        world.lease().await.map(|(owner, _)| owner),
+        Some(second.owner),
+        "the stale owner never takes the profile back while the new owner renews"
+    );
+    let logs = settle(&world, vec![first, second]).await;
+    let stale_log = &logs[0].1;
+    assert!(
+        stale_log.iter().any(|l| l.contains("stopping the profile")),
+        "the stale owner noticed it lost the lease: {stale_log:#?}"
+    );
+    world.drop_db().await;
+}
