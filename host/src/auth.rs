@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_with_its_role() {
         let keys = JwtKeys::new(SECRET).unwrap();
-        let user = UserId::new();
+        let user = UserId::new_random();
         let caller = keys.verify(&keys.mint(user, false, now(), 60)).unwrap();
         assert_eq!(
             caller,
@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn expired_forged_and_unsigned_tokens_are_refused() {
         let keys = JwtKeys::new(SECRET).unwrap();
-        let user = UserId::new();
+        let user = UserId::new_random();
         let expired = keys.mint(user, false, now() - 120, 60);
         assert_eq!(keys.verify(&expired), Err(AuthError::Expired));
 
