@@ -443,14 +443,16 @@ impl Config {
                 db.url.masked()
             ));
         }
-        if let Some(admin) = &db.admin_url {
-            if !is_pg || !admin.is_postgres() {
-                return Err(
-                    "database.admin_url: only a PostgreSQL store has an owner role; \
-                            SQLite is migrated on open"
-                        .to_owned(),
-                );
-            }
+        let admin_is_pg = db
+            .admin_url
+            .as_ref()
+            .map(|admin| is_pg && admin.is_postgres());
+        if admin_is_pg == Some(false) {
+            return Err(
+                "database.admin_url: only a PostgreSQL store has an owner role; \
+                        SQLite is migrated on open"
+                    .to_owned(),
+            );
         }
         if db.connections_max == 0 || db.connections_max > 1_000 {
             return Err("database.connections_max: must be 1 to 1000".to_owned());

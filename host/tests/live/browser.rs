@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, ClientBuilder};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -113,16 +113,15 @@ where
     }
 }
 
-/// The text of every element matching `css`, in document order.
+/// The text of every element matching `css`, in document order, read in one script: the page
+/// re-renders live, so elements found one call earlier may be gone.
 async fn texts(client: &Client, css: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for element in client.find_all(Locator::Css(css)).await.unwrap() {
-        // The page re-renders live: an element may go stale between finding and reading it.
-        if let Ok(text) = element.text().await {
-            out.push(text);
-        }
-    }
-    out
+    let script = "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText)";
+    let value = client
+        .execute(script, vec![serde_json::json!(css)])
+        .await
+        .unwrap();
+    serde_json::from_value(value).unwrap()
 }
 
 /// The names of the profile cards on the page, sorted.
