@@ -181,7 +181,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             metrics: &metrics,
             switches: &switches,
         };
-        let (engine, swap, digest) = build_engine(spec, &args, collaborators, state.user, *profile).await?;
+        let (engine, swap, digest) =
+            build_engine(spec, &args, collaborators, state.user, *profile).await?;
         let commands = control.register(*profile, Some(swap), clock.clone());
         profile_infos.push(crate::live::ProfileInfo {
             profile: *profile,

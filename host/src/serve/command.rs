@@ -27,6 +27,7 @@ use crate::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
 use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine, PluginVersion};
 
 use super::cluster::{Cluster, ClusterConfig, ProfileStarter};
+use super::control::LoopControl;
 use super::http::AppState;
 use super::metered::MeteredStrategy;
 use super::{LoopHealth, ProfileLoops};
@@ -60,18 +61,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = crate::auth::JwtKeys::new(config.api.jwt_secret.expose().as_bytes())
         .context("api.jwt_secret")?;
     let exchange = connect_exchange(&config.exchange).await?;
-    let starter = Arc::new(Starter::new(&config, exchange, metrics.clone())?);
     let loop_config = config.loops.loop_config();
+    let bus = crate::live::Bus::new(store.clone(), loop_config, crate::live::QUEUE_MAX_DEFAULT);
+    let starter = Starter::new(&config, exchange, metrics.clone(), bus.clone())?;
+    let api = crate::api::ApiState {
+        store: store.clone(),
+        auth: auth.clone(),
+        plugins: starter.plugins.clone(),
+        control: starter.control.clone(),
+        credentials: credentials_key()?,
+    };
+    let switches = starter.switches.clone();
+    let starter = Arc::new(starter);
     // Not ready until the first look at the directory says how many profiles must recover.
     let health = Arc::new(LoopHealth::new(usize::MAX));
+    health.publish_to(bus.clone());
     let app = AppState {
         metrics: metrics.clone(),
         health: health.clone(),
         loop_config,
         store: store.clone(),
         probes: Vec::new(),
-        auth,
+        auth: auth.clone(),
     };
+    let health_for_watch = health.clone();
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("binding api.listen {}", config.api.listen))?;
@@ -92,7 +105,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut cluster = tokio::spawn(cluster.run(stop_rx.clone()));
-    let server = tokio::spawn(crate::demo::serve(listener, app, stop_rx));
+    let live = crate::live::router(bus.clone(), auth);
+    let watch = tokio::spawn(crate::live::watch_host(
+        bus,
+        health_for_watch,
+        Some(switches),
+        stop_rx.clone(),
+    ));
+    let routes = super::http::router(app)
+        .merge(crate::api::router(api))
+        .merge(live);
+    let server = tokio::spawn(crate::demo::serve(listener, routes, stop_rx));
     // One line on stdout, so scripts and tests can find the address.
     println!(
         "keel serve: instance {instance} (owner {}) listening on http://{address}",
@@ -111,9 +134,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let result = ended.context("the cluster task panicked").and_then(|r| r);
     server.await.context("server task panicked")??;
+    watch.await.context("host watch task panicked")?;
     store.close().await;
     println!("keel serve: stopped cleanly");
     result
+}
+
+/// The key exchange credentials are sealed with: `KEEL_CREDENTIALS_KEY` (64 hex digits).
+fn credentials_key() -> anyhow::Result<crate::api::CredentialsKey> {
+    crate::api::CredentialsKey::from_env()?.context(
+        "KEEL_CREDENTIALS_KEY is not set: keel serve seals exchange credentials with it \
+         (64 hex digits, e.g. from `openssl rand -hex 32`)",
+    )
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -164,6 +196,12 @@ struct Starter {
     metrics: Arc<Metrics>,
     switches: Arc<HostSwitches>,
     owner: OwnerToken,
+    /// Pause, resume, kill and hot-load of the profiles this instance runs (the API's).
+    control: Arc<LoopControl>,
+    /// The live feed of the dashboard and `/api/v1/ws`.
+    bus: Arc<crate::live::Bus>,
+    /// The plugin's file name, as the dashboard shows it.
+    plugin_name: String,
 }
 
 impl Starter {
@@ -171,6 +209,7 @@ impl Starter {
         config: &Config,
         exchange: Arc<dyn Exchange>,
         metrics: Arc<Metrics>,
+        bus: Arc<crate::live::Bus>,
     ) -> anyhow::Result<Starter> {
         let strategy = &config.strategy;
         let plugins = PluginEngine::new(EngineSettings::default())?;
@@ -185,6 +224,14 @@ impl Starter {
             .map(|s| Symbol::new(s))
             .collect::<Result<Vec<_>, _>>()
             .context("strategy.symbols")?;
+        let switches = Arc::new(HostSwitches {
+            kill: AtomicBool::new(config.host.kill_switch),
+        });
+        let plugin_name = strategy
+            .plugin
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Starter {
             plugins,
             version,
@@ -194,9 +241,10 @@ impl Starter {
             interval: strategy.interval()?,
             exchange,
             metrics,
-            switches: Arc::new(HostSwitches {
-                kill: AtomicBool::new(config.host.kill_switch),
-            }),
+            control: Arc::new(LoopControl::new(switches.clone())),
+            switches,
+            bus,
+            plugin_name,
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
         })
@@ -235,6 +283,9 @@ impl ProfileStarter for Starter {
             .plugins
             .start(&self.version, setup)
             .map_err(|fault| anyhow::anyhow!("starting the strategy: {fault}"))?;
+        let commands =
+            self.control
+                .register(entry.profile, Some(strategy.swap_handle()), clock.clone());
         let events = self
             .exchange
             .user_events()
@@ -259,10 +310,19 @@ impl ProfileStarter for Starter {
             self.switches.clone(),
             self.owner,
         );
+        self.bus.register(crate::live::ProfileInfo {
+            profile: entry.profile,
+            user: entry.user,
+            name: entry.profile.to_string(),
+            plugin: self.plugin_name.clone(),
+            plugin_version: self.version.digest().to_string(),
+            symbols: self.symbols.clone(),
+        });
         Ok(ProfileLoops {
             engine,
             candles,
             events,
+            commands,
         })
     }
 }

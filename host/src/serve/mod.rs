@@ -7,9 +7,9 @@
 //! ([`ProfileEngine::recover`]) runs before the first decision, and `keel_ready` turns 1 only
 //! after every profile has recovered.
 
-pub mod control;
 pub mod cluster;
 pub mod command;
+pub mod control;
 pub mod http;
 pub mod metered;
 

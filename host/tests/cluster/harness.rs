@@ -328,6 +328,7 @@ impl Serve {
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn,keel_host::serve=info")
+            .env("KEEL_CREDENTIALS_KEY", "11".repeat(32))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -25,7 +25,7 @@ async fn json_log_lines_carry_the_span_fields_and_never_a_secret() {
         .env("KEEL_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped());
-    let mut demo = Demo::spawn(command).await;
+    let mut demo = Demo::spawn(command, dir.path()).await;
     let mut stderr = BufReader::new(demo.child.stderr.take().unwrap()).lines();
     let log = tokio::spawn(async move {
         let mut lines = Vec::new();

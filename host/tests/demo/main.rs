@@ -32,7 +32,7 @@ impl Demo {
     async fn start(data_dir: &Path) -> Demo {
         let mut command = Demo::command(data_dir);
         command.env("RUST_LOG", "warn").stderr(Stdio::inherit());
-        Demo::spawn(command).await
+        Demo::spawn(command, data_dir).await
     }
 
     /// `keel demo` on a free port, fast, with its stdout piped.
@@ -58,7 +58,7 @@ impl Demo {
     }
 
     /// Spawns `command` and waits for the line that prints the demo's URL.
-    async fn spawn(mut command: Command) -> Demo {
+    async fn spawn(mut command: Command, data_dir: &Path) -> Demo {
         let mut child = command.spawn().expect("spawning keel demo");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = tokio::time::timeout(WAIT_MAX, lines.next_line())
