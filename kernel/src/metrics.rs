@@ -337,6 +337,9 @@ impl Metrics {
         for result in ["ok", "failed"] {
             self.plugin_hot_swaps_total.with_label_values(&[result]);
         }
+        for rule in crate::risk::REFUSAL_RULES {
+            self.risk_refusals_total.with_label_values(&[rule]);
+        }
         for surface in ["api", "websocket", "store"] {
             self.tenant_isolation_denials_total
                 .with_label_values(&[surface]);

@@ -296,6 +296,34 @@ impl Refusal {
     }
 }
 
+/// Every rule a refusal is counted under: the values of [`Refusal::rule`] and the refusals the
+/// engine records after validation. `keel_risk_refusals_total` has each from the start.
+pub const REFUSAL_RULES: [&str; 23] = [
+    "invalid_number",
+    "invalid_id",
+    "tag_too_long",
+    "symbol_not_allowed",
+    "no_price",
+    "notional_max",
+    "insufficient_capital",
+    "positions_max",
+    "leverage_max",
+    "price_band",
+    "protective_order_side",
+    "rate_limit",
+    "daily_loss",
+    "entry_blocked",
+    "no_position",
+    "timer_range",
+    "entry_in_flight",
+    "exchange_filter",
+    "exit_refused",
+    "stale_fence",
+    "decision_replayed",
+    "entry_locked",
+    "unknown_order",
+];
+
 /// How far ahead a strategy may set a timer: one day.
 pub const TIMER_AHEAD_MS_MAX: i64 = 24 * 60 * 60 * 1000;
 

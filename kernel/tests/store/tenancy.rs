@@ -260,9 +260,36 @@ async fn host_role_owns_nothing_bypasses_nothing_and_every_tenant_table_forces_r
     .fetch_all(pool)
     .await
     .unwrap();
+    // The profile directory names owners without RLS, so instances can list every profile: it
+    // must stay ids only and read-only for the host role.
     let mut expected: Vec<String> = TENANT_TABLES.iter().map(|t| t.to_string()).collect();
+    expected.push("profile_directory".to_string());
     expected.sort();
     assert_eq!(with_user_id, expected, "tenant tables in the schema");
+    let directory_columns: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = 'profile_directory'::regclass \
+         AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        directory_columns,
+        ["profile_id", "user_id", "created_at_ms"],
+        "the profile directory holds ids only"
+    );
+    for privilege in ["INSERT", "UPDATE", "DELETE", "TRUNCATE"] {
+        let granted: bool =
+            sqlx::query_scalar("SELECT has_table_privilege(current_user, 'profile_directory', $1)")
+                .bind(privilege)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert!(
+            !granted,
+            "the host role may {privilege} the profile directory"
+        );
+    }
     for table in TENANT_TABLES {
         let (enabled, forced, policies): (bool, bool, i64) = sqlx::query_as(
             "SELECT c.relrowsecurity, c.relforcerowsecurity, \
