@@ -27,15 +27,23 @@ pub trait StrategyRuntime: Send {
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault>;
 
-    /// One of the profile's orders filled (fully or partly).
+    /// One of the profile's orders filled (fully or partly). A strategy that decides on candles
+    /// only asks for nothing here; a wrapper around another strategy must forward it.
     fn on_fill(
         &mut self,
         fill: &FillView,
         view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault>;
+    ) -> Result<Vec<RawIntent>, PluginFault> {
+        let _ = (fill, view);
+        Ok(Vec::new())
+    }
 
     /// A timer the strategy asked for has come due (kernel clock, milliseconds since the epoch).
-    fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault>;
+    /// A strategy that sets no timers asks for nothing here; a wrapper must forward it.
+    fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
+        let _ = (now_ms, view);
+        Ok(Vec::new())
+    }
 }
 
 /// Why a strategy call produced no usable answer. Returned as data, never a panic of the host.

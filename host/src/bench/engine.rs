@@ -41,8 +41,7 @@ use keel_kernel::order::OrderStatus;
 use keel_kernel::risk::RiskLimits;
 use keel_kernel::store::Store;
 use keel_kernel::strategy::{
-    AccountView, FillView, PluginFault, PositionSide, RawEntry, RawIntent, RawPrice, RawSize,
-    StrategyRuntime,
+    AccountView, PluginFault, PositionSide, RawEntry, RawIntent, RawPrice, RawSize, StrategyRuntime,
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -464,22 +463,6 @@ impl StrategyRuntime for EnterEveryCandle {
             take_profit: None,
             tag: "bench".to_owned(),
         })])
-    }
-
-    fn on_fill(
-        &mut self,
-        _fill: &FillView,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
-    }
-
-    fn on_timer(
-        &mut self,
-        _now_ms: i64,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
     }
 }
 

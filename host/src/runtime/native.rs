@@ -4,8 +4,7 @@
 
 use keel_kernel::market::Candle;
 use keel_kernel::strategy::{
-    AccountView, FillView, PluginFault, PositionSide, RawExit, RawIntent, RawPrice, RawSize,
-    StrategyRuntime,
+    AccountView, PluginFault, PositionSide, RawExit, RawIntent, RawPrice, RawSize, StrategyRuntime,
 };
 use keel_strategies::{
     Holding, SMA_EXIT_TAG, SMA_LONG_TAG, SMA_SHORT_TAG, SmaCross, SmaCrossConfig, decide,
@@ -96,21 +95,5 @@ impl StrategyRuntime for NativeSmaCross {
             }));
         }
         Ok(intents)
-    }
-
-    fn on_fill(
-        &mut self,
-        _fill: &FillView,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
-    }
-
-    fn on_timer(
-        &mut self,
-        _now_ms: i64,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
     }
 }

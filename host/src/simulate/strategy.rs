@@ -122,14 +122,6 @@ impl StrategyRuntime for RandomIntents {
             .map(|p| vec![self.exit(&fill.symbol, p.side, fill.price)])
             .unwrap_or_default())
     }
-
-    fn on_timer(
-        &mut self,
-        _now_ms: i64,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
-    }
 }
 
 /// What a second instance running the same strategy decides: the primary's entries on the same
@@ -160,21 +152,5 @@ impl StrategyRuntime for Mirror {
             .lock()
             .expect("decisions lock poisoned")
             .clone())
-    }
-
-    fn on_fill(
-        &mut self,
-        _fill: &FillView,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
-    }
-
-    fn on_timer(
-        &mut self,
-        _now_ms: i64,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
     }
 }

@@ -96,13 +96,6 @@ impl StrategyRuntime for Scripted {
         self.fills_seen.lock().unwrap().push(fill.clone());
         Ok(Vec::new())
     }
-    fn on_timer(
-        &mut self,
-        _now_ms: i64,
-        _view: &AccountView,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
-        Ok(Vec::new())
-    }
 }
 
 pub struct Harness {
