@@ -48,6 +48,8 @@ pub const BODY_LIMIT_BYTES_MAX: u64 = 256 << 20;
 pub const PROFILES_PER_INSTANCE_MAX: usize = 100_000;
 /// The longest interval between loop iterations or passes the configuration accepts: one hour.
 pub const INTERVAL_MS_MAX: u64 = 3_600_000;
+/// The most candles `engine.warm_up_candles_max` may keep per profile.
+pub const WARM_UP_CANDLES_MAX: usize = 100_000;
 
 /// A secret: never printed, never logged. `Debug`, `Display` and `Serialize` show [`MASK`].
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -373,6 +375,8 @@ const KEYS: [(&str, &[&str]); 8] = [
             "slippage_reserve_bps",
             "intents_per_call_max",
             "refusals_kept_max",
+            "fee_reserve_bps",
+            "warm_up_candles_max",
         ],
     ),
     ("strategy", &["plugin", "interval"]),
@@ -510,6 +514,12 @@ fn check_engine(engine: &keel_kernel::engine::EngineConfig) -> Result<(), String
         return Err(format!(
             "engine.unknown_resolve_after_ms: {} must exceed the exchange's recvWindow ({unknown_min_ms} ms)",
             engine.unknown_resolve_after_ms
+        ));
+    }
+    if engine.warm_up_candles_max > WARM_UP_CANDLES_MAX {
+        return Err(format!(
+            "engine.warm_up_candles_max: {} is more than {WARM_UP_CANDLES_MAX}",
+            engine.warm_up_candles_max
         ));
     }
     if engine.intents_per_call_max == 0 || engine.refusals_kept_max == 0 {

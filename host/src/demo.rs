@@ -37,6 +37,7 @@ use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine, SwapHandle};
 use crate::serve::control::LoopControl;
 use crate::serve::http::{AppState, HealthProbe, router};
 use crate::serve::metered::MeteredStrategy;
+use crate::serve::stored::{BoundPlugin, StoredProfile, stored_profile};
 use crate::serve::{LoopConfig, LoopHealth, Loops, ProfileLoops, wall_now_ms};
 
 /// Width of one synthetic candle in virtual time.
@@ -480,27 +481,11 @@ async fn build_engine(
     user: UserId,
     profile: ProfileId,
 ) -> anyhow::Result<(ProfileEngine, SwapHandle, crate::runtime::PluginDigest)> {
-    let mut tx = with.store.tenant(user).begin().await?;
-    let row = tx
-        .profile(profile, false)
-        .await?
-        .with_context(|| format!("profile {} ({profile}) is not in the store", spec.name))?;
-    let binding = match tx.binding(profile).await? {
-        Some(binding) => {
-            let wasm = tx.plugin_wasm(binding.plugin).await?;
-            let wasm = wasm.context("a bound plugin is stored")?;
-            let config: Vec<(String, String)> =
-                serde_json::from_str::<std::collections::BTreeMap<String, String>>(&binding.config)
-                    .context("reading the bound plugin's config")?
-                    .into_iter()
-                    .collect();
-            Some((wasm, config))
-        }
-        None => None,
-    };
-    tx.commit().await?;
+    let StoredProfile { row, binding } = stored_profile(with.store, user, profile)
+        .await
+        .with_context(|| format!("reading profile {}", spec.name))?;
     let (bytes, config, source) = match binding {
-        Some((wasm, config)) => (wasm, config, "the bound plugin".to_owned()),
+        Some(BoundPlugin { wasm, config, .. }) => (wasm, config, "the bound plugin".to_owned()),
         None => {
             let path = args.plugins_dir.join(spec.plugin);
             let bytes = std::fs::read(&path).with_context(|| {

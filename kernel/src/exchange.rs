@@ -534,6 +534,15 @@ pub trait Exchange: Send + Sync {
     /// status never follows a newer one, and each trade id arrives once.
     async fn user_events(&self) -> Result<mpsc::Receiver<UserEvent>, ExchangeError>;
 
+    /// The last closed candles of `symbol` (at most `limit`), oldest first: what a strategy
+    /// starting now would have seen. A candle still open is not included.
+    async fn recent_candles(
+        &self,
+        symbol: &Symbol,
+        interval: Interval,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ExchangeError>;
+
     /// A new subscription to closed candles of `symbol`.
     async fn candles(
         &self,

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub plugin_fuel_consumed_total: IntCounter,
     pub plugin_faults_total: IntCounterVec,
     pub plugin_hot_swaps_total: IntCounterVec,
+    pub warm_up_candles_total: IntCounter,
     pub tenant_isolation_denials_total: IntCounterVec,
     pub ready: IntGauge,
 }
@@ -283,6 +284,11 @@ impl Metrics {
                 "keel_plugin_hot_swaps_total",
                 "Plugin hot-swaps by result (ok, failed).",
                 &["result"],
+            ),
+            warm_up_candles_total: counter(
+                &r,
+                "keel_warm_up_candles_total",
+                "Recent candles replayed into strategy instances that started fresh (restart, takeover, hot-swap).",
             ),
             tenant_isolation_denials_total: counter_vec(
                 &r,

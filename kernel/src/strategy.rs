@@ -44,6 +44,14 @@ pub trait StrategyRuntime: Send {
         let _ = (now_ms, view);
         Ok(Vec::new())
     }
+
+    /// True once after a new instance took over inside this runtime (a hot-swap taken at this
+    /// call boundary, or a reconfiguration): the kernel then replays the recent candles into it,
+    /// discarding what it asks for, before its first live call. A runtime that never replaces
+    /// its instance answers false; a wrapper must forward it.
+    fn take_fresh(&mut self) -> bool {
+        false
+    }
 }
 
 /// Why a strategy call produced no usable answer. Returned as data, never a panic of the host.

@@ -432,6 +432,15 @@ impl Exchange for WireExchange {
         Ok(mpsc::channel(1).1)
     }
 
+    async fn recent_candles(
+        &self,
+        symbol: &Symbol,
+        _interval: Interval,
+        _limit: usize,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        Err(ExchangeError::UnknownSymbol(symbol.clone()))
+    }
+
     async fn candles(
         &self,
         symbol: &Symbol,

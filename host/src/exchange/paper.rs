@@ -41,6 +41,9 @@ use tokio::sync::mpsc;
 pub const CLOSED_ORDERS_REMEMBERED_MAX: usize = 100_000;
 /// How many orders may be open at once across all symbols (Binance allows 200 per symbol).
 pub const OPEN_ORDERS_MAX: usize = 1_000;
+/// Closed candles kept per symbol for [`Exchange::recent_candles`]: as many as one Binance
+/// klines request returns.
+pub const CANDLES_KEPT: usize = 1_500;
 
 /// Binance's code for a client order id that is already used by an open order.
 pub const CODE_DUPLICATE_CLIENT_ORDER_ID: i64 = -4116;
@@ -140,6 +143,46 @@ struct Book {
     last_open_time_ms: i64,
     last_close: f64,
     position: PositionState,
+    /// The last closed candles, for [`PaperEngine::recent_candles`].
+    history: VecDeque<Bar>,
+}
+
+/// A candle kept in a symbol's book (the symbol is the book's).
+#[derive(Debug, Clone, Copy)]
+struct Bar {
+    open_time_ms: i64,
+    close_time_ms: i64,
+    ohlcv: [f64; 5],
+}
+
+impl Bar {
+    fn of(candle: &Candle) -> Bar {
+        Bar {
+            open_time_ms: candle.open_time_ms,
+            close_time_ms: candle.close_time_ms,
+            ohlcv: [
+                candle.open,
+                candle.high,
+                candle.low,
+                candle.close,
+                candle.volume,
+            ],
+        }
+    }
+
+    fn candle(&self, symbol: &Symbol) -> Candle {
+        let [open, high, low, close, volume] = self.ohlcv;
+        Candle {
+            symbol: symbol.clone(),
+            open_time_ms: self.open_time_ms,
+            close_time_ms: self.close_time_ms,
+            open,
+            high,
+            low,
+            close,
+            volume,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +226,7 @@ impl PaperEngine {
                     last_open_time_ms: i64::MIN,
                     last_close: 0.0,
                     position: PositionState::default(),
+                    history: VecDeque::new(),
                 };
                 (rules.symbol, book)
             })
@@ -272,6 +316,10 @@ impl PaperEngine {
         check_candle(candle, book.last_open_time_ms)?;
         book.last_open_time_ms = candle.open_time_ms;
         book.last_close = candle.close;
+        if book.history.len() == CANDLES_KEPT {
+            book.history.pop_front();
+        }
+        book.history.push_back(Bar::of(candle));
         self.now_ms = self.now_ms.max(candle.close_time_ms);
         if book.open.is_empty() {
             return Ok(());
@@ -294,6 +342,20 @@ impl PaperEngine {
             self.close(id);
         }
         Ok(())
+    }
+
+    /// The last `limit` closed candles of `symbol` (at most [`CANDLES_KEPT`]), oldest first;
+    /// `None` for a symbol the engine does not trade.
+    pub fn recent_candles(&self, symbol: &Symbol, limit: usize) -> Option<Vec<Candle>> {
+        let book = self.books.get(symbol)?;
+        let skip = book.history.len().saturating_sub(limit);
+        Some(
+            book.history
+                .iter()
+                .skip(skip)
+                .map(|bar| bar.candle(symbol))
+                .collect(),
+        )
     }
 
     /// Places an order. It rests until a later candle fills it (see the module's fill rules).
@@ -874,6 +936,17 @@ impl Exchange for PaperExchange {
             .expect("lock poisoned")
             .push(tx);
         Ok(rx)
+    }
+
+    /// The candles fed so far (whatever their interval: the paper exchange has the one it is fed).
+    async fn recent_candles(
+        &self,
+        symbol: &Symbol,
+        _interval: Interval,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        self.with_engine(|e| e.recent_candles(symbol, limit))
+            .ok_or_else(|| ExchangeError::UnknownSymbol(symbol.clone()))
     }
 
     async fn candles(

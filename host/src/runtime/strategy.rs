@@ -27,6 +27,8 @@ pub struct WasmStrategy {
     last_setup: InstanceSetup,
     /// The log of an instance dropped after a fault: what it said before it died.
     dead_log: (Vec<LogLine>, LogCounters),
+    /// Set when an instance took over (swap, reconfiguration) and the kernel has not been told.
+    fresh: bool,
 }
 
 /// A replacement waiting for the next call boundary.
@@ -91,6 +93,8 @@ impl WasmStrategy {
             current: Some(prepared),
             swap: Arc::new(SwapSlot::default()),
             dead_log: (Vec::new(), LogCounters::default()),
+            // The kernel treats a strategy it was just given as fresh anyway.
+            fresh: false,
         }
     }
 
@@ -124,6 +128,7 @@ impl WasmStrategy {
         self.last_version = prepared.version().clone();
         self.last_setup = prepared.setup().clone();
         self.current = Some(prepared);
+        self.fresh = true;
     }
 
     /// The last lines of the current instance's log (of the dropped one, after a fault).
@@ -219,5 +224,12 @@ impl StrategyRuntime for WasmStrategy {
 
     fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
         self.call(|instance| instance.on_timer(now_ms, view))
+    }
+
+    /// Takes a queued hot-swap now (this is a call boundary), so the kernel warms the new
+    /// instance up before its first live call.
+    fn take_fresh(&mut self) -> bool {
+        self.take_swap();
+        std::mem::take(&mut self.fresh)
     }
 }

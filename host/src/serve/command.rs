@@ -24,12 +24,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ExchangeConfig};
 use crate::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
-use crate::runtime::{EngineSettings, InstanceSetup, PluginEngine, PluginVersion};
+use crate::runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
 
 use super::cluster::{Cluster, ClusterConfig, ProfileStarter};
 use super::control::LoopControl;
 use super::http::AppState;
 use super::metered::MeteredStrategy;
+use super::stored::stored_profile;
 use super::{LoopHealth, ProfileLoops};
 
 /// Candles queued per profile before its stream waits.
@@ -188,6 +189,8 @@ async fn connect_exchange(config: &ExchangeConfig) -> anyhow::Result<Arc<dyn Exc
 struct Starter {
     plugins: PluginEngine,
     version: PluginVersion,
+    /// Plugins bound to profiles through the API, loaded so far.
+    bound: std::sync::Mutex<std::collections::HashMap<PluginDigest, PluginVersion>>,
     engine: EngineConfig,
     plugin_config: Vec<(String, String)>,
     symbols: Vec<Symbol>,
@@ -235,6 +238,7 @@ impl Starter {
         Ok(Starter {
             plugins,
             version,
+            bound: Default::default(),
             engine: config.engine.clone(),
             plugin_config: strategy.config.clone().into_iter().collect(),
             symbols,
@@ -248,6 +252,48 @@ impl Starter {
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
         })
+    }
+
+    /// The loaded version of a bound plugin's bytes: compiled once per instance and digest, off
+    /// the async threads (a large component compiles for seconds).
+    async fn bound_version(&self, wasm: Vec<u8>) -> anyhow::Result<PluginVersion> {
+        let digest = PluginDigest::of(&wasm);
+        if let Some(version) = self.bound.lock().expect("lock poisoned").get(&digest) {
+            return Ok(version.clone());
+        }
+        let plugins = self.plugins.clone();
+        let version = tokio::task::spawn_blocking(move || plugins.load(&wasm))
+            .await
+            .context("the plugin compile task")??;
+        self.bound
+            .lock()
+            .expect("lock poisoned")
+            .insert(digest, version.clone());
+        Ok(version)
+    }
+
+    /// Gives the engine the exchange's recent candles, which it replays into the new strategy
+    /// instance before its first live decision. Subscribed to the live candles first, so none
+    /// falls between the two (the engine skips the ones it gets twice). Without them the
+    /// strategy starts blind, which is logged, not fatal.
+    async fn seed_recent_candles(&self, engine: &mut ProfileEngine) {
+        let limit = self.engine.warm_up_candles_max;
+        if limit == 0 {
+            return;
+        }
+        for symbol in &self.symbols {
+            match self
+                .exchange
+                .recent_candles(symbol, self.interval, limit)
+                .await
+            {
+                Ok(candles) => engine.remember_candles(candles),
+                Err(e) => tracing::warn!(
+                    profile_id = %engine.profile(), %symbol, error = %e,
+                    "warm-up skipped: the exchange's recent candles could not be read"
+                ),
+            }
+        }
     }
 
     /// One channel of every configured symbol's closed candles.
@@ -277,11 +323,26 @@ impl Starter {
 impl ProfileStarter for Starter {
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
-        let setup =
-            InstanceSetup::new(entry.profile, clock.clone()).config(self.plugin_config.clone());
+        let stored = stored_profile(&store, entry.user, entry.profile).await?;
+        // The plugin the owner bound, else the configured one.
+        let (version, config, plugin_name) = match stored.binding {
+            Some(bound) => (
+                self.bound_version(bound.wasm)
+                    .await
+                    .with_context(|| format!("loading plugin {:?}", bound.name))?,
+                bound.config,
+                bound.name,
+            ),
+            None => (
+                self.version.clone(),
+                self.plugin_config.clone(),
+                self.plugin_name.clone(),
+            ),
+        };
+        let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
         let strategy = self
             .plugins
-            .start(&self.version, setup)
+            .start(&version, setup)
             .map_err(|fault| anyhow::anyhow!("starting the strategy: {fault}"))?;
         let commands =
             self.control
@@ -292,11 +353,14 @@ impl ProfileStarter for Starter {
             .await
             .context("subscribing to the exchange's user events")?;
         let candles = self.candles().await?;
-        let engine = ProfileEngine::new(
+        let mut engine = ProfileEngine::new(
             ProfileSpec {
                 profile: entry.profile,
                 user: entry.user,
-                limits: RiskLimits::conservative(self.symbols.iter().cloned()),
+                limits: stored
+                    .row
+                    .risk_limits
+                    .unwrap_or_else(|| RiskLimits::conservative(self.symbols.iter().cloned())),
             },
             self.engine.clone(),
             store,
@@ -310,12 +374,15 @@ impl ProfileStarter for Starter {
             self.switches.clone(),
             self.owner,
         );
+        engine.set_paused(stored.row.paused);
+        engine.set_killed(stored.row.killed);
+        self.seed_recent_candles(&mut engine).await;
         self.bus.register(crate::live::ProfileInfo {
             profile: entry.profile,
             user: entry.user,
             name: entry.profile.to_string(),
-            plugin: self.plugin_name.clone(),
-            plugin_version: self.version.digest().to_string(),
+            plugin: plugin_name,
+            plugin_version: version.digest().to_string(),
             symbols: self.symbols.clone(),
         });
         Ok(ProfileLoops {

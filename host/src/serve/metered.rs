@@ -59,4 +59,8 @@ impl StrategyRuntime for MeteredStrategy {
     fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
         self.timed("on-timer", |s| s.on_timer(now_ms, view))
     }
+
+    fn take_fresh(&mut self) -> bool {
+        self.inner.take_fresh()
+    }
 }

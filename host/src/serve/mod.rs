@@ -12,6 +12,7 @@ pub mod command;
 pub mod control;
 pub mod http;
 pub mod metered;
+pub mod stored;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

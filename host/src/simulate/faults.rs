@@ -333,6 +333,15 @@ impl Exchange for FaultyExchange {
         self.paper.user_events().await
     }
 
+    async fn recent_candles(
+        &self,
+        symbol: &Symbol,
+        interval: Interval,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        self.paper.recent_candles(symbol, interval, limit).await
+    }
+
     async fn candles(
         &self,
         symbol: &Symbol,

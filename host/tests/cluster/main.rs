@@ -6,6 +6,7 @@ mod config_check;
 mod crash;
 mod harness;
 mod scenarios;
+mod stored;
 
 #[allow(dead_code)] // the store tests' harness, shared: this target uses part of it
 #[path = "../../../kernel/tests/store/support.rs"]

@@ -36,6 +36,18 @@ pub async fn settle(world: &World, instances: Vec<Serve>) -> Vec<(String, Vec<St
     logs
 }
 
+async fn reconciliation_passes(instance: &Serve) -> f64 {
+    let mut passes = 0.0;
+    for result in ["clean", "repaired", "quarantined"] {
+        passes += instance
+            .metric(&format!(
+                "keel_reconciliation_runs_total{{result=\"{result}\"}}"
+            ))
+            .await;
+    }
+    passes
+}
+
 /// Runs one instance whose strategy never trades until restart recovery and a later clean
 /// reconciliation pass are done and no order waits for the exchange's word; stops it, then
 /// the database must equal the exchange.
@@ -46,6 +58,13 @@ pub async fn converge(world: &World) {
         settle.get("/readyz").await.0 == 200
     })
     .await;
+    // Recovery's pass and the next: by then the database equals the exchange on everything
+    // the exchange knows.
+    wait_for("two reconciliation passes", || async {
+        reconciliation_passes(&settle).await >= 2.0
+    })
+    .await;
+    world.assert_agreement_on_what_the_exchange_knows().await;
     wait_for("a clean reconciliation pass after recovery", || async {
         settle
             .metric("keel_reconciliation_last_clean_pass_timestamp_seconds")
@@ -145,6 +164,10 @@ async fn an_owner_stopped_past_its_lease_is_fenced_out_after_the_takeover() {
     assert!(second_fence > first_fence, "a takeover gets a larger fence");
     let at_takeover = world.sim.placements().await.len();
     wait_for_placements(&world, at_takeover + 2).await;
+    assert!(
+        second.metric("keel_warm_up_candles_total").await > 0.0,
+        "the new owner's strategy caught up on the exchange's recent candles before deciding"
+    );
 
     // The stale owner wakes up with candles queued and a lease it believes it holds.
     signal(first.pid(), "CONT");

@@ -113,6 +113,11 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(strategy: Scripted) -> Harness {
+        Harness::with(Box::new(strategy), EngineConfig::default()).await
+    }
+
+    /// A harness around any strategy, under `config`.
+    pub async fn with(strategy: Box<dyn StrategyRuntime>, config: EngineConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("keel.db"))
             .await
@@ -130,7 +135,7 @@ impl Harness {
         let metrics = Arc::new(Metrics::new());
         let switches = Arc::new(HostSwitches::default());
         let mut engine = build_engine(
-            &store, &exchange, &clock, &metrics, &switches, user, profile, strategy,
+            &store, &exchange, &clock, &metrics, &switches, user, profile, strategy, config,
         );
         engine.recover().await.unwrap();
         Harness {
@@ -157,7 +162,8 @@ impl Harness {
             &self.switches,
             self.user,
             self.profile,
-            strategy,
+            Box::new(strategy),
+            EngineConfig::default(),
         );
     }
 
@@ -186,7 +192,8 @@ fn build_engine(
     switches: &Arc<HostSwitches>,
     user: UserId,
     profile: ProfileId,
-    strategy: Scripted,
+    strategy: Box<dyn StrategyRuntime>,
+    config: EngineConfig,
 ) -> ProfileEngine {
     let exchange: Arc<dyn Exchange> = exchange.clone();
     ProfileEngine::new(
@@ -195,10 +202,10 @@ fn build_engine(
             user,
             limits: RiskLimits::conservative([btc()]),
         },
-        EngineConfig::default(),
+        config,
         store.clone(),
         exchange,
-        Box::new(strategy),
+        strategy,
         clock.clone(),
         metrics.clone(),
         switches.clone(),

@@ -4,3 +4,4 @@ mod harness;
 mod metrics;
 mod path;
 mod recovery;
+mod warm_up;

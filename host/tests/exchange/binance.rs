@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use keel_host::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
 use keel_host::exchange::sim::{Faults, SimConfig, SimHandle, SimKey, serve};
 use keel_kernel::exchange::{
-    Exchange, Interval, OrderReport, OrderRequest, OrderType, PlaceOutcome, UserEvent,
+    Exchange, ExchangeError, Interval, OrderReport, OrderRequest, OrderType, PlaceOutcome,
+    UserEvent,
 };
 use keel_kernel::ids::{ClientOrderId, Symbol};
 use keel_kernel::market::Side;
@@ -492,6 +493,81 @@ async fn the_kline_stream_delivers_closed_candles_across_disconnects() {
         assert!(candle.low <= candle.open && candle.open <= candle.high);
         previous = candle.open_time_ms;
     }
+}
+
+#[tokio::test]
+async fn recent_candles_are_the_closed_klines_oldest_first_as_the_stream_delivered_them() {
+    let (sim, exchange) = start(16).await;
+    let mut stream = exchange.candles(&btc(), Interval::S1).await.unwrap();
+    let mut streamed = Vec::new();
+    for _ in 0..6 {
+        let candle = tokio::time::timeout(WAIT_MAX, stream.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        streamed.push(candle);
+    }
+    let recent = exchange
+        .recent_candles(&btc(), Interval::S1, 1_000)
+        .await
+        .unwrap();
+    assert!(recent.len() >= streamed.len(), "{} candles", recent.len());
+    assert!(
+        recent
+            .windows(2)
+            .all(|w| w[1].open_time_ms > w[0].open_time_ms
+                && w[0].close_time_ms == w[1].open_time_ms),
+        "oldest first, one interval apart"
+    );
+    for candle in &streamed {
+        let same = recent
+            .iter()
+            .find(|c| c.open_time_ms == candle.open_time_ms)
+            .expect("a streamed candle is among the recent ones");
+        assert_eq!(same, candle, "the same candle over REST as on the stream");
+    }
+    let time: serde_json::Value = reqwest::get(format!("{}/fapi/v1/time", sim.rest_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now = time["serverTime"].as_i64().unwrap();
+    assert!(
+        recent.iter().all(|c| c.close_time_ms <= now),
+        "only closed candles"
+    );
+
+    let last_three = exchange
+        .recent_candles(&btc(), Interval::S1, 3)
+        .await
+        .unwrap();
+    assert_eq!(last_three.len(), 3);
+    assert!(last_three[0].open_time_ms >= recent[recent.len() - 3].open_time_ms);
+
+    let unknown = Symbol::new("NOPEUSDT").unwrap();
+    assert!(matches!(
+        exchange.recent_candles(&unknown, Interval::S1, 3).await,
+        Err(ExchangeError::UnknownSymbol(_))
+    ));
+    // The simulator has one-second candles: another interval is Binance's -1120.
+    let wrong = reqwest::get(format!(
+        "{}/fapi/v1/klines?symbol=BTCUSDT&interval=1h",
+        sim.rest_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(wrong.status(), 400);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["code"], -1120);
+    let too_many = reqwest::get(format!(
+        "{}/fapi/v1/klines?symbol=BTCUSDT&interval=1s&limit=1501",
+        sim.rest_url()
+    ))
+    .await
+    .unwrap();
+    let body: serde_json::Value = too_many.json().await.unwrap();
+    assert_eq!(body["code"], -1130);
 }
 
 /// The caller's rule: on Unknown, query by client order id until the order is found (or the

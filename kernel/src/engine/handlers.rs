@@ -322,6 +322,7 @@ impl ProfileEngine {
             self.count_status_entered(order.status);
         }
         self.after_order_change(*order).await?;
+        self.warm_up_if_fresh(None);
         let result = self.strategy.on_fill(&view, self.book.view());
         // Decisions made on a fill are numbered by its trade id: re-made after a crash, they
         // carry the same client order ids. They run once the current step's handlers finish.

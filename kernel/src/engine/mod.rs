@@ -42,6 +42,10 @@ pub use reconcile::ReconcileReport;
 
 use book::{OpenOrdersGauge, entry_side};
 
+/// Candles kept for warm-up unless configured otherwise: the longest window of the example
+/// strategies with room to spare, and at most what one Binance klines request returns (1500).
+pub const WARM_UP_CANDLES_DEFAULT: usize = 500;
+
 /// Tunables of the engine, with safe defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,6 +67,10 @@ pub struct EngineConfig {
     pub intents_per_call_max: usize,
     /// Most refusals kept in memory for the API and dashboard.
     pub refusals_kept_max: usize,
+    /// Recent closed candles the engine keeps and replays into a strategy instance that starts
+    /// fresh (after a restart, a takeover or a hot-swap), so an indicator strategy is not blind.
+    /// 0 turns warm-up off.
+    pub warm_up_candles_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +82,7 @@ impl Default for EngineConfig {
             fee_reserve_bps: 10,
             intents_per_call_max: 16,
             refusals_kept_max: 256,
+            warm_up_candles_max: WARM_UP_CANDLES_DEFAULT,
         }
     }
 }
@@ -156,6 +165,10 @@ pub struct ProfileEngine {
     owner: OwnerToken,
     controls: ProfileControls,
     strategy_faulted: bool,
+    /// Set when the engine got a strategy it has not warmed up yet (at start, on a swap).
+    strategy_fresh: bool,
+    /// The last closed candles, oldest first, at most `config.warm_up_candles_max`.
+    recent: VecDeque<Candle>,
     book: Book,
     orders_open: OpenOrdersGauge,
     last_price: HashMap<Symbol, Price>,
@@ -203,6 +216,8 @@ impl ProfileEngine {
             owner,
             controls: ProfileControls::default(),
             strategy_faulted: false,
+            strategy_fresh: true,
+            recent: VecDeque::new(),
             book: Book::default(),
             orders_open,
             last_price: HashMap::new(),
@@ -274,6 +289,7 @@ impl ProfileEngine {
         strategy: Box<dyn StrategyRuntime>,
     ) -> Box<dyn StrategyRuntime> {
         self.strategy_faulted = false;
+        self.strategy_fresh = true;
         std::mem::replace(&mut self.strategy, strategy)
     }
 
@@ -299,24 +315,77 @@ impl ProfileEngine {
         }
     }
 
-    /// Feeds candles the strategy would have seen, discarding what it asks for, so an indicator
-    /// strategy that starts fresh is not blind. Returns how many candles it took.
-    pub fn warm_up(&mut self, candles: &[Candle]) -> usize {
+    /// Adds closed candles the strategy would have seen before this engine started (the
+    /// exchange's recent history, at start or takeover) to the candles replayed into a fresh
+    /// strategy. Any order; candles already known are skipped.
+    pub fn remember_candles(&mut self, candles: impl IntoIterator<Item = Candle>) {
+        let mut all: Vec<Candle> = self.recent.drain(..).chain(candles).collect();
+        all.sort_by(|a, b| {
+            (a.open_time_ms, a.symbol.as_str()).cmp(&(b.open_time_ms, b.symbol.as_str()))
+        });
+        all.dedup_by(|a, b| a.open_time_ms == b.open_time_ms && a.symbol == b.symbol);
+        let skip = all.len().saturating_sub(self.config.warm_up_candles_max);
+        self.recent.extend(all.into_iter().skip(skip));
+    }
+
+    /// The candles a fresh strategy would be warmed up with, oldest first.
+    pub fn recent_candles(&self) -> impl Iterator<Item = &Candle> {
+        self.recent.iter()
+    }
+
+    /// Keeps a live candle for warm-up (one the engine already has is not kept twice).
+    fn keep_candle(&mut self, candle: &Candle) {
+        if self.config.warm_up_candles_max == 0 {
+            return;
+        }
+        let known = self
+            .recent
+            .iter()
+            .rev()
+            .take_while(|c| c.open_time_ms >= candle.open_time_ms)
+            .any(|c| c.open_time_ms == candle.open_time_ms && c.symbol == candle.symbol);
+        if known {
+            return;
+        }
+        if self.recent.len() == self.config.warm_up_candles_max {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(candle.clone());
+    }
+
+    /// If the strategy is fresh (new to this engine, or swapped inside its runtime), replays
+    /// the recent candles that opened before `before_open_ms` into it and discards what it asks
+    /// for: its first live decision is made with a full window, and nothing it asked for while
+    /// catching up reaches the exchange. A fault while catching up is booked by the live call
+    /// that follows (the instance is dead by then).
+    fn warm_up_if_fresh(&mut self, before_open_ms: Option<i64>) {
+        // Both flags are read and cleared: `|`, not `||`.
+        if !(std::mem::take(&mut self.strategy_fresh) | self.strategy.take_fresh()) {
+            return;
+        }
         let view = self.book.view().clone();
-        let mut taken = 0;
-        for candle in candles {
+        let mut replayed = 0_u64;
+        for candle in self
+            .recent
+            .iter()
+            .filter(|c| before_open_ms.is_none_or(|t| c.open_time_ms < t))
+        {
             if self.strategy.on_candle(candle, &view).is_err() {
                 break;
             }
-            self.note_price(candle);
-            taken += 1;
+            replayed += 1;
         }
-        taken
+        self.metrics.warm_up_candles_total.inc_by(replayed);
+        if replayed > 0 {
+            tracing::info!(profile_id = %self.spec.profile, candles = replayed, "strategy warmed up");
+        }
     }
 
     /// One closed candle: timers that came due, then the strategy's decision, then its requests.
     #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn on_candle(&mut self, candle: &Candle) -> Result<StepOutcome, EngineError> {
+        self.warm_up_if_fresh(Some(candle.open_time_ms));
+        self.keep_candle(candle);
         self.note_price(candle);
         let mut outcome = StepOutcome::default();
         let now_ms = self.clock.now_ms();

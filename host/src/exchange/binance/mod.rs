@@ -825,6 +825,50 @@ impl Exchange for BinanceExchange {
             .collect()
     }
 
+    /// `GET /fapi/v1/klines`: the candle still open (closing after the server's now) is left out.
+    async fn recent_candles(
+        &self,
+        symbol: &Symbol,
+        interval: Interval,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        if self.client.rules_of(symbol).is_none() {
+            return Err(ExchangeError::UnknownSymbol(symbol.clone()));
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One more than asked: the last one is usually still open.
+        let asked = (limit + 1).min(wire::KLINES_LIMIT_MAX);
+        let params = [
+            ("symbol", symbol.as_str().to_owned()),
+            ("interval", interval.as_str().to_owned()),
+            ("limit", asked.to_string()),
+        ];
+        let body = self
+            .client
+            .request(
+                Method::GET,
+                "/fapi/v1/klines",
+                &params,
+                Security::Public,
+                wire::klines_weight(asked),
+            )
+            .await?;
+        let rows: Vec<serde_json::Value> = parse_json(&body)?;
+        let now_ms = self.client.now_ms();
+        let mut candles = rows
+            .iter()
+            .map(|row| wire::parse_kline_row(symbol, row))
+            .collect::<anyhow::Result<Vec<Candle>>>()
+            .map_err(|e| ExchangeError::Unknown {
+                reason: format!("malformed kline: {e:#}"),
+            })?;
+        candles.retain(|c| c.close_time_ms <= now_ms);
+        let skip = candles.len().saturating_sub(limit);
+        Ok(candles.split_off(skip))
+    }
+
     async fn user_events(&self) -> Result<mpsc::Receiver<UserEvent>, ExchangeError> {
         Ok(stream::spawn_user_stream(self.client.clone()))
     }

@@ -503,6 +503,70 @@ fn field_f64(o: &Value, field: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("field {field} out of range"))
 }
 
+/// The most candles one `GET /fapi/v1/klines` returns.
+pub const KLINES_LIMIT_MAX: usize = 1_500;
+
+/// The request weight of `GET /fapi/v1/klines` for `limit` rows, as Binance documents it.
+pub fn klines_weight(limit: usize) -> u32 {
+    match limit {
+        0..100 => 1,
+        100..500 => 2,
+        500..=1000 => 5,
+        _ => 10,
+    }
+}
+
+/// One row of `GET /fapi/v1/klines`: `[openTime, "open", "high", "low", "close", "volume",
+/// closeTime, ...]`, close time being the last millisecond of the interval.
+pub fn kline_row(candle: &Candle) -> Value {
+    json!([
+        candle.open_time_ms,
+        decimal_text(candle.open),
+        decimal_text(candle.high),
+        decimal_text(candle.low),
+        decimal_text(candle.close),
+        decimal_text(candle.volume),
+        candle.close_time_ms - 1,
+        "0",
+        0,
+        "0",
+        "0",
+        "0"
+    ])
+}
+
+/// Reads one row of `GET /fapi/v1/klines` (see [`kline_row`]).
+pub fn parse_kline_row(symbol: &Symbol, row: &Value) -> anyhow::Result<Candle> {
+    let fields = row.as_array().context("a kline row is an array")?;
+    let time = |i: usize| {
+        fields
+            .get(i)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| anyhow!("kline field {i} is not a time"))
+    };
+    let number = |i: usize| -> anyhow::Result<f64> {
+        let text = fields
+            .get(i)
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("kline field {i} is not a decimal string"))?;
+        let value: f64 = text
+            .parse()
+            .with_context(|| format!("kline field {i}: {text:?}"))?;
+        anyhow::ensure!(value.is_finite(), "kline field {i}: {text:?}");
+        Ok(value)
+    };
+    Ok(Candle {
+        symbol: symbol.clone(),
+        open_time_ms: time(0)?,
+        close_time_ms: time(6)? + 1,
+        open: number(1)?,
+        high: number(2)?,
+        low: number(3)?,
+        close: number(4)?,
+        volume: number(5)?,
+    })
+}
+
 /// Reads a `kline` event: the candle, and whether it is closed.
 pub fn parse_kline(event: &Value) -> anyhow::Result<(Candle, bool)> {
     let k = &event["k"];

@@ -317,6 +317,7 @@ fn router(state: SimState) -> Router {
         .route("/fapi/v1/ping", get(rest::ping))
         .route("/fapi/v1/time", get(rest::time))
         .route("/fapi/v1/exchangeInfo", get(rest::exchange_info))
+        .route("/fapi/v1/klines", get(rest::klines))
         .route(
             "/fapi/v1/order",
             post(rest::place).get(rest::query).delete(rest::cancel),

@@ -27,6 +27,8 @@ const RECV_WINDOW_MAX_MS: i64 = 60_000;
 const RECV_WINDOW_DEFAULT_MS: i64 = 5_000;
 /// The most rows `userTrades` returns.
 const USER_TRADES_LIMIT_MAX: usize = 1_000;
+/// Candles `GET /fapi/v1/klines` returns without a `limit`, as on Binance.
+const KLINES_LIMIT_DEFAULT: usize = 500;
 
 /// A Binance error answer.
 pub(crate) struct ApiError {
@@ -301,6 +303,44 @@ pub(crate) async fn exchange_info(State(state): State<SimState>) -> Response {
                 "symbols": symbols,
             }))
         });
+    finish(&state, reply)
+}
+
+/// `GET /fapi/v1/klines`: the market's closed candles (the simulator streams only closed ones).
+pub(crate) async fn klines(State(state): State<SimState>, RawQuery(query): RawQuery) -> Response {
+    let query = query.unwrap_or_default();
+    let limit = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "limit")
+        .map(|(_, v)| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|l| (1..=wire::KLINES_LIMIT_MAX).contains(l))
+        });
+    let reply = match limit {
+        Some(None) => Err(ApiError::bad(
+            -1130,
+            "Data sent for parameter 'limit' is not valid.",
+        )),
+        limit => {
+            let limit = limit.flatten().unwrap_or(KLINES_LIMIT_DEFAULT);
+            let klines_gate = Gate {
+                query: Some(&query),
+                ..public(wire::klines_weight(limit))
+            };
+            match gate(&state, &HeaderMap::new(), klines_gate).await {
+                Ok(params) => symbol_param(&params).and_then(|symbol| {
+                    if param(&params, "interval")? != state.0.interval_name {
+                        return Err(ApiError::bad(-1120, "Invalid interval."));
+                    }
+                    let candles = state
+                        .with_engine(|e| e.recent_candles(&symbol, limit))
+                        .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+                    ok(candles.iter().map(wire::kline_row).collect::<Vec<_>>())
+                }),
+                Err(e) => Err(e),
+            }
+        }
+    };
     finish(&state, reply)
 }
 

@@ -1,0 +1,86 @@
+//! An instance starts a profile the way its owner left it in the store: the plugin bound through
+//! the API (not the configured default), and the pause switch.
+
+use futures::StreamExt as _;
+use keel_host::auth::JwtKeys;
+use keel_host::runtime::PluginDigest;
+use keel_kernel::store::NewPlugin;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::{Serve, WAIT_MAX, World, plugin, wait_for};
+use crate::scenarios::BUSY_STRATEGY;
+
+/// The `api.jwt_secret` of the test configurations.
+const JWT_SECRET: &[u8] = b"cluster-test-secret-cluster-test-secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_starts_with_the_plugin_and_switches_its_owner_stored() {
+    let world = World::create(21).await;
+    let wasm = std::fs::read(plugin("boundary.wasm")).unwrap();
+    let digest = PluginDigest::of(&wasm);
+    let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
+    let (row, _) = tx
+        .insert_plugin(NewPlugin {
+            name: "never-trades",
+            sha256: digest.as_str(),
+            report: "{}",
+            wasm: &wasm,
+        })
+        .await
+        .unwrap();
+    tx.bind_plugin(world.profile, row.plugin, "{}")
+        .await
+        .unwrap();
+    assert!(tx.set_paused(world.profile, true).await.unwrap());
+    tx.commit().await.unwrap();
+
+    // The configuration's default plugin trades on every candle; the profile must not run it.
+    let config = world.config_file("one", "sma_cross.wasm", &BUSY_STRATEGY);
+    let one = Serve::start("one", &config).await;
+    wait_for("the profile's recovery", || async {
+        one.get("/readyz").await.0 == 200
+    })
+    .await;
+    let token = JwtKeys::new(JWT_SECRET)
+        .unwrap()
+        .mint(world.user, false, now_secs(), 600);
+    let url = format!(
+        "{}/api/v1/ws?access_token={token}",
+        one.base.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let snapshot = loop {
+        let message = tokio::time::timeout(WAIT_MAX, ws.next())
+            .await
+            .expect("a snapshot")
+            .expect("the connection is open")
+            .unwrap();
+        if let Message::Text(text) = message {
+            break serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        }
+    };
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    let profile = snapshot["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["profile"] == world.profile.to_string())
+        .unwrap_or_else(|| panic!("the profile is in {snapshot}"));
+    assert_eq!(profile["plugin"], "never-trades", "{profile}");
+    assert_eq!(profile["plugin_version"], digest.as_str(), "{profile}");
+    assert_eq!(profile["controls"]["paused"], true, "{profile}");
+    assert!(world.sim.placements().await.is_empty());
+
+    let (status, log) = one.stop().await;
+    assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
