@@ -184,12 +184,23 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+impl ApiConfig {
+    /// The API's body limits (validated to fit in memory: at most `BODY_LIMIT_BYTES_MAX`).
+    pub fn body_limits(&self) -> crate::api::BodyLimits {
+        let bytes = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        crate::api::BodyLimits {
+            json_bytes: bytes(self.body_limit_bytes),
+            upload_bytes: bytes(self.upload_limit_bytes),
+        }
+    }
+}
+
 fn default_body_limit() -> u64 {
-    1 << 20
+    crate::api::JSON_BODY_BYTES_DEFAULT as u64
 }
 
 fn default_upload_limit() -> u64 {
-    16 << 20
+    crate::api::PLUGIN_UPLOAD_BYTES_DEFAULT as u64
 }
 
 /// `[exchange]`: `kind = "binance"` (Binance USDⓈ-M Futures or any compatible server, such as

@@ -242,6 +242,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         plugins: plugins.clone(),
         control,
         credentials: demo_credentials_key(&args.data_dir)?,
+        limits: crate::api::BodyLimits::default(),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await

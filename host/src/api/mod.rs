@@ -37,10 +37,29 @@ pub use control::{ControlChange, ProfileControl, ReconcileOutcome};
 pub use credentials::CredentialsKey;
 pub use errors::{ApiError, ErrorBody};
 
-/// The largest JSON request body, in bytes.
-pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
-/// The largest plugin upload, in bytes (the plugin engine's own limit may be lower).
-pub const PLUGIN_UPLOAD_BYTES_MAX: usize = 16 << 20;
+/// The largest JSON request body unless configured otherwise (`api.body_limit_bytes`), in bytes.
+pub const JSON_BODY_BYTES_DEFAULT: usize = 64 * 1024;
+/// The largest plugin upload unless configured otherwise (`api.upload_limit_bytes`), in bytes:
+/// the plugin engine's own limit, which a Python component (about 18 MB) fits under.
+pub const PLUGIN_UPLOAD_BYTES_DEFAULT: usize = 64 << 20;
+
+/// The largest request bodies the API reads; larger ones answer 413.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A JSON request body, in bytes.
+    pub json_bytes: usize,
+    /// A plugin upload, in bytes.
+    pub upload_bytes: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            json_bytes: JSON_BODY_BYTES_DEFAULT,
+            upload_bytes: PLUGIN_UPLOAD_BYTES_DEFAULT,
+        }
+    }
+}
 
 /// What the API's handlers read.
 #[derive(Clone)]
@@ -55,6 +74,8 @@ pub struct ApiState {
     pub control: Arc<dyn ProfileControl>,
     /// The key exchange credentials are sealed with.
     pub credentials: CredentialsKey,
+    /// The largest bodies read.
+    pub limits: BodyLimits,
 }
 
 /// A caller with a verified token.
@@ -117,11 +138,11 @@ impl utoipa::Modify for BearerScheme {
 }
 
 /// The API's routes and their OpenAPI document, before the document is served.
-fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+fn parts(limits: BodyLimits) -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(profiles::router())
         .merge(credentials::router())
-        .merge(plugins::router())
+        .merge(plugins::router(limits.upload_bytes))
         .merge(history::router())
         .merge(operator::router());
     let (v1, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -133,11 +154,11 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
 /// The API router: `/api/v1/…` and `/openapi.json`. Any other path under `/api/v1` answers a
 /// JSON 404.
 pub fn router(state: ApiState) -> Router {
-    let (routes, doc) = parts();
+    let (routes, doc) = parts(state.limits);
     let doc = Arc::new(doc);
     routes
         .route("/api/v1/{*rest}", any(no_such_route))
-        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(state.limits.json_bytes))
         .route(
             "/openapi.json",
             get(move || async move { Json(doc.as_ref().clone()) }),

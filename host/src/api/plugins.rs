@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::errors::{ApiJson, ApiPath, ApiQuery, bytes_rejection};
 use super::profiles::found;
-use super::{ApiError, ApiState, Auth, ErrorBody, PLUGIN_UPLOAD_BYTES_MAX};
+use super::{ApiError, ApiState, Auth, ErrorBody};
 use crate::cli::plugin::check_bytes;
 use crate::runtime::{InstanceSetup, PluginVersion};
 
@@ -31,10 +31,10 @@ pub const CONFIG_TEXT_BYTES_MAX: usize = 256;
 /// The longest plugin name.
 pub const PLUGIN_NAME_LEN_MAX: usize = 64;
 
-pub(super) fn router() -> OpenApiRouter<ApiState> {
+pub(super) fn router(upload_bytes_max: usize) -> OpenApiRouter<ApiState> {
     let uploads = OpenApiRouter::new()
         .routes(routes!(list_plugins, upload_plugin))
-        .layer(DefaultBodyLimit::max(PLUGIN_UPLOAD_BYTES_MAX));
+        .layer(DefaultBodyLimit::max(upload_bytes_max));
     OpenApiRouter::new()
         .merge(uploads)
         .routes(routes!(read_plugin))

@@ -71,6 +71,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         plugins: starter.plugins.clone(),
         control: starter.control.clone(),
         credentials: credentials_key()?,
+        limits: config.api.body_limits(),
     };
     let switches = starter.switches.clone();
     let starter = Arc::new(starter);

@@ -140,7 +140,9 @@ async fn bad_input_gets_a_specific_4xx_and_writes_nothing(db: &Db) {
         ("no such route", post("/api/v1/nothing", json_type, Vec::new()), StatusCode::NOT_FOUND, "no such API route"),
         ("allocation number", post(&format!("/api/v1/profiles/{profile}/allocations"), json_type, br#"{"amount": 5}"#.to_vec()), StatusCode::UNPROCESSABLE_ENTITY, "invalid type"),
         ("empty upload", post("/api/v1/plugins", "application/wasm", Vec::new()), StatusCode::UNPROCESSABLE_ENTITY, ".wasm bytes"),
-        ("oversized upload", post("/api/v1/plugins", "application/wasm", vec![0u8; keel_host::api::PLUGIN_UPLOAD_BYTES_MAX + 1]), StatusCode::PAYLOAD_TOO_LARGE, "larger"),
+        ("oversized upload", post("/api/v1/plugins", "application/wasm", vec![0u8; keel_host::api::PLUGIN_UPLOAD_BYTES_DEFAULT + 1]), StatusCode::PAYLOAD_TOO_LARGE, "larger"),
+        // A Python component is about 18 MB: its size is not what refuses this one.
+        ("upload of a Python component's size", post("/api/v1/plugins", "application/wasm", vec![0u8; 20 << 20]), StatusCode::UNPROCESSABLE_ENTITY, "WebAssembly"),
         ("bad config", Request::put(format!("/api/v1/profiles/{profile}/plugin"))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, json_type)
@@ -155,6 +157,42 @@ async fn bad_input_gets_a_specific_4xx_and_writes_nothing(db: &Db) {
             "{case}: {:?} should say {says:?}",
             reply.error()
         );
+    }
+    // `api.body_limit_bytes` and `api.upload_limit_bytes` of the configuration.
+    let small = Api::with_limits(
+        db.store(),
+        std::sync::Arc::new(keel_host::serve::control::LoopControl::new(
+            Default::default(),
+        )),
+        keel_host::api::BodyLimits {
+            json_bytes: 1024,
+            upload_bytes: 4096,
+        },
+    );
+    let name = "x".repeat(2000);
+    let limited: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "JSON over the configured limit",
+            post(
+                "/api/v1/profiles",
+                json_type,
+                json!({"name": name}).to_string().into_bytes(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "upload over the configured limit",
+            post("/api/v1/plugins", "application/wasm", vec![0u8; 5000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "upload under the configured limit",
+            post("/api/v1/plugins", "application/wasm", vec![0u8; 3000]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (case, request, status) in limited {
+        assert_eq!(small.raw(request).await.status, status, "{case}");
     }
     assert_eq!(
         before,

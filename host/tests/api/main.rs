@@ -231,6 +231,15 @@ impl Api {
 
     /// The API over `store` controlling the loops of `control`.
     pub fn with_control(store: Store, control: Arc<LoopControl>) -> Api {
+        Api::with_limits(store, control, keel_host::api::BodyLimits::default())
+    }
+
+    /// The API over `store` reading bodies up to `limits`.
+    pub fn with_limits(
+        store: Store,
+        control: Arc<LoopControl>,
+        limits: keel_host::api::BodyLimits,
+    ) -> Api {
         let keys = JwtKeys::new(SECRET).unwrap();
         let credentials = CredentialsKey::from_hex(&CredentialsKey::generate_hex()).unwrap();
         let state = ApiState {
@@ -239,6 +248,7 @@ impl Api {
             plugins: plugin_engine(),
             control: control.clone() as Arc<dyn ProfileControl>,
             credentials: credentials.clone(),
+            limits,
         };
         Api {
             router: keel_host::api::router(state),
