@@ -160,10 +160,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .exchange_rate_limit_headroom_ratio
         .with_label_values(&["request_weight"])
         .set(1.0);
-    let plugins = PluginEngine::counting_fuel_into(
-        EngineSettings::default(),
-        metrics.plugin_fuel_consumed_total.clone(),
-    )?;
+    let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
     let switches = Arc::new(HostSwitches::default());
     let control = Arc::new(LoopControl::new(switches.clone()));
     let mut papers = Vec::new();

@@ -315,7 +315,7 @@ async fn bind_plugin(
         .unwrap_or_else(|| Arc::new(SystemClock));
     let setup = InstanceSetup::new(profile, clock).config(body.config.clone());
     let engine = state.plugins.clone();
-    let prepared = blocking(move || engine.prepare(&version, setup)).await?;
+    let prepared = blocking(move || engine.prepare_replacement(&version, setup)).await?;
     let prepared = prepared.map_err(|fault| {
         ApiError::Unprocessable(format!("plugin init refused the configuration: {fault}"))
     })?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use keel_kernel::ids::ProfileId;
+use keel_kernel::metrics::Metrics;
 use keel_kernel::strategy::PluginFault;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -54,6 +55,8 @@ pub(crate) struct EngineInner {
     pub faults: FaultLedger,
     /// Fuel every call of every instance used: `keel_plugin_fuel_consumed_total`.
     pub fuel_consumed: prometheus::IntCounter,
+    /// Hot-swaps by result: `keel_plugin_hot_swaps_total`.
+    pub hot_swaps: prometheus::IntCounterVec,
     cache: Option<CompiledCache>,
     ticker: EpochTicker,
 }
@@ -155,24 +158,19 @@ impl InstanceSetup {
 }
 
 impl PluginEngine {
-    /// Builds the engine, its linker and its epoch ticker; fuel is counted by the engine alone
-    /// ([`PluginEngine::fuel_consumed_total`]).
+    /// Builds the engine, its linker and its epoch ticker; fuel and hot-swaps are counted by the
+    /// engine alone ([`PluginEngine::fuel_consumed_total`]).
     pub fn new(settings: EngineSettings) -> anyhow::Result<Self> {
-        let fuel_consumed = prometheus::IntCounter::new(
-            "keel_plugin_fuel_consumed_total",
-            "Fuel consumed by plugin calls.",
-        )
-        .expect("a valid metric name");
-        Self::counting_fuel_into(settings, fuel_consumed)
+        Self::reporting_to(settings, &Metrics::new())
     }
 
-    /// Builds the engine with every call's fuel (its budget minus what is left after it,
-    /// `init` included) added to `fuel_consumed`, normally
-    /// [`Metrics::plugin_fuel_consumed_total`](keel_kernel::metrics::Metrics).
-    pub fn counting_fuel_into(
-        settings: EngineSettings,
-        fuel_consumed: prometheus::IntCounter,
-    ) -> anyhow::Result<Self> {
+    /// Builds the engine reporting to `metrics`: every call's fuel (its budget minus what is
+    /// left after it, `init` included) is added to `keel_plugin_fuel_consumed_total`, and every
+    /// hot-swap is counted in `keel_plugin_hot_swaps_total` (`ok` when the new instance takes
+    /// over, `failed` when preparing it failed and the running one stays).
+    pub fn reporting_to(settings: EngineSettings, metrics: &Metrics) -> anyhow::Result<Self> {
+        let fuel_consumed = metrics.plugin_fuel_consumed_total.clone();
+        let hot_swaps = metrics.plugin_hot_swaps_total.clone();
         let engine = Engine::new(&wasmtime_config(&settings))
             .map_err(|e| e.context("creating the wasm engine"))?;
         let mut linker = Linker::new(&engine);
@@ -194,6 +192,7 @@ impl PluginEngine {
             settings,
             faults: FaultLedger::default(),
             fuel_consumed,
+            hot_swaps,
             cache,
             ticker,
         };
@@ -264,6 +263,18 @@ impl PluginEngine {
         let profile = setup.profile;
         PreparedInstance::new(self, version, setup).inspect_err(|fault| {
             self.inner.faults.record(profile, &version.digest, fault);
+        })
+    }
+
+    /// [`PluginEngine::prepare`] for a hot-swap: a failure is counted as a failed hot-swap (the
+    /// running instance stays); the swap itself is counted when the strategy takes the instance.
+    pub fn prepare_replacement(
+        &self,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> Result<PreparedInstance, PluginFault> {
+        self.prepare(version, setup).inspect_err(|_| {
+            self.inner.hot_swaps.with_label_values(&["failed"]).inc();
         })
     }
 

@@ -61,7 +61,7 @@ impl SwapHandle {
             setup.profile, self.profile,
             "a swap must target the strategy's own profile"
         );
-        let prepared = self.engine.prepare(version, setup)?;
+        let prepared = self.engine.prepare_replacement(version, setup)?;
         self.offer(prepared);
         Ok(())
     }
@@ -155,6 +155,7 @@ impl WasmStrategy {
                 let span = prepared.span().clone();
                 let _entered = span.enter();
                 tracing::info!(from_sha256 = %self.digest, "plugin hot-swapped");
+                self.engine.inner.hot_swaps.with_label_values(&["ok"]).inc();
                 self.replace(prepared);
             }
         }

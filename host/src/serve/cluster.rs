@@ -23,7 +23,9 @@ use anyhow::Context;
 use keel_kernel::ids::ProfileId;
 use keel_kernel::lock::{Lease, LockError, LockKey, LockKind, OwnerToken};
 use keel_kernel::metrics::Metrics;
-use keel_kernel::store::{DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, Store, StoreError};
+use keel_kernel::store::{
+    DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL, Store, StoreError,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -46,10 +48,17 @@ pub trait ProfileStarter: Send + Sync {
     /// The loops' inputs for `entry`, whose engine must write through `store` (guarded by the
     /// profile's lease).
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops>;
+
+    /// The owner changed the running profile's settings (switches, risk rules, bound plugin),
+    /// possibly through another instance: re-read them through `store` and apply them.
+    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<()>;
 }
 
 /// A profile this instance runs.
 struct Owned {
+    entry: DirectoryEntry,
+    /// The store guarded by the lease, as the profile's engine writes through it.
+    store: Store,
     lease: Lease,
     /// When the lease was last granted or renewed, by this process's monotonic clock: the lease
     /// is surely live until `renewed_at + ttl` (the database counts from a later instant).
@@ -99,16 +108,21 @@ impl Cluster {
     /// Takes, renews and gives up profiles until `shutdown` turns true; then stops every
     /// profile's loops after their current step and releases the leases.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut changes = self.listen().await;
+        let (mut changes, mut settings) = self.listen().await;
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.lease_renew_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
         loop {
-            tokio::select! {
+            let settings_changed = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                _ = tick.tick() => {}
-                Some(()) = changes.recv() => {}
+                _ = tick.tick() => None,
+                Some(()) = changes.recv() => None,
+                Some(profile) = settings.recv() => Some(profile),
+            };
+            if let Some(profile) = settings_changed {
+                self.refresh(profile).await;
+                continue;
             }
             self.renew().await;
             self.reap().await;
@@ -122,27 +136,58 @@ impl Cluster {
         self.shut_down().await
     }
 
-    /// Notifications of directory changes (PostgreSQL), coalesced: one pending wake-up at most.
-    /// Without them (SQLite, or LISTEN failing) the periodic scan alone finds changes.
-    async fn listen(&self) -> mpsc::Receiver<()> {
+    /// Re-reads and applies the settings of a profile this instance runs (others' are theirs).
+    async fn refresh(&self, profile: ProfileId) {
+        let Some(owned) = self.owned.get(&profile) else {
+            return;
+        };
+        match self.starter.refresh(owned.entry, &owned.store).await {
+            Ok(()) => tracing::info!(profile_id = %profile, "profile settings re-read"),
+            Err(error) => {
+                tracing::error!(profile_id = %profile, error = %format!("{error:#}"), "applying the profile's new settings failed");
+            }
+        }
+    }
+
+    /// Notifications (PostgreSQL): directory changes, coalesced into one pending wake-up at
+    /// most, and the ids of profiles whose settings changed, each delivered. Without them
+    /// (SQLite, one instance: the API applies changes to its own loops; or LISTEN failing) the
+    /// periodic scan finds directory changes and settings are read at the next start.
+    async fn listen(&self) -> (mpsc::Receiver<()>, mpsc::UnboundedReceiver<ProfileId>) {
         let (tx, rx) = mpsc::channel(1);
+        let (settings_tx, settings_rx) = mpsc::unbounded_channel();
         let Some(pool) = self.store.pg_pool() else {
-            return rx;
+            return (rx, settings_rx);
         };
         let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(%error, "LISTEN unavailable; profile changes are found by polling");
-                return rx;
+                return (rx, settings_rx);
             }
         };
-        if let Err(error) = listener.listen(PROFILES_CHANNEL).await {
+        if let Err(error) = listener
+            .listen_all([PROFILES_CHANNEL, SETTINGS_CHANNEL])
+            .await
+        {
             tracing::warn!(%error, "LISTEN unavailable; profile changes are found by polling");
-            return rx;
+            return (rx, settings_rx);
         }
         tokio::spawn(async move {
             loop {
                 match listener.recv().await {
+                    Ok(note) if note.channel() == SETTINGS_CHANNEL => {
+                        let Ok(id) = note.payload().parse::<uuid::Uuid>() else {
+                            tracing::warn!(
+                                payload = note.payload(),
+                                "a settings notification without a profile id"
+                            );
+                            continue;
+                        };
+                        if settings_tx.send(ProfileId::from_uuid(id)).is_err() {
+                            return;
+                        }
+                    }
                     // A full channel already holds a wake-up: this change is seen by it.
                     Ok(_) => {
                         if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
@@ -157,7 +202,7 @@ impl Cluster {
                 }
             }
         });
-        rx
+        (rx, settings_rx)
     }
 
     fn ttl(&self) -> Duration {
@@ -298,7 +343,7 @@ impl Cluster {
         };
         tracing::info!(profile_id = %entry.profile, fence = %lease.fence, "profile lease taken");
         let store = self.store.guarded_by(LeaseGuard::of(entry.profile, &lease));
-        let inputs = match self.starter.start(entry, store).await {
+        let inputs = match self.starter.start(entry, store.clone()).await {
             Ok(inputs) => inputs,
             Err(error) => {
                 tracing::error!(profile_id = %entry.profile, error = %format!("{error:#}"), "starting the profile failed");
@@ -317,6 +362,8 @@ impl Cluster {
         self.owned.insert(
             entry.profile,
             Owned {
+                entry,
+                store,
                 lease,
                 renewed_at: asked_at,
                 stop,

@@ -22,15 +22,16 @@ use keel_kernel::risk::RiskLimits;
 use keel_kernel::store::{DirectoryEntry, Store};
 use tokio::sync::{mpsc, watch};
 
+use crate::api::{ControlChange, ProfileControl as _};
 use crate::config::{Config, ExchangeConfig};
 use crate::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
 use crate::runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
 
 use super::cluster::{Cluster, ClusterConfig, ProfileStarter};
-use super::control::LoopControl;
+use super::control::{LoopControl, RunningPlugin};
 use super::http::AppState;
 use super::metered::MeteredStrategy;
-use super::stored::stored_profile;
+use super::stored::{BoundPlugin, stored_profile};
 use super::{LoopHealth, ProfileLoops};
 
 /// Candles queued per profile before its stream waits.
@@ -216,7 +217,7 @@ impl Starter {
         bus: Arc<crate::live::Bus>,
     ) -> anyhow::Result<Starter> {
         let strategy = &config.strategy;
-        let plugins = PluginEngine::new(EngineSettings::default())?;
+        let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
         let bytes = std::fs::read(&strategy.plugin)
             .with_context(|| format!("reading strategy.plugin {}", strategy.plugin.display()))?;
         let version = plugins
@@ -252,6 +253,27 @@ impl Starter {
             plugin_name,
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
+        })
+    }
+
+    /// The plugin the owner bound, else the configured one: version, settings, name.
+    async fn wanted_plugin(
+        &self,
+        binding: Option<BoundPlugin>,
+    ) -> anyhow::Result<(PluginVersion, Vec<(String, String)>, String)> {
+        Ok(match binding {
+            Some(bound) => (
+                self.bound_version(bound.wasm)
+                    .await
+                    .with_context(|| format!("loading plugin {:?}", bound.name))?,
+                bound.config,
+                bound.name,
+            ),
+            None => (
+                self.version.clone(),
+                self.plugin_config.clone(),
+                self.plugin_name.clone(),
+            ),
         })
     }
 
@@ -324,23 +346,10 @@ impl Starter {
 impl ProfileStarter for Starter {
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
-        let stored = stored_profile(&store, entry.user, entry.profile).await?;
-        // The plugin the owner bound, else the configured one.
-        let (version, config, plugin_name) = match stored.binding {
-            Some(bound) => (
-                self.bound_version(bound.wasm)
-                    .await
-                    .with_context(|| format!("loading plugin {:?}", bound.name))?,
-                bound.config,
-                bound.name,
-            ),
-            None => (
-                self.version.clone(),
-                self.plugin_config.clone(),
-                self.plugin_name.clone(),
-            ),
-        };
+        let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
+        let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
         let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
+        let strategy_config = setup.config.clone();
         let strategy = self
             .plugins
             .start(&version, setup)
@@ -348,6 +357,13 @@ impl ProfileStarter for Starter {
         let commands =
             self.control
                 .register(entry.profile, Some(strategy.swap_handle()), clock.clone());
+        self.control.set_running(
+            entry.profile,
+            RunningPlugin {
+                digest: version.digest().clone(),
+                config: strategy_config,
+            },
+        );
         let events = self
             .exchange
             .user_events()
@@ -392,5 +408,44 @@ impl ProfileStarter for Starter {
             events,
             commands,
         })
+    }
+
+    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<()> {
+        let profile = entry.profile;
+        let mut stored = stored_profile(store, entry.user, profile).await?;
+        let mut changes = vec![
+            ControlChange::Paused(stored.row.paused),
+            ControlChange::Killed(stored.row.killed),
+        ];
+        changes.extend(stored.row.risk_limits.take().map(ControlChange::Limits));
+        for change in changes {
+            if !self.control.apply(profile, change).await {
+                anyhow::bail!("profile {profile} does not run here any more");
+            }
+        }
+        let (version, config, name) = self.wanted_plugin(stored.binding.take()).await?;
+        let wanted = RunningPlugin {
+            digest: version.digest().clone(),
+            config: config.clone().into(),
+        };
+        if self.control.running(profile).as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        let clock = self
+            .control
+            .clock(profile)
+            .with_context(|| format!("profile {profile} does not run here any more"))?;
+        let setup = InstanceSetup::new(profile, clock).config(config);
+        let plugins = self.plugins.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || plugins.prepare_replacement(&version, setup))
+                .await
+                .context("the plugin instantiation task")?
+                .map_err(|fault| anyhow::anyhow!("starting plugin {name:?}: {fault}"))?;
+        if !self.control.offer_strategy(profile, prepared) {
+            anyhow::bail!("profile {profile} does not run here any more");
+        }
+        tracing::info!(profile_id = %profile, plugin = %name, "bound plugin queued for a hot-swap");
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use keel_kernel::ids::ProfileId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ControlChange, ProfileControl, ReconcileOutcome};
-use crate::runtime::{PreparedInstance, SwapHandle};
+use crate::runtime::{PluginDigest, PreparedInstance, SwapHandle};
 
 /// Commands queued per profile before a sender waits for the loop.
 pub const COMMAND_QUEUE_MAX: usize = 16;
@@ -38,6 +38,26 @@ struct Registered {
     commands: mpsc::Sender<Command>,
     swap: Option<SwapHandle>,
     clock: Arc<dyn Clock>,
+    running: Option<RunningPlugin>,
+}
+
+/// The plugin version and settings a profile's strategy runs (or was last handed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningPlugin {
+    /// The plugin version.
+    pub digest: PluginDigest,
+    /// The settings its `init` got.
+    pub config: Arc<[(String, String)]>,
+}
+
+impl RunningPlugin {
+    /// What `instance` runs.
+    pub fn of(instance: &PreparedInstance) -> RunningPlugin {
+        RunningPlugin {
+            digest: instance.digest().clone(),
+            config: instance.setup().config.clone(),
+        }
+    }
 }
 
 /// The profiles whose loops run in this process.
@@ -68,11 +88,31 @@ impl LoopControl {
             commands,
             swap,
             clock,
+            running: None,
         };
         let mut profiles = self.profiles.write().expect("lock poisoned");
+        // A profile this instance ran before (and stopped, its loop gone) may be taken again.
         let earlier = profiles.insert(profile, registered);
-        assert!(earlier.is_none(), "profile {profile} registered twice");
+        assert!(
+            earlier.is_none_or(|e| e.commands.is_closed()),
+            "profile {profile} registered while its loop still runs"
+        );
         receiver
+    }
+
+    /// Records what the profile's strategy runs, to tell later whether its stored binding
+    /// asks for something else.
+    pub fn set_running(&self, profile: ProfileId, running: RunningPlugin) {
+        let mut profiles = self.profiles.write().expect("lock poisoned");
+        if let Some(registered) = profiles.get_mut(&profile) {
+            registered.running = Some(running);
+        }
+    }
+
+    /// What the profile's strategy runs, or was last handed.
+    pub fn running(&self, profile: ProfileId) -> Option<RunningPlugin> {
+        let profiles = self.profiles.read().expect("lock poisoned");
+        profiles.get(&profile).and_then(|r| r.running.clone())
     }
 
     fn sender(&self, profile: ProfileId) -> Option<mpsc::Sender<Command>> {
@@ -93,13 +133,18 @@ impl ProfileControl for LoopControl {
     }
 
     fn offer_strategy(&self, profile: ProfileId, instance: PreparedInstance) -> bool {
-        let profiles = self.profiles.read().expect("lock poisoned");
-        match profiles.get(&profile).and_then(|r| r.swap.as_ref()) {
-            Some(swap) => {
+        let mut profiles = self.profiles.write().expect("lock poisoned");
+        match profiles.get_mut(&profile) {
+            Some(Registered {
+                swap: Some(swap),
+                running,
+                ..
+            }) => {
+                *running = Some(RunningPlugin::of(&instance));
                 swap.offer(instance);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 

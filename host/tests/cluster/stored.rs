@@ -84,3 +84,71 @@ fn now_secs() -> i64 {
         .try_into()
         .unwrap()
 }
+
+/// The profile runs on one instance; its owner's changes are written elsewhere (another
+/// instance's API, here the store directly): the running instance hears of them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_changes_reach_the_instance_running_the_profile() {
+    let world = World::create(22).await;
+    let config = world.config_file("runner", "sma_cross.wasm", &BUSY_STRATEGY);
+    let runner = Serve::start("runner", &config).await;
+    wait_for("the profile trading", || async {
+        world.sim.placements().await.len() >= 2
+    })
+    .await;
+
+    let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
+    assert!(tx.set_killed(world.profile, true).await.unwrap());
+    tx.commit().await.unwrap();
+    wait_for("entries refused by the profile's kill switch", || async {
+        runner
+            .metric("keel_risk_refusals_total{rule=\"entry_blocked\"}")
+            .await
+            > 0.0
+    })
+    .await;
+
+    let wasm = std::fs::read(plugin("boundary.wasm")).unwrap();
+    let digest = PluginDigest::of(&wasm);
+    let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
+    let (row, _) = tx
+        .insert_plugin(NewPlugin {
+            name: "never-trades",
+            sha256: digest.as_str(),
+            report: "{}",
+            wasm: &wasm,
+        })
+        .await
+        .unwrap();
+    tx.bind_plugin(world.profile, row.plugin, "{}")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    wait_for("the bound plugin swapped in", || async {
+        runner
+            .metric("keel_plugin_hot_swaps_total{result=\"ok\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        runner
+            .metric("keel_plugin_hot_swaps_total{result=\"ok\"}")
+            .await,
+        1.0,
+        "one swap for one change"
+    );
+
+    // A deleted profile leaves the directory: its loops stop and its lease is released.
+    let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
+    assert!(tx.delete_profile(world.profile).await.unwrap());
+    tx.commit().await.unwrap();
+    wait_for("the deleted profile stopped", || async {
+        world.lease().await.is_none()
+    })
+    .await;
+
+    let (status, log) = runner.stop().await;
+    assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}

@@ -26,9 +26,7 @@ fn each_call_adds_the_fuel_it_used_to_the_registry() {
         limits,
         ..EngineSettings::default()
     };
-    let engine =
-        PluginEngine::counting_fuel_into(settings, metrics.plugin_fuel_consumed_total.clone())
-            .unwrap();
+    let engine = PluginEngine::reporting_to(settings, &metrics).unwrap();
     assert_eq!(exposed(&metrics), 0);
 
     let sma = setup(&[("fast", "2"), ("slow", "4")]);

@@ -149,3 +149,36 @@ fn a_dead_strategy_comes_back_by_reconfiguring() {
     let intents = strategy.on_candle(&candle(1, 1.0), &flat_view()).unwrap();
     assert_eq!(echo_label(1, &intents), "again");
 }
+
+#[test]
+fn hot_swaps_are_counted_when_the_new_instance_takes_over_and_when_it_fails_to_start() {
+    let metrics = keel_kernel::metrics::Metrics::new();
+    let settings = keel_host::runtime::EngineSettings {
+        instances_max: 8,
+        ..keel_host::runtime::EngineSettings::default()
+    };
+    let engine = keel_host::runtime::PluginEngine::reporting_to(settings, &metrics).unwrap();
+    let hostile = version(&engine, "hostile");
+    let mut strategy = engine
+        .start(&hostile, setup(&[("attack", "echo"), ("label", "old")]))
+        .unwrap();
+    let swaps = |result: &str| {
+        metrics
+            .plugin_hot_swaps_total
+            .with_label_values(&[result])
+            .get()
+    };
+    let handle = strategy.swap_handle();
+    let mut failing = setup(&[("attack", "fail-init")]);
+    failing.profile = strategy.profile();
+    assert!(handle.hot_swap(&hostile, failing).is_err());
+    assert_eq!((swaps("ok"), swaps("failed")), (0, 1));
+
+    let mut next = setup(&[("attack", "echo"), ("label", "new")]);
+    next.profile = strategy.profile();
+    handle.hot_swap(&hostile, next).unwrap();
+    assert_eq!(swaps("ok"), 0, "queued, not taken yet");
+    let intents = strategy.on_candle(&candle(1, 1.0), &flat_view()).unwrap();
+    assert_eq!(echo_label(1, &intents), "new");
+    assert_eq!((swaps("ok"), swaps("failed")), (1, 1));
+}

@@ -12,6 +12,10 @@ use super::{Constraint, Pool, Store, StoreError};
 /// is the profile id.
 pub const PROFILES_CHANNEL: &str = "keel_profiles";
 
+/// The PostgreSQL channel on which a change of a profile's switches, risk rules or bound plugin
+/// is announced (`migrations/postgres/0005_profile_settings.sql`); the payload is the profile id.
+pub const SETTINGS_CHANNEL: &str = "keel_profile_settings";
+
 /// Most profiles one directory read returns; more are refused rather than loaded without bound.
 pub const DIRECTORY_ROWS_MAX: i64 = 1_000_000;
 

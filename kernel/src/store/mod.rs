@@ -50,7 +50,9 @@ use crate::lifecycle::LifecycleError;
 use crate::lock::LockError;
 use crate::plant::Plant;
 
-pub use directory::{DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL};
+pub use directory::{
+    DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL,
+};
 pub use lease::Locks;
 pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
 pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
