@@ -38,9 +38,17 @@ struct PluginBench {
     boundary_ns_median: u64,
     native_on_candle_ns_median: u64,
     instantiate_us_median: f64,
+    /// An instance started and dropped: what churn costs, the reset of its slot included.
+    instantiate_drop_us_median: f64,
+    /// The same two on an engine that returns a freed slot's pages to the kernel
+    /// (`keep_resident_bytes` 0), measured in the same run for the ratio.
+    released_instantiate_us_median: f64,
+    released_instantiate_drop_us_median: f64,
     hot_swap_ms_median: f64,
     instances: u32,
     rss_bytes_per_instance: u64,
+    /// What each freed slot still holds once the live instances are dropped.
+    rss_bytes_per_freed_slot: i64,
 }
 
 pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<ExitCode> {
@@ -51,6 +59,11 @@ pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<
         instances_max: instances + 64,
         ..EngineSettings::default()
     };
+    let released = PluginEngine::new(EngineSettings {
+        keep_resident_bytes: 0,
+        ..settings.clone()
+    })?;
+    let released_sma = load(&released, plugins_dir, "sma_cross")?;
     let engine = PluginEngine::new(settings)?;
     let sma = load(&engine, plugins_dir, "sma_cross")?;
     let boundary = load(&engine, plugins_dir, "boundary")?;
@@ -67,10 +80,24 @@ pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<
         wasm_on_candle_ns_p99: wasm_p99,
         boundary_ns_median: boundary_median,
         native_on_candle_ns_median: native_median,
-        instantiate_us_median: instantiate_us(&engine, &sma)?,
+        instantiate_us_median: instantiate_us(&engine, &sma, Churn::Start)?,
+        instantiate_drop_us_median: instantiate_us(&engine, &sma, Churn::StartAndDrop)?,
+        released_instantiate_us_median: instantiate_us(&released, &released_sma, Churn::Start)?,
+        released_instantiate_drop_us_median: instantiate_us(
+            &released,
+            &released_sma,
+            Churn::StartAndDrop,
+        )?,
         hot_swap_ms_median: hot_swap_ms(&engine, &sma, &candles)?,
         instances,
-        rss_bytes_per_instance: rss_per_instance(&engine, &sma, instances, &candles)?,
+        rss_bytes_per_instance: 0,
+        rss_bytes_per_freed_slot: 0,
+    };
+    let (live, freed) = rss_per_instance(&engine, &sma, instances, &candles)?;
+    let figures = PluginBench {
+        rss_bytes_per_instance: live,
+        rss_bytes_per_freed_slot: freed,
+        ..figures
     };
     if json {
         println!("{}", serde_json::to_string(&figures)?);
@@ -171,9 +198,21 @@ fn median_f64(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// A new store, instantiated from the `InstancePre` and initialised: what starting a profile
-/// costs.
-fn instantiate_us(engine: &PluginEngine, version: &PluginVersion) -> anyhow::Result<f64> {
+/// What [`instantiate_us`] times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Churn {
+    /// A new store, instantiated from the `InstancePre` and initialised: what starting a
+    /// profile costs.
+    Start,
+    /// That, then dropping the instance (its slot is reset for the next one).
+    StartAndDrop,
+}
+
+fn instantiate_us(
+    engine: &PluginEngine,
+    version: &PluginVersion,
+    churn: Churn,
+) -> anyhow::Result<f64> {
     let mut samples = Vec::with_capacity(INSTANTIATIONS_MEASURED);
     for _ in 0..INSTANTIATIONS_MEASURED {
         let setup = setup();
@@ -181,8 +220,13 @@ fn instantiate_us(engine: &PluginEngine, version: &PluginVersion) -> anyhow::Res
         let prepared = engine
             .prepare(version, setup)
             .map_err(|f| anyhow::anyhow!("{f}"))?;
-        samples.push(started.elapsed().as_secs_f64() * 1e6);
+        if churn == Churn::Start {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
         drop(prepared);
+        if churn == Churn::StartAndDrop {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
     }
     Ok(median_f64(samples))
 }
@@ -213,12 +257,13 @@ fn hot_swap_ms(
 }
 
 /// Resident memory added by `count` live instances, each initialised and fed candles.
+/// Resident bytes per live instance, and per slot once they are all dropped.
 fn rss_per_instance(
     engine: &PluginEngine,
     version: &PluginVersion,
     count: u32,
     candles: &[Candle],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, i64)> {
     let view = AccountView::default();
     let before = rss_bytes()?;
     let mut live = Vec::with_capacity(count as usize);
@@ -233,7 +278,12 @@ fn rss_per_instance(
     }
     let after = rss_bytes()?;
     drop(live);
-    Ok(after.saturating_sub(before) / u64::from(count))
+    let freed = rss_bytes()?;
+    let per_freed = (i128::from(freed) - i128::from(before)) / i128::from(count);
+    Ok((
+        after.saturating_sub(before) / u64::from(count),
+        i64::try_from(per_freed).unwrap_or(i64::MAX),
+    ))
 }
 
 fn rss_bytes() -> anyhow::Result<u64> {

@@ -10,7 +10,7 @@ use keel_kernel::ids::ProfileId;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::strategy::PluginFault;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
@@ -316,7 +316,9 @@ fn wasmtime_config(settings: &EngineSettings) -> Config {
         .max_memories_per_component(1)
         .total_tables(instances.saturating_mul(3))
         .max_tables_per_component(TABLES_PER_COMPONENT_MAX)
-        .max_memory_size(settings.memory_bytes_max());
+        .max_memory_size(settings.memory_bytes_max())
+        .linear_memory_keep_resident(settings.keep_resident_bytes)
+        .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

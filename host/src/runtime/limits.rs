@@ -85,7 +85,15 @@ pub struct EngineSettings {
     pub python_limits: PluginLimits,
     /// The largest plugin file accepted, in bytes.
     pub plugin_bytes_max: usize,
+    /// Bytes at the start of a freed instance slot's linear memory kept mapped for the next
+    /// instance: only the pages the instance dirtied are reset (Linux's `PAGEMAP_SCAN`, kernel
+    /// 6.7 or later; a `memset` of the whole range elsewhere), so a new instance does not
+    /// fault its stack and data pages in again. 0 returns every page to the kernel.
+    pub keep_resident_bytes: usize,
 }
+
+/// Covers a Rust guest's stack (1 MiB, at the bottom of its memory), data and first heap pages.
+pub const KEEP_RESIDENT_BYTES_DEFAULT: usize = 2 << 20;
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -96,6 +104,7 @@ impl Default for EngineSettings {
             limits: PluginLimits::default(),
             python_limits: PluginLimits::python(),
             plugin_bytes_max: 64 << 20,
+            keep_resident_bytes: KEEP_RESIDENT_BYTES_DEFAULT,
         }
     }
 }
