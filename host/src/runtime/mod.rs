@@ -49,7 +49,7 @@ pub use engine::{InstanceSetup, LoadReport, PluginEngine, PluginVersion};
 pub use faults::FaultCounts;
 pub use guest::GuestLanguage;
 pub use instance::PreparedInstance;
-pub use limits::{EngineSettings, PluginLimits};
+pub use limits::{EngineSettings, KEEP_RESIDENT_BYTES_DEFAULT, PluginLimits};
 pub use log::{LOG_LINES_RETAINED_MAX, LogCounters, LogLevel, LogLine};
 pub use native::NativeSmaCross;
 pub use strategy::{SwapHandle, WasmStrategy};

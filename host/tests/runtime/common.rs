@@ -62,7 +62,8 @@ pub fn deadline_only_engine() -> &'static PluginEngine {
     })
 }
 
-/// Each plugin compiled once per engine.
+/// Each plugin compiled once per engine. Only for the engines that live as long as the test
+/// process (the cache knows an engine by its address); a test's own engine uses [`load`].
 pub fn version(engine: &PluginEngine, name: &str) -> PluginVersion {
     static VERSIONS: OnceLock<Mutex<HashMap<(usize, String), PluginVersion>>> = OnceLock::new();
     let key = (engine as *const PluginEngine as usize, name.to_string());
@@ -75,6 +76,13 @@ pub fn version(engine: &PluginEngine, name: &str) -> PluginVersion {
                 .expect("loading an example plugin")
         })
         .clone()
+}
+
+/// Compiles an example plugin on `engine`, uncached.
+pub fn load(engine: &PluginEngine, name: &str) -> PluginVersion {
+    engine
+        .load(&plugin_bytes(name))
+        .expect("loading an example plugin")
 }
 
 /// A setup for a fresh profile with a manual clock at [`T0_MS`].

@@ -5,7 +5,7 @@ use keel_host::runtime::{EngineSettings, PluginEngine, PluginLimits};
 use keel_kernel::metrics::Metrics;
 use keel_kernel::strategy::{PluginFault, StrategyRuntime};
 
-use crate::common::{candle, flat_view, setup, version};
+use crate::common::{candle, flat_view, load, setup};
 
 fn exposed(metrics: &Metrics) -> u64 {
     metrics
@@ -30,7 +30,7 @@ fn each_call_adds_the_fuel_it_used_to_the_registry() {
     assert_eq!(exposed(&metrics), 0);
 
     let sma = setup(&[("fast", "2"), ("slow", "4")]);
-    let mut plugin = engine.start(&version(&engine, "sma-cross"), sma).unwrap();
+    let mut plugin = engine.start(&load(&engine, "sma-cross"), sma).unwrap();
     let after_init = exposed(&metrics);
     assert!(
         after_init > 0 && after_init < limits.fuel_per_init,
@@ -54,7 +54,7 @@ fn each_call_adds_the_fuel_it_used_to_the_registry() {
 
     // A call that runs out has used its whole budget.
     let attack = setup(&[("attack", "infinite-loop")]);
-    let mut hostile = engine.start(&version(&engine, "hostile"), attack).unwrap();
+    let mut hostile = engine.start(&load(&engine, "hostile"), attack).unwrap();
     let before = exposed(&metrics);
     assert_eq!(
         hostile.on_candle(&candle(0, 100.0), &flat_view()),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use keel_kernel::strategy::{PluginFault, RawIntent, StrategyRuntime};
 
-use crate::common::{candle, engine, flat_view, setup, start, version};
+use crate::common::{candle, engine, flat_view, load, setup, start, version};
 
 /// Candles in the live stream.
 const STREAM_CANDLES: i64 = 3_000;
@@ -158,7 +158,7 @@ fn hot_swaps_are_counted_when_the_new_instance_takes_over_and_when_it_fails_to_s
         ..keel_host::runtime::EngineSettings::default()
     };
     let engine = keel_host::runtime::PluginEngine::reporting_to(settings, &metrics).unwrap();
-    let hostile = version(&engine, "hostile");
+    let hostile = load(&engine, "hostile");
     let mut strategy = engine
         .start(&hostile, setup(&[("attack", "echo"), ("label", "old")]))
         .unwrap();

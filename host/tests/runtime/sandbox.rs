@@ -6,9 +6,9 @@ use std::sync::Arc;
 use keel_host::runtime::{InstanceSetup, LogLevel, WasmStrategy};
 use keel_kernel::engine::VirtualClock;
 use keel_kernel::ids::ProfileId;
-use keel_kernel::strategy::StrategyRuntime;
+use keel_kernel::strategy::{RawIntent, StrategyRuntime};
 
-use crate::common::{T0_MS, candle, engine, flat_view, start, version};
+use crate::common::{T0_MS, candle, engine, flat_view, load, start, version};
 
 fn probe(attack: &str) -> Vec<String> {
     let mut plugin = start(engine(), "hostile", &[("attack", attack)]);
@@ -100,4 +100,38 @@ fn guest_randomness_replays_from_the_kernel_seed() {
         hash(clock_and_random(8, clock())),
         "another seed, other randomness"
     );
+}
+
+/// Freed instance slots are reused (and, by default, kept resident): whatever an instance wrote
+/// into its memory is gone before the next instance gets the slot, so one tenant's strategy never
+/// reads another's.
+#[test]
+fn an_instance_never_finds_what_an_earlier_instance_of_its_slot_left_in_memory() {
+    for keep_resident_bytes in [keel_host::runtime::KEEP_RESIDENT_BYTES_DEFAULT, 0] {
+        let engine = keel_host::runtime::PluginEngine::new(keel_host::runtime::EngineSettings {
+            instances_max: 4,
+            keep_resident_bytes,
+            ..keel_host::runtime::EngineSettings::default()
+        })
+        .unwrap();
+        let hostile = load(&engine, "hostile");
+        for round in 0..20 {
+            let mut strategy = engine
+                .start(
+                    &hostile,
+                    crate::common::setup(&[("attack", "scavenge"), ("label", "r")]),
+                )
+                .unwrap();
+            let intents = strategy
+                .on_candle(&candle(round, 1.0), &flat_view())
+                .unwrap();
+            let [RawIntent::Cancel { client_order_id }] = intents.as_slice() else {
+                panic!("{intents:?}")
+            };
+            assert_eq!(
+                client_order_id, "r-dirty-0",
+                "keep_resident_bytes {keep_resident_bytes}, instance {round}"
+            );
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! Config key `attack` picks the misbehaviour, run on every `on-candle`:
 //! `infinite-loop`, `memory-growth`, `recursion`, `panic`, `intent-flood`, `oversized-log`,
 //! `bad-numbers`, `read-file`, `open-socket`, `resolve-name`, `read-env`, `stdout`,
-//! `clock-and-random`. `fail-init` refuses the configuration. `echo` (not hostile) answers each
+//! `clock-and-random`, `scavenge` (looks for what an earlier instance left in memory).
+//! `fail-init` refuses the configuration. `echo` (not hostile) answers each
 //! candle with `cancel("<label>-<open-time-ms>")`.
 //! Probes that ask for authority log `<probe>: denied: <error>` or `<probe>: GRANTED`.
 
@@ -71,10 +72,35 @@ impl Strategy for Hostile {
                 eprintln!("hello from stderr");
             }
             "clock-and-random" => clock_and_random(),
+            "scavenge" => return scavenge(&self.label),
             _ => {}
         }
         Vec::new()
     }
+}
+
+/// Grows memory by one MiB outside the allocator's sight, counts the words in it that are not
+/// zero (what an earlier instance of this slot left behind), then fills it with a pattern for
+/// the next instance to find. Answers `cancel("<label>-dirty-<count>")`.
+fn scavenge(label: &str) -> Vec<Intent> {
+    const PAGES: usize = 16;
+    let first_page = core::arch::wasm32::memory_grow(0, PAGES);
+    if first_page == usize::MAX {
+        return vec![Intent::Cancel(format!("{label}-no-memory"))];
+    }
+    let start = first_page * 65_536;
+    let mut dirty = 0_usize;
+    for address in (start..start + PAGES * 65_536).step_by(8) {
+        // SAFETY: the pages were just grown for this function alone: no allocation lives there.
+        unsafe {
+            let word = address as *mut u64;
+            if word.read_volatile() != 0 {
+                dirty += 1;
+            }
+            word.write_volatile(0xA5A5_A5A5_A5A5_A5A5);
+        }
+    }
+    vec![Intent::Cancel(format!("{label}-dirty-{dirty}"))]
 }
 
 fn infinite_loop() {
