@@ -4,7 +4,7 @@
 use futures::StreamExt as _;
 use keel_host::auth::JwtKeys;
 use keel_host::runtime::PluginDigest;
-use keel_kernel::store::NewPlugin;
+use keel_kernel::store::{NewPlugin, TenantTx};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{Serve, WAIT_MAX, World, plugin, wait_for};
@@ -16,21 +16,8 @@ const JWT_SECRET: &[u8] = b"cluster-test-secret-cluster-test-secret";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_starts_with_the_plugin_and_switches_its_owner_stored() {
     let world = World::create(21).await;
-    let wasm = std::fs::read(plugin("boundary.wasm")).unwrap();
-    let digest = PluginDigest::of(&wasm);
     let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
-    let (row, _) = tx
-        .insert_plugin(NewPlugin {
-            name: "never-trades",
-            sha256: digest.as_str(),
-            report: "{}",
-            wasm: &wasm,
-        })
-        .await
-        .unwrap();
-    tx.bind_plugin(world.profile, row.plugin, "{}")
-        .await
-        .unwrap();
+    let digest = bind_never_trades(&world, &mut tx).await;
     assert!(tx.set_paused(world.profile, true).await.unwrap());
     tx.commit().await.unwrap();
 
@@ -76,6 +63,26 @@ async fn a_profile_starts_with_the_plugin_and_switches_its_owner_stored() {
     world.drop_db().await;
 }
 
+/// Uploads the boundary plugin (it never trades) as `never-trades` and binds it to the world's
+/// profile, as the API does; returns its digest.
+async fn bind_never_trades(world: &World, tx: &mut TenantTx) -> PluginDigest {
+    let wasm = std::fs::read(plugin("boundary.wasm")).unwrap();
+    let digest = PluginDigest::of(&wasm);
+    let (row, _) = tx
+        .insert_plugin(NewPlugin {
+            name: "never-trades",
+            sha256: digest.as_str(),
+            report: "{}",
+            wasm: &wasm,
+        })
+        .await
+        .unwrap();
+    tx.bind_plugin(world.profile, row.plugin, "{}")
+        .await
+        .unwrap();
+    digest
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -108,21 +115,8 @@ async fn an_owners_changes_reach_the_instance_running_the_profile() {
     })
     .await;
 
-    let wasm = std::fs::read(plugin("boundary.wasm")).unwrap();
-    let digest = PluginDigest::of(&wasm);
     let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
-    let (row, _) = tx
-        .insert_plugin(NewPlugin {
-            name: "never-trades",
-            sha256: digest.as_str(),
-            report: "{}",
-            wasm: &wasm,
-        })
-        .await
-        .unwrap();
-    tx.bind_plugin(world.profile, row.plugin, "{}")
-        .await
-        .unwrap();
+    bind_never_trades(&world, &mut tx).await;
     tx.commit().await.unwrap();
     wait_for("the bound plugin swapped in", || async {
         runner

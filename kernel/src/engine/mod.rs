@@ -679,8 +679,12 @@ impl ProfileEngine {
         };
         self.entry_leases.insert(id.clone(), lease);
         self.update_book_order(order.clone());
+        // The order goes out first: re-reading the capital row (the reservation) is a round trip
+        // the decision does not wait for. The book has it before the next intent is validated,
+        // whatever the submission's outcome.
+        let submitted = self.submit(&order, &request).await;
         self.refresh_capital().await?;
-        self.submit(&order, &request).await?;
+        submitted?;
         Ok(Some(id))
     }
 
