@@ -423,14 +423,23 @@ impl ProfileStarter for Starter {
                 anyhow::bail!("profile {profile} does not run here any more");
             }
         }
-        let (version, config, name) = self.wanted_plugin(stored.binding.take()).await?;
-        let wanted = RunningPlugin {
-            digest: version.digest().clone(),
-            config: config.clone().into(),
+        // Compared before anything is compiled: a binding made through this instance's API is
+        // already running (the API swapped it in), and needs no second compile.
+        let binding = stored.binding.take();
+        let wanted = match &binding {
+            Some(bound) => RunningPlugin {
+                digest: PluginDigest::of(&bound.wasm),
+                config: bound.config.clone().into(),
+            },
+            None => RunningPlugin {
+                digest: self.version.digest().clone(),
+                config: self.plugin_config.clone().into(),
+            },
         };
         if self.control.running(profile).as_ref() == Some(&wanted) {
             return Ok(());
         }
+        let (version, config, name) = self.wanted_plugin(binding).await?;
         let clock = self
             .control
             .clock(profile)

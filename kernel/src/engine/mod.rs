@@ -328,11 +328,6 @@ impl ProfileEngine {
         self.recent.extend(all.into_iter().skip(skip));
     }
 
-    /// The candles a fresh strategy would be warmed up with, oldest first.
-    pub fn recent_candles(&self) -> impl Iterator<Item = &Candle> {
-        self.recent.iter()
-    }
-
     /// Keeps a live candle for warm-up (one the engine already has is not kept twice).
     fn keep_candle(&mut self, candle: &Candle) {
         if self.config.warm_up_candles_max == 0 {
