@@ -2,12 +2,13 @@
 
 use std::sync::atomic::Ordering;
 
+use keel_kernel::lock::{LockKey, LockKind, OwnerToken};
 use keel_kernel::order::OrderStatus;
 use keel_kernel::strategy::{PositionSide, RawEntry, RawExit, RawIntent, RawPrice, RawSize};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
-use crate::harness::{Harness, Scripted, candle};
+use crate::harness::{Harness, Scripted, btc, candle};
 
 pub fn buy(quote: f64) -> RawIntent {
     RawIntent::Entry(RawEntry {
@@ -93,6 +94,15 @@ async fn an_entry_while_a_position_is_open_is_refused_and_the_step_succeeds() {
     assert!(second.orders_sent.is_empty(), "{second:?}");
     let last = h.engine.refusals().last().unwrap();
     assert_eq!(last.rule, "entry_in_flight", "{last:?}");
+    // The refused write-ahead took the entry lock in its own transaction, rolled back with it.
+    let key = LockKey::entry(h.engine.profile(), &btc());
+    let free = h
+        .store
+        .locks()
+        .acquire(LockKind::Entry, &key, OwnerToken::new_random(), 60_000)
+        .await
+        .unwrap();
+    assert!(free.is_some(), "a refused entry leaves its lock free");
 }
 
 #[tokio::test]

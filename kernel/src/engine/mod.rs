@@ -2,8 +2,8 @@
 //! restart recovery and reconciliation share, and the profile's entry blocks.
 //!
 //! ```text
-//! candle ─► strategy ─► risk::validate ─► entry lock ─► write-ahead (order + reservation)
-//!        ─► Exchange::place ─► handlers (status, fills, lifecycle, ledger) ─► release lock
+//! candle ─► strategy ─► risk::validate ─► entry lock + write-ahead (order + reservation): one
+//!        commit ─► Exchange::place ─► handlers (status, fills, lifecycle, ledger) ─► release lock
 //! ```
 //!
 //! A [`ProfileEngine`] is driven by one task at a time (`&mut self`): the host's trading loop
@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::money::{MoneyError, Price};
 use crate::plant::Plant;
 use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TenantTx};
 use crate::strategy::{PluginFault, RawIntent, StrategyRuntime};
 
 pub use book::Book;
@@ -637,8 +637,12 @@ impl ProfileEngine {
                 return Ok(None);
             }
         };
+        // The entry lock is taken in the write-ahead's own transaction: one commit makes the
+        // lease, the order row and the reservation, and a refused write-ahead rolls the lease
+        // back with it (no release).
         let key = LockKey::entry(self.spec.profile, &entry.symbol);
-        let Some(lease) = self.acquire_entry_lock(&key).await? else {
+        let mut tx = self.store.tenant(self.spec.user).begin().await?;
+        let Some(lease) = self.acquire_entry_lock(&mut tx, &key).await? else {
             self.record_refusal(
                 raw.clone(),
                 "entry_locked",
@@ -655,22 +659,16 @@ impl ProfileEngine {
             price,
             lock: lease.fenced(),
         };
-        let written = self
-            .store
-            .tenant(self.spec.user)
-            .write_ahead_entry(&write_ahead)
-            .await;
-        let order = match written {
-            Ok(written @ WriteAhead::Written(_)) => self.written_ahead(written),
+        let order = match tx.write_ahead_entry(&write_ahead).await {
+            Ok(written @ WriteAhead::Written(_)) => {
+                tx.commit().await?;
+                self.written_ahead(written)
+            }
             Ok(WriteAhead::Replayed(order)) => {
-                self.release_lease(&lease).await;
                 self.refuse_replayed(raw, &order);
                 return Ok(None);
             }
-            Err(error) => {
-                self.release_lease(&lease).await;
-                return self.entry_write_ahead_failed(raw, error);
-            }
+            Err(error) => return self.entry_write_ahead_failed(raw, error),
         };
         self.entry_leases.insert(id.clone(), lease);
         self.update_book_order(order.clone());
@@ -731,16 +729,19 @@ impl ProfileEngine {
         }
     }
 
-    /// The store counts the attempt, its latency and any contention (`keel_lock_*`).
-    async fn acquire_entry_lock(&mut self, key: &LockKey) -> Result<Option<Lease>, EngineError> {
-        let locks = self.store.locks();
+    /// Takes the entry lock inside `tx`. The store counts the attempt, its latency and any
+    /// contention (`keel_lock_*`).
+    async fn acquire_entry_lock(
+        &mut self,
+        tx: &mut TenantTx,
+        key: &LockKey,
+    ) -> Result<Option<Lease>, EngineError> {
         let (owner, ttl_ms) = (self.owner, self.config.entry_lock_ttl_ms);
         let lease = if self.plant == Some(Plant::LockDisabled) {
-            locks
-                .acquire_ignoring_holder(LockKind::Entry, key, owner, ttl_ms)
+            tx.acquire_lock_ignoring_holder(LockKind::Entry, key, owner, ttl_ms)
                 .await?
         } else {
-            locks.acquire(LockKind::Entry, key, owner, ttl_ms).await?
+            tx.acquire_lock(LockKind::Entry, key, owner, ttl_ms).await?
         };
         Ok(lease)
     }

@@ -8,9 +8,9 @@ use sqlx::Row;
 use crate::ids::Fence;
 use crate::lock::{self, Lease, LockError, LockKey, LockKind, OwnerToken};
 
-use super::backend::{lite, pg};
+use super::backend::{Tx, lite, pg};
 use super::stats::LockGrant;
-use super::{Pool, Store, StoreError};
+use super::{Pool, Store, StoreError, StoreStats, TenantTx};
 
 /// Lease locks of one store. Obtained from [`Store::locks`].
 pub struct Locks<'s> {
@@ -33,62 +33,27 @@ impl<'s> Locks<'s> {
         owner: OwnerToken,
         ttl_ms: i64,
     ) -> Result<Option<Lease>, StoreError> {
-        self.acquire_with(kind, key, owner, ttl_ms, true).await
-    }
-
-    /// [`Locks::acquire`] that takes the lock even from a live holder: the entry lock
-    /// planted away by the simulation (see [`crate::plant`]). Nothing else calls it.
-    pub(crate) async fn acquire_ignoring_holder(
-        &self,
-        kind: LockKind,
-        key: &LockKey,
-        owner: OwnerToken,
-        ttl_ms: i64,
-    ) -> Result<Option<Lease>, StoreError> {
-        self.acquire_with(kind, key, owner, ttl_ms, false).await
-    }
-
-    async fn acquire_with(
-        &self,
-        kind: LockKind,
-        key: &LockKey,
-        owner: OwnerToken,
-        ttl_ms: i64,
-        exclusive: bool,
-    ) -> Result<Option<Lease>, StoreError> {
         let ttl_ms = lock::check_ttl_ms(ttl_ms)?;
         let started = Instant::now();
         let granted = match self.store.pool() {
-            Pool::Pg(pool) => acquire_pg(pool, kind, key, owner, ttl_ms, exclusive).await?,
-            Pool::Lite(pool) => acquire_lite(pool, kind, key, owner, ttl_ms, exclusive).await?,
+            Pool::Pg(pool) => {
+                let mut conn = pool.acquire().await?;
+                acquire_pg(&mut conn, kind, key, owner, ttl_ms, true).await?
+            }
+            Pool::Lite(pool) => {
+                // `BEGIN IMMEDIATE` holds the write lock from the start: the row the acquisition
+                // reads is the row its upsert finds.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let granted = acquire_lite(&mut tx, kind, key, owner, ttl_ms, true).await?;
+                tx.commit().await?;
+                granted
+            }
         };
-        let grant = match granted {
-            None => LockGrant::Refused,
-            Some(Granted {
-                took_over: true, ..
-            }) => LockGrant::TookOverExpired,
-            Some(Granted {
-                took_over: false, ..
-            }) => LockGrant::Free,
-        };
-        self.store
-            .stats()
-            .lock_attempt(kind, grant, started.elapsed());
-        if grant == LockGrant::TookOverExpired {
-            tracing::warn!(lock = %key, ?kind, "lease taken over after its holder let the TTL expire");
-        }
-        Ok(granted.map(
-            |Granted {
-                 fence,
-                 expires_at_ms,
-                 ..
-             }| Lease {
-                kind,
-                key: key.clone(),
-                owner,
-                fence: Fence(fence),
-                expires_at_ms,
-            },
+        Ok(record_grant(
+            self.store.stats(),
+            (kind, key, owner),
+            granted,
+            started,
         ))
     }
 
@@ -168,6 +133,96 @@ struct Granted {
     took_over: bool,
 }
 
+/// Counts one acquisition attempt with its latency (`keel_lock_*`) and turns a grant into the
+/// lease it is.
+fn record_grant(
+    stats: &StoreStats,
+    (kind, key, owner): (LockKind, &LockKey, OwnerToken),
+    granted: Option<Granted>,
+    started: Instant,
+) -> Option<Lease> {
+    let grant = match granted {
+        None => LockGrant::Refused,
+        Some(Granted {
+            took_over: true, ..
+        }) => LockGrant::TookOverExpired,
+        Some(Granted {
+            took_over: false, ..
+        }) => LockGrant::Free,
+    };
+    stats.lock_attempt(kind, grant, started.elapsed());
+    if grant == LockGrant::TookOverExpired {
+        tracing::warn!(lock = %key, ?kind, "lease taken over after its holder let the TTL expire");
+    }
+    granted.map(
+        |Granted {
+             fence,
+             expires_at_ms,
+             ..
+         }| Lease {
+            kind,
+            key: key.clone(),
+            owner,
+            fence: Fence(fence),
+            expires_at_ms,
+        },
+    )
+}
+
+impl TenantTx {
+    /// [`Locks::acquire`] inside this transaction: the lease exists, with its new fence, only
+    /// if the transaction commits, so whatever the transaction writes under the lease commits
+    /// with it in one commit, and a transaction dropped after the grant (a refused write) leaves
+    /// the lock as it found it without a release. On PostgreSQL the lock's row stays locked
+    /// until the transaction ends: a competing acquisition waits for it, then finds the lease
+    /// live (or the lock as it was, after a rollback).
+    pub async fn acquire_lock(
+        &mut self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.acquire_lock_with(kind, key, owner, ttl_ms, true).await
+    }
+
+    /// [`TenantTx::acquire_lock`] that takes the lock even from a live holder: the entry lock
+    /// planted away by the simulation (see [`crate::plant`]). Nothing else calls it.
+    pub(crate) async fn acquire_lock_ignoring_holder(
+        &mut self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.acquire_lock_with(kind, key, owner, ttl_ms, false)
+            .await
+    }
+
+    async fn acquire_lock_with(
+        &mut self,
+        kind: LockKind,
+        key: &LockKey,
+        owner: OwnerToken,
+        ttl_ms: i64,
+        exclusive: bool,
+    ) -> Result<Option<Lease>, StoreError> {
+        let ttl_ms = lock::check_ttl_ms(ttl_ms)?;
+        let started = Instant::now();
+        let granted = match &mut self.tx {
+            Tx::Pg(tx) => acquire_pg(tx, kind, key, owner, ttl_ms, exclusive).await?,
+            // The transaction began with `BEGIN IMMEDIATE`: it already holds the write lock.
+            Tx::Lite(tx) => acquire_lite(tx, kind, key, owner, ttl_ms, exclusive).await?,
+        };
+        Ok(record_grant(
+            &self.stats,
+            (kind, key, owner),
+            granted,
+            started,
+        ))
+    }
+}
+
 /// The upsert that grants a lease when the lock is free or expired; `RETURNING` adds
 /// `took_over_expr` as its third column.
 fn upsert_sql(
@@ -196,7 +251,7 @@ fn upsert_sql(
 }
 
 async fn acquire_pg(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     kind: LockKind,
     key: &LockKey,
     owner: OwnerToken,
@@ -219,7 +274,7 @@ async fn acquire_pg(
         .bind(key.as_str())
         .bind(owner.as_uuid())
         .bind(ttl_ms)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?;
     let granted = row.map(|r| -> Result<Granted, sqlx::Error> {
         Ok(Granted {
@@ -231,28 +286,27 @@ async fn acquire_pg(
     Ok(granted.transpose()?)
 }
 
+/// Runs inside a transaction that began with `BEGIN IMMEDIATE`, so the row read here is the row
+/// the upsert finds.
 async fn acquire_lite(
-    pool: &sqlx::SqlitePool,
+    conn: &mut sqlx::SqliteConnection,
     kind: LockKind,
     key: &LockKey,
     owner: OwnerToken,
     ttl_ms: i64,
     exclusive: bool,
 ) -> Result<Option<Granted>, StoreError> {
-    // `BEGIN IMMEDIATE` holds the write lock from the start: the row read here is the row the
-    // upsert finds.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let held_before: Option<i64> = sqlx::query_scalar(&format!(
         "SELECT fence FROM {} WHERE lock_key = $1",
         kind.table()
     ))
     .bind(key.as_str())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?;
     let fence: i64 = sqlx::query_scalar(
         "UPDATE lock_fence_seq SET value = value + 1 WHERE id = 1 RETURNING value",
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     // The third column is unused here: the row read above already says whether one was held.
     let sql = upsert_sql(kind, "$4", lite::NOW_MS, "0", exclusive);
@@ -261,9 +315,8 @@ async fn acquire_lite(
         .bind(owner.as_uuid())
         .bind(ttl_ms)
         .bind(fence)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
-    tx.commit().await?;
     let granted = row.map(|r| -> Result<Granted, sqlx::Error> {
         Ok(Granted {
             fence: r.try_get(0)?,

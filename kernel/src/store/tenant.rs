@@ -34,7 +34,7 @@ pub struct Tenant<'s> {
 pub struct TenantTx {
     pub(crate) tx: Tx,
     user: UserId,
-    stats: Arc<StoreStats>,
+    pub(super) stats: Arc<StoreStats>,
     plant: Option<Plant>,
 }
 

@@ -24,6 +24,7 @@ crate::contract_tests!(
     write_with_a_stale_fence_is_refused_by_the_kernel_and_by_the_database,
     lease_contention_renewal_release_and_fences_that_only_grow,
     lease_expires_by_the_database_clock,
+    a_lease_taken_in_a_transaction_exists_only_if_it_commits,
     database_check_refuses_a_capital_row_that_breaks_the_invariant,
     journal_refuses_update_and_delete,
     rebuild_reports_and_repairs_a_tampered_capital_row,
@@ -521,6 +522,79 @@ async fn lease_expires_by_the_database_clock(h: &Harness) {
         locks.renew(&first, 60_000).await,
         Err(StoreError::Lock(LockError::Lost { .. }))
     ));
+}
+
+async fn a_lease_taken_in_a_transaction_exists_only_if_it_commits(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let symbol = sym("BTCUSDT");
+    let key = LockKey::entry(profile, &symbol);
+    let (a, b) = (OwnerToken::new_random(), OwnerToken::new_random());
+    let tenant = h.store.tenant(user);
+    let before = h.store.stats().snapshot();
+
+    // Refused write-ahead (too little capital): the transaction is dropped, and with it the grant.
+    let mut tx = tenant.begin().await.unwrap();
+    let rolled_back = tx
+        .acquire_lock(LockKind::Entry, &key, a, TEST_LOCK_TTL_MS)
+        .await
+        .unwrap()
+        .expect("the entry lock is free");
+    let refused = tx
+        .write_ahead_entry(&entry(&rolled_back, profile, &symbol, 1, "100", "100"))
+        .await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::Ledger(LedgerError::InsufficientCapital { .. }))
+    ));
+    drop(tx);
+    assert!(
+        !h.store.locks().release(&rolled_back).await.unwrap(),
+        "a lease rolled back with its transaction leaves no lock to release"
+    );
+
+    // Granted and written in one transaction: both are there after the one commit.
+    let mut tx = tenant.begin().await.unwrap();
+    let lease = tx
+        .acquire_lock(LockKind::Entry, &key, b, TEST_LOCK_TTL_MS)
+        .await
+        .unwrap()
+        .expect("the rolled-back lease left the lock free");
+    let request = entry(&lease, profile, &symbol, 2, "1", "100");
+    assert!(matches!(
+        tx.write_ahead_entry(&request).await.unwrap(),
+        WriteAhead::Written(_)
+    ));
+    tx.commit().await.unwrap();
+    let written = tenant.order(&request.client_order_id).await.unwrap();
+    assert_eq!(written.and_then(|o| o.lock), Some(lease.fenced()));
+    assert!(
+        h.store
+            .locks()
+            .acquire(LockKind::Entry, &key, a, TEST_LOCK_TTL_MS)
+            .await
+            .unwrap()
+            .is_none(),
+        "the committed lease is live"
+    );
+    let mut tx = tenant.begin().await.unwrap();
+    assert!(
+        tx.acquire_lock(LockKind::Entry, &key, a, TEST_LOCK_TTL_MS)
+            .await
+            .unwrap()
+            .is_none(),
+        "inside a transaction too"
+    );
+    drop(tx);
+    assert!(h.store.locks().release(&lease).await.unwrap());
+
+    let after = h.store.stats().snapshot();
+    assert_eq!(after.lock_acquired[0], before.lock_acquired[0] + 2);
+    assert_eq!(after.lock_contended[0], before.lock_contended[0] + 2);
+    assert_eq!(
+        after.lock_latency_count[0],
+        before.lock_latency_count[0] + 4
+    );
 }
 
 async fn database_check_refuses_a_capital_row_that_breaks_the_invariant(h: &Harness) {
