@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use arrayvec::ArrayString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -88,14 +89,19 @@ uuid_id!(
     "plugin id"
 );
 
-/// An instrument on an exchange, such as `BTCUSDT`.
+/// The longest symbol accepted.
+const SYMBOL_LEN_MAX: usize = 32;
+
+/// An instrument on an exchange, such as `BTCUSDT`. Kept inline, without a heap allocation: a
+/// candle, a price or an order carrying it is cloned without one (one candle reaches every
+/// profile engine trading its symbol).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Symbol(String);
+pub struct Symbol(ArrayString<SYMBOL_LEN_MAX>);
 
 impl Symbol {
     /// The longest symbol accepted.
-    pub const LEN_MAX: usize = 32;
+    pub const LEN_MAX: usize = SYMBOL_LEN_MAX;
 
     /// Checks that `text` is 1 to [`Symbol::LEN_MAX`] characters of `A-Z` and `0-9`.
     pub fn new(text: &str) -> Result<Self, IdError> {
@@ -104,10 +110,9 @@ impl Symbol {
             && text
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-        if valid {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(IdError::Symbol(text.to_owned()))
+        match ArrayString::from(text) {
+            Ok(inline) if valid => Ok(Self(inline)),
+            _ => Err(IdError::Symbol(text.to_owned())),
         }
     }
 
@@ -126,7 +131,7 @@ impl TryFrom<String> for Symbol {
 
 impl From<Symbol> for String {
     fn from(symbol: Symbol) -> String {
-        symbol.0
+        symbol.0.to_string()
     }
 }
 
