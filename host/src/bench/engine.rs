@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock};
+use keel_kernel::engine::{
+    CandleHistory, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock,
+    WARM_UP_CANDLES_DEFAULT,
+};
 use keel_kernel::exchange::{
     Balance, Exchange, ExchangeError, ExchangeOrderId, Fill, Interval, OrderReport, OrderRequest,
     OrderType, PlaceOutcome, Position, SymbolRules, UserEvent,
@@ -126,13 +129,10 @@ pub struct EngineBenchReport {
     pub decision_to_wire: Percentiles,
     /// A one-row UPDATE committed on the same pool, beside each decision.
     pub commit: Percentiles,
-    /// Commits on the decision path before the bytes (entry lock, write-ahead).
-    pub commits_on_path: u32,
-    /// Per decision: decision-to-wire minus one commit measured beside it.
+    /// Per decision: decision-to-wire minus the commit measured beside it. The path commits
+    /// once before the bytes (entry lock, order row and reservation in one transaction), so this
+    /// is the kernel's own time and its other round trips.
     pub overhead_beyond_one_commit: Percentiles,
-    /// Per decision: decision-to-wire minus the path's commits (`commits_on_path` × the commit
-    /// measured beside it): the kernel's own time.
-    pub overhead_beyond_path_commits: Percentiles,
     /// Profiles one candle reached.
     pub fan_out_profiles: u32,
     /// Threads the fan-out ran on.
@@ -173,9 +173,7 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<()> {
         decisions: args.decisions,
         decision_to_wire: latency.decision_to_wire,
         commit: latency.commit,
-        commits_on_path: COMMITS_ON_PATH,
         overhead_beyond_one_commit: latency.beyond_one,
-        overhead_beyond_path_commits: latency.beyond_path,
         fan_out_profiles: args.profiles,
         fan_out_threads: FAN_OUT_THREADS,
         fan_out,
@@ -203,10 +201,6 @@ fn print_text(r: &EngineBenchReport) {
     line("decision to wire", &r.decision_to_wire);
     line("one-row commit, same pool", &r.commit);
     line("overhead beyond one commit", &r.overhead_beyond_one_commit);
-    line(
-        &format!("overhead beyond the path's {} commits", r.commits_on_path),
-        &r.overhead_beyond_path_commits,
-    );
     line(
         &format!(
             "fan-out: 1 candle → {} profiles, {} threads",
@@ -475,14 +469,10 @@ impl StrategyRuntime for EnterEveryCandle {
     }
 }
 
-/// The entry lock and the write-ahead transaction.
-const COMMITS_ON_PATH: u32 = 2;
-
 struct Latency {
     decision_to_wire: Percentiles,
     commit: Percentiles,
     beyond_one: Percentiles,
-    beyond_path: Percentiles,
 }
 
 /// A one-row UPDATE committed on its own, on the store's database.
@@ -562,8 +552,7 @@ async fn decision_to_wire(store: &Store, dir: &Path, decisions: u32) -> anyhow::
         .await
         .context("recovering the benchmark profile")?;
     let committer = Committer::new(store, dir).await?;
-    let (mut wire, mut commit) = (Vec::new(), Vec::new());
-    let (mut beyond_one, mut beyond_path) = (Vec::new(), Vec::new());
+    let (mut wire, mut commit, mut beyond_one) = (Vec::new(), Vec::new(), Vec::new());
     for minute in 0..i64::from(WARM_UP_DECISIONS + decisions) {
         let candle = candle(&btc, minute, 100.0);
         let started = Instant::now();
@@ -577,14 +566,12 @@ async fn decision_to_wire(store: &Store, dir: &Path, decisions: u32) -> anyhow::
             wire.push(latency);
             commit.push(committed);
             beyond_one.push(latency.saturating_sub(committed));
-            beyond_path.push(latency.saturating_sub(committed * COMMITS_ON_PATH));
         }
     }
     Ok(Latency {
         decision_to_wire: Percentiles::of(wire),
         commit: Percentiles::of(commit),
         beyond_one: Percentiles::of(beyond_one),
-        beyond_path: Percentiles::of(beyond_path),
     })
 }
 
@@ -592,6 +579,8 @@ fn fan_out(store: &Store, profiles: u32, candles: u32) -> anyhow::Result<Percent
     let btc = symbol(0);
     let exchange: Arc<dyn Exchange> = Arc::new(WireExchange::new(vec![rules(&btc)], Vec::new()));
     let metrics = Arc::new(Metrics::new());
+    // As in `keel serve`: engines fed the same candles share one warm-up history.
+    let history = Arc::new(CandleHistory::new(WARM_UP_CANDLES_DEFAULT));
     let mut engines = Vec::with_capacity(profiles as usize);
     for _ in 0..profiles {
         let mut strategy = NativeSmaCross::new();
@@ -599,14 +588,16 @@ fn fan_out(store: &Store, profiles: u32, candles: u32) -> anyhow::Result<Percent
             .init(&[])
             .map_err(|fault| anyhow::anyhow!("sma-cross init: {fault}"))?;
         let ids = (UserId::new_random(), ProfileId::new_random());
-        engines.push(engine(
+        let mut engine = engine(
             store,
             exchange.clone(),
             Box::new(strategy),
             ids,
             [btc.clone()],
             &metrics,
-        ));
+        );
+        engine.share_history(history.clone());
+        engines.push(engine);
     }
     let chunk = engines.len().div_ceil(FAN_OUT_THREADS);
     let mut samples = Vec::with_capacity(candles as usize);

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, SystemClock};
+use keel_kernel::engine::{
+    CandleHistory, Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, SystemClock,
+};
 use keel_kernel::exchange::{Exchange, Interval};
-use keel_kernel::ids::Symbol;
+use keel_kernel::ids::{ProfileId, Symbol};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::risk::RiskLimits;
@@ -207,6 +209,10 @@ struct Starter {
     bus: Arc<crate::live::Bus>,
     /// The plugin's file name, as the dashboard shows it.
     plugin_name: String,
+    /// Recent candles of the configured symbols, shared by every profile engine of this host.
+    history: Arc<CandleHistory>,
+    /// Held while the history is filled from the exchange.
+    seeding: tokio::sync::Mutex<()>,
 }
 
 impl Starter {
@@ -251,6 +257,8 @@ impl Starter {
             switches,
             bus,
             plugin_name,
+            history: Arc::new(CandleHistory::new(config.engine.warm_up_candles_max)),
+            seeding: tokio::sync::Mutex::new(()),
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
         })
@@ -295,24 +303,37 @@ impl Starter {
         Ok(version)
     }
 
-    /// Gives the engine the exchange's recent candles, which it replays into the new strategy
-    /// instance before its first live decision. Subscribed to the live candles first, so none
-    /// falls between the two (the engine skips the ones it gets twice). Without them the
-    /// strategy starts blind, which is logged, not fatal.
-    async fn seed_recent_candles(&self, engine: &mut ProfileEngine) {
+    /// Fills the host's candle history from the exchange's recent candles, which an engine
+    /// replays into its new strategy instance before its first live decision. A symbol whose
+    /// history is live (its newest candle at most two intervals old: running profiles are fed it)
+    /// is not asked for again, so starting many profiles asks the exchange once per symbol, not
+    /// once per profile. The caller subscribed to the live candles first, so none falls between
+    /// the two (the history skips the ones it gets twice). Without them the strategy starts
+    /// blind, which is logged, not fatal.
+    async fn seed_recent_candles(&self, profile: ProfileId) {
         let limit = self.engine.warm_up_candles_max;
         if limit == 0 {
             return;
         }
+        // One start seeds at a time: the others then find the history live.
+        let _seeding = self.seeding.lock().await;
+        let live_after_ms = SystemClock.now_ms() - 2 * self.interval.as_ms();
         for symbol in &self.symbols {
+            if self
+                .history
+                .latest_open_ms(symbol)
+                .is_some_and(|open_ms| open_ms >= live_after_ms)
+            {
+                continue;
+            }
             match self
                 .exchange
                 .recent_candles(symbol, self.interval, limit)
                 .await
             {
-                Ok(candles) => engine.remember_candles(candles),
+                Ok(candles) => self.history.extend(candles),
                 Err(e) => tracing::warn!(
-                    profile_id = %engine.profile(), %symbol, error = %e,
+                    profile_id = %profile, %symbol, error = %e,
                     "warm-up skipped: the exchange's recent candles could not be read"
                 ),
             }
@@ -391,9 +412,10 @@ impl ProfileStarter for Starter {
             self.switches.clone(),
             self.owner,
         );
+        engine.share_history(self.history.clone());
         engine.set_paused(stored.row.paused);
         engine.set_killed(stored.row.killed);
-        self.seed_recent_candles(&mut engine).await;
+        self.seed_recent_candles(entry.profile).await;
         self.bus.register(crate::live::ProfileInfo {
             profile: entry.profile,
             user: entry.user,

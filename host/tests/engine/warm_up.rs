@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keel_host::backtest::synthetic::random_walk;
 use keel_host::runtime::{EngineSettings, InstanceSetup, PluginEngine, SwapHandle};
-use keel_kernel::engine::{EngineConfig, VirtualClock};
+use keel_kernel::engine::{CandleHistory, EngineConfig, VirtualClock, WARM_UP_CANDLES_DEFAULT};
 use keel_kernel::exchange::{Exchange, Interval};
 use keel_kernel::ids::ProfileId;
 use keel_kernel::market::Candle;
@@ -101,6 +101,35 @@ async fn warm_up_keeps_at_most_the_configured_number_of_candles_and_zero_turns_i
         h.step(&candle(20, 100.0, 100.0)).await;
         assert_eq!(minutes(&fresh.candles_seen.lock().unwrap()), expected);
     }
+}
+
+#[tokio::test]
+async fn engines_sharing_a_history_keep_each_candle_once_and_a_new_one_catches_up_from_it() {
+    let history = Arc::new(CandleHistory::new(WARM_UP_CANDLES_DEFAULT));
+    let mut first = Harness::new(Scripted::default()).await;
+    let mut second = Harness::new(Scripted::default()).await;
+    first.engine.share_history(history.clone());
+    second.engine.share_history(history.clone());
+    for minute in 0..10 {
+        first.step(&candle(minute, 100.0, 100.0)).await;
+        second.step(&candle(minute, 100.0, 100.0)).await;
+    }
+    assert_eq!(
+        history.len(),
+        10,
+        "each candle is kept once for both engines"
+    );
+
+    // An engine started now (as after a takeover) catches up on what the others were fed.
+    let fresh = Scripted::default();
+    second.restart(fresh.clone());
+    second.engine.share_history(history.clone());
+    second.engine.recover().await.unwrap();
+    second.step(&candle(10, 100.0, 100.0)).await;
+    assert_eq!(
+        minutes(&fresh.candles_seen.lock().unwrap()),
+        (0..=10).collect::<Vec<_>>()
+    );
 }
 
 fn plugin(name: &str) -> Vec<u8> {

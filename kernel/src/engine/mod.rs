@@ -14,6 +14,7 @@
 pub mod book;
 pub mod clock;
 mod handlers;
+mod history;
 mod reconcile;
 mod recovery;
 
@@ -38,6 +39,7 @@ use crate::strategy::{PluginFault, RawIntent, StrategyRuntime};
 
 pub use book::Book;
 pub use clock::{Clock, SystemClock, VirtualClock};
+pub use history::CandleHistory;
 pub use reconcile::ReconcileReport;
 
 use book::{OpenOrdersGauge, entry_side};
@@ -67,8 +69,9 @@ pub struct EngineConfig {
     pub intents_per_call_max: usize,
     /// Most refusals kept in memory for the API and dashboard.
     pub refusals_kept_max: usize,
-    /// Recent closed candles the engine keeps and replays into a strategy instance that starts
-    /// fresh (after a restart, a takeover or a hot-swap), so an indicator strategy is not blind.
+    /// Recent closed candles the engine keeps (all its symbols together; the engines sharing a
+    /// [`CandleHistory`] keep them once) and replays into a strategy instance that starts fresh
+    /// (after a restart, a takeover or a hot-swap), so an indicator strategy is not blind.
     /// 0 turns warm-up off.
     pub warm_up_candles_max: usize,
 }
@@ -167,8 +170,8 @@ pub struct ProfileEngine {
     strategy_faulted: bool,
     /// Set when the engine got a strategy it has not warmed up yet (at start, on a swap).
     strategy_fresh: bool,
-    /// The last closed candles, oldest first, at most `config.warm_up_candles_max`.
-    recent: VecDeque<Candle>,
+    /// The last closed candles, replayed into a fresh strategy.
+    history: Arc<CandleHistory>,
     book: Book,
     orders_open: OpenOrdersGauge,
     last_price: HashMap<Symbol, Price>,
@@ -204,6 +207,7 @@ impl ProfileEngine {
         owner: OwnerToken,
     ) -> Self {
         let orders_open = OpenOrdersGauge::new(metrics.clone());
+        let history = Arc::new(CandleHistory::new(config.warm_up_candles_max));
         ProfileEngine {
             spec,
             config,
@@ -217,7 +221,7 @@ impl ProfileEngine {
             controls: ProfileControls::default(),
             strategy_faulted: false,
             strategy_fresh: true,
-            recent: VecDeque::new(),
+            history,
             book: Book::default(),
             orders_open,
             last_price: HashMap::new(),
@@ -315,37 +319,17 @@ impl ProfileEngine {
         }
     }
 
+    /// Keeps recent candles in `history` instead of a history of its own: one shared by every
+    /// engine fed the same candles (see [`CandleHistory`]).
+    pub fn share_history(&mut self, history: Arc<CandleHistory>) {
+        self.history = history;
+    }
+
     /// Adds closed candles the strategy would have seen before this engine started (the
     /// exchange's recent history, at start or takeover) to the candles replayed into a fresh
     /// strategy. Any order; candles already known are skipped.
     pub fn remember_candles(&mut self, candles: impl IntoIterator<Item = Candle>) {
-        let mut all: Vec<Candle> = self.recent.drain(..).chain(candles).collect();
-        all.sort_by(|a, b| {
-            (a.open_time_ms, a.symbol.as_str()).cmp(&(b.open_time_ms, b.symbol.as_str()))
-        });
-        all.dedup_by(|a, b| a.open_time_ms == b.open_time_ms && a.symbol == b.symbol);
-        let skip = all.len().saturating_sub(self.config.warm_up_candles_max);
-        self.recent.extend(all.into_iter().skip(skip));
-    }
-
-    /// Keeps a live candle for warm-up (one the engine already has is not kept twice).
-    fn keep_candle(&mut self, candle: &Candle) {
-        if self.config.warm_up_candles_max == 0 {
-            return;
-        }
-        let known = self
-            .recent
-            .iter()
-            .rev()
-            .take_while(|c| c.open_time_ms >= candle.open_time_ms)
-            .any(|c| c.open_time_ms == candle.open_time_ms && c.symbol == candle.symbol);
-        if known {
-            return;
-        }
-        if self.recent.len() == self.config.warm_up_candles_max {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(candle.clone());
+        self.history.extend(candles);
     }
 
     /// If the strategy is fresh (new to this engine, or swapped inside its runtime), replays
@@ -358,14 +342,10 @@ impl ProfileEngine {
         if !(std::mem::take(&mut self.strategy_fresh) | self.strategy.take_fresh()) {
             return;
         }
-        let view = self.book.view().clone();
+        let view = self.book.view();
         let mut replayed = 0_u64;
-        for candle in self
-            .recent
-            .iter()
-            .filter(|c| before_open_ms.is_none_or(|t| c.open_time_ms < t))
-        {
-            if self.strategy.on_candle(candle, &view).is_err() {
+        for candle in self.history.before(before_open_ms) {
+            if self.strategy.on_candle(&candle, view).is_err() {
                 break;
             }
             replayed += 1;
@@ -380,7 +360,7 @@ impl ProfileEngine {
     #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn on_candle(&mut self, candle: &Candle) -> Result<StepOutcome, EngineError> {
         self.warm_up_if_fresh(Some(candle.open_time_ms));
-        self.keep_candle(candle);
+        self.history.record(candle);
         self.note_price(candle);
         let mut outcome = StepOutcome::default();
         let now_ms = self.clock.now_ms();
