@@ -479,7 +479,12 @@ async fn build_engine(
     user: UserId,
     profile: ProfileId,
 ) -> anyhow::Result<(ProfileEngine, SwapHandle, crate::runtime::PluginDigest)> {
-    let StoredProfile { row, binding } = stored_profile(with.store, user, profile)
+    // The demo trades on its paper exchange: stored exchange credentials are not used.
+    let StoredProfile {
+        row,
+        binding,
+        credentials: _,
+    } = stored_profile(with.store, user, profile)
         .await
         .with_context(|| format!("reading profile {}", spec.name))?;
     let (bytes, config, source) = match binding {

@@ -172,8 +172,11 @@ impl std::fmt::Debug for PutCredentials {
     }
 }
 
+/// Binance USDⓈ-M futures: the exchange `keel serve` trades on.
+pub const BINANCE_USDM: &str = "binance-usdm";
+
 /// The exchanges credentials may be stored for.
-pub const EXCHANGES: [&str; 2] = ["binance-usdm", "paper"];
+pub const EXCHANGES: [&str; 2] = [BINANCE_USDM, "paper"];
 
 /// Whether a profile has credentials; never the credentials themselves.
 #[derive(Debug, Serialize, ToSchema)]

@@ -34,7 +34,7 @@ use crate::auth::{AuthError, Caller, JwtKeys};
 use crate::runtime::PluginEngine;
 
 pub use control::{ControlChange, ProfileControl, ReconcileOutcome};
-pub use credentials::CredentialsKey;
+pub use credentials::{BINANCE_USDM, CredentialsKey};
 pub use errors::{ApiError, ErrorBody};
 
 /// The largest JSON request body unless configured otherwise (`api.body_limit_bytes`), in bytes.

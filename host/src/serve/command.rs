@@ -21,10 +21,10 @@ use keel_kernel::ids::{ProfileId, Symbol};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::risk::RiskLimits;
-use keel_kernel::store::{DirectoryEntry, Store};
+use keel_kernel::store::{DirectoryEntry, SealedCredentials, Store};
 use tokio::sync::{mpsc, watch};
 
-use crate::api::{ControlChange, ProfileControl as _};
+use crate::api::{BINANCE_USDM, ControlChange, CredentialsKey, ProfileControl as _};
 use crate::config::{Config, ExchangeConfig};
 use crate::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
 use crate::runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
@@ -67,13 +67,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let exchange = connect_exchange(&config.exchange).await?;
     let loop_config = config.loops.loop_config();
     let bus = crate::live::Bus::new(store.clone(), loop_config, crate::live::QUEUE_MAX_DEFAULT);
-    let starter = Starter::new(&config, exchange, metrics.clone(), bus.clone())?;
+    let credentials = credentials_key()?;
+    let starter = Starter::new(
+        &config,
+        exchange,
+        credentials.clone(),
+        metrics.clone(),
+        bus.clone(),
+    )?;
     let api = crate::api::ApiState {
         store: store.clone(),
         auth: auth.clone(),
         plugins: starter.plugins.clone(),
         control: starter.control.clone(),
-        credentials: credentials_key()?,
+        credentials,
         limits: config.api.body_limits(),
     };
     let switches = starter.switches.clone();
@@ -213,12 +220,18 @@ struct Starter {
     history: Arc<CandleHistory>,
     /// Held while the history is filled from the exchange.
     seeding: tokio::sync::Mutex<()>,
+    /// Where the exchange is: a profile with its owner's credentials trades there on its own
+    /// account.
+    exchange_config: ExchangeConfig,
+    /// Opens the owners' sealed credentials.
+    credentials: CredentialsKey,
 }
 
 impl Starter {
     fn new(
         config: &Config,
         exchange: Arc<dyn Exchange>,
+        credentials: CredentialsKey,
         metrics: Arc<Metrics>,
         bus: Arc<crate::live::Bus>,
     ) -> anyhow::Result<Starter> {
@@ -258,6 +271,8 @@ impl Starter {
             bus,
             plugin_name,
             history: Arc::new(CandleHistory::new(config.engine.warm_up_candles_max)),
+            exchange_config: config.exchange.clone(),
+            credentials,
             seeding: tokio::sync::Mutex::new(()),
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
@@ -340,6 +355,39 @@ impl Starter {
         }
     }
 
+    /// The exchange account a profile trades on: its owner's, when the owner stored credentials
+    /// for it (at the configured exchange, with its own connection, user-data stream and rate
+    /// limits), else the host's. Credentials that do not open, or are for another exchange, stop
+    /// the profile from starting: it never falls back to the host's account.
+    async fn account(
+        &self,
+        entry: &DirectoryEntry,
+        sealed: Option<&SealedCredentials>,
+    ) -> anyhow::Result<Arc<dyn Exchange>> {
+        let Some(sealed) = sealed else {
+            return Ok(self.exchange.clone());
+        };
+        let profile = entry.profile;
+        anyhow::ensure!(
+            sealed.exchange == BINANCE_USDM,
+            "profile {profile}'s credentials are for {:?}; keel serve trades on {BINANCE_USDM}",
+            sealed.exchange
+        );
+        let secret = self.credentials.open(profile, entry.user, sealed)?;
+        let ExchangeConfig::Binance {
+            rest_url, ws_url, ..
+        } = &self.exchange_config;
+        let signer = Signer::Hmac {
+            secret: secret.api_secret,
+        };
+        let binance = BinanceConfig::at(rest_url, ws_url, secret.api_key, signer);
+        let exchange = BinanceExchange::connect(binance)
+            .await
+            .with_context(|| format!("connecting profile {profile}'s account at {rest_url}"))?;
+        tracing::info!(profile_id = %profile, "trading on the owner's exchange account");
+        Ok(Arc::new(exchange))
+    }
+
     /// One channel of every configured symbol's closed candles.
     async fn candles(&self) -> anyhow::Result<mpsc::Receiver<keel_kernel::market::Candle>> {
         let (tx, rx) = mpsc::channel(CANDLE_QUEUE_MAX);
@@ -368,6 +416,7 @@ impl ProfileStarter for Starter {
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
+        let exchange = self.account(&entry, stored.credentials.as_ref()).await?;
         let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
         let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
         let strategy_config = setup.config.clone();
@@ -385,8 +434,7 @@ impl ProfileStarter for Starter {
                 config: strategy_config,
             },
         );
-        let events = self
-            .exchange
+        let events = exchange
             .user_events()
             .await
             .context("subscribing to the exchange's user events")?;
@@ -402,7 +450,7 @@ impl ProfileStarter for Starter {
             },
             self.engine.clone(),
             store,
-            self.exchange.clone(),
+            exchange,
             Box::new(MeteredStrategy::new(
                 Box::new(strategy),
                 self.metrics.clone(),

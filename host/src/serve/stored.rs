@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use keel_kernel::ids::{ProfileId, UserId};
-use keel_kernel::store::{ProfileRow, Store};
+use keel_kernel::store::{ProfileRow, SealedCredentials, Store};
 
 /// A plugin bound to a profile: the component's bytes and the settings handed to its `init`.
 pub struct BoundPlugin {
@@ -24,9 +24,11 @@ pub struct StoredProfile {
     pub row: ProfileRow,
     /// The plugin bound to it, if one is.
     pub binding: Option<BoundPlugin>,
+    /// Its owner's exchange credentials, sealed, if the owner gave some.
+    pub credentials: Option<SealedCredentials>,
 }
 
-/// Reads the profile's row and binding in one transaction of its owner's scope.
+/// Reads the profile's row, binding and credentials in one transaction of its owner's scope.
 pub async fn stored_profile(
     store: &Store,
     user: UserId,
@@ -53,6 +55,11 @@ pub async fn stored_profile(
         }
         None => None,
     };
+    let credentials = tx.credentials(profile).await?;
     tx.commit().await?;
-    Ok(StoredProfile { row, binding })
+    Ok(StoredProfile {
+        row,
+        binding,
+        credentials,
+    })
 }

@@ -66,10 +66,12 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub async fn start(seed: u64) -> Sim {
+    /// A simulator with `args` added to its command line.
+    pub async fn start(seed: u64, args: &[&str]) -> Sim {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["exchange-sim", "--port", "0", "--candle-ms", "200"])
             .args(["--seed", &seed.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -89,6 +91,16 @@ impl Sim {
     /// How many times each client order id was placed on the simulator.
     pub async fn placements(&self) -> HashMap<String, u32> {
         reqwest::get(format!("http://{}/admin/placements", self.addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The API key that placed each client order id.
+    pub async fn placed_by(&self) -> HashMap<String, String> {
+        reqwest::get(format!("http://{}/admin/placed-by", self.addr))
             .await
             .unwrap()
             .json()
@@ -122,8 +134,13 @@ pub struct World {
 
 impl World {
     pub async fn create(seed: u64) -> World {
+        World::create_with(seed, &[]).await
+    }
+
+    /// A world whose simulator runs with `sim_args` added.
+    pub async fn create_with(seed: u64, sim_args: &[&str]) -> World {
         let db = PgTestDb::create().await;
-        let sim = Sim::start(seed).await;
+        let sim = Sim::start(seed, sim_args).await;
         let user = UserId::new_random();
         let tenant = db.store.tenant(user);
         let profile = tenant.create_profile("cluster").await.unwrap();
@@ -333,6 +350,10 @@ enum Unresolved {
     NeverPlacedMayWait,
 }
 
+/// The `KEEL_CREDENTIALS_KEY` every test instance runs with.
+pub const CREDENTIALS_KEY_HEX: &str =
+    "1111111111111111111111111111111111111111111111111111111111111111";
+
 /// A running `keel serve`.
 pub struct Serve {
     child: Child,
@@ -353,7 +374,7 @@ impl Serve {
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn,keel_host::serve=info")
-            .env("KEEL_CREDENTIALS_KEY", "11".repeat(32))
+            .env("KEEL_CREDENTIALS_KEY", CREDENTIALS_KEY_HEX)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

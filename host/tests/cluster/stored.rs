@@ -2,12 +2,14 @@
 //! the API (not the configured default), and the pause switch.
 
 use futures::StreamExt as _;
+use keel_host::api::CredentialsKey;
+use keel_host::api::credentials::ExchangeSecret;
 use keel_host::auth::JwtKeys;
 use keel_host::runtime::PluginDigest;
 use keel_kernel::store::{NewPlugin, TenantTx};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Serve, WAIT_MAX, World, plugin, wait_for};
+use crate::harness::{CREDENTIALS_KEY_HEX, Serve, WAIT_MAX, World, plugin, wait_for};
 use crate::scenarios::BUSY_STRATEGY;
 
 /// The `api.jwt_secret` of the test configurations.
@@ -143,6 +145,41 @@ async fn an_owners_changes_reach_the_instance_running_the_profile() {
     .await;
 
     let (status, log) = runner.stop().await;
+    assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}
+
+/// A profile whose owner stored exchange credentials trades on the owner's account (their key
+/// signs its orders), never on the host's configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_with_its_owners_credentials_trades_on_the_owners_account() {
+    let world = World::create_with(23, &["--key", "owner-key:owner-secret"]).await;
+    let sealed = CredentialsKey::from_hex(CREDENTIALS_KEY_HEX).unwrap().seal(
+        world.profile,
+        world.user,
+        keel_host::api::BINANCE_USDM,
+        &ExchangeSecret {
+            api_key: "owner-key".to_owned(),
+            api_secret: "owner-secret".to_owned(),
+        },
+    );
+    let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
+    tx.put_credentials(world.profile, &sealed).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let config = world.config_file("owner", "sma_cross.wasm", &BUSY_STRATEGY);
+    let one = Serve::start("owner", &config).await;
+    wait_for("the profile trading", || async {
+        world.sim.placed_by().await.len() >= 2
+    })
+    .await;
+    let placed_by = world.sim.placed_by().await;
+    assert!(
+        placed_by.values().all(|key| key == "owner-key"),
+        "every order is the owner's: {placed_by:?}"
+    );
+
+    let (status, log) = one.stop().await;
     assert!(status.success(), "{log:#?}");
     world.drop_db().await;
 }

@@ -32,6 +32,10 @@ pub struct ExchangeSimArgs {
     /// The HMAC secret of that key.
     #[arg(long, env = "KEEL_SIM_API_SECRET", default_value = SimConfig::DEFAULT_API_SECRET)]
     pub api_secret: String,
+    /// One more accepted API key and its HMAC secret, as `KEY:SECRET` (repeatable): the keys of
+    /// profiles that trade with their owners' credentials.
+    #[arg(long = "key", value_name = "KEY:SECRET")]
+    pub keys: Vec<String>,
 }
 
 impl std::fmt::Debug for ExchangeSimArgs {
@@ -44,8 +48,9 @@ impl std::fmt::Debug for ExchangeSimArgs {
             .field("candle_ms", &self.candle_ms)
             .field("candles_file", &self.candles_file)
             .field("api_key", &self.api_key)
-            // The secret never reaches a log.
+            // The secrets never reach a log.
             .field("api_secret", &"..")
+            .field("keys", &self.keys.len())
             .finish()
     }
 }
@@ -63,6 +68,18 @@ pub async fn run(args: ExchangeSimArgs) -> anyhow::Result<()> {
         },
     )]
     .into();
+    for pair in args.keys {
+        let (key, secret) = pair
+            .split_once(':')
+            .filter(|(key, secret)| !key.is_empty() && !secret.is_empty())
+            .context("--key takes KEY:SECRET, both non-empty")?;
+        config.keys.insert(
+            key.to_owned(),
+            SimKey::Hmac {
+                secret: secret.to_owned(),
+            },
+        );
+    }
     let listener = TcpListener::bind((args.bind.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.bind, args.port))?;

@@ -172,6 +172,8 @@ pub(crate) struct Inner {
     klines: broadcast::Sender<(Symbol, String)>,
     listen_keys: Mutex<HashMap<String, i64>>,
     placements: Mutex<HashMap<String, u32>>,
+    /// The API key that last created each client order id.
+    placed_by: Mutex<HashMap<String, String>>,
     window: Mutex<Window>,
     interval_name: &'static str,
 }
@@ -197,6 +199,7 @@ impl SimState {
             klines: broadcast::channel(STREAM_BUFFER_MAX).0,
             listen_keys: Mutex::new(HashMap::new()),
             placements: Mutex::new(HashMap::new()),
+            placed_by: Mutex::new(HashMap::new()),
             window: Mutex::new(Window {
                 minute: 0,
                 weight: 0,
@@ -220,6 +223,12 @@ impl SimState {
     /// How many orders were created under each client order id since start.
     pub fn placements(&self) -> HashMap<String, u32> {
         self.0.placements.lock().expect("lock poisoned").clone()
+    }
+
+    /// The API key (`X-MBX-APIKEY`) that created each client order id: which account an order
+    /// was placed for.
+    pub fn placed_by(&self) -> HashMap<String, String> {
+        self.0.placed_by.lock().expect("lock poisoned").clone()
     }
 
     /// The server's clock: the host's clock plus the injected skew.
@@ -335,6 +344,7 @@ fn router(state: SimState) -> Router {
         .route("/ws/{stream}", get(ws::stream))
         .route("/admin/faults", get(rest::faults_get).put(rest::faults_put))
         .route("/admin/placements", get(rest::placements))
+        .route("/admin/placed-by", get(rest::placed_by))
         .with_state(state)
 }
 

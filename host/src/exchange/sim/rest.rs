@@ -365,7 +365,14 @@ pub(crate) async fn place(
         ..signed(0, &query, &body)
     };
     let reply = match gate(&state, &headers, gate_spec).await {
-        Ok(params) => place_checked(&state, &params).await,
+        Ok(params) => {
+            // The gate accepted the key: it is there and known.
+            let key = headers
+                .get("X-MBX-APIKEY")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            place_checked(&state, &params, key).await
+        }
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -422,7 +429,7 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
     })
 }
 
-async fn place_checked(state: &SimState, params: &Params) -> Reply {
+async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Reply {
     let request = order_request(state, params)?;
     let now = state.now_ms();
     let outcome = state.with_engine(|engine| {
@@ -443,6 +450,12 @@ async fn place_checked(state: &SimState, params: &Params) -> Reply {
         .expect("lock poisoned")
         .entry(report.client_order_id.to_string())
         .or_default() += 1;
+    state
+        .0
+        .placed_by
+        .lock()
+        .expect("lock poisoned")
+        .insert(report.client_order_id.to_string(), api_key.to_owned());
     let faults: Faults = state.faults();
     if state.draw(faults.unknown_rate) {
         // The order exists; the client is told nothing useful.
@@ -742,4 +755,8 @@ pub(crate) async fn faults_put(State(state): State<SimState>, body: Bytes) -> Re
 
 pub(crate) async fn placements(State(state): State<SimState>) -> Json<HashMap<String, u32>> {
     Json(state.placements())
+}
+
+pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<String, String>> {
+    Json(state.placed_by())
 }
