@@ -49,9 +49,20 @@ pub trait ProfileStarter: Send + Sync {
     /// profile's lease).
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops>;
 
-    /// The owner changed the running profile's settings (switches, risk rules, bound plugin),
-    /// possibly through another instance: re-read them through `store` and apply them.
-    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<()>;
+    /// The owner changed the running profile's settings (switches, risk rules, bound plugin,
+    /// exchange credentials), possibly through another instance: re-read them through `store`
+    /// and apply what can change under running loops.
+    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<Refreshed>;
+}
+
+/// What re-reading a running profile's settings asks of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Applied to the running loops.
+    Applied,
+    /// The profile now trades on another exchange account: its loops must stop and start again
+    /// (the lease is released and taken again at the next directory read).
+    Restart,
 }
 
 /// A profile this instance runs.
@@ -137,12 +148,18 @@ impl Cluster {
     }
 
     /// Re-reads and applies the settings of a profile this instance runs (others' are theirs).
-    async fn refresh(&self, profile: ProfileId) {
+    async fn refresh(&mut self, profile: ProfileId) {
         let Some(owned) = self.owned.get(&profile) else {
             return;
         };
         match self.starter.refresh(owned.entry, &owned.store).await {
-            Ok(()) => tracing::info!(profile_id = %profile, "profile settings re-read"),
+            Ok(Refreshed::Applied) => {
+                tracing::info!(profile_id = %profile, "profile settings re-read")
+            }
+            Ok(Refreshed::Restart) => {
+                tracing::info!(profile_id = %profile, "the profile's exchange account changed: restarting it");
+                self.stop_profile(profile);
+            }
             Err(error) => {
                 tracing::error!(profile_id = %profile, error = %format!("{error:#}"), "applying the profile's new settings failed");
             }

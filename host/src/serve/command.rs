@@ -29,7 +29,7 @@ use crate::config::{Config, ExchangeConfig};
 use crate::exchange::binance::{BinanceConfig, BinanceExchange, Signer};
 use crate::runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
 
-use super::cluster::{Cluster, ClusterConfig, ProfileStarter};
+use super::cluster::{Cluster, ClusterConfig, ProfileStarter, Refreshed};
 use super::control::{LoopControl, RunningPlugin};
 use super::http::AppState;
 use super::metered::MeteredStrategy;
@@ -225,6 +225,9 @@ struct Starter {
     exchange_config: ExchangeConfig,
     /// Opens the owners' sealed credentials.
     credentials: CredentialsKey,
+    /// The credentials (by their nonce, new with every seal) each profile was started with:
+    /// `None` for the host's account.
+    accounts: std::sync::Mutex<std::collections::HashMap<ProfileId, Option<Vec<u8>>>>,
 }
 
 impl Starter {
@@ -273,6 +276,7 @@ impl Starter {
             history: Arc::new(CandleHistory::new(config.engine.warm_up_candles_max)),
             exchange_config: config.exchange.clone(),
             credentials,
+            accounts: Default::default(),
             seeding: tokio::sync::Mutex::new(()),
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
@@ -417,6 +421,10 @@ impl ProfileStarter for Starter {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
         let exchange = self.account(&entry, stored.credentials.as_ref()).await?;
+        self.accounts
+            .lock()
+            .expect("lock poisoned")
+            .insert(entry.profile, sealed_nonce(&stored.credentials));
         let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
         let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
         let strategy_config = setup.config.clone();
@@ -480,9 +488,19 @@ impl ProfileStarter for Starter {
         })
     }
 
-    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<()> {
+    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<Refreshed> {
         let profile = entry.profile;
         let mut stored = stored_profile(store, entry.user, profile).await?;
+        let started_with = self
+            .accounts
+            .lock()
+            .expect("lock poisoned")
+            .get(&profile)
+            .cloned();
+        if started_with != Some(sealed_nonce(&stored.credentials)) {
+            // The account is fixed for the life of the loops: start them again on the new one.
+            return Ok(Refreshed::Restart);
+        }
         let mut changes = vec![
             ControlChange::Paused(stored.row.paused),
             ControlChange::Killed(stored.row.killed),
@@ -507,7 +525,7 @@ impl ProfileStarter for Starter {
             },
         };
         if self.control.running(profile).as_ref() == Some(&wanted) {
-            return Ok(());
+            return Ok(Refreshed::Applied);
         }
         let (version, config, name) = self.wanted_plugin(binding).await?;
         let clock = self
@@ -525,6 +543,11 @@ impl ProfileStarter for Starter {
             anyhow::bail!("profile {profile} does not run here any more");
         }
         tracing::info!(profile_id = %profile, plugin = %name, "bound plugin queued for a hot-swap");
-        Ok(())
+        Ok(Refreshed::Applied)
     }
+}
+
+/// What tells one sealing of credentials from another (`None`: no credentials).
+fn sealed_nonce(sealed: &Option<SealedCredentials>) -> Option<Vec<u8>> {
+    sealed.as_ref().map(|c| c.nonce.clone())
 }

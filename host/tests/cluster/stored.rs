@@ -149,35 +149,63 @@ async fn an_owners_changes_reach_the_instance_running_the_profile() {
     world.drop_db().await;
 }
 
-/// A profile whose owner stored exchange credentials trades on the owner's account (their key
-/// signs its orders), never on the host's configured one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_profile_with_its_owners_credentials_trades_on_the_owners_account() {
-    let world = World::create_with(23, &["--key", "owner-key:owner-secret"]).await;
+/// Seals `key`:`secret` as the world's profile's binance-usdm credentials.
+async fn put_credentials(world: &World, key: &str, secret: &str) {
     let sealed = CredentialsKey::from_hex(CREDENTIALS_KEY_HEX).unwrap().seal(
         world.profile,
         world.user,
         keel_host::api::BINANCE_USDM,
         &ExchangeSecret {
-            api_key: "owner-key".to_owned(),
-            api_secret: "owner-secret".to_owned(),
+            api_key: key.to_owned(),
+            api_secret: secret.to_owned(),
         },
     );
     let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
     tx.put_credentials(world.profile, &sealed).await.unwrap();
     tx.commit().await.unwrap();
+}
 
+/// A profile whose owner stored exchange credentials trades on the owner's account (their key
+/// signs its orders), never on the host's configured one; new credentials, or none, move the
+/// running profile to the account they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_trades_on_the_account_its_owners_credentials_name() {
+    let world = World::create_with(
+        23,
+        &[
+            "--key",
+            "owner-key:owner-secret",
+            "--key",
+            "rotated-key:rotated-secret",
+        ],
+    )
+    .await;
+    put_credentials(&world, "owner-key", "owner-secret").await;
     let config = world.config_file("owner", "sma_cross.wasm", &BUSY_STRATEGY);
     let one = Serve::start("owner", &config).await;
-    wait_for("the profile trading", || async {
-        world.sim.placed_by().await.len() >= 2
-    })
-    .await;
+    let placed_with = |key: &'static str| {
+        let world = &world;
+        move || async move { world.sim.placed_by().await.values().any(|k| k == key) }
+    };
+    wait_for("an order on the owner's account", placed_with("owner-key")).await;
     let placed_by = world.sim.placed_by().await;
     assert!(
         placed_by.values().all(|key| key == "owner-key"),
         "every order is the owner's: {placed_by:?}"
     );
+
+    // Rotated while the profile runs: it restarts on the new key.
+    put_credentials(&world, "rotated-key", "rotated-secret").await;
+    wait_for("an order under the rotated key", placed_with("rotated-key")).await;
+    // Removed: the profile trades on the host's account again.
+    let mut tx = world.db.store.tenant(world.user).begin().await.unwrap();
+    assert!(tx.delete_credentials(world.profile).await.unwrap());
+    tx.commit().await.unwrap();
+    wait_for(
+        "an order on the host's account",
+        placed_with("keel-sim-key"),
+    )
+    .await;
 
     let (status, log) = one.stop().await;
     assert!(status.success(), "{log:#?}");
