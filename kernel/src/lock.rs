@@ -122,6 +122,15 @@ impl LockKey {
         Self(format!("profile:{profile}"))
     }
 
+    /// The key prefix of instance presence leases ([`LockKey::instance`]).
+    pub const INSTANCE_PREFIX: &str = "instance:";
+
+    /// The presence lease of a `keel serve` instance: held while it runs, counted by the others
+    /// to share the profiles out evenly.
+    pub fn instance(owner: OwnerToken) -> Self {
+        Self(format!("{}{}", Self::INSTANCE_PREFIX, owner.as_uuid()))
+    }
+
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub plugin_faults_total: IntCounterVec,
     pub plugin_hot_swaps_total: IntCounterVec,
     pub warm_up_candles_total: IntCounter,
+    pub cluster_instances: IntGauge,
+    pub profiles_owned: IntGauge,
     pub tenant_isolation_denials_total: IntCounterVec,
     pub ready: IntGauge,
 }
@@ -289,6 +291,16 @@ impl Metrics {
                 &r,
                 "keel_warm_up_candles_total",
                 "Recent candles replayed into strategy instances that started fresh (restart, takeover, hot-swap).",
+            ),
+            cluster_instances: int_gauge(
+                &r,
+                "keel_cluster_instances",
+                "Live keel serve instances sharing the profiles, as this instance last counted them.",
+            ),
+            profiles_owned: int_gauge(
+                &r,
+                "keel_profiles_owned",
+                "Profiles this instance runs (holds the lease of).",
             ),
             tenant_isolation_denials_total: counter_vec(
                 &r,

@@ -7,6 +7,14 @@
 //! instance died and whose lease expired — and on PostgreSQL a notification on
 //! [`PROFILES_CHANNEL`] makes it look at once.
 //!
+//! Instances share the profiles out evenly: each holds a presence lease (`instance:<owner>`, in
+//! the same table and with the same TTL) while it runs, counts the live ones, and runs at most its
+//! share — the directory's profiles divided by the live instances, rounded up, and at most
+//! `profiles_max`. An instance over its share (another one joined) stops one profile per round,
+//! letting its current step finish and releasing the lease, and leaves it for an instance under
+//! its share to take (with the usual recovery first); a dead instance's presence expires with
+//! its leases, and the survivors' shares grow to cover its profiles.
+//!
 //! The lease's fence is carried into every write of the profile: the engine of a profile gets a
 //! store [`Store::guarded_by`] the lease, whose tenant transactions first check (and hold until
 //! commit) that the lease is still that fence's and unexpired. An instance that was stopped past
@@ -90,6 +98,8 @@ pub struct Cluster {
     owned: HashMap<ProfileId, Owned>,
     /// Profiles whose loops were told to stop and have not ended yet: not taken again before.
     stopping: HashMap<ProfileId, (Lease, JoinHandle<anyhow::Result<()>>)>,
+    /// This instance's presence lease, while it holds one.
+    presence: Option<Lease>,
 }
 
 impl Cluster {
@@ -113,6 +123,7 @@ impl Cluster {
             health,
             owned: HashMap::new(),
             stopping: HashMap::new(),
+            presence: None,
         }
     }
 
@@ -135,6 +146,7 @@ impl Cluster {
                 self.refresh(profile).await;
                 continue;
             }
+            self.announce().await;
             self.renew().await;
             self.reap().await;
             if let Err(error) = self.scan().await {
@@ -262,12 +274,64 @@ impl Cluster {
         }
     }
 
+    /// Renews this instance's presence lease, or takes it (at start, or after it was lost).
+    async fn announce(&mut self) {
+        let locks = self.store.locks();
+        let ttl_ms = self.config.lease_ttl_ms;
+        let renewed = match &self.presence {
+            Some(lease) => locks.renew(lease, ttl_ms).await.ok(),
+            None => None,
+        };
+        self.presence = match renewed {
+            Some(lease) => Some(lease),
+            None => {
+                let key = LockKey::instance(self.owner);
+                match locks
+                    .acquire(LockKind::ProfileLease, &key, self.owner, ttl_ms)
+                    .await
+                {
+                    Ok(lease) => lease,
+                    Err(error) => {
+                        tracing::warn!(%error, "taking the instance's presence lease failed");
+                        None
+                    }
+                }
+            }
+        };
+    }
+
+    /// How many profiles this instance should run: its even share of the directory's
+    /// `listed` profiles over the live instances, at most `profiles_max`.
+    async fn share(&self, listed: usize) -> anyhow::Result<usize> {
+        let counted = self
+            .store
+            .locks()
+            .live(LockKind::ProfileLease, LockKey::INSTANCE_PREFIX)
+            .await
+            .context("counting the live instances")?;
+        // Without its own presence (not taken yet) this instance counts itself.
+        let instances = counted + usize::from(self.presence.is_none());
+        self.metrics
+            .cluster_instances
+            .set(i64::try_from(instances).unwrap_or(i64::MAX));
+        Ok(listed
+            .div_ceil(instances.max(1))
+            .min(self.config.profiles_max))
+    }
+
     /// Tells a profile's loops to stop; the lease is released once they have.
     fn stop_profile(&mut self, profile: ProfileId) {
         if let Some(owned) = self.owned.remove(&profile) {
             owned.stop.send_replace(true);
             self.stopping.insert(profile, (owned.lease, owned.task));
         }
+        self.count_owned();
+    }
+
+    fn count_owned(&self) {
+        self.metrics
+            .profiles_owned
+            .set(i64::try_from(self.owned.len()).unwrap_or(i64::MAX));
     }
 
     /// Collects profiles whose loops ended: stopped ones, and ones that failed on their own.
@@ -327,8 +391,16 @@ impl Cluster {
             tracing::info!(profile_id = %profile, "profile left the directory: stopping it");
             self.stop_profile(profile);
         }
+        let share = self.share(directory.len()).await?;
+        if self.owned.len() > share {
+            // One per round: the instances under their share take it before the next is given.
+            if let Some(&profile) = self.owned.keys().max() {
+                tracing::info!(profile_id = %profile, share, "over this instance's share of the profiles: handing one over");
+                self.stop_profile(profile);
+            }
+        }
         for entry in directory {
-            if self.owned.len() >= self.config.profiles_max {
+            if self.owned.len() >= share {
                 break;
             }
             let busy = self.owned.contains_key(&entry.profile)
@@ -387,6 +459,7 @@ impl Cluster {
                 task,
             },
         );
+        self.count_owned();
         Ok(())
     }
 
@@ -398,6 +471,10 @@ impl Cluster {
         let stopping: Vec<_> = self.stopping.drain().collect();
         for (profile, (lease, task)) in stopping {
             self.finish(profile, lease, task).await;
+        }
+        if let Some(presence) = self.presence.take() {
+            // Gone at once for the others' count; otherwise it expires after its TTL.
+            let _ = self.store.locks().release(&presence).await;
         }
         Ok(())
     }

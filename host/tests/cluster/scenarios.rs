@@ -191,3 +191,45 @@ async fn an_owner_stopped_past_its_lease_is_fenced_out_after_the_takeover() {
     );
     world.drop_db().await;
 }
+
+/// Instances share the profiles out evenly: one that joins gets its share, handed over by the
+/// instance that ran them all; when it leaves, the other takes them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_instance_takes_its_share_of_the_profiles_and_a_leaving_one_gives_them_back() {
+    let world = World::create(31).await;
+    let tenant = world.db.store.tenant(world.user);
+    for name in ["second", "third", "fourth"] {
+        let profile = tenant.create_profile(name).await.unwrap();
+        tenant
+            .allocate(
+                profile,
+                keel_kernel::money::Amount::positive(rust_decimal::Decimal::from(1_000)).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let config = |name| world.config_file(name, "boundary.wasm", &[]);
+    let first = Serve::start("first", &config("first")).await;
+    wait_for("the first instance running all four", || async {
+        first.metric("keel_profiles_owned").await == 4.0
+    })
+    .await;
+
+    let second = Serve::start("second", &config("second")).await;
+    wait_for("two profiles each", || async {
+        first.metric("keel_profiles_owned").await == 2.0
+            && second.metric("keel_profiles_owned").await == 2.0
+    })
+    .await;
+    assert_eq!(second.metric("keel_cluster_instances").await, 2.0);
+
+    let (status, log) = second.stop().await;
+    assert!(status.success(), "{log:#?}");
+    wait_for("the first instance running all four again", || async {
+        first.metric("keel_profiles_owned").await == 4.0
+    })
+    .await;
+    let (status, log) = first.stop().await;
+    assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}

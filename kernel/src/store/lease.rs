@@ -57,6 +57,34 @@ impl<'s> Locks<'s> {
         ))
     }
 
+    /// How many live (unexpired) leases of `kind` have a key starting with `prefix`.
+    pub async fn live(&self, kind: LockKind, prefix: &str) -> Result<usize, StoreError> {
+        let sql = |now: &str| {
+            format!(
+                "SELECT count(*) FROM {} WHERE substr(lock_key, 1, length($1)) = $1 \
+                 AND expires_at_ms > {now}",
+                kind.table()
+            )
+        };
+        let count: i64 = match self.store.pool() {
+            Pool::Pg(pool) => {
+                let text = sql(pg::NOW_MS);
+                sqlx::query_scalar(&text)
+                    .bind(prefix)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Pool::Lite(pool) => {
+                let text = sql(lite::NOW_MS);
+                sqlx::query_scalar(&text)
+                    .bind(prefix)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     /// Extends a live lease to `ttl_ms` from now. [`LockError::Lost`] when it expired or was
     /// taken over: the holder must stop writing under it.
     pub async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease, StoreError> {

@@ -25,6 +25,7 @@ crate::contract_tests!(
     lease_contention_renewal_release_and_fences_that_only_grow,
     lease_expires_by_the_database_clock,
     a_lease_taken_in_a_transaction_exists_only_if_it_commits,
+    live_leases_are_counted_by_key_prefix,
     database_check_refuses_a_capital_row_that_breaks_the_invariant,
     journal_refuses_update_and_delete,
     rebuild_reports_and_repairs_a_tampered_capital_row,
@@ -594,6 +595,49 @@ async fn a_lease_taken_in_a_transaction_exists_only_if_it_commits(h: &Harness) {
     assert_eq!(
         after.lock_latency_count[0],
         before.lock_latency_count[0] + 4
+    );
+}
+
+async fn live_leases_are_counted_by_key_prefix(h: &Harness) {
+    let locks = h.store.locks();
+    let prefix = LockKey::INSTANCE_PREFIX;
+    let before = locks.live(LockKind::ProfileLease, prefix).await.unwrap();
+    let (a, b) = (OwnerToken::new_random(), OwnerToken::new_random());
+    let kept = locks
+        .acquire(LockKind::ProfileLease, &LockKey::instance(a), a, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    locks
+        .acquire(LockKind::ProfileLease, &LockKey::instance(b), b, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    // Another key in the same table is not an instance.
+    locks
+        .acquire(
+            LockKind::ProfileLease,
+            &LockKey::profile(ProfileId::new_random()),
+            a,
+            60_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        locks.live(LockKind::ProfileLease, prefix).await.unwrap(),
+        before + 2
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(
+        locks.live(LockKind::ProfileLease, prefix).await.unwrap(),
+        before + 1,
+        "an expired lease is not live"
+    );
+    assert!(locks.release(&kept).await.unwrap());
+    assert_eq!(
+        locks.live(LockKind::ProfileLease, prefix).await.unwrap(),
+        before
     );
 }
 
