@@ -161,7 +161,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .with_label_values(&["request_weight"])
         .set(1.0);
     let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
+    // An operator's kill switch survives a restart of the demo.
     let switches = Arc::new(HostSwitches::default());
+    let stored_kill = store.host_switches().await?.kill;
+    switches
+        .kill
+        .store(stored_kill, std::sync::atomic::Ordering::Release);
     let control = Arc::new(LoopControl::new(switches.clone()));
     let mut papers = Vec::new();
     let mut inputs = Vec::new();

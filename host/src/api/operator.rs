@@ -87,30 +87,42 @@ async fn host_kill_state(
     })
 }
 
-/// Engages the host-wide kill switch: no new entries on any profile of this host (exits go on).
+/// Engages the host-wide kill switch: no new entries on any profile of any instance on this
+/// database (exits go on); it stays engaged across restarts until released.
 #[utoipa::path(post, path = "/operator/kill", tag = "operator",
     responses((status = 200, body = HostKillView), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)))]
 async fn engage_host_kill(
     State(state): State<ApiState>,
     OperatorAuth(caller): OperatorAuth,
-) -> Json<HostKillView> {
-    state.control.set_host_kill(true);
-    tracing::warn!(operator = %caller.user, "host-wide kill switch engaged");
-    Json(HostKillView { engaged: true })
+) -> Result<Json<HostKillView>, ApiError> {
+    set_host_kill(&state, caller.user, true).await?;
+    Ok(Json(HostKillView { engaged: true }))
 }
 
-/// Releases the host-wide kill switch.
+/// Releases the host-wide kill switch, on every instance on this database.
 #[utoipa::path(delete, path = "/operator/kill", tag = "operator",
     responses((status = 200, body = HostKillView), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)))]
 async fn release_host_kill(
     State(state): State<ApiState>,
     OperatorAuth(caller): OperatorAuth,
-) -> Json<HostKillView> {
-    state.control.set_host_kill(false);
-    tracing::warn!(operator = %caller.user, "host-wide kill switch released");
-    Json(HostKillView { engaged: false })
+) -> Result<Json<HostKillView>, ApiError> {
+    set_host_kill(&state, caller.user, false).await?;
+    Ok(Json(HostKillView { engaged: false }))
+}
+
+/// Stores the switch first (every instance on the database applies it, and a restart keeps
+/// it), then applies it here at once.
+async fn set_host_kill(state: &ApiState, operator: UserId, engaged: bool) -> Result<(), ApiError> {
+    state
+        .store
+        .operator(operator)
+        .set_host_kill(engaged)
+        .await?;
+    state.control.set_host_kill(engaged);
+    tracing::warn!(%operator, engaged, "host-wide kill switch set");
+    Ok(())
 }
 
 /// Runs a reconciliation pass of every profile running in this host now, and reports each.

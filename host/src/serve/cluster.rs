@@ -25,14 +25,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use keel_kernel::engine::HostSwitches;
 use keel_kernel::ids::ProfileId;
 use keel_kernel::lock::{Lease, LockError, LockKey, LockKind, OwnerToken};
 use keel_kernel::metrics::Metrics;
 use keel_kernel::store::{
-    DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL, Store, StoreError,
+    DirectoryEntry, HOST_CHANNEL, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL, Store, StoreError,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -61,6 +63,9 @@ pub trait ProfileStarter: Send + Sync {
     /// exchange credentials), possibly through another instance: re-read them through `store`
     /// and apply what can change under running loops.
     async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<Refreshed>;
+
+    /// The host switches every engine it builds reads.
+    fn switches(&self) -> &HostSwitches;
 }
 
 /// What re-reading a running profile's settings asks of the cluster.
@@ -100,6 +105,8 @@ pub struct Cluster {
     stopping: HashMap<ProfileId, (Lease, JoinHandle<anyhow::Result<()>>)>,
     /// This instance's presence lease, while it holds one.
     presence: Option<Lease>,
+    /// When the stored host switches last changed, as this instance last read them.
+    host_switches_seen: Option<i64>,
 }
 
 impl Cluster {
@@ -124,6 +131,7 @@ impl Cluster {
             owned: HashMap::new(),
             stopping: HashMap::new(),
             presence: None,
+            host_switches_seen: None,
         }
     }
 
@@ -146,6 +154,7 @@ impl Cluster {
                 self.refresh(profile).await;
                 continue;
             }
+            self.sync_host_switches().await;
             self.announce().await;
             self.renew().await;
             self.reap().await;
@@ -196,7 +205,7 @@ impl Cluster {
             }
         };
         if let Err(error) = listener
-            .listen_all([PROFILES_CHANNEL, SETTINGS_CHANNEL])
+            .listen_all([PROFILES_CHANNEL, SETTINGS_CHANNEL, HOST_CHANNEL])
             .await
         {
             tracing::warn!(%error, "LISTEN unavailable; profile changes are found by polling");
@@ -217,7 +226,8 @@ impl Cluster {
                             return;
                         }
                     }
-                    // A full channel already holds a wake-up: this change is seen by it.
+                    // A directory or host-switch change wakes the loop, which reads both. A full
+                    // channel already holds a wake-up: this change is seen by it.
                     Ok(_) => {
                         if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
                             return;
@@ -272,6 +282,36 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Applies the host switches an operator set through any instance (`host_switches`): at the
+    /// first read the stored kill switch adds to this instance's own (`host.kill_switch` may
+    /// engage it at start); after that each change an operator makes applies, engaged or
+    /// released.
+    async fn sync_host_switches(&mut self) {
+        let row = match self.store.host_switches().await {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(%error, "reading the host switches failed");
+                return;
+            }
+        };
+        if self.host_switches_seen == Some(row.updated_at_ms) {
+            return;
+        }
+        let kill = &self.starter.switches().kill;
+        let engaged = match self.host_switches_seen {
+            None => kill.load(Ordering::Acquire) || row.kill,
+            Some(_) => {
+                tracing::warn!(
+                    engaged = row.kill,
+                    "host-wide kill switch changed by an operator"
+                );
+                row.kill
+            }
+        };
+        kill.store(engaged, Ordering::Release);
+        self.host_switches_seen = Some(row.updated_at_ms);
     }
 
     /// Renews this instance's presence lease, or takes it (at start, or after it was lost).

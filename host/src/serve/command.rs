@@ -417,6 +417,10 @@ impl Starter {
 
 #[async_trait::async_trait]
 impl ProfileStarter for Starter {
+    fn switches(&self) -> &HostSwitches {
+        &self.switches
+    }
+
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;

@@ -459,3 +459,13 @@ impl Serve {
         (status, self.stderr.await.unwrap())
     }
 }
+
+/// Seconds since the Unix epoch, for minting tokens.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}

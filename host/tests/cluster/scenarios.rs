@@ -1,6 +1,6 @@
 //! The race for a profile and the stale owner, with real processes.
 
-use crate::harness::{Serve, World, signal, wait_for};
+use crate::harness::{Serve, World, now_secs, signal, wait_for};
 
 /// A moving-average cross that turns on almost every candle: entries and exits all the time.
 pub const BUSY_STRATEGY: [(&str, &str); 3] =
@@ -231,5 +231,62 @@ async fn a_joining_instance_takes_its_share_of_the_profiles_and_a_leaving_one_gi
     .await;
     let (status, log) = first.stop().await;
     assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}
+
+/// The host-wide kill switch is the database's: engaged by an operator through one instance, it
+/// stops new entries on the instance that runs the profile; released, they resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_kill_switch_engaged_through_one_instance_stops_entries_on_another() {
+    let world = World::create(32).await;
+    let config = |name| world.config_file(name, "sma_cross.wasm", &BUSY_STRATEGY);
+    let runner = Serve::start("runner", &config("runner")).await;
+    wait_for_placements(&world, 2).await;
+    let other = Serve::start("other", &config("other")).await;
+    wait_for("the other instance up", || async {
+        other.metric("keel_cluster_instances").await == 2.0
+    })
+    .await;
+    assert_eq!(other.metric("keel_profiles_owned").await, 0.0);
+
+    let token = keel_host::auth::JwtKeys::new(b"cluster-test-secret-cluster-test-secret")
+        .unwrap()
+        .mint(
+            keel_kernel::ids::UserId::new_random(),
+            true,
+            now_secs(),
+            600,
+        );
+    let kill = |method: reqwest::Method| {
+        let url = format!("{}/api/v1/operator/kill", other.base);
+        let token = token.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .request(method, url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    kill(reqwest::Method::POST).await;
+    let refused = "keel_risk_refusals_total{rule=\"entry_blocked\"}";
+    wait_for("entries refused on the running instance", || async {
+        runner.metric(refused).await > 0.0
+    })
+    .await;
+
+    kill(reqwest::Method::DELETE).await;
+    let refusals = runner.metric(refused).await;
+    let placed = world.sim.placements().await.len();
+    wait_for("entries placed again after the release", || async {
+        world.sim.placements().await.len() > placed + 1
+    })
+    .await;
+    // Nothing refused by the switch once the release was applied (a step in flight may have).
+    assert!(runner.metric(refused).await <= refusals + 1.0);
+
+    settle(&world, vec![runner, other]).await;
     world.drop_db().await;
 }

@@ -9,7 +9,7 @@ use keel_host::runtime::PluginDigest;
 use keel_kernel::store::{NewPlugin, TenantTx};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{CREDENTIALS_KEY_HEX, Serve, WAIT_MAX, World, plugin, wait_for};
+use crate::harness::{CREDENTIALS_KEY_HEX, Serve, WAIT_MAX, World, now_secs, plugin, wait_for};
 use crate::scenarios::BUSY_STRATEGY;
 
 /// The `api.jwt_secret` of the test configurations.
@@ -83,15 +83,6 @@ async fn bind_never_trades(world: &World, tx: &mut TenantTx) -> PluginDigest {
         .await
         .unwrap();
     digest
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .try_into()
-        .unwrap()
 }
 
 /// The profile runs on one instance; its owner's changes are written elsewhere (another

@@ -33,6 +33,7 @@ mod plugins;
 mod profiles;
 mod rows;
 mod stats;
+mod switches;
 mod tenant;
 
 use std::path::Path;
@@ -58,6 +59,7 @@ pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
 pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
 pub use profiles::{Operator, PROFILES_LISTED_MAX, ProfileRow};
 pub use stats::{LOCK_LATENCY_BUCKETS_US, StoreStats, StoreStatsSnapshot};
+pub use switches::{HOST_CHANNEL, HostSwitchesRow};
 pub use tenant::{PROFILE_NAME_LEN_MAX, Tenant, TenantTx};
 
 /// The most connections a store opens to PostgreSQL unless told otherwise.

@@ -184,8 +184,8 @@ impl TenantTx {
 
 /// An operator's view of the store: reads across tenants, never writes to tenant tables.
 pub struct Operator<'s> {
-    store: &'s Store,
-    operator: UserId,
+    pub(super) store: &'s Store,
+    pub(super) operator: UserId,
 }
 
 impl Store {
