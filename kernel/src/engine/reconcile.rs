@@ -104,11 +104,13 @@ impl ProfileEngine {
 
     async fn reconcile_locked(&mut self) -> Result<ReconcileReport, EngineError> {
         let mut report = ReconcileReport::default();
-        let stored_open = self
-            .store
-            .tenant(self.spec.user)
-            .open_orders(self.spec.profile)
-            .await?;
+        // What the store holds, read once in one transaction: compared with the exchange, and,
+        // when the pass repairs nothing, the book as it is (no second listing).
+        let mut tx = self.store.tenant(self.spec.user).begin().await?;
+        let capital = tx.capital(self.spec.profile).await?;
+        let stored_positions = tx.positions(self.spec.profile).await?;
+        let stored_open = tx.open_orders(self.spec.profile).await?;
+        tx.commit().await?;
         let exchange_open: HashMap<ClientOrderId, OrderReport> = self
             .exchange
             .open_orders(None)
@@ -151,11 +153,27 @@ impl ProfileEngine {
             tracing::warn!(profile_id = %self.spec.profile, client_order_id = %id, status = %live.status, "exchange order the store cannot explain");
             report.quarantined = true;
         }
-        self.reconcile_positions(&mut report).await?;
+        let untouched = report.repaired == 0;
+        let stored_positions = if untouched {
+            stored_positions
+        } else {
+            // The repairs moved positions: compare what the store holds now.
+            self.store
+                .tenant(self.spec.user)
+                .positions(self.spec.profile)
+                .await?
+        };
+        self.reconcile_positions(&stored_positions, &mut report)
+            .await?;
         if report.quarantined {
             self.quarantine();
         }
-        self.reload_book().await?;
+        if untouched {
+            self.book.reset(capital, stored_positions, stored_open);
+            self.orders_open.publish(&self.book);
+        } else {
+            self.reload_book().await?;
+        }
         Ok(report)
     }
 
@@ -222,17 +240,14 @@ impl ProfileEngine {
         Ok(())
     }
 
+    /// Compares the positions the store holds (`stored`) with the exchange's.
     async fn reconcile_positions(
         &mut self,
+        stored: &[crate::lifecycle::Position],
         report: &mut ReconcileReport,
     ) -> Result<(), EngineError> {
-        let stored = self
-            .store
-            .tenant(self.spec.user)
-            .positions(self.spec.profile)
-            .await?;
         let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
-        for position in &stored {
+        for position in stored {
             let signed = match position.side {
                 Side::Buy => position.qty_open,
                 Side::Sell => -position.qty_open,
