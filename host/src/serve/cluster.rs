@@ -34,7 +34,8 @@ use keel_kernel::ids::ProfileId;
 use keel_kernel::lock::{Lease, LockError, LockKey, LockKind, OwnerToken};
 use keel_kernel::metrics::Metrics;
 use keel_kernel::store::{
-    DirectoryEntry, HOST_CHANNEL, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL, Store, StoreError,
+    DirectoryEntry, HOST_CHANNEL, HostSwitchesRow, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL,
+    Store, StoreError,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -105,8 +106,8 @@ pub struct Cluster {
     stopping: HashMap<ProfileId, (Lease, JoinHandle<anyhow::Result<()>>)>,
     /// This instance's presence lease, while it holds one.
     presence: Option<Lease>,
-    /// When the stored host switches last changed, as this instance last read them.
-    host_switches_seen: Option<i64>,
+    /// The stored host switches as this instance last read them.
+    host_switches_seen: Option<HostSwitchesRow>,
 }
 
 impl Cluster {
@@ -296,7 +297,8 @@ impl Cluster {
                 return;
             }
         };
-        if self.host_switches_seen == Some(row.updated_at_ms) {
+        // The whole row, not the time alone: two changes within one millisecond differ in `kill`.
+        if self.host_switches_seen == Some(row) {
             return;
         }
         let kill = &self.starter.switches().kill;
@@ -311,7 +313,7 @@ impl Cluster {
             }
         };
         kill.store(engaged, Ordering::Release);
-        self.host_switches_seen = Some(row.updated_at_ms);
+        self.host_switches_seen = Some(row);
     }
 
     /// Renews this instance's presence lease, or takes it (at start, or after it was lost).
