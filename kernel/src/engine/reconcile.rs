@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use crate::exchange::OrderReport;
 use crate::ids::ClientOrderId;
+use crate::ledger::Capital;
+use crate::lifecycle::{OrderRecord, Position};
 use crate::lock::{LockKey, LockKind};
 use crate::market::Side;
 use crate::order::OrderStatus;
@@ -169,8 +171,7 @@ impl ProfileEngine {
             self.quarantine();
         }
         if untouched {
-            self.book.reset(capital, stored_positions, stored_open);
-            self.orders_open.publish(&self.book);
+            self.reset_book(capital, stored_positions, stored_open);
         } else {
             self.reload_book().await?;
         }
@@ -180,7 +181,7 @@ impl ProfileEngine {
     /// A stored open order the exchange no longer lists as open.
     async fn reconcile_closed(
         &mut self,
-        order: &crate::lifecycle::OrderRecord,
+        order: &OrderRecord,
         report: &mut ReconcileReport,
     ) -> Result<(), EngineError> {
         match self
@@ -243,7 +244,7 @@ impl ProfileEngine {
     /// Compares the positions the store holds (`stored`) with the exchange's.
     async fn reconcile_positions(
         &mut self,
-        stored: &[crate::lifecycle::Position],
+        stored: &[Position],
         report: &mut ReconcileReport,
     ) -> Result<(), EngineError> {
         let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
@@ -288,8 +289,13 @@ impl ProfileEngine {
         let positions = tx.positions(self.spec.profile).await?;
         let orders = tx.open_orders(self.spec.profile).await?;
         tx.commit().await?;
+        self.reset_book(capital, positions, orders);
+        Ok(())
+    }
+
+    /// Replaces the book with what the store holds and publishes its open orders.
+    fn reset_book(&mut self, capital: Capital, positions: Vec<Position>, orders: Vec<OrderRecord>) {
         self.book.reset(capital, positions, orders);
         self.orders_open.publish(&self.book);
-        Ok(())
     }
 }
