@@ -6,11 +6,13 @@
 //!    else a scratch SQLite file) and an exchange whose `place` signs the order as Binance's REST
 //!    API takes it — the query-string bytes that would leave the host — and notes the instant.
 //!    A strategy asks for one market entry per candle. Latency is from handing the engine the
-//!    candle to the order's bytes existing. On the way: validation and risk rules, the entry
-//!    lock (one autocommit statement), the write-ahead transaction (order row + reservation +
-//!    journal, one commit). After the bytes, the exchange refuses the order, so the engine
-//!    releases it (not timed) and the next candle starts clean. Beside every decision, the same
-//!    connection pool commits a one-row UPDATE: the store's commit latency in the same run.
+//!    candle to the order's bytes existing. On the way: validation and risk rules, one
+//!    transaction holding the entry lock's acquisition and the write-ahead (order row +
+//!    reservation + journal, one commit). After the bytes, the exchange refuses the order, so the
+//!    engine releases it (not timed) and the next candle starts clean. Beside every decision, the
+//!    same connection pool commits a one-row UPDATE: the store's commit latency in the same run.
+//!    The process's CPU clock is read at both ends too: what the host itself spends on a
+//!    decision, apart from waiting for the database.
 //! 2. **Fan-out.** One candle to many profile engines with no orders (the native sma-cross
 //!    strategy on a flat market never crosses), split over two threads: the time until every
 //!    engine has decided.
@@ -133,6 +135,11 @@ pub struct EngineBenchReport {
     /// once before the bytes (entry lock, order row and reservation in one transaction), so this
     /// is the kernel's own time and its other round trips.
     pub overhead_beyond_one_commit: Percentiles,
+    /// Per decision: the CPU time the whole process spent from the candle to the order's bytes
+    /// (every thread, user and system: the kernel's checks and bookkeeping, the store client's
+    /// encoding and decoding, socket calls, signing). The rest of the decision's wall time is
+    /// waiting for the database.
+    pub process_cpu_per_decision: Percentiles,
     /// Profiles one candle reached.
     pub fan_out_profiles: u32,
     /// Threads the fan-out ran on.
@@ -161,7 +168,14 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir().context("creating the benchmark's temporary directory")?;
     let store = open_store(args.database_url.as_deref(), dir.path()).await?;
-    let latency = decision_to_wire(&store, dir.path(), args.decisions).await?;
+    // In a task of the runtime, as `keel serve` runs each profile's loops: the task is polled
+    // by the worker thread that also waits on the sockets.
+    let latency = {
+        let (store, dir, decisions) = (store.clone(), dir.path().to_owned(), args.decisions);
+        tokio::spawn(async move { decision_to_wire(&store, &dir, decisions).await })
+            .await
+            .context("the decision-to-wire task panicked")??
+    };
     let fan_out = fan_out(&store, args.profiles, args.fan_out_candles)?;
     let reconcile = reconciliation(&store, args.orders).await?;
     let report = EngineBenchReport {
@@ -174,6 +188,7 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<()> {
         decision_to_wire: latency.decision_to_wire,
         commit: latency.commit,
         overhead_beyond_one_commit: latency.beyond_one,
+        process_cpu_per_decision: latency.cpu,
         fan_out_profiles: args.profiles,
         fan_out_threads: FAN_OUT_THREADS,
         fan_out,
@@ -201,6 +216,7 @@ fn print_text(r: &EngineBenchReport) {
     line("decision to wire", &r.decision_to_wire);
     line("one-row commit, same pool", &r.commit);
     line("overhead beyond one commit", &r.overhead_beyond_one_commit);
+    line("process CPU per decision", &r.process_cpu_per_decision);
     line(
         &format!(
             "fan-out: 1 candle → {} profiles, {} threads",
@@ -314,7 +330,7 @@ fn engine(
 /// order; `open_orders` answers from a prepared list and times itself.
 struct WireExchange {
     rules: Vec<SymbolRules>,
-    wired_at: Mutex<Option<Instant>>,
+    wired_at: Mutex<Option<Wired>>,
     wire_bytes: Mutex<usize>,
     open: Vec<OrderReport>,
     answering: Mutex<Duration>,
@@ -331,13 +347,38 @@ impl WireExchange {
         }
     }
 
-    fn take_wired_at(&self) -> Option<Instant> {
+    fn take_wired(&self) -> Option<Wired> {
         self.wired_at.lock().expect("lock poisoned").take()
     }
 
     fn take_answering(&self) -> Duration {
         std::mem::take(&mut *self.answering.lock().expect("lock poisoned"))
     }
+}
+
+/// When an order's bytes existed: the wall clock, and the CPU time the process had used.
+#[derive(Clone, Copy)]
+struct Wired {
+    at: Instant,
+    cpu: Duration,
+}
+
+impl Wired {
+    fn now() -> Wired {
+        Wired {
+            at: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+}
+
+/// CPU time the whole process has used so far: every thread, user and system time.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The HMAC secret the benchmark signs with (nothing is sent anywhere).
@@ -369,7 +410,7 @@ impl Exchange for WireExchange {
         query.push_str("&signature=");
         query.push_str(&signature);
         let bytes = query.into_bytes();
-        *self.wired_at.lock().expect("lock poisoned") = Some(Instant::now());
+        *self.wired_at.lock().expect("lock poisoned") = Some(Wired::now());
         *self.wire_bytes.lock().expect("lock poisoned") = bytes.len();
         PlaceOutcome::Rejected {
             code: -2019,
@@ -473,6 +514,7 @@ struct Latency {
     decision_to_wire: Percentiles,
     commit: Percentiles,
     beyond_one: Percentiles,
+    cpu: Percentiles,
 }
 
 /// A one-row UPDATE committed on its own, on the store's database.
@@ -552,26 +594,29 @@ async fn decision_to_wire(store: &Store, dir: &Path, decisions: u32) -> anyhow::
         .await
         .context("recovering the benchmark profile")?;
     let committer = Committer::new(store, dir).await?;
-    let (mut wire, mut commit, mut beyond_one) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wire, mut commit, mut beyond_one, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for minute in 0..i64::from(WARM_UP_DECISIONS + decisions) {
         let candle = candle(&btc, minute, 100.0);
-        let started = Instant::now();
+        let started = Wired::now();
         let outcome = engine.on_candle(&candle).await?;
-        let wired_at = exchange
-            .take_wired_at()
+        let wired = exchange
+            .take_wired()
             .with_context(|| format!("decision {minute} sent nothing: {outcome:?}"))?;
-        let latency = wired_at - started;
+        let latency = wired.at - started.at;
         let committed = committer.commit().await?;
         if minute >= i64::from(WARM_UP_DECISIONS) {
             wire.push(latency);
             commit.push(committed);
             beyond_one.push(latency.saturating_sub(committed));
+            cpu.push(wired.cpu.saturating_sub(started.cpu));
         }
     }
     Ok(Latency {
         decision_to_wire: Percentiles::of(wire),
         commit: Percentiles::of(commit),
         beyond_one: Percentiles::of(beyond_one),
+        cpu: Percentiles::of(cpu),
     })
 }
 
