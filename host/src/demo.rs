@@ -2,6 +2,10 @@
 //! seeded synthetic market, a demo user with three profiles running the example Wasm plugins,
 //! the per-profile loops, and the operational endpoints on 127.0.0.1.
 //!
+//! Profiles created through the API run too: each second the demo reads the store's profile
+//! directory and starts any profile not running whose risk limits allow a symbol of its market,
+//! on the first such symbol, with its own paper account.
+//!
 //! Restart: the store is the truth. Profiles and the market's clock are remembered in
 //! `demo.json` beside the database; capital is allocated once. The paper accounts live only in
 //! memory, so on restart each is rebuilt from the store before recovery runs: its positions,
@@ -14,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock};
+use keel_kernel::engine::{
+    Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock,
+};
 use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
 use keel_kernel::ids::{IntentKind, ProfileId, Symbol, UserId};
 use keel_kernel::lifecycle::OrderRecord;
@@ -168,41 +174,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .kill
         .store(stored_kill, std::sync::atomic::Ordering::Release);
     let control = Arc::new(LoopControl::new(switches.clone()));
-    let mut papers = Vec::new();
+    let host = Collaborators {
+        store: &store,
+        plugins: &plugins,
+        clock: &clock,
+        metrics: &metrics,
+        switches: &switches,
+        control: &control,
+        plugins_dir: &args.plugins_dir,
+    };
+    let mut members = Vec::new();
     let mut inputs = Vec::new();
-    let mut candle_txs = Vec::new();
     let mut profile_infos = Vec::new();
+    let mut roster = Roster::default();
     for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
-        let paper = restored_paper(&store, state.user, *profile, state.next_open_time_ms).await?;
-        let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
-        let events = paper.user_events().await?;
-        let collaborators = Collaborators {
-            store: &store,
-            paper: &paper,
-            plugins: &plugins,
-            clock: &clock,
-            metrics: &metrics,
-            switches: &switches,
-        };
-        let (engine, swap, digest) =
-            build_engine(spec, &args, collaborators, state.user, *profile).await?;
-        let commands = control.register(*profile, Some(swap), clock.clone());
-        profile_infos.push(crate::live::ProfileInfo {
-            profile: *profile,
-            user: state.user,
+        let stored = stored_profile(&store, state.user, *profile)
+            .await
+            .with_context(|| format!("reading profile {}", spec.name))?;
+        let defaults = Defaults {
             name: spec.name.to_owned(),
-            plugin: spec.plugin.to_owned(),
-            plugin_version: digest.to_string(),
-            symbols: vec![Symbol::new(spec.symbol)?],
-        });
-        inputs.push(ProfileLoops {
-            engine,
-            candles,
-            events,
-            commands,
-        });
-        candle_txs.push((Symbol::new(spec.symbol)?, candle_tx));
-        papers.push(paper);
+            plugin: spec.plugin,
+            config: spec.config,
+            symbol: Symbol::new(spec.symbol)?,
+        };
+        let launched = launch(host, defaults, stored, state.user, *profile).await?;
+        profile_infos.push(launched.info);
+        inputs.push(launched.loops);
+        members.push(launched.member);
+        roster.running.insert(*profile);
     }
     let loop_config = LoopConfig {
         reconcile_interval_ms: args.reconcile_interval_ms,
@@ -242,7 +241,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         store: store.clone(),
         auth,
         plugins: plugins.clone(),
-        control,
+        control: control.clone(),
         credentials: demo_credentials_key(&args.data_dir)?,
         limits: crate::api::BodyLimits::default(),
     };
@@ -252,7 +251,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (joining, joining_rx) = mpsc::unbounded_channel();
     let live = crate::live::router(bus.clone(), app.auth.clone());
+    let roster_bus = bus.clone();
     let routes = router(app).merge(crate::api::router(api)).merge(live);
     let server = tokio::spawn(serve(listener, routes, stop_rx.clone()));
     let watch = tokio::spawn(crate::live::watch_host(
@@ -262,8 +263,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let market = tokio::spawn(run_market(MarketRun {
-        papers: papers.clone(),
-        candle_txs,
+        members,
+        joining: joining_rx,
         clock: clock.clone(),
         speed_ms: args.speed_ms,
         state,
@@ -281,9 +282,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "keel demo: data in {}; Ctrl-C to stop",
         args.data_dir.display()
     );
-    let failure = tokio::select! {
-        signal = shutdown_signal() => { signal?; None }
-        error = loops.failed() => Some(error),
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut roster_tick = tokio::time::interval(ROSTER_INTERVAL);
+    roster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failure = loop {
+        tokio::select! {
+            signal = &mut signal => { signal?; break None; }
+            error = loops.failed() => break Some(error),
+            _ = roster_tick.tick() => {
+                let starting = RosterRun {
+                    host,
+                    loops: &mut loops,
+                    joining: &joining,
+                    bus: &roster_bus,
+                    health: &health,
+                };
+                if let Err(error) = roster.scan(starting).await {
+                    tracing::warn!(error = %format!("{error:#}"), "reading the profile directory failed");
+                }
+            }
+        }
     };
     tracing::info!("shutting down: the market stops, then each profile finishes its step");
     stop_tx.send_replace(true);
@@ -297,6 +316,105 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(error) => Err(error),
         None => stopped,
     }
+}
+
+/// How often the demo looks for profiles created since it started.
+const ROSTER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which profiles of the store run, and why the others wait.
+#[derive(Default)]
+struct Roster {
+    running: std::collections::HashSet<ProfileId>,
+    /// Profiles not started, with the reason last logged.
+    waiting: std::collections::HashMap<ProfileId, String>,
+}
+
+/// What a roster pass starts profiles into.
+struct RosterRun<'a> {
+    host: Collaborators<'a>,
+    loops: &'a mut Loops,
+    joining: &'a mpsc::UnboundedSender<MarketMember>,
+    bus: &'a crate::live::Bus,
+    health: &'a LoopHealth,
+}
+
+impl Roster {
+    /// Starts every profile of the store that does not run yet — created through the API, by
+    /// any user — once its risk limits allow a symbol of the demo market. Without a bound plugin
+    /// it runs the first demo profile's example plugin and settings.
+    async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
+        let directory = run.host.store.profile_directory().await?;
+        for entry in directory {
+            if self.running.contains(&entry.profile) {
+                continue;
+            }
+            let started = self.start(&run, entry.user, entry.profile).await;
+            let reason = match started {
+                Ok(Some(launched)) => {
+                    tracing::info!(profile_id = %entry.profile, symbol = %launched.member.symbol, "profile started");
+                    run.bus.register(launched.info);
+                    // The market ends only after the loops' owner stops: it still receives.
+                    let _ = run.joining.send(launched.member);
+                    run.loops.add(launched.loops);
+                    self.running.insert(entry.profile);
+                    self.waiting.remove(&entry.profile);
+                    run.health
+                        .expect_profiles(self.running.len(), run.host.metrics);
+                    continue;
+                }
+                Ok(None) => format!(
+                    "its risk limits allow none of the demo market's symbols ({})",
+                    market_symbols().join(", ")
+                ),
+                Err(error) => format!("{error:#}"),
+            };
+            if self.waiting.get(&entry.profile) != Some(&reason) {
+                tracing::info!(profile_id = %entry.profile, %reason, "profile not started");
+                self.waiting.insert(entry.profile, reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile launched on the first market symbol its limits allow, or `None`.
+    async fn start(
+        &self,
+        run: &RosterRun<'_>,
+        user: UserId,
+        profile: ProfileId,
+    ) -> anyhow::Result<Option<Launched>> {
+        let stored = stored_profile(run.host.store, user, profile).await?;
+        let allowed = stored
+            .row
+            .risk_limits
+            .as_ref()
+            .map(|limits| limits.symbols_allowed.clone())
+            .unwrap_or_default();
+        let Some(symbol) = market_symbols()
+            .into_iter()
+            .find(|s| allowed.iter().any(|a| a.as_str() == s))
+        else {
+            return Ok(None);
+        };
+        let example = &DEMO_PROFILES[0];
+        let defaults = Defaults {
+            name: stored.row.name.clone(),
+            plugin: example.plugin,
+            config: example.config,
+            symbol: Symbol::new(&symbol)?,
+        };
+        launch(run.host, defaults, stored, user, profile)
+            .await
+            .map(Some)
+    }
+}
+
+/// The symbols the demo market makes candles for.
+fn market_symbols() -> Vec<String> {
+    sim_symbols()
+        .into_iter()
+        .map(|(rules, _)| rules.symbol.to_string())
+        .collect()
 }
 
 /// How long the token the demo prints stays valid.
@@ -464,24 +582,88 @@ fn restore_order(paper: &PaperExchange, order: &OrderRecord) -> anyhow::Result<(
     }
 }
 
-/// What every demo engine is built with.
+/// What every demo profile is started with.
 #[derive(Clone, Copy)]
 struct Collaborators<'a> {
     store: &'a Store,
-    paper: &'a Arc<PaperExchange>,
     plugins: &'a PluginEngine,
     clock: &'a Arc<VirtualClock>,
     metrics: &'a Arc<Metrics>,
     switches: &'a Arc<HostSwitches>,
+    control: &'a LoopControl,
+    plugins_dir: &'a Path,
+}
+
+/// How a profile starts when no plugin is bound to it: an example plugin with its settings, on
+/// one symbol of the demo market.
+struct Defaults {
+    name: String,
+    plugin: &'static str,
+    config: &'static [(&'static str, &'static str)],
+    symbol: Symbol,
+}
+
+/// A started profile: its loops' inputs, its place in the market and its dashboard card.
+struct Launched {
+    loops: ProfileLoops,
+    member: MarketMember,
+    info: crate::live::ProfileInfo,
+}
+
+/// One profile in the market: its paper account sees every candle (fills and marks), its
+/// loops get its symbol's.
+struct MarketMember {
+    paper: Arc<PaperExchange>,
+    symbol: Symbol,
+    candles: mpsc::Sender<Candle>,
+}
+
+/// Builds a profile's paper account (restored from the store), engine and channels, and
+/// registers it with the API's loop control.
+async fn launch(
+    with: Collaborators<'_>,
+    defaults: Defaults,
+    stored: StoredProfile,
+    user: UserId,
+    profile: ProfileId,
+) -> anyhow::Result<Launched> {
+    let paper = restored_paper(with.store, user, profile, with.clock.now_ms()).await?;
+    let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
+    let events = paper.user_events().await?;
+    let (engine, swap, digest) = build_engine(&defaults, with, &paper, stored, profile).await?;
+    let commands = with
+        .control
+        .register(profile, Some(swap), with.clock.clone());
+    Ok(Launched {
+        loops: ProfileLoops {
+            engine,
+            candles,
+            events,
+            commands,
+        },
+        member: MarketMember {
+            paper,
+            symbol: defaults.symbol.clone(),
+            candles: candle_tx,
+        },
+        info: crate::live::ProfileInfo {
+            profile,
+            user,
+            name: defaults.name,
+            plugin: defaults.plugin.to_owned(),
+            plugin_version: digest.to_string(),
+            symbols: vec![defaults.symbol],
+        },
+    })
 }
 
 /// The profile's engine, set as the store says: the plugin bound through the API (else the
-/// demo's example plugin), its risk rules and its switches. Returns the strategy's swap handle.
+/// default example plugin), its risk rules and its switches. Returns the strategy's swap handle.
 async fn build_engine(
-    spec: &DemoProfile,
-    args: &DemoArgs,
+    defaults: &Defaults,
     with: Collaborators<'_>,
-    user: UserId,
+    paper: &Arc<PaperExchange>,
+    stored: StoredProfile,
     profile: ProfileId,
 ) -> anyhow::Result<(ProfileEngine, SwapHandle, crate::runtime::PluginDigest)> {
     // The demo trades on its paper exchange: stored exchange credentials are not used.
@@ -489,20 +671,18 @@ async fn build_engine(
         row,
         binding,
         credentials: _,
-    } = stored_profile(with.store, user, profile)
-        .await
-        .with_context(|| format!("reading profile {}", spec.name))?;
+    } = stored;
     let (bytes, config, source) = match binding {
         Some(BoundPlugin { wasm, config, .. }) => (wasm, config, "the bound plugin".to_owned()),
         None => {
-            let path = args.plugins_dir.join(spec.plugin);
+            let path = with.plugins_dir.join(defaults.plugin);
             let bytes = std::fs::read(&path).with_context(|| {
                 format!(
                     "reading plugin {}: build the example plugins first with scripts/build-plugins",
                     path.display()
                 )
             })?;
-            let config = spec
+            let config = defaults
                 .config
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -517,17 +697,17 @@ async fn build_engine(
     let strategy = with
         .plugins
         .start(&version, setup)
-        .map_err(|fault| anyhow::anyhow!("starting {source} for {}: {fault}", spec.name))?;
+        .map_err(|fault| anyhow::anyhow!("starting {source} for {}: {fault}", defaults.name))?;
     let swap = strategy.swap_handle();
-    let exchange: Arc<dyn Exchange> = with.paper.clone();
+    let exchange: Arc<dyn Exchange> = paper.clone();
     let limits = match row.risk_limits {
         Some(limits) => limits,
-        None => RiskLimits::conservative([Symbol::new(spec.symbol)?]),
+        None => RiskLimits::conservative([defaults.symbol.clone()]),
     };
     let mut engine = ProfileEngine::new(
         ProfileSpec {
             profile,
-            user,
+            user: row.user,
             limits,
         },
         EngineConfig::default(),
@@ -572,8 +752,9 @@ pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
 }
 
 struct MarketRun {
-    papers: Vec<Arc<PaperExchange>>,
-    candle_txs: Vec<(Symbol, mpsc::Sender<Candle>)>,
+    members: Vec<MarketMember>,
+    /// Profiles started after the market: they join at the next candle.
+    joining: mpsc::UnboundedReceiver<MarketMember>,
     clock: Arc<VirtualClock>,
     speed_ms: u64,
     state: DemoState,
@@ -595,18 +776,21 @@ async fn run_market(mut run: MarketRun) -> anyhow::Result<()> {
             _ = run.stop.wait_for(|stopped| *stopped) => return Ok(()),
             _ = tick.tick() => {}
         }
+        while let Ok(member) = run.joining.try_recv() {
+            run.members.push(member);
+        }
         let open_ms = run.state.next_open_time_ms;
         let span = (open_ms, open_ms + CANDLE_MS);
         let candles = source.next(span).context("the random walk never ends")?;
         run.clock.advance_to(span.1);
         for candle in &candles {
-            for paper in &run.papers {
-                paper.feed_candle(candle).await?;
+            for member in &run.members {
+                member.paper.feed_candle(candle).await?;
             }
-            for (symbol, tx) in &run.candle_txs {
-                if symbol == &candle.symbol {
+            for member in &run.members {
+                if member.symbol == candle.symbol {
                     // A closed receiver means its profile task ended; the loops report that.
-                    let _ = tx.send(candle.clone()).await;
+                    let _ = member.candles.send(candle.clone()).await;
                 }
             }
         }

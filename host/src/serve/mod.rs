@@ -201,6 +201,9 @@ pub struct ProfileLoops {
 pub struct Loops {
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: watch::Sender<bool>,
+    config: LoopConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<LoopHealth>,
 }
 
 impl Loops {
@@ -213,22 +216,35 @@ impl Loops {
     ) -> Loops {
         metrics.ready.set(0);
         let (shutdown, _) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+        let mut loops = Loops {
+            tasks: JoinSet::new(),
+            shutdown,
+            config,
+            metrics,
+            health,
+        };
         for profile in profiles {
-            let engine = &profile.engine;
-            let task = ProfileTask {
-                config,
-                metrics: metrics.clone(),
-                health: health.clone(),
-                shutdown: shutdown.subscribe(),
-                feed: health
-                    .live
-                    .get()
-                    .map(|bus| bus.feed(engine.profile(), engine.user())),
-            };
-            tasks.spawn(task.run(profile));
+            loops.add(profile);
         }
-        Loops { tasks, shutdown }
+        loops
+    }
+
+    /// Starts one more profile's task beside the running ones; it recovers before its first
+    /// decision. Readiness counts it once [`LoopHealth::expect_profiles`] is told.
+    pub fn add(&mut self, profile: ProfileLoops) {
+        let engine = &profile.engine;
+        let task = ProfileTask {
+            config: self.config,
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            shutdown: self.shutdown.subscribe(),
+            feed: self
+                .health
+                .live
+                .get()
+                .map(|bus| bus.feed(engine.profile(), engine.user())),
+        };
+        self.tasks.spawn(task.run(profile));
     }
 
     /// Asks every task to stop after its current step and waits for them.

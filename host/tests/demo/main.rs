@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 mod logs;
+mod roster;
 
 /// How long the demo may take to become ready or to reach a condition, generously: the
 /// machine is shared with other builds.
