@@ -63,4 +63,9 @@ pub trait ProfileControl: Send + Sync {
 
     /// Whether the host-wide kill switch is engaged.
     fn host_kill(&self) -> bool;
+
+    /// The profile's exchange credentials were stored, replaced or removed through this
+    /// process. A host whose store cannot tell it (SQLite) re-reads the profile's settings and
+    /// moves a running profile to the account they name.
+    fn credentials_stored(&self, profile: ProfileId);
 }

@@ -67,6 +67,10 @@ pub trait ProfileStarter: Send + Sync {
 
     /// The host switches every engine it builds reads.
     fn switches(&self) -> &HostSwitches;
+
+    /// Profiles whose exchange credentials were changed through this process's API: how a
+    /// store without notifications (SQLite) learns of it.
+    fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId>;
 }
 
 /// What re-reading a running profile's settings asks of the cluster.
@@ -189,14 +193,15 @@ impl Cluster {
     }
 
     /// Notifications (PostgreSQL): directory changes, coalesced into one pending wake-up at
-    /// most, and the ids of profiles whose settings changed, each delivered. Without them
-    /// (SQLite, one instance: the API applies changes to its own loops; or LISTEN failing) the
-    /// periodic scan finds directory changes and settings are read at the next start.
+    /// most, and the ids of profiles whose settings changed, each delivered. On SQLite (one
+    /// instance) the API applies switches, limits and bindings to its own loops, and tells of
+    /// credentials changes through the starter; the periodic scan finds directory changes. If
+    /// LISTEN fails, settings are read at the next start.
     async fn listen(&self) -> (mpsc::Receiver<()>, mpsc::UnboundedReceiver<ProfileId>) {
         let (tx, rx) = mpsc::channel(1);
         let (settings_tx, settings_rx) = mpsc::unbounded_channel();
         let Some(pool) = self.store.pg_pool() else {
-            return (rx, settings_rx);
+            return (rx, self.starter.credentials_changes());
         };
         let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
             Ok(listener) => listener,

@@ -421,6 +421,10 @@ impl ProfileStarter for Starter {
         &self.switches
     }
 
+    fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
+        self.control.credentials_changes()
+    }
+
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use keel_kernel::engine::{Clock, HostSwitches, ProfileEngine};
 use keel_kernel::ids::ProfileId;
@@ -64,6 +64,8 @@ impl RunningPlugin {
 pub struct LoopControl {
     switches: Arc<HostSwitches>,
     profiles: RwLock<HashMap<ProfileId, Registered>>,
+    /// Where [`ProfileControl::credentials_stored`] tells of a change, once someone listens.
+    credentials: Mutex<Option<mpsc::UnboundedSender<ProfileId>>>,
 }
 
 impl LoopControl {
@@ -72,7 +74,16 @@ impl LoopControl {
         LoopControl {
             switches,
             profiles: RwLock::new(HashMap::new()),
+            credentials: Mutex::new(None),
         }
+    }
+
+    /// The profiles whose credentials are stored, replaced or removed through this process
+    /// from now on (a later call takes them over).
+    pub fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.credentials.lock().expect("lock poisoned") = Some(tx);
+        rx
     }
 
     /// Registers a profile before its loop starts; the receiver goes into its
@@ -198,5 +209,12 @@ impl ProfileControl for LoopControl {
 
     fn host_kill(&self) -> bool {
         self.switches.kill.load(Ordering::Acquire)
+    }
+
+    fn credentials_stored(&self, profile: ProfileId) {
+        if let Some(changes) = &*self.credentials.lock().expect("lock poisoned") {
+            // Nobody listening any more (the host is stopping) is no error.
+            let _ = changes.send(profile);
+        }
     }
 }

@@ -162,54 +162,13 @@ impl World {
 
     /// Writes the configuration of instance `name` running `plugin` with `config` pairs.
     pub fn config_file(&self, name: &str, plugin_file: &str, pairs: &[(&str, &str)]) -> PathBuf {
-        let pairs: Vec<String> = pairs
-            .iter()
-            .map(|(k, v)| format!("{k} = \"{v}\""))
-            .collect();
-        let text = format!(
-            r#"
-[database]
-url = "{url}"
-admin_url = "{admin_url}"
-connections_max = 4
-
-[api]
-listen = "127.0.0.1:0"
-jwt_secret = "cluster-test-secret-cluster-test-secret"
-
-[exchange]
-kind = "binance"
-rest_url = "http://{addr}"
-ws_url = "ws://{addr}"
-api_key = "keel-sim-key"
-api_secret = "keel-sim-secret"
-
-[instance]
-id = "{name}"
-lease_ttl_ms = {LEASE_TTL_MS}
-lease_renew_ms = {LEASE_RENEW_MS}
-
-[loops]
-reconcile_interval_ms = 500
-
-[engine]
-entry_lock_ttl_ms = 3000
-unknown_resolve_after_ms = 6000
-
-[strategy]
-plugin = "{plugin}"
-symbols = ["BTCUSDT"]
-interval = "1s"
-config = {{ {pairs} }}
-"#,
-            url = url_with(&self.server_url, HOST_ROLE, &self.db.name),
-            admin_url = url_with(&self.server_url, OWNER_ROLE, &self.db.name),
-            addr = self.sim.addr,
-            plugin = plugin(plugin_file).display(),
-            pairs = pairs.join(", "),
+        let database = format!(
+            "url = \"{}\"\nadmin_url = \"{}\"",
+            url_with(&self.server_url, HOST_ROLE, &self.db.name),
+            url_with(&self.server_url, OWNER_ROLE, &self.db.name),
         );
         let path = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
+        write_config(&path, name, &database, &self.sim, plugin_file, pairs);
         path
     }
 
@@ -353,6 +312,63 @@ enum Unresolved {
 /// The `KEEL_CREDENTIALS_KEY` every test instance runs with.
 pub const CREDENTIALS_KEY_HEX: &str =
     "1111111111111111111111111111111111111111111111111111111111111111";
+
+/// Writes the configuration of instance `name`: the `[database]` lines given, the simulator as
+/// its exchange (the host's key `keel-sim-key`), `plugin_file` with `pairs` on BTCUSDT candles
+/// of one second.
+pub fn write_config(
+    path: &Path,
+    name: &str,
+    database: &str,
+    sim: &Sim,
+    plugin_file: &str,
+    pairs: &[(&str, &str)],
+) {
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\""))
+        .collect();
+    let text = format!(
+        r#"
+[database]
+{database}
+connections_max = 4
+
+[api]
+listen = "127.0.0.1:0"
+jwt_secret = "cluster-test-secret-cluster-test-secret"
+
+[exchange]
+kind = "binance"
+rest_url = "http://{addr}"
+ws_url = "ws://{addr}"
+api_key = "keel-sim-key"
+api_secret = "keel-sim-secret"
+
+[instance]
+id = "{name}"
+lease_ttl_ms = {LEASE_TTL_MS}
+lease_renew_ms = {LEASE_RENEW_MS}
+
+[loops]
+reconcile_interval_ms = 500
+
+[engine]
+entry_lock_ttl_ms = 3000
+unknown_resolve_after_ms = 6000
+
+[strategy]
+plugin = "{plugin}"
+symbols = ["BTCUSDT"]
+interval = "1s"
+config = {{ {pairs} }}
+"#,
+        addr = sim.addr,
+        plugin = plugin(plugin_file).display(),
+        pairs = pairs.join(", "),
+    );
+    std::fs::write(path, text).unwrap();
+}
 
 /// A running `keel serve`.
 pub struct Serve {

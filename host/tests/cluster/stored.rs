@@ -9,7 +9,10 @@ use keel_host::runtime::PluginDigest;
 use keel_kernel::store::{NewPlugin, TenantTx};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{CREDENTIALS_KEY_HEX, Serve, WAIT_MAX, World, now_secs, plugin, wait_for};
+use crate::harness::{
+    CAPITAL, CREDENTIALS_KEY_HEX, Serve, Sim, WAIT_MAX, World, now_secs, plugin, wait_for,
+    write_config,
+};
 use crate::scenarios::BUSY_STRATEGY;
 
 /// The `api.jwt_secret` of the test configurations.
@@ -201,4 +204,84 @@ async fn a_profile_trades_on_the_account_its_owners_credentials_name() {
     let (status, log) = one.stop().await;
     assert!(status.success(), "{log:#?}");
     world.drop_db().await;
+}
+
+/// On SQLite (one instance, no notifications) credentials stored, replaced or removed through
+/// the instance's own API move the running profile to the account they name at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_credentials_changed_through_the_api_move_the_running_profile() {
+    use keel_kernel::ids::UserId;
+    use keel_kernel::money::Amount;
+    use keel_kernel::store::Store;
+
+    let sim = Sim::start(29, &["--key", "owner-key:owner-secret"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("keel.db");
+    let store = Store::open_sqlite(&db_path).await.unwrap();
+    let user = UserId::new_random();
+    let tenant = store.tenant(user);
+    let profile = tenant.create_profile("on-sqlite").await.unwrap();
+    let capital = rust_decimal::Decimal::from(CAPITAL);
+    tenant
+        .allocate(profile, Amount::positive(capital).unwrap())
+        .await
+        .unwrap();
+    store.close().await;
+    let config = dir.path().join("lite.toml");
+    let database = format!("url = \"sqlite:{}\"", db_path.display());
+    write_config(
+        &config,
+        "lite",
+        &database,
+        &sim,
+        "sma_cross.wasm",
+        &BUSY_STRATEGY,
+    );
+    let one = Serve::start("lite", &config).await;
+
+    let token = JwtKeys::new(JWT_SECRET)
+        .unwrap()
+        .mint(user, false, now_secs(), 600);
+    let credentials = format!("{}/api/v1/profiles/{profile}/credentials", one.base);
+    let client = reqwest::Client::new();
+    let orders_by = |key: &'static str| {
+        let sim = &sim;
+        async move { sim.placed_by().await.values().filter(|k| *k == key).count() }
+    };
+    wait_for("an order on the host's account", || async {
+        orders_by("keel-sim-key").await > 0
+    })
+    .await;
+
+    let body = serde_json::json!({
+        "exchange": "binance-usdm", "api_key": "owner-key", "api_secret": "owner-secret",
+    });
+    let response = client
+        .put(&credentials)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    wait_for("an order on the owner's account", || async {
+        orders_by("owner-key").await > 0
+    })
+    .await;
+
+    let response = client
+        .delete(&credentials)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let on_host_before = orders_by("keel-sim-key").await;
+    wait_for("an order on the host's account again", || async {
+        orders_by("keel-sim-key").await > on_host_before
+    })
+    .await;
+
+    let (status, log) = one.stop().await;
+    assert!(status.success(), "{log:#?}");
 }
