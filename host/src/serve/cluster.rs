@@ -71,6 +71,10 @@ pub trait ProfileStarter: Send + Sync {
     /// Profiles whose exchange credentials were changed through this process's API: how a
     /// store without notifications (SQLite) learns of it.
     fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId>;
+
+    /// The profile's loops ended in this process (stopped, moved or failed): forget what was
+    /// kept for them.
+    fn stopped(&self, profile: ProfileId);
 }
 
 /// What re-reading a running profile's settings asks of the cluster.
@@ -413,6 +417,7 @@ impl Cluster {
             Err(error) => tracing::error!(profile_id = %profile, %error, "profile task panicked"),
         }
         self.health.forget(profile);
+        self.starter.stopped(profile);
         if let Err(error) = self.store.locks().release(&lease).await {
             // It expires by itself after its TTL.
             tracing::warn!(profile_id = %profile, %error, "releasing the profile lease failed");

@@ -425,6 +425,14 @@ impl ProfileStarter for Starter {
         self.control.credentials_changes()
     }
 
+    fn stopped(&self, profile: ProfileId) {
+        self.accounts
+            .lock()
+            .expect("lock poisoned")
+            .remove(&profile);
+        self.control.forget(profile);
+    }
+
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;

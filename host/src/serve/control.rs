@@ -111,6 +111,18 @@ impl LoopControl {
         receiver
     }
 
+    /// Forgets a profile whose loop has ended (its command receiver dropped); a profile whose
+    /// loop runs stays registered.
+    pub fn forget(&self, profile: ProfileId) {
+        let mut profiles = self.profiles.write().expect("lock poisoned");
+        if profiles
+            .get(&profile)
+            .is_some_and(|r| r.commands.is_closed())
+        {
+            profiles.remove(&profile);
+        }
+    }
+
     /// Records what the profile's strategy runs, to tell later whether its stored binding
     /// asks for something else.
     pub fn set_running(&self, profile: ProfileId, running: RunningPlugin) {
@@ -216,5 +228,33 @@ impl ProfileControl for LoopControl {
             // Nobody listening any more (the host is stopping) is no error.
             let _ = changes.send(profile);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_kernel::engine::VirtualClock;
+
+    use super::*;
+
+    #[test]
+    fn a_profile_is_forgotten_only_once_its_loop_has_ended() {
+        let control = LoopControl::new(Arc::new(HostSwitches::default()));
+        let profile = ProfileId::new_random();
+        let clock = Arc::new(VirtualClock::new(0));
+        let commands = control.register(profile, None, clock.clone());
+        control.forget(profile);
+        assert!(
+            control.is_running(profile),
+            "a running loop stays registered"
+        );
+        drop(commands);
+        assert!(!control.is_running(profile));
+        assert!(control.clock(profile).is_some(), "kept until forgotten");
+        control.forget(profile);
+        assert!(control.clock(profile).is_none());
+        // Taken again later, it registers afresh.
+        let _commands = control.register(profile, None, clock);
+        assert!(control.is_running(profile));
     }
 }
