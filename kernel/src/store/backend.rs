@@ -40,6 +40,26 @@ macro_rules! with_tx {
 }
 pub(crate) use with_tx;
 
+/// [`with_tx!`] for a statement run on the pool, outside a transaction: `$p` is the pool of
+/// either backend, `$b` that backend's helpers.
+macro_rules! with_pool {
+    ($pool:expr, $p:ident, $b:ident => $body:block) => {
+        match $pool {
+            $crate::store::Pool::Pg($p) => {
+                #[allow(unused_imports)]
+                use $crate::store::backend::pg as $b;
+                $body
+            }
+            $crate::store::Pool::Lite($p) => {
+                #[allow(unused_imports)]
+                use $crate::store::backend::lite as $b;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
 /// PostgreSQL: money is `NUMERIC(30, 8)`, time is the server's `clock_timestamp()`.
 pub(crate) mod pg {
     use rust_decimal::Decimal;

@@ -5,8 +5,8 @@
 use crate::ids::{Fence, ProfileId, UserId};
 use crate::lock::{Lease, LockKey, LockKind};
 
-use super::backend::{RowExt, lite};
-use super::{Constraint, Pool, Store, StoreError};
+use super::backend::{RowExt, lite, with_pool};
+use super::{Constraint, Store, StoreError};
 
 /// The PostgreSQL channel on which a change of the profile directory is announced; the payload
 /// is the profile id.
@@ -97,22 +97,10 @@ impl Store {
     pub async fn profile_directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
         let sql = "SELECT profile_id, user_id FROM profile_directory \
                    ORDER BY created_at_ms, profile_id LIMIT $1";
-        let entries = match self.pool() {
-            Pool::Pg(pool) => {
-                let rows = sqlx::query(sql)
-                    .bind(DIRECTORY_ROWS_MAX + 1)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?
-            }
-            Pool::Lite(pool) => {
-                let rows = sqlx::query(sql)
-                    .bind(DIRECTORY_ROWS_MAX + 1)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?
-            }
-        };
+        let entries = with_pool!(self.pool(), pool, b => {
+            let rows = sqlx::query(sql).bind(DIRECTORY_ROWS_MAX + 1).fetch_all(pool).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?
+        });
         if entries.len() as i64 > DIRECTORY_ROWS_MAX {
             return Err(StoreError::Corrupt(format!(
                 "the profile directory lists more than {DIRECTORY_ROWS_MAX} profiles"

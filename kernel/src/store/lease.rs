@@ -8,7 +8,7 @@ use sqlx::Row;
 use crate::ids::Fence;
 use crate::lock::{self, Lease, LockError, LockKey, LockKind, OwnerToken};
 
-use super::backend::{Tx, lite, pg};
+use super::backend::{Tx, lite, pg, with_pool};
 use super::stats::LockGrant;
 use super::{Pool, Store, StoreError, StoreStats, TenantTx};
 
@@ -66,22 +66,9 @@ impl<'s> Locks<'s> {
                 kind.table()
             )
         };
-        let count: i64 = match self.store.pool() {
-            Pool::Pg(pool) => {
-                let text = sql(pg::NOW_MS);
-                sqlx::query_scalar(&text)
-                    .bind(prefix)
-                    .fetch_one(pool)
-                    .await?
-            }
-            Pool::Lite(pool) => {
-                let text = sql(lite::NOW_MS);
-                sqlx::query_scalar(&text)
-                    .bind(prefix)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
+        let count: i64 = with_pool!(self.store.pool(), pool, b => {
+            sqlx::query_scalar(&sql(b::NOW_MS)).bind(prefix).fetch_one(pool).await?
+        });
         Ok(usize::try_from(count).unwrap_or(0))
     }
 
@@ -97,24 +84,12 @@ impl<'s> Locks<'s> {
             )
         };
         let (key, owner, fence) = (lease.key.as_str(), lease.owner.as_uuid(), lease.fence.0);
-        let row = match self.store.pool() {
-            Pool::Pg(pool) => {
-                let text = sql(pg::NOW_MS);
-                let q = sqlx::query(&text).bind(key).bind(owner).bind(fence);
-                q.bind(ttl_ms)
-                    .fetch_optional(pool)
-                    .await?
-                    .map(|r| r.try_get(0))
-            }
-            Pool::Lite(pool) => {
-                let text = sql(lite::NOW_MS);
-                let q = sqlx::query(&text).bind(key).bind(owner).bind(fence);
-                q.bind(ttl_ms)
-                    .fetch_optional(pool)
-                    .await?
-                    .map(|r| r.try_get(0))
-            }
-        };
+        let row = with_pool!(self.store.pool(), pool, b => {
+            sqlx::query(&sql(b::NOW_MS))
+                .bind(key).bind(owner).bind(fence).bind(ttl_ms)
+                .fetch_optional(pool).await?
+                .map(|r| r.try_get(0))
+        });
         match row.transpose()? {
             Some(expires_at_ms) => Ok(Lease {
                 expires_at_ms,
@@ -139,16 +114,10 @@ impl<'s> Locks<'s> {
             lease.kind.table()
         );
         let (key, owner, fence) = (lease.key.as_str(), lease.owner.as_uuid(), lease.fence.0);
-        let affected = match self.store.pool() {
-            Pool::Pg(pool) => {
-                let q = sqlx::query(&sql).bind(key).bind(owner).bind(fence);
-                q.execute(pool).await?.rows_affected()
-            }
-            Pool::Lite(pool) => {
-                let q = sqlx::query(&sql).bind(key).bind(owner).bind(fence);
-                q.execute(pool).await?.rows_affected()
-            }
-        };
+        let affected = with_pool!(self.store.pool(), pool, b => {
+            sqlx::query(&sql).bind(key).bind(owner).bind(fence)
+                .execute(pool).await?.rows_affected()
+        });
         Ok(affected == 1)
     }
 }

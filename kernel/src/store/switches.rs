@@ -1,8 +1,8 @@
 //! The host-wide kill switch, one row shared by every instance on the database
 //! (`host_switches`, migration 0007).
 
-use super::backend::{lite, pg};
-use super::{Operator, Pool, Store, StoreError};
+use super::backend::with_pool;
+use super::{Operator, Store, StoreError};
 
 /// The channel on which PostgreSQL announces a change of the host switches (migration 0007).
 pub const HOST_CHANNEL: &str = "keel_host_switches";
@@ -20,10 +20,9 @@ impl Store {
     /// The host switches an operator set (through any instance).
     pub async fn host_switches(&self) -> Result<HostSwitchesRow, StoreError> {
         let sql = "SELECT kill, updated_at_ms FROM host_switches WHERE id = 1";
-        let (kill, updated_at_ms) = match self.pool() {
-            Pool::Pg(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
-            Pool::Lite(pool) => sqlx::query_as(sql).fetch_one(pool).await?,
-        };
+        let (kill, updated_at_ms) = with_pool!(self.pool(), pool, b => {
+            sqlx::query_as(sql).fetch_one(pool).await?
+        });
         Ok(HostSwitchesRow {
             kill,
             updated_at_ms,
@@ -41,18 +40,9 @@ impl Operator<'_> {
             )
         };
         let operator = self.operator.as_uuid();
-        match self.store.pool() {
-            Pool::Pg(pool) => {
-                let text = sql(pg::NOW_MS);
-                let q = sqlx::query(&text).bind(engaged).bind(operator);
-                q.execute(pool).await?;
-            }
-            Pool::Lite(pool) => {
-                let text = sql(lite::NOW_MS);
-                let q = sqlx::query(&text).bind(engaged).bind(operator);
-                q.execute(pool).await?;
-            }
-        }
+        with_pool!(self.store.pool(), pool, b => {
+            sqlx::query(&sql(b::NOW_MS)).bind(engaged).bind(operator).execute(pool).await?;
+        });
         Ok(())
     }
 }
