@@ -178,3 +178,48 @@ async fn a_plugin_fault_pauses_entries_for_that_profile() {
     let next = h.step(&candle(2, 100.0, 100.0)).await;
     assert_eq!(next.orders_sent.len(), 1);
 }
+
+/// The book is the engine's cache of the store: after every step of entries, fills, exits and
+/// a refused second entry, its capital, positions and open orders are the store's.
+#[tokio::test]
+async fn the_book_mirrors_the_store_after_every_step() {
+    let strategy = Scripted::default()
+        .at(1, vec![buy(500.0)])
+        .at(3, vec![buy(500.0)])
+        .at(4, vec![close_all()])
+        .at(6, vec![buy(300.0)])
+        .at(8, vec![close_all()]);
+    let mut h = Harness::new(strategy).await;
+    let prices = [
+        100.0, 101.0, 103.0, 99.0, 97.0, 102.0, 104.0, 108.0, 105.0, 100.0, 99.0,
+    ];
+    for (minute, close) in prices.into_iter().enumerate() {
+        let minute = i64::try_from(minute).unwrap();
+        h.step(&candle(minute, close, close)).await;
+        let tenant = h.store.tenant(h.user);
+        let profile = h.engine.profile();
+        let book = h.engine.book();
+        assert_eq!(
+            book.capital,
+            tenant.capital(profile).await.unwrap(),
+            "capital after step {minute}"
+        );
+        let positions: Vec<_> = book.positions.values().cloned().collect();
+        assert_eq!(
+            positions,
+            tenant.positions(profile).await.unwrap(),
+            "positions after step {minute}"
+        );
+        let open: Vec<_> = book.open_orders.values().cloned().collect();
+        let mut stored = tenant.open_orders(profile).await.unwrap();
+        stored.sort_by(|a, b| a.client_order_id.cmp(&b.client_order_id));
+        assert_eq!(open, stored, "open orders after step {minute}");
+    }
+    let fills = h
+        .store
+        .tenant(h.user)
+        .capital(h.engine.profile())
+        .await
+        .unwrap();
+    assert_ne!(fills.realized_pnl, Decimal::ZERO, "the script traded");
+}

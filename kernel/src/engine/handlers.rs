@@ -8,6 +8,7 @@
 use crate::crash;
 use crate::exchange::{Fill, OrderReport, OrderRequest, PlaceOutcome, UserEvent};
 use crate::ids::{ClientOrderId, IntentKind};
+use crate::ledger::Capital;
 use crate::lifecycle::{FillOutcome, FillReport, OrderRecord, StatusOutcome, WriteAhead};
 use crate::order::OrderStatus;
 use crate::store::StoreError;
@@ -207,7 +208,10 @@ impl ProfileEngine {
     }
 
     /// Updates the book after an order changed, and lets go of its entry lock once the exchange
-    /// has answered for it.
+    /// has answered for it. An order now PENDING_SUBMIT, NEW or UNKNOWN got there by a write of
+    /// its status alone (the write-ahead's reservation is re-read by the entry path itself), so
+    /// capital and positions are as the book holds them; after a fill or a release both are
+    /// re-read, in one transaction.
     async fn after_order_change(&mut self, order: OrderRecord) -> Result<(), EngineError> {
         let id = order.client_order_id.clone();
         let answered = !matches!(
@@ -220,15 +224,22 @@ impl ProfileEngine {
                 self.release_lease(&lease).await;
             }
         }
+        let status_only = matches!(
+            order.status,
+            OrderStatus::PendingSubmit | OrderStatus::New | OrderStatus::Unknown
+        );
         let symbol = order.symbol.clone();
         self.update_book_order(order);
-        let position = self
-            .store
-            .tenant(self.spec.user)
-            .position(self.spec.profile, &symbol)
-            .await?;
+        if status_only {
+            return Ok(());
+        }
+        let mut tx = self.store.tenant(self.spec.user).begin().await?;
+        let position = tx.position(self.spec.profile, &symbol).await?;
+        let capital = tx.capital(self.spec.profile).await?;
+        tx.commit().await?;
         self.book.update_position(&symbol, position);
-        self.refresh_capital().await
+        self.set_capital(capital);
+        Ok(())
     }
 
     pub(super) async fn refresh_capital(&mut self) -> Result<(), EngineError> {
@@ -237,6 +248,12 @@ impl ProfileEngine {
             .tenant(self.spec.user)
             .capital(self.spec.profile)
             .await?;
+        self.set_capital(capital);
+        Ok(())
+    }
+
+    /// The capital row as last read, in the book and in `keel_capital_free_quote`.
+    fn set_capital(&mut self, capital: Capital) {
         self.book.update_capital(capital);
         let label = self.metrics.profile_label(self.spec.profile);
         let free = rust_decimal::prelude::ToPrimitive::to_f64(&capital.free()).unwrap_or(0.0);
@@ -244,7 +261,6 @@ impl ProfileEngine {
             .capital_free_quote
             .with_label_values(&[&label])
             .set(free);
-        Ok(())
     }
 
     /// Records a fill in its own transaction, passing the crash points around its commit.
