@@ -327,7 +327,12 @@ struct Roster {
     running: std::collections::HashSet<ProfileId>,
     /// Profiles not started, with the reason last logged.
     waiting: std::collections::HashMap<ProfileId, String>,
+    /// Profiles whose start failed, and when to try again.
+    retry_at: std::collections::HashMap<ProfileId, std::time::Instant>,
 }
+
+/// How long a profile whose start failed waits before the next attempt.
+const ROSTER_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// What a roster pass starts profiles into.
 struct RosterRun<'a> {
@@ -345,7 +350,11 @@ impl Roster {
     async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
         let directory = run.host.store.profile_directory().await?;
         for entry in directory {
-            if self.running.contains(&entry.profile) {
+            let retry_later = self
+                .retry_at
+                .get(&entry.profile)
+                .is_some_and(|at| std::time::Instant::now() < *at);
+            if self.running.contains(&entry.profile) || retry_later {
                 continue;
             }
             let started = self.start(&run, entry.user, entry.profile).await;
@@ -358,15 +367,24 @@ impl Roster {
                     run.loops.add(launched.loops);
                     self.running.insert(entry.profile);
                     self.waiting.remove(&entry.profile);
+                    self.retry_at.remove(&entry.profile);
                     run.health
                         .expect_profiles(self.running.len(), run.host.metrics);
                     continue;
                 }
-                Ok(None) => format!(
-                    "its risk limits allow none of the demo market's symbols ({})",
-                    market_symbols().join(", ")
-                ),
-                Err(error) => format!("{error:#}"),
+                Ok(None) => {
+                    let symbols: Vec<String> =
+                        market_symbols().iter().map(Symbol::to_string).collect();
+                    format!(
+                        "its risk limits allow none of the demo market's symbols ({})",
+                        symbols.join(", ")
+                    )
+                }
+                Err(error) => {
+                    let at = std::time::Instant::now() + ROSTER_RETRY_AFTER;
+                    self.retry_at.insert(entry.profile, at);
+                    format!("{error:#}")
+                }
             };
             if self.waiting.get(&entry.profile) != Some(&reason) {
                 tracing::info!(profile_id = %entry.profile, %reason, "profile not started");
@@ -390,10 +408,7 @@ impl Roster {
             .as_ref()
             .map(|limits| limits.symbols_allowed.clone())
             .unwrap_or_default();
-        let Some(symbol) = market_symbols()
-            .into_iter()
-            .find(|s| allowed.iter().any(|a| a.as_str() == s))
-        else {
+        let Some(symbol) = market_symbols().into_iter().find(|s| allowed.contains(s)) else {
             return Ok(None);
         };
         let example = &DEMO_PROFILES[0];
@@ -401,7 +416,7 @@ impl Roster {
             name: stored.row.name.clone(),
             plugin: example.plugin,
             config: example.config,
-            symbol: Symbol::new(&symbol)?,
+            symbol,
         };
         launch(run.host, defaults, stored, user, profile)
             .await
@@ -410,10 +425,10 @@ impl Roster {
 }
 
 /// The symbols the demo market makes candles for.
-fn market_symbols() -> Vec<String> {
+fn market_symbols() -> Vec<Symbol> {
     sim_symbols()
         .into_iter()
-        .map(|(rules, _)| rules.symbol.to_string())
+        .map(|(rules, _)| rules.symbol)
         .collect()
 }
 
