@@ -120,7 +120,8 @@ impl ProfileEngine {
             // Not this profile's order (or not this tenant's): nothing to apply here.
             return Ok(());
         };
-        if report.executed_qty > stored.filled_qty {
+        let behind = report.executed_qty > stored.filled_qty;
+        if behind {
             let fills = self
                 .exchange
                 .fills(&report.symbol, &report.client_order_id)
@@ -152,7 +153,10 @@ impl ProfileEngine {
         };
         match outcome {
             Some(outcome) => self.note_status(outcome).await,
-            None => self.reload_order(&report.client_order_id).await,
+            // The fills fetched above moved the order on: read it again. Without them it is
+            // as read above.
+            None if behind => self.reload_order(&report.client_order_id).await,
+            None => self.after_order_change(stored).await,
         }
     }
 
