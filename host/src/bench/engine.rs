@@ -330,7 +330,7 @@ fn engine(
 /// order; `open_orders` answers from a prepared list and times itself.
 struct WireExchange {
     rules: Vec<SymbolRules>,
-    wired_at: Mutex<Option<Wired>>,
+    wired_at: Mutex<Option<Stamp>>,
     wire_bytes: Mutex<usize>,
     open: Vec<OrderReport>,
     answering: Mutex<Duration>,
@@ -347,7 +347,7 @@ impl WireExchange {
         }
     }
 
-    fn take_wired(&self) -> Option<Wired> {
+    fn take_wired(&self) -> Option<Stamp> {
         self.wired_at.lock().expect("lock poisoned").take()
     }
 
@@ -356,16 +356,17 @@ impl WireExchange {
     }
 }
 
-/// When an order's bytes existed: the wall clock, and the CPU time the process had used.
+/// A moment of a decision (its start, or its order's bytes existing): the wall clock, and the
+/// CPU time the process had used by then.
 #[derive(Clone, Copy)]
-struct Wired {
+struct Stamp {
     at: Instant,
     cpu: Duration,
 }
 
-impl Wired {
-    fn now() -> Wired {
-        Wired {
+impl Stamp {
+    fn now() -> Stamp {
+        Stamp {
             at: Instant::now(),
             cpu: process_cpu(),
         }
@@ -410,7 +411,7 @@ impl Exchange for WireExchange {
         query.push_str("&signature=");
         query.push_str(&signature);
         let bytes = query.into_bytes();
-        *self.wired_at.lock().expect("lock poisoned") = Some(Wired::now());
+        *self.wired_at.lock().expect("lock poisoned") = Some(Stamp::now());
         *self.wire_bytes.lock().expect("lock poisoned") = bytes.len();
         PlaceOutcome::Rejected {
             code: -2019,
@@ -598,7 +599,7 @@ async fn decision_to_wire(store: &Store, dir: &Path, decisions: u32) -> anyhow::
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for minute in 0..i64::from(WARM_UP_DECISIONS + decisions) {
         let candle = candle(&btc, minute, 100.0);
-        let started = Wired::now();
+        let started = Stamp::now();
         let outcome = engine.on_candle(&candle).await?;
         let wired = exchange
             .take_wired()
