@@ -357,7 +357,7 @@ impl Roster {
             if self.running.contains(&entry.profile) || retry_later {
                 continue;
             }
-            let started = self.start(&run, entry.user, entry.profile).await;
+            let started = Roster::start(&run, entry.user, entry.profile).await;
             let reason = match started {
                 Ok(Some(launched)) => {
                     tracing::info!(profile_id = %entry.profile, symbol = %launched.member.symbol, "profile started");
@@ -396,7 +396,6 @@ impl Roster {
 
     /// The profile launched on the first market symbol its limits allow, or `None`.
     async fn start(
-        &self,
         run: &RosterRun<'_>,
         user: UserId,
         profile: ProfileId,
