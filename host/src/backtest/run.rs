@@ -2,8 +2,9 @@
 //!
 //! The path is the live one: the Wasm runtime with the live fuel and memory budgets, the
 //! [`ProfileEngine`] (validation, risk rules, entry locks, write-ahead, lifecycle, ledger) over a
-//! SQLite store (in memory by default, see [`BacktestStore`]), and the paper exchange, whose market orders fill at the
-//! next candle's open, so a decision never sees its own fill price in advance.
+//! SQLite store (in memory and in the calling thread by default, see [`BacktestStore`]), and the
+//! paper exchange, whose market orders fill at the next candle's open, so a decision never sees
+//! its own fill price in advance.
 //!
 //! Risk limits of a backtest (see [`backtest_limits`]): only the backtested symbol, one entry's
 //! notional at most the capital, one position per symbol, leverage 1, a 5% limit-price band, no
@@ -43,15 +44,19 @@ const QTY_MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 /// Smallest order notional of the backtest instrument, as on Binance USDⓈ-M futures.
 const NOTIONAL_MIN: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
 
-/// Where a backtest keeps its kernel store. Both are SQLite with the live schema, constraints
-/// and queries; the report is the same byte for byte.
+/// Where a backtest keeps its kernel store. All are SQLite with the live schema, constraints
+/// and statements; the report is the same byte for byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BacktestStore {
-    /// A private in-memory database on one connection: nothing touches the disk.
+    /// A private in-memory database whose statements run in the backtest's own thread.
     #[default]
     Memory,
-    /// A database file in a temporary directory, written without fsync, deleted after the run.
+    /// A database file in a temporary directory, run in the backtest's thread, written without
+    /// fsync, deleted after the run.
     File,
+    /// A private in-memory database on sqlx's SQLite driver, as `keel serve` runs SQLite: each
+    /// statement is handed to the connection's worker thread and back.
+    Worker,
 }
 
 /// What to backtest.
@@ -232,12 +237,14 @@ impl Rig {
 
 async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<tempfile::TempDir>)> {
     match kind {
-        BacktestStore::Memory => Ok((Store::open_sqlite_memory().await?, None)),
+        BacktestStore::Memory => Ok((Store::open_sqlite_in_thread(None).await?, None)),
         BacktestStore::File => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let store = Store::open_sqlite_scratch(&dir.path().join("backtest.db")).await?;
+            let path = dir.path().join("backtest.db");
+            let store = Store::open_sqlite_in_thread(Some(&path)).await?;
             Ok((store, Some(dir)))
         }
+        BacktestStore::Worker => Ok((Store::open_sqlite_memory().await?, None)),
     }
 }
 

@@ -95,13 +95,15 @@ async fn a_higher_fee_costs_more_and_is_reported() {
 }
 
 #[tokio::test]
-async fn the_memory_and_file_stores_give_byte_identical_json() {
+async fn every_store_gives_byte_identical_json() {
     let memory = run_backtest(&spec("sma-cross", 10), false).await.unwrap();
-    let mut on_file = spec("sma-cross", 10);
-    on_file.store = BacktestStore::File;
-    let on_file = run_backtest(&on_file, false).await.unwrap();
     assert!(memory.summary.trades > 0);
-    let a = serde_json::to_vec_pretty(&memory).unwrap();
-    let b = serde_json::to_vec_pretty(&on_file).unwrap();
-    assert!(a == b, "the store changed the report");
+    let expected = serde_json::to_vec_pretty(&memory).unwrap();
+    for store in [BacktestStore::File, BacktestStore::Worker] {
+        let mut other = spec("sma-cross", 10);
+        other.store = store;
+        let report = run_backtest(&other, false).await.unwrap();
+        let got = serde_json::to_vec_pretty(&report).unwrap();
+        assert!(got == expected, "the {store:?} store changed the report");
+    }
 }

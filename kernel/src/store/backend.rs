@@ -3,7 +3,9 @@
 //! Every query is written once, with `$N` placeholders (both drivers accept them), and expanded
 //! for each backend by [`with_tx!`]: inside its body the module alias names the backend's money
 //! encoding (`NUMERIC` decimals on PostgreSQL, fixed-point integer units on SQLite), its clock
-//! expression and its row-locking clause.
+//! expression and its row-locking clause. A SQLite store runs either on sqlx or in the calling
+//! thread ([`super::in_thread`]); the in-thread arm expands the same body with that module standing
+//! in for `sqlx`.
 
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
@@ -18,6 +20,7 @@ use super::StoreError;
 pub(crate) enum Tx {
     Pg(sqlx::Transaction<'static, sqlx::Postgres>),
     Lite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    InThread(super::in_thread::Transaction),
 }
 
 /// Expands `$body` once per backend with `$c` bound to the transaction and `$b` to the backend's
@@ -33,6 +36,13 @@ macro_rules! with_tx {
             $crate::store::backend::Tx::Lite($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::lite as $b;
+                $body
+            }
+            $crate::store::backend::Tx::InThread($c) => {
+                #[allow(unused_imports)]
+                use $crate::store::backend::lite as $b;
+                #[allow(unused_imports)]
+                use $crate::store::in_thread as sqlx;
                 $body
             }
         }
@@ -55,10 +65,34 @@ macro_rules! with_pool {
                 use $crate::store::backend::lite as $b;
                 $body
             }
+            $crate::store::Pool::InThread($p) => {
+                #[allow(unused_imports)]
+                use $crate::store::backend::lite as $b;
+                #[allow(unused_imports)]
+                use $crate::store::in_thread as sqlx;
+                $body
+            }
         }
     };
 }
 pub(crate) use with_pool;
+
+/// Declares a SQLite-only statement sequence once as two functions: `$lite` on a sqlx
+/// connection and `$in_thread` on an in-thread one ([`super::in_thread`]), with the same body.
+macro_rules! sqlite_fns {
+    ($(#[$meta:meta])* async fn $lite:ident / $in_thread:ident ($conn:ident $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$meta])*
+        async fn $lite($conn: &mut sqlx::SqliteConnection $(, $arg: $ty)*) -> $ret $body
+
+        $(#[$meta])*
+        async fn $in_thread($conn: &mut rusqlite::Connection $(, $arg: $ty)*) -> $ret {
+            #[allow(unused_imports)]
+            use $crate::store::in_thread as sqlx;
+            $body
+        }
+    };
+}
+pub(crate) use sqlite_fns;
 
 /// PostgreSQL: money is `NUMERIC(30, 8)`, time is the server's `clock_timestamp()`.
 pub(crate) mod pg {
@@ -116,6 +150,7 @@ pub(crate) trait RowExt {
     fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, column: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, column: &str) -> Result<bool, StoreError>;
     fn money(&self, column: &str) -> Result<Decimal, StoreError>;
 }
 
@@ -133,6 +168,9 @@ impl RowExt for sqlx::postgres::PgRow {
         Ok(self.try_get(column)?)
     }
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool, StoreError> {
         Ok(self.try_get(column)?)
     }
     fn money(&self, column: &str) -> Result<Decimal, StoreError> {
@@ -156,6 +194,9 @@ impl RowExt for sqlx::sqlite::SqliteRow {
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.try_get(column)?)
     }
+    fn flag(&self, column: &str) -> Result<bool, StoreError> {
+        Ok(self.try_get(column)?)
+    }
     fn money(&self, column: &str) -> Result<Decimal, StoreError> {
         let units: i64 = self.try_get(column)?;
         Ok(Decimal::new(units, AMOUNT_SCALE).normalize())
@@ -171,7 +212,11 @@ pub(crate) fn constraint_name(error: &sqlx::Error) -> Option<String> {
     if let Some(name) = db.constraint() {
         return Some(name.to_owned());
     }
-    let message = db.message();
+    constraint_in_message(db.message())
+}
+
+/// The constraint a SQLite error message names (see [`constraint_name`]).
+pub(crate) fn constraint_in_message(message: &str) -> Option<String> {
     if let Some(name) = message.strip_prefix("CHECK constraint failed: ") {
         return Some(name.trim().to_owned());
     }

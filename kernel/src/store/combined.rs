@@ -18,7 +18,9 @@ impl TenantTx {
     fn pg(&mut self) -> &mut sqlx::PgConnection {
         match &mut self.tx {
             Tx::Pg(tx) => tx,
-            Tx::Lite(_) => unreachable!("combined statements run on PostgreSQL only"),
+            Tx::Lite(_) | Tx::InThread(_) => {
+                unreachable!("combined statements run on PostgreSQL only")
+            }
         }
     }
 

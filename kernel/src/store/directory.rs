@@ -5,7 +5,7 @@
 use crate::ids::{Fence, ProfileId, UserId};
 use crate::lock::{Lease, LockKey, LockKind};
 
-use super::backend::{RowExt, lite, with_pool};
+use super::backend::{RowExt, lite, sqlite_fns, with_pool};
 use super::{Constraint, Store, StoreError};
 
 /// The PostgreSQL channel on which a change of the profile directory is announced; the payload
@@ -74,20 +74,34 @@ impl LeaseGuard {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "SELECT 1 FROM profile_leases WHERE lock_key = $1 AND fence = $2 AND expires_at_ms > {}",
-            lite::NOW_MS
-        );
-        let found = sqlx::query(&sql)
-            .bind(LockKey::profile(self.profile).as_str())
-            .bind(self.fence.0)
-            .fetch_optional(&mut **tx)
-            .await?;
-        match found {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Constraint(Constraint::StaleProfileLease)),
-        }
+        check_lite(tx, self).await
     }
+
+    /// [`LeaseGuard::check_lite`] on an in-thread store.
+    pub(crate) async fn check_in_thread(
+        &self,
+        tx: &mut super::in_thread::Transaction,
+    ) -> Result<(), StoreError> {
+        check_in_thread(tx, self).await
+    }
+}
+
+sqlite_fns! {
+async fn check_lite / check_in_thread(conn, guard: &LeaseGuard) -> Result<(), StoreError> {
+    let sql = format!(
+        "SELECT 1 FROM profile_leases WHERE lock_key = $1 AND fence = $2 AND expires_at_ms > {}",
+        lite::NOW_MS
+    );
+    let found = sqlx::query(&sql)
+        .bind(LockKey::profile(guard.profile).as_str())
+        .bind(guard.fence.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Constraint(Constraint::StaleProfileLease)),
+    }
+}
 }
 
 impl Store {

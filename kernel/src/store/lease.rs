@@ -8,7 +8,7 @@ use sqlx::Row;
 use crate::ids::Fence;
 use crate::lock::{self, Lease, LockError, LockKey, LockKind, OwnerToken};
 
-use super::backend::{Tx, lite, pg, with_pool};
+use super::backend::{Tx, lite, pg, sqlite_fns, with_pool};
 use super::stats::LockGrant;
 use super::{Pool, Store, StoreError, StoreStats, TenantTx};
 
@@ -45,6 +45,12 @@ impl<'s> Locks<'s> {
                 // reads is the row its upsert finds.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let granted = acquire_lite(&mut tx, kind, key, owner, ttl_ms, true).await?;
+                tx.commit().await?;
+                granted
+            }
+            Pool::InThread(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let granted = acquire_in_thread(&mut tx, kind, key, owner, ttl_ms, true).await?;
                 tx.commit().await?;
                 granted
             }
@@ -89,8 +95,9 @@ impl<'s> Locks<'s> {
                 .bind(key).bind(owner).bind(fence).bind(ttl_ms)
                 .fetch_optional(pool).await?
                 .map(|r| r.try_get(0))
+                .transpose()?
         });
-        match row.transpose()? {
+        match row {
             Some(expires_at_ms) => Ok(Lease {
                 expires_at_ms,
                 ..lease.clone()
@@ -210,6 +217,7 @@ impl TenantTx {
             Tx::Pg(tx) => acquire_pg(tx, kind, key, owner, ttl_ms, exclusive).await?,
             // The transaction began with `BEGIN IMMEDIATE`: it already holds the write lock.
             Tx::Lite(tx) => acquire_lite(tx, kind, key, owner, ttl_ms, exclusive).await?,
+            Tx::InThread(tx) => acquire_in_thread(tx, kind, key, owner, ttl_ms, exclusive).await?,
         };
         Ok(record_grant(
             &self.stats,
@@ -283,10 +291,11 @@ async fn acquire_pg(
     Ok(granted.transpose()?)
 }
 
+sqlite_fns! {
 /// Runs inside a transaction that began with `BEGIN IMMEDIATE`, so the row read here is the row
 /// the upsert finds.
-async fn acquire_lite(
-    conn: &mut sqlx::SqliteConnection,
+async fn acquire_lite / acquire_in_thread(
+    conn,
     kind: LockKind,
     key: &LockKey,
     owner: OwnerToken,
@@ -322,4 +331,5 @@ async fn acquire_lite(
         })
     });
     Ok(granted.transpose()?)
+}
 }

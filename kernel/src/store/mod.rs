@@ -1,5 +1,5 @@
 //! The kernel's persistence: PostgreSQL (production, several host instances) and SQLite (one
-//! instance), behind one contract.
+//! instance, or a backtest's store run in the calling thread), behind one contract.
 //!
 //! Tenant data is reached only through a tenant scope: [`Store::tenant`] names the user, and
 //! [`Tenant::begin`] opens a [`TenantTx`] in which, on PostgreSQL, the transaction-local setting
@@ -26,6 +26,7 @@ pub(crate) mod backend;
 mod combined;
 mod directory;
 mod history;
+mod in_thread;
 mod lease;
 mod listing;
 mod pages;
@@ -54,6 +55,7 @@ use crate::plant::Plant;
 pub use directory::{
     DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL,
 };
+pub use in_thread::Error as InThreadError;
 pub use lease::Locks;
 pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
 pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
@@ -157,6 +159,9 @@ pub enum StoreError {
     /// Any other database failure (connection, I/O, timeout).
     #[error("database: {0}")]
     Database(#[source] sqlx::Error),
+    /// Any other failure of an in-thread SQLite store.
+    #[error("database: {0}")]
+    InThread(#[source] InThreadError),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -165,6 +170,24 @@ impl From<sqlx::Error> for StoreError {
             Some(name) => StoreError::Constraint(Constraint::from_name(&name)),
             None => StoreError::Database(error),
         }
+    }
+}
+
+impl From<InThreadError> for StoreError {
+    fn from(error: InThreadError) -> Self {
+        match error
+            .sqlite_message()
+            .and_then(backend::constraint_in_message)
+        {
+            Some(name) => StoreError::Constraint(Constraint::from_name(&name)),
+            None => StoreError::InThread(error),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        InThreadError::from(error).into()
     }
 }
 
@@ -181,6 +204,7 @@ pub enum Backend {
 pub(crate) enum Pool {
     Pg(PgPool),
     Lite(SqlitePool),
+    InThread(in_thread::InThreadPool),
 }
 
 /// The kernel's store. Cheap to clone: clones share the pool and the counters.
@@ -250,6 +274,38 @@ impl Store {
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Store::from_pool(Pool::Lite(pool)))
+    }
+
+    /// Opens a SQLite database whose statements run in the calling thread (a backtest's): the
+    /// same schema, constraints and statements as [`Store::open_sqlite`], on one connection that
+    /// a transaction holds until it ends, with no worker thread between the caller and SQLite.
+    /// `None` keeps the database in memory; a path is a scratch file, written without waiting for
+    /// the disk (see [`Store::open_sqlite_scratch`]).
+    pub async fn open_sqlite_in_thread(path: Option<&Path>) -> Result<Store, StoreError> {
+        let conn = match path {
+            None => {
+                let mut conn = rusqlite::Connection::open_in_memory()?;
+                conn.pragma_update(None, "foreign_keys", true)?;
+                for migration in sqlx::migrate!("../migrations/sqlite").iter() {
+                    let tx = conn.transaction()?;
+                    tx.execute_batch(&migration.sql)?;
+                    tx.commit()?;
+                }
+                conn
+            }
+            Some(path) => {
+                // sqlx's migrator records what it applied in the file, as for every other store.
+                Store::open_sqlite_scratch(path).await?.close().await;
+                let conn = rusqlite::Connection::open(path)?;
+                conn.pragma_update(None, "foreign_keys", true)?;
+                conn.pragma_update(None, "synchronous", "OFF")?;
+                conn.busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS))?;
+                conn
+            }
+        };
+        Ok(Store::from_pool(Pool::InThread(
+            in_thread::InThreadPool::new(conn),
+        )))
     }
 
     async fn open_sqlite_with(
@@ -325,7 +381,7 @@ impl Store {
     pub fn backend(&self) -> Backend {
         match self.pool {
             Pool::Pg(_) => Backend::Postgres,
-            Pool::Lite(_) => Backend::Sqlite,
+            Pool::Lite(_) | Pool::InThread(_) => Backend::Sqlite,
         }
     }
 
@@ -349,7 +405,7 @@ impl Store {
     pub fn pg_pool(&self) -> Option<&PgPool> {
         match &self.pool {
             Pool::Pg(pool) => Some(pool),
-            Pool::Lite(_) => None,
+            Pool::Lite(_) | Pool::InThread(_) => None,
         }
     }
 
@@ -358,6 +414,8 @@ impl Store {
         match &self.pool {
             Pool::Pg(pool) => pool.close().await,
             Pool::Lite(pool) => pool.close().await,
+            // One connection, closed when the last clone of the store is dropped.
+            Pool::InThread(_) => {}
         }
     }
 

@@ -4,8 +4,6 @@
 //! A deleted profile keeps its rows — the ledger is append-only — and is hidden from every read
 //! here: to its owner it answers like a profile that never existed.
 
-use sqlx::Row;
-
 use crate::ids::{ProfileId, UserId};
 use crate::risk::RiskLimits;
 
@@ -38,12 +36,7 @@ pub struct ProfileRow {
 const PROFILE_COLUMNS: &str =
     "profile_id, user_id, name, created_at_ms, risk_limits, paused, killed";
 
-fn decode_profile<R>(row: &R) -> Result<ProfileRow, StoreError>
-where
-    R: RowExt + Row,
-    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-{
+fn decode_profile(row: &impl RowExt) -> Result<ProfileRow, StoreError> {
     let risk_limits = match row.opt_text("risk_limits")? {
         Some(text) => Some(
             serde_json::from_str(&text)
@@ -57,8 +50,8 @@ where
         name: row.text("name")?,
         created_at_ms: row.int("created_at_ms")?,
         risk_limits,
-        paused: row.try_get("paused")?,
-        killed: row.try_get("killed")?,
+        paused: row.flag("paused")?,
+        killed: row.flag("killed")?,
     })
 }
 
@@ -213,6 +206,7 @@ impl Operator<'_> {
                 Tx::Pg(pool.begin_with(begin).await?)
             }
             Pool::Lite(pool) => Tx::Lite(pool.begin().await?),
+            Pool::InThread(pool) => Tx::InThread(pool.begin().await?),
         };
         let rows = with_tx!(&mut tx, c, b => {
             let sql = format!(
@@ -226,6 +220,7 @@ impl Operator<'_> {
         match tx {
             Tx::Pg(tx) => tx.commit().await?,
             Tx::Lite(tx) => tx.commit().await?,
+            Tx::InThread(tx) => tx.commit().await?,
         }
         Ok(rows)
     }

@@ -77,6 +77,13 @@ impl<'s> Tenant<'s> {
                 }
                 Tx::Lite(tx)
             }
+            Pool::InThread(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                if let Some(guard) = self.store.guard() {
+                    guard.check_in_thread(&mut tx).await?;
+                }
+                Tx::InThread(tx)
+            }
         };
         Ok(TenantTx {
             tx,
@@ -146,6 +153,7 @@ impl TenantTx {
         match self.tx {
             Tx::Pg(tx) => tx.commit().await?,
             Tx::Lite(tx) => tx.commit().await?,
+            Tx::InThread(tx) => tx.commit().await?,
         }
         Ok(())
     }
@@ -155,7 +163,7 @@ impl TenantTx {
     pub fn pg_connection(&mut self) -> Option<&mut sqlx::PgConnection> {
         match &mut self.tx {
             Tx::Pg(tx) => Some(&mut **tx),
-            Tx::Lite(_) => None,
+            Tx::Lite(_) | Tx::InThread(_) => None,
         }
     }
 
@@ -338,7 +346,7 @@ impl TenantTx {
         };
         let inserted = match self.tx {
             Tx::Pg(_) => self.pg_write_entry(&order, &capital, &reserve).await?,
-            Tx::Lite(_) => {
+            Tx::Lite(_) | Tx::InThread(_) => {
                 let inserted = self.insert_order(&order).await?;
                 if inserted {
                     let moves = [reserve];

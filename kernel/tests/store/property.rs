@@ -694,6 +694,13 @@ fn ledger_matches_the_model_after_every_step_on_sqlite() {
 }
 
 #[test]
+fn ledger_matches_the_model_after_every_step_on_sqlite_in_thread() {
+    let rt = runtime();
+    let store = rt.block_on(Store::open_sqlite_in_thread(None)).unwrap();
+    check_against_model(&store, &rt, 48);
+}
+
+#[test]
 fn ledger_matches_the_model_after_every_step_on_postgres() {
     let rt = runtime();
     let db = rt.block_on(PgTestDb::create());

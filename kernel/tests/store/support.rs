@@ -157,6 +157,25 @@ impl LiteTestDb {
         let store = Store::open_sqlite(&path)
             .await
             .expect("migrations apply on a fresh SQLite file");
+        LiteTestDb::with_raw(dir, path, store).await
+    }
+
+    /// Creates and migrates a database file whose store runs its statements in the calling
+    /// thread (a backtest's store).
+    pub async fn create_in_thread() -> LiteTestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.db");
+        let store = Store::open_sqlite_in_thread(Some(&path))
+            .await
+            .expect("migrations apply on a fresh SQLite file");
+        LiteTestDb::with_raw(dir, path, store).await
+    }
+
+    async fn with_raw(
+        dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        store: Store,
+    ) -> LiteTestDb {
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(&path)
             .foreign_keys(true)
@@ -240,6 +259,15 @@ macro_rules! contract_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let db = $crate::support::LiteTestDb::create().await;
+                    super::$name(&$crate::support::Harness::lite(&db)).await;
+                }
+            )*
+        }
+        mod on_sqlite_in_thread {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::LiteTestDb::create_in_thread().await;
                     super::$name(&$crate::support::Harness::lite(&db)).await;
                 }
             )*
