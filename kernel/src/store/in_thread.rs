@@ -11,6 +11,10 @@
 //! module standing in for `sqlx`. Values are encoded as sqlx encodes them for SQLite (UUIDs as
 //! 16-byte blobs, booleans as integers), so a database written by one driver reads the same
 //! through the other.
+//!
+//! A statement here runs to completion in the task that awaits it, holding its thread: right for
+//! a backtest, which does one thing at a time on a database in memory, and wrong for a server,
+//! whose tasks would wait on each other's disk writes; `keel serve` and `keel demo` stay on sqlx.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -75,7 +79,7 @@ impl InThreadPool {
     /// Takes the connection and runs `begin` on it.
     pub(crate) async fn begin_with(&self, begin: &str) -> Result<Transaction, Error> {
         let conn = self.conn.clone().lock_owned().await;
-        conn.execute_batch(begin)?;
+        conn.prepare_cached(begin)?.execute([])?;
         Ok(Transaction { conn, open: true })
     }
 
@@ -95,7 +99,7 @@ impl Transaction {
     /// Commits.
     pub(crate) async fn commit(mut self) -> Result<(), Error> {
         self.open = false;
-        self.conn.execute_batch("COMMIT")?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }
 }
