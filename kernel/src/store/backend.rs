@@ -23,22 +23,23 @@ pub(crate) enum Tx {
     InThread(super::in_thread::Transaction),
 }
 
-/// Expands `$body` once per backend with `$c` bound to the transaction and `$b` to the backend's
-/// helper module (`pg` or `lite`).
-macro_rules! with_tx {
-    ($tx:expr, $c:ident, $b:ident => $body:block) => {
-        match $tx {
-            $crate::store::backend::Tx::Pg($c) => {
+/// Matches `$value`, a [`Tx`] or a [`Pool`](super::Pool), and expands `$body` once per variant
+/// with `$c` bound to its inner value and `$b` to the backend's helper module (`pg` or `lite`);
+/// in the in-thread arm, [`super::in_thread`] stands in for `sqlx`.
+macro_rules! on_each_backend {
+    ($($enum:ident)::+, $value:expr, $c:ident, $b:ident => $body:block) => {
+        match $value {
+            $($enum)::+::Pg($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::pg as $b;
                 $body
             }
-            $crate::store::backend::Tx::Lite($c) => {
+            $($enum)::+::Lite($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::lite as $b;
                 $body
             }
-            $crate::store::backend::Tx::InThread($c) => {
+            $($enum)::+::InThread($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::lite as $b;
                 #[allow(unused_imports)]
@@ -48,31 +49,26 @@ macro_rules! with_tx {
         }
     };
 }
+pub(crate) use on_each_backend;
+
+/// Expands `$body` once per backend with `$c` bound to the transaction and `$b` to the backend's
+/// helper module (`pg` or `lite`).
+macro_rules! with_tx {
+    ($tx:expr, $c:ident, $b:ident => $body:block) => {
+        $crate::store::backend::on_each_backend!(
+            $crate::store::backend::Tx, $tx, $c, $b => $body
+        )
+    };
+}
 pub(crate) use with_tx;
 
 /// [`with_tx!`] for a statement run on the pool, outside a transaction: `$p` is the pool of
 /// either backend, `$b` that backend's helpers.
 macro_rules! with_pool {
     ($pool:expr, $p:ident, $b:ident => $body:block) => {
-        match $pool {
-            $crate::store::Pool::Pg($p) => {
-                #[allow(unused_imports)]
-                use $crate::store::backend::pg as $b;
-                $body
-            }
-            $crate::store::Pool::Lite($p) => {
-                #[allow(unused_imports)]
-                use $crate::store::backend::lite as $b;
-                $body
-            }
-            $crate::store::Pool::InThread($p) => {
-                #[allow(unused_imports)]
-                use $crate::store::backend::lite as $b;
-                #[allow(unused_imports)]
-                use $crate::store::in_thread as sqlx;
-                $body
-            }
-        }
+        $crate::store::backend::on_each_backend!(
+            $crate::store::Pool, $pool, $p, $b => $body
+        )
     };
 }
 pub(crate) use with_pool;
@@ -154,53 +150,48 @@ pub(crate) trait RowExt {
     fn money(&self, column: &str) -> Result<Decimal, StoreError>;
 }
 
-impl RowExt for sqlx::postgres::PgRow {
-    fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn money(&self, column: &str) -> Result<Decimal, StoreError> {
-        Ok(self.try_get::<Decimal, _>(column)?.normalize())
-    }
+/// Implements [`RowExt`] for a row type whose `try_get(column)` decodes each of the types, with
+/// `$money` reading a money column in the backend's encoding.
+macro_rules! row_ext {
+    ($row:ty, |$r:ident, $column:ident| $money:expr) => {
+        impl $crate::store::backend::RowExt for $row {
+            fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn text(&self, column: &str) -> Result<String, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn int(&self, column: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn flag(&self, column: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn money(&self, $column: &str) -> Result<Decimal, StoreError> {
+                let $r = self;
+                $money
+            }
+        }
+    };
 }
+pub(crate) use row_ext;
 
-impl RowExt for sqlx::sqlite::SqliteRow {
-    fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn money(&self, column: &str) -> Result<Decimal, StoreError> {
-        let units: i64 = self.try_get(column)?;
-        Ok(Decimal::new(units, AMOUNT_SCALE).normalize())
-    }
+row_ext!(sqlx::postgres::PgRow, |row, column| Ok(row
+    .try_get::<Decimal, _>(column)?
+    .normalize()));
+row_ext!(sqlx::sqlite::SqliteRow, |row, column| Ok(units_to_decimal(
+    row.try_get(column)?
+)));
+
+/// Reads SQLite units back into a decimal.
+pub(crate) fn units_to_decimal(units: i64) -> Decimal {
+    Decimal::new(units, AMOUNT_SCALE).normalize()
 }
 
 /// The name of the constraint (or constraint-like trigger) an error reports, on either backend.

@@ -23,10 +23,8 @@ use rusqlite::types::{Value, ValueRef};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::ledger::AMOUNT_SCALE;
-
 use super::StoreError;
-use super::backend::RowExt;
+use super::backend::{row_ext, units_to_decimal};
 
 /// Prepared statements kept per connection: more than the store has distinct statements.
 const STATEMENT_CACHE_CAPACITY: usize = 256;
@@ -338,30 +336,9 @@ impl Row {
     }
 }
 
-impl RowExt for Row {
-    fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn money(&self, column: &str) -> Result<Decimal, StoreError> {
-        let units: i64 = self.try_get(column)?;
-        Ok(Decimal::new(units, AMOUNT_SCALE).normalize())
-    }
-}
+row_ext!(Row, |row, column| Ok(units_to_decimal(
+    row.try_get(column)?
+)));
 
 /// A statement with its bound values; `$N` names the N-th bound value, as in sqlx.
 pub(crate) struct Query<'q> {
