@@ -18,6 +18,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::types::{Value, ValueRef};
 use rust_decimal::Decimal;
@@ -35,6 +36,10 @@ pub enum Error {
     /// SQLite refused or failed it.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// The connection stayed taken (by a transaction not yet ended) for as long as a caller
+    /// waits for it.
+    #[error("timed out after {0:?} waiting for the database connection")]
+    PoolTimedOut(Duration),
     /// A statement expected to return a row returned none.
     #[error("no rows returned by a query that expected to return at least one row")]
     RowNotFound,
@@ -63,20 +68,34 @@ impl Error {
 #[derive(Clone)]
 pub(crate) struct InThreadPool {
     conn: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
+    /// How long a caller waits for the connection before giving up, as sqlx's pools do.
+    acquire_timeout: Duration,
 }
 
 impl InThreadPool {
     /// Wraps an open, migrated connection.
-    pub(crate) fn new(conn: rusqlite::Connection) -> InThreadPool {
+    pub(crate) fn new(conn: rusqlite::Connection, acquire_timeout: Duration) -> InThreadPool {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         InThreadPool {
             conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            acquire_timeout,
         }
+    }
+
+    /// Waits for the connection, at most `acquire_timeout`: a task that holds a transaction and
+    /// asks the pool for another statement gets an error, not a wait without end.
+    async fn acquire(&self) -> Result<tokio::sync::OwnedMutexGuard<rusqlite::Connection>, Error> {
+        if let Ok(conn) = self.conn.clone().try_lock_owned() {
+            return Ok(conn);
+        }
+        tokio::time::timeout(self.acquire_timeout, self.conn.clone().lock_owned())
+            .await
+            .map_err(|_| Error::PoolTimedOut(self.acquire_timeout))
     }
 
     /// Takes the connection and runs `begin` on it.
     pub(crate) async fn begin_with(&self, begin: &str) -> Result<Transaction, Error> {
-        let conn = self.conn.clone().lock_owned().await;
+        let conn = self.acquire().await?;
         conn.prepare_cached(begin)?.execute([])?;
         Ok(Transaction { conn, open: true })
     }
@@ -144,10 +163,13 @@ impl<'c> From<&'c InThreadPool> for Target<'c> {
 }
 
 impl Target<'_> {
-    async fn run<R>(self, f: impl FnOnce(&rusqlite::Connection) -> R) -> R {
+    async fn run<T>(
+        self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         match self {
             Target::Conn(conn) => f(conn),
-            Target::Pool(pool) => f(&*pool.conn.lock().await),
+            Target::Pool(pool) => f(&*pool.acquire().await?),
         }
     }
 }
@@ -597,5 +619,16 @@ mod tests {
         assert_eq!(profiles.unwrap().len(), 1);
         let capital = store.tenant(user).capital(profile).await.unwrap();
         assert_eq!(capital.reserved_for_orders, Decimal::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_statement_waiting_for_a_connection_held_by_a_transaction_times_out() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let pool = super::InThreadPool::new(conn, std::time::Duration::from_millis(50));
+        let tx = pool.begin().await.unwrap();
+        let waited = query("SELECT 1").execute(&pool).await;
+        assert!(matches!(waited, Err(super::Error::PoolTimedOut(_))));
+        tx.commit().await.unwrap();
+        query("SELECT 1").execute(&pool).await.unwrap();
     }
 }

@@ -304,7 +304,7 @@ impl Store {
             }
         };
         Ok(Store::from_pool(Pool::InThread(
-            in_thread::InThreadPool::new(conn),
+            in_thread::InThreadPool::new(conn, Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS)),
         )))
     }
 
