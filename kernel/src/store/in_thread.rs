@@ -113,10 +113,10 @@ pub(crate) struct Transaction {
 }
 
 impl Transaction {
-    /// Commits.
+    /// Commits. If the COMMIT fails, dropping the transaction rolls back whatever is left of it.
     pub(crate) async fn commit(mut self) -> Result<(), Error> {
-        self.open = false;
         self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
         Ok(())
     }
 }
@@ -197,33 +197,15 @@ impl Encode for String {
     }
 }
 
-impl Encode for &String {
-    fn encode(self) -> Value {
-        Value::Text(self.clone())
-    }
-}
-
 impl Encode for i64 {
     fn encode(self) -> Value {
         Value::Integer(self)
     }
 }
 
-impl Encode for i32 {
-    fn encode(self) -> Value {
-        Value::Integer(i64::from(self))
-    }
-}
-
 impl Encode for bool {
     fn encode(self) -> Value {
         Value::Integer(i64::from(self))
-    }
-}
-
-impl Encode for Vec<u8> {
-    fn encode(self) -> Value {
-        Value::Blob(self)
     }
 }
 
@@ -630,5 +612,32 @@ mod tests {
         assert!(matches!(waited, Err(super::Error::PoolTimedOut(_))));
         tx.commit().await.unwrap();
         query("SELECT 1").execute(&pool).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_rolls_back_and_frees_the_connection() {
+        let (store, user, _) = store_with_profile().await;
+        let super::super::Pool::InThread(pool) = store.pool() else {
+            panic!("an in-thread store has an in-thread pool")
+        };
+        let mut tx = pool.begin().await.unwrap();
+        // A foreign key checked at COMMIT: the COMMIT fails and leaves the transaction open.
+        query("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        query("INSERT INTO capital_accounts (profile_id, user_id) VALUES ($1, $2)")
+            .bind(uuid::Uuid::new_v4())
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert!(tx.commit().await.is_err());
+        let rows = query("SELECT profile_id FROM capital_accounts")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "only the profile made before is left");
+        pool.begin().await.unwrap().commit().await.unwrap();
     }
 }
