@@ -19,6 +19,7 @@
 //! );
 //! ```
 
+#[cfg(feature = "lab")]
 pub mod crash;
 pub mod engine;
 pub mod exchange;

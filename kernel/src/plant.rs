@@ -3,7 +3,8 @@
 //!
 //! A [`Plant`] is not configuration. No config file, environment variable, API field or
 //! serialized type carries one (it implements neither `Deserialize` nor `Default`), and the only
-//! code that constructs one is `keel simulate --plant` and the simulation's tests. A store or an
+//! code that constructs one is `keel simulate --plant` and the simulation's tests. Only a build
+//! with the `lab` feature can set one on a store or an engine; release builds leave it out. A store or an
 //! engine without a plant — every production store and engine — runs every protection.
 
 use std::fmt;
@@ -44,6 +45,32 @@ impl Plant {
 impl fmt::Display for Plant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The plant a store or an engine runs with. Without the `lab` feature it holds nothing and
+/// [`Planted::is`] is false at compile time, so no planted path is in the build.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Planted(#[cfg(feature = "lab")] Option<Plant>);
+
+impl Planted {
+    /// `plant` switched off.
+    #[cfg(feature = "lab")]
+    pub(crate) fn new(plant: Plant) -> Self {
+        Planted(Some(plant))
+    }
+
+    /// Whether `plant` is the protection switched off.
+    pub(crate) fn is(self, plant: Plant) -> bool {
+        #[cfg(feature = "lab")]
+        {
+            self.0 == Some(plant)
+        }
+        #[cfg(not(feature = "lab"))]
+        {
+            let _ = plant;
+            false
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! learned from a WebSocket event, a REST answer or a reconciliation pass is recorded the same way,
 //! once (the store's UNIQUE keys make a replay a no-op).
 
+#[cfg(feature = "lab")]
 use crate::crash;
 use crate::exchange::{Fill, OrderReport, OrderRequest, PlaceOutcome, UserEvent};
 use crate::ids::{ClientOrderId, IntentKind};
@@ -25,9 +26,11 @@ impl ProfileEngine {
         order: &OrderRecord,
         request: &OrderRequest,
     ) -> Result<(), EngineError> {
+        #[cfg(feature = "lab")]
         crash::point(crash::BEFORE_SUBMIT);
         let started = std::time::Instant::now();
         let outcome = self.exchange.place(request).await;
+        #[cfg(feature = "lab")]
         crash::point(crash::AFTER_SUBMIT_BEFORE_ANSWER);
         let label = place_outcome_label(&outcome);
         self.metrics
@@ -271,8 +274,10 @@ impl ProfileEngine {
     async fn record_fill(&mut self, report: &FillReport) -> Result<FillOutcome, StoreError> {
         let mut tx = self.store.tenant(self.spec.user).begin().await?;
         let recorded = tx.record_fill(report).await?;
+        #[cfg(feature = "lab")]
         crash::point(crash::AFTER_ANSWER_BEFORE_COMMIT);
         tx.commit().await?;
+        #[cfg(feature = "lab")]
         crash::point(crash::AFTER_COMMIT);
         Ok(recorded)
     }

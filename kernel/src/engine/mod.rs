@@ -32,7 +32,7 @@ use crate::lock::{Lease, LockKey, LockKind, OwnerToken};
 use crate::market::Candle;
 use crate::metrics::Metrics;
 use crate::money::{MoneyError, Price};
-use crate::plant::Plant;
+use crate::plant::{Plant, Planted};
 use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
 use crate::store::{Store, StoreError, TenantTx};
 use crate::strategy::{PluginFault, RawIntent, StrategyRuntime};
@@ -183,7 +183,7 @@ pub struct ProfileEngine {
     day: (i64, Decimal),
     refusals: VecDeque<RefusalRecord>,
     pending_decisions: VecDeque<(Result<Vec<RawIntent>, PluginFault>, u64)>,
-    plant: Option<Plant>,
+    plant: Planted,
 }
 
 /// Most rounds of fill-triggered decisions one step runs.
@@ -233,14 +233,15 @@ impl ProfileEngine {
             day: (0, Decimal::ZERO),
             refusals: VecDeque::new(),
             pending_decisions: VecDeque::new(),
-            plant: None,
+            plant: Planted::default(),
         }
     }
 
     /// Switches one protection off. Only the deterministic simulation calls this, to show it
     /// catches the bug (see [`crate::plant`]); the store's plants are set on the store.
+    #[cfg(feature = "lab")]
     pub fn set_plant(&mut self, plant: Plant) {
-        self.plant = Some(plant);
+        self.plant = Planted::new(plant);
     }
 
     /// The profile.
@@ -717,7 +718,7 @@ impl ProfileEngine {
         key: &LockKey,
     ) -> Result<Option<Lease>, EngineError> {
         let (owner, ttl_ms) = (self.owner, self.config.entry_lock_ttl_ms);
-        let lease = if self.plant == Some(Plant::LockDisabled) {
+        let lease = if self.plant.is(Plant::LockDisabled) {
             tx.acquire_lock_ignoring_holder(LockKind::Entry, key, owner, ttl_ms)
                 .await?
         } else {

@@ -50,7 +50,9 @@ use crate::ids::{ProfileId, UserId};
 use crate::ledger::LedgerError;
 use crate::lifecycle::LifecycleError;
 use crate::lock::LockError;
+#[cfg(feature = "lab")]
 use crate::plant::Plant;
+use crate::plant::Planted;
 
 pub use directory::{
     DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL,
@@ -212,7 +214,7 @@ pub(crate) enum Pool {
 pub struct Store {
     pool: Pool,
     stats: Arc<StoreStats>,
-    plant: Option<Plant>,
+    plant: Planted,
     guard: Option<LeaseGuard>,
 }
 
@@ -345,19 +347,20 @@ impl Store {
         Store {
             pool,
             stats: Arc::new(StoreStats::default()),
-            plant: None,
+            plant: Planted::default(),
             guard: None,
         }
     }
 
     /// This store with one protection switched off. Only the deterministic simulation calls
     /// this, to show it catches the bug (see [`crate::plant`]).
+    #[cfg(feature = "lab")]
     pub fn with_plant(mut self, plant: Plant) -> Store {
-        self.plant = Some(plant);
+        self.plant = Planted::new(plant);
         self
     }
 
-    pub(crate) fn plant(&self) -> Option<Plant> {
+    pub(crate) fn plant(&self) -> Planted {
         self.plant
     }
 

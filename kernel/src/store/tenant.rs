@@ -13,7 +13,7 @@ use crate::lifecycle::{
 use crate::lock::LockError;
 use crate::money::Amount;
 use crate::order::{OrderStatus, Transition};
-use crate::plant::Plant;
+use crate::plant::{Plant, Planted};
 
 use super::backend::Tx;
 use super::history::LifecycleAdd;
@@ -35,7 +35,7 @@ pub struct TenantTx {
     pub(crate) tx: Tx,
     user: UserId,
     pub(super) stats: Arc<StoreStats>,
-    plant: Option<Plant>,
+    plant: Planted,
 }
 
 impl<'s> Tenant<'s> {
@@ -230,7 +230,7 @@ impl TenantTx {
         for entry in moves {
             capital = self.checked_apply(&capital, &entry.delta)?;
         }
-        assert!(capital.holds_invariant() || self.plant == Some(Plant::LedgerCheckDisabled));
+        assert!(capital.holds_invariant() || self.plant.is(Plant::LedgerCheckDisabled));
         Ok(capital)
     }
 
@@ -241,7 +241,7 @@ impl TenantTx {
         capital: &Capital,
         delta: &CapitalDelta,
     ) -> Result<Capital, StoreError> {
-        if self.plant == Some(Plant::LedgerCheckDisabled) {
+        if self.plant.is(Plant::LedgerCheckDisabled) {
             return Ok(capital.plus_unchecked(delta));
         }
         Ok(capital.apply(delta)?)
@@ -249,7 +249,7 @@ impl TenantTx {
 
     /// True unless the simulation planted fill de-duplication away.
     pub(crate) fn dedups_fills(&self) -> bool {
-        self.plant != Some(Plant::FillDedupDisabled)
+        !self.plant.is(Plant::FillDedupDisabled)
     }
 
     /// Writes the planned capital row and journals every non-zero move.

@@ -11,7 +11,7 @@ use keel_kernel::store::{Constraint, DirectoryEntry, LeaseGuard, StoreError};
 use crate::fixtures::*;
 use crate::support::Harness;
 
-crate::contract_tests!(
+keel_testkit::contract_tests!(
     allocation_is_journaled_and_rebuild_finds_no_difference,
     entry_is_refused_when_capital_is_insufficient,
     bad_amounts_and_unknown_profiles_are_refused_with_typed_errors,

@@ -5,5 +5,5 @@ mod concurrency;
 mod contract;
 mod fixtures;
 mod property;
-mod support;
+use keel_testkit::store as support;
 mod tenancy;

@@ -1,0 +1,71 @@
+//! What the API asks of the profiles running in this process.
+//!
+//! The store is the record: the API writes a change there first (a profile's switches, its
+//! risk limits, its plugin binding), then tells the running loop, if this process runs one for
+//! the profile. A profile no loop runs here keeps the stored setting for when one does.
+
+use std::sync::Arc;
+
+use keel_kernel::engine::Clock;
+use keel_kernel::ids::ProfileId;
+use keel_kernel::risk::RiskLimits;
+use serde::Serialize;
+
+use keel_runtime::PreparedInstance;
+
+/// A change to a running profile, applied between two of its steps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlChange {
+    /// Pause (true) or resume (false) new entries.
+    Paused(bool),
+    /// Engage (true) or release (false) the profile's kill switch.
+    Killed(bool),
+    /// Replace the risk rules.
+    Limits(RiskLimits),
+}
+
+/// The result of one forced reconciliation pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ReconcileOutcome {
+    /// The profile reconciled.
+    #[schema(value_type = String, format = Uuid)]
+    pub profile_id: ProfileId,
+    /// `clean`, `repaired`, `quarantined`, … (the `result` label of the reconciliation metric),
+    /// or `error`.
+    pub result: String,
+    /// Why the pass failed, when it did.
+    pub error: Option<String>,
+}
+
+/// The running profiles of this process, as the API controls them.
+#[async_trait::async_trait]
+pub trait ProfileControl: Send + Sync {
+    /// Whether a loop runs `profile` in this process.
+    fn is_running(&self, profile: ProfileId) -> bool;
+
+    /// The clock the profile's plugin reads (`None` when it does not run here).
+    fn clock(&self, profile: ProfileId) -> Option<Arc<dyn Clock>>;
+
+    /// Hands an initialised instance to the running profile, which swaps to it at its next
+    /// call boundary. False (and the instance dropped) when the profile does not run here or
+    /// its strategy cannot be swapped.
+    fn offer_strategy(&self, profile: ProfileId, instance: PreparedInstance) -> bool;
+
+    /// Applies a change to the running profile between two of its steps; false when it does
+    /// not run here.
+    async fn apply(&self, profile: ProfileId, change: ControlChange) -> bool;
+
+    /// Runs a reconciliation pass of every running profile now, and reports each.
+    async fn reconcile_all(&self) -> Vec<ReconcileOutcome>;
+
+    /// Engages or releases the host-wide kill switch: no new entries on any profile.
+    fn set_host_kill(&self, engaged: bool);
+
+    /// Whether the host-wide kill switch is engaged.
+    fn host_kill(&self) -> bool;
+
+    /// The profile's exchange credentials were stored, replaced or removed through this
+    /// process. A host whose store cannot tell it (SQLite) re-reads the profile's settings and
+    /// moves a running profile to the account they name.
+    fn credentials_stored(&self, profile: ProfileId);
+}

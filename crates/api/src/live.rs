@@ -1,0 +1,730 @@
+//! The live side of the host: an event bus the per-profile loops publish to after each step,
+//! the `/api/v1/ws` WebSocket that streams a user's own events, and the dashboard page at `/`.
+//!
+//! Every event carries its owner. The bus keeps the latest state of each profile (built from
+//! the same events it sends), so a new connection gets a snapshot of its user's profiles and
+//! then only the events that came after it — under one lock, so none is missed or doubled.
+//! Fan-out never waits: each connection has its own bounded queue, and a connection whose
+//! queue is full is dropped (its socket is closed with a reason saying so) rather than slowing
+//! the loop that published.
+
+pub mod feed;
+pub mod ws;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use keel_kernel::engine::{HostSwitches, ProfileControls};
+use keel_kernel::ids::{ClientOrderId, ProfileId, Symbol, UserId};
+use keel_kernel::ledger::Capital;
+use keel_kernel::lifecycle::{OrderRecord, Position};
+use keel_kernel::market::Side;
+use keel_kernel::order::OrderStatus;
+use keel_kernel::risk::EntryBlock;
+use keel_kernel::store::Store;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::health::{LoopConfig, LoopHealth, LoopRun, LoopStatus, loop_statuses};
+
+pub use feed::{ProfileFeed, StepReport};
+pub use ws::router;
+
+/// Messages queued per connection before it counts as slow and is dropped.
+pub const QUEUE_MAX_DEFAULT: usize = 1024;
+/// Recent (settled or changed) orders kept per profile for the snapshot.
+pub const RECENT_ORDERS_MAX: usize = 20;
+/// Recent plugin faults kept per profile for the snapshot.
+pub const RECENT_FAULTS_MAX: usize = 20;
+/// How often the host watch looks at the loops, readiness and the host kill switch.
+pub const HOST_WATCH_INTERVAL_MS: u64 = 500;
+
+/// An order as the live feed shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderState {
+    /// The client order id.
+    pub client_order_id: ClientOrderId,
+    /// The instrument.
+    pub symbol: Symbol,
+    /// `ENTRY` or `EXIT`.
+    pub kind: keel_kernel::ids::IntentKind,
+    /// Buy or sell.
+    pub side: Side,
+    /// Ordered quantity.
+    pub qty: Decimal,
+    /// Limit or reference price.
+    pub price: Decimal,
+    /// Quantity filled so far.
+    pub filled_qty: Decimal,
+    /// Current status.
+    pub status: OrderStatus,
+}
+
+impl From<&OrderRecord> for OrderState {
+    fn from(order: &OrderRecord) -> Self {
+        OrderState {
+            client_order_id: order.client_order_id.clone(),
+            symbol: order.symbol.clone(),
+            kind: order.kind,
+            side: order.side,
+            qty: order.qty,
+            price: order.price,
+            filled_qty: order.filled_qty,
+            status: order.status,
+        }
+    }
+}
+
+/// An open position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PositionState {
+    /// Buy: long; sell: short.
+    pub side: Side,
+    /// Quantity still open.
+    pub qty_open: Decimal,
+    /// Cost of the open quantity.
+    pub cost_open: Decimal,
+}
+
+impl From<&Position> for PositionState {
+    fn from(position: &Position) -> Self {
+        PositionState {
+            side: position.side,
+            qty_open: position.qty_open,
+            cost_open: position.cost_open,
+        }
+    }
+}
+
+/// The capital row, with the free capital worked out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapitalState {
+    /// Capital the owner gave the profile.
+    pub allocated: Decimal,
+    /// Held by orders that may still fill.
+    pub reserved_for_orders: Decimal,
+    /// Cost of open positions.
+    pub reserved_for_positions: Decimal,
+    /// Realized profit and loss, fees included.
+    pub realized_pnl: Decimal,
+    /// What no order or position holds.
+    pub free: Decimal,
+}
+
+impl From<&Capital> for CapitalState {
+    fn from(capital: &Capital) -> Self {
+        CapitalState {
+            allocated: capital.allocated,
+            reserved_for_orders: capital.reserved_for_orders,
+            reserved_for_positions: capital.reserved_for_positions,
+            realized_pnl: capital.realized_pnl,
+            free: capital.free(),
+        }
+    }
+}
+
+/// Something that happened to one profile, sent to the profile's owner only.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProfileEvent {
+    /// A closed candle the trading loop decided on.
+    Candle {
+        /// The instrument.
+        symbol: Symbol,
+        /// Open time, ms since the epoch (market time).
+        open_time_ms: i64,
+        /// Last price of the candle.
+        close: f64,
+    },
+    /// An order was written, changed status or filled more.
+    Order {
+        /// The order as the store holds it now.
+        order: OrderState,
+    },
+    /// The exchange reported an execution.
+    Fill {
+        /// The order that filled.
+        client_order_id: ClientOrderId,
+        /// The instrument.
+        symbol: Symbol,
+        /// Buy or sell.
+        side: Side,
+        /// Execution price.
+        price: Decimal,
+        /// Executed quantity.
+        qty: Decimal,
+        /// Fee in quote currency.
+        fee: Decimal,
+        /// Exchange time, ms since the epoch.
+        time_ms: i64,
+    },
+    /// A position opened, changed or closed (`position: null`).
+    Position {
+        /// The instrument.
+        symbol: Symbol,
+        /// The position now, if still open.
+        position: Option<PositionState>,
+    },
+    /// The capital row changed.
+    Capital {
+        /// The row now.
+        capital: CapitalState,
+    },
+    /// The strategy faulted.
+    Fault {
+        /// Wall time, ms since the epoch.
+        at_ms: i64,
+        /// What went wrong.
+        fault: String,
+    },
+    /// Paused, killed, quarantined, or why entries are blocked, changed.
+    Status {
+        /// The controls now.
+        controls: ProfileControls,
+        /// Why entries are blocked, if they are.
+        entry_block: Option<EntryBlock>,
+    },
+    /// One loop of the profile finished an iteration.
+    Loop {
+        /// `trading`, `monitor` or `reconciliation`.
+        name: &'static str,
+        /// When, and its error if it failed.
+        run: LoopRun,
+    },
+}
+
+/// Something about the host as a whole, sent to operators who subscribed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum HostEvent {
+    /// A loop name changed state (`ok`, `stalled`, `failing`, `not_started`).
+    LoopState {
+        /// The loop name.
+        name: &'static str,
+        /// Its status over every profile.
+        status: LoopStatusView,
+    },
+    /// Readiness changed (restart recovery finished).
+    Ready {
+        /// Whether every profile has recovered.
+        ready: bool,
+    },
+    /// The host-wide kill switch changed.
+    HostKill {
+        /// Whether it is on.
+        on: bool,
+    },
+}
+
+/// [`LoopStatus`] without the error text (which may name a tenant's data).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoopStatusView {
+    /// `ok`, `stalled`, `failing` or `not_started`.
+    pub state: &'static str,
+    /// The oldest last run over the profiles, ms since the epoch.
+    pub last_run_ms: i64,
+    /// The stall threshold.
+    pub stall_ms: u64,
+}
+
+impl From<&LoopStatus> for LoopStatusView {
+    fn from(status: &LoopStatus) -> Self {
+        LoopStatusView {
+            state: status.state,
+            last_run_ms: status.last_run_ms,
+            stall_ms: status.stall_ms,
+        }
+    }
+}
+
+/// What the host registers about a profile: shown on the dashboard, never changed by events.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileInfo {
+    /// The profile.
+    pub profile: ProfileId,
+    /// Its owner.
+    pub user: UserId,
+    /// Its name.
+    pub name: String,
+    /// The plugin's file or name.
+    pub plugin: String,
+    /// The plugin version (sha256 of the component).
+    pub plugin_version: String,
+    /// The symbols it trades.
+    pub symbols: Vec<Symbol>,
+}
+
+/// The last candle a profile saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandleState {
+    /// The instrument.
+    pub symbol: Symbol,
+    /// Open time, ms since the epoch.
+    pub open_time_ms: i64,
+    /// Last price.
+    pub close: f64,
+}
+
+/// Everything the dashboard shows about one profile, as of the snapshot's `seq`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileView {
+    /// Registered facts (name, plugin version).
+    #[serde(flatten)]
+    pub info: ProfileInfo,
+    /// Controls.
+    pub controls: ProfileControls,
+    /// Why entries are blocked.
+    pub entry_block: Option<EntryBlock>,
+    /// Capital, once the profile has recovered.
+    pub capital: Option<CapitalState>,
+    /// Open positions by symbol.
+    pub positions: BTreeMap<Symbol, PositionState>,
+    /// Open orders by client order id.
+    pub open_orders: BTreeMap<ClientOrderId, OrderState>,
+    /// The latest order updates, newest last.
+    pub recent_orders: VecDeque<OrderState>,
+    /// Order updates seen since the host started.
+    pub order_updates: u64,
+    /// The latest plugin faults, newest last.
+    pub faults: VecDeque<(i64, String)>,
+    /// The last iteration of each loop.
+    pub loops: BTreeMap<&'static str, LoopRun>,
+    /// The last candle.
+    pub last_candle: Option<CandleState>,
+}
+
+impl ProfileView {
+    fn new(info: ProfileInfo) -> Self {
+        ProfileView {
+            info,
+            controls: ProfileControls::default(),
+            entry_block: None,
+            capital: None,
+            positions: BTreeMap::new(),
+            open_orders: BTreeMap::new(),
+            recent_orders: VecDeque::new(),
+            order_updates: 0,
+            faults: VecDeque::new(),
+            loops: BTreeMap::new(),
+            last_candle: None,
+        }
+    }
+
+    /// Applies one event: the same rule the dashboard applies to its copy.
+    fn apply(&mut self, event: &ProfileEvent) {
+        match event {
+            ProfileEvent::Candle {
+                symbol,
+                open_time_ms,
+                close,
+            } => {
+                self.last_candle = Some(CandleState {
+                    symbol: symbol.clone(),
+                    open_time_ms: *open_time_ms,
+                    close: *close,
+                });
+            }
+            ProfileEvent::Order { order } => {
+                if order.status.is_terminal() {
+                    self.open_orders.remove(&order.client_order_id);
+                } else {
+                    self.open_orders
+                        .insert(order.client_order_id.clone(), order.clone());
+                }
+                self.recent_orders
+                    .retain(|o| o.client_order_id != order.client_order_id);
+                self.recent_orders.push_back(order.clone());
+                if self.recent_orders.len() > RECENT_ORDERS_MAX {
+                    self.recent_orders.pop_front();
+                }
+                self.order_updates += 1;
+            }
+            ProfileEvent::Fill { .. } => {}
+            ProfileEvent::Position { symbol, position } => match position {
+                Some(position) => {
+                    self.positions.insert(symbol.clone(), position.clone());
+                }
+                None => {
+                    self.positions.remove(symbol);
+                }
+            },
+            ProfileEvent::Capital { capital } => self.capital = Some(capital.clone()),
+            ProfileEvent::Fault { at_ms, fault } => {
+                self.faults.push_back((*at_ms, fault.clone()));
+                if self.faults.len() > RECENT_FAULTS_MAX {
+                    self.faults.pop_front();
+                }
+            }
+            ProfileEvent::Status {
+                controls,
+                entry_block,
+            } => {
+                self.controls = *controls;
+                self.entry_block = *entry_block;
+            }
+            ProfileEvent::Loop { name, run } => {
+                self.loops.insert(name, run.clone());
+            }
+        }
+    }
+}
+
+/// The host's state as operators see it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostView {
+    /// Whether restart recovery has finished everywhere.
+    pub ready: bool,
+    /// The host-wide kill switch.
+    pub host_kill: bool,
+    /// The state of each loop name.
+    pub loops: BTreeMap<&'static str, LoopStatusView>,
+}
+
+impl HostView {
+    fn apply(&mut self, event: &HostEvent) {
+        match event {
+            HostEvent::LoopState { name, status } => {
+                self.loops.insert(name, status.clone());
+            }
+            HostEvent::Ready { ready } => self.ready = *ready,
+            HostEvent::HostKill { on } => self.host_kill = *on,
+        }
+    }
+}
+
+/// A profile event as sent: `{"seq":…,"profile":…,"type":…,…}`.
+#[derive(Serialize)]
+struct ProfileWire<'a> {
+    seq: u64,
+    profile: ProfileId,
+    #[serde(flatten)]
+    event: &'a ProfileEvent,
+}
+
+/// A host event as sent: `{"seq":…,"type":"host","event":…,…}`.
+#[derive(Serialize)]
+struct HostWire<'a> {
+    seq: u64,
+    r#type: &'static str,
+    #[serde(flatten)]
+    event: &'a HostEvent,
+}
+
+/// One subscriber's end of the bus.
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    dropped: Arc<Dropped>,
+}
+
+/// Set when the bus drops a subscriber for being slow.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    slow: AtomicBool,
+    notify: Notify,
+}
+
+impl Dropped {
+    /// Whether the bus dropped the subscriber for being slow.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// Waits until the bus drops the subscriber.
+    pub async fn wait(&self) {
+        while !self.is_slow() {
+            self.notify.notified().await;
+        }
+    }
+
+    fn mark(&self) {
+        self.slow.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct BusInner {
+    seq: u64,
+    profiles: BTreeMap<ProfileId, ProfileView>,
+    host: HostView,
+    users: HashMap<UserId, Vec<Subscriber>>,
+    operators: Vec<Subscriber>,
+}
+
+/// Counters of the bus, for tests and logs.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Events published.
+    pub published: AtomicU64,
+    /// Connections dropped because their queue was full.
+    pub slow_dropped: AtomicU64,
+    /// Connections open now.
+    pub connections: AtomicU64,
+}
+
+/// The event bus: latest state per profile and the subscribers' queues.
+pub struct Bus {
+    inner: Mutex<BusInner>,
+    store: Store,
+    loop_config: LoopConfig,
+    queue_max: usize,
+    next_id: AtomicU64,
+    stats: BusStats,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("queue_max", &self.queue_max)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new subscription starts with.
+pub struct Subscription {
+    /// The snapshot's sequence number: every queued event has a larger one.
+    pub seq: u64,
+    /// The user's profiles as of `seq`.
+    pub profiles: Vec<ProfileView>,
+    /// The queue the bus fills.
+    pub rx: mpsc::Receiver<Utf8Bytes>,
+    /// Set by the bus when it dropped this subscriber for being slow.
+    pub dropped: Arc<Dropped>,
+    /// The subscriber's id, for [`Bus::subscribe_host`] and [`Bus::unsubscribe`].
+    pub id: u64,
+}
+
+impl Bus {
+    /// A bus whose connections queue at most `queue_max` messages; `store` answers the order
+    /// look-ups of the feeds.
+    pub fn new(store: Store, loop_config: LoopConfig, queue_max: usize) -> Arc<Bus> {
+        Arc::new(Bus {
+            inner: Mutex::new(BusInner::default()),
+            store,
+            loop_config,
+            queue_max: queue_max.max(1),
+            next_id: AtomicU64::new(1),
+            stats: BusStats::default(),
+        })
+    }
+
+    /// The bus's counters.
+    pub fn stats(&self) -> &BusStats {
+        &self.stats
+    }
+
+    /// The loops' thresholds (shown on the dashboard).
+    pub fn loop_config(&self) -> &LoopConfig {
+        &self.loop_config
+    }
+
+    /// The store the feeds read settled orders from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Registers a profile's name and plugin; its events may come before or after.
+    pub fn register(&self, info: ProfileInfo) {
+        let mut inner = self.inner.lock().expect("lock poisoned");
+        match inner.profiles.get_mut(&info.profile) {
+            Some(view) => view.info = info,
+            None => {
+                inner.profiles.insert(info.profile, ProfileView::new(info));
+            }
+        }
+    }
+
+    /// The owner of a registered profile.
+    pub fn owner(&self, profile: ProfileId) -> Option<UserId> {
+        let inner = self.inner.lock().expect("lock poisoned");
+        inner.profiles.get(&profile).map(|v| v.info.user)
+    }
+
+    /// Publishes an event of `profile`, owned by `user`, to that user's connections only.
+    pub fn publish(&self, user: UserId, profile: ProfileId, event: ProfileEvent) {
+        let mut inner = self.inner.lock().expect("lock poisoned");
+        inner.seq += 1;
+        let seq = inner.seq;
+        let view = inner.profiles.entry(profile).or_insert_with(|| {
+            ProfileView::new(ProfileInfo {
+                profile,
+                user,
+                name: profile.to_string(),
+                plugin: String::new(),
+                plugin_version: String::new(),
+                symbols: Vec::new(),
+            })
+        });
+        if view.info.user != user {
+            // A profile never changes owner: an event that says otherwise is a host bug, and
+            // sending it anywhere could leak it.
+            tracing::error!(profile_id = %profile, "live event with a different owner dropped");
+            return;
+        }
+        view.apply(&event);
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        let Some(subscribers) = inner.users.get_mut(&user) else {
+            return;
+        };
+        let text: Utf8Bytes = serde_json::to_string(&ProfileWire {
+            seq,
+            profile,
+            event: &event,
+        })
+        .expect("live events serialize")
+        .into();
+        self.fan_out(subscribers, &text);
+        if subscribers.is_empty() {
+            inner.users.remove(&user);
+        }
+    }
+
+    /// Publishes a host event to the operators who subscribed to host events.
+    pub fn publish_host(&self, event: HostEvent) {
+        let mut inner = self.inner.lock().expect("lock poisoned");
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.host.apply(&event);
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        let text: Utf8Bytes = serde_json::to_string(&HostWire {
+            seq,
+            r#type: "host",
+            event: &event,
+        })
+        .expect("host events serialize")
+        .into();
+        let mut operators = std::mem::take(&mut inner.operators);
+        self.fan_out(&mut operators, &text);
+        inner.operators = operators;
+    }
+
+    /// Queues `text` on each subscriber; drops (and marks) those whose queue is full.
+    fn fan_out(&self, subscribers: &mut Vec<Subscriber>, text: &Utf8Bytes) {
+        subscribers.retain(|sub| match sub.tx.try_send(text.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                sub.dropped.mark();
+                self.stats.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subscriber = sub.id,
+                    queue_max = self.queue_max,
+                    "live connection dropped: its queue is full"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Subscribes to `user`'s events; the snapshot and the queue start at the same point.
+    pub fn subscribe(&self, user: UserId) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue_max);
+        let dropped = Arc::new(Dropped::default());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.inner.lock().expect("lock poisoned");
+        let profiles = inner
+            .profiles
+            .values()
+            .filter(|v| v.info.user == user)
+            .cloned()
+            .collect();
+        inner.users.entry(user).or_default().push(Subscriber {
+            id,
+            tx,
+            dropped: dropped.clone(),
+        });
+        Subscription {
+            seq: inner.seq,
+            profiles,
+            rx,
+            dropped,
+            id,
+        }
+    }
+
+    /// Adds an existing subscription to the host events (the caller checked it is an
+    /// operator). Returns the host state as of now; `None` if the subscriber is gone.
+    pub fn subscribe_host(&self, user: UserId, id: u64) -> Option<(u64, HostView)> {
+        let mut inner = self.inner.lock().expect("lock poisoned");
+        if inner.operators.iter().any(|s| s.id == id) {
+            return Some((inner.seq, inner.host.clone()));
+        }
+        let sub = inner
+            .users
+            .get(&user)?
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| Subscriber {
+                id,
+                tx: s.tx.clone(),
+                dropped: s.dropped.clone(),
+            })?;
+        inner.operators.push(sub);
+        Some((inner.seq, inner.host.clone()))
+    }
+
+    /// Removes a subscriber (its connection ended).
+    pub fn unsubscribe(&self, user: UserId, id: u64) {
+        let mut inner = self.inner.lock().expect("lock poisoned");
+        if let Some(subs) = inner.users.get_mut(&user) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                inner.users.remove(&user);
+            }
+        }
+        inner.operators.retain(|s| s.id != id);
+    }
+
+    /// A feed for one profile's loops.
+    pub fn feed(self: &Arc<Self>, profile: ProfileId, user: UserId) -> ProfileFeed {
+        ProfileFeed::new(self.clone(), profile, user)
+    }
+}
+
+/// Watches the loops, readiness and the host kill switch, and publishes host events when one
+/// changes, until `stop` turns true.
+pub async fn watch_host(
+    bus: Arc<Bus>,
+    health: Arc<LoopHealth>,
+    switches: Option<Arc<HostSwitches>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(HOST_WATCH_INTERVAL_MS));
+    let mut seen = HostView::default();
+    let mut first = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            _ = tick.tick() => {}
+        }
+        for (name, status) in loop_statuses(&health, bus.loop_config()) {
+            let view = LoopStatusView::from(&status);
+            // Only a change of state is news: the timestamps move every iteration.
+            if first || seen.loops.get(name).map(|s| s.state) != Some(view.state) {
+                let event = HostEvent::LoopState { name, status: view };
+                seen.apply(&event);
+                bus.publish_host(event);
+            }
+        }
+        let ready = health.is_ready();
+        if first || ready != seen.ready {
+            seen.ready = ready;
+            bus.publish_host(HostEvent::Ready { ready });
+        }
+        let kill = switches
+            .as_ref()
+            .is_some_and(|s| s.kill.load(Ordering::Relaxed));
+        if first || kill != seen.host_kill {
+            seen.host_kill = kill;
+            bus.publish_host(HostEvent::HostKill { on: kill });
+        }
+        first = false;
+    }
+}

@@ -1,0 +1,211 @@
+//! What one profile's loops publish after each step: the difference between the engine's book
+//! now and what the feed last published, plus the step's own news (its candle, the exchange's
+//! fills, a plugin fault, the loop's run).
+//!
+//! The book holds open orders only, so an order that left it during the step (filled,
+//! cancelled, rejected) is read once from the store to publish its final state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use keel_kernel::engine::{ProfileControls, ProfileEngine};
+use keel_kernel::exchange::UserEvent;
+use keel_kernel::ids::{ClientOrderId, ProfileId, Symbol, UserId};
+use keel_kernel::ledger::Capital;
+use keel_kernel::lifecycle::{OrderRecord, Position};
+use keel_kernel::market::Candle;
+use keel_kernel::risk::EntryBlock;
+use keel_kernel::strategy::PluginFault;
+
+use super::{Bus, OrderState, ProfileEvent};
+use crate::health::{LoopRun, wall_now_ms};
+
+/// What a loop did in one step, as the feed needs it.
+#[derive(Debug, Default)]
+pub struct StepReport<'a> {
+    /// The loop (`trading`, `monitor`, `reconciliation`).
+    pub loop_name: &'static str,
+    /// The loop's run as recorded for the health endpoint.
+    pub run: Option<LoopRun>,
+    /// The candle the trading loop decided on.
+    pub candle: Option<&'a Candle>,
+    /// The exchange events the monitor loop applied.
+    pub user_events: &'a [UserEvent],
+    /// Orders the step sent.
+    pub orders_sent: &'a [ClientOrderId],
+    /// The plugin fault of the step.
+    pub fault: Option<&'a PluginFault>,
+}
+
+/// What the feed last published about the profile.
+#[derive(Debug, Default)]
+struct Published {
+    orders: BTreeMap<ClientOrderId, OrderRecord>,
+    positions: BTreeMap<Symbol, Position>,
+    capital: Option<Capital>,
+    status: Option<(ProfileControls, Option<EntryBlock>)>,
+}
+
+/// One profile's publisher, owned by its loop task.
+pub struct ProfileFeed {
+    bus: Arc<Bus>,
+    profile: ProfileId,
+    user: UserId,
+    published: Published,
+}
+
+impl ProfileFeed {
+    pub(super) fn new(bus: Arc<Bus>, profile: ProfileId, user: UserId) -> Self {
+        ProfileFeed {
+            bus,
+            profile,
+            user,
+            published: Published::default(),
+        }
+    }
+
+    fn send(&self, event: ProfileEvent) {
+        self.bus.publish(self.user, self.profile, event);
+    }
+
+    /// Publishes what changed in `engine` during the step `step`.
+    ///
+    /// Takes the engine by `&mut` only so that the future is `Send` (the engine is not `Sync`).
+    pub async fn after_step(&mut self, engine: &mut ProfileEngine, step: StepReport<'_>) {
+        if let Some(candle) = step.candle {
+            self.send(ProfileEvent::Candle {
+                symbol: candle.symbol.clone(),
+                open_time_ms: candle.open_time_ms,
+                close: candle.close,
+            });
+        }
+        for event in step.user_events {
+            if let UserEvent::Fill(fill) = event {
+                self.send(ProfileEvent::Fill {
+                    client_order_id: fill.client_order_id.clone(),
+                    symbol: fill.symbol.clone(),
+                    side: fill.side,
+                    price: fill.price.get(),
+                    qty: fill.qty.get(),
+                    fee: fill.fee.into(),
+                    time_ms: fill.time_ms,
+                });
+            }
+        }
+        self.orders(engine, &step).await;
+        self.positions(engine);
+        let capital = engine.book().capital;
+        if self.published.capital != Some(capital) {
+            self.published.capital = Some(capital);
+            self.send(ProfileEvent::Capital {
+                capital: (&capital).into(),
+            });
+        }
+        let status = (engine.controls(), engine.entry_block());
+        if self.published.status != Some(status) {
+            self.published.status = Some(status);
+            self.send(ProfileEvent::Status {
+                controls: status.0,
+                entry_block: status.1,
+            });
+        }
+        if let Some(fault) = step.fault {
+            self.send(ProfileEvent::Fault {
+                at_ms: wall_now_ms(),
+                fault: fault.to_string(),
+            });
+        }
+        if let Some(run) = step.run {
+            self.send(ProfileEvent::Loop {
+                name: step.loop_name,
+                run,
+            });
+        }
+    }
+
+    /// Open orders that are new or changed, and orders that left the book (read from the store).
+    async fn orders(&mut self, engine: &mut ProfileEngine, step: &StepReport<'_>) {
+        let open = &engine.book().open_orders;
+        for (id, order) in open {
+            if self.published.orders.get(id) != Some(order) {
+                self.published.orders.insert(id.clone(), order.clone());
+                self.send(ProfileEvent::Order {
+                    order: order.into(),
+                });
+            }
+        }
+        let mut gone: BTreeSet<ClientOrderId> = self
+            .published
+            .orders
+            .keys()
+            .filter(|id| !open.contains_key(*id))
+            .cloned()
+            .collect();
+        gone.extend(
+            step.orders_sent
+                .iter()
+                .filter(|id| !open.contains_key(*id))
+                .cloned(),
+        );
+        for event in step.user_events {
+            let id = match event {
+                UserEvent::Order(report) => &report.client_order_id,
+                UserEvent::Fill(fill) => &fill.client_order_id,
+            };
+            if !open.contains_key(id) {
+                gone.insert(id.clone());
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let tenant = self.bus.store().tenant(self.user);
+        for id in gone {
+            let before = self.published.orders.remove(&id);
+            match tenant.order(&id).await {
+                Ok(Some(order)) if order.profile == self.profile => {
+                    if before.as_ref() != Some(&order) {
+                        self.send(ProfileEvent::Order {
+                            order: OrderState::from(&order),
+                        });
+                    }
+                }
+                // Not this tenant's or this profile's (an exchange event for someone else's
+                // order is never published here), or not written (refused before write-ahead).
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(profile_id = %self.profile, client_order_id = %id, %error, "live feed could not read a settled order");
+                }
+            }
+        }
+    }
+
+    fn positions(&mut self, engine: &ProfileEngine) {
+        let now = &engine.book().positions;
+        for (symbol, position) in now {
+            if self.published.positions.get(symbol) != Some(position) {
+                self.published
+                    .positions
+                    .insert(symbol.clone(), position.clone());
+                self.send(ProfileEvent::Position {
+                    symbol: symbol.clone(),
+                    position: Some(position.into()),
+                });
+            }
+        }
+        let closed: Vec<Symbol> = self
+            .published
+            .positions
+            .keys()
+            .filter(|s| !now.contains_key(*s))
+            .cloned()
+            .collect();
+        for symbol in closed {
+            self.published.positions.remove(&symbol);
+            self.send(ProfileEvent::Position {
+                symbol,
+                position: None,
+            });
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! One backtest: a plugin over recorded candles through the whole kernel path.
+//!
+//! The path is the live one: the Wasm runtime with the live fuel and memory budgets, the
+//! [`ProfileEngine`] (validation, risk rules, entry locks, write-ahead, lifecycle, ledger) over a
+//! SQLite store (in memory and in the calling thread by default, see [`BacktestStore`]), and the
+//! paper exchange, whose market orders fill at the next candle's open, so a decision never sees
+//! its own fill price in advance.
+//!
+//! Risk limits of a backtest (see [`backtest_limits`]): only the backtested symbol, one entry's
+//! notional at most the capital, one position per symbol, leverage 1, a 5% limit-price band, no
+//! intent-rate limit worth hitting (one call per candle), and a daily loss limit equal to the
+//! capital (so the run is never silently stopped by it).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock};
+use keel_kernel::exchange::{Exchange, Fill, SymbolRules, UserEvent};
+use keel_kernel::ids::{ProfileId, Symbol, UserId};
+use keel_kernel::lock::OwnerToken;
+use keel_kernel::market::{Candle, Side};
+use keel_kernel::metrics::Metrics;
+use keel_kernel::money::Amount;
+use keel_kernel::risk::RiskLimits;
+use keel_kernel::store::Store;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive as _;
+use tokio::sync::mpsc;
+
+use super::report::{BacktestReport, EquityPoint, build_report};
+use keel_exchange::paper::{PaperConfig, PaperExchange};
+use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, user_cache_dir};
+
+/// Candles between two redraws of the progress bar.
+const PROGRESS_EVERY_CANDLES: u64 = 4_096;
+/// Fewest candles for which a progress bar is drawn at all.
+const PROGRESS_CANDLES_MIN: usize = 100_000;
+/// Tick and step of the backtest instrument: fine enough for any quoted price and any size.
+const INCREMENT: Decimal = Decimal::from_parts(1, 0, 0, false, 8);
+/// Largest order quantity of the backtest instrument.
+const QTY_MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+/// Smallest order notional of the backtest instrument, as on Binance USDⓈ-M futures.
+const NOTIONAL_MIN: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
+
+/// Where a backtest keeps its kernel store. All are SQLite with the live schema, constraints
+/// and statements; the report is the same byte for byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BacktestStore {
+    /// A private in-memory database whose statements run in the backtest's own thread.
+    #[default]
+    Memory,
+    /// A database file in a temporary directory, run in the backtest's thread, written without
+    /// fsync, deleted after the run.
+    File,
+    /// A private in-memory database on sqlx's SQLite driver, as `keel serve` runs SQLite: each
+    /// statement is handed to the connection's worker thread and back.
+    Worker,
+}
+
+/// What to backtest.
+#[derive(Debug, Clone)]
+pub struct BacktestSpec {
+    /// The plugin component's bytes.
+    pub plugin: Vec<u8>,
+    /// The plugin's name, for the report.
+    pub plugin_name: String,
+    /// Closed candles of one symbol, strictly increasing in time.
+    pub candles: Vec<Candle>,
+    /// The traded symbol.
+    pub symbol: Symbol,
+    /// Config pairs handed to the plugin's `init`.
+    pub config: Vec<(String, String)>,
+    /// Capital allocated to the profile, in quote currency.
+    pub capital: Decimal,
+    /// Fee of every fill, in basis points of notional.
+    pub fee_bps: Decimal,
+    /// Where the kernel store lives.
+    pub store: BacktestStore,
+}
+
+/// The risk limits a backtest runs under (documented at the top of this module).
+pub fn backtest_limits(symbol: &Symbol, capital: Decimal) -> RiskLimits {
+    RiskLimits {
+        symbols_allowed: [symbol.clone()].into_iter().collect(),
+        entry_notional_max: capital,
+        positions_open_max: 1,
+        leverage_max: Decimal::ONE,
+        limit_price_band_bps: 500,
+        intents_per_minute_max: 60,
+        daily_loss_max: capital,
+    }
+}
+
+/// Trading rules of the backtest instrument: 10⁻⁸ tick and step, a notional of at least 5.
+pub fn backtest_rules(symbol: &Symbol) -> SymbolRules {
+    SymbolRules {
+        symbol: symbol.clone(),
+        tick_size: INCREMENT,
+        step_size: INCREMENT,
+        min_qty: INCREMENT,
+        max_qty: QTY_MAX,
+        market_step_size: INCREMENT,
+        market_min_qty: INCREMENT,
+        market_max_qty: QTY_MAX,
+        min_notional: NOTIONAL_MIN,
+    }
+}
+
+/// Everything one run needs, wired as the live host wires it.
+struct Rig {
+    /// The directory of a file store, deleted with the rig.
+    _dir: Option<tempfile::TempDir>,
+    exchange: Arc<PaperExchange>,
+    events: mpsc::Receiver<UserEvent>,
+    clock: Arc<VirtualClock>,
+    engine: ProfileEngine,
+}
+
+/// Runs the backtest; `progress` draws a bar on stderr when it is a terminal.
+pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result<BacktestReport> {
+    if spec.capital <= Decimal::ZERO {
+        bail!("--capital must be positive, not {}", spec.capital);
+    }
+    if spec.fee_bps < Decimal::ZERO {
+        bail!("--fee-bps must not be negative, not {}", spec.fee_bps);
+    }
+    let Some(first) = spec.candles.first() else {
+        bail!("no candles to backtest");
+    };
+    let mut rig = Rig::new(spec, first.open_time_ms).await?;
+    let bar = progress_bar(spec.candles.len(), progress);
+    let mut equity = Vec::with_capacity(spec.candles.len());
+    for (index, candle) in spec.candles.iter().enumerate() {
+        rig.step(candle).await?;
+        equity.push(rig.equity_point(candle));
+        if (index as u64).is_multiple_of(PROGRESS_EVERY_CANDLES) {
+            bar.set_position(index as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let fills = rig
+        .exchange
+        .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
+    let realized_pnl = rig.engine.book().capital.realized_pnl;
+    Ok(build_report(spec, &fills, equity, realized_pnl))
+}
+
+impl Rig {
+    async fn new(spec: &BacktestSpec, start_ms: i64) -> anyhow::Result<Rig> {
+        let (store, dir) = open_store(spec.store)
+            .await
+            .context("opening the backtest's SQLite store")?;
+        let user = UserId::new_random();
+        let tenant = store.tenant(user);
+        let profile = tenant.create_profile("backtest").await?;
+        let capital = Amount::positive(spec.capital).context("--capital")?;
+        tenant.allocate(profile, capital).await?;
+        let exchange = Arc::new(PaperExchange::new(
+            PaperConfig {
+                taker_fee_bps: spec.fee_bps,
+                maker_fee_bps: spec.fee_bps,
+                initial_balance: capital,
+                ..PaperConfig::default()
+            },
+            [backtest_rules(&spec.symbol)],
+        ));
+        let events = exchange.user_events().await?;
+        let clock = Arc::new(VirtualClock::new(start_ms));
+        // The plugin reads the same virtual clock as the engine.
+        let strategy = start_plugin(spec, profile, clock.clone())?;
+        let exchange_dyn: Arc<dyn Exchange> = exchange.clone();
+        let mut engine = ProfileEngine::new(
+            ProfileSpec {
+                profile,
+                user,
+                limits: backtest_limits(&spec.symbol, spec.capital),
+            },
+            EngineConfig::default(),
+            store,
+            exchange_dyn,
+            Box::new(strategy),
+            clock.clone(),
+            Arc::new(Metrics::new()),
+            Arc::new(HostSwitches::default()),
+            OwnerToken::new_random(),
+        );
+        engine
+            .recover()
+            .await
+            .context("starting the profile engine")?;
+        Ok(Rig {
+            _dir: dir,
+            exchange,
+            events,
+            clock,
+            engine,
+        })
+    }
+
+    /// The exchange matches the candle first (fills of orders sent on the previous candle), the
+    /// engine hears the fills, then the strategy decides on the closed candle.
+    async fn step(&mut self, candle: &Candle) -> anyhow::Result<()> {
+        self.clock.advance_to(candle.close_time_ms);
+        self.exchange.feed_candle(candle).await?;
+        while let Ok(event) = self.events.try_recv() {
+            self.engine.on_user_event(&event).await?;
+        }
+        self.engine.on_candle(candle).await?;
+        Ok(())
+    }
+
+    /// Equity at the candle's close: allocated + realized PnL (fees included) + unrealized PnL.
+    fn equity_point(&self, candle: &Candle) -> EquityPoint {
+        let book = self.engine.book();
+        let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();
+        let unrealized: Decimal = book
+            .positions
+            .values()
+            .map(|p| {
+                let value = p.qty_open * close;
+                match p.side {
+                    Side::Buy => value - p.cost_open,
+                    Side::Sell => p.cost_open - value,
+                }
+            })
+            .sum();
+        let equity = book.capital.allocated + book.capital.realized_pnl + unrealized;
+        EquityPoint {
+            time_ms: candle.close_time_ms,
+            equity: equity.to_f64().unwrap_or(f64::NAN),
+            in_position: !book.positions.is_empty(),
+        }
+    }
+}
+
+async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<tempfile::TempDir>)> {
+    match kind {
+        BacktestStore::Memory => Ok((Store::open_sqlite_in_thread(None).await?, None)),
+        BacktestStore::File => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let path = dir.path().join("backtest.db");
+            let store = Store::open_sqlite_in_thread(Some(&path)).await?;
+            Ok((store, Some(dir)))
+        }
+        BacktestStore::Worker => Ok((Store::open_sqlite_memory().await?, None)),
+    }
+}
+
+fn start_plugin(
+    spec: &BacktestSpec,
+    profile: ProfileId,
+    clock: Arc<VirtualClock>,
+) -> anyhow::Result<keel_runtime::WasmStrategy> {
+    // The live budgets (fuel, memory, deadlines) with room for one instance; compiled code is
+    // cached as for `keel plugin check`.
+    let runtime = PluginEngine::new(EngineSettings {
+        instances_max: 2,
+        cache_dir: user_cache_dir(),
+        ..EngineSettings::default()
+    })?;
+    let version = runtime
+        .load(&spec.plugin)
+        .with_context(|| format!("loading plugin {}", spec.plugin_name))?;
+    runtime
+        .start(
+            &version,
+            InstanceSetup::new(profile, clock).config(spec.config.clone()),
+        )
+        .map_err(|fault| anyhow::anyhow!("plugin {}: init: {fault}", spec.plugin_name))
+}
+
+fn progress_bar(candles: usize, wanted: bool) -> ProgressBar {
+    use std::io::IsTerminal as _;
+    if !wanted || candles < PROGRESS_CANDLES_MIN || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(candles as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} candles ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Reads the plugin file and candle file for a run.
+pub fn load_inputs(plugin: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let bytes = std::fs::read(plugin).with_context(|| format!("reading {}", plugin.display()))?;
+    let name = plugin
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| plugin.display().to_string());
+    Ok((bytes, name))
+}
+
+/// Total fees of `fills`.
+pub fn fees_paid(fills: &[Fill]) -> Decimal {
+    fills.iter().map(|f| f.fee.get()).sum()
+}

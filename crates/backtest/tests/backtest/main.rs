@@ -1,0 +1,5 @@
+//! `keel backtest`: the whole kernel path over candle files, its report, and its command line.
+
+mod common;
+mod python;
+mod runs;

@@ -1,0 +1,109 @@
+//! Backtests of the example plugins through the library entry point.
+
+use keel_backtest::report::BacktestReport;
+use keel_backtest::run::{BacktestStore, run_backtest};
+use rust_decimal::Decimal;
+
+use crate::common::{CANDLES, spec};
+
+fn assert_sane(report: &BacktestReport) {
+    let s = &report.summary;
+    assert_eq!(report.candles, CANDLES);
+    assert_eq!(report.equity.len(), CANDLES);
+    assert!(s.trades > 0, "{} never traded", report.plugin);
+    assert!(s.final_equity.is_finite() && s.final_equity > 0.0, "{s:?}");
+    assert!((0.0..1.0).contains(&s.max_drawdown), "{s:?}");
+    assert!(
+        (0.0..=1.0).contains(&s.exposure) && s.exposure > 0.0,
+        "{s:?}"
+    );
+    assert!((0.0..=1.0).contains(&s.win_rate), "{s:?}");
+    assert!(
+        s.sharpe.is_finite() && s.annualised_return.is_finite(),
+        "{s:?}"
+    );
+    assert!(s.fees_paid > Decimal::ZERO, "{s:?}");
+    let fees: Decimal = report.trades.iter().map(|t| t.fees).sum();
+    assert_eq!(fees, s.fees_paid, "every fee belongs to a trade");
+    for trade in &report.trades {
+        if let Some(exit_ms) = trade.exit_time_ms {
+            assert!(exit_ms > trade.entry_time_ms, "{trade:?}");
+        }
+        assert!(trade.qty > Decimal::ZERO && trade.entry_price > Decimal::ZERO);
+    }
+    // Equity is capital + realized + unrealized: with no position open at the end it is exactly
+    // capital + realized PnL.
+    if !report.equity.last().unwrap().in_position {
+        let expected = 10_000.0 + s.realized_pnl.to_string().parse::<f64>().unwrap();
+        assert!((s.final_equity - expected).abs() < 1e-6, "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn sma_cross_backtest_trades_and_reports_a_sane_summary() {
+    let report = run_backtest(&spec("sma-cross", 1), false).await.unwrap();
+    assert_sane(&report);
+}
+
+#[tokio::test]
+async fn rsi_reversion_backtest_trades_and_reports_a_sane_summary() {
+    let report = run_backtest(&spec("rsi-reversion", 2), false)
+        .await
+        .unwrap();
+    assert_sane(&report);
+}
+
+#[tokio::test]
+async fn long_short_mode_reports_short_trades() {
+    let mut spec = spec("sma-cross", 3);
+    spec.config = vec![("mode".into(), "long-short".into())];
+    let report = run_backtest(&spec, false).await.unwrap();
+    assert_sane(&report);
+    assert!(report.trades.iter().any(|t| t.side == "short"));
+}
+
+#[tokio::test]
+async fn trade_pnl_less_fees_reconciles_with_the_ledger() {
+    for (plugin, seed) in [("sma-cross", 4), ("rsi-reversion", 5)] {
+        let report = run_backtest(&spec(plugin, seed), false).await.unwrap();
+        let net: Decimal = report.trades.iter().map(|t| t.pnl - t.fees).sum();
+        assert_eq!(net, report.summary.realized_pnl, "{plugin}");
+        let by_field: Decimal = report.trades.iter().map(|t| t.net_pnl).sum();
+        assert_eq!(by_field, net, "{plugin}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_inputs_give_byte_identical_json() {
+    let first = run_backtest(&spec("sma-cross", 6), false).await.unwrap();
+    let second = run_backtest(&spec("sma-cross", 6), false).await.unwrap();
+    let a = serde_json::to_vec_pretty(&first).unwrap();
+    let b = serde_json::to_vec_pretty(&second).unwrap();
+    assert!(a == b, "two runs of the same inputs differ");
+    let other = run_backtest(&spec("sma-cross", 7), false).await.unwrap();
+    assert_ne!(a, serde_json::to_vec_pretty(&other).unwrap());
+}
+
+#[tokio::test]
+async fn a_higher_fee_costs_more_and_is_reported() {
+    let cheap = run_backtest(&spec("sma-cross", 8), false).await.unwrap();
+    let mut dear_spec = spec("sma-cross", 8);
+    dear_spec.fee_bps = Decimal::from(20);
+    let dear = run_backtest(&dear_spec, false).await.unwrap();
+    assert!(dear.summary.fees_paid > cheap.summary.fees_paid * Decimal::from(4));
+    assert!(dear.summary.realized_pnl < cheap.summary.realized_pnl);
+}
+
+#[tokio::test]
+async fn every_store_gives_byte_identical_json() {
+    let memory = run_backtest(&spec("sma-cross", 10), false).await.unwrap();
+    assert!(memory.summary.trades > 0);
+    let expected = serde_json::to_vec_pretty(&memory).unwrap();
+    for store in [BacktestStore::File, BacktestStore::Worker] {
+        let mut other = spec("sma-cross", 10);
+        other.store = store;
+        let report = run_backtest(&other, false).await.unwrap();
+        let got = serde_json::to_vec_pretty(&report).unwrap();
+        assert!(got == expected, "the {store:?} store changed the report");
+    }
+}

@@ -1,0 +1,526 @@
+//! `keel exchange-sim`: a local server that speaks Binance USDⓈ-M Futures' wire format.
+//!
+//! It serves the REST endpoints and WebSocket streams the Binance adapter uses, with Binance's
+//! paths, parameter names, field names, string decimals, `{code, msg}` errors and HTTP
+//! statuses. Orders go to the paper matching engine over a seeded synthetic market (a random
+//! walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
+//! and can be changed at run time with `PUT /admin/faults`.
+
+pub mod cli;
+mod faults;
+mod rest;
+mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use keel_kernel::exchange::{Interval, SymbolRules, UserEvent};
+use keel_kernel::ids::Symbol;
+use keel_kernel::market::Candle;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rust_decimal::Decimal;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+pub use faults::Faults;
+
+use keel_exchange::binance::wire;
+use keel_exchange::paper::{PaperConfig, PaperEngine};
+
+/// How many stream messages a slow WebSocket client may fall behind before it is disconnected.
+pub const STREAM_BUFFER_MAX: usize = 4096;
+/// The request-weight limit per minute announced in `exchangeInfo` and enforced.
+pub const WEIGHT_LIMIT_1M_DEFAULT: u32 = 2400;
+/// The order limit per minute announced in `exchangeInfo` and enforced.
+pub const ORDER_LIMIT_1M_DEFAULT: u32 = 1200;
+/// A listen key expires this long after its creation or last keep-alive, as on Binance.
+pub const LISTEN_KEY_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// A key the simulator accepts.
+#[derive(Clone)]
+pub enum SimKey {
+    /// An HMAC key and its secret.
+    Hmac {
+        /// The secret shared with the client.
+        secret: String,
+    },
+    /// An Ed25519 key, by its public half.
+    Ed25519 {
+        /// The public key that verifies the client's signatures.
+        public: ed25519_dalek::VerifyingKey,
+    },
+}
+
+impl std::fmt::Debug for SimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The shared secret never reaches a log.
+            SimKey::Hmac { .. } => f.write_str("SimKey::Hmac(..)"),
+            SimKey::Ed25519 { public } => f
+                .debug_struct("SimKey::Ed25519")
+                .field("public", public)
+                .finish(),
+        }
+    }
+}
+
+/// How the simulator starts.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seeds the synthetic market and the fault draws.
+    pub seed: u64,
+    /// Accepted API keys (the `X-MBX-APIKEY` header) and how their signatures verify.
+    pub keys: HashMap<String, SimKey>,
+    /// The faults in force at start.
+    pub faults: Faults,
+    /// The width of one synthetic candle, in milliseconds.
+    pub candle_ms: u64,
+    /// The request-weight limit per minute.
+    pub weight_limit_1m: u32,
+    /// The order limit per minute.
+    pub order_limit_1m: u32,
+    /// The paper engine's settings (fees, latency, partial fills, starting balance).
+    pub paper: PaperConfig,
+    /// Candles to replay instead of the random walk, in file order. Their prices are kept and
+    /// their times re-stamped onto the simulator's clock, so orders placed now can fill.
+    pub replay: Option<Vec<Candle>>,
+}
+
+impl SimConfig {
+    /// The default API key of a simulator started from the command line.
+    pub const DEFAULT_API_KEY: &str = "keel-sim-key";
+    /// The default HMAC secret of a simulator started from the command line.
+    pub const DEFAULT_API_SECRET: &str = "keel-sim-secret";
+
+    /// A simulator with one HMAC key, no faults, one-second candles.
+    pub fn new(seed: u64) -> Self {
+        let keys = HashMap::from([(
+            Self::DEFAULT_API_KEY.to_owned(),
+            SimKey::Hmac {
+                secret: Self::DEFAULT_API_SECRET.to_owned(),
+            },
+        )]);
+        Self {
+            seed,
+            keys,
+            faults: Faults::default(),
+            candle_ms: 1_000,
+            weight_limit_1m: WEIGHT_LIMIT_1M_DEFAULT,
+            order_limit_1m: ORDER_LIMIT_1M_DEFAULT,
+            paper: PaperConfig {
+                seed,
+                ..PaperConfig::default()
+            },
+            replay: None,
+        }
+    }
+}
+
+/// The symbols the simulator lists, with Binance-like filters, and their starting prices.
+pub fn sim_symbols() -> Vec<(SymbolRules, f64)> {
+    let rules = |name: &str, tick: Decimal, step: Decimal, notional: Decimal| SymbolRules {
+        symbol: Symbol::new(name).expect("valid symbol"),
+        tick_size: tick,
+        step_size: step,
+        min_qty: step,
+        max_qty: Decimal::new(1000, 0),
+        market_step_size: step,
+        market_min_qty: step,
+        market_max_qty: Decimal::new(120, 0),
+        min_notional: notional,
+    };
+    vec![
+        (
+            rules(
+                "BTCUSDT",
+                Decimal::new(1, 1),
+                Decimal::new(1, 3),
+                Decimal::new(100, 0),
+            ),
+            60_000.0,
+        ),
+        (
+            rules(
+                "ETHUSDT",
+                Decimal::new(1, 2),
+                Decimal::new(1, 3),
+                Decimal::new(20, 0),
+            ),
+            3_000.0,
+        ),
+    ]
+}
+
+struct Window {
+    minute: i64,
+    weight: u32,
+    orders: u32,
+}
+
+pub(crate) struct Inner {
+    config: SimConfig,
+    engine: Mutex<PaperEngine>,
+    faults: Mutex<Faults>,
+    rng: Mutex<ChaCha8Rng>,
+    user_stream: broadcast::Sender<String>,
+    klines: broadcast::Sender<(Symbol, String)>,
+    listen_keys: Mutex<HashMap<String, i64>>,
+    placements: Mutex<HashMap<String, u32>>,
+    /// The API key that last created each client order id.
+    placed_by: Mutex<HashMap<String, String>>,
+    window: Mutex<Window>,
+    interval_name: &'static str,
+}
+
+/// The simulator's shared state, handed to every handler.
+#[derive(Clone)]
+pub struct SimState(pub(crate) Arc<Inner>);
+
+impl SimState {
+    fn new(config: SimConfig) -> Self {
+        let rules = sim_symbols().into_iter().map(|(rules, _)| rules);
+        let engine = PaperEngine::new(config.paper.clone(), rules);
+        let interval_name = Interval::ALL
+            .into_iter()
+            .find(|i| i.as_ms() == config.candle_ms as i64)
+            .unwrap_or(Interval::S1)
+            .as_str();
+        Self(Arc::new(Inner {
+            engine: Mutex::new(engine),
+            faults: Mutex::new(config.faults.clone()),
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_fa17)),
+            user_stream: broadcast::channel(STREAM_BUFFER_MAX).0,
+            klines: broadcast::channel(STREAM_BUFFER_MAX).0,
+            listen_keys: Mutex::new(HashMap::new()),
+            placements: Mutex::new(HashMap::new()),
+            placed_by: Mutex::new(HashMap::new()),
+            window: Mutex::new(Window {
+                minute: 0,
+                weight: 0,
+                orders: 0,
+            }),
+            interval_name,
+            config,
+        }))
+    }
+
+    /// The faults now in force.
+    pub fn faults(&self) -> Faults {
+        self.0.faults.lock().expect("lock poisoned").clone()
+    }
+
+    /// Replaces the faults in force.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.0.faults.lock().expect("lock poisoned") = faults;
+    }
+
+    /// How many orders were created under each client order id since start.
+    pub fn placements(&self) -> HashMap<String, u32> {
+        self.0.placements.lock().expect("lock poisoned").clone()
+    }
+
+    /// The API key (`X-MBX-APIKEY`) that created each client order id: which account an order
+    /// was placed for.
+    pub fn placed_by(&self) -> HashMap<String, String> {
+        self.0.placed_by.lock().expect("lock poisoned").clone()
+    }
+
+    /// The server's clock: the host's clock plus the injected skew.
+    pub(crate) fn now_ms(&self) -> i64 {
+        let skew = self.0.faults.lock().expect("lock poisoned").clock_skew_ms;
+        system_now_ms() + skew
+    }
+
+    /// Draws `true` with probability `rate` from the fault RNG.
+    pub(crate) fn draw(&self, rate: f64) -> bool {
+        rate > 0.0
+            && self
+                .0
+                .rng
+                .lock()
+                .expect("lock poisoned")
+                .gen_bool(rate.min(1.0))
+    }
+
+    pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
+        let mut engine = self.0.engine.lock().expect("lock poisoned");
+        let result = f(&mut engine);
+        let events: Vec<UserEvent> = engine.drain_events().collect();
+        let asset = self.0.config.paper.quote_asset.clone();
+        drop(engine);
+        self.publish(events, &asset);
+        result
+    }
+
+    /// Sends engine events on the user-data stream, merging a fill with the order update that
+    /// follows it into one `TRADE` execution, as Binance does.
+    fn publish(&self, events: Vec<UserEvent>, asset: &str) {
+        let now = self.now_ms();
+        let mut pending_fill = None;
+        for event in events {
+            match event {
+                UserEvent::Fill(fill) => pending_fill = Some(fill),
+                UserEvent::Order(report) => {
+                    let fill = pending_fill
+                        .take()
+                        .filter(|f| f.client_order_id == report.client_order_id);
+                    let json = wire::order_trade_update(&report, fill.as_ref(), asset, now);
+                    // No subscriber is fine: a stream only carries what happens while connected.
+                    let _ = self.0.user_stream.send(json.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn system_now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since.as_millis()).expect("milliseconds fit in i64")
+}
+
+/// A running simulator.
+pub struct SimHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state, for tests and the admin API.
+    pub state: SimState,
+    server: tokio::task::JoinHandle<()>,
+    market: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    /// The REST base URL, such as `http://127.0.0.1:4242`.
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The WebSocket base URL, such as `ws://127.0.0.1:4242`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Waits until the server stops (it runs until the process ends or the handle is dropped).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        (&mut self.server).await.context("simulator server task")?;
+        Ok(())
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.market.abort();
+    }
+}
+
+fn router(state: SimState) -> Router {
+    Router::new()
+        .route("/fapi/v1/ping", get(rest::ping))
+        .route("/fapi/v1/time", get(rest::time))
+        .route("/fapi/v1/exchangeInfo", get(rest::exchange_info))
+        .route("/fapi/v1/klines", get(rest::klines))
+        .route(
+            "/fapi/v1/order",
+            post(rest::place).get(rest::query).delete(rest::cancel),
+        )
+        .route("/fapi/v1/openOrders", get(rest::open_orders))
+        .route("/fapi/v2/positionRisk", get(rest::position_risk))
+        .route("/fapi/v2/balance", get(rest::balance))
+        .route("/fapi/v1/userTrades", get(rest::user_trades))
+        .route(
+            "/fapi/v1/listenKey",
+            post(rest::listen_key_create)
+                .put(rest::listen_key_keepalive)
+                .delete(rest::listen_key_delete),
+        )
+        .route("/ws/{stream}", get(ws::stream))
+        .route("/admin/faults", get(rest::faults_get).put(rest::faults_put))
+        .route("/admin/placements", get(rest::placements))
+        .route("/admin/placed-by", get(rest::placed_by))
+        .with_state(state)
+}
+
+/// Starts a simulator on `listener` and its synthetic market.
+pub async fn serve(config: SimConfig, listener: TcpListener) -> anyhow::Result<SimHandle> {
+    config.faults.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(config.candle_ms >= 10, "candle_ms must be at least 10");
+    let addr = listener
+        .local_addr()
+        .context("reading the simulator's address")?;
+    let state = SimState::new(config);
+    let app = router(state.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "exchange simulator stopped");
+        }
+    });
+    let market = tokio::spawn(run_market(state.clone()));
+    Ok(SimHandle {
+        addr,
+        state,
+        server,
+        market,
+    })
+}
+
+/// Generates one candle per symbol every `candle_ms`, feeds the engine, and streams klines.
+async fn run_market(state: SimState) {
+    let candle_ms = state.0.config.candle_ms;
+    let mut source = CandleSource::new(&state.0.config);
+    let mut open_time_ms = state.now_ms();
+    let mut ticker = tokio::time::interval(Duration::from_millis(candle_ms));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let close_time_ms = open_time_ms + candle_ms as i64;
+        let Some(candles) = source.next((open_time_ms, close_time_ms)) else {
+            tracing::info!("candle replay finished; the market stands still");
+            return;
+        };
+        for candle in candles {
+            let fed = state.with_engine(|engine| engine.on_candle(&candle));
+            if let Err(e) = fed {
+                tracing::error!(error = %e, "simulated candle refused");
+                continue;
+            }
+            let event = wire::kline_event(&candle, state.0.interval_name, true, close_time_ms);
+            let _ = state
+                .0
+                .klines
+                .send((candle.symbol.clone(), event.to_string()));
+        }
+        open_time_ms = close_time_ms;
+    }
+}
+
+/// Where the simulator's prices come from: a seeded random walk, or a replayed file.
+///
+/// `keel demo` drives the same walk in process, without the HTTP simulator around it.
+pub enum CandleSource {
+    /// A seeded random walk over [`sim_symbols`].
+    Walk {
+        rng: Box<ChaCha8Rng>,
+        prices: Vec<(Symbol, f64, u32)>,
+    },
+    /// Candles read from a file, re-stamped onto the clock.
+    Replay {
+        candles: std::vec::IntoIter<Candle>,
+        pending: Option<Candle>,
+    },
+}
+
+impl CandleSource {
+    /// The source `config` asks for: its replay file, else the walk seeded by `config.seed`.
+    pub fn new(config: &SimConfig) -> Self {
+        match &config.replay {
+            Some(candles) => CandleSource::Replay {
+                candles: candles.clone().into_iter(),
+                pending: None,
+            },
+            None => CandleSource::Walk {
+                rng: Box::new(ChaCha8Rng::seed_from_u64(config.seed)),
+                prices: sim_symbols()
+                    .into_iter()
+                    .map(|(rules, price)| (rules.symbol, price, rules.tick_size.scale()))
+                    .collect(),
+            },
+        }
+    }
+
+    /// The candles of the interval `span`: one per symbol for the walk; for a replay, the next
+    /// run of candles sharing an open time, re-stamped to `span`. `None` once a replay ends.
+    pub fn next(&mut self, span: (i64, i64)) -> Option<Vec<Candle>> {
+        match self {
+            CandleSource::Walk { rng, prices } => Some(
+                prices
+                    .iter_mut()
+                    .map(|(symbol, price, decimals)| {
+                        next_candle(rng, symbol, price, *decimals, span)
+                    })
+                    .collect(),
+            ),
+            CandleSource::Replay { candles, pending } => {
+                let first = pending.take().or_else(|| candles.next())?;
+                let mut group = vec![first];
+                for candle in candles.by_ref() {
+                    if candle.open_time_ms != group[0].open_time_ms {
+                        *pending = Some(candle);
+                        break;
+                    }
+                    group.push(candle);
+                }
+                for candle in &mut group {
+                    (candle.open_time_ms, candle.close_time_ms) = span;
+                }
+                Some(group)
+            }
+        }
+    }
+}
+
+/// Reads a candle file: one JSON candle per line (`symbol`, `open_time_ms`, `close_time_ms`,
+/// `open`, `high`, `low`, `close`, `volume`), oldest first. Blank lines are skipped.
+pub fn read_candle_file(text: &str) -> anyhow::Result<Vec<Candle>> {
+    let listed: Vec<Symbol> = sim_symbols().into_iter().map(|(r, _)| r.symbol).collect();
+    let mut candles: Vec<Candle> = Vec::new();
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let candle: Candle = serde_json::from_str(line)
+            .with_context(|| format!("candle file line {}", index + 1))?;
+        anyhow::ensure!(
+            listed.contains(&candle.symbol),
+            "candle file line {}: the simulator does not list {}",
+            index + 1,
+            candle.symbol
+        );
+        if let Some(last) = candles.last() {
+            anyhow::ensure!(
+                candle.open_time_ms >= last.open_time_ms,
+                "candle file line {}: candles must be oldest first",
+                index + 1
+            );
+        }
+        candles.push(candle);
+    }
+    anyhow::ensure!(!candles.is_empty(), "the candle file has no candles");
+    Ok(candles)
+}
+
+/// A random-walk candle: the open is the last close, moves are a few basis points, prices are
+/// on the symbol's tick.
+fn next_candle(
+    rng: &mut ChaCha8Rng,
+    symbol: &Symbol,
+    last: &mut f64,
+    decimals: u32,
+    (open_time_ms, close_time_ms): (i64, i64),
+) -> Candle {
+    let scale = 10f64.powi(decimals as i32);
+    let on_tick = |p: f64| (p * scale).round() / scale;
+    let open = *last;
+    let close = on_tick(open * (1.0 + rng.gen_range(-0.002..0.002)));
+    let high = on_tick(open.max(close) * (1.0 + rng.gen_range(0.0..0.001)));
+    let low = on_tick(open.min(close) * (1.0 - rng.gen_range(0.0..0.001)));
+    *last = close;
+    Candle {
+        symbol: symbol.clone(),
+        open_time_ms,
+        close_time_ms,
+        open,
+        high,
+        low,
+        close,
+        volume: rng.gen_range(1.0..100.0),
+    }
+}

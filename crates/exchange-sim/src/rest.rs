@@ -1,0 +1,762 @@
+//! The simulator's REST endpoints, with Binance's security checks and injected faults.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keel_kernel::exchange::{ExchangeOrderId, OrderReport, OrderRequest, OrderType, PlaceOutcome};
+use keel_kernel::ids::{ClientOrderId, Symbol};
+use keel_kernel::money::{Price, Qty};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use rand::Rng;
+
+use super::{Faults, LISTEN_KEY_TTL_MS, SimKey, SimState};
+use keel_exchange::binance::sign::{ed25519_verify, hmac_sha256_hex};
+use keel_exchange::binance::wire::{self, WireBalance, WireOrder, WirePosition, WireTrade};
+
+/// The largest `recvWindow` Binance accepts.
+const RECV_WINDOW_MAX_MS: i64 = 60_000;
+/// The `recvWindow` when the request gives none.
+const RECV_WINDOW_DEFAULT_MS: i64 = 5_000;
+/// The most rows `userTrades` returns.
+const USER_TRADES_LIMIT_MAX: usize = 1_000;
+/// Candles `GET /fapi/v1/klines` returns without a `limit`, as on Binance.
+const KLINES_LIMIT_DEFAULT: usize = 500;
+
+/// A Binance error answer.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: i64,
+    msg: String,
+    retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: i64, msg: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            msg: msg.into(),
+            retry_after_s: None,
+        }
+    }
+
+    fn bad(code: i64, msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, msg)
+    }
+
+    fn mandatory(name: &str) -> Self {
+        Self::bad(
+            -1102,
+            format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
+        )
+    }
+
+    fn rate_limited(retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                -1003,
+                "Too many requests; please use the websocket for live updates.",
+            )
+        }
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn finish(state: &SimState, reply: Reply) -> Response {
+    let mut response = match reply {
+        Ok(response) => response,
+        Err(e) => {
+            let body = Json(wire::WireError {
+                code: e.code,
+                msg: e.msg,
+            });
+            let mut response = (e.status, body).into_response();
+            if let Some(seconds) = e.retry_after_s {
+                response
+                    .headers_mut()
+                    .insert("Retry-After", HeaderValue::from(seconds));
+            }
+            response
+        }
+    };
+    let window = state.0.window.lock().expect("lock poisoned");
+    let headers = response.headers_mut();
+    headers.insert("X-MBX-USED-WEIGHT-1M", HeaderValue::from(window.weight));
+    headers.insert("X-MBX-ORDER-COUNT-1M", HeaderValue::from(window.orders));
+    response
+}
+
+fn ok<T: Serialize>(value: T) -> Reply {
+    Ok(Json(value).into_response())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Security {
+    None,
+    ApiKey,
+    Signed,
+}
+
+struct Gate<'a> {
+    security: Security,
+    weight: u32,
+    is_order: bool,
+    query: Option<&'a str>,
+    body: &'a [u8],
+}
+
+type Params = HashMap<String, String>;
+
+/// Applies latency, injected and real rate limits, injected outages, and Binance's key,
+/// signature and timestamp checks, in that order. Returns the request's parameters.
+async fn gate(state: &SimState, headers: &HeaderMap, gate: Gate<'_>) -> Result<Params, ApiError> {
+    let faults = state.faults();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    if state.draw(faults.rate_limit_rate) {
+        return Err(ApiError::rate_limited(faults.retry_after_s));
+    }
+    count_weight(state, gate.weight, gate.is_order)?;
+    if state.draw(faults.unavailable_rate) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -1001,
+            "Internal error; unable to process your request. Please try again.",
+        ));
+    }
+    let query = gate.query.unwrap_or("");
+    let body = std::str::from_utf8(gate.body)
+        .map_err(|_| ApiError::bad(-1100, "Illegal characters found in a parameter."))?;
+    let params: Params = url::form_urlencoded::parse(query.as_bytes())
+        .chain(url::form_urlencoded::parse(body.as_bytes()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if gate.security == Security::None {
+        return Ok(params);
+    }
+    let key = api_key(state, headers)?;
+    if gate.security == Security::Signed {
+        check_signature(&key, query, body, &params)?;
+        check_timestamp(state, &params)?;
+    }
+    Ok(params)
+}
+
+fn count_weight(state: &SimState, weight: u32, is_order: bool) -> Result<(), ApiError> {
+    let now = state.now_ms();
+    let minute = now / 60_000;
+    let mut window = state.0.window.lock().expect("lock poisoned");
+    if window.minute != minute {
+        window.minute = minute;
+        window.weight = 0;
+        window.orders = 0;
+    }
+    window.weight += weight;
+    window.orders += u32::from(is_order);
+    let over = window.weight > state.0.config.weight_limit_1m
+        || window.orders > state.0.config.order_limit_1m;
+    if over {
+        let retry_after_s = u64::try_from(60 - (now % 60_000) / 1000).unwrap_or(60);
+        return Err(ApiError::rate_limited(retry_after_s));
+    }
+    Ok(())
+}
+
+fn api_key(state: &SimState, headers: &HeaderMap) -> Result<SimKey, ApiError> {
+    let unauthorized = |code, msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, msg);
+    let name = headers
+        .get("X-MBX-APIKEY")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| unauthorized(-2014, "API-key format invalid."))?;
+    state
+        .0
+        .config
+        .keys
+        .get(name)
+        .cloned()
+        .ok_or_else(|| unauthorized(-2015, "Invalid API-key, IP, or permissions for action."))
+}
+
+/// Binance signs `totalParams`: the query string followed by the body, without `signature`.
+fn check_signature(key: &SimKey, query: &str, body: &str, params: &Params) -> Result<(), ApiError> {
+    let invalid = || ApiError::bad(-1022, "Signature for this request is not valid.");
+    let signature = params
+        .get("signature")
+        .ok_or_else(|| ApiError::mandatory("signature"))?;
+    let strip = |text: &str| -> String {
+        text.split('&')
+            .filter(|pair| !pair.starts_with("signature="))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let payload = format!("{}{}", strip(query), strip(body));
+    let valid = match key {
+        SimKey::Hmac { secret } => {
+            hmac_sha256_hex(secret, &payload).eq_ignore_ascii_case(signature)
+        }
+        SimKey::Ed25519 { public } => ed25519_verify(public, &payload, signature),
+    };
+    if valid { Ok(()) } else { Err(invalid()) }
+}
+
+fn check_timestamp(state: &SimState, params: &Params) -> Result<(), ApiError> {
+    let timestamp: i64 = params
+        .get("timestamp")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| ApiError::mandatory("timestamp"))?;
+    let recv_window: i64 = match params.get("recvWindow") {
+        None => RECV_WINDOW_DEFAULT_MS,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|w| (1..=RECV_WINDOW_MAX_MS).contains(w))
+            .ok_or_else(|| ApiError::bad(-1131, "recvWindow must be less than 60000"))?,
+    };
+    let server = state.now_ms();
+    if timestamp < server + 1000 && server - timestamp <= recv_window {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            -1021,
+            "Timestamp for this request is outside of the recvWindow.",
+        ))
+    }
+}
+
+fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
+    params
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::mandatory(name))
+}
+
+fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
+    Symbol::new(param(params, "symbol")?).map_err(|_| ApiError::bad(-1121, "Invalid symbol."))
+}
+
+fn decimal_param(params: &Params, name: &str) -> Result<Decimal, ApiError> {
+    param(params, name)?
+        .parse()
+        .map_err(|_| ApiError::bad(-1111, format!("Parameter '{name}' is malformed.")))
+}
+
+pub(crate) async fn ping(State(state): State<SimState>) -> Response {
+    let reply = gate(&state, &HeaderMap::new(), public(1))
+        .await
+        .and_then(|_| ok(json!({})));
+    finish(&state, reply)
+}
+
+fn public(weight: u32) -> Gate<'static> {
+    Gate {
+        security: Security::None,
+        weight,
+        is_order: false,
+        query: None,
+        body: &[],
+    }
+}
+
+pub(crate) async fn time(State(state): State<SimState>) -> Response {
+    let reply = gate(&state, &HeaderMap::new(), public(1))
+        .await
+        .and_then(|_| {
+            ok(wire::ServerTime {
+                server_time: state.now_ms(),
+            })
+        });
+    finish(&state, reply)
+}
+
+pub(crate) async fn exchange_info(State(state): State<SimState>) -> Response {
+    let reply = gate(&state, &HeaderMap::new(), public(1))
+        .await
+        .and_then(|_| {
+            let symbols: Vec<Value> = super::sim_symbols()
+                .iter()
+                .map(|(rules, _)| wire::symbol_info(rules))
+                .collect();
+            ok(json!({
+                "timezone": "UTC",
+                "serverTime": state.now_ms(),
+                "rateLimits": [
+                    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                     "limit": state.0.config.weight_limit_1m},
+                    {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1,
+                     "limit": state.0.config.order_limit_1m},
+                ],
+                "exchangeFilters": [],
+                "assets": [{"asset": "USDT", "marginAvailable": true, "autoAssetExchange": "0"}],
+                "symbols": symbols,
+            }))
+        });
+    finish(&state, reply)
+}
+
+/// `GET /fapi/v1/klines`: the market's closed candles (the simulator streams only closed ones).
+pub(crate) async fn klines(State(state): State<SimState>, RawQuery(query): RawQuery) -> Response {
+    let query = query.unwrap_or_default();
+    let limit = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "limit")
+        .map(|(_, v)| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|l| (1..=wire::KLINES_LIMIT_MAX).contains(l))
+        });
+    let reply = match limit {
+        Some(None) => Err(ApiError::bad(
+            -1130,
+            "Data sent for parameter 'limit' is not valid.",
+        )),
+        limit => {
+            let limit = limit.flatten().unwrap_or(KLINES_LIMIT_DEFAULT);
+            let klines_gate = Gate {
+                query: Some(&query),
+                ..public(wire::klines_weight(limit))
+            };
+            match gate(&state, &HeaderMap::new(), klines_gate).await {
+                Ok(params) => symbol_param(&params).and_then(|symbol| {
+                    if param(&params, "interval")? != state.0.interval_name {
+                        return Err(ApiError::bad(-1120, "Invalid interval."));
+                    }
+                    let candles = state
+                        .with_engine(|e| e.recent_candles(&symbol, limit))
+                        .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+                    ok(candles.iter().map(wire::kline_row).collect::<Vec<_>>())
+                }),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    finish(&state, reply)
+}
+
+fn signed<'a>(weight: u32, query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
+    Gate {
+        security: Security::Signed,
+        weight,
+        is_order: false,
+        query: query.as_deref(),
+        body,
+    }
+}
+
+pub(crate) async fn place(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let gate_spec = Gate {
+        is_order: true,
+        ..signed(0, &query, &body)
+    };
+    let reply = match gate(&state, &headers, gate_spec).await {
+        Ok(params) => {
+            // The gate accepted the key: it is there and known.
+            let key = headers
+                .get("X-MBX-APIKEY")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            place_checked(&state, &params, key).await
+        }
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiError> {
+    let symbol = symbol_param(params)?;
+    let side = wire::parse_side(param(params, "side")?)
+        .map_err(|_| ApiError::bad(-1117, "Invalid side."))?;
+    let qty = Qty::new(decimal_param(params, "quantity")?)
+        .map_err(|_| ApiError::bad(-4003, "Quantity less than or equal to zero."))?;
+    let order_type = match param(params, "type")? {
+        "MARKET" => OrderType::Market,
+        "LIMIT" => {
+            if param(params, "timeInForce")? != "GTC" {
+                return Err(ApiError::bad(-1115, "Invalid timeInForce."));
+            }
+            let price = Price::new(decimal_param(params, "price")?)
+                .map_err(|_| ApiError::bad(-4001, "Price less than 0."))?;
+            OrderType::Limit { price }
+        }
+        _ => return Err(ApiError::bad(-1116, "Invalid orderType.")),
+    };
+    let client_order_id = match params.get("newClientOrderId") {
+        Some(text) => ClientOrderId::new(text).map_err(|_| {
+            ApiError::bad(
+                -1100,
+                "Illegal characters found in parameter 'newClientOrderId'; legal range is \
+                 '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.",
+            )
+        })?,
+        None => {
+            let n = state.0.placements.lock().expect("lock poisoned").len();
+            ClientOrderId::new(&format!("sim-auto-{n}")).expect("valid id")
+        }
+    };
+    let reduce_only = match params.get("reduceOnly").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                -1106,
+                "Parameter 'reduceOnly' sent when not required.",
+            ));
+        }
+    };
+    Ok(OrderRequest {
+        client_order_id,
+        symbol,
+        side,
+        order_type,
+        qty,
+        reduce_only,
+    })
+}
+
+async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Reply {
+    let request = order_request(state, params)?;
+    let now = state.now_ms();
+    let outcome = state.with_engine(|engine| {
+        engine.advance_clock(now);
+        engine.place(&request)
+    });
+    let report = match outcome {
+        PlaceOutcome::Rejected { code, msg } => return Err(ApiError::bad(code, msg)),
+        other => other
+            .report()
+            .cloned()
+            .expect("the engine answers with a report"),
+    };
+    *state
+        .0
+        .placements
+        .lock()
+        .expect("lock poisoned")
+        .entry(report.client_order_id.to_string())
+        .or_default() += 1;
+    state
+        .0
+        .placed_by
+        .lock()
+        .expect("lock poisoned")
+        .insert(report.client_order_id.to_string(), api_key.to_owned());
+    let faults: Faults = state.faults();
+    if state.draw(faults.unknown_rate) {
+        // The order exists; the client is told nothing useful.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -1007,
+            "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+        ));
+    }
+    if state.draw(faults.lost_response_rate) {
+        tokio::time::sleep(Duration::from_millis(faults.lost_response_hold_ms)).await;
+    }
+    ok(WireOrder::from_report(&report))
+}
+
+fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError> {
+    let symbol = symbol_param(params)?;
+    let found = state.with_engine(|engine| {
+        if let Some(text) = params.get("origClientOrderId") {
+            let id = ClientOrderId::new(text).ok()?;
+            return engine.order(&symbol, &id).cloned();
+        }
+        let id: i64 = params.get("orderId")?.parse().ok()?;
+        engine
+            .order_by_exchange_id(&symbol, ExchangeOrderId(id))
+            .cloned()
+    });
+    if !params.contains_key("origClientOrderId") && !params.contains_key("orderId") {
+        return Err(ApiError::bad(
+            -1102,
+            "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
+        ));
+    }
+    found.ok_or_else(|| ApiError::bad(-2013, "Order does not exist."))
+}
+
+pub(crate) async fn query(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
+        Ok(params) => find_order(&state, &params).and_then(|r| ok(WireOrder::from_report(&r))),
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn cancel(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
+        Ok(params) => match find_order(&state, &params) {
+            Ok(found) => state
+                .with_engine(|engine| engine.cancel(&found.symbol, &found.client_order_id))
+                .map_err(|(code, msg)| ApiError::bad(code, msg))
+                .and_then(|r| ok(WireOrder::from_report(&r))),
+            Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+fn optional_symbol(params: &Params) -> Result<Option<Symbol>, ApiError> {
+    params
+        .get("symbol")
+        .map(|_| symbol_param(params))
+        .transpose()
+}
+
+pub(crate) async fn open_orders(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
+        Ok(params) => optional_symbol(&params).and_then(|symbol| {
+            let open = state.with_engine(|e| e.open_orders(symbol.as_ref()));
+            ok(open.iter().map(WireOrder::from_report).collect::<Vec<_>>())
+        }),
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn position_risk(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
+        Ok(params) => optional_symbol(&params).and_then(|symbol| {
+            let now = state.now_ms();
+            let rows: Vec<WirePosition> = state.with_engine(|e| {
+                e.positions()
+                    .into_iter()
+                    .filter(|p| symbol.as_ref().is_none_or(|s| s == &p.symbol))
+                    .map(|p| {
+                        let mark = e.last_price(&p.symbol).map_or(Decimal::ZERO, Price::get);
+                        WirePosition {
+                            symbol: p.symbol.to_string(),
+                            position_amt: p.qty,
+                            entry_price: p.entry_price.map_or(Decimal::ZERO, Price::get),
+                            mark_price: mark,
+                            un_realized_profit: p.unrealized_pnl.get(),
+                            liquidation_price: Decimal::ZERO,
+                            leverage: "20".to_owned(),
+                            max_notional_value: "25000000".to_owned(),
+                            margin_type: "cross".to_owned(),
+                            isolated_margin: Decimal::ZERO,
+                            is_auto_add_margin: "false".to_owned(),
+                            position_side: "BOTH".to_owned(),
+                            notional: p.qty * mark,
+                            isolated_wallet: Decimal::ZERO,
+                            update_time: now,
+                        }
+                    })
+                    .collect()
+            });
+            ok(rows)
+        }),
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn balance(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
+        Ok(_) => {
+            let b = state.with_engine(|e| e.balance());
+            let wallet = b.wallet_balance.get();
+            ok(vec![WireBalance {
+                account_alias: "SgsR".to_owned(),
+                asset: b.asset,
+                balance: wallet,
+                cross_wallet_balance: wallet,
+                cross_un_pnl: b.available_balance.get() - wallet,
+                available_balance: b.available_balance.get(),
+                max_withdraw_amount: b.available_balance.get(),
+                margin_available: true,
+                update_time: state.now_ms(),
+            }])
+        }
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn user_trades(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
+        Ok(params) => trades(&state, &params),
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+fn trades(state: &SimState, params: &Params) -> Reply {
+    let symbol = symbol_param(params)?;
+    let number = |name: &str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad(
+                        -1100,
+                        format!("Illegal characters found in parameter '{name}'."),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let order_id = number("orderId")?;
+    let from_id = number("fromId")?.unwrap_or(0);
+    let limit = number("limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64) as usize);
+    let asset = state.0.config.paper.quote_asset.clone();
+    let rows: Vec<WireTrade> = state.with_engine(|e| {
+        e.symbol_fills(&symbol, from_id)
+            .iter()
+            .filter(|f| order_id.is_none_or(|id| f.exchange_order_id.0 == id))
+            .take(limit)
+            .map(|f| WireTrade::from_fill(f, &asset))
+            .collect()
+    });
+    ok(rows)
+}
+
+fn api_key_gate<'a>(query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
+    Gate {
+        security: Security::ApiKey,
+        ..signed(1, query, body)
+    }
+}
+
+pub(crate) async fn listen_key_create(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
+        Ok(_) => {
+            let now = state.now_ms();
+            let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
+            keys.retain(|_, expiry| *expiry > now);
+            // Binance hands out the live key again rather than a second one.
+            let key = keys.keys().next().cloned().unwrap_or_else(|| {
+                let n: u64 = state.0.rng.lock().expect("lock poisoned").r#gen();
+                format!("simlistenkey{n:016x}")
+            });
+            keys.insert(key.clone(), now + LISTEN_KEY_TTL_MS);
+            ok(wire::ListenKey { listen_key: key })
+        }
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn listen_key_keepalive(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
+        Ok(_) => {
+            let now = state.now_ms();
+            let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
+            match keys.iter_mut().find(|(_, expiry)| **expiry > now) {
+                Some((key, expiry)) => {
+                    *expiry = now + LISTEN_KEY_TTL_MS;
+                    ok(wire::ListenKey {
+                        listen_key: key.clone(),
+                    })
+                }
+                None => Err(ApiError::bad(-1125, "This listenKey does not exist.")),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn listen_key_delete(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
+        Ok(_) => {
+            state.0.listen_keys.lock().expect("lock poisoned").clear();
+            ok(json!({}))
+        }
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+pub(crate) async fn faults_get(State(state): State<SimState>) -> Json<Faults> {
+    Json(state.faults())
+}
+
+pub(crate) async fn faults_put(State(state): State<SimState>, body: Bytes) -> Response {
+    let parsed = std::str::from_utf8(&body)
+        .map_err(|e| e.to_string())
+        .and_then(Faults::parse);
+    match parsed {
+        Ok(faults) => {
+            state.set_faults(faults.clone());
+            Json(faults).into_response()
+        }
+        Err(msg) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": -1100, "msg": msg})),
+        )
+            .into_response(),
+    }
+}
+
+pub(crate) async fn placements(State(state): State<SimState>) -> Json<HashMap<String, u32>> {
+    Json(state.placements())
+}
+
+pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<String, String>> {
+    Json(state.placed_by())
+}

@@ -1,0 +1,881 @@
+//! `keel demo`: the whole host on one machine — a SQLite file, the paper exchange over the
+//! seeded synthetic market, a demo user with three profiles running the example Wasm plugins,
+//! the per-profile loops, and the operational endpoints on 127.0.0.1.
+//!
+//! Profiles created through the API run too: each second the demo reads the store's profile
+//! directory and starts any profile not running whose risk limits allow a symbol of its market,
+//! on the first such symbol, with its own paper account.
+//!
+//! Restart: the store is the truth. Profiles and the market's clock are remembered in
+//! `demo.json` beside the database; capital is allocated once. The paper accounts live only in
+//! memory, so on restart each is rebuilt from the store before recovery runs: its positions,
+//! its open orders (re-placed under their client order ids), and ids numbered past any the
+//! store has recorded. Recovery and reconciliation then find the account they expect.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keel_kernel::engine::{
+    Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock,
+};
+use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
+use keel_kernel::ids::{IntentKind, ProfileId, Symbol, UserId};
+use keel_kernel::lifecycle::OrderRecord;
+use keel_kernel::lock::OwnerToken;
+use keel_kernel::market::Candle;
+use keel_kernel::market::Side;
+use keel_kernel::metrics::Metrics;
+use keel_kernel::money::Amount;
+use keel_kernel::money::Qty;
+use keel_kernel::risk::RiskLimits;
+use keel_kernel::store::Store;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::serve::control::LoopControl;
+use crate::serve::http::{AppState, HealthProbe, router};
+use crate::serve::metered::MeteredStrategy;
+use crate::serve::stored::{BoundPlugin, StoredProfile, stored_profile};
+use crate::serve::{Loops, ProfileLoops};
+use keel_api::health::{LoopConfig, LoopHealth, wall_now_ms};
+use keel_api::{ApiState, CredentialsKey};
+use keel_exchange::paper::{PaperConfig, PaperExchange};
+use keel_exchange_sim::{CandleSource, SimConfig, sim_symbols};
+use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, SwapHandle};
+
+/// Width of one synthetic candle in virtual time.
+pub const CANDLE_MS: i64 = 60_000;
+/// Candles queued per profile before the market waits for it.
+pub const CANDLE_QUEUE_MAX: usize = 16;
+/// Capital allocated to each demo profile, in quote currency.
+pub const CAPITAL_PER_PROFILE: i64 = 10_000;
+/// Seed of the demo market.
+pub const DEMO_SEED: u64 = 7;
+
+/// `keel demo` options.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the SQLite file and `demo.json` live.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Port of the HTTP server on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Wall time between synthetic candles, in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub speed_ms: u64,
+    /// Wall time between reconciliation passes, in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub reconcile_interval_ms: u64,
+    /// Directory holding the example plugins (`sma_cross.wasm`, `rsi_reversion.wasm`).
+    #[arg(long, default_value = "plugins-example/target/wasm32-wasip2/release")]
+    pub plugins_dir: PathBuf,
+}
+
+/// One demo profile: a plugin, its symbol and its settings.
+struct DemoProfile {
+    name: &'static str,
+    plugin: &'static str,
+    symbol: &'static str,
+    config: &'static [(&'static str, &'static str)],
+}
+
+/// Short windows so the demo trades within its first minute.
+const DEMO_PROFILES: [DemoProfile; 3] = [
+    DemoProfile {
+        name: "sma-btc",
+        plugin: "sma_cross.wasm",
+        symbol: "BTCUSDT",
+        config: &[("fast", "3"), ("slow", "8"), ("size_fraction", "0.05")],
+    },
+    DemoProfile {
+        name: "sma-eth-long-short",
+        plugin: "sma_cross.wasm",
+        symbol: "ETHUSDT",
+        config: &[
+            ("fast", "2"),
+            ("slow", "5"),
+            ("mode", "long-short"),
+            ("size_fraction", "0.05"),
+        ],
+    },
+    DemoProfile {
+        name: "rsi-eth",
+        plugin: "rsi_reversion.wasm",
+        symbol: "ETHUSDT",
+        config: &[
+            ("period", "6"),
+            ("oversold", "40"),
+            ("overbought", "60"),
+            ("size_fraction", "0.05"),
+        ],
+    },
+];
+
+/// What the demo remembers between runs, beside the database.
+#[derive(Debug, Serialize, Deserialize)]
+struct DemoState {
+    user: UserId,
+    profiles: Vec<(String, ProfileId)>,
+    /// Open time of the next candle: virtual time never moves back across restarts.
+    next_open_time_ms: i64,
+}
+
+const STATE_FILE: &str = "demo.json";
+
+impl DemoState {
+    fn load(dir: &Path) -> anyhow::Result<Option<DemoState>> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("reading {}", path.display()))
+                .map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Written to a temporary file and renamed: a crash leaves the old file or the new one.
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    }
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let db_path = args.data_dir.join("keel.db");
+    let store = Store::open_sqlite(&db_path)
+        .await
+        .with_context(|| format!("opening {}", db_path.display()))?;
+    ensure_plugins(&args.plugins_dir)?;
+    let state = set_up_tenant(&store, &args.data_dir).await?;
+    let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
+    let metrics = Arc::new(Metrics::new());
+    metrics.observe_store(&store);
+    // The paper account has no rate limits: its headroom is always whole.
+    metrics
+        .exchange_rate_limit_headroom_ratio
+        .with_label_values(&["request_weight"])
+        .set(1.0);
+    let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
+    // An operator's kill switch survives a restart of the demo.
+    let switches = Arc::new(HostSwitches::default());
+    let stored_kill = store.host_switches().await?.kill;
+    switches
+        .kill
+        .store(stored_kill, std::sync::atomic::Ordering::Release);
+    let control = Arc::new(LoopControl::new(switches.clone()));
+    let host = Collaborators {
+        store: &store,
+        plugins: &plugins,
+        clock: &clock,
+        metrics: &metrics,
+        switches: &switches,
+        control: &control,
+        plugins_dir: &args.plugins_dir,
+    };
+    let mut members = Vec::new();
+    let mut inputs = Vec::new();
+    let mut profile_infos = Vec::new();
+    let mut roster = Roster::default();
+    for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
+        let stored = stored_profile(&store, state.user, *profile)
+            .await
+            .with_context(|| format!("reading profile {}", spec.name))?;
+        let defaults = Defaults {
+            name: spec.name.to_owned(),
+            plugin: spec.plugin,
+            config: spec.config,
+            symbol: Symbol::new(spec.symbol)?,
+        };
+        let launched = launch(host, defaults, stored, state.user, *profile).await?;
+        profile_infos.push(launched.info);
+        inputs.push(launched.loops);
+        members.push(launched.member);
+        roster.running.insert(*profile);
+    }
+    let loop_config = LoopConfig {
+        reconcile_interval_ms: args.reconcile_interval_ms,
+        trading_stall_ms: (args.speed_ms * 10).max(5_000),
+        monitor_stall_ms: 10_000,
+        reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
+    };
+    let health = Arc::new(LoopHealth::new(inputs.len()));
+    let bus = keel_api::live::Bus::new(
+        store.clone(),
+        loop_config,
+        keel_api::live::QUEUE_MAX_DEFAULT,
+    );
+    for info in profile_infos {
+        bus.register(info);
+    }
+    health.publish_to(bus.clone());
+    let auth = demo_jwt_keys(&args.data_dir)?;
+    let token = auth.mint(
+        state.user,
+        false,
+        chrono::Utc::now().timestamp(),
+        DEMO_TOKEN_TTL_SECS,
+    );
+    let market_clock = Arc::new(MarketProbe::default());
+    let app = AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        loop_config,
+        store: store.clone(),
+        probes: vec![
+            market_clock.clone(),
+            Arc::new(PluginProbe {
+                engine: plugins.clone(),
+                profiles: state.profiles.clone(),
+            }),
+        ],
+        auth: auth.clone(),
+    };
+    let api = ApiState {
+        store: store.clone(),
+        auth,
+        plugins: plugins.clone(),
+        control: control.clone(),
+        credentials: demo_credentials_key(&args.data_dir)?,
+        limits: keel_api::BodyLimits::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+    let address = listener.local_addr()?;
+    let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (joining, joining_rx) = mpsc::unbounded_channel();
+    let live = keel_api::live::router(bus.clone(), app.auth.clone());
+    let roster_bus = bus.clone();
+    let routes = router(app).merge(keel_api::router(api)).merge(live);
+    let server = tokio::spawn(serve(listener, routes, stop_rx.clone()));
+    let watch = tokio::spawn(keel_api::live::watch_host(
+        bus,
+        health.clone(),
+        None,
+        stop_rx.clone(),
+    ));
+    let market = tokio::spawn(run_market(MarketRun {
+        members,
+        joining: joining_rx,
+        clock: clock.clone(),
+        speed_ms: args.speed_ms,
+        state,
+        data_dir: args.data_dir.clone(),
+        probe: market_clock,
+        stop: stop_rx,
+    }));
+    println!("keel demo: http://{address}/internal/health  (metrics at http://{address}/metrics)");
+    println!(
+        "keel demo: API at http://{address}/api/v1 (described at http://{address}/openapi.json)"
+    );
+    println!("keel demo: token of the demo user (valid 24 h): {token}");
+    println!("keel demo: dashboard at http://{address}/#token={token}");
+    println!(
+        "keel demo: data in {}; Ctrl-C to stop",
+        args.data_dir.display()
+    );
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut roster_tick = tokio::time::interval(ROSTER_INTERVAL);
+    roster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failure = loop {
+        tokio::select! {
+            signal = &mut signal => { signal?; break None; }
+            error = loops.failed() => break Some(error),
+            _ = roster_tick.tick() => {
+                let starting = RosterRun {
+                    host,
+                    loops: &mut loops,
+                    joining: &joining,
+                    bus: &roster_bus,
+                    health: &health,
+                };
+                if let Err(error) = roster.scan(starting).await {
+                    tracing::warn!(error = %format!("{error:#}"), "reading the profile directory failed");
+                }
+            }
+        }
+    };
+    tracing::info!("shutting down: the market stops, then each profile finishes its step");
+    stop_tx.send_replace(true);
+    market.await.context("market task panicked")??;
+    let stopped = loops.stop().await;
+    server.await.context("server task panicked")??;
+    watch.await.context("host watch task panicked")?;
+    store.close().await;
+    println!("keel demo: stopped cleanly");
+    match failure {
+        Some(error) => Err(error),
+        None => stopped,
+    }
+}
+
+/// How often the demo looks for profiles created since it started.
+const ROSTER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which profiles of the store run, and why the others wait.
+#[derive(Default)]
+struct Roster {
+    running: std::collections::HashSet<ProfileId>,
+    /// Profiles not started, with the reason last logged.
+    waiting: std::collections::HashMap<ProfileId, String>,
+    /// Profiles whose start failed, and when to try again.
+    retry_at: std::collections::HashMap<ProfileId, std::time::Instant>,
+}
+
+/// How long a profile whose start failed waits before the next attempt.
+const ROSTER_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// What a roster pass starts profiles into.
+struct RosterRun<'a> {
+    host: Collaborators<'a>,
+    loops: &'a mut Loops,
+    joining: &'a mpsc::UnboundedSender<MarketMember>,
+    bus: &'a keel_api::live::Bus,
+    health: &'a LoopHealth,
+}
+
+impl Roster {
+    /// Starts every profile of the store that does not run yet — created through the API, by
+    /// any user — once its risk limits allow a symbol of the demo market. Without a bound plugin
+    /// it runs the first demo profile's example plugin and settings.
+    async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
+        let directory = run.host.store.profile_directory().await?;
+        for entry in directory {
+            let retry_later = self
+                .retry_at
+                .get(&entry.profile)
+                .is_some_and(|at| std::time::Instant::now() < *at);
+            if self.running.contains(&entry.profile) || retry_later {
+                continue;
+            }
+            let started = Roster::start(&run, entry.user, entry.profile).await;
+            let reason = match started {
+                Ok(Some(launched)) => {
+                    tracing::info!(profile_id = %entry.profile, symbol = %launched.member.symbol, "profile started");
+                    run.bus.register(launched.info);
+                    // The market ends only after the loops' owner stops: it still receives.
+                    let _ = run.joining.send(launched.member);
+                    run.loops.add(launched.loops);
+                    self.running.insert(entry.profile);
+                    self.waiting.remove(&entry.profile);
+                    self.retry_at.remove(&entry.profile);
+                    run.health
+                        .expect_profiles(self.running.len(), run.host.metrics);
+                    continue;
+                }
+                Ok(None) => {
+                    let symbols: Vec<String> =
+                        market_symbols().iter().map(Symbol::to_string).collect();
+                    format!(
+                        "its risk limits allow none of the demo market's symbols ({})",
+                        symbols.join(", ")
+                    )
+                }
+                Err(error) => {
+                    let at = std::time::Instant::now() + ROSTER_RETRY_AFTER;
+                    self.retry_at.insert(entry.profile, at);
+                    format!("{error:#}")
+                }
+            };
+            if self.waiting.get(&entry.profile) != Some(&reason) {
+                tracing::info!(profile_id = %entry.profile, %reason, "profile not started");
+                self.waiting.insert(entry.profile, reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile launched on the first market symbol its limits allow, or `None`.
+    async fn start(
+        run: &RosterRun<'_>,
+        user: UserId,
+        profile: ProfileId,
+    ) -> anyhow::Result<Option<Launched>> {
+        let stored = stored_profile(run.host.store, user, profile).await?;
+        let allowed = stored
+            .row
+            .risk_limits
+            .as_ref()
+            .map(|limits| limits.symbols_allowed.clone())
+            .unwrap_or_default();
+        let Some(symbol) = market_symbols().into_iter().find(|s| allowed.contains(s)) else {
+            return Ok(None);
+        };
+        let example = &DEMO_PROFILES[0];
+        let defaults = Defaults {
+            name: stored.row.name.clone(),
+            plugin: example.plugin,
+            config: example.config,
+            symbol,
+        };
+        launch(run.host, defaults, stored, user, profile)
+            .await
+            .map(Some)
+    }
+}
+
+/// The symbols the demo market makes candles for.
+fn market_symbols() -> Vec<Symbol> {
+    sim_symbols()
+        .into_iter()
+        .map(|(rules, _)| rules.symbol)
+        .collect()
+}
+
+/// How long the token the demo prints stays valid.
+pub const DEMO_TOKEN_TTL_SECS: i64 = 24 * 3600;
+
+/// The demo's JWT secret: made once, kept in the data directory (mode 0600) so tokens survive
+/// a restart.
+fn demo_jwt_keys(dir: &Path) -> anyhow::Result<keel_api::auth::JwtKeys> {
+    let path = dir.join("jwt-secret");
+    let secret = read_or_make_secret(&path, || {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        hex::encode(secret)
+    })?;
+    keel_api::auth::JwtKeys::new(secret.as_bytes())
+        .with_context(|| format!("the secret in {}", path.display()))
+}
+
+/// The secret in `path`, written there first by `make` (created mode 0600) if it is missing.
+fn read_or_make_secret(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !path.exists() {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        std::io::Write::write_all(&mut file, make().as_bytes())?;
+    }
+    let secret =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(secret.trim().to_owned())
+}
+
+/// The key the demo seals exchange credentials with: `KEEL_CREDENTIALS_KEY` when set, else one
+/// made once and kept in the data directory (mode 0600).
+fn demo_credentials_key(dir: &Path) -> anyhow::Result<CredentialsKey> {
+    if let Some(key) = CredentialsKey::from_env()? {
+        return Ok(key);
+    }
+    let path = dir.join("credentials-key");
+    let text = read_or_make_secret(&path, CredentialsKey::generate_hex)?;
+    CredentialsKey::from_hex(&text).with_context(|| format!("the key in {}", path.display()))
+}
+
+/// On a fresh checkout the example plugins are not built yet: when run from the repository
+/// root, build them (the README's first command then works as is).
+fn ensure_plugins(dir: &Path) -> anyhow::Result<()> {
+    let missing = DEMO_PROFILES.iter().any(|p| !dir.join(p.plugin).is_file());
+    let script = Path::new("scripts/build-plugins");
+    if !missing || !script.is_file() {
+        return Ok(());
+    }
+    println!("keel demo: building the example plugins (scripts/build-plugins), once");
+    // The target may be missing on a fresh toolchain; without rustup the build says so itself.
+    let _ = std::process::Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    let status = std::process::Command::new(script)
+        .status()
+        .context("running scripts/build-plugins")?;
+    anyhow::ensure!(status.success(), "scripts/build-plugins failed ({status})");
+    Ok(())
+}
+
+/// Finds the demo user and profiles from `demo.json`, or creates them and allocates capital
+/// once. The file is written only after allocation committed.
+async fn set_up_tenant(store: &Store, dir: &Path) -> anyhow::Result<DemoState> {
+    if let Some(state) = DemoState::load(dir)? {
+        anyhow::ensure!(
+            state.profiles.len() == DEMO_PROFILES.len(),
+            "{} lists {} profiles, the demo runs {}: use a fresh --data-dir",
+            dir.join(STATE_FILE).display(),
+            state.profiles.len(),
+            DEMO_PROFILES.len()
+        );
+        return Ok(state);
+    }
+    let user = UserId::new_random();
+    let tenant = store.tenant(user);
+    let mut profiles = Vec::new();
+    for spec in &DEMO_PROFILES {
+        let limits = RiskLimits::conservative([Symbol::new(spec.symbol)?]);
+        let mut tx = tenant.begin().await?;
+        let profile = tx.create_profile_with_limits(spec.name, &limits).await?;
+        tx.commit().await?;
+        tenant
+            .allocate(
+                profile,
+                Amount::positive(Decimal::from(CAPITAL_PER_PROFILE))?,
+            )
+            .await
+            .with_context(|| format!("allocating capital to {}", spec.name))?;
+        profiles.push((spec.name.to_owned(), profile));
+    }
+    let minute_ms = CANDLE_MS;
+    let state = DemoState {
+        user,
+        profiles,
+        next_open_time_ms: wall_now_ms() / minute_ms * minute_ms,
+    };
+    state.save(dir)?;
+    Ok(state)
+}
+
+/// A fresh paper account holding the positions and open orders the store says the profile
+/// holds, numbering its ids from `first_id`.
+async fn restored_paper(
+    store: &Store,
+    user: UserId,
+    profile: ProfileId,
+    first_id: i64,
+) -> anyhow::Result<Arc<PaperExchange>> {
+    let config = PaperConfig {
+        seed: DEMO_SEED,
+        ..PaperConfig::default()
+    };
+    let paper = PaperExchange::new(config, sim_symbols().into_iter().map(|(r, _)| r));
+    paper.with_engine(|e| e.start_ids_at(first_id));
+    let tenant = store.tenant(user);
+    for position in tenant.positions(profile).await? {
+        if position.qty_open.is_zero() {
+            continue;
+        }
+        let qty = match position.side {
+            Side::Buy => position.qty_open,
+            Side::Sell => -position.qty_open,
+        };
+        let entry_price = position.cost_open / position.qty_open;
+        paper.with_engine(|e| e.restore_position(&position.symbol, qty, entry_price))?;
+        tracing::info!(profile_id = %profile, symbol = %position.symbol, %qty, "paper position restored from the store");
+    }
+    for order in tenant.open_orders(profile).await? {
+        restore_order(&paper, &order)?;
+    }
+    Ok(Arc::new(paper))
+}
+
+/// Places an order the store holds open into a fresh paper account, under its own client order
+/// id, for what is left of it. The demo's plugins send market orders only, so the order comes
+/// back as a market order; its fill then reaches the engine as a live fill would.
+fn restore_order(paper: &PaperExchange, order: &OrderRecord) -> anyhow::Result<()> {
+    let remaining = order.qty - order.filled_qty;
+    if !order.status.is_open() || remaining <= Decimal::ZERO {
+        return Ok(());
+    }
+    let request = OrderRequest {
+        client_order_id: order.client_order_id.clone(),
+        symbol: order.symbol.clone(),
+        side: order.side,
+        order_type: OrderType::Market,
+        qty: Qty::new(remaining)?,
+        reduce_only: order.kind == IntentKind::Exit,
+    };
+    match paper.with_engine(|e| e.place(&request)) {
+        PlaceOutcome::Accepted(_) => {
+            tracing::info!(client_order_id = %order.client_order_id, "open order restored into the paper account");
+            Ok(())
+        }
+        other => anyhow::bail!(
+            "restoring order {} into the paper account: {other:?}",
+            order.client_order_id
+        ),
+    }
+}
+
+/// What every demo profile is started with.
+#[derive(Clone, Copy)]
+struct Collaborators<'a> {
+    store: &'a Store,
+    plugins: &'a PluginEngine,
+    clock: &'a Arc<VirtualClock>,
+    metrics: &'a Arc<Metrics>,
+    switches: &'a Arc<HostSwitches>,
+    control: &'a LoopControl,
+    plugins_dir: &'a Path,
+}
+
+/// How a profile starts when no plugin is bound to it: an example plugin with its settings, on
+/// one symbol of the demo market.
+struct Defaults {
+    name: String,
+    plugin: &'static str,
+    config: &'static [(&'static str, &'static str)],
+    symbol: Symbol,
+}
+
+/// A started profile: its loops' inputs, its place in the market and its dashboard card.
+struct Launched {
+    loops: ProfileLoops,
+    member: MarketMember,
+    info: keel_api::live::ProfileInfo,
+}
+
+/// One profile in the market: its paper account sees every candle (fills and marks), its
+/// loops get its symbol's.
+struct MarketMember {
+    paper: Arc<PaperExchange>,
+    symbol: Symbol,
+    candles: mpsc::Sender<Candle>,
+}
+
+/// Builds a profile's paper account (restored from the store), engine and channels, and
+/// registers it with the API's loop control.
+async fn launch(
+    with: Collaborators<'_>,
+    defaults: Defaults,
+    stored: StoredProfile,
+    user: UserId,
+    profile: ProfileId,
+) -> anyhow::Result<Launched> {
+    let paper = restored_paper(with.store, user, profile, with.clock.now_ms()).await?;
+    let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
+    let events = paper.user_events().await?;
+    let (engine, swap, digest) = build_engine(&defaults, with, &paper, stored, profile).await?;
+    let commands = with
+        .control
+        .register(profile, Some(swap), with.clock.clone());
+    Ok(Launched {
+        loops: ProfileLoops {
+            engine,
+            candles,
+            events,
+            commands,
+        },
+        member: MarketMember {
+            paper,
+            symbol: defaults.symbol.clone(),
+            candles: candle_tx,
+        },
+        info: keel_api::live::ProfileInfo {
+            profile,
+            user,
+            name: defaults.name,
+            plugin: defaults.plugin.to_owned(),
+            plugin_version: digest.to_string(),
+            symbols: vec![defaults.symbol],
+        },
+    })
+}
+
+/// The profile's engine, set as the store says: the plugin bound through the API (else the
+/// default example plugin), its risk rules and its switches. Returns the strategy's swap handle.
+async fn build_engine(
+    defaults: &Defaults,
+    with: Collaborators<'_>,
+    paper: &Arc<PaperExchange>,
+    stored: StoredProfile,
+    profile: ProfileId,
+) -> anyhow::Result<(ProfileEngine, SwapHandle, keel_runtime::PluginDigest)> {
+    // The demo trades on its paper exchange: stored exchange credentials are not used.
+    let StoredProfile {
+        row,
+        binding,
+        credentials: _,
+    } = stored;
+    let (bytes, config, source) = match binding {
+        Some(BoundPlugin { wasm, config, .. }) => (wasm, config, "the bound plugin".to_owned()),
+        None => {
+            let path = with.plugins_dir.join(defaults.plugin);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading plugin {}: build the example plugins first with scripts/build-plugins",
+                    path.display()
+                )
+            })?;
+            let config = defaults
+                .config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()));
+            (bytes, config.collect(), path.display().to_string())
+        }
+    };
+    let version = with
+        .plugins
+        .load(&bytes)
+        .with_context(|| format!("loading {source}"))?;
+    let setup = InstanceSetup::new(profile, with.clock.clone()).config(config);
+    let strategy = with
+        .plugins
+        .start(&version, setup)
+        .map_err(|fault| anyhow::anyhow!("starting {source} for {}: {fault}", defaults.name))?;
+    let swap = strategy.swap_handle();
+    let exchange: Arc<dyn Exchange> = paper.clone();
+    let limits = match row.risk_limits {
+        Some(limits) => limits,
+        None => RiskLimits::conservative([defaults.symbol.clone()]),
+    };
+    let mut engine = ProfileEngine::new(
+        ProfileSpec {
+            profile,
+            user: row.user,
+            limits,
+        },
+        EngineConfig::default(),
+        with.store.clone(),
+        exchange,
+        Box::new(MeteredStrategy::new(
+            Box::new(strategy),
+            with.metrics.clone(),
+        )),
+        with.clock.clone(),
+        with.metrics.clone(),
+        with.switches.clone(),
+        OwnerToken::new_random(),
+    );
+    engine.set_paused(row.paused);
+    engine.set_killed(row.killed);
+    Ok((engine, swap, version.digest().clone()))
+}
+
+/// Serves the operational router until `stop` turns true.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .context("serving HTTP")
+}
+
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+struct MarketRun {
+    members: Vec<MarketMember>,
+    /// Profiles started after the market: they join at the next candle.
+    joining: mpsc::UnboundedReceiver<MarketMember>,
+    clock: Arc<VirtualClock>,
+    speed_ms: u64,
+    state: DemoState,
+    data_dir: PathBuf,
+    probe: Arc<MarketProbe>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One candle per symbol every `speed_ms`: each paper account sees every candle (fills and
+/// marks), each profile gets its own symbol's.
+async fn run_market(mut run: MarketRun) -> anyhow::Result<()> {
+    let mut source = CandleSource::new(&SimConfig::new(
+        DEMO_SEED ^ run.state.next_open_time_ms as u64,
+    ));
+    let mut tick = tokio::time::interval(Duration::from_millis(run.speed_ms));
+    loop {
+        tokio::select! {
+            biased;
+            _ = run.stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        while let Ok(member) = run.joining.try_recv() {
+            run.members.push(member);
+        }
+        let open_ms = run.state.next_open_time_ms;
+        let span = (open_ms, open_ms + CANDLE_MS);
+        let candles = source.next(span).context("the random walk never ends")?;
+        run.clock.advance_to(span.1);
+        for candle in &candles {
+            for member in &run.members {
+                member.paper.feed_candle(candle).await?;
+            }
+            for member in &run.members {
+                if member.symbol == candle.symbol {
+                    // A closed receiver means its profile task ended; the loops report that.
+                    let _ = member.candles.send(candle.clone()).await;
+                }
+            }
+        }
+        run.state.next_open_time_ms = span.1;
+        run.state.save(&run.data_dir)?;
+        run.probe.record(wall_now_ms());
+    }
+}
+
+/// The exchange as the health endpoint sees it: candles are arriving.
+#[derive(Debug, Default)]
+struct MarketProbe {
+    last_candle_ms: std::sync::atomic::AtomicI64,
+}
+
+impl MarketProbe {
+    fn record(&self, now_ms: i64) {
+        self.last_candle_ms
+            .store(now_ms, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Candles older than this mean the market feed has stopped.
+const MARKET_STALL_MS: i64 = 60_000;
+
+#[async_trait::async_trait]
+impl HealthProbe for MarketProbe {
+    fn name(&self) -> &'static str {
+        "exchange"
+    }
+
+    async fn check(&self) -> Result<serde_json::Value, String> {
+        let last = self
+            .last_candle_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        let lag_ms = wall_now_ms() - last;
+        if last != 0 && lag_ms > MARKET_STALL_MS {
+            return Err(format!("no candle for {lag_ms} ms"));
+        }
+        Ok(serde_json::json!({"kind": "paper", "last_candle_ms": last, "lag_ms": lag_ms}))
+    }
+}
+
+/// Plugin fault counts per profile; failing while any profile's plugin is faulted.
+struct PluginProbe {
+    engine: PluginEngine,
+    profiles: Vec<(String, ProfileId)>,
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for PluginProbe {
+    fn name(&self) -> &'static str {
+        "plugins"
+    }
+
+    async fn check(&self) -> Result<serde_json::Value, String> {
+        let mut faults = serde_json::Map::new();
+        for (name, profile) in &self.profiles {
+            let counts: Vec<serde_json::Value> = self
+                .engine
+                .fault_counts(*profile)
+                .into_iter()
+                .map(|(digest, counts)| serde_json::json!({"digest": digest.to_string(), "faults": counts}))
+                .collect();
+            faults.insert(name.clone(), counts.into());
+        }
+        Ok(faults.into())
+    }
+}

@@ -1,0 +1,12 @@
+//! Keel's host assembled: the one place where the kernel, the Wasm runtime, an exchange adapter
+//! and the API are put together into a running host.
+//!
+//! - [`serve`]: the per-profile loops (trading, monitor, reconciliation), the cluster of
+//!   instances sharing profiles by lease, the operational HTTP server, and `keel serve`.
+//! - [`config`]: `keel serve`'s configuration file and its `KEEL_*` overrides.
+//! - [`demo`]: `keel demo`, the embedded default: SQLite, the paper exchange over a random walk,
+//!   the example plugins.
+
+pub mod config;
+pub mod demo;
+pub mod serve;

@@ -1,0 +1,588 @@
+//! `keel serve --config FILE`: the host in production — PostgreSQL (several instances) or SQLite
+//! (one), a real exchange adapter, the profiles of the directory shared out by lease
+//! ([`super::cluster`]), and the operational endpoints.
+//!
+//! Start: the configuration is validated, migrations are applied when `database.admin_url` is
+//! set, the strategy plugin is compiled once, and the instance starts taking profiles; each runs
+//! restart recovery before its first decision. SIGTERM or Ctrl-C: the HTTP server stops
+//! accepting, each profile finishes its current step, and every lease is released so other
+//! instances take the profiles at once rather than after the TTL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use keel_kernel::engine::{
+    CandleHistory, Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, SystemClock,
+};
+use keel_kernel::exchange::{Exchange, Interval};
+use keel_kernel::ids::{ProfileId, Symbol};
+use keel_kernel::lock::OwnerToken;
+use keel_kernel::metrics::Metrics;
+use keel_kernel::risk::RiskLimits;
+use keel_kernel::store::{DirectoryEntry, SealedCredentials, Store};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, ExchangeConfig};
+use keel_api::{BINANCE_USDM, ControlChange, CredentialsKey, ProfileControl as _};
+use keel_exchange::binance::{BinanceConfig, BinanceExchange, Signer};
+use keel_runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
+
+use super::ProfileLoops;
+use super::cluster::{Cluster, ClusterConfig, ProfileStarter, Refreshed};
+use super::control::{LoopControl, RunningPlugin};
+use super::http::AppState;
+use super::metered::MeteredStrategy;
+use super::stored::{BoundPlugin, stored_profile};
+use keel_api::health::LoopHealth;
+
+/// Candles queued per profile before its stream waits.
+pub const CANDLE_QUEUE_MAX: usize = 64;
+
+/// `keel serve` options.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file (TOML); `KEEL_*` variables override its keys.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Runs one instance until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load_with_process_env(&args.config)?;
+    refuse_unknown_crash_point()?;
+    let instance = config.instance.id_or_default();
+    let store = open_store(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let auth = keel_api::auth::JwtKeys::new(config.api.jwt_secret.expose().as_bytes())
+        .context("api.jwt_secret")?;
+    let exchange = connect_exchange(&config.exchange).await?;
+    let loop_config = config.loops.loop_config();
+    let bus = keel_api::live::Bus::new(
+        store.clone(),
+        loop_config,
+        keel_api::live::QUEUE_MAX_DEFAULT,
+    );
+    let credentials = credentials_key()?;
+    let starter = Starter::new(
+        &config,
+        exchange,
+        credentials.clone(),
+        metrics.clone(),
+        bus.clone(),
+    )?;
+    let api = keel_api::ApiState {
+        store: store.clone(),
+        auth: auth.clone(),
+        plugins: starter.plugins.clone(),
+        control: starter.control.clone(),
+        credentials,
+        limits: config.api.body_limits(),
+    };
+    let switches = starter.switches.clone();
+    let starter = Arc::new(starter);
+    // Not ready until the first look at the directory says how many profiles must recover.
+    let health = Arc::new(LoopHealth::new(usize::MAX));
+    health.publish_to(bus.clone());
+    let app = AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        loop_config,
+        store: store.clone(),
+        probes: Vec::new(),
+        auth: auth.clone(),
+    };
+    let health_for_watch = health.clone();
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+    let address = listener.local_addr()?;
+    let owner = OwnerToken::new_random();
+    let cluster = Cluster::new(
+        store.clone(),
+        owner,
+        ClusterConfig {
+            lease_ttl_ms: config.instance.lease_ttl_ms,
+            lease_renew_ms: config.instance.lease_renew_ms,
+            profiles_max: config.instance.profiles_max,
+        },
+        loop_config,
+        starter,
+        metrics.clone(),
+        health,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut cluster = tokio::spawn(cluster.run(stop_rx.clone()));
+    let live = keel_api::live::router(bus.clone(), auth);
+    let watch = tokio::spawn(keel_api::live::watch_host(
+        bus,
+        health_for_watch,
+        Some(switches),
+        stop_rx.clone(),
+    ));
+    let routes = super::http::router(app)
+        .merge(keel_api::router(api))
+        .merge(live);
+    let server = tokio::spawn(crate::demo::serve(listener, routes, stop_rx));
+    // One line on stdout, so scripts and tests can find the address.
+    println!(
+        "keel serve: instance {instance} (owner {}) listening on http://{address}",
+        owner.as_uuid()
+    );
+    tracing::info!(%instance, owner = %owner.as_uuid(), %address, "serving");
+    let early = tokio::select! {
+        signal = crate::demo::shutdown_signal() => { signal?; None }
+        ended = &mut cluster => Some(ended),
+    };
+    tracing::info!("shutting down: each profile finishes its step, then its lease is released");
+    stop_tx.send_replace(true);
+    let ended = match early {
+        Some(ended) => ended,
+        None => cluster.await,
+    };
+    let result = ended.context("the cluster task panicked").and_then(|r| r);
+    server.await.context("server task panicked")??;
+    watch.await.context("host watch task panicked")?;
+    store.close().await;
+    println!("keel serve: stopped cleanly");
+    result
+}
+
+/// The key exchange credentials are sealed with: `KEEL_CREDENTIALS_KEY` (64 hex digits).
+/// A crash point (`KEEL_CRASH_POINT`, see `keel_kernel::crash`) must name one that exists, and
+/// only a lab build has them: a misspelt or useless arming is refused at start.
+fn refuse_unknown_crash_point() -> anyhow::Result<()> {
+    const ENV: &str = "KEEL_CRASH_POINT";
+    let Ok(point) = std::env::var(ENV) else {
+        return Ok(());
+    };
+    #[cfg(feature = "lab")]
+    {
+        debug_assert_eq!(ENV, keel_kernel::crash::ENV);
+        anyhow::ensure!(
+            keel_kernel::crash::is_valid(&point),
+            "{ENV} = {point:?} names no crash point; known: {}",
+            keel_kernel::crash::ALL.join(", ")
+        );
+        tracing::warn!(%point, "a crash point is armed: this process will abort there");
+        Ok(())
+    }
+    #[cfg(not(feature = "lab"))]
+    anyhow::bail!("{ENV} = {point:?}: this build has no crash points (they need the `lab` feature)")
+}
+
+fn credentials_key() -> anyhow::Result<keel_api::CredentialsKey> {
+    keel_api::CredentialsKey::from_env()?.context(
+        "KEEL_CREDENTIALS_KEY is not set: keel serve seals exchange credentials with it \
+         (64 hex digits, e.g. from `openssl rand -hex 32`)",
+    )
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let db = &config.database;
+    if let Some(admin) = &db.admin_url {
+        Store::migrate_postgres(admin.expose())
+            .await
+            .with_context(|| format!("applying migrations as {}", admin.masked()))?;
+    }
+    let url = db.url.expose();
+    let store = if url.starts_with("sqlite:") {
+        Store::open(url).await
+    } else {
+        Store::connect_postgres(url, db.connections_max).await
+    };
+    store.with_context(|| format!("opening database.url {}", db.url.masked()))
+}
+
+async fn connect_exchange(config: &ExchangeConfig) -> anyhow::Result<Arc<dyn Exchange>> {
+    match config {
+        ExchangeConfig::Binance {
+            rest_url,
+            ws_url,
+            api_key,
+            api_secret,
+        } => {
+            let signer = Signer::Hmac {
+                secret: api_secret.expose().to_owned(),
+            };
+            let binance = BinanceConfig::at(rest_url, ws_url, api_key.expose().to_owned(), signer);
+            let exchange = BinanceExchange::connect(binance)
+                .await
+                .with_context(|| format!("connecting to the exchange at {rest_url}"))?;
+            Ok(Arc::new(exchange))
+        }
+    }
+}
+
+/// Builds each profile's engine: the configured plugin, the exchange, the candle streams.
+struct Starter {
+    plugins: PluginEngine,
+    version: PluginVersion,
+    /// Plugins bound to profiles through the API, loaded so far.
+    bound: std::sync::Mutex<std::collections::HashMap<PluginDigest, PluginVersion>>,
+    engine: EngineConfig,
+    plugin_config: Vec<(String, String)>,
+    symbols: Vec<Symbol>,
+    interval: Interval,
+    exchange: Arc<dyn Exchange>,
+    metrics: Arc<Metrics>,
+    switches: Arc<HostSwitches>,
+    owner: OwnerToken,
+    /// Pause, resume, kill and hot-load of the profiles this instance runs (the API's).
+    control: Arc<LoopControl>,
+    /// The live feed of the dashboard and `/api/v1/ws`.
+    bus: Arc<keel_api::live::Bus>,
+    /// The plugin's file name, as the dashboard shows it.
+    plugin_name: String,
+    /// Recent candles of the configured symbols, shared by every profile engine of this host.
+    history: Arc<CandleHistory>,
+    /// Held while the history is filled from the exchange.
+    seeding: tokio::sync::Mutex<()>,
+    /// Where the exchange is: a profile with its owner's credentials trades there on its own
+    /// account.
+    exchange_config: ExchangeConfig,
+    /// Opens the owners' sealed credentials.
+    credentials: CredentialsKey,
+    /// The credentials (by their nonce, new with every seal) each profile was started with:
+    /// `None` for the host's account.
+    accounts: std::sync::Mutex<std::collections::HashMap<ProfileId, Option<Vec<u8>>>>,
+}
+
+impl Starter {
+    fn new(
+        config: &Config,
+        exchange: Arc<dyn Exchange>,
+        credentials: CredentialsKey,
+        metrics: Arc<Metrics>,
+        bus: Arc<keel_api::live::Bus>,
+    ) -> anyhow::Result<Starter> {
+        let strategy = &config.strategy;
+        let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
+        let bytes = std::fs::read(&strategy.plugin)
+            .with_context(|| format!("reading strategy.plugin {}", strategy.plugin.display()))?;
+        let version = plugins
+            .load(&bytes)
+            .with_context(|| format!("loading strategy.plugin {}", strategy.plugin.display()))?;
+        let symbols = strategy
+            .symbols
+            .iter()
+            .map(|s| Symbol::new(s))
+            .collect::<Result<Vec<_>, _>>()
+            .context("strategy.symbols")?;
+        let switches = Arc::new(HostSwitches {
+            kill: AtomicBool::new(config.host.kill_switch),
+        });
+        let plugin_name = strategy
+            .plugin
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Starter {
+            plugins,
+            version,
+            bound: Default::default(),
+            engine: config.engine.clone(),
+            plugin_config: strategy.config.clone().into_iter().collect(),
+            symbols,
+            interval: strategy.interval()?,
+            exchange,
+            metrics,
+            control: Arc::new(LoopControl::new(switches.clone())),
+            switches,
+            bus,
+            plugin_name,
+            history: Arc::new(CandleHistory::new(config.engine.warm_up_candles_max)),
+            exchange_config: config.exchange.clone(),
+            credentials,
+            accounts: Default::default(),
+            seeding: tokio::sync::Mutex::new(()),
+            // One owner per instance: its entry locks, like its profile leases, are its own.
+            owner: OwnerToken::new_random(),
+        })
+    }
+
+    /// The plugin the owner bound, else the configured one: version, settings, name.
+    async fn wanted_plugin(
+        &self,
+        binding: Option<BoundPlugin>,
+    ) -> anyhow::Result<(PluginVersion, Vec<(String, String)>, String)> {
+        Ok(match binding {
+            Some(bound) => (
+                self.bound_version(bound.wasm)
+                    .await
+                    .with_context(|| format!("loading plugin {:?}", bound.name))?,
+                bound.config,
+                bound.name,
+            ),
+            None => (
+                self.version.clone(),
+                self.plugin_config.clone(),
+                self.plugin_name.clone(),
+            ),
+        })
+    }
+
+    /// The loaded version of a bound plugin's bytes: compiled once per instance and digest, off
+    /// the async threads (a large component compiles for seconds).
+    async fn bound_version(&self, wasm: Vec<u8>) -> anyhow::Result<PluginVersion> {
+        let digest = PluginDigest::of(&wasm);
+        if let Some(version) = self.bound.lock().expect("lock poisoned").get(&digest) {
+            return Ok(version.clone());
+        }
+        let plugins = self.plugins.clone();
+        let version = tokio::task::spawn_blocking(move || plugins.load(&wasm))
+            .await
+            .context("the plugin compile task")??;
+        self.bound
+            .lock()
+            .expect("lock poisoned")
+            .insert(digest, version.clone());
+        Ok(version)
+    }
+
+    /// Fills the host's candle history from the exchange's recent candles, which an engine
+    /// replays into its new strategy instance before its first live decision. A symbol whose
+    /// history is live (its newest candle at most two intervals old: running profiles are fed it)
+    /// is not asked for again, so starting many profiles asks the exchange once per symbol, not
+    /// once per profile. The caller subscribed to the live candles first, so none falls between
+    /// the two (the history skips the ones it gets twice). Without them the strategy starts
+    /// blind, which is logged, not fatal.
+    async fn seed_recent_candles(&self, profile: ProfileId) {
+        let limit = self.engine.warm_up_candles_max;
+        if limit == 0 {
+            return;
+        }
+        // One start seeds at a time: the others then find the history live.
+        let _seeding = self.seeding.lock().await;
+        let live_after_ms = SystemClock.now_ms() - 2 * self.interval.as_ms();
+        for symbol in &self.symbols {
+            if self
+                .history
+                .latest_open_ms(symbol)
+                .is_some_and(|open_ms| open_ms >= live_after_ms)
+            {
+                continue;
+            }
+            match self
+                .exchange
+                .recent_candles(symbol, self.interval, limit)
+                .await
+            {
+                Ok(candles) => self.history.extend(candles),
+                Err(e) => tracing::warn!(
+                    profile_id = %profile, %symbol, error = %e,
+                    "warm-up skipped: the exchange's recent candles could not be read"
+                ),
+            }
+        }
+    }
+
+    /// The exchange account a profile trades on: its owner's, when the owner stored credentials
+    /// for it (at the configured exchange, with its own connection, user-data stream and rate
+    /// limits), else the host's. Credentials that do not open, or are for another exchange, stop
+    /// the profile from starting: it never falls back to the host's account.
+    async fn account(
+        &self,
+        entry: &DirectoryEntry,
+        sealed: Option<&SealedCredentials>,
+    ) -> anyhow::Result<Arc<dyn Exchange>> {
+        let Some(sealed) = sealed else {
+            return Ok(self.exchange.clone());
+        };
+        let profile = entry.profile;
+        anyhow::ensure!(
+            sealed.exchange == BINANCE_USDM,
+            "profile {profile}'s credentials are for {:?}; keel serve trades on {BINANCE_USDM}",
+            sealed.exchange
+        );
+        let secret = self.credentials.open(profile, entry.user, sealed)?;
+        let ExchangeConfig::Binance {
+            rest_url, ws_url, ..
+        } = &self.exchange_config;
+        let signer = Signer::Hmac {
+            secret: secret.api_secret,
+        };
+        let binance = BinanceConfig::at(rest_url, ws_url, secret.api_key, signer);
+        let exchange = BinanceExchange::connect(binance)
+            .await
+            .with_context(|| format!("connecting profile {profile}'s account at {rest_url}"))?;
+        tracing::info!(profile_id = %profile, "trading on the owner's exchange account");
+        Ok(Arc::new(exchange))
+    }
+
+    /// One channel of every configured symbol's closed candles.
+    async fn candles(&self) -> anyhow::Result<mpsc::Receiver<keel_kernel::market::Candle>> {
+        let (tx, rx) = mpsc::channel(CANDLE_QUEUE_MAX);
+        for symbol in &self.symbols {
+            let mut stream = self
+                .exchange
+                .candles(symbol, self.interval)
+                .await
+                .with_context(|| format!("subscribing to {symbol} candles"))?;
+            let tx = tx.clone();
+            // Ends when the profile's loops drop their receiver, which ends the stream too.
+            tokio::spawn(async move {
+                while let Some(candle) = stream.recv().await {
+                    if tx.send(candle).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(rx)
+    }
+}
+
+#[async_trait::async_trait]
+impl ProfileStarter for Starter {
+    fn switches(&self) -> &HostSwitches {
+        &self.switches
+    }
+
+    fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
+        self.control.credentials_changes()
+    }
+
+    fn stopped(&self, profile: ProfileId) {
+        self.accounts
+            .lock()
+            .expect("lock poisoned")
+            .remove(&profile);
+        self.control.forget(profile);
+    }
+
+    async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
+        let clock = Arc::new(SystemClock);
+        let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
+        let exchange = self.account(&entry, stored.credentials.as_ref()).await?;
+        self.accounts
+            .lock()
+            .expect("lock poisoned")
+            .insert(entry.profile, sealed_nonce(&stored.credentials));
+        let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
+        let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
+        let strategy_config = setup.config.clone();
+        let strategy = self
+            .plugins
+            .start(&version, setup)
+            .map_err(|fault| anyhow::anyhow!("starting the strategy: {fault}"))?;
+        let commands =
+            self.control
+                .register(entry.profile, Some(strategy.swap_handle()), clock.clone());
+        self.control.set_running(
+            entry.profile,
+            RunningPlugin {
+                digest: version.digest().clone(),
+                config: strategy_config,
+            },
+        );
+        let events = exchange
+            .user_events()
+            .await
+            .context("subscribing to the exchange's user events")?;
+        let candles = self.candles().await?;
+        let mut engine = ProfileEngine::new(
+            ProfileSpec {
+                profile: entry.profile,
+                user: entry.user,
+                limits: stored
+                    .row
+                    .risk_limits
+                    .unwrap_or_else(|| RiskLimits::conservative(self.symbols.iter().cloned())),
+            },
+            self.engine.clone(),
+            store,
+            exchange,
+            Box::new(MeteredStrategy::new(
+                Box::new(strategy),
+                self.metrics.clone(),
+            )),
+            clock,
+            self.metrics.clone(),
+            self.switches.clone(),
+            self.owner,
+        );
+        engine.share_history(self.history.clone());
+        engine.set_paused(stored.row.paused);
+        engine.set_killed(stored.row.killed);
+        self.seed_recent_candles(entry.profile).await;
+        self.bus.register(keel_api::live::ProfileInfo {
+            profile: entry.profile,
+            user: entry.user,
+            name: entry.profile.to_string(),
+            plugin: plugin_name,
+            plugin_version: version.digest().to_string(),
+            symbols: self.symbols.clone(),
+        });
+        Ok(ProfileLoops {
+            engine,
+            candles,
+            events,
+            commands,
+        })
+    }
+
+    async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<Refreshed> {
+        let profile = entry.profile;
+        let mut stored = stored_profile(store, entry.user, profile).await?;
+        let started_with = self
+            .accounts
+            .lock()
+            .expect("lock poisoned")
+            .get(&profile)
+            .cloned();
+        if started_with != Some(sealed_nonce(&stored.credentials)) {
+            // The account is fixed for the life of the loops: start them again on the new one.
+            return Ok(Refreshed::Restart);
+        }
+        let mut changes = vec![
+            ControlChange::Paused(stored.row.paused),
+            ControlChange::Killed(stored.row.killed),
+        ];
+        changes.extend(stored.row.risk_limits.take().map(ControlChange::Limits));
+        for change in changes {
+            if !self.control.apply(profile, change).await {
+                anyhow::bail!("profile {profile} does not run here any more");
+            }
+        }
+        // Compared before anything is compiled: a binding made through this instance's API is
+        // already running (the API swapped it in), and needs no second compile.
+        let binding = stored.binding.take();
+        let wanted = match &binding {
+            Some(bound) => RunningPlugin {
+                digest: PluginDigest::of(&bound.wasm),
+                config: bound.config.clone().into(),
+            },
+            None => RunningPlugin {
+                digest: self.version.digest().clone(),
+                config: self.plugin_config.clone().into(),
+            },
+        };
+        if self.control.running(profile).as_ref() == Some(&wanted) {
+            return Ok(Refreshed::Applied);
+        }
+        let (version, config, name) = self.wanted_plugin(binding).await?;
+        let clock = self
+            .control
+            .clock(profile)
+            .with_context(|| format!("profile {profile} does not run here any more"))?;
+        let setup = InstanceSetup::new(profile, clock).config(config);
+        let plugins = self.plugins.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || plugins.prepare_replacement(&version, setup))
+                .await
+                .context("the plugin instantiation task")?
+                .map_err(|fault| anyhow::anyhow!("starting plugin {name:?}: {fault}"))?;
+        if !self.control.offer_strategy(profile, prepared) {
+            anyhow::bail!("profile {profile} does not run here any more");
+        }
+        tracing::info!(profile_id = %profile, plugin = %name, "bound plugin queued for a hot-swap");
+        Ok(Refreshed::Applied)
+    }
+}
+
+/// What tells one sealing of credentials from another (`None`: no credentials).
+fn sealed_nonce(sealed: &Option<SealedCredentials>) -> Option<Vec<u8>> {
+    sealed.as_ref().map(|c| c.nonce.clone())
+}

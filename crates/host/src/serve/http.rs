@@ -1,0 +1,250 @@
+//! The host's operational endpoints: `/metrics`, `/internal/health`, `/livez`, `/readyz`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use keel_kernel::metrics::Metrics;
+use keel_kernel::store::Store;
+use serde_json::json;
+
+use keel_api::health::{LoopConfig, LoopHealth, loop_statuses};
+
+/// A dependency the health endpoint checks besides the loops.
+#[async_trait::async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// The component's name in the health document.
+    fn name(&self) -> &'static str;
+    /// `Ok(detail)` when healthy, `Err(reason)` when not.
+    async fn check(&self) -> Result<serde_json::Value, String>;
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The registry served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// What the loops report.
+    pub health: Arc<LoopHealth>,
+    /// The loops' thresholds.
+    pub loop_config: LoopConfig,
+    /// The store, probed by `/internal/health`.
+    pub store: Store,
+    /// Further components (exchange, plugins).
+    pub probes: Vec<Arc<dyn HealthProbe>>,
+    /// The keys bearer tokens are verified with.
+    pub auth: keel_api::auth::JwtKeys,
+}
+
+/// The operational router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/internal/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn livez() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restart recovery is running",
+        )
+            .into_response()
+    }
+}
+
+/// Why the host is unhealthy: what anyone may read, and the detail operators get.
+#[derive(Default)]
+struct Reasons {
+    public: Vec<String>,
+    detail: Vec<String>,
+}
+
+impl Reasons {
+    fn push(&mut self, public: impl Into<String>, detail: impl Into<String>) {
+        self.public.push(public.into());
+        self.detail.push(detail.into());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.public.is_empty()
+    }
+}
+
+/// `/internal/health`: per-component status and an overall status for anyone (load balancers,
+/// probes); with an operator's bearer token, also the per-profile detail, which names tenants.
+/// A token that does not verify is refused (401) rather than silently read as anonymous.
+async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let operator = match headers.get(header::AUTHORIZATION) {
+        None => false,
+        Some(value) => match state.auth.verify_header(value.to_str().ok()) {
+            Ok(caller) => caller.operator,
+            Err(error) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": error.to_string()})),
+                )
+                    .into_response();
+            }
+        },
+    };
+    let mut reasons = Reasons::default();
+    let mut loops = serde_json::Map::new();
+    for (name, status) in loop_statuses(&state.health, &state.loop_config) {
+        if status.state != "ok" {
+            let reason = format!("loop {name} is {}", status.state);
+            reasons.push(reason.clone(), reason);
+        }
+        let mut value = json!(status);
+        if !operator {
+            // An error text may quote a tenant's data.
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("last_error");
+            }
+        }
+        loops.insert(name.to_owned(), value);
+    }
+    if !state.health.is_ready() {
+        let reason = "restart recovery has not finished";
+        reasons.push(reason, reason);
+    }
+    let (capital, database) = capital_status(&state, &mut reasons).await;
+    let mut components = serde_json::Map::new();
+    components.insert("loops".into(), loops.into());
+    components.insert("database".into(), database);
+    components.insert("capital".into(), capital);
+    for probe in &state.probes {
+        let value = match probe.check().await {
+            Ok(detail) => json!({"status": "ok", "detail": detail}),
+            Err(reason) => {
+                reasons.push(
+                    format!("{} is failing", probe.name()),
+                    format!("{}: {reason}", probe.name()),
+                );
+                json!({"status": "failing", "reason": reason})
+            }
+        };
+        components.insert(probe.name().into(), value);
+    }
+    let healthy = reasons.is_empty();
+    let body = if operator {
+        let runs = state.health.runs();
+        let profiles: Vec<serde_json::Value> = state
+            .health
+            .snapshots()
+            .into_iter()
+            .map(|(profile, snapshot)| {
+                let loops: serde_json::Map<String, serde_json::Value> = runs
+                    .iter()
+                    .filter(|(p, _, _)| *p == profile)
+                    .map(|(_, name, run)| ((*name).to_owned(), json!(run)))
+                    .collect();
+                json!({
+                    "profile": profile,
+                    "user": snapshot.user,
+                    "controls": snapshot.controls,
+                    "entry_block": snapshot.entry_block,
+                    "capital_free": snapshot.capital_free,
+                    "loops": loops,
+                })
+            })
+            .collect();
+        json!({
+            "status": if healthy { "ok" } else { "failing" },
+            "reasons": reasons.detail,
+            "components": components,
+            "profiles": profiles,
+        })
+    } else {
+        // Status only: the probes' details and the capital rows name profiles.
+        let components: serde_json::Map<String, serde_json::Value> = components
+            .into_iter()
+            .map(|(name, value)| {
+                let value = if name == "loops" {
+                    value
+                } else {
+                    json!({"status": value["status"]})
+                };
+                (name, value)
+            })
+            .collect();
+        json!({
+            "status": if healthy { "ok" } else { "failing" },
+            "reasons": reasons.public,
+            "components": components,
+        })
+    };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Reads every profile's capital row: a database probe and the capital invariant at once.
+/// Returns the capital component and the database component.
+async fn capital_status(
+    state: &AppState,
+    reasons: &mut Reasons,
+) -> (serde_json::Value, serde_json::Value) {
+    let mut profiles = Vec::new();
+    let mut database = json!({"status": "ok"});
+    let mut broken = 0;
+    for (profile, snapshot) in state.health.snapshots() {
+        match state.store.tenant(snapshot.user).capital(profile).await {
+            Ok(capital) => {
+                let free = capital.free();
+                let holds = !free.is_sign_negative();
+                if !holds {
+                    broken += 1;
+                    reasons
+                        .detail
+                        .push(format!("capital invariant broken for profile {profile}"));
+                }
+                profiles.push(json!({
+                    "profile": profile.to_string(),
+                    "allocated": capital.allocated.to_string(),
+                    "free": free.to_string(),
+                    "invariant_holds": holds,
+                    "controls": snapshot.controls,
+                    "entry_block": snapshot.entry_block,
+                }));
+            }
+            Err(error) => {
+                if database["status"] == "ok" {
+                    reasons.push("database is failing", format!("database: {error}"));
+                }
+                database = json!({"status": "failing", "reason": error.to_string()});
+            }
+        }
+    }
+    if broken > 0 {
+        reasons
+            .public
+            .push(format!("capital invariant broken for {broken} profile(s)"));
+    }
+    let status = if broken > 0 { "failing" } else { "ok" };
+    (json!({"status": status, "profiles": profiles}), database)
+}

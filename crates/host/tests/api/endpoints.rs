@@ -1,0 +1,500 @@
+//! Every endpoint once, as its owner uses it, with what it wrote checked in the database.
+
+use axum::http::StatusCode;
+use keel_kernel::ids::UserId;
+use serde_json::json;
+
+use crate::{Api, Db, plugin_bytes, risk_limits};
+
+crate::api_tests!(
+    profiles_are_created_listed_read_updated_and_deleted,
+    capital_is_allocated_through_the_ledger,
+    credentials_are_stored_sealed_and_never_returned,
+    plugins_are_uploaded_once_listed_read_and_bound,
+    switches_are_stored_and_history_is_readable,
+    operator_routes_list_every_profile_and_switch_the_host,
+);
+
+async fn profiles_are_created_listed_read_updated_and_deleted(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let created = api
+        .send(
+            "POST",
+            "/api/v1/profiles",
+            Some(&token),
+            Some(json!({"name": "bare"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(created.body["risk_limits"], json!(null));
+    assert_eq!(created.body["capital"]["allocated"], "0");
+    assert_eq!(created.body["running"], false);
+    let bare = created.body["profile_id"].as_str().unwrap().to_owned();
+    let other = api.create_profile(&token, "btc").await;
+
+    let list = api
+        .send("GET", "/api/v1/profiles", Some(&token), None)
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    let ids: Vec<&str> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["profile_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bare.as_str(), other.as_str()]);
+
+    let read = api
+        .send(
+            "GET",
+            &format!("/api/v1/profiles/{other}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["name"], "btc");
+    assert_eq!(
+        read.body["risk_limits"]["symbols_allowed"],
+        json!(["BTCUSDT"])
+    );
+
+    let mut limits = risk_limits(&["ETHUSDT", "BTCUSDT"]);
+    limits["entry_notional_max"] = json!("250.5");
+    let updated = api
+        .send(
+            "PUT",
+            &format!("/api/v1/profiles/{other}/risk"),
+            Some(&token),
+            Some(limits),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{updated:?}");
+    assert_eq!(updated.body["risk_limits"]["entry_notional_max"], "250.5");
+    assert_eq!(
+        updated.body["risk_limits"]["symbols_allowed"],
+        json!(["BTCUSDT", "ETHUSDT"])
+    );
+    let stored = db
+        .scalar_count(&format!(
+            "SELECT count(*) FROM profiles WHERE risk_limits LIKE '%250.5%' AND risk_limits LIKE '%ETHUSDT%' AND {}",
+            id_match(db, "profile_id", &other)
+        ))
+        .await;
+    assert_eq!(stored, 1, "the new limits are in the database");
+
+    let deleted = api
+        .send(
+            "DELETE",
+            &format!("/api/v1/profiles/{bare}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let gone = api
+        .send(
+            "GET",
+            &format!("/api/v1/profiles/{bare}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert!(gone.error().contains(&bare), "{gone:?}");
+    let again = api
+        .send(
+            "DELETE",
+            &format!("/api/v1/profiles/{bare}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    let list = api
+        .send("GET", "/api/v1/profiles", Some(&token), None)
+        .await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    let kept = db
+        .scalar_count(&format!(
+            "SELECT count(*) FROM profiles WHERE deleted_at_ms IS NOT NULL AND {}",
+            id_match(db, "profile_id", &bare)
+        ))
+        .await;
+    assert_eq!(kept, 1, "a deleted profile keeps its row, marked deleted");
+}
+
+/// A SQL condition matching a UUID column to `id` on either backend.
+pub fn id_match(db: &Db, column: &str, id: &str) -> String {
+    match db {
+        Db::Pg(..) => format!("{column} = '{id}'::uuid"),
+        Db::Lite(_) => format!("hex({column}) = upper('{}')", id.replace('-', "")),
+    }
+}
+
+async fn capital_is_allocated_through_the_ledger(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let profile = api.create_profile(&token, "funded").await;
+    let path = format!("/api/v1/profiles/{profile}/allocations");
+    let first = api
+        .send(
+            "POST",
+            &path,
+            Some(&token),
+            Some(json!({"amount": "1000.25"})),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(first.body["allocated"], "1000.25");
+    assert_eq!(first.body["free"], "1000.25");
+    let second = api
+        .send("POST", &path, Some(&token), Some(json!({"amount": "500"})))
+        .await;
+    assert_eq!(second.body["allocated"], "1500.25");
+
+    let ledger = api
+        .send(
+            "GET",
+            &format!("/api/v1/profiles/{profile}/ledger"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(ledger.status, StatusCode::OK);
+    let entries = ledger.body.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["kind"], "ALLOCATE");
+    assert_eq!(entries[0]["d_allocated"], "500", "newest first");
+    let first_id = entries[0]["entry_id"].as_i64().unwrap();
+    let older = api
+        .send(
+            "GET",
+            &format!("/api/v1/profiles/{profile}/ledger?before={first_id}&limit=1"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(older.body.as_array().unwrap().len(), 1);
+    assert_eq!(older.body[0]["d_allocated"], "1000.25");
+    let journal = db
+        .scalar_count(&format!(
+            "SELECT count(*) FROM ledger_entries WHERE entry_kind = 'ALLOCATE' AND {}",
+            id_match(db, "profile_id", &profile)
+        ))
+        .await;
+    assert_eq!(journal, 2);
+
+    for bad in [
+        json!({"amount": "0"}),
+        json!({"amount": "-5"}),
+        json!({"amount": "1.000000001"}),
+        json!({"amount": "lots"}),
+    ] {
+        let refused = api
+            .send("POST", &path, Some(&token), Some(bad.clone()))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {refused:?}"
+        );
+    }
+    let journal_after = db
+        .scalar_count(&format!(
+            "SELECT count(*) FROM ledger_entries WHERE {}",
+            id_match(db, "profile_id", &profile)
+        ))
+        .await;
+    assert_eq!(journal_after, 2, "refused allocations wrote nothing");
+}
+
+async fn credentials_are_stored_sealed_and_never_returned(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let profile = api.create_profile(&token, "keys").await;
+    let path = format!("/api/v1/profiles/{profile}/credentials");
+    let none = api.send("GET", &path, Some(&token), None).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    let body = json!({"exchange": "binance-usdm", "api_key": "AKIA-visible-key", "api_secret": "s3cr3t-never-shown"});
+    let put = api.send("PUT", &path, Some(&token), Some(body)).await;
+    assert_eq!(put.status, StatusCode::OK, "{put:?}");
+    assert_eq!(put.body["configured"], true);
+    assert_eq!(put.body["exchange"], "binance-usdm");
+    let text = put.body.to_string();
+    assert!(!text.contains("s3cr3t") && !text.contains("AKIA"), "{text}");
+    let read = api.send("GET", &path, Some(&token), None).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert!(!read.body.to_string().contains("s3cr3t"));
+
+    let plain = db
+        .scalar_count(&match db {
+            Db::Pg(..) => "SELECT count(*) FROM profile_credentials WHERE position('s3cr3t'::bytea in ciphertext) > 0 OR position('AKIA'::bytea in ciphertext) > 0".to_owned(),
+            Db::Lite(_) => "SELECT count(*) FROM profile_credentials WHERE instr(ciphertext, CAST('s3cr3t' AS BLOB)) > 0 OR instr(ciphertext, CAST('AKIA' AS BLOB)) > 0".to_owned(),
+        })
+        .await;
+    assert_eq!(plain, 0, "the database holds no clear text");
+    let mut tx = db
+        .store()
+        .tenant(owner_of(&api, &token))
+        .begin()
+        .await
+        .unwrap();
+    let sealed = tx
+        .credentials(keel_kernel::ids::ProfileId::parse(&profile).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    let opened = api
+        .credentials
+        .open(
+            keel_kernel::ids::ProfileId::parse(&profile).unwrap(),
+            owner_of(&api, &token),
+            &sealed,
+        )
+        .unwrap();
+    assert_eq!(opened.api_secret, "s3cr3t-never-shown");
+
+    let unknown = api
+        .send(
+            "PUT",
+            &path,
+            Some(&token),
+            Some(json!({"exchange": "mtgox", "api_key": "a", "api_secret": "b"})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(unknown.error().contains("exchange"), "{unknown:?}");
+    let deleted = api.send("DELETE", &path, Some(&token), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let gone = api.send("GET", &path, Some(&token), None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+}
+
+fn owner_of(api: &Api, token: &str) -> UserId {
+    api.keys.verify(token).unwrap().user
+}
+
+async fn plugins_are_uploaded_once_listed_read_and_bound(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let bytes = plugin_bytes("sma-cross");
+    let uploaded = api.upload(&token, "sma", bytes.clone()).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{uploaded:?}");
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    assert_eq!(uploaded.body["sha256"], digest.as_str());
+    assert_eq!(uploaded.body["size_bytes"], bytes.len());
+    assert_eq!(
+        uploaded.body["report"]["world"],
+        "keel:strategy/strategy@0.1.0"
+    );
+    let plugin = uploaded.body["plugin_id"].as_str().unwrap().to_owned();
+    let again = api.upload(&token, "sma-again", bytes.clone()).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        again.body["plugin_id"],
+        plugin.as_str(),
+        "the same bytes are stored once"
+    );
+    let stored = db.scalar_count("SELECT count(*) FROM plugins").await;
+    assert_eq!(stored, 1);
+
+    let list = api.send("GET", "/api/v1/plugins", Some(&token), None).await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    let read = api
+        .send(
+            "GET",
+            &format!("/api/v1/plugins/{plugin}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["name"], "sma");
+
+    let profile = api.create_profile(&token, "bound").await;
+    let path = format!("/api/v1/profiles/{profile}/plugin");
+    let unbound = api.send("GET", &path, Some(&token), None).await;
+    assert_eq!(unbound.status, StatusCode::NOT_FOUND);
+    let refused = api
+        .send(
+            "PUT",
+            &path,
+            Some(&token),
+            Some(json!({"plugin_id": plugin, "config": {"fast": "9", "slow": "3"}})),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "init refuses fast >= slow: {refused:?}"
+    );
+    assert!(refused.error().contains("init"), "{refused:?}");
+    assert_eq!(
+        db.scalar_count("SELECT count(*) FROM profile_bindings")
+            .await,
+        0
+    );
+    let bound = api
+        .send(
+            "PUT",
+            &path,
+            Some(&token),
+            Some(json!({"plugin_id": plugin, "config": {"fast": "3", "slow": "8"}})),
+        )
+        .await;
+    assert_eq!(bound.status, StatusCode::OK, "{bound:?}");
+    assert_eq!(bound.body["swap"], "stored", "no loop runs this profile");
+    assert_eq!(bound.body["binding"]["sha256"], digest.as_str());
+    let read = api.send("GET", &path, Some(&token), None).await;
+    assert_eq!(read.body["config"], json!({"fast": "3", "slow": "8"}));
+    let profile_view = api
+        .send(
+            "GET",
+            &format!("/api/v1/profiles/{profile}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(profile_view.body["plugin"]["plugin_id"], plugin.as_str());
+
+    let junk = api
+        .upload(&token, "junk", b"\0asm not really".to_vec())
+        .await;
+    assert_eq!(junk.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(junk.error().contains("invalid plugin"), "{junk:?}");
+}
+
+async fn switches_are_stored_and_history_is_readable(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let profile = api.create_profile(&token, "switched").await;
+    let base = format!("/api/v1/profiles/{profile}");
+    let paused = api
+        .send("POST", &format!("{base}/pause"), Some(&token), None)
+        .await;
+    assert_eq!(paused.status, StatusCode::OK);
+    assert_eq!(paused.body["paused"], true);
+    let killed = api
+        .send("POST", &format!("{base}/kill"), Some(&token), None)
+        .await;
+    assert_eq!(killed.body["killed"], true);
+    let row = format!(
+        "SELECT count(*) FROM profiles WHERE paused AND killed AND {}",
+        id_match(db, "profile_id", &profile)
+    );
+    assert_eq!(db.scalar_count(&row).await, 1);
+    let resumed = api
+        .send("POST", &format!("{base}/resume"), Some(&token), None)
+        .await;
+    assert_eq!(resumed.body["paused"], false);
+    assert_eq!(
+        resumed.body["killed"], true,
+        "resume leaves the kill switch"
+    );
+    let released = api
+        .send("DELETE", &format!("{base}/kill"), Some(&token), None)
+        .await;
+    assert_eq!(released.body["killed"], false);
+
+    for list in ["orders", "positions", "ledger", "trades"] {
+        let reply = api
+            .send("GET", &format!("{base}/{list}"), Some(&token), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{list}: {reply:?}");
+        assert_eq!(reply.body, json!([]), "{list}");
+    }
+    let bad_page = api
+        .send("GET", &format!("{base}/orders?limit=0"), Some(&token), None)
+        .await;
+    assert_eq!(bad_page.status, StatusCode::BAD_REQUEST);
+    let too_big = api
+        .send(
+            "GET",
+            &format!("{base}/trades?limit=501"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(too_big.status, StatusCode::BAD_REQUEST);
+    assert!(too_big.error().contains("limit"), "{too_big:?}");
+    let unknown = api
+        .send("GET", &format!("{base}/ledger?page=2"), Some(&token), None)
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+}
+
+async fn operator_routes_list_every_profile_and_switch_the_host(db: &Db) {
+    let api = Api::new(db.store());
+    let (alice, bob) = (UserId::new_random(), UserId::new_random());
+    let a = api.create_profile(&api.token(alice, false), "alice").await;
+    let b = api.create_profile(&api.token(bob, false), "bob").await;
+    let operator = api.token(UserId::new_random(), true);
+    let all = api
+        .send("GET", "/api/v1/operator/profiles", Some(&operator), None)
+        .await;
+    assert_eq!(all.status, StatusCode::OK, "{all:?}");
+    let mut seen: Vec<(String, String)> = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["profile_id"].as_str().unwrap().to_owned(),
+                p["user_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![(a, alice.to_string()), (b, bob.to_string())];
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    let state = api
+        .send("GET", "/api/v1/operator/kill", Some(&operator), None)
+        .await;
+    assert_eq!(state.body["engaged"], false);
+    let engaged = api
+        .send("POST", "/api/v1/operator/kill", Some(&operator), None)
+        .await;
+    assert_eq!(engaged.body["engaged"], true);
+    assert!(api.control_host_kill());
+    let released = api
+        .send("DELETE", "/api/v1/operator/kill", Some(&operator), None)
+        .await;
+    assert_eq!(released.body["engaged"], false);
+    assert!(!api.control_host_kill());
+    let reconciled = api
+        .send("POST", "/api/v1/operator/reconcile", Some(&operator), None)
+        .await;
+    assert_eq!(reconciled.status, StatusCode::OK);
+    assert_eq!(reconciled.body, json!([]), "no loop runs here");
+
+    let tenant = api.token(alice, false);
+    for (method, path) in [
+        ("GET", "/api/v1/operator/profiles"),
+        ("GET", "/api/v1/operator/kill"),
+        ("POST", "/api/v1/operator/kill"),
+        ("DELETE", "/api/v1/operator/kill"),
+        ("POST", "/api/v1/operator/reconcile"),
+    ] {
+        let refused = api.send(method, path, Some(&tenant), None).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert!(refused.error().contains("operator"), "{refused:?}");
+    }
+    assert!(!api.control_host_kill());
+}
+
+impl Api {
+    fn control_host_kill(&self) -> bool {
+        use keel_api::ProfileControl as _;
+        self.control.host_kill()
+    }
+}

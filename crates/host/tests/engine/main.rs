@@ -1,0 +1,7 @@
+//! The trading engine end to end: a native strategy, the paper exchange and a real SQLite store.
+
+mod harness;
+mod metrics;
+mod path;
+mod recovery;
+mod warm_up;

@@ -1,0 +1,110 @@
+//! `keel simulate`: the deterministic simulation finds no violation over the CI seeds, replays a
+//! seed exactly, and catches each planted bug.
+
+use keel_kernel::plant::Plant;
+use keel_lab::simulate::{SimulateArgs, SimulationReport, simulate};
+
+/// Seeds CI runs on every change (docs/testing.md says how to run millions).
+const CI_SEEDS: u64 = 200;
+const CI_STEPS: u32 = 30;
+
+fn args(first_seed: u64, seeds: u64, steps: u32, plant: Option<Plant>) -> SimulateArgs {
+    SimulateArgs {
+        seeds,
+        first_seed,
+        seed: None,
+        steps,
+        plant,
+        jobs: 4,
+        json: true,
+    }
+}
+
+fn pretty(report: &SimulationReport) -> String {
+    serde_json::to_string_pretty(report).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_seeds_break_no_invariant_under_faults() {
+    let report = simulate(&args(0, CI_SEEDS, CI_STEPS, None)).await.unwrap();
+    assert_eq!(report.violations_total, 0, "{}", pretty(&report));
+    assert_eq!(report.steps_run, CI_SEEDS * u64::from(CI_STEPS));
+    // The run did meet the faults it claims to survive.
+    for kind in [
+        "ack_lost",
+        "request_dropped",
+        "query_failed",
+        "crash_before_send",
+        "crash_after_send",
+        "twin_decides",
+        "event_dropped",
+        "event_duplicated",
+        "event_delayed",
+        "events_reordered",
+        "transaction_failed",
+        "lock_expired",
+        "host_restart",
+    ] {
+        assert!(
+            report.faults_by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} fault injected: {}",
+            pretty(&report)
+        );
+    }
+    assert!(report.orders_sent > CI_SEEDS, "{}", pretty(&report));
+    assert!(report.invariant_checks > CI_SEEDS * u64::from(CI_STEPS) * 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_replays_exactly() {
+    let mut replay = args(0, 1, 120, None);
+    replay.seed = Some(4242);
+    let first = simulate(&replay).await.unwrap();
+    let second = simulate(&replay).await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(first.first_seed, 4242);
+    assert!(
+        first.faults_injected > 0 && first.orders_sent > 0,
+        "{}",
+        pretty(&first)
+    );
+}
+
+async fn caught(plant: Plant, invariant: &str) {
+    let report = simulate(&args(0, 20, CI_STEPS, Some(plant))).await.unwrap();
+    assert!(
+        report.passed(),
+        "{plant} was not caught: {}",
+        pretty(&report)
+    );
+    assert!(
+        report.violations.iter().any(|v| v.invariant == invariant),
+        "{plant} was caught, but not as {invariant}: {}",
+        pretty(&report)
+    );
+    // Each violation names the seed that replays it, and replaying it finds it again.
+    let failing = report.violations[0].clone();
+    let mut replay = args(0, 1, CI_STEPS, Some(plant));
+    replay.seed = Some(failing.seed);
+    let again = simulate(&replay).await.unwrap();
+    assert_eq!(again.violations.first(), Some(&failing));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_entry_lock_is_caught() {
+    caught(Plant::LockDisabled, "entry_lock_excludes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_ledger_check_is_caught() {
+    caught(
+        Plant::LedgerCheckDisabled,
+        "capital_checked_before_database",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_fill_deduplication_is_caught() {
+    caught(Plant::FillDedupDisabled, "kernel_write_refused").await;
+}

@@ -1,0 +1,62 @@
+//! Keel's test kit: what the test suites of every crate share.
+//!
+//! - [`store`]: a fresh PostgreSQL database per test with the production role layout (owner,
+//!   host role without table ownership), a fresh SQLite file, and a [`store::Harness`] with raw
+//!   access for tampering; [`contract_tests!`] declares a test once per backend.
+//! - [`example_plugin_path`] / [`example_plugin_bytes`]: the example strategies built by
+//!   `scripts/build-plugins`.
+//! - [`wait_for`]: polls a condition with a deadline, so no test waits without end.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use std::time::Duration;
+//! keel_testkit::wait_for("the answer", Duration::from_secs(5), || async { true }).await;
+//! # }
+//! ```
+
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The file of an example plugin by crate name (e.g. `sma-cross`), as `scripts/build-plugins`
+/// leaves it. Fails the test with the command to run when the plugins were not built.
+pub fn example_plugin_path(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("plugins-example/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "example plugin {} is missing: build the plugins first with scripts/build-plugins \
+         (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The bytes of an example plugin by crate name (see [`example_plugin_path`]).
+pub fn example_plugin_bytes(name: &str) -> Vec<u8> {
+    let path = example_plugin_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Polls `condition` every 100 ms until it holds; fails the test after `max`.
+pub async fn wait_for<F, Fut>(what: &str, max: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < max,
+            "timed out after {max:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

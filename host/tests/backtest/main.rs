@@ -1,7 +1,0 @@
-//! `keel backtest`: the whole kernel path over candle files, its report, and its command line.
-
-mod cli;
-mod common;
-mod python;
-mod runs;
-mod scaffold;

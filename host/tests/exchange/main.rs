@@ -1,6 +1,0 @@
-//! Exchange integration tests: the paper engine's fill rules, and the Binance adapter against a
-//! real `keel exchange-sim` server, with and without injected faults.
-
-mod binance;
-mod binary;
-mod paper;

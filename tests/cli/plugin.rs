@@ -1,0 +1,98 @@
+//! `keel plugin check` loads a plugin as the host does and says so by its exit code.
+
+use std::process::Command;
+
+use keel_testkit::example_plugin_path as plugin_path;
+
+#[test]
+fn plugin_check_accepts_an_example_plugin_and_prints_its_world() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("sma-cross"))
+        .args(["--config", "fast=5", "--config", "slow=20"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("world:    keel:strategy/strategy@0.1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("exports:  init, on-candle, on-fill, on-timer"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("loadable: yes"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_fails_with_the_reason_when_init_refuses_the_config() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("sma-cross"))
+        .args(["--config", "fast=50", "--config", "slow=20"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("init refused: fast (50) must be less than slow (20)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plugin_check_refuses_a_file_that_is_not_webassembly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.wasm");
+    std::fs::write(&path, "just some text").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("refused: not a WebAssembly file"),
+        "{stderr}"
+    );
+}
+
+/// The Python example: `init` runs the interpreter, reads the config and keeps it for the calls
+/// that follow; a refusal carries the Python exception's message.
+#[test]
+fn plugin_check_accepts_the_python_example_and_names_its_language_and_budgets() {
+    let check = |config: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .args(["plugin", "check", "--json"])
+            .arg(plugin_path("sma-cross-py"));
+        for pair in config {
+            command.args(["--config", pair]);
+        }
+        command.output().unwrap()
+    };
+    let output = check(&["fast=5", "slow=20", "mode=long-short"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["loadable"], true, "{report}");
+    assert_eq!(report["init"], "ok", "{report}");
+    assert_eq!(report["report"]["language"], "python", "{report}");
+    let python = keel_runtime::PluginLimits::python();
+    assert_eq!(report["limits"]["fuel_per_call"], python.fuel_per_call);
+    assert_eq!(
+        report["limits"]["memory_bytes_max"],
+        python.memory_bytes_max
+    );
+
+    let output = check(&["fast=50", "slow=20"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["init"], "init refused: fast (50) must be less than slow (20)",
+        "{report}"
+    );
+}
