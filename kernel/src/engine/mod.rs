@@ -31,7 +31,7 @@ use crate::lifecycle::{EntryRequest, ExitRequest, OrderRecord, WriteAhead};
 use crate::lock::{Lease, LockKey, LockKind, OwnerToken};
 use crate::market::Candle;
 use crate::metrics::Metrics;
-use crate::money::{MoneyError, Price};
+use crate::money::Price;
 use crate::plant::Plant;
 use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
 use crate::store::{Store, StoreError, TenantTx};
@@ -442,8 +442,10 @@ impl ProfileEngine {
             equity: self.book.equity(),
             exposure: self.book.exposure(),
             positions_open: self.book.positions_open(),
+            // Saturating: a stored quantity beyond reason is refused by the risk rules (too large
+            // or not positive), never a panic here.
             position_qty: position.map_or(Decimal::ZERO, |p| {
-                p.qty_open - self.exit_qty_pending(&p.symbol)
+                p.qty_open.saturating_sub(self.exit_qty_pending(&p.symbol))
             }),
             position_side: position.map(|p| book::position_side(p.side, IntentKind::Entry)),
             daily_realized_pnl: self.day.1,
@@ -458,8 +460,8 @@ impl ProfileEngine {
             .open_orders
             .values()
             .filter(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
-            .map(|o| o.qty - o.filled_qty)
-            .sum()
+            .map(|o| o.qty.saturating_sub(o.filled_qty))
+            .fold(Decimal::ZERO, Decimal::saturating_add)
     }
 
     fn validate(&mut self, raw: &RawIntent) -> Result<ValidIntent, Refusal> {
@@ -557,7 +559,7 @@ impl ProfileEngine {
     /// The price an entry reserves capital at: never below what it may fill at (within the
     /// slippage allowance) plus the fee its fills are charged (within the fee allowance), so
     /// recording a fill never needs capital the reservation does not hold.
-    fn reservation_price(&self, request: &OrderRequest) -> Result<Price, MoneyError> {
+    fn reservation_price(&self, request: &OrderRequest) -> Result<Price, Refusal> {
         let (reference, slippage_bps) = match request.order_type {
             OrderType::Limit { price } if request.side == crate::market::Side::Buy => (price, 0),
             OrderType::Limit { price } => (price, self.config.slippage_reserve_bps),
@@ -569,12 +571,16 @@ impl ProfileEngine {
                 self.config.slippage_reserve_bps,
             ),
         };
-        let allowance_bps = slippage_bps + self.config.fee_reserve_bps;
-        let factor = Decimal::ONE + Decimal::from(allowance_bps) / Decimal::from(10_000);
-        Price::new(
-            (reference.get() * factor)
-                .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero),
-        )
+        // Two u32 of bps and a price within MAGNITUDE_MAX stay far inside a decimal's range;
+        // the sums are checked so that no configuration can make them panic.
+        let allowance_bps =
+            Decimal::from(slippage_bps) + Decimal::from(self.config.fee_reserve_bps);
+        let factor = Decimal::ONE + allowance_bps / Decimal::from(10_000);
+        let price = (reference.get().checked_mul(factor)).ok_or(Refusal::ArithmeticOverflow {
+            what: "reservation price",
+        })?;
+        let price = price.round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero);
+        Ok(Price::new(price)?)
     }
 
     #[tracing::instrument(name = "order", skip_all, fields(client_order_id = tracing::field::Empty))]
@@ -612,8 +618,8 @@ impl ProfileEngine {
         };
         let price = match self.reservation_price(&request) {
             Ok(price) => price,
-            Err(error) => {
-                self.refuse(raw.clone(), &Refusal::InvalidNumber(error));
+            Err(refusal) => {
+                self.refuse(raw.clone(), &refusal);
                 return Ok(None);
             }
         };
@@ -822,6 +828,8 @@ impl ProfileEngine {
         if day != self.day.0 {
             self.day = (day, Decimal::ZERO);
         }
-        self.day.1 += pnl;
+        // Saturating: a sum beyond a decimal's range (unreachable with the ledger's bounds) sticks
+        // at the end of the range instead of panicking; a loss that large stops entries.
+        self.day.1 = self.day.1.saturating_add(pnl);
     }
 }
