@@ -301,6 +301,7 @@ impl ProfileEngine {
                     .lifecycle_transactions_total
                     .with_label_values(&[kind_label(None), "failed"])
                     .inc();
+                self.count_constraint_refusal(&error);
                 return Err(error.into());
             }
         };

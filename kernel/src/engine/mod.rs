@@ -692,10 +692,7 @@ impl ProfileEngine {
         match &error {
             StoreError::Ledger(LedgerError::InsufficientCapital { .. })
             | StoreError::Constraint(Constraint::CapitalInvariant) => {
-                if matches!(error, StoreError::Constraint(_)) {
-                    // The database caught what the kernel's check should have: count it loudly.
-                    self.metrics.capital_invariant_violations_total.inc();
-                }
+                self.count_constraint_refusal(&error);
                 self.record_refusal(raw.clone(), "insufficient_capital", error.to_string());
                 Ok(None)
             }
@@ -712,6 +709,20 @@ impl ProfileEngine {
                 Ok(None)
             }
             _ => Err(error.into()),
+        }
+    }
+
+    /// Counts a write the database refused by a constraint the kernel's own check should have
+    /// prevented, in the metric of the invariant the constraint protects: the database caught
+    /// what the kernel missed, so it is counted loudly. A stale fence (invariant 2) is counted
+    /// by the store itself (`keel_lock_stale_fence_rejections_total`).
+    pub(super) fn count_constraint_refusal(&self, error: &StoreError) {
+        use crate::store::Constraint;
+        if let StoreError::Constraint(
+            Constraint::CapitalInvariant | Constraint::CapitalNonNegative(_),
+        ) = error
+        {
+            self.metrics.capital_invariant_violations_total.inc();
         }
     }
 
