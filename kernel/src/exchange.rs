@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::ids::{ClientOrderId, Symbol};
 use crate::market::{Candle, Side};
-use crate::money::{Amount, Price, Qty, round_down_to_step, round_to_tick};
+use crate::money::{Amount, Price, Qty, checked_round_down_to_step, checked_round_to_tick};
 use crate::order::{OrderStatus, Transition};
 
 /// How many user events a subscriber's channel holds before the producer waits.
@@ -326,21 +326,57 @@ pub enum RuleViolation {
         /// The minimum notional.
         min: Decimal,
     },
+    /// A filter the exchange supplied cannot round the order: a step or tick that is not
+    /// positive, or so small that the rounding leaves the range of a decimal.
+    #[error("the exchange's {what} {value} cannot round the order")]
+    FilterUnusable {
+        /// Which filter.
+        what: &'static str,
+        /// Its value.
+        value: Decimal,
+    },
 }
 
 impl SymbolRules {
     /// Rounds a quantity down to the step of `order_type` (never more than asked for).
+    ///
+    /// # Panics
+    ///
+    /// When the step cannot round `qty` (see [`RuleViolation::FilterUnusable`]), which
+    /// [`SymbolRules::apply`] refuses instead.
     pub fn round_qty(&self, qty: Decimal, order_type: OrderType) -> Decimal {
-        let step = match order_type {
-            OrderType::Market => self.market_step_size,
-            OrderType::Limit { .. } => self.step_size,
-        };
-        round_down_to_step(qty, step).normalize()
+        self.try_round_qty(qty, order_type)
+            .expect("the step size rounds the quantity")
     }
 
     /// Rounds a price to the nearest tick.
+    ///
+    /// # Panics
+    ///
+    /// When the tick cannot round `price` (see [`RuleViolation::FilterUnusable`]), which
+    /// [`SymbolRules::apply`] refuses instead.
     pub fn round_price(&self, price: Decimal) -> Decimal {
-        round_to_tick(price, self.tick_size).normalize()
+        self.try_round_price(price)
+            .expect("the tick size rounds the price")
+    }
+
+    fn try_round_qty(&self, qty: Decimal, order_type: OrderType) -> Result<Decimal, RuleViolation> {
+        let (what, step) = match order_type {
+            OrderType::Market => ("market step size", self.market_step_size),
+            OrderType::Limit { .. } => ("step size", self.step_size),
+        };
+        let rounded = checked_round_down_to_step(qty, step)
+            .ok_or(RuleViolation::FilterUnusable { what, value: step })?;
+        Ok(rounded.normalize())
+    }
+
+    fn try_round_price(&self, price: Decimal) -> Result<Decimal, RuleViolation> {
+        let rounded =
+            checked_round_to_tick(price, self.tick_size).ok_or(RuleViolation::FilterUnusable {
+                what: "tick size",
+                value: self.tick_size,
+            })?;
+        Ok(rounded.normalize())
     }
 
     /// Applies the filters to `request`: rounds its quantity and price, and refuses it with a
@@ -363,7 +399,12 @@ impl SymbolRules {
         if let Some(price) = notional_price
             && !request.reduce_only
         {
-            let notional = price.get() * qty.get();
+            // Both within MAGNITUDE_MAX: the product fits a decimal; checked all the same.
+            let notional =
+                (price.get().checked_mul(qty.get())).ok_or(RuleViolation::FilterUnusable {
+                    what: "minimum notional",
+                    value: self.min_notional,
+                })?;
             if notional < self.min_notional {
                 return Err(RuleViolation::NotionalBelowMin {
                     notional,
@@ -384,7 +425,7 @@ impl SymbolRules {
         match order_type {
             OrderType::Market => Ok(OrderType::Market),
             OrderType::Limit { price } => {
-                let rounded = self.round_price(price.get());
+                let rounded = self.try_round_price(price.get())?;
                 let price = Price::new(rounded).map_err(|_| RuleViolation::PriceBelowTick {
                     price: price.get(),
                     tick: self.tick_size,
@@ -403,7 +444,7 @@ impl SymbolRules {
             ),
             OrderType::Limit { .. } => (self.step_size, self.min_qty, self.max_qty),
         };
-        let rounded = self.round_qty(qty, order_type);
+        let rounded = self.try_round_qty(qty, order_type)?;
         if rounded < min || rounded <= Decimal::ZERO {
             return Err(RuleViolation::QtyBelowMin {
                 qty: rounded,
@@ -799,6 +840,76 @@ mod tests {
                     proptest::prop_assert_eq!(p.get() % dec!(0.1), Decimal::ZERO);
                     proptest::prop_assert!((p.get() - price).abs() <= dec!(0.05));
                 }
+            }
+        }
+    }
+
+    /// A filter value as an exchange may report it: plain, zero, negative, or at the edges of
+    /// a decimal.
+    fn any_filter() -> impl proptest::strategy::Strategy<Value = Decimal> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1..1_000_000_i64, 0..=8_u32).prop_map(|(units, scale)| Decimal::new(units, scale)),
+            1 => Just(Decimal::ZERO),
+            1 => Just(Decimal::new(-1, 2)),
+            1 => Just(Decimal::new(1, 28)),
+            1 => Just(Decimal::MAX),
+            1 => (any::<i64>(), 0..=28_u32).prop_map(|(m, scale)| Decimal::new(m, scale)),
+        ]
+    }
+
+    #[test]
+    fn unusable_step_or_tick_is_a_violation_not_a_panic() {
+        let mut rules = rules();
+        rules.step_size = Decimal::ZERO;
+        let asked = request(dec!(1), limit(dec!(100)), false);
+        assert!(matches!(
+            rules.apply(&asked, None),
+            Err(RuleViolation::FilterUnusable {
+                what: "step size",
+                ..
+            })
+        ));
+        let mut rules = self::rules();
+        rules.tick_size = Decimal::new(1, 28);
+        let asked = request(dec!(1), limit(crate::money::MAGNITUDE_MAX), false);
+        assert!(matches!(
+            rules.apply(&asked, None),
+            Err(RuleViolation::FilterUnusable {
+                what: "tick size",
+                ..
+            })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn filters_the_exchange_reports_never_panic(
+            filters in proptest::collection::vec(any_filter(), 8),
+            qty in any_filter(),
+            price in any_filter(),
+            reference in any_filter(),
+            market in proptest::bool::ANY,
+            reduce_only in proptest::bool::ANY,
+        ) {
+            let rules = SymbolRules {
+                tick_size: filters[0],
+                step_size: filters[1],
+                min_qty: filters[2],
+                max_qty: filters[3],
+                market_step_size: filters[4],
+                market_min_qty: filters[5],
+                market_max_qty: filters[6],
+                min_notional: filters[7],
+                ..rules()
+            };
+            let (Ok(qty), Ok(price)) = (Qty::new(qty), Price::new(price)) else {
+                return Ok(());
+            };
+            let order_type = if market { OrderType::Market } else { OrderType::Limit { price } };
+            let asked = OrderRequest { order_type, qty, ..request(dec!(1), order_type, reduce_only) };
+            if let Ok(prepared) = rules.apply(&asked, Price::new(reference).ok()) {
+                proptest::prop_assert!(prepared.qty <= asked.qty);
             }
         }
     }

@@ -62,6 +62,12 @@ pub enum LedgerError {
         /// The refused value.
         value: Decimal,
     },
+    /// An amount computed from stored or reported values is beyond the range of a decimal.
+    #[error("{what} is beyond the range of a decimal")]
+    ArithmeticOverflow {
+        /// The amount that could not be computed.
+        what: &'static str,
+    },
     /// A reservation column would go below zero: the kernel's own bookkeeping is wrong.
     #[error("{what} would become negative ({value})")]
     NegativeReservation {
@@ -130,13 +136,29 @@ pub struct Capital {
 impl Capital {
     /// Capital that no order or position holds:
     /// `allocated - reserved_for_orders - reserved_for_positions + realized_pnl`.
+    ///
+    /// # Panics
+    ///
+    /// When the sum leaves the range of a decimal. A row the store returns cannot: its columns
+    /// are below 10^22 (`NUMERIC(30, 8)`, or 64-bit units on SQLite), and a row [`Capital::apply`]
+    /// returns is within [`CAPITAL_MAX`]. [`Capital::checked_free`] takes any row.
     pub fn free(&self) -> Decimal {
-        self.allocated - self.reserved_for_orders - self.reserved_for_positions + self.realized_pnl
+        self.checked_free()
+            .expect("capital columns within NUMERIC(30, 8) sum inside a decimal's range")
+    }
+
+    /// [`Capital::free`], or `None` when the sum leaves the range of a decimal.
+    pub fn checked_free(&self) -> Option<Decimal> {
+        self.allocated
+            .checked_sub(self.reserved_for_orders)?
+            .checked_sub(self.reserved_for_positions)?
+            .checked_add(self.realized_pnl)
     }
 
     /// True when the capital invariant holds.
     pub fn holds_invariant(&self) -> bool {
-        self.free() >= Decimal::ZERO
+        self.checked_free()
+            .is_some_and(|free| free >= Decimal::ZERO)
             && self.allocated >= Decimal::ZERO
             && self.reserved_for_orders >= Decimal::ZERO
             && self.reserved_for_positions >= Decimal::ZERO
@@ -147,7 +169,7 @@ impl Capital {
     /// Every column must stay within [`CAPITAL_MAX`], reservations must stay non-negative, and
     /// free capital must stay non-negative (the capital invariant).
     pub fn apply(&self, delta: &CapitalDelta) -> Result<Capital, LedgerError> {
-        let next = self.plus_unchecked(delta);
+        let next = self.plus_unchecked(delta)?;
         for (what, value) in next.columns() {
             check_amount(what, value)?;
         }
@@ -169,37 +191,58 @@ impl Capital {
                 value: next.reserved_for_positions,
             });
         }
-        if next.free() < Decimal::ZERO {
+        // Every column of `next` is within CAPITAL_MAX, so its free capital is; `self` is a
+        // row as stored or as checked by an earlier `apply`.
+        let free_before = (self.checked_free()).ok_or(LedgerError::ArithmeticOverflow {
+            what: "free capital",
+        })?;
+        let free_after = next.free();
+        if free_after < Decimal::ZERO {
             return Err(LedgerError::InsufficientCapital {
-                needed: self.free() - next.free(),
-                available: self.free(),
+                needed: (free_before.checked_sub(free_after)).ok_or(
+                    LedgerError::ArithmeticOverflow {
+                        what: "capital needed",
+                    },
+                )?,
+                available: free_before,
             });
         }
         debug_assert!(next.holds_invariant());
         Ok(next)
     }
 
-    /// The row after `delta`, unchecked: what the database's constraints alone would see when
-    /// the kernel's check is planted away (see [`crate::plant`]).
-    pub(crate) fn plus_unchecked(&self, delta: &CapitalDelta) -> Capital {
-        Capital {
-            allocated: self.allocated + delta.allocated,
-            reserved_for_orders: self.reserved_for_orders + delta.reserved_for_orders,
-            reserved_for_positions: self.reserved_for_positions + delta.reserved_for_positions,
-            realized_pnl: self.realized_pnl + delta.realized_pnl,
-        }
+    /// The row after `delta`, without the ledger's checks: what the database's constraints
+    /// alone would see when the kernel's check is planted away (see [`crate::plant`]). Only a
+    /// sum beyond the range of a decimal is refused.
+    pub(crate) fn plus_unchecked(&self, delta: &CapitalDelta) -> Result<Capital, LedgerError> {
+        let sum = |what, a: Decimal, b: Decimal| {
+            a.checked_add(b)
+                .ok_or(LedgerError::ArithmeticOverflow { what })
+        };
+        Ok(Capital {
+            allocated: sum("allocated", self.allocated, delta.allocated)?,
+            reserved_for_orders: sum(
+                "reserved_for_orders",
+                self.reserved_for_orders,
+                delta.reserved_for_orders,
+            )?,
+            reserved_for_positions: sum(
+                "reserved_for_positions",
+                self.reserved_for_positions,
+                delta.reserved_for_positions,
+            )?,
+            realized_pnl: sum("realized_pnl", self.realized_pnl, delta.realized_pnl)?,
+        })
     }
 
-    /// The row the journal `deltas` add up to, starting from zero.
-    pub fn from_journal<'a>(deltas: impl IntoIterator<Item = &'a CapitalDelta>) -> Capital {
+    /// The row the journal `deltas` add up to, starting from zero, or the column whose sum left
+    /// the range of a decimal.
+    pub fn from_journal<'a>(
+        deltas: impl IntoIterator<Item = &'a CapitalDelta>,
+    ) -> Result<Capital, LedgerError> {
         deltas
             .into_iter()
-            .fold(Capital::default(), |sum, d| Capital {
-                allocated: sum.allocated + d.allocated,
-                reserved_for_orders: sum.reserved_for_orders + d.reserved_for_orders,
-                reserved_for_positions: sum.reserved_for_positions + d.reserved_for_positions,
-                realized_pnl: sum.realized_pnl + d.realized_pnl,
-            })
+            .try_fold(Capital::default(), |sum, delta| sum.plus_unchecked(delta))
     }
 
     fn columns(&self) -> [(&'static str, Decimal); 4] {
@@ -242,16 +285,6 @@ impl CapitalDelta {
     /// True when the delta changes nothing (and so is not journaled).
     pub fn is_zero(&self) -> bool {
         *self == CapitalDelta::default()
-    }
-
-    /// The sum of two deltas.
-    pub fn plus(&self, other: &CapitalDelta) -> CapitalDelta {
-        CapitalDelta {
-            allocated: self.allocated + other.allocated,
-            reserved_for_orders: self.reserved_for_orders + other.reserved_for_orders,
-            reserved_for_positions: self.reserved_for_positions + other.reserved_for_positions,
-            realized_pnl: self.realized_pnl + other.realized_pnl,
-        }
     }
 }
 
@@ -380,6 +413,36 @@ mod tests {
     }
 
     #[test]
+    fn delta_beyond_a_decimal_is_an_overflow_not_a_panic() {
+        let capital = Capital {
+            realized_pnl: Decimal::MAX,
+            ..funded(dec!(1))
+        };
+        let delta = CapitalDelta {
+            realized_pnl: Decimal::MAX,
+            ..CapitalDelta::default()
+        };
+        assert_eq!(
+            capital.apply(&delta),
+            Err(LedgerError::ArithmeticOverflow {
+                what: "realized_pnl"
+            })
+        );
+        assert!(Capital::from_journal(&[delta, delta]).is_err());
+    }
+
+    #[test]
+    fn row_whose_free_capital_overflows_breaks_the_invariant() {
+        let capital = Capital {
+            reserved_for_orders: Decimal::MAX,
+            realized_pnl: Decimal::MIN,
+            ..Capital::default()
+        };
+        assert_eq!(capital.checked_free(), None);
+        assert!(!capital.holds_invariant());
+    }
+
+    #[test]
     fn journal_sum_rebuilds_the_row() {
         let deltas = [
             CapitalDelta {
@@ -397,7 +460,7 @@ mod tests {
                 ..CapitalDelta::default()
             },
         ];
-        let rebuilt = Capital::from_journal(&deltas);
+        let rebuilt = Capital::from_journal(&deltas).unwrap();
         assert_eq!(rebuilt.free(), dec!(6.4));
         assert!(rebuilt.holds_invariant());
     }

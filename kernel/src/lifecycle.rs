@@ -272,7 +272,20 @@ impl StatusOutcome {
 
 /// The capital an ENTRY of `qty` at `price` reserves: the notional, rounded up.
 pub fn entry_reservation(price: Decimal, qty: Decimal) -> Result<Decimal, LedgerError> {
-    ledger::check_positive("entry reservation", ledger::round_up(price * qty))
+    let notional = mul("entry reservation", price, qty)?;
+    ledger::check_positive("entry reservation", ledger::round_up(notional))
+}
+
+/// `a * b`, or the overflow of `what`.
+fn mul(what: &'static str, a: Decimal, b: Decimal) -> Result<Decimal, LedgerError> {
+    a.checked_mul(b)
+        .ok_or(LedgerError::ArithmeticOverflow { what })
+}
+
+/// `a - b`, or the overflow of `what`.
+fn sub(what: &'static str, a: Decimal, b: Decimal) -> Result<Decimal, LedgerError> {
+    a.checked_sub(b)
+        .ok_or(LedgerError::ArithmeticOverflow { what })
 }
 
 /// The capital moves of an ENTRY fill.
@@ -289,31 +302,37 @@ pub struct EntryFillMove {
 /// What an ENTRY fill of `qty` at `price` with `fee` moves, given the order's state.
 ///
 /// The order releases the part of its reservation that covered the filled quantity (all that is
-/// left when this fill completes the order); the position costs the fill's notional.
+/// left when this fill completes the order); the position costs the fill's notional. The stored
+/// order's numbers are not trusted to be small: a product beyond the range of a decimal is
+/// [`LedgerError::ArithmeticOverflow`].
 pub fn entry_fill_move(
     order: &OrderRecord,
     qty: Decimal,
     price: Decimal,
     fee: Decimal,
-) -> EntryFillMove {
-    let completes = order.filled_qty + qty == order.qty;
-    let released = if completes {
+) -> Result<EntryFillMove, LedgerError> {
+    let filled_after =
+        (order.filled_qty.checked_add(qty)).ok_or(LedgerError::ArithmeticOverflow {
+            what: "filled quantity",
+        })?;
+    let released = if filled_after == order.qty {
         order.reserved_remaining
     } else {
-        ledger::round_up(qty * order.price).min(order.reserved_remaining)
+        let covered = mul("reservation released by the fill", qty, order.price)?;
+        ledger::round_up(covered).min(order.reserved_remaining)
     };
-    let cost = ledger::round_half(qty * price);
+    let cost = ledger::round_half(mul("cost of the fill", qty, price)?);
     let delta = CapitalDelta {
         reserved_for_orders: -released,
         reserved_for_positions: cost,
         realized_pnl: -fee,
         ..CapitalDelta::default()
     };
-    EntryFillMove {
+    Ok(EntryFillMove {
         released,
         cost,
         delta,
-    }
+    })
 }
 
 /// The capital moves of an EXIT fill.
@@ -330,12 +349,29 @@ pub struct ExitFillMove {
 }
 
 /// What an EXIT fill of `qty` at `price` with `fee` moves, given the open position.
+///
+/// # Panics
+///
+/// When an amount leaves the range of a decimal, which amounts within the ledger's range
+/// cannot; [`try_exit_fill_move`] refuses instead, for positions read from the store.
 pub fn exit_fill_move(
     position: &Position,
     qty: Decimal,
     price: Decimal,
     fee: Decimal,
 ) -> ExitFillMove {
+    try_exit_fill_move(position, qty, price, fee)
+        .expect("amounts within the ledger's range stay inside a decimal's")
+}
+
+/// [`exit_fill_move`], or [`LedgerError::ArithmeticOverflow`] when an amount computed from the
+/// position, the fill or the fee leaves the range of a decimal.
+pub fn try_exit_fill_move(
+    position: &Position,
+    qty: Decimal,
+    price: Decimal,
+    fee: Decimal,
+) -> Result<ExitFillMove, LedgerError> {
     assert!(
         qty <= position.qty_open,
         "exit fill checked against the position"
@@ -343,24 +379,29 @@ pub fn exit_fill_move(
     let cost_released = if qty == position.qty_open {
         position.cost_open
     } else {
-        ledger::round_half(position.cost_open * qty / position.qty_open).min(position.cost_open)
+        let cost = mul("cost released by the exit", position.cost_open, qty)?;
+        let cost =
+            (cost.checked_div(position.qty_open)).ok_or(LedgerError::ArithmeticOverflow {
+                what: "cost released by the exit",
+            })?;
+        ledger::round_half(cost).min(position.cost_open)
     };
-    let proceeds = ledger::round_half(qty * price);
+    let proceeds = ledger::round_half(mul("proceeds of the exit", qty, price)?);
     let pnl = match position.side {
-        Side::Buy => proceeds - cost_released,
-        Side::Sell => cost_released - proceeds,
+        Side::Buy => sub("realized pnl", proceeds, cost_released)?,
+        Side::Sell => sub("realized pnl", cost_released, proceeds)?,
     };
     let delta = CapitalDelta {
         reserved_for_positions: -cost_released,
-        realized_pnl: pnl - fee,
+        realized_pnl: sub("realized pnl after the fee", pnl, fee)?,
         ..CapitalDelta::default()
     };
-    ExitFillMove {
+    Ok(ExitFillMove {
         cost_released,
         proceeds,
         pnl,
         delta,
-    }
+    })
 }
 
 /// The status an order has after a fill brings its filled quantity to `filled_qty`.
@@ -410,11 +451,11 @@ mod tests {
     #[test]
     fn completing_fill_releases_everything_left() {
         let mut o = order(dec!(3), dec!(0.33333333));
-        let first = entry_fill_move(&o, dec!(1), dec!(0.3), dec!(0));
+        let first = entry_fill_move(&o, dec!(1), dec!(0.3), dec!(0)).unwrap();
         assert_eq!(first.released, dec!(0.33333333));
         o.filled_qty = dec!(1);
         o.reserved_remaining -= first.released;
-        let last = entry_fill_move(&o, dec!(2), dec!(0.3), dec!(0.01));
+        let last = entry_fill_move(&o, dec!(2), dec!(0.3), dec!(0.01)).unwrap();
         assert_eq!(first.released + last.released, o.reserved);
         assert_eq!(last.delta.realized_pnl, dec!(-0.01));
     }
@@ -432,5 +473,38 @@ mod tests {
         assert_eq!(half.cost_released, dec!(100));
         assert_eq!(half.pnl, dec!(10));
         assert_eq!(half.delta.realized_pnl, dec!(9.5));
+    }
+
+    #[test]
+    fn fill_on_a_stored_order_with_a_huge_price_is_an_overflow_not_a_panic() {
+        let mut o = order(dec!(3), dec!(1));
+        o.price = dec!(1_000_000_000_000_000_000_000);
+        assert_eq!(
+            entry_fill_move(&o, dec!(10_000_000_000), dec!(1), dec!(0)),
+            Err(LedgerError::ArithmeticOverflow {
+                what: "reservation released by the fill"
+            })
+        );
+        assert!(matches!(
+            entry_reservation(Decimal::MAX, dec!(2)),
+            Err(LedgerError::ArithmeticOverflow { .. })
+        ));
+    }
+
+    #[test]
+    fn exit_from_a_stored_position_with_a_huge_cost_is_an_overflow_not_a_panic() {
+        let position = Position {
+            lifecycle_id: 1,
+            symbol: Symbol::new("BTCUSDT").unwrap(),
+            side: Side::Buy,
+            qty_open: dec!(20_000_000_000),
+            cost_open: dec!(1_000_000_000_000_000_000_000),
+        };
+        assert_eq!(
+            try_exit_fill_move(&position, dec!(10_000_000_000), dec!(1), dec!(0)),
+            Err(LedgerError::ArithmeticOverflow {
+                what: "cost released by the exit"
+            })
+        );
     }
 }

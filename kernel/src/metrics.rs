@@ -3,8 +3,8 @@
 //! The host serves [`Metrics::encode`] at `/metrics`. Label values come from closed sets (loop
 //! names, rule names, fault kinds, statuses) so cardinality is bounded; the one per-profile family,
 //! [`Metrics::capital_free_quote`], labels at most [`PROFILE_LABELS_MAX`] profiles and folds the
-//! rest into `profile="_other"`. The lock families are the store's own counters, read at each
-//! scrape ([`Metrics::observe_store`]). docs/operations.md describes them; runbooks/ say which to
+//! rest into `profile="_other"`. The lock families and the capital invariant's store counters
+//! are the store's own counters, read at each scrape ([`Metrics::observe_store`]). docs/operations.md describes them; runbooks/ say which to
 //! alert on.
 
 use std::collections::HashSet;
@@ -379,10 +379,11 @@ impl Metrics {
         }
     }
 
-    /// Exposes `store`'s lock and fence counters (read at each scrape) as
+    /// Exposes `store`'s lock, fence and capital counters (read at each scrape) as
     /// `keel_lock_contention_total`, `keel_lock_acquire_duration_seconds`,
-    /// `keel_lock_ttl_expiries_total` and `keel_lock_stale_fence_rejections_total`. Until a store
-    /// is attached those families read zero. One store per process: a second is a programming
+    /// `keel_lock_ttl_expiries_total`, `keel_lock_stale_fence_rejections_total`,
+    /// `keel_capital_check_refusals_total` and `keel_capital_constraint_violations_total`. Until
+    /// a store is attached those families read zero. One store per process: a second is a programming
     /// error.
     pub fn observe_store(&self, store: &Store) {
         let attached = self.store_stats.set(store.stats_arc());
@@ -422,14 +423,17 @@ pub fn lock_label(kind: LockKind) -> &'static str {
     }
 }
 
-/// The store's lock families, built from a [`StoreStatsSnapshot`] at each scrape: the store
-/// counts with plain atomics on its hot path and the registry reads them only when asked.
+/// The store's lock and capital families, built from a [`StoreStatsSnapshot`] at each scrape:
+/// the store counts with plain atomics on its hot path and the registry reads them only when
+/// asked.
 struct StoreCollector {
     stats: Arc<OnceLock<Arc<StoreStats>>>,
     contention: Desc,
     acquire_duration: Desc,
     ttl_expiries: Desc,
     stale_fences: Desc,
+    capital_check_refusals: Desc,
+    capital_constraint_violations: Desc,
 }
 
 const LOCK_CONTENTION: (&str, &str) = (
@@ -447,6 +451,15 @@ const LOCK_TTL_EXPIRIES: (&str, &str) = (
 const LOCK_STALE_FENCES: (&str, &str) = (
     "keel_lock_stale_fence_rejections_total",
     "Writes refused because they carried a fencing token older than the lock's (kernel check or database trigger).",
+);
+
+const CAPITAL_CHECK_REFUSALS: (&str, &str) = (
+    "keel_capital_check_refusals_total",
+    "Store operations the kernel's capital check refused because they would break the capital invariant (invariant 1, first line).",
+);
+const CAPITAL_CONSTRAINT_VIOLATIONS: (&str, &str) = (
+    "keel_capital_constraint_violations_total",
+    "Store writes the database refused by a capital CHECK (capital_invariant, capital_*_nonnegative): the kernel's check missed them. Alert on any.",
 );
 
 fn desc((name, help): (&str, &str), labels: &[&str]) -> Desc {
@@ -511,6 +524,8 @@ impl StoreCollector {
             acquire_duration: desc(LOCK_ACQUIRE_DURATION, &["lock"]),
             ttl_expiries: desc(LOCK_TTL_EXPIRIES, &["lock"]),
             stale_fences: desc(LOCK_STALE_FENCES, &[]),
+            capital_check_refusals: desc(CAPITAL_CHECK_REFUSALS, &[]),
+            capital_constraint_violations: desc(CAPITAL_CONSTRAINT_VIOLATIONS, &[]),
         }
     }
 }
@@ -522,6 +537,8 @@ impl Collector for StoreCollector {
             &self.acquire_duration,
             &self.ttl_expiries,
             &self.stale_fences,
+            &self.capital_check_refusals,
+            &self.capital_constraint_violations,
         ]
     }
 
@@ -545,7 +562,7 @@ impl Collector for StoreCollector {
                 metric
             })
             .collect();
-        let stale = counter_sample(proto::Metric::default(), snapshot.stale_fence_rejections);
+        let single = |value: u64| vec![counter_sample(proto::Metric::default(), value)];
         vec![
             family(
                 LOCK_CONTENTION,
@@ -558,7 +575,21 @@ impl Collector for StoreCollector {
                 MetricType::COUNTER,
                 per_lock(&snapshot.lock_ttl_expiries),
             ),
-            family(LOCK_STALE_FENCES, MetricType::COUNTER, vec![stale]),
+            family(
+                LOCK_STALE_FENCES,
+                MetricType::COUNTER,
+                single(snapshot.stale_fence_rejections),
+            ),
+            family(
+                CAPITAL_CHECK_REFUSALS,
+                MetricType::COUNTER,
+                single(snapshot.capital_check_refusals),
+            ),
+            family(
+                CAPITAL_CONSTRAINT_VIOLATIONS,
+                MetricType::COUNTER,
+                single(snapshot.capital_constraint_violations),
+            ),
         ]
     }
 }
@@ -587,6 +618,8 @@ mod tests {
             "keel_lock_contention_total{lock=\"lease\"} 0",
             "keel_lock_acquire_duration_seconds_bucket{lock=\"entry\",le=\"+Inf\"} 0",
             "keel_lock_stale_fence_rejections_total 0",
+            "keel_capital_check_refusals_total 0",
+            "keel_capital_constraint_violations_total 0",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }

@@ -153,7 +153,13 @@ impl Amount {
 
     /// The notional value of `qty` at `price`.
     pub fn notional(price: Price, qty: Qty) -> Result<Self, MoneyError> {
-        Self::new(price.get() * qty.get())
+        // Within MAGNITUDE_MAX both, the product cannot overflow; it is checked all the same,
+        // so that no bound elsewhere is needed for this to be panic-free.
+        let notional = (price.get().checked_mul(qty.get())).ok_or(MoneyError::TooLarge {
+            what: "notional",
+            value: MAGNITUDE_MAX,
+        })?;
+        Self::new(notional)
     }
 }
 
@@ -177,15 +183,49 @@ impl fmt::Display for Amount {
 }
 
 /// Rounds `value` down to a whole multiple of `step` (quantities: never more than asked for).
+///
+/// # Panics
+///
+/// When `step` is not positive or `value / step` is beyond the range of a decimal; use
+/// [`checked_round_down_to_step`] for a step the exchange supplied.
 pub fn round_down_to_step(value: Decimal, step: Decimal) -> Decimal {
     assert!(step > Decimal::ZERO, "a step size is positive");
-    (value / step).floor() * step
+    checked_round_down_to_step(value, step).expect("value / step is within a decimal's range")
 }
 
 /// Rounds `value` to the nearest multiple of `tick` (prices).
+///
+/// # Panics
+///
+/// When `tick` is not positive or `value / tick` is beyond the range of a decimal; use
+/// [`checked_round_to_tick`] for a tick the exchange supplied.
 pub fn round_to_tick(value: Decimal, tick: Decimal) -> Decimal {
     assert!(tick > Decimal::ZERO, "a tick size is positive");
-    (value / tick).round() * tick
+    checked_round_to_tick(value, tick).expect("value / tick is within a decimal's range")
+}
+
+/// [`round_down_to_step`], or `None` when `step` is not positive or the rounding leaves the
+/// range of a decimal (a step far smaller than the value).
+pub fn checked_round_down_to_step(value: Decimal, step: Decimal) -> Option<Decimal> {
+    if step <= Decimal::ZERO {
+        return None;
+    }
+    let down = value.checked_div(step)?.floor().checked_mul(step)?;
+    // The quotient is rounded to 28 digits, and may round up to a whole number: step back.
+    if down > value {
+        down.checked_sub(step)
+    } else {
+        Some(down)
+    }
+}
+
+/// [`round_to_tick`], or `None` when `tick` is not positive or the rounding leaves the range of
+/// a decimal (a tick far smaller than the value).
+pub fn checked_round_to_tick(value: Decimal, tick: Decimal) -> Option<Decimal> {
+    if tick <= Decimal::ZERO {
+        return None;
+    }
+    value.checked_div(tick)?.round().checked_mul(tick)
 }
 
 #[cfg(test)]
@@ -231,5 +271,28 @@ mod tests {
     fn rounding_follows_exchange_filters() {
         assert_eq!(round_down_to_step(dec!(0.0129), dec!(0.001)), dec!(0.012));
         assert_eq!(round_to_tick(dec!(100.26), dec!(0.1)), dec!(100.3));
+    }
+
+    #[test]
+    fn rounding_to_an_unusable_step_is_none_not_a_panic() {
+        let tiny = Decimal::new(1, 28);
+        assert_eq!(checked_round_down_to_step(MAGNITUDE_MAX, tiny), None);
+        assert_eq!(checked_round_to_tick(MAGNITUDE_MAX, tiny), None);
+        assert_eq!(checked_round_down_to_step(dec!(1), Decimal::ZERO), None);
+        assert_eq!(checked_round_to_tick(dec!(1), dec!(-0.1)), None);
+        assert_eq!(
+            checked_round_down_to_step(dec!(0.0129), dec!(0.001)),
+            Some(dec!(0.012))
+        );
+    }
+
+    #[test]
+    fn notional_of_the_largest_price_and_quantity_is_refused_not_a_panic() {
+        let price = Price::new(MAGNITUDE_MAX).unwrap();
+        let qty = Qty::new(MAGNITUDE_MAX).unwrap();
+        assert!(matches!(
+            Amount::notional(price, qty),
+            Err(MoneyError::TooLarge { .. })
+        ));
     }
 }

@@ -270,6 +270,13 @@ pub enum Refusal {
         /// The requested time.
         at_ms: i64,
     },
+    /// An amount the check computes from the intent, the limits or the context is beyond the
+    /// range of a decimal: the rule cannot be evaluated, so the intent is refused.
+    #[error("{what} is beyond the range of a decimal")]
+    ArithmeticOverflow {
+        /// The amount that could not be computed.
+        what: &'static str,
+    },
 }
 
 impl Refusal {
@@ -292,13 +299,14 @@ impl Refusal {
             Refusal::EntryBlocked(_) => "entry_blocked",
             Refusal::NoPosition(_) => "no_position",
             Refusal::TimerOutOfRange { .. } => "timer_range",
+            Refusal::ArithmeticOverflow { .. } => "arithmetic_overflow",
         }
     }
 }
 
 /// Every rule a refusal is counted under: the values of [`Refusal::rule`] and the refusals the
 /// engine records after validation. `keel_risk_refusals_total` has each from the start.
-pub const REFUSAL_RULES: [&str; 23] = [
+pub const REFUSAL_RULES: [&str; 24] = [
     "invalid_number",
     "invalid_id",
     "tag_too_long",
@@ -315,6 +323,7 @@ pub const REFUSAL_RULES: [&str; 23] = [
     "entry_blocked",
     "no_position",
     "timer_range",
+    "arithmetic_overflow",
     "entry_in_flight",
     "exchange_filter",
     "exit_refused",
@@ -346,7 +355,10 @@ pub fn validate(
             client_order_id: ClientOrderId::new(client_order_id)?,
         }),
         RawIntent::SetTimer { at_ms } => {
-            if *at_ms < now_ms || *at_ms - now_ms > TIMER_AHEAD_MS_MAX {
+            // `at_ms` is the strategy's: the difference is checked, as a negative kernel time
+            // (a virtual clock) could take it past `i64::MAX`.
+            let ahead_ms = at_ms.checked_sub(now_ms);
+            if ahead_ms.is_none_or(|ahead_ms| !(0..=TIMER_AHEAD_MS_MAX).contains(&ahead_ms)) {
                 return Err(Refusal::TimerOutOfRange { at_ms: *at_ms });
             }
             Ok(ValidIntent::SetTimer { at_ms: *at_ms })
@@ -375,10 +387,24 @@ fn order_price(raw: RawPrice) -> Result<OrderPrice, Refusal> {
     })
 }
 
+/// The refusal for an amount beyond the range of a decimal.
+fn overflow(what: &'static str) -> Refusal {
+    Refusal::ArithmeticOverflow { what }
+}
+
 fn check_band(price: OrderPrice, last: Price, band_bps: u32) -> Result<(), Refusal> {
     if let OrderPrice::Limit(limit) = price {
-        let distance = (limit.get() - last.get()).abs();
-        if distance * Decimal::from(10_000) > last.get() * Decimal::from(band_bps) {
+        let distance = (limit.get().checked_sub(last.get()))
+            .ok_or_else(|| overflow("distance from the last price"))?
+            .abs();
+        let distance_scaled = distance
+            .checked_mul(Decimal::from(10_000))
+            .ok_or_else(|| overflow("distance from the last price in bps"))?;
+        let band_scaled = last
+            .get()
+            .checked_mul(Decimal::from(band_bps))
+            .ok_or_else(|| overflow("price band"))?;
+        if distance_scaled > band_scaled {
             return Err(Refusal::PriceOutsideBand {
                 price: limit.get(),
                 last: last.get(),
@@ -456,11 +482,16 @@ fn entry_qty(size: RawSize, reference: Price, context: &RiskContext) -> Result<Q
         RawSize::BaseQty(qty) => Qty::from_f64(qty)?,
         RawSize::QuoteNotional(notional) => {
             let notional = Amount::positive(decimal_from_f64("notional", notional)?)?;
-            Qty::new(notional.get() / reference.get())?
+            let qty = (notional.get().checked_div(reference.get()))
+                .ok_or_else(|| overflow("quantity of the notional"))?;
+            Qty::new(qty)?
         }
         RawSize::FreeCapitalFraction(fraction) => {
             let fraction = check_fraction("free capital fraction", fraction)?;
-            Qty::new(context.free_capital * fraction / reference.get())?
+            let qty = (context.free_capital.checked_mul(fraction))
+                .and_then(|notional| notional.checked_div(reference.get()))
+                .ok_or_else(|| overflow("quantity of the free capital fraction"))?;
+            Qty::new(qty)?
         }
     };
     Ok(qty)
@@ -483,8 +514,11 @@ fn check_entry_size(
             free: context.free_capital,
         });
     }
-    let exposure = context.exposure + notional;
-    if exposure > context.equity * limits.leverage_max {
+    let exposure = (context.exposure.checked_add(notional))
+        .ok_or_else(|| overflow("exposure after the entry"))?;
+    let exposure_max = (context.equity.checked_mul(limits.leverage_max))
+        .ok_or_else(|| overflow("equity times the leverage limit"))?;
+    if exposure > exposure_max {
         return Err(Refusal::LeverageAboveMax {
             exposure,
             equity: context.equity,
@@ -527,7 +561,9 @@ fn validate_exit(raw: &RawExit, context: &RiskContext) -> Result<ExitRequest, Re
         _ => return Err(Refusal::NoPosition(symbol)),
     };
     // Reduce-only: never more than is held.
-    let qty = Qty::new((context.position_qty * fraction).min(context.position_qty))?;
+    let qty = (context.position_qty.checked_mul(fraction))
+        .ok_or_else(|| overflow("quantity of the exit fraction"))?;
+    let qty = Qty::new(qty.min(context.position_qty))?;
     Ok(ExitRequest {
         symbol,
         side,
@@ -540,6 +576,7 @@ fn validate_exit(raw: &RawExit, context: &RiskContext) -> Result<ExitRequest, Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rust_decimal_macros::dec;
 
     fn btc() -> Symbol {
@@ -745,6 +782,79 @@ mod tests {
     }
 
     #[test]
+    fn entry_under_the_largest_leverage_limit_is_refused_not_a_panic() {
+        let limits = RiskLimits {
+            leverage_max: Decimal::MAX,
+            ..RiskLimits::conservative([btc()])
+        };
+        let raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+        let refusal = validate(&raw, &limits, &context(), 0).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::ArithmeticOverflow {
+                what: "equity times the leverage limit"
+            }
+        );
+        assert_eq!(refusal.rule(), "arithmetic_overflow");
+    }
+
+    #[test]
+    fn entry_against_a_context_at_the_edge_of_a_decimal_is_refused_not_a_panic() {
+        let limits = RiskLimits {
+            entry_notional_max: Decimal::MAX,
+            ..RiskLimits::conservative([btc()])
+        };
+        let huge_exposure = RiskContext {
+            free_capital: Decimal::MAX,
+            exposure: Decimal::MAX,
+            ..context()
+        };
+        let raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+        assert_eq!(
+            validate(&raw, &limits, &huge_exposure, 0)
+                .unwrap_err()
+                .rule(),
+            "arithmetic_overflow"
+        );
+        let tiny_price = RiskContext {
+            last_price: Some(Price::new(Decimal::new(1, 12)).unwrap()),
+            free_capital: Decimal::MAX,
+            ..context()
+        };
+        let raw = entry(RawSize::FreeCapitalFraction(1.0), RawPrice::Market);
+        assert_eq!(
+            validate(&raw, &limits, &tiny_price, 0).unwrap_err().rule(),
+            "arithmetic_overflow"
+        );
+    }
+
+    #[test]
+    fn timer_from_a_negative_kernel_time_is_refused_not_a_panic() {
+        let raw = RawIntent::SetTimer { at_ms: i64::MAX };
+        let limits = RiskLimits::conservative([btc()]);
+        assert_eq!(
+            validate(&raw, &limits, &context(), -1).unwrap_err().rule(),
+            "timer_range"
+        );
+    }
+
+    #[test]
+    fn every_rule_is_listed_for_the_metrics() {
+        let refusals = [
+            Refusal::ArithmeticOverflow { what: "x" },
+            Refusal::TimerOutOfRange { at_ms: 0 },
+            Refusal::NoPosition(btc()),
+        ];
+        for refusal in refusals {
+            assert!(
+                REFUSAL_RULES.contains(&refusal.rule()),
+                "{}",
+                refusal.rule()
+            );
+        }
+    }
+
+    #[test]
     fn oversized_tag_and_bad_cancel_id_are_refused() {
         let mut raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
         if let RawIntent::Entry(entry) = &mut raw {
@@ -755,5 +865,178 @@ mod tests {
             client_order_id: "not valid!".into(),
         };
         assert_eq!(check(&cancel, &context()).unwrap_err().rule(), "invalid_id");
+    }
+
+    /// Random decimals: half of them plain amounts (so that intents get past the early rules
+    /// to the arithmetic of the later ones), half at the edges: zero, the smallest step, the
+    /// extremes of the type, and any mantissa at any scale.
+    fn any_decimal() -> impl Strategy<Value = Decimal> {
+        prop_oneof![
+            4 => (0..100_000_000_i64, 0..=4_u32).prop_map(|(units, scale)| Decimal::new(units, scale)),
+            1 => Just(Decimal::ZERO),
+            1 => Just(Decimal::ONE),
+            1 => Just(Decimal::new(1, 28)),
+            1 => Just(Decimal::MAX),
+            1 => Just(Decimal::MIN),
+            1 => Just(crate::money::MAGNITUDE_MAX),
+            1 => (any::<i64>(), 0..=28_u32).prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
+            1 => (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>(), 0..=28_u32).prop_map(
+                |(lo, mid, hi, negative, scale)| Decimal::from_parts(lo, mid, hi, negative, scale)
+            ),
+        ]
+    }
+
+    /// Random floats as a plugin may send them: NaN, infinities, subnormals, huge and tiny
+    /// magnitudes, and plain fractions and prices.
+    fn any_float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            1 => any::<f64>(),
+            2 => 0.0..=1.0_f64,
+            2 => 0.0..1e6_f64,
+            1 => Just(f64::MIN_POSITIVE),
+            1 => Just(1e-13),
+            1 => Just(1e12),
+        ]
+    }
+
+    fn any_price() -> impl Strategy<Value = RawPrice> {
+        prop_oneof![
+            Just(RawPrice::Market),
+            any_float().prop_map(RawPrice::Limit)
+        ]
+    }
+
+    fn any_symbol() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => Just("BTCUSDT".to_owned()),
+            1 => Just("ETHUSDT".to_owned()),
+            1 => ".{0,8}",
+        ]
+    }
+
+    fn any_side() -> impl Strategy<Value = PositionSide> {
+        prop_oneof![Just(PositionSide::Long), Just(PositionSide::Short)]
+    }
+
+    fn any_intent() -> impl Strategy<Value = RawIntent> {
+        let size = prop_oneof![
+            any_float().prop_map(RawSize::BaseQty),
+            any_float().prop_map(RawSize::QuoteNotional),
+            any_float().prop_map(RawSize::FreeCapitalFraction),
+        ];
+        let entry = (
+            any_symbol(),
+            any_side(),
+            size,
+            any_price(),
+            proptest::option::of(any_float()),
+            proptest::option::of(any_float()),
+        )
+            .prop_map(|(symbol, side, size, price, stop_loss, take_profit)| {
+                RawIntent::Entry(RawEntry {
+                    symbol,
+                    side,
+                    size,
+                    price,
+                    stop_loss,
+                    take_profit,
+                    tag: String::new(),
+                })
+            });
+        let exit =
+            (any_symbol(), any_float(), any_price()).prop_map(|(symbol, fraction, price)| {
+                RawIntent::Exit(RawExit {
+                    symbol,
+                    fraction,
+                    price,
+                    tag: String::new(),
+                })
+            });
+        prop_oneof![
+            4 => entry,
+            2 => exit,
+            1 => any::<i64>().prop_map(|at_ms| RawIntent::SetTimer { at_ms }),
+        ]
+    }
+
+    /// A count or limit: mostly small, sometimes anything.
+    fn any_count() -> impl Strategy<Value = u32> {
+        prop_oneof![3 => 0..10_u32, 1 => any::<u32>()]
+    }
+
+    fn any_limits() -> impl Strategy<Value = RiskLimits> {
+        (
+            proptest::bool::weighted(0.9),
+            any_decimal(),
+            any::<u32>(),
+            any_decimal(),
+            any::<u32>(),
+            any::<u32>(),
+            any_decimal(),
+        )
+            .prop_map(
+                |(btc_allowed, notional_max, positions, leverage, band, rate, loss)| RiskLimits {
+                    symbols_allowed: btc_allowed.then(btc).into_iter().collect(),
+                    entry_notional_max: notional_max,
+                    positions_open_max: positions,
+                    leverage_max: leverage,
+                    limit_price_band_bps: band,
+                    intents_per_minute_max: rate,
+                    daily_loss_max: loss,
+                },
+            )
+    }
+
+    /// A context as a candle's close and the store's rows may leave it: the last price is
+    /// whatever the candle's close converts to, the amounts anything a decimal holds.
+    fn any_context() -> impl Strategy<Value = RiskContext> {
+        (
+            any_float(),
+            (any_decimal(), any_decimal(), any_decimal(), any_decimal()),
+            any_count(),
+            proptest::option::of(any_side()),
+            prop_oneof![3 => Just(Decimal::ZERO), 1 => any_decimal()],
+            any_count(),
+        )
+            .prop_map(
+                |(close, (free, equity, exposure, qty), open, side, pnl, intents)| RiskContext {
+                    last_price: Price::from_f64(close).ok(),
+                    free_capital: free,
+                    equity,
+                    exposure,
+                    positions_open: open,
+                    position_qty: qty,
+                    position_side: side,
+                    daily_realized_pnl: pnl,
+                    intents_this_minute: intents,
+                    entry_block: None,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Whatever the limits, the intent and the context hold, validation answers: an
+        /// accepted entry respects the limits it was checked against, and nothing panics.
+        #[test]
+        fn validation_never_panics_and_accepted_entries_respect_the_limits(
+            raw in any_intent(),
+            limits in any_limits(),
+            context in any_context(),
+            now_ms in any::<i64>(),
+        ) {
+            match validate(&raw, &limits, &context, now_ms) {
+                Ok(ValidIntent::Entry(entry)) => {
+                    prop_assert!(entry.notional.get() <= limits.entry_notional_max);
+                    prop_assert!(entry.notional.get() <= context.free_capital);
+                    prop_assert!(context.positions_open < limits.positions_open_max);
+                }
+                Ok(ValidIntent::Exit(exit)) => {
+                    prop_assert!(exit.qty.get() <= context.position_qty);
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
     }
 }

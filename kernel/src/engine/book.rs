@@ -46,6 +46,19 @@ pub fn entry_side(side: PositionSide) -> Side {
     }
 }
 
+/// The average entry price the strategy is shown. Shown as a float, it is divided as floats
+/// when the decimal quotient would leave a decimal's range (a large stored cost over a tiny
+/// quantity).
+fn entry_price(position: &Position) -> f64 {
+    if position.qty_open.is_zero() {
+        return 0.0;
+    }
+    match position.cost_open.checked_div(position.qty_open) {
+        Some(price) => float(price),
+        None => float(position.cost_open) / float(position.qty_open),
+    }
+}
+
 fn float(value: Decimal) -> f64 {
     value.to_f64().expect("a bounded decimal converts to f64")
 }
@@ -138,11 +151,7 @@ impl Book {
                 symbol: p.symbol.to_string(),
                 side: position_side(p.side, IntentKind::Entry),
                 qty: float(p.qty_open),
-                entry_price: if p.qty_open.is_zero() {
-                    0.0
-                } else {
-                    float(p.cost_open / p.qty_open)
-                },
+                entry_price: entry_price(p),
             })
             .collect();
         let open_orders = self

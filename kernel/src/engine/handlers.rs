@@ -306,6 +306,7 @@ impl ProfileEngine {
                     .lifecycle_transactions_total
                     .with_label_values(&[kind_label(None), "failed"])
                     .inc();
+                self.count_constraint_refusal(&error);
                 return Err(error.into());
             }
         };
@@ -326,7 +327,7 @@ impl ProfileEngine {
             .lifecycle_transactions_total
             .with_label_values(&[kind_label(Some(order.kind)), "committed"])
             .inc();
-        self.note_realized(realized_pnl - report.fee);
+        self.note_realized(realized_pnl.saturating_sub(report.fee));
         let view = FillView {
             client_order_id: order.client_order_id.to_string(),
             symbol: order.symbol.to_string(),

@@ -31,7 +31,7 @@ use crate::lifecycle::{EntryRequest, ExitRequest, OrderRecord, WriteAhead};
 use crate::lock::{Lease, LockKey, LockKind, OwnerToken};
 use crate::market::Candle;
 use crate::metrics::Metrics;
-use crate::money::{MoneyError, Price};
+use crate::money::Price;
 use crate::plant::{Plant, Planted};
 use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
 use crate::store::{Store, StoreError, TenantTx};
@@ -443,8 +443,10 @@ impl ProfileEngine {
             equity: self.book.equity(),
             exposure: self.book.exposure(),
             positions_open: self.book.positions_open(),
+            // Saturating: a stored quantity beyond reason is refused by the risk rules (too large
+            // or not positive), never a panic here.
             position_qty: position.map_or(Decimal::ZERO, |p| {
-                p.qty_open - self.exit_qty_pending(&p.symbol)
+                p.qty_open.saturating_sub(self.exit_qty_pending(&p.symbol))
             }),
             position_side: position.map(|p| book::position_side(p.side, IntentKind::Entry)),
             daily_realized_pnl: self.day.1,
@@ -459,8 +461,8 @@ impl ProfileEngine {
             .open_orders
             .values()
             .filter(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
-            .map(|o| o.qty - o.filled_qty)
-            .sum()
+            .map(|o| o.qty.saturating_sub(o.filled_qty))
+            .fold(Decimal::ZERO, Decimal::saturating_add)
     }
 
     fn validate(&mut self, raw: &RawIntent) -> Result<ValidIntent, Refusal> {
@@ -558,7 +560,7 @@ impl ProfileEngine {
     /// The price an entry reserves capital at: never below what it may fill at (within the
     /// slippage allowance) plus the fee its fills are charged (within the fee allowance), so
     /// recording a fill never needs capital the reservation does not hold.
-    fn reservation_price(&self, request: &OrderRequest) -> Result<Price, MoneyError> {
+    fn reservation_price(&self, request: &OrderRequest) -> Result<Price, Refusal> {
         let (reference, slippage_bps) = match request.order_type {
             OrderType::Limit { price } if request.side == crate::market::Side::Buy => (price, 0),
             OrderType::Limit { price } => (price, self.config.slippage_reserve_bps),
@@ -570,12 +572,16 @@ impl ProfileEngine {
                 self.config.slippage_reserve_bps,
             ),
         };
-        let allowance_bps = slippage_bps + self.config.fee_reserve_bps;
-        let factor = Decimal::ONE + Decimal::from(allowance_bps) / Decimal::from(10_000);
-        Price::new(
-            (reference.get() * factor)
-                .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero),
-        )
+        // Two u32 of bps and a price within MAGNITUDE_MAX stay far inside a decimal's range;
+        // the sums are checked so that no configuration can make them panic.
+        let allowance_bps =
+            Decimal::from(slippage_bps) + Decimal::from(self.config.fee_reserve_bps);
+        let factor = Decimal::ONE + allowance_bps / Decimal::from(10_000);
+        let price = (reference.get().checked_mul(factor)).ok_or(Refusal::ArithmeticOverflow {
+            what: "reservation price",
+        })?;
+        let price = price.round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero);
+        Ok(Price::new(price)?)
     }
 
     #[tracing::instrument(name = "order", skip_all, fields(client_order_id = tracing::field::Empty))]
@@ -613,8 +619,8 @@ impl ProfileEngine {
         };
         let price = match self.reservation_price(&request) {
             Ok(price) => price,
-            Err(error) => {
-                self.refuse(raw.clone(), &Refusal::InvalidNumber(error));
+            Err(refusal) => {
+                self.refuse(raw.clone(), &refusal);
                 return Ok(None);
             }
         };
@@ -687,10 +693,7 @@ impl ProfileEngine {
         match &error {
             StoreError::Ledger(LedgerError::InsufficientCapital { .. })
             | StoreError::Constraint(Constraint::CapitalInvariant) => {
-                if matches!(error, StoreError::Constraint(_)) {
-                    // The database caught what the kernel's check should have: count it loudly.
-                    self.metrics.capital_invariant_violations_total.inc();
-                }
+                self.count_constraint_refusal(&error);
                 self.record_refusal(raw.clone(), "insufficient_capital", error.to_string());
                 Ok(None)
             }
@@ -707,6 +710,20 @@ impl ProfileEngine {
                 Ok(None)
             }
             _ => Err(error.into()),
+        }
+    }
+
+    /// Counts a write the database refused by a constraint the kernel's own check should have
+    /// prevented, in the metric of the invariant the constraint protects: the database caught
+    /// what the kernel missed, so it is counted loudly. A stale fence (invariant 2) is counted
+    /// by the store itself (`keel_lock_stale_fence_rejections_total`).
+    pub(super) fn count_constraint_refusal(&self, error: &StoreError) {
+        use crate::store::Constraint;
+        if let StoreError::Constraint(
+            Constraint::CapitalInvariant | Constraint::CapitalNonNegative(_),
+        ) = error
+        {
+            self.metrics.capital_invariant_violations_total.inc();
         }
     }
 
@@ -823,6 +840,8 @@ impl ProfileEngine {
         if day != self.day.0 {
             self.day = (day, Decimal::ZERO);
         }
-        self.day.1 += pnl;
+        // Saturating: a sum beyond a decimal's range (unreachable with the ledger's bounds) sticks
+        // at the end of the range instead of panicking; a loss that large stops entries.
+        self.day.1 = self.day.1.saturating_add(pnl);
     }
 }

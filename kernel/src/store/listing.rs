@@ -6,7 +6,7 @@ use crate::lifecycle::{OrderRecord, Position};
 
 use super::StoreError;
 use super::backend::{RowExt, with_tx};
-use super::rows::{ORDER_COLUMNS, decode_order, decode_position};
+use super::rows::{ORDER_COLUMNS, decode_order, decode_position, open_statuses_sql};
 use super::tenant::TenantTx;
 
 /// Most rows one listing returns: a profile with more open orders than this is refused as
@@ -14,8 +14,7 @@ use super::tenant::TenantTx;
 pub const LISTING_ROWS_MAX: i64 = 100_000;
 
 impl TenantTx {
-    /// Every order of `profile` that is not terminal (PENDING_SUBMIT, UNKNOWN, NEW,
-    /// PARTIALLY_FILLED), oldest first.
+    /// Every open order of `profile` ([`crate::order::OrderStatus::is_open`]), oldest first.
     pub async fn open_orders(
         &mut self,
         profile: ProfileId,
@@ -24,8 +23,8 @@ impl TenantTx {
         let rows = with_tx!(&mut self.tx, c, b => {
             let sql = format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE profile_id = $1 AND user_id = $2 \
-                 AND status IN ('PENDING_SUBMIT', 'UNKNOWN', 'NEW', 'PARTIALLY_FILLED') \
-                 ORDER BY order_id LIMIT $3"
+                 AND status IN {open} ORDER BY order_id LIMIT $3",
+                open = open_statuses_sql(),
             );
             let rows = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(LISTING_ROWS_MAX + 1)
                 .fetch_all(&mut **c).await?;

@@ -1,6 +1,8 @@
 //! The statements a [`TenantTx`] is made of, each written once for both backends. Every one
 //! filters by the tenant's `user_id`, on top of row-level security on PostgreSQL.
 
+use std::sync::LazyLock;
+
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -15,8 +17,22 @@ use super::StoreError;
 use super::backend::{RowExt, with_tx};
 use super::tenant::TenantTx;
 
-/// The statuses of an order that may still fill: it holds a reservation and blocks a new ENTRY.
-const OPEN_STATUSES: &str = "('PENDING_SUBMIT', 'UNKNOWN', 'NEW', 'PARTIALLY_FILLED')";
+/// The statuses of an order that may still fill ([`OrderStatus::is_open`]: it holds a
+/// reservation and blocks a new ENTRY) as an SQL list in their stored form,
+/// `('PENDING_SUBMIT', 'UNKNOWN', 'NEW', 'PARTIALLY_FILLED')`. Derived from the status table, so
+/// the statements cannot drift from it; the partial indexes of the migrations are checked
+/// against it by a test.
+pub(super) fn open_statuses_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let quoted: Vec<String> = OrderStatus::ALL
+            .into_iter()
+            .filter(|status| status.is_open())
+            .map(|status| format!("'{}'", status.as_str()))
+            .collect();
+        format!("({})", quoted.join(", "))
+    });
+    &SQL
+}
 
 pub(super) const ORDER_COLUMNS: &str = "client_order_id, user_id, profile_id, symbol, kind, side, qty, price, \
      reserved, reserved_remaining, filled_qty, status, lock_key, fence, exchange_order_id";
@@ -312,12 +328,13 @@ impl TenantTx {
                  (SELECT count(*) FROM orders WHERE client_order_id = $3 AND user_id = $2) AS order_exists, \
                  (SELECT fence FROM entry_locks WHERE lock_key = $4 AND expires_at_ms > {now}) AS fence, \
                  (SELECT count(*) FROM orders WHERE profile_id = $1 AND user_id = $2 AND symbol = $5 \
-                  AND kind = 'ENTRY' AND status IN {OPEN_STATUSES}) + \
+                  AND kind = 'ENTRY' AND status IN {open}) + \
                  (SELECT count(*) FROM lifecycles WHERE profile_id = $1 AND user_id = $2 AND symbol = $5 \
                   AND kind = 'ENTRY' AND is_open) AS in_flight \
                  FROM capital_accounts c WHERE c.profile_id = $1 AND c.user_id = $2 {lock}",
                 now = b::NOW_MS,
                 lock = b::FOR_UPDATE,
+                open = open_statuses_sql(),
             );
             let row = sqlx::query(&sql)
                 .bind(request.profile.as_uuid()).bind(user)
@@ -390,7 +407,8 @@ impl TenantTx {
             let sql = format!(
                 "SELECT COALESCE(SUM(qty - filled_qty), 0) AS pending FROM orders \
                  WHERE profile_id = $1 AND user_id = $2 AND symbol = $3 AND kind = 'EXIT' \
-                 AND status IN {OPEN_STATUSES}"
+                 AND status IN {open}",
+                open = open_statuses_sql(),
             );
             let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
                 .fetch_one(&mut **c).await?;
@@ -470,5 +488,154 @@ impl TenantTx {
             })
             .transpose()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    use super::*;
+
+    /// The statuses an SQL list such as `('NEW', 'UNKNOWN')` names.
+    fn parse_list(list: &str) -> BTreeSet<String> {
+        let inner = list.trim().trim_start_matches('(').trim_end_matches(')');
+        inner
+            .split(',')
+            .map(|item| item.trim().trim_matches('\'').to_owned())
+            .collect()
+    }
+
+    /// The parenthesised list that follows `status IN` in `clause`, if any.
+    fn status_list(clause: &str) -> Option<BTreeSet<String>> {
+        let upper = clause.to_uppercase();
+        let at = upper.find("STATUS IN")?;
+        let rest = &clause[at + "STATUS IN".len()..];
+        let open = rest.find('(')?;
+        let close = rest.find(')')?;
+        Some(parse_list(&rest[open..=close]))
+    }
+
+    /// One backend's migrations in the order they apply, without comments, split into statements
+    /// on one line each.
+    fn statements(backend: &str) -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(backend);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no migrations in {}", dir.display());
+        let mut statements = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code: Vec<&str> = text
+                .lines()
+                .map(|line| line.split("--").next().unwrap_or(""))
+                .collect();
+            let code = code.join(" ");
+            for statement in code.split(';') {
+                let words: Vec<&str> = statement.split_whitespace().collect();
+                statements.push(words.join(" "));
+            }
+        }
+        statements
+    }
+
+    /// The name a `CREATE [UNIQUE] INDEX [IF NOT EXISTS] name` or `DROP INDEX [IF EXISTS] name`
+    /// statement is about.
+    fn index_name(statement: &str) -> Option<(bool, String)> {
+        let upper = statement.to_uppercase();
+        let (created, rest) = if let Some(rest) = upper
+            .strip_prefix("CREATE UNIQUE INDEX ")
+            .or_else(|| upper.strip_prefix("CREATE INDEX "))
+        {
+            (true, rest.trim_start_matches("IF NOT EXISTS "))
+        } else if let Some(rest) = upper.strip_prefix("DROP INDEX ") {
+            (false, rest.trim_start_matches("IF EXISTS "))
+        } else {
+            return None;
+        };
+        let name = rest.split_whitespace().next()?;
+        Some((created, name.to_lowercase()))
+    }
+
+    /// Every index the migrations leave defined whose WHERE clause lists order statuses, with
+    /// the statuses it lists: the last migration that creates or drops an index wins.
+    fn status_indexes(backend: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let mut indexes = BTreeMap::new();
+        for statement in statements(backend) {
+            let Some((created, name)) = index_name(&statement) else {
+                continue;
+            };
+            indexes.remove(&name);
+            let upper = statement.to_uppercase();
+            let Some(at) = upper.find(" WHERE ").filter(|_| created) else {
+                continue;
+            };
+            let predicate = &statement[at..];
+            if !predicate.to_uppercase().contains("STATUS") {
+                continue;
+            }
+            let listed = status_list(predicate).unwrap_or_else(|| {
+                panic!("{backend}: index {name} filters on status other than by `status IN (...)`")
+            });
+            indexes.insert(name, listed);
+        }
+        indexes
+    }
+
+    fn open_statuses() -> BTreeSet<String> {
+        OrderStatus::ALL
+            .into_iter()
+            .filter(|status| status.is_open())
+            .map(|status| status.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn open_statuses_sql_lists_exactly_the_open_statuses() {
+        assert_eq!(parse_list(open_statuses_sql()), open_statuses());
+    }
+
+    #[test]
+    fn partial_indexes_on_order_status_list_exactly_the_open_statuses() {
+        for backend in ["postgres", "sqlite"] {
+            let indexes = status_indexes(backend);
+            for expected in ["orders_one_open_entry", "orders_open"] {
+                assert!(
+                    indexes.contains_key(expected),
+                    "{backend}: index {expected} not found among {:?}",
+                    indexes.keys()
+                );
+            }
+            for (name, listed) in &indexes {
+                assert_eq!(
+                    listed,
+                    &open_statuses(),
+                    "{backend}: index {name} lists other statuses than OrderStatus::is_open; \
+                     add a migration that recreates it"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn status_check_constraint_lists_every_status() {
+        let every: BTreeSet<String> = OrderStatus::ALL
+            .into_iter()
+            .map(|status| status.as_str().to_owned())
+            .collect();
+        for backend in ["postgres", "sqlite"] {
+            let check = statements(backend).into_iter().rev().find_map(|statement| {
+                let at = statement.find("orders_status_known")?;
+                status_list(&statement[at..])
+            });
+            assert_eq!(check, Some(every.clone()), "{backend}: orders_status_known");
+        }
     }
 }

@@ -60,7 +60,8 @@ pub struct StoreStatsSnapshot {
     pub stale_fence_rejections: u64,
     /// Operations the kernel refused because they would break the capital invariant.
     pub capital_check_refusals: u64,
-    /// Writes the database refused by the `capital_invariant` CHECK (the kernel check missed).
+    /// Writes the database refused by the `capital_invariant` or a `capital_*_nonnegative` CHECK
+    /// (the kernel check missed).
     pub capital_constraint_violations: u64,
     /// Replayed write-aheads, fills and status reports that changed nothing.
     pub replay_duplicates: u64,
@@ -129,9 +130,9 @@ impl StoreStats {
                 StoreError::Ledger(crate::ledger::LedgerError::InsufficientCapital { .. }) => {
                     bump(&self.capital_check_refusals)
                 }
-                StoreError::Constraint(Constraint::CapitalInvariant) => {
-                    bump(&self.capital_constraint_violations)
-                }
+                StoreError::Constraint(
+                    Constraint::CapitalInvariant | Constraint::CapitalNonNegative(_),
+                ) => bump(&self.capital_constraint_violations),
                 StoreError::Lock(crate::lock::LockError::StaleFence { .. })
                 | StoreError::Constraint(Constraint::CurrentFence) => {
                     bump(&self.stale_fence_rejections)

@@ -242,7 +242,7 @@ impl TenantTx {
         delta: &CapitalDelta,
     ) -> Result<Capital, StoreError> {
         if self.plant.is(Plant::LedgerCheckDisabled) {
-            return Ok(capital.plus_unchecked(delta));
+            return Ok(capital.plus_unchecked(delta)?);
         }
         Ok(capital.apply(delta)?)
     }
@@ -605,7 +605,7 @@ impl TenantTx {
         fill: &FillReport,
     ) -> Result<FillOutcome, StoreError> {
         let (qty, price) = (fill.qty.get(), fill.price.get());
-        let mv = lifecycle::entry_fill_move(&order, qty, price, fill.fee);
+        let mv = lifecycle::entry_fill_move(&order, qty, price, fill.fee)?;
         let moves = entry_fill_moves(&order, fill, mv.released, mv.cost);
         let mut planned = capital;
         for entry in &moves {
@@ -677,7 +677,7 @@ impl TenantTx {
         fill: &FillReport,
     ) -> Result<Decimal, StoreError> {
         let (qty, price) = (fill.qty.get(), fill.price.get());
-        let mv = lifecycle::entry_fill_move(order, qty, price, fill.fee);
+        let mv = lifecycle::entry_fill_move(order, qty, price, fill.fee)?;
         let moves = entry_fill_moves(order, fill, mv.released, mv.cost);
         let capital = self.plan_moves(order.profile, &moves).await?;
         let add = LifecycleAdd {
@@ -718,7 +718,7 @@ impl TenantTx {
             }
             .into());
         }
-        let mv = lifecycle::exit_fill_move(&position, qty, price, fill.fee);
+        let mv = lifecycle::try_exit_fill_move(&position, qty, price, fill.fee)?;
         let trade = &fill.exchange_trade_id;
         let moves = [
             Move {

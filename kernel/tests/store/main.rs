@@ -4,6 +4,7 @@
 mod concurrency;
 mod contract;
 mod fixtures;
+mod metrics;
 mod property;
 use keel_testkit::store as support;
 mod tenancy;
