@@ -22,6 +22,9 @@ pub enum ControlChange {
     Killed(bool),
     /// Replace the risk rules.
     Limits(RiskLimits),
+    /// End the profile's quarantine at the next reconciliation pass that finds the store and
+    /// the exchange in agreement (an explicit resume; a pass that finds drift keeps it).
+    ClearQuarantine,
 }
 
 /// The result of one forced reconciliation pass.

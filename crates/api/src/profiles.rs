@@ -433,7 +433,9 @@ async fn pause(
     .await
 }
 
-/// Resumes new entries after a pause (the kill switch stays as it is).
+/// Resumes new entries after a pause (the kill switch stays as it is). A quarantined profile
+/// leaves quarantine at its next reconciliation pass that finds the store and the exchange in
+/// agreement; one that still differs stays quarantined.
 #[utoipa::path(post, path = "/profiles/{profile_id}/resume", tag = "controls",
     params(("profile_id" = Uuid, Path, description = "the profile")),
     responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
@@ -443,13 +445,19 @@ async fn resume(
     Auth(caller): Auth,
     ApiPath(profile): ApiPath<Uuid>,
 ) -> Result<Json<ProfileView>, ApiError> {
-    switch(
+    let view = switch(
         &state,
         caller,
         ProfileId::from_uuid(profile),
         Switch::Paused(false),
     )
-    .await
+    .await?;
+    let profile = ProfileId::from_uuid(profile);
+    state
+        .control
+        .apply(profile, ControlChange::ClearQuarantine)
+        .await;
+    Ok(view)
 }
 
 /// Engages the profile's kill switch: no new entries until it is released.

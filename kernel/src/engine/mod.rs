@@ -184,6 +184,8 @@ pub struct ProfileEngine {
     refusals: VecDeque<RefusalRecord>,
     pending_decisions: VecDeque<(Result<Vec<RawIntent>, PluginFault>, u64)>,
     plant: Planted,
+    /// A resume asked for the quarantine to end at the next clean reconciliation pass.
+    quarantine_clear_requested: bool,
 }
 
 /// Most rounds of fill-triggered decisions one step runs.
@@ -234,6 +236,7 @@ impl ProfileEngine {
             refusals: VecDeque::new(),
             pending_decisions: VecDeque::new(),
             plant: Planted::default(),
+            quarantine_clear_requested: false,
         }
     }
 
@@ -274,12 +277,28 @@ impl ProfileEngine {
         self.controls.killed = killed;
     }
 
-    /// Clears quarantine (an operator, after checking the exchange and the store agree).
+    /// Clears quarantine at once (an operator, after checking the exchange and the store agree).
     pub fn clear_quarantine(&mut self) {
         if self.controls.quarantined {
             self.controls.quarantined = false;
             self.metrics.profiles_quarantined.dec();
         }
+    }
+
+    /// Asks for the quarantine to be cleared by the next reconciliation pass that finds the
+    /// store and the exchange in agreement (a resume of a quarantined profile). A pass that
+    /// finds drift again keeps the quarantine and forgets the request. Nothing happens when the
+    /// profile is not quarantined.
+    pub fn request_quarantine_clear(&mut self) {
+        if self.controls.quarantined {
+            self.quarantine_clear_requested = true;
+            tracing::info!(profile_id = %self.spec.profile, "quarantine clear requested: the next clean reconciliation pass clears it");
+        }
+    }
+
+    /// Whether a request to clear the quarantine waits for a clean pass.
+    pub fn quarantine_clear_requested(&self) -> bool {
+        self.quarantine_clear_requested
     }
 
     /// Replaces the risk rules.
@@ -830,6 +849,16 @@ fn order_type(price: OrderPrice) -> OrderType {
     match price {
         OrderPrice::Market => OrderType::Market,
         OrderPrice::Limit(price) => OrderType::Limit { price },
+    }
+}
+
+/// The quarantine gauge counts the engines in quarantine: an engine that ends (its profile
+/// moved to another instance, stopped, or the host shuts down) takes its count with it.
+impl Drop for ProfileEngine {
+    fn drop(&mut self) {
+        if self.controls.quarantined {
+            self.metrics.profiles_quarantined.dec();
+        }
     }
 }
 

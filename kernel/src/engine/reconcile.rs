@@ -169,6 +169,10 @@ impl ProfileEngine {
             .await?;
         if report.quarantined {
             self.quarantine();
+        } else if report.is_clean() && self.quarantine_clear_requested {
+            self.quarantine_clear_requested = false;
+            self.clear_quarantine();
+            tracing::info!(profile_id = %self.spec.profile, "quarantine cleared: a clean pass after the request to resume");
         }
         if untouched {
             self.reset_book(capital, stored_positions, stored_open);
@@ -275,6 +279,8 @@ impl ProfileEngine {
     }
 
     fn quarantine(&mut self) {
+        // A drift found after a request to resume needs a new request once it is explained.
+        self.quarantine_clear_requested = false;
         if !self.controls.quarantined {
             self.controls.quarantined = true;
             self.metrics.profiles_quarantined.inc();

@@ -29,6 +29,7 @@ pub enum Command {
 pub(super) fn apply(change: ControlChange, engine: &mut ProfileEngine) {
     match change {
         ControlChange::Paused(paused) => engine.set_paused(paused),
+        ControlChange::ClearQuarantine => engine.request_quarantine_clear(),
         ControlChange::Killed(killed) => engine.set_killed(killed),
         ControlChange::Limits(limits) => engine.set_limits(limits),
     }
