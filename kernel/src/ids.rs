@@ -199,6 +199,34 @@ impl ClientOrderId {
         id
     }
 
+    /// Whether this id is one [`ClientOrderId::derive`] makes for `profile` on `symbol`.
+    ///
+    /// This is how an exchange event is attributed: an account may be shared by several
+    /// profiles (and owners), and the id is the only part of an order or a fill that says whose
+    /// it is. An id the kernel did not derive (an order placed by hand on the account) belongs
+    /// to no profile.
+    pub fn is_derived_for(&self, profile: ProfileId, symbol: &Symbol) -> bool {
+        let Some((kind, sequence)) = self.decision() else {
+            return false;
+        };
+        *self == Self::derive(profile, symbol, sequence, kind)
+    }
+
+    /// The (kind, sequence) in the head `k{E|X}{sequence}-` of a derived id.
+    fn decision(&self) -> Option<(IntentKind, u64)> {
+        let rest = self.0.strip_prefix('k')?;
+        let kind = match rest.as_bytes().first()? {
+            b'E' => IntentKind::Entry,
+            b'X' => IntentKind::Exit,
+            _ => return None,
+        };
+        let (sequence, _digest) = rest[1..].split_once('-')?;
+        if sequence.is_empty() || !sequence.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((kind, sequence.parse().ok()?))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -257,6 +285,34 @@ mod tests {
             a,
             ClientOrderId::derive(profile, &other, u64::MAX, IntentKind::Entry)
         );
+    }
+
+    #[test]
+    fn a_derived_id_is_attributed_to_its_profile_and_symbol_only() {
+        let profile = ProfileId::parse("7d1f3e8a-5b2c-4c4e-9a51-0f6f0d3c2b1a").unwrap();
+        let other = ProfileId::parse("0b7c2a1e-3f4d-4e5a-8b6c-7d8e9f0a1b2c").unwrap();
+        let btc = Symbol::new("BTCUSDT").unwrap();
+        let eth = Symbol::new("ETHUSDT").unwrap();
+        for sequence in [0, 7, 1_700_000_000_000, u64::MAX] {
+            for kind in [IntentKind::Entry, IntentKind::Exit] {
+                let id = ClientOrderId::derive(profile, &btc, sequence, kind);
+                assert!(id.is_derived_for(profile, &btc), "{id}");
+                assert!(!id.is_derived_for(other, &btc), "{id}");
+                assert!(!id.is_derived_for(profile, &eth), "{id}");
+            }
+        }
+        for foreign in [
+            "manual-order-1",
+            "kE",
+            "kE-",
+            "kE12",
+            "kQ1-abc",
+            "kE1.5-abc",
+            "x",
+        ] {
+            let id = ClientOrderId::new(foreign).unwrap();
+            assert!(!id.is_derived_for(profile, &btc), "{foreign}");
+        }
     }
 
     #[test]
