@@ -252,6 +252,57 @@ impl fmt::Display for ClientOrderId {
     }
 }
 
+/// Why a name a person gave (a profile's, a plugin's) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty, or longer than the limit.
+    #[error("must be 1 to {chars_max} characters")]
+    Length {
+        /// The most characters accepted.
+        chars_max: usize,
+    },
+    /// Only white space.
+    #[error("must contain a visible character")]
+    Blank,
+    /// A control character (NUL included), a line or paragraph separator, or an invisible
+    /// formatting character such as a bidirectional override.
+    #[error("must not contain {0:?} (a control or invisible formatting character)")]
+    Forbidden(char),
+}
+
+/// Checks a name a person gives and others read (in lists, logs, the dashboard): 1 to
+/// `chars_max` characters, not only white space, and none that is a control character, a line
+/// or paragraph separator or an invisible formatting one (bidirectional overrides and
+/// isolates, zero-width characters), which could hide or disguise what the name says.
+pub fn check_name(text: &str, chars_max: usize) -> Result<(), NameError> {
+    let chars = text.chars().count();
+    if chars == 0 || chars > chars_max {
+        return Err(NameError::Length { chars_max });
+    }
+    if let Some(c) = text.chars().find(|c| is_forbidden_in_name(*c)) {
+        return Err(NameError::Forbidden(c));
+    }
+    if text.chars().all(char::is_whitespace) {
+        return Err(NameError::Blank);
+    }
+    Ok(())
+}
+
+fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            // Zero-width space, non-joiner, joiner; left-to-right and right-to-left marks.
+            '\u{200B}'..='\u{200F}'
+            // Line and paragraph separators; bidirectional embeddings and overrides.
+            | '\u{2028}'..='\u{202E}'
+            // Word joiner, invisible operators, bidirectional isolates, deprecated formatting.
+            | '\u{2060}'..='\u{206F}'
+            // Arabic letter mark, byte order mark, interlinear annotation.
+            | '\u{061C}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
 /// A fencing token: grows with every acquisition of a lock, never reset.
 ///
 /// A write made under a lock carries the fence it was granted; the store refuses a write whose
@@ -312,6 +363,36 @@ mod tests {
         ] {
             let id = ClientOrderId::new(foreign).unwrap();
             assert!(!id.is_derived_for(profile, &btc), "{foreign}");
+        }
+    }
+
+    #[test]
+    fn names_refuse_control_blank_and_bidi_text() {
+        assert_eq!(check_name("momentum BTC", 64), Ok(()));
+        assert_eq!(check_name("Ünïcødé 名前 ✓", 64), Ok(()));
+        assert_eq!(check_name(&"n".repeat(64), 64), Ok(()));
+        assert_eq!(
+            check_name(&"n".repeat(65), 64),
+            Err(NameError::Length { chars_max: 64 })
+        );
+        assert_eq!(check_name("", 64), Err(NameError::Length { chars_max: 64 }));
+        assert_eq!(check_name("   ", 64), Err(NameError::Blank));
+        assert_eq!(check_name("\u{3000}\u{a0}", 64), Err(NameError::Blank));
+        for bad in [
+            "a\0b",
+            "tab\there",
+            "line\n",
+            "\u{7f}",
+            "\u{85}",
+            "x\u{202E}gpj.exe",
+            "\u{2066}a",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+        ] {
+            assert!(
+                matches!(check_name(bad, 64), Err(NameError::Forbidden(_))),
+                "{bad:?}"
+            );
         }
     }
 
