@@ -340,3 +340,88 @@ async fn a_tenant_never_receives_another_tenants_events_on_a_shared_account() {
     }
     assert!(a.order_ids().is_disjoint(&b.order_ids()));
 }
+
+/// `/metrics` shares the API's listener: without an operator's token it names no profile and
+/// no tenant's capital; an operator gets every family; a token that does not verify, a 401.
+#[tokio::test]
+async fn metrics_on_the_api_listener_name_no_tenant_without_an_operator_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("keel.db"))
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let profile = ProfileId::new_random();
+    metrics
+        .capital_free_quote
+        .with_label_values(&[&metrics.profile_label(profile)])
+        .set(1234.5);
+    metrics.capital_free_quote_min.set(1234.5);
+    let keys = JwtKeys::new(SECRET).unwrap();
+    let config = LoopConfig {
+        reconcile_interval_ms: 1_000,
+        trading_stall_ms: 5_000,
+        monitor_stall_ms: 5_000,
+        reconciliation_stall_ms: 5_000,
+    };
+    let serve = |profile_labels_public: bool| {
+        let state = keel_host::serve::http::AppState {
+            metrics: metrics.clone(),
+            health: Arc::new(LoopHealth::new(0)),
+            loop_config: config,
+            store: store.clone(),
+            probes: Vec::new(),
+            auth: keys.clone(),
+            profile_labels_public,
+        };
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let app = keel_host::serve::http::router(state);
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            format!("http://{addr}/metrics")
+        }
+    };
+    let url = serve(false).await;
+    let client = reqwest::Client::new();
+    let scrape = |token: Option<String>| {
+        let mut request = client.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let tenant = keys.mint(UserId::new_random(), false, now, 600);
+    let operator = keys.mint(UserId::new_random(), true, now, 600);
+    let forged = JwtKeys::new(b"another-secret-of-at-least-32-bytes!")
+        .unwrap()
+        .mint(UserId::new_random(), true, now, 600);
+    for (who, token) in [("anyone", None), ("a tenant", Some(tenant))] {
+        let (status, text) = scrape(token).await;
+        assert_eq!(status, 200, "{who}: {text}");
+        assert!(!text.contains(&profile.to_string()), "{who}: {text}");
+        assert!(!text.contains("keel_capital_free_quote{"), "{who}: {text}");
+        // The aggregate families the alerts use are there.
+        assert!(
+            text.contains("keel_capital_free_quote_min 1234.5"),
+            "{who}: {text}"
+        );
+    }
+    let (status, text) = scrape(Some(operator)).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(&format!(
+            "keel_capital_free_quote{{profile=\"{profile}\"}} 1234.5"
+        )),
+        "{text}"
+    );
+    let (status, _) = scrape(Some(forged)).await;
+    assert_eq!(status, 401);
+    // A host whose listener only operators reach may serve them to anyone.
+    let url = serve(true).await;
+    let text = client.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&profile.to_string()), "{text}");
+}
