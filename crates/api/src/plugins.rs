@@ -30,6 +30,8 @@ pub const CONFIG_ENTRIES_MAX: usize = 64;
 pub const CONFIG_TEXT_BYTES_MAX: usize = 256;
 /// The longest plugin name.
 pub const PLUGIN_NAME_LEN_MAX: usize = 64;
+/// Most plugin versions one user may store (well under the 1,000 a list shows).
+pub const PLUGINS_PER_USER_MAX: usize = 100;
 
 pub(super) fn router(upload_bytes_max: usize) -> OpenApiRouter<ApiState> {
     let uploads = OpenApiRouter::new()
@@ -192,6 +194,12 @@ async fn upload_plugin(
             wasm: &bytes,
         })
         .await?;
+    if inserted && tx.plugins().await?.len() > PLUGINS_PER_USER_MAX {
+        // Dropping the transaction rolls the insert back.
+        return Err(ApiError::Unprocessable(format!(
+            "plugins_per_user_max: a user may store at most {PLUGINS_PER_USER_MAX} plugins"
+        )));
+    }
     tx.commit().await?;
     let status = if inserted {
         StatusCode::CREATED

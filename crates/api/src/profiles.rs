@@ -25,6 +25,10 @@ use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
 
 pub use keel_kernel::risk::SYMBOLS_ALLOWED_MAX;
 
+/// Most profiles one user may have (deleted ones do not count; well under the 1,000 a list
+/// shows).
+pub const PROFILES_PER_USER_MAX: usize = 100;
+
 pub(super) fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_profiles, create_profile))
@@ -266,6 +270,11 @@ async fn create_profile(
         .map(RiskConfig::to_limits)
         .transpose()?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    if tx.profiles().await?.len() >= PROFILES_PER_USER_MAX {
+        return Err(ApiError::Unprocessable(format!(
+            "profiles_per_user_max: a user may have at most {PROFILES_PER_USER_MAX} profiles"
+        )));
+    }
     let profile = match &limits {
         Some(limits) => tx.create_profile_with_limits(&body.name, limits).await?,
         None => tx.create_profile(&body.name).await?,
