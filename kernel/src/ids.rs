@@ -199,6 +199,34 @@ impl ClientOrderId {
         id
     }
 
+    /// Whether this id is one [`ClientOrderId::derive`] makes for `profile` on `symbol`.
+    ///
+    /// This is how an exchange event is attributed: an account may be shared by several
+    /// profiles (and owners), and the id is the only part of an order or a fill that says whose
+    /// it is. An id the kernel did not derive (an order placed by hand on the account) belongs
+    /// to no profile.
+    pub fn is_derived_for(&self, profile: ProfileId, symbol: &Symbol) -> bool {
+        let Some((kind, sequence)) = self.decision() else {
+            return false;
+        };
+        *self == Self::derive(profile, symbol, sequence, kind)
+    }
+
+    /// The (kind, sequence) in the head `k{E|X}{sequence}-` of a derived id.
+    fn decision(&self) -> Option<(IntentKind, u64)> {
+        let rest = self.0.strip_prefix('k')?;
+        let kind = match rest.as_bytes().first()? {
+            b'E' => IntentKind::Entry,
+            b'X' => IntentKind::Exit,
+            _ => return None,
+        };
+        let (sequence, _digest) = rest[1..].split_once('-')?;
+        if sequence.is_empty() || !sequence.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((kind, sequence.parse().ok()?))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -222,6 +250,57 @@ impl fmt::Display for ClientOrderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Why a name a person gave (a profile's, a plugin's) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty, or longer than the limit.
+    #[error("must be 1 to {chars_max} characters")]
+    Length {
+        /// The most characters accepted.
+        chars_max: usize,
+    },
+    /// Only white space.
+    #[error("must contain a visible character")]
+    Blank,
+    /// A control character (NUL included), a line or paragraph separator, or an invisible
+    /// formatting character such as a bidirectional override.
+    #[error("must not contain {0:?} (a control or invisible formatting character)")]
+    Forbidden(char),
+}
+
+/// Checks a name a person gives and others read (in lists, logs, the dashboard): 1 to
+/// `chars_max` characters, not only white space, and none that is a control character, a line
+/// or paragraph separator or an invisible formatting one (bidirectional overrides and
+/// isolates, zero-width characters), which could hide or disguise what the name says.
+pub fn check_name(text: &str, chars_max: usize) -> Result<(), NameError> {
+    let chars = text.chars().count();
+    if chars == 0 || chars > chars_max {
+        return Err(NameError::Length { chars_max });
+    }
+    if let Some(c) = text.chars().find(|c| is_forbidden_in_name(*c)) {
+        return Err(NameError::Forbidden(c));
+    }
+    if text.chars().all(char::is_whitespace) {
+        return Err(NameError::Blank);
+    }
+    Ok(())
+}
+
+fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            // Zero-width space, non-joiner, joiner; left-to-right and right-to-left marks.
+            '\u{200B}'..='\u{200F}'
+            // Line and paragraph separators; bidirectional embeddings and overrides.
+            | '\u{2028}'..='\u{202E}'
+            // Word joiner, invisible operators, bidirectional isolates, deprecated formatting.
+            | '\u{2060}'..='\u{206F}'
+            // Arabic letter mark, byte order mark, interlinear annotation.
+            | '\u{061C}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 /// A fencing token: grows with every acquisition of a lock, never reset.
@@ -257,6 +336,64 @@ mod tests {
             a,
             ClientOrderId::derive(profile, &other, u64::MAX, IntentKind::Entry)
         );
+    }
+
+    #[test]
+    fn a_derived_id_is_attributed_to_its_profile_and_symbol_only() {
+        let profile = ProfileId::parse("7d1f3e8a-5b2c-4c4e-9a51-0f6f0d3c2b1a").unwrap();
+        let other = ProfileId::parse("0b7c2a1e-3f4d-4e5a-8b6c-7d8e9f0a1b2c").unwrap();
+        let btc = Symbol::new("BTCUSDT").unwrap();
+        let eth = Symbol::new("ETHUSDT").unwrap();
+        for sequence in [0, 7, 1_700_000_000_000, u64::MAX] {
+            for kind in [IntentKind::Entry, IntentKind::Exit] {
+                let id = ClientOrderId::derive(profile, &btc, sequence, kind);
+                assert!(id.is_derived_for(profile, &btc), "{id}");
+                assert!(!id.is_derived_for(other, &btc), "{id}");
+                assert!(!id.is_derived_for(profile, &eth), "{id}");
+            }
+        }
+        for foreign in [
+            "manual-order-1",
+            "kE",
+            "kE-",
+            "kE12",
+            "kQ1-abc",
+            "kE1.5-abc",
+            "x",
+        ] {
+            let id = ClientOrderId::new(foreign).unwrap();
+            assert!(!id.is_derived_for(profile, &btc), "{foreign}");
+        }
+    }
+
+    #[test]
+    fn names_refuse_control_blank_and_bidi_text() {
+        assert_eq!(check_name("momentum BTC", 64), Ok(()));
+        assert_eq!(check_name("Ünïcødé 名前 ✓", 64), Ok(()));
+        assert_eq!(check_name(&"n".repeat(64), 64), Ok(()));
+        assert_eq!(
+            check_name(&"n".repeat(65), 64),
+            Err(NameError::Length { chars_max: 64 })
+        );
+        assert_eq!(check_name("", 64), Err(NameError::Length { chars_max: 64 }));
+        assert_eq!(check_name("   ", 64), Err(NameError::Blank));
+        assert_eq!(check_name("\u{3000}\u{a0}", 64), Err(NameError::Blank));
+        for bad in [
+            "a\0b",
+            "tab\there",
+            "line\n",
+            "\u{7f}",
+            "\u{85}",
+            "x\u{202E}gpj.exe",
+            "\u{2066}a",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+        ] {
+            assert!(
+                matches!(check_name(bad, 64), Err(NameError::Forbidden(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl Metrics {
                 &r,
                 "keel_capital_free_quote",
                 "Free capital (the invariant's left-hand side) per profile, quote currency; profiles past the label cap fold into profile=\"_other\".",
-                &["profile"],
+                &[PROFILE_LABEL],
             ),
             capital_free_quote_min: gauge(
                 &r,
@@ -400,12 +400,39 @@ impl Metrics {
 
     /// Every family in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("encoding metrics into memory cannot fail");
-        String::from_utf8(buffer).expect("the text format is UTF-8")
+        encode_families(&self.registry.gather())
     }
+
+    /// Every family but the per-profile ones (those with a [`PROFILE_LABEL`] label), which
+    /// name tenants' profiles and their capital: what a scrape without the operator's token
+    /// gets.
+    pub fn encode_without_profiles(&self) -> String {
+        let families: Vec<_> = self
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|family| {
+                !family.get_metric().iter().any(|metric| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|label| label.name() == PROFILE_LABEL)
+                })
+            })
+            .collect();
+        encode_families(&families)
+    }
+}
+
+/// The label of per-profile families: its values are profile ids, tenant data.
+pub const PROFILE_LABEL: &str = "profile";
+
+fn encode_families(families: &[prometheus::proto::MetricFamily]) -> String {
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(families, &mut buffer)
+        .expect("encoding metrics into memory cannot fail");
+    String::from_utf8(buffer).expect("the text format is UTF-8")
 }
 
 impl Default for Metrics {
@@ -626,6 +653,25 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("keel_"), "{line}");
         }
+    }
+
+    #[test]
+    fn the_public_encoding_has_no_per_profile_family() {
+        let metrics = Metrics::new();
+        let profile = ProfileId::new_random();
+        metrics
+            .capital_free_quote
+            .with_label_values(&[&metrics.profile_label(profile)])
+            .set(12.5);
+        metrics.capital_free_quote_min.set(12.5);
+        assert!(metrics.encode().contains(&profile.to_string()));
+        let public = metrics.encode_without_profiles();
+        assert!(!public.contains(&profile.to_string()), "{public}");
+        assert!(!public.contains("keel_capital_free_quote{"), "{public}");
+        assert!(
+            public.contains("keel_capital_free_quote_min 12.5"),
+            "{public}"
+        );
     }
 
     #[test]

@@ -54,6 +54,126 @@ impl RiskLimits {
     }
 }
 
+/// Most symbols one profile may trade.
+pub const SYMBOLS_ALLOWED_MAX: usize = 64;
+/// Largest `entry_notional_max` a profile may be given, in quote currency.
+pub const ENTRY_NOTIONAL_CEILING: u64 = 1_000_000_000;
+/// Largest `positions_open_max` a profile may be given.
+pub const POSITIONS_OPEN_CEILING: u32 = 1_000;
+/// Largest `leverage_max` a profile may be given (Binance USDⓈ-M's highest leverage).
+pub const LEVERAGE_CEILING: u64 = 125;
+/// Largest `limit_price_band_bps` a profile may be given (100%).
+pub const LIMIT_PRICE_BAND_BPS_CEILING: u32 = 10_000;
+/// Largest `intents_per_minute_max` a profile may be given (100 a second).
+pub const INTENTS_PER_MINUTE_CEILING: u32 = 6_000;
+/// Largest `daily_loss_max` a profile may be given, in quote currency.
+pub const DAILY_LOSS_CEILING: u64 = 1_000_000_000;
+/// Most decimal places of a decimal limit or amount: the ledger's scale.
+pub const DECIMAL_PLACES_MAX: u32 = crate::ledger::AMOUNT_SCALE;
+
+/// A risk limit outside its range: the field, the range, and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} must be {range}, got {value}")]
+pub struct LimitError {
+    /// The field, as named in [`RiskLimits`].
+    pub field: &'static str,
+    /// The accepted range, for a person to read (`"in (0, 125] with at most 8 decimal places"`).
+    pub range: String,
+    /// The refused value.
+    pub value: String,
+}
+
+/// Checks that `value` is in `(0, ceiling]` (`[0, ceiling]` when `zero_allowed`) with at most
+/// [`DECIMAL_PLACES_MAX`] decimal places.
+pub fn check_decimal(
+    field: &'static str,
+    value: Decimal,
+    zero_allowed: bool,
+    ceiling: Decimal,
+) -> Result<(), LimitError> {
+    let low_ok = if zero_allowed {
+        value >= Decimal::ZERO
+    } else {
+        value > Decimal::ZERO
+    };
+    if low_ok && value <= ceiling && value.normalize().scale() <= DECIMAL_PLACES_MAX {
+        return Ok(());
+    }
+    let open = if zero_allowed { '[' } else { '(' };
+    Err(LimitError {
+        field,
+        range: format!("in {open}0, {ceiling}] with at most {DECIMAL_PLACES_MAX} decimal places"),
+        value: value.to_string(),
+    })
+}
+
+/// Checks that `value` is in `[floor, ceiling]`.
+fn check_count(
+    field: &'static str,
+    value: u32,
+    floor: u32,
+    ceiling: u32,
+) -> Result<(), LimitError> {
+    if (floor..=ceiling).contains(&value) {
+        return Ok(());
+    }
+    Err(LimitError {
+        field,
+        range: format!("in [{floor}, {ceiling}]"),
+        value: value.to_string(),
+    })
+}
+
+impl RiskLimits {
+    /// Checks every limit against its documented range (the constants above): what a request
+    /// may set, so that no stored limit can take the kernel's arithmetic out of range.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if self.symbols_allowed.len() > SYMBOLS_ALLOWED_MAX {
+            return Err(LimitError {
+                field: "symbols_allowed",
+                range: format!("at most {SYMBOLS_ALLOWED_MAX} symbols"),
+                value: format!("{} symbols", self.symbols_allowed.len()),
+            });
+        }
+        check_decimal(
+            "entry_notional_max",
+            self.entry_notional_max,
+            false,
+            Decimal::from(ENTRY_NOTIONAL_CEILING),
+        )?;
+        check_count(
+            "positions_open_max",
+            self.positions_open_max,
+            0,
+            POSITIONS_OPEN_CEILING,
+        )?;
+        check_decimal(
+            "leverage_max",
+            self.leverage_max,
+            false,
+            Decimal::from(LEVERAGE_CEILING),
+        )?;
+        check_count(
+            "limit_price_band_bps",
+            self.limit_price_band_bps,
+            0,
+            LIMIT_PRICE_BAND_BPS_CEILING,
+        )?;
+        check_count(
+            "intents_per_minute_max",
+            self.intents_per_minute_max,
+            1,
+            INTENTS_PER_MINUTE_CEILING,
+        )?;
+        check_decimal(
+            "daily_loss_max",
+            self.daily_loss_max,
+            true,
+            Decimal::from(DAILY_LOSS_CEILING),
+        )
+    }
+}
+
 /// Why a profile may not open new positions right now. Exits stay allowed in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -581,6 +701,98 @@ mod tests {
 
     fn btc() -> Symbol {
         Symbol::new("BTCUSDT").unwrap()
+    }
+
+    #[test]
+    fn limits_out_of_their_range_are_refused_naming_the_field() {
+        let valid = RiskLimits::conservative([btc()]);
+        assert_eq!(valid.validate(), Ok(()));
+        let cases: Vec<(&str, RiskLimits)> = vec![
+            (
+                "leverage_max",
+                RiskLimits {
+                    leverage_max: Decimal::MAX,
+                    ..valid.clone()
+                },
+            ),
+            (
+                "leverage_max",
+                RiskLimits {
+                    leverage_max: dec!(0),
+                    ..valid.clone()
+                },
+            ),
+            (
+                "leverage_max",
+                RiskLimits {
+                    leverage_max: dec!(125.000000001),
+                    ..valid.clone()
+                },
+            ),
+            (
+                "entry_notional_max",
+                RiskLimits {
+                    entry_notional_max: dec!(-1),
+                    ..valid.clone()
+                },
+            ),
+            (
+                "entry_notional_max",
+                RiskLimits {
+                    entry_notional_max: dec!(1000000000.5),
+                    ..valid.clone()
+                },
+            ),
+            (
+                "daily_loss_max",
+                RiskLimits {
+                    daily_loss_max: dec!(-0.01),
+                    ..valid.clone()
+                },
+            ),
+            (
+                "positions_open_max",
+                RiskLimits {
+                    positions_open_max: u32::MAX,
+                    ..valid.clone()
+                },
+            ),
+            (
+                "limit_price_band_bps",
+                RiskLimits {
+                    limit_price_band_bps: 10_001,
+                    ..valid.clone()
+                },
+            ),
+            (
+                "intents_per_minute_max",
+                RiskLimits {
+                    intents_per_minute_max: 0,
+                    ..valid.clone()
+                },
+            ),
+            (
+                "intents_per_minute_max",
+                RiskLimits {
+                    intents_per_minute_max: 6_001,
+                    ..valid.clone()
+                },
+            ),
+        ];
+        for (field, limits) in cases {
+            let error = limits.validate().unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.to_string().starts_with(field), "{error}");
+        }
+        let edges = RiskLimits {
+            leverage_max: dec!(125),
+            entry_notional_max: dec!(0.00000001),
+            daily_loss_max: dec!(0),
+            positions_open_max: 0,
+            intents_per_minute_max: INTENTS_PER_MINUTE_CEILING,
+            ..valid
+        };
+        assert_eq!(edges.validate(), Ok(()));
     }
 
     fn context() -> RiskContext {

@@ -108,7 +108,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownProfile(profile) => {
                 ApiError::NotFound(format!("no profile {profile}"))
             }
-            StoreError::InvalidProfileName(_) => ApiError::Unprocessable(error.to_string()),
+            StoreError::InvalidProfileName(..) => ApiError::Unprocessable(error.to_string()),
             StoreError::Ledger(e) => ApiError::Unprocessable(e.to_string()),
             StoreError::Lifecycle(e) => ApiError::Conflict(e.to_string()),
             StoreError::Constraint(

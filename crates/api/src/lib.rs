@@ -43,6 +43,8 @@ use keel_runtime::PluginEngine;
 pub use control::{ControlChange, ProfileControl, ReconcileOutcome};
 pub use credentials::{BINANCE_USDM, CredentialsKey};
 pub use errors::{ApiError, ErrorBody};
+pub use plugins::PLUGINS_PER_USER_MAX;
+pub use profiles::PROFILES_PER_USER_MAX;
 
 /// The largest JSON request body unless configured otherwise (`api.body_limit_bytes`), in bytes.
 pub const JSON_BODY_BYTES_DEFAULT: usize = 64 * 1024;

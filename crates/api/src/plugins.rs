@@ -30,6 +30,8 @@ pub const CONFIG_ENTRIES_MAX: usize = 64;
 pub const CONFIG_TEXT_BYTES_MAX: usize = 256;
 /// The longest plugin name.
 pub const PLUGIN_NAME_LEN_MAX: usize = 64;
+/// Most plugin versions one user may store (well under the 1,000 a list shows).
+pub const PLUGINS_PER_USER_MAX: usize = 100;
 
 pub(super) fn router(upload_bytes_max: usize) -> OpenApiRouter<ApiState> {
     let uploads = OpenApiRouter::new()
@@ -117,7 +119,8 @@ pub struct BoundView {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
-    /// A name for the plugin (1 to 64 characters; default `plugin`).
+    /// A name for the plugin (default `plugin`): 1 to 64 characters, not only white space, with
+    /// no control character (NUL included), line separator or invisible formatting character.
     pub name: Option<String>,
 }
 
@@ -160,11 +163,8 @@ async fn upload_plugin(
 ) -> Result<(StatusCode, Json<PluginView>), ApiError> {
     let bytes = body.map_err(bytes_rejection)?;
     let name = query.name.unwrap_or_else(|| "plugin".to_owned());
-    if name.is_empty() || name.chars().count() > PLUGIN_NAME_LEN_MAX {
-        return Err(ApiError::Unprocessable(format!(
-            "plugin name must be 1 to {PLUGIN_NAME_LEN_MAX} characters"
-        )));
-    }
+    keel_kernel::ids::check_name(&name, PLUGIN_NAME_LEN_MAX)
+        .map_err(|e| ApiError::Unprocessable(format!("name: the plugin name {e}")))?;
     if bytes.is_empty() {
         return Err(ApiError::Unprocessable(
             "the request body must be the plugin's .wasm bytes".to_owned(),
@@ -194,6 +194,12 @@ async fn upload_plugin(
             wasm: &bytes,
         })
         .await?;
+    if inserted && tx.plugins().await?.len() > PLUGINS_PER_USER_MAX {
+        // Dropping the transaction rolls the insert back.
+        return Err(ApiError::Unprocessable(format!(
+            "plugins_per_user_max: a user may store at most {PLUGINS_PER_USER_MAX} plugins"
+        )));
+    }
     tx.commit().await?;
     let status = if inserted {
         StatusCode::CREATED

@@ -7,11 +7,11 @@ use std::str::FromStr;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use keel_kernel::ids::{ProfileId, Symbol};
-use keel_kernel::ledger::Capital;
+use keel_kernel::ids::{ProfileId, Symbol, check_name};
+use keel_kernel::ledger::{CAPITAL_MAX, Capital};
 use keel_kernel::money::Amount;
-use keel_kernel::risk::RiskLimits;
-use keel_kernel::store::{ProfileRow, StoreError, TenantTx};
+use keel_kernel::risk::{RiskLimits, check_decimal};
+use keel_kernel::store::{PROFILE_NAME_LEN_MAX, ProfileRow, StoreError, TenantTx};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,8 +23,11 @@ use super::errors::{ApiJson, ApiPath};
 use super::plugins::BindingView;
 use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
 
-/// Most symbols one profile may trade.
-pub const SYMBOLS_ALLOWED_MAX: usize = 64;
+pub use keel_kernel::risk::SYMBOLS_ALLOWED_MAX;
+
+/// Most profiles one user may have (deleted ones do not count; well under the 1,000 a list
+/// shows).
+pub const PROFILES_PER_USER_MAX: usize = 100;
 
 pub(super) fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -37,33 +40,47 @@ pub(super) fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(engage_kill, release_kill))
 }
 
-/// A profile's risk rules. Money is a decimal string.
+/// A profile's risk rules. Money is a decimal string with at most 8 decimal places. Each value
+/// has a range (`keel_kernel::risk`'s constants); one outside it is answered 422 naming the
+/// field and the range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RiskConfig {
     /// Symbols the profile may trade (at most 64), such as `BTCUSDT`.
     pub symbols_allowed: Vec<String>,
-    /// Largest notional of one entry, in quote currency (> 0).
+    /// Largest notional of one entry, in quote currency: in (0, 1000000000].
     #[schema(example = "1000")]
     pub entry_notional_max: String,
-    /// Most positions open at once.
+    /// Most positions open at once: 0 to 1000.
+    #[schema(minimum = 0, maximum = 1000)]
     pub positions_open_max: u32,
-    /// Largest total exposure divided by equity (> 0).
+    /// Largest total exposure divided by equity: in (0, 125].
     #[schema(example = "1")]
     pub leverage_max: String,
-    /// How far a limit price may be from the last price, in basis points (at most 10000).
+    /// How far a limit price may be from the last price, in basis points: 0 to 10000.
+    #[schema(minimum = 0, maximum = 10000)]
     pub limit_price_band_bps: u32,
-    /// Most intents accepted per minute (at least 1).
+    /// Most intents accepted per minute: 1 to 6000.
+    #[schema(minimum = 1, maximum = 6000)]
     pub intents_per_minute_max: u32,
-    /// Largest realized loss per UTC day before entries stop (>= 0).
+    /// Largest realized loss per UTC day before entries stop, in quote currency: in
+    /// [0, 1000000000].
     #[schema(example = "500")]
     pub daily_loss_max: String,
 }
 
 fn decimal(what: &str, text: &str) -> Result<Decimal, ApiError> {
     Decimal::from_str(text.trim()).map_err(|_| {
-        ApiError::Unprocessable(format!("{what} must be a decimal string, got {text:?}"))
+        ApiError::Unprocessable(format!(
+            "{what} must be a decimal string in range, got {text:?}"
+        ))
     })
+}
+
+/// Checks a profile name (`name` of a create request).
+pub(super) fn check_profile_name(name: &str) -> Result<(), ApiError> {
+    check_name(name, PROFILE_NAME_LEN_MAX)
+        .map_err(|e| ApiError::Unprocessable(format!("name: the profile name {e}")))
 }
 
 impl RiskConfig {
@@ -81,40 +98,19 @@ impl RiskConfig {
                 .map_err(|e| ApiError::Unprocessable(format!("symbols_allowed: {e}")))?;
             symbols.insert(symbol);
         }
-        let entry_notional_max = decimal("entry_notional_max", &self.entry_notional_max)?;
-        let leverage_max = decimal("leverage_max", &self.leverage_max)?;
-        let daily_loss_max = decimal("daily_loss_max", &self.daily_loss_max)?;
-        if entry_notional_max <= Decimal::ZERO {
-            return refuse(format!(
-                "entry_notional_max must be positive, got {entry_notional_max}"
-            ));
-        }
-        if leverage_max <= Decimal::ZERO {
-            return refuse(format!("leverage_max must be positive, got {leverage_max}"));
-        }
-        if daily_loss_max < Decimal::ZERO {
-            return refuse(format!(
-                "daily_loss_max must not be negative, got {daily_loss_max}"
-            ));
-        }
-        if self.limit_price_band_bps > 10_000 {
-            return refuse(format!(
-                "limit_price_band_bps must be at most 10000, got {}",
-                self.limit_price_band_bps
-            ));
-        }
-        if self.intents_per_minute_max == 0 {
-            return refuse("intents_per_minute_max must be at least 1".to_owned());
-        }
-        Ok(RiskLimits {
+        let limits = RiskLimits {
             symbols_allowed: symbols,
-            entry_notional_max,
+            entry_notional_max: decimal("entry_notional_max", &self.entry_notional_max)?,
             positions_open_max: self.positions_open_max,
-            leverage_max,
+            leverage_max: decimal("leverage_max", &self.leverage_max)?,
             limit_price_band_bps: self.limit_price_band_bps,
             intents_per_minute_max: self.intents_per_minute_max,
-            daily_loss_max,
-        })
+            daily_loss_max: decimal("daily_loss_max", &self.daily_loss_max)?,
+        };
+        limits
+            .validate()
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+        Ok(limits)
     }
 
     fn from_limits(limits: &RiskLimits) -> Self {
@@ -189,7 +185,8 @@ pub struct ProfileView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProfile {
-    /// 1 to 64 characters.
+    /// 1 to 64 characters, not only white space, with no control character (NUL included),
+    /// line separator or invisible formatting character (bidirectional overrides, zero-width).
     pub name: String,
     /// Its risk rules; without them it may trade nothing until they are set.
     pub risk_limits: Option<RiskConfig>,
@@ -199,7 +196,8 @@ pub struct CreateProfile {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Allocation {
-    /// Capital to add, a positive decimal string in quote currency.
+    /// Capital to add, a decimal string in quote currency: in (0, 10000000000] with at most 8
+    /// decimal places (and the profile's allocated capital stays at most 10000000000).
     #[schema(example = "1000")]
     pub amount: String,
 }
@@ -265,12 +263,18 @@ async fn create_profile(
     Auth(caller): Auth,
     ApiJson(body): ApiJson<CreateProfile>,
 ) -> Result<(StatusCode, Json<ProfileView>), ApiError> {
+    check_profile_name(&body.name)?;
     let limits = body
         .risk_limits
         .as_ref()
         .map(RiskConfig::to_limits)
         .transpose()?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    if tx.profiles().await?.len() >= PROFILES_PER_USER_MAX {
+        return Err(ApiError::Unprocessable(format!(
+            "profiles_per_user_max: a user may have at most {PROFILES_PER_USER_MAX} profiles"
+        )));
+    }
     let profile = match &limits {
         Some(limits) => tx.create_profile_with_limits(&body.name, limits).await?,
         None => tx.create_profile(&body.name).await?,
@@ -373,7 +377,10 @@ async fn allocate(
     ApiJson(body): ApiJson<Allocation>,
 ) -> Result<Json<CapitalView>, ApiError> {
     let profile = ProfileId::from_uuid(profile);
-    let amount = Amount::positive(decimal("amount", &body.amount)?)?;
+    let amount = decimal("amount", &body.amount)?;
+    check_decimal("amount", amount, false, CAPITAL_MAX)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let amount = Amount::positive(amount)?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
     found(&mut tx, profile, true).await?;
     let capital = tx.allocate(profile, amount).await?;

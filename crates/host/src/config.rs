@@ -178,6 +178,10 @@ pub struct ApiConfig {
     /// Largest plugin upload, in bytes.
     #[serde(default = "default_upload_limit")]
     pub upload_limit_bytes: u64,
+    /// Serve `/metrics`' per-profile families (profile ids and their free capital) without an
+    /// operator's token: only for a listener that no tenant reaches.
+    #[serde(default)]
+    pub metrics_profile_labels: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -358,6 +362,7 @@ const KEYS: [(&str, &[&str]); 8] = [
             "jwt_secret",
             "body_limit_bytes",
             "upload_limit_bytes",
+            "metrics_profile_labels",
         ],
     ),
     (
@@ -621,14 +626,17 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> anyhow::Resul
 }
 
 /// A variable's value as the key's type: integers for `*_ms`, `*_bytes`, `*_max` and `*_bps` keys, a
-/// boolean for `kill_switch`, a string otherwise. A value that does not parse stays a string, so
+/// boolean for `kill_switch` and `metrics_profile_labels`, a string otherwise. A value that does not parse stays a string, so
 /// the error names the key and the expected type.
 fn env_value(key: &str, text: &str) -> toml::Value {
     let integer = key.ends_with("_ms")
         || key.ends_with("_bytes")
         || key.ends_with("_max")
         || key.ends_with("_bps");
-    match (integer, key == "kill_switch") {
+    match (
+        integer,
+        key == "kill_switch" || key == "metrics_profile_labels",
+    ) {
         (true, _) => text.parse::<i64>().map_or_else(
             |_| toml::Value::String(text.to_owned()),
             toml::Value::Integer,

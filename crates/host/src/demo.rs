@@ -241,6 +241,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }),
         ],
         auth: auth.clone(),
+        // The demo listens on 127.0.0.1 only, for the person running it: its per-profile series
+        // (the dashboard's free capital panel) need no token. `keel serve` keeps them for
+        // operators unless `api.metrics_profile_labels` says otherwise.
+        profile_labels_public: true,
     };
     let api = ApiState {
         store: store.clone(),

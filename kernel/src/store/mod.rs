@@ -143,9 +143,9 @@ pub enum StoreError {
     /// The profile does not exist for this tenant (or belongs to another one).
     #[error("no profile {0} for this user")]
     UnknownProfile(ProfileId),
-    /// A profile name was empty or too long.
-    #[error("invalid profile name {0:?}: expected 1 to 64 characters")]
-    InvalidProfileName(String),
+    /// A profile name was refused by [`crate::ids::check_name`].
+    #[error("invalid profile name {0:?}: {1}")]
+    InvalidProfileName(String, crate::ids::NameError),
     /// The database refused a write by a named constraint.
     #[error("the database refused the write by constraint {0:?}")]
     Constraint(Constraint),

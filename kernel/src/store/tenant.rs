@@ -181,8 +181,8 @@ impl TenantTx {
         profile: ProfileId,
         name: &str,
     ) -> Result<(), StoreError> {
-        if name.is_empty() || name.chars().count() > PROFILE_NAME_LEN_MAX {
-            return Err(StoreError::InvalidProfileName(name.to_owned()));
+        if let Err(error) = crate::ids::check_name(name, PROFILE_NAME_LEN_MAX) {
+            return Err(StoreError::InvalidProfileName(name.to_owned(), error));
         }
         self.insert_profile(profile, name).await
     }

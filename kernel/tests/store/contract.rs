@@ -117,7 +117,7 @@ async fn bad_amounts_and_unknown_profiles_are_refused_with_typed_errors(h: &Harn
     assert!(matches!(missing, StoreError::UnknownProfile(p) if p == unknown));
     assert!(matches!(
         tenant.create_profile("").await,
-        Err(StoreError::InvalidProfileName(_))
+        Err(StoreError::InvalidProfileName(..))
     ));
     let s = sym("BTCUSDT");
     let lease = entry_lock(&h.store, profile, &s).await;

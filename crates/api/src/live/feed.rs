@@ -79,7 +79,7 @@ impl ProfileFeed {
                 close: candle.close,
             });
         }
-        for event in step.user_events {
+        for event in self.own(step.user_events) {
             if let UserEvent::Fill(fill) = event {
                 self.send(ProfileEvent::Fill {
                     client_order_id: fill.client_order_id.clone(),
@@ -147,11 +147,8 @@ impl ProfileFeed {
                 .filter(|id| !open.contains_key(*id))
                 .cloned(),
         );
-        for event in step.user_events {
-            let id = match event {
-                UserEvent::Order(report) => &report.client_order_id,
-                UserEvent::Fill(fill) => &fill.client_order_id,
-            };
+        for event in self.own(step.user_events) {
+            let (id, _) = attribution(event);
             if !open.contains_key(id) {
                 gone.insert(id.clone());
             }
@@ -178,6 +175,17 @@ impl ProfileFeed {
                 }
             }
         }
+    }
+
+    /// The exchange events that are this profile's: those of an order whose client order id
+    /// was derived for it. A monitor loop sees every event of its exchange account, and an
+    /// account may be shared by profiles of several owners, so nothing else may be published.
+    fn own<'e>(&self, events: &'e [UserEvent]) -> impl Iterator<Item = &'e UserEvent> {
+        let profile = self.profile;
+        events.iter().filter(move |event| {
+            let (id, symbol) = attribution(event);
+            id.is_derived_for(profile, symbol)
+        })
     }
 
     fn positions(&mut self, engine: &ProfileEngine) {
@@ -207,5 +215,13 @@ impl ProfileFeed {
                 position: None,
             });
         }
+    }
+}
+
+/// The order an exchange event is about: its client order id and symbol.
+fn attribution(event: &UserEvent) -> (&ClientOrderId, &Symbol) {
+    match event {
+        UserEvent::Order(report) => (&report.client_order_id, &report.symbol),
+        UserEvent::Fill(fill) => (&fill.client_order_id, &fill.symbol),
     }
 }

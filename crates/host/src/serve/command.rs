@@ -92,6 +92,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         probes: Vec::new(),
         auth: auth.clone(),
+        profile_labels_public: config.api.metrics_profile_labels,
     };
     let health_for_watch = health.clone();
     let listener = tokio::net::TcpListener::bind(config.api.listen)

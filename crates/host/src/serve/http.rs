@@ -1,4 +1,10 @@
 //! The host's operational endpoints: `/metrics`, `/internal/health`, `/livez`, `/readyz`.
+//!
+//! They share the API's listener, so what names a tenant is for operators only: `/metrics`
+//! leaves out the per-profile families (profile ids and their free capital) and
+//! `/internal/health` the per-profile detail, unless the request carries an operator's bearer
+//! token (or the host opted in with `api.metrics_profile_labels`, for a listener only operators
+//! reach).
 
 use std::sync::Arc;
 
@@ -38,6 +44,9 @@ pub struct AppState {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     /// The keys bearer tokens are verified with.
     pub auth: keel_api::auth::JwtKeys,
+    /// Serve the per-profile metric families without an operator's token
+    /// (`api.metrics_profile_labels`).
+    pub profile_labels_public: bool,
 }
 
 /// The operational router.
@@ -50,12 +59,35 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.encode(),
-    )
-        .into_response()
+/// Whether the request carries an operator's token. No token is not an operator; a token that
+/// does not verify is refused (401) rather than silently read as anonymous.
+#[allow(clippy::result_large_err)]
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<bool, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(false);
+    };
+    match state.auth.verify_header(value.to_str().ok()) {
+        Ok(caller) => Ok(caller.operator),
+        Err(error) => Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": error.to_string()})),
+        )
+            .into_response()),
+    }
+}
+
+/// `/metrics`: every family for an operator; without the per-profile families for anyone else.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let operator = match operator(&state, &headers) {
+        Ok(operator) => operator,
+        Err(refused) => return refused,
+    };
+    let text = if operator || state.profile_labels_public {
+        state.metrics.encode()
+    } else {
+        state.metrics.encode_without_profiles()
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn livez() -> &'static str {
@@ -96,18 +128,9 @@ impl Reasons {
 /// probes); with an operator's bearer token, also the per-profile detail, which names tenants.
 /// A token that does not verify is refused (401) rather than silently read as anonymous.
 async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let operator = match headers.get(header::AUTHORIZATION) {
-        None => false,
-        Some(value) => match state.auth.verify_header(value.to_str().ok()) {
-            Ok(caller) => caller.operator,
-            Err(error) => {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    Json(json!({"error": error.to_string()})),
-                )
-                    .into_response();
-            }
-        },
+    let operator = match operator(&state, &headers) {
+        Ok(operator) => operator,
+        Err(refused) => return refused,
     };
     let mut reasons = Reasons::default();
     let mut loops = serde_json::Map::new();

@@ -14,6 +14,8 @@ use crate::{Api, Db, SECRET, risk_limits};
 crate::api_tests!(
     bad_tokens_get_401_with_the_reason,
     bad_input_gets_a_specific_4xx_and_writes_nothing,
+    values_out_of_range_and_unprintable_names_get_422_naming_the_field,
+    a_user_past_the_profile_quota_gets_422_naming_it,
     the_openapi_document_describes_every_route,
 );
 
@@ -107,6 +109,175 @@ async fn bad_tokens_get_401_with_the_reason(db: &Db) {
         db.fingerprint().await,
         "no refused request wrote anything"
     );
+}
+
+/// A hostile tenant's values: a leverage that overflowed the kernel's arithmetic, amounts out
+/// of range, names with NUL bytes, bidirectional overrides or nothing visible. Each is a 422
+/// whose message names the field, and nothing is written.
+async fn values_out_of_range_and_unprintable_names_get_422_naming_the_field(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let profile = api.create_profile(&token, "target").await;
+    let before = db.fingerprint().await;
+    let limits = |field: &str, value: serde_json::Value| {
+        let mut limits = risk_limits(&["BTCUSDT"]);
+        limits[field] = value;
+        limits
+    };
+    let huge = "79228162514264337593543950335";
+    // (case, method, path, body, the field the message names, what else it says)
+    let mut cases: Vec<(String, &str, String, serde_json::Value, &str, &str)> = Vec::new();
+    for (field, value, says) in [
+        ("leverage_max", json!(huge), "(0, 125]"),
+        ("leverage_max", json!("0"), "(0, 125]"),
+        ("leverage_max", json!("125.5"), "(0, 125]"),
+        ("leverage_max", json!("1e30"), "decimal"),
+        ("leverage_max", json!("0.000000001"), "decimal places"),
+        ("entry_notional_max", json!(huge), "(0, 1000000000]"),
+        ("entry_notional_max", json!("-5"), "(0, 1000000000]"),
+        ("daily_loss_max", json!("-1"), "[0, 1000000000]"),
+        ("daily_loss_max", json!(huge), "[0, 1000000000]"),
+        ("positions_open_max", json!(4_294_967_295u32), "[0, 1000]"),
+        ("limit_price_band_bps", json!(10_001), "[0, 10000]"),
+        ("intents_per_minute_max", json!(0), "[1, 6000]"),
+        (
+            "intents_per_minute_max",
+            json!(4_294_967_295u32),
+            "[1, 6000]",
+        ),
+    ] {
+        let body = json!({"name": "p", "risk_limits": limits(field, value.clone())});
+        cases.push((
+            format!("create with {field} {value}"),
+            "POST",
+            "/api/v1/profiles".into(),
+            body,
+            field,
+            says,
+        ));
+        let body = limits(field, value.clone());
+        cases.push((
+            format!("update with {field} {value}"),
+            "PUT",
+            format!("/api/v1/profiles/{profile}/risk"),
+            body,
+            field,
+            says,
+        ));
+    }
+    for amount in [
+        "0",
+        "-1",
+        "-0.00000001",
+        huge,
+        "10000000000.5",
+        "0.000000001",
+    ] {
+        cases.push((
+            format!("allocation of {amount}"),
+            "POST",
+            format!("/api/v1/profiles/{profile}/allocations"),
+            json!({"amount": amount}),
+            "amount",
+            "",
+        ));
+    }
+    for name in [
+        "a\0b",
+        "\0",
+        "   ",
+        "\t\n",
+        "\u{202E}cod.exe",
+        "x\u{2066}y\u{2069}",
+        "zero\u{200B}width",
+        "\u{7}bell",
+    ] {
+        cases.push((
+            format!("profile name {name:?}"),
+            "POST",
+            "/api/v1/profiles".into(),
+            json!({"name": name}),
+            "name: ",
+            "the profile name",
+        ));
+    }
+    for (case, method, path, body, field, says) in cases {
+        let reply = api.send(method, &path, Some(&token), Some(body)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}: {reply:?}"
+        );
+        assert!(
+            reply.error().starts_with(field) && reply.error().contains(says),
+            "{case}: {:?} should name {field:?} and say {says:?}",
+            reply.error()
+        );
+    }
+    for (case, name) in [
+        ("NUL", "a%00b"),
+        ("right-to-left override", "x%E2%80%AEexe.wasm"),
+        ("only spaces", "%20%20"),
+        ("escape", "%1B%5B31m"),
+    ] {
+        let reply = api.upload(&token, name, vec![0u8; 8]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}: {reply:?}"
+        );
+        assert!(
+            reply.error().contains("name: the plugin name"),
+            "{case}: {:?}",
+            reply.error()
+        );
+    }
+    assert_eq!(
+        before,
+        db.fingerprint().await,
+        "no refused request wrote anything"
+    );
+}
+
+async fn a_user_past_the_profile_quota_gets_422_naming_it(db: &Db) {
+    let api = Api::new(db.store());
+    let token = api.token(UserId::new_random(), false);
+    let mut last = String::new();
+    for i in 0..keel_api::PROFILES_PER_USER_MAX {
+        last = api.create_profile(&token, &format!("p{i}")).await;
+    }
+    let before = db.fingerprint().await;
+    let refused = api
+        .send(
+            "POST",
+            "/api/v1/profiles",
+            Some(&token),
+            Some(json!({"name": "one more"})),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused:?}"
+    );
+    assert!(
+        refused.error().contains("profiles_per_user_max"),
+        "{refused:?}"
+    );
+    assert_eq!(before, db.fingerprint().await, "the refusal wrote nothing");
+    // Another user is not counted against it, and a deleted profile frees its place.
+    let other = api.token(UserId::new_random(), false);
+    api.create_profile(&other, "mine").await;
+    let deleted = api
+        .send(
+            "DELETE",
+            &format!("/api/v1/profiles/{last}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    api.create_profile(&token, "one more").await;
 }
 
 async fn bad_input_gets_a_specific_4xx_and_writes_nothing(db: &Db) {
