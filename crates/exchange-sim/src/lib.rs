@@ -6,8 +6,10 @@
 //! walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
 //! and can be changed at run time with `PUT /admin/faults`.
 
+mod account;
 pub mod cli;
 mod faults;
+mod market;
 mod rest;
 mod ws;
 
@@ -165,7 +167,11 @@ struct Window {
 
 pub(crate) struct Inner {
     config: SimConfig,
-    engine: Mutex<PaperEngine>,
+    account: Mutex<account::Account>,
+    /// The open time of the first candle the market plays: the synthetic history ends here.
+    market_start_ms: i64,
+    /// Each symbol's first price: where the synthetic history ends.
+    anchors: HashMap<Symbol, f64>,
     faults: Mutex<Faults>,
     rng: Mutex<ChaCha8Rng>,
     user_stream: broadcast::Sender<String>,
@@ -191,8 +197,26 @@ impl SimState {
             .find(|i| i.as_ms() == config.candle_ms as i64)
             .unwrap_or(Interval::S1)
             .as_str();
+        let candle_ms = config.candle_ms as i64;
+        // Candles start on a multiple of their width, as Binance's do.
+        let market_start_ms = system_now_ms() + config.faults.clock_skew_ms;
+        let market_start_ms = market_start_ms - market_start_ms.rem_euclid(candle_ms);
+        let anchors = sim_symbols()
+            .into_iter()
+            .map(|(rules, walk_price)| {
+                let first = config.replay.as_ref().and_then(|candles| {
+                    candles
+                        .iter()
+                        .find(|c| c.symbol == rules.symbol)
+                        .map(|c| c.open)
+                });
+                (rules.symbol, first.unwrap_or(walk_price))
+            })
+            .collect();
         Self(Arc::new(Inner {
-            engine: Mutex::new(engine),
+            account: Mutex::new(account::Account::new(engine)),
+            market_start_ms,
+            anchors,
             faults: Mutex::new(config.faults.clone()),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_fa17)),
             user_stream: broadcast::channel(STREAM_BUFFER_MAX).0,
@@ -249,11 +273,16 @@ impl SimState {
     }
 
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
-        let mut engine = self.0.engine.lock().expect("lock poisoned");
-        let result = f(&mut engine);
-        let events: Vec<UserEvent> = engine.drain_events().collect();
+        self.with_account(|account| f(&mut account.engine))
+    }
+
+    /// Runs `f` on the account, then records and streams what its engine emitted.
+    pub(crate) fn with_account<R>(&self, f: impl FnOnce(&mut account::Account) -> R) -> R {
+        let mut account = self.0.account.lock().expect("lock poisoned");
+        let result = f(&mut account);
+        let events = account.drain_and_record();
         let asset = self.0.config.paper.quote_asset.clone();
-        drop(engine);
+        drop(account);
         self.publish(events, &asset);
         result
     }
@@ -326,14 +355,29 @@ fn router(state: SimState) -> Router {
         .route("/fapi/v1/ping", get(rest::ping))
         .route("/fapi/v1/time", get(rest::time))
         .route("/fapi/v1/exchangeInfo", get(rest::exchange_info))
-        .route("/fapi/v1/klines", get(rest::klines))
+        .route("/fapi/v1/klines", get(market::klines))
+        .route("/fapi/v1/ticker/price", get(market::ticker_price))
+        .route("/fapi/v2/ticker/price", get(market::ticker_price))
+        .route("/fapi/v1/ticker/24hr", get(market::ticker_24hr))
+        .route("/fapi/v1/ticker/bookTicker", get(market::book_ticker))
+        .route("/fapi/v1/depth", get(market::depth))
+        .route("/fapi/v1/premiumIndex", get(market::premium_index))
         .route(
             "/fapi/v1/order",
             post(rest::place).get(rest::query).delete(rest::cancel),
         )
+        .route("/fapi/v1/openOrder", get(rest::open_order))
         .route("/fapi/v1/openOrders", get(rest::open_orders))
+        .route("/fapi/v1/allOrders", get(rest::all_orders))
+        .route("/fapi/v2/account", get(rest::account_v2))
+        .route("/fapi/v3/account", get(rest::account_v3))
         .route("/fapi/v2/positionRisk", get(rest::position_risk))
+        .route("/fapi/v3/positionRisk", get(rest::position_risk_v3))
         .route("/fapi/v2/balance", get(rest::balance))
+        .route("/fapi/v3/balance", get(rest::balance_v3))
+        .route("/fapi/v1/leverageBracket", get(rest::leverage_bracket))
+        .route("/fapi/v1/leverage", post(rest::set_leverage))
+        .route("/fapi/v1/marginType", post(rest::set_margin_type))
         .route("/fapi/v1/userTrades", get(rest::user_trades))
         .route(
             "/fapi/v1/listenKey",
@@ -345,6 +389,8 @@ fn router(state: SimState) -> Router {
         .route("/admin/faults", get(rest::faults_get).put(rest::faults_put))
         .route("/admin/placements", get(rest::placements))
         .route("/admin/placed-by", get(rest::placed_by))
+        .fallback(rest::unknown_route)
+        .method_not_allowed_fallback(rest::unknown_route)
         .with_state(state)
 }
 
@@ -375,7 +421,7 @@ pub async fn serve(config: SimConfig, listener: TcpListener) -> anyhow::Result<S
 async fn run_market(state: SimState) {
     let candle_ms = state.0.config.candle_ms;
     let mut source = CandleSource::new(&state.0.config);
-    let mut open_time_ms = state.now_ms();
+    let mut open_time_ms = state.0.market_start_ms;
     let mut ticker = tokio::time::interval(Duration::from_millis(candle_ms));
     ticker.tick().await;
     loop {

@@ -8,7 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keel_kernel::exchange::{ExchangeOrderId, OrderReport, OrderRequest, OrderType, PlaceOutcome};
+use keel_kernel::exchange::{
+    ExchangeOrderId, Fill, OrderReport, OrderRequest, OrderType, PlaceOutcome,
+};
 use keel_kernel::ids::{ClientOrderId, Symbol};
 use keel_kernel::money::{Price, Qty};
 use rust_decimal::Decimal;
@@ -19,7 +21,7 @@ use rand::Rng;
 
 use super::{Faults, LISTEN_KEY_TTL_MS, SimKey, SimState};
 use keel_exchange::binance::sign::{ed25519_verify, hmac_sha256_hex};
-use keel_exchange::binance::wire::{self, WireBalance, WireOrder, WirePosition, WireTrade};
+use keel_exchange::binance::wire::{self, WireOrder, WireTrade};
 
 /// The largest `recvWindow` Binance accepts.
 const RECV_WINDOW_MAX_MS: i64 = 60_000;
@@ -27,8 +29,6 @@ const RECV_WINDOW_MAX_MS: i64 = 60_000;
 const RECV_WINDOW_DEFAULT_MS: i64 = 5_000;
 /// The most rows `userTrades` returns.
 const USER_TRADES_LIMIT_MAX: usize = 1_000;
-/// Candles `GET /fapi/v1/klines` returns without a `limit`, as on Binance.
-const KLINES_LIMIT_DEFAULT: usize = 500;
 
 /// A Binance error answer.
 pub(crate) struct ApiError {
@@ -39,7 +39,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: i64, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: i64, msg: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -48,7 +48,7 @@ impl ApiError {
         }
     }
 
-    fn bad(code: i64, msg: impl Into<String>) -> Self {
+    pub(crate) fn bad(code: i64, msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, msg)
     }
 
@@ -71,9 +71,9 @@ impl ApiError {
     }
 }
 
-type Reply = Result<Response, ApiError>;
+pub(crate) type Reply = Result<Response, ApiError>;
 
-fn finish(state: &SimState, reply: Reply) -> Response {
+pub(crate) fn finish(state: &SimState, reply: Reply) -> Response {
     let mut response = match reply {
         Ok(response) => response,
         Err(e) => {
@@ -97,8 +97,27 @@ fn finish(state: &SimState, reply: Reply) -> Response {
     response
 }
 
-fn ok<T: Serialize>(value: T) -> Reply {
+pub(crate) fn ok<T: Serialize>(value: T) -> Reply {
     Ok(Json(value).into_response())
+}
+
+/// A signed `GET`/`POST` endpoint answering with `body(state, params)`.
+macro_rules! signed_handler {
+    ($(#[$doc:meta])* $name:ident, $weight:expr, $body:expr) => {
+        $(#[$doc])*
+        pub(crate) async fn $name(
+            State(state): State<SimState>,
+            headers: HeaderMap,
+            RawQuery(query): RawQuery,
+            body: Bytes,
+        ) -> Response {
+            let reply = match gate(&state, &headers, signed($weight, &query, &body)).await {
+                Ok(params) => $body(&state, &params),
+                Err(e) => Err(e),
+            };
+            finish(&state, reply)
+        }
+    };
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -108,7 +127,7 @@ enum Security {
     Signed,
 }
 
-struct Gate<'a> {
+pub(crate) struct Gate<'a> {
     security: Security,
     weight: u32,
     is_order: bool,
@@ -116,11 +135,25 @@ struct Gate<'a> {
     body: &'a [u8],
 }
 
-type Params = HashMap<String, String>;
+impl<'a> Gate<'a> {
+    /// A public endpoint of this weight, with its query string.
+    pub(crate) fn public_query(weight: u32, query: Option<&'a str>) -> Self {
+        Gate {
+            query,
+            ..public(weight)
+        }
+    }
+}
+
+pub(crate) type Params = HashMap<String, String>;
 
 /// Applies latency, injected and real rate limits, injected outages, and Binance's key,
 /// signature and timestamp checks, in that order. Returns the request's parameters.
-async fn gate(state: &SimState, headers: &HeaderMap, gate: Gate<'_>) -> Result<Params, ApiError> {
+pub(crate) async fn gate(
+    state: &SimState,
+    headers: &HeaderMap,
+    gate: Gate<'_>,
+) -> Result<Params, ApiError> {
     let faults = state.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -235,7 +268,7 @@ fn check_timestamp(state: &SimState, params: &Params) -> Result<(), ApiError> {
     }
 }
 
-fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
     params
         .get(name)
         .map(String::as_str)
@@ -243,7 +276,7 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
         .ok_or_else(|| ApiError::mandatory(name))
 }
 
-fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
+pub(crate) fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
     Symbol::new(param(params, "symbol")?).map_err(|_| ApiError::bad(-1121, "Invalid symbol."))
 }
 
@@ -306,44 +339,6 @@ pub(crate) async fn exchange_info(State(state): State<SimState>) -> Response {
     finish(&state, reply)
 }
 
-/// `GET /fapi/v1/klines`: the market's closed candles (the simulator streams only closed ones).
-pub(crate) async fn klines(State(state): State<SimState>, RawQuery(query): RawQuery) -> Response {
-    let query = query.unwrap_or_default();
-    let limit = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "limit")
-        .map(|(_, v)| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|l| (1..=wire::KLINES_LIMIT_MAX).contains(l))
-        });
-    let reply = match limit {
-        Some(None) => Err(ApiError::bad(
-            -1130,
-            "Data sent for parameter 'limit' is not valid.",
-        )),
-        limit => {
-            let limit = limit.flatten().unwrap_or(KLINES_LIMIT_DEFAULT);
-            let klines_gate = Gate {
-                query: Some(&query),
-                ..public(wire::klines_weight(limit))
-            };
-            match gate(&state, &HeaderMap::new(), klines_gate).await {
-                Ok(params) => symbol_param(&params).and_then(|symbol| {
-                    if param(&params, "interval")? != state.0.interval_name {
-                        return Err(ApiError::bad(-1120, "Invalid interval."));
-                    }
-                    let candles = state
-                        .with_engine(|e| e.recent_candles(&symbol, limit))
-                        .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
-                    ok(candles.iter().map(wire::kline_row).collect::<Vec<_>>())
-                }),
-                Err(e) => Err(e),
-            }
-        }
-    };
-    finish(&state, reply)
-}
-
 fn signed<'a>(weight: u32, query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
     Gate {
         security: Security::Signed,
@@ -385,6 +380,12 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
     let qty = Qty::new(decimal_param(params, "quantity")?)
         .map_err(|_| ApiError::bad(-4003, "Quantity less than or equal to zero."))?;
     let order_type = match param(params, "type")? {
+        "MARKET" if params.contains_key("price") => {
+            return Err(ApiError::bad(
+                -1106,
+                "Parameter 'price' sent when not required.",
+            ));
+        }
         "MARKET" => OrderType::Market,
         "LIMIT" => {
             if param(params, "timeInForce")? != "GTC" {
@@ -468,7 +469,34 @@ async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Repl
     if state.draw(faults.lost_response_rate) {
         tokio::time::sleep(Duration::from_millis(faults.lost_response_hold_ms)).await;
     }
+    let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
+    if wants_result && report.order_type == OrderType::Market {
+        let settled = market_result(state, &report).await;
+        return ok(WireOrder::from_report(&settled));
+    }
     ok(WireOrder::from_report(&report))
+}
+
+/// How long a `RESULT` answer waits for a market order to fill, in candles: it fills at the
+/// open of the next one.
+const MARKET_RESULT_WAIT_CANDLES_MAX: u64 = 3;
+
+/// The market order `report` once it filled (Binance's `RESULT` answer), or as it stands
+/// when the market did not move within [`MARKET_RESULT_WAIT_CANDLES_MAX`] candles.
+async fn market_result(state: &SimState, report: &OrderReport) -> OrderReport {
+    let candle_ms = state.0.config.candle_ms;
+    let poll = Duration::from_millis((candle_ms / 10).clamp(5, 100));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(candle_ms * MARKET_RESULT_WAIT_CANDLES_MAX);
+    let id = report.exchange_order_id.0;
+    loop {
+        let now = state.with_account(|a| a.orders.get(&id).map(|k| k.report.clone()));
+        let now = now.unwrap_or_else(|| report.clone());
+        if !now.status.is_open() || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError> {
@@ -482,6 +510,12 @@ fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError
         engine
             .order_by_exchange_id(&symbol, ExchangeOrderId(id))
             .cloned()
+    });
+    // The engine forgets an order whose client order id was reused; the history keeps it.
+    let found = found.or_else(|| {
+        let id: i64 = params.get("orderId")?.parse().ok()?;
+        let kept = state.with_account(|a| a.orders.get(&id).cloned())?;
+        (kept.report.symbol == symbol).then_some(kept.report)
     });
     if !params.contains_key("origClientOrderId") && !params.contains_key("orderId") {
         return Err(ApiError::bad(
@@ -525,7 +559,7 @@ pub(crate) async fn cancel(
     finish(&state, reply)
 }
 
-fn optional_symbol(params: &Params) -> Result<Option<Symbol>, ApiError> {
+pub(crate) fn optional_symbol(params: &Params) -> Result<Option<Symbol>, ApiError> {
     params
         .get("symbol")
         .map(|_| symbol_param(params))
@@ -548,73 +582,35 @@ pub(crate) async fn open_orders(
     finish(&state, reply)
 }
 
-pub(crate) async fn position_risk(
-    State(state): State<SimState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
-        Ok(params) => optional_symbol(&params).and_then(|symbol| {
-            let now = state.now_ms();
-            let rows: Vec<WirePosition> = state.with_engine(|e| {
-                e.positions()
-                    .into_iter()
-                    .filter(|p| symbol.as_ref().is_none_or(|s| s == &p.symbol))
-                    .map(|p| {
-                        let mark = e.last_price(&p.symbol).map_or(Decimal::ZERO, Price::get);
-                        WirePosition {
-                            symbol: p.symbol.to_string(),
-                            position_amt: p.qty,
-                            entry_price: p.entry_price.map_or(Decimal::ZERO, Price::get),
-                            mark_price: mark,
-                            un_realized_profit: p.unrealized_pnl.get(),
-                            liquidation_price: Decimal::ZERO,
-                            leverage: "20".to_owned(),
-                            max_notional_value: "25000000".to_owned(),
-                            margin_type: "cross".to_owned(),
-                            isolated_margin: Decimal::ZERO,
-                            is_auto_add_margin: "false".to_owned(),
-                            position_side: "BOTH".to_owned(),
-                            notional: p.qty * mark,
-                            isolated_wallet: Decimal::ZERO,
-                            update_time: now,
-                        }
-                    })
-                    .collect()
-            });
-            ok(rows)
-        }),
-        Err(e) => Err(e),
-    };
-    finish(&state, reply)
-}
+signed_handler!(
+    /// `GET /fapi/v2/positionRisk`: every listed symbol, flat ones included.
+    position_risk,
+    5,
+    |state: &SimState, params: &Params| position_rows(state, params, false)
+);
 
-pub(crate) async fn balance(
-    State(state): State<SimState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
-        Ok(_) => {
-            let b = state.with_engine(|e| e.balance());
-            let wallet = b.wallet_balance.get();
-            ok(vec![WireBalance {
-                account_alias: "SgsR".to_owned(),
-                asset: b.asset,
-                balance: wallet,
-                cross_wallet_balance: wallet,
-                cross_un_pnl: b.available_balance.get() - wallet,
-                available_balance: b.available_balance.get(),
-                max_withdraw_amount: b.available_balance.get(),
-                margin_available: true,
-                update_time: state.now_ms(),
-            }])
-        }
-        Err(e) => Err(e),
-    };
-    finish(&state, reply)
+signed_handler!(
+    /// `GET /fapi/v2/balance`.
+    balance,
+    5,
+    |state: &SimState, _: &Params| balance_rows(state)
+);
+
+fn balance_rows(state: &SimState) -> Reply {
+    let b = state.with_engine(|e| e.balance());
+    let wallet = b.wallet_balance.get();
+    let available = b.available_balance.get();
+    ok(vec![json!({
+        "accountAlias": "SgsR",
+        "asset": b.asset,
+        "balance": dp8(wallet),
+        "crossWalletBalance": dp8(wallet),
+        "crossUnPnl": dp8(available - wallet),
+        "availableBalance": dp8(available),
+        "maxWithdrawAmount": dp8(available),
+        "marginAvailable": true,
+        "updateTime": state.now_ms(),
+    })])
 }
 
 pub(crate) async fn user_trades(
@@ -630,30 +626,33 @@ pub(crate) async fn user_trades(
     finish(&state, reply)
 }
 
+/// Binance's `userTrades`: from `fromId` up, else from `startTime` up, else the newest
+/// `limit` (before `endTime` when sent), always oldest first.
 fn trades(state: &SimState, params: &Params) -> Reply {
     let symbol = symbol_param(params)?;
-    let number = |name: &str| -> Result<Option<i64>, ApiError> {
-        params
-            .get(name)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ApiError::bad(
-                        -1100,
-                        format!("Illegal characters found in parameter '{name}'."),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let order_id = number("orderId")?;
-    let from_id = number("fromId")?.unwrap_or(0);
-    let limit = number("limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64) as usize);
+    let order_id = number(params, "orderId")?;
+    let from_id = number(params, "fromId")?;
+    let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+    let limit = number(params, "limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64));
+    let limit = usize::try_from(limit).expect("positive");
     let asset = state.0.config.paper.quote_asset.clone();
-    let rows: Vec<WireTrade> = state.with_engine(|e| {
-        e.symbol_fills(&symbol, from_id)
-            .iter()
-            .filter(|f| order_id.is_none_or(|id| f.exchange_order_id.0 == id))
-            .take(limit)
+    let rows: Vec<WireTrade> = state.with_account(|a| {
+        let matching = a.trades.values().filter(|f| {
+            f.symbol == symbol
+                && order_id.is_none_or(|id| f.exchange_order_id.0 == id)
+                && from_id.is_none_or(|id| f.trade_id.0 >= id)
+                && start.is_none_or(|t| f.time_ms >= t)
+                && end.is_none_or(|t| f.time_ms <= t)
+        });
+        let fills: Vec<&Fill> = if from_id.is_some() || start.is_some() {
+            matching.take(limit).collect()
+        } else {
+            let mut newest: Vec<&Fill> = matching.rev().take(limit).collect();
+            newest.reverse();
+            newest
+        };
+        fills
+            .into_iter()
             .map(|f| WireTrade::from_fill(f, &asset))
             .collect()
     });
@@ -759,4 +758,454 @@ pub(crate) async fn placements(State(state): State<SimState>) -> Json<HashMap<St
 
 pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<String, String>> {
     Json(state.placed_by())
+}
+
+/// A decimal as Binance writes balances and margins: eight places.
+fn dp8(value: Decimal) -> String {
+    format!("{:.8}", value.round_dp(8))
+}
+
+/// Binance's maintenance margin rate of the first bracket.
+const MAINT_MARGIN_RATE: Decimal = Decimal::from_parts(4, 0, 0, false, 3);
+/// The notional cap of the one leverage bracket the simulator announces.
+const BRACKET_NOTIONAL_CAP: i64 = 50_000_000;
+
+/// What the account endpoints say about one symbol.
+struct PositionView {
+    symbol: Symbol,
+    qty: Decimal,
+    entry: Decimal,
+    mark: Decimal,
+    unrealized: Decimal,
+    notional: Decimal,
+    leverage: u32,
+    margin_type: &'static str,
+    initial_margin: Decimal,
+    maint_margin: Decimal,
+    open_order_margin: Decimal,
+    bid_notional: Decimal,
+    ask_notional: Decimal,
+}
+
+/// The account's state, as the account endpoints report it.
+struct AccountView {
+    asset: String,
+    wallet: Decimal,
+    unrealized: Decimal,
+    available: Decimal,
+    positions: Vec<PositionView>,
+}
+
+impl AccountView {
+    fn of(state: &SimState) -> AccountView {
+        state.with_account(|account| {
+            let balance = account.engine.balance();
+            let open = account.engine.open_orders(None);
+            let positions = account
+                .engine
+                .positions()
+                .into_iter()
+                .map(|p| {
+                    let mark = account
+                        .engine
+                        .last_price(&p.symbol)
+                        .map_or(Decimal::ZERO, Price::get);
+                    let leverage = account.leverage_of(&p.symbol);
+                    let notional = p.qty * mark;
+                    let side_notional = |side: keel_kernel::market::Side| -> Decimal {
+                        open.iter()
+                            .filter(|o| o.symbol == p.symbol && o.side == side)
+                            .map(|o| {
+                                let price = o.order_type.limit_price().map_or(mark, Price::get);
+                                (o.orig_qty.get() - o.executed_qty) * price
+                            })
+                            .sum()
+                    };
+                    let bid_notional = side_notional(keel_kernel::market::Side::Buy);
+                    let ask_notional = side_notional(keel_kernel::market::Side::Sell);
+                    let lev = Decimal::from(leverage);
+                    PositionView {
+                        symbol: p.symbol.clone(),
+                        qty: p.qty,
+                        entry: p.entry_price.map_or(Decimal::ZERO, Price::get),
+                        mark,
+                        unrealized: p.unrealized_pnl.get(),
+                        notional,
+                        leverage,
+                        margin_type: account.margin_type_of(&p.symbol),
+                        initial_margin: notional.abs() / lev,
+                        maint_margin: notional.abs() * MAINT_MARGIN_RATE,
+                        open_order_margin: bid_notional.max(ask_notional) / lev,
+                        bid_notional,
+                        ask_notional,
+                    }
+                })
+                .collect();
+            AccountView {
+                asset: balance.asset,
+                wallet: balance.wallet_balance.get(),
+                unrealized: balance.available_balance.get() - balance.wallet_balance.get(),
+                available: balance.available_balance.get(),
+                positions,
+            }
+        })
+    }
+
+    fn sum(&self, f: impl Fn(&PositionView) -> Decimal) -> Decimal {
+        self.positions.iter().map(f).sum()
+    }
+
+    fn totals(&self, now: i64, v3: bool) -> Value {
+        let initial = self.sum(|p| p.initial_margin + p.open_order_margin);
+        let maint = self.sum(|p| p.maint_margin);
+        let position_initial = self.sum(|p| p.initial_margin);
+        let order_initial = self.sum(|p| p.open_order_margin);
+        let margin_balance = self.wallet + self.unrealized;
+        let mut asset = json!({
+            "asset": self.asset,
+            "walletBalance": dp8(self.wallet),
+            "unrealizedProfit": dp8(self.unrealized),
+            "marginBalance": dp8(margin_balance),
+            "maintMargin": dp8(maint),
+            "initialMargin": dp8(initial),
+            "positionInitialMargin": dp8(position_initial),
+            "openOrderInitialMargin": dp8(order_initial),
+            "crossWalletBalance": dp8(self.wallet),
+            "crossUnPnl": dp8(self.unrealized),
+            "availableBalance": dp8(self.available),
+            "maxWithdrawAmount": dp8(self.available),
+            "updateTime": now,
+        });
+        if !v3 {
+            asset["marginAvailable"] = json!(true);
+        }
+        json!({
+            "totalInitialMargin": dp8(initial),
+            "totalMaintMargin": dp8(maint),
+            "totalWalletBalance": dp8(self.wallet),
+            "totalUnrealizedProfit": dp8(self.unrealized),
+            "totalMarginBalance": dp8(margin_balance),
+            "totalPositionInitialMargin": dp8(position_initial),
+            "totalOpenOrderInitialMargin": dp8(order_initial),
+            "totalCrossWalletBalance": dp8(self.wallet),
+            "totalCrossUnPnl": dp8(self.unrealized),
+            "availableBalance": dp8(self.available),
+            "maxWithdrawAmount": dp8(self.available),
+            "assets": [asset],
+        })
+    }
+}
+
+/// `GET /fapi/v2/account` and `/fapi/v3/account`: totals, the margin asset and positions (v3
+/// lists only symbols with a position or open orders, as Binance does).
+fn account_json(state: &SimState, v3: bool) -> Reply {
+    let view = AccountView::of(state);
+    let now = state.now_ms();
+    let mut answer = view.totals(now, v3);
+    let positions: Vec<Value> = view
+        .positions
+        .iter()
+        .filter(|p| !v3 || !p.qty.is_zero() || !(p.bid_notional + p.ask_notional).is_zero())
+        .map(|p| {
+            let mut row = json!({
+                "symbol": p.symbol.as_str(),
+                "positionSide": "BOTH",
+                "positionAmt": p.qty.to_string(),
+                "unrealizedProfit": dp8(p.unrealized),
+                "isolatedMargin": "0.00000000",
+                "notional": dp8(p.notional),
+                "isolatedWallet": "0",
+                "initialMargin": dp8(p.initial_margin + p.open_order_margin),
+                "maintMargin": dp8(p.maint_margin),
+                "updateTime": now,
+            });
+            if !v3 {
+                let extra = json!({
+                    "positionInitialMargin": dp8(p.initial_margin),
+                    "openOrderInitialMargin": dp8(p.open_order_margin),
+                    "leverage": p.leverage.to_string(),
+                    "isolated": p.margin_type == "isolated",
+                    "entryPrice": p.entry.to_string(),
+                    "breakEvenPrice": p.entry.to_string(),
+                    "maxNotional": BRACKET_NOTIONAL_CAP.to_string(),
+                    "bidNotional": dp8(p.bid_notional),
+                    "askNotional": dp8(p.ask_notional),
+                });
+                for (k, v) in extra.as_object().expect("an object") {
+                    row[k] = v.clone();
+                }
+                row.as_object_mut()
+                    .expect("an object")
+                    .remove("isolatedMargin");
+                row.as_object_mut().expect("an object").remove("notional");
+                row.as_object_mut()
+                    .expect("an object")
+                    .remove("isolatedWallet");
+            }
+            row
+        })
+        .collect();
+    answer["positions"] = json!(positions);
+    if !v3 {
+        let extra = json!({
+            "feeTier": 0, "canTrade": true, "canDeposit": true, "canWithdraw": true,
+            "updateTime": 0, "multiAssetsMargin": false, "tradeGroupId": -1,
+        });
+        for (k, v) in extra.as_object().expect("an object") {
+            answer[k] = v.clone();
+        }
+    }
+    ok(answer)
+}
+
+signed_handler!(
+    /// `GET /fapi/v2/account`.
+    account_v2,
+    5,
+    |state: &SimState, _: &Params| account_json(state, false)
+);
+
+signed_handler!(
+    /// `GET /fapi/v3/account`.
+    account_v3,
+    5,
+    |state: &SimState, _: &Params| account_json(state, true)
+);
+
+signed_handler!(
+    /// `GET /fapi/v3/balance` (the same rows as v2).
+    balance_v3,
+    5,
+    |state: &SimState, _: &Params| balance_rows(state)
+);
+
+signed_handler!(
+    /// `GET /fapi/v3/positionRisk`: symbols with a position or open orders.
+    position_risk_v3,
+    5,
+    |state: &SimState, params: &Params| position_rows(state, params, true)
+);
+
+fn position_rows(state: &SimState, params: &Params, v3: bool) -> Reply {
+    let symbol = optional_symbol(params)?;
+    let view = AccountView::of(state);
+    let now = state.now_ms();
+    let rows: Vec<Value> = view
+        .positions
+        .iter()
+        .filter(|p| symbol.as_ref().is_none_or(|s| s == &p.symbol))
+        .filter(|p| !v3 || !p.qty.is_zero() || !(p.bid_notional + p.ask_notional).is_zero())
+        .map(|p| {
+            let mut row = json!({
+                "symbol": p.symbol.as_str(),
+                "positionSide": "BOTH",
+                "positionAmt": p.qty.to_string(),
+                "entryPrice": p.entry.to_string(),
+                "breakEvenPrice": p.entry.to_string(),
+                "markPrice": dp8(p.mark),
+                "unRealizedProfit": dp8(p.unrealized),
+                "liquidationPrice": "0",
+                "isolatedMargin": "0",
+                "notional": dp8(p.notional),
+                "isolatedWallet": "0",
+                "updateTime": now,
+            });
+            let extra = if v3 {
+                json!({
+                    "marginAsset": view.asset,
+                    "initialMargin": dp8(p.initial_margin + p.open_order_margin),
+                    "maintMargin": dp8(p.maint_margin),
+                    "positionInitialMargin": dp8(p.initial_margin),
+                    "openOrderInitialMargin": dp8(p.open_order_margin),
+                    "adl": 0,
+                    "bidNotional": dp8(p.bid_notional),
+                    "askNotional": dp8(p.ask_notional),
+                })
+            } else {
+                json!({
+                    "leverage": p.leverage.to_string(),
+                    "maxNotionalValue": BRACKET_NOTIONAL_CAP.to_string(),
+                    "marginType": p.margin_type,
+                    "isAutoAddMargin": "false",
+                })
+            };
+            for (k, v) in extra.as_object().expect("an object") {
+                row[k] = v.clone();
+            }
+            row
+        })
+        .collect();
+    ok(rows)
+}
+
+fn bracket(symbol: &Symbol) -> Value {
+    json!({
+        "symbol": symbol.as_str(),
+        "notionalCoef": 1.0,
+        "brackets": [{
+            "bracket": 1,
+            "initialLeverage": super::account::LEVERAGE_MAX,
+            "notionalCap": BRACKET_NOTIONAL_CAP,
+            "notionalFloor": 0,
+            "maintMarginRatio": 0.004,
+            "cum": 0.0,
+        }],
+    })
+}
+
+signed_handler!(
+    /// `GET /fapi/v1/leverageBracket`: one bracket per symbol; an object when `symbol` is sent.
+    leverage_bracket,
+    1,
+    |_: &SimState, params: &Params| -> Reply {
+        let listed: Vec<Symbol> = super::sim_symbols().into_iter().map(|(r, _)| r.symbol).collect();
+        match optional_symbol(params)? {
+            Some(symbol) if listed.contains(&symbol) => ok(bracket(&symbol)),
+            Some(_) => Err(ApiError::bad(-1121, "Invalid symbol.")),
+            None => ok(listed.iter().map(bracket).collect::<Vec<_>>()),
+        }
+    }
+);
+
+fn listed_symbol(state: &SimState, params: &Params) -> Result<Symbol, ApiError> {
+    let symbol = symbol_param(params)?;
+    if state.with_engine(|e| e.rules(&symbol).is_none()) {
+        return Err(ApiError::bad(-1121, "Invalid symbol."));
+    }
+    Ok(symbol)
+}
+
+signed_handler!(
+    /// `POST /fapi/v1/leverage`.
+    set_leverage,
+    1,
+    |state: &SimState, params: &Params| -> Reply {
+        let symbol = listed_symbol(state, params)?;
+        let text = param(params, "leverage")?;
+        let leverage: u32 = text
+            .parse()
+            .ok()
+            .filter(|l| (1..=super::account::LEVERAGE_MAX).contains(l))
+            .ok_or_else(|| ApiError::bad(-4028, format!("Leverage {text} is not valid")))?;
+        state.with_account(|a| a.leverage.insert(symbol.clone(), leverage));
+        ok(json!({
+            "leverage": leverage,
+            "maxNotionalValue": BRACKET_NOTIONAL_CAP.to_string(),
+            "symbol": symbol.as_str(),
+        }))
+    }
+);
+
+signed_handler!(
+    /// `POST /fapi/v1/marginType`: `ISOLATED` or `CROSSED`; -4046 when nothing changes.
+    set_margin_type,
+    1,
+    |state: &SimState, params: &Params| -> Reply {
+        let symbol = listed_symbol(state, params)?;
+        let isolated = match param(params, "marginType")? {
+            "ISOLATED" => true,
+            "CROSSED" => false,
+            _ => return Err(ApiError::bad(-4044, "The margin type is invalid.")),
+        };
+        let changed = state.with_account(|a| {
+            if isolated {
+                a.isolated.insert(symbol.clone())
+            } else {
+                a.isolated.remove(&symbol)
+            }
+        });
+        if !changed {
+            return Err(ApiError::bad(-4046, "No need to change margin type."));
+        }
+        ok(json!({"code": 200, "msg": "success"}))
+    }
+);
+
+/// An order as `GET /fapi/v1/openOrder` and `allOrders` write it, with its creation time.
+fn order_json(kept: &super::account::KeptOrder) -> Value {
+    let mut order =
+        serde_json::to_value(WireOrder::from_report(&kept.report)).expect("an order serializes");
+    order["time"] = json!(kept.created_ms);
+    order
+}
+
+signed_handler!(
+    /// `GET /fapi/v1/openOrder`: an open order, or -2013 once it closed.
+    open_order,
+    1,
+    |state: &SimState, params: &Params| -> Reply {
+        let found = find_order(state, params)?;
+        if !found.status.is_open() {
+            return Err(ApiError::bad(-2013, "Order does not exist."));
+        }
+        let kept = state.with_account(|a| a.orders.get(&found.exchange_order_id.0).cloned());
+        let kept = kept.unwrap_or(super::account::KeptOrder {
+            created_ms: found.update_time_ms,
+            report: found,
+        });
+        ok(order_json(&kept))
+    }
+);
+
+/// The most rows `allOrders` returns, and its default.
+const ALL_ORDERS_LIMIT_MAX: i64 = 1_000;
+const ALL_ORDERS_LIMIT_DEFAULT: i64 = 500;
+
+signed_handler!(
+    /// `GET /fapi/v1/allOrders`: from `orderId` up, else within `startTime`/`endTime`, else
+    /// the newest `limit`, oldest first.
+    all_orders,
+    5,
+    |state: &SimState, params: &Params| -> Reply {
+        let symbol = symbol_param(params)?;
+        let from_id = number(params, "orderId")?;
+        let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+        let limit = number(params, "limit")?.unwrap_or(ALL_ORDERS_LIMIT_DEFAULT);
+        let limit = usize::try_from(limit.clamp(1, ALL_ORDERS_LIMIT_MAX)).expect("positive");
+        let rows: Vec<Value> = state.with_account(|a| {
+            let matching = a.orders.values().filter(|k| {
+                k.report.symbol == symbol
+                    && from_id.is_none_or(|id| k.report.exchange_order_id.0 >= id)
+                    && start.is_none_or(|t| k.created_ms >= t)
+                    && end.is_none_or(|t| k.created_ms <= t)
+            });
+            let kept: Vec<_> = if from_id.is_some() || start.is_some() {
+                matching.take(limit).collect()
+            } else {
+                let mut newest: Vec<_> = matching.rev().take(limit).collect();
+                newest.reverse();
+                newest
+            };
+            kept.into_iter().map(order_json).collect()
+        });
+        ok(rows)
+    }
+);
+
+fn number(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::bad(
+                    -1100,
+                    format!("Illegal characters found in parameter '{name}'."),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Any other path or method: Binance's JSON error, never an empty body.
+pub(crate) async fn unknown_route(
+    State(state): State<SimState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let error = ApiError::new(
+        StatusCode::NOT_FOUND,
+        -5000,
+        format!("Path {}, Method {} is invalid", uri.path(), method),
+    );
+    finish(&state, Err(error))
 }
