@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use keel_kernel::exchange::{Interval, SymbolRules, UserEvent};
 use keel_kernel::ids::Symbol;
 use keel_kernel::market::Candle;
+use keel_kernel::money::Amount;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -43,6 +44,11 @@ pub const WEIGHT_LIMIT_1M_DEFAULT: u32 = 2400;
 pub const ORDER_LIMIT_1M_DEFAULT: u32 = 1200;
 /// A listen key expires this long after its creation or last keep-alive, as on Binance.
 pub const LISTEN_KEY_TTL_MS: i64 = 60 * 60 * 1000;
+/// The name of the account every key without one of its own trades on.
+pub const MAIN_ACCOUNT: &str = "";
+/// Exchange order and trade ids of the n-th own account start at `n * ACCOUNT_ID_STRIDE + 1`,
+/// so ids stay unique across accounts, as on Binance.
+pub const ACCOUNT_ID_STRIDE: i64 = 1_000_000_000_000;
 
 /// A key the simulator accepts.
 #[derive(Clone)]
@@ -92,6 +98,10 @@ pub struct SimConfig {
     /// Candles to replay instead of the random walk, in file order. Their prices are kept and
     /// their times re-stamped onto the simulator's clock, so orders placed now can fill.
     pub replay: Option<Vec<Candle>>,
+    /// API keys (also in `keys`) with an account of their own — balances, positions, orders
+    /// and user stream — and its starting balance. Every other key trades on the main account,
+    /// which starts with `paper.initial_balance`.
+    pub own_accounts: HashMap<String, Amount>,
 }
 
 impl SimConfig {
@@ -120,6 +130,7 @@ impl SimConfig {
                 ..PaperConfig::default()
             },
             replay: None,
+            own_accounts: HashMap::new(),
         }
     }
 }
@@ -167,16 +178,19 @@ struct Window {
 
 pub(crate) struct Inner {
     config: SimConfig,
-    account: Mutex<account::Account>,
+    /// The accounts by name: [`MAIN_ACCOUNT`] and each own account's API key.
+    accounts: HashMap<String, Mutex<account::Account>>,
     /// The open time of the first candle the market plays: the synthetic history ends here.
     market_start_ms: i64,
     /// Each symbol's first price: where the synthetic history ends.
     anchors: HashMap<Symbol, f64>,
     faults: Mutex<Faults>,
     rng: Mutex<ChaCha8Rng>,
-    user_stream: broadcast::Sender<String>,
+    /// User-stream events, with the name of the account they belong to.
+    user_stream: broadcast::Sender<(String, String)>,
     klines: broadcast::Sender<(Symbol, String)>,
-    listen_keys: Mutex<HashMap<String, i64>>,
+    /// Live listen keys: their account and expiry.
+    listen_keys: Mutex<HashMap<String, (String, i64)>>,
     placements: Mutex<HashMap<String, u32>>,
     /// The API key that last created each client order id.
     placed_by: Mutex<HashMap<String, String>>,
@@ -190,8 +204,7 @@ pub struct SimState(pub(crate) Arc<Inner>);
 
 impl SimState {
     fn new(config: SimConfig) -> Self {
-        let rules = sim_symbols().into_iter().map(|(rules, _)| rules);
-        let engine = PaperEngine::new(config.paper.clone(), rules);
+        let accounts = accounts(&config);
         let interval_name = Interval::ALL
             .into_iter()
             .find(|i| i.as_ms() == config.candle_ms as i64)
@@ -214,7 +227,7 @@ impl SimState {
             })
             .collect();
         Self(Arc::new(Inner {
-            account: Mutex::new(account::Account::new(engine)),
+            accounts,
             market_start_ms,
             anchors,
             faults: Mutex::new(config.faults.clone()),
@@ -272,24 +285,43 @@ impl SimState {
                 .gen_bool(rate.min(1.0))
     }
 
-    pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
-        self.with_account(|account| f(&mut account.engine))
+    /// The account an API key trades on.
+    pub(crate) fn account_of<'a>(&self, api_key: &'a str) -> &'a str {
+        if self.0.config.own_accounts.contains_key(api_key) {
+            api_key
+        } else {
+            MAIN_ACCOUNT
+        }
     }
 
-    /// Runs `f` on the account, then records and streams what its engine emitted.
-    pub(crate) fn with_account<R>(&self, f: impl FnOnce(&mut account::Account) -> R) -> R {
-        let mut account = self.0.account.lock().expect("lock poisoned");
+    pub(crate) fn with_engine<R>(&self, name: &str, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
+        self.with_account(name, |account| f(&mut account.engine))
+    }
+
+    /// Runs `f` on account `name`, then records and streams what its engine emitted.
+    pub(crate) fn with_account<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut account::Account) -> R,
+    ) -> R {
+        let mut account = self
+            .0
+            .accounts
+            .get(name)
+            .expect("accounts are fixed at start")
+            .lock()
+            .expect("lock poisoned");
         let result = f(&mut account);
         let events = account.drain_and_record();
         let asset = self.0.config.paper.quote_asset.clone();
         drop(account);
-        self.publish(events, &asset);
+        self.publish(name, events, &asset);
         result
     }
 
     /// Sends engine events on the user-data stream, merging a fill with the order update that
     /// follows it into one `TRADE` execution, as Binance does.
-    fn publish(&self, events: Vec<UserEvent>, asset: &str) {
+    fn publish(&self, name: &str, events: Vec<UserEvent>, asset: &str) {
         let now = self.now_ms();
         let mut pending_fill = None;
         for event in events {
@@ -301,11 +333,34 @@ impl SimState {
                         .filter(|f| f.client_order_id == report.client_order_id);
                     let json = wire::order_trade_update(&report, fill.as_ref(), asset, now);
                     // No subscriber is fine: a stream only carries what happens while connected.
-                    let _ = self.0.user_stream.send(json.to_string());
+                    let _ = self.0.user_stream.send((name.to_owned(), json.to_string()));
                 }
             }
         }
     }
+}
+
+/// The main account and one per key in `own_accounts`, each with its own engine and ids.
+fn accounts(config: &SimConfig) -> HashMap<String, Mutex<account::Account>> {
+    let engine = |initial_balance: Amount| {
+        let paper = PaperConfig {
+            initial_balance,
+            ..config.paper.clone()
+        };
+        PaperEngine::new(paper, sim_symbols().into_iter().map(|(rules, _)| rules))
+    };
+    let mut own: Vec<(&String, &Amount)> = config.own_accounts.iter().collect();
+    own.sort();
+    let mut accounts = HashMap::from([(
+        MAIN_ACCOUNT.to_owned(),
+        Mutex::new(account::Account::new(engine(config.paper.initial_balance))),
+    )]);
+    for (n, (key, balance)) in (1i64..).zip(own) {
+        let mut engine = engine(*balance);
+        engine.start_ids_at(n * ACCOUNT_ID_STRIDE + 1);
+        accounts.insert(key.clone(), Mutex::new(account::Account::new(engine)));
+    }
+    accounts
 }
 
 fn system_now_ms() -> i64 {
@@ -432,7 +487,14 @@ async fn run_market(state: SimState) {
             return;
         };
         for candle in candles {
-            let fed = state.with_engine(|engine| engine.on_candle(&candle));
+            // Every account sees the same market; an engine refuses a candle only when it is
+            // malformed, and then every engine refuses it.
+            let fed: Result<Vec<()>, _> = state
+                .0
+                .accounts
+                .keys()
+                .map(|name| state.with_engine(name, |engine| engine.on_candle(&candle)))
+                .collect();
             if let Err(e) = fed {
                 tracing::error!(error = %e, "simulated candle refused");
                 continue;

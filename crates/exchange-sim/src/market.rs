@@ -175,7 +175,8 @@ struct Tape {
 impl Tape {
     fn of(state: &SimState, symbol: &Symbol) -> Option<Tape> {
         let anchor = *state.0.anchors.get(symbol)?;
-        let (played, tick) = state.with_engine(|e| {
+        // Every account is fed the same candles: the main one stands for the market.
+        let (played, tick) = state.with_engine(super::MAIN_ACCOUNT, |e| {
             let tick = e.rules(symbol).map(|r| r.tick_size);
             (
                 e.recent_candles(symbol, keel_exchange::paper::CANDLES_KEPT),
@@ -471,7 +472,6 @@ public_handler!(
         let change = last - day.open;
         let quote = day.volume * (day.open + last) / 2.0;
         let count = (day.volume * TRADES_PER_CONTRACT).ceil().max(1.0) as i64;
-        let last_id = state.with_account(|a| a.trades.keys().next_back().copied()).unwrap_or(0);
         json!({
             "symbol": tape.symbol.as_str(),
             "priceChange": text(change),
@@ -486,8 +486,8 @@ public_handler!(
             "quoteVolume": decimal(quote, 5),
             "openTime": from,
             "closeTime": now,
-            "firstId": (last_id - count + 1).max(0),
-            "lastId": last_id.max(count),
+            "firstId": 1,
+            "lastId": count,
             "count": count,
         })
     })

@@ -112,7 +112,7 @@ macro_rules! signed_handler {
             body: Bytes,
         ) -> Response {
             let reply = match gate(&state, &headers, signed($weight, &query, &body)).await {
-                Ok(params) => $body(&state, &params),
+                Ok(params) => $body(&state, &account_name(&state, &headers), &params),
                 Err(e) => Err(e),
             };
             finish(&state, reply)
@@ -431,9 +431,10 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
 }
 
 async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Reply {
+    let account = state.account_of(api_key);
     let request = order_request(state, params)?;
     let now = state.now_ms();
-    let outcome = state.with_engine(|engine| {
+    let outcome = state.with_engine(account, |engine| {
         engine.advance_clock(now);
         engine.place(&request)
     });
@@ -471,7 +472,7 @@ async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Repl
     }
     let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
     if wants_result && report.order_type == OrderType::Market {
-        let settled = market_result(state, &report).await;
+        let settled = market_result(state, account, &report).await;
         return ok(WireOrder::from_report(&settled));
     }
     ok(WireOrder::from_report(&report))
@@ -483,14 +484,14 @@ const MARKET_RESULT_WAIT_CANDLES_MAX: u64 = 3;
 
 /// The market order `report` once it filled (Binance's `RESULT` answer), or as it stands
 /// when the market did not move within [`MARKET_RESULT_WAIT_CANDLES_MAX`] candles.
-async fn market_result(state: &SimState, report: &OrderReport) -> OrderReport {
+async fn market_result(state: &SimState, account: &str, report: &OrderReport) -> OrderReport {
     let candle_ms = state.0.config.candle_ms;
     let poll = Duration::from_millis((candle_ms / 10).clamp(5, 100));
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(candle_ms * MARKET_RESULT_WAIT_CANDLES_MAX);
     let id = report.exchange_order_id.0;
     loop {
-        let now = state.with_account(|a| a.orders.get(&id).map(|k| k.report.clone()));
+        let now = state.with_account(account, |a| a.orders.get(&id).map(|k| k.report.clone()));
         let now = now.unwrap_or_else(|| report.clone());
         if !now.status.is_open() || tokio::time::Instant::now() >= deadline {
             return now;
@@ -499,9 +500,9 @@ async fn market_result(state: &SimState, report: &OrderReport) -> OrderReport {
     }
 }
 
-fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError> {
+fn find_order(state: &SimState, account: &str, params: &Params) -> Result<OrderReport, ApiError> {
     let symbol = symbol_param(params)?;
-    let found = state.with_engine(|engine| {
+    let found = state.with_engine(account, |engine| {
         if let Some(text) = params.get("origClientOrderId") {
             let id = ClientOrderId::new(text).ok()?;
             return engine.order(&symbol, &id).cloned();
@@ -514,7 +515,7 @@ fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError
     // The engine forgets an order whose client order id was reused; the history keeps it.
     let found = found.or_else(|| {
         let id: i64 = params.get("orderId")?.parse().ok()?;
-        let kept = state.with_account(|a| a.orders.get(&id).cloned())?;
+        let kept = state.with_account(account, |a| a.orders.get(&id).cloned())?;
         (kept.report.symbol == symbol).then_some(kept.report)
     });
     if !params.contains_key("origClientOrderId") && !params.contains_key("orderId") {
@@ -533,7 +534,8 @@ pub(crate) async fn query(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => find_order(&state, &params).and_then(|r| ok(WireOrder::from_report(&r))),
+        Ok(params) => find_order(&state, &account_name(&state, &headers), &params)
+            .and_then(|r| ok(WireOrder::from_report(&r))),
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -546,9 +548,11 @@ pub(crate) async fn cancel(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => match find_order(&state, &params) {
+        Ok(params) => match find_order(&state, &account_name(&state, &headers), &params) {
             Ok(found) => state
-                .with_engine(|engine| engine.cancel(&found.symbol, &found.client_order_id))
+                .with_engine(&account_name(&state, &headers), |engine| {
+                    engine.cancel(&found.symbol, &found.client_order_id)
+                })
                 .map_err(|(code, msg)| ApiError::bad(code, msg))
                 .and_then(|r| ok(WireOrder::from_report(&r))),
             Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
@@ -574,7 +578,9 @@ pub(crate) async fn open_orders(
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
         Ok(params) => optional_symbol(&params).and_then(|symbol| {
-            let open = state.with_engine(|e| e.open_orders(symbol.as_ref()));
+            let open = state.with_engine(&account_name(&state, &headers), |e| {
+                e.open_orders(symbol.as_ref())
+            });
             ok(open.iter().map(WireOrder::from_report).collect::<Vec<_>>())
         }),
         Err(e) => Err(e),
@@ -586,18 +592,18 @@ signed_handler!(
     /// `GET /fapi/v2/positionRisk`: every listed symbol, flat ones included.
     position_risk,
     5,
-    |state: &SimState, params: &Params| position_rows(state, params, false)
+    |state: &SimState, account: &str, params: &Params| position_rows(state, account, params, false)
 );
 
 signed_handler!(
     /// `GET /fapi/v2/balance`.
     balance,
     5,
-    |state: &SimState, _: &Params| balance_rows(state)
+    |state: &SimState, account: &str, _: &Params| balance_rows(state, account)
 );
 
-fn balance_rows(state: &SimState) -> Reply {
-    let b = state.with_engine(|e| e.balance());
+fn balance_rows(state: &SimState, account: &str) -> Reply {
+    let b = state.with_engine(account, |e| e.balance());
     let wallet = b.wallet_balance.get();
     let available = b.available_balance.get();
     ok(vec![json!({
@@ -620,7 +626,7 @@ pub(crate) async fn user_trades(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
-        Ok(params) => trades(&state, &params),
+        Ok(params) => trades(&state, &account_name(&state, &headers), &params),
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -628,7 +634,7 @@ pub(crate) async fn user_trades(
 
 /// Binance's `userTrades`: from `fromId` up, else from `startTime` up, else the newest
 /// `limit` (before `endTime` when sent), always oldest first.
-fn trades(state: &SimState, params: &Params) -> Reply {
+fn trades(state: &SimState, account: &str, params: &Params) -> Reply {
     let symbol = symbol_param(params)?;
     let order_id = number(params, "orderId")?;
     let from_id = number(params, "fromId")?;
@@ -636,7 +642,7 @@ fn trades(state: &SimState, params: &Params) -> Reply {
     let limit = number(params, "limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64));
     let limit = usize::try_from(limit).expect("positive");
     let asset = state.0.config.paper.quote_asset.clone();
-    let rows: Vec<WireTrade> = state.with_account(|a| {
+    let rows: Vec<WireTrade> = state.with_account(account, |a| {
         let matching = a.trades.values().filter(|f| {
             f.symbol == symbol
                 && order_id.is_none_or(|id| f.exchange_order_id.0 == id)
@@ -675,14 +681,16 @@ pub(crate) async fn listen_key_create(
     let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
         Ok(_) => {
             let now = state.now_ms();
+            let account = account_name(&state, &headers);
             let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
-            keys.retain(|_, expiry| *expiry > now);
-            // Binance hands out the live key again rather than a second one.
-            let key = keys.keys().next().cloned().unwrap_or_else(|| {
+            keys.retain(|_, (_, expiry)| *expiry > now);
+            // Binance hands out the account's live key again rather than a second one.
+            let live = keys.iter().find(|(_, (of, _))| *of == account);
+            let key = live.map(|(key, _)| key.clone()).unwrap_or_else(|| {
                 let n: u64 = state.0.rng.lock().expect("lock poisoned").r#gen();
                 format!("simlistenkey{n:016x}")
             });
-            keys.insert(key.clone(), now + LISTEN_KEY_TTL_MS);
+            keys.insert(key.clone(), (account, now + LISTEN_KEY_TTL_MS));
             ok(wire::ListenKey { listen_key: key })
         }
         Err(e) => Err(e),
@@ -699,9 +707,13 @@ pub(crate) async fn listen_key_keepalive(
     let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
         Ok(_) => {
             let now = state.now_ms();
+            let account = account_name(&state, &headers);
             let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
-            match keys.iter_mut().find(|(_, expiry)| **expiry > now) {
-                Some((key, expiry)) => {
+            let live = keys
+                .iter_mut()
+                .find(|(_, (of, expiry))| *of == account && *expiry > now);
+            match live {
+                Some((key, (_, expiry))) => {
                     *expiry = now + LISTEN_KEY_TTL_MS;
                     ok(wire::ListenKey {
                         listen_key: key.clone(),
@@ -723,7 +735,9 @@ pub(crate) async fn listen_key_delete(
 ) -> Response {
     let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
         Ok(_) => {
-            state.0.listen_keys.lock().expect("lock poisoned").clear();
+            let account = account_name(&state, &headers);
+            let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
+            keys.retain(|_, (of, _)| *of != account);
             ok(json!({}))
         }
         Err(e) => Err(e),
@@ -758,6 +772,15 @@ pub(crate) async fn placements(State(state): State<SimState>) -> Json<HashMap<St
 
 pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<String, String>> {
     Json(state.placed_by())
+}
+
+/// The account the request's API key trades on (the gate checked the key).
+fn account_name(state: &SimState, headers: &HeaderMap) -> String {
+    let key = headers
+        .get("X-MBX-APIKEY")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    state.account_of(key).to_owned()
 }
 
 /// A decimal as Binance writes balances and margins: eight places.
@@ -797,8 +820,8 @@ struct AccountView {
 }
 
 impl AccountView {
-    fn of(state: &SimState) -> AccountView {
-        state.with_account(|account| {
+    fn of(state: &SimState, name: &str) -> AccountView {
+        state.with_account(name, |account| {
             let balance = account.engine.balance();
             let open = account.engine.open_orders(None);
             let positions = account
@@ -898,8 +921,8 @@ impl AccountView {
 
 /// `GET /fapi/v2/account` and `/fapi/v3/account`: totals, the margin asset and positions (v3
 /// lists only symbols with a position or open orders, as Binance does).
-fn account_json(state: &SimState, v3: bool) -> Reply {
-    let view = AccountView::of(state);
+fn account_json(state: &SimState, account: &str, v3: bool) -> Reply {
+    let view = AccountView::of(state, account);
     let now = state.now_ms();
     let mut answer = view.totals(now, v3);
     let positions: Vec<Value> = view
@@ -962,33 +985,33 @@ signed_handler!(
     /// `GET /fapi/v2/account`.
     account_v2,
     5,
-    |state: &SimState, _: &Params| account_json(state, false)
+    |state: &SimState, account: &str, _: &Params| account_json(state, account, false)
 );
 
 signed_handler!(
     /// `GET /fapi/v3/account`.
     account_v3,
     5,
-    |state: &SimState, _: &Params| account_json(state, true)
+    |state: &SimState, account: &str, _: &Params| account_json(state, account, true)
 );
 
 signed_handler!(
     /// `GET /fapi/v3/balance` (the same rows as v2).
     balance_v3,
     5,
-    |state: &SimState, _: &Params| balance_rows(state)
+    |state: &SimState, account: &str, _: &Params| balance_rows(state, account)
 );
 
 signed_handler!(
     /// `GET /fapi/v3/positionRisk`: symbols with a position or open orders.
     position_risk_v3,
     5,
-    |state: &SimState, params: &Params| position_rows(state, params, true)
+    |state: &SimState, account: &str, params: &Params| position_rows(state, account, params, true)
 );
 
-fn position_rows(state: &SimState, params: &Params, v3: bool) -> Reply {
+fn position_rows(state: &SimState, account: &str, params: &Params, v3: bool) -> Reply {
     let symbol = optional_symbol(params)?;
-    let view = AccountView::of(state);
+    let view = AccountView::of(state, account);
     let now = state.now_ms();
     let rows: Vec<Value> = view
         .positions
@@ -1057,7 +1080,7 @@ signed_handler!(
     /// `GET /fapi/v1/leverageBracket`: one bracket per symbol; an object when `symbol` is sent.
     leverage_bracket,
     1,
-    |_: &SimState, params: &Params| -> Reply {
+    |_: &SimState, _: &str, params: &Params| -> Reply {
         let listed: Vec<Symbol> = super::sim_symbols().into_iter().map(|(r, _)| r.symbol).collect();
         match optional_symbol(params)? {
             Some(symbol) if listed.contains(&symbol) => ok(bracket(&symbol)),
@@ -1069,7 +1092,7 @@ signed_handler!(
 
 fn listed_symbol(state: &SimState, params: &Params) -> Result<Symbol, ApiError> {
     let symbol = symbol_param(params)?;
-    if state.with_engine(|e| e.rules(&symbol).is_none()) {
+    if state.with_engine(super::MAIN_ACCOUNT, |e| e.rules(&symbol).is_none()) {
         return Err(ApiError::bad(-1121, "Invalid symbol."));
     }
     Ok(symbol)
@@ -1079,7 +1102,7 @@ signed_handler!(
     /// `POST /fapi/v1/leverage`.
     set_leverage,
     1,
-    |state: &SimState, params: &Params| -> Reply {
+    |state: &SimState, account: &str, params: &Params| -> Reply {
         let symbol = listed_symbol(state, params)?;
         let text = param(params, "leverage")?;
         let leverage: u32 = text
@@ -1087,7 +1110,7 @@ signed_handler!(
             .ok()
             .filter(|l| (1..=super::account::LEVERAGE_MAX).contains(l))
             .ok_or_else(|| ApiError::bad(-4028, format!("Leverage {text} is not valid")))?;
-        state.with_account(|a| a.leverage.insert(symbol.clone(), leverage));
+        state.with_account(account, |a| a.leverage.insert(symbol.clone(), leverage));
         ok(json!({
             "leverage": leverage,
             "maxNotionalValue": BRACKET_NOTIONAL_CAP.to_string(),
@@ -1100,14 +1123,14 @@ signed_handler!(
     /// `POST /fapi/v1/marginType`: `ISOLATED` or `CROSSED`; -4046 when nothing changes.
     set_margin_type,
     1,
-    |state: &SimState, params: &Params| -> Reply {
+    |state: &SimState, account: &str, params: &Params| -> Reply {
         let symbol = listed_symbol(state, params)?;
         let isolated = match param(params, "marginType")? {
             "ISOLATED" => true,
             "CROSSED" => false,
             _ => return Err(ApiError::bad(-4044, "The margin type is invalid.")),
         };
-        let changed = state.with_account(|a| {
+        let changed = state.with_account(account, |a| {
             if isolated {
                 a.isolated.insert(symbol.clone())
             } else {
@@ -1133,12 +1156,13 @@ signed_handler!(
     /// `GET /fapi/v1/openOrder`: an open order, or -2013 once it closed.
     open_order,
     1,
-    |state: &SimState, params: &Params| -> Reply {
-        let found = find_order(state, params)?;
+    |state: &SimState, account: &str, params: &Params| -> Reply {
+        let found = find_order(state, account, params)?;
         if !found.status.is_open() {
             return Err(ApiError::bad(-2013, "Order does not exist."));
         }
-        let kept = state.with_account(|a| a.orders.get(&found.exchange_order_id.0).cloned());
+        let kept =
+            state.with_account(account, |a| a.orders.get(&found.exchange_order_id.0).cloned());
         let kept = kept.unwrap_or(super::account::KeptOrder {
             created_ms: found.update_time_ms,
             report: found,
@@ -1156,13 +1180,13 @@ signed_handler!(
     /// the newest `limit`, oldest first.
     all_orders,
     5,
-    |state: &SimState, params: &Params| -> Reply {
+    |state: &SimState, account: &str, params: &Params| -> Reply {
         let symbol = symbol_param(params)?;
         let from_id = number(params, "orderId")?;
         let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
         let limit = number(params, "limit")?.unwrap_or(ALL_ORDERS_LIMIT_DEFAULT);
         let limit = usize::try_from(limit.clamp(1, ALL_ORDERS_LIMIT_MAX)).expect("positive");
-        let rows: Vec<Value> = state.with_account(|a| {
+        let rows: Vec<Value> = state.with_account(account, |a| {
             let matching = a.orders.values().filter(|k| {
                 k.report.symbol == symbol
                     && from_id.is_none_or(|id| k.report.exchange_order_id.0 >= id)

@@ -452,3 +452,110 @@ async fn ccxt_and_the_binance_connector_run_a_bot_start_against_the_simulator() 
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
 }
+
+/// A signed request with `key`, whose HMAC secret is `secret`.
+async fn signed_as(
+    sim: &SimHandle,
+    (key, secret): (&str, &str),
+    method: reqwest::Method,
+    path: &str,
+    query: &str,
+) -> Value {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let payload = match query {
+        "" => format!("timestamp={timestamp}"),
+        query => format!("{query}&timestamp={timestamp}"),
+    };
+    let signature = hmac_sha256_hex(secret, &payload);
+    let url = format!("{}{path}?{payload}&signature={signature}", sim.rest_url());
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .header("X-MBX-APIKEY", key)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn each_own_account_key_has_its_balance_orders_positions_and_listen_key() {
+    use keel_exchange_sim::SimKey;
+    use reqwest::Method;
+    let mut config = SimConfig::new(48);
+    config.candle_ms = 100;
+    for (key, balance) in [("alice", 500), ("bob", 2_000)] {
+        let secret = SimKey::Hmac {
+            secret: format!("{key}-secret"),
+        };
+        config.keys.insert(key.to_owned(), secret);
+        let balance = keel_kernel::money::Amount::new(balance.into()).unwrap();
+        config.own_accounts.insert(key.to_owned(), balance);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = serve(config, listener).await.unwrap();
+    wait_for_candles(&sim, 1).await;
+    let alice = ("alice", "alice-secret");
+    let bob = ("bob", "bob-secret");
+    let balance = |rows: Value| rows[0]["balance"].as_str().unwrap().to_owned();
+    let alice_balance = signed_as(&sim, alice, Method::GET, "/fapi/v2/balance", "").await;
+    let bob_balance = signed_as(&sim, bob, Method::GET, "/fapi/v3/balance", "").await;
+    assert_eq!(balance(alice_balance), "500.00000000");
+    assert_eq!(balance(bob_balance), "2000.00000000");
+    let main = signed(&sim, Method::GET, "/fapi/v2/balance", "").await;
+    assert_eq!(balance(main), "10000.00000000");
+
+    let order = "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.01&newClientOrderId=same\
+                 &newOrderRespType=RESULT";
+    let filled = signed_as(&sim, alice, Method::POST, "/fapi/v1/order", order).await;
+    assert_eq!(filled["status"], "FILLED");
+    // The same client order id on another account is another order.
+    let resting = "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01\
+                   &price=30000&newClientOrderId=same";
+    let bobs = signed_as(&sim, bob, Method::POST, "/fapi/v1/order", resting).await;
+    assert_eq!(bobs["status"], "NEW");
+    assert_ne!(bobs["orderId"], filled["orderId"]);
+    let positions = |rows: Value| rows.as_array().unwrap().len();
+    let risk = "/fapi/v3/positionRisk";
+    assert_eq!(
+        positions(signed_as(&sim, alice, Method::GET, risk, "").await),
+        1
+    );
+    assert_eq!(positions(signed(&sim, Method::GET, risk, "").await), 0);
+    let bob_trades = signed_as(
+        &sim,
+        bob,
+        Method::GET,
+        "/fapi/v1/userTrades",
+        "symbol=BTCUSDT",
+    );
+    assert!(bob_trades.await.as_array().unwrap().is_empty());
+    let open = signed(&sim, Method::GET, "/fapi/v1/openOrders", "").await;
+    assert!(
+        open.as_array().unwrap().is_empty(),
+        "the main account has no orders"
+    );
+
+    let listen = |key: (&'static str, &'static str)| {
+        let url = format!("{}/fapi/v1/listenKey", sim.rest_url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("X-MBX-APIKEY", key.0)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            body["listenKey"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_ne!(listen(alice).await, listen(bob).await);
+    assert_eq!(listen(alice).await, listen(alice).await);
+}
