@@ -255,7 +255,7 @@ impl Tape {
         }
         candle.open_time_ms = from;
         candle.close_time_ms = to;
-        debug_assert!(from < now_ms, "a candle has begun");
+        debug_assert!(from <= now_ms, "a candle has begun");
         Some(candle)
     }
 }

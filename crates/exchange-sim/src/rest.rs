@@ -935,15 +935,18 @@ fn account_json(state: &SimState, account: &str, v3: bool) -> Reply {
                 "positionSide": "BOTH",
                 "positionAmt": p.qty.to_string(),
                 "unrealizedProfit": dp8(p.unrealized),
-                "isolatedMargin": "0.00000000",
-                "notional": dp8(p.notional),
-                "isolatedWallet": "0",
                 "initialMargin": dp8(p.initial_margin + p.open_order_margin),
                 "maintMargin": dp8(p.maint_margin),
                 "updateTime": now,
             });
-            if !v3 {
-                let extra = json!({
+            let extra = if v3 {
+                json!({
+                    "isolatedMargin": "0.00000000",
+                    "notional": dp8(p.notional),
+                    "isolatedWallet": "0",
+                })
+            } else {
+                json!({
                     "positionInitialMargin": dp8(p.initial_margin),
                     "openOrderInitialMargin": dp8(p.open_order_margin),
                     "leverage": p.leverage.to_string(),
@@ -953,18 +956,9 @@ fn account_json(state: &SimState, account: &str, v3: bool) -> Reply {
                     "maxNotional": BRACKET_NOTIONAL_CAP.to_string(),
                     "bidNotional": dp8(p.bid_notional),
                     "askNotional": dp8(p.ask_notional),
-                });
-                for (k, v) in extra.as_object().expect("an object") {
-                    row[k] = v.clone();
-                }
-                row.as_object_mut()
-                    .expect("an object")
-                    .remove("isolatedMargin");
-                row.as_object_mut().expect("an object").remove("notional");
-                row.as_object_mut()
-                    .expect("an object")
-                    .remove("isolatedWallet");
-            }
+                })
+            };
+            merge(&mut row, extra);
             row
         })
         .collect();
@@ -974,11 +968,17 @@ fn account_json(state: &SimState, account: &str, v3: bool) -> Reply {
             "feeTier": 0, "canTrade": true, "canDeposit": true, "canWithdraw": true,
             "updateTime": 0, "multiAssetsMargin": false, "tradeGroupId": -1,
         });
-        for (k, v) in extra.as_object().expect("an object") {
-            answer[k] = v.clone();
-        }
+        merge(&mut answer, extra);
     }
     ok(answer)
+}
+
+/// Adds `extra`'s fields to the object `row`.
+fn merge(row: &mut Value, extra: Value) {
+    let (Value::Object(row), Value::Object(extra)) = (row, extra) else {
+        unreachable!("both are objects");
+    };
+    row.extend(extra);
 }
 
 signed_handler!(
@@ -1052,9 +1052,7 @@ fn position_rows(state: &SimState, account: &str, params: &Params, v3: bool) -> 
                     "isAutoAddMargin": "false",
                 })
             };
-            for (k, v) in extra.as_object().expect("an object") {
-                row[k] = v.clone();
-            }
+            merge(&mut row, extra);
             row
         })
         .collect();

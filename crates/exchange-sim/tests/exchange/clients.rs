@@ -558,4 +558,20 @@ async fn each_own_account_key_has_its_balance_orders_positions_and_listen_key() 
     };
     assert_ne!(listen(alice).await, listen(bob).await);
     assert_eq!(listen(alice).await, listen(alice).await);
+
+    // Alice's user stream carries her orders, never Bob's.
+    use futures::StreamExt;
+    let ws = format!("{}/ws/{}", sim.ws_url(), listen(alice).await);
+    let (mut stream, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    let bobs = resting.replace("newClientOrderId=same", "newClientOrderId=bobs-second");
+    signed_as(&sim, bob, Method::POST, "/fapi/v1/order", &bobs).await;
+    let hers = resting.replace("newClientOrderId=same", "newClientOrderId=alices");
+    signed_as(&sim, alice, Method::POST, "/fapi/v1/order", &hers).await;
+    let message = tokio::time::timeout(WAIT_MAX, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    assert_eq!(event["o"]["c"], "alices", "{event}");
 }
