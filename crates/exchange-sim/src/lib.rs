@@ -13,7 +13,7 @@ mod market;
 mod rest;
 mod ws;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +49,11 @@ pub const MAIN_ACCOUNT: &str = "";
 /// Exchange order and trade ids of the n-th own account start at `n * ACCOUNT_ID_STRIDE + 1`,
 /// so ids stay unique across accounts, as on Binance.
 pub const ACCOUNT_ID_STRIDE: i64 = 1_000_000_000_000;
+/// The width of the bars the simulator keeps of the market it played, for klines of every
+/// interval from a minute up.
+pub const BAR_MS: i64 = 60_000;
+/// Bars kept per symbol: thirty days of minutes.
+pub const BARS_KEPT: usize = 30 * 24 * 60;
 
 /// A key the simulator accepts.
 #[derive(Clone)]
@@ -184,6 +189,8 @@ pub(crate) struct Inner {
     market_start_ms: i64,
     /// Each symbol's first price: where the synthetic history ends.
     anchors: HashMap<Symbol, f64>,
+    /// The played market in bars of [`BAR_MS`], oldest first, at most [`BARS_KEPT`] a symbol.
+    bars: Mutex<HashMap<Symbol, VecDeque<Candle>>>,
     faults: Mutex<Faults>,
     rng: Mutex<ChaCha8Rng>,
     /// User-stream events, with the name of the account they belong to.
@@ -228,6 +235,7 @@ impl SimState {
             .collect();
         Self(Arc::new(Inner {
             accounts,
+            bars: Mutex::new(HashMap::new()),
             market_start_ms,
             anchors,
             faults: Mutex::new(config.faults.clone()),
@@ -283,6 +291,42 @@ impl SimState {
                 .lock()
                 .expect("lock poisoned")
                 .gen_bool(rate.min(1.0))
+    }
+
+    /// Adds a played candle to its symbol's bar of [`BAR_MS`].
+    fn record_bar(&self, candle: &Candle) {
+        let mut bars = self.0.bars.lock().expect("lock poisoned");
+        let bars = bars.entry(candle.symbol.clone()).or_default();
+        let open_time_ms = candle.open_time_ms - candle.open_time_ms.rem_euclid(BAR_MS);
+        match bars.back_mut() {
+            Some(bar) if bar.open_time_ms == open_time_ms => {
+                bar.high = bar.high.max(candle.high);
+                bar.low = bar.low.min(candle.low);
+                bar.close = candle.close;
+                bar.volume += candle.volume;
+                bar.close_time_ms = bar.close_time_ms.max(candle.close_time_ms);
+            }
+            _ => {
+                if bars.len() == BARS_KEPT {
+                    bars.pop_front();
+                }
+                bars.push_back(Candle {
+                    open_time_ms,
+                    ..candle.clone()
+                });
+            }
+        }
+        debug_assert!(bars.len() <= BARS_KEPT, "bars are bounded");
+    }
+
+    /// The bars of `symbol` opening at or after `since_ms`, oldest first.
+    pub(crate) fn bars_since(&self, symbol: &Symbol, since_ms: i64) -> Vec<Candle> {
+        let bars = self.0.bars.lock().expect("lock poisoned");
+        let Some(bars) = bars.get(symbol) else {
+            return Vec::new();
+        };
+        let first = bars.partition_point(|b| b.open_time_ms < since_ms);
+        bars.range(first..).cloned().collect()
     }
 
     /// The account an API key trades on.
@@ -499,6 +543,7 @@ async fn run_market(state: SimState) {
                 tracing::error!(error = %e, "simulated candle refused");
                 continue;
             }
+            state.record_bar(&candle);
             let event = wire::kline_event(&candle, state.0.interval_name, true, close_time_ms);
             let _ = state
                 .0

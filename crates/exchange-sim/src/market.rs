@@ -1,7 +1,7 @@
 //! Market data: klines of every USDⓈ-M interval, tickers, the order book and the mark price.
 //!
 //! Candles of the simulator's own width are the ones it played. Every other interval is built
-//! from those candles and, before the market started, from a deterministic synthetic history
+//! from the minute bars of the played market and, before the market started, from a deterministic synthetic history
 //! (a sum of slow waves ending at each symbol's first price), so a bot can page back through
 //! days of klines and get the same answer each time.
 
@@ -166,6 +166,8 @@ struct Tape {
     symbol: Symbol,
     /// Played candles, oldest first.
     played: Vec<Candle>,
+    /// Played minute bars from the earliest time asked about, oldest first.
+    bars: Vec<Candle>,
     market_start_ms: i64,
     anchor: f64,
     tick: f64,
@@ -173,7 +175,7 @@ struct Tape {
 }
 
 impl Tape {
-    fn of(state: &SimState, symbol: &Symbol) -> Option<Tape> {
+    fn of(state: &SimState, symbol: &Symbol, since_ms: i64) -> Option<Tape> {
         let anchor = *state.0.anchors.get(symbol)?;
         // Every account is fed the same candles: the main one stands for the market.
         let (played, tick) = state.with_engine(super::MAIN_ACCOUNT, |e| {
@@ -187,6 +189,7 @@ impl Tape {
         Some(Tape {
             symbol: symbol.clone(),
             played: played?,
+            bars: state.bars_since(symbol, since_ms),
             market_start_ms: state.0.market_start_ms,
             anchor,
             tick,
@@ -237,15 +240,15 @@ impl Tape {
     }
 
     /// The candle of `[from, to)`: the synthetic part before the market started, then the
-    /// played candles that open inside it. `None` when nothing happened in it yet.
+    /// played minute bars that open inside it. `None` when nothing happened in it yet.
     fn candle(&self, from: i64, to: i64, now_ms: i64) -> Option<Candle> {
         let mut parts = Vec::new();
         if from < self.market_start_ms {
             parts.push(self.synthetic(from, to.min(self.market_start_ms)));
         }
-        let first = self.played.partition_point(|c| c.open_time_ms < from);
-        let last = self.played.partition_point(|c| c.open_time_ms < to);
-        parts.extend(self.played[first..last].iter().cloned());
+        let first = self.bars.partition_point(|c| c.open_time_ms < from);
+        let last = self.bars.partition_point(|c| c.open_time_ms < to);
+        parts.extend(self.bars[first..last].iter().cloned());
         let mut candle = parts.first()?.clone();
         for part in &parts[1..] {
             candle.high = candle.high.max(part.high);
@@ -346,10 +349,17 @@ fn klines_rows(state: &SimState, params: &Params, limit: usize) -> Reply {
     let own = (state.0.interval_name, state.0.config.candle_ms as i64);
     let name = param(params, "interval")?;
     let span = span_of(name, own).ok_or_else(|| ApiError::bad(-1120, "Invalid interval."))?;
-    let tape = Tape::of(state, &symbol).ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
     let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
     let now = state.now_ms();
     let own_only = name == own.0;
+    let last_open = span.start(end.unwrap_or(now).min(now));
+    // The earliest bucket the answer can need, so only the bars from there are copied.
+    let since = match start {
+        Some(start) => span.start(start),
+        None => (0..limit).fold(last_open, |from, _| span.prev(from)),
+    };
+    let tape =
+        Tape::of(state, &symbol, since).ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
     let row = |from: i64| -> Option<Candle> {
         let to = span.next(from);
         if own_only {
@@ -363,7 +373,6 @@ fn klines_rows(state: &SimState, params: &Params, limit: usize) -> Reply {
         }
         tape.candle(from, to, now)
     };
-    let last_open = span.start(end.unwrap_or(now).min(now));
     let mut candles = Vec::with_capacity(limit);
     match start {
         Some(start) => {
@@ -414,7 +423,7 @@ fn one_or_all(params: &Params, state: &SimState, row: impl Fn(&SimState, &Tape) 
     let (symbols, one) = symbols(params)?;
     let rows: Vec<Value> = symbols
         .iter()
-        .filter_map(|s| Tape::of(state, s))
+        .filter_map(|s| Tape::of(state, s, state.now_ms() - DAY_MS))
         .map(|tape| row(state, &tape))
         .collect();
     if one {
@@ -558,7 +567,7 @@ public_handler!(
                 .find(|allowed| *allowed as i64 == l)
                 .ok_or_else(|| ApiError::bad(-1130, "Data sent for parameter 'limit' is not valid."))?,
         };
-        let tape = Tape::of(state, &symbol).ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+        let tape = Tape::of(state, &symbol, state.now_ms()).ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
         let (bid, ask) = best(&tape);
         let level = |side: i64, i: usize| {
             let offset = tape.tick * i as f64;

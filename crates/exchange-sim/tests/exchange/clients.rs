@@ -425,6 +425,18 @@ async fn klines_of_every_usdm_interval_page_forward_from_start_time() {
         .await;
         assert_eq!(again, first, "{interval}: the same history each time");
     }
+    // The newest minute closes where the played market stands.
+    wait_for_candles(&sim, 3).await;
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let (_, played) = public(&sim, "/fapi/v1/klines?symbol=ETHUSDT&interval=1s&limit=1").await;
+        let (_, minute) = public(&sim, "/fapi/v1/klines?symbol=ETHUSDT&interval=1m&limit=1").await;
+        if played[0][4] == minute[0][4] {
+            break;
+        }
+        // A candle played between the two requests: ask again.
+        assert!(Instant::now() < deadline, "{played} vs {minute}");
+    }
     let (status, body) = public(&sim, "/fapi/v1/klines?symbol=ETHUSDT&interval=7m").await;
     assert_eq!((status.as_u16(), body["code"].as_i64()), (400, Some(-1120)));
 }
