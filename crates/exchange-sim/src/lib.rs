@@ -1,9 +1,11 @@
 //! `keel exchange-sim`: a local server that speaks Binance USDⓈ-M Futures' wire format.
 //!
-//! It serves the REST endpoints and WebSocket streams the Binance adapter uses, with Binance's
-//! paths, parameter names, field names, string decimals, `{code, msg}` errors and HTTP
-//! statuses. Orders go to the paper matching engine over a seeded synthetic market (a random
-//! walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
+//! It serves the REST endpoints and WebSocket streams the Binance adapter uses, and those a bot
+//! written with ccxt or Binance's connector calls at start (account, positions, leverage,
+//! tickers, book, klines of every interval, order history), with Binance's paths, parameter
+//! names, field names, string decimals, `{code, msg}` errors and HTTP statuses; any other path
+//! is a JSON error too. Orders go to the paper matching engine of the key's account over a
+//! seeded synthetic market (a random walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
 //! and can be changed at run time with `PUT /admin/faults`.
 
 mod account;
