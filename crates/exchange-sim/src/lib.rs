@@ -5,8 +5,9 @@
 //! tickers, book, klines of every interval, order history), with Binance's paths, parameter
 //! names, field names, string decimals, `{code, msg}` errors and HTTP statuses; any other path
 //! is a JSON error too. Orders go to the paper matching engine of the key's account over a
-//! seeded synthetic market (a random walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
-//! and can be changed at run time with `PUT /admin/faults`.
+//! seeded synthetic market (a random walk, one candle every `candle_ms`). Faults (see
+//! [`Faults`]) are injected from a seeded RNG and can be changed at run time with
+//! `PUT /admin/faults`.
 
 mod account;
 pub mod cli;
