@@ -3,6 +3,8 @@
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use keel_kernel::money::Amount;
+
 use super::{Faults, SimConfig, SimKey, serve};
 
 /// Arguments of `keel exchange-sim`.
@@ -36,6 +38,14 @@ pub struct ExchangeSimArgs {
     /// profiles that trade with their owners' credentials.
     #[arg(long = "key", value_name = "KEY:SECRET")]
     pub keys: Vec<String>,
+    /// An accepted API key with an account of its own (balances, positions, orders, user
+    /// stream), as `KEY:SECRET` or `KEY:SECRET:BALANCE` (repeatable). Keys given with
+    /// `--api-key` and `--key` trade on the main account.
+    #[arg(long = "account", value_name = "KEY:SECRET[:BALANCE]")]
+    pub accounts: Vec<String>,
+    /// The main account's starting balance, in the quote asset (USDT).
+    #[arg(long, default_value = "10000")]
+    pub balance: rust_decimal::Decimal,
 }
 
 impl std::fmt::Debug for ExchangeSimArgs {
@@ -51,6 +61,8 @@ impl std::fmt::Debug for ExchangeSimArgs {
             // The secrets never reach a log.
             .field("api_secret", &"..")
             .field("keys", &self.keys.len())
+            .field("accounts", &self.accounts.len())
+            .field("balance", &self.balance)
             .finish()
     }
 }
@@ -80,6 +92,13 @@ pub async fn run(args: ExchangeSimArgs) -> anyhow::Result<()> {
             },
         );
     }
+    config.paper.initial_balance = starting_balance(args.balance)?;
+    let own_balance = config.paper.initial_balance;
+    for spec in args.accounts {
+        let (key, secret, balance) = parse_account(&spec, own_balance)?;
+        config.keys.insert(key.clone(), SimKey::Hmac { secret });
+        config.own_accounts.insert(key, balance);
+    }
     let listener = TcpListener::bind((args.bind.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
@@ -87,4 +106,46 @@ pub async fn run(args: ExchangeSimArgs) -> anyhow::Result<()> {
     // One line on stdout, so scripts and tests can find the port.
     println!("exchange-sim listening on {}", handle.addr);
     handle.wait().await
+}
+
+fn starting_balance(value: rust_decimal::Decimal) -> anyhow::Result<Amount> {
+    anyhow::ensure!(
+        value >= rust_decimal::Decimal::ZERO,
+        "a balance is not negative"
+    );
+    Amount::new(value).map_err(|e| anyhow::anyhow!("balance {value}: {e}"))
+}
+
+/// Reads `KEY:SECRET` or `KEY:SECRET:BALANCE`.
+fn parse_account(spec: &str, default: Amount) -> anyhow::Result<(String, String, Amount)> {
+    let mut parts = spec.splitn(3, ':');
+    let (key, secret) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    anyhow::ensure!(
+        !key.is_empty() && !secret.is_empty(),
+        "--account takes KEY:SECRET[:BALANCE], key and secret non-empty"
+    );
+    let balance = match parts.next() {
+        None => default,
+        Some(text) => starting_balance(
+            text.parse()
+                .with_context(|| format!("--account {key}: balance {text:?}"))?,
+        )?,
+    };
+    Ok((key.to_owned(), secret.to_owned(), balance))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_flag_names_key_secret_and_an_optional_balance() {
+        let default = Amount::new(rust_decimal::Decimal::from(7)).unwrap();
+        let (key, secret, balance) = parse_account("k:s:250.5", default).unwrap();
+        assert_eq!((key.as_str(), secret.as_str()), ("k", "s"));
+        assert_eq!(balance.get().to_string(), "250.5");
+        assert_eq!(parse_account("k:s", default).unwrap().2, default);
+        assert!(parse_account("k", default).is_err());
+        assert!(parse_account("k:s:-1", default).is_err());
+    }
 }

@@ -1,17 +1,22 @@
 //! `keel exchange-sim`: a local server that speaks Binance USDⓈ-M Futures' wire format.
 //!
-//! It serves the REST endpoints and WebSocket streams the Binance adapter uses, with Binance's
-//! paths, parameter names, field names, string decimals, `{code, msg}` errors and HTTP
-//! statuses. Orders go to the paper matching engine over a seeded synthetic market (a random
-//! walk, one candle every `candle_ms`). Faults (see [`Faults`]) are injected from a seeded RNG
-//! and can be changed at run time with `PUT /admin/faults`.
+//! It serves the REST endpoints and WebSocket streams the Binance adapter uses, and those a bot
+//! written with ccxt or Binance's connector calls at start (account, positions, leverage,
+//! tickers, book, klines of every interval, order history), with Binance's paths, parameter
+//! names, field names, string decimals, `{code, msg}` errors and HTTP statuses; any other path
+//! is a JSON error too. Orders go to the paper matching engine of the key's account over a
+//! seeded synthetic market (a random walk, one candle every `candle_ms`). Faults (see
+//! [`Faults`]) are injected from a seeded RNG and can be changed at run time with
+//! `PUT /admin/faults`.
 
+mod account;
 pub mod cli;
 mod faults;
+mod market;
 mod rest;
 mod ws;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +27,7 @@ use axum::routing::{get, post};
 use keel_kernel::exchange::{Interval, SymbolRules, UserEvent};
 use keel_kernel::ids::Symbol;
 use keel_kernel::market::Candle;
+use keel_kernel::money::Amount;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -41,6 +47,16 @@ pub const WEIGHT_LIMIT_1M_DEFAULT: u32 = 2400;
 pub const ORDER_LIMIT_1M_DEFAULT: u32 = 1200;
 /// A listen key expires this long after its creation or last keep-alive, as on Binance.
 pub const LISTEN_KEY_TTL_MS: i64 = 60 * 60 * 1000;
+/// The name of the account every key without one of its own trades on.
+pub const MAIN_ACCOUNT: &str = "";
+/// Exchange order and trade ids of the n-th own account start at `n * ACCOUNT_ID_STRIDE + 1`,
+/// so ids stay unique across accounts, as on Binance.
+pub const ACCOUNT_ID_STRIDE: i64 = 1_000_000_000_000;
+/// The width of the bars the simulator keeps of the market it played, for klines of every
+/// interval from a minute up.
+pub const BAR_MS: i64 = 60_000;
+/// Bars kept per symbol: thirty days of minutes.
+pub const BARS_KEPT: usize = 30 * 24 * 60;
 
 /// A key the simulator accepts.
 #[derive(Clone)]
@@ -90,6 +106,10 @@ pub struct SimConfig {
     /// Candles to replay instead of the random walk, in file order. Their prices are kept and
     /// their times re-stamped onto the simulator's clock, so orders placed now can fill.
     pub replay: Option<Vec<Candle>>,
+    /// API keys (also in `keys`) with an account of their own — balances, positions, orders
+    /// and user stream — and its starting balance. Every other key trades on the main account,
+    /// which starts with `paper.initial_balance`.
+    pub own_accounts: HashMap<String, Amount>,
 }
 
 impl SimConfig {
@@ -118,6 +138,7 @@ impl SimConfig {
                 ..PaperConfig::default()
             },
             replay: None,
+            own_accounts: HashMap::new(),
         }
     }
 }
@@ -165,12 +186,21 @@ struct Window {
 
 pub(crate) struct Inner {
     config: SimConfig,
-    engine: Mutex<PaperEngine>,
+    /// The accounts by name: [`MAIN_ACCOUNT`] and each own account's API key.
+    accounts: HashMap<String, Mutex<account::Account>>,
+    /// The open time of the first candle the market plays: the synthetic history ends here.
+    market_start_ms: i64,
+    /// Each symbol's first price: where the synthetic history ends.
+    anchors: HashMap<Symbol, f64>,
+    /// The played market in bars of [`BAR_MS`], oldest first, at most [`BARS_KEPT`] a symbol.
+    bars: Mutex<HashMap<Symbol, VecDeque<Candle>>>,
     faults: Mutex<Faults>,
     rng: Mutex<ChaCha8Rng>,
-    user_stream: broadcast::Sender<String>,
+    /// User-stream events, with the name of the account they belong to.
+    user_stream: broadcast::Sender<(String, String)>,
     klines: broadcast::Sender<(Symbol, String)>,
-    listen_keys: Mutex<HashMap<String, i64>>,
+    /// Live listen keys: their account and expiry.
+    listen_keys: Mutex<HashMap<String, (String, i64)>>,
     placements: Mutex<HashMap<String, u32>>,
     /// The API key that last created each client order id.
     placed_by: Mutex<HashMap<String, String>>,
@@ -184,15 +214,33 @@ pub struct SimState(pub(crate) Arc<Inner>);
 
 impl SimState {
     fn new(config: SimConfig) -> Self {
-        let rules = sim_symbols().into_iter().map(|(rules, _)| rules);
-        let engine = PaperEngine::new(config.paper.clone(), rules);
+        let accounts = accounts(&config);
         let interval_name = Interval::ALL
             .into_iter()
             .find(|i| i.as_ms() == config.candle_ms as i64)
             .unwrap_or(Interval::S1)
             .as_str();
+        let candle_ms = config.candle_ms as i64;
+        // Candles start on a multiple of their width, as Binance's do.
+        let market_start_ms = system_now_ms() + config.faults.clock_skew_ms;
+        let market_start_ms = market_start_ms - market_start_ms.rem_euclid(candle_ms);
+        let anchors = sim_symbols()
+            .into_iter()
+            .map(|(rules, walk_price)| {
+                let first = config.replay.as_ref().and_then(|candles| {
+                    candles
+                        .iter()
+                        .find(|c| c.symbol == rules.symbol)
+                        .map(|c| c.open)
+                });
+                (rules.symbol, first.unwrap_or(walk_price))
+            })
+            .collect();
         Self(Arc::new(Inner {
-            engine: Mutex::new(engine),
+            accounts,
+            bars: Mutex::new(HashMap::new()),
+            market_start_ms,
+            anchors,
             faults: Mutex::new(config.faults.clone()),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_fa17)),
             user_stream: broadcast::channel(STREAM_BUFFER_MAX).0,
@@ -248,19 +296,79 @@ impl SimState {
                 .gen_bool(rate.min(1.0))
     }
 
-    pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
-        let mut engine = self.0.engine.lock().expect("lock poisoned");
-        let result = f(&mut engine);
-        let events: Vec<UserEvent> = engine.drain_events().collect();
+    /// Adds a played candle to its symbol's bar of [`BAR_MS`].
+    fn record_bar(&self, candle: &Candle) {
+        let mut bars = self.0.bars.lock().expect("lock poisoned");
+        let bars = bars.entry(candle.symbol.clone()).or_default();
+        let open_time_ms = candle.open_time_ms - candle.open_time_ms.rem_euclid(BAR_MS);
+        match bars.back_mut() {
+            Some(bar) if bar.open_time_ms == open_time_ms => {
+                bar.high = bar.high.max(candle.high);
+                bar.low = bar.low.min(candle.low);
+                bar.close = candle.close;
+                bar.volume += candle.volume;
+                bar.close_time_ms = bar.close_time_ms.max(candle.close_time_ms);
+            }
+            _ => {
+                if bars.len() == BARS_KEPT {
+                    bars.pop_front();
+                }
+                bars.push_back(Candle {
+                    open_time_ms,
+                    ..candle.clone()
+                });
+            }
+        }
+        debug_assert!(bars.len() <= BARS_KEPT, "bars are bounded");
+    }
+
+    /// The bars of `symbol` opening at or after `since_ms`, oldest first.
+    pub(crate) fn bars_since(&self, symbol: &Symbol, since_ms: i64) -> Vec<Candle> {
+        let bars = self.0.bars.lock().expect("lock poisoned");
+        let Some(bars) = bars.get(symbol) else {
+            return Vec::new();
+        };
+        let first = bars.partition_point(|b| b.open_time_ms < since_ms);
+        bars.range(first..).cloned().collect()
+    }
+
+    /// The account an API key trades on.
+    pub(crate) fn account_of<'a>(&self, api_key: &'a str) -> &'a str {
+        if self.0.config.own_accounts.contains_key(api_key) {
+            api_key
+        } else {
+            MAIN_ACCOUNT
+        }
+    }
+
+    pub(crate) fn with_engine<R>(&self, name: &str, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
+        self.with_account(name, |account| f(&mut account.engine))
+    }
+
+    /// Runs `f` on account `name`, then records and streams what its engine emitted.
+    pub(crate) fn with_account<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut account::Account) -> R,
+    ) -> R {
+        let mut account = self
+            .0
+            .accounts
+            .get(name)
+            .expect("accounts are fixed at start")
+            .lock()
+            .expect("lock poisoned");
+        let result = f(&mut account);
+        let events = account.drain_and_record();
         let asset = self.0.config.paper.quote_asset.clone();
-        drop(engine);
-        self.publish(events, &asset);
+        drop(account);
+        self.publish(name, events, &asset);
         result
     }
 
     /// Sends engine events on the user-data stream, merging a fill with the order update that
     /// follows it into one `TRADE` execution, as Binance does.
-    fn publish(&self, events: Vec<UserEvent>, asset: &str) {
+    fn publish(&self, name: &str, events: Vec<UserEvent>, asset: &str) {
         let now = self.now_ms();
         let mut pending_fill = None;
         for event in events {
@@ -272,11 +380,34 @@ impl SimState {
                         .filter(|f| f.client_order_id == report.client_order_id);
                     let json = wire::order_trade_update(&report, fill.as_ref(), asset, now);
                     // No subscriber is fine: a stream only carries what happens while connected.
-                    let _ = self.0.user_stream.send(json.to_string());
+                    let _ = self.0.user_stream.send((name.to_owned(), json.to_string()));
                 }
             }
         }
     }
+}
+
+/// The main account and one per key in `own_accounts`, each with its own engine and ids.
+fn accounts(config: &SimConfig) -> HashMap<String, Mutex<account::Account>> {
+    let engine = |initial_balance: Amount| {
+        let paper = PaperConfig {
+            initial_balance,
+            ..config.paper.clone()
+        };
+        PaperEngine::new(paper, sim_symbols().into_iter().map(|(rules, _)| rules))
+    };
+    let mut own: Vec<(&String, &Amount)> = config.own_accounts.iter().collect();
+    own.sort();
+    let mut accounts = HashMap::from([(
+        MAIN_ACCOUNT.to_owned(),
+        Mutex::new(account::Account::new(engine(config.paper.initial_balance))),
+    )]);
+    for (n, (key, balance)) in (1i64..).zip(own) {
+        let mut engine = engine(*balance);
+        engine.start_ids_at(n * ACCOUNT_ID_STRIDE + 1);
+        accounts.insert(key.clone(), Mutex::new(account::Account::new(engine)));
+    }
+    accounts
 }
 
 fn system_now_ms() -> i64 {
@@ -326,14 +457,29 @@ fn router(state: SimState) -> Router {
         .route("/fapi/v1/ping", get(rest::ping))
         .route("/fapi/v1/time", get(rest::time))
         .route("/fapi/v1/exchangeInfo", get(rest::exchange_info))
-        .route("/fapi/v1/klines", get(rest::klines))
+        .route("/fapi/v1/klines", get(market::klines))
+        .route("/fapi/v1/ticker/price", get(market::ticker_price))
+        .route("/fapi/v2/ticker/price", get(market::ticker_price))
+        .route("/fapi/v1/ticker/24hr", get(market::ticker_24hr))
+        .route("/fapi/v1/ticker/bookTicker", get(market::book_ticker))
+        .route("/fapi/v1/depth", get(market::depth))
+        .route("/fapi/v1/premiumIndex", get(market::premium_index))
         .route(
             "/fapi/v1/order",
             post(rest::place).get(rest::query).delete(rest::cancel),
         )
+        .route("/fapi/v1/openOrder", get(rest::open_order))
         .route("/fapi/v1/openOrders", get(rest::open_orders))
+        .route("/fapi/v1/allOrders", get(rest::all_orders))
+        .route("/fapi/v2/account", get(rest::account_v2))
+        .route("/fapi/v3/account", get(rest::account_v3))
         .route("/fapi/v2/positionRisk", get(rest::position_risk))
+        .route("/fapi/v3/positionRisk", get(rest::position_risk_v3))
         .route("/fapi/v2/balance", get(rest::balance))
+        .route("/fapi/v3/balance", get(rest::balance_v3))
+        .route("/fapi/v1/leverageBracket", get(rest::leverage_bracket))
+        .route("/fapi/v1/leverage", post(rest::set_leverage))
+        .route("/fapi/v1/marginType", post(rest::set_margin_type))
         .route("/fapi/v1/userTrades", get(rest::user_trades))
         .route(
             "/fapi/v1/listenKey",
@@ -345,6 +491,8 @@ fn router(state: SimState) -> Router {
         .route("/admin/faults", get(rest::faults_get).put(rest::faults_put))
         .route("/admin/placements", get(rest::placements))
         .route("/admin/placed-by", get(rest::placed_by))
+        .fallback(rest::unknown_route)
+        .method_not_allowed_fallback(rest::unknown_route)
         .with_state(state)
 }
 
@@ -375,7 +523,7 @@ pub async fn serve(config: SimConfig, listener: TcpListener) -> anyhow::Result<S
 async fn run_market(state: SimState) {
     let candle_ms = state.0.config.candle_ms;
     let mut source = CandleSource::new(&state.0.config);
-    let mut open_time_ms = state.now_ms();
+    let mut open_time_ms = state.0.market_start_ms;
     let mut ticker = tokio::time::interval(Duration::from_millis(candle_ms));
     ticker.tick().await;
     loop {
@@ -386,11 +534,19 @@ async fn run_market(state: SimState) {
             return;
         };
         for candle in candles {
-            let fed = state.with_engine(|engine| engine.on_candle(&candle));
+            // Every account sees the same market; an engine refuses a candle only when it is
+            // malformed, and then every engine refuses it.
+            let fed: Result<Vec<()>, _> = state
+                .0
+                .accounts
+                .keys()
+                .map(|name| state.with_engine(name, |engine| engine.on_candle(&candle)))
+                .collect();
             if let Err(e) = fed {
                 tracing::error!(error = %e, "simulated candle refused");
                 continue;
             }
+            state.record_bar(&candle);
             let event = wire::kline_event(&candle, state.0.interval_name, true, close_time_ms);
             let _ = state
                 .0

@@ -8,7 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keel_kernel::exchange::{ExchangeOrderId, OrderReport, OrderRequest, OrderType, PlaceOutcome};
+use keel_kernel::exchange::{
+    ExchangeOrderId, Fill, OrderReport, OrderRequest, OrderType, PlaceOutcome,
+};
 use keel_kernel::ids::{ClientOrderId, Symbol};
 use keel_kernel::money::{Price, Qty};
 use rust_decimal::Decimal;
@@ -19,7 +21,7 @@ use rand::Rng;
 
 use super::{Faults, LISTEN_KEY_TTL_MS, SimKey, SimState};
 use keel_exchange::binance::sign::{ed25519_verify, hmac_sha256_hex};
-use keel_exchange::binance::wire::{self, WireBalance, WireOrder, WirePosition, WireTrade};
+use keel_exchange::binance::wire::{self, WireOrder, WireTrade};
 
 /// The largest `recvWindow` Binance accepts.
 const RECV_WINDOW_MAX_MS: i64 = 60_000;
@@ -27,8 +29,6 @@ const RECV_WINDOW_MAX_MS: i64 = 60_000;
 const RECV_WINDOW_DEFAULT_MS: i64 = 5_000;
 /// The most rows `userTrades` returns.
 const USER_TRADES_LIMIT_MAX: usize = 1_000;
-/// Candles `GET /fapi/v1/klines` returns without a `limit`, as on Binance.
-const KLINES_LIMIT_DEFAULT: usize = 500;
 
 /// A Binance error answer.
 pub(crate) struct ApiError {
@@ -39,7 +39,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: i64, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: i64, msg: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -48,7 +48,7 @@ impl ApiError {
         }
     }
 
-    fn bad(code: i64, msg: impl Into<String>) -> Self {
+    pub(crate) fn bad(code: i64, msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, msg)
     }
 
@@ -71,9 +71,9 @@ impl ApiError {
     }
 }
 
-type Reply = Result<Response, ApiError>;
+pub(crate) type Reply = Result<Response, ApiError>;
 
-fn finish(state: &SimState, reply: Reply) -> Response {
+pub(crate) fn finish(state: &SimState, reply: Reply) -> Response {
     let mut response = match reply {
         Ok(response) => response,
         Err(e) => {
@@ -97,9 +97,31 @@ fn finish(state: &SimState, reply: Reply) -> Response {
     response
 }
 
-fn ok<T: Serialize>(value: T) -> Reply {
+pub(crate) fn ok<T: Serialize>(value: T) -> Reply {
     Ok(Json(value).into_response())
 }
+
+/// A signed `GET`/`POST` endpoint answering with `body(state, params)`.
+macro_rules! signed_handler {
+    ($(#[$doc:meta])* $name:ident, $weight:expr, $body:expr) => {
+        $(#[$doc])*
+        pub(crate) async fn $name(
+            State(state): State<SimState>,
+            headers: HeaderMap,
+            RawQuery(query): RawQuery,
+            body: Bytes,
+        ) -> Response {
+            let reply = match gate(&state, &headers, signed($weight, &query, &body)).await {
+                Ok(params) => $body(&state, &account_name(&state, &headers), &params),
+                Err(e) => Err(e),
+            };
+            finish(&state, reply)
+        }
+    };
+}
+
+mod account;
+pub(crate) use account::*;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Security {
@@ -108,7 +130,7 @@ enum Security {
     Signed,
 }
 
-struct Gate<'a> {
+pub(crate) struct Gate<'a> {
     security: Security,
     weight: u32,
     is_order: bool,
@@ -116,11 +138,25 @@ struct Gate<'a> {
     body: &'a [u8],
 }
 
-type Params = HashMap<String, String>;
+impl<'a> Gate<'a> {
+    /// A public endpoint of this weight, with its query string.
+    pub(crate) fn public_query(weight: u32, query: Option<&'a str>) -> Self {
+        Gate {
+            query,
+            ..public(weight)
+        }
+    }
+}
+
+pub(crate) type Params = HashMap<String, String>;
 
 /// Applies latency, injected and real rate limits, injected outages, and Binance's key,
 /// signature and timestamp checks, in that order. Returns the request's parameters.
-async fn gate(state: &SimState, headers: &HeaderMap, gate: Gate<'_>) -> Result<Params, ApiError> {
+pub(crate) async fn gate(
+    state: &SimState,
+    headers: &HeaderMap,
+    gate: Gate<'_>,
+) -> Result<Params, ApiError> {
     let faults = state.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -235,7 +271,7 @@ fn check_timestamp(state: &SimState, params: &Params) -> Result<(), ApiError> {
     }
 }
 
-fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
     params
         .get(name)
         .map(String::as_str)
@@ -243,7 +279,7 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
         .ok_or_else(|| ApiError::mandatory(name))
 }
 
-fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
+pub(crate) fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
     Symbol::new(param(params, "symbol")?).map_err(|_| ApiError::bad(-1121, "Invalid symbol."))
 }
 
@@ -306,44 +342,6 @@ pub(crate) async fn exchange_info(State(state): State<SimState>) -> Response {
     finish(&state, reply)
 }
 
-/// `GET /fapi/v1/klines`: the market's closed candles (the simulator streams only closed ones).
-pub(crate) async fn klines(State(state): State<SimState>, RawQuery(query): RawQuery) -> Response {
-    let query = query.unwrap_or_default();
-    let limit = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "limit")
-        .map(|(_, v)| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|l| (1..=wire::KLINES_LIMIT_MAX).contains(l))
-        });
-    let reply = match limit {
-        Some(None) => Err(ApiError::bad(
-            -1130,
-            "Data sent for parameter 'limit' is not valid.",
-        )),
-        limit => {
-            let limit = limit.flatten().unwrap_or(KLINES_LIMIT_DEFAULT);
-            let klines_gate = Gate {
-                query: Some(&query),
-                ..public(wire::klines_weight(limit))
-            };
-            match gate(&state, &HeaderMap::new(), klines_gate).await {
-                Ok(params) => symbol_param(&params).and_then(|symbol| {
-                    if param(&params, "interval")? != state.0.interval_name {
-                        return Err(ApiError::bad(-1120, "Invalid interval."));
-                    }
-                    let candles = state
-                        .with_engine(|e| e.recent_candles(&symbol, limit))
-                        .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
-                    ok(candles.iter().map(wire::kline_row).collect::<Vec<_>>())
-                }),
-                Err(e) => Err(e),
-            }
-        }
-    };
-    finish(&state, reply)
-}
-
 fn signed<'a>(weight: u32, query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
     Gate {
         security: Security::Signed,
@@ -385,6 +383,12 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
     let qty = Qty::new(decimal_param(params, "quantity")?)
         .map_err(|_| ApiError::bad(-4003, "Quantity less than or equal to zero."))?;
     let order_type = match param(params, "type")? {
+        "MARKET" if params.contains_key("price") => {
+            return Err(ApiError::bad(
+                -1106,
+                "Parameter 'price' sent when not required.",
+            ));
+        }
         "MARKET" => OrderType::Market,
         "LIMIT" => {
             if param(params, "timeInForce")? != "GTC" {
@@ -430,9 +434,10 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
 }
 
 async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Reply {
+    let account = state.account_of(api_key);
     let request = order_request(state, params)?;
     let now = state.now_ms();
-    let outcome = state.with_engine(|engine| {
+    let outcome = state.with_engine(account, |engine| {
         engine.advance_clock(now);
         engine.place(&request)
     });
@@ -468,12 +473,39 @@ async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Repl
     if state.draw(faults.lost_response_rate) {
         tokio::time::sleep(Duration::from_millis(faults.lost_response_hold_ms)).await;
     }
+    let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
+    if wants_result && report.order_type == OrderType::Market {
+        let settled = market_result(state, account, &report).await;
+        return ok(WireOrder::from_report(&settled));
+    }
     ok(WireOrder::from_report(&report))
 }
 
-fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError> {
+/// How long a `RESULT` answer waits for a market order to fill, in candles: it fills at the
+/// open of the next one.
+const MARKET_RESULT_WAIT_CANDLES_MAX: u64 = 3;
+
+/// The market order `report` once it filled (Binance's `RESULT` answer), or as it stands
+/// when the market did not move within [`MARKET_RESULT_WAIT_CANDLES_MAX`] candles.
+async fn market_result(state: &SimState, account: &str, report: &OrderReport) -> OrderReport {
+    let candle_ms = state.0.config.candle_ms;
+    let poll = Duration::from_millis((candle_ms / 10).clamp(5, 100));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(candle_ms * MARKET_RESULT_WAIT_CANDLES_MAX);
+    let id = report.exchange_order_id.0;
+    loop {
+        let now = state.with_account(account, |a| a.orders.get(&id).map(|k| k.report.clone()));
+        let now = now.unwrap_or_else(|| report.clone());
+        if !now.status.is_open() || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+fn find_order(state: &SimState, account: &str, params: &Params) -> Result<OrderReport, ApiError> {
     let symbol = symbol_param(params)?;
-    let found = state.with_engine(|engine| {
+    let found = state.with_engine(account, |engine| {
         if let Some(text) = params.get("origClientOrderId") {
             let id = ClientOrderId::new(text).ok()?;
             return engine.order(&symbol, &id).cloned();
@@ -482,6 +514,12 @@ fn find_order(state: &SimState, params: &Params) -> Result<OrderReport, ApiError
         engine
             .order_by_exchange_id(&symbol, ExchangeOrderId(id))
             .cloned()
+    });
+    // The engine forgets an order whose client order id was reused; the history keeps it.
+    let found = found.or_else(|| {
+        let id: i64 = params.get("orderId")?.parse().ok()?;
+        let kept = state.with_account(account, |a| a.orders.get(&id).cloned())?;
+        (kept.report.symbol == symbol).then_some(kept.report)
     });
     if !params.contains_key("origClientOrderId") && !params.contains_key("orderId") {
         return Err(ApiError::bad(
@@ -499,7 +537,8 @@ pub(crate) async fn query(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => find_order(&state, &params).and_then(|r| ok(WireOrder::from_report(&r))),
+        Ok(params) => find_order(&state, &account_name(&state, &headers), &params)
+            .and_then(|r| ok(WireOrder::from_report(&r))),
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -512,9 +551,11 @@ pub(crate) async fn cancel(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => match find_order(&state, &params) {
+        Ok(params) => match find_order(&state, &account_name(&state, &headers), &params) {
             Ok(found) => state
-                .with_engine(|engine| engine.cancel(&found.symbol, &found.client_order_id))
+                .with_engine(&account_name(&state, &headers), |engine| {
+                    engine.cancel(&found.symbol, &found.client_order_id)
+                })
                 .map_err(|(code, msg)| ApiError::bad(code, msg))
                 .and_then(|r| ok(WireOrder::from_report(&r))),
             Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
@@ -525,7 +566,7 @@ pub(crate) async fn cancel(
     finish(&state, reply)
 }
 
-fn optional_symbol(params: &Params) -> Result<Option<Symbol>, ApiError> {
+pub(crate) fn optional_symbol(params: &Params) -> Result<Option<Symbol>, ApiError> {
     params
         .get("symbol")
         .map(|_| symbol_param(params))
@@ -540,78 +581,11 @@ pub(crate) async fn open_orders(
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
         Ok(params) => optional_symbol(&params).and_then(|symbol| {
-            let open = state.with_engine(|e| e.open_orders(symbol.as_ref()));
+            let open = state.with_engine(&account_name(&state, &headers), |e| {
+                e.open_orders(symbol.as_ref())
+            });
             ok(open.iter().map(WireOrder::from_report).collect::<Vec<_>>())
         }),
-        Err(e) => Err(e),
-    };
-    finish(&state, reply)
-}
-
-pub(crate) async fn position_risk(
-    State(state): State<SimState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
-        Ok(params) => optional_symbol(&params).and_then(|symbol| {
-            let now = state.now_ms();
-            let rows: Vec<WirePosition> = state.with_engine(|e| {
-                e.positions()
-                    .into_iter()
-                    .filter(|p| symbol.as_ref().is_none_or(|s| s == &p.symbol))
-                    .map(|p| {
-                        let mark = e.last_price(&p.symbol).map_or(Decimal::ZERO, Price::get);
-                        WirePosition {
-                            symbol: p.symbol.to_string(),
-                            position_amt: p.qty,
-                            entry_price: p.entry_price.map_or(Decimal::ZERO, Price::get),
-                            mark_price: mark,
-                            un_realized_profit: p.unrealized_pnl.get(),
-                            liquidation_price: Decimal::ZERO,
-                            leverage: "20".to_owned(),
-                            max_notional_value: "25000000".to_owned(),
-                            margin_type: "cross".to_owned(),
-                            isolated_margin: Decimal::ZERO,
-                            is_auto_add_margin: "false".to_owned(),
-                            position_side: "BOTH".to_owned(),
-                            notional: p.qty * mark,
-                            isolated_wallet: Decimal::ZERO,
-                            update_time: now,
-                        }
-                    })
-                    .collect()
-            });
-            ok(rows)
-        }),
-        Err(e) => Err(e),
-    };
-    finish(&state, reply)
-}
-
-pub(crate) async fn balance(
-    State(state): State<SimState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
-        Ok(_) => {
-            let b = state.with_engine(|e| e.balance());
-            let wallet = b.wallet_balance.get();
-            ok(vec![WireBalance {
-                account_alias: "SgsR".to_owned(),
-                asset: b.asset,
-                balance: wallet,
-                cross_wallet_balance: wallet,
-                cross_un_pnl: b.available_balance.get() - wallet,
-                available_balance: b.available_balance.get(),
-                max_withdraw_amount: b.available_balance.get(),
-                margin_available: true,
-                update_time: state.now_ms(),
-            }])
-        }
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -624,36 +598,39 @@ pub(crate) async fn user_trades(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(5, &query, &body)).await {
-        Ok(params) => trades(&state, &params),
+        Ok(params) => trades(&state, &account_name(&state, &headers), &params),
         Err(e) => Err(e),
     };
     finish(&state, reply)
 }
 
-fn trades(state: &SimState, params: &Params) -> Reply {
+/// Binance's `userTrades`: from `fromId` up, else from `startTime` up, else the newest
+/// `limit` (before `endTime` when sent), always oldest first.
+fn trades(state: &SimState, account: &str, params: &Params) -> Reply {
     let symbol = symbol_param(params)?;
-    let number = |name: &str| -> Result<Option<i64>, ApiError> {
-        params
-            .get(name)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ApiError::bad(
-                        -1100,
-                        format!("Illegal characters found in parameter '{name}'."),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let order_id = number("orderId")?;
-    let from_id = number("fromId")?.unwrap_or(0);
-    let limit = number("limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64) as usize);
+    let order_id = number(params, "orderId")?;
+    let from_id = number(params, "fromId")?;
+    let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+    let limit = number(params, "limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64));
+    let limit = usize::try_from(limit).expect("positive");
     let asset = state.0.config.paper.quote_asset.clone();
-    let rows: Vec<WireTrade> = state.with_engine(|e| {
-        e.symbol_fills(&symbol, from_id)
-            .iter()
-            .filter(|f| order_id.is_none_or(|id| f.exchange_order_id.0 == id))
-            .take(limit)
+    let rows: Vec<WireTrade> = state.with_account(account, |a| {
+        let matching = a.trades.values().filter(|f| {
+            f.symbol == symbol
+                && order_id.is_none_or(|id| f.exchange_order_id.0 == id)
+                && from_id.is_none_or(|id| f.trade_id.0 >= id)
+                && start.is_none_or(|t| f.time_ms >= t)
+                && end.is_none_or(|t| f.time_ms <= t)
+        });
+        let fills: Vec<&Fill> = if from_id.is_some() || start.is_some() {
+            matching.take(limit).collect()
+        } else {
+            let mut newest: Vec<&Fill> = matching.rev().take(limit).collect();
+            newest.reverse();
+            newest
+        };
+        fills
+            .into_iter()
             .map(|f| WireTrade::from_fill(f, &asset))
             .collect()
     });
@@ -676,14 +653,16 @@ pub(crate) async fn listen_key_create(
     let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
         Ok(_) => {
             let now = state.now_ms();
+            let account = account_name(&state, &headers);
             let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
-            keys.retain(|_, expiry| *expiry > now);
-            // Binance hands out the live key again rather than a second one.
-            let key = keys.keys().next().cloned().unwrap_or_else(|| {
+            keys.retain(|_, (_, expiry)| *expiry > now);
+            // Binance hands out the account's live key again rather than a second one.
+            let live = keys.iter().find(|(_, (of, _))| *of == account);
+            let key = live.map(|(key, _)| key.clone()).unwrap_or_else(|| {
                 let n: u64 = state.0.rng.lock().expect("lock poisoned").r#gen();
                 format!("simlistenkey{n:016x}")
             });
-            keys.insert(key.clone(), now + LISTEN_KEY_TTL_MS);
+            keys.insert(key.clone(), (account, now + LISTEN_KEY_TTL_MS));
             ok(wire::ListenKey { listen_key: key })
         }
         Err(e) => Err(e),
@@ -700,9 +679,13 @@ pub(crate) async fn listen_key_keepalive(
     let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
         Ok(_) => {
             let now = state.now_ms();
+            let account = account_name(&state, &headers);
             let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
-            match keys.iter_mut().find(|(_, expiry)| **expiry > now) {
-                Some((key, expiry)) => {
+            let live = keys
+                .iter_mut()
+                .find(|(_, (of, expiry))| *of == account && *expiry > now);
+            match live {
+                Some((key, (_, expiry))) => {
                     *expiry = now + LISTEN_KEY_TTL_MS;
                     ok(wire::ListenKey {
                         listen_key: key.clone(),
@@ -724,7 +707,9 @@ pub(crate) async fn listen_key_delete(
 ) -> Response {
     let reply = match gate(&state, &headers, api_key_gate(&query, &body)).await {
         Ok(_) => {
-            state.0.listen_keys.lock().expect("lock poisoned").clear();
+            let account = account_name(&state, &headers);
+            let mut keys = state.0.listen_keys.lock().expect("lock poisoned");
+            keys.retain(|_, (of, _)| *of != account);
             ok(json!({}))
         }
         Err(e) => Err(e),
@@ -759,4 +744,103 @@ pub(crate) async fn placements(State(state): State<SimState>) -> Json<HashMap<St
 
 pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<String, String>> {
     Json(state.placed_by())
+}
+
+/// The account the request's API key trades on (the gate checked the key).
+fn account_name(state: &SimState, headers: &HeaderMap) -> String {
+    let key = headers
+        .get("X-MBX-APIKEY")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    state.account_of(key).to_owned()
+}
+
+/// An order as `GET /fapi/v1/openOrder` and `allOrders` write it, with its creation time.
+fn order_json(kept: &super::account::KeptOrder) -> Value {
+    let mut order =
+        serde_json::to_value(WireOrder::from_report(&kept.report)).expect("an order serializes");
+    order["time"] = json!(kept.created_ms);
+    order
+}
+
+signed_handler!(
+    /// `GET /fapi/v1/openOrder`: an open order, or -2013 once it closed.
+    open_order,
+    1,
+    |state: &SimState, account: &str, params: &Params| -> Reply {
+        let found = find_order(state, account, params)?;
+        if !found.status.is_open() {
+            return Err(ApiError::bad(-2013, "Order does not exist."));
+        }
+        let kept =
+            state.with_account(account, |a| a.orders.get(&found.exchange_order_id.0).cloned());
+        let kept = kept.unwrap_or(super::account::KeptOrder {
+            created_ms: found.update_time_ms,
+            report: found,
+        });
+        ok(order_json(&kept))
+    }
+);
+
+/// The most rows `allOrders` returns, and its default.
+const ALL_ORDERS_LIMIT_MAX: i64 = 1_000;
+const ALL_ORDERS_LIMIT_DEFAULT: i64 = 500;
+
+signed_handler!(
+    /// `GET /fapi/v1/allOrders`: from `orderId` up, else within `startTime`/`endTime`, else
+    /// the newest `limit`, oldest first.
+    all_orders,
+    5,
+    |state: &SimState, account: &str, params: &Params| -> Reply {
+        let symbol = symbol_param(params)?;
+        let from_id = number(params, "orderId")?;
+        let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+        let limit = number(params, "limit")?.unwrap_or(ALL_ORDERS_LIMIT_DEFAULT);
+        let limit = usize::try_from(limit.clamp(1, ALL_ORDERS_LIMIT_MAX)).expect("positive");
+        let rows: Vec<Value> = state.with_account(account, |a| {
+            let matching = a.orders.values().filter(|k| {
+                k.report.symbol == symbol
+                    && from_id.is_none_or(|id| k.report.exchange_order_id.0 >= id)
+                    && start.is_none_or(|t| k.created_ms >= t)
+                    && end.is_none_or(|t| k.created_ms <= t)
+            });
+            let kept: Vec<_> = if from_id.is_some() || start.is_some() {
+                matching.take(limit).collect()
+            } else {
+                let mut newest: Vec<_> = matching.rev().take(limit).collect();
+                newest.reverse();
+                newest
+            };
+            kept.into_iter().map(order_json).collect()
+        });
+        ok(rows)
+    }
+);
+
+fn number(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::bad(
+                    -1100,
+                    format!("Illegal characters found in parameter '{name}'."),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Any other path or method: Binance's JSON error, never an empty body.
+pub(crate) async fn unknown_route(
+    State(state): State<SimState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let error = ApiError::new(
+        StatusCode::NOT_FOUND,
+        -5000,
+        format!("Path {}, Method {} is invalid", uri.path(), method),
+    );
+    finish(&state, Err(error))
 }

@@ -21,22 +21,23 @@ pub(crate) async fn stream(
         return upgrade.on_upgrade(move |socket| kline_session(state, socket, rx, symbol));
     }
     let now = state.now_ms();
-    let live = state
+    let account = state
         .0
         .listen_keys
         .lock()
         .expect("lock poisoned")
         .get(&stream)
-        .is_some_and(|expiry| *expiry > now);
-    if !live {
+        .filter(|(_, expiry)| *expiry > now)
+        .map(|(account, _)| account.clone());
+    let Some(account) = account else {
         return (
             StatusCode::BAD_REQUEST,
             "unknown stream or expired listenKey",
         )
             .into_response();
-    }
+    };
     let rx = state.0.user_stream.subscribe();
-    upgrade.on_upgrade(move |socket| user_session(state, socket, rx))
+    upgrade.on_upgrade(move |socket| user_session(state, socket, rx, account))
 }
 
 fn parse_kline_stream(stream: &str) -> Option<(Symbol, String)> {
@@ -77,12 +78,18 @@ async fn send(socket: &mut WebSocket, text: &str) -> bool {
         .is_ok()
 }
 
-async fn user_session(state: SimState, mut socket: WebSocket, mut rx: broadcast::Receiver<String>) {
+async fn user_session(
+    state: SimState,
+    mut socket: WebSocket,
+    mut rx: broadcast::Receiver<(String, String)>,
+    account: String,
+) {
     let mut held: Option<String> = None;
     loop {
         let text = tokio::select! {
             received = rx.recv() => match received {
-                Ok(text) => text,
+                Ok((of, _)) if of != account => continue,
+                Ok((_, text)) => text,
                 // A client this far behind is cut off, as Binance does; it must resync.
                 Err(_) => break,
             },

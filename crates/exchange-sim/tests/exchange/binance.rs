@@ -550,9 +550,9 @@ async fn recent_candles_are_the_closed_klines_oldest_first_as_the_stream_deliver
         exchange.recent_candles(&unknown, Interval::S1, 3).await,
         Err(ExchangeError::UnknownSymbol(_))
     ));
-    // The simulator has one-second candles: another interval is Binance's -1120.
+    // An interval Binance does not serve is its -1120.
     let wrong = reqwest::get(format!(
-        "{}/fapi/v1/klines?symbol=BTCUSDT&interval=1h",
+        "{}/fapi/v1/klines?symbol=BTCUSDT&interval=7m",
         sim.rest_url()
     ))
     .await

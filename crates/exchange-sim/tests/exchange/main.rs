@@ -2,4 +2,5 @@
 //! real `keel exchange-sim` server, with and without injected faults.
 
 mod binance;
+mod clients;
 mod paper;

@@ -1,0 +1,100 @@
+"""What a bot does at start, through ccxt's binanceusdm and binance-futures-connector's
+UMFutures, against `keel exchange-sim`. Usage: bot_start.py BASE_URL API_KEY API_SECRET.
+Exits non-zero on the first error or insane value."""
+
+import sys
+import time
+
+import ccxt
+from binance.um_futures import UMFutures
+
+base, key, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def check(condition, what):
+    if not condition:
+        raise SystemExit(f"FAILED: {what}")
+
+
+def ccxt_client():
+    exchange = ccxt.binanceusdm({"apiKey": key, "secret": secret, "timeout": 15000})
+    # Point every USDⓈ-M API family at the simulator; the currency list is a spot call.
+    for name in list(exchange.urls["api"]):
+        if name.startswith("fapi"):
+            version = exchange.urls["api"][name].rsplit("/", 1)[-1]
+            exchange.urls["api"][name] = f"{base}/fapi/{version}"
+    exchange.options["fetchCurrencies"] = False
+    return exchange
+
+
+def run_ccxt():
+    ex = ccxt_client()
+    markets = ex.load_markets()
+    check("BTC/USDT:USDT" in markets, "ccxt lists BTC/USDT:USDT")
+    balance = ex.fetch_balance()
+    check(balance["USDT"]["total"] > 0, f"a USDT balance: {balance['USDT']}")
+    ex.set_leverage(5, "BTC/USDT:USDT")
+    ticker = ex.fetch_ticker("BTC/USDT:USDT")
+    check(ticker["last"] and ticker["last"] > 0, f"a last price: {ticker}")
+    book = ex.fetch_order_book("BTC/USDT:USDT", 5)
+    check(book["bids"][0][0] < book["asks"][0][0], "bid below ask")
+    # OHLCV with paging: two pages of hourly candles, the second after the first.
+    since = ex.milliseconds() - 30 * 3600 * 1000
+    first = ex.fetch_ohlcv("BTC/USDT:USDT", "1h", since=since, limit=10)
+    check(len(first) == 10, f"10 hourly candles, got {len(first)}")
+    second = ex.fetch_ohlcv("BTC/USDT:USDT", "1h", since=first[-1][0] + 1, limit=10)
+    check(len(second) == 10 and second[0][0] == first[-1][0] + 3600 * 1000, "paging advances")
+    check(all(c[5] > 0 for c in first + second), "non-zero volume")
+    for timeframe in ["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h",
+                      "1d", "3d", "1w", "1M"]:
+        rows = ex.fetch_ohlcv("BTC/USDT:USDT", timeframe, limit=3)
+        check(len(rows) >= 1 and all(r[2] >= r[3] > 0 for r in rows), f"{timeframe} candles")
+    positions = ex.fetch_positions(["BTC/USDT:USDT"])
+    check(isinstance(positions, list), "positions")
+    price = ticker["last"]
+    resting = ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 0.5, 1))
+    check(resting["status"] == "open", f"a resting limit order: {resting['status']}")
+    fetched = ex.fetch_order(resting["id"], "BTC/USDT:USDT")
+    check(fetched["id"] == resting["id"], "fetch the order")
+    check(len(ex.fetch_open_orders("BTC/USDT:USDT")) == 1, "one open order")
+    ex.cancel_order(resting["id"], "BTC/USDT:USDT")
+    filled = ex.create_order("BTC/USDT:USDT", "market", "buy", 0.01)
+    check(filled["status"] == "closed" and filled["filled"] == 0.01, f"a filled market order {filled}")
+    trades = ex.fetch_my_trades("BTC/USDT:USDT")
+    check(len(trades) >= 1 and trades[-1]["order"] == filled["id"], "my trades")
+    orders = ex.fetch_orders("BTC/USDT:USDT")
+    check(len(orders) >= 2, "all orders")
+    positions = ex.fetch_positions(["BTC/USDT:USDT"])
+    check(any(p["contracts"] == 0.01 for p in positions), f"a position: {positions}")
+    ex.create_order("BTC/USDT:USDT", "market", "sell", 0.01, params={"reduceOnly": True})
+
+
+def run_connector():
+    client = UMFutures(key=key, secret=secret, base_url=base)
+    check(client.time()["serverTime"] > 0, "server time")
+    client.exchange_info()
+    check(float(client.ticker_price("ETHUSDT")["price"]) > 0, "a price")
+    client.ticker_24hr_price_change("ETHUSDT")
+    client.book_ticker("ETHUSDT")
+    client.mark_price("ETHUSDT")
+    client.depth("ETHUSDT", limit=5)
+    rows = client.klines("ETHUSDT", "15m", limit=5)
+    check(len(rows) == 5, "five klines")
+    client.account()
+    check(float(client.balance()[0]["balance"]) > 0, "a balance")
+    client.get_position_risk(symbol="ETHUSDT")
+    client.leverage_brackets(symbol="ETHUSDT")
+    client.change_leverage(symbol="ETHUSDT", leverage=3)
+    order = client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01,
+                             price=2500, timeInForce="GTC")
+    client.query_order(symbol="ETHUSDT", orderId=order["orderId"])
+    client.get_open_orders(symbol="ETHUSDT", orderId=order["orderId"])
+    client.get_orders(symbol="ETHUSDT")
+    client.cancel_order(symbol="ETHUSDT", orderId=order["orderId"])
+    client.get_all_orders(symbol="ETHUSDT")
+    client.get_account_trades(symbol="ETHUSDT")
+
+
+run_ccxt()
+run_connector()
+print("ok")
