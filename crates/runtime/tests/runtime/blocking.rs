@@ -154,6 +154,8 @@ fn a_slow_legal_plugin_delays_only_its_own_profile() {
         .enable_all()
         .build()
         .unwrap();
+    // Compiled and started before the race, so only its calls run beside the slow profile's.
+    let mut neighbour = Neighbour::start();
     let (slow_answers, neighbour_saw_slow_done) = runtime.block_on(async {
         let done = slow_done.clone();
         let slow = tokio::spawn(async move {
@@ -174,7 +176,6 @@ fn a_slow_legal_plugin_delays_only_its_own_profile() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let done = slow_done.clone();
         let neighbour = tokio::spawn(async move {
-            let mut neighbour = Neighbour::start();
             neighbour.assert_trades_normally();
             done.load(Ordering::SeqCst)
         });
