@@ -4,11 +4,12 @@
 //! creating a socket) by blocking on a future with `in_tokio`: inside a tokio context it calls
 //! `Handle::block_on`, which panics on a runtime worker thread ("Cannot start a runtime from
 //! within a runtime"); outside any tokio context it drives the future on a runtime of its own.
-//! So every guest call made from inside a tokio context (a per-profile loop, an upload handler,
-//! a `spawn_blocking` task) runs on a plain OS thread of its own, and the caller waits for it
-//! without holding up a worker (`block_in_place` on a multi-thread runtime). A call made with no
-//! tokio context (a backtest, `keel bench`, `keel plugin check`) runs right where it is: there is
-//! nothing to protect, and a candle costs no thread handoff.
+//! So a guest call made from inside a multi-thread runtime (a per-profile loop, an upload
+//! handler, a `spawn_blocking` task, a backtest under `#[tokio::main]`) runs in
+//! `block_in_place`: out of the runtime's context, with the worker's other tasks handed to
+//! another thread, so a slow plugin delays only its own profile. Inside a current-thread runtime
+//! it runs on a plain OS thread of its own. A call made with no tokio context runs right where
+//! it is: there is nothing to protect, and a candle costs no thread handoff.
 //!
 //! Every guest call is bounded in wall-clock time (the epoch deadline in Wasm code, the call's
 //! deadline in a blocking `poll`), so a caller never waits on a guest without a bound. A panic
@@ -30,22 +31,23 @@ pub(crate) fn run_guest<R: Send>(job: impl FnOnce() -> R + Send) -> Result<R, Pl
     let Ok(handle) = Handle::try_current() else {
         return catch_unwind(AssertUnwindSafe(job)).map_err(panic_fault);
     };
-    let on_own_thread = || {
-        std::thread::scope(|scope| {
+    match handle.runtime_flavor() {
+        // Leaves the runtime's context for the call: on a worker, the worker's other tasks move
+        // to another thread first; on a thread blocked in `Runtime::block_on` (a backtest, a
+        // benchmark) it costs next to nothing. WASI's blocking calls may then block here.
+        RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| catch_unwind(AssertUnwindSafe(job)).map_err(panic_fault))
+        }
+        // A current-thread runtime has no other worker to hand its tasks to: the call runs on a
+        // thread of its own, and the wait is bounded by the call's deadline.
+        _ => std::thread::scope(|scope| {
             let thread = std::thread::Builder::new()
                 .name("keel-plugin".to_string())
                 .stack_size(GUEST_THREAD_STACK_BYTES)
                 .spawn_scoped(scope, job)
                 .map_err(|e| PluginFault::Trap(format!("host: starting a plugin thread: {e}")))?;
             thread.join().map_err(panic_fault)
-        })
-    };
-    match handle.runtime_flavor() {
-        // Hands this worker's other tasks to another thread while the guest runs.
-        RuntimeFlavor::MultiThread => tokio::task::block_in_place(on_own_thread),
-        // A current-thread runtime has no other worker to hand tasks to: the wait is bounded by
-        // the call's deadline.
-        _ => on_own_thread(),
+        }),
     }
 }
 
