@@ -206,7 +206,8 @@ async fn a_hot_swapped_wasm_strategy_decides_exactly_as_if_it_had_run_all_along(
     );
 }
 
-/// A fault while catching up was once counted only as `dead`, by the live call after it.
+/// A fault while catching up was once not counted by its kind (a Wasm instance's showed up
+/// only as `dead`, on the live call after it).
 #[tokio::test]
 async fn a_fault_during_warm_up_is_counted_by_its_own_kind() {
     let mut h = Harness::new(Scripted::default()).await;
