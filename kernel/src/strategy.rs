@@ -45,6 +45,21 @@ pub trait StrategyRuntime: Send {
         Ok(Vec::new())
     }
 
+    /// Replays `candles` (oldest first) into a fresh strategy and discards what it asks for, so
+    /// its first live decision is made with a full window. Returns how many candles it saw and
+    /// the fault that ended the replay early, if one did. A runtime may also stop early, with
+    /// no fault, when the replay used up its time budget. A wrapper must forward it.
+    fn warm_up(&mut self, candles: &[Candle], view: &AccountView) -> (u64, Option<PluginFault>) {
+        let mut replayed = 0_u64;
+        for candle in candles {
+            if let Err(fault) = self.on_candle(candle, view) {
+                return (replayed, Some(fault));
+            }
+            replayed += 1;
+        }
+        (replayed, None)
+    }
+
     /// True once after a new instance took over inside this runtime (a hot-swap taken at this
     /// call boundary, or a reconfiguration): the kernel then replays the recent candles into it,
     /// discarding what it asks for, before its first live call. A runtime that never replaces

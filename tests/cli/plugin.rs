@@ -96,3 +96,38 @@ fn plugin_check_accepts_the_python_example_and_names_its_language_and_budgets() 
         "{report}"
     );
 }
+
+/// Runs `keel plugin check` on the hostile plugin with `attack` in its config.
+fn check_hostile(attack: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("hostile"))
+        .args(["--config", &format!("attack={attack}")])
+        .output()
+        .unwrap()
+}
+
+/// The command runs inside a tokio runtime: a plugin writing to stdout in `init` once made
+/// wasmtime-wasi start a runtime within it, a panic with exit code 101.
+#[test]
+fn plugin_check_accepts_a_plugin_that_prints_in_init() {
+    let output = check_hostile("println-in-init");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("loadable: yes"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_fails_without_a_host_panic_when_init_panics_or_sleeps_forever() {
+    for (attack, reason) in [
+        ("panic-in-init", "trap"),
+        ("sleep-forever-in-init", "deadline exceeded"),
+    ] {
+        let output = check_hostile(attack);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{attack}: {stderr}");
+        assert!(stderr.contains(reason), "{attack}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{attack}: {stderr}");
+    }
+}

@@ -14,6 +14,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
+use super::executor;
 use super::faults::{FaultCounts, FaultLedger};
 use super::guest::GuestLanguage;
 use super::instance::PreparedInstance;
@@ -176,6 +177,8 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| e.context("linking WASI 0.2"))?;
+        super::deadline::bound_blocking_polls(&mut linker)
+            .map_err(|e| e.context("bounding WASI's blocking calls by the call deadline"))?;
         Strategy::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| e.context("linking the strategy world"))?;
         let cache = match &settings.cache_dir {
@@ -261,9 +264,12 @@ impl PluginEngine {
         setup: InstanceSetup,
     ) -> Result<PreparedInstance, PluginFault> {
         let profile = setup.profile;
-        PreparedInstance::new(self, version, setup).inspect_err(|fault| {
-            self.inner.faults.record(profile, &version.digest, fault);
-        })
+        // Instantiation and `init` run guest code: off the async runtime, like every call.
+        executor::run_guest(|| PreparedInstance::new(self, version, setup))
+            .and_then(|prepared| prepared)
+            .inspect_err(|fault| {
+                self.inner.faults.record(profile, &version.digest, fault);
+            })
     }
 
     /// [`PluginEngine::prepare`] for a hot-swap: a failure is counted as a failed hot-swap (the

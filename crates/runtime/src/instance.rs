@@ -3,6 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use keel_kernel::market::Candle;
 use keel_kernel::strategy::{AccountView, FillView, PluginFault, RawIntent};
@@ -17,6 +18,7 @@ use keel_kernel::engine::Clock;
 
 use super::clock::{WasiMonotonicClock, WasiWallClock};
 use super::convert;
+use super::deadline::CallDeadlineExceeded;
 use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
 use super::limits::PluginLimits;
 use super::log::{LogCounters, LogLevel, LogLine, LogPipe, PluginLog};
@@ -118,7 +120,10 @@ impl PreparedInstance {
 
     /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
     fn init(&mut self, init: InitFunc, config: &[(String, String)]) -> Result<(), PluginFault> {
-        self.store.data_mut().begin_call(&AccountView::default());
+        let deadline = call_deadline(&self.limits);
+        self.store
+            .data_mut()
+            .begin_call(&AccountView::default(), deadline);
         self.store
             .set_fuel(self.limits.fuel_per_init)
             .map_err(host_error)?;
@@ -155,7 +160,8 @@ impl PreparedInstance {
     }
 
     fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
-        self.store.data_mut().begin_call(view);
+        let deadline = call_deadline(&self.limits);
+        self.store.data_mut().begin_call(view, deadline);
         self.store
             .set_fuel(self.limits.fuel_per_call)
             .map_err(host_error)?;
@@ -283,6 +289,8 @@ fn new_store(
         log,
         setup.clock.clone(),
         call_seq,
+        // Instantiation may run guest code too (a component's start functions).
+        call_deadline(limits),
     );
     let mut store = Store::new(&engine.inner.engine, state);
     store.limiter(|state| &mut state.memory);
@@ -314,10 +322,18 @@ fn no_authority_wasi(
     builder.build()
 }
 
+/// When a call starting now must end.
+fn call_deadline(limits: &PluginLimits) -> Instant {
+    Instant::now() + Duration::from_millis(limits.call_deadline_ms)
+}
+
 /// Names what stopped a call.
 pub(crate) fn classify(error: wasmtime::Error) -> PluginFault {
     if error.downcast_ref::<MemoryCapExceeded>().is_some() {
         return PluginFault::MemoryLimit;
+    }
+    if error.downcast_ref::<CallDeadlineExceeded>().is_some() {
+        return PluginFault::Deadline;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => PluginFault::FuelExhausted,

@@ -13,6 +13,9 @@ pub struct PluginLimits {
     pub fuel_per_init: u64,
     /// Wall-clock backstop for one call, in milliseconds, enforced through epoch interruption.
     pub call_deadline_ms: u64,
+    /// Wall-clock budget of one warm-up (the replay of recent candles into a fresh instance),
+    /// in milliseconds: the replay stops, short of its window, when it is spent.
+    pub warm_up_ms_max: u64,
     /// Linear memory one instance may hold, in bytes.
     pub memory_bytes_max: usize,
     /// Intents one call may return; more is an invalid output.
@@ -36,6 +39,7 @@ impl Default for PluginLimits {
             fuel_per_call: 10_000_000,
             fuel_per_init: 100_000_000,
             call_deadline_ms: 250,
+            warm_up_ms_max: 2_000,
             memory_bytes_max: 32 << 20,
             intents_per_call_max: 64,
             tag_bytes_max: 64,

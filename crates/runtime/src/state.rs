@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use keel_kernel::strategy::{AccountView, OrderView, PositionView};
 use wasmtime::ResourceLimiter;
@@ -117,6 +118,8 @@ pub(crate) struct PluginState {
     pub clock: Arc<dyn Clock>,
     /// Advanced before each call; the log's per-call budget restarts when it changes.
     pub call_seq: Arc<AtomicU64>,
+    /// When the call in progress must end: a blocking WASI call gives up then.
+    pub call_deadline: Instant,
 }
 
 impl PluginState {
@@ -127,6 +130,7 @@ impl PluginState {
         log: Arc<Mutex<PluginLog>>,
         clock: Arc<dyn Clock>,
         call_seq: Arc<AtomicU64>,
+        call_deadline: Instant,
     ) -> Self {
         PluginState {
             wasi,
@@ -137,13 +141,21 @@ impl PluginState {
             log,
             clock,
             call_seq,
+            call_deadline,
         }
     }
 
-    /// Starts a call: the log budget restarts, the account view is the caller's.
-    pub fn begin_call(&mut self, view: &AccountView) {
+    /// Starts a call that must end by `deadline`: the log budget restarts, the account view is
+    /// the caller's.
+    pub fn begin_call(&mut self, view: &AccountView, deadline: Instant) {
         self.call_seq.fetch_add(1, Ordering::Relaxed);
         self.view.clone_from(view);
+        self.call_deadline = deadline;
+    }
+
+    /// The resources WASI handed the guest.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     fn position_view(&mut self, position: &PositionView) -> Option<types::Position> {

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use keel_kernel::ids::ProfileId;
 use keel_kernel::market::Candle;
@@ -9,6 +10,7 @@ use keel_kernel::strategy::{AccountView, FillView, PluginFault, RawIntent, Strat
 
 use super::PluginDigest;
 use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
+use super::executor;
 use super::instance::PreparedInstance;
 use super::log::{LogCounters, LogLine};
 
@@ -161,17 +163,21 @@ impl WasmStrategy {
         }
     }
 
-    /// Runs one call on the live instance and books its fault, if any.
-    fn call(
+    /// Runs one call (or a batch of calls) on the live instance, off the async runtime's
+    /// threads, and books its fault, if any.
+    fn call<T: Send>(
         &mut self,
-        run: impl FnOnce(&mut PreparedInstance) -> Result<Vec<RawIntent>, PluginFault>,
-    ) -> Result<Vec<RawIntent>, PluginFault> {
+        run: impl FnOnce(&mut PreparedInstance) -> Result<T, PluginFault> + Send,
+    ) -> Result<T, PluginFault> {
         self.take_swap();
         let result = match self.current.as_mut() {
             Some(instance) => {
                 let span = instance.span().clone();
-                let _entered = span.enter();
-                run(instance)
+                executor::run_guest(|| {
+                    let _entered = span.enter();
+                    run(instance)
+                })
+                .and_then(|result| result)
             }
             None => Err(PluginFault::Dead),
         };
@@ -225,6 +231,31 @@ impl StrategyRuntime for WasmStrategy {
 
     fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
         self.call(|instance| instance.on_timer(now_ms, view))
+    }
+
+    /// Replays the candles in one batch on the guest's thread, within the version's warm-up
+    /// budget ([`PluginLimits::warm_up_ms_max`](super::PluginLimits::warm_up_ms_max)); each
+    /// call keeps its own budgets. A replay cut short by the budget is no fault.
+    fn warm_up(&mut self, candles: &[Candle], view: &AccountView) -> (u64, Option<PluginFault>) {
+        let budget = Duration::from_millis(self.last_version.limits.warm_up_ms_max);
+        let mut replayed = 0_u64;
+        let result = self.call(|instance| {
+            let started = Instant::now();
+            for candle in candles {
+                if started.elapsed() >= budget {
+                    tracing::warn!(
+                        replayed,
+                        candles = candles.len(),
+                        "warm-up stopped: its time budget is spent"
+                    );
+                    break;
+                }
+                instance.on_candle(candle, view)?;
+                replayed += 1;
+            }
+            Ok(())
+        });
+        (replayed, result.err())
     }
 
     /// Takes a queued hot-swap now (this is a call boundary), so the kernel warms the new

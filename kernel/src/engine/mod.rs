@@ -355,20 +355,23 @@ impl ProfileEngine {
     /// If the strategy is fresh (new to this engine, or swapped inside its runtime), replays
     /// the recent candles that opened before `before_open_ms` into it and discards what it asks
     /// for: its first live decision is made with a full window, and nothing it asked for while
-    /// catching up reaches the exchange. A fault while catching up is booked by the live call
-    /// that follows (the instance is dead by then).
+    /// catching up reaches the exchange. A fault while catching up is counted by its own kind
+    /// and blocks entries, as a live fault does.
     fn warm_up_if_fresh(&mut self, before_open_ms: Option<i64>) {
         // Both flags are read and cleared: `|`, not `||`.
         if !(std::mem::take(&mut self.strategy_fresh) | self.strategy.take_fresh()) {
             return;
         }
         let view = self.book.view();
-        let mut replayed = 0_u64;
-        for candle in self.history.before(before_open_ms) {
-            if self.strategy.on_candle(&candle, view).is_err() {
-                break;
-            }
-            replayed += 1;
+        let candles = self.history.before(before_open_ms);
+        let (replayed, fault) = self.strategy.warm_up(&candles, view);
+        if let Some(fault) = fault {
+            self.metrics
+                .plugin_faults_total
+                .with_label_values(&[fault.kind()])
+                .inc();
+            tracing::warn!(profile_id = %self.spec.profile, %fault, "strategy fault during warm-up: entries paused");
+            self.strategy_faulted = true;
         }
         self.metrics.warm_up_candles_total.inc_by(replayed);
         if replayed > 0 {

@@ -4,6 +4,10 @@
 //! `infinite-loop`, `memory-growth`, `recursion`, `panic`, `intent-flood`, `oversized-log`,
 //! `bad-numbers`, `read-file`, `open-socket`, `resolve-name`, `read-env`, `stdout`,
 //! `clock-and-random`, `scavenge` (looks for what an earlier instance left in memory).
+//! `eprintln`, `panic-message` (a division by zero), `sleep` (one second), `poll` (waits on a
+//! pollable that is never ready), `udp-socket`, `tcp-socket`, `slow-legal` (sleeps 50 ms, a legal call
+//! under the deadline). In `init`: `println-in-init`,
+//! `panic-in-init`, `sleep-forever-in-init`.
 //! `fail-init` refuses the configuration. `echo` (not hostile) answers each
 //! candle with `cancel("<label>-<open-time-ms>")`.
 //! Probes that ask for authority log `<probe>: denied: <error>` or `<probe>: GRANTED`.
@@ -24,8 +28,12 @@ struct Hostile {
 impl Strategy for Hostile {
     fn init(config: &Config) -> Result<Self, String> {
         let attack = config.get("attack").unwrap_or("").to_string();
-        if attack == "fail-init" {
-            return Err("hostile plugin refuses this configuration".to_string());
+        match attack.as_str() {
+            "fail-init" => return Err("hostile plugin refuses this configuration".to_string()),
+            "println-in-init" => println!("hello from init"),
+            "panic-in-init" => panic!("hostile plugin panics in init"),
+            "sleep-forever-in-init" => std::thread::sleep(std::time::Duration::from_secs(1 << 40)),
+            _ => {}
         }
         let label = config.get("label").unwrap_or("echo").to_string();
         Ok(Hostile {
@@ -71,6 +79,22 @@ impl Strategy for Hostile {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
             }
+            "eprintln" => eprintln!("hostile plugin writes to stderr"),
+            "panic-message" => {
+                let zero = black_box(0_u64);
+                black_box(candle.open_time_ms as u64 / zero);
+            }
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(1)),
+            "poll" => poll_forever(),
+            "udp-socket" => report(
+                "udp-socket",
+                std::net::UdpSocket::bind(("127.0.0.1", 0)).map(|_| ()),
+            ),
+            "tcp-socket" => report(
+                "tcp-socket",
+                std::net::TcpListener::bind(("127.0.0.1", 0)).map(|_| ()),
+            ),
+            "slow-legal" => std::thread::sleep(std::time::Duration::from_millis(50)),
             "clock-and-random" => clock_and_random(),
             "scavenge" => return scavenge(&self.label),
             _ => {}
@@ -101,6 +125,17 @@ fn scavenge(label: &str) -> Vec<Intent> {
         }
     }
     vec![Intent::Cancel(format!("{label}-dirty-{dirty}"))]
+}
+
+unsafe extern "C" {
+    /// wasi-libc's `poll(2)`, which waits through `wasi:io/poll`.
+    fn poll(fds: *mut core::ffi::c_void, nfds: usize, timeout_ms: i32) -> i32;
+}
+
+/// Waits with libc's `poll` on nothing for as long as it may (about 24 days).
+fn poll_forever() {
+    // SAFETY: no descriptors are passed, so nothing is read or written through the pointer.
+    black_box(unsafe { poll(core::ptr::null_mut(), 0, i32::MAX) });
 }
 
 fn infinite_loop() {

@@ -60,6 +60,10 @@ impl StrategyRuntime for MeteredStrategy {
         self.timed("on-timer", |s| s.on_timer(now_ms, view))
     }
 
+    fn warm_up(&mut self, candles: &[Candle], view: &AccountView) -> (u64, Option<PluginFault>) {
+        self.timed("warm-up", |s| s.warm_up(candles, view))
+    }
+
     fn take_fresh(&mut self) -> bool {
         self.inner.take_fresh()
     }

@@ -205,3 +205,33 @@ async fn a_hot_swapped_wasm_strategy_decides_exactly_as_if_it_had_run_all_along(
         "without warm-up the fresh instance misses the order at minute {target}"
     );
 }
+
+/// A fault while catching up was once not counted by its kind (a Wasm instance's showed up
+/// only as `dead`, on the live call after it).
+#[tokio::test]
+async fn a_fault_during_warm_up_is_counted_by_its_own_kind() {
+    let mut h = Harness::new(Scripted::default()).await;
+    for minute in 0..20 {
+        h.step(&candle(minute, 100.0, 100.0)).await;
+    }
+    let fresh = Scripted {
+        fault_at: Some(7 * 60_000),
+        ..Scripted::default()
+    };
+    h.engine.swap_strategy(Box::new(fresh.clone()));
+    h.step(&candle(20, 100.0, 100.0)).await;
+
+    let faults = |kind: &str| {
+        h.metrics
+            .plugin_faults_total
+            .with_label_values(&[kind])
+            .get()
+    };
+    assert_eq!(faults("fuel"), 1);
+    assert_eq!(faults("dead"), 0);
+    assert_eq!(
+        h.metrics.warm_up_candles_total.get(),
+        7,
+        "the replay ends at the fault"
+    );
+}
