@@ -69,3 +69,62 @@ async fn an_order_the_store_never_wrote_quarantines_the_profile() {
         Some(keel_kernel::risk::EntryBlock::Quarantined)
     );
 }
+
+#[tokio::test]
+async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
+    let mut h = Harness::new(Scripted::default()).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let foreign = OrderRequest {
+        client_order_id: ClientOrderId::new("manual-order-2").unwrap(),
+        symbol: btc(),
+        side: Side::Buy,
+        order_type: OrderType::Limit {
+            price: keel_kernel::money::Price::new(dec!(90)).unwrap(),
+        },
+        qty: Qty::new(dec!(1)).unwrap(),
+        reduce_only: false,
+    };
+    h.exchange.place(&foreign).await;
+    assert!(h.engine.reconcile().await.unwrap().quarantined);
+    // Asked while the drift is still there: the pass finds it again and the request is spent.
+    h.engine.request_quarantine_clear();
+    assert!(h.engine.reconcile().await.unwrap().quarantined);
+    assert!(!h.engine.quarantine_clear_requested());
+    assert!(h.engine.controls().quarantined);
+    // The drift explained (the manual order gone), but nobody asked: it stays.
+    h.exchange
+        .cancel(&btc(), &foreign.client_order_id)
+        .await
+        .unwrap();
+    assert!(h.engine.reconcile().await.unwrap().is_clean());
+    assert!(h.engine.controls().quarantined);
+    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
+    // Asked, and the pass is clean: cleared, and the gauge follows.
+    h.engine.request_quarantine_clear();
+    assert!(h.engine.reconcile().await.unwrap().is_clean());
+    assert!(!h.engine.controls().quarantined);
+    assert_eq!(h.engine.entry_block(), None);
+    assert_eq!(h.metrics.profiles_quarantined.get(), 0);
+}
+
+#[tokio::test]
+async fn an_engine_that_ends_in_quarantine_leaves_the_gauge() {
+    let mut h = Harness::new(Scripted::default()).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let foreign = OrderRequest {
+        client_order_id: ClientOrderId::new("manual-order-3").unwrap(),
+        symbol: btc(),
+        side: Side::Buy,
+        order_type: OrderType::Limit {
+            price: keel_kernel::money::Price::new(dec!(90)).unwrap(),
+        },
+        qty: Qty::new(dec!(1)).unwrap(),
+        reduce_only: false,
+    };
+    h.exchange.place(&foreign).await;
+    assert!(h.engine.reconcile().await.unwrap().quarantined);
+    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
+    // A restart (or a takeover elsewhere) drops the engine: this instance owns no quarantine.
+    h.restart(Scripted::default());
+    assert_eq!(h.metrics.profiles_quarantined.get(), 0);
+}
