@@ -49,16 +49,7 @@ async fn restart_recovers_fills_made_while_down_and_decides_the_same_ids() {
 async fn an_order_the_store_never_wrote_quarantines_the_profile() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let foreign = OrderRequest {
-        client_order_id: ClientOrderId::new("manual-order-1").unwrap(),
-        symbol: btc(),
-        side: Side::Buy,
-        order_type: OrderType::Limit {
-            price: keel_kernel::money::Price::new(dec!(90)).unwrap(),
-        },
-        qty: Qty::new(dec!(1)).unwrap(),
-        reduce_only: false,
-    };
+    let foreign = manual_order("manual-order-1");
     h.exchange.place(&foreign).await;
     let report = h.engine.reconcile().await.unwrap();
     assert_eq!(report.mismatches.get("missing_in_db"), Some(&1));
@@ -74,16 +65,7 @@ async fn an_order_the_store_never_wrote_quarantines_the_profile() {
 async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let foreign = OrderRequest {
-        client_order_id: ClientOrderId::new("manual-order-2").unwrap(),
-        symbol: btc(),
-        side: Side::Buy,
-        order_type: OrderType::Limit {
-            price: keel_kernel::money::Price::new(dec!(90)).unwrap(),
-        },
-        qty: Qty::new(dec!(1)).unwrap(),
-        reduce_only: false,
-    };
+    let foreign = manual_order("manual-order-2");
     h.exchange.place(&foreign).await;
     assert!(h.engine.reconcile().await.unwrap().quarantined);
     // Asked while the drift is still there: the pass finds it again and the request is spent.
@@ -111,8 +93,19 @@ async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
 async fn an_engine_that_ends_in_quarantine_leaves_the_gauge() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let foreign = OrderRequest {
-        client_order_id: ClientOrderId::new("manual-order-3").unwrap(),
+    let foreign = manual_order("manual-order-3");
+    h.exchange.place(&foreign).await;
+    assert!(h.engine.reconcile().await.unwrap().quarantined);
+    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
+    // A restart (or a takeover elsewhere) drops the engine: this instance owns no quarantine.
+    h.restart(Scripted::default());
+    assert_eq!(h.metrics.profiles_quarantined.get(), 0);
+}
+
+/// A resting buy placed on the exchange outside Keel (by hand, in the exchange's own UI).
+fn manual_order(id: &str) -> OrderRequest {
+    OrderRequest {
+        client_order_id: ClientOrderId::new(id).unwrap(),
         symbol: btc(),
         side: Side::Buy,
         order_type: OrderType::Limit {
@@ -120,11 +113,5 @@ async fn an_engine_that_ends_in_quarantine_leaves_the_gauge() {
         },
         qty: Qty::new(dec!(1)).unwrap(),
         reduce_only: false,
-    };
-    h.exchange.place(&foreign).await;
-    assert!(h.engine.reconcile().await.unwrap().quarantined);
-    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
-    // A restart (or a takeover elsewhere) drops the engine: this instance owns no quarantine.
-    h.restart(Scripted::default());
-    assert_eq!(h.metrics.profiles_quarantined.get(), 0);
+    }
 }
