@@ -1,10 +1,10 @@
 //! Test databases: a fresh PostgreSQL database per test (created and dropped here, with the
-//! production role layout) and a fresh SQLite file per test.
+//! production role layout), a fresh SQLite file per test, and a fresh memory store.
 
 use std::str::FromStr;
 
 use keel_kernel::ids::UserId;
-use keel_kernel::store::{Store, StoreError};
+use keel_kernel::store::{RowWrite, Store, StoreError};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -189,8 +189,8 @@ impl LiteTestDb {
     }
 }
 
-/// One backend under test, with raw access for statements the store API never issues
-/// (tampering, constraint probes).
+/// One backend under test, with raw access for writes the store API never makes (tampering,
+/// constraint probes): SQL on a database, planted rows on the memory store.
 pub struct Harness {
     /// The store under test.
     pub store: Store,
@@ -200,6 +200,8 @@ pub struct Harness {
 enum Raw {
     PgOwner(sqlx::PgPool),
     Lite(sqlx::SqlitePool),
+    /// The memory store has no SQL: writes are planted into its rows.
+    Memory,
 }
 
 impl Harness {
@@ -219,9 +221,35 @@ impl Harness {
         }
     }
 
+    /// The harness of a fresh memory store.
+    pub fn memory() -> Harness {
+        Harness {
+            store: Store::open_memory(),
+            raw: Raw::Memory,
+        }
+    }
+
+    /// Makes one write outside the store API: `sql` on a database (see [`Harness::raw`]), and
+    /// on the memory store `planted`, the same write on its rows
+    /// ([`Store::plant_row_write`]). Rows written; a refusal names its constraint.
+    pub async fn write_outside(
+        &self,
+        user: UserId,
+        sql: &str,
+        planted: RowWrite,
+    ) -> Result<u64, StoreError> {
+        match &self.raw {
+            Raw::Memory => self.store.plant_row_write(user, planted).await,
+            Raw::PgOwner(_) | Raw::Lite(_) => self.raw(user, sql).await,
+        }
+    }
+
     /// Runs `sql` outside the store API: on PostgreSQL as the owner role with `user`'s claims
     /// (RLS is forced on the owner too), on SQLite directly. Errors are mapped as the store maps
     /// them, so constraint names can be checked.
+    ///
+    /// # Panics
+    /// On the memory store, which has no SQL: use [`Harness::write_outside`].
     pub async fn raw(&self, user: UserId, sql: &str) -> Result<u64, StoreError> {
         match &self.raw {
             Raw::PgOwner(owner) => {
@@ -236,11 +264,13 @@ impl Harness {
                 Ok(affected)
             }
             Raw::Lite(pool) => Ok(sqlx::query(sql).execute(pool).await?.rows_affected()),
+            Raw::Memory => panic!("the memory store runs no SQL: {sql}"),
         }
     }
 }
 
-/// Declares each listed `async fn name(h: &Harness)` as one test per backend.
+/// Declares each listed `async fn name(h: &Harness)` as one test per store: PostgreSQL,
+/// SQLite on sqlx, SQLite in the calling thread, and the memory store.
 #[macro_export]
 macro_rules! contract_tests {
     ($($name:ident),* $(,)?) => {
@@ -269,6 +299,14 @@ macro_rules! contract_tests {
                 async fn $name() {
                     let db = $crate::store::LiteTestDb::create_in_thread().await;
                     super::$name(&$crate::store::Harness::lite(&db)).await;
+                }
+            )*
+        }
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&$crate::store::Harness::memory()).await;
                 }
             )*
         }

@@ -21,14 +21,27 @@ pub(crate) enum Tx {
     Pg(sqlx::Transaction<'static, sqlx::Postgres>),
     Lite(sqlx::Transaction<'static, sqlx::Sqlite>),
     InThread(super::in_thread::Transaction),
+    Memory(super::memory::Transaction),
 }
 
-/// Matches `$value`, a [`Tx`] or a [`Pool`](super::Pool), and expands `$body` once per variant
-/// with `$c` bound to its inner value and `$b` to the backend's helper module (`pg` or `lite`);
-/// in the in-thread arm, [`super::in_thread`] stands in for `sqlx`.
+/// Matches `$value`, a [`Tx`] or a [`Pool`](super::Pool), and expands `$body` once per SQL
+/// variant with `$c` bound to its inner value and `$b` to the backend's helper module (`pg` or
+/// `lite`); in the in-thread arm, [`super::in_thread`] stands in for `sqlx`. The memory store
+/// has no SQL: `memory $m => $mem` is the statement's Rust counterpart on its rows, with `$m`
+/// bound to the memory transaction or pool, and `memory => unsupported($what)` marks an
+/// operation the memory store does not offer.
 macro_rules! on_each_backend {
-    ($($enum:ident)::+, $value:expr, $c:ident, $b:ident => $body:block) => {
+    ($($enum:ident)::+, $value:expr, $c:ident, $b:ident => $body:block,
+     memory => unsupported($what:expr)) => {
+        $crate::store::backend::on_each_backend!($($enum)::+, $value, $c, $b => $body,
+            memory _unused => {
+                return Err($crate::store::StoreError::UnsupportedOnMemory($what).into())
+            })
+    };
+    ($($enum:ident)::+, $value:expr, $c:ident, $b:ident => $body:block,
+     memory $m:ident => $mem:block) => {
         match $value {
+            $($enum)::+::Memory($m) => $mem
             $($enum)::+::Pg($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::pg as $b;
@@ -51,12 +64,12 @@ macro_rules! on_each_backend {
 }
 pub(crate) use on_each_backend;
 
-/// Expands `$body` once per backend with `$c` bound to the transaction and `$b` to the backend's
-/// helper module (`pg` or `lite`).
+/// Expands `$body` once per SQL backend with `$c` bound to the transaction and `$b` to the
+/// backend's helper module (`pg` or `lite`), and the memory arm on the memory transaction.
 macro_rules! with_tx {
-    ($tx:expr, $c:ident, $b:ident => $body:block) => {
+    ($tx:expr, $c:ident, $b:ident => $body:block, memory $($mem:tt)+) => {
         $crate::store::backend::on_each_backend!(
-            $crate::store::backend::Tx, $tx, $c, $b => $body
+            $crate::store::backend::Tx, $tx, $c, $b => $body, memory $($mem)+
         )
     };
 }
@@ -65,9 +78,9 @@ pub(crate) use with_tx;
 /// [`with_tx!`] for a statement run on the pool, outside a transaction: `$p` is the pool of
 /// either backend, `$b` that backend's helpers.
 macro_rules! with_pool {
-    ($pool:expr, $p:ident, $b:ident => $body:block) => {
+    ($pool:expr, $p:ident, $b:ident => $body:block, memory $($mem:tt)+) => {
         $crate::store::backend::on_each_backend!(
-            $crate::store::Pool, $pool, $p, $b => $body
+            $crate::store::Pool, $pool, $p, $b => $body, memory $($mem)+
         )
     };
 }

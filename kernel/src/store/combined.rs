@@ -18,7 +18,7 @@ impl TenantTx {
     fn pg(&mut self) -> &mut sqlx::PgConnection {
         match &mut self.tx {
             Tx::Pg(tx) => tx,
-            Tx::Lite(_) | Tx::InThread(_) => {
+            Tx::Lite(_) | Tx::InThread(_) | Tx::Memory(_) => {
                 unreachable!("combined statements run on PostgreSQL only")
             }
         }

@@ -77,6 +77,16 @@ impl LeaseGuard {
         check_lite(tx, self).await
     }
 
+    /// The same check on a memory store, inside a transaction that holds its database.
+    pub(crate) fn check_memory(&self, tx: &super::memory::Transaction) -> Result<(), StoreError> {
+        let key = LockKey::profile(self.profile);
+        let now = super::memory::now_ms();
+        match tx.live_fence(LockKind::ProfileLease, key.as_str(), now) {
+            Some(fence) if fence == self.fence.0 => Ok(()),
+            _ => Err(StoreError::Constraint(Constraint::StaleProfileLease)),
+        }
+    }
+
     /// [`LeaseGuard::check_lite`] on an in-thread store.
     pub(crate) async fn check_in_thread(
         &self,
@@ -114,6 +124,10 @@ impl Store {
         let entries = with_pool!(self.pool(), pool, b => {
             let rows = sqlx::query(sql).bind(DIRECTORY_ROWS_MAX + 1).fetch_all(pool).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?
+        }, memory pool => {
+            let tx = pool.begin().await?;
+            let rows = tx.directory().into_iter();
+            rows.map(|(profile, user)| DirectoryEntry { profile, user }).collect::<Vec<_>>()
         });
         if entries.len() as i64 > DIRECTORY_ROWS_MAX {
             return Err(StoreError::Corrupt(format!(

@@ -3,10 +3,12 @@
 
 use rust_decimal::Decimal;
 
+use crate::ids::IntentKind;
 use crate::lifecycle::{FillReport, OrderRecord, Position};
 
 use super::StoreError;
 use super::backend::with_tx;
+use super::memory::{self, LifecycleRow};
 use super::rows::{kind_str, side_str};
 use super::tenant::TenantTx;
 
@@ -48,6 +50,34 @@ impl TenantTx {
                     .bind(order.client_order_id.as_str()).bind(order.user.as_uuid())
                     .bind(b::money(add.qty)).bind(b::money(add.cost))
                     .execute(&mut **c).await?;
+            }
+        }, memory m => {
+            let (qty, cost) = (memory::money(add.qty), memory::money(add.cost));
+            if first {
+                m.insert_lifecycle(LifecycleRow {
+                    user: order.user,
+                    profile: order.profile,
+                    symbol: order.symbol.clone(),
+                    kind: IntentKind::Entry,
+                    side: order.side,
+                    client_order_id: order.client_order_id.as_str().to_owned(),
+                    entry_lifecycle_id: None,
+                    qty,
+                    cost,
+                    proceeds: Decimal::ZERO,
+                    realized_pnl: Decimal::ZERO,
+                    qty_open: qty,
+                    cost_open: cost,
+                    is_open: true,
+                })?;
+            } else if let Some((id, _)) = m.lifecycle(order.client_order_id.as_str(), order.user) {
+                m.update_lifecycle(id, order.user, |l| {
+                    l.qty += qty;
+                    l.cost += cost;
+                    l.qty_open += qty;
+                    l.cost_open += cost;
+                    l.is_open = true;
+                })?;
             }
         });
         Ok(())
@@ -99,6 +129,40 @@ impl TenantTx {
                     .bind(b::money(add.proceeds)).bind(b::money(add.realized_pnl))
                     .execute(&mut **c).await?;
             }
+        }, memory m => {
+            let (qty_open, cost_open) = (memory::money(qty_open), memory::money(cost_open));
+            m.update_lifecycle(position.lifecycle_id, order.user, |l| {
+                l.qty_open = qty_open;
+                l.cost_open = cost_open;
+                l.is_open = qty_open > Decimal::ZERO;
+            })?;
+            let (qty, cost) = (memory::money(add.qty), memory::money(add.cost));
+            let (proceeds, pnl) = (memory::money(add.proceeds), memory::money(add.realized_pnl));
+            if first {
+                m.insert_lifecycle(LifecycleRow {
+                    user: order.user,
+                    profile: order.profile,
+                    symbol: order.symbol.clone(),
+                    kind: IntentKind::Exit,
+                    side: order.side,
+                    client_order_id: order.client_order_id.as_str().to_owned(),
+                    entry_lifecycle_id: Some(position.lifecycle_id),
+                    qty,
+                    cost,
+                    proceeds,
+                    realized_pnl: pnl,
+                    qty_open: Decimal::ZERO,
+                    cost_open: Decimal::ZERO,
+                    is_open: false,
+                })?;
+            } else if let Some((id, _)) = m.lifecycle(order.client_order_id.as_str(), order.user) {
+                m.update_lifecycle(id, order.user, |l| {
+                    l.qty += qty;
+                    l.cost += cost;
+                    l.proceeds += proceeds;
+                    l.realized_pnl += pnl;
+                })?;
+            }
         });
         Ok(())
     }
@@ -122,6 +186,8 @@ impl TenantTx {
             .bind(b::money(fill.qty.get())).bind(b::money(fill.price.get()))
             .bind(b::money(fill.fee)).bind(b::money(realized_pnl)).bind(fill.executed_at_ms)
             .execute(&mut **c).await?;
+        }, memory m => {
+            m.insert_trade(order, fill.exchange_trade_id.as_str())?;
         });
         Ok(())
     }

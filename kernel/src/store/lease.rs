@@ -9,6 +9,7 @@ use crate::ids::Fence;
 use crate::lock::{self, Lease, LockError, LockKey, LockKind, OwnerToken};
 
 use super::backend::{Tx, lite, pg, sqlite_fns, with_pool};
+use super::memory::{self, LockRow};
 use super::stats::LockGrant;
 use super::{Pool, Store, StoreError, StoreStats, TenantTx};
 
@@ -54,6 +55,12 @@ impl<'s> Locks<'s> {
                 tx.commit().await?;
                 granted
             }
+            Pool::Memory(pool) => {
+                let mut tx = pool.begin().await?;
+                let granted = acquire_memory(&mut tx, kind, key, owner, ttl_ms, true)?;
+                tx.commit();
+                granted
+            }
         };
         Ok(record_grant(
             self.store.stats(),
@@ -74,6 +81,9 @@ impl<'s> Locks<'s> {
         };
         let count: i64 = with_pool!(self.store.pool(), pool, b => {
             sqlx::query_scalar(&sql(b::NOW_MS)).bind(prefix).fetch_one(pool).await?
+        }, memory pool => {
+            let tx = pool.begin().await?;
+            i64::try_from(tx.live_locks(kind, prefix, memory::now_ms())).unwrap_or(i64::MAX)
         });
         Ok(usize::try_from(count).unwrap_or(0))
     }
@@ -96,6 +106,19 @@ impl<'s> Locks<'s> {
                 .fetch_optional(pool).await?
                 .map(|r| r.try_get(0))
                 .transpose()?
+        }, memory pool => {
+            let mut tx = pool.begin().await?;
+            let now = memory::now_ms();
+            let renewed = match tx.lock(lease.kind, key) {
+                Some(row) if row.owner == owner && row.fence == fence && row.expires_at_ms > now => {
+                    let expires_at_ms = now + ttl_ms;
+                    tx.set_lock(lease.kind, key, Some(LockRow { expires_at_ms, ..row }))?;
+                    Some(expires_at_ms)
+                }
+                _ => None,
+            };
+            tx.commit();
+            renewed
         });
         match row {
             Some(expires_at_ms) => Ok(Lease {
@@ -124,6 +147,18 @@ impl<'s> Locks<'s> {
         let affected = with_pool!(self.store.pool(), pool, b => {
             sqlx::query(&sql).bind(key).bind(owner).bind(fence)
                 .execute(pool).await?.rows_affected()
+        }, memory pool => {
+            let mut tx = pool.begin().await?;
+            let held = tx.lock(lease.kind, key);
+            let affected = match held {
+                Some(row) if row.owner == owner && row.fence == fence => {
+                    tx.set_lock(lease.kind, key, None)?;
+                    1
+                }
+                _ => 0,
+            };
+            tx.commit();
+            affected
         });
         Ok(affected == 1)
     }
@@ -218,6 +253,7 @@ impl TenantTx {
             // The transaction began with `BEGIN IMMEDIATE`: it already holds the write lock.
             Tx::Lite(tx) => acquire_lite(tx, kind, key, owner, ttl_ms, exclusive).await?,
             Tx::InThread(tx) => acquire_in_thread(tx, kind, key, owner, ttl_ms, exclusive).await?,
+            Tx::Memory(tx) => acquire_memory(tx, kind, key, owner, ttl_ms, exclusive)?,
         };
         Ok(record_grant(
             &self.stats,
@@ -289,6 +325,36 @@ async fn acquire_pg(
         })
     });
     Ok(granted.transpose()?)
+}
+
+/// The acquisition on a memory store, as the SQLite statements make it: the fence sequence
+/// grows on every attempt, and the row is written only when the lock is free or expired.
+fn acquire_memory(
+    tx: &mut memory::Transaction,
+    kind: LockKind,
+    key: &LockKey,
+    owner: OwnerToken,
+    ttl_ms: i64,
+    exclusive: bool,
+) -> Result<Option<Granted>, StoreError> {
+    let now = memory::now_ms();
+    let held = tx.lock(kind, key.as_str());
+    let fence = tx.next_fence();
+    if exclusive && held.is_some_and(|row| row.expires_at_ms > now) {
+        return Ok(None);
+    }
+    let expires_at_ms = now + ttl_ms;
+    let row = LockRow {
+        owner: owner.as_uuid(),
+        fence,
+        expires_at_ms,
+    };
+    tx.set_lock(kind, key.as_str(), Some(row))?;
+    Ok(Some(Granted {
+        fence,
+        expires_at_ms,
+        took_over: held.is_some(),
+    }))
 }
 
 sqlite_fns! {

@@ -1,12 +1,14 @@
 //! Whole-profile reads: every open order and every open position of a profile, for restart
 //! recovery, reconciliation and the account view a strategy sees.
 
-use crate::ids::{ProfileId, Symbol};
+use crate::ids::{ProfileId, Symbol, UserId};
 use crate::lifecycle::{OrderRecord, Position};
 
 use super::StoreError;
 use super::backend::{RowExt, with_tx};
-use super::rows::{ORDER_COLUMNS, decode_order, decode_position, open_statuses_sql};
+use super::rows::{
+    ORDER_COLUMNS, decode_order, decode_position, memory_position, open_statuses_sql,
+};
 use super::tenant::TenantTx;
 
 /// Most rows one listing returns: a profile with more open orders than this is refused as
@@ -29,6 +31,9 @@ impl TenantTx {
             let rows = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(LISTING_ROWS_MAX + 1)
                 .fetch_all(&mut **c).await?;
             rows.iter().map(decode_order).collect::<Result<Vec<_>, _>>()
+        }, memory m => {
+            let orders = m.open_orders(profile, UserId::from_uuid(user));
+            Ok::<_, StoreError>(orders.take(LISTING_ROWS_MAX as usize + 1).cloned().collect())
         })?;
         check_bounded("open orders", profile, rows.len())?;
         Ok(rows)
@@ -53,6 +58,9 @@ impl TenantTx {
                     decode_position(row, &symbol)
                 })
                 .collect::<Result<Vec<_>, _>>()
+        }, memory m => {
+            let rows = m.open_entries(profile, UserId::from_uuid(user));
+            Ok(rows.into_iter().map(|(id, row)| memory_position(id, row)).collect())
         })?;
         check_bounded("positions", profile, rows.len())?;
         Ok(rows)

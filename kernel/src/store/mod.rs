@@ -29,6 +29,7 @@ mod history;
 mod in_thread;
 mod lease;
 mod listing;
+mod memory;
 mod pages;
 mod plugins;
 mod profiles;
@@ -59,6 +60,7 @@ pub use directory::{
 };
 pub use in_thread::Error as InThreadError;
 pub use lease::Locks;
+pub use memory::RowWrite;
 pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
 pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
 pub use profiles::{Operator, PROFILES_LISTED_MAX, ProfileRow};
@@ -164,6 +166,17 @@ pub enum StoreError {
     /// Any other failure of an in-thread SQLite store.
     #[error("database: {0}")]
     InThread(#[source] InThreadError),
+    /// A memory store's database stayed taken (by a transaction not yet ended) for as long as a
+    /// caller waits for it.
+    #[error("timed out after {0:?} waiting for the memory store")]
+    MemoryBusy(Duration),
+    /// An operation the memory store does not offer: it serves runs whose state is thrown away
+    /// (backtests), which never call it.
+    #[error("{0} is not supported by the memory store")]
+    UnsupportedOnMemory(&'static str),
+    /// An operation only the memory store offers.
+    #[error("{0} is offered by the memory store only")]
+    MemoryOnly(&'static str),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -200,6 +213,8 @@ pub enum Backend {
     Postgres,
     /// SQLite.
     Sqlite,
+    /// Rows in process memory (see [`Store::open_memory`]).
+    Memory,
 }
 
 #[derive(Clone)]
@@ -207,6 +222,7 @@ pub(crate) enum Pool {
     Pg(PgPool),
     Lite(SqlitePool),
     InThread(in_thread::InThreadPool),
+    Memory(memory::MemoryPool),
 }
 
 /// The kernel's store. Cheap to clone: clones share the pool and the counters.
@@ -310,6 +326,30 @@ impl Store {
         )))
     }
 
+    /// Opens a memory store: the store's tables as rows in this process, gone when the last
+    /// clone of the store is dropped (a backtest's). It refuses what the database stores refuse,
+    /// with the same errors, by Rust checks alone; see `docs/store.md` for why that is allowed
+    /// for a run thrown away and how the equivalence is proven.
+    pub fn open_memory() -> Store {
+        Store::from_pool(Pool::Memory(memory::MemoryPool::new(
+            Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS),
+        )))
+    }
+
+    /// Makes `write` on a memory store's rows in `user`'s scope, outside the store API, as a raw
+    /// SQL statement is made on a database: tests plant writes that break an invariant to show
+    /// the memory store's tables refuse them. Rows written, as a statement's; refused writes
+    /// leave nothing. [`StoreError::MemoryOnly`] on a database store.
+    pub async fn plant_row_write(&self, user: UserId, write: RowWrite) -> Result<u64, StoreError> {
+        let Pool::Memory(pool) = &self.pool else {
+            return Err(StoreError::MemoryOnly("a planted row write"));
+        };
+        let mut tx = pool.begin().await?;
+        let written = tx.plant(user, write)?;
+        tx.commit();
+        Ok(written)
+    }
+
     async fn open_sqlite_with(
         path: &Path,
         synchronous: SqliteSynchronous,
@@ -385,6 +425,7 @@ impl Store {
         match self.pool {
             Pool::Pg(_) => Backend::Postgres,
             Pool::Lite(_) | Pool::InThread(_) => Backend::Sqlite,
+            Pool::Memory(_) => Backend::Memory,
         }
     }
 
@@ -408,7 +449,7 @@ impl Store {
     pub fn pg_pool(&self) -> Option<&PgPool> {
         match &self.pool {
             Pool::Pg(pool) => Some(pool),
-            Pool::Lite(_) | Pool::InThread(_) => None,
+            Pool::Lite(_) | Pool::InThread(_) | Pool::Memory(_) => None,
         }
     }
 
@@ -418,7 +459,7 @@ impl Store {
             Pool::Pg(pool) => pool.close().await,
             Pool::Lite(pool) => pool.close().await,
             // One connection, closed when the last clone of the store is dropped.
-            Pool::InThread(_) => {}
+            Pool::InThread(_) | Pool::Memory(_) => {}
         }
     }
 

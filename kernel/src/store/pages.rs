@@ -117,7 +117,7 @@ impl TenantTx {
                     })
                 })
                 .collect()
-        })
+        }, memory => unsupported("orders page"))
     }
 
     /// A page of the profile's ledger journal, newest first.
@@ -153,7 +153,7 @@ impl TenantTx {
                     })
                 })
                 .collect()
-        })
+        }, memory => unsupported("ledger page"))
     }
 
     /// A page of the profile's trade history, newest first.
@@ -192,6 +192,6 @@ impl TenantTx {
                     })
                 })
                 .collect()
-        })
+        }, memory => unsupported("trades page"))
     }
 }

@@ -113,13 +113,13 @@ impl TenantTx {
             .bind(plugin.wasm.len() as i64).bind(plugin.report).bind(plugin.wasm)
             .execute(&mut **c).await?;
             done.rows_affected() == 1
-        });
+        }, memory => unsupported("insert plugin"));
         let row = with_tx!(&mut self.tx, c, b => {
             let sql = format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE user_id = $1 AND sha256 = $2");
             let row = sqlx::query(&sql).bind(user).bind(plugin.sha256)
                 .fetch_one(&mut **c).await?;
             decode_plugin(&row)?
-        });
+        }, memory => unsupported("insert plugin"));
         Ok((row, inserted))
     }
 
@@ -134,7 +134,7 @@ impl TenantTx {
             let rows = sqlx::query(&sql).bind(user).bind(PLUGINS_LISTED_MAX)
                 .fetch_all(&mut **c).await?;
             rows.iter().map(decode_plugin).collect()
-        })
+        }, memory => unsupported("plugins"))
     }
 
     /// The plugin, unless it is another user's.
@@ -145,7 +145,7 @@ impl TenantTx {
             let row = sqlx::query(&sql).bind(plugin.as_uuid()).bind(user)
                 .fetch_optional(&mut **c).await?;
             row.as_ref().map(decode_plugin).transpose()
-        })
+        }, memory => unsupported("plugin"))
     }
 
     /// The plugin's bytes, unless it is another user's.
@@ -156,7 +156,7 @@ impl TenantTx {
                 .bind(plugin.as_uuid()).bind(user)
                 .fetch_optional(&mut **c).await?;
             Ok(row.map(|r| r.try_get::<Vec<u8>, _>("wasm")).transpose()?)
-        })
+        }, memory => unsupported("plugin wasm"))
     }
 
     /// Binds a plugin version and its configuration (JSON text) to a profile, replacing any
@@ -178,7 +178,7 @@ impl TenantTx {
             sqlx::query(&sql)
                 .bind(profile.as_uuid()).bind(user).bind(plugin.as_uuid()).bind(config)
                 .execute(&mut **c).await?;
-        });
+        }, memory => unsupported("bind plugin"));
         Ok(())
     }
 
@@ -202,7 +202,7 @@ impl TenantTx {
                 })
             })
             .transpose()
-        })
+        }, memory => unsupported("binding"))
     }
 
     /// Stores (or replaces) the profile's sealed credentials. The caller checked the profile.
@@ -224,7 +224,7 @@ impl TenantTx {
                 .bind(profile.as_uuid()).bind(user).bind(sealed.exchange.as_str())
                 .bind(sealed.nonce.as_slice()).bind(sealed.ciphertext.as_slice())
                 .execute(&mut **c).await?;
-        });
+        }, memory => unsupported("put credentials"));
         Ok(())
     }
 
@@ -250,7 +250,7 @@ impl TenantTx {
                 })
             })
             .transpose()
-        })
+        }, memory => unsupported("credentials"))
     }
 
     /// Removes the profile's credentials; false when it had none.
@@ -261,6 +261,6 @@ impl TenantTx {
                 .bind(profile.as_uuid()).bind(user)
                 .execute(&mut **c).await?;
             Ok(done.rows_affected() == 1)
-        })
+        }, memory => unsupported("delete credentials"))
     }
 }

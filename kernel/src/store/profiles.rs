@@ -79,7 +79,7 @@ impl TenantTx {
             let rows = sqlx::query(&sql).bind(user).bind(PROFILES_LISTED_MAX)
                 .fetch_all(&mut **c).await?;
             rows.iter().map(decode_profile).collect()
-        })
+        }, memory => unsupported("profiles"))
     }
 
     /// The profile, unless it is deleted or another user's. With `lock`, the row is held until
@@ -99,7 +99,7 @@ impl TenantTx {
             let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user)
                 .fetch_optional(&mut **c).await?;
             row.as_ref().map(decode_profile).transpose()
-        })
+        }, memory => unsupported("profile"))
     }
 
     /// Replaces the profile's risk limits; false when there is no such profile.
@@ -118,7 +118,7 @@ impl TenantTx {
             .bind(profile.as_uuid()).bind(user).bind(json)
             .execute(&mut **c).await?;
             Ok(done.rows_affected() == 1)
-        })
+        }, memory => unsupported("set risk limits"))
     }
 
     /// Sets the owner's pause switch; false when there is no such profile.
@@ -151,7 +151,7 @@ impl TenantTx {
             let done = sqlx::query(&sql).bind(profile.as_uuid()).bind(user)
                 .execute(&mut **c).await?;
             Ok(done.rows_affected() == 1)
-        })
+        }, memory => unsupported("delete profile"))
     }
 
     async fn set_flag(
@@ -171,7 +171,7 @@ impl TenantTx {
                 .bind(profile.as_uuid()).bind(user).bind(value)
                 .execute(&mut **c).await?;
             Ok(done.rows_affected() == 1)
-        })
+        }, memory => unsupported("set flag"))
     }
 }
 
@@ -207,6 +207,7 @@ impl Operator<'_> {
             }
             Pool::Lite(pool) => Tx::Lite(pool.begin().await?),
             Pool::InThread(pool) => Tx::InThread(pool.begin().await?),
+            Pool::Memory(_) => return Err(StoreError::UnsupportedOnMemory("all profiles")),
         };
         let rows = with_tx!(&mut tx, c, b => {
             let sql = format!(
@@ -216,11 +217,12 @@ impl Operator<'_> {
             let rows = sqlx::query(&sql).bind(PROFILES_LISTED_MAX * 100)
                 .fetch_all(&mut **c).await?;
             rows.iter().map(decode_profile).collect::<Result<Vec<_>, _>>()
-        })?;
+        }, memory => unsupported("all profiles"))?;
         match tx {
             Tx::Pg(tx) => tx.commit().await?,
             Tx::Lite(tx) => tx.commit().await?,
             Tx::InThread(tx) => tx.commit().await?,
+            Tx::Memory(tx) => tx.commit(),
         }
         Ok(rows)
     }

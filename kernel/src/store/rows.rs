@@ -9,12 +9,13 @@ use uuid::Uuid;
 use crate::ids::{ClientOrderId, Fence, IntentKind, ProfileId, Symbol, UserId};
 use crate::ledger::{Capital, CapitalDelta, JournalKind};
 use crate::lifecycle::{EntryRequest, FillReport, OrderRecord, Position};
-use crate::lock::{FencedLock, LockKey};
+use crate::lock::{FencedLock, LockKey, LockKind};
 use crate::market::Side;
 use crate::order::OrderStatus;
 
 use super::StoreError;
 use super::backend::{RowExt, with_tx};
+use super::memory::{self, FillRow};
 use super::tenant::TenantTx;
 
 /// The statuses of an order that may still fill ([`OrderStatus::is_open`]: it holds a
@@ -150,6 +151,26 @@ pub(crate) struct StoredFill {
     pub fee: Decimal,
 }
 
+fn stored_fill(row: &FillRow) -> StoredFill {
+    StoredFill {
+        client_order_id: row.client_order_id.clone(),
+        qty: row.qty,
+        price: row.price,
+        fee: row.fee,
+    }
+}
+
+/// The position an open ENTRY lifecycle row of the memory store is.
+pub(super) fn memory_position(id: i64, row: &memory::LifecycleRow) -> Position {
+    Position {
+        lifecycle_id: id,
+        symbol: row.symbol.clone(),
+        side: row.side,
+        qty_open: row.qty_open,
+        cost_open: row.cost_open,
+    }
+}
+
 impl TenantTx {
     pub(super) fn user_uuid(&self) -> Uuid {
         self.user().as_uuid()
@@ -168,6 +189,8 @@ impl TenantTx {
             sqlx::query("INSERT INTO capital_accounts (profile_id, user_id) VALUES ($1, $2)")
                 .bind(profile.as_uuid()).bind(user)
                 .execute(&mut **c).await?;
+        }, memory m => {
+            m.insert_profile(profile, UserId::from_uuid(user), name)?;
         });
         Ok(())
     }
@@ -187,6 +210,8 @@ impl TenantTx {
             let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user)
                 .fetch_optional(&mut **c).await?;
             row.map(|r| decode_capital(&r)).transpose()?
+        }, memory m => {
+            m.capital(profile, UserId::from_uuid(user))
         });
         row.ok_or(StoreError::UnknownProfile(profile))
     }
@@ -211,6 +236,8 @@ impl TenantTx {
                 .bind(b::money(capital.reserved_for_positions))
                 .bind(b::money(capital.realized_pnl))
                 .execute(&mut **c).await?;
+        }, memory m => {
+            m.write_capital(profile, UserId::from_uuid(user), capital)?;
         });
         Ok(())
     }
@@ -222,6 +249,7 @@ impl TenantTx {
         entry: &Move,
     ) -> Result<(), StoreError> {
         let user = self.user_uuid();
+        let order_id = order;
         let order = order.map(|o| o.as_str().to_owned());
         let d = entry.delta;
         with_tx!(&mut self.tx, c, b => {
@@ -235,6 +263,9 @@ impl TenantTx {
             .bind(b::money(d.reserved_for_positions)).bind(b::money(d.realized_pnl))
             .bind(entry.dedup_key.as_str())
             .execute(&mut **c).await?;
+        }, memory m => {
+            let user = UserId::from_uuid(user);
+            m.insert_journal(user, profile, order_id, entry.kind, &d, &entry.dedup_key)?;
         });
         Ok(())
     }
@@ -252,6 +283,8 @@ impl TenantTx {
             .bind(profile.as_uuid()).bind(user)
             .fetch_one(&mut **c).await?;
             decode_capital(&row)
+        }, memory m => {
+            m.journal_sum(profile, UserId::from_uuid(user))
         })
     }
 
@@ -269,6 +302,8 @@ impl TenantTx {
             let row = sqlx::query(&sql).bind(coid.as_str()).bind(user)
                 .fetch_optional(&mut **c).await?;
             row.map(|r| decode_order(&r)).transpose()
+        }, memory m => {
+            Ok(m.order(coid, UserId::from_uuid(user)).cloned())
         })
     }
 
@@ -294,6 +329,8 @@ impl TenantTx {
             .bind(lock_key.clone()).bind(fence)
             .fetch_optional(&mut **c).await?;
             Ok(row.is_some())
+        }, memory m => {
+            m.insert_order(order, memory::now_ms())
         })
     }
 
@@ -310,6 +347,8 @@ impl TenantTx {
                 .bind(order.status.as_str()).bind(b::money(order.filled_qty))
                 .bind(b::money(order.reserved_remaining)).bind(order.exchange_order_id.clone())
                 .execute(&mut **c).await?;
+        }, memory m => {
+            m.update_order(order, UserId::from_uuid(user))?;
         });
         Ok(())
     }
@@ -350,6 +389,15 @@ impl TenantTx {
                 })
             })
             .transpose()?
+        }, memory m => {
+            let user = UserId::from_uuid(user);
+            let key = request.lock.key.as_str();
+            m.capital(request.profile, user).map(|capital| EntryGather {
+                capital,
+                order_exists: m.order(&request.client_order_id, user).is_some(),
+                fence: m.live_fence(LockKind::Entry, key, memory::now_ms()).map(Fence),
+                in_flight: m.entry_in_flight(request.profile, user, &request.symbol),
+            })
         });
         row.ok_or(StoreError::UnknownProfile(request.profile))
     }
@@ -393,6 +441,17 @@ impl TenantTx {
                 Ok(FillGather { order: decode_order(&r)?, capital: decode_capital(&r)?, existing })
             })
             .transpose()
+        }, memory m => {
+            let user = UserId::from_uuid(user);
+            let Some(order) = m.order(&fill.client_order_id, user) else {
+                return Ok(None);
+            };
+            let Some(capital) = m.capital(order.profile, user) else {
+                return Ok(None);
+            };
+            let trade = fill.exchange_trade_id.as_str();
+            let existing = m.fill(order.profile, user, &order.symbol, trade).map(stored_fill);
+            Ok(Some(FillGather { order: order.clone(), capital, existing }))
         })
     }
 
@@ -413,6 +472,13 @@ impl TenantTx {
             let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
                 .fetch_one(&mut **c).await?;
             row.money("pending")
+        }, memory m => {
+            let user = UserId::from_uuid(user);
+            let pending = m.open_orders(profile, user)
+                .filter(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
+                .map(|o| o.qty - o.filled_qty)
+                .sum();
+            Ok(memory::money(pending))
         })
     }
 
@@ -433,6 +499,9 @@ impl TenantTx {
             let row = sqlx::query(&sql).bind(profile.as_uuid()).bind(user).bind(symbol.as_str())
                 .fetch_optional(&mut **c).await?;
             row.map(|r| decode_position(&r, symbol)).transpose()
+        }, memory m => {
+            let open = m.open_entry(profile, UserId::from_uuid(user), symbol);
+            Ok(open.map(|(id, row)| memory_position(id, row)))
         })
     }
 
@@ -444,7 +513,8 @@ impl TenantTx {
     ) -> Result<bool, StoreError> {
         // Without de-duplication (planted by the simulation) a repeated trade id reaches the
         // database's UNIQUE key.
-        let on_conflict = if self.dedups_fills() {
+        let dedup = self.dedups_fills();
+        let on_conflict = if dedup {
             "ON CONFLICT (profile_id, symbol, exchange_trade_id) DO NOTHING"
         } else {
             ""
@@ -462,6 +532,10 @@ impl TenantTx {
             .bind(b::money(fill.fee)).bind(fill.executed_at_ms)
             .fetch_optional(&mut **c).await?;
             Ok(row.is_some())
+        }, memory m => {
+            let (qty, price) = (fill.qty.get(), fill.price.get());
+            let trade = fill.exchange_trade_id.as_str();
+            m.insert_fill(order, trade, qty, price, fill.fee, dedup)
         })
     }
 
@@ -487,6 +561,9 @@ impl TenantTx {
                 })
             })
             .transpose()
+        }, memory m => {
+            let user = UserId::from_uuid(user);
+            Ok(m.fill(order.profile, user, &order.symbol, trade_id).map(stored_fill))
         })
     }
 }

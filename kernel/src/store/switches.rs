@@ -22,7 +22,7 @@ impl Store {
         let sql = "SELECT kill, updated_at_ms FROM host_switches WHERE id = 1";
         let (kill, updated_at_ms) = with_pool!(self.pool(), pool, b => {
             sqlx::query_as(sql).fetch_one(pool).await?
-        });
+        }, memory => unsupported("host switches"));
         Ok(HostSwitchesRow {
             kill,
             updated_at_ms,
@@ -42,7 +42,7 @@ impl Operator<'_> {
         let operator = self.operator.as_uuid();
         with_pool!(self.store.pool(), pool, b => {
             sqlx::query(&sql(b::NOW_MS)).bind(engaged).bind(operator).execute(pool).await?;
-        });
+        }, memory => unsupported("set host kill"));
         Ok(())
     }
 }

@@ -84,6 +84,13 @@ impl<'s> Tenant<'s> {
                 }
                 Tx::InThread(tx)
             }
+            Pool::Memory(pool) => {
+                let tx = pool.begin().await?;
+                if let Some(guard) = self.store.guard() {
+                    guard.check_memory(&tx)?;
+                }
+                Tx::Memory(tx)
+            }
         };
         Ok(TenantTx {
             tx,
@@ -154,6 +161,7 @@ impl TenantTx {
             Tx::Pg(tx) => tx.commit().await?,
             Tx::Lite(tx) => tx.commit().await?,
             Tx::InThread(tx) => tx.commit().await?,
+            Tx::Memory(tx) => tx.commit(),
         }
         Ok(())
     }
@@ -163,7 +171,7 @@ impl TenantTx {
     pub fn pg_connection(&mut self) -> Option<&mut sqlx::PgConnection> {
         match &mut self.tx {
             Tx::Pg(tx) => Some(&mut **tx),
-            Tx::Lite(_) | Tx::InThread(_) => None,
+            Tx::Lite(_) | Tx::InThread(_) | Tx::Memory(_) => None,
         }
     }
 
@@ -346,7 +354,7 @@ impl TenantTx {
         };
         let inserted = match self.tx {
             Tx::Pg(_) => self.pg_write_entry(&order, &capital, &reserve).await?,
-            Tx::Lite(_) | Tx::InThread(_) => {
+            Tx::Lite(_) | Tx::InThread(_) | Tx::Memory(_) => {
                 let inserted = self.insert_order(&order).await?;
                 if inserted {
                     let moves = [reserve];

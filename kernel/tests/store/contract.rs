@@ -1,12 +1,17 @@
-//! The store contract, run against PostgreSQL and SQLite alike.
+//! The store contract, run against PostgreSQL, SQLite and the memory store alike. Writes made
+//! outside the store API (constraint probes, tampering) are SQL on a database and the same
+//! write planted into the rows of the memory store ([`Harness::write_outside`]).
 
 use keel_kernel::ids::{ClientOrderId, IntentKind, ProfileId, UserId};
 use keel_kernel::ledger::{Capital, LedgerError};
+use keel_kernel::ledger::{CapitalDelta, JournalKind};
+use keel_kernel::lifecycle::OrderRecord;
 use keel_kernel::lifecycle::{FillOutcome, LifecycleError, StatusOutcome, WriteAhead};
 use keel_kernel::lock::{LockError, LockKey, LockKind, OwnerToken};
+use keel_kernel::market::Side;
 use keel_kernel::money::{Amount, Price, Qty, decimal_from_f64};
 use keel_kernel::order::OrderStatus;
-use keel_kernel::store::{Constraint, DirectoryEntry, LeaseGuard, StoreError};
+use keel_kernel::store::{Constraint, DirectoryEntry, LeaseGuard, RowWrite, StoreError};
 
 use crate::fixtures::*;
 use crate::support::Harness;
@@ -418,7 +423,23 @@ async fn write_with_a_stale_fence_is_refused_by_the_kernel_and_by_the_database(h
         old.fence.0,
         profile_literal(h, profile)
     );
-    let refused = h.raw(user, &raw).await.unwrap_err();
+    let planted = RowWrite::Order(OrderRecord {
+        client_order_id: ClientOrderId::new("raw-stale").unwrap(),
+        user,
+        profile,
+        symbol: s.clone(),
+        kind: IntentKind::Entry,
+        side: Side::Buy,
+        qty: d("1"),
+        price: d("1"),
+        reserved: d("0"),
+        reserved_remaining: d("0"),
+        filled_qty: d("0"),
+        status: OrderStatus::PendingSubmit,
+        lock: Some(old.fenced()),
+        exchange_order_id: None,
+    });
+    let refused = h.write_outside(user, &raw, planted).await.unwrap_err();
     assert!(
         matches!(refused, StoreError::Constraint(Constraint::CurrentFence)),
         "{refused:?}"
@@ -433,7 +454,8 @@ async fn write_with_a_stale_fence_is_refused_by_the_kernel_and_by_the_database(h
 fn profile_literal(h: &Harness, profile: ProfileId) -> String {
     match h.store.backend() {
         keel_kernel::store::Backend::Postgres => format!("'{profile}'::uuid"),
-        keel_kernel::store::Backend::Sqlite => {
+        // The memory store takes the same writes as rows, not as SQL.
+        keel_kernel::store::Backend::Sqlite | keel_kernel::store::Backend::Memory => {
             format!("X'{}'", profile.as_uuid().simple())
         }
     }
@@ -648,7 +670,14 @@ async fn database_check_refuses_a_capital_row_that_breaks_the_invariant(h: &Harn
         "UPDATE capital_accounts SET reserved_for_orders = allocated + 1 WHERE profile_id = {}",
         profile_literal(h, profile)
     );
-    let refused = h.raw(user, &sql).await.unwrap_err();
+    let allocated = d("100");
+    let capital = Capital {
+        allocated,
+        reserved_for_orders: allocated + d("1"),
+        ..Capital::default()
+    };
+    let planted = RowWrite::Capital { profile, capital };
+    let refused = h.write_outside(user, &sql, planted).await.unwrap_err();
     assert!(
         matches!(
             refused,
@@ -666,11 +695,17 @@ async fn journal_refuses_update_and_delete(h: &Harness) {
     let user = UserId::new_random();
     let profile = funded_profile(&h.store, user, "100").await;
     let lit = profile_literal(h, profile);
-    for sql in [
-        format!("UPDATE ledger_entries SET d_allocated = 5 WHERE profile_id = {lit}"),
-        format!("DELETE FROM ledger_entries WHERE profile_id = {lit}"),
+    for (sql, planted) in [
+        (
+            format!("UPDATE ledger_entries SET d_allocated = 5 WHERE profile_id = {lit}"),
+            RowWrite::UpdateJournal { profile },
+        ),
+        (
+            format!("DELETE FROM ledger_entries WHERE profile_id = {lit}"),
+            RowWrite::DeleteJournal { profile },
+        ),
     ] {
-        let refused = h.raw(user, &sql).await.unwrap_err();
+        let refused = h.write_outside(user, &sql, planted).await.unwrap_err();
         assert!(
             matches!(
                 refused,
@@ -688,8 +723,11 @@ async fn rebuild_reports_and_repairs_a_tampered_capital_row(h: &Harness) {
         "UPDATE capital_accounts SET allocated = allocated + allocated WHERE profile_id = {}",
         profile_literal(h, profile)
     );
-    assert_eq!(h.raw(user, &sql).await.unwrap(), 1);
     let tenant = h.store.tenant(user);
+    let mut capital = tenant.capital(profile).await.unwrap();
+    capital.allocated += capital.allocated;
+    let planted = RowWrite::Capital { profile, capital };
+    assert_eq!(h.write_outside(user, &sql, planted).await.unwrap(), 1);
     let differences = h.store.stats().snapshot().ledger_rebuild_differences;
     let report = tenant.rebuild_capital(profile, true).await.unwrap();
     assert!(report.differs() && report.repaired);
@@ -728,6 +766,22 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
     let closed_columns =
         "user_id, profile_id, symbol, kind, side, qty, price, reserved, reserved_remaining, status";
     let closed_select = "user_id, profile_id, symbol, kind, side, qty, price, reserved, reserved_remaining, 'CANCELED'";
+    let order = tenant.order(&coid).await.unwrap().unwrap();
+    let closed_copy = OrderRecord {
+        status: OrderStatus::Canceled,
+        lock: None,
+        filled_qty: d("0"),
+        exchange_order_id: None,
+        ..order.clone()
+    };
+    let open_copy = OrderRecord {
+        client_order_id: ClientOrderId::new("second-entry").unwrap(),
+        ..order.clone()
+    };
+    let reserve = CapitalDelta {
+        reserved_for_orders: order.reserved,
+        ..CapitalDelta::default()
+    };
     let cases = [
         (
             format!(
@@ -735,6 +789,13 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
                  qty, price, fee, executed_at_ms) SELECT user_id, profile_id, symbol, client_order_id, \
                  exchange_trade_id, qty, price, fee, executed_at_ms FROM fills WHERE client_order_id = '{coid}'"
             ),
+            RowWrite::Fill {
+                order: coid.clone(),
+                trade_id: "t1".to_owned(),
+                qty: d("1"),
+                price: d("100"),
+                fee: d("0"),
+            },
             Constraint::ExchangeTradeKey,
         ),
         (
@@ -742,6 +803,7 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
                 "INSERT INTO orders (client_order_id, {closed_columns}) SELECT client_order_id, \
                  {closed_select} FROM orders WHERE client_order_id = '{coid}'"
             ),
+            RowWrite::Order(closed_copy),
             Constraint::ClientOrderIdKey,
         ),
         (
@@ -749,6 +811,7 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
                 "INSERT INTO orders (client_order_id, {order_columns}) SELECT 'second-entry', \
                  {order_columns} FROM orders WHERE client_order_id = '{coid}'"
             ),
+            RowWrite::Order(open_copy),
             Constraint::OneOpenEntryOrder,
         ),
         (
@@ -758,11 +821,18 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
                  entry_kind, d_reserved_for_orders, dedup_key FROM ledger_entries \
                  WHERE client_order_id = '{coid}' AND entry_kind = 'ENTRY_RESERVE'"
             ),
+            RowWrite::Journal {
+                profile,
+                order: Some(coid.clone()),
+                kind: JournalKind::EntryReserve,
+                delta: reserve,
+                dedup_key: format!("reserve:{coid}"),
+            },
             Constraint::LedgerDedupKey,
         ),
     ];
-    for (sql, expected) in cases {
-        let refused = h.raw(user, &sql).await.unwrap_err();
+    for (sql, planted, expected) in cases {
+        let refused = h.write_outside(user, &sql, planted).await.unwrap_err();
         assert!(
             matches!(&refused, StoreError::Constraint(c) if *c == expected),
             "{sql}: {refused:?}"
@@ -777,7 +847,15 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
          '{}', qty, cost, qty_open, cost_open, is_open FROM lifecycles WHERE client_order_id = '{coid}'",
         exit_request.client_order_id
     );
-    let refused = h.raw(user, &lifecycle).await.unwrap_err();
+    let planted = RowWrite::OpenEntryLifecycle {
+        order: exit_request.client_order_id.clone(),
+        qty: d("1"),
+        cost: d("100"),
+    };
+    let refused = h
+        .write_outside(user, &lifecycle, planted)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             refused,

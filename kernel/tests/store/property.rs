@@ -701,6 +701,12 @@ fn ledger_matches_the_model_after_every_step_on_sqlite_in_thread() {
 }
 
 #[test]
+fn ledger_matches_the_model_after_every_step_on_memory() {
+    let rt = runtime();
+    check_against_model(&Store::open_memory(), &rt, 256);
+}
+
+#[test]
 fn ledger_matches_the_model_after_every_step_on_postgres() {
     let rt = runtime();
     let db = rt.block_on(PgTestDb::create());

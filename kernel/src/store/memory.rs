@@ -1,0 +1,1228 @@
+//! The memory store: the store's tables as rows in process memory, for runs whose state is
+//! thrown away at the end (a backtest's).
+//!
+//! Every statement of the SQL backends has a Rust counterpart here, written beside it in the
+//! same `with_tx!` invocation, and every constraint and constraint-like trigger of the schema
+//! that the kernel relies on has a Rust counterpart in the tables below, refusing the write with
+//! the same [`Constraint`] the database names. The kernel's own checks (in [`super::tenant`])
+//! are shared with the database stores unchanged. What it has in place of the database layer is
+//! the proof of equivalence: the store contract suite runs on it as on PostgreSQL and SQLite,
+//! planted writes that break each invariant are refused (see [`RowWrite`]), and backtests give
+//! byte-identical reports on it and on SQLite (see `docs/store.md`).
+//!
+//! Money is kept as SQLite keeps it: exact units of 10⁻⁸, read back normalized, so a value
+//! round-trips as it does through the database. A transaction holds the one database until it
+//! ends; its writes are applied at once and undone, newest first, when it is dropped without a
+//! commit.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rust_decimal::Decimal;
+
+use crate::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
+use crate::ledger::{Capital, CapitalDelta, JournalKind};
+use crate::lifecycle::OrderRecord;
+use crate::lock::LockKind;
+use crate::market::Side;
+
+use super::backend::{decimal_to_units, units_to_decimal};
+use super::{Constraint, StoreError};
+
+/// A money value as the database stores and returns it: exact units of 10⁻⁸, normalized.
+pub(crate) fn money(value: Decimal) -> Decimal {
+    units_to_decimal(decimal_to_units(value))
+}
+
+/// Milliseconds since the epoch by this process's clock, the memory store's database clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn refuse(constraint: Constraint) -> StoreError {
+    StoreError::Constraint(constraint)
+}
+
+fn check(holds: bool, name: &str) -> Result<(), StoreError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(refuse(Constraint::from_name(name)))
+    }
+}
+
+/// A profile row.
+#[derive(Debug, Clone)]
+pub(crate) struct ProfileRow {
+    pub user: UserId,
+    /// Insertion order: the directory lists profiles oldest first.
+    pub seq: u64,
+}
+
+/// A capital row with its owner.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CapitalRow {
+    pub user: UserId,
+    pub capital: Capital,
+}
+
+/// A journal row.
+#[derive(Debug, Clone)]
+pub(crate) struct JournalRow {
+    pub user: UserId,
+    pub profile: ProfileId,
+    pub delta: CapitalDelta,
+    pub dedup_key: String,
+}
+
+/// A fill row.
+#[derive(Debug, Clone)]
+pub(crate) struct FillRow {
+    pub client_order_id: String,
+    pub qty: Decimal,
+    pub price: Decimal,
+    pub fee: Decimal,
+}
+
+/// A lifecycle row (ENTRY: a position; EXIT: what closed part of one).
+#[derive(Debug, Clone)]
+pub(crate) struct LifecycleRow {
+    pub user: UserId,
+    pub profile: ProfileId,
+    pub symbol: Symbol,
+    pub kind: IntentKind,
+    pub side: Side,
+    pub client_order_id: String,
+    pub entry_lifecycle_id: Option<i64>,
+    pub qty: Decimal,
+    pub cost: Decimal,
+    pub proceeds: Decimal,
+    pub realized_pnl: Decimal,
+    pub qty_open: Decimal,
+    pub cost_open: Decimal,
+    pub is_open: bool,
+}
+
+/// A lease lock row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockRow {
+    pub owner: uuid::Uuid,
+    pub fence: i64,
+    pub expires_at_ms: i64,
+}
+
+/// How to undo one write.
+enum Undo {
+    Profile(ProfileId),
+    Capital(ProfileId, Option<CapitalRow>),
+    Journal,
+    Order {
+        at: usize,
+        before: Option<OrderRecord>,
+    },
+    Fill((ProfileId, Symbol, String)),
+    Lifecycle {
+        at: usize,
+        before: Option<LifecycleRow>,
+    },
+    Trade((ProfileId, Symbol, String)),
+    Lock(LockKind, String, Option<LockRow>),
+    FenceSeq(i64),
+}
+
+type SymbolKey = (ProfileId, Symbol);
+
+/// The tables, with the indexes their constraints and lookups need.
+#[derive(Default)]
+pub(crate) struct Db {
+    profiles: HashMap<ProfileId, ProfileRow>,
+    profile_seq: u64,
+    capital: HashMap<ProfileId, CapitalRow>,
+    journal: Vec<JournalRow>,
+    journal_keys: HashSet<(ProfileId, String)>,
+    /// Orders in insertion order: `order_id` is the index plus one.
+    orders: Vec<OrderRecord>,
+    order_ids: HashMap<ClientOrderId, usize>,
+    /// The orders that may still fill (`orders_open`), by index.
+    open_orders: BTreeSet<usize>,
+    /// `orders_one_open_entry`: the open ENTRY order of (profile, symbol).
+    open_entry_orders: HashMap<SymbolKey, usize>,
+    fills: HashMap<(ProfileId, Symbol, String), FillRow>,
+    /// Lifecycles in insertion order: `lifecycle_id` is the index plus one.
+    lifecycles: Vec<LifecycleRow>,
+    lifecycle_ids: HashMap<String, usize>,
+    /// `lifecycles_one_open_entry`: the open ENTRY lifecycle of (profile, symbol).
+    open_entries: HashMap<SymbolKey, usize>,
+    /// `trade_history_exchange_trade_key`: the trade ids of the history, which nothing in a run
+    /// thrown away reads back.
+    trades: HashSet<(ProfileId, Symbol, String)>,
+    locks: [HashMap<String, LockRow>; 3],
+    fence_seq: i64,
+}
+
+fn lock_table(kind: LockKind) -> usize {
+    match kind {
+        LockKind::Entry => 0,
+        LockKind::Reconciliation => 1,
+        LockKind::ProfileLease => 2,
+    }
+}
+
+fn open_entry_key(order: &OrderRecord) -> Option<SymbolKey> {
+    (order.kind == IntentKind::Entry && order.status.is_open())
+        .then(|| (order.profile, order.symbol.clone()))
+}
+
+fn open_lifecycle_key(row: &LifecycleRow) -> Option<SymbolKey> {
+    (row.kind == IntentKind::Entry && row.is_open).then(|| (row.profile, row.symbol.clone()))
+}
+
+/// The CHECK constraints of `capital_accounts`.
+fn check_capital(c: &Capital) -> Result<(), StoreError> {
+    check(
+        c.allocated >= Decimal::ZERO,
+        "capital_allocated_nonnegative",
+    )?;
+    check(
+        c.reserved_for_orders >= Decimal::ZERO,
+        "capital_reserved_for_orders_nonnegative",
+    )?;
+    check(
+        c.reserved_for_positions >= Decimal::ZERO,
+        "capital_reserved_for_positions_nonnegative",
+    )?;
+    check(c.holds_invariant(), "capital_invariant")
+}
+
+/// The CHECK constraints of `orders`.
+fn check_order(o: &OrderRecord) -> Result<(), StoreError> {
+    check(o.qty > Decimal::ZERO, "orders_qty_positive")?;
+    check(o.price > Decimal::ZERO, "orders_price_positive")?;
+    check(o.reserved >= Decimal::ZERO, "orders_reserved_nonnegative")?;
+    check(
+        o.reserved_remaining >= Decimal::ZERO && o.reserved_remaining <= o.reserved,
+        "orders_reserved_remaining_bounded",
+    )?;
+    check(
+        o.filled_qty >= Decimal::ZERO && o.filled_qty <= o.qty,
+        "orders_filled_bounded",
+    )
+}
+
+/// The CHECK constraints of `lifecycles`.
+fn check_lifecycle(l: &LifecycleRow) -> Result<(), StoreError> {
+    check(l.qty > Decimal::ZERO, "lifecycles_qty_positive")?;
+    check(l.cost >= Decimal::ZERO, "lifecycles_cost_nonnegative")?;
+    check(
+        l.qty_open >= Decimal::ZERO,
+        "lifecycles_qty_open_nonnegative",
+    )?;
+    check(
+        l.cost_open >= Decimal::ZERO,
+        "lifecycles_cost_open_nonnegative",
+    )?;
+    check(
+        l.kind == IntentKind::Entry || !l.is_open,
+        "lifecycles_only_entries_open",
+    )?;
+    check(
+        (l.kind == IntentKind::Exit) == l.entry_lifecycle_id.is_some(),
+        "lifecycles_exit_has_entry",
+    )
+}
+
+fn normalize_order(o: &OrderRecord) -> OrderRecord {
+    OrderRecord {
+        qty: money(o.qty),
+        price: money(o.price),
+        reserved: money(o.reserved),
+        reserved_remaining: money(o.reserved_remaining),
+        filled_qty: money(o.filled_qty),
+        ..o.clone()
+    }
+}
+
+fn normalize_capital(c: &Capital) -> Capital {
+    Capital {
+        allocated: money(c.allocated),
+        reserved_for_orders: money(c.reserved_for_orders),
+        reserved_for_positions: money(c.reserved_for_positions),
+        realized_pnl: money(c.realized_pnl),
+    }
+}
+
+/// Reads of the tables. Every one filters by the tenant's user, as the statements do.
+impl Db {
+    pub(crate) fn profile_owned(&self, profile: ProfileId, user: UserId) -> bool {
+        self.profiles.get(&profile).is_some_and(|p| p.user == user)
+    }
+
+    pub(crate) fn capital(&self, profile: ProfileId, user: UserId) -> Option<Capital> {
+        self.capital
+            .get(&profile)
+            .filter(|row| row.user == user)
+            .map(|row| row.capital)
+    }
+
+    pub(crate) fn journal_sum(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+    ) -> Result<Capital, StoreError> {
+        let rows = self
+            .journal
+            .iter()
+            .filter(|r| r.profile == profile && r.user == user);
+        let sum = Capital::from_journal(rows.map(|r| &r.delta))?;
+        Ok(normalize_capital(&sum))
+    }
+
+    pub(crate) fn order(&self, coid: &ClientOrderId, user: UserId) -> Option<&OrderRecord> {
+        let at = *self.order_ids.get(coid)?;
+        Some(&self.orders[at]).filter(|o| o.user == user)
+    }
+
+    /// The open orders of (profile), oldest first.
+    pub(crate) fn open_orders(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+    ) -> impl Iterator<Item = &OrderRecord> {
+        self.open_orders
+            .iter()
+            .map(|&at| &self.orders[at])
+            .filter(move |o| o.profile == profile && o.user == user)
+    }
+
+    /// Whether an ENTRY is in flight (an open order) or open (a lifecycle) for the symbol.
+    pub(crate) fn entry_in_flight(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+        symbol: &Symbol,
+    ) -> bool {
+        let key = (profile, symbol.clone());
+        let order = self
+            .open_entry_orders
+            .get(&key)
+            .is_some_and(|&at| self.orders[at].user == user);
+        order || self.open_entry(profile, user, symbol).is_some()
+    }
+
+    /// The current unexpired fence of a lock.
+    pub(crate) fn live_fence(&self, kind: LockKind, key: &str, now_ms: i64) -> Option<i64> {
+        self.locks[lock_table(kind)]
+            .get(key)
+            .filter(|row| row.expires_at_ms > now_ms)
+            .map(|row| row.fence)
+    }
+
+    pub(crate) fn lock(&self, kind: LockKind, key: &str) -> Option<LockRow> {
+        self.locks[lock_table(kind)].get(key).copied()
+    }
+
+    pub(crate) fn live_locks(&self, kind: LockKind, prefix: &str, now_ms: i64) -> usize {
+        self.locks[lock_table(kind)]
+            .iter()
+            .filter(|(key, row)| key.starts_with(prefix) && row.expires_at_ms > now_ms)
+            .count()
+    }
+
+    pub(crate) fn fill(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+        symbol: &Symbol,
+        trade_id: &str,
+    ) -> Option<&FillRow> {
+        let key = (profile, symbol.clone(), trade_id.to_owned());
+        self.fills
+            .get(&key)
+            .filter(|_| self.profile_owned(profile, user))
+    }
+
+    /// The open ENTRY lifecycle of (profile, symbol), with its id.
+    pub(crate) fn open_entry(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+        symbol: &Symbol,
+    ) -> Option<(i64, &LifecycleRow)> {
+        let at = *self.open_entries.get(&(profile, symbol.clone()))?;
+        let row = &self.lifecycles[at];
+        (row.user == user).then_some((lifecycle_id(at), row))
+    }
+
+    /// Every open ENTRY lifecycle of the profile, by symbol.
+    pub(crate) fn open_entries(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+    ) -> Vec<(i64, &LifecycleRow)> {
+        let mut rows: Vec<(i64, &LifecycleRow)> = self
+            .open_entries
+            .iter()
+            .filter(|((p, _), _)| *p == profile)
+            .map(|(_, &at)| (lifecycle_id(at), &self.lifecycles[at]))
+            .filter(|(_, row)| row.user == user)
+            .collect();
+        rows.sort_by(|a, b| a.1.symbol.cmp(&b.1.symbol));
+        rows
+    }
+
+    pub(crate) fn lifecycle(&self, coid: &str, user: UserId) -> Option<(i64, &LifecycleRow)> {
+        let at = *self.lifecycle_ids.get(coid)?;
+        let row = &self.lifecycles[at];
+        (row.user == user).then_some((lifecycle_id(at), row))
+    }
+
+    /// Every profile of every tenant, oldest first.
+    pub(crate) fn directory(&self) -> Vec<(ProfileId, UserId)> {
+        let mut rows: Vec<(&ProfileId, &ProfileRow)> = self.profiles.iter().collect();
+        rows.sort_by_key(|(_, row)| row.seq);
+        rows.into_iter().map(|(p, row)| (*p, row.user)).collect()
+    }
+}
+
+fn lifecycle_id(at: usize) -> i64 {
+    i64::try_from(at).unwrap_or(i64::MAX - 1) + 1
+}
+
+fn lifecycle_index(id: i64) -> Option<usize> {
+    usize::try_from(id.checked_sub(1)?).ok()
+}
+
+/// An open transaction: the database, held until the transaction ends, and how to undo what it
+/// wrote. Dropped without [`Transaction::commit`], it rolls back.
+pub(crate) struct Transaction {
+    db: tokio::sync::OwnedMutexGuard<Db>,
+    undo: Vec<Undo>,
+}
+
+impl std::ops::Deref for Transaction {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            self.db.undo(undo);
+        }
+    }
+}
+
+impl Transaction {
+    /// Commits: what it wrote stays.
+    pub(crate) fn commit(mut self) {
+        self.undo.clear();
+    }
+
+    /// Inserts a profile and its empty capital account.
+    pub(crate) fn insert_profile(
+        &mut self,
+        profile: ProfileId,
+        user: UserId,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        check(
+            (1..=64).contains(&name.chars().count()),
+            "profiles_name_length",
+        )?;
+        if self.db.profiles.contains_key(&profile) {
+            return Err(refuse(Constraint::Other("profiles_pkey".to_owned())));
+        }
+        self.db.profile_seq += 1;
+        let seq = self.db.profile_seq;
+        self.db.profiles.insert(profile, ProfileRow { user, seq });
+        self.undo.push(Undo::Profile(profile));
+        self.set_capital_row(
+            profile,
+            CapitalRow {
+                user,
+                capital: Capital::default(),
+            },
+        )
+    }
+
+    /// `UPDATE capital_accounts`: overwrites the row of (profile, user), if there is one.
+    pub(crate) fn write_capital(
+        &mut self,
+        profile: ProfileId,
+        user: UserId,
+        capital: &Capital,
+    ) -> Result<u64, StoreError> {
+        if self.db.capital(profile, user).is_none() {
+            return Ok(0);
+        }
+        let capital = normalize_capital(capital);
+        self.set_capital_row(profile, CapitalRow { user, capital })?;
+        Ok(1)
+    }
+
+    fn set_capital_row(&mut self, profile: ProfileId, row: CapitalRow) -> Result<(), StoreError> {
+        check_capital(&row.capital)?;
+        let before = self.db.capital.insert(profile, row);
+        self.undo.push(Undo::Capital(profile, before));
+        Ok(())
+    }
+
+    /// `INSERT INTO ledger_entries`.
+    pub(crate) fn insert_journal(
+        &mut self,
+        user: UserId,
+        profile: ProfileId,
+        order: Option<&ClientOrderId>,
+        kind: JournalKind,
+        delta: &CapitalDelta,
+        dedup_key: &str,
+    ) -> Result<(), StoreError> {
+        check(
+            (kind == JournalKind::Allocate) == order.is_none(),
+            "ledger_entries_order_reference",
+        )?;
+        if let Some(order) = order {
+            self.check_order_reference(order)?;
+        }
+        self.check_profile_reference(profile, user, "ledger_entries_profile_fkey")?;
+        let key = (profile, dedup_key.to_owned());
+        if self.db.journal_keys.contains(&key) {
+            return Err(refuse(Constraint::LedgerDedupKey));
+        }
+        self.db.journal_keys.insert(key);
+        self.db.journal.push(JournalRow {
+            user,
+            profile,
+            delta: CapitalDelta {
+                allocated: money(delta.allocated),
+                reserved_for_orders: money(delta.reserved_for_orders),
+                reserved_for_positions: money(delta.reserved_for_positions),
+                realized_pnl: money(delta.realized_pnl),
+            },
+            dedup_key: dedup_key.to_owned(),
+        });
+        self.undo.push(Undo::Journal);
+        Ok(())
+    }
+
+    /// `UPDATE` or `DELETE` on `ledger_entries`: the journal is append-only.
+    pub(crate) fn rewrite_journal(&mut self) -> Result<u64, StoreError> {
+        Err(refuse(Constraint::LedgerAppendOnly))
+    }
+
+    fn check_profile_reference(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        check(self.db.profile_owned(profile, user), name)
+    }
+
+    fn check_order_reference(&self, order: &ClientOrderId) -> Result<(), StoreError> {
+        check(
+            self.db.order_ids.contains_key(order),
+            "orders_reference_fkey",
+        )
+    }
+
+    /// `INSERT INTO orders … ON CONFLICT (client_order_id) DO NOTHING`: false when the client
+    /// order id exists. The fence trigger runs first, as a `BEFORE INSERT` trigger does.
+    pub(crate) fn insert_order(
+        &mut self,
+        order: &OrderRecord,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        if let Some(lock) = &order.lock {
+            let current = self
+                .db
+                .live_fence(LockKind::Entry, lock.key.as_str(), now_ms);
+            if current != Some(lock.fence.0) {
+                return Err(refuse(Constraint::CurrentFence));
+            }
+        }
+        if self.db.order_ids.contains_key(&order.client_order_id) {
+            return Ok(false);
+        }
+        self.check_profile_reference(order.profile, order.user, "orders_profile_fkey")?;
+        let order = normalize_order(order);
+        check_order(&order)?;
+        let at = self.db.orders.len();
+        self.db.index_order(at, None, Some(&order))?;
+        self.db.order_ids.insert(order.client_order_id.clone(), at);
+        self.db.orders.push(order);
+        self.undo.push(Undo::Order { at, before: None });
+        Ok(true)
+    }
+
+    /// `INSERT INTO orders` without `ON CONFLICT`: a second row under a client order id is
+    /// refused by its key.
+    pub(crate) fn insert_order_strict(
+        &mut self,
+        order: &OrderRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if self.insert_order(order, now_ms)? {
+            Ok(())
+        } else {
+            Err(refuse(Constraint::ClientOrderIdKey))
+        }
+    }
+
+    /// `UPDATE orders SET status, filled_qty, reserved_remaining, exchange_order_id`.
+    pub(crate) fn update_order(
+        &mut self,
+        order: &OrderRecord,
+        user: UserId,
+    ) -> Result<(), StoreError> {
+        let Some(&at) = self.db.order_ids.get(&order.client_order_id) else {
+            return Ok(());
+        };
+        let before = self.db.orders[at].clone();
+        if before.user != user {
+            return Ok(());
+        }
+        let after = OrderRecord {
+            status: order.status,
+            filled_qty: money(order.filled_qty),
+            reserved_remaining: money(order.reserved_remaining),
+            exchange_order_id: order.exchange_order_id.clone(),
+            ..before.clone()
+        };
+        check_order(&after)?;
+        self.db.index_order(at, Some(&before), Some(&after))?;
+        self.db.orders[at] = after;
+        self.undo.push(Undo::Order {
+            at,
+            before: Some(before),
+        });
+        Ok(())
+    }
+
+    /// `INSERT INTO fills`; false when the trade id was already recorded and `dedup` (the
+    /// `ON CONFLICT DO NOTHING`) is on, refused by `fills_exchange_trade_key` otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert_fill(
+        &mut self,
+        order: &OrderRecord,
+        trade_id: &str,
+        qty: Decimal,
+        price: Decimal,
+        fee: Decimal,
+        dedup: bool,
+    ) -> Result<bool, StoreError> {
+        self.check_order_reference(&order.client_order_id)?;
+        self.check_profile_reference(order.profile, order.user, "fills_profile_fkey")?;
+        let row = FillRow {
+            client_order_id: order.client_order_id.as_str().to_owned(),
+            qty: money(qty),
+            price: money(price),
+            fee: money(fee),
+        };
+        check(row.qty > Decimal::ZERO, "fills_qty_positive")?;
+        check(row.price > Decimal::ZERO, "fills_price_positive")?;
+        check(row.fee >= Decimal::ZERO, "fills_fee_nonnegative")?;
+        let key = (order.profile, order.symbol.clone(), trade_id.to_owned());
+        if self.db.fills.contains_key(&key) {
+            return if dedup {
+                Ok(false)
+            } else {
+                Err(refuse(Constraint::ExchangeTradeKey))
+            };
+        }
+        self.db.fills.insert(key.clone(), row);
+        self.undo.push(Undo::Fill(key));
+        Ok(true)
+    }
+
+    /// `INSERT INTO lifecycles`.
+    pub(crate) fn insert_lifecycle(&mut self, row: LifecycleRow) -> Result<(), StoreError> {
+        let coid = ClientOrderId::new(&row.client_order_id)
+            .map_err(|e| super::rows::corrupt("client order id", e))?;
+        self.check_order_reference(&coid)?;
+        self.check_profile_reference(row.profile, row.user, "lifecycles_profile_fkey")?;
+        check_lifecycle(&row)?;
+        if self.db.lifecycle_ids.contains_key(&row.client_order_id) {
+            return Err(refuse(Constraint::Other(
+                "lifecycles_client_order_id_key".to_owned(),
+            )));
+        }
+        let at = self.db.lifecycles.len();
+        self.db.index_lifecycle(at, None, Some(&row))?;
+        self.db
+            .lifecycle_ids
+            .insert(row.client_order_id.clone(), at);
+        self.db.lifecycles.push(row);
+        self.undo.push(Undo::Lifecycle { at, before: None });
+        Ok(())
+    }
+
+    /// `UPDATE lifecycles` of the row with this id and owner: `change` edits a copy, which
+    /// replaces the row once its constraints hold.
+    pub(crate) fn update_lifecycle(
+        &mut self,
+        id: i64,
+        user: UserId,
+        change: impl FnOnce(&mut LifecycleRow),
+    ) -> Result<(), StoreError> {
+        let Some(at) = lifecycle_index(id).filter(|&at| at < self.db.lifecycles.len()) else {
+            return Ok(());
+        };
+        let before = self.db.lifecycles[at].clone();
+        if before.user != user {
+            return Ok(());
+        }
+        let mut after = before.clone();
+        change(&mut after);
+        check_lifecycle(&after)?;
+        self.db.index_lifecycle(at, Some(&before), Some(&after))?;
+        self.db.lifecycles[at] = after;
+        self.undo.push(Undo::Lifecycle {
+            at,
+            before: Some(before),
+        });
+        Ok(())
+    }
+
+    /// `INSERT INTO trade_history`.
+    pub(crate) fn insert_trade(
+        &mut self,
+        order: &OrderRecord,
+        trade_id: &str,
+    ) -> Result<(), StoreError> {
+        self.check_order_reference(&order.client_order_id)?;
+        self.check_profile_reference(order.profile, order.user, "trade_history_profile_fkey")?;
+        let key = (order.profile, order.symbol.clone(), trade_id.to_owned());
+        if !self.db.trades.insert(key.clone()) {
+            return Err(refuse(Constraint::ExchangeTradeKey));
+        }
+        self.undo.push(Undo::Trade(key));
+        Ok(())
+    }
+
+    /// Sets (or with `None` deletes) a lock row; a fence never decreases
+    /// (`locks_fence_only_grows`).
+    pub(crate) fn set_lock(
+        &mut self,
+        kind: LockKind,
+        key: &str,
+        row: Option<LockRow>,
+    ) -> Result<(), StoreError> {
+        let table = &mut self.db.locks[lock_table(kind)];
+        if let (Some(old), Some(new)) = (table.get(key), &row)
+            && new.fence < old.fence
+        {
+            return Err(refuse(Constraint::FenceOnlyGrows));
+        }
+        let before = match row {
+            Some(row) => table.insert(key.to_owned(), row),
+            None => table.remove(key),
+        };
+        self.undo.push(Undo::Lock(kind, key.to_owned(), before));
+        Ok(())
+    }
+
+    /// The next fence of the sequence all lock kinds share.
+    pub(crate) fn next_fence(&mut self) -> i64 {
+        let before = self.db.fence_seq;
+        self.db.fence_seq += 1;
+        self.undo.push(Undo::FenceSeq(before));
+        self.db.fence_seq
+    }
+}
+
+impl Db {
+    /// Moves order `at` from the indexes of `before` to those of `after`, refusing a second
+    /// open ENTRY for (profile, symbol).
+    fn index_order(
+        &mut self,
+        at: usize,
+        before: Option<&OrderRecord>,
+        after: Option<&OrderRecord>,
+    ) -> Result<(), StoreError> {
+        let new_key = after.and_then(open_entry_key);
+        if let Some(key) = &new_key
+            && self
+                .open_entry_orders
+                .get(key)
+                .is_some_and(|&held| held != at)
+        {
+            return Err(refuse(Constraint::OneOpenEntryOrder));
+        }
+        if let Some(key) = before.and_then(open_entry_key) {
+            self.open_entry_orders.remove(&key);
+        }
+        if before.is_some_and(|o| o.status.is_open()) {
+            self.open_orders.remove(&at);
+        }
+        if let Some(key) = new_key {
+            self.open_entry_orders.insert(key, at);
+        }
+        if after.is_some_and(|o| o.status.is_open()) {
+            self.open_orders.insert(at);
+        }
+        Ok(())
+    }
+
+    /// Moves lifecycle `at` from the index of `before` to that of `after`, refusing a second
+    /// open ENTRY lifecycle for (profile, symbol).
+    fn index_lifecycle(
+        &mut self,
+        at: usize,
+        before: Option<&LifecycleRow>,
+        after: Option<&LifecycleRow>,
+    ) -> Result<(), StoreError> {
+        let new_key = after.and_then(open_lifecycle_key);
+        if let Some(key) = &new_key
+            && self.open_entries.get(key).is_some_and(|&held| held != at)
+        {
+            return Err(refuse(Constraint::OneOpenEntryLifecycle));
+        }
+        if let Some(key) = before.and_then(open_lifecycle_key) {
+            self.open_entries.remove(&key);
+        }
+        if let Some(key) = new_key {
+            self.open_entries.insert(key, at);
+        }
+        Ok(())
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        // Each write was checked when made, so its inverse restores a state that held them.
+        match undo {
+            Undo::Profile(profile) => {
+                self.profiles.remove(&profile);
+            }
+            Undo::Capital(profile, before) => match before {
+                Some(row) => {
+                    self.capital.insert(profile, row);
+                }
+                None => {
+                    self.capital.remove(&profile);
+                }
+            },
+            Undo::Journal => {
+                if let Some(row) = self.journal.pop() {
+                    self.journal_keys.remove(&(row.profile, row.dedup_key));
+                }
+            }
+            Undo::Order { at, before } => {
+                let current = self.orders[at].clone();
+                let _ = self.index_order(at, Some(&current), before.as_ref());
+                match before {
+                    Some(row) => self.orders[at] = row,
+                    None => {
+                        self.orders.pop();
+                        self.order_ids.remove(&current.client_order_id);
+                    }
+                }
+            }
+            Undo::Fill(key) => {
+                self.fills.remove(&key);
+            }
+            Undo::Lifecycle { at, before } => {
+                let current = self.lifecycles[at].clone();
+                let _ = self.index_lifecycle(at, Some(&current), before.as_ref());
+                match before {
+                    Some(row) => self.lifecycles[at] = row,
+                    None => {
+                        self.lifecycles.pop();
+                        self.lifecycle_ids.remove(&current.client_order_id);
+                    }
+                }
+            }
+            Undo::Trade(key) => {
+                self.trades.remove(&key);
+            }
+            Undo::Lock(kind, key, before) => {
+                let table = &mut self.locks[lock_table(kind)];
+                match before {
+                    Some(row) => table.insert(key, row),
+                    None => table.remove(&key),
+                };
+            }
+            Undo::FenceSeq(before) => self.fence_seq = before,
+        }
+    }
+}
+
+/// The one database of a memory store, shared by the store's clones; a transaction holds it
+/// until it ends.
+#[derive(Clone)]
+pub(crate) struct MemoryPool {
+    db: Arc<tokio::sync::Mutex<Db>>,
+    /// How long a caller waits for the database before giving up, as the SQL pools do.
+    acquire_timeout: Duration,
+}
+
+impl MemoryPool {
+    pub(crate) fn new(acquire_timeout: Duration) -> MemoryPool {
+        MemoryPool {
+            db: Arc::new(tokio::sync::Mutex::new(Db::default())),
+            acquire_timeout,
+        }
+    }
+
+    /// Opens a transaction, waiting at most `acquire_timeout` for the one open now to end.
+    pub(crate) async fn begin(&self) -> Result<Transaction, StoreError> {
+        let db = match self.db.clone().try_lock_owned() {
+            Ok(db) => db,
+            Err(_) => tokio::time::timeout(self.acquire_timeout, self.db.clone().lock_owned())
+                .await
+                .map_err(|_| StoreError::MemoryBusy(self.acquire_timeout))?,
+        };
+        Ok(Transaction {
+            db,
+            undo: Vec::new(),
+        })
+    }
+}
+
+/// A write outside the store API, as a raw SQL statement is on a database: what a test plants
+/// to show that the memory store's tables refuse it (see [`super::Store::plant_row_write`]).
+#[derive(Debug, Clone)]
+pub enum RowWrite {
+    /// `UPDATE capital_accounts SET …`: the profile's capital row becomes `capital`.
+    Capital {
+        /// The profile.
+        profile: ProfileId,
+        /// The row as written.
+        capital: Capital,
+    },
+    /// `INSERT INTO orders`: the order row as given, under the lock and fence it names.
+    Order(OrderRecord),
+    /// `INSERT INTO fills`: a fill of `order` under `trade_id`, without `ON CONFLICT`.
+    Fill {
+        /// The order.
+        order: ClientOrderId,
+        /// The exchange trade id.
+        trade_id: String,
+        /// Quantity, price and fee.
+        qty: Decimal,
+        /// The price.
+        price: Decimal,
+        /// The fee.
+        fee: Decimal,
+    },
+    /// `INSERT INTO ledger_entries`.
+    Journal {
+        /// The profile.
+        profile: ProfileId,
+        /// The order it belongs to (none for an allocation).
+        order: Option<ClientOrderId>,
+        /// What it is.
+        kind: JournalKind,
+        /// Its delta.
+        delta: CapitalDelta,
+        /// Its de-duplication key.
+        dedup_key: String,
+    },
+    /// `UPDATE ledger_entries … WHERE profile_id = …`.
+    UpdateJournal {
+        /// The profile.
+        profile: ProfileId,
+    },
+    /// `DELETE FROM ledger_entries WHERE profile_id = …`.
+    DeleteJournal {
+        /// The profile.
+        profile: ProfileId,
+    },
+    /// `INSERT INTO lifecycles`: an open ENTRY lifecycle of the order's (profile, symbol).
+    OpenEntryLifecycle {
+        /// The order it is recorded under.
+        order: ClientOrderId,
+        /// Its quantity and cost.
+        qty: Decimal,
+        /// Its cost.
+        cost: Decimal,
+    },
+}
+
+impl Transaction {
+    /// Makes a planted write through the tables' constraints; rows written, as a statement's.
+    pub(crate) fn plant(&mut self, user: UserId, write: RowWrite) -> Result<u64, StoreError> {
+        match write {
+            RowWrite::Capital { profile, capital } => self.write_capital(profile, user, &capital),
+            RowWrite::Order(order) => {
+                self.insert_order_strict(&order, now_ms())?;
+                Ok(1)
+            }
+            RowWrite::Fill {
+                order,
+                trade_id,
+                qty,
+                price,
+                fee,
+            } => {
+                let order = self.order_of(&order, user)?;
+                self.insert_fill(&order, &trade_id, qty, price, fee, false)?;
+                Ok(1)
+            }
+            RowWrite::Journal {
+                profile,
+                order,
+                kind,
+                delta,
+                dedup_key,
+            } => {
+                self.insert_journal(user, profile, order.as_ref(), kind, &delta, &dedup_key)?;
+                Ok(1)
+            }
+            RowWrite::UpdateJournal { profile } | RowWrite::DeleteJournal { profile } => {
+                let rows = self
+                    .db
+                    .journal
+                    .iter()
+                    .filter(|r| r.profile == profile && r.user == user)
+                    .count();
+                if rows == 0 {
+                    return Ok(0);
+                }
+                self.rewrite_journal()
+            }
+            RowWrite::OpenEntryLifecycle { order, qty, cost } => {
+                let order = self.order_of(&order, user)?;
+                self.insert_lifecycle(LifecycleRow {
+                    user,
+                    profile: order.profile,
+                    symbol: order.symbol.clone(),
+                    kind: IntentKind::Entry,
+                    side: order.side,
+                    client_order_id: order.client_order_id.as_str().to_owned(),
+                    entry_lifecycle_id: None,
+                    qty: money(qty),
+                    cost: money(cost),
+                    proceeds: Decimal::ZERO,
+                    realized_pnl: Decimal::ZERO,
+                    qty_open: money(qty),
+                    cost_open: money(cost),
+                    is_open: true,
+                })?;
+                Ok(1)
+            }
+        }
+    }
+
+    fn order_of(&self, coid: &ClientOrderId, user: UserId) -> Result<OrderRecord, StoreError> {
+        self.db
+            .order(coid, user)
+            .cloned()
+            .ok_or_else(|| crate::lifecycle::LifecycleError::UnknownOrder(coid.clone()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The memory store's own constraints, beyond what the store contract suite plants: each
+    //! write is made on the tables directly, as a raw statement would be on a database.
+
+    use std::time::Duration;
+
+    use rust_decimal_macros::dec;
+
+    use super::*;
+    use crate::ids::Fence;
+    use crate::lock::{FencedLock, LockKey};
+    use crate::order::OrderStatus;
+
+    fn pool() -> MemoryPool {
+        MemoryPool::new(Duration::from_millis(50))
+    }
+
+    fn entry_order(user: UserId, profile: ProfileId, coid: &str) -> OrderRecord {
+        OrderRecord {
+            client_order_id: ClientOrderId::new(coid).unwrap(),
+            user,
+            profile,
+            symbol: Symbol::new("BTCUSDT").unwrap(),
+            kind: IntentKind::Entry,
+            side: Side::Buy,
+            qty: dec!(1),
+            price: dec!(100),
+            reserved: dec!(100),
+            reserved_remaining: dec!(100),
+            filled_qty: dec!(0),
+            status: OrderStatus::PendingSubmit,
+            lock: None,
+            exchange_order_id: None,
+        }
+    }
+
+    async fn with_profile(pool: &MemoryPool) -> (UserId, ProfileId) {
+        let (user, profile) = (UserId::new_random(), ProfileId::new_random());
+        let mut tx = pool.begin().await.unwrap();
+        tx.insert_profile(profile, user, "p").unwrap();
+        tx.commit();
+        (user, profile)
+    }
+
+    fn constraint(result: Result<impl std::fmt::Debug, StoreError>) -> Constraint {
+        match result {
+            Err(StoreError::Constraint(c)) => c,
+            other => panic!("expected a constraint, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_transaction_leaves_no_row_and_no_index_entry() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let order = entry_order(user, profile, "a");
+        let mut tx = pool.begin().await.unwrap();
+        let capital = Capital {
+            allocated: dec!(100),
+            ..Capital::default()
+        };
+        tx.write_capital(profile, user, &capital).unwrap();
+        assert!(tx.insert_order(&order, now_ms()).unwrap());
+        tx.next_fence();
+        drop(tx);
+        let mut tx = pool.begin().await.unwrap();
+        assert_eq!(tx.capital(profile, user), Some(Capital::default()));
+        assert!(tx.order(&order.client_order_id, user).is_none());
+        assert!(!tx.entry_in_flight(profile, user, &order.symbol));
+        assert_eq!(tx.next_fence(), 1, "the fence sequence was rolled back too");
+        // The open-entry index is free again: a second order for the symbol is accepted.
+        assert!(
+            tx.insert_order(&entry_order(user, profile, "b"), now_ms())
+                .unwrap()
+        );
+        assert_eq!(
+            constraint(tx.insert_order(&entry_order(user, profile, "c"), now_ms())),
+            Constraint::OneOpenEntryOrder
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_order_frees_its_symbol_and_a_rollback_takes_it_back() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let mut tx = pool.begin().await.unwrap();
+        let order = entry_order(user, profile, "a");
+        assert!(tx.insert_order(&order, now_ms()).unwrap());
+        tx.commit();
+        let mut tx = pool.begin().await.unwrap();
+        let canceled = OrderRecord {
+            status: OrderStatus::Canceled,
+            reserved_remaining: dec!(0),
+            ..order.clone()
+        };
+        tx.update_order(&canceled, user).unwrap();
+        assert!(!tx.entry_in_flight(profile, user, &order.symbol));
+        drop(tx);
+        let mut tx = pool.begin().await.unwrap();
+        assert!(tx.entry_in_flight(profile, user, &order.symbol));
+        assert_eq!(
+            constraint(tx.insert_order(&entry_order(user, profile, "b"), now_ms())),
+            Constraint::OneOpenEntryOrder
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fence_only_grows_and_a_stale_fence_is_refused() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let key = LockKey::new("entry:test").unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        let row = LockRow {
+            owner: uuid::Uuid::new_v4(),
+            fence: 5,
+            expires_at_ms: now_ms() + 60_000,
+        };
+        tx.set_lock(LockKind::Entry, key.as_str(), Some(row))
+            .unwrap();
+        let lower = LockRow { fence: 4, ..row };
+        assert_eq!(
+            constraint(tx.set_lock(LockKind::Entry, key.as_str(), Some(lower))),
+            Constraint::FenceOnlyGrows
+        );
+        let mut order = entry_order(user, profile, "a");
+        order.lock = Some(FencedLock {
+            key: key.clone(),
+            fence: Fence(4),
+        });
+        assert_eq!(
+            constraint(tx.insert_order(&order, now_ms())),
+            Constraint::CurrentFence
+        );
+        order.lock = Some(FencedLock {
+            key,
+            fence: Fence(5),
+        });
+        assert!(tx.insert_order(&order, now_ms()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn capital_columns_and_order_bounds_are_checked_as_the_schema_checks_them() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let mut tx = pool.begin().await.unwrap();
+        let negative = Capital {
+            allocated: dec!(10),
+            reserved_for_positions: dec!(-1),
+            ..Capital::default()
+        };
+        assert_eq!(
+            constraint(tx.write_capital(profile, user, &negative)),
+            Constraint::CapitalNonNegative("capital_reserved_for_positions_nonnegative".into())
+        );
+        let mut order = entry_order(user, profile, "a");
+        order.reserved_remaining = dec!(101);
+        assert_eq!(
+            constraint(tx.insert_order(&order, now_ms())),
+            Constraint::Other("orders_reserved_remaining_bounded".into())
+        );
+        let other_user = entry_order(UserId::new_random(), profile, "b");
+        assert_eq!(
+            constraint(tx.insert_order(&other_user, now_ms())),
+            Constraint::Other("orders_profile_fkey".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trade_id_is_recorded_once_per_profile_and_symbol() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let mut tx = pool.begin().await.unwrap();
+        let order = entry_order(user, profile, "a");
+        assert!(tx.insert_order(&order, now_ms()).unwrap());
+        tx.insert_trade(&order, "t1").unwrap();
+        assert_eq!(
+            constraint(tx.insert_trade(&order, "t1")),
+            Constraint::ExchangeTradeKey
+        );
+        assert!(
+            tx.insert_fill(&order, "t1", dec!(1), dec!(100), dec!(0), true)
+                .unwrap()
+        );
+        assert!(
+            !tx.insert_fill(&order, "t1", dec!(1), dec!(100), dec!(0), true)
+                .unwrap(),
+            "with ON CONFLICT DO NOTHING a repeat is no row"
+        );
+        assert_eq!(
+            constraint(tx.insert_fill(&order, "t1", dec!(1), dec!(100), dec!(0), false)),
+            Constraint::ExchangeTradeKey
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_waits_for_the_open_one_at_most_its_timeout() {
+        let pool = pool();
+        let held = pool.begin().await.unwrap();
+        assert!(matches!(pool.begin().await, Err(StoreError::MemoryBusy(_))));
+        held.commit();
+        pool.begin().await.unwrap().commit();
+    }
+
+    #[test]
+    fn money_is_kept_as_the_database_keeps_it() {
+        assert_eq!(money(dec!(1.50000000)).to_string(), "1.5");
+        assert_eq!(money(dec!(100)).to_string(), "100");
+    }
+}
