@@ -32,10 +32,17 @@ pub struct BacktestArgs {
     /// Fee of every fill, in basis points of notional.
     #[arg(long, default_value = "4")]
     pub fee_bps: Decimal,
+    /// The chance, from 0 to 1, that a fill takes only part of the remaining quantity (the rest
+    /// fills on later candles).
+    #[arg(long, default_value_t = 0.0)]
+    pub partial_fill_probability: f64,
     /// Write the full report (summary, trades, equity curve) as JSON here.
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
-    /// Where the kernel store lives: in memory, or a SQLite file in a temporary directory.
+    /// Where the kernel store lives: `memory` (the memory store, fastest), `sqlite` (an
+    /// in-memory SQLite database with the live schema and statements), `file` (a SQLite file in a
+    /// temporary directory) or `worker` (in-memory SQLite on the server's driver). The report is
+    /// the same on each.
     #[arg(long, value_enum, default_value_t = BacktestStore::Memory)]
     pub store: BacktestStore,
     /// Plot equity and drawdown with trades marked (SVG or PNG, by extension).
@@ -60,6 +67,7 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         config,
         capital: args.capital,
         fee_bps: args.fee_bps,
+        partial_fill_probability: args.partial_fill_probability,
         store: args.store,
     };
     let report = run_backtest(&spec, true).await?;

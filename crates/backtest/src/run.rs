@@ -2,7 +2,7 @@
 //!
 //! The path is the live one: the Wasm runtime with the live fuel and memory budgets, the
 //! [`ProfileEngine`] (validation, risk rules, entry locks, write-ahead, lifecycle, ledger) over a
-//! SQLite store (in memory and in the calling thread by default, see [`BacktestStore`]), and the
+//! store (the memory store by default, SQLite on request, see [`BacktestStore`]), and the
 //! paper exchange, whose market orders fill at the next candle's open, so a decision never sees
 //! its own fill price in advance.
 //!
@@ -44,13 +44,16 @@ const QTY_MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 /// Smallest order notional of the backtest instrument, as on Binance USDⓈ-M futures.
 const NOTIONAL_MIN: Decimal = Decimal::from_parts(5, 0, 0, false, 0);
 
-/// Where a backtest keeps its kernel store. All are SQLite with the live schema, constraints
-/// and statements; the report is the same byte for byte.
+/// Where a backtest keeps its kernel store. The report is the same byte for byte on each: the
+/// memory store is proven equal to the SQLite stores (see `docs/store.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BacktestStore {
-    /// A private in-memory database whose statements run in the backtest's own thread.
+    /// The memory store: the store's rows in process memory, its invariants checked in Rust.
     #[default]
     Memory,
+    /// A private in-memory SQLite database with the live schema, constraints and statements,
+    /// run in the backtest's own thread.
+    Sqlite,
     /// A database file in a temporary directory, run in the backtest's thread, written without
     /// fsync, deleted after the run.
     File,
@@ -76,6 +79,9 @@ pub struct BacktestSpec {
     pub capital: Decimal,
     /// Fee of every fill, in basis points of notional.
     pub fee_bps: Decimal,
+    /// The chance, from 0 to 1, that a fill of the paper exchange takes only part of the
+    /// remaining quantity (the rest fills on later candles).
+    pub partial_fill_probability: f64,
     /// Where the kernel store lives.
     pub store: BacktestStore,
 }
@@ -126,6 +132,12 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
     if spec.fee_bps < Decimal::ZERO {
         bail!("--fee-bps must not be negative, not {}", spec.fee_bps);
     }
+    if !(0.0..=1.0).contains(&spec.partial_fill_probability) {
+        bail!(
+            "--partial-fill-probability must be between 0 and 1, not {}",
+            spec.partial_fill_probability
+        );
+    }
     let Some(first) = spec.candles.first() else {
         bail!("no candles to backtest");
     };
@@ -151,7 +163,7 @@ impl Rig {
     async fn new(spec: &BacktestSpec, start_ms: i64) -> anyhow::Result<Rig> {
         let (store, dir) = open_store(spec.store)
             .await
-            .context("opening the backtest's SQLite store")?;
+            .context("opening the backtest's store")?;
         let user = UserId::new_random();
         let tenant = store.tenant(user);
         let profile = tenant.create_profile("backtest").await?;
@@ -162,6 +174,7 @@ impl Rig {
                 taker_fee_bps: spec.fee_bps,
                 maker_fee_bps: spec.fee_bps,
                 initial_balance: capital,
+                partial_fill_probability: spec.partial_fill_probability,
                 ..PaperConfig::default()
             },
             [backtest_rules(&spec.symbol)],
@@ -235,9 +248,12 @@ impl Rig {
     }
 }
 
-async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<tempfile::TempDir>)> {
+/// Opens a backtest's store of `kind`, with the temporary directory of a file store (the
+/// database is deleted with it).
+pub async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<tempfile::TempDir>)> {
     match kind {
-        BacktestStore::Memory => Ok((Store::open_sqlite_in_thread(None).await?, None)),
+        BacktestStore::Memory => Ok((Store::open_memory(), None)),
+        BacktestStore::Sqlite => Ok((Store::open_sqlite_in_thread(None).await?, None)),
         BacktestStore::File => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
             let path = dir.path().join("backtest.db");

@@ -25,6 +25,7 @@ pub fn spec(plugin: &str, seed: u64) -> BacktestSpec {
         config: Vec::new(),
         capital: dec!(10000),
         fee_bps: dec!(4),
+        partial_fill_probability: 0.0,
         store: BacktestStore::Memory,
     }
 }

@@ -94,12 +94,53 @@ async fn a_higher_fee_costs_more_and_is_reported() {
     assert!(dear.summary.realized_pnl < cheap.summary.realized_pnl);
 }
 
+/// The memory store against the SQLite store, whole backtests compared byte for byte: every
+/// example strategy, long-only and long-short, with fees and without, with partial fills and
+/// without, over several random walks.
+#[tokio::test]
+async fn the_memory_store_gives_byte_identical_json_to_sqlite() {
+    const DIFFERENTIAL_CANDLES: usize = 5_000;
+    let mut compared = 0;
+    for plugin in ["sma-cross", "rsi-reversion", "sma-cross-py"] {
+        for mode in ["long-only", "long-short"] {
+            for (seed, fee_bps, partial_fill_probability) in
+                [(21, 4, 0.0), (22, 0, 0.5), (23, 10, 0.2)]
+            {
+                let mut memory = spec(plugin, seed);
+                memory.candles.truncate(DIFFERENTIAL_CANDLES);
+                memory.config = vec![("mode".into(), mode.into())];
+                memory.fee_bps = Decimal::from(fee_bps);
+                memory.partial_fill_probability = partial_fill_probability;
+                let mut sqlite = memory.clone();
+                sqlite.store = BacktestStore::Sqlite;
+                let on_memory = run_backtest(&memory, false).await.unwrap();
+                let on_sqlite = run_backtest(&sqlite, false).await.unwrap();
+                let case = format!(
+                    "{plugin} {mode} seed {seed} fee {fee_bps} bps partial {partial_fill_probability}"
+                );
+                assert!(on_sqlite.summary.trades > 0, "{case}: no trades");
+                let (a, b) = (
+                    serde_json::to_vec_pretty(&on_memory).unwrap(),
+                    serde_json::to_vec_pretty(&on_sqlite).unwrap(),
+                );
+                assert!(a == b, "{case}: the memory store changed the report");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 18);
+}
+
 #[tokio::test]
 async fn every_store_gives_byte_identical_json() {
     let memory = run_backtest(&spec("sma-cross", 10), false).await.unwrap();
     assert!(memory.summary.trades > 0);
     let expected = serde_json::to_vec_pretty(&memory).unwrap();
-    for store in [BacktestStore::File, BacktestStore::Worker] {
+    for store in [
+        BacktestStore::Sqlite,
+        BacktestStore::File,
+        BacktestStore::Worker,
+    ] {
         let mut other = spec("sma-cross", 10);
         other.store = store;
         let report = run_backtest(&other, false).await.unwrap();

@@ -50,3 +50,23 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Engine(args) => engine::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }
+
+/// A memory figure of this process from `/proc/self/status`, in bytes: `VmRSS` (resident now)
+/// or `VmHWM` (the most it has been resident).
+pub(crate) fn proc_status_bytes(field: &str) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .with_context(|| format!("no {field} in /proc/self/status"))?;
+    Ok(kib * 1024)
+}

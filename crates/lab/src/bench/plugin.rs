@@ -288,18 +288,5 @@ fn rss_per_instance(
 }
 
 fn rss_bytes() -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .context("no VmRSS in /proc/self/status")?;
-    Ok(kib * 1024)
+    super::proc_status_bytes("VmRSS")
 }
