@@ -26,5 +26,6 @@ pub fn spec(plugin: &str, seed: u64) -> BacktestSpec {
         capital: dec!(10000),
         fee_bps: dec!(4),
         store: BacktestStore::Memory,
+        seed,
     }
 }

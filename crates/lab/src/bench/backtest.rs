@@ -49,6 +49,7 @@ pub async fn run(args: BacktestBenchArgs) -> anyhow::Result<()> {
         capital: Decimal::from(10_000),
         fee_bps: Decimal::from(4),
         store: args.store,
+        seed: 1,
     };
     let started = Instant::now();
     let report = run_backtest(&spec, false).await?;
