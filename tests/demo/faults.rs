@@ -172,3 +172,39 @@ async fn profiles_whose_recovery_keeps_panicking_are_left_stopped_not_restarted_
     let (status, lines) = demo.stop("INT").await;
     assert!(status.success(), "the demo stops cleanly: {lines:#?}");
 }
+
+#[tokio::test]
+async fn an_upload_over_a_compile_limit_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(dir.path()).await;
+    demo.wait_ready().await;
+    let token = demo.token(false);
+    let upload = |bytes: Vec<u8>| {
+        let token = token.clone();
+        let url = format!("{}/api/v1/plugins?name=bomb", demo.base);
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/wasm")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let (status, body) = upload(keel_testkit::compile_bomb::many_functions(100_001)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("functions_max = 100000"), "{body}");
+    let (status, body) = upload(keel_testkit::compile_bomb::many_live_locals(30_000)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("locals_per_function_max = 5000"), "{body}");
+    // Over the upload limit: refused before anything is read into the engine.
+    let (status, body) = upload(vec![0_u8; (32 << 20) + 1]).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(demo.get("/livez").await, (200, "ok".to_owned()));
+    let (status, lines) = demo.stop("INT").await;
+    assert!(status.success(), "the demo stops cleanly: {lines:#?}");
+}

@@ -231,13 +231,10 @@ impl ProfileTask {
                 biased;
                 _ = self.shutdown.changed() => return Wake::Shutdown,
                 Some(command) = inputs.commands.recv() => match command {
-                    control::Command::Change(ControlChange::Paused(false)) => {
-                        inputs.engine.set_paused(false);
-                        return Wake::Resumed;
-                    }
                     control::Command::Change(change) => {
-                        control::apply(change, &mut inputs.engine);
-                        self.health.snapshot(&inputs.engine);
+                        if self.apply_change(change, &mut inputs.engine) {
+                            return Wake::Resumed;
+                        }
                     }
                     control::Command::Reconcile(reply) => {
                         let _ = reply.send(Err(
@@ -406,12 +403,7 @@ impl ProfileTask {
     async fn command(&mut self, engine: &mut ProfileEngine, command: control::Command) {
         match command {
             control::Command::Change(change) => {
-                if change == ControlChange::Paused(false) {
-                    // The owner resumed the profile after reading its fault.
-                    self.health.clear_fault(engine.profile());
-                }
-                control::apply(change, engine);
-                self.health.snapshot(engine);
+                self.apply_change(change, engine);
                 // The feed sees the new status at once, not at the next candle.
                 let step = keel_api::live::StepReport {
                     loop_name: "trading",
@@ -425,6 +417,27 @@ impl ProfileTask {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Applies an owner's or operator's change. While a fault of the profile's loops stands,
+    /// its entries stay paused whatever a re-read of its stored settings says; a resume (the
+    /// only change that also asks to end a quarantine) acknowledges the fault and lifts the
+    /// pause. True when it did.
+    fn apply_change(&self, change: ControlChange, engine: &mut ProfileEngine) -> bool {
+        let profile = engine.profile();
+        let faulted = self.health.profile_fault(profile).is_some();
+        let resumed = faulted && change == ControlChange::ClearQuarantine;
+        match change {
+            ControlChange::Paused(false) if faulted => {}
+            change => control::apply(change, engine),
+        }
+        if resumed {
+            self.health.clear_fault(profile);
+            engine.set_paused(false);
+            tracing::info!(profile_id = %profile, "the profile was resumed after its loops' fault");
+        }
+        self.health.snapshot(engine);
+        resumed
     }
 
     fn finish(
