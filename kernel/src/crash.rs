@@ -7,12 +7,17 @@
 //! one load of an initialised `OnceLock` and a branch. The process dies by
 //! [`std::process::abort`] (SIGABRT), which, like SIGKILL, runs nothing of the program.
 //!
+//! `KEEL_CRASH_POINT=panic:NAME` (or `panic:NAME@N`) panics there instead, every time from the
+//! (N+1)-th on: a bug on a profile's path, which must fault that profile and leave the process
+//! and the other profiles running.
+//!
 //! | name | where |
 //! | --- | --- |
 //! | `before_submit` | the write-ahead order row is committed; the request is not sent |
 //! | `after_submit_before_answer` | the exchange executed the request; its answer is dropped |
 //! | `after_answer_before_commit` | a fill's transaction is written, not committed |
 //! | `after_commit` | a fill's transaction is committed; nothing after it ran |
+//! | `recovery` | a profile's restart recovery begins |
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,17 +32,24 @@ pub const AFTER_SUBMIT_BEFORE_ANSWER: &str = "after_submit_before_answer";
 pub const AFTER_ANSWER_BEFORE_COMMIT: &str = "after_answer_before_commit";
 /// A fill's transaction is committed; nothing after it ran.
 pub const AFTER_COMMIT: &str = "after_commit";
+/// A profile's restart recovery begins.
+pub const RECOVERY: &str = "recovery";
 /// Every crash point.
-pub const ALL: [&str; 4] = [
+pub const ALL: [&str; 5] = [
     BEFORE_SUBMIT,
     AFTER_SUBMIT_BEFORE_ANSWER,
     AFTER_ANSWER_BEFORE_COMMIT,
     AFTER_COMMIT,
+    RECOVERY,
 ];
+
+/// The prefix that makes an armed point panic instead of aborting.
+const PANIC_PREFIX: &str = "panic:";
 
 struct Armed {
     name: String,
     pass: u64,
+    panics: bool,
 }
 
 static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
@@ -50,6 +62,10 @@ fn armed() -> Option<&'static Armed> {
 }
 
 fn parse(text: &str) -> Option<Armed> {
+    let (text, panics) = match text.strip_prefix(PANIC_PREFIX) {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
     let (name, pass) = match text.split_once('@') {
         Some((name, pass)) => (name, pass.parse().ok()?),
         None => (text, 0),
@@ -57,16 +73,20 @@ fn parse(text: &str) -> Option<Armed> {
     ALL.contains(&name).then(|| Armed {
         name: name.to_owned(),
         pass,
+        panics,
     })
 }
 
-/// Dies here if this point is armed and its passes are used up.
+/// Dies (or panics) here if this point is armed and its passes are used up.
 pub fn point(name: &'static str) {
     debug_assert!(ALL.contains(&name), "unknown crash point {name}");
     let Some(armed) = armed() else {
         return;
     };
     if armed.name == name && HITS.fetch_add(1, Ordering::Relaxed) >= armed.pass {
+        if armed.panics {
+            panic!("crash point {name} reached: panicking");
+        }
         eprintln!("keel: crash point {name} reached: aborting");
         std::process::abort();
     }
@@ -87,5 +107,9 @@ mod tests {
         assert!(is_valid("after_commit@3"));
         assert!(!is_valid("after_comit"));
         assert!(!is_valid("after_commit@x"));
+        assert!(is_valid("panic:recovery"));
+        assert!(is_valid("panic:before_submit@2"));
+        assert!(!is_valid("panic:"));
+        assert!(!is_valid("abort:recovery"));
     }
 }

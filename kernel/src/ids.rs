@@ -288,6 +288,37 @@ pub fn check_name(text: &str, chars_max: usize) -> Result<(), NameError> {
     Ok(())
 }
 
+/// `text` with every character a name may not hold (see [`check_name`]: control characters,
+/// line separators, invisible formatting) written as its escape (`\n`, `\u{1b}`): how text
+/// from an untrusted source (a plugin's init error, its log lines, an intent's tag) is printed
+/// to a terminal, a log or a page, so it cannot forge lines or hide what it says.
+pub fn escape_unprintable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_forbidden_in_name) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_forbidden_in_name(c) {
+            // `escape_debug` writes `\n` and `\t`, and leaves some formatting characters as
+            // they are: those get their code point.
+            let debug = c.escape_debug();
+            if debug.len() > 1 {
+                escaped.extend(debug);
+            } else {
+                escaped.extend(c.escape_unicode());
+            }
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
+/// Whether `text` holds only characters a name may hold (see [`check_name`]); any length.
+pub fn is_printable(text: &str) -> bool {
+    !text.chars().any(is_forbidden_in_name)
+}
+
 fn is_forbidden_in_name(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -364,6 +395,21 @@ mod tests {
             let id = ClientOrderId::new(foreign).unwrap();
             assert!(!id.is_derived_for(profile, &btc), "{foreign}");
         }
+    }
+
+    #[test]
+    fn unprintable_text_is_escaped_and_printable_text_kept() {
+        assert_eq!(escape_unprintable("plain text é"), "plain text é");
+        assert_eq!(
+            escape_unprintable("a\nforged line\u{1b}[2J"),
+            "a\\nforged line\\u{1b}[2J"
+        );
+        assert_eq!(
+            escape_unprintable("x\u{202E}y\u{200B}"),
+            "x\\u{202e}y\\u{200b}"
+        );
+        assert!(is_printable("momentum entry"));
+        assert!(!is_printable("tag\rnext"));
     }
 
     #[test]

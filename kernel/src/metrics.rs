@@ -65,12 +65,16 @@ pub struct Metrics {
     pub plugin_fuel_consumed_total: IntCounter,
     pub plugin_faults_total: IntCounterVec,
     pub plugin_hot_swaps_total: IntCounterVec,
+    pub profile_faults_total: IntCounterVec,
     pub warm_up_candles_total: IntCounter,
     pub cluster_instances: IntGauge,
     pub profiles_owned: IntGauge,
     pub tenant_isolation_denials_total: IntCounterVec,
     pub ready: IntGauge,
 }
+
+/// The `kind` label values of `keel_profile_faults_total`.
+pub const PROFILE_FAULT_KINDS: [&str; 2] = ["panic", "error"];
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).expect("a valid metric name");
@@ -287,6 +291,13 @@ impl Metrics {
                 "Plugin hot-swaps by result (ok, failed).",
                 &["result"],
             ),
+            profile_faults_total: counter_vec(
+                &r,
+                "keel_profile_faults_total",
+                "Faults of a profile's loops by kind (panic: a bug on the profile's path; error: \
+                 its restart recovery failed); each stops the profile's entries.",
+                &["kind"],
+            ),
             warm_up_candles_total: counter(
                 &r,
                 "keel_warm_up_candles_total",
@@ -354,6 +365,9 @@ impl Metrics {
         }
         for result in ["ok", "failed"] {
             self.plugin_hot_swaps_total.with_label_values(&[result]);
+        }
+        for kind in PROFILE_FAULT_KINDS {
+            self.profile_faults_total.with_label_values(&[kind]);
         }
         for rule in crate::risk::REFUSAL_RULES {
             self.risk_refusals_total.with_label_values(&[rule]);

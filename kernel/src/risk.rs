@@ -304,6 +304,13 @@ pub enum Refusal {
         /// Its length.
         bytes: usize,
     },
+    /// The tag holds a control character, a line separator or an invisible formatting
+    /// character: it is printed in reports and logs, where it could forge or hide text.
+    #[error("tag holds an unprintable character ({escaped})")]
+    TagUnprintable {
+        /// The tag with those characters escaped.
+        escaped: String,
+    },
     /// The profile may not trade this symbol.
     #[error("symbol {0} is not allowed for this profile")]
     SymbolNotAllowed(Symbol),
@@ -406,6 +413,7 @@ impl Refusal {
             Refusal::InvalidNumber(_) | Refusal::FractionOutOfRange { .. } => "invalid_number",
             Refusal::InvalidId(_) => "invalid_id",
             Refusal::TagTooLong { .. } => "tag_too_long",
+            Refusal::TagUnprintable { .. } => "tag_unprintable",
             Refusal::SymbolNotAllowed(_) => "symbol_not_allowed",
             Refusal::NoPrice(_) => "no_price",
             Refusal::NotionalAboveMax { .. } => "notional_max",
@@ -426,10 +434,11 @@ impl Refusal {
 
 /// Every rule a refusal is counted under: the values of [`Refusal::rule`] and the refusals the
 /// engine records after validation. `keel_risk_refusals_total` has each from the start.
-pub const REFUSAL_RULES: [&str; 24] = [
+pub const REFUSAL_RULES: [&str; 25] = [
     "invalid_number",
     "invalid_id",
     "tag_too_long",
+    "tag_unprintable",
     "symbol_not_allowed",
     "no_price",
     "notional_max",
@@ -489,6 +498,10 @@ pub fn validate(
 fn check_tag(tag: &str) -> Result<String, Refusal> {
     if tag.len() > TAG_BYTES_MAX {
         return Err(Refusal::TagTooLong { bytes: tag.len() });
+    }
+    if !crate::ids::is_printable(tag) {
+        let escaped = crate::ids::escape_unprintable(tag).into_owned();
+        return Err(Refusal::TagUnprintable { escaped });
     }
     Ok(tag.to_owned())
 }
@@ -1064,6 +1077,27 @@ mod tests {
                 refusal.rule()
             );
         }
+    }
+
+    #[test]
+    fn a_tag_with_unprintable_characters_is_refused_and_named_escaped() {
+        for tag in ["line\nforged", "esc\u{1b}[2J", "rtl\u{202E}override"] {
+            let mut raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+            if let RawIntent::Entry(entry) = &mut raw {
+                entry.tag = tag.to_owned();
+            }
+            let refusal = check(&raw, &context()).unwrap_err();
+            assert_eq!(refusal.rule(), "tag_unprintable");
+            assert!(
+                refusal.to_string().chars().all(|c| !c.is_control()),
+                "the reason is printable: {refusal}"
+            );
+        }
+        let mut raw = entry(RawSize::BaseQty(1.0), RawPrice::Market);
+        if let RawIntent::Entry(entry) = &mut raw {
+            entry.tag = "momentum ↑ entry".to_owned();
+        }
+        assert!(check(&raw, &context()).is_ok());
     }
 
     #[test]

@@ -93,6 +93,28 @@ enum PluginCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// The compile's wall-clock budget, in ms (the host's default unless given).
+        #[arg(long)]
+        compile_ms_max: Option<u64>,
+        /// The compile's address space, in bytes (the host's default unless given).
+        #[arg(long)]
+        compile_memory_bytes_max: Option<u64>,
+    },
+    /// Compiles a plugin under resource limits for a parent `keel` process (internal).
+    #[command(hide = true)]
+    CompileWorker {
+        /// The component to compile.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the compiled artifact is written.
+        #[arg(long)]
+        output: PathBuf,
+        /// The address space the compile may use (`RLIMIT_AS`), in bytes.
+        #[arg(long)]
+        memory_bytes_max: u64,
+        /// The CPU time the compile may use (`RLIMIT_CPU`), in seconds.
+        #[arg(long)]
+        cpu_seconds_max: u64,
     },
     /// Creates a plugin crate that builds into a component and passes `keel plugin check`.
     New {
@@ -116,6 +138,21 @@ impl std::fmt::Debug for TokenArgs {
     }
 }
 
+/// Whether the command compiles untrusted plugins (an upload, a bound plugin, a file to check):
+/// those compile in a child process under resource limits. The benchmarks and the simulation
+/// compile the example plugins in process.
+fn compiles_plugins_in_a_child(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Serve(_)
+            | Command::Demo(_)
+            | Command::Backtest(_)
+            | Command::Plugin {
+                command: PluginCommand::Check { .. }
+            }
+    )
+}
+
 impl Cli {
     /// The log level when `RUST_LOG` is unset: `info` for the long-running commands (the host
     /// and the exchange simulator), `warn` for one-shot tools, whose results go to stdout.
@@ -129,10 +166,54 @@ impl Cli {
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
 pub async fn run(cli: Cli) -> ExitCode {
+    if compiles_plugins_in_a_child(&cli.command) {
+        match std::env::current_exe() {
+            Ok(program) => keel_runtime::compile::set_worker_program(program),
+            Err(error) => {
+                eprintln!("keel: finding this program to compile plugins with: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let outcome = match cli.command {
         Command::Plugin {
-            command: PluginCommand::Check { file, config, json },
-        } => plugin::check(&file, &config, json),
+            command:
+                PluginCommand::CompileWorker {
+                    input,
+                    output,
+                    memory_bytes_max,
+                    cpu_seconds_max,
+                },
+        } => {
+            let limits = keel_runtime::compile::WorkerLimits {
+                memory_bytes_max,
+                cpu_seconds_max,
+            };
+            // The parent reads the error output as the reason: no prefix.
+            return match keel_runtime::compile::run_worker(&input, &output, limits) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    config,
+                    json,
+                    compile_ms_max,
+                    compile_memory_bytes_max,
+                },
+        } => {
+            let mut compile = keel_runtime::CompileLimits::default();
+            compile.compile_ms_max = compile_ms_max.unwrap_or(compile.compile_ms_max);
+            compile.compile_memory_bytes_max =
+                compile_memory_bytes_max.unwrap_or(compile.compile_memory_bytes_max);
+            plugin::check(&file, &config, json, compile)
+        }
         Command::Plugin {
             command: PluginCommand::New { name, dir },
         } => scaffold::new_plugin(&name, &dir).map(|root| {

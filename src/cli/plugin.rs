@@ -5,18 +5,28 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use keel_runtime::check::{check_bytes, parse_config};
-use keel_runtime::{EngineSettings, PluginEngine, PluginLimits, PluginVersion, user_cache_dir};
+use keel_runtime::{
+    CompileCancel, CompileLimits, EngineSettings, PluginEngine, PluginLimits, PluginVersion,
+    user_cache_dir,
+};
 
-/// Loads `file` as the host would, then instantiates it and runs `init` with `config`.
-pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitCode> {
+/// Loads `file` as the host would (within `compile`'s limits), then instantiates it and runs
+/// `init` with `config`.
+pub fn check(
+    file: &Path,
+    config: &[String],
+    json: bool,
+    compile: CompileLimits,
+) -> anyhow::Result<ExitCode> {
     let pairs = parse_config(config)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let engine = PluginEngine::new(EngineSettings {
         instances_max: 2,
         cache_dir: user_cache_dir(),
+        compile,
         ..EngineSettings::default()
     })?;
-    let checked = match check_bytes(&engine, &bytes, pairs) {
+    let checked = match check_bytes(&engine, &bytes, pairs, &CompileCancel::new()) {
         Ok(checked) => checked,
         Err(reason) => {
             print_refusal(file, &reason, json);

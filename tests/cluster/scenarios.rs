@@ -173,7 +173,7 @@ async fn an_owner_stopped_past_its_lease_is_fenced_out_after_the_takeover() {
     signal(first.pid(), "CONT");
     wait_for("the stale owner to stop the profile", || async {
         let (_, body) = first.get("/internal/health").await;
-        body.contains("not_started")
+        body.contains("\"role\":\"standby\"")
     })
     .await;
     let resumed_at = world.sim.placements().await.len();

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 mod browser;
+mod faults;
 mod logs;
 mod roster;
 

@@ -36,7 +36,7 @@ impl Demo {
         )
     }
 
-    async fn profile_as(&self, id: &str, token: &str) -> Value {
+    pub(super) async fn profile_as(&self, id: &str, token: &str) -> Value {
         let (status, body) = self.get_as(&format!("/api/v1/profiles/{id}"), token).await;
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_kernel::engine::ProfileEngine;
-use keel_kernel::ids::ProfileId;
+use keel_kernel::ids::{ProfileId, escape_unprintable};
 use keel_kernel::metrics::Metrics;
 use serde::Serialize;
 
@@ -52,6 +52,7 @@ pub struct LoopRun {
 pub struct LoopHealth {
     runs: Mutex<HashMap<(ProfileId, &'static str), LoopRun>>,
     snapshots: Mutex<HashMap<ProfileId, ProfileSnapshot>>,
+    faults: Mutex<HashMap<ProfileId, ProfileFault>>,
     recovered: Mutex<Vec<ProfileId>>,
     expected_profiles: Mutex<usize>,
     ready: AtomicBool,
@@ -69,6 +70,130 @@ pub struct ProfileSnapshot {
     pub entry_block: Option<keel_kernel::risk::EntryBlock>,
     /// Free capital after the step.
     pub capital_free: rust_decimal::Decimal,
+    /// The strategy's last call faulted: its entries wait for a healthy call.
+    pub plugin_faulted: bool,
+    /// The strategy's last fault, if it ever had one.
+    pub plugin_fault: Option<keel_kernel::engine::StrategyFaultRecord>,
+    /// Why and since when the profile is quarantined, while it is.
+    pub quarantine: Option<keel_kernel::engine::QuarantineRecord>,
+    /// A resume asked for the quarantine to end at the next clean pass.
+    pub quarantine_clear_requested: bool,
+}
+
+/// A fault as owners and operators read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FaultView {
+    /// A plugin fault's kind (`trap`, `deadline`, `fuel`, `memory`, `invalid_output`,
+    /// `init_refused`, `dead`), or the loops' own (`panic`, `error`).
+    pub kind: String,
+    /// What happened, with control characters escaped.
+    pub message: String,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+}
+
+impl FaultView {
+    fn of_plugin(record: &keel_kernel::engine::StrategyFaultRecord) -> FaultView {
+        FaultView {
+            kind: record.fault.kind().to_owned(),
+            message: escape_unprintable(&record.fault.to_string()).into_owned(),
+            at_ms: record.at_ms,
+        }
+    }
+}
+
+/// Why and since when a profile is quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct QuarantineView {
+    /// What the reconciliation pass that quarantined it found.
+    pub reason: String,
+    /// Since when, ms since the epoch.
+    pub since_ms: i64,
+    /// A resume asked for the quarantine to end at the next clean reconciliation pass.
+    pub clear_requested: bool,
+}
+
+/// The state of a profile's plugin and loops in the answering host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ProfileHealth {
+    /// `ok` (its plugin's last call succeeded), `faulted` (its plugin's last call faulted, or
+    /// its loops did and restart: entries wait), `stopped` (its loops stopped after repeated
+    /// faults and wait for a resume) or `not_running` (no loop runs it in this host).
+    pub state: String,
+    /// The plugin's last fault, if it had one since the profile started here.
+    pub plugin_fault: Option<FaultView>,
+    /// The last fault of the profile's loops (a panic on its path, a failed restart recovery),
+    /// until the profile is resumed.
+    pub loop_fault: Option<ProfileFault>,
+    /// Why and since when it is quarantined, while it is.
+    pub quarantine: Option<QuarantineView>,
+}
+
+impl ProfileHealth {
+    /// What `health` knows of `profile`.
+    pub fn of(health: &LoopHealth, profile: ProfileId) -> ProfileHealth {
+        let snapshot = health.profile_snapshot(profile);
+        let loop_fault = health.profile_fault(profile);
+        let state = match (&snapshot, &loop_fault) {
+            (_, Some(fault)) if fault.state == "stopped" => "stopped",
+            (_, Some(_)) => "faulted",
+            (Some(snapshot), None) if snapshot.plugin_faulted => "faulted",
+            (Some(_), None) => "ok",
+            (None, None) => "not_running",
+        };
+        let quarantine = snapshot.as_ref().and_then(|s| {
+            s.quarantine.as_ref().map(|q| QuarantineView {
+                reason: q.reason.clone(),
+                since_ms: q.since_ms,
+                clear_requested: s.quarantine_clear_requested,
+            })
+        });
+        ProfileHealth {
+            state: state.to_owned(),
+            plugin_fault: snapshot
+                .as_ref()
+                .and_then(|s| s.plugin_fault.as_ref().map(FaultView::of_plugin)),
+            loop_fault,
+            quarantine,
+        }
+    }
+}
+
+/// A fault of a profile's loops themselves (not of its strategy): a panic on the profile's
+/// path, or a restart recovery that failed. The profile's entries stop until its owner resumes
+/// it; its loops restart after a backoff, at most [`PROFILE_RESTARTS_MAX`] times in
+/// [`PROFILE_FAULT_WINDOW_MS`], after which they stay stopped until the profile is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ProfileFault {
+    /// `panic` or `error` (the `kind` label of `keel_profile_faults_total`).
+    pub kind: String,
+    /// What failed, with control characters escaped.
+    pub message: String,
+    /// Wall time of the fault, ms since the epoch.
+    pub at_ms: i64,
+    /// Faults of the profile's loops within the window, this one included.
+    pub faults_in_window: u32,
+    /// `restarting` (the loops start again after a backoff) or `stopped` (they wait for the
+    /// profile to be resumed).
+    pub state: String,
+}
+
+/// Restarts of a profile's loops after faults within [`PROFILE_FAULT_WINDOW_MS`] before they
+/// stay stopped.
+pub const PROFILE_RESTARTS_MAX: u32 = 3;
+
+/// The window [`PROFILE_RESTARTS_MAX`] counts in.
+pub const PROFILE_FAULT_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// How many of this instance's profiles are in trouble, for the health endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProfileCounts {
+    /// Profiles this instance runs.
+    pub running: usize,
+    /// Profiles whose loops faulted, or whose strategy's last call did.
+    pub faulted: usize,
+    /// Profiles in quarantine.
+    pub quarantined: usize,
 }
 
 impl LoopHealth {
@@ -105,14 +230,63 @@ impl LoopHealth {
 
     /// Forgets a profile this instance no longer runs (its lease moved to another instance).
     pub fn forget(&self, profile: ProfileId) {
-        let mut runs = self.runs.lock().expect("lock poisoned");
-        runs.retain(|(p, _), _| *p != profile);
-        drop(runs);
+        self.forget_loops(profile);
+        self.faults.lock().expect("lock poisoned").remove(&profile);
         let mut snapshots = self.snapshots.lock().expect("lock poisoned");
         snapshots.remove(&profile);
         drop(snapshots);
         let mut recovered = self.recovered.lock().expect("lock poisoned");
         recovered.retain(|p| *p != profile);
+    }
+
+    /// Forgets the last runs of a profile's loops (they stopped after repeated faults): the
+    /// loop states speak of the loops that run, the profile's fault of the ones that do not.
+    pub fn forget_loops(&self, profile: ProfileId) {
+        let mut runs = self.runs.lock().expect("lock poisoned");
+        runs.retain(|(p, _), _| *p != profile);
+    }
+
+    /// Records a fault of the profile's loops (the last one is kept).
+    pub fn fault(&self, profile: ProfileId, fault: ProfileFault) {
+        let mut faults = self.faults.lock().expect("lock poisoned");
+        faults.insert(profile, fault);
+    }
+
+    /// Forgets the fault of the profile's loops (its owner resumed it).
+    pub fn clear_fault(&self, profile: ProfileId) {
+        let mut faults = self.faults.lock().expect("lock poisoned");
+        faults.remove(&profile);
+    }
+
+    /// The last fault of the profile's loops, while it stands.
+    pub fn profile_fault(&self, profile: ProfileId) -> Option<ProfileFault> {
+        let faults = self.faults.lock().expect("lock poisoned");
+        faults.get(&profile).cloned()
+    }
+
+    /// The profile's last snapshot, if this instance runs it.
+    pub fn profile_snapshot(&self, profile: ProfileId) -> Option<ProfileSnapshot> {
+        let snapshots = self.snapshots.lock().expect("lock poisoned");
+        snapshots.get(&profile).cloned()
+    }
+
+    /// How many of the profiles this instance runs (those with a snapshot: a profile's task
+    /// takes one as it starts) are faulted or quarantined.
+    pub fn profile_counts(&self) -> ProfileCounts {
+        let snapshots = self.snapshots.lock().expect("lock poisoned");
+        let faults = self.faults.lock().expect("lock poisoned");
+        let faulted = snapshots
+            .iter()
+            .filter(|(p, s)| s.plugin_faulted || faults.contains_key(p))
+            .count();
+        ProfileCounts {
+            running: snapshots.len(),
+            faulted,
+            quarantined: snapshots
+                .values()
+                .filter(|s| s.controls.quarantined)
+                .count(),
+        }
     }
 
     /// Whether every profile has finished restart recovery.
@@ -148,6 +322,10 @@ impl LoopHealth {
             controls: engine.controls(),
             entry_block: engine.entry_block(),
             capital_free: engine.book().capital.free(),
+            plugin_faulted: engine.strategy_faulted(),
+            plugin_fault: engine.last_fault().cloned(),
+            quarantine: engine.quarantine().cloned(),
+            quarantine_clear_requested: engine.quarantine_clear_requested(),
         };
         let mut snapshots = self.snapshots.lock().expect("lock poisoned");
         snapshots.insert(engine.profile(), snapshot);
@@ -173,7 +351,8 @@ pub fn wall_now_ms() -> i64 {
 /// The health of one loop name across profiles: the oldest last run decides.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoopStatus {
-    /// `ok`, `stalled`, `failing` or `not_started`.
+    /// `ok`, `stalled`, `failing`, or `idle` when no profile's loop of this name runs here (a
+    /// standby instance, or every profile's loops stopped after faults).
     pub state: &'static str,
     /// The oldest last run over the profiles, ms since the epoch.
     pub last_run_ms: i64,
@@ -202,7 +381,7 @@ pub fn loop_statuses(health: &LoopHealth, config: &LoopConfig) -> Vec<(&'static 
             let last_error = mine.iter().find_map(|r| r.last_error.clone());
             let lag_ms = if oldest == 0 { 0 } else { now_ms - oldest };
             let state = if mine.is_empty() {
-                "not_started"
+                "idle"
             } else if last_error.is_some() {
                 "failing"
             } else if lag_ms > stall_ms as i64 {

@@ -50,7 +50,7 @@ pub use profiles::PROFILES_PER_USER_MAX;
 pub const JSON_BODY_BYTES_DEFAULT: usize = 64 * 1024;
 /// The largest plugin upload unless configured otherwise (`api.upload_limit_bytes`), in bytes:
 /// the plugin engine's own limit, which a Python component (about 18 MB) fits under.
-pub const PLUGIN_UPLOAD_BYTES_DEFAULT: usize = 64 << 20;
+pub const PLUGIN_UPLOAD_BYTES_DEFAULT: usize = keel_runtime::PLUGIN_BYTES_MAX_DEFAULT;
 
 /// The largest request bodies the API reads; larger ones answer 413.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,8 @@ pub struct ApiState {
     pub credentials: CredentialsKey,
     /// The largest bodies read.
     pub limits: BodyLimits,
+    /// What the loops of this process report (a profile's plugin state and faults).
+    pub health: Arc<health::LoopHealth>,
 }
 
 /// A caller with a verified token.

@@ -201,7 +201,7 @@ pub enum ProfileEvent {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum HostEvent {
-    /// A loop name changed state (`ok`, `stalled`, `failing`, `not_started`).
+    /// A loop name changed state (`ok`, `stalled`, `failing`, `idle`).
     LoopState {
         /// The loop name.
         name: &'static str,
@@ -223,7 +223,7 @@ pub enum HostEvent {
 /// [`LoopStatus`] without the error text (which may name a tenant's data).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoopStatusView {
-    /// `ok`, `stalled`, `failing` or `not_started`.
+    /// `ok`, `stalled`, `failing` or `idle`.
     pub state: &'static str,
     /// The oldest last run over the profiles, ms since the epoch.
     pub last_run_ms: i64,

@@ -22,7 +22,7 @@ use super::errors::{ApiJson, ApiPath, ApiQuery, bytes_rejection};
 use super::profiles::found;
 use super::{ApiError, ApiState, Auth, ErrorBody};
 use keel_runtime::check::check_bytes;
-use keel_runtime::{InstanceSetup, PluginVersion};
+use keel_runtime::{CompileCancel, InstanceSetup, PluginVersion};
 
 /// Most configuration entries a binding carries.
 pub const CONFIG_ENTRIES_MAX: usize = 64;
@@ -172,7 +172,11 @@ async fn upload_plugin(
     }
     let engine = state.plugins.clone();
     let wasm = bytes.clone();
-    let checked = blocking(move || check_bytes(&engine, &wasm, Vec::new())).await?;
+    // An uploader that goes away drops this handler, and the guard gives the compile up.
+    let cancel = CompileCancel::new();
+    let guard = cancel.on_drop();
+    let checked = blocking(move || check_bytes(&engine, &wasm, Vec::new(), &cancel)).await?;
+    guard.disarm();
     let checked =
         checked.map_err(|reason| ApiError::Unprocessable(format!("invalid plugin: {reason}")))?;
     if let Err(fault) = checked.init {
@@ -346,6 +350,9 @@ async fn bind_plugin(
 /// them again, as it does any bytes).
 async fn load(state: &ApiState, wasm: Vec<u8>) -> Result<PluginVersion, ApiError> {
     let engine = state.plugins.clone();
-    let version = blocking(move || engine.load(&wasm)).await?;
+    let cancel = CompileCancel::new();
+    let guard = cancel.on_drop();
+    let version = blocking(move || engine.load_cancellable(&wasm, &cancel)).await?;
+    guard.disarm();
     version.map_err(|e| ApiError::Unprocessable(format!("invalid plugin: {e:#}")))
 }

@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::errors::{ApiJson, ApiPath};
+use super::health::ProfileHealth;
 use super::plugins::BindingView;
 use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
 
@@ -179,6 +180,8 @@ pub struct ProfileView {
     pub capital: CapitalView,
     /// The plugin bound to it, if any.
     pub plugin: Option<BindingView>,
+    /// Its plugin's and loops' state in the answering host: faults and quarantine.
+    pub health: ProfileHealth,
 }
 
 /// Body of `POST /api/v1/profiles`.
@@ -224,6 +227,7 @@ pub(super) async fn view(
         running: state.control.is_running(row.profile),
         capital: capital.into(),
         plugin,
+        health: ProfileHealth::of(&state.health, row.profile),
     })
 }
 

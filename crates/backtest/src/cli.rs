@@ -48,6 +48,9 @@ pub struct BacktestArgs {
     /// Plot equity and drawdown with trades marked (SVG or PNG, by extension).
     #[arg(long, value_name = "OUT.svg|OUT.png")]
     pub plot: Option<PathBuf>,
+    /// Seed of the plugin's randomness: the same seed replays the same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Runs `keel backtest`.
@@ -69,6 +72,7 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         fee_bps: args.fee_bps,
         partial_fill_probability: args.partial_fill_probability,
         store: args.store,
+        seed: args.seed,
     };
     let report = run_backtest(&spec, true).await?;
     print!("{}", summary_table(&report));

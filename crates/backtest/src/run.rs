@@ -84,6 +84,8 @@ pub struct BacktestSpec {
     pub partial_fill_probability: f64,
     /// Where the kernel store lives.
     pub store: BacktestStore,
+    /// Seed of the plugin's randomness (live instances draw theirs from the operating system).
+    pub seed: u64,
 }
 
 /// The risk limits a backtest runs under (documented at the top of this module).
@@ -282,7 +284,9 @@ fn start_plugin(
     runtime
         .start(
             &version,
-            InstanceSetup::new(profile, clock).config(spec.config.clone()),
+            InstanceSetup::new(profile, clock)
+                .config(spec.config.clone())
+                .random_seed(spec.seed),
         )
         .map_err(|fault| anyhow::anyhow!("plugin {}: init: {fault}", spec.plugin_name))
 }

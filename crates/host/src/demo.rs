@@ -22,7 +22,7 @@ use keel_kernel::engine::{
     Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock,
 };
 use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
-use keel_kernel::ids::{IntentKind, ProfileId, Symbol, UserId};
+use keel_kernel::ids::{IntentKind, ProfileId, Symbol, UserId, escape_unprintable};
 use keel_kernel::lifecycle::OrderRecord;
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::market::Candle;
@@ -253,6 +253,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         control: control.clone(),
         credentials: demo_credentials_key(&args.data_dir)?,
         limits: keel_api::BodyLimits::default(),
+        health: health.clone(),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await
@@ -295,10 +296,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::pin!(signal);
     let mut roster_tick = tokio::time::interval(ROSTER_INTERVAL);
     roster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let failure = loop {
+    loop {
         tokio::select! {
-            signal = &mut signal => { signal?; break None; }
-            error = loops.failed() => break Some(error),
+            signal = &mut signal => { signal?; break; }
+            error = loops.failed() => {
+                // A profile's task handles every fault on its path itself; one that still
+                // ended (a bug in that handling) leaves its profile stopped, never the others.
+                tracing::error!(error = %format!("{error:#}"), "a profile task ended on its own: its profile stays stopped");
+                metrics.profile_faults_total.with_label_values(&["panic"]).inc();
+            }
             _ = roster_tick.tick() => {
                 let starting = RosterRun {
                     host,
@@ -312,7 +318,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 }
             }
         }
-    };
+    }
     tracing::info!("shutting down: the market stops, then each profile finishes its step");
     stop_tx.send_replace(true);
     market.await.context("market task panicked")??;
@@ -321,10 +327,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     watch.await.context("host watch task panicked")?;
     store.close().await;
     println!("keel demo: stopped cleanly");
-    match failure {
-        Some(error) => Err(error),
-        None => stopped,
-    }
+    stopped
 }
 
 /// How often the demo looks for profiles created since it started.
@@ -717,10 +720,10 @@ async fn build_engine(
         .load(&bytes)
         .with_context(|| format!("loading {source}"))?;
     let setup = InstanceSetup::new(profile, with.clock.clone()).config(config);
-    let strategy = with
-        .plugins
-        .start(&version, setup)
-        .map_err(|fault| anyhow::anyhow!("starting {source} for {}: {fault}", defaults.name))?;
+    let (strategy, fault) = with.plugins.start_or_faulted(&version, setup);
+    if let Some(fault) = fault {
+        tracing::warn!(profile_id = %profile, %source, fault = %escape_unprintable(&fault.to_string()), "the plugin faulted at start: the profile runs without entries until a working plugin is bound");
+    }
     let swap = strategy.swap_handle();
     let exchange: Arc<dyn Exchange> = paper.clone();
     let limits = match row.risk_limits {

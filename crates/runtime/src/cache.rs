@@ -10,6 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::PluginDigest;
+use super::compile::deserialize;
 
 /// Feeds `Hash` output into sha256, so the engine key is stable across processes (unlike
 /// `DefaultHasher`, whose algorithm may change between Rust releases).
@@ -81,12 +82,13 @@ impl CompiledCache {
             .join(format!("{}-{}.cwasm", digest.as_str(), self.engine_key))
     }
 
-    /// Loads the compiled form of `digest`, or compiles `bytes` and stores the result.
+    /// Loads the compiled form of `digest`, or compiles it with `compile` and stores the
+    /// result.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         digest: &PluginDigest,
-        bytes: &[u8],
+        compile: impl FnOnce() -> anyhow::Result<Component>,
     ) -> anyhow::Result<(Component, CompileSource)> {
         let path = self.path(digest);
         if path.exists() {
@@ -97,7 +99,7 @@ impl CompiledCache {
                 }
             }
         }
-        let component = Component::new(engine, bytes)?;
+        let component = compile()?;
         self.store(&path, &component)?;
         Ok((component, CompileSource::Compiled))
     }
@@ -112,13 +114,4 @@ impl CompiledCache {
             .with_context(|| format!("writing {}", temporary.display()))?;
         std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))
     }
-}
-
-#[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
-    // SAFETY: the file lives in the operator's cache directory and was written by `store`
-    // above from a component this same engine configuration compiled; its name carries the
-    // engine's compatibility hash, and wasmtime re-checks that hash and the artifact's header
-    // before use. Whoever can write this directory can already replace the `keel` binary.
-    Ok(unsafe { Component::deserialize_file(engine, path) }?)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use keel_kernel::engine::SystemClock;
 use keel_kernel::ids::ProfileId;
 
-use crate::{InstanceSetup, PluginEngine, PluginVersion};
+use crate::{CompileCancel, InstanceSetup, PluginEngine, PluginVersion};
 
 /// What checking a plugin found: the loaded version and whether `init` accepted the config.
 pub struct Checked {
@@ -22,8 +22,11 @@ pub fn check_bytes(
     engine: &PluginEngine,
     bytes: &[u8],
     config: Vec<(String, String)>,
+    cancel: &CompileCancel,
 ) -> Result<Checked, String> {
-    let version = engine.load(bytes).map_err(|error| format!("{error:#}"))?;
+    let version = engine
+        .load_cancellable(bytes, cancel)
+        .map_err(|error| format!("{error:#}"))?;
     let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).config(config);
     let init = engine
         .prepare(&version, setup)

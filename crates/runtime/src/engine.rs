@@ -14,6 +14,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
+use super::compile::{self, CompileCancel, CompileSlots};
 use super::executor;
 use super::faults::{FaultCounts, FaultLedger};
 use super::guest::GuestLanguage;
@@ -60,6 +61,8 @@ pub(crate) struct EngineInner {
     pub hot_swaps: prometheus::IntCounterVec,
     cache: Option<CompiledCache>,
     ticker: EpochTicker,
+    /// Compiles running now, at most `settings.compile.compiles_concurrent_max`.
+    compile_slots: CompileSlots,
 }
 
 impl Drop for EngineInner {
@@ -122,19 +125,21 @@ pub struct InstanceSetup {
     pub profile: ProfileId,
     /// The strategy's settings, handed to `init`.
     pub config: Arc<[(String, String)]>,
-    /// Seed of the guest's randomness: the same seed gives the same replay.
+    /// Seed of the guest's randomness: the same seed gives the same replay. Drawn from the
+    /// operating system unless set, so no two live instances share a stream.
     pub random_seed: u64,
     /// The kernel's clock (virtual in a backtest).
     pub clock: Arc<dyn Clock>,
 }
 
 impl InstanceSetup {
-    /// A setup with no config and random seed 0.
+    /// A setup with no config and a random seed from the operating system (a backtest or a
+    /// simulation sets its run's seed with [`InstanceSetup::random_seed`]).
     pub fn new(profile: ProfileId, clock: Arc<dyn Clock>) -> Self {
         InstanceSetup {
             profile,
             config: Arc::new([]),
-            random_seed: 0,
+            random_seed: rand::RngCore::next_u64(&mut rand::rngs::OsRng),
             clock,
         }
     }
@@ -198,6 +203,7 @@ impl PluginEngine {
             hot_swaps,
             cache,
             ticker,
+            compile_slots: CompileSlots::default(),
         };
         Ok(PluginEngine {
             inner: Arc::new(inner),
@@ -210,12 +216,22 @@ impl PluginEngine {
     }
 
     /// Validates and compiles a plugin exactly as it will run: a component of the
-    /// `keel:strategy@0.1.0` world importing nothing outside that world and WASI 0.2.
+    /// `keel:strategy@0.1.0` world importing nothing outside that world and WASI 0.2, within
+    /// the engine's [`CompileLimits`].
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<PluginVersion> {
+        self.load_cancellable(bytes, &CompileCancel::new())
+    }
+
+    /// [`PluginEngine::load`], given up (the compiling child killed) once `cancel` is.
+    pub fn load_cancellable(
+        &self,
+        bytes: &[u8],
+        cancel: &CompileCancel,
+    ) -> anyhow::Result<PluginVersion> {
         let started = Instant::now();
         check_header(bytes, self.inner.settings.plugin_bytes_max)?;
         let digest = PluginDigest::of(bytes);
-        let (component, source) = self.compile(&digest, bytes)?;
+        let (component, source) = self.compile(&digest, bytes, cancel)?;
         let language = GuestLanguage::detect(bytes);
         let imports = check_imports(&self.inner.engine, &component)?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
@@ -246,14 +262,23 @@ impl PluginEngine {
         &self,
         digest: &PluginDigest,
         bytes: &[u8],
+        cancel: &CompileCancel,
     ) -> anyhow::Result<(Component, CompileSource)> {
-        let compiled = match &self.inner.cache {
-            Some(cache) => cache.load_or_compile(&self.inner.engine, digest, bytes),
-            None => Component::new(&self.inner.engine, bytes)
-                .map(|c| (c, CompileSource::Compiled))
-                .map_err(anyhow::Error::from),
+        let limits = &self.inner.settings.compile;
+        compile::check_structure(bytes, limits)?;
+        let engine = &self.inner.engine;
+        let run = || -> anyhow::Result<Component> {
+            let deadline = Instant::now() + Duration::from_millis(limits.compile_ms_max);
+            let _slot = self
+                .inner
+                .compile_slots
+                .take(limits.compiles_concurrent_max, deadline)?;
+            compile::compile(engine, bytes, limits, cancel)
         };
-        compiled.map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))
+        match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, digest, run),
+            None => run().map(|c| (c, CompileSource::Compiled)),
+        }
     }
 
     /// Instantiates `version` in a new store and runs `init`; the instance serves no profile
@@ -295,6 +320,27 @@ impl PluginEngine {
         Ok(WasmStrategy::new(self.clone(), profile, prepared))
     }
 
+    /// [`PluginEngine::start`] for a profile that runs whatever its plugin does (a host
+    /// restoring a profile's binding): when instantiation or `init` faults, the strategy starts
+    /// dead instead — its first call returns that fault and every later one
+    /// [`PluginFault::Dead`], so the kernel blocks its entries while exits and reconciliation
+    /// go on — and a hot-swap brings it back. The fault is returned too, for the log.
+    pub fn start_or_faulted(
+        &self,
+        version: &PluginVersion,
+        setup: InstanceSetup,
+    ) -> (WasmStrategy, Option<PluginFault>) {
+        let profile = setup.profile;
+        match self.prepare(version, setup.clone()) {
+            Ok(prepared) => (WasmStrategy::new(self.clone(), profile, prepared), None),
+            Err(fault) => {
+                let strategy =
+                    WasmStrategy::faulted(self.clone(), version.clone(), setup, fault.clone());
+                (strategy, Some(fault))
+            }
+        }
+    }
+
     /// Fuel used by every call so far.
     pub fn fuel_consumed_total(&self) -> u64 {
         self.inner.fuel_consumed.get()
@@ -325,9 +371,16 @@ fn wasmtime_config(settings: &EngineSettings) -> Config {
         .max_memory_size(settings.memory_bytes_max())
         .linear_memory_keep_resident(settings.keep_resident_bytes)
         .pagemap_scan(Enabled::Auto);
+    let mut config = compiler_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// What decides the compiled code: the engine's own configuration without its instance
+/// allocator, which the compiling child process (`keel plugin compile-worker`) builds alone.
+pub(crate) fn compiler_config() -> Config {
     let mut config = Config::new();
     config
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .consume_fuel(true)
         .epoch_interruption(true)
         .wasm_component_model(true)

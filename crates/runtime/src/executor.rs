@@ -51,12 +51,17 @@ pub(crate) fn run_guest<R: Send>(job: impl FnOnce() -> R + Send) -> Result<R, Pl
     }
 }
 
-fn panic_fault(payload: Box<dyn std::any::Any + Send>) -> PluginFault {
-    let message = payload
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".to_string());
+        .unwrap_or_else(|| "a panic with no message".to_string())
+}
+
+fn panic_fault(payload: Box<dyn std::any::Any + Send>) -> PluginFault {
+    let message = panic_message(payload.as_ref());
     tracing::error!(%message, "panic on a plugin's call path: the instance is dropped");
     PluginFault::Trap(format!("host panicked during the call: {message}"))
 }

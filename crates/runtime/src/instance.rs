@@ -15,6 +15,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::PluginDigest;
 use keel_kernel::engine::Clock;
+use keel_kernel::ids::escape_unprintable;
 
 use super::clock::{WasiMonotonicClock, WasiWallClock};
 use super::convert;
@@ -131,7 +132,11 @@ impl PreparedInstance {
         let output = init.call(&mut self.store, (config.to_vec(),));
         self.count_fuel(self.limits.fuel_per_init);
         let (outcome,) = output.map_err(classify)?;
-        outcome.map_err(|message| PluginFault::InitRefused(truncate(message, INIT_ERROR_BYTES_MAX)))
+        // The plugin's own text, printed by `keel plugin check` and answered by the API.
+        outcome.map_err(|message| {
+            let message = truncate(message, INIT_ERROR_BYTES_MAX);
+            PluginFault::InitRefused(escape_unprintable(&message).into_owned())
+        })
     }
 
     /// The plugin version this instance runs.

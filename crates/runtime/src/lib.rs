@@ -34,6 +34,7 @@
 mod cache;
 pub mod check;
 mod clock;
+pub mod compile;
 mod convert;
 mod deadline;
 mod engine;
@@ -47,11 +48,15 @@ mod state;
 mod strategy;
 
 pub use cache::{CACHE_DIR_ENV, CompileSource, user_cache_dir};
+pub use compile::{CompileCancel, CompileLimits};
 pub use engine::{InstanceSetup, LoadReport, PluginEngine, PluginVersion};
+pub use executor::panic_message;
 pub use faults::FaultCounts;
 pub use guest::GuestLanguage;
 pub use instance::PreparedInstance;
-pub use limits::{EngineSettings, KEEP_RESIDENT_BYTES_DEFAULT, PluginLimits};
+pub use limits::{
+    EngineSettings, KEEP_RESIDENT_BYTES_DEFAULT, PLUGIN_BYTES_MAX_DEFAULT, PluginLimits,
+};
 pub use log::{LOG_LINES_RETAINED_MAX, LogCounters, LogLevel, LogLine};
 pub use strategy::{SwapHandle, WasmStrategy};
 

@@ -1,7 +1,13 @@
 //! The budgets a plugin lives under. Every one has a safe default and a name that carries its
 //! unit.
 
+pub use super::compile::CompileLimits;
 use super::guest::GuestLanguage;
+
+/// The largest plugin file accepted unless configured otherwise, in bytes: room for the
+/// componentize-py example (about 18 MB, CPython inside) and its like, not for arbitrary
+/// payloads.
+pub const PLUGIN_BYTES_MAX_DEFAULT: usize = 32 << 20;
 
 /// Per-instance budgets, checked on every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,8 @@ pub struct EngineSettings {
     pub python_limits: PluginLimits,
     /// The largest plugin file accepted, in bytes.
     pub plugin_bytes_max: usize,
+    /// What a component may hold to be compiled, and what compiling it may take.
+    pub compile: CompileLimits,
     /// Bytes at the start of a freed instance slot's linear memory kept mapped for the next
     /// instance: only the pages the instance dirtied are reset (Linux's `PAGEMAP_SCAN`, kernel
     /// 6.7 or later; a `memset` of the whole range elsewhere), so a new instance does not
@@ -107,7 +115,8 @@ impl Default for EngineSettings {
             cache_dir: None,
             limits: PluginLimits::default(),
             python_limits: PluginLimits::python(),
-            plugin_bytes_max: 64 << 20,
+            plugin_bytes_max: PLUGIN_BYTES_MAX_DEFAULT,
+            compile: CompileLimits::default(),
             keep_resident_bytes: KEEP_RESIDENT_BYTES_DEFAULT,
         }
     }

@@ -11,6 +11,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use super::limits::PluginLimits;
 use keel_kernel::engine::Clock;
+use keel_kernel::ids::escape_unprintable;
 
 /// Log lines kept per instance for inspection; older lines are forgotten first.
 pub const LOG_LINES_RETAINED_MAX: usize = 256;
@@ -96,7 +97,8 @@ impl PluginLog {
             return;
         }
         self.lines_this_call += 1;
-        let message = self.capped(message);
+        // Shown in terminals, logs and pages: nothing in it may forge a line or hide text.
+        let message = escape_unprintable(&self.capped(message)).into_owned();
         tracing::debug!(target: "keel::plugin", plugin = %self.label, ?level, "{message}");
         if self.lines.len() == LOG_LINES_RETAINED_MAX {
             self.lines.pop_front();

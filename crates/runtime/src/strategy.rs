@@ -31,6 +31,8 @@ pub struct WasmStrategy {
     dead_log: (Vec<LogLine>, LogCounters),
     /// Set when an instance took over (swap, reconfiguration) and the kernel has not been told.
     fresh: bool,
+    /// The fault that kept the first instance from starting, returned by the first call.
+    start_fault: Option<PluginFault>,
 }
 
 /// A replacement waiting for the next call boundary.
@@ -97,6 +99,29 @@ impl WasmStrategy {
             dead_log: (Vec::new(), LogCounters::default()),
             // The kernel treats a strategy it was just given as fresh anyway.
             fresh: false,
+            start_fault: None,
+        }
+    }
+
+    /// A strategy whose first instance faulted while starting (`fault`, already counted): no
+    /// instance serves until a hot-swap or a reconfiguration brings one.
+    pub(crate) fn faulted(
+        engine: PluginEngine,
+        version: PluginVersion,
+        setup: InstanceSetup,
+        fault: PluginFault,
+    ) -> Self {
+        WasmStrategy {
+            engine,
+            profile: setup.profile,
+            digest: version.digest.clone(),
+            last_version: version,
+            last_setup: setup,
+            current: None,
+            swap: Arc::new(SwapSlot::default()),
+            dead_log: (Vec::new(), LogCounters::default()),
+            fresh: false,
+            start_fault: Some(fault),
         }
     }
 
@@ -131,6 +156,7 @@ impl WasmStrategy {
         self.last_setup = prepared.setup().clone();
         self.current = Some(prepared);
         self.fresh = true;
+        self.start_fault = None;
     }
 
     /// The last lines of the current instance's log (of the dropped one, after a fault).
@@ -179,7 +205,11 @@ impl WasmStrategy {
                 })
                 .and_then(|result| result)
             }
-            None => Err(PluginFault::Dead),
+            // The start's fault was counted when it happened: said once more, not counted.
+            None => match self.start_fault.take() {
+                Some(fault) => return Err(fault),
+                None => Err(PluginFault::Dead),
+            },
         };
         if let Err(fault) = &result {
             self.engine

@@ -60,3 +60,50 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Components built to make a compiler work hard: what the plugin engine's compile limits are
+/// tried with. Each is a component of one core module and exports nothing a strategy needs, so
+/// only the limits (or the compiler) stop it.
+pub mod compile_bomb {
+    /// `functions` empty functions.
+    pub fn many_functions(functions: usize) -> Vec<u8> {
+        let mut text = String::from("(component (core module");
+        text.push_str(&" (func)".repeat(functions));
+        text.push_str("))");
+        wat::parse_str(&text).expect("a valid component")
+    }
+
+    /// One function with `locals` locals, every one of them live at once: each is set from the
+    /// one before it and all are summed at the end.
+    pub fn many_live_locals(locals: usize) -> Vec<u8> {
+        let mut text = String::from("(component (core module (func (result i64)");
+        text.push_str(&format!(" (local {})", "i64 ".repeat(locals.max(1))));
+        text.push_str(" i64.const 1 local.set 0");
+        for i in 1..locals {
+            text.push_str(&format!(
+                " local.get {} i64.const {i} i64.mul local.set {i}",
+                i - 1
+            ));
+        }
+        text.push_str(" i64.const 0");
+        for i in 0..locals {
+            text.push_str(&format!(" local.get {i} i64.add"));
+        }
+        text.push_str(")))");
+        wat::parse_str(&text).expect("a valid component")
+    }
+
+    /// `functions` functions of a few hundred instructions each, under every structural limit:
+    /// slow to compile only in bulk.
+    pub fn slow_to_compile(functions: usize) -> Vec<u8> {
+        let mut body = String::from(" (func (param i64) (result i64) local.get 0");
+        for i in 0..100 {
+            body.push_str(&format!(" i64.const {i} i64.mul local.get 0 i64.add"));
+        }
+        body.push(')');
+        let mut text = String::from("(component (core module");
+        text.push_str(&body.repeat(functions));
+        text.push_str("))");
+        wat::parse_str(&text).expect("a valid component")
+    }
+}

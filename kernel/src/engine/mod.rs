@@ -144,6 +144,25 @@ pub struct ProfileSpec {
     pub limits: RiskLimits,
 }
 
+/// The strategy's last fault, as the engine saw it (a call refused because the instance was
+/// already dead is not one: the fault that killed it stays the last).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StrategyFaultRecord {
+    /// What went wrong.
+    pub fault: PluginFault,
+    /// Kernel time of the fault, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// Why and since when the profile is quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantineRecord {
+    /// What the reconciliation pass that quarantined the profile found, by mismatch kind.
+    pub reason: String,
+    /// Kernel time of that pass, ms since the epoch.
+    pub since_ms: i64,
+}
+
 /// Operator and owner controls of one profile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ProfileControls {
@@ -186,6 +205,10 @@ pub struct ProfileEngine {
     plant: Planted,
     /// A resume asked for the quarantine to end at the next clean reconciliation pass.
     quarantine_clear_requested: bool,
+    /// Why the profile is quarantined, while it is.
+    quarantine: Option<QuarantineRecord>,
+    /// The strategy's last fault.
+    last_fault: Option<StrategyFaultRecord>,
 }
 
 /// Most rounds of fill-triggered decisions one step runs.
@@ -237,6 +260,8 @@ impl ProfileEngine {
             pending_decisions: VecDeque::new(),
             plant: Planted::default(),
             quarantine_clear_requested: false,
+            quarantine: None,
+            last_fault: None,
         }
     }
 
@@ -279,6 +304,7 @@ impl ProfileEngine {
 
     /// Clears quarantine at once (an operator, after checking the exchange and the store agree).
     pub fn clear_quarantine(&mut self) {
+        self.quarantine = None;
         if self.controls.quarantined {
             self.controls.quarantined = false;
             self.metrics.profiles_quarantined.dec();
@@ -299,6 +325,37 @@ impl ProfileEngine {
     /// Whether a request to clear the quarantine waits for a clean pass.
     pub fn quarantine_clear_requested(&self) -> bool {
         self.quarantine_clear_requested
+    }
+
+    /// Why and since when the profile is quarantined, while it is.
+    pub fn quarantine(&self) -> Option<&QuarantineRecord> {
+        self.quarantine.as_ref()
+    }
+
+    /// Whether the strategy's last call faulted (its entries wait for a healthy call).
+    pub fn strategy_faulted(&self) -> bool {
+        self.strategy_faulted
+    }
+
+    /// The strategy's last fault, if it ever had one.
+    pub fn last_fault(&self) -> Option<&StrategyFaultRecord> {
+        self.last_fault.as_ref()
+    }
+
+    /// Counts a strategy fault by its kind and keeps it as the last one (unless it only says
+    /// the instance was already dead); entries wait until a call succeeds.
+    fn strategy_fault(&mut self, fault: &PluginFault) {
+        self.metrics
+            .plugin_faults_total
+            .with_label_values(&[fault.kind()])
+            .inc();
+        self.strategy_faulted = true;
+        if *fault != PluginFault::Dead || self.last_fault.is_none() {
+            self.last_fault = Some(StrategyFaultRecord {
+                fault: fault.clone(),
+                at_ms: self.clock.now_ms(),
+            });
+        }
     }
 
     /// Replaces the risk rules.
@@ -366,12 +423,8 @@ impl ProfileEngine {
         let candles = self.history.before(before_open_ms);
         let (replayed, fault) = self.strategy.warm_up(&candles, view);
         if let Some(fault) = fault {
-            self.metrics
-                .plugin_faults_total
-                .with_label_values(&[fault.kind()])
-                .inc();
             tracing::warn!(profile_id = %self.spec.profile, %fault, "strategy fault during warm-up: entries paused");
-            self.strategy_faulted = true;
+            self.strategy_fault(&fault);
         }
         self.metrics.warm_up_candles_total.inc_by(replayed);
         if replayed > 0 {
@@ -421,12 +474,8 @@ impl ProfileEngine {
                 intents
             }
             Err(fault) => {
-                self.metrics
-                    .plugin_faults_total
-                    .with_label_values(&[fault.kind()])
-                    .inc();
                 tracing::warn!(profile_id = %self.spec.profile, %fault, "strategy fault: entries paused");
-                self.strategy_faulted = true;
+                self.strategy_fault(&fault);
                 outcome.fault = Some(fault);
                 return Ok(());
             }

@@ -168,7 +168,7 @@ impl ProfileEngine {
         self.reconcile_positions(&stored_positions, &mut report)
             .await?;
         if report.quarantined {
-            self.quarantine();
+            self.enter_quarantine(&report);
         } else if report.is_clean() && self.quarantine_clear_requested {
             self.quarantine_clear_requested = false;
             self.clear_quarantine();
@@ -278,9 +278,23 @@ impl ProfileEngine {
         Ok(())
     }
 
-    fn quarantine(&mut self) {
+    fn enter_quarantine(&mut self, report: &ReconcileReport) {
         // A drift found after a request to resume needs a new request once it is explained.
         self.quarantine_clear_requested = false;
+        let found: Vec<String> = report
+            .mismatches
+            .iter()
+            .map(|(kind, count)| format!("{kind} x{count}"))
+            .collect();
+        let reason = format!(
+            "reconciliation found what it could not repair: {}",
+            found.join(", ")
+        );
+        let since_ms = match &self.quarantine {
+            Some(earlier) => earlier.since_ms,
+            None => self.clock.now_ms(),
+        };
+        self.quarantine = Some(super::QuarantineRecord { reason, since_ms });
         if !self.controls.quarantined {
             self.controls.quarantined = true;
             self.metrics.profiles_quarantined.inc();

@@ -24,6 +24,8 @@ impl ProfileEngine {
     /// flight, and runs a reconciliation pass. Decisions may start once it returns.
     #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn recover(&mut self) -> Result<RecoveryReport, EngineError> {
+        #[cfg(feature = "lab")]
+        crate::crash::point(crate::crash::RECOVERY);
         let rebuild = self
             .store
             .tenant(self.spec.user)

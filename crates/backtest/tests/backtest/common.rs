@@ -27,5 +27,6 @@ pub fn spec(plugin: &str, seed: u64) -> BacktestSpec {
         fee_bps: dec!(4),
         partial_fill_probability: 0.0,
         store: BacktestStore::Memory,
+        seed,
     }
 }

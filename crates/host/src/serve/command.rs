@@ -17,7 +17,7 @@ use keel_kernel::engine::{
     CandleHistory, Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, SystemClock,
 };
 use keel_kernel::exchange::{Exchange, Interval};
-use keel_kernel::ids::{ProfileId, Symbol};
+use keel_kernel::ids::{ProfileId, Symbol, escape_unprintable};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::risk::RiskLimits;
@@ -72,6 +72,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
         bus.clone(),
     )?;
+    // Not ready until the first look at the directory says how many profiles must recover.
+    let health = Arc::new(LoopHealth::new(usize::MAX));
+    health.publish_to(bus.clone());
     let api = keel_api::ApiState {
         store: store.clone(),
         auth: auth.clone(),
@@ -79,12 +82,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         control: starter.control.clone(),
         credentials,
         limits: config.api.body_limits(),
+        health: health.clone(),
     };
     let switches = starter.switches.clone();
     let starter = Arc::new(starter);
-    // Not ready until the first look at the directory says how many profiles must recover.
-    let health = Arc::new(LoopHealth::new(usize::MAX));
-    health.publish_to(bus.clone());
     let app = AppState {
         metrics: metrics.clone(),
         health: health.clone(),
@@ -464,10 +465,10 @@ impl ProfileStarter for Starter {
         let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
         let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
         let strategy_config = setup.config.clone();
-        let strategy = self
-            .plugins
-            .start(&version, setup)
-            .map_err(|fault| anyhow::anyhow!("starting the strategy: {fault}"))?;
+        let (strategy, fault) = self.plugins.start_or_faulted(&version, setup);
+        if let Some(fault) = fault {
+            tracing::warn!(profile_id = %entry.profile, plugin = %plugin_name, fault = %escape_unprintable(&fault.to_string()), "the plugin faulted at start: the profile runs without entries until a working plugin is bound");
+        }
         let commands =
             self.control
                 .register(entry.profile, Some(strategy.swap_handle()), clock.clone());

@@ -18,7 +18,7 @@ use keel_kernel::metrics::Metrics;
 use keel_kernel::store::Store;
 use serde_json::json;
 
-use keel_api::health::{LoopConfig, LoopHealth, loop_statuses};
+use keel_api::health::{LoopConfig, LoopHealth, ProfileCounts, ProfileHealth, loop_statuses};
 
 /// A dependency the health endpoint checks besides the loops.
 #[async_trait::async_trait]
@@ -106,7 +106,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Why the host is unhealthy: what anyone may read, and the detail operators get.
+/// Why the host is unhealthy or degraded: what anyone may read, and the detail operators get.
 #[derive(Default)]
 struct Reasons {
     public: Vec<String>,
@@ -127,17 +127,20 @@ impl Reasons {
 /// `/internal/health`: per-component status and an overall status for anyone (load balancers,
 /// probes); with an operator's bearer token, also the per-profile detail, which names tenants.
 /// A token that does not verify is refused (401) rather than silently read as anonymous.
+///
+/// `ok` and `degraded` answer 200 (the host serves; some profiles need an operator), `failing`
+/// answers 503. An instance that runs no profile (a standby) is `ok` with `role: standby`.
 async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let operator = match operator(&state, &headers) {
         Ok(operator) => operator,
         Err(refused) => return refused,
     };
-    let mut reasons = Reasons::default();
+    let mut failing = Reasons::default();
     let mut loops = serde_json::Map::new();
     for (name, status) in loop_statuses(&state.health, &state.loop_config) {
-        if status.state != "ok" {
+        if !matches!(status.state, "ok" | "idle") {
             let reason = format!("loop {name} is {}", status.state);
-            reasons.push(reason.clone(), reason);
+            failing.push(reason.clone(), reason);
         }
         let mut value = json!(status);
         if !operator {
@@ -150,9 +153,9 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     if !state.health.is_ready() {
         let reason = "restart recovery has not finished";
-        reasons.push(reason, reason);
+        failing.push(reason, reason);
     }
-    let (capital, database) = capital_status(&state, &mut reasons).await;
+    let (capital, database) = capital_status(&state, &mut failing).await;
     let mut components = serde_json::Map::new();
     components.insert("loops".into(), loops.into());
     components.insert("database".into(), database);
@@ -161,7 +164,7 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
         let value = match probe.check().await {
             Ok(detail) => json!({"status": "ok", "detail": detail}),
             Err(reason) => {
-                reasons.push(
+                failing.push(
                     format!("{} is failing", probe.name()),
                     format!("{}: {reason}", probe.name()),
                 );
@@ -170,34 +173,31 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
         };
         components.insert(probe.name().into(), value);
     }
-    let healthy = reasons.is_empty();
+    let counts = state.health.profile_counts();
+    let degraded = degraded_reasons(&state, counts);
+    let status = if !failing.is_empty() {
+        "failing"
+    } else if !degraded.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let role = if counts.running == 0 {
+        "standby"
+    } else {
+        "active"
+    };
+    let mut reasons = failing;
+    reasons.public.extend(degraded.public);
+    reasons.detail.extend(degraded.detail);
     let body = if operator {
-        let runs = state.health.runs();
-        let profiles: Vec<serde_json::Value> = state
-            .health
-            .snapshots()
-            .into_iter()
-            .map(|(profile, snapshot)| {
-                let loops: serde_json::Map<String, serde_json::Value> = runs
-                    .iter()
-                    .filter(|(p, _, _)| *p == profile)
-                    .map(|(_, name, run)| ((*name).to_owned(), json!(run)))
-                    .collect();
-                json!({
-                    "profile": profile,
-                    "user": snapshot.user,
-                    "controls": snapshot.controls,
-                    "entry_block": snapshot.entry_block,
-                    "capital_free": snapshot.capital_free,
-                    "loops": loops,
-                })
-            })
-            .collect();
         json!({
-            "status": if healthy { "ok" } else { "failing" },
+            "status": status,
+            "role": role,
             "reasons": reasons.detail,
+            "profile_counts": counts,
             "components": components,
-            "profiles": profiles,
+            "profiles": profile_details(&state),
         })
     } else {
         // Status only: the probes' details and the capital rows name profiles.
@@ -213,17 +213,84 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
             })
             .collect();
         json!({
-            "status": if healthy { "ok" } else { "failing" },
+            "status": status,
+            "role": role,
             "reasons": reasons.public,
+            "profile_counts": counts,
             "components": components,
         })
     };
-    let code = if healthy {
-        StatusCode::OK
-    } else {
+    let code = if status == "failing" {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (code, Json(body)).into_response()
+}
+
+/// Why the host is degraded: profiles faulted or quarantined, counted for anyone and named for
+/// operators.
+fn degraded_reasons(state: &AppState, counts: ProfileCounts) -> Reasons {
+    let mut reasons = Reasons::default();
+    let mut faulted = Vec::new();
+    let mut quarantined = Vec::new();
+    for (profile, _) in state.health.snapshots() {
+        let health = ProfileHealth::of(&state.health, profile);
+        if health.state != "ok" {
+            faulted.push(format!("{profile} ({})", health.state));
+        }
+        if health.quarantine.is_some() {
+            quarantined.push(profile.to_string());
+        }
+    }
+    if counts.faulted > 0 {
+        reasons.push(
+            format!("{} profile(s) faulted", counts.faulted),
+            format!(
+                "{} profile(s) faulted: {}",
+                counts.faulted,
+                faulted.join(", ")
+            ),
+        );
+    }
+    if counts.quarantined > 0 {
+        reasons.push(
+            format!("{} profile(s) quarantined", counts.quarantined),
+            format!(
+                "{} profile(s) quarantined: {}",
+                counts.quarantined,
+                quarantined.join(", ")
+            ),
+        );
+    }
+    reasons
+}
+
+/// Per profile: its owner, controls, entry block, free capital, the last run of each of its
+/// loops, and its plugin's and loops' state (faults, quarantine).
+fn profile_details(state: &AppState) -> Vec<serde_json::Value> {
+    let runs = state.health.runs();
+    state
+        .health
+        .snapshots()
+        .into_iter()
+        .map(|(profile, snapshot)| {
+            let loops: serde_json::Map<String, serde_json::Value> = runs
+                .iter()
+                .filter(|(p, _, _)| *p == profile)
+                .map(|(_, name, run)| ((*name).to_owned(), json!(run)))
+                .collect();
+            json!({
+                "profile": profile,
+                "user": snapshot.user,
+                "controls": snapshot.controls,
+                "entry_block": snapshot.entry_block,
+                "capital_free": snapshot.capital_free,
+                "loops": loops,
+                "health": ProfileHealth::of(&state.health, profile),
+            })
+        })
+        .collect()
 }
 
 /// Reads every profile's capital row: a database probe and the capital invariant at once.

@@ -17,21 +17,33 @@ pub mod stored;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use anyhow::Context;
+use futures::FutureExt as _;
 use keel_kernel::engine::ProfileEngine;
 use keel_kernel::exchange::UserEvent;
+use keel_kernel::ids::escape_unprintable;
 use keel_kernel::market::Candle;
 use keel_kernel::metrics::Metrics;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use keel_api::health::{LOOP_NAMES, LoopConfig, LoopHealth, LoopRun, wall_now_ms};
+use keel_api::ControlChange;
+use keel_api::health::{
+    LOOP_NAMES, LoopConfig, LoopHealth, LoopRun, PROFILE_FAULT_WINDOW_MS, PROFILE_RESTARTS_MAX,
+    ProfileFault, wall_now_ms,
+};
 
 /// Most user events the monitor loop applies in one iteration before the other loops get a turn.
 pub const MONITOR_BATCH_MAX: usize = 64;
 
 /// How often an idle monitor loop reports that it is alive.
 pub const MONITOR_IDLE_TICK_MS: u64 = 1_000;
+
+/// The first wait before a faulted profile's loops restart; each further fault in the window
+/// doubles it.
+pub const PROFILE_RESTART_BACKOFF_MS: u64 = 1_000;
 
 /// One profile's inputs: its engine and the channels that feed it.
 pub struct ProfileLoops {
@@ -124,8 +136,121 @@ struct ProfileTask {
     feed: Option<keel_api::live::ProfileFeed>,
 }
 
+/// What ends a wait of a profile whose loops faulted.
+enum Wake {
+    /// The host is stopping.
+    Shutdown,
+    /// The backoff is over: restart the loops.
+    Restart,
+    /// The owner resumed the profile: restart the loops with a clean slate.
+    Resumed,
+}
+
 impl ProfileTask {
+    /// Runs the profile's loops until shutdown. A panic anywhere on the profile's path, or a
+    /// restart recovery that fails, faults the profile, not the process: its entries stop (it
+    /// is paused in memory; exits keep running once its loops do), the fault is counted and
+    /// shown, and its loops start again with a fresh recovery after a backoff — at most
+    /// [`PROFILE_RESTARTS_MAX`] times within [`PROFILE_FAULT_WINDOW_MS`], after which they stay
+    /// stopped until the profile is resumed.
     async fn run(mut self, mut inputs: ProfileLoops) -> anyhow::Result<()> {
+        let profile = inputs.engine.profile();
+        self.health.snapshot(&inputs.engine);
+        let mut fault_times_ms: Vec<i64> = Vec::new();
+        loop {
+            let ended = AssertUnwindSafe(self.run_loops(&mut inputs))
+                .catch_unwind()
+                .await;
+            let (kind, message) = match ended {
+                Ok(Ok(())) => break,
+                Ok(Err(error)) => ("error", format!("{error:#}")),
+                Err(payload) => ("panic", keel_runtime::panic_message(payload.as_ref())),
+            };
+            let now_ms = wall_now_ms();
+            fault_times_ms.retain(|at| now_ms - at < PROFILE_FAULT_WINDOW_MS);
+            fault_times_ms.push(now_ms);
+            let faults = u32::try_from(fault_times_ms.len()).unwrap_or(u32::MAX);
+            let stopped = faults > PROFILE_RESTARTS_MAX;
+            self.metrics
+                .profile_faults_total
+                .with_label_values(&[kind])
+                .inc();
+            tracing::error!(profile_id = %profile, kind, %message, faults, stopped, "the profile's loops faulted: entries paused");
+            inputs.engine.set_paused(true);
+            self.health.snapshot(&inputs.engine);
+            self.health.fault(
+                profile,
+                ProfileFault {
+                    kind: kind.to_owned(),
+                    message: escape_unprintable(&message).into_owned(),
+                    at_ms: now_ms,
+                    faults_in_window: faults,
+                    state: if stopped { "stopped" } else { "restarting" }.to_owned(),
+                },
+            );
+            let until = if stopped {
+                // Its loops no longer run: readiness does not wait for it, the loop states
+                // speak of the others, and its fault says why.
+                self.health.forget_loops(profile);
+                self.health.mark_recovered(profile, &self.metrics);
+                None
+            } else {
+                let backoff_ms = PROFILE_RESTART_BACKOFF_MS << (faults - 1).min(6);
+                Some(tokio::time::Instant::now() + Duration::from_millis(backoff_ms))
+            };
+            match self.wait_faulted(&mut inputs, until).await {
+                Wake::Shutdown => break,
+                Wake::Restart => {}
+                Wake::Resumed => {
+                    fault_times_ms.clear();
+                    self.health.clear_fault(profile);
+                }
+            }
+        }
+        tracing::info!(profile_id = %profile, "profile loops stopped");
+        Ok(())
+    }
+
+    /// While the profile's loops do not run: drops its candles (it decides nothing) and its
+    /// exchange events (recovery asks the exchange again), answers its commands, until `until`
+    /// (never, when `None`), a resume or shutdown.
+    async fn wait_faulted(
+        &mut self,
+        inputs: &mut ProfileLoops,
+        until: Option<tokio::time::Instant>,
+    ) -> Wake {
+        let backoff = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(backoff);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => return Wake::Shutdown,
+                Some(command) = inputs.commands.recv() => match command {
+                    control::Command::Change(change) => {
+                        if self.apply_change(change, &mut inputs.engine) {
+                            return Wake::Resumed;
+                        }
+                    }
+                    control::Command::Reconcile(reply) => {
+                        let _ = reply.send(Err(
+                            "the profile's loops are stopped after a fault; resume it to restart them".to_owned(),
+                        ));
+                    }
+                },
+                Some(_) = inputs.candles.recv() => {}
+                Some(_) = inputs.events.recv() => {}
+                _ = &mut backoff => return Wake::Restart,
+            }
+        }
+    }
+
+    /// Recovery, then the loops until shutdown (`Ok`) or a failed recovery (`Err`).
+    async fn run_loops(&mut self, inputs: &mut ProfileLoops) -> anyhow::Result<()> {
         let profile = inputs.engine.profile();
         let report = inputs
             .engine
@@ -158,9 +283,9 @@ impl ProfileTask {
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.changed() => break,
+                _ = self.shutdown.changed() => return Ok(()),
                 event = inputs.events.recv(), if !events_closed => match event {
-                    Some(event) => self.monitor(&mut inputs, event).await,
+                    Some(event) => self.monitor(inputs, event).await,
                     None => {
                         // The exchange dropped the stream: reconciliation still finds what
                         // happened, and the health endpoint says so.
@@ -186,8 +311,6 @@ impl ProfileTask {
                 }
             }
         }
-        tracing::info!(profile_id = %profile, "profile loops stopped");
-        Ok(())
     }
 
     async fn monitor(&mut self, inputs: &mut ProfileLoops, first: UserEvent) {
@@ -280,8 +403,7 @@ impl ProfileTask {
     async fn command(&mut self, engine: &mut ProfileEngine, command: control::Command) {
         match command {
             control::Command::Change(change) => {
-                control::apply(change, engine);
-                self.health.snapshot(engine);
+                self.apply_change(change, engine);
                 // The feed sees the new status at once, not at the next candle.
                 let step = keel_api::live::StepReport {
                     loop_name: "trading",
@@ -295,6 +417,27 @@ impl ProfileTask {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Applies an owner's or operator's change. While a fault of the profile's loops stands,
+    /// its entries stay paused whatever a re-read of its stored settings says; a resume (the
+    /// only change that also asks to end a quarantine) acknowledges the fault and lifts the
+    /// pause. True when it did.
+    fn apply_change(&self, change: ControlChange, engine: &mut ProfileEngine) -> bool {
+        let profile = engine.profile();
+        let faulted = self.health.profile_fault(profile).is_some();
+        let resumed = faulted && change == ControlChange::ClearQuarantine;
+        match change {
+            ControlChange::Paused(false) if faulted => {}
+            change => control::apply(change, engine),
+        }
+        if resumed {
+            self.health.clear_fault(profile);
+            engine.set_paused(false);
+            tracing::info!(profile_id = %profile, "the profile was resumed after its loops' fault");
+        }
+        self.health.snapshot(engine);
+        resumed
     }
 
     fn finish(

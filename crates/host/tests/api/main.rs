@@ -235,6 +235,7 @@ impl Api {
             control: control.clone() as Arc<dyn ProfileControl>,
             credentials: credentials.clone(),
             limits,
+            health: Arc::new(keel_api::health::LoopHealth::default()),
         };
         Api {
             router: keel_api::router(state),

@@ -64,6 +64,7 @@ pub async fn run(args: BacktestBenchArgs) -> anyhow::Result<()> {
         fee_bps: Decimal::from(4),
         partial_fill_probability: 0.0,
         store: args.store,
+        seed: 1,
     };
     let started = Instant::now();
     let report = run_backtest(&spec, false).await?;

@@ -69,6 +69,10 @@ fn clock_and_random(seed: u64, clock: Arc<VirtualClock>) -> String {
     let setup = InstanceSetup::new(ProfileId::new_random(), clock)
         .config([("attack", "clock-and-random")])
         .random_seed(seed);
+    run_clock_and_random(setup)
+}
+
+fn run_clock_and_random(setup: InstanceSetup) -> String {
     let mut plugin: WasmStrategy = engine()
         .start(&version(engine(), "hostile"), setup)
         .unwrap();
@@ -99,6 +103,21 @@ fn guest_randomness_replays_from_the_kernel_seed() {
         first,
         hash(clock_and_random(8, clock())),
         "another seed, other randomness"
+    );
+}
+
+#[test]
+fn live_instances_draw_their_randomness_from_the_operating_system() {
+    let hash = |line: String| line.split("hash=").nth(1).unwrap().to_string();
+    let live = || {
+        let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(VirtualClock::new(T0_MS)))
+            .config([("attack", "clock-and-random")]);
+        hash(run_clock_and_random(setup))
+    };
+    assert_ne!(
+        live(),
+        live(),
+        "two instances without a run's seed share no random stream"
     );
 }
 
