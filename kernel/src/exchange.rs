@@ -6,12 +6,14 @@
 //!
 //! # The outcome model
 //!
-//! Placing an order has five typed outcomes ([`PlaceOutcome`]): accepted, filled, partially
+//! Placing an order has seven typed outcomes ([`PlaceOutcome`]): accepted, filled, partially
 //! filled, rejected (the exchange said no, with its code and message) and **unknown** (a timeout,
 //! a 5xx, an "unknown error": the order may or may not exist). Unknown is never reported as
 //! rejected: the caller must ask [`Exchange::order`] about the client order id before doing
-//! anything else, and must never resend blind. Rate limiting is its own outcome, carrying the
-//! delay the exchange asked for; a rate-limited request was not executed.
+//! anything else, and must never resend blind. Two outcomes say the request was not executed and
+//! the decision still stands: rate limiting, carrying the delay the exchange asked for, and
+//! unavailable (the exchange's documented "not executed, try again" answers); the engine sends
+//! such an order again with the same client order id (see `engine::unplaced`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -206,6 +208,15 @@ pub enum PlaceOutcome {
     RateLimited {
         /// How long the exchange asked to wait.
         retry_after_ms: u64,
+    },
+    /// The exchange could not take the request now and says it did not execute it (Binance's
+    /// documented 503 answers, or no connection at all): send it again, with the same client
+    /// order id.
+    Unavailable {
+        /// The exchange's error code (0 when nothing reached it).
+        code: i64,
+        /// The exchange's message.
+        msg: String,
     },
 }
 

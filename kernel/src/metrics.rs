@@ -49,6 +49,8 @@ pub struct Metrics {
     pub reconciliation_mismatches_total: IntCounterVec,
     pub reconciliation_last_clean_pass_timestamp_seconds: Gauge,
     pub profiles_quarantined: IntGauge,
+    pub orders_awaiting_placement: IntGaugeVec,
+    pub order_placement_retries_total: IntCounterVec,
     pub loop_heartbeat_timestamp_seconds: GaugeVec,
     pub loop_iteration_duration_seconds: HistogramVec,
     pub exchange_requests_total: IntCounterVec,
@@ -195,6 +197,19 @@ impl Metrics {
                 &r,
                 "keel_profiles_quarantined",
                 "Profiles in reduce-only quarantine after drift reconciliation could not repair.",
+            ),
+            orders_awaiting_placement: int_gauge_vec(
+                &r,
+                "keel_orders_awaiting_placement",
+                "Orders the exchange would not take yet (rate limit, unavailable) that the kernel \
+                 will send again with the same client order id, by intent kind.",
+                &["kind"],
+            ),
+            order_placement_retries_total: counter_vec(
+                &r,
+                "keel_order_placement_retries_total",
+                "Orders sent again after a rate limit or an unavailable exchange, by intent kind.",
+                &["kind"],
             ),
             loop_heartbeat_timestamp_seconds: gauge_vec(
                 &r,

@@ -293,6 +293,53 @@ impl World {
         assert!(!rebuild.differs(), "{rebuild:?}");
     }
 
+    /// Orders whose recorded fills differ from the exchange's trades for them (trade ids and
+    /// quantities): client order id → (database, exchange).
+    pub async fn fills_without_exchange_trades(
+        &self,
+    ) -> BTreeMap<String, (Vec<(String, Decimal)>, Vec<(String, Decimal)>)> {
+        let mut tx = self.db.store.tenant(self.user).begin().await.unwrap();
+        let rows: Vec<(String, String, String, Decimal)> = sqlx::query_as(
+            "SELECT client_order_id, symbol, exchange_trade_id, qty FROM fills \
+             WHERE profile_id = $1 ORDER BY exchange_trade_id",
+        )
+        .bind(self.profile.as_uuid())
+        .fetch_all(tx.pg_connection().unwrap())
+        .await
+        .unwrap();
+        let mut recorded: BTreeMap<(String, String), Vec<(String, Decimal)>> = BTreeMap::new();
+        for (id, symbol, trade, qty) in rows {
+            recorded.entry((id, symbol)).or_default().push((trade, qty));
+        }
+        for (id, (_, _, filled)) in self.orders().await {
+            if filled > Decimal::ZERO && !recorded.keys().any(|(o, _)| *o == id) {
+                recorded.insert((id, "BTCUSDT".to_owned()), Vec::new());
+            }
+        }
+        let exchange = self.sim.adapter().await;
+        let mut differing = BTreeMap::new();
+        for ((id, symbol), mut ours) in recorded {
+            let client_order_id = keel_kernel::ids::ClientOrderId::new(&id).unwrap();
+            let symbol = keel_kernel::ids::Symbol::new(&symbol).unwrap();
+            let mut theirs: Vec<(String, Decimal)> = exchange
+                .fills(&symbol, &client_order_id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|f| (f.trade_id.to_string(), f.qty.get().normalize()))
+                .collect();
+            for fill in &mut ours {
+                fill.1 = fill.1.normalize();
+            }
+            ours.sort();
+            theirs.sort();
+            if ours != theirs {
+                differing.insert(id, (ours, theirs));
+            }
+        }
+        differing
+    }
+
     pub async fn drop_db(self) {
         self.db.drop_db().await;
     }

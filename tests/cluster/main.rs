@@ -2,6 +2,7 @@
 //! `keel exchange-sim` process: profile leases, takeover, fencing of a stale owner, and the
 //! agreement of the database with the exchange afterwards.
 
+mod chaos;
 mod crash;
 mod harness;
 mod scenarios;

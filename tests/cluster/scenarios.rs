@@ -234,6 +234,81 @@ async fn a_joining_instance_takes_its_share_of_the_profiles_and_a_leaving_one_gi
     world.drop_db().await;
 }
 
+/// An instance killed with `kill -9` leaves its presence row behind; the survivors remove it once
+/// it has expired, and count one instance fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_presence_is_removed_by_the_survivors() {
+    let world = World::create(33).await;
+    let config = |name| world.config_file(name, "boundary.wasm", &[]);
+    let first = Serve::start("first", &config("first")).await;
+    let second = Serve::start("second", &config("second")).await;
+    wait_for("both instances present", || async {
+        first.metric("keel_cluster_instances").await == 2.0
+    })
+    .await;
+    let presence = |owner: uuid::Uuid| {
+        let pool = world.db.store.pg_pool().unwrap().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM profile_leases WHERE lock_key = $1")
+                .bind(format!("instance:{owner}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(presence(second.owner).await, 1);
+    signal(second.pid(), "KILL");
+    wait_for(
+        "the killed instance's presence row to be removed",
+        || async { presence(second.owner).await == 0 },
+    )
+    .await;
+    assert_eq!(first.metric("keel_cluster_instances").await, 1.0);
+    assert_eq!(
+        presence(first.owner).await,
+        1,
+        "the live instance keeps its own"
+    );
+    let (status, log) = first.stop().await;
+    assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}
+
+/// An exchange that answers every request with a 503 at start delays `keel serve`, which keeps
+/// trying; it does not end it. Once the exchange answers, the instance becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_waits_out_an_exchange_that_is_down_at_start() {
+    let world = World::create_with(34, &["--faults", "unavailable_rate=1"]).await;
+    let config = world.config_file("first", "boundary.wasm", &[]);
+    let sim = world.sim.addr.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        reqwest::Client::new()
+            .put(format!("http://{sim}/admin/faults"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    });
+    // It prints its address once connected.
+    let first = Serve::start("first", &config).await;
+    heal.await.unwrap();
+    wait_for("the instance to be ready", || async {
+        first.get("/readyz").await.0 == 200
+    })
+    .await;
+    let (status, log) = first.stop().await;
+    assert!(status.success(), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("the exchange is not reachable yet")),
+        "each failed attempt is logged: {log:#?}"
+    );
+    world.drop_db().await;
+}
+
 /// The host-wide kill switch is the database's: engaged by an operator through one instance, it
 /// stops new entries on the instance that runs the profile; released, they resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

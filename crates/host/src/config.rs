@@ -388,6 +388,7 @@ const KEYS: [(&str, &[&str]); 8] = [
         &[
             "entry_lock_ttl_ms",
             "unknown_resolve_after_ms",
+            "entry_retry_budget_ms",
             "slippage_reserve_bps",
             "intents_per_call_max",
             "refusals_kept_max",
@@ -530,6 +531,14 @@ fn check_engine(engine: &keel_kernel::engine::EngineConfig) -> Result<(), String
         return Err(format!(
             "engine.unknown_resolve_after_ms: {} must exceed the exchange's recvWindow ({unknown_min_ms} ms)",
             engine.unknown_resolve_after_ms
+        ));
+    }
+    // A waiting entry holds its entry lock: it must give up well before the lock can lapse.
+    if !(0..=engine.entry_lock_ttl_ms / 2).contains(&engine.entry_retry_budget_ms) {
+        return Err(format!(
+            "engine.entry_retry_budget_ms: {} is outside 0..={} (half of engine.entry_lock_ttl_ms)",
+            engine.entry_retry_budget_ms,
+            engine.entry_lock_ttl_ms / 2
         ));
     }
     if engine.warm_up_candles_max > WARM_UP_CANDLES_MAX {

@@ -33,6 +33,12 @@ impl ProfileEngine {
         #[cfg(feature = "lab")]
         crash::point(crash::AFTER_SUBMIT_BEFORE_ANSWER);
         let label = place_outcome_label(&outcome);
+        if !matches!(
+            outcome,
+            PlaceOutcome::RateLimited { .. } | PlaceOutcome::Unavailable { .. }
+        ) {
+            self.forget_unplaced(&order.client_order_id);
+        }
         self.metrics
             .exchange_requests_total
             .with_label_values(&["order", label])
@@ -55,14 +61,20 @@ impl ProfileEngine {
                 self.release(&order.client_order_id, OrderStatus::Rejected)
                     .await
             }
-            // A rate-limited request was not executed: the order does not exist.
+            // Not executed, and the decision stands: sent again after the wait.
             PlaceOutcome::RateLimited { retry_after_ms } => {
                 tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, retry_after_ms, "order rate-limited");
-                self.release(&order.client_order_id, OrderStatus::Rejected)
-                    .await
+                self.defer(order, request, retry_after_ms).await
+            }
+            PlaceOutcome::Unavailable { code, msg } => {
+                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, code, %msg, "exchange unavailable; the order was not executed");
+                self.defer(order, request, 0).await
             }
             PlaceOutcome::Unknown { reason } => {
                 tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, %reason, "order outcome unknown: querying");
+                // Kept so that an exit found never placed is sent again as it was decided.
+                self.unknown_requests
+                    .insert(order.client_order_id.clone(), request.clone());
                 self.mark_unknown(&order.client_order_id).await?;
                 let order = self
                     .book
@@ -163,7 +175,7 @@ impl ProfileEngine {
         }
     }
 
-    async fn release(
+    pub(super) async fn release(
         &mut self,
         id: &ClientOrderId,
         status: OrderStatus,
@@ -227,6 +239,8 @@ impl ProfileEngine {
         );
         if answered {
             self.unknown_since_ms.remove(&id);
+            self.unknown_requests.remove(&id);
+            self.forget_unplaced(&id);
             if let Some(lease) = self.entry_leases.remove(&id) {
                 self.release_lease(&lease).await;
             }
@@ -403,5 +417,6 @@ fn place_outcome_label(outcome: &PlaceOutcome) -> &'static str {
         PlaceOutcome::Rejected { .. } => "rejected",
         PlaceOutcome::Unknown { .. } => "unknown",
         PlaceOutcome::RateLimited { .. } => "rate_limited",
+        PlaceOutcome::Unavailable { .. } => "unavailable",
     }
 }

@@ -17,8 +17,9 @@ mod handlers;
 mod history;
 mod reconcile;
 mod recovery;
+mod unplaced;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -41,6 +42,9 @@ pub use book::Book;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use history::CandleHistory;
 pub use reconcile::ReconcileReport;
+pub use unplaced::{
+    PLACEMENT_BACKOFF_MAX_MS, PLACEMENT_BACKOFF_MIN_MS, PLACEMENT_RETRIES_PER_STEP_MAX,
+};
 
 use book::{OpenOrdersGauge, entry_side};
 
@@ -58,6 +62,11 @@ pub struct EngineConfig {
     /// before reconciliation declares it never placed. Longer than the exchange's `recvWindow`,
     /// after which a delayed request can no longer be accepted.
     pub unknown_resolve_after_ms: i64,
+    /// How long an entry the exchange would not take yet (rate limit, unavailable) is sent again
+    /// before it is released as REJECTED; well under `entry_lock_ttl_ms`, which it holds
+    /// meanwhile. Exits have no such budget: they are sent until the exchange takes or refuses
+    /// them.
+    pub entry_retry_budget_ms: i64,
     /// Extra capital reserved above the reference price for market entries and short limit
     /// entries, which may fill at a worse price than the one they were sized at.
     pub slippage_reserve_bps: u32,
@@ -81,6 +90,7 @@ impl Default for EngineConfig {
         EngineConfig {
             entry_lock_ttl_ms: 30_000,
             unknown_resolve_after_ms: 60_000,
+            entry_retry_budget_ms: 10_000,
             slippage_reserve_bps: 100,
             fee_reserve_bps: 10,
             intents_per_call_max: 16,
@@ -197,6 +207,10 @@ pub struct ProfileEngine {
     rules: HashMap<Symbol, SymbolRules>,
     entry_leases: HashMap<ClientOrderId, Lease>,
     unknown_since_ms: HashMap<ClientOrderId, i64>,
+    /// The requests of orders whose outcome was unknown, while it is.
+    unknown_requests: HashMap<ClientOrderId, OrderRequest>,
+    /// Orders the exchange would not take yet, sent again after a wait ([`unplaced`]).
+    unplaced: BTreeMap<ClientOrderId, unplaced::Unplaced>,
     timers: BTreeSet<i64>,
     minute: (i64, u32),
     day: (i64, Decimal),
@@ -253,6 +267,8 @@ impl ProfileEngine {
             rules: HashMap::new(),
             entry_leases: HashMap::new(),
             unknown_since_ms: HashMap::new(),
+            unknown_requests: HashMap::new(),
+            unplaced: BTreeMap::new(),
             timers: BTreeSet::new(),
             minute: (0, 0),
             day: (0, Decimal::ZERO),
@@ -432,13 +448,15 @@ impl ProfileEngine {
         }
     }
 
-    /// One closed candle: timers that came due, then the strategy's decision, then its requests.
+    /// One closed candle: orders waiting to be sent again whose wait is over, timers that came
+    /// due, then the strategy's decision, then its requests.
     #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn on_candle(&mut self, candle: &Candle) -> Result<StepOutcome, EngineError> {
         self.warm_up_if_fresh(Some(candle.open_time_ms));
         self.history.record(candle);
         self.note_price(candle);
         let mut outcome = StepOutcome::default();
+        outcome.orders_sent = self.retry_unplaced().await?;
         let now_ms = self.clock.now_ms();
         while let Some(&at_ms) = self.timers.first().filter(|&&at| at <= now_ms) {
             self.timers.remove(&at_ms);
@@ -904,12 +922,17 @@ fn order_type(price: OrderPrice) -> OrderType {
     }
 }
 
-/// The quarantine gauge counts the engines in quarantine: an engine that ends (its profile
-/// moved to another instance, stopped, or the host shuts down) takes its count with it.
+/// The quarantine and waiting-order gauges count what engines hold: an engine that ends (its
+/// profile moved to another instance, stopped, or the host shuts down) takes its counts with it.
+/// Its waiting orders stay PENDING_SUBMIT in the store, where recovery finds them.
 impl Drop for ProfileEngine {
     fn drop(&mut self) {
         if self.controls.quarantined {
             self.metrics.profiles_quarantined.dec();
+        }
+        let waiting: Vec<ClientOrderId> = self.unplaced.keys().cloned().collect();
+        for id in &waiting {
+            self.forget_unplaced(id);
         }
     }
 }

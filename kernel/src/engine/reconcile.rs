@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::exchange::OrderReport;
-use crate::ids::ClientOrderId;
+use crate::exchange::{OrderReport, OrderRequest, OrderType};
+use crate::ids::{ClientOrderId, IntentKind};
 use crate::ledger::Capital;
 use crate::lifecycle::{OrderRecord, Position};
 use crate::lock::{LockKey, LockKind};
 use crate::market::Side;
+use crate::money::Qty;
 use crate::order::OrderStatus;
 
 use super::{EngineError, ProfileEngine};
@@ -105,6 +106,8 @@ impl ProfileEngine {
     }
 
     async fn reconcile_locked(&mut self) -> Result<ReconcileReport, EngineError> {
+        // Orders waiting to be sent again go first: the comparison then sees where they stand.
+        self.retry_unplaced().await?;
         let mut report = ReconcileReport::default();
         // What the store holds, read once in one transaction: compared with the exchange, and,
         // when the pass repairs nothing, the book as it is (no second listing).
@@ -202,6 +205,8 @@ impl ProfileEngine {
                 self.apply_report(&live).await?;
                 report.repaired += 1;
             }
+            // Known not to be placed: it waits to be sent again, and nothing is missing.
+            None if self.is_unplaced(&order.client_order_id) => {}
             None if matches!(
                 order.status,
                 OrderStatus::PendingSubmit | OrderStatus::Unknown
@@ -214,10 +219,23 @@ impl ProfileEngine {
                     .or_insert(now_ms);
                 if now_ms - since_ms >= self.config.unknown_resolve_after_ms {
                     // Past the window in which a delayed request could still be accepted: the
-                    // order never existed. Its reservation and lock are released.
+                    // order never existed. An exit is sent again as it was decided (the position
+                    // is still there to close); an entry's reservation and lock are released.
                     report.found("missing_on_exchange");
-                    self.release_never_placed(&order.client_order_id).await?;
                     report.repaired += 1;
+                    if order.kind == IntentKind::Exit {
+                        let request = self
+                            .unknown_requests
+                            .get(&order.client_order_id)
+                            .cloned()
+                            .or_else(|| exit_request_of(order));
+                        if let Some(request) = request {
+                            self.unknown_since_ms.remove(&order.client_order_id);
+                            tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, "exit never placed: sent again");
+                            return self.submit(order, &request).await;
+                        }
+                    }
+                    self.release_never_placed(&order.client_order_id).await?;
                 }
             }
             None => {
@@ -236,6 +254,7 @@ impl ProfileEngine {
             .release_order(id, OrderStatus::Rejected)
             .await?;
         self.unknown_since_ms.remove(id);
+        self.unknown_requests.remove(id);
         if let crate::lifecycle::StatusOutcome::Changed(order) = &outcome {
             self.count_status_entered(order.status);
         }
@@ -318,4 +337,18 @@ impl ProfileEngine {
         self.book.reset(capital, positions, orders);
         self.orders_open.publish(&self.book);
     }
+}
+
+/// The request of a stored exit whose request was not kept (it was written before a restart):
+/// a reduce-only market order for its quantity, since the store does not keep the order type and
+/// an exit's purpose is to close the position.
+fn exit_request_of(order: &OrderRecord) -> Option<OrderRequest> {
+    Some(OrderRequest {
+        client_order_id: order.client_order_id.clone(),
+        symbol: order.symbol.clone(),
+        side: order.side,
+        order_type: OrderType::Market,
+        qty: Qty::new(order.qty).ok()?,
+        reduce_only: true,
+    })
 }

@@ -88,6 +88,24 @@ impl<'s> Locks<'s> {
         Ok(usize::try_from(count).unwrap_or(0))
     }
 
+    /// Deletes the expired leases of `kind` whose key starts with `prefix`; how many. For rows
+    /// nobody takes over (an instance's presence, keyed by its owner token, is never acquired
+    /// again once the instance is gone): an expired lease grants nothing, and fences come from a
+    /// sequence, so removing one changes no later grant.
+    pub async fn remove_expired(&self, kind: LockKind, prefix: &str) -> Result<u64, StoreError> {
+        let sql = |now: &str| {
+            format!(
+                "DELETE FROM {} WHERE substr(lock_key, 1, length($1)) = $1 \
+                 AND expires_at_ms <= {now}",
+                kind.table()
+            )
+        };
+        let removed = with_pool!(self.store.pool(), pool, b => {
+            sqlx::query(&sql(b::NOW_MS)).bind(prefix).execute(pool).await?.rows_affected()
+        });
+        Ok(removed)
+    }
+
     /// Extends a live lease to `ttl_ms` from now. [`LockError::Lost`] when it expired or was
     /// taken over: the holder must stop writing under it.
     pub async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease, StoreError> {

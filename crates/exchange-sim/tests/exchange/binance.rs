@@ -299,7 +299,7 @@ async fn documented_503_failures_are_retried_and_reported_rejected_when_they_per
             .await;
         match outcome {
             PlaceOutcome::Accepted(_) => assert_eq!(sim.state.placements()[&cid], 1),
-            PlaceOutcome::Rejected { code: -1001, .. } => {
+            PlaceOutcome::Unavailable { code: -1001, .. } => {
                 assert!(!sim.state.placements().contains_key(&cid))
             }
             other => panic!("unexpected {other:?}"),
@@ -313,7 +313,7 @@ async fn documented_503_failures_are_retried_and_reported_rejected_when_they_per
         .place(&limit("busy-x", Side::Buy, dec!(30000), dec!(0.01)))
         .await;
     assert!(
-        matches!(outcome, PlaceOutcome::Rejected { code: -1001, .. }),
+        matches!(outcome, PlaceOutcome::Unavailable { code: -1001, .. }),
         "{outcome:?}"
     );
     assert!(!sim.state.placements().contains_key("busy-x"));
@@ -587,7 +587,7 @@ async fn place_following_the_rule(exchange: &BinanceExchange, request: &OrderReq
             PlaceOutcome::RateLimited { retry_after_ms } => {
                 tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
             }
-            PlaceOutcome::Rejected { code: -1001, .. } => {}
+            PlaceOutcome::Unavailable { .. } => {}
             PlaceOutcome::Rejected { code, msg } => panic!("rejected {code} {msg}"),
             PlaceOutcome::Unknown { .. } => {
                 if query_until_answered(exchange, request).await {

@@ -723,9 +723,10 @@ impl Exchange for BinanceExchange {
                     .settle(&prepared, format!("duplicate client order id ({msg})"))
                     .await
             }
-            Err(CallError::Api { code, msg } | CallError::Certain { code, msg }) => {
-                PlaceOutcome::Rejected { code, msg }
-            }
+            Err(CallError::Api { code, msg }) => PlaceOutcome::Rejected { code, msg },
+            // Not executed, and not refused for a reason of the order's own: the kernel sends
+            // it again.
+            Err(CallError::Certain { code, msg }) => PlaceOutcome::Unavailable { code, msg },
             Err(CallError::RateLimited { retry_after_ms }) => {
                 PlaceOutcome::RateLimited { retry_after_ms }
             }

@@ -355,6 +355,17 @@ impl Cluster {
     /// How many profiles this instance should run: its even share of the directory's
     /// `listed` profiles over the live instances, at most `profiles_max`.
     async fn share(&self, listed: usize) -> anyhow::Result<usize> {
+        // The presence rows of instances that died without releasing theirs (`kill -9`).
+        match self
+            .store
+            .locks()
+            .remove_expired(LockKind::ProfileLease, LockKey::INSTANCE_PREFIX)
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed the presence of instances gone"),
+            Err(error) => tracing::warn!(%error, "removing the presence of instances gone failed"),
+        }
         let counted = self
             .store
             .locks()

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 use keel_kernel::engine::{
@@ -197,7 +198,42 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     store.with_context(|| format!("opening database.url {}", db.url.masked()))
 }
 
+/// The first wait after a failed connection to the exchange at start.
+const CONNECT_BACKOFF_MIN_MS: u64 = 500;
+/// The longest wait between two connection attempts at start.
+const CONNECT_BACKOFF_MAX_MS: u64 = 30_000;
+
+/// Connects to the exchange, trying again with a backoff for as long as it takes: an exchange
+/// that is down, slow or rate-limiting at start delays the host (which answers nothing, so a
+/// load balancer's readiness probe fails), and never ends it. Each failure is logged with its
+/// cause.
 async fn connect_exchange(config: &ExchangeConfig) -> anyhow::Result<Arc<dyn Exchange>> {
+    let mut wait_ms = CONNECT_BACKOFF_MIN_MS;
+    let mut attempt: u32 = 1;
+    loop {
+        match connect_exchange_once(config).await {
+            Ok(exchange) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "connected to the exchange");
+                }
+                return Ok(exchange);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    attempt,
+                    wait_ms,
+                    error = format!("{error:#}"),
+                    "the exchange is not reachable yet; trying again"
+                );
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                wait_ms = (wait_ms * 2).min(CONNECT_BACKOFF_MAX_MS);
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+async fn connect_exchange_once(config: &ExchangeConfig) -> anyhow::Result<Arc<dyn Exchange>> {
     match config {
         ExchangeConfig::Binance {
             rest_url,

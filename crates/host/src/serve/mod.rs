@@ -305,6 +305,10 @@ impl ProfileTask {
                     let _ = self.reconcile(&mut inputs.engine).await;
                 }
                 _ = idle.tick(), if !events_closed => {
+                    // Orders the exchange would not take yet go again once their wait is over.
+                    if let Err(e) = inputs.engine.retry_unplaced().await {
+                        tracing::error!(profile_id = %profile, error = %e, "sending waiting orders again failed; reconciliation will repair");
+                    }
                     let run = self.health.record(profile, "monitor", None);
                     self.beat("monitor", Duration::ZERO);
                     self.publish(&mut inputs.engine, keel_api::live::StepReport { loop_name: "monitor", run: Some(run), ..Default::default() }).await;

@@ -2,14 +2,21 @@
 //! virtual clock and a scripted native strategy.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 use keel_kernel::engine::{
     EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, StepOutcome, VirtualClock,
 };
-use keel_kernel::exchange::{Exchange, SymbolRules, UserEvent};
-use keel_kernel::ids::{ProfileId, Symbol, UserId};
+use keel_kernel::exchange::Interval;
+use keel_kernel::exchange::{
+    Balance, Exchange, ExchangeError, Fill, OrderReport, OrderRequest, PlaceOutcome, Position,
+    SymbolRules, UserEvent,
+};
+use keel_kernel::ids::{ClientOrderId, ProfileId, Symbol, UserId};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::market::Candle;
 use keel_kernel::metrics::Metrics;
@@ -98,10 +105,100 @@ impl StrategyRuntime for Scripted {
     }
 }
 
+/// The paper exchange behind a gate that answers the next placements with a refusal of the
+/// kind set in `refuse` (how many) and `outcome` (what), without executing them.
+pub struct Gated {
+    pub paper: Arc<PaperExchange>,
+    pub refuse: AtomicU32,
+    pub outcome: Mutex<PlaceOutcome>,
+    /// Every placement the engine attempted, refused or not, by client order id.
+    pub attempts: Mutex<Vec<ClientOrderId>>,
+}
+
+impl Gated {
+    /// Refuses the next `count` placements with `outcome`.
+    pub fn refuse_next(&self, count: u32, outcome: PlaceOutcome) {
+        *self.outcome.lock().unwrap() = outcome;
+        self.refuse.store(count, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Exchange for Gated {
+    fn name(&self) -> &str {
+        "gated-paper"
+    }
+    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
+        self.paper.symbol_rules(symbol).await
+    }
+    async fn place(&self, request: &OrderRequest) -> PlaceOutcome {
+        self.attempts
+            .lock()
+            .unwrap()
+            .push(request.client_order_id.clone());
+        let refused = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            return self.outcome.lock().unwrap().clone();
+        }
+        self.paper.place(request).await
+    }
+    async fn cancel(
+        &self,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<OrderReport, ExchangeError> {
+        self.paper.cancel(symbol, id).await
+    }
+    async fn order(
+        &self,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<Option<OrderReport>, ExchangeError> {
+        self.paper.order(symbol, id).await
+    }
+    async fn open_orders(
+        &self,
+        symbol: Option<&Symbol>,
+    ) -> Result<Vec<OrderReport>, ExchangeError> {
+        self.paper.open_orders(symbol).await
+    }
+    async fn fills(&self, symbol: &Symbol, id: &ClientOrderId) -> Result<Vec<Fill>, ExchangeError> {
+        self.paper.fills(symbol, id).await
+    }
+    async fn positions(&self) -> Result<Vec<Position>, ExchangeError> {
+        self.paper.positions().await
+    }
+    async fn balances(&self) -> Result<Vec<Balance>, ExchangeError> {
+        self.paper.balances().await
+    }
+    async fn user_events(&self) -> Result<mpsc::Receiver<UserEvent>, ExchangeError> {
+        self.paper.user_events().await
+    }
+    async fn recent_candles(
+        &self,
+        symbol: &Symbol,
+        interval: Interval,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        self.paper.recent_candles(symbol, interval, limit).await
+    }
+    async fn candles(
+        &self,
+        symbol: &Symbol,
+        interval: Interval,
+    ) -> Result<mpsc::Receiver<Candle>, ExchangeError> {
+        self.paper.candles(symbol, interval).await
+    }
+}
+
 pub struct Harness {
     pub _dir: tempfile::TempDir,
     pub store: Store,
     pub exchange: Arc<PaperExchange>,
+    pub gate: Arc<Gated>,
     pub events: mpsc::Receiver<UserEvent>,
     pub clock: Arc<VirtualClock>,
     pub metrics: Arc<Metrics>,
@@ -131,17 +228,24 @@ impl Harness {
             .unwrap();
         let exchange = Arc::new(PaperExchange::new(PaperConfig::default(), [rules()]));
         let events = exchange.user_events().await.unwrap();
+        let gate = Arc::new(Gated {
+            paper: exchange.clone(),
+            refuse: AtomicU32::new(0),
+            outcome: Mutex::new(PlaceOutcome::RateLimited { retry_after_ms: 0 }),
+            attempts: Mutex::new(Vec::new()),
+        });
         let clock = Arc::new(VirtualClock::new(0));
         let metrics = Arc::new(Metrics::new());
         let switches = Arc::new(HostSwitches::default());
         let mut engine = build_engine(
-            &store, &exchange, &clock, &metrics, &switches, user, profile, strategy, config,
+            &store, &gate, &clock, &metrics, &switches, user, profile, strategy, config,
         );
         engine.recover().await.unwrap();
         Harness {
             _dir: dir,
             store,
             exchange,
+            gate,
             events,
             clock,
             metrics,
@@ -156,7 +260,7 @@ impl Harness {
     pub fn restart(&mut self, strategy: Scripted) {
         self.engine = build_engine(
             &self.store,
-            &self.exchange,
+            &self.gate,
             &self.clock,
             &self.metrics,
             &self.switches,
@@ -186,7 +290,7 @@ impl Harness {
 #[allow(clippy::too_many_arguments)]
 fn build_engine(
     store: &Store,
-    exchange: &Arc<PaperExchange>,
+    exchange: &Arc<Gated>,
     clock: &Arc<VirtualClock>,
     metrics: &Arc<Metrics>,
     switches: &Arc<HostSwitches>,

@@ -1,6 +1,7 @@
 //! Restart durability and reconciliation against the exchange's truth.
 
-use keel_kernel::exchange::{Exchange, OrderRequest, OrderType};
+use keel_kernel::engine::Clock;
+use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
 use keel_kernel::ids::ClientOrderId;
 use keel_kernel::market::Side;
 use keel_kernel::money::Qty;
@@ -114,4 +115,104 @@ fn manual_order(id: &str) -> OrderRequest {
         qty: Qty::new(dec!(1)).unwrap(),
         reduce_only: false,
     }
+}
+
+#[tokio::test]
+async fn a_rate_limited_exit_is_sent_again_with_the_same_id_until_it_is_placed() {
+    let strategy = Scripted::default()
+        .at(1, vec![buy(500.0)])
+        .at(3, vec![crate::path::close_all()]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    h.step(&candle(1, 100.0, 100.0)).await;
+    h.step(&candle(2, 100.0, 100.0)).await;
+    assert_eq!(h.engine.book().positions.len(), 1);
+    // Three refusals in a row: two 429s, then a 503 that says the request was not executed.
+    h.gate.refuse_next(
+        2,
+        PlaceOutcome::RateLimited {
+            retry_after_ms: 2_000,
+        },
+    );
+    let decided = h.step(&candle(3, 100.0, 100.0)).await;
+    let exit = decided.orders_sent[0].clone();
+    assert_eq!(h.gate.attempts.lock().unwrap().last(), Some(&exit));
+    let stored = h.store.tenant(h.user).order(&exit).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::PendingSubmit);
+    let waiting = || {
+        h.metrics
+            .orders_awaiting_placement
+            .with_label_values(&["exit"])
+            .get()
+    };
+    assert_eq!(waiting(), 1);
+    // A reconciliation pass meanwhile neither releases it nor sends it before its wait is over.
+    assert!(h.engine.reconcile().await.unwrap().is_clean());
+    assert_eq!(h.gate.attempts.lock().unwrap().len(), 2);
+    // Past the wait: sent again (refused again), then past the doubled wait and an
+    // unavailable answer, then taken.
+    h.clock.advance_to(h.clock.now_ms() + 2_000);
+    assert!(h.engine.retry_unplaced().await.unwrap().contains(&exit));
+    h.gate.refuse_next(
+        1,
+        PlaceOutcome::Unavailable {
+            code: -1001,
+            msg: "Internal error; unable to process your request. Please try again.".into(),
+        },
+    );
+    h.clock.advance_to(h.clock.now_ms() + 2_000);
+    h.engine.retry_unplaced().await.unwrap();
+    assert_eq!(waiting(), 1);
+    h.clock.advance_to(h.clock.now_ms() + 2_000);
+    assert_eq!(h.engine.retry_unplaced().await.unwrap(), vec![exit.clone()]);
+    assert_eq!(waiting(), 0);
+    let attempts = h.gate.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.iter().filter(|id| **id == exit).count(), 4);
+    // Taken, then filled at the next candle: the position is closed.
+    h.step(&candle(4, 100.0, 100.0)).await;
+    let stored = h.store.tenant(h.user).order(&exit).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Filled);
+    assert!(h.engine.book().positions.is_empty());
+    assert_eq!(
+        h.metrics
+            .order_placement_retries_total
+            .with_label_values(&["exit"])
+            .get(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_entry_is_released_after_its_retry_budget() {
+    let strategy = Scripted::default().at(1, vec![buy(500.0)]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    h.gate.refuse_next(
+        u32::MAX,
+        PlaceOutcome::RateLimited {
+            retry_after_ms: 1_000,
+        },
+    );
+    h.step(&candle(1, 100.0, 100.0)).await;
+    let entry = h.gate.attempts.lock().unwrap()[0].clone();
+    let budget_ms = keel_kernel::engine::EngineConfig::default().entry_retry_budget_ms;
+    let started_ms = h.clock.now_ms();
+    while h.clock.now_ms() - started_ms <= budget_ms {
+        h.clock.advance_to(h.clock.now_ms() + 1_000);
+        h.engine.retry_unplaced().await.unwrap();
+    }
+    let stored = h.store.tenant(h.user).order(&entry).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Rejected);
+    assert!(h.gate.attempts.lock().unwrap().len() > 2);
+    assert_eq!(
+        h.engine.book().capital.reserved_for_orders,
+        rust_decimal::Decimal::ZERO
+    );
+    assert_eq!(
+        h.metrics
+            .orders_awaiting_placement
+            .with_label_values(&["entry"])
+            .get(),
+        0
+    );
 }

@@ -2,10 +2,10 @@
 //! drops requests, fails queries, crashes the host around a submission, and lets a second
 //! instance decide while the first waits for the exchange — all drawn from one seeded generator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use keel_kernel::engine::{EngineError, ProfileEngine};
@@ -29,7 +29,8 @@ pub struct FaultRates {
     pub ack_lost: f64,
     /// A placement never reaches the exchange and the caller hears nothing (unknown, not done).
     pub request_dropped: f64,
-    /// The exchange refuses to look at a placement (rate limited; not executed).
+    /// The exchange refuses to look at a placement, not executing it: in turn a 429 (rate
+    /// limited) and a 503 that says so (unavailable).
     pub rate_limited: f64,
     /// A query (order, fills, open orders, positions) fails.
     pub query_failed: f64,
@@ -62,6 +63,10 @@ pub struct Injector {
     counts: Mutex<FaultCounts>,
     /// Placements that reached the exchange, by client order id.
     sent: Mutex<BTreeMap<ClientOrderId, u32>>,
+    /// Every exit the host tried to place, whether or not it reached the exchange.
+    exits_attempted: Mutex<BTreeSet<ClientOrderId>>,
+    /// Refusals so far: they alternate between a 429 and a 503.
+    refusals: AtomicU32,
     /// The store a crash closes (the host process's pool).
     store: Mutex<Option<Store>>,
     crashed: AtomicBool,
@@ -81,6 +86,8 @@ impl Injector {
             armed: AtomicBool::new(false),
             counts: Mutex::new(FaultCounts::new()),
             sent: Mutex::new(BTreeMap::new()),
+            exits_attempted: Mutex::new(BTreeSet::new()),
+            refusals: AtomicU32::new(0),
             store: Mutex::new(None),
             crashed: AtomicBool::new(false),
             twin: tokio::sync::Mutex::new(None),
@@ -126,6 +133,14 @@ impl Injector {
     /// Placements that reached the exchange, by client order id.
     pub fn sent(&self) -> BTreeMap<ClientOrderId, u32> {
         self.sent.lock().expect("sent lock poisoned").clone()
+    }
+
+    /// Every exit the host tried to place, whether or not it reached the exchange.
+    pub fn exits_attempted(&self) -> BTreeSet<ClientOrderId> {
+        self.exits_attempted
+            .lock()
+            .expect("exits lock poisoned")
+            .clone()
     }
 
     /// The host's current store, closed by a crash.
@@ -257,6 +272,13 @@ impl Exchange for FaultyExchange {
     async fn place(&self, request: &OrderRequest) -> PlaceOutcome {
         let injector = &self.injector;
         let rates = injector.rates;
+        if request.reduce_only {
+            injector
+                .exits_attempted
+                .lock()
+                .expect("exits lock poisoned")
+                .insert(request.client_order_id.clone());
+        }
         if !request.reduce_only && injector.roll("twin_decides", rates.twin_decides) {
             injector.twin_decides().await;
         }
@@ -268,8 +290,16 @@ impl Exchange for FaultyExchange {
             return unknown("request lost on the way");
         }
         if injector.roll("rate_limited", rates.rate_limited) {
-            return PlaceOutcome::RateLimited {
-                retry_after_ms: 1_000,
+            // Alternating rather than drawn, so the generator's sequence stays what it was.
+            if injector.refusals.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                return PlaceOutcome::RateLimited {
+                    retry_after_ms: 1_000,
+                };
+            }
+            return PlaceOutcome::Unavailable {
+                code: -1001,
+                msg: "simulated: Internal error; unable to process your request. Please try again."
+                    .to_owned(),
             };
         }
         let outcome = self.forward(request).await;

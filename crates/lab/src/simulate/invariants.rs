@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_kernel::engine::EngineError;
 use keel_kernel::ids::{ClientOrderId, IntentKind};
 use keel_kernel::market::Side;
+use keel_kernel::order::OrderStatus;
 use keel_kernel::store::StoreError;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -281,6 +282,17 @@ impl Checker {
                     stored.map(|s| (s.status, s.filled_qty)),
                     live.map(|l| (l.status, l.executed_qty))
                 )
+            });
+        }
+        for id in world.injector.exits_attempted() {
+            let Some(stored) = tenant.order(&id).await? else {
+                continue;
+            };
+            // Released without the exchange ever seeing it: a transient answer dropped the exit.
+            let dropped =
+                stored.status == OrderStatus::Rejected && !world.injector.sent().contains_key(&id);
+            self.expect(world, step, !dropped, "exit_never_dropped", || {
+                format!("exit {id} was released as REJECTED but never reached the exchange")
             });
         }
         let mut stored: BTreeMap<String, Decimal> = BTreeMap::new();
