@@ -102,6 +102,14 @@ impl<'s> Locks<'s> {
         };
         let removed = with_pool!(self.store.pool(), pool, b => {
             sqlx::query(&sql(b::NOW_MS)).bind(prefix).execute(pool).await?.rows_affected()
+        }, memory pool => {
+            let mut tx = pool.begin().await?;
+            let expired = tx.expired_locks(kind, prefix, memory::now_ms());
+            for key in &expired {
+                tx.set_lock(kind, key, None)?;
+            }
+            tx.commit();
+            u64::try_from(expired.len()).unwrap_or(u64::MAX)
         });
         Ok(removed)
     }

@@ -331,6 +331,15 @@ impl Db {
             .count()
     }
 
+    /// The keys of the expired locks of `kind` starting with `prefix`.
+    pub(crate) fn expired_locks(&self, kind: LockKind, prefix: &str, now_ms: i64) -> Vec<String> {
+        self.locks[lock_table(kind)]
+            .iter()
+            .filter(|(key, row)| key.starts_with(prefix) && row.expires_at_ms <= now_ms)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     pub(crate) fn fill(
         &self,
         profile: ProfileId,
