@@ -259,15 +259,11 @@ impl ProfileEngine {
         Ok(())
     }
 
-    /// The capital row as last read, in the book and in `keel_capital_free_quote`.
+    /// The capital row as last read, in the book and in `keel_capital_free_quote` (and its `_min`).
     fn set_capital(&mut self, capital: Capital) {
         self.book.update_capital(capital);
-        let label = self.metrics.profile_label(self.spec.profile);
         let free = rust_decimal::prelude::ToPrimitive::to_f64(&capital.free()).unwrap_or(0.0);
-        self.metrics
-            .capital_free_quote
-            .with_label_values(&[&label])
-            .set(free);
+        self.metrics.set_capital_free(self.spec.profile, free);
     }
 
     /// Records a fill in its own transaction, passing the crash points around its commit.
