@@ -16,7 +16,11 @@ pub fn check(file: &Path, config: &[String], json: bool) -> anyhow::Result<ExitC
         cache_dir: user_cache_dir(),
         ..EngineSettings::default()
     })?;
-    let checked = match check_bytes(&engine, &bytes, pairs) {
+    let name = file.display().to_string();
+    let spinner = keel_backtest::run::compile_spinner(&name, bytes.len(), !json);
+    let checked = check_bytes(&engine, &bytes, pairs);
+    spinner.finish_and_clear();
+    let checked = match checked {
         Ok(checked) => checked,
         Err(reason) => {
             print_refusal(file, &reason, json);
