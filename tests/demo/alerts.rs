@@ -27,10 +27,17 @@ enum Fault {
     Frozen,
 }
 
-/// Each alert with the series its fault is written into (`family`, and the label that picks
-/// the series; a series of the family with that label replaced is added if the host has no such
-/// series yet) and the fault.
-const FAULTS: &[(&str, &str, Option<(&str, &str)>, Fault)] = &[
+/// An alert, the family its fault is written into, the label that picks the series (a series of
+/// the family with that label replaced is added if the host has no such series yet), the fault.
+type AlertFault = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    Fault,
+);
+
+/// Each alert rule with its fault, in the order of alerts.yml.
+const FAULTS: &[AlertFault] = &[
     (
         "KeelCapitalInvariantViolation",
         "keel_capital_invariant_violations_total",
