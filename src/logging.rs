@@ -61,10 +61,10 @@ pub fn init(level_default: LevelFilter) -> anyhow::Result<()> {
     let installed = match format {
         LogFormat::Json => builder
             .json()
-            // The innermost span's fields under `span`, every enclosing span under `spans`: a
-            // line inside a plugin call inside an order operation names the plugin, the order
-            // and the profile.
-            .with_current_span(true)
+            // Every enclosing span under `spans`, outermost first, each once: a line inside an
+            // order operation names the order and the profile. (`span`, a second copy of the
+            // innermost one, is left out.)
+            .with_current_span(false)
             .with_span_list(true)
             .try_init(),
         LogFormat::Text => builder.with_ansi(true).try_init(),

@@ -7,7 +7,7 @@
 //! are the store's own counters, read at each scrape ([`Metrics::observe_store`]). docs/operations.md describes them; runbooks/ say which to
 //! alert on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -39,9 +39,12 @@ pub struct Metrics {
     registry: Registry,
     profiles_labelled: Mutex<HashSet<ProfileId>>,
     store_stats: Arc<OnceLock<Arc<StoreStats>>>,
+    /// Each running profile's free capital, whose least is `keel_capital_free_quote_min`.
+    capital_free: Mutex<HashMap<ProfileId, f64>>,
     pub capital_invariant_violations_total: IntCounter,
-    pub capital_free_quote: GaugeVec,
-    pub capital_free_quote_min: Gauge,
+    capital_free_quote: GaugeVec,
+    /// No labels: a series only while some profile runs, so an idle instance has no minimum.
+    capital_free_quote_min: GaugeVec,
     pub ledger_rebuilds_total: IntCounter,
     pub ledger_rebuild_mismatches_total: IntCounter,
     pub reconciliation_runs_total: IntCounterVec,
@@ -144,6 +147,7 @@ impl Metrics {
         r.register(Box::new(StoreCollector::new(store_stats.clone())))
             .expect("the store's families are registered once");
         let metrics = Metrics {
+            capital_free: Mutex::new(HashMap::new()),
             capital_invariant_violations_total: counter(
                 &r,
                 "keel_capital_invariant_violations_total",
@@ -155,10 +159,11 @@ impl Metrics {
                 "Free capital (the invariant's left-hand side) per profile, quote currency; profiles past the label cap fold into profile=\"_other\".",
                 &[PROFILE_LABEL],
             ),
-            capital_free_quote_min: gauge(
+            capital_free_quote_min: gauge_vec(
                 &r,
                 "keel_capital_free_quote_min",
-                "The smallest free capital of any active profile, quote currency.",
+                "The smallest free capital of the profiles this instance runs, quote currency; absent while it runs none.",
+                &[],
             ),
             ledger_rebuilds_total: counter(
                 &r,
@@ -405,6 +410,41 @@ impl Metrics {
             profile.to_string()
         } else {
             PROFILE_LABEL_OTHER.to_owned()
+        }
+    }
+
+    /// Records `profile`'s free capital: its `keel_capital_free_quote` series and, over every
+    /// profile this instance runs, `keel_capital_free_quote_min`.
+    pub fn set_capital_free(&self, profile: ProfileId, free: f64) {
+        self.capital_free_quote
+            .with_label_values(&[&self.profile_label(profile)])
+            .set(free);
+        let mut free_by_profile = self.capital_free.lock().expect("never poisoned");
+        free_by_profile.insert(profile, free);
+        self.publish_capital_min(&free_by_profile);
+    }
+
+    /// Forgets a profile this instance no longer runs (stopped, or taken by another instance):
+    /// its free capital no longer counts in `keel_capital_free_quote_min`, and its own series of
+    /// `keel_capital_free_quote` goes.
+    pub fn forget_profile_capital(&self, profile: ProfileId) {
+        let mut free_by_profile = self.capital_free.lock().expect("never poisoned");
+        if free_by_profile.remove(&profile).is_some() {
+            // A profile folded into `_other` shares its series with others: that one stays.
+            let _ = self
+                .capital_free_quote
+                .remove_label_values(&[&profile.to_string()]);
+        }
+        self.publish_capital_min(&free_by_profile);
+    }
+
+    fn publish_capital_min(&self, free_by_profile: &HashMap<ProfileId, f64>) {
+        match free_by_profile.values().copied().reduce(f64::min) {
+            Some(least) => self
+                .capital_free_quote_min
+                .with_label_values::<&str>(&[])
+                .set(least),
+            None => self.capital_free_quote_min.reset(),
         }
     }
 
@@ -688,11 +728,7 @@ mod tests {
     fn the_public_encoding_has_no_per_profile_family() {
         let metrics = Metrics::new();
         let profile = ProfileId::new_random();
-        metrics
-            .capital_free_quote
-            .with_label_values(&[&metrics.profile_label(profile)])
-            .set(12.5);
-        metrics.capital_free_quote_min.set(12.5);
+        metrics.set_capital_free(profile, 12.5);
         assert!(metrics.encode().contains(&profile.to_string()));
         let public = metrics.encode_without_profiles();
         assert!(!public.contains(&profile.to_string()), "{public}");
@@ -701,6 +737,35 @@ mod tests {
             public.contains("keel_capital_free_quote_min 12.5"),
             "{public}"
         );
+    }
+
+    #[test]
+    fn the_least_free_capital_is_of_the_profiles_running_and_absent_without_one() {
+        let metrics = Metrics::new();
+        assert!(
+            !metrics.encode().contains("keel_capital_free_quote_min "),
+            "no profile, no minimum: {}",
+            metrics.encode()
+        );
+        let (a, b) = (ProfileId::new_random(), ProfileId::new_random());
+        metrics.set_capital_free(a, 9_000.0);
+        metrics.set_capital_free(b, 4.0);
+        assert!(metrics.encode().contains("keel_capital_free_quote_min 4\n"));
+        metrics.set_capital_free(b, 9_500.0);
+        assert!(
+            metrics
+                .encode()
+                .contains("keel_capital_free_quote_min 9000\n")
+        );
+        metrics.forget_profile_capital(a);
+        let text = metrics.encode();
+        assert!(
+            text.contains("keel_capital_free_quote_min 9500\n"),
+            "{text}"
+        );
+        assert!(!text.contains(&a.to_string()), "{text}");
+        metrics.forget_profile_capital(b);
+        assert!(!metrics.encode().contains("keel_capital_free_quote_min "));
     }
 
     #[test]

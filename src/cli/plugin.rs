@@ -26,7 +26,11 @@ pub fn check(
         compile,
         ..EngineSettings::default()
     })?;
-    let checked = match check_bytes(&engine, &bytes, pairs, &CompileCancel::new()) {
+    let name = file.display().to_string();
+    let spinner = keel_backtest::run::compile_spinner(&name, bytes.len(), !json);
+    let checked = check_bytes(&engine, &bytes, pairs, &CompileCancel::new());
+    spinner.finish_and_clear();
+    let checked = match checked {
         Ok(checked) => checked,
         Err(reason) => {
             print_refusal(file, &reason, json);

@@ -41,6 +41,34 @@ fn the_example_config_passes_and_every_secret_is_masked() {
     assert!(stdout.contains("lease_ttl_ms = 15000"), "{stdout}");
 }
 
+/// A secret as `openssl rand -hex 32` makes one.
+const REAL_SECRET: &str = "9f2c41d07be3a85c16e4f09b7a3d52c8e1f60b94d7a2c53e08b1f6d49a7c2e35";
+
+#[test]
+fn placeholder_secrets_are_refused_naming_the_key() {
+    let example = repo_root().join("deploy/keel.example.toml");
+    for secret in [
+        None,
+        Some("replace-me-with-32-or-more-random-bytes-please"),
+        Some("changeme-changeme-changeme-changeme"),
+        Some("00000000000000000000000000000000000000"),
+    ] {
+        let env: Vec<(&str, &str)> = secret.map(|s| ("KEEL_JWT_SECRET", s)).into_iter().collect();
+        let (ok, stdout, stderr) = config_check(&example, &env);
+        assert!(!ok, "{secret:?} accepted:\n{stdout}");
+        assert!(stderr.contains("api.jwt_secret"), "{secret:?}: {stderr}");
+        assert!(
+            stderr.contains("openssl rand -hex 32"),
+            "{secret:?}: {stderr}"
+        );
+        if let Some(secret) = secret {
+            assert!(!stderr.contains(secret), "the secret printed: {stderr}");
+        }
+    }
+    let (ok, _, stderr) = config_check(&example, &[("KEEL_JWT_SECRET", REAL_SECRET)]);
+    assert!(ok, "{stderr}");
+}
+
 #[test]
 fn a_bad_file_gets_an_error_naming_the_file_the_key_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +94,7 @@ fn a_bad_file_gets_an_error_naming_the_file_the_key_and_the_problem() {
     for (index, (text, key)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad-{index}.toml"));
         std::fs::write(&file, text).unwrap();
-        let (ok, _, stderr) = config_check(&file, &[]);
+        let (ok, _, stderr) = config_check(&file, &[("KEEL_JWT_SECRET", REAL_SECRET)]);
         assert!(!ok, "case {index} passed");
         assert!(stderr.contains(&format!("bad-{index}.toml")), "{stderr}");
         assert!(

@@ -86,6 +86,29 @@ async fn json_log_lines_carry_the_span_fields_and_never_a_secret() {
     assert_eq!(running.len(), 2, "{running:?}");
     assert!(running.is_subset(&shipped), "{running:?} vs {shipped:?}");
 
+    // Each span once per line, and no event field repeating one of its spans' fields.
+    for line in &parsed {
+        assert!(
+            line.get("span").is_none(),
+            "the innermost span twice: {line}"
+        );
+        let spans = line["spans"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut names = BTreeSet::new();
+        for span in spans {
+            let name = span["name"].as_str().unwrap_or_default();
+            assert!(names.insert(name), "span {name} twice: {line}");
+            for (field, _) in span.as_object().into_iter().flatten() {
+                assert!(
+                    field == "name" || line["fields"].get(field).is_none(),
+                    "{field} in the event and in its span: {line}"
+                );
+            }
+        }
+    }
+
     // The demo's secrets: the JWT secret in its data directory and the token it prints.
     let secret = std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap();
     let token = stdout

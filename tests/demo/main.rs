@@ -10,9 +10,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod alerts;
 mod browser;
+mod docs;
 mod faults;
 mod logs;
+mod plugins;
 mod roster;
 
 /// How long the demo may take to become ready or to reach a condition, generously: the
@@ -40,19 +43,19 @@ impl Demo {
 
     /// `keel demo` on a free port, fast, with its stdout piped.
     fn command(data_dir: &Path) -> Command {
+        Demo::command_at(data_dir, 50)
+    }
+
+    /// `keel demo` on a free port, a candle every `speed_ms`, with its stdout piped.
+    fn command_at(data_dir: &Path, speed_ms: u64) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
         command
             .arg("demo")
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--port",
-                "0",
-                "--speed-ms",
-                "50",
-                "--reconcile-interval-ms",
-                "500",
-            ])
+            .args(["--port", "0", "--reconcile-interval-ms", "500"])
+            .arg("--speed-ms")
+            .arg(speed_ms.to_string())
             .arg("--plugins-dir")
             .arg(repo_root().join("plugins-example/target/wasm32-wasip2/release"))
             .stdout(Stdio::piped())

@@ -143,7 +143,7 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
     let Some(first) = spec.candles.first() else {
         bail!("no candles to backtest");
     };
-    let mut rig = Rig::new(spec, first.open_time_ms).await?;
+    let mut rig = Rig::new(spec, first.open_time_ms, progress).await?;
     let bar = progress_bar(spec.candles.len(), progress);
     let mut equity = Vec::with_capacity(spec.candles.len());
     for (index, candle) in spec.candles.iter().enumerate() {
@@ -162,7 +162,7 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
 }
 
 impl Rig {
-    async fn new(spec: &BacktestSpec, start_ms: i64) -> anyhow::Result<Rig> {
+    async fn new(spec: &BacktestSpec, start_ms: i64, progress: bool) -> anyhow::Result<Rig> {
         let (store, dir) = open_store(spec.store)
             .await
             .context("opening the backtest's store")?;
@@ -184,7 +184,7 @@ impl Rig {
         let events = exchange.user_events().await?;
         let clock = Arc::new(VirtualClock::new(start_ms));
         // The plugin reads the same virtual clock as the engine.
-        let strategy = start_plugin(spec, profile, clock.clone())?;
+        let strategy = start_plugin(spec, profile, clock.clone(), progress)?;
         let exchange_dyn: Arc<dyn Exchange> = exchange.clone();
         let mut engine = ProfileEngine::new(
             ProfileSpec {
@@ -270,6 +270,7 @@ fn start_plugin(
     spec: &BacktestSpec,
     profile: ProfileId,
     clock: Arc<VirtualClock>,
+    progress: bool,
 ) -> anyhow::Result<keel_runtime::WasmStrategy> {
     // The live budgets (fuel, memory, deadlines) with room for one instance; compiled code is
     // cached as for `keel plugin check`.
@@ -278,9 +279,12 @@ fn start_plugin(
         cache_dir: user_cache_dir(),
         ..EngineSettings::default()
     })?;
+    let spinner = compile_spinner(&spec.plugin_name, spec.plugin.len(), progress);
     let version = runtime
         .load(&spec.plugin)
-        .with_context(|| format!("loading plugin {}", spec.plugin_name))?;
+        .with_context(|| format!("loading plugin {}", spec.plugin_name));
+    spinner.finish_and_clear();
+    let version = version?;
     runtime
         .start(
             &version,
@@ -290,6 +294,37 @@ fn start_plugin(
         )
         .map_err(|fault| anyhow::anyhow!("plugin {}: init: {fault}", spec.plugin_name))
 }
+
+/// A spinner on stderr (when it is a terminal and `wanted`) while a plugin of `bytes` compiles:
+/// a Python component takes a minute or more the first time, with nothing else to show. It is
+/// drawn only after a second, so a plugin compiled from the cache shows nothing.
+pub fn compile_spinner(name: &str, bytes: usize, wanted: bool) -> ProgressBar {
+    use std::io::IsTerminal as _;
+    if !wanted || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {msg}") {
+        spinner.set_style(style);
+    }
+    spinner.set_message(format!(
+        "compiling {name} ({:.1} MB; cached once compiled)",
+        bytes as f64 / 1e6
+    ));
+    spinner.enable_steady_tick(SPINNER_TICK);
+    let shown = spinner.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(SPINNER_DELAY);
+        if !shown.is_finished() {
+            shown.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    });
+    spinner
+}
+
+/// How long a compile runs before its spinner appears, and how often the spinner turns.
+const SPINNER_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+const SPINNER_TICK: std::time::Duration = std::time::Duration::from_millis(120);
 
 fn progress_bar(candles: usize, wanted: bool) -> ProgressBar {
     use std::io::IsTerminal as _;

@@ -484,6 +484,11 @@ impl Config {
                 "api.jwt_secret: {secret_len} bytes; at least {JWT_SECRET_MIN_BYTES} are required"
             ));
         }
+        if let Some(why) = placeholder(self.api.jwt_secret.expose()) {
+            return Err(format!(
+                "api.jwt_secret: {why}: set a random one, e.g. KEEL_JWT_SECRET=$(openssl rand -hex 32)"
+            ));
+        }
         for (key, value) in [
             ("api.body_limit_bytes", self.api.body_limit_bytes),
             ("api.upload_limit_bytes", self.api.upload_limit_bytes),
@@ -515,6 +520,36 @@ impl Config {
         check_engine(&self.engine)?;
         self.strategy.validate()
     }
+}
+
+/// Words that mark a secret someone was meant to replace.
+const PLACEHOLDER_WORDS: [&str; 8] = [
+    "replace",
+    "change-me",
+    "change_me",
+    "changeme",
+    "placeholder",
+    "example",
+    "your-",
+    "xxxx",
+];
+
+/// Fewest distinct bytes a secret must hold: `aaaa…` or `0000…` is no secret.
+const SECRET_DISTINCT_BYTES_MIN: usize = 8;
+
+/// Why `secret` looks like a placeholder rather than a secret, if it does.
+fn placeholder(secret: &str) -> Option<String> {
+    let lower = secret.to_ascii_lowercase();
+    if let Some(word) = PLACEHOLDER_WORDS.iter().find(|w| lower.contains(*w)) {
+        return Some(format!("a placeholder (it contains {word:?})"));
+    }
+    let distinct: std::collections::HashSet<u8> = secret.bytes().collect();
+    (distinct.len() < SECRET_DISTINCT_BYTES_MIN).then(|| {
+        format!(
+            "{} distinct bytes, at least {SECRET_DISTINCT_BYTES_MIN} are required",
+            distinct.len()
+        )
+    })
 }
 
 fn check_engine(engine: &keel_kernel::engine::EngineConfig) -> Result<(), String> {
@@ -699,12 +734,12 @@ symbols = ["BTCUSDT"]
             ("KEEL_DATABASE_URL".to_owned(), "sqlite:x.db".to_owned()),
             ("KEEL_INSTANCE_LEASE_TTL_MS".to_owned(), "9000".to_owned()),
             ("KEEL_INSTANCE_LEASE_RENEW_MS".to_owned(), "3000".to_owned()),
-            ("KEEL_JWT_SECRET".to_owned(), "z".repeat(40)),
+            ("KEEL_JWT_SECRET".to_owned(), "zyxwvutsrq".repeat(4)),
         ];
         let config = Config::parse(GOOD, "good.toml", &env).unwrap();
         assert_eq!(config.database.url.expose(), "sqlite:x.db");
         assert_eq!(config.instance.lease_ttl_ms, 9000);
-        assert_eq!(config.api.jwt_secret.expose(), "z".repeat(40));
+        assert_eq!(config.api.jwt_secret.expose(), "zyxwvutsrq".repeat(4));
     }
 
     #[test]

@@ -71,9 +71,11 @@ pub struct DemoArgs {
     /// Wall time between reconciliation passes, in milliseconds.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub reconcile_interval_ms: u64,
-    /// Directory holding the example plugins (`sma_cross.wasm`, `rsi_reversion.wasm`).
-    #[arg(long, default_value = "plugins-example/target/wasm32-wasip2/release")]
-    pub plugins_dir: PathBuf,
+    /// Directory holding the example plugins the demo runs (`sma_cross.wasm`,
+    /// `rsi_reversion.wasm`). Unset, the demo looks for a Keel checkout in the working directory
+    /// or above it and builds the two plugins there if they are missing.
+    #[arg(long, env = "KEEL_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
 }
 
 /// One demo profile: a plugin, its symbol and its settings.
@@ -157,7 +159,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let store = Store::open_sqlite(&db_path)
         .await
         .with_context(|| format!("opening {}", db_path.display()))?;
-    ensure_plugins(&args.plugins_dir)?;
+    let plugins_dir = find_plugins(args.plugins_dir.as_deref())?;
     let state = set_up_tenant(&store, &args.data_dir).await?;
     let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
     let metrics = Arc::new(Metrics::new());
@@ -182,7 +184,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         metrics: &metrics,
         switches: &switches,
         control: &control,
-        plugins_dir: &args.plugins_dir,
+        plugins_dir: &plugins_dir,
     };
     let mut members = Vec::new();
     let mut inputs = Vec::new();
@@ -487,23 +489,84 @@ fn demo_credentials_key(dir: &Path) -> anyhow::Result<CredentialsKey> {
     CredentialsKey::from_hex(&text).with_context(|| format!("the key in {}", path.display()))
 }
 
-/// On a fresh checkout the example plugins are not built yet: when run from the repository
-/// root, build them (the README's first command then works as is).
-fn ensure_plugins(dir: &Path) -> anyhow::Result<()> {
-    let missing = DEMO_PROFILES.iter().any(|p| !dir.join(p.plugin).is_file());
-    let script = Path::new("scripts/build-plugins");
-    if !missing || !script.is_file() {
-        return Ok(());
+/// Where the example plugins of a checkout land, below its root.
+const CHECKOUT_PLUGINS: &str = "plugins-example/target/wasm32-wasip2/release";
+
+/// The directory the demo's plugins are read from: `--plugins-dir` (or `KEEL_PLUGINS_DIR`),
+/// which must hold them; else the example plugins of the Keel checkout holding the working
+/// directory, built there first if missing (only the crates the demo runs, into the checkout's
+/// `plugins-example/target` whatever `CARGO_TARGET_DIR` says); else an error saying what to do.
+fn find_plugins(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let mut files: Vec<&str> = DEMO_PROFILES.iter().map(|p| p.plugin).collect();
+    files.sort_unstable();
+    files.dedup();
+    let missing = |dir: &Path| -> Vec<&str> {
+        let mut absent = files.clone();
+        absent.retain(|name| !dir.join(name).is_file());
+        absent
+    };
+    if let Some(dir) = requested {
+        let absent = missing(dir);
+        anyhow::ensure!(
+            absent.is_empty(),
+            "--plugins-dir {} holds no {}: point it at a directory with the demo's example \
+             plugins (in a Keel checkout: scripts/build-plugins builds them into {CHECKOUT_PLUGINS})",
+            dir.display(),
+            absent.join(", ")
+        );
+        return Ok(dir.to_owned());
     }
-    println!("keel demo: building the example plugins (scripts/build-plugins), once");
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let Some(root) = cwd
+        .ancestors()
+        .find(|dir| dir.join("plugins-example/Cargo.toml").is_file() && dir.join("wit").is_dir())
+    else {
+        anyhow::bail!(
+            "keel demo runs the example plugins {}, and {} is not inside a Keel checkout: pass \
+             --plugins-dir DIR (or set KEEL_PLUGINS_DIR) to a directory holding them, or run \
+             keel demo from a checkout, where it builds them (scripts/build-plugins builds every \
+             example into {CHECKOUT_PLUGINS})",
+            files.join(", "),
+            cwd.display()
+        );
+    };
+    let dir = root.join(CHECKOUT_PLUGINS);
+    let absent = missing(&dir);
+    if !absent.is_empty() {
+        build_demo_plugins(root, &absent)?;
+    }
+    Ok(dir)
+}
+
+/// Builds the example plugin crates the demo runs (`sma_cross.wasm` from `sma-cross`) in the
+/// checkout at `root`: about a minute the first time on two cores, then nothing.
+fn build_demo_plugins(root: &Path, files: &[&str]) -> anyhow::Result<()> {
+    println!(
+        "keel demo: building the example plugins {} once (about a minute on two cores)",
+        files.join(", ")
+    );
     // The target may be missing on a fresh toolchain; without rustup the build says so itself.
     let _ = std::process::Command::new("rustup")
         .args(["target", "add", "wasm32-wasip2"])
         .status();
-    let status = std::process::Command::new(script)
+    let mut cargo = std::process::Command::new("cargo");
+    cargo
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("plugins-example/Cargo.toml"))
+        .args(["--target", "wasm32-wasip2", "--release", "--target-dir"])
+        .arg(root.join("plugins-example/target"));
+    for file in files {
+        let package = file.trim_end_matches(".wasm").replace('_', "-");
+        cargo.args(["-p", &package]);
+    }
+    let status = cargo
         .status()
-        .context("running scripts/build-plugins")?;
-    anyhow::ensure!(status.success(), "scripts/build-plugins failed ({status})");
+        .context("running cargo to build the example plugins")?;
+    anyhow::ensure!(
+        status.success(),
+        "building the example plugins failed ({status}): see cargo's output above"
+    );
     Ok(())
 }
 

@@ -15,76 +15,93 @@ use crate::order::OrderStatus;
 use crate::store::StoreError;
 use crate::strategy::FillView;
 
+use tracing::Instrument as _;
+
 use super::book::position_side;
 use super::{EngineError, PENDING_DECISIONS_PER_STEP_MAX, ProfileEngine, StepOutcome};
 
+/// The `order` span of an operation on `id`, unless one is open already: a fill applied while an
+/// entry is submitted logs under the entry's span, not under a second copy of it.
+fn order_span(id: &ClientOrderId) -> tracing::Span {
+    let current = tracing::Span::current();
+    if current.metadata().is_some_and(|m| m.name() == "order") {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("order", client_order_id = %id)
+    }
+}
+
 impl ProfileEngine {
     /// Sends a written-ahead order and applies the answer.
-    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %order.client_order_id))]
     pub(super) async fn submit(
         &mut self,
         order: &OrderRecord,
         request: &OrderRequest,
     ) -> Result<(), EngineError> {
-        #[cfg(feature = "lab")]
-        crash::point(crash::BEFORE_SUBMIT);
-        let started = std::time::Instant::now();
-        let outcome = self.exchange.place(request).await;
-        #[cfg(feature = "lab")]
-        crash::point(crash::AFTER_SUBMIT_BEFORE_ANSWER);
-        let label = place_outcome_label(&outcome);
-        if !matches!(
-            outcome,
-            PlaceOutcome::RateLimited { .. } | PlaceOutcome::Unavailable { .. }
-        ) {
-            self.forget_unplaced(&order.client_order_id);
-        }
-        self.metrics
-            .exchange_requests_total
-            .with_label_values(&["order", label])
-            .inc();
-        self.metrics
-            .exchange_request_duration_seconds
-            .with_label_values(&["order"])
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            PlaceOutcome::Accepted(report) => self.apply_report(&report).await,
-            PlaceOutcome::Filled { report, fills }
-            | PlaceOutcome::PartiallyFilled { report, fills } => {
-                for fill in &fills {
-                    self.apply_fill(fill).await?;
+        let span = order_span(&order.client_order_id);
+        async move {
+            #[cfg(feature = "lab")]
+            crash::point(crash::BEFORE_SUBMIT);
+            let started = std::time::Instant::now();
+            let outcome = self.exchange.place(request).await;
+            #[cfg(feature = "lab")]
+            crash::point(crash::AFTER_SUBMIT_BEFORE_ANSWER);
+            let label = place_outcome_label(&outcome);
+            if !matches!(
+                outcome,
+                PlaceOutcome::RateLimited { .. } | PlaceOutcome::Unavailable { .. }
+            ) {
+                self.forget_unplaced(&order.client_order_id);
+            }
+            self.metrics
+                .exchange_requests_total
+                .with_label_values(&["order", label])
+                .inc();
+            self.metrics
+                .exchange_request_duration_seconds
+                .with_label_values(&["order"])
+                .observe(started.elapsed().as_secs_f64());
+            match outcome {
+                PlaceOutcome::Accepted(report) => self.apply_report(&report).await,
+                PlaceOutcome::Filled { report, fills }
+                | PlaceOutcome::PartiallyFilled { report, fills } => {
+                    for fill in &fills {
+                        self.apply_fill(fill).await?;
+                    }
+                    self.apply_report(&report).await
                 }
-                self.apply_report(&report).await
-            }
-            PlaceOutcome::Rejected { code, msg } => {
-                tracing::info!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, code, %msg, "order rejected by the exchange");
-                self.release(&order.client_order_id, OrderStatus::Rejected)
-                    .await
-            }
-            // Not executed, and the decision stands: sent again after the wait.
-            PlaceOutcome::RateLimited { retry_after_ms } => {
-                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, retry_after_ms, "order rate-limited");
-                self.defer(order, request, retry_after_ms).await
-            }
-            PlaceOutcome::Unavailable { code, msg } => {
-                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, code, %msg, "exchange unavailable; the order was not executed");
-                self.defer(order, request, 0).await
-            }
-            PlaceOutcome::Unknown { reason } => {
-                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, %reason, "order outcome unknown: querying");
-                // Kept so that an exit found never placed is sent again as it was decided.
-                self.unknown_requests
-                    .insert(order.client_order_id.clone(), request.clone());
-                self.mark_unknown(&order.client_order_id).await?;
-                let order = self
-                    .book
-                    .open_orders
-                    .get(&order.client_order_id)
-                    .cloned()
-                    .unwrap_or_else(|| order.clone());
-                self.resolve_by_query(&order).await
+                PlaceOutcome::Rejected { code, msg } => {
+                    tracing::info!(code, %msg, "order rejected by the exchange");
+                    self.release(&order.client_order_id, OrderStatus::Rejected)
+                        .await
+                }
+                // Not executed, and the decision stands: sent again after the wait.
+                PlaceOutcome::RateLimited { retry_after_ms } => {
+                    tracing::warn!(retry_after_ms, "order rate-limited");
+                    self.defer(order, request, retry_after_ms).await
+                }
+                PlaceOutcome::Unavailable { code, msg } => {
+                    tracing::warn!(code, %msg, "exchange unavailable; the order was not executed");
+                    self.defer(order, request, 0).await
+                }
+                PlaceOutcome::Unknown { reason } => {
+                    tracing::warn!(%reason, "order outcome unknown: querying");
+                    // Kept so that an exit found never placed is sent again as it was decided.
+                    self.unknown_requests
+                        .insert(order.client_order_id.clone(), request.clone());
+                    self.mark_unknown(&order.client_order_id).await?;
+                    let order = self
+                        .book
+                        .open_orders
+                        .get(&order.client_order_id)
+                        .cloned()
+                        .unwrap_or_else(|| order.clone());
+                    self.resolve_by_query(&order).await
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn mark_unknown(&mut self, id: &ClientOrderId) -> Result<(), EngineError> {
@@ -97,82 +114,90 @@ impl ProfileEngine {
 
     /// Asks the exchange about one order by client order id and applies the answer. An order the
     /// exchange does not know stays as it is until reconciliation's window says it never existed.
-    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %order.client_order_id))]
     pub(super) async fn resolve_by_query(
         &mut self,
         order: &OrderRecord,
     ) -> Result<(), EngineError> {
-        match self
-            .exchange
-            .order(&order.symbol, &order.client_order_id)
-            .await
-        {
-            Ok(Some(report)) => self.apply_report(&report).await,
-            Ok(None) => {
-                self.unknown_since_ms
-                    .entry(order.client_order_id.clone())
-                    .or_insert_with(|| self.clock.now_ms());
-                Ok(())
-            }
-            Err(error) => {
-                // Still unknown: reconciliation asks again.
-                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, %error, "order query failed");
-                Ok(())
+        let span = order_span(&order.client_order_id);
+        async move {
+            match self
+                .exchange
+                .order(&order.symbol, &order.client_order_id)
+                .await
+            {
+                Ok(Some(report)) => self.apply_report(&report).await,
+                Ok(None) => {
+                    self.unknown_since_ms
+                        .entry(order.client_order_id.clone())
+                        .or_insert_with(|| self.clock.now_ms());
+                    Ok(())
+                }
+                Err(error) => {
+                    // Still unknown: reconciliation asks again.
+                    tracing::warn!(%error, "order query failed");
+                    Ok(())
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Applies what the exchange says about one order: missing fills first (fetched by client
     /// order id when the report shows more executed than recorded), then the status.
-    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %report.client_order_id))]
     pub async fn apply_report(&mut self, report: &OrderReport) -> Result<(), EngineError> {
-        let Some(stored) = self
-            .store
-            .tenant(self.spec.user)
-            .order(&report.client_order_id)
-            .await?
-        else {
-            // Not this profile's order (or not this tenant's): nothing to apply here.
-            return Ok(());
-        };
-        let behind = report.executed_qty > stored.filled_qty;
-        if behind {
-            let fills = self
-                .exchange
-                .fills(&report.symbol, &report.client_order_id)
-                .await?;
-            for fill in &fills {
-                self.apply_fill(fill).await?;
+        let span = order_span(&report.client_order_id);
+        async move {
+            let Some(stored) = self
+                .store
+                .tenant(self.spec.user)
+                .order(&report.client_order_id)
+                .await?
+            else {
+                // Not this profile's order (or not this tenant's): nothing to apply here.
+                return Ok(());
+            };
+            let behind = report.executed_qty > stored.filled_qty;
+            if behind {
+                let fills = self
+                    .exchange
+                    .fills(&report.symbol, &report.client_order_id)
+                    .await?;
+                for fill in &fills {
+                    self.apply_fill(fill).await?;
+                }
             }
-        }
-        let tenant = self.store.tenant(self.spec.user);
-        let outcome = match report.status {
-            OrderStatus::New => {
-                let exchange_id = report.exchange_order_id.to_string();
-                Some(
+            let tenant = self.store.tenant(self.spec.user);
+            let outcome = match report.status {
+                OrderStatus::New => {
+                    let exchange_id = report.exchange_order_id.to_string();
+                    Some(
+                        tenant
+                            .confirm_accepted(&report.client_order_id, &exchange_id)
+                            .await?,
+                    )
+                }
+                OrderStatus::Canceled | OrderStatus::Rejected | OrderStatus::Expired => Some(
                     tenant
-                        .confirm_accepted(&report.client_order_id, &exchange_id)
+                        .release_order(&report.client_order_id, report.status)
                         .await?,
-                )
+                ),
+                // Fill statuses are reached by recording fills; the others are the kernel's own.
+                OrderStatus::PartiallyFilled
+                | OrderStatus::Filled
+                | OrderStatus::PendingSubmit
+                | OrderStatus::Unknown => None,
+            };
+            match outcome {
+                Some(outcome) => self.note_status(outcome).await,
+                // The fills fetched above moved the order on: read it again. Without them it is
+                // as read above.
+                None if behind => self.reload_order(&report.client_order_id).await,
+                None => self.after_order_change(stored).await,
             }
-            OrderStatus::Canceled | OrderStatus::Rejected | OrderStatus::Expired => Some(
-                tenant
-                    .release_order(&report.client_order_id, report.status)
-                    .await?,
-            ),
-            // Fill statuses are reached by recording fills; the others are the kernel's own.
-            OrderStatus::PartiallyFilled
-            | OrderStatus::Filled
-            | OrderStatus::PendingSubmit
-            | OrderStatus::Unknown => None,
-        };
-        match outcome {
-            Some(outcome) => self.note_status(outcome).await,
-            // The fills fetched above moved the order on: read it again. Without them it is
-            // as read above.
-            None if behind => self.reload_order(&report.client_order_id).await,
-            None => self.after_order_change(stored).await,
         }
+        .instrument(span)
+        .await
     }
 
     pub(super) async fn release(
@@ -205,7 +230,13 @@ impl ProfileEngine {
     /// Counts an order entering `status` (`keel_orders_total`): called once per transition,
     /// never for a replay or a repeated report.
     pub(super) fn count_status_entered(&self, status: OrderStatus) {
-        tracing::info!(status = status.as_str(), "order status");
+        // An order on its way (written ahead, then accepted) is routine; what it comes to, or an
+        // answer that went missing, is worth an operator's eye.
+        if matches!(status, OrderStatus::PendingSubmit | OrderStatus::New) {
+            tracing::debug!(status = status.as_str(), "order status");
+        } else {
+            tracing::info!(status = status.as_str(), "order status");
+        }
         self.metrics
             .orders_total
             .with_label_values(&[status.as_str()])
@@ -273,15 +304,11 @@ impl ProfileEngine {
         Ok(())
     }
 
-    /// The capital row as last read, in the book and in `keel_capital_free_quote`.
+    /// The capital row as last read, in the book and in `keel_capital_free_quote` (and its `_min`).
     fn set_capital(&mut self, capital: Capital) {
         self.book.update_capital(capital);
-        let label = self.metrics.profile_label(self.spec.profile);
         let free = rust_decimal::prelude::ToPrimitive::to_f64(&capital.free()).unwrap_or(0.0);
-        self.metrics
-            .capital_free_quote
-            .with_label_values(&[&label])
-            .set(free);
+        self.metrics.set_capital_free(self.spec.profile, free);
     }
 
     /// Records a fill in its own transaction, passing the crash points around its commit.
@@ -297,78 +324,82 @@ impl ProfileEngine {
     }
 
     /// Records one fill (a replay changes nothing) and tells the strategy about a new one.
-    #[tracing::instrument(name = "order", skip_all, fields(client_order_id = %fill.client_order_id))]
     pub async fn apply_fill(&mut self, fill: &Fill) -> Result<(), EngineError> {
-        let report = FillReport {
-            client_order_id: fill.client_order_id.clone(),
-            exchange_trade_id: fill.trade_id.to_string(),
-            qty: fill.qty,
-            price: fill.price,
-            fee: fill.fee.get().max(rust_decimal::Decimal::ZERO),
-            executed_at_ms: fill.time_ms,
-        };
-        let recorded = match self.record_fill(&report).await {
-            Ok(recorded) => recorded,
-            // Not this profile's order: the exchange account is the profile's own, so this is a
-            // foreign order; reconciliation reports it.
-            Err(StoreError::Lifecycle(error)) => {
-                tracing::warn!(profile_id = %self.spec.profile, client_order_id = %fill.client_order_id, %error, "fill not recorded");
-                return Ok(());
+        let span = order_span(&fill.client_order_id);
+        async move {
+            let report = FillReport {
+                client_order_id: fill.client_order_id.clone(),
+                exchange_trade_id: fill.trade_id.to_string(),
+                qty: fill.qty,
+                price: fill.price,
+                fee: fill.fee.get().max(rust_decimal::Decimal::ZERO),
+                executed_at_ms: fill.time_ms,
+            };
+            let recorded = match self.record_fill(&report).await {
+                Ok(recorded) => recorded,
+                // Not this profile's order: the exchange account is the profile's own, so this is a
+                // foreign order; reconciliation reports it.
+                Err(StoreError::Lifecycle(error)) => {
+                    tracing::warn!(%error, "fill not recorded");
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.metrics
+                        .lifecycle_transactions_total
+                        .with_label_values(&[kind_label(None), "failed"])
+                        .inc();
+                    self.count_constraint_refusal(&error);
+                    return Err(error.into());
+                }
+            };
+            let (order, realized_pnl) = match recorded {
+                FillOutcome::Duplicate => {
+                    self.metrics
+                        .lifecycle_transactions_total
+                        .with_label_values(&["fill", "replayed"])
+                        .inc();
+                    return Ok(());
+                }
+                FillOutcome::Recorded {
+                    order,
+                    realized_pnl,
+                } => (order, realized_pnl),
+            };
+            self.metrics
+                .lifecycle_transactions_total
+                .with_label_values(&[kind_label(Some(order.kind)), "committed"])
+                .inc();
+            self.note_realized(realized_pnl.saturating_sub(report.fee));
+            let view = FillView {
+                client_order_id: order.client_order_id.to_string(),
+                symbol: order.symbol.to_string(),
+                is_exit: order.kind == IntentKind::Exit,
+                side: position_side(order.side, order.kind),
+                price: fill.price.get().try_into().unwrap_or(0.0),
+                qty: fill.qty.get().try_into().unwrap_or(0.0),
+                fee: report.fee.try_into().unwrap_or(0.0),
+                time_ms: fill.time_ms,
+            };
+            // A partial fill after a partial fill is no new status.
+            let previous = self
+                .book
+                .open_orders
+                .get(&order.client_order_id)
+                .map(|o| o.status);
+            if previous != Some(order.status) {
+                self.count_status_entered(order.status);
             }
-            Err(error) => {
-                self.metrics
-                    .lifecycle_transactions_total
-                    .with_label_values(&[kind_label(None), "failed"])
-                    .inc();
-                self.count_constraint_refusal(&error);
-                return Err(error.into());
-            }
-        };
-        let (order, realized_pnl) = match recorded {
-            FillOutcome::Duplicate => {
-                self.metrics
-                    .lifecycle_transactions_total
-                    .with_label_values(&["fill", "replayed"])
-                    .inc();
-                return Ok(());
-            }
-            FillOutcome::Recorded {
-                order,
-                realized_pnl,
-            } => (order, realized_pnl),
-        };
-        self.metrics
-            .lifecycle_transactions_total
-            .with_label_values(&[kind_label(Some(order.kind)), "committed"])
-            .inc();
-        self.note_realized(realized_pnl.saturating_sub(report.fee));
-        let view = FillView {
-            client_order_id: order.client_order_id.to_string(),
-            symbol: order.symbol.to_string(),
-            is_exit: order.kind == IntentKind::Exit,
-            side: position_side(order.side, order.kind),
-            price: fill.price.get().try_into().unwrap_or(0.0),
-            qty: fill.qty.get().try_into().unwrap_or(0.0),
-            fee: report.fee.try_into().unwrap_or(0.0),
-            time_ms: fill.time_ms,
-        };
-        // A partial fill after a partial fill is no new status.
-        let previous = self
-            .book
-            .open_orders
-            .get(&order.client_order_id)
-            .map(|o| o.status);
-        if previous != Some(order.status) {
-            self.count_status_entered(order.status);
+            self.after_order_change(*order).await?;
+            self.warm_up_if_fresh(None);
+            let result = self.strategy.on_fill(&view, self.book.view());
+            // Decisions made on a fill are numbered by its trade id: re-made after a crash, they
+            // carry the same client order ids. They run once the current step's handlers finish.
+            self.pending_decisions
+                .push_back((result, fill.trade_id.0.unsigned_abs()));
+            Ok(())
         }
-        self.after_order_change(*order).await?;
-        self.warm_up_if_fresh(None);
-        let result = self.strategy.on_fill(&view, self.book.view());
-        // Decisions made on a fill are numbered by its trade id: re-made after a crash, they
-        // carry the same client order ids. They run once the current step's handlers finish.
-        self.pending_decisions
-            .push_back((result, fill.trade_id.0.unsigned_abs()));
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     /// One event from the exchange's user-data stream.

@@ -184,6 +184,44 @@ pub struct ProfileControls {
     pub quarantined: bool,
 }
 
+/// The info-level account of refused intents: the first refusal is reported with its reason at
+/// once, the ones after it counted by rule and reported together at most every
+/// [`RefusalLog::EVERY`] of wall time, so a strategy that asks again on every candle fills no
+/// log. Each refusal is also logged at debug, and counted in `keel_risk_refusals_total`.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last_report: Option<std::time::Instant>,
+    counted: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl RefusalLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn count(&mut self, rule: &'static str, reason: &str) {
+        *self.counted.entry(rule).or_default() += 1;
+        let due = self
+            .last_report
+            .is_none_or(|at| at.elapsed() >= RefusalLog::EVERY);
+        if !due {
+            return;
+        }
+        let refused: u64 = self.counted.values().sum();
+        let rules = self
+            .counted
+            .iter()
+            .map(|(rule, n)| format!("{rule}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if self.last_report.is_none() {
+            tracing::info!(rule, %reason, "intent refused (later refusals are counted here every minute, each one logged at debug)");
+        } else {
+            tracing::info!(refused, %rules, last_reason = %reason, "intents refused in the last minute");
+        }
+        self.counted.clear();
+        self.last_report = Some(std::time::Instant::now());
+    }
+}
+
 /// One profile's engine.
 pub struct ProfileEngine {
     spec: ProfileSpec,
@@ -215,6 +253,7 @@ pub struct ProfileEngine {
     minute: (i64, u32),
     day: (i64, Decimal),
     refusals: VecDeque<RefusalRecord>,
+    refusal_log: RefusalLog,
     pending_decisions: VecDeque<(Result<Vec<RawIntent>, PluginFault>, u64)>,
     plant: Planted,
     /// A resume asked for the quarantine to end at the next clean reconciliation pass.
@@ -273,6 +312,7 @@ impl ProfileEngine {
             minute: (0, 0),
             day: (0, Decimal::ZERO),
             refusals: VecDeque::new(),
+            refusal_log: RefusalLog::default(),
             pending_decisions: VecDeque::new(),
             plant: Planted::default(),
             quarantine_clear_requested: false,
@@ -439,12 +479,12 @@ impl ProfileEngine {
         let candles = self.history.before(before_open_ms);
         let (replayed, fault) = self.strategy.warm_up(&candles, view);
         if let Some(fault) = fault {
-            tracing::warn!(profile_id = %self.spec.profile, %fault, "strategy fault during warm-up: entries paused");
+            tracing::warn!(%fault, "strategy fault during warm-up: entries paused");
             self.strategy_fault(&fault);
         }
         self.metrics.warm_up_candles_total.inc_by(replayed);
         if replayed > 0 {
-            tracing::info!(profile_id = %self.spec.profile, candles = replayed, "strategy warmed up");
+            tracing::info!(candles = replayed, "strategy warmed up");
         }
     }
 
@@ -492,7 +532,7 @@ impl ProfileEngine {
                 intents
             }
             Err(fault) => {
-                tracing::warn!(profile_id = %self.spec.profile, %fault, "strategy fault: entries paused");
+                tracing::warn!(%fault, "strategy fault: entries paused");
                 self.strategy_fault(&fault);
                 outcome.fault = Some(fault);
                 return Ok(());
@@ -574,13 +614,15 @@ impl ProfileEngine {
         self.record_refusal(intent, refusal.rule(), refusal.to_string());
     }
 
-    /// Counts a refused intent by rule, logs it, and keeps it for the API (bounded).
+    /// Counts a refused intent by rule, logs it (each at debug, counted at info: see
+    /// [`RefusalLog`]), and keeps it for the API (bounded).
     fn record_refusal(&mut self, intent: RawIntent, rule: &'static str, reason: String) {
         self.metrics
             .risk_refusals_total
             .with_label_values(&[rule])
             .inc();
-        tracing::info!(profile_id = %self.spec.profile, rule, %reason, "intent refused");
+        tracing::debug!(rule, %reason, "intent refused");
+        self.refusal_log.count(rule, &reason);
         if self.refusals.len() == self.config.refusals_kept_max {
             self.refusals.pop_front();
         }
@@ -836,7 +878,7 @@ impl ProfileEngine {
     async fn release_lease(&mut self, lease: &Lease) {
         // A failed release only delays the next entry by the TTL: the lock expires by itself.
         if let Err(error) = self.store.locks().release(lease).await {
-            tracing::warn!(profile_id = %self.spec.profile, %error, "releasing entry lock");
+            tracing::warn!(%error, "releasing entry lock");
         }
     }
 

@@ -60,9 +60,14 @@ impl ReconcileReport {
 }
 
 impl ProfileEngine {
-    /// One reconciliation pass under the profile's reconciliation lock.
+    /// One reconciliation pass under the profile's reconciliation lock, as a step of its own.
     #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn reconcile(&mut self) -> Result<ReconcileReport, EngineError> {
+        self.reconcile_pass().await
+    }
+
+    /// One reconciliation pass, inside whichever step runs it (a pass of its own, or recovery).
+    pub(super) async fn reconcile_pass(&mut self) -> Result<ReconcileReport, EngineError> {
         let key = LockKey::reconciliation(self.spec.profile);
         let lease = self
             .store
@@ -83,7 +88,7 @@ impl ProfileEngine {
         };
         let result = self.reconcile_locked().await;
         if let Err(error) = self.store.locks().release(&lease).await {
-            tracing::warn!(profile_id = %self.spec.profile, %error, "releasing reconciliation lock");
+            tracing::warn!(%error, "releasing reconciliation lock");
         }
         let label = match &result {
             Ok(report) => report.result_label(),
@@ -100,7 +105,11 @@ impl ProfileEngine {
                     .with_label_values(&[kind])
                     .inc_by(u64::from(*count));
             }
-            tracing::info!(profile_id = %self.spec.profile, result = label, mismatches = ?report.mismatches, "reconciliation pass");
+            if report.mismatches.is_empty() {
+                tracing::debug!(result = label, "reconciliation pass");
+            } else {
+                tracing::info!(result = label, mismatches = ?report.mismatches, "reconciliation pass");
+            }
         }
         result
     }
@@ -155,7 +164,7 @@ impl ProfileEngine {
                 // An order the store never wrote ahead: not Keel's, or a lost database.
                 None => report.found("missing_in_db"),
             }
-            tracing::warn!(profile_id = %self.spec.profile, client_order_id = %id, status = %live.status, "exchange order the store cannot explain");
+            tracing::warn!(client_order_id = %id, status = %live.status, "exchange order the store cannot explain");
             report.quarantined = true;
         }
         let untouched = report.repaired == 0;
@@ -175,7 +184,7 @@ impl ProfileEngine {
         } else if report.is_clean() && self.quarantine_clear_requested {
             self.quarantine_clear_requested = false;
             self.clear_quarantine();
-            tracing::info!(profile_id = %self.spec.profile, "quarantine cleared: a clean pass after the request to resume");
+            tracing::info!("quarantine cleared: a clean pass after the request to resume");
         }
         if untouched {
             self.reset_book(capital, stored_positions, stored_open);
@@ -289,7 +298,7 @@ impl ProfileEngine {
             let want = expected.get(symbol).copied().unwrap_or_default();
             let have = actual.get(symbol).copied().unwrap_or_default();
             if want != have {
-                tracing::warn!(profile_id = %self.spec.profile, %symbol, stored = %want, exchange = %have, "position differs from the exchange");
+                tracing::warn!(%symbol, stored = %want, exchange = %have, "position differs from the exchange");
                 report.found("position_mismatch");
                 report.quarantined = true;
             }
@@ -317,7 +326,7 @@ impl ProfileEngine {
         if !self.controls.quarantined {
             self.controls.quarantined = true;
             self.metrics.profiles_quarantined.inc();
-            tracing::error!(profile_id = %self.spec.profile, "profile quarantined: reduce-only until an operator clears it");
+            tracing::error!("profile quarantined: reduce-only until an operator clears it");
         }
     }
 

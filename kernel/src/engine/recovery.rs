@@ -34,7 +34,7 @@ impl ProfileEngine {
         self.metrics.ledger_rebuilds_total.inc();
         if rebuild.differs() {
             self.metrics.ledger_rebuild_mismatches_total.inc();
-            tracing::error!(profile_id = %self.spec.profile, stored = %rebuild.stored, journal = %rebuild.journal, "ledger rebuild: the capital row differed from its journal");
+            tracing::error!(stored = %rebuild.stored, journal = %rebuild.journal, "ledger rebuild: the capital row differed from its journal");
         }
         self.reload_book().await?;
         let in_flight: Vec<_> = self.book.open_orders.values().cloned().collect();
@@ -51,8 +51,8 @@ impl ProfileEngine {
         }
         let mut outcome = StepOutcome::default();
         self.drain_decisions(&mut outcome).await?;
-        let reconciliation = self.reconcile().await?;
-        tracing::info!(profile_id = %self.spec.profile, orders_resolved, "recovery finished");
+        let reconciliation = self.reconcile_pass().await?;
+        tracing::info!(orders_resolved, "recovery finished");
         Ok(RecoveryReport {
             rebuild,
             orders_resolved,

@@ -429,6 +429,7 @@ impl Cluster {
             Err(error) => tracing::error!(profile_id = %profile, %error, "profile task panicked"),
         }
         self.health.forget(profile);
+        self.metrics.forget_profile_capital(profile);
         self.starter.stopped(profile);
         if let Err(error) = self.store.locks().release(&lease).await {
             // It expires by itself after its TTL.

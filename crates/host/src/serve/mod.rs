@@ -352,7 +352,7 @@ impl ProfileTask {
         let (error, outcome) = match engine.on_candle(candle).await {
             Ok(outcome) => {
                 if !outcome.orders_sent.is_empty() {
-                    tracing::info!(profile_id = %engine.profile(), orders = outcome.orders_sent.len(), "orders sent");
+                    tracing::debug!(profile_id = %engine.profile(), orders = outcome.orders_sent.len(), "orders sent");
                 }
                 (None, outcome)
             }

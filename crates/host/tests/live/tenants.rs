@@ -351,11 +351,7 @@ async fn metrics_on_the_api_listener_name_no_tenant_without_an_operator_token() 
         .unwrap();
     let metrics = Arc::new(Metrics::new());
     let profile = ProfileId::new_random();
-    metrics
-        .capital_free_quote
-        .with_label_values(&[&metrics.profile_label(profile)])
-        .set(1234.5);
-    metrics.capital_free_quote_min.set(1234.5);
+    metrics.set_capital_free(profile, 1234.5);
     let keys = JwtKeys::new(SECRET).unwrap();
     let config = LoopConfig {
         reconcile_interval_ms: 1_000,
