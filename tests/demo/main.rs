@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 mod browser;
 mod logs;
 mod roster;
+mod tour;
 
 /// How long the demo may take to become ready or to reach a condition, generously: the
 /// machine is shared with other builds.
