@@ -15,6 +15,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Bound on every wait, for a shared and busy machine.
 pub(crate) const WAIT_MAX: Duration = Duration::from_secs(120);
+/// Bound on the wait for the demo's first short trade.
+const MARKERS_WAIT_MAX: Duration = Duration::from_secs(600);
 const DEMO_PROFILES: [&str; 3] = ["rsi-eth", "sma-btc", "sma-eth-long-short"];
 
 fn repo_root() -> PathBuf {
@@ -27,7 +29,7 @@ pub(crate) async fn start_demo(data_dir: &Path, port: u16) -> (Child, String) {
         .arg("demo")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--port", &port.to_string(), "--speed-ms", "100"])
+        .args(["--port", &port.to_string(), "--speed-ms", "50"])
         .arg("--plugins-dir")
         .arg(repo_root().join("plugins-example/target/wasm32-wasip2/release"))
         .env("RUST_LOG", "warn")
@@ -367,8 +369,11 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
 
     // 1. Trading: the long-short profile's chart carries its price and markers of both sides;
     // its orders are listed by decision, each once, with their fill prices.
-    wait_for(
+    // The first short comes after a few hundred candles of the demo's market: minutes on a
+    // loaded machine.
+    keel_testkit::wait_for(
         "long and short markers on the sma-eth-long-short chart",
+        MARKERS_WAIT_MAX,
         || async {
             let pixels = chart_pixels(&client, "sma-eth-long-short").await;
             // Not blank (axes, grid, line), the price line drawn, and both sides' markers.

@@ -162,6 +162,9 @@ impl ProfileFeed {
 
     /// The `refused` latest refusals of the engine: those of the step.
     fn refusals(&self, engine: &ProfileEngine, refused: usize) {
+        if refused == 0 {
+            return;
+        }
         let kept: Vec<_> = engine.refusals().collect();
         for refusal in &kept[kept.len().saturating_sub(refused)..] {
             self.send(ProfileEvent::Refusal {
