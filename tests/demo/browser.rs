@@ -529,6 +529,8 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
         chrono::Utc::now().timestamp(),
         600,
     );
+    // A new fragment alone does not load the page again: leave it first.
+    client.goto("about:blank").await.unwrap();
     client
         .goto(&format!("{base}/#token={operator}"))
         .await
