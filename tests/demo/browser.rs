@@ -1,5 +1,7 @@
 //! The dashboard in Debian's Chromium, driven over WebDriver (chromedriver + fantoccini),
-//! against a real `keel demo` process: the profiles appear, and values change without a reload.
+//! against a real `keel demo` process, through a scripted scenario — trading, a hot-swap, a
+//! pause, a restart — with a screenshot at each moment, checked by what the page shows (its DOM)
+//! and by the pixels of its price chart.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,20 +14,22 @@ use tokio::process::{Child, Command};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Bound on every wait, for a shared and busy machine.
-const WAIT_MAX: Duration = Duration::from_secs(120);
+pub(crate) const WAIT_MAX: Duration = Duration::from_secs(120);
+/// Bound on the wait for the demo's first short trade.
+const MARKERS_WAIT_MAX: Duration = Duration::from_secs(600);
 const DEMO_PROFILES: [&str; 3] = ["rsi-eth", "sma-btc", "sma-eth-long-short"];
 
 fn repo_root() -> PathBuf {
     keel_testkit::repo_root()
 }
 
-/// Starts `keel demo` on a free port and returns it with the dashboard URL it prints.
-async fn start_demo(data_dir: &Path) -> (Child, String) {
+/// Starts `keel demo` on `port` (0: a free one) and returns it with the dashboard URL it prints.
+pub(crate) async fn start_demo(data_dir: &Path, port: u16) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .arg("demo")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--port", "0", "--speed-ms", "100"])
+        .args(["--port", &port.to_string(), "--speed-ms", "50"])
         .arg("--plugins-dir")
         .arg(repo_root().join("plugins-example/target/wasm32-wasip2/release"))
         .env("RUST_LOG", "warn")
@@ -50,13 +54,33 @@ async fn start_demo(data_dir: &Path) -> (Child, String) {
     (child, url)
 }
 
-/// A chromedriver on a free port.
-async fn start_chromedriver() -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Stops a demo as Ctrl-C does and waits for it to exit cleanly.
+pub(crate) async fn interrupt(demo: &mut Child) {
+    let pid = demo.id().expect("the demo runs").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT_MAX, demo.wait())
+        .await
+        .expect("the demo stops after SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A chromedriver on a free port.
+pub(crate) async fn start_chromedriver() -> (Child, u16) {
+    let port = free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -76,7 +100,7 @@ async fn start_chromedriver() -> (Child, u16) {
     (child, port)
 }
 
-async fn browser(port: u16, profile_dir: &Path) -> Client {
+pub(crate) async fn browser(port: u16, profile_dir: &Path) -> Client {
     let args = [
         "--headless".to_owned(),
         "--no-sandbox".to_owned(),
@@ -87,6 +111,7 @@ async fn browser(port: u16, profile_dir: &Path) -> Client {
         "--disable-component-update".to_owned(),
         "--disable-sync".to_owned(),
         "--disable-dev-shm-usage".to_owned(),
+        "--window-size=1400,1800".to_owned(),
         format!("--user-data-dir={}", profile_dir.display()),
     ];
     let mut caps = serde_json::Map::new();
@@ -102,7 +127,7 @@ async fn browser(port: u16, profile_dir: &Path) -> Client {
 }
 
 /// Waits until `condition` holds, failing the test after [`WAIT_MAX`].
-async fn wait_for<F, Fut>(what: &str, condition: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -128,6 +153,97 @@ async fn profile_names(client: &Client) -> Vec<String> {
     names
 }
 
+/// The text of the first element matching `css` inside the card of profile `name`.
+pub(crate) async fn card_text(client: &Client, name: &str, css: &str) -> Option<String> {
+    let script = r#"
+        const card = [...document.querySelectorAll('[data-profile]')]
+            .find((c) => c.querySelector('.name').textContent === arguments[0]);
+        const el = card && card.querySelector(arguments[1]);
+        return el ? el.textContent : null;
+    "#;
+    let value = client
+        .execute(
+            script,
+            vec![serde_json::json!(name), serde_json::json!(css)],
+        )
+        .await
+        .unwrap();
+    value.as_str().map(str::to_owned)
+}
+
+/// Saves a screenshot of the page under the test's scratch directory and checks it is a PNG
+/// of the window's size; returns its path.
+pub(crate) async fn screenshot(client: &Client, name: &str) -> PathBuf {
+    let png = client.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}: not a PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert!(width >= 800 && height >= 600, "{name}: {width}x{height}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, &png).unwrap();
+    path
+}
+
+/// Pixels of the price chart of profile `name`, counted by colour: the price line, long
+/// markers, short markers, and anything not white.
+#[derive(Debug, Default)]
+struct ChartPixels {
+    price: u64,
+    long: u64,
+    short: u64,
+    painted: u64,
+}
+
+async fn chart_pixels(client: &Client, name: &str) -> ChartPixels {
+    let script = r#"
+        const card = [...document.querySelectorAll('[data-profile]')]
+            .find((c) => c.querySelector('.name').textContent === arguments[0]);
+        const canvas = card && card.querySelector('.price-chart canvas');
+        if (!canvas || !canvas.width) return { price: 0, long: 0, short: 0, painted: 0 };
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        const near = (i, [r, g, b]) => Math.abs(data[i] - r) < 24 && Math.abs(data[i + 1] - g) < 24
+            && Math.abs(data[i + 2] - b) < 24 && data[i + 3] > 200;
+        const counts = { price: 0, long: 0, short: 0, painted: 0 };
+        for (let i = 0; i < data.length; i += 4) {
+            if (data[i + 3] > 0 && !(data[i] > 240 && data[i + 1] > 240 && data[i + 2] > 240)) counts.painted++;
+            if (near(i, [37, 99, 235])) counts.price++;
+            if (near(i, [22, 163, 74])) counts.long++;
+            if (near(i, [220, 38, 38])) counts.short++;
+        }
+        return counts;
+    "#;
+    let value = client
+        .execute(script, vec![serde_json::json!(name)])
+        .await
+        .unwrap();
+    let count = |key: &str| value[key].as_u64().unwrap_or(0);
+    ChartPixels {
+        price: count("price"),
+        long: count("long"),
+        short: count("short"),
+        painted: count("painted"),
+    }
+}
+
+/// The order ids and statuses listed on the card of profile `name`, and its fill prices.
+async fn order_rows(client: &Client, name: &str) -> Vec<(String, String, String)> {
+    let script = r#"
+        const card = [...document.querySelectorAll('[data-profile]')]
+            .find((c) => c.querySelector('.name').textContent === arguments[0]);
+        if (!card) return [];
+        return [...card.querySelectorAll('table.orders tr[data-order]')].map((r) => [
+            r.querySelector('.order-id').textContent, r.querySelector('.order-status').textContent,
+            r.querySelector('.fill-price').textContent]);
+    "#;
+    let value = client
+        .execute(script, vec![serde_json::json!(name)])
+        .await
+        .unwrap();
+    serde_json::from_value(value).unwrap()
+}
+
 /// Reads the page's view of one profile: last price and order updates.
 async fn readings(client: &Client, name: &str) -> Option<(String, String)> {
     let script = r#"
@@ -144,12 +260,65 @@ async fn readings(client: &Client, name: &str) -> Option<(String, String)> {
     Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned()))
 }
 
+/// The demo user's API at `base`.
+struct UserApi {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl UserApi {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+        content_type: &str,
+    ) -> serde_json::Value {
+        let mut request = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", content_type);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let value: serde_json::Value = response.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+
+    async fn profile_id(&self, name: &str) -> String {
+        let profiles = self
+            .send(reqwest::Method::GET, "/profiles", None, "application/json")
+            .await;
+        profiles
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["profile_id"].as_str())
+            .unwrap_or_else(|| panic!("no profile {name} in {profiles}"))
+            .to_owned()
+    }
+}
+
 #[tokio::test]
 async fn the_dashboard_shows_the_demo_live_in_chromium() {
     let data = tempfile::tempdir().unwrap();
     let profile_dir = tempfile::tempdir().unwrap();
-    let (mut demo, url) = start_demo(data.path()).await;
+    // A fixed port: the page reconnects to the same address after the restart.
+    let demo_port = free_port();
+    let (mut demo, url) = start_demo(data.path(), demo_port).await;
     assert!(url.contains("/#token="), "{url}");
+    let (base, token) = url.split_once("/#token=").unwrap();
+    let api = UserApi {
+        base: base.to_owned(),
+        token: token.to_owned(),
+        client: reqwest::Client::new(),
+    };
     let (mut driver, port) = start_chromedriver().await;
     let client = browser(port, profile_dir.path()).await;
 
@@ -169,10 +338,12 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     let status = texts(&client, "#conn-status").await;
     assert_eq!(status, ["live"]);
     // Each card shows its plugin version and capital.
-    let meta = texts(&client, "[data-profile] .meta").await;
+    let plugins = texts(&client, "[data-profile] .plugin").await;
     assert!(
-        meta.iter().any(|m| m.contains("sma_cross.wasm · version ")),
-        "{meta:?}"
+        plugins
+            .iter()
+            .any(|m| m.starts_with("sma_cross.wasm · version ")),
+        "{plugins:?}"
     );
     wait_for("capital on every card", || async {
         let allocated = texts(&client, "[data-profile] .allocated").await;
@@ -195,20 +366,35 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
             .is_some_and(|(price, _)| price != first.0 && price != "–")
     })
     .await;
-    let orders_before: u64 = first.1.parse().unwrap();
-    wait_for("order updates of sma-btc to grow", || async {
-        readings(&client, "sma-btc")
-            .await
-            .and_then(|(_, orders)| orders.parse::<u64>().ok())
-            .is_some_and(|n| n > orders_before)
-    })
+
+    // 1. Trading: the long-short profile's chart carries its price and markers of both sides;
+    // its orders are listed by decision, each once, with their fill prices.
+    // The first short comes after a few hundred candles of the demo's market: minutes on a
+    // loaded machine.
+    keel_testkit::wait_for(
+        "long and short markers on the sma-eth-long-short chart",
+        MARKERS_WAIT_MAX,
+        || async {
+            let pixels = chart_pixels(&client, "sma-eth-long-short").await;
+            // Not blank (axes, grid, line), the price line drawn, and both sides' markers.
+            pixels.painted > 1_000 && pixels.price > 50 && pixels.long > 20 && pixels.short > 20
+        },
+    )
     .await;
-    wait_for("recent orders listed", || async {
-        !texts(&client, "[data-profile] table.orders td")
-            .await
-            .is_empty()
-    })
-    .await;
+    let rows = order_rows(&client, "sma-eth-long-short").await;
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), rows.len(), "one row per order: {rows:?}");
+    assert!(
+        ids.iter().all(
+            |id| (id.starts_with('E') || id.starts_with('X')) && id[1..].parse::<u64>().is_ok()
+        ),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|(_, status, fill)| status == "FILLED" && fill != "–"),
+        "a filled order shows its fill price: {rows:?}"
+    );
     let loops = texts(&client, "[data-profile] tr[data-loop]").await;
     assert!(
         loops
@@ -216,11 +402,115 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
             .any(|l| l.starts_with("trading") && l.contains("ok")),
         "{loops:?}"
     );
+    screenshot(&client, "1-trading").await;
+
+    // 2. Hot-swap: the card names the new plugin and version without a reload.
+    let wasm = std::fs::read(
+        repo_root().join("plugins-example/target/wasm32-wasip2/release/rsi_reversion.wasm"),
+    )
+    .unwrap();
+    let uploaded = api
+        .send(
+            reqwest::Method::POST,
+            "/plugins?name=rsi-swapped",
+            Some(wasm.into()),
+            "application/wasm",
+        )
+        .await;
+    let sma_btc = api.profile_id("sma-btc").await;
+    let config = serde_json::json!({
+        "plugin_id": uploaded["plugin_id"],
+        "config": {"period": "6", "oversold": "40", "overbought": "60", "size_fraction": "0.05"},
+    });
+    let bound = api
+        .send(
+            reqwest::Method::PUT,
+            &format!("/profiles/{sma_btc}/plugin"),
+            Some(config.to_string().into()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(bound["swap"], "queued", "{bound}");
+    let sha256 = uploaded["sha256"].as_str().unwrap();
+    let swapped = format!("rsi-swapped · version {}", &sha256[..12]);
+    wait_for("the card to show the swapped plugin", || async {
+        card_text(&client, "sma-btc", ".plugin").await.as_deref() == Some(swapped.as_str())
+    })
+    .await;
+    let since = card_text(&client, "sma-btc", ".plugin-since").await;
+    assert!(since.is_some_and(|s| s.contains("swapped in")));
+    screenshot(&client, "2-hot-swap").await;
+
+    // 3. Pause: the badge says so.
+    api.send(
+        reqwest::Method::POST,
+        &format!("/profiles/{sma_btc}/pause"),
+        None,
+        "application/json",
+    )
+    .await;
+    wait_for("the paused badge", || async {
+        card_text(&client, "sma-btc", ".status").await.as_deref() == Some("paused")
+    })
+    .await;
     let same_page = client
         .execute("return window.keelNoReload === 1", vec![])
         .await
         .unwrap();
     assert_eq!(same_page, true, "the page was reloaded");
+    screenshot(&client, "3-paused").await;
+
+    // 4. Restart: the open page reconnects by itself, and shows the history from before, the
+    // bound plugin under its own name, and the pause.
+    let before = api
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/profiles/{}/orders?limit=500",
+                api.profile_id("sma-eth-long-short").await
+            ),
+            None,
+            "application/json",
+        )
+        .await;
+    let stored_orders = before.as_array().unwrap().len();
+    assert!(stored_orders >= 2, "{before}");
+    interrupt(&mut demo).await;
+    wait_for("the page to see the host gone", || async {
+        texts(&client, "#conn-status")
+            .await
+            .iter()
+            .any(|s| s.starts_with("disconnected"))
+    })
+    .await;
+    let (mut demo, _) = start_demo(data.path(), demo_port).await;
+    wait_for("the page to reconnect", || async {
+        texts(&client, "#conn-status").await == ["live"]
+    })
+    .await;
+    wait_for("the orders from before the restart", || async {
+        order_rows(&client, "sma-eth-long-short").await.len() >= stored_orders.min(12)
+    })
+    .await;
+    assert_eq!(
+        card_text(&client, "sma-btc", ".plugin").await.as_deref(),
+        Some(swapped.as_str())
+    );
+    assert_eq!(
+        card_text(&client, "sma-btc", ".status").await.as_deref(),
+        Some("paused")
+    );
+    wait_for("the markers from before the restart", || async {
+        let pixels = chart_pixels(&client, "sma-eth-long-short").await;
+        pixels.long > 20 && pixels.short > 20
+    })
+    .await;
+    let same_page = client
+        .execute("return window.keelNoReload === 1", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same_page, true, "the page was reloaded");
+    screenshot(&client, "4-restarted").await;
 
     // A reload without the fragment connects again with the token from session storage.
     client.goto(url.split('#').next().unwrap()).await.unwrap();
@@ -229,7 +519,44 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     })
     .await;
 
+    // The operator's view: the host's loops with states and ages computed by the host.
+    let secret = std::fs::read_to_string(data.path().join("jwt-secret")).unwrap();
+    let keys = keel_api::auth::JwtKeys::new(secret.trim().as_bytes()).unwrap();
+    let operator = keys.mint(
+        keel_kernel::ids::UserId::new_random(),
+        true,
+        chrono::Utc::now().timestamp(),
+        600,
+    );
+    // A new fragment alone does not load the page again: leave it first.
+    client.goto("about:blank").await.unwrap();
+    client
+        .goto(&format!("{base}/#token={operator}"))
+        .await
+        .unwrap();
+    wait_for("the operator's host button", || async {
+        client
+            .execute(
+                "const b = document.getElementById('host-toggle'); \
+                 if (b.hidden) return false; if (!window.asked) { window.asked = 1; b.click(); } return true",
+                vec![],
+            )
+            .await
+            .unwrap()
+            == true
+    })
+    .await;
+    wait_for("every host loop ok, its last run recent", || async {
+        let rows = texts(&client, "#host tr[data-host-loop]").await;
+        rows.len() == 3
+            && rows
+                .iter()
+                .all(|r| r.contains("\tok\t") && (r.contains("just now") || r.contains(" s ago")))
+    })
+    .await;
+    screenshot(&client, "5-operator").await;
+
     client.close().await.unwrap();
     driver.kill().await.unwrap();
-    demo.kill().await.unwrap();
+    interrupt(&mut demo).await;
 }

@@ -17,6 +17,7 @@ mod faults;
 mod logs;
 mod plugins;
 mod roster;
+mod tour;
 
 /// How long the demo may take to become ready or to reach a condition, generously: the
 /// machine is shared with other builds.

@@ -11,7 +11,7 @@ use keel_kernel::ids::ProfileId;
 use keel_kernel::risk::RiskLimits;
 use serde::Serialize;
 
-use keel_runtime::PreparedInstance;
+use keel_runtime::{PreparedInstance, RunningVersion};
 
 /// A change to a running profile, applied between two of its steps.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +53,10 @@ pub trait ProfileControl: Send + Sync {
     /// call boundary. False (and the instance dropped) when the profile does not run here or
     /// its strategy cannot be swapped.
     fn offer_strategy(&self, profile: ProfileId, instance: PreparedInstance) -> bool;
+
+    /// The plugin the profile's strategy runs now (a queued swap counts once taken); `None`
+    /// when the profile does not run here or its strategy is not a plugin.
+    fn running_plugin(&self, profile: ProfileId) -> Option<RunningVersion>;
 
     /// Applies a change to the running profile between two of its steps; false when it does
     /// not run here.

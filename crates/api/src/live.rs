@@ -29,7 +29,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::health::{LoopConfig, LoopHealth, LoopRun, LoopStatus, loop_statuses};
+use crate::health::{LoopConfig, LoopHealth, LoopRun, LoopStatus, loop_statuses, wall_now_ms};
 
 pub use feed::{ProfileFeed, StepReport};
 pub use ws::router;
@@ -40,6 +40,13 @@ pub const QUEUE_MAX_DEFAULT: usize = 1024;
 pub const RECENT_ORDERS_MAX: usize = 20;
 /// Recent plugin faults kept per profile for the snapshot.
 pub const RECENT_FAULTS_MAX: usize = 20;
+/// Recent refused intents kept per profile for the snapshot.
+pub const RECENT_REFUSALS_MAX: usize = 20;
+/// Recent candles kept per profile for the snapshot (the dashboard's price chart).
+pub const RECENT_CANDLES_MAX: usize = 500;
+/// How often the host watch re-sends a loop's status whose state did not change, so that the
+/// age of its last run stays current on the operator's view.
+pub const HOST_LOOP_REFRESH_MS: u64 = 1_000;
 /// How often the host watch looks at the loops, readiness and the host kill switch.
 pub const HOST_WATCH_INTERVAL_MS: u64 = 500;
 
@@ -62,11 +69,15 @@ pub struct OrderState {
     pub filled_qty: Decimal,
     /// Current status.
     pub status: OrderStatus,
+    /// Wall time the feed published this state, ms since the epoch.
+    pub seen_at_ms: i64,
 }
 
 impl From<&OrderRecord> for OrderState {
+    /// The order as of now.
     fn from(order: &OrderRecord) -> Self {
         OrderState {
+            seen_at_ms: wall_now_ms(),
             client_order_id: order.client_order_id.clone(),
             symbol: order.symbol.clone(),
             kind: order.kind,
@@ -181,6 +192,16 @@ pub enum ProfileEvent {
         /// What went wrong.
         fault: String,
     },
+    /// A new plugin instance took over (a hot-swap, or the same plugin reconfigured): what
+    /// the profile's later orders come from.
+    Plugin {
+        /// The plugin's name (upload name, or the file name of a default plugin).
+        plugin: String,
+        /// Its version (sha256 of the component).
+        plugin_version: String,
+        /// Wall time the host saw the new instance run, ms since the epoch.
+        at_ms: i64,
+    },
     /// Paused, killed, quarantined, or why entries are blocked, changed.
     Status {
         /// The controls now.
@@ -194,6 +215,33 @@ pub enum ProfileEvent {
         name: &'static str,
         /// When, and its error if it failed.
         run: LoopRun,
+    },
+    /// One loop of the profile ran no iteration for longer than its stall threshold (the
+    /// host's clock decides; the next `loop` event ends it).
+    LoopStalled {
+        /// `trading`, `monitor` or `reconciliation`.
+        name: &'static str,
+        /// How long ago its last iteration ended, by the host's clock.
+        lag_ms: i64,
+    },
+    /// The kernel refused an intent of the strategy.
+    Refusal {
+        /// Kernel time of the refusal, ms since the epoch.
+        at_ms: i64,
+        /// The rule that refused it.
+        rule: &'static str,
+        /// Why, in full.
+        reason: String,
+    },
+    /// A reconciliation pass found the store and the exchange apart (repaired, or the profile
+    /// quarantined).
+    Drift {
+        /// Wall time of the pass, ms since the epoch.
+        at_ms: i64,
+        /// `repaired` or `quarantined`.
+        result: &'static str,
+        /// What it found, by kind, with counts.
+        mismatches: BTreeMap<&'static str, u32>,
     },
 }
 
@@ -227,6 +275,8 @@ pub struct LoopStatusView {
     pub state: &'static str,
     /// The oldest last run over the profiles, ms since the epoch.
     pub last_run_ms: i64,
+    /// How long ago that was, by the host's clock (0: never ran).
+    pub lag_ms: i64,
     /// The stall threshold.
     pub stall_ms: u64,
 }
@@ -236,12 +286,14 @@ impl From<&LoopStatus> for LoopStatusView {
         LoopStatusView {
             state: status.state,
             last_run_ms: status.last_run_ms,
+            lag_ms: status.lag_ms,
             stall_ms: status.stall_ms,
         }
     }
 }
 
-/// What the host registers about a profile: shown on the dashboard, never changed by events.
+/// What the host registers about a profile, shown on the dashboard: only a `plugin` event
+/// changes it (the plugin and its version).
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileInfo {
     /// The profile.
@@ -250,7 +302,7 @@ pub struct ProfileInfo {
     pub user: UserId,
     /// Its name.
     pub name: String,
-    /// The plugin's file or name.
+    /// The plugin's upload name, or the file name of a host's default plugin.
     pub plugin: String,
     /// The plugin version (sha256 of the component).
     pub plugin_version: String,
@@ -267,6 +319,28 @@ pub struct CandleState {
     pub open_time_ms: i64,
     /// Last price.
     pub close: f64,
+}
+
+/// A refused intent, as the dashboard lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalState {
+    /// Kernel time of the refusal, ms since the epoch.
+    pub at_ms: i64,
+    /// The rule that refused it.
+    pub rule: &'static str,
+    /// Why, in full.
+    pub reason: String,
+}
+
+/// The last reconciliation pass that found drift.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftState {
+    /// Wall time of the pass, ms since the epoch.
+    pub at_ms: i64,
+    /// `repaired` or `quarantined`.
+    pub result: &'static str,
+    /// What it found, by kind, with counts.
+    pub mismatches: BTreeMap<&'static str, u32>,
 }
 
 /// Everything the dashboard shows about one profile, as of the snapshot's `seq`.
@@ -293,8 +367,18 @@ pub struct ProfileView {
     pub faults: VecDeque<(i64, String)>,
     /// The last iteration of each loop.
     pub loops: BTreeMap<&'static str, LoopRun>,
+    /// The state of each loop as the host judges it: `ok`, `failing` or `stalled`.
+    pub loop_states: BTreeMap<&'static str, &'static str>,
     /// The last candle.
     pub last_candle: Option<CandleState>,
+    /// The latest candles' `[open_time_ms, close]`, oldest first (the price chart).
+    pub recent_candles: VecDeque<(i64, f64)>,
+    /// The latest refused intents, newest last.
+    pub refusals: VecDeque<RefusalState>,
+    /// The last reconciliation pass that found drift, if one did since the host started.
+    pub last_drift: Option<DriftState>,
+    /// When the plugin last changed while the host ran (`null`: it runs what it started with).
+    pub plugin_since_ms: Option<i64>,
 }
 
 impl ProfileView {
@@ -310,7 +394,12 @@ impl ProfileView {
             order_updates: 0,
             faults: VecDeque::new(),
             loops: BTreeMap::new(),
+            loop_states: BTreeMap::new(),
             last_candle: None,
+            recent_candles: VecDeque::new(),
+            refusals: VecDeque::new(),
+            last_drift: None,
+            plugin_since_ms: None,
         }
     }
 
@@ -327,6 +416,18 @@ impl ProfileView {
                     open_time_ms: *open_time_ms,
                     close: *close,
                 });
+                if self
+                    .info
+                    .symbols
+                    .first()
+                    .is_none_or(|first| first == symbol)
+                {
+                    push_bounded(
+                        &mut self.recent_candles,
+                        (*open_time_ms, *close),
+                        RECENT_CANDLES_MAX,
+                    );
+                }
             }
             ProfileEvent::Order { order } => {
                 if order.status.is_terminal() {
@@ -337,10 +438,7 @@ impl ProfileView {
                 }
                 self.recent_orders
                     .retain(|o| o.client_order_id != order.client_order_id);
-                self.recent_orders.push_back(order.clone());
-                if self.recent_orders.len() > RECENT_ORDERS_MAX {
-                    self.recent_orders.pop_front();
-                }
+                push_bounded(&mut self.recent_orders, order.clone(), RECENT_ORDERS_MAX);
                 self.order_updates += 1;
             }
             ProfileEvent::Fill { .. } => {}
@@ -354,10 +452,7 @@ impl ProfileView {
             },
             ProfileEvent::Capital { capital } => self.capital = Some(capital.clone()),
             ProfileEvent::Fault { at_ms, fault } => {
-                self.faults.push_back((*at_ms, fault.clone()));
-                if self.faults.len() > RECENT_FAULTS_MAX {
-                    self.faults.pop_front();
-                }
+                push_bounded(&mut self.faults, (*at_ms, fault.clone()), RECENT_FAULTS_MAX);
             }
             ProfileEvent::Status {
                 controls,
@@ -368,8 +463,57 @@ impl ProfileView {
             }
             ProfileEvent::Loop { name, run } => {
                 self.loops.insert(name, run.clone());
+                let state = if run.last_error.is_some() {
+                    "failing"
+                } else {
+                    "ok"
+                };
+                self.loop_states.insert(name, state);
+            }
+            ProfileEvent::LoopStalled { name, .. } => {
+                self.loop_states.insert(name, "stalled");
+            }
+            ProfileEvent::Refusal {
+                at_ms,
+                rule,
+                reason,
+            } => {
+                let refusal = RefusalState {
+                    at_ms: *at_ms,
+                    rule,
+                    reason: reason.clone(),
+                };
+                push_bounded(&mut self.refusals, refusal, RECENT_REFUSALS_MAX);
+            }
+            ProfileEvent::Drift {
+                at_ms,
+                result,
+                mismatches,
+            } => {
+                self.last_drift = Some(DriftState {
+                    at_ms: *at_ms,
+                    result,
+                    mismatches: mismatches.clone(),
+                });
+            }
+            ProfileEvent::Plugin {
+                plugin,
+                plugin_version,
+                at_ms,
+            } => {
+                self.info.plugin = plugin.clone();
+                self.info.plugin_version = plugin_version.clone();
+                self.plugin_since_ms = Some(*at_ms);
             }
         }
+    }
+}
+
+/// Appends `item`, dropping the oldest beyond `max`.
+fn push_bounded<T>(items: &mut VecDeque<T>, item: T, max: usize) {
+    items.push_back(item);
+    while items.len() > max {
+        items.pop_front();
     }
 }
 
@@ -681,6 +825,31 @@ impl Bus {
         inner.operators.retain(|s| s.id != id);
     }
 
+    /// Publishes a `loop_stalled` event for each profile loop whose last iteration ended more
+    /// than its stall threshold before `now_ms` (host clock), once per stall.
+    pub fn mark_stalled(&self, now_ms: i64) {
+        let stalled: Vec<(UserId, ProfileId, &'static str, i64)> = {
+            let inner = self.inner.lock().expect("lock poisoned");
+            inner
+                .profiles
+                .values()
+                .flat_map(|view| {
+                    view.loops.iter().filter_map(move |(name, run)| {
+                        let lag_ms = now_ms - run.last_run_ms;
+                        let state = view.loop_states.get(name).copied();
+                        (run.last_run_ms > 0
+                            && state == Some("ok")
+                            && lag_ms > self.loop_config.stall_ms(name) as i64)
+                            .then_some((view.info.user, view.info.profile, *name, lag_ms))
+                    })
+                })
+                .collect()
+        };
+        for (user, profile, name, lag_ms) in stalled {
+            self.publish(user, profile, ProfileEvent::LoopStalled { name, lag_ms });
+        }
+    }
+
     /// A feed for one profile's loops.
     pub fn feed(self: &Arc<Self>, profile: ProfileId, user: UserId) -> ProfileFeed {
         ProfileFeed::new(self.clone(), profile, user)
@@ -697,6 +866,7 @@ pub async fn watch_host(
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(HOST_WATCH_INTERVAL_MS));
     let mut seen = HostView::default();
+    let mut sent_at: BTreeMap<&'static str, i64> = BTreeMap::new();
     let mut first = true;
     loop {
         tokio::select! {
@@ -704,10 +874,18 @@ pub async fn watch_host(
             _ = stop.wait_for(|stopped| *stopped) => return,
             _ = tick.tick() => {}
         }
+        let now_ms = crate::health::wall_now_ms();
+        bus.mark_stalled(now_ms);
         for (name, status) in loop_statuses(&health, bus.loop_config()) {
             let view = LoopStatusView::from(&status);
-            // Only a change of state is news: the timestamps move every iteration.
-            if first || seen.loops.get(name).map(|s| s.state) != Some(view.state) {
+            // A change of state is news at once; otherwise the age of the last run is
+            // refreshed now and then (every iteration would flood the operators).
+            let changed = seen.loops.get(name).map(|s| s.state) != Some(view.state);
+            let due = sent_at
+                .get(name)
+                .is_none_or(|at| now_ms - at >= HOST_LOOP_REFRESH_MS as i64);
+            if first || changed || due {
+                sent_at.insert(name, now_ms);
                 let event = HostEvent::LoopState { name, status: view };
                 seen.apply(&event);
                 bus.publish_host(event);

@@ -313,6 +313,11 @@ async fn bind_plugin(
     let tenant = state.store.tenant(caller.user);
     let mut tx = tenant.begin().await?;
     found(&mut tx, profile, false).await?;
+    let name = tx
+        .plugin(plugin)
+        .await?
+        .ok_or_else(|| no_plugin(plugin))?
+        .name;
     let wasm = tx
         .plugin_wasm(plugin)
         .await?
@@ -323,7 +328,9 @@ async fn bind_plugin(
         .control
         .clock(profile)
         .unwrap_or_else(|| Arc::new(SystemClock));
-    let setup = InstanceSetup::new(profile, clock).config(body.config.clone());
+    let setup = InstanceSetup::new(profile, clock)
+        .config(body.config.clone())
+        .name(name);
     let engine = state.plugins.clone();
     let prepared = blocking(move || engine.prepare_replacement(&version, setup)).await?;
     let prepared = prepared.map_err(|fault| {

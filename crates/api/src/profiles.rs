@@ -178,10 +178,23 @@ pub struct ProfileView {
     pub running: bool,
     /// Its capital account.
     pub capital: CapitalView,
-    /// The plugin bound to it, if any.
+    /// The plugin bound to it, if any (`null`: the host runs its default plugin).
     pub plugin: Option<BindingView>,
     /// Its plugin's and loops' state in the answering host: faults and quarantine.
     pub health: ProfileHealth,
+    /// The plugin its loop runs in the answering host, bound or default (`null` when no loop
+    /// runs it here). Right after a binding it still names the old plugin until the loop takes
+    /// the new one at its next call boundary.
+    pub running_plugin: Option<RunningPluginView>,
+}
+
+/// The plugin a profile's loop runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunningPluginView {
+    /// Its upload name, or for a host's default plugin its file name.
+    pub name: String,
+    /// The sha256 of its component, in hex.
+    pub sha256: String,
 }
 
 /// Body of `POST /api/v1/profiles`.
@@ -228,6 +241,12 @@ pub(super) async fn view(
         capital: capital.into(),
         plugin,
         health: ProfileHealth::of(&state.health, row.profile),
+        running_plugin: state.control.running_plugin(row.profile).map(|running| {
+            RunningPluginView {
+                name: running.name.to_string(),
+                sha256: running.digest.to_string(),
+            }
+        }),
     })
 }
 

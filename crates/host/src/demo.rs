@@ -719,16 +719,18 @@ async fn launch(
     let paper = restored_paper(with.store, user, profile, with.clock.now_ms()).await?;
     let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
     let events = paper.user_events().await?;
-    let (engine, swap, digest) = build_engine(&defaults, with, &paper, stored, profile).await?;
+    let (engine, swap) = build_engine(&defaults, with, &paper, stored, profile).await?;
+    let running = swap.running();
     let commands = with
         .control
-        .register(profile, Some(swap), with.clock.clone());
+        .register(profile, Some(swap.clone()), with.clock.clone());
     Ok(Launched {
         loops: ProfileLoops {
             engine,
             candles,
             events,
             commands,
+            plugin: Some(swap),
         },
         member: MarketMember {
             paper,
@@ -739,8 +741,8 @@ async fn launch(
             profile,
             user,
             name: defaults.name,
-            plugin: defaults.plugin.to_owned(),
-            plugin_version: digest.to_string(),
+            plugin: running.name.to_string(),
+            plugin_version: running.digest.to_string(),
             symbols: vec![defaults.symbol],
         },
     })
@@ -754,15 +756,17 @@ async fn build_engine(
     paper: &Arc<PaperExchange>,
     stored: StoredProfile,
     profile: ProfileId,
-) -> anyhow::Result<(ProfileEngine, SwapHandle, keel_runtime::PluginDigest)> {
+) -> anyhow::Result<(ProfileEngine, SwapHandle)> {
     // The demo trades on its paper exchange: stored exchange credentials are not used.
     let StoredProfile {
         row,
         binding,
         credentials: _,
     } = stored;
-    let (bytes, config, source) = match binding {
-        Some(BoundPlugin { wasm, config, .. }) => (wasm, config, "the bound plugin".to_owned()),
+    let (bytes, config, source, name) = match binding {
+        Some(BoundPlugin { wasm, config, name }) => {
+            (wasm, config, "the bound plugin".to_owned(), name)
+        }
         None => {
             let path = with.plugins_dir.join(defaults.plugin);
             let bytes = std::fs::read(&path).with_context(|| {
@@ -775,14 +779,21 @@ async fn build_engine(
                 .config
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()));
-            (bytes, config.collect(), path.display().to_string())
+            (
+                bytes,
+                config.collect(),
+                path.display().to_string(),
+                defaults.plugin.to_owned(),
+            )
         }
     };
     let version = with
         .plugins
         .load(&bytes)
         .with_context(|| format!("loading {source}"))?;
-    let setup = InstanceSetup::new(profile, with.clock.clone()).config(config);
+    let setup = InstanceSetup::new(profile, with.clock.clone())
+        .config(config)
+        .name(name);
     let (strategy, fault) = with.plugins.start_or_faulted(&version, setup);
     if let Some(fault) = fault {
         tracing::warn!(profile_id = %profile, %source, fault = %escape_unprintable(&fault.to_string()), "the plugin faulted at start: the profile runs without entries until a working plugin is bound");
@@ -813,7 +824,7 @@ async fn build_engine(
     );
     engine.set_paused(row.paused);
     engine.set_killed(row.killed);
-    Ok((engine, swap, version.digest().clone()))
+    Ok((engine, swap))
 }
 
 /// Serves the operational router until `stop` turns true.

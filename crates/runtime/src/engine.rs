@@ -130,18 +130,32 @@ pub struct InstanceSetup {
     pub random_seed: u64,
     /// The kernel's clock (virtual in a backtest).
     pub clock: Arc<dyn Clock>,
+    /// What operators call the plugin (its upload name, or its file name): shown beside its
+    /// version wherever the running plugin is reported.
+    pub name: Arc<str>,
 }
 
+/// The name of a plugin nobody named (the API's default upload name).
+pub const PLUGIN_NAME_DEFAULT: &str = "plugin";
+
 impl InstanceSetup {
-    /// A setup with no config and a random seed from the operating system (a backtest or a
-    /// simulation sets its run's seed with [`InstanceSetup::random_seed`]).
+    /// A setup with no config, a random seed from the operating system (a backtest or a
+    /// simulation sets its run's seed with [`InstanceSetup::random_seed`]) and the name
+    /// [`PLUGIN_NAME_DEFAULT`].
     pub fn new(profile: ProfileId, clock: Arc<dyn Clock>) -> Self {
         InstanceSetup {
             profile,
             config: Arc::new([]),
             random_seed: rand::RngCore::next_u64(&mut rand::rngs::OsRng),
             clock,
+            name: Arc::from(PLUGIN_NAME_DEFAULT),
         }
+    }
+
+    /// Sets the plugin's name.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Sets the config pairs.

@@ -49,7 +49,7 @@ mod strategy;
 
 pub use cache::{CACHE_DIR_ENV, CompileSource, user_cache_dir};
 pub use compile::{CompileCancel, CompileLimits};
-pub use engine::{InstanceSetup, LoadReport, PluginEngine, PluginVersion};
+pub use engine::{InstanceSetup, LoadReport, PLUGIN_NAME_DEFAULT, PluginEngine, PluginVersion};
 pub use executor::panic_message;
 pub use faults::FaultCounts;
 pub use guest::GuestLanguage;
@@ -58,7 +58,7 @@ pub use limits::{
     EngineSettings, KEEP_RESIDENT_BYTES_DEFAULT, PLUGIN_BYTES_MAX_DEFAULT, PluginLimits,
 };
 pub use log::{LOG_LINES_RETAINED_MAX, LogCounters, LogLevel, LogLine};
-pub use strategy::{SwapHandle, WasmStrategy};
+pub use strategy::{RunningVersion, SwapHandle, WasmStrategy};
 
 /// The sha256 of a plugin file, in hex: the identity of a plugin version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

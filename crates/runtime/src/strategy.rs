@@ -35,11 +35,23 @@ pub struct WasmStrategy {
     start_fault: Option<PluginFault>,
 }
 
-/// A replacement waiting for the next call boundary.
-#[derive(Default)]
+/// A replacement waiting for the next call boundary, and what runs now.
 struct SwapSlot {
     pending: AtomicBool,
     instance: Mutex<Option<PreparedInstance>>,
+    running: Mutex<RunningVersion>,
+}
+
+/// The plugin a strategy runs (or ran last, if its instance is dead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningVersion {
+    /// The plugin's name ([`InstanceSetup::name`]).
+    pub name: Arc<str>,
+    /// Its version.
+    pub digest: PluginDigest,
+    /// How many instances took over after the first (hot-swaps and reconfigurations): a change
+    /// tells that a new instance runs, even of the same version.
+    pub takeovers: u64,
 }
 
 /// Hands a new instance to a [`WasmStrategy`] from any thread; the strategy takes it at its
@@ -80,6 +92,11 @@ impl SwapHandle {
     pub fn is_pending(&self) -> bool {
         self.slot.pending.load(Ordering::Acquire)
     }
+
+    /// The plugin the strategy runs now: a queued replacement counts once it is taken.
+    pub fn running(&self) -> RunningVersion {
+        self.slot.running.lock().unwrap().clone()
+    }
 }
 
 impl WasmStrategy {
@@ -88,6 +105,11 @@ impl WasmStrategy {
         profile: ProfileId,
         prepared: PreparedInstance,
     ) -> Self {
+        let running = RunningVersion {
+            name: prepared.setup().name.clone(),
+            digest: prepared.digest().clone(),
+            takeovers: 0,
+        };
         WasmStrategy {
             engine,
             profile,
@@ -95,7 +117,11 @@ impl WasmStrategy {
             last_version: prepared.version().clone(),
             last_setup: prepared.setup().clone(),
             current: Some(prepared),
-            swap: Arc::new(SwapSlot::default()),
+            swap: Arc::new(SwapSlot {
+                pending: AtomicBool::new(false),
+                instance: Mutex::new(None),
+                running: Mutex::new(running),
+            }),
             dead_log: (Vec::new(), LogCounters::default()),
             // The kernel treats a strategy it was just given as fresh anyway.
             fresh: false,
@@ -151,6 +177,12 @@ impl WasmStrategy {
 
     /// Replaces the instance now (the caller holds the strategy, so no call is in progress).
     pub fn replace(&mut self, prepared: PreparedInstance) {
+        {
+            let mut running = self.swap.running.lock().unwrap();
+            running.name = prepared.setup().name.clone();
+            running.digest = prepared.digest().clone();
+            running.takeovers += 1;
+        }
         self.digest = prepared.digest().clone();
         self.last_version = prepared.version().clone();
         self.last_setup = prepared.setup().clone();

@@ -1,6 +1,6 @@
 //! What one profile's loops publish after each step: the difference between the engine's book
 //! now and what the feed last published, plus the step's own news (its candle, the exchange's
-//! fills, a plugin fault, the loop's run).
+//! fills, a plugin fault, the loop's run), and the plugin it runs once a hot-swap was taken.
 //!
 //! The book holds open orders only, so an order that left it during the step (filled,
 //! cancelled, rejected) is read once from the store to publish its final state.
@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use keel_kernel::engine::{ProfileControls, ProfileEngine};
+use keel_kernel::engine::{ProfileControls, ProfileEngine, ReconcileReport};
 use keel_kernel::exchange::UserEvent;
 use keel_kernel::ids::{ClientOrderId, ProfileId, Symbol, UserId};
 use keel_kernel::ledger::Capital;
@@ -16,6 +16,7 @@ use keel_kernel::lifecycle::{OrderRecord, Position};
 use keel_kernel::market::Candle;
 use keel_kernel::risk::EntryBlock;
 use keel_kernel::strategy::PluginFault;
+use keel_runtime::{RunningVersion, SwapHandle};
 
 use super::{Bus, OrderState, ProfileEvent};
 use crate::health::{LoopRun, wall_now_ms};
@@ -35,6 +36,10 @@ pub struct StepReport<'a> {
     pub orders_sent: &'a [ClientOrderId],
     /// The plugin fault of the step.
     pub fault: Option<&'a PluginFault>,
+    /// How many intents the kernel refused in the step (the engine keeps the latest).
+    pub refused: usize,
+    /// The reconciliation pass of the step.
+    pub reconciliation: Option<&'a ReconcileReport>,
 }
 
 /// What the feed last published about the profile.
@@ -44,6 +49,7 @@ struct Published {
     positions: BTreeMap<Symbol, Position>,
     capital: Option<Capital>,
     status: Option<(ProfileControls, Option<EntryBlock>)>,
+    plugin: Option<RunningVersion>,
 }
 
 /// One profile's publisher, owned by its loop task.
@@ -52,6 +58,8 @@ pub struct ProfileFeed {
     profile: ProfileId,
     user: UserId,
     published: Published,
+    /// The strategy's swap handle: what it runs is read after each step.
+    plugin: Option<SwapHandle>,
 }
 
 impl ProfileFeed {
@@ -61,7 +69,16 @@ impl ProfileFeed {
             profile,
             user,
             published: Published::default(),
+            plugin: None,
         }
+    }
+
+    /// Reports the plugin the strategy behind `swap` runs: a `plugin` event after the step in
+    /// which a new instance took over (a hot-swap or a reconfiguration).
+    pub fn watch_plugin(mut self, swap: SwapHandle) -> Self {
+        self.published.plugin = Some(swap.running());
+        self.plugin = Some(swap);
+        self
     }
 
     fn send(&self, event: ProfileEvent) {
@@ -72,6 +89,18 @@ impl ProfileFeed {
     ///
     /// Takes the engine by `&mut` only so that the future is `Send` (the engine is not `Sync`).
     pub async fn after_step(&mut self, engine: &mut ProfileEngine, step: StepReport<'_>) {
+        // First: what the step's orders came from.
+        if let Some(swap) = &self.plugin {
+            let running = swap.running();
+            if self.published.plugin.as_ref() != Some(&running) {
+                self.send(ProfileEvent::Plugin {
+                    plugin: running.name.to_string(),
+                    plugin_version: running.digest.to_string(),
+                    at_ms: wall_now_ms(),
+                });
+                self.published.plugin = Some(running);
+            }
+        }
         if let Some(candle) = step.candle {
             self.send(ProfileEvent::Candle {
                 symbol: candle.symbol.clone(),
@@ -109,6 +138,14 @@ impl ProfileFeed {
                 entry_block: status.1,
             });
         }
+        self.refusals(engine, step.refused);
+        if let Some(report) = step.reconciliation.filter(|r| !r.mismatches.is_empty()) {
+            self.send(ProfileEvent::Drift {
+                at_ms: wall_now_ms(),
+                result: report.result_label(),
+                mismatches: report.mismatches.clone(),
+            });
+        }
         if let Some(fault) = step.fault {
             self.send(ProfileEvent::Fault {
                 at_ms: wall_now_ms(),
@@ -119,6 +156,21 @@ impl ProfileFeed {
             self.send(ProfileEvent::Loop {
                 name: step.loop_name,
                 run,
+            });
+        }
+    }
+
+    /// The `refused` latest refusals of the engine: those of the step.
+    fn refusals(&self, engine: &ProfileEngine, refused: usize) {
+        if refused == 0 {
+            return;
+        }
+        let kept: Vec<_> = engine.refusals().collect();
+        for refusal in &kept[kept.len().saturating_sub(refused)..] {
+            self.send(ProfileEvent::Refusal {
+                at_ms: refusal.at_ms,
+                rule: refusal.rule,
+                reason: refusal.reason.clone(),
             });
         }
     }

@@ -27,6 +27,15 @@ use crate::health::LOOP_NAMES;
 /// The dashboard, embedded in the binary.
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
+/// The chart library of the dashboard (uPlot, MIT licence; see vendor/uplot/README.md).
+const UPLOT_JS: &str = include_str!("vendor/uplot/uPlot.iife.min.js");
+/// uPlot's style sheet.
+const UPLOT_CSS: &str = include_str!("vendor/uplot/uPlot.min.css");
+/// Where the dashboard loads uPlot from: the version is in the path, so it may be cached.
+pub const UPLOT_JS_PATH: &str = "/assets/uplot-1.6.32.min.js";
+/// Where the dashboard loads uPlot's style sheet from.
+pub const UPLOT_CSS_PATH: &str = "/assets/uplot-1.6.32.min.css";
+
 /// How long a dropped connection's close frame may wait for the socket before the connection is
 /// cut without it.
 pub const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +56,14 @@ struct LiveState {
 pub fn router(bus: Arc<Bus>, auth: JwtKeys) -> Router {
     Router::new()
         .route("/", get(dashboard))
+        .route(
+            UPLOT_JS_PATH,
+            get(|| asset("text/javascript; charset=utf-8", UPLOT_JS)),
+        )
+        .route(
+            UPLOT_CSS_PATH,
+            get(|| asset("text/css; charset=utf-8", UPLOT_CSS)),
+        )
         .route("/api/v1/ws", get(upgrade))
         .with_state(LiveState { bus, auth })
 }
@@ -58,6 +75,18 @@ async fn dashboard() -> Response {
             (header::REFERRER_POLICY, "no-referrer"),
         ],
         Html(DASHBOARD_HTML),
+    )
+        .into_response()
+}
+
+/// A file embedded in the binary; its path names its version, so it never changes.
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
     )
         .into_response()
 }
@@ -134,6 +163,7 @@ async fn connection(socket: WebSocket, bus: Arc<Bus>, caller: Caller) {
         "user": caller.user,
         "operator": caller.operator,
         "stall_ms": stall_ms,
+        "server_now_ms": crate::health::wall_now_ms(),
         "profiles": sub.profiles,
     });
     let mut open = sink.send(text(&snapshot)).await.is_ok();

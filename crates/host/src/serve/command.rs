@@ -499,15 +499,18 @@ impl ProfileStarter for Starter {
             .expect("lock poisoned")
             .insert(entry.profile, sealed_nonce(&stored.credentials));
         let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
-        let setup = InstanceSetup::new(entry.profile, clock.clone()).config(config);
+        let setup = InstanceSetup::new(entry.profile, clock.clone())
+            .config(config)
+            .name(plugin_name.as_str());
         let strategy_config = setup.config.clone();
         let (strategy, fault) = self.plugins.start_or_faulted(&version, setup);
         if let Some(fault) = fault {
             tracing::warn!(profile_id = %entry.profile, plugin = %plugin_name, fault = %escape_unprintable(&fault.to_string()), "the plugin faulted at start: the profile runs without entries until a working plugin is bound");
         }
-        let commands =
-            self.control
-                .register(entry.profile, Some(strategy.swap_handle()), clock.clone());
+        let swap = strategy.swap_handle();
+        let commands = self
+            .control
+            .register(entry.profile, Some(swap.clone()), clock.clone());
         self.control.set_running(
             entry.profile,
             RunningPlugin {
@@ -558,6 +561,7 @@ impl ProfileStarter for Starter {
             candles,
             events,
             commands,
+            plugin: Some(swap),
         })
     }
 
@@ -605,7 +609,9 @@ impl ProfileStarter for Starter {
             .control
             .clock(profile)
             .with_context(|| format!("profile {profile} does not run here any more"))?;
-        let setup = InstanceSetup::new(profile, clock).config(config);
+        let setup = InstanceSetup::new(profile, clock)
+            .config(config)
+            .name(name.as_str());
         let plugins = self.plugins.clone();
         let prepared =
             tokio::task::spawn_blocking(move || plugins.prepare_replacement(&version, setup))

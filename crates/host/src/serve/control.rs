@@ -11,7 +11,7 @@ use keel_kernel::ids::ProfileId;
 use tokio::sync::{mpsc, oneshot};
 
 use keel_api::{ControlChange, ProfileControl, ReconcileOutcome};
-use keel_runtime::{PluginDigest, PreparedInstance, SwapHandle};
+use keel_runtime::{PluginDigest, PreparedInstance, RunningVersion, SwapHandle};
 
 /// Commands queued per profile before a sender waits for the loop.
 pub const COMMAND_QUEUE_MAX: usize = 16;
@@ -170,6 +170,15 @@ impl ProfileControl for LoopControl {
             }
             _ => false,
         }
+    }
+
+    fn running_plugin(&self, profile: ProfileId) -> Option<RunningVersion> {
+        let profiles = self.profiles.read().expect("lock poisoned");
+        profiles
+            .get(&profile)
+            .filter(|r| !r.commands.is_closed())
+            .and_then(|r| r.swap.as_ref())
+            .map(SwapHandle::running)
     }
 
     async fn apply(&self, profile: ProfileId, change: ControlChange) -> bool {

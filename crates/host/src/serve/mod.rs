@@ -55,6 +55,8 @@ pub struct ProfileLoops {
     pub events: mpsc::Receiver<UserEvent>,
     /// Commands from the API ([`control::LoopControl::register`]), applied between steps.
     pub commands: mpsc::Receiver<control::Command>,
+    /// The strategy's swap handle, when it is a plugin: the live feed reports what it runs.
+    pub plugin: Option<keel_runtime::SwapHandle>,
 }
 
 /// The running loops of every profile.
@@ -98,7 +100,13 @@ impl Loops {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             shutdown: self.shutdown.subscribe(),
-            feed: self.health.feed(engine.profile(), engine.user()),
+            feed: self
+                .health
+                .feed(engine.profile(), engine.user())
+                .map(|feed| match &profile.plugin {
+                    Some(swap) => feed.watch_plugin(swap.clone()),
+                    None => feed,
+                }),
         };
         self.tasks.spawn(task.run(profile));
     }
@@ -267,6 +275,7 @@ impl ProfileTask {
                 keel_api::live::StepReport {
                     loop_name: name,
                     run: Some(run),
+                    reconciliation: (name == "reconciliation").then_some(&report.reconciliation),
                     ..Default::default()
                 },
             )
@@ -368,6 +377,7 @@ impl ProfileTask {
             candle: Some(candle),
             orders_sent: &outcome.orders_sent,
             fault: outcome.fault.as_ref(),
+            refused: outcome.refused,
             ..Default::default()
         };
         self.publish(engine, step).await;
@@ -383,7 +393,8 @@ impl ProfileTask {
     /// One reconciliation pass; its result label, or its error.
     async fn reconcile(&mut self, engine: &mut ProfileEngine) -> Result<&'static str, String> {
         let started = Instant::now();
-        let result = match engine.reconcile().await {
+        let pass = engine.reconcile().await;
+        let result = match &pass {
             Ok(report) => {
                 if report.is_clean() {
                     self.metrics
@@ -398,6 +409,7 @@ impl ProfileTask {
         let step = keel_api::live::StepReport {
             loop_name: "reconciliation",
             run: Some(run),
+            reconciliation: pass.as_ref().ok(),
             ..Default::default()
         };
         self.publish(engine, step).await;

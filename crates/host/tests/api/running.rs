@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use keel_api::ProfileControl as _;
 use keel_api::health::{LoopConfig, LoopHealth};
+use keel_api::live::{Bus, ProfileInfo, QUEUE_MAX_DEFAULT};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 use keel_exchange_sim::{CandleSource, SimConfig, sim_symbols};
 use keel_host::serve::control::LoopControl;
@@ -106,7 +107,9 @@ async fn the_api_controls_a_running_profile(db: &Db) {
     ));
     let plugins = crate::plugin_engine();
     let version = plugins.load(&plugin_bytes("sma-cross")).unwrap();
-    let setup = InstanceSetup::new(profile, clock.clone()).config([("fast", "2"), ("slow", "4")]);
+    let setup = InstanceSetup::new(profile, clock.clone())
+        .config([("fast", "2"), ("slow", "4")])
+        .name("sma_cross.wasm");
     let strategy = plugins.start(&version, setup).unwrap();
     let swap = strategy.swap_handle();
     let exchange: Arc<dyn Exchange> = paper.clone();
@@ -135,12 +138,26 @@ async fn the_api_controls_a_running_profile(db: &Db) {
         monitor_stall_ms: 60_000,
         reconciliation_stall_ms: 60_000,
     };
+    // The live feed, as the demo wires it: the dashboard's view of the profile.
+    let bus = Bus::new(store.clone(), config, QUEUE_MAX_DEFAULT);
+    health.publish_to(bus.clone());
+    let first = swap.running();
+    bus.register(ProfileInfo {
+        profile,
+        user,
+        name: "swapped".into(),
+        plugin: first.name.to_string(),
+        plugin_version: first.digest.to_string(),
+        symbols: vec![Symbol::new("BTCUSDT").unwrap()],
+    });
+    let mut live = bus.subscribe(user);
     let loops = Loops::start(
         vec![ProfileLoops {
             engine,
             candles,
             events,
             commands,
+            plugin: Some(swap.clone()),
         }],
         config,
         metrics.clone(),
@@ -159,6 +176,13 @@ async fn the_api_controls_a_running_profile(db: &Db) {
         .send("GET", &format!("/api/v1/profiles/{id}"), Some(&token), None)
         .await;
     assert_eq!(view.body["running"], true);
+    let sma_sha256 = keel_runtime::PluginDigest::of(&plugin_bytes("sma-cross")).to_string();
+    assert_eq!(
+        view.body["running_plugin"],
+        json!({"name": "sma_cross.wasm", "sha256": sma_sha256}),
+        "a default plugin is reported though nothing is bound"
+    );
+    assert_eq!(view.body["plugin"], json!(null));
 
     // Switches reach the loop.
     let paused = api
@@ -226,8 +250,43 @@ async fn the_api_controls_a_running_profile(db: &Db) {
         swap.is_pending(),
         "the new instance waits for a call boundary"
     );
+    let before = api
+        .send("GET", &format!("/api/v1/profiles/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(
+        before.body["running_plugin"]["sha256"], sma_sha256,
+        "the old plugin runs until the next call boundary"
+    );
     market.tick().await;
     wait_for("the swap at the next candle", || !swap.is_pending()).await;
+
+    // The API, the live feed and a new snapshot all name the plugin that runs now.
+    let after = api
+        .send("GET", &format!("/api/v1/profiles/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(
+        after.body["running_plugin"],
+        json!({"name": "rsi", "sha256": rsi.body["sha256"]})
+    );
+    assert_eq!(after.body["plugin"]["sha256"], rsi.body["sha256"]);
+    let changed = loop {
+        let message = tokio::time::timeout(WAIT_MAX, live.rx.recv())
+            .await
+            .expect("a plugin event within the wait")
+            .expect("the bus keeps the subscription");
+        let event: serde_json::Value = serde_json::from_str(message.as_str()).unwrap();
+        if event["type"] == "plugin" {
+            break event;
+        }
+    };
+    assert_eq!(changed["profile"], json!(id));
+    assert_eq!(changed["plugin"], "rsi");
+    assert_eq!(changed["plugin_version"], rsi.body["sha256"]);
+    let snapshot = bus.subscribe(user).profiles;
+    let view = serde_json::to_value(&snapshot[0]).unwrap();
+    assert_eq!(view["plugin"], "rsi");
+    assert_eq!(view["plugin_version"], rsi.body["sha256"]);
+    assert_eq!(view["plugin_since_ms"], changed["at_ms"]);
 
     // A running profile cannot be deleted.
     let delete = api

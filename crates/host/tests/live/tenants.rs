@@ -136,6 +136,7 @@ async fn tenant(
         candles,
         events: paper.user_events().await.unwrap(),
         commands,
+        plugin: None,
     };
 
     let (keys, addr) = socket;

@@ -114,9 +114,12 @@ fn swap_to_another_plugin_changes_the_version_at_the_next_call() {
     let engine = engine();
     let mut strategy = start(engine, "hostile", &[("attack", "echo")]);
     let old_digest = strategy.digest().clone();
-    let mut next = setup(&[("fast", "2"), ("slow", "4")]);
+    let mut next = setup(&[("fast", "2"), ("slow", "4")]).name("mine");
     next.profile = strategy.profile();
     let handle = strategy.swap_handle();
+    let first = handle.running();
+    assert_eq!(&*first.name, keel_runtime::PLUGIN_NAME_DEFAULT);
+    assert_eq!((&first.digest, first.takeovers), (&old_digest, 0));
     handle
         .hot_swap(&version(engine, "sma-cross"), next)
         .unwrap();
@@ -126,6 +129,7 @@ fn swap_to_another_plugin_changes_the_version_at_the_next_call() {
         &old_digest,
         "nothing changes between calls"
     );
+    assert_eq!(handle.running(), first, "a queued swap is not running yet");
     let intents = strategy.on_candle(&candle(0, 1.0), &flat_view()).unwrap();
     assert!(
         intents.is_empty(),
@@ -133,6 +137,9 @@ fn swap_to_another_plugin_changes_the_version_at_the_next_call() {
     );
     assert_ne!(strategy.digest(), &old_digest);
     assert!(!handle.is_pending());
+    let now = handle.running();
+    assert_eq!(&*now.name, "mine");
+    assert_eq!((&now.digest, now.takeovers), (strategy.digest(), 1));
 }
 
 #[test]
