@@ -231,7 +231,7 @@ impl Metrics {
             exchange_requests_total: counter_vec(
                 &r,
                 "keel_exchange_requests_total",
-                "Exchange requests by endpoint and outcome (ok, rejected, unknown, rate_limited).",
+                "Exchange requests by endpoint and outcome (ok, rejected, unknown, rate_limited, unavailable).",
                 &["endpoint", "outcome"],
             ),
             exchange_request_duration_seconds: histogram_vec(
@@ -385,6 +385,10 @@ impl Metrics {
         }
         for result in ["ok", "failed"] {
             self.plugin_hot_swaps_total.with_label_values(&[result]);
+        }
+        for kind in ["entry", "exit"] {
+            self.orders_awaiting_placement.with_label_values(&[kind]);
+            self.order_placement_retries_total.with_label_values(&[kind]);
         }
         for kind in PROFILE_FAULT_KINDS {
             self.profile_faults_total.with_label_values(&[kind]);

@@ -136,6 +136,12 @@ const FAULTS: &[AlertFault] = &[
         Fault::Value(0.05),
     ),
     (
+        "KeelExitAwaitingPlacement",
+        "keel_orders_awaiting_placement",
+        Some(("kind", "exit")),
+        Fault::Value(1.0),
+    ),
+    (
         "KeelExchangeStreamDown",
         "keel_exchange_stream_connected",
         None,

@@ -137,6 +137,12 @@ impl WasmStrategy {
         setup: InstanceSetup,
         fault: PluginFault,
     ) -> Self {
+        // What the profile was to run: it runs nothing until a swap brings an instance.
+        let running = RunningVersion {
+            name: setup.name.clone(),
+            digest: version.digest.clone(),
+            takeovers: 0,
+        };
         WasmStrategy {
             engine,
             profile: setup.profile,
@@ -144,7 +150,11 @@ impl WasmStrategy {
             last_version: version,
             last_setup: setup,
             current: None,
-            swap: Arc::new(SwapSlot::default()),
+            swap: Arc::new(SwapSlot {
+                pending: AtomicBool::new(false),
+                instance: Mutex::new(None),
+                running: Mutex::new(running),
+            }),
             dead_log: (Vec::new(), LogCounters::default()),
             fresh: false,
             start_fault: Some(fault),
