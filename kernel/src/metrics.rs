@@ -388,7 +388,8 @@ impl Metrics {
         }
         for kind in ["entry", "exit"] {
             self.orders_awaiting_placement.with_label_values(&[kind]);
-            self.order_placement_retries_total.with_label_values(&[kind]);
+            self.order_placement_retries_total
+                .with_label_values(&[kind]);
         }
         for kind in PROFILE_FAULT_KINDS {
             self.profile_faults_total.with_label_values(&[kind]);

@@ -71,6 +71,16 @@ async fn chaos_rounds_leave_the_database_equal_to_the_exchange() {
             signal(instances[victim].pid(), "CONT");
         }
     }
+    // A killed holder's lease lapses and a live instance takes the profile over, so that the
+    // clean shutdown below releases it.
+    let owners: Vec<uuid::Uuid> = instances.iter().map(|i| i.owner).collect();
+    wait_for("a live instance to hold the profile", || async {
+        world
+            .lease()
+            .await
+            .is_some_and(|(owner, _)| owners.contains(&owner))
+    })
+    .await;
     // The exchange heals; the instances stop; a settling instance converges; then the check.
     reqwest::Client::new()
         .put(format!("http://{}/admin/faults", world.sim.addr))

@@ -453,8 +453,11 @@ impl Serve {
         let first = tokio::time::timeout(WAIT_MAX, lines.next_line())
             .await
             .expect("keel serve prints its address")
-            .unwrap()
-            .unwrap_or_else(|| panic!("keel serve {name} exited before printing its address"));
+            .unwrap();
+        let Some(first) = first else {
+            let log = stderr.await.unwrap();
+            panic!("keel serve {name} exited before printing its address: {log:#?}");
+        };
         let word_after = |marker: &str| {
             first
                 .split(marker)

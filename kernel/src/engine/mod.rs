@@ -63,8 +63,8 @@ pub struct EngineConfig {
     /// after which a delayed request can no longer be accepted.
     pub unknown_resolve_after_ms: i64,
     /// How long an entry the exchange would not take yet (rate limit, unavailable) is sent again
-    /// before it is released as REJECTED; well under `entry_lock_ttl_ms`, which it holds
-    /// meanwhile. Exits have no such budget: they are sent until the exchange takes or refuses
+    /// before it is released as REJECTED; capped at half of `entry_lock_ttl_ms`, since it holds
+    /// its entry lock meanwhile. Exits have no such budget: they are sent until the exchange takes or refuses
     /// them.
     pub entry_retry_budget_ms: i64,
     /// Extra capital reserved above the reference price for market entries and short limit
@@ -495,8 +495,10 @@ impl ProfileEngine {
         self.warm_up_if_fresh(Some(candle.open_time_ms));
         self.history.record(candle);
         self.note_price(candle);
-        let mut outcome = StepOutcome::default();
-        outcome.orders_sent = self.retry_unplaced().await?;
+        let mut outcome = StepOutcome {
+            orders_sent: self.retry_unplaced().await?,
+            ..StepOutcome::default()
+        };
         let now_ms = self.clock.now_ms();
         while let Some(&at_ms) = self.timers.first().filter(|&&at| at <= now_ms) {
             self.timers.remove(&at_ms);

@@ -38,6 +38,20 @@ impl ProfileEngine {
         }
         self.reload_book().await?;
         let in_flight: Vec<_> = self.book.open_orders.values().cloned().collect();
+        // The window after which an order the exchange does not know counts as never placed
+        // starts now at the latest, whatever the queries below answer: an engine that starts
+        // does not know when its predecessor sent them.
+        let now_ms = self.clock.now_ms();
+        for order in &in_flight {
+            if matches!(
+                order.status,
+                OrderStatus::PendingSubmit | OrderStatus::Unknown
+            ) {
+                self.unknown_since_ms
+                    .entry(order.client_order_id.clone())
+                    .or_insert(now_ms);
+            }
+        }
         let mut orders_resolved = 0;
         for order in &in_flight {
             if matches!(

@@ -69,8 +69,7 @@ impl ProfileEngine {
             .unplaced
             .get(id)
             .map_or((0, now_ms), |u| (u.attempts, u.first_ms));
-        if order.kind == IntentKind::Entry && now_ms - first_ms >= self.config.entry_retry_budget_ms
-        {
+        if order.kind == IntentKind::Entry && now_ms - first_ms >= self.entry_retry_budget_ms() {
             tracing::warn!(profile_id = %self.spec.profile, client_order_id = %id, attempts, "entry not placed within its retry budget: released");
             self.forget_unplaced(id);
             return self.release(id, OrderStatus::Rejected).await;
@@ -91,6 +90,14 @@ impl ProfileEngine {
                 .inc();
         }
         Ok(())
+    }
+
+    /// How long an entry is sent again: the configured budget, at most half of the entry lock's
+    /// TTL, since a waiting entry holds its lock.
+    fn entry_retry_budget_ms(&self) -> i64 {
+        self.config
+            .entry_retry_budget_ms
+            .min(self.config.entry_lock_ttl_ms / 2)
     }
 
     /// Stops waiting for `id`: the exchange answered for it, or it left the book.
@@ -116,7 +123,7 @@ impl ProfileEngine {
             return Ok(Vec::new());
         }
         let now_ms = self.clock.now_ms();
-        let budget_ms = self.config.entry_retry_budget_ms;
+        let budget_ms = self.entry_retry_budget_ms();
         let expired: Vec<ClientOrderId> = self
             .unplaced
             .iter()

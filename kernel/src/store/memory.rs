@@ -941,6 +941,16 @@ pub enum RowWrite {
         /// The profile.
         profile: ProfileId,
     },
+    /// `UPDATE <lock table> SET expires_at_ms = expires_at_ms - earlier_ms WHERE lock_key = key`:
+    /// the lease expires earlier, as its holder's stall would make it.
+    ExpireLock {
+        /// The lock table.
+        kind: LockKind,
+        /// The lock key.
+        key: String,
+        /// How much earlier it expires.
+        earlier_ms: i64,
+    },
     /// `INSERT INTO lifecycles`: an open ENTRY lifecycle of the order's (profile, symbol).
     OpenEntryLifecycle {
         /// The order it is recorded under.
@@ -1012,6 +1022,25 @@ impl Transaction {
                     cost_open: money(cost),
                     is_open: true,
                 })?;
+                Ok(1)
+            }
+            RowWrite::ExpireLock {
+                kind,
+                key,
+                earlier_ms,
+            } => {
+                let Some(row) = self.lock(kind, &key) else {
+                    return Ok(0);
+                };
+                let expires_at_ms = row.expires_at_ms.saturating_sub(earlier_ms);
+                self.set_lock(
+                    kind,
+                    &key,
+                    Some(LockRow {
+                        expires_at_ms,
+                        ..row
+                    }),
+                )?;
                 Ok(1)
             }
         }

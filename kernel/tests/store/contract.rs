@@ -656,7 +656,17 @@ async fn live_leases_are_counted_by_key_prefix(h: &Harness) {
         "UPDATE profile_leases SET expires_at_ms = expires_at_ms - 120000 WHERE lock_key = '{}'",
         LockKey::instance(b).as_str()
     );
-    assert_eq!(h.raw(UserId::new_random(), &expire).await.unwrap(), 1);
+    let planted = RowWrite::ExpireLock {
+        kind: LockKind::ProfileLease,
+        key: LockKey::instance(b).as_str().to_owned(),
+        earlier_ms: 120_000,
+    };
+    assert_eq!(
+        h.write_outside(UserId::new_random(), &expire, planted)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         locks.live(LockKind::ProfileLease, prefix).await.unwrap(),
         before + 1,

@@ -291,7 +291,11 @@ impl Exchange for FaultyExchange {
         }
         if injector.roll("rate_limited", rates.rate_limited) {
             // Alternating rather than drawn, so the generator's sequence stays what it was.
-            if injector.refusals.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if injector
+                .refusals
+                .fetch_add(1, Ordering::SeqCst)
+                .is_multiple_of(2)
+            {
                 return PlaceOutcome::RateLimited {
                     retry_after_ms: 1_000,
                 };

@@ -433,7 +433,12 @@ impl World {
 
     /// Every entry lease lapses, as when its holder stalls past the TTL.
     async fn expire_entry_locks(&self) -> anyhow::Result<()> {
-        sqlx::query("UPDATE entry_locks SET expires_at_ms = 0")
+        self.expire_leases("entry_locks").await
+    }
+
+    /// Every lease of `table` lapses, as when its holder stalls past the TTL.
+    async fn expire_leases(&self, table: &'static str) -> anyhow::Result<()> {
+        sqlx::query(&format!("UPDATE {table} SET expires_at_ms = 0"))
             .execute(&self.faults_pool)
             .await?;
         Ok(())
@@ -478,6 +483,11 @@ impl World {
         let window_ms = EngineConfig::default().unknown_resolve_after_ms;
         self.now_ms += 2 * window_ms;
         self.clock.advance_to(self.now_ms);
+        // That long, every lease a dead owner left lapses too (their TTLs run by the database's
+        // clock, which a replayable run does not wait for): a host that died inside a
+        // reconciliation pass no longer holds it.
+        self.expire_leases("entry_locks").await?;
+        self.expire_leases("reconciliation_locks").await?;
         for _ in 0..2 {
             let result = self.engine.reconcile().await;
             checker.note(self, step, result.map(|_| ()));
