@@ -13,7 +13,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::harness::{LEASE_TTL_MS, Serve, World, signal, wait_for};
+use crate::harness::{LEASE_TTL_MS, Serve, World, clear_faults, signal, wait_for};
 use crate::scenarios::{BUSY_STRATEGY, settle};
 
 /// The faults the simulator injects for the whole run, at rates a bad day on an exchange has.
@@ -82,14 +82,7 @@ async fn chaos_rounds_leave_the_database_equal_to_the_exchange() {
     })
     .await;
     // The exchange heals; the instances stop; a settling instance converges; then the check.
-    reqwest::Client::new()
-        .put(format!("http://{}/admin/faults", world.sim.addr))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    clear_faults(&world.sim.addr).await;
     settle(&world, instances).await;
     world.assert_agreement().await;
     let fills_without_trades = world.fills_without_exchange_trades().await;

@@ -118,6 +118,18 @@ impl Sim {
     }
 }
 
+/// Turns every fault of the simulator at `addr` off (`PUT /admin/faults {}`).
+pub async fn clear_faults(addr: &str) {
+    reqwest::Client::new()
+        .put(format!("http://{addr}/admin/faults"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}
+
 /// A test database with one funded profile.
 pub struct World {
     pub db: PgTestDb,

@@ -1,6 +1,6 @@
 //! The race for a profile and the stale owner, with real processes.
 
-use crate::harness::{Serve, World, now_secs, signal, wait_for};
+use crate::harness::{Serve, World, clear_faults, now_secs, signal, wait_for};
 
 /// A moving-average cross that turns on almost every candle: entries and exits all the time.
 pub const BUSY_STRATEGY: [(&str, &str); 3] =
@@ -283,14 +283,7 @@ async fn serve_waits_out_an_exchange_that_is_down_at_start() {
     let sim = world.sim.addr.clone();
     let heal = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-        reqwest::Client::new()
-            .put(format!("http://{sim}/admin/faults"))
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
+        clear_faults(&sim).await;
     });
     // It prints its address once connected.
     let first = Serve::start("first", &config).await;

@@ -42,6 +42,17 @@ struct SwapSlot {
     running: Mutex<RunningVersion>,
 }
 
+impl SwapSlot {
+    /// No replacement waiting; `running` runs.
+    fn new(running: RunningVersion) -> Self {
+        SwapSlot {
+            pending: AtomicBool::new(false),
+            instance: Mutex::new(None),
+            running: Mutex::new(running),
+        }
+    }
+}
+
 /// The plugin a strategy runs (or ran last, if its instance is dead).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningVersion {
@@ -117,11 +128,7 @@ impl WasmStrategy {
             last_version: prepared.version().clone(),
             last_setup: prepared.setup().clone(),
             current: Some(prepared),
-            swap: Arc::new(SwapSlot {
-                pending: AtomicBool::new(false),
-                instance: Mutex::new(None),
-                running: Mutex::new(running),
-            }),
+            swap: Arc::new(SwapSlot::new(running)),
             dead_log: (Vec::new(), LogCounters::default()),
             // The kernel treats a strategy it was just given as fresh anyway.
             fresh: false,
@@ -150,11 +157,7 @@ impl WasmStrategy {
             last_version: version,
             last_setup: setup,
             current: None,
-            swap: Arc::new(SwapSlot {
-                pending: AtomicBool::new(false),
-                instance: Mutex::new(None),
-                running: Mutex::new(running),
-            }),
+            swap: Arc::new(SwapSlot::new(running)),
             dead_log: (Vec::new(), LogCounters::default()),
             fresh: false,
             start_fault: Some(fault),
