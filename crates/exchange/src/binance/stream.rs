@@ -1,7 +1,7 @@
 //! The user-data and kline streams: reconnect with backoff, re-fetch over REST after every
 //! (re)connect, and filter what goes out so it is monotonic and free of duplicate trades.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ struct UserStream {
     last_trade_id: HashMap<Symbol, i64>,
     /// Which client order id an exchange order id belongs to (trades carry only the latter).
     order_ids: HashMap<(Symbol, i64), ClientOrderId>,
+    /// The event types already warned about as unreadable.
+    warned: HashSet<&'static str>,
 }
 
 pub(crate) fn spawn_user_stream(client: Arc<Client>) -> mpsc::Receiver<UserEvent> {
@@ -73,6 +75,7 @@ pub(crate) fn spawn_user_stream(client: Arc<Client>) -> mpsc::Receiver<UserEvent
         open: HashMap::new(),
         last_trade_id: HashMap::new(),
         order_ids: HashMap::new(),
+        warned: HashSet::new(),
     };
     tokio::spawn(stream.run());
     rx
@@ -170,12 +173,51 @@ impl UserStream {
                     self.emit(UserEvent::Order(report)).await
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "unreadable ORDER_TRADE_UPDATE skipped");
+                    self.unreadable("ORDER_TRADE_UPDATE", &e);
                     Ok(())
                 }
             },
+            // Balances and positions are read over REST when the kernel reconciles, and a
+            // fill's effect on them reaches the ledger through ORDER_TRADE_UPDATE: the event
+            // is checked and dropped.
+            Some("ACCOUNT_UPDATE") => {
+                match wire::parse_account_update(&event) {
+                    Ok(update) => tracing::trace!(
+                        reason = %update.data.reason,
+                        positions = update.data.positions.len(),
+                        "ACCOUNT_UPDATE read; balances and positions come over REST"
+                    ),
+                    Err(e) => self.unreadable("ACCOUNT_UPDATE", &e),
+                }
+                Ok(())
+            }
+            // A fill without its fee or realised PnL, sent ahead of the ORDER_TRADE_UPDATE
+            // that carries it in full: that one is what the kernel gets.
+            Some("TRADE_LITE") => {
+                match wire::parse_trade_lite(&event) {
+                    Ok(trade) => tracing::trace!(
+                        trade_id = trade.trade_id,
+                        "TRADE_LITE read; the fill is delivered from ORDER_TRADE_UPDATE"
+                    ),
+                    Err(e) => self.unreadable("TRADE_LITE", &e),
+                }
+                Ok(())
+            }
+            // No event follows on this key: a new key, a new connection and a resync.
             Some("listenKeyExpired") => Err(End::Failed("listen key expired".to_owned())),
+            // Binance adds event types without notice; the ones Keel does not act on
+            // (ACCOUNT_CONFIG_UPDATE, MARGIN_CALL, ...) are dropped.
             _ => Ok(()),
+        }
+    }
+
+    /// Logs an event that does not read as Binance documents it: a warning the first time
+    /// for each event type, then at debug level, so a changed format cannot flood the log.
+    fn unreadable(&mut self, kind: &'static str, error: &anyhow::Error) {
+        if self.warned.insert(kind) {
+            tracing::warn!(event = kind, error = %format!("{error:#}"), "unreadable event skipped; further ones are logged at debug level");
+        } else {
+            tracing::debug!(event = kind, error = %format!("{error:#}"), "unreadable event skipped");
         }
     }
 

@@ -467,6 +467,123 @@ pub fn parse_order_trade_update(event: &Value) -> anyhow::Result<(OrderReport, O
     Ok((report, Some(fill)))
 }
 
+/// One balance of an `ACCOUNT_UPDATE` event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccountUpdateBalance {
+    /// The asset.
+    #[serde(rename = "a")]
+    pub asset: String,
+    /// The wallet balance.
+    #[serde(rename = "wb")]
+    pub wallet_balance: Decimal,
+    /// The cross wallet balance.
+    #[serde(rename = "cw")]
+    pub cross_wallet_balance: Decimal,
+    /// The change other than PnL and commission.
+    #[serde(rename = "bc")]
+    pub balance_change: Decimal,
+}
+
+/// One position of an `ACCOUNT_UPDATE` event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccountUpdatePosition {
+    /// The symbol.
+    #[serde(rename = "s")]
+    pub symbol: String,
+    /// The signed position amount.
+    #[serde(rename = "pa")]
+    pub position_amt: Decimal,
+    /// The entry price.
+    #[serde(rename = "ep")]
+    pub entry_price: Decimal,
+    /// The unrealised PnL.
+    #[serde(rename = "up")]
+    pub unrealized_pnl: Decimal,
+    /// `cross` or `isolated`.
+    #[serde(rename = "mt")]
+    pub margin_type: String,
+    /// `BOTH`, `LONG` or `SHORT`.
+    #[serde(rename = "ps")]
+    pub position_side: String,
+}
+
+/// The update data of an `ACCOUNT_UPDATE` event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccountUpdateData {
+    /// Why it was pushed: `ORDER`, `FUNDING_FEE`, `DEPOSIT`...
+    #[serde(rename = "m")]
+    pub reason: String,
+    /// The balances that changed.
+    #[serde(rename = "B")]
+    pub balances: Vec<AccountUpdateBalance>,
+    /// The positions that changed.
+    #[serde(rename = "P", default)]
+    pub positions: Vec<AccountUpdatePosition>,
+}
+
+/// An `ACCOUNT_UPDATE` event of the user-data stream: balances and positions after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccountUpdate {
+    /// The event time.
+    #[serde(rename = "E")]
+    pub event_time: i64,
+    /// The transaction time.
+    #[serde(rename = "T")]
+    pub transaction_time: i64,
+    /// What changed.
+    #[serde(rename = "a")]
+    pub data: AccountUpdateData,
+}
+
+/// A `TRADE_LITE` event of the user-data stream: a fill without its fee or realised PnL,
+/// sent ahead of the `ORDER_TRADE_UPDATE` that carries it in full.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TradeLite {
+    /// The transaction time.
+    #[serde(rename = "T")]
+    pub transaction_time: i64,
+    /// The symbol.
+    #[serde(rename = "s")]
+    pub symbol: String,
+    /// The client order id.
+    #[serde(rename = "c")]
+    pub client_order_id: String,
+    /// `BUY` or `SELL`.
+    #[serde(rename = "S")]
+    pub side: String,
+    /// The order's quantity.
+    #[serde(rename = "q")]
+    pub orig_qty: Decimal,
+    /// The order's price (`0` for a market order).
+    #[serde(rename = "p")]
+    pub price: Decimal,
+    /// The fill's price.
+    #[serde(rename = "L")]
+    pub last_price: Decimal,
+    /// The fill's quantity.
+    #[serde(rename = "l")]
+    pub last_qty: Decimal,
+    /// Whether the fill was on the maker side.
+    #[serde(rename = "m")]
+    pub maker: bool,
+    /// The trade id.
+    #[serde(rename = "t")]
+    pub trade_id: i64,
+    /// The exchange order id.
+    #[serde(rename = "i")]
+    pub order_id: i64,
+}
+
+/// Reads an `ACCOUNT_UPDATE` event.
+pub fn parse_account_update(event: &Value) -> anyhow::Result<AccountUpdate> {
+    AccountUpdate::deserialize(event).context("ACCOUNT_UPDATE")
+}
+
+/// Reads a `TRADE_LITE` event.
+pub fn parse_trade_lite(event: &Value) -> anyhow::Result<TradeLite> {
+    TradeLite::deserialize(event).context("TRADE_LITE")
+}
+
 fn decimal_text(value: f64) -> String {
     Decimal::from_f64_retain(value)
         .map(|d| d.round_dp(8).normalize().to_string())
