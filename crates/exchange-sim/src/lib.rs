@@ -11,6 +11,7 @@
 
 mod account;
 pub mod cli;
+mod events;
 mod faults;
 mod market;
 mod rest;
@@ -360,16 +361,37 @@ impl SimState {
             .expect("lock poisoned");
         let result = f(&mut account);
         let events = account.drain_and_record();
+        let mut traded: Vec<Symbol> = events
+            .iter()
+            .filter_map(|e| match e {
+                UserEvent::Fill(fill) => Some(fill.symbol.clone()),
+                UserEvent::Order(_) => None,
+            })
+            .collect();
+        traded.sort();
+        traded.dedup();
+        let after = (!traded.is_empty()).then(|| events::AccountState::of(&account, &traded));
         let asset = self.0.config.paper.quote_asset.clone();
         drop(account);
-        self.publish(name, events, &asset);
+        self.publish(name, events, &asset, after.as_ref());
         result
     }
 
-    /// Sends engine events on the user-data stream, merging a fill with the order update that
-    /// follows it into one `TRADE` execution, as Binance does.
-    fn publish(&self, name: &str, events: Vec<UserEvent>, asset: &str) {
+    /// Sends engine events on the user-data stream, as Binance does: a fill becomes a
+    /// `TRADE_LITE`, an `ACCOUNT_UPDATE` (the balance and position after it) and, merged with
+    /// the order update that follows it, one `TRADE` execution of `ORDER_TRADE_UPDATE`.
+    fn publish(
+        &self,
+        name: &str,
+        events: Vec<UserEvent>,
+        asset: &str,
+        after: Option<&events::AccountState>,
+    ) {
         let now = self.now_ms();
+        // No subscriber is fine: a stream only carries what happens while connected.
+        let send = |json: serde_json::Value| {
+            let _ = self.0.user_stream.send((name.to_owned(), json.to_string()));
+        };
         let mut pending_fill = None;
         for event in events {
             match event {
@@ -378,9 +400,18 @@ impl SimState {
                     let fill = pending_fill
                         .take()
                         .filter(|f| f.client_order_id == report.client_order_id);
-                    let json = wire::order_trade_update(&report, fill.as_ref(), asset, now);
-                    // No subscriber is fine: a stream only carries what happens while connected.
-                    let _ = self.0.user_stream.send((name.to_owned(), json.to_string()));
+                    if let Some(fill) = &fill {
+                        send(events::trade_lite(&report, fill, now));
+                        if let Some(after) = after {
+                            send(events::account_update(
+                                after,
+                                &fill.symbol,
+                                fill.time_ms,
+                                now,
+                            ));
+                        }
+                    }
+                    send(wire::order_trade_update(&report, fill.as_ref(), asset, now));
                 }
             }
         }
@@ -487,13 +518,26 @@ fn router(state: SimState) -> Router {
                 .put(rest::listen_key_keepalive)
                 .delete(rest::listen_key_delete),
         )
-        .route("/ws/{stream}", get(ws::stream))
         .route("/admin/faults", get(rest::faults_get).put(rest::faults_put))
         .route("/admin/placements", get(rest::placements))
         .route("/admin/placed-by", get(rest::placed_by))
+        .merge(stream_routes())
         .fallback(rest::unknown_route)
         .method_not_allowed_fallback(rest::unknown_route)
         .with_state(state)
+}
+
+/// The stream endpoints: at the root, as Binance long served them, and under its `/public`,
+/// `/market` and `/private` entry points.
+fn stream_routes() -> Router<SimState> {
+    let mut routes = Router::new();
+    for prefix in ["", "/public", "/market", "/private"] {
+        routes = routes
+            .route(&format!("{prefix}/ws"), get(ws::raw))
+            .route(&format!("{prefix}/ws/{{*streams}}"), get(ws::raw_path))
+            .route(&format!("{prefix}/stream"), get(ws::combined));
+    }
+    routes
 }
 
 /// Starts a simulator on `listener` and its synthetic market.

@@ -660,7 +660,7 @@ pub(crate) async fn listen_key_create(
             let live = keys.iter().find(|(_, (of, _))| *of == account);
             let key = live.map(|(key, _)| key.clone()).unwrap_or_else(|| {
                 let n: u64 = state.0.rng.lock().expect("lock poisoned").r#gen();
-                format!("simlistenkey{n:016x}")
+                format!("{}{n:016x}", crate::ws::LISTEN_KEY_PREFIX)
             });
             keys.insert(key.clone(), (account, now + LISTEN_KEY_TTL_MS));
             ok(wire::ListenKey { listen_key: key })

@@ -802,6 +802,58 @@ async fn listen_keys_are_created_kept_alive_and_deleted() {
 }
 
 #[tokio::test]
+async fn after_listen_key_expired_the_user_stream_takes_a_new_key_and_carries_on() {
+    let sim = start_sim(21, |_| {}).await;
+    let mut config = adapter_config(sim.rest_url(), sim.ws_url(), hmac());
+    // No periodic resync to fall back on: only a new stream can carry the order.
+    config.resync_interval_ms = 3_600_000;
+    let exchange = BinanceExchange::connect(config).await.unwrap();
+    let mut events = exchange.user_events().await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/fapi/v1/listenKey", sim.rest_url());
+    let call = |method: reqwest::Method| {
+        http.request(method, &url)
+            .header("X-MBX-APIKEY", SimConfig::DEFAULT_API_KEY)
+            .send()
+    };
+    // A keep-alive succeeds only while the account has a live key.
+    let wait_for_a_key = |what: &'static str| async move {
+        let deadline = Instant::now() + WAIT_MAX;
+        while !call(reqwest::Method::PUT)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+        {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for_a_key("the adapter never took a listen key").await;
+    let deleted = call(reqwest::Method::DELETE).await.unwrap();
+    assert!(deleted.status().is_success());
+    // The simulator sends listenKeyExpired on the open connection and nothing more.
+    wait_for_a_key("the adapter never took a new listen key after listenKeyExpired").await;
+    exchange
+        .place(&limit("lk-1", Side::Buy, dec!(30000), dec!(0.01)))
+        .await;
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.recv())
+            .await
+            .expect("the order reached the user stream")
+            .expect("stream open");
+        if let UserEvent::Order(report) = event
+            && report.client_order_id.as_str() == "lk-1"
+        {
+            assert_eq!(report.status, OrderStatus::New);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_replayed_candle_file_sets_the_prices_orders_fill_at() {
     let opens = [60_000.0, 61_000.0, 62_000.0, 63_000.0, 64_000.0, 65_000.0];
     let lines: String = opens

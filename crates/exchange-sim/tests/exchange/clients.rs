@@ -10,9 +10,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 /// How long a test waits for an asynchronous effect before failing.
-const WAIT_MAX: Duration = Duration::from_secs(30);
+pub(crate) const WAIT_MAX: Duration = Duration::from_secs(30);
 
-async fn start_sim(seed: u64) -> SimHandle {
+pub(crate) async fn start_sim(seed: u64) -> SimHandle {
     let mut config = SimConfig::new(seed);
     config.candle_ms = 100;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -20,13 +20,18 @@ async fn start_sim(seed: u64) -> SimHandle {
 }
 
 /// A signed request with the default key, as a Binance client sends it.
-async fn signed(sim: &SimHandle, method: reqwest::Method, path: &str, query: &str) -> Value {
+pub(crate) async fn signed(
+    sim: &SimHandle,
+    method: reqwest::Method,
+    path: &str,
+    query: &str,
+) -> Value {
     let (status, body) = signed_raw(sim, method, path, query).await;
     assert!(status.is_success(), "{path}?{query}: {status} {body}");
     body
 }
 
-async fn signed_raw(
+pub(crate) async fn signed_raw(
     sim: &SimHandle,
     method: reqwest::Method,
     path: &str,
@@ -60,7 +65,7 @@ async fn public(sim: &SimHandle, path_and_query: &str) -> (reqwest::StatusCode, 
     (status, response.json().await.unwrap())
 }
 
-async fn wait_for_candles(sim: &SimHandle, count: usize) {
+pub(crate) async fn wait_for_candles(sim: &SimHandle, count: usize) {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         let (_, rows) = public(sim, "/fapi/v1/klines?symbol=BTCUSDT&interval=1s").await;
@@ -72,7 +77,7 @@ async fn wait_for_candles(sim: &SimHandle, count: usize) {
     }
 }
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/binance")
         .join(format!("{name}.json"));
@@ -93,7 +98,7 @@ fn kind(value: &Value) -> &'static str {
 
 /// Every field of Binance's example is in the answer with the same JSON type, recursively
 /// (arrays by their first element). Returns the differences.
-fn differences(path: &str, documented: &Value, answer: &Value) -> Vec<String> {
+pub(crate) fn differences(path: &str, documented: &Value, answer: &Value) -> Vec<String> {
     if kind(documented) != kind(answer) {
         return vec![format!(
             "{path}: documented {} but served {}",

@@ -4,3 +4,4 @@
 mod binance;
 mod clients;
 mod paper;
+mod streams;

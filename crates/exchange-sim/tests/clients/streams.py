@@ -1,0 +1,137 @@
+"""Streams through Binance's binance-futures-connector (UMFuturesWebsocketClient) and
+ccxt.pro's binanceusdm, against `keel exchange-sim`.
+Usage: streams.py REST_URL WS_URL API_KEY API_SECRET.
+Exits non-zero on the first error, insane value or missed deadline."""
+
+import asyncio
+import json
+import queue
+import sys
+import time
+
+import ccxt.pro as ccxtpro
+from binance.um_futures import UMFutures
+from binance.websocket.um_futures.websocket_client import UMFuturesWebsocketClient
+
+rest, ws, key, secret = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+
+# How long any one wait may last.
+DEADLINE_S = 30
+# The simulator's candles are one second wide (its default); it streams them on any kline
+# stream of the symbol.
+INTERVAL = "1s"
+
+
+def check(condition, what):
+    if not condition:
+        raise SystemExit(f"FAILED: {what}")
+
+
+def wait_for(messages, what, wanted):
+    """The first message `wanted` accepts, within the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        check(left > 0, f"{what} within {DEADLINE_S} s; saw {seen[-5:]}")
+        try:
+            message = messages.get(timeout=left)
+        except queue.Empty:
+            continue
+        if wanted(message):
+            return message
+        seen.append(message)
+
+
+def run_connector():
+    client = UMFutures(key=key, secret=secret, base_url=rest)
+    listen_key = client.new_listen_key()["listenKey"]
+    messages = queue.Queue()
+    stream = UMFuturesWebsocketClient(
+        stream_url=ws, on_message=lambda _, text: messages.put(json.loads(text))
+    )
+    try:
+        stream.kline(symbol="btcusdt", interval=INTERVAL, id=1)
+        stream.user_data(listen_key=listen_key, id=2)
+        for id in (1, 2):
+            wait_for(messages, f"the answer to subscription {id}",
+                     lambda m, id=id: m == {"result": None, "id": id})
+        kline = wait_for(messages, "a kline", lambda m: m.get("e") == "kline")
+        check(kline["s"] == "BTCUSDT" and float(kline["k"]["h"]) >= float(kline["k"]["l"]) > 0,
+              f"a BTCUSDT candle: {kline}")
+        stream.list_subscribe(id=3)
+        listed = wait_for(messages, "the subscription list", lambda m: m.get("id") == 3)
+        check(sorted(listed["result"]) == sorted([f"btcusdt@kline_{INTERVAL}", listen_key]),
+              f"both subscriptions listed: {listed}")
+
+        order = client.new_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity=0.01,
+                                 newClientOrderId="connector-stream")
+        # A fill's events, in Binance's order: TRADE_LITE, ACCOUNT_UPDATE, ORDER_TRADE_UPDATE.
+        account = wait_for(messages, "ACCOUNT_UPDATE", lambda m: m.get("e") == "ACCOUNT_UPDATE")
+        filled = wait_for(messages, "ORDER_TRADE_UPDATE FILLED",
+                          lambda m: m.get("e") == "ORDER_TRADE_UPDATE"
+                          and m["o"]["c"] == "connector-stream" and m["o"]["X"] == "FILLED")
+        check(filled["o"]["i"] == order["orderId"], f"the order's id: {filled}")
+        check(float(filled["o"]["z"]) == 0.01, f"filled quantity: {filled}")
+        check(account["a"]["m"] == "ORDER", f"reason ORDER: {account}")
+        position = [p for p in account["a"]["P"] if p["s"] == "BTCUSDT"]
+        check(position and float(position[0]["pa"]) == 0.01, f"the position: {account}")
+        balance = client.balance()
+        check(account["a"]["B"][0]["wb"] == balance[0]["balance"], f"the wallet: {account}")
+        client.new_order(symbol="BTCUSDT", side="SELL", type="MARKET", quantity=0.01,
+                         reduceOnly="true")
+
+        stream.unsubscribe(f"btcusdt@kline_{INTERVAL}", id=4)
+        wait_for(messages, "the answer to the unsubscription",
+                 lambda m: m == {"result": None, "id": 4})
+        stream.list_subscribe(id=5)
+        listed = wait_for(messages, "the subscription list", lambda m: m.get("id") == 5)
+        check(listed["result"] == [listen_key], f"only the user stream left: {listed}")
+    finally:
+        stream.stop()
+
+
+def ccxt_pro_client():
+    exchange = ccxtpro.binanceusdm({"apiKey": key, "secret": secret, "timeout": 15000})
+    for name in list(exchange.urls["api"]):
+        if name.startswith("fapi"):
+            version = exchange.urls["api"][name].rsplit("/", 1)[-1]
+            exchange.urls["api"][name] = f"{rest}/fapi/{version}"
+    # ccxt.pro derives Binance's /market/ws and /private/ws entry points from this one.
+    exchange.urls["api"]["ws"]["linear"] = f"{ws}/ws"
+    exchange.options["fetchCurrencies"] = False
+    return exchange
+
+
+async def run_ccxt_pro():
+    exchange = ccxt_pro_client()
+    symbol = "BTC/USDT:USDT"
+    try:
+        await exchange.load_markets()
+        candles = await asyncio.wait_for(exchange.watch_ohlcv(symbol, INTERVAL), DEADLINE_S)
+        check(len(candles) >= 1 and all(c[2] >= c[3] > 0 for c in candles),
+              f"candles: {candles}")
+        price = (await exchange.fetch_ticker(symbol))["last"]
+        watch = asyncio.ensure_future(exchange.watch_orders(symbol))
+        # The first order may be placed before the private stream is connected: place
+        # resting orders until one is streamed.
+        deadline = time.monotonic() + DEADLINE_S
+        placed = []
+        while not watch.done():
+            check(time.monotonic() < deadline, f"watch_orders within {DEADLINE_S} s")
+            order = await exchange.create_order(symbol, "limit", "buy", 0.01,
+                                                round(price * 0.5, 1))
+            placed.append(order["id"])
+            await asyncio.wait({watch}, timeout=2)
+        orders = watch.result()
+        check(any(o["id"] in placed and o["status"] == "open" for o in orders),
+              f"a placed order streamed open: {orders}")
+        for id in placed:
+            await exchange.cancel_order(id, symbol)
+    finally:
+        await exchange.close()
+
+
+run_connector()
+asyncio.run(run_ccxt_pro())
+print("ok")
