@@ -82,12 +82,41 @@ fn split(streams: &str) -> Vec<String> {
         .collect()
 }
 
-fn refuse(msg: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"code": -1125, "msg": msg})),
-    )
-        .into_response()
+/// Why streams cannot be added to a connection.
+#[derive(Debug)]
+enum Unservable {
+    /// A listen key the simulator issued and no longer honours.
+    DeadListenKey(String),
+    /// More than [`STREAMS_PER_CONNECTION_MAX`] streams.
+    TooManyStreams,
+}
+
+impl std::fmt::Display for Unservable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unservable::DeadListenKey(key) => write!(
+                f,
+                "listenKey {key} does not exist or has expired; create one with POST \
+                 /fapi/v1/listenKey"
+            ),
+            Unservable::TooManyStreams => write!(
+                f,
+                "a connection holds at most {STREAMS_PER_CONNECTION_MAX} streams"
+            ),
+        }
+    }
+}
+
+/// The answer to a connection that asks for what cannot be served: HTTP 400 with a Binance
+/// error body (Binance's codes for a listen key that does not exist and for too many
+/// parameters).
+fn refuse(why: Unservable) -> Response {
+    let code = match why {
+        Unservable::DeadListenKey(_) => -1125,
+        Unservable::TooManyStreams => -1101,
+    };
+    let body = Json(json!({"code": code, "msg": why.to_string()}));
+    (StatusCode::BAD_REQUEST, body).into_response()
 }
 
 fn open(
@@ -115,8 +144,8 @@ fn open(
         events,
         held: None,
     };
-    if let Err(msg) = session.subscribe(names) {
-        return refuse(msg);
+    if let Err(why) = session.subscribe(names) {
+        return refuse(why);
     }
     upgrade.on_upgrade(move |socket| session.run(socket))
 }
@@ -152,7 +181,7 @@ fn live_account(state: &SimState, key: &str) -> Option<String> {
         .map(|(account, _)| account.clone())
 }
 
-fn classify(state: &SimState, name: &str) -> Result<Stream, String> {
+fn classify(state: &SimState, name: &str) -> Result<Stream, Unservable> {
     if let Some(symbol) = parse_kline_stream(name) {
         return Ok(Stream::Kline(symbol));
     }
@@ -163,9 +192,7 @@ fn classify(state: &SimState, name: &str) -> Result<Stream, String> {
         });
     }
     if name.starts_with(LISTEN_KEY_PREFIX) {
-        return Err(format!(
-            "listenKey {name} does not exist or has expired; create one with POST /fapi/v1/listenKey"
-        ));
+        return Err(Unservable::DeadListenKey(name.to_owned()));
     }
     Ok(Stream::Silent)
 }
@@ -244,7 +271,11 @@ struct Session {
 
 impl Session {
     /// Adds streams, all or none.
-    fn subscribe(&mut self, names: Vec<String>) -> Result<(), String> {
+    fn subscribe(&mut self, names: Vec<String>) -> Result<(), Unservable> {
+        // Checked first too, so a huge list costs nothing to refuse.
+        if names.len() > STREAMS_PER_CONNECTION_MAX {
+            return Err(Unservable::TooManyStreams);
+        }
         let mut added: Vec<(String, Stream)> = Vec::new();
         for name in names {
             if self.streams.iter().chain(&added).any(|(n, _)| *n == name) {
@@ -254,9 +285,7 @@ impl Session {
             added.push((name, stream));
         }
         if self.streams.len() + added.len() > STREAMS_PER_CONNECTION_MAX {
-            return Err(format!(
-                "a connection holds at most {STREAMS_PER_CONNECTION_MAX} streams"
-            ));
+            return Err(Unservable::TooManyStreams);
         }
         self.streams.extend(added);
         Ok(())

@@ -204,6 +204,13 @@ async fn subscribe_unsubscribe_and_list_subscriptions_answer_as_binance_document
             .contains("simlistenkey0000000000000000"),
         "{answer}"
     );
+    let many: Vec<String> = (0..=1024).map(|n| format!("s{n}")).collect();
+    let many = json!({"method": "SUBSCRIBE", "params": many, "id": 16});
+    assert_eq!(
+        ask(&mut ws, &many.to_string()).await,
+        json!({"code": 2, "msg": "Invalid request: a connection holds at most 1024 streams",
+               "id": 16})
+    );
     assert_eq!(
         ask(&mut ws, r#"{"method": "LIST_SUBSCRIPTIONS", "id": 12}"#).await,
         json!({"result": [key], "id": 12})
@@ -425,6 +432,12 @@ async fn run_client_script(sim: &SimHandle, script: &str) {
     assert!(
         output.status.success() && stdout.contains("ok"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // The connector's reader thread reports a connection dropped without the closing
+    // handshake, but exits cleanly: its stderr tells.
+    assert!(
+        !stderr.contains("Traceback") && !stderr.contains("Lost websocket connection"),
+        "stderr:\n{stderr}"
     );
 }
 
