@@ -128,6 +128,19 @@ async def run_ccxt_pro():
               f"a placed order streamed open: {orders}")
         for id in placed:
             await exchange.cancel_order(id, symbol)
+
+        # ACCOUNT_UPDATE feeds ccxt.pro's balance and positions (the private connection is
+        # already open, so the fill's event reaches both watchers).
+        balance_watch = asyncio.ensure_future(exchange.watch_balance())
+        positions_watch = asyncio.ensure_future(exchange.watch_positions([symbol]))
+        await asyncio.sleep(0.5)
+        await exchange.create_order(symbol, "market", "buy", 0.01)
+        balance = await asyncio.wait_for(balance_watch, DEADLINE_S)
+        check(balance["USDT"]["total"] > 0, f"a USDT balance: {balance.get('USDT')}")
+        positions = await asyncio.wait_for(positions_watch, DEADLINE_S)
+        check(any(p["symbol"] == symbol and p["contracts"] == 0.01 for p in positions),
+              f"the position: {positions}")
+        await exchange.create_order(symbol, "market", "sell", 0.01, params={"reduceOnly": True})
     finally:
         await exchange.close()
 

@@ -442,7 +442,8 @@ async fn run_client_script(sim: &SimHandle, script: &str) {
 }
 
 /// Binance's connector (`UMFuturesWebsocketClient`) and ccxt.pro (`watch_ohlcv`,
-/// `watch_orders`) subscribe to klines and the user-data stream. Needs `python3` with ccxt and
+/// `watch_orders`, `watch_balance`, `watch_positions`) subscribe to klines and the user-data
+/// stream. Needs `python3` with ccxt and
 /// binance-futures-connector (`scripts/test` installs them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binance_connector_and_ccxt_pro_stream_from_the_simulator() {
