@@ -398,9 +398,11 @@ async fn the_private_entry_point_delivers_only_the_events_named() {
     assert_eq!(status, 200);
     let event = next_json(&mut ws).await;
     assert_eq!(event["e"], "listenKeyExpired", "{event}");
-    // A key the simulator no longer honours is refused at connect.
-    let refused = tokio_tungstenite::connect_async(&url).await;
-    assert!(refused.is_err(), "a dead key is refused");
+    // A key the simulator no longer honours, or too many streams, are refused at connect.
+    assert_eq!(refused(&url).await, (400, -1125));
+    let many: Vec<String> = (0..=1024).map(|n| format!("s{n}")).collect();
+    let many = format!("{}/stream?streams={}", sim.ws_url(), many.join("/"));
+    assert_eq!(refused(&many).await, (400, -1101));
     // A name the simulator does not publish is accepted and carries nothing, as on Binance.
     let mut quiet = connect(&format!("{}/market/ws/0", sim.ws_url())).await;
     let list = r#"{"method": "LIST_SUBSCRIPTIONS", "id": 1}"#;
@@ -408,6 +410,19 @@ async fn the_private_entry_point_delivers_only_the_events_named() {
         ask(&mut quiet, list).await,
         json!({"result": ["0"], "id": 1})
     );
+}
+
+/// The HTTP status and Binance error code of a refused WebSocket connection.
+async fn refused(url: &str) -> (u16, i64) {
+    use tokio_tungstenite::tungstenite::Error;
+    match tokio_tungstenite::connect_async(url).await {
+        Err(Error::Http(response)) => {
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            (response.status().as_u16(), body["code"].as_i64().unwrap())
+        }
+        Err(other) => panic!("{url}: refused without an answer: {other}"),
+        Ok(_) => panic!("{url}: accepted"),
+    }
 }
 
 /// Runs a client script from `tests/clients` against the simulator, within a deadline.
