@@ -380,10 +380,7 @@ async fn update_risk(
     let row = found(&mut tx, profile, false).await?;
     let view = view(&state, &mut tx, row).await?;
     tx.commit().await?;
-    state
-        .control
-        .apply(profile, ControlChange::Limits(limits))
-        .await;
+    state.control.apply(profile, ControlChange::Limits(limits));
     Ok(Json(view))
 }
 
@@ -440,7 +437,7 @@ async fn switch(
     let row = found(&mut tx, profile, false).await?;
     let view = view(state, &mut tx, row).await?;
     tx.commit().await?;
-    state.control.apply(profile, change).await;
+    state.control.apply(profile, change);
     Ok(Json(view))
 }
 
@@ -483,10 +480,7 @@ async fn resume(
     )
     .await?;
     let profile = ProfileId::from_uuid(profile);
-    state
-        .control
-        .apply(profile, ControlChange::ClearQuarantine)
-        .await;
+    state.control.apply(profile, ControlChange::ClearQuarantine);
     Ok(view)
 }
 

@@ -584,7 +584,7 @@ impl ProfileStarter for Starter {
         ];
         changes.extend(stored.row.risk_limits.take().map(ControlChange::Limits));
         for change in changes {
-            if !self.control.apply(profile, change).await {
+            if !self.control.apply(profile, change) {
                 anyhow::bail!("profile {profile} does not run here any more");
             }
         }
