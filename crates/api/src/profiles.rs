@@ -26,10 +26,6 @@ use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
 
 pub use keel_kernel::risk::SYMBOLS_ALLOWED_MAX;
 
-/// Most profiles one user may have (deleted ones do not count; well under the 1,000 a list
-/// shows).
-pub const PROFILES_PER_USER_MAX: usize = 100;
-
 pub(super) fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_profiles, create_profile))
@@ -48,6 +44,7 @@ pub(super) fn router() -> OpenApiRouter<ApiState> {
 #[serde(deny_unknown_fields)]
 pub struct RiskConfig {
     /// Symbols the profile may trade (at most 64), such as `BTCUSDT`.
+    #[schema(max_items = 64)]
     pub symbols_allowed: Vec<String>,
     /// Largest notional of one entry, in quote currency: in (0, 1000000000].
     #[schema(example = "1000")]
@@ -203,6 +200,7 @@ pub struct RunningPluginView {
 pub struct CreateProfile {
     /// 1 to 64 characters, not only white space, with no control character (NUL included),
     /// line separator or invisible formatting character (bidirectional overrides, zero-width).
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// Its risk rules; without them it may trade nothing until they are set.
     pub risk_limits: Option<RiskConfig>,
@@ -280,7 +278,9 @@ async fn list_profiles(
 /// Creates a profile with an empty capital account.
 #[utoipa::path(post, path = "/profiles", tag = "profiles", request_body = CreateProfile,
     responses((status = 201, body = ProfileView), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 401, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "a bad name or risk limit (the \
+               field and its range named), or the user's `profiles_per_user_max` reached")))]
 async fn create_profile(
     State(state): State<ApiState>,
     Auth(caller): Auth,
@@ -293,9 +293,10 @@ async fn create_profile(
         .map(RiskConfig::to_limits)
         .transpose()?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
-    if tx.profiles().await?.len() >= PROFILES_PER_USER_MAX {
+    let quota = state.quotas.profiles_per_user_max;
+    if tx.profiles().await?.len() >= quota {
         return Err(ApiError::Unprocessable(format!(
-            "profiles_per_user_max: a user may have at most {PROFILES_PER_USER_MAX} profiles"
+            "profiles_per_user_max: a user may have at most {quota} profiles; delete one first"
         )));
     }
     let profile = match &limits {

@@ -83,6 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         control: starter.control.clone(),
         credentials,
         limits: config.api.body_limits(),
+        quotas: config.quotas.quotas(),
         health: health.clone(),
     };
     let switches = starter.switches.clone();
@@ -109,6 +110,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             lease_ttl_ms: config.instance.lease_ttl_ms,
             lease_renew_ms: config.instance.lease_renew_ms,
             profiles_max: config.instance.profiles_max,
+            running_per_user_max: config.quotas.running_profiles_per_user_max,
         },
         loop_config,
         starter,
