@@ -840,6 +840,14 @@ symbols = ["BTCUSDT"]
     }
 
     #[test]
+    fn the_example_states_the_default_quotas() {
+        let example = include_str!("../../../deploy/keel.example.toml");
+        let env = vec![("KEEL_JWT_SECRET".to_owned(), "zyxwvutsrq".repeat(4))];
+        let config = Config::parse(example, "keel.example.toml", &env).unwrap();
+        assert_eq!(config.quotas.quotas(), keel_api::Quotas::default());
+    }
+
+    #[test]
     fn environment_overrides_keys() {
         let env = vec![
             ("KEEL_DATABASE_URL".to_owned(), "sqlite:x.db".to_owned()),
