@@ -201,6 +201,8 @@ async fn upload_plugin(
     })
     .to_string();
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    // Concurrent uploads of one user count in turn: none past the quotas.
+    tx.lock_user_quota().await?;
     let (row, inserted) = tx
         .insert_plugin(NewPlugin {
             name: &name,

@@ -293,6 +293,8 @@ async fn create_profile(
         .map(RiskConfig::to_limits)
         .transpose()?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    // Concurrent creates of one user count in turn: none past the quota.
+    tx.lock_user_quota().await?;
     let quota = state.quotas.profiles_per_user_max;
     if tx.profiles().await?.len() >= quota {
         return Err(ApiError::Unprocessable(format!(

@@ -30,6 +30,7 @@ use crate::{Api, Db, plugin_bytes};
 
 crate::api_tests!(
     the_profile_quota_holds_per_user_and_a_delete_frees_a_place,
+    concurrent_creates_of_one_user_stop_at_the_quota,
     the_plugin_quotas_hold_per_user,
     a_user_past_their_request_rate_gets_429_then_recovers,
     the_openapi_document_names_every_refusal_and_limit,
@@ -91,6 +92,46 @@ async fn the_profile_quota_holds_per_user_and_a_delete_frees_a_place(db: &Db) {
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY, "{again:?}");
 }
 
+async fn concurrent_creates_of_one_user_stop_at_the_quota(db: &Db) {
+    let api = Api::with_quotas(
+        db.store(),
+        Quotas {
+            profiles_per_user_max: 3,
+            ..Quotas::default()
+        },
+    );
+    // Several rounds, each a fresh user: the requests interleave differently in each.
+    for _ in 0..5 {
+        let token = api.token(UserId::new_random(), false);
+        let names: Vec<String> = (0..16).map(|i| format!("racer {i}")).collect();
+        let replies =
+            futures::future::join_all(names.iter().map(|name| create(&api, &token, name))).await;
+        let created = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::CREATED)
+            .count();
+        for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+            assert_eq!(
+                refused.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{refused:?}"
+            );
+            assert!(
+                refused.error().starts_with("profiles_per_user_max"),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            created, 3,
+            "exactly the quota, however the requests interleave"
+        );
+        let listed = api
+            .send("GET", "/api/v1/profiles", Some(&token), None)
+            .await;
+        assert_eq!(listed.body.as_array().unwrap().len(), 3);
+    }
+}
+
 async fn the_plugin_quotas_hold_per_user(db: &Db) {
     let sma = plugin_bytes("sma-cross");
     let rsi = plugin_bytes("rsi-reversion");
@@ -136,6 +177,23 @@ async fn the_plugin_quotas_hold_per_user(db: &Db) {
         api.upload(&other, "rsi", rsi.clone()).await.status,
         StatusCode::CREATED
     );
+
+    // Two uploads at once, each checked before it is compiled while nothing is stored yet: the
+    // check where the row is written keeps the second out.
+    let token = api.token(UserId::new_random(), false);
+    let (first, second) = tokio::join!(
+        api.upload(&token, "sma", sma.clone()),
+        api.upload(&token, "rsi", rsi.clone())
+    );
+    let mut statuses = [first.status, second.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::UNPROCESSABLE_ENTITY],
+        "{first:?} {second:?}"
+    );
+    let listed = api.send("GET", "/api/v1/plugins", Some(&token), None).await;
+    assert_eq!(listed.body.as_array().unwrap().len(), 1);
 
     // Room for the bytes of one of the two, not both.
     let size = sma.len().max(rsi.len()) as u64;
