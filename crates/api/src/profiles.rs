@@ -173,6 +173,10 @@ pub struct ProfileView {
     pub killed: bool,
     /// A loop runs this profile in the answering host.
     pub running: bool,
+    /// Why no host runs it, when it is past its owner's running quota
+    /// (`running_profiles_per_user_max: …`: it starts once one of the owner's older profiles is
+    /// deleted); `null` otherwise.
+    pub waiting: Option<String>,
     /// Its capital account.
     pub capital: CapitalView,
     /// The plugin bound to it, if any (`null`: the host runs its default plugin).
@@ -216,12 +220,34 @@ pub struct Allocation {
     pub amount: String,
 }
 
+/// The caller's profiles within their running quota (`tx`'s user's).
+pub(super) async fn within_running_quota(
+    state: &ApiState,
+    tx: &mut TenantTx,
+) -> Result<BTreeSet<ProfileId>, ApiError> {
+    let quota = state.quotas.running_profiles_per_user_max;
+    Ok(tx.oldest_profiles(quota).await?.into_iter().collect())
+}
+
 /// Reads everything the view shows of `row` in `tx`.
 pub(super) async fn view(
     state: &ApiState,
     tx: &mut TenantTx,
     row: ProfileRow,
 ) -> Result<ProfileView, ApiError> {
+    let runnable = within_running_quota(state, tx).await?;
+    view_with(state, tx, row, &runnable).await
+}
+
+/// [`view`], given the profiles within the caller's running quota.
+async fn view_with(
+    state: &ApiState,
+    tx: &mut TenantTx,
+    row: ProfileRow,
+    runnable: &BTreeSet<ProfileId>,
+) -> Result<ProfileView, ApiError> {
+    let waiting = (!runnable.contains(&row.profile))
+        .then(|| crate::quotas::running_quota_reason(state.quotas.running_profiles_per_user_max));
     let capital = tx.capital(row.profile).await?;
     let plugin = tx
         .binding(row.profile)
@@ -236,6 +262,7 @@ pub(super) async fn view(
         paused: row.paused,
         killed: row.killed,
         running: state.control.is_running(row.profile),
+        waiting,
         capital: capital.into(),
         plugin,
         health: ProfileHealth::of(&state.health, row.profile),
@@ -267,9 +294,10 @@ async fn list_profiles(
     Auth(caller): Auth,
 ) -> Result<Json<Vec<ProfileView>>, ApiError> {
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    let runnable = within_running_quota(&state, &mut tx).await?;
     let mut views = Vec::new();
     for row in tx.profiles().await? {
-        views.push(view(&state, &mut tx, row).await?);
+        views.push(view_with(&state, &mut tx, row, &runnable).await?);
     }
     tx.commit().await?;
     Ok(Json(views))

@@ -205,7 +205,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         profile_infos.push(launched.info);
         inputs.push(launched.loops);
         members.push(launched.member);
-        roster.running.insert(*profile, state.user);
+        roster.running.insert(*profile);
     }
     let loop_config = LoopConfig {
         reconcile_interval_ms: args.reconcile_interval_ms,
@@ -339,8 +339,7 @@ const ROSTER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which profiles of the store run, and why the others wait.
 struct Roster {
-    /// Each running profile with its owner.
-    running: std::collections::HashMap<ProfileId, UserId>,
+    running: std::collections::HashSet<ProfileId>,
     /// Most profiles of one user that run (`running_profiles_per_user_max`).
     running_per_user_max: usize,
     /// Profiles not started, with the reason last logged.
@@ -372,21 +371,24 @@ impl Roster {
     }
 
     /// Starts every profile of the store that does not run yet — created through the API, by
-    /// any user — once its risk limits allow a symbol of the demo market, while its owner runs
-    /// fewer than `running_profiles_per_user_max`. Without a bound plugin
+    /// any user — once its risk limits allow a symbol of the demo market, if it is one of its
+    /// owner's oldest `running_profiles_per_user_max` (as `keel serve` shares them out). Without a bound plugin
     /// it runs the first demo profile's example plugin and settings.
     async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
         let directory = run.host.store.profile_directory().await?;
+        let (_, past_quota) =
+            keel_api::quotas::within_running_quota(directory.clone(), self.running_per_user_max);
+        let past_quota: std::collections::HashSet<ProfileId> =
+            past_quota.into_iter().map(|e| e.profile).collect();
         for entry in directory {
             let retry_later = self
                 .retry_at
                 .get(&entry.profile)
                 .is_some_and(|at| std::time::Instant::now() < *at);
-            if self.running.contains_key(&entry.profile) || retry_later {
+            if self.running.contains(&entry.profile) || retry_later {
                 continue;
             }
-            let runs = self.running.values().filter(|u| **u == entry.user).count();
-            let reason = if runs >= self.running_per_user_max {
+            let reason = if past_quota.contains(&entry.profile) {
                 keel_api::quotas::running_quota_reason(self.running_per_user_max)
             } else {
                 match Roster::start(&run, entry.user, entry.profile).await {
@@ -396,7 +398,7 @@ impl Roster {
                         // The market ends only after the loops' owner stops: it still receives.
                         let _ = run.joining.send(launched.member);
                         run.loops.add(launched.loops);
-                        self.running.insert(entry.profile, entry.user);
+                        self.running.insert(entry.profile);
                         self.waiting.remove(&entry.profile);
                         self.retry_at.remove(&entry.profile);
                         run.health

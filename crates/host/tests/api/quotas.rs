@@ -497,11 +497,52 @@ async fn an_instance_runs_each_users_oldest_profiles_within_the_running_quota(db
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(running(), BTreeSet::from([a1, a2, b1]));
     assert!(!starter.started.lock().unwrap().contains(&a3));
+    // The API says why, in the profile's view and in the list.
+    let api = Api::with_quotas(
+        store.clone(),
+        Quotas {
+            running_profiles_per_user_max: 2,
+            ..Quotas::default()
+        },
+    );
+    let token = api.token(a, false);
+    let waiting = |view: &serde_json::Value| view["waiting"].as_str().map(str::to_owned);
+    let read = |profile: ProfileId| {
+        let (api, token) = (&api, &token);
+        async move {
+            api.send(
+                "GET",
+                &format!("/api/v1/profiles/{profile}"),
+                Some(token),
+                None,
+            )
+            .await
+            .body
+        }
+    };
+    let says = waiting(&read(a3).await).expect("a3 waits");
+    assert!(
+        says.starts_with("running_profiles_per_user_max: a user runs at most 2 profiles"),
+        "{says}"
+    );
+    assert_eq!(waiting(&read(a1).await), None);
+    let listed = api
+        .send("GET", "/api/v1/profiles", Some(&token), None)
+        .await;
+    let waits: Vec<bool> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| waiting(v).is_some())
+        .collect();
+    assert_eq!(waits, [false, false, true], "a1, a2 run; a3 waits");
     // Deleting one of the running ones lets it start.
     let mut tx = store.tenant(a).begin().await.unwrap();
     assert!(tx.delete_profile(a1).await.unwrap());
     tx.commit().await.unwrap();
     wait_for(BTreeSet::from([a2, b1, a3])).await;
+    assert_eq!(waiting(&read(a3).await), None);
     stop.send_replace(true);
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
