@@ -372,8 +372,8 @@ impl Roster {
 
     /// Starts every profile of the store that does not run yet — created through the API, by
     /// any user — once its risk limits allow a symbol of the demo market, if it is one of its
-    /// owner's oldest `running_profiles_per_user_max` (as `keel serve` shares them out). Without a bound plugin
-    /// it runs the first demo profile's example plugin and settings.
+    /// owner's oldest `running_profiles_per_user_max` (as `keel serve` shares them out).
+    /// Without a bound plugin it runs the first demo profile's example plugin and settings.
     async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
         let directory = run.host.store.profile_directory().await?;
         let (_, past_quota) =
