@@ -240,7 +240,8 @@ impl Api {
         )
     }
 
-    fn build(
+    /// The API over `store` controlling the loops of `control`, with `quotas`.
+    pub fn build(
         store: Store,
         control: Arc<LoopControl>,
         limits: keel_api::BodyLimits,

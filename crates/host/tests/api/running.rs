@@ -343,7 +343,17 @@ async fn switches_answer_at_once_while_the_loop_is_busy(db: &Db) {
     use keel_host::serve::control::Command;
 
     let control = Arc::new(LoopControl::new(Arc::new(HostSwitches::default())));
-    let api = Api::with_control(db.store(), control.clone());
+    // Far more requests than a burst of the default request rate, sent as fast as they answer.
+    let quotas = keel_api::Quotas {
+        request_burst_max: 1_000,
+        ..keel_api::Quotas::default()
+    };
+    let api = Api::build(
+        db.store(),
+        control.clone(),
+        keel_api::BodyLimits::default(),
+        quotas,
+    );
     let token = api.token(UserId::new_random(), false);
     let id = api.create_profile(&token, "busy").await;
     let profile = ProfileId::parse(&id).unwrap();
