@@ -2,7 +2,8 @@
 //!
 //! The store is the record: the API writes a change there first (a profile's switches, its
 //! risk limits, its plugin binding), then tells the running loop, if this process runs one for
-//! the profile. A profile no loop runs here keeps the stored setting for when one does.
+//! the profile. A profile no loop runs here keeps the stored setting for when one does. Telling
+//! a loop never waits for it: the change is recorded, and the loop applies it at its next step.
 
 use std::sync::Arc;
 
@@ -58,9 +59,9 @@ pub trait ProfileControl: Send + Sync {
     /// when the profile does not run here or its strategy is not a plugin.
     fn running_plugin(&self, profile: ProfileId) -> Option<RunningVersion>;
 
-    /// Applies a change to the running profile between two of its steps; false when it does
-    /// not run here.
-    async fn apply(&self, profile: ProfileId, change: ControlChange) -> bool;
+    /// Records a change for the running profile, which applies it between two of its steps;
+    /// returns at once, whatever the loop is doing. False when it does not run here.
+    fn apply(&self, profile: ProfileId, change: ControlChange) -> bool;
 
     /// Runs a reconciliation pass of every running profile now, and reports each.
     async fn reconcile_all(&self) -> Vec<ReconcileOutcome>;

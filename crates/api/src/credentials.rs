@@ -158,9 +158,11 @@ pub(super) fn router() -> OpenApiRouter<ApiState> {
 pub struct PutCredentials {
     /// The exchange: `binance-usdm` or `paper`.
     pub exchange: String,
-    /// The exchange's API key.
+    /// The exchange's API key, 1 to 512 bytes.
+    #[schema(min_length = 1, max_length = 512)]
     pub api_key: String,
-    /// The exchange's API secret.
+    /// The exchange's API secret, 1 to 512 bytes.
+    #[schema(min_length = 1, max_length = 512)]
     pub api_secret: String,
 }
 

@@ -22,7 +22,7 @@ pub struct ErrorBody {
     pub error: String,
     /// The kind of refusal, for a program: `bad_request`, `unauthorized`, `forbidden`,
     /// `not_found`, `conflict`, `payload_too_large`, `unsupported_media_type`,
-    /// `unprocessable`, `internal`.
+    /// `unprocessable`, `too_many_requests`, `internal`.
     pub code: &'static str,
 }
 
@@ -50,9 +50,19 @@ pub enum ApiError {
     /// The body is not of the media type the route accepts.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// Well-formed input with values the API refuses (wrong types, unknown fields, bad values).
+    /// Well-formed input with values the API refuses (wrong types, unknown fields, bad values,
+    /// a quota reached).
     #[error("{0}")]
     Unprocessable(String),
+    /// The caller's requests came faster than their rate; they may try again after
+    /// `retry_after_s` seconds (the `Retry-After` header).
+    #[error("{message}")]
+    TooManyRequests {
+        /// What limit was passed.
+        message: String,
+        /// Seconds until a request is allowed again.
+        retry_after_s: u64,
+    },
     /// A bug or a failing dependency; the detail is logged, never returned.
     #[error("internal error")]
     Internal(anyhow::Error),
@@ -71,6 +81,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -92,6 +105,12 @@ impl IntoResponse for ApiError {
             code,
         };
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after_s, .. } = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(*retry_after_s),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -34,6 +34,7 @@ pub struct PageQuery {
     /// Only rows with an id below this one (the last id of the previous page).
     pub before: Option<i64>,
     /// Most rows, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 

@@ -23,6 +23,7 @@ pub mod live;
 mod operator;
 mod plugins;
 mod profiles;
+pub mod quotas;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
+use axum::middleware;
 use axum::routing::{any, get};
 use keel_kernel::store::Store;
 use utoipa::OpenApi;
@@ -43,8 +45,7 @@ use keel_runtime::PluginEngine;
 pub use control::{ControlChange, ProfileControl, ReconcileOutcome};
 pub use credentials::{BINANCE_USDM, CredentialsKey};
 pub use errors::{ApiError, ErrorBody};
-pub use plugins::PLUGINS_PER_USER_MAX;
-pub use profiles::PROFILES_PER_USER_MAX;
+pub use quotas::Quotas;
 
 /// The largest JSON request body unless configured otherwise (`api.body_limit_bytes`), in bytes.
 pub const JSON_BODY_BYTES_DEFAULT: usize = 64 * 1024;
@@ -85,6 +86,8 @@ pub struct ApiState {
     pub credentials: CredentialsKey,
     /// The largest bodies read.
     pub limits: BodyLimits,
+    /// What one user may store and how fast they may ask.
+    pub quotas: Quotas,
     /// What the loops of this process report (a profile's plugin state and faults).
     pub health: Arc<health::LoopHealth>,
 }
@@ -156,20 +159,120 @@ fn parts(limits: BodyLimits) -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .merge(plugins::router(limits.upload_bytes))
         .merge(history::router())
         .merge(operator::router());
-    let (v1, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();
+    describe_refusals(&mut doc);
+    describe_map_limits(&mut doc);
     (v1, doc)
+}
+
+/// The limits of map fields, which the schema derive cannot state: a binding's `config` has at
+/// most [`plugins::CONFIG_ENTRIES_MAX`] entries.
+fn describe_map_limits(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, Schema};
+
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(bind))) = components.schemas.get_mut("BindPlugin")
+        && let Some(RefOr::T(Schema::Object(config))) = bind.properties.get_mut("config")
+    {
+        config.max_properties = Some(plugins::CONFIG_ENTRIES_MAX);
+    }
+}
+
+/// Adds to every operation of `doc` the refusals its kind of route answers whatever the route:
+/// 429 past the caller's request rate, 400 for a path, query or body that does not parse, 413
+/// for a body over its limit, 422 for a body's wrong types or values, 415 for a JSON body
+/// without its content type. A route's own description of one of them is kept.
+fn describe_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::content::Content;
+    use utoipa::openapi::header::Header;
+    use utoipa::openapi::schema::{Object, Type};
+    use utoipa::openapi::{Ref, RefOr, Response};
+
+    let error = |description: &str| {
+        let mut response = Response::new(description);
+        response.content.insert(
+            "application/json".to_owned(),
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        );
+        response
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let body = operation.request_body.as_ref();
+            let reads_body = body.is_some();
+            let reads_json = body.is_some_and(|b| b.content.contains_key("application/json"));
+            let has_parameters = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let responses = &mut operation.responses.responses;
+            let mut add = |status: &str, response: Response| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert(RefOr::T(response));
+            };
+            if has_parameters || reads_body {
+                add(
+                    "400",
+                    error("a path id that is no UUID, a bad query, or malformed JSON"),
+                );
+            }
+            if reads_body {
+                add(
+                    "413",
+                    error(
+                        "the body is over the route's limit (`api.body_limit_bytes`, `api.upload_limit_bytes`)",
+                    ),
+                );
+                add(
+                    "422",
+                    error("wrong types, missing or unknown fields, or values out of range (named)"),
+                );
+            }
+            if reads_json {
+                add(
+                    "415",
+                    error("the body is not sent as `Content-Type: application/json`"),
+                );
+            }
+            let mut too_many = error(
+                "the caller's `requests_per_second_max` (bursts of `request_burst_max`) was passed",
+            );
+            let mut retry_after = Header::new(Object::with_type(Type::Integer));
+            retry_after.description = Some("seconds until a request is allowed again".to_owned());
+            too_many
+                .headers
+                .insert("Retry-After".to_owned(), retry_after);
+            add("429", too_many);
+        }
+    }
 }
 
 /// The API router: `/api/v1/…` and `/openapi.json`. Any other path under `/api/v1` answers a
 /// JSON 404.
+///
+/// Every request under `/api/v1` with a valid token counts against its user's rate
+/// ([`quotas`]); one past it answers 429 before its route reads anything.
 pub fn router(state: ApiState) -> Router {
     let (routes, doc) = parts(state.limits);
     let doc = Arc::new(doc);
+    let rate = quotas::RateLimit {
+        keys: state.auth.clone(),
+        limiter: Arc::new(quotas::RateLimiter::new(&state.quotas)),
+        quotas: state.quotas,
+    };
     routes
         .route("/api/v1/{*rest}", any(no_such_route))
         .layer(DefaultBodyLimit::max(state.limits.json_bytes))
+        .layer(middleware::from_fn_with_state(rate, quotas::limit_rate))
         .route(
             "/openapi.json",
             get(move || async move { Json(doc.as_ref().clone()) }),

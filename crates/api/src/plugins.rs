@@ -30,8 +30,6 @@ pub const CONFIG_ENTRIES_MAX: usize = 64;
 pub const CONFIG_TEXT_BYTES_MAX: usize = 256;
 /// The longest plugin name.
 pub const PLUGIN_NAME_LEN_MAX: usize = 64;
-/// Most plugin versions one user may store (well under the 1,000 a list shows).
-pub const PLUGINS_PER_USER_MAX: usize = 100;
 
 pub(super) fn router(upload_bytes_max: usize) -> OpenApiRouter<ApiState> {
     let uploads = OpenApiRouter::new()
@@ -121,6 +119,7 @@ pub struct BoundView {
 pub struct UploadQuery {
     /// A name for the plugin (default `plugin`): 1 to 64 characters, not only white space, with
     /// no control character (NUL included), line separator or invisible formatting character.
+    #[param(min_length = 1, max_length = 64)]
     pub name: Option<String>,
 }
 
@@ -154,7 +153,9 @@ async fn blocking<T: Send + 'static>(
     responses((status = 201, body = PluginView, description = "stored"),
               (status = 200, body = PluginView, description = "already stored"),
               (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+              (status = 422, body = ErrorBody, description = "a bad name, bytes that are no \
+               valid plugin (or one over a compile limit, named), an `init` that fails, or the \
+               user's `plugins_per_user_max` or `plugin_bytes_per_user_max` reached")))]
 async fn upload_plugin(
     State(state): State<ApiState>,
     Auth(caller): Auth,
@@ -169,6 +170,16 @@ async fn upload_plugin(
         return Err(ApiError::Unprocessable(
             "the request body must be the plugin's .wasm bytes".to_owned(),
         ));
+    }
+    // Refused before the compile when the quotas are already reached (the same bytes again
+    // store nothing, so they are not); checked again where the row is written.
+    let mut tx = state.store.tenant(caller.user).begin().await?;
+    let stored = tx.plugins().await?;
+    tx.commit().await?;
+    let hashed = bytes.clone();
+    let digest = blocking(move || keel_runtime::PluginDigest::of(&hashed)).await?;
+    if !stored.iter().any(|p| p.sha256 == digest.as_str()) {
+        check_quotas(&state, &stored, bytes.len())?;
     }
     let engine = state.plugins.clone();
     let wasm = bytes.clone();
@@ -190,6 +201,8 @@ async fn upload_plugin(
     })
     .to_string();
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    // Concurrent uploads of one user count in turn: none past the quotas.
+    tx.lock_user_quota().await?;
     let (row, inserted) = tx
         .insert_plugin(NewPlugin {
             name: &name,
@@ -198,11 +211,15 @@ async fn upload_plugin(
             wasm: &bytes,
         })
         .await?;
-    if inserted && tx.plugins().await?.len() > PLUGINS_PER_USER_MAX {
+    if inserted {
+        let others: Vec<PluginRow> = tx
+            .plugins()
+            .await?
+            .into_iter()
+            .filter(|p| p.plugin != row.plugin)
+            .collect();
         // Dropping the transaction rolls the insert back.
-        return Err(ApiError::Unprocessable(format!(
-            "plugins_per_user_max: a user may store at most {PLUGINS_PER_USER_MAX} plugins"
-        )));
+        check_quotas(&state, &others, bytes.len())?;
     }
     tx.commit().await?;
     let status = if inserted {
@@ -211,6 +228,29 @@ async fn upload_plugin(
         StatusCode::OK
     };
     Ok((status, Json(PluginView::from_row(row)?)))
+}
+
+/// Whether one more plugin of `size` bytes fits the user's quotas beside `stored`.
+fn check_quotas(state: &ApiState, stored: &[PluginRow], size: usize) -> Result<(), ApiError> {
+    let count_max = state.quotas.plugins_per_user_max;
+    if stored.len() >= count_max {
+        return Err(ApiError::Unprocessable(format!(
+            "plugins_per_user_max: a user may store at most {count_max} plugins"
+        )));
+    }
+    let bytes_max = state.quotas.plugin_bytes_per_user_max;
+    let stored_bytes: u64 = stored
+        .iter()
+        .map(|p| u64::try_from(p.size_bytes).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
+    let size = u64::try_from(size).unwrap_or(u64::MAX);
+    if stored_bytes.saturating_add(size) > bytes_max {
+        return Err(ApiError::Unprocessable(format!(
+            "plugin_bytes_per_user_max: a user may store at most {bytes_max} bytes of plugins; \
+             {stored_bytes} are stored and this one has {size}"
+        )));
+    }
+    Ok(())
 }
 
 /// Lists the caller's plugins, newest first.

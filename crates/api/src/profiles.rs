@@ -26,10 +26,6 @@ use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
 
 pub use keel_kernel::risk::SYMBOLS_ALLOWED_MAX;
 
-/// Most profiles one user may have (deleted ones do not count; well under the 1,000 a list
-/// shows).
-pub const PROFILES_PER_USER_MAX: usize = 100;
-
 pub(super) fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_profiles, create_profile))
@@ -48,6 +44,7 @@ pub(super) fn router() -> OpenApiRouter<ApiState> {
 #[serde(deny_unknown_fields)]
 pub struct RiskConfig {
     /// Symbols the profile may trade (at most 64), such as `BTCUSDT`.
+    #[schema(max_items = 64)]
     pub symbols_allowed: Vec<String>,
     /// Largest notional of one entry, in quote currency: in (0, 1000000000].
     #[schema(example = "1000")]
@@ -176,6 +173,10 @@ pub struct ProfileView {
     pub killed: bool,
     /// A loop runs this profile in the answering host.
     pub running: bool,
+    /// Why no host runs it, when it is past its owner's running quota
+    /// (`running_profiles_per_user_max: …`: it starts once one of the owner's older profiles is
+    /// deleted); `null` otherwise.
+    pub waiting: Option<String>,
     /// Its capital account.
     pub capital: CapitalView,
     /// The plugin bound to it, if any (`null`: the host runs its default plugin).
@@ -203,6 +204,7 @@ pub struct RunningPluginView {
 pub struct CreateProfile {
     /// 1 to 64 characters, not only white space, with no control character (NUL included),
     /// line separator or invisible formatting character (bidirectional overrides, zero-width).
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// Its risk rules; without them it may trade nothing until they are set.
     pub risk_limits: Option<RiskConfig>,
@@ -218,12 +220,34 @@ pub struct Allocation {
     pub amount: String,
 }
 
+/// The caller's profiles within their running quota (`tx`'s user's).
+pub(super) async fn within_running_quota(
+    state: &ApiState,
+    tx: &mut TenantTx,
+) -> Result<BTreeSet<ProfileId>, ApiError> {
+    let quota = state.quotas.running_profiles_per_user_max;
+    Ok(tx.oldest_profiles(quota).await?.into_iter().collect())
+}
+
 /// Reads everything the view shows of `row` in `tx`.
 pub(super) async fn view(
     state: &ApiState,
     tx: &mut TenantTx,
     row: ProfileRow,
 ) -> Result<ProfileView, ApiError> {
+    let runnable = within_running_quota(state, tx).await?;
+    view_with(state, tx, row, &runnable).await
+}
+
+/// [`view`], given the profiles within the caller's running quota.
+async fn view_with(
+    state: &ApiState,
+    tx: &mut TenantTx,
+    row: ProfileRow,
+    runnable: &BTreeSet<ProfileId>,
+) -> Result<ProfileView, ApiError> {
+    let waiting = (!runnable.contains(&row.profile))
+        .then(|| crate::quotas::running_quota_reason(state.quotas.running_profiles_per_user_max));
     let capital = tx.capital(row.profile).await?;
     let plugin = tx
         .binding(row.profile)
@@ -238,6 +262,7 @@ pub(super) async fn view(
         paused: row.paused,
         killed: row.killed,
         running: state.control.is_running(row.profile),
+        waiting,
         capital: capital.into(),
         plugin,
         health: ProfileHealth::of(&state.health, row.profile),
@@ -269,9 +294,10 @@ async fn list_profiles(
     Auth(caller): Auth,
 ) -> Result<Json<Vec<ProfileView>>, ApiError> {
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    let runnable = within_running_quota(&state, &mut tx).await?;
     let mut views = Vec::new();
     for row in tx.profiles().await? {
-        views.push(view(&state, &mut tx, row).await?);
+        views.push(view_with(&state, &mut tx, row, &runnable).await?);
     }
     tx.commit().await?;
     Ok(Json(views))
@@ -280,7 +306,9 @@ async fn list_profiles(
 /// Creates a profile with an empty capital account.
 #[utoipa::path(post, path = "/profiles", tag = "profiles", request_body = CreateProfile,
     responses((status = 201, body = ProfileView), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 401, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "a bad name or risk limit (the \
+               field and its range named), or the user's `profiles_per_user_max` reached")))]
 async fn create_profile(
     State(state): State<ApiState>,
     Auth(caller): Auth,
@@ -293,9 +321,12 @@ async fn create_profile(
         .map(RiskConfig::to_limits)
         .transpose()?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
-    if tx.profiles().await?.len() >= PROFILES_PER_USER_MAX {
+    // Concurrent creates of one user count in turn: none past the quota.
+    tx.lock_user_quota().await?;
+    let quota = state.quotas.profiles_per_user_max;
+    if tx.profiles().await?.len() >= quota {
         return Err(ApiError::Unprocessable(format!(
-            "profiles_per_user_max: a user may have at most {PROFILES_PER_USER_MAX} profiles"
+            "profiles_per_user_max: a user may have at most {quota} profiles; delete one first"
         )));
     }
     let profile = match &limits {
@@ -380,10 +411,7 @@ async fn update_risk(
     let row = found(&mut tx, profile, false).await?;
     let view = view(&state, &mut tx, row).await?;
     tx.commit().await?;
-    state
-        .control
-        .apply(profile, ControlChange::Limits(limits))
-        .await;
+    state.control.apply(profile, ControlChange::Limits(limits));
     Ok(Json(view))
 }
 
@@ -440,7 +468,7 @@ async fn switch(
     let row = found(&mut tx, profile, false).await?;
     let view = view(state, &mut tx, row).await?;
     tx.commit().await?;
-    state.control.apply(profile, change).await;
+    state.control.apply(profile, change);
     Ok(Json(view))
 }
 
@@ -483,10 +511,7 @@ async fn resume(
     )
     .await?;
     let profile = ProfileId::from_uuid(profile);
-    state
-        .control
-        .apply(profile, ControlChange::ClearQuarantine)
-        .await;
+    state.control.apply(profile, ControlChange::ClearQuarantine);
     Ok(view)
 }
 

@@ -189,7 +189,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut members = Vec::new();
     let mut inputs = Vec::new();
     let mut profile_infos = Vec::new();
-    let mut roster = Roster::default();
+    let quotas = keel_api::Quotas::default();
+    let mut roster = Roster::new(quotas.running_profiles_per_user_max);
     for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
         let stored = stored_profile(&store, state.user, *profile)
             .await
@@ -255,6 +256,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         control: control.clone(),
         credentials: demo_credentials_key(&args.data_dir)?,
         limits: keel_api::BodyLimits::default(),
+        quotas,
         health: health.clone(),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
@@ -336,9 +338,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 const ROSTER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which profiles of the store run, and why the others wait.
-#[derive(Default)]
 struct Roster {
     running: std::collections::HashSet<ProfileId>,
+    /// Most profiles of one user that run (`running_profiles_per_user_max`).
+    running_per_user_max: usize,
     /// Profiles not started, with the reason last logged.
     waiting: std::collections::HashMap<ProfileId, String>,
     /// Profiles whose start failed, and when to try again.
@@ -358,11 +361,25 @@ struct RosterRun<'a> {
 }
 
 impl Roster {
+    fn new(running_per_user_max: usize) -> Roster {
+        Roster {
+            running: Default::default(),
+            running_per_user_max,
+            waiting: Default::default(),
+            retry_at: Default::default(),
+        }
+    }
+
     /// Starts every profile of the store that does not run yet — created through the API, by
-    /// any user — once its risk limits allow a symbol of the demo market. Without a bound plugin
-    /// it runs the first demo profile's example plugin and settings.
+    /// any user — once its risk limits allow a symbol of the demo market, if it is one of its
+    /// owner's oldest `running_profiles_per_user_max` (as `keel serve` shares them out).
+    /// Without a bound plugin it runs the first demo profile's example plugin and settings.
     async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
         let directory = run.host.store.profile_directory().await?;
+        let (_, past_quota) =
+            keel_api::quotas::within_running_quota(directory.clone(), self.running_per_user_max);
+        let past_quota: std::collections::HashSet<ProfileId> =
+            past_quota.into_iter().map(|e| e.profile).collect();
         for entry in directory {
             let retry_later = self
                 .retry_at
@@ -371,33 +388,36 @@ impl Roster {
             if self.running.contains(&entry.profile) || retry_later {
                 continue;
             }
-            let started = Roster::start(&run, entry.user, entry.profile).await;
-            let reason = match started {
-                Ok(Some(launched)) => {
-                    tracing::info!(profile_id = %entry.profile, symbol = %launched.member.symbol, "profile started");
-                    run.bus.register(launched.info);
-                    // The market ends only after the loops' owner stops: it still receives.
-                    let _ = run.joining.send(launched.member);
-                    run.loops.add(launched.loops);
-                    self.running.insert(entry.profile);
-                    self.waiting.remove(&entry.profile);
-                    self.retry_at.remove(&entry.profile);
-                    run.health
-                        .expect_profiles(self.running.len(), run.host.metrics);
-                    continue;
-                }
-                Ok(None) => {
-                    let symbols: Vec<String> =
-                        market_symbols().iter().map(Symbol::to_string).collect();
-                    format!(
-                        "its risk limits allow none of the demo market's symbols ({})",
-                        symbols.join(", ")
-                    )
-                }
-                Err(error) => {
-                    let at = std::time::Instant::now() + ROSTER_RETRY_AFTER;
-                    self.retry_at.insert(entry.profile, at);
-                    format!("{error:#}")
+            let reason = if past_quota.contains(&entry.profile) {
+                keel_api::quotas::running_quota_reason(self.running_per_user_max)
+            } else {
+                match Roster::start(&run, entry.user, entry.profile).await {
+                    Ok(Some(launched)) => {
+                        tracing::info!(profile_id = %entry.profile, symbol = %launched.member.symbol, "profile started");
+                        run.bus.register(launched.info);
+                        // The market ends only after the loops' owner stops: it still receives.
+                        let _ = run.joining.send(launched.member);
+                        run.loops.add(launched.loops);
+                        self.running.insert(entry.profile);
+                        self.waiting.remove(&entry.profile);
+                        self.retry_at.remove(&entry.profile);
+                        run.health
+                            .expect_profiles(self.running.len(), run.host.metrics);
+                        continue;
+                    }
+                    Ok(None) => {
+                        let symbols: Vec<String> =
+                            market_symbols().iter().map(Symbol::to_string).collect();
+                        format!(
+                            "its risk limits allow none of the demo market's symbols ({})",
+                            symbols.join(", ")
+                        )
+                    }
+                    Err(error) => {
+                        let at = std::time::Instant::now() + ROSTER_RETRY_AFTER;
+                        self.retry_at.insert(entry.profile, at);
+                        format!("{error:#}")
+                    }
                 }
             };
             if self.waiting.get(&entry.profile) != Some(&reason) {

@@ -82,6 +82,22 @@ impl TenantTx {
         }, memory => unsupported("profiles"))
     }
 
+    /// This user's oldest `limit` profiles in the profile directory, oldest first: the ones a
+    /// running quota of `limit` per user lets run (the directory's order, as
+    /// [`crate::store::Store::profile_directory`] lists it to the instances that share them out).
+    pub async fn oldest_profiles(&mut self, limit: usize) -> Result<Vec<ProfileId>, StoreError> {
+        let user = self.user_uuid();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_tx!(&mut self.tx, c, b => {
+            let sql = "SELECT profile_id FROM profile_directory WHERE user_id = $1 \
+                       ORDER BY created_at_ms, profile_id LIMIT $2";
+            let rows = sqlx::query(sql).bind(user).bind(limit).fetch_all(&mut **c).await?;
+            rows.iter()
+                .map(|r| r.uuid("profile_id").map(ProfileId::from_uuid))
+                .collect()
+        }, memory => unsupported("oldest_profiles"))
+    }
+
     /// The profile, unless it is deleted or another user's. With `lock`, the row is held until
     /// commit (PostgreSQL), so a concurrent delete or update waits.
     pub async fn profile(

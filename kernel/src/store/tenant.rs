@@ -166,6 +166,20 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Holds this user's quota lock until the transaction ends, so that transactions that count
+    /// the user's rows before adding one (their quotas) take turns. On PostgreSQL a transaction
+    /// advisory lock keyed by the user; a SQLite writer already holds the whole database, and a
+    /// memory store's transaction its database.
+    pub async fn lock_user_quota(&mut self) -> Result<(), StoreError> {
+        if let Tx::Pg(tx) = &mut self.tx {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("keel_user_quota:{}", self.user.as_uuid()))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The PostgreSQL connection of this transaction, with the tenant's claims set: for reports
     /// and audits that read tenant tables under row-level security. `None` on SQLite.
     pub fn pg_connection(&mut self) -> Option<&mut sqlx::PgConnection> {

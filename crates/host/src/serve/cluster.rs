@@ -10,10 +10,13 @@
 //! Instances share the profiles out evenly: each holds a presence lease (`instance:<owner>`, in
 //! the same table and with the same TTL) while it runs, counts the live ones, and runs at most its
 //! share — the directory's profiles divided by the live instances, rounded up, and at most
-//! `profiles_max`. An instance over its share (another one joined) stops one profile per round,
-//! letting its current step finish and releasing the lease, and leaves it for an instance under
-//! its share to take (with the usual recovery first); a dead instance's presence expires with
-//! its leases, and the survivors' shares grow to cover its profiles.
+//! `profiles_max`. Only each user's oldest `running_per_user_max` profiles of the directory are
+//! shared out ([`keel_api::quotas::within_running_quota`]); the others wait, logged once, until
+//! one of their owner's running profiles is deleted. An instance over its share (another one
+//! joined) stops one profile per round, letting its current step finish and releasing the
+//! lease, and leaves it for an instance under its share to take (with the usual recovery
+//! first); a dead instance's presence expires with its leases, and the survivors' shares grow
+//! to cover its profiles.
 //!
 //! The lease's fence is carried into every write of the profile: the engine of a profile gets a
 //! store [`Store::guarded_by`] the lease, whose tenant transactions first check (and hold until
@@ -42,6 +45,7 @@ use tokio::task::JoinHandle;
 
 use super::{Loops, ProfileLoops};
 use keel_api::health::{LoopConfig, LoopHealth};
+use keel_api::quotas::{running_quota_reason, within_running_quota};
 
 /// How profiles are shared between instances.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +56,8 @@ pub struct ClusterConfig {
     pub lease_renew_ms: u64,
     /// Most profiles this instance runs.
     pub profiles_max: usize,
+    /// Most profiles of one user that run (on all instances together).
+    pub running_per_user_max: usize,
 }
 
 /// Builds the engine and channels of a profile this instance just took.
@@ -117,6 +123,8 @@ pub struct Cluster {
     presence: Option<Lease>,
     /// The stored host switches as this instance last read them.
     host_switches_seen: Option<HostSwitchesRow>,
+    /// Profiles past their owner's running quota, as last logged.
+    over_quota: std::collections::HashSet<ProfileId>,
 }
 
 impl Cluster {
@@ -142,6 +150,7 @@ impl Cluster {
             stopping: HashMap::new(),
             presence: None,
             host_switches_seen: None,
+            over_quota: std::collections::HashSet::new(),
         }
     }
 
@@ -446,14 +455,27 @@ impl Cluster {
             .context("reading the profile directory")?;
         let listed: std::collections::HashSet<ProfileId> =
             directory.iter().map(|e| e.profile).collect();
+        let (directory, waiting) =
+            within_running_quota(directory, self.config.running_per_user_max);
+        let waiting: std::collections::HashSet<ProfileId> =
+            waiting.into_iter().map(|e| e.profile).collect();
+        for profile in waiting.difference(&self.over_quota) {
+            let reason = running_quota_reason(self.config.running_per_user_max);
+            tracing::warn!(profile_id = %profile, %reason, "profile not started");
+        }
+        self.over_quota = waiting;
         let gone: Vec<ProfileId> = self
             .owned
             .keys()
-            .filter(|p| !listed.contains(p))
+            .filter(|p| !listed.contains(p) || self.over_quota.contains(p))
             .copied()
             .collect();
         for profile in gone {
-            tracing::info!(profile_id = %profile, "profile left the directory: stopping it");
+            if listed.contains(&profile) {
+                tracing::info!(profile_id = %profile, "profile past its owner's running quota: stopping it");
+            } else {
+                tracing::info!(profile_id = %profile, "profile left the directory: stopping it");
+            }
             self.stop_profile(profile);
         }
         let share = self.share(directory.len()).await?;

@@ -83,6 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         control: starter.control.clone(),
         credentials,
         limits: config.api.body_limits(),
+        quotas: config.quotas.quotas(),
         health: health.clone(),
     };
     let switches = starter.switches.clone();
@@ -109,6 +110,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             lease_ttl_ms: config.instance.lease_ttl_ms,
             lease_renew_ms: config.instance.lease_renew_ms,
             profiles_max: config.instance.profiles_max,
+            running_per_user_max: config.quotas.running_profiles_per_user_max,
         },
         loop_config,
         starter,
@@ -584,7 +586,7 @@ impl ProfileStarter for Starter {
         ];
         changes.extend(stored.row.risk_limits.take().map(ControlChange::Limits));
         for change in changes {
-            if !self.control.apply(profile, change).await {
+            if !self.control.apply(profile, change) {
                 anyhow::bail!("profile {profile} does not run here any more");
             }
         }

@@ -1,6 +1,11 @@
-//! [`ProfileControl`] for the loops of this process: each registered profile has a bounded
-//! command channel its task reads between steps, and (for a Wasm strategy) the [`SwapHandle`]
-//! its strategy takes a new instance from at its next call boundary.
+//! [`ProfileControl`] for the loops of this process: each registered profile has [`Commands`]
+//! its task reads between steps — the latest switches and risk rules the API recorded, and a
+//! bounded channel of reconciliation requests — and (for a Wasm strategy) the [`SwapHandle`] its
+//! strategy takes a new instance from at its next call boundary.
+//!
+//! Recording a change never waits for the loop: the API answers at once, whatever the loop is
+//! doing, and the loop applies the latest of each setting at its next step (a pause and a resume
+//! in between leave only the resume to apply).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -8,12 +13,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use keel_kernel::engine::{Clock, HostSwitches, ProfileEngine};
 use keel_kernel::ids::ProfileId;
-use tokio::sync::{mpsc, oneshot};
+use keel_kernel::risk::RiskLimits;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use keel_api::{ControlChange, ProfileControl, ReconcileOutcome};
 use keel_runtime::{PluginDigest, PreparedInstance, RunningVersion, SwapHandle};
 
-/// Commands queued per profile before a sender waits for the loop.
+/// Reconciliation requests queued per profile before the operator's request waits for the loop.
 pub const COMMAND_QUEUE_MAX: usize = 16;
 
 /// What a profile's loop is asked to do between two of its steps.
@@ -23,6 +29,93 @@ pub enum Command {
     Change(ControlChange),
     /// Run a reconciliation pass now and report its result label (or its error).
     Reconcile(oneshot::Sender<Result<&'static str, String>>),
+}
+
+/// The changes recorded for a loop and not yet taken: the latest value of each setting.
+#[derive(Debug, Default)]
+struct Pending {
+    clear_quarantine: bool,
+    paused: Option<bool>,
+    killed: Option<bool>,
+    limits: Option<RiskLimits>,
+}
+
+impl Pending {
+    fn record(&mut self, change: ControlChange) {
+        match change {
+            ControlChange::ClearQuarantine => self.clear_quarantine = true,
+            ControlChange::Paused(paused) => self.paused = Some(paused),
+            ControlChange::Killed(killed) => self.killed = Some(killed),
+            ControlChange::Limits(limits) => self.limits = Some(limits),
+        }
+    }
+
+    /// The next change to apply. A request to end a quarantine comes first: a resume that
+    /// acknowledges a fault lifts the pause, and a pause recorded after it must still hold.
+    fn take(&mut self) -> Option<ControlChange> {
+        if std::mem::take(&mut self.clear_quarantine) {
+            return Some(ControlChange::ClearQuarantine);
+        }
+        if let Some(paused) = self.paused.take() {
+            return Some(ControlChange::Paused(paused));
+        }
+        if let Some(killed) = self.killed.take() {
+            return Some(ControlChange::Killed(killed));
+        }
+        self.limits.take().map(ControlChange::Limits)
+    }
+}
+
+/// The slot the API records changes in and the loop takes them from.
+#[derive(Debug, Default)]
+struct Slot {
+    pending: Mutex<Pending>,
+    changed: Notify,
+}
+
+impl Slot {
+    fn record(&self, change: ControlChange) {
+        self.pending.lock().expect("lock poisoned").record(change);
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Option<ControlChange> {
+        self.pending.lock().expect("lock poisoned").take()
+    }
+}
+
+/// What a profile's loop reads between two of its steps.
+#[derive(Debug)]
+pub struct Commands {
+    requests: mpsc::Receiver<Command>,
+    slot: Arc<Slot>,
+}
+
+impl Commands {
+    /// The next command: a recorded change first, then a queued request. `None` once nothing
+    /// can send any more. Cancel safe: a change is taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Command> {
+        loop {
+            if let Some(change) = self.slot.take() {
+                return Some(Command::Change(change));
+            }
+            tokio::select! {
+                biased;
+                () = self.slot.changed.notified() => {}
+                request = self.requests.recv() => return request,
+            }
+        }
+    }
+}
+
+impl From<mpsc::Receiver<Command>> for Commands {
+    /// Commands of a loop no [`LoopControl`] knows: only what is sent on the channel.
+    fn from(requests: mpsc::Receiver<Command>) -> Self {
+        Commands {
+            requests,
+            slot: Arc::default(),
+        }
+    }
 }
 
 /// Applies a change to the engine (reconciliation is the loop's own: it records its health).
@@ -37,6 +130,7 @@ pub(super) fn apply(change: ControlChange, engine: &mut ProfileEngine) {
 
 struct Registered {
     commands: mpsc::Sender<Command>,
+    slot: Arc<Slot>,
     swap: Option<SwapHandle>,
     clock: Arc<dyn Clock>,
     running: Option<RunningPlugin>,
@@ -87,17 +181,23 @@ impl LoopControl {
         rx
     }
 
-    /// Registers a profile before its loop starts; the receiver goes into its
+    /// Registers a profile before its loop starts; the [`Commands`] go into its
     /// [`super::ProfileLoops`]. `swap` is the strategy's hot-swap handle, when it has one.
     pub fn register(
         &self,
         profile: ProfileId,
         swap: Option<SwapHandle>,
         clock: Arc<dyn Clock>,
-    ) -> mpsc::Receiver<Command> {
-        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
+    ) -> Commands {
+        let (commands, requests) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let slot = Arc::new(Slot::default());
+        let receiver = Commands {
+            requests,
+            slot: slot.clone(),
+        };
         let registered = Registered {
             commands,
+            slot,
             swap,
             clock,
             running: None,
@@ -181,10 +281,14 @@ impl ProfileControl for LoopControl {
             .map(SwapHandle::running)
     }
 
-    async fn apply(&self, profile: ProfileId, change: ControlChange) -> bool {
-        match self.sender(profile) {
-            Some(sender) => sender.send(Command::Change(change)).await.is_ok(),
-            None => false,
+    fn apply(&self, profile: ProfileId, change: ControlChange) -> bool {
+        let profiles = self.profiles.read().expect("lock poisoned");
+        match profiles.get(&profile) {
+            Some(registered) if !registered.commands.is_closed() => {
+                registered.slot.record(change);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -54,7 +54,7 @@ pub struct ProfileLoops {
     /// The exchange's user events for the monitor loop.
     pub events: mpsc::Receiver<UserEvent>,
     /// Commands from the API ([`control::LoopControl::register`]), applied between steps.
-    pub commands: mpsc::Receiver<control::Command>,
+    pub commands: control::Commands,
     /// The strategy's swap handle, when it is a plugin: the live feed reports what it runs.
     pub plugin: Option<keel_runtime::SwapHandle>,
 }

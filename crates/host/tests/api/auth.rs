@@ -15,7 +15,6 @@ crate::api_tests!(
     bad_tokens_get_401_with_the_reason,
     bad_input_gets_a_specific_4xx_and_writes_nothing,
     values_out_of_range_and_unprintable_names_get_422_naming_the_field,
-    a_user_past_the_profile_quota_gets_422_naming_it,
     the_openapi_document_describes_every_route,
 );
 
@@ -237,47 +236,6 @@ async fn values_out_of_range_and_unprintable_names_get_422_naming_the_field(db: 
         db.fingerprint().await,
         "no refused request wrote anything"
     );
-}
-
-async fn a_user_past_the_profile_quota_gets_422_naming_it(db: &Db) {
-    let api = Api::new(db.store());
-    let token = api.token(UserId::new_random(), false);
-    let mut last = String::new();
-    for i in 0..keel_api::PROFILES_PER_USER_MAX {
-        last = api.create_profile(&token, &format!("p{i}")).await;
-    }
-    let before = db.fingerprint().await;
-    let refused = api
-        .send(
-            "POST",
-            "/api/v1/profiles",
-            Some(&token),
-            Some(json!({"name": "one more"})),
-        )
-        .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{refused:?}"
-    );
-    assert!(
-        refused.error().contains("profiles_per_user_max"),
-        "{refused:?}"
-    );
-    assert_eq!(before, db.fingerprint().await, "the refusal wrote nothing");
-    // Another user is not counted against it, and a deleted profile frees its place.
-    let other = api.token(UserId::new_random(), false);
-    api.create_profile(&other, "mine").await;
-    let deleted = api
-        .send(
-            "DELETE",
-            &format!("/api/v1/profiles/{last}"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
-    api.create_profile(&token, "one more").await;
 }
 
 async fn bad_input_gets_a_specific_4xx_and_writes_nothing(db: &Db) {

@@ -6,6 +6,7 @@ use keel_testkit::store as support;
 
 mod auth;
 mod endpoints;
+mod quotas;
 mod running;
 mod tenancy;
 
@@ -226,6 +227,26 @@ impl Api {
         control: Arc<LoopControl>,
         limits: keel_api::BodyLimits,
     ) -> Api {
+        Api::build(store, control, limits, keel_api::Quotas::default())
+    }
+
+    /// The API over `store` with `quotas`.
+    pub fn with_quotas(store: Store, quotas: keel_api::Quotas) -> Api {
+        Api::build(
+            store,
+            Arc::new(LoopControl::new(Arc::new(HostSwitches::default()))),
+            keel_api::BodyLimits::default(),
+            quotas,
+        )
+    }
+
+    /// The API over `store` controlling the loops of `control`, with `quotas`.
+    pub fn build(
+        store: Store,
+        control: Arc<LoopControl>,
+        limits: keel_api::BodyLimits,
+        quotas: keel_api::Quotas,
+    ) -> Api {
         let keys = JwtKeys::new(SECRET).unwrap();
         let credentials = CredentialsKey::from_hex(&CredentialsKey::generate_hex()).unwrap();
         let state = ApiState {
@@ -235,6 +256,7 @@ impl Api {
             control: control.clone() as Arc<dyn ProfileControl>,
             credentials: credentials.clone(),
             limits,
+            quotas,
             health: Arc::new(keel_api::health::LoopHealth::default()),
         };
         Api {
@@ -275,8 +297,14 @@ impl Api {
 
     /// Sends a prepared request.
     pub async fn raw(&self, request: Request<Body>) -> Reply {
+        self.raw_with_headers(request).await.0
+    }
+
+    /// Sends a prepared request; the reply and its headers.
+    pub async fn raw_with_headers(&self, request: Request<Body>) -> (Reply, axum::http::HeaderMap) {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();
@@ -288,7 +316,7 @@ impl Api {
             })
         };
         assert!(!status.is_server_error(), "a 5xx is a bug: {status} {body}");
-        Reply { status, body }
+        (Reply { status, body }, headers)
     }
 
     /// Uploads plugin bytes.

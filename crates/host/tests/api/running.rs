@@ -29,7 +29,10 @@ use tokio::sync::mpsc;
 
 use crate::{Api, Db, plugin_bytes};
 
-crate::api_tests!(the_api_controls_a_running_profile);
+crate::api_tests!(
+    the_api_controls_a_running_profile,
+    switches_answer_at_once_while_the_loop_is_busy
+);
 
 /// Kernel time of the first candle.
 const T0_MS: i64 = 1_700_000_000_000;
@@ -329,5 +332,92 @@ async fn the_api_controls_a_running_profile(db: &Db) {
             .body["running"]
             .as_bool()
             .unwrap()
+    );
+}
+
+/// Pause, resume and kill answer without waiting for the profile's loop: here its loop is in
+/// the middle of a step that ends only when the test opens a gate, and every switch must be
+/// answered before that. The loop then applies the latest of each at its next step.
+async fn switches_answer_at_once_while_the_loop_is_busy(db: &Db) {
+    use keel_api::ControlChange;
+    use keel_host::serve::control::Command;
+
+    let control = Arc::new(LoopControl::new(Arc::new(HostSwitches::default())));
+    // Far more requests than a burst of the default request rate, sent as fast as they answer.
+    let quotas = keel_api::Quotas {
+        request_burst_max: 1_000,
+        ..keel_api::Quotas::default()
+    };
+    let api = Api::build(
+        db.store(),
+        control.clone(),
+        keel_api::BodyLimits::default(),
+        quotas,
+    );
+    let token = api.token(UserId::new_random(), false);
+    let id = api.create_profile(&token, "busy").await;
+    let profile = ProfileId::parse(&id).unwrap();
+    let mut commands = control.register(profile, None, Arc::new(VirtualClock::new(T0_MS)));
+    // The loop: busy in a step until the gate opens, then reading its commands.
+    let (gate, step_ends) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        step_ends.await.unwrap();
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            match commands.recv().await {
+                Some(Command::Change(change)) => taken.push(change),
+                other => panic!("expected a change, got {other:?}"),
+            }
+        }
+        taken
+    });
+    // Far more switches than any queue between the API and the loop holds.
+    let switches = [
+        ("POST", "pause"),
+        ("POST", "kill"),
+        ("POST", "resume"),
+        ("DELETE", "kill"),
+    ];
+    for round in 0..25 {
+        for (method, switch) in switches {
+            let answered = tokio::time::timeout(
+                Duration::from_secs(10),
+                api.send(
+                    method,
+                    &format!("/api/v1/profiles/{id}/{switch}"),
+                    Some(&token),
+                    None,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{method} {switch} (round {round}) waited for the busy loop")
+            });
+            assert_eq!(answered.status, StatusCode::OK, "{answered:?}");
+        }
+    }
+    let paused = api
+        .send(
+            "POST",
+            &format!("/api/v1/profiles/{id}/pause"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(paused.body["paused"], true);
+    assert!(!reader.is_finished(), "the loop is still in its step");
+    gate.send(()).unwrap();
+    let taken = tokio::time::timeout(WAIT_MAX, reader)
+        .await
+        .expect("the loop takes the changes at its next step")
+        .unwrap();
+    assert_eq!(
+        taken,
+        [
+            ControlChange::ClearQuarantine,
+            ControlChange::Paused(true),
+            ControlChange::Killed(false),
+        ],
+        "the latest of each switch, a resume's request first"
     );
 }

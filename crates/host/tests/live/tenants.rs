@@ -135,7 +135,7 @@ async fn tenant(
         engine,
         candles,
         events: paper.user_events().await.unwrap(),
-        commands,
+        commands: commands.into(),
         plugin: None,
     };
 
