@@ -229,18 +229,22 @@ impl Rig {
     /// Equity at the candle's close: allocated + realized PnL (fees included) + unrealized PnL.
     fn equity_point(&self, candle: &Candle) -> EquityPoint {
         let book = self.engine.book();
-        let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();
-        let unrealized: Decimal = book
-            .positions
-            .values()
-            .map(|p| {
-                let value = p.qty_open * close;
-                match p.side {
-                    Side::Buy => value - p.cost_open,
-                    Side::Sell => p.cost_open - value,
-                }
-            })
-            .sum();
+        // Out of the market no position has a value to take: the close is not converted.
+        let unrealized: Decimal = if book.positions.is_empty() {
+            Decimal::ZERO
+        } else {
+            let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();
+            book.positions
+                .values()
+                .map(|p| {
+                    let value = p.qty_open * close;
+                    match p.side {
+                        Side::Buy => value - p.cost_open,
+                        Side::Sell => p.cost_open - value,
+                    }
+                })
+                .sum()
+        };
         let equity = book.capital.allocated + book.capital.realized_pnl + unrealized;
         EquityPoint {
             time_ms: candle.close_time_ms,

@@ -15,6 +15,7 @@ pub mod book;
 pub mod clock;
 mod handlers;
 mod history;
+mod prices;
 mod reconcile;
 mod recovery;
 mod unplaced;
@@ -241,7 +242,7 @@ pub struct ProfileEngine {
     history: Arc<CandleHistory>,
     book: Book,
     orders_open: OpenOrdersGauge,
-    last_price: HashMap<Symbol, Price>,
+    last_price: prices::LastPrices,
     rules: HashMap<Symbol, SymbolRules>,
     entry_leases: HashMap<ClientOrderId, Lease>,
     unknown_since_ms: HashMap<ClientOrderId, i64>,
@@ -302,7 +303,7 @@ impl ProfileEngine {
             history,
             book: Book::default(),
             orders_open,
-            last_price: HashMap::new(),
+            last_price: prices::LastPrices::default(),
             rules: HashMap::new(),
             entry_leases: HashMap::new(),
             unknown_since_ms: HashMap::new(),
@@ -516,10 +517,7 @@ impl ProfileEngine {
     }
 
     fn note_price(&mut self, candle: &Candle) {
-        // Market data is not trusted either: a nonsensical close is not a price.
-        if let Ok(price) = Price::from_f64(candle.close) {
-            self.last_price.insert(candle.symbol.clone(), price);
-        }
+        self.last_price.note(&candle.symbol, candle.close);
     }
 
     async fn decide(
@@ -569,7 +567,7 @@ impl ProfileEngine {
     fn risk_context(&self, symbol: Option<&Symbol>) -> RiskContext {
         let position = symbol.and_then(|s| self.book.positions.get(s));
         RiskContext {
-            last_price: symbol.and_then(|s| self.last_price.get(s).copied()),
+            last_price: symbol.and_then(|s| self.last_price.get(s)),
             free_capital: self.book.capital.free(),
             equity: self.book.equity(),
             exposure: self.book.exposure(),
@@ -680,7 +678,7 @@ impl ProfileEngine {
             }
             Err(error) => return Err(error.into()),
         };
-        let reference = self.last_price.get(&request.symbol).copied();
+        let reference = self.last_price.get(&request.symbol);
         match rules.apply(&request, reference) {
             Ok(prepared) => Ok(Some(prepared)),
             Err(violation) => {
@@ -698,8 +696,7 @@ impl ProfileEngine {
             OrderType::Limit { price } if request.side == crate::market::Side::Buy => (price, 0),
             OrderType::Limit { price } => (price, self.config.slippage_reserve_bps),
             OrderType::Market => (
-                *self
-                    .last_price
+                self.last_price
                     .get(&request.symbol)
                     .expect("risk validation refuses a market entry without a last price"),
                 self.config.slippage_reserve_bps,
@@ -906,7 +903,7 @@ impl ProfileEngine {
         };
         let price = match request.order_type {
             OrderType::Limit { price } => price,
-            OrderType::Market => *self.last_price.get(&exit.symbol).ok_or_else(|| {
+            OrderType::Market => self.last_price.get(&exit.symbol).ok_or_else(|| {
                 EngineError::Exchange(ExchangeError::Unknown {
                     reason: format!("no price known for {}", exit.symbol),
                 })

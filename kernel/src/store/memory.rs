@@ -15,7 +15,12 @@
 //! ends; its writes are applied at once and undone, newest first, when it is dropped without a
 //! commit.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+/// The tables' indexes hash with foldhash: its keys are the kernel's own ids, and SipHash's
+/// protection against chosen keys cost a tenth of an order round trip.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
