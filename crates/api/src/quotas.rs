@@ -41,8 +41,10 @@ pub const COUNT_QUOTA_MAX: usize = 1_000;
 /// bucket is what a user without one gets.
 pub const RATE_USERS_TRACKED_MAX: usize = 100_000;
 
-/// What one user may store and how fast they may ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one user may store and how fast they may ask: the `[quotas]` section of the host's
+/// configuration, each key defaulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     /// Profiles (deleted ones not counted), at most [`COUNT_QUOTA_MAX`].
     pub profiles_per_user_max: usize,

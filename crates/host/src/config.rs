@@ -141,7 +141,7 @@ pub struct Config {
     pub host: HostConfig,
     /// What one user may store and how fast they may call the API.
     #[serde(default)]
-    pub quotas: QuotasConfig,
+    pub quotas: keel_api::Quotas,
     /// Tunables of every profile's engine (the kernel's `EngineConfig`).
     #[serde(default)]
     pub engine: keel_kernel::engine::EngineConfig,
@@ -306,52 +306,6 @@ impl LoopsConfig {
 pub struct HostConfig {
     /// The host-wide kill switch at start: no new entries on any profile.
     pub kill_switch: bool,
-}
-
-/// `[quotas]`: per user, what they may store and how fast they may call the API.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuotasConfig {
-    /// Profiles, deleted ones not counted.
-    pub profiles_per_user_max: usize,
-    /// Profiles that run at once: each user's oldest.
-    pub running_profiles_per_user_max: usize,
-    /// Stored plugin versions.
-    pub plugins_per_user_max: usize,
-    /// Bytes of every stored plugin version together.
-    pub plugin_bytes_per_user_max: u64,
-    /// API requests a second, on average.
-    pub requests_per_second_max: u32,
-    /// API requests at once after a pause.
-    pub request_burst_max: u32,
-}
-
-impl Default for QuotasConfig {
-    fn default() -> Self {
-        let quotas = keel_api::Quotas::default();
-        QuotasConfig {
-            profiles_per_user_max: quotas.profiles_per_user_max,
-            running_profiles_per_user_max: quotas.running_profiles_per_user_max,
-            plugins_per_user_max: quotas.plugins_per_user_max,
-            plugin_bytes_per_user_max: quotas.plugin_bytes_per_user_max,
-            requests_per_second_max: quotas.requests_per_second_max,
-            request_burst_max: quotas.request_burst_max,
-        }
-    }
-}
-
-impl QuotasConfig {
-    /// The API's quotas.
-    pub fn quotas(&self) -> keel_api::Quotas {
-        keel_api::Quotas {
-            profiles_per_user_max: self.profiles_per_user_max,
-            running_profiles_per_user_max: self.running_profiles_per_user_max,
-            plugins_per_user_max: self.plugins_per_user_max,
-            plugin_bytes_per_user_max: self.plugin_bytes_per_user_max,
-            requests_per_second_max: self.requests_per_second_max,
-            request_burst_max: self.request_burst_max,
-        }
-    }
 }
 
 /// `[strategy]`: the plugin every profile in the directory runs, until per-profile bindings
@@ -560,10 +514,7 @@ impl Config {
         let ExchangeConfig::Binance {
             rest_url, ws_url, ..
         } = &self.exchange;
-        self.quotas
-            .quotas()
-            .validate()
-            .map_err(|e| format!("quotas.{e}"))?;
+        self.quotas.validate().map_err(|e| format!("quotas.{e}"))?;
         check_url("exchange.rest_url", rest_url, &["http", "https"])?;
         check_url("exchange.ws_url", ws_url, &["ws", "wss"])?;
         self.instance.validate()?;
@@ -794,16 +745,13 @@ symbols = ["BTCUSDT"]
     #[test]
     fn quotas_have_defaults_are_overridden_and_checked() {
         let config = Config::parse(GOOD, "good.toml", &[]).unwrap();
-        assert_eq!(config.quotas.quotas(), keel_api::Quotas::default());
+        assert_eq!(config.quotas, keel_api::Quotas::default());
         let text = format!("{GOOD}\n[quotas]\nprofiles_per_user_max = 5\n");
         let env = vec![(
             "KEEL_QUOTAS_REQUESTS_PER_SECOND_MAX".to_owned(),
             "3".to_owned(),
         )];
-        let quotas = Config::parse(&text, "good.toml", &env)
-            .unwrap()
-            .quotas
-            .quotas();
+        let quotas = Config::parse(&text, "good.toml", &env).unwrap().quotas;
         assert_eq!(quotas.profiles_per_user_max, 5);
         assert_eq!(quotas.requests_per_second_max, 3);
         assert_eq!(quotas.plugins_per_user_max, 100);
@@ -844,7 +792,7 @@ symbols = ["BTCUSDT"]
         let example = include_str!("../../../deploy/keel.example.toml");
         let env = vec![("KEEL_JWT_SECRET".to_owned(), "zyxwvutsrq".repeat(4))];
         let config = Config::parse(example, "keel.example.toml", &env).unwrap();
-        assert_eq!(config.quotas.quotas(), keel_api::Quotas::default());
+        assert_eq!(config.quotas, keel_api::Quotas::default());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         control: starter.control.clone(),
         credentials,
         limits: config.api.body_limits(),
-        quotas: config.quotas.quotas(),
+        quotas: config.quotas,
         health: health.clone(),
     };
     let switches = starter.switches.clone();
