@@ -213,6 +213,49 @@ pub struct RiskContext {
     pub intents_this_minute: u32,
     /// Set when new entries are blocked for the profile.
     pub entry_block: Option<EntryBlock>,
+    /// What an entry reserves beyond its notional: a fraction of free capital is sized so that
+    /// the notional and these reserves fit.
+    pub reserves: EntryReserves,
+}
+
+/// What an entry reserves beyond its notional, in basis points of it, so that recording its
+/// fills never needs capital the reservation does not hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryReserves {
+    /// Allowance for a fill above the reference price: a market order's slippage, a limit
+    /// sell's gap through its price.
+    pub slippage_bps: u32,
+    /// Allowance for the fee every fill is charged.
+    pub fee_bps: u32,
+}
+
+impl EntryReserves {
+    /// The allowance, in basis points, an entry reserves above its reference price (the last
+    /// price for a market order, the limit price otherwise): a limit buy never fills above its
+    /// price, so it reserves the fee alone; a market order and a limit sell reserve slippage too.
+    pub fn allowance_bps(&self, side: PositionSide, price: OrderPrice) -> u32 {
+        match (price, side) {
+            (OrderPrice::Limit(_), PositionSide::Long) => self.fee_bps,
+            _ => self.slippage_bps.saturating_add(self.fee_bps),
+        }
+    }
+
+    /// The price an entry reserves capital at: `reference` raised by the allowance, rounded up
+    /// to 8 places, so the reservation is never below what the fills may cost with their fees.
+    pub fn reservation_price(
+        &self,
+        side: PositionSide,
+        price: OrderPrice,
+        reference: Price,
+    ) -> Result<Price, Refusal> {
+        let allowance = Decimal::from(self.allowance_bps(side, price));
+        let factor = Decimal::ONE + allowance / Decimal::from(10_000);
+        let price = (reference.get().checked_mul(factor)).ok_or(Refusal::ArithmeticOverflow {
+            what: "reservation price",
+        })?;
+        let price = price.round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero);
+        Ok(Price::new(price)?)
+    }
 }
 
 /// The price of a validated order.
@@ -592,7 +635,7 @@ fn validate_entry(
         OrderPrice::Market => last,
         OrderPrice::Limit(limit) => limit,
     };
-    let qty = entry_qty(raw.size, reference, context)?;
+    let qty = entry_qty(raw, price, reference, context)?;
     let notional = Amount::notional(reference, qty)?;
     check_entry_size(notional.get(), limits, context)?;
     let stop_loss = raw.stop_loss.map(Price::from_f64).transpose()?;
@@ -610,8 +653,13 @@ fn validate_entry(
     })
 }
 
-fn entry_qty(size: RawSize, reference: Price, context: &RiskContext) -> Result<Qty, Refusal> {
-    let qty = match size {
+fn entry_qty(
+    raw: &RawEntry,
+    price: OrderPrice,
+    reference: Price,
+    context: &RiskContext,
+) -> Result<Qty, Refusal> {
+    let qty = match raw.size {
         RawSize::BaseQty(qty) => Qty::from_f64(qty)?,
         RawSize::QuoteNotional(notional) => {
             let notional = Amount::positive(decimal_from_f64("notional", notional)?)?;
@@ -620,10 +668,19 @@ fn entry_qty(size: RawSize, reference: Price, context: &RiskContext) -> Result<Q
             Qty::new(qty)?
         }
         RawSize::FreeCapitalFraction(fraction) => {
+            // The budget is cut to the ledger's 8 places and the quantity sized at the
+            // reservation price: the reservation (rounded up to 8 places) never exceeds the
+            // budget, so a fraction of 1 commits all the free capital and no more.
             let fraction = check_fraction("free capital fraction", fraction)?;
-            let qty = (context.free_capital.checked_mul(fraction))
-                .and_then(|notional| notional.checked_div(reference.get()))
-                .ok_or_else(|| overflow("quantity of the free capital fraction"))?;
+            let budget = (context.free_capital.checked_mul(fraction))
+                .ok_or_else(|| overflow("budget of the free capital fraction"))?
+                .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::ToZero);
+            let reserved_at = context
+                .reserves
+                .reservation_price(raw.side, price, reference)?;
+            let qty = (budget.checked_div(reserved_at.get()))
+                .ok_or_else(|| overflow("quantity of the free capital fraction"))?
+                .round_dp_with_strategy(12, rust_decimal::RoundingStrategy::ToZero);
             Qty::new(qty)?
         }
     };
@@ -820,6 +877,7 @@ mod tests {
             daily_realized_pnl: dec!(0),
             intents_this_minute: 0,
             entry_block: None,
+            reserves: EntryReserves::default(),
         }
     }
 
@@ -851,6 +909,59 @@ mod tests {
         };
         assert_eq!(entry.qty.get(), dec!(5));
         assert_eq!(entry.notional.get(), dec!(500));
+    }
+
+    /// The reservation the engine makes for `entry`: its quantity at the reservation price,
+    /// rounded up to the ledger's places.
+    fn reservation(entry: &EntryRequest, reserves: EntryReserves, last: Price) -> Decimal {
+        let reference = match entry.price {
+            OrderPrice::Market => last,
+            OrderPrice::Limit(limit) => limit,
+        };
+        let at = reserves
+            .reservation_price(entry.side, entry.price, reference)
+            .unwrap();
+        crate::ledger::round_up(entry.qty.get() * at.get())
+    }
+
+    #[test]
+    fn the_whole_free_capital_fits_with_the_fee_and_slippage_reserves() {
+        let reserves = EntryReserves {
+            slippage_bps: 100,
+            fee_bps: 10,
+        };
+        let context = RiskContext {
+            reserves,
+            ..context()
+        };
+        let valid = check(
+            &entry(RawSize::FreeCapitalFraction(1.0), RawPrice::Market),
+            &context,
+        )
+        .unwrap();
+        let ValidIntent::Entry(entry) = valid else {
+            panic!("not an entry")
+        };
+        // 1000 / (100 * 1.011), cut to 12 places.
+        assert_eq!(entry.qty.get(), dec!(9.891196834817));
+        let reserved = reservation(&entry, reserves, context.last_price.unwrap());
+        assert!(reserved <= dec!(1000), "{reserved}");
+        assert!(reserved > dec!(999.99999), "{reserved}");
+        // A limit buy never fills above its price: it reserves the fee alone.
+        assert_eq!(
+            reserves.allowance_bps(
+                PositionSide::Long,
+                OrderPrice::Limit(context.last_price.unwrap())
+            ),
+            10
+        );
+        assert_eq!(
+            reserves.allowance_bps(
+                PositionSide::Short,
+                OrderPrice::Limit(context.last_price.unwrap())
+            ),
+            110
+        );
     }
 
     #[test]
@@ -1256,8 +1367,51 @@ mod tests {
                     daily_realized_pnl: pnl,
                     intents_this_minute: intents,
                     entry_block: None,
+                    reserves: EntryReserves::default(),
                 },
             )
+    }
+
+    proptest! {
+        /// A fraction of free capital, whatever the price, reserves and side, never reserves
+        /// more than the free capital.
+        #[test]
+        fn a_fraction_of_free_capital_never_reserves_more_than_is_free(
+            free_cents in 1u64..1_000_000_000_000u64,
+            close in 1e-6f64..1e7,
+            fraction in 1e-6f64..=1.0,
+            slippage_bps in 0u32..=10_000,
+            fee_bps in 0u32..=10_000,
+            short in any::<bool>(),
+            limit in any::<bool>(),
+        ) {
+            let reserves = EntryReserves { slippage_bps, fee_bps };
+            let last = Price::from_f64(close).unwrap();
+            let context = RiskContext {
+                last_price: Some(last),
+                free_capital: Decimal::new(free_cents as i64, 2),
+                equity: Decimal::new(free_cents as i64, 2),
+                reserves,
+                ..context()
+            };
+            let raw = RawIntent::Entry(RawEntry {
+                symbol: "BTCUSDT".into(),
+                side: if short { PositionSide::Short } else { PositionSide::Long },
+                size: RawSize::FreeCapitalFraction(fraction),
+                price: if limit { RawPrice::Limit(close) } else { RawPrice::Market },
+                stop_loss: None,
+                take_profit: None,
+                tag: "t".into(),
+            });
+            let limits = RiskLimits {
+                entry_notional_max: Decimal::from(ENTRY_NOTIONAL_CEILING),
+                ..RiskLimits::conservative([btc()])
+            };
+            if let Ok(ValidIntent::Entry(entry)) = validate(&raw, &limits, &context, 0) {
+                let reserved = reservation(&entry, reserves, last);
+                prop_assert!(reserved <= context.free_capital, "{reserved} > {}", context.free_capital);
+            }
+        }
     }
 
     proptest! {

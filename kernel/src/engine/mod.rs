@@ -256,6 +256,9 @@ pub struct ProfileEngine {
     refusals: VecDeque<RefusalRecord>,
     refusal_log: RefusalLog,
     pending_decisions: VecDeque<(Result<Vec<RawIntent>, PluginFault>, u64)>,
+    /// The entries of reversals waiting for their exit to close the position, by symbol, with
+    /// the sequence of the decision that asked for them (see [`ProfileEngine::defer_reversal`]).
+    reversals: HashMap<Symbol, (RawIntent, u64)>,
     plant: Planted,
     /// A resume asked for the quarantine to end at the next clean reconciliation pass.
     quarantine_clear_requested: bool,
@@ -315,6 +318,7 @@ impl ProfileEngine {
             refusals: VecDeque::new(),
             refusal_log: RefusalLog::default(),
             pending_decisions: VecDeque::new(),
+            reversals: HashMap::new(),
             plant: Planted::default(),
             quarantine_clear_requested: false,
             quarantine: None,
@@ -538,6 +542,9 @@ impl ProfileEngine {
                 return Ok(());
             }
         };
+        // Symbols this decision sent an exit for: an entry on the other side of the position
+        // that follows is a reversal.
+        let mut exits_sent: Vec<Symbol> = Vec::new();
         for (index, raw) in intents.into_iter().enumerate() {
             if index >= self.config.intents_per_call_max {
                 self.refuse(
@@ -549,9 +556,18 @@ impl ProfileEngine {
                 outcome.refused += 1;
                 continue;
             }
+            if let Some(symbol) = self.reversal_of(&raw, &exits_sent) {
+                self.defer_reversal(symbol, raw, sequence);
+                continue;
+            }
             match self.validate(&raw) {
                 Ok(valid) => {
+                    let exit_symbol = match &valid {
+                        ValidIntent::Exit(exit) => Some(exit.symbol.clone()),
+                        _ => None,
+                    };
                     if let Some(sent) = self.execute(&raw, valid, sequence).await? {
+                        exits_sent.extend(exit_symbol);
                         outcome.orders_sent.push(sent);
                     }
                 }
@@ -562,6 +578,71 @@ impl ProfileEngine {
             }
         }
         Ok(())
+    }
+
+    /// The symbol of `raw` if it is the entry of a reversal: an entry on the side opposite to
+    /// a position still open, after an exit of that position sent in the same decision and
+    /// still open (an exit the exchange already filled or refused leaves the entry to be
+    /// checked as it stands).
+    fn reversal_of(&self, raw: &RawIntent, exits_sent: &[Symbol]) -> Option<Symbol> {
+        let RawIntent::Entry(entry) = raw else {
+            return None;
+        };
+        let symbol = exits_sent.iter().find(|s| s.as_str() == entry.symbol)?;
+        let held = self.book.positions.get(symbol)?;
+        let held_side = book::position_side(held.side, IntentKind::Entry);
+        let exit_open = self.exit_open(symbol);
+        (held_side != entry.side && exit_open).then(|| symbol.clone())
+    }
+
+    /// True while an exit order on `symbol` is open.
+    fn exit_open(&self, symbol: &Symbol) -> bool {
+        self.book
+            .open_orders
+            .values()
+            .any(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
+    }
+
+    /// Keeps the entry of a reversal until its exit closes the position: the exit goes first,
+    /// and the entry is decided again (validated against the limits and sized on the capital
+    /// the exit freed) once the position is closed. One reversal waits per symbol; a later one
+    /// replaces it. Kept in memory: after a restart the strategy decides afresh.
+    fn defer_reversal(&mut self, symbol: Symbol, raw: RawIntent, sequence: u64) {
+        tracing::info!(%symbol, "reversal: the entry waits for the exit to close the position");
+        if let Some((replaced, _)) = self.reversals.insert(symbol.clone(), (raw, sequence)) {
+            self.record_refusal(
+                replaced,
+                "reversal_replaced",
+                format!("a later reversal on {symbol} replaced this entry before it was sent"),
+            );
+        }
+    }
+
+    /// After a change of an exit order on `symbol`: the waiting reversal's entry is decided
+    /// once no position is left, or refused once no exit is left to close it.
+    fn follow_reversal(&mut self, symbol: &Symbol, exit_status: crate::order::OrderStatus) {
+        if !self.reversals.contains_key(symbol) {
+            return;
+        }
+        let closed = !self.book.positions.contains_key(symbol);
+        if !closed && self.exit_open(symbol) {
+            return;
+        }
+        let Some((raw, sequence)) = self.reversals.remove(symbol) else {
+            return;
+        };
+        if closed {
+            self.pending_decisions.push_back((Ok(vec![raw]), sequence));
+        } else {
+            self.record_refusal(
+                raw,
+                "reversal_abandoned",
+                format!(
+                    "the exit on {symbol} ended {exit_status} with the position still open: \
+                     the reversal's entry was not sent"
+                ),
+            );
+        }
     }
 
     fn risk_context(&self, symbol: Option<&Symbol>) -> RiskContext {
@@ -581,6 +662,7 @@ impl ProfileEngine {
             daily_realized_pnl: self.day.1,
             intents_this_minute: self.minute.1,
             entry_block: self.entry_block(),
+            reserves: self.entry_reserves(),
         }
     }
 
@@ -688,30 +770,33 @@ impl ProfileEngine {
         }
     }
 
+    /// What an entry reserves beyond its notional (the engine's slippage and fee allowances).
+    fn entry_reserves(&self) -> risk::EntryReserves {
+        risk::EntryReserves {
+            slippage_bps: self.config.slippage_reserve_bps,
+            fee_bps: self.config.fee_reserve_bps,
+        }
+    }
+
     /// The price an entry reserves capital at: never below what it may fill at (within the
     /// slippage allowance) plus the fee its fills are charged (within the fee allowance), so
     /// recording a fill never needs capital the reservation does not hold.
     fn reservation_price(&self, request: &OrderRequest) -> Result<Price, Refusal> {
-        let (reference, slippage_bps) = match request.order_type {
-            OrderType::Limit { price } if request.side == crate::market::Side::Buy => (price, 0),
-            OrderType::Limit { price } => (price, self.config.slippage_reserve_bps),
+        let side = match request.side {
+            crate::market::Side::Buy => crate::strategy::PositionSide::Long,
+            crate::market::Side::Sell => crate::strategy::PositionSide::Short,
+        };
+        let (price, reference) = match request.order_type {
+            OrderType::Limit { price } => (OrderPrice::Limit(price), price),
             OrderType::Market => (
+                OrderPrice::Market,
                 self.last_price
                     .get(&request.symbol)
                     .expect("risk validation refuses a market entry without a last price"),
-                self.config.slippage_reserve_bps,
             ),
         };
-        // Two u32 of bps and a price within MAGNITUDE_MAX stay far inside a decimal's range;
-        // the sums are checked so that no configuration can make them panic.
-        let allowance_bps =
-            Decimal::from(slippage_bps) + Decimal::from(self.config.fee_reserve_bps);
-        let factor = Decimal::ONE + allowance_bps / Decimal::from(10_000);
-        let price = (reference.get().checked_mul(factor)).ok_or(Refusal::ArithmeticOverflow {
-            what: "reservation price",
-        })?;
-        let price = price.round_dp_with_strategy(8, rust_decimal::RoundingStrategy::AwayFromZero);
-        Ok(Price::new(price)?)
+        self.entry_reserves()
+            .reservation_price(side, price, reference)
     }
 
     #[tracing::instrument(name = "order", skip_all, fields(client_order_id = tracing::field::Empty))]
