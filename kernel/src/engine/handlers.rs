@@ -281,6 +281,7 @@ impl ProfileEngine {
             OrderStatus::PendingSubmit | OrderStatus::New | OrderStatus::Unknown
         );
         let symbol = order.symbol.clone();
+        let exit_status = (order.kind == IntentKind::Exit).then_some(order.status);
         self.update_book_order(order);
         if status_only {
             return Ok(());
@@ -291,6 +292,9 @@ impl ProfileEngine {
         tx.commit().await?;
         self.book.update_position(&symbol, position);
         self.set_capital(capital);
+        if let Some(status) = exit_status {
+            self.follow_reversal(&symbol, status);
+        }
         Ok(())
     }
 

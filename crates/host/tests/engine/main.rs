@@ -4,4 +4,5 @@ mod harness;
 mod metrics;
 mod path;
 mod recovery;
+mod reversal;
 mod warm_up;
