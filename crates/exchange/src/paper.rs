@@ -87,6 +87,13 @@ pub struct PaperConfig {
     pub quote_asset: String,
     /// The starting wallet balance.
     pub initial_balance: Amount,
+    /// Checks the account's margin when an order fills (leverage 1: the wallet less the cost of
+    /// open positions): a fill that would open more than the margin left pays for, fee
+    /// included, expires the rest of its order instead. A backtest's market order is priced at
+    /// the next candle's open, which may gap beyond what the kernel reserved when it sized the
+    /// entry at the close; on Binance the order would have met the margin check at the price
+    /// it filled at.
+    pub margin_checked_at_fill: bool,
 }
 
 impl Default for PaperConfig {
@@ -99,6 +106,7 @@ impl Default for PaperConfig {
             partial_fill_probability: 0.0,
             quote_asset: "USDT".to_owned(),
             initial_balance: Amount::new(Decimal::new(10_000, 0)).expect("within limits"),
+            margin_checked_at_fill: false,
         }
     }
 }
@@ -190,6 +198,9 @@ struct PaperOrder {
     report: OrderReport,
     active_from_ms: i64,
     fills: Vec<Fill>,
+    /// The open time of the candle that last matched the order: a candle matches an order
+    /// once, whether at its open ([`PaperEngine::on_open`]) or over its range.
+    matched_open_ms: Option<i64>,
 }
 
 /// The matching engine. Pure and deterministic: same config, same rules, same candles and
@@ -306,6 +317,44 @@ impl PaperEngine {
         self.events.drain(..)
     }
 
+    /// Opens a candle before feeding it: the market orders active by its open fill at the open,
+    /// and the clock moves to the open, so an order placed on hearing of those fills (the entry
+    /// of a reversal, after its exit) is active at this open too and fills at it when the candle
+    /// is fed. Limit orders wait for [`PaperEngine::on_candle`]. A backtest calls this before
+    /// each [`PaperEngine::on_candle`]; live paper trading, which hears of candles once they
+    /// closed, does not.
+    ///
+    /// Events go to the queue read by [`PaperEngine::drain_events`].
+    pub fn on_open(&mut self, candle: &Candle) -> Result<(), PaperError> {
+        let Some(book) = self.books.get_mut(&candle.symbol) else {
+            return Err(PaperError::UnknownSymbol(candle.symbol.clone()));
+        };
+        check_candle(candle, book.last_open_time_ms)?;
+        self.now_ms = self.now_ms.max(candle.open_time_ms);
+        if book.open.is_empty() {
+            return Ok(());
+        }
+        let mut ids = std::mem::take(&mut book.open);
+        let mut closed = Vec::new();
+        ids.retain(|id| {
+            if self.orders[id].report.order_type != OrderType::Market {
+                return true;
+            }
+            self.match_order(id, candle);
+            let open = self.orders[id].report.status.is_open();
+            if !open {
+                closed.push(id.clone());
+            }
+            open
+        });
+        let book = self.books.get_mut(&candle.symbol).expect("checked above");
+        book.open = ids;
+        for id in closed {
+            self.close(id);
+        }
+        Ok(())
+    }
+
     /// Feeds one closed candle: fills what it crosses and moves the clock to its close.
     ///
     /// Events go to the queue read by [`PaperEngine::drain_events`].
@@ -381,6 +430,7 @@ impl PaperEngine {
             report: report.clone(),
             active_from_ms: self.now_ms + self.config.latency_ms,
             fills: Vec::new(),
+            matched_open_ms: None,
         };
         // A reused id replaces the closed order it named, as on Binance.
         self.orders.insert(request.client_order_id.clone(), order);
@@ -544,10 +594,13 @@ impl PaperEngine {
     }
 
     fn match_order(&mut self, id: &ClientOrderId, candle: &Candle) {
-        let report = &self.orders[id].report;
-        if candle.open_time_ms < self.orders[id].active_from_ms {
+        let order = &self.orders[id];
+        if candle.open_time_ms < order.active_from_ms
+            || order.matched_open_ms == Some(candle.open_time_ms)
+        {
             return;
         }
+        let report = &order.report;
         let Some(price) = fill_price(report.order_type, report.side, candle) else {
             return;
         };
@@ -567,6 +620,21 @@ impl PaperEngine {
             qty = reducible;
             expire = true;
         }
+        if self.config.margin_checked_at_fill && !reduce_only {
+            let opening = qty - reducible.min(qty);
+            let bps = if maker {
+                self.config.maker_fee_bps
+            } else {
+                self.config.taker_fee_bps
+            };
+            let needed = opening * price.get() * (BPS_PER_UNIT + bps) / BPS_PER_UNIT;
+            if opening > Decimal::ZERO && needed > self.margin_left() {
+                // What closes a position still fills; nothing opens beyond the margin.
+                qty = reducible.min(qty);
+                expire = true;
+            }
+        }
+        self.orders.get_mut(id).expect("open order").matched_open_ms = Some(candle.open_time_ms);
         if qty > Decimal::ZERO {
             self.execute(id, price, qty, maker, candle.close_time_ms);
         }
@@ -575,6 +643,16 @@ impl PaperEngine {
             order.report.status = OrderStatus::Expired;
             self.events.push(UserEvent::Order(order.report.clone()));
         }
+    }
+
+    /// The wallet less the cost of every open position (leverage 1).
+    fn margin_left(&self) -> Decimal {
+        let held: Decimal = self
+            .books
+            .values()
+            .map(|b| b.position.qty.abs() * b.position.entry_price)
+            .sum();
+        self.wallet - held
     }
 
     fn partial_qty(&mut self, remaining: Decimal, step: Decimal) -> Decimal {
@@ -818,6 +896,17 @@ impl PaperExchange {
     /// Runs `f` on the engine (for inspection, or to drive it synchronously).
     pub fn with_engine<R>(&self, f: impl FnOnce(&mut PaperEngine) -> R) -> R {
         f(&mut self.engine.lock().expect("paper engine lock poisoned"))
+    }
+
+    /// Opens a candle ([`PaperEngine::on_open`]) and delivers the resulting events to
+    /// subscribers; the candle itself is delivered when it is fed.
+    pub async fn open_candle(&self, candle: &Candle) -> Result<(), PaperError> {
+        let events: Vec<UserEvent> = self.with_engine(|engine| {
+            engine.on_open(candle)?;
+            Ok::<_, PaperError>(engine.drain_events().collect())
+        })?;
+        self.publish(events).await;
+        Ok(())
     }
 
     /// Feeds one closed candle: matches orders, then delivers the resulting events and the

@@ -389,3 +389,70 @@ async fn paper_exchange_streams_fills_and_candles_to_subscribers() {
     assert_eq!(exchange.fills(&btc(), &id).await.unwrap().len(), 1);
     assert_eq!(exchange.positions().await.unwrap()[0].qty, dec!(1));
 }
+
+#[test]
+fn an_order_placed_at_a_candles_open_fills_at_that_open_once() {
+    let config = PaperConfig {
+        partial_fill_probability: 0.9,
+        ..fee_free()
+    };
+    let mut engine = PaperEngine::new(config, [rules()]);
+    engine
+        .on_candle(&candle(0, 100.0, 105.0, 95.0, 104.0))
+        .unwrap();
+    engine.place(&order("exit", Side::Buy, OrderType::Market, dec!(1)));
+    let next = candle(1, 110.0, 112.0, 108.0, 111.0);
+    engine.on_open(&next).unwrap();
+    let at_open = fills(&mut engine);
+    assert!(!at_open.is_empty());
+    assert!(at_open.iter().all(|f| f.price.get() == dec!(110)));
+    // Placed on hearing of that fill: active at the same open, filled at it when fed.
+    engine.place(&order("entry", Side::Sell, OrderType::Market, dec!(2)));
+    engine.on_candle(&next).unwrap();
+    let fed = fills(&mut engine);
+    let entry: Vec<_> = fed
+        .iter()
+        .filter(|f| f.client_order_id.as_str() == "entry")
+        .collect();
+    assert!(!entry.is_empty(), "{fed:?}");
+    assert!(entry.iter().all(|f| f.price.get() == dec!(110)));
+    // The order the open matched is not matched again by the same candle: a partial fill's
+    // rest waits for the next candle.
+    assert!(
+        fed.iter().all(|f| f.client_order_id.as_str() != "exit"),
+        "{fed:?}"
+    );
+}
+
+#[test]
+fn with_margin_checked_at_fill_an_entry_beyond_the_margin_expires_unfilled() {
+    let config = PaperConfig {
+        margin_checked_at_fill: true,
+        initial_balance: keel_kernel::money::Amount::new(dec!(1000)).unwrap(),
+        ..fee_free()
+    };
+    let mut engine = PaperEngine::new(config, [rules()]);
+    engine
+        .on_candle(&candle(0, 100.0, 105.0, 95.0, 100.0))
+        .unwrap();
+    // 10 at the close would cost all the margin; the next open gapped up.
+    engine.place(&order("gap", Side::Buy, OrderType::Market, dec!(10)));
+    engine
+        .on_candle(&candle(1, 102.0, 103.0, 101.0, 102.0))
+        .unwrap();
+    assert!(fills(&mut engine).is_empty());
+    assert_eq!(status(&engine, "gap"), OrderStatus::Expired);
+    // Within the margin, the same order fills.
+    engine.place(&order("fits", Side::Buy, OrderType::Market, dec!(9.5)));
+    engine
+        .on_candle(&candle(2, 104.0, 105.0, 103.0, 104.0))
+        .unwrap();
+    assert_eq!(fills(&mut engine).len(), 1);
+    assert_eq!(status(&engine, "fits"), OrderStatus::Filled);
+    // Closing never needs margin: a sell of what is held fills even after a fall.
+    engine.place(&order("close", Side::Sell, OrderType::Market, dec!(9.5)));
+    engine
+        .on_candle(&candle(3, 50.0, 51.0, 49.0, 50.0))
+        .unwrap();
+    assert_eq!(status(&engine, "close"), OrderStatus::Filled);
+}
