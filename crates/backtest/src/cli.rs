@@ -32,6 +32,15 @@ pub struct BacktestArgs {
     /// Fee of every fill, in basis points of notional.
     #[arg(long, default_value = "4")]
     pub fee_bps: Decimal,
+    /// Most notional one entry may have, in quote currency. Without it the equity bounds an
+    /// entry (leverage 1), so positions grow with the equity.
+    #[arg(long, value_name = "QUOTE")]
+    pub notional_max: Option<Decimal>,
+    /// Capital an entry reserves above its notional for a market order filling above the close
+    /// it was sized at, in basis points (a fraction of free capital is sized so that the
+    /// notional, this reserve and the fee fit).
+    #[arg(long, default_value_t = 100)]
+    pub slippage_reserve_bps: u32,
     /// The chance, from 0 to 1, that a fill takes only part of the remaining quantity (the rest
     /// fills on later candles).
     #[arg(long, default_value_t = 0.0)]
@@ -73,6 +82,8 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         partial_fill_probability: args.partial_fill_probability,
         store: args.store,
         seed: args.seed,
+        notional_max: args.notional_max,
+        slippage_reserve_bps: args.slippage_reserve_bps,
     };
     let report = run_backtest(&spec, true).await?;
     print!("{}", summary_table(&report));

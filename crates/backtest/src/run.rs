@@ -6,10 +6,17 @@
 //! paper exchange, whose market orders fill at the next candle's open, so a decision never sees
 //! its own fill price in advance.
 //!
-//! Risk limits of a backtest (see [`backtest_limits`]): only the backtested symbol, one entry's
-//! notional at most the capital, one position per symbol, leverage 1, a 5% limit-price band, no
-//! intent-rate limit worth hitting (one call per candle), and a daily loss limit equal to the
-//! capital (so the run is never silently stopped by it).
+//! Risk limits of a backtest (see [`backtest_limits`]): only the backtested symbol, one position
+//! per symbol, leverage 1 (so an entry's notional is bounded by the equity, and positions
+//! compound as it grows), one entry's notional at most `--notional-max` when it is given, a 5%
+//! limit-price band, no intent-rate limit worth hitting (one call per candle), and a daily loss
+//! limit equal to the capital (so the run is never silently stopped by it).
+//!
+//! An entry reserves capital above its notional (see [`backtest_engine_config`]): the fee
+//! `--fee-bps` charges, and `--slippage-reserve-bps` for a market order filling above the
+//! close it was sized at. The paper account's margin is checked when an order fills (see
+//! `PaperConfig::margin_checked_at_fill`): an entry whose next open gapped beyond its reserve,
+//! when it took every unit of free capital, expires instead of filling, and the run goes on.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +30,7 @@ use keel_kernel::lock::OwnerToken;
 use keel_kernel::market::{Candle, Side};
 use keel_kernel::metrics::Metrics;
 use keel_kernel::money::Amount;
-use keel_kernel::risk::RiskLimits;
+use keel_kernel::risk::{ENTRY_NOTIONAL_CEILING, RiskLimits};
 use keel_kernel::store::Store;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive as _;
@@ -86,18 +93,37 @@ pub struct BacktestSpec {
     pub store: BacktestStore,
     /// Seed of the plugin's randomness (live instances draw theirs from the operating system).
     pub seed: u64,
+    /// Most notional one entry may have; `None` leaves the equity (leverage 1) as the bound.
+    pub notional_max: Option<Decimal>,
+    /// Capital an entry reserves for a fill above the price it was sized at, in basis points.
+    pub slippage_reserve_bps: u32,
 }
 
 /// The risk limits a backtest runs under (documented at the top of this module).
-pub fn backtest_limits(symbol: &Symbol, capital: Decimal) -> RiskLimits {
+pub fn backtest_limits(
+    symbol: &Symbol,
+    capital: Decimal,
+    notional_max: Option<Decimal>,
+) -> RiskLimits {
     RiskLimits {
         symbols_allowed: [symbol.clone()].into_iter().collect(),
-        entry_notional_max: capital,
+        entry_notional_max: notional_max.unwrap_or(Decimal::from(ENTRY_NOTIONAL_CEILING)),
         positions_open_max: 1,
         leverage_max: Decimal::ONE,
         limit_price_band_bps: 500,
         intents_per_minute_max: 60,
         daily_loss_max: capital,
+    }
+}
+
+/// The engine settings of a backtest: the live defaults, with an entry's reserves set from the
+/// run's fee (rounded up to whole basis points) and slippage reserve.
+pub fn backtest_engine_config(fee_bps: Decimal, slippage_reserve_bps: u32) -> EngineConfig {
+    let fee_reserve_bps = fee_bps.ceil().to_u32().unwrap_or(u32::MAX);
+    EngineConfig {
+        fee_reserve_bps,
+        slippage_reserve_bps,
+        ..EngineConfig::default()
     }
 }
 
@@ -133,6 +159,23 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
     }
     if spec.fee_bps < Decimal::ZERO {
         bail!("--fee-bps must not be negative, not {}", spec.fee_bps);
+    }
+    if let Some(max) = spec.notional_max
+        && !(max > Decimal::ZERO && max <= Decimal::from(ENTRY_NOTIONAL_CEILING))
+    {
+        bail!("--notional-max must be positive and at most {ENTRY_NOTIONAL_CEILING}, not {max}");
+    }
+    if spec.fee_bps > Decimal::from(10_000) {
+        bail!(
+            "--fee-bps must be at most 10000 (100%), not {}",
+            spec.fee_bps
+        );
+    }
+    if spec.slippage_reserve_bps > 10_000 {
+        bail!(
+            "--slippage-reserve-bps must be at most 10000 (100%), not {}",
+            spec.slippage_reserve_bps
+        );
     }
     if !(0.0..=1.0).contains(&spec.partial_fill_probability) {
         bail!(
@@ -177,6 +220,7 @@ impl Rig {
                 maker_fee_bps: spec.fee_bps,
                 initial_balance: capital,
                 partial_fill_probability: spec.partial_fill_probability,
+                margin_checked_at_fill: true,
                 ..PaperConfig::default()
             },
             [backtest_rules(&spec.symbol)],
@@ -190,9 +234,9 @@ impl Rig {
             ProfileSpec {
                 profile,
                 user,
-                limits: backtest_limits(&spec.symbol, spec.capital),
+                limits: backtest_limits(&spec.symbol, spec.capital, spec.notional_max),
             },
-            EngineConfig::default(),
+            backtest_engine_config(spec.fee_bps, spec.slippage_reserve_bps),
             store,
             exchange_dyn,
             Box::new(strategy),
@@ -214,15 +258,26 @@ impl Rig {
         })
     }
 
-    /// The exchange matches the candle first (fills of orders sent on the previous candle), the
-    /// engine hears the fills, then the strategy decides on the closed candle.
+    /// At the candle's open the market orders sent on the previous candle fill, and the engine
+    /// hears of them (the entry of a reversal is sent once its exit filled, and fills at the
+    /// same open); then the exchange matches the rest of the candle, the engine hears those
+    /// fills, and the strategy decides on the closed candle.
     async fn step(&mut self, candle: &Candle) -> anyhow::Result<()> {
+        self.clock.advance_to(candle.open_time_ms);
+        self.exchange.open_candle(candle).await?;
+        self.hear_events().await?;
         self.clock.advance_to(candle.close_time_ms);
         self.exchange.feed_candle(candle).await?;
+        self.hear_events().await?;
+        self.engine.on_candle(candle).await?;
+        Ok(())
+    }
+
+    /// Hands the exchange's events to the engine.
+    async fn hear_events(&mut self) -> anyhow::Result<()> {
         while let Ok(event) = self.events.try_recv() {
             self.engine.on_user_event(&event).await?;
         }
-        self.engine.on_candle(candle).await?;
         Ok(())
     }
 

@@ -28,5 +28,7 @@ pub fn spec(plugin: &str, seed: u64) -> BacktestSpec {
         partial_fill_probability: 0.0,
         store: BacktestStore::Memory,
         seed,
+        notional_max: None,
+        slippage_reserve_bps: 100,
     }
 }

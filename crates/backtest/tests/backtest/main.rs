@@ -1,5 +1,6 @@
 //! `keel backtest`: the whole kernel path over candle files, its report, and its command line.
 
 mod common;
+mod peer;
 mod python;
 mod runs;

@@ -65,6 +65,8 @@ pub async fn run(args: BacktestBenchArgs) -> anyhow::Result<()> {
         partial_fill_probability: 0.0,
         store: args.store,
         seed: 1,
+        notional_max: None,
+        slippage_reserve_bps: 100,
     };
     let started = Instant::now();
     let report = run_backtest(&spec, false).await?;
