@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use super::candles::read_candles;
 use super::report::summary_table;
 use super::run::{BacktestSpec, BacktestStore, load_inputs, run_backtest};
+use super::sweep::{RankBy, SweepAxis, heatmap, run_sweep, sweep_table};
 
 /// Runs a plugin over recorded candles through the whole kernel path with paper fills.
 #[derive(Debug, clap::Args)]
@@ -60,6 +61,17 @@ pub struct BacktestArgs {
     /// Seed of the plugin's randomness: the same seed replays the same run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Sweeps a config key: `KEY=START..END:STEP` (END included) or `KEY=A,B,C` (repeatable).
+    /// Every combination of the swept values runs, over the `--config` pairs; the runs are
+    /// ranked, `--json` writes them all and `--plot` draws a heatmap of the first two keys.
+    #[arg(long = "sweep", value_name = "KEY=VALUES")]
+    pub sweep: Vec<SweepAxis>,
+    /// Runs of a sweep at once (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// The figure a sweep ranks its runs by.
+    #[arg(long, value_enum, default_value_t = RankBy::TotalReturn)]
+    pub rank_by: RankBy,
 }
 
 /// Runs `keel backtest`.
@@ -85,6 +97,9 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         notional_max: args.notional_max,
         slippage_reserve_bps: args.slippage_reserve_bps,
     };
+    if !args.sweep.is_empty() {
+        return sweep(&spec, &args);
+    }
     let report = run_backtest(&spec, true).await?;
     print!("{}", summary_table(&report));
     if let Some(path) = &args.json {
@@ -93,6 +108,31 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &args.plot {
         super::plot::plot(&report, path)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the sweep `args` asks for over `spec`, on threads of its own (each run is a backtest on
+/// its worker thread's runtime).
+fn sweep(spec: &BacktestSpec, args: &BacktestArgs) -> anyhow::Result<ExitCode> {
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // The command has nothing else to run meanwhile: blocking its thread on the workers is fine.
+    let report = run_sweep(spec, &args.sweep, jobs, args.rank_by, true)?;
+    print!("{}", sweep_table(&report));
+    if let Some(path) = &args.json {
+        let bytes = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        heatmap(&report, path)?;
+    }
+    if report.best().is_none() {
+        anyhow::bail!(
+            "every run of the sweep failed: the first said {:?}",
+            report.rows[0].error
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod plot;
 pub mod report;
 pub mod run;
+pub mod sweep;
 pub mod synthetic;

@@ -154,6 +154,16 @@ struct Rig {
 
 /// Runs the backtest; `progress` draws a bar on stderr when it is a terminal.
 pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result<BacktestReport> {
+    run_backtest_with(spec, &spec.config, progress).await
+}
+
+/// Runs the backtest of `spec` with the plugin given `config` instead of `spec.config` (a
+/// sweep's runs share one spec: its candles and plugin are not copied per run).
+pub async fn run_backtest_with(
+    spec: &BacktestSpec,
+    config: &[(String, String)],
+    progress: bool,
+) -> anyhow::Result<BacktestReport> {
     if spec.capital <= Decimal::ZERO {
         bail!("--capital must be positive, not {}", spec.capital);
     }
@@ -186,7 +196,7 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
     let Some(first) = spec.candles.first() else {
         bail!("no candles to backtest");
     };
-    let mut rig = Rig::new(spec, first.open_time_ms, progress).await?;
+    let mut rig = Rig::new(spec, config, first.open_time_ms, progress).await?;
     let bar = progress_bar(spec.candles.len(), progress);
     let mut equity = Vec::with_capacity(spec.candles.len());
     for (index, candle) in spec.candles.iter().enumerate() {
@@ -201,11 +211,18 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
         .exchange
         .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
     let realized_pnl = rig.engine.book().capital.realized_pnl;
-    Ok(build_report(spec, &fills, equity, realized_pnl))
+    let mut report = build_report(spec, &fills, equity, realized_pnl);
+    report.config = config.to_vec();
+    Ok(report)
 }
 
 impl Rig {
-    async fn new(spec: &BacktestSpec, start_ms: i64, progress: bool) -> anyhow::Result<Rig> {
+    async fn new(
+        spec: &BacktestSpec,
+        config: &[(String, String)],
+        start_ms: i64,
+        progress: bool,
+    ) -> anyhow::Result<Rig> {
         let (store, dir) = open_store(spec.store)
             .await
             .context("opening the backtest's store")?;
@@ -228,7 +245,7 @@ impl Rig {
         let events = exchange.user_events().await?;
         let clock = Arc::new(VirtualClock::new(start_ms));
         // The plugin reads the same virtual clock as the engine.
-        let strategy = start_plugin(spec, profile, clock.clone(), progress)?;
+        let strategy = start_plugin(spec, config, profile, clock.clone(), progress)?;
         let exchange_dyn: Arc<dyn Exchange> = exchange.clone();
         let mut engine = ProfileEngine::new(
             ProfileSpec {
@@ -327,6 +344,7 @@ pub async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<te
 
 fn start_plugin(
     spec: &BacktestSpec,
+    config: &[(String, String)],
     profile: ProfileId,
     clock: Arc<VirtualClock>,
     progress: bool,
@@ -348,7 +366,7 @@ fn start_plugin(
         .start(
             &version,
             InstanceSetup::new(profile, clock)
-                .config(spec.config.clone())
+                .config(config.to_vec())
                 .random_seed(spec.seed),
         )
         .map_err(|fault| anyhow::anyhow!("plugin {}: init: {fault}", spec.plugin_name))

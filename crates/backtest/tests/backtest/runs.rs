@@ -148,3 +148,53 @@ async fn every_store_gives_byte_identical_json() {
         assert!(got == expected, "the {store:?} store changed the report");
     }
 }
+
+#[test]
+fn a_sweeps_best_row_is_the_single_run_with_its_values() {
+    use keel_backtest::sweep::{RankBy, SweepAxis, run_sweep};
+    let mut base = spec("sma-cross", 3);
+    base.config = vec![("mode".into(), "long-short".into())];
+    let axes: Vec<SweepAxis> = vec![
+        "fast=2..6:2".parse().unwrap(),
+        "slow=8,12,5".parse().unwrap(),
+    ];
+    let report = run_sweep(&base, &axes, 2, RankBy::TotalReturn, false).unwrap();
+    assert_eq!(report.rows.len(), 9);
+    // slow=5 is not above fast=6: the plugin refuses it, and the row says so, ranked last.
+    let refused = report.rows.last().unwrap();
+    assert_eq!(refused.params[1].1, "5", "{refused:?}");
+    assert!(
+        refused
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("must be less than slow")),
+        "{refused:?}"
+    );
+    let ranked: Vec<f64> = report
+        .rows
+        .iter()
+        .filter_map(|r| r.summary.as_ref().map(|s| s.total_return))
+        .collect();
+    assert!(ranked.windows(2).all(|w| w[0] >= w[1]), "{ranked:?}");
+
+    let best = report.best().unwrap();
+    let mut single = base.clone();
+    single.config.extend(best.params.iter().cloned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let alone = runtime
+        .block_on(keel_backtest::run::run_backtest(&single, false))
+        .unwrap();
+    assert_eq!(best.summary.as_ref(), Some(&alone.summary));
+
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sweep.svg");
+    keel_backtest::sweep::heatmap(&report, &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("total_return by fast and slow"),
+        "{text:.400}"
+    );
+}
