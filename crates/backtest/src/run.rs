@@ -29,7 +29,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive as _;
 use tokio::sync::mpsc;
 
-use super::report::{BacktestReport, EquityPoint, build_report};
+use super::report::{BacktestReport, EquityPoint, Refusals, build_report};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, user_cache_dir};
 
@@ -146,8 +146,11 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
     let mut rig = Rig::new(spec, first.open_time_ms, progress).await?;
     let bar = progress_bar(spec.candles.len(), progress);
     let mut equity = Vec::with_capacity(spec.candles.len());
+    let mut refusals = Refusals::default();
     for (index, candle) in spec.candles.iter().enumerate() {
         rig.step(candle).await?;
+        // Taken after every candle, so the engine's bounded queue never drops one.
+        refusals.extend(index, rig.engine.take_refusals());
         equity.push(rig.equity_point(candle));
         if (index as u64).is_multiple_of(PROGRESS_EVERY_CANDLES) {
             bar.set_position(index as u64);
@@ -158,7 +161,7 @@ pub async fn run_backtest(spec: &BacktestSpec, progress: bool) -> anyhow::Result
         .exchange
         .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
     let realized_pnl = rig.engine.book().capital.realized_pnl;
-    Ok(build_report(spec, &fills, equity, realized_pnl))
+    Ok(build_report(spec, &fills, equity, realized_pnl, refusals))
 }
 
 impl Rig {
@@ -192,7 +195,11 @@ impl Rig {
                 user,
                 limits: backtest_limits(&spec.symbol, spec.capital),
             },
-            EngineConfig::default(),
+            // The refusals are taken after every candle: the queue holds one candle's.
+            EngineConfig {
+                refusals_kept_max: usize::MAX,
+                ..EngineConfig::default()
+            },
             store,
             exchange_dyn,
             Box::new(strategy),

@@ -1,5 +1,7 @@
 //! `keel backtest`: the whole kernel path over candle files, its report, and its command line.
 
 mod common;
+mod files;
 mod python;
+mod reports;
 mod runs;
