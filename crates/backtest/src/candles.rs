@@ -93,11 +93,14 @@ impl TimestampUnit {
     /// 1973 for the next finer unit, so a file of milliseconds from before March 1973 reads as
     /// seconds.
     pub fn of(value: i64) -> TimestampUnit {
-        match value {
-            ..100_000_000_000 => TimestampUnit::Seconds,
-            ..100_000_000_000_000 => TimestampUnit::Milliseconds,
-            ..100_000_000_000_000_000 => TimestampUnit::Microseconds,
-            _ => TimestampUnit::Nanoseconds,
+        if value < 100_000_000_000 {
+            TimestampUnit::Seconds
+        } else if value < 100_000_000_000_000 {
+            TimestampUnit::Milliseconds
+        } else if value < 100_000_000_000_000_000 {
+            TimestampUnit::Microseconds
+        } else {
+            TimestampUnit::Nanoseconds
         }
     }
 

@@ -375,7 +375,7 @@ fn thin<T>(items: &[T], max: usize) -> Vec<&T> {
     let every = items.len().div_ceil(max.max(1)).max(1);
     let mut kept: Vec<&T> = items.iter().step_by(every).collect();
     if let Some(last) = items.last()
-        && (items.len() - 1) % every != 0
+        && !(items.len() - 1).is_multiple_of(every)
     {
         kept.push(last);
     }

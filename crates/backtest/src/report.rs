@@ -569,7 +569,10 @@ pub fn summary_table(report: &BacktestReport) -> String {
         out.push_str(&format!("{name:<20} {value:>24}\n"));
     }
     for (rule, count) in by_rule {
-        out.push_str(&format!("  refused: {rule:<30} {count:>5}\n"));
+        out.push_str(&format!(
+            "{:<32} {count:>12}\n",
+            format!("  refused by {rule}")
+        ));
     }
     out
 }

@@ -51,7 +51,7 @@ async fn every_refusal_is_counted_by_rule_and_listed_with_its_bar_and_intent() {
     let table = keel_backtest::report::summary_table(&report);
     assert!(table.contains("refusals"), "{table}");
     for rule in s.refusals_by_rule.keys() {
-        assert!(table.contains(&format!("refused: {rule}")), "{table}");
+        assert!(table.contains(&format!("refused by {rule}")), "{table}");
     }
 }
 
