@@ -191,14 +191,7 @@ where
         .label("close")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], PRICE_COLOUR));
     draw_trade_marks(report, candles, &mut chart)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(plot_error)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 /// Where each kind of marker goes: (time, price) pairs.
@@ -336,14 +329,7 @@ where
         .map_err(plot_error)?
         .label("equity")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(plot_error)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn draw_drawdown<DB: DrawingBackend>(
@@ -368,6 +354,20 @@ where
         .draw_series(AreaSeries::new(drawdown, 0.0, RED.mix(0.3)).border_style(RED))
         .map_err(plot_error)?;
     Ok(())
+}
+
+/// The legend of `chart`'s labelled series, at its upper left.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(plot_error)
 }
 
 /// Every n-th item so at most about `max` are drawn, the last one always kept.

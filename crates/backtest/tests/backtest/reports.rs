@@ -191,6 +191,16 @@ async fn the_plot_has_price_equity_and_drawdown_with_marks_in_its_legend() {
     ] {
         assert!(text.contains(label), "{label} missing from the plot");
     }
+    // Refused entries are marked and counted in the legend.
+    let refused = refused_run(38).await;
+    assert!((1..=500).contains(&refused.summary.refusals));
+    let refused_svg = dir.path().join("refused.svg");
+    let mut candles = spec("sma-cross", 38).candles;
+    candles.truncate(3_000);
+    keel_backtest::plot::plot(&refused, &candles, &refused_svg).unwrap();
+    let text = std::fs::read_to_string(&refused_svg).unwrap();
+    let label = format!("refused intents ({})", refused.summary.refusals);
+    assert!(text.contains(&label), "{label} missing from the plot");
     let png = dir.path().join("plot.png");
     keel_backtest::plot::plot(&report, &long_short.candles, &png).unwrap();
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
