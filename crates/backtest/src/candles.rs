@@ -382,9 +382,27 @@ fn named_layout(
             ),
         ));
     }
-    let time = TIME_COLUMN_NAMES
-        .iter()
-        .find_map(|name| find(name))
+    let times: Vec<usize> = (0..names.len())
+        .filter(|&i| TIME_COLUMN_NAMES.contains(&names[i].as_str()))
+        .collect();
+    if let [_, _, ..] = times[..] {
+        // A date in one column and a time of day in another, say: which one is meant is not
+        // for the reader to guess.
+        return Err(row_error(
+            line,
+            format!(
+                "several time columns ({}): keep one, holding the whole date and time",
+                times
+                    .iter()
+                    .map(|&i| &header[i])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let time = times
+        .first()
+        .copied()
         .or_else(|| names[0].is_empty().then_some(0))
         .ok_or_else(|| {
             row_error(
@@ -698,6 +716,11 @@ mod tests {
             parse(no_volume)
                 .unwrap_err()
                 .starts_with("f.csv:1: no volume column")
+        );
+        let split = "Date,Time,Open,High,Low,Close,Volume\n2024-01-02,09:30,10,12,9,11,5\n";
+        assert_eq!(
+            parse(split).unwrap_err(),
+            "f.csv:1: several time columns (Date, Time): keep one, holding the whole date and time"
         );
         let twice = "date,open,high,low,close,close,volume\n2024-01-02,10,12,9,11,11,5\n";
         assert!(
