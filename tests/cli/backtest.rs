@@ -144,3 +144,48 @@ fn cli_refuses_a_plot_path_that_is_neither_svg_nor_png() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains(".svg or .png"), "{}", stderr(&out));
 }
+
+/// With 40 of capital every sma-cross entry is below the minimum notional and refused: under
+/// `--strict` the command prints its summary, then fails naming the count and the first refusal.
+#[test]
+fn cli_strict_fails_on_a_refusal_after_printing_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let candles = candle_file(dir.path(), 14);
+    let out = backtest(&candles, &["--capital", "40", "--strict"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("refusals"), "{table}");
+    assert!(
+        message.contains("--strict: the kernel refused ") && message.contains("(bar "),
+        "{message}"
+    );
+    let out = backtest(&candles, &["--capital", "40"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn cli_reads_a_pandas_daily_file_and_states_its_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("GOOG.csv");
+    let mut text = String::from("Date,Open,High,Low,Close,Volume\n");
+    let mut close: f64 = 100.0;
+    for day in 0..200_i64 {
+        let date = chrono::DateTime::from_timestamp(1_092_873_600 + day * 86_400, 0).unwrap();
+        let open = close;
+        // A slow wave, so the averages cross.
+        close = 100.0 + 20.0 * ((day as f64) / 9.0).sin();
+        let (high, low) = (open.max(close) + 1.0, open.min(close) - 1.0);
+        text.push_str(&format!(
+            "{},{open:.2},{high:.2},{low:.2},{close:.2},1000000\n",
+            date.format("%Y-%m-%d")
+        ));
+        close = (close * 100.0).round() / 100.0;
+    }
+    std::fs::write(&path, text).unwrap();
+    let out = backtest(&path, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("ISO-8601 dates"), "{table}");
+    assert!(table.contains("2004-08-19 to 2005-03-06"), "{table}");
+}

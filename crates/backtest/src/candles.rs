@@ -3,21 +3,36 @@
 //! Two layouts are detected automatically:
 //! - Binance's kline dumps: `open_time,open,high,low,close,volume,close_time,quote_volume,count,
 //!   taker_buy_volume,taker_buy_quote_volume,ignore`, with or without a header line;
-//! - a plain `timestamp,open,high,low,close,volume` file with a header.
+//! - any other CSV with a header line naming its columns, in any case and any order: a time
+//!   column (`date`, `time`, `timestamp`, `datetime` or `open_time`, or an unnamed first column
+//!   as pandas writes its index) and `open`, `high`, `low`, `close` and `volume`. Other columns
+//!   (`Adj Close`, say) are not read: the report names them. So `timestamp,open,high,low,close,
+//!   volume`, pandas' `Date,Open,High,Low,Close,Volume` and Yahoo's `Date,Open,High,Low,Close,
+//!   Adj Close,Volume` are all read.
 //!
-//! Timestamps are milliseconds since the epoch (microsecond values, as in newer dumps, are
-//! recognised by their size) or ISO-8601 / RFC 3339 text (UTC when no offset is given). A
-//! malformed row stops the read with the file, the line number and what is wrong; timestamps must
+//! Timestamps are integers since the epoch in seconds, milliseconds, microseconds or
+//! nanoseconds, told apart by their size (see [`TimestampUnit::of`]) and the same for the whole
+//! file, or ISO-8601 text: a date (`2004-08-19`, midnight UTC) or a date-time (`2004-08-19
+//! 09:30:00`, `2004-08-19T09:30:00Z`; UTC when no offset is given). A malformed row stops the
+//! read with the file, the line number and what is wrong, and nothing is run; timestamps must
 //! strictly increase.
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDateTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use keel_kernel::ids::Symbol;
 use keel_kernel::market::Candle;
+use serde::Serialize;
 
 /// Most candles one file may hold: about 19 years of one-minute candles, 800 MB of memory.
 pub const CANDLES_PER_FILE_MAX: usize = 10_000_000;
+
+/// The names a time column may have (compared without case).
+const TIME_COLUMN_NAMES: [&str; 5] = ["date", "time", "timestamp", "datetime", "open_time"];
+/// The price and volume columns of a file with a header, in the order of [`Candle`]'s fields.
+const VALUE_COLUMN_NAMES: [&str; 5] = ["open", "high", "low", "close", "volume"];
+/// Columns of a Binance kline dump.
+const BINANCE_COLUMNS: usize = 12;
 
 /// Why a candle file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -54,21 +69,139 @@ pub enum CandleFileError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
+/// How a file's timestamps are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    /// Integer seconds since the epoch.
+    Seconds,
+    /// Integer milliseconds since the epoch.
+    Milliseconds,
+    /// Integer microseconds since the epoch (Binance's dumps since 2025).
+    Microseconds,
+    /// Integer nanoseconds since the epoch.
+    Nanoseconds,
+    /// ISO-8601 dates, each read as midnight UTC.
+    IsoDate,
+    /// ISO-8601 date-times (some may be plain dates), UTC unless an offset is given.
+    IsoDateTime,
+}
+
+impl TimestampUnit {
+    /// The unit of an integer timestamp, by its size: below 10¹¹ seconds (up to the year 5138),
+    /// below 10¹⁴ milliseconds, below 10¹⁷ microseconds, nanoseconds above. Each band starts in
+    /// 1973 for the next finer unit, so a file of milliseconds from before March 1973 reads as
+    /// seconds.
+    pub fn of(value: i64) -> TimestampUnit {
+        if value < 100_000_000_000 {
+            TimestampUnit::Seconds
+        } else if value < 100_000_000_000_000 {
+            TimestampUnit::Milliseconds
+        } else if value < 100_000_000_000_000_000 {
+            TimestampUnit::Microseconds
+        } else {
+            TimestampUnit::Nanoseconds
+        }
+    }
+
+    /// The words the summary uses for the unit.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TimestampUnit::Seconds => "seconds",
+            TimestampUnit::Milliseconds => "milliseconds",
+            TimestampUnit::Microseconds => "microseconds",
+            TimestampUnit::Nanoseconds => "nanoseconds",
+            TimestampUnit::IsoDate => "ISO-8601 dates",
+            TimestampUnit::IsoDateTime => "ISO-8601 date-times",
+        }
+    }
+
+    /// `value` of this (integer) unit in milliseconds, or `None` if it does not fit.
+    fn to_ms(self, value: i64) -> Option<i64> {
+        match self {
+            TimestampUnit::Seconds => value.checked_mul(1_000),
+            TimestampUnit::Microseconds => Some(value / 1_000),
+            TimestampUnit::Nanoseconds => Some(value / 1_000_000),
+            TimestampUnit::Milliseconds | TimestampUnit::IsoDate | TimestampUnit::IsoDateTime => {
+                Some(value)
+            }
+        }
+    }
+
+    fn is_text(self) -> bool {
+        matches!(self, TimestampUnit::IsoDate | TimestampUnit::IsoDateTime)
+    }
+}
+
+/// The candles of a file and how the file was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandleFile {
+    /// Every candle, strictly increasing in time.
+    pub candles: Vec<Candle>,
+    /// What was read from the file, for the report.
+    pub info: CandleFileInfo,
+}
+
+/// How a candle file was read, as the report states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CandleFileInfo {
+    /// The file.
+    pub path: String,
+    /// `binance_klines` or `header` (columns found by name).
+    pub layout: &'static str,
+    /// How its timestamps were written.
+    pub timestamps: TimestampUnit,
+    /// Columns of the header that were not read (e.g. `Adj Close`).
+    pub ignored_columns: Vec<String>,
+}
+
+/// Where the fields of a candle are in a file's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
     /// Binance kline dump: close time in column 7.
-    Binance,
-    /// `timestamp,open,high,low,close,volume`: close time inferred from the spacing.
-    Plain,
+    binance: bool,
+    /// Column of the open time.
+    time: usize,
+    /// Columns of open, high, low, close and volume.
+    values: [usize; 5],
+    /// Columns every row has.
+    width: usize,
+    /// Header columns not read.
+    ignored: Vec<String>,
+}
+
+impl Layout {
+    fn binance() -> Layout {
+        Layout {
+            binance: true,
+            time: 0,
+            values: [1, 2, 3, 4, 5],
+            width: BINANCE_COLUMNS,
+            ignored: Vec::new(),
+        }
+    }
 }
 
 /// Reads every candle of `path` for `symbol`.
-pub fn read_candles(path: &Path, symbol: &Symbol) -> Result<Vec<Candle>, CandleFileError> {
+pub fn read_candles(path: &Path, symbol: &Symbol) -> Result<CandleFile, CandleFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| CandleFileError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse_candles(&text, symbol).map_err(|error| error.at(path))
+    let (candles, layout, timestamps) = parse_candles(&text, symbol).map_err(|e| e.at(path))?;
+    Ok(CandleFile {
+        candles,
+        info: CandleFileInfo {
+            path: path.display().to_string(),
+            layout: if layout.binance {
+                "binance_klines"
+            } else {
+                "header"
+            },
+            timestamps,
+            ignored_columns: layout.ignored,
+        },
+    })
 }
 
 /// A row error before the file name is attached.
@@ -97,14 +230,57 @@ fn row_error(line: u64, what: impl Into<String>) -> ParseError {
     }
 }
 
-/// Parses the text of a candle file.
-pub(crate) fn parse_candles(text: &str, symbol: &Symbol) -> Result<Vec<Candle>, ParseError> {
+/// The unit of the file's timestamps, set by its first row and checked on every other.
+struct Timestamps {
+    unit: Option<(TimestampUnit, u64)>,
+}
+
+impl Timestamps {
+    /// Milliseconds since the epoch of `text`, read in the file's unit.
+    fn read(&mut self, text: &str, line: u64) -> Result<i64, ParseError> {
+        let (unit, value) = parse_timestamp(text).map_err(|what| row_error(line, what))?;
+        let (file_unit, first_line) = *self.unit.get_or_insert((unit, line));
+        let unit = match (file_unit, unit) {
+            (a, b) if a == b => a,
+            // Dates and date-times mix as pandas writes them.
+            (a, b) if a.is_text() && b.is_text() => {
+                self.unit = Some((TimestampUnit::IsoDateTime, first_line));
+                b
+            }
+            _ => {
+                return Err(row_error(
+                    line,
+                    format!(
+                        "timestamp {text:?} is in {}, but the file's timestamps are in {} (line {first_line})",
+                        unit.describe(),
+                        file_unit.describe()
+                    ),
+                ));
+            }
+        };
+        unit.to_ms(value)
+            .ok_or_else(|| row_error(line, format!("timestamp {text:?} is out of range")))
+    }
+
+    fn unit(&self) -> TimestampUnit {
+        self.unit
+            .map_or(TimestampUnit::Milliseconds, |(unit, _)| unit)
+    }
+}
+
+/// Parses the text of a candle file: its candles, its layout and its timestamps' unit.
+pub(crate) fn parse_candles(
+    text: &str,
+    symbol: &Symbol,
+) -> Result<(Vec<Candle>, Layout, TimestampUnit), ParseError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let mut layout = None;
+        // A byte-order mark, as spreadsheets write one, is not part of the first column's name.
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let mut layout: Option<Layout> = None;
+    let mut timestamps = Timestamps { unit: None };
     let mut candles: Vec<Candle> = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
@@ -115,11 +291,11 @@ pub(crate) fn parse_candles(text: &str, symbol: &Symbol) -> Result<Vec<Candle>, 
         if record.iter().all(str::is_empty) {
             continue;
         }
-        let layout = match layout {
+        let layout = match &layout {
             Some(layout) => layout,
             None => {
                 let (detected, is_header) = detect_layout(&record, line)?;
-                layout = Some(detected);
+                let detected = layout.insert(detected);
                 if is_header {
                     continue;
                 }
@@ -129,7 +305,7 @@ pub(crate) fn parse_candles(text: &str, symbol: &Symbol) -> Result<Vec<Candle>, 
         if candles.len() == CANDLES_PER_FILE_MAX {
             return Err(ParseError::TooLarge);
         }
-        let candle = parse_row(&record, layout, symbol, line)?;
+        let candle = parse_row(&record, layout, &mut timestamps, symbol, line)?;
         if let Some(previous) = candles.last()
             && candle.open_time_ms <= previous.open_time_ms
         {
@@ -142,62 +318,136 @@ pub(crate) fn parse_candles(text: &str, symbol: &Symbol) -> Result<Vec<Candle>, 
                 line,
                 format!(
                     "{what} timestamp {}: the previous row is at {}",
-                    candle.open_time_ms, previous.open_time_ms
+                    &record[layout.time],
+                    iso_ms(previous.open_time_ms)
                 ),
             ));
         }
         candles.push(candle);
     }
-    if candles.is_empty() {
+    let Some(layout) = layout.filter(|_| !candles.is_empty()) else {
         return Err(ParseError::Empty);
-    }
-    if layout == Some(Layout::Plain) {
+    };
+    if !layout.binance {
         infer_close_times(&mut candles);
     }
-    Ok(candles)
+    Ok((candles, layout, timestamps.unit()))
+}
+
+/// `time_ms` as ISO-8601 UTC text (`2024-01-01T00:00:00Z`, with milliseconds when it has them).
+pub fn iso_ms(time_ms: i64) -> String {
+    match DateTime::from_timestamp_millis(time_ms) {
+        Some(time) if time_ms % 1_000 == 0 => time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Some(time) => time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => time_ms.to_string(),
+    }
 }
 
 fn detect_layout(first: &csv::StringRecord, line: u64) -> Result<(Layout, bool), ParseError> {
     let columns = first.len();
     let is_header = first.get(1).is_some_and(|c| c.parse::<f64>().is_err());
-    if columns >= 12 {
-        return Ok((Layout::Binance, is_header));
+    let names: Vec<String> = first.iter().map(str::to_ascii_lowercase).collect();
+    if columns == BINANCE_COLUMNS && (!is_header || names[6] == "close_time") {
+        return Ok((Layout::binance(), is_header));
     }
-    if columns == 6 {
-        if !is_header {
-            return Err(row_error(
-                line,
-                "a 6-column file needs the header timestamp,open,high,low,close,volume",
-            ));
-        }
-        let names: Vec<String> = first.iter().map(str::to_ascii_lowercase).collect();
-        let expected = ["open", "high", "low", "close", "volume"];
-        if names[1..] != expected {
-            return Err(row_error(
+    if !is_header {
+        return Err(row_error(
+            line,
+            format!(
+                "{columns} columns and no header: a file without a header must be a Binance \
+                 kline dump ({BINANCE_COLUMNS} columns); any other needs a header line such as \
+                 timestamp,open,high,low,close,volume"
+            ),
+        ));
+    }
+    Ok((named_layout(first, &names, line)?, true))
+}
+
+/// The layout a header names.
+fn named_layout(
+    header: &csv::StringRecord,
+    names: &[String],
+    line: u64,
+) -> Result<Layout, ParseError> {
+    let find = |wanted: &str| names.iter().position(|n| n == wanted);
+    if let Some(index) =
+        (0..names.len()).find(|&i| !names[i].is_empty() && names[..i].contains(&names[i]))
+    {
+        return Err(row_error(
+            line,
+            format!(
+                "column {:?} appears twice (column {})",
+                &header[index],
+                index + 1
+            ),
+        ));
+    }
+    let times: Vec<usize> = (0..names.len())
+        .filter(|&i| TIME_COLUMN_NAMES.contains(&names[i].as_str()))
+        .collect();
+    if let [_, _, ..] = times[..] {
+        // A date in one column and a time of day in another, say: which one is meant is not
+        // for the reader to guess.
+        return Err(row_error(
+            line,
+            format!(
+                "several time columns ({}): keep one, holding the whole date and time",
+                times
+                    .iter()
+                    .map(|&i| &header[i])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let time = times
+        .first()
+        .copied()
+        .or_else(|| names[0].is_empty().then_some(0))
+        .ok_or_else(|| {
+            row_error(
                 line,
                 format!(
-                    "unexpected header {:?}: expected timestamp,open,high,low,close,volume",
-                    first.iter().collect::<Vec<_>>()
+                    "no time column in the header {:?}: name one date, time, timestamp, \
+                     datetime or open_time",
+                    header.iter().collect::<Vec<_>>()
                 ),
-            ));
-        }
-        return Ok((Layout::Plain, true));
+            )
+        })?;
+    let mut values = [0; 5];
+    for (slot, wanted) in values.iter_mut().zip(VALUE_COLUMN_NAMES) {
+        *slot = find(wanted).ok_or_else(|| {
+            row_error(
+                line,
+                format!(
+                    "no {wanted} column in the header {:?}: the columns open, high, low, close \
+                     and volume are needed (in any order and case)",
+                    header.iter().collect::<Vec<_>>()
+                ),
+            )
+        })?;
     }
-    Err(row_error(
-        line,
-        format!(
-            "{columns} columns: expected 12 (Binance klines) or 6 (timestamp,open,high,low,close,volume)"
-        ),
-    ))
+    let ignored = (0..names.len())
+        .filter(|i| *i != time && !values.contains(i))
+        .map(|i| header[i].to_owned())
+        .collect();
+    Ok(Layout {
+        binance: false,
+        time,
+        values,
+        width: names.len(),
+        ignored,
+    })
 }
 
 fn parse_row(
     record: &csv::StringRecord,
-    layout: Layout,
+    layout: &Layout,
+    timestamps: &mut Timestamps,
     symbol: &Symbol,
     line: u64,
 ) -> Result<Candle, ParseError> {
-    let expected = if layout == Layout::Binance { 12 } else { 6 };
+    let expected = layout.width;
     if record.len() != expected {
         return Err(row_error(
             line,
@@ -205,7 +455,7 @@ fn parse_row(
         ));
     }
     let number = |index: usize, name: &str| -> Result<f64, ParseError> {
-        let text = &record[index];
+        let text = &record[layout.values[index]];
         let value: f64 = text
             .parse()
             .map_err(|_| row_error(line, format!("{name} {text:?} is not a number")))?;
@@ -217,21 +467,22 @@ fn parse_row(
         }
         Ok(value)
     };
-    let open_time_ms = parse_timestamp(&record[0]).map_err(|what| row_error(line, what))?;
-    let close_time_ms = match layout {
+    let open_time_ms = timestamps.read(&record[layout.time], line)?;
+    let close_time_ms = if layout.binance {
         // Binance's close time is the last millisecond of the interval; ours is exclusive.
-        Layout::Binance => parse_timestamp(&record[6]).map_err(|what| row_error(line, what))? + 1,
-        Layout::Plain => open_time_ms,
+        timestamps.read(&record[6], line)?.saturating_add(1)
+    } else {
+        open_time_ms
     };
     let candle = Candle {
         symbol: symbol.clone(),
         open_time_ms,
         close_time_ms,
-        open: number(1, "open")?,
-        high: number(2, "high")?,
-        low: number(3, "low")?,
-        close: number(4, "close")?,
-        volume: number(5, "volume")?,
+        open: number(0, "open")?,
+        high: number(1, "high")?,
+        low: number(2, "low")?,
+        close: number(3, "close")?,
+        volume: number(4, "volume")?,
     };
     check_prices(&candle).map_err(|what| row_error(line, what))?;
     Ok(candle)
@@ -257,8 +508,9 @@ fn check_prices(candle: &Candle) -> Result<(), String> {
     Ok(())
 }
 
-/// Sets each plain candle's close time to its open time plus the file's interval (the smallest
-/// spacing between rows), so a gap in the data does not stretch a candle.
+/// Sets each candle's close time to its open time plus the file's interval (the smallest
+/// spacing between rows), so a gap in the data (a weekend in daily data) does not stretch a
+/// candle. A file of one candle gets one minute.
 fn infer_close_times(candles: &mut [Candle]) {
     let interval_ms = candles
         .windows(2)
@@ -266,39 +518,53 @@ fn infer_close_times(candles: &mut [Candle]) {
         .min()
         .unwrap_or(60_000);
     for candle in candles {
-        candle.close_time_ms = candle.open_time_ms + interval_ms;
+        candle.close_time_ms = candle.open_time_ms.saturating_add(interval_ms);
     }
 }
 
-/// Parses milliseconds (or microseconds), or ISO-8601 text, into milliseconds since the epoch.
-fn parse_timestamp(text: &str) -> Result<i64, String> {
-    // Ten trillion milliseconds is the year 2286; anything larger is in microseconds.
-    const MICROS_ABOVE: i64 = 10_000_000_000_000;
+/// Parses an integer timestamp (its unit by [`TimestampUnit::of`], the value as written) or
+/// ISO-8601 text (the value in milliseconds).
+fn parse_timestamp(text: &str) -> Result<(TimestampUnit, i64), String> {
     if let Ok(value) = text.parse::<i64>() {
         if value < 0 {
             return Err(format!("timestamp {text:?} is negative"));
         }
-        return Ok(if value >= MICROS_ABOVE {
-            value / 1000
-        } else {
-            value
-        });
+        return Ok((TimestampUnit::of(value), value));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let midnight = date
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_millis());
+        return midnight
+            .map(|ms| (TimestampUnit::IsoDate, ms))
+            .ok_or_else(|| format!("date {text:?} is out of range"));
     }
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
-        return Ok(time.timestamp_millis());
+        return Ok((TimestampUnit::IsoDateTime, time.timestamp_millis()));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(time) = DateTime::parse_from_str(text, format) {
+            return Ok((TimestampUnit::IsoDateTime, time.timestamp_millis()));
+        }
     }
     for format in [
         "%Y-%m-%dT%H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S%.f",
         "%Y-%m-%dT%H:%M:%S",
         "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
     ] {
         if let Ok(time) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(time.and_utc().timestamp_millis());
+            return Ok((
+                TimestampUnit::IsoDateTime,
+                time.and_utc().timestamp_millis(),
+            ));
         }
     }
     Err(format!(
-        "timestamp {text:?} is neither milliseconds nor ISO-8601"
+        "timestamp {text:?} is neither an integer (seconds, milliseconds, microseconds or \
+         nanoseconds since the epoch) nor an ISO-8601 date or date-time"
     ))
 }
 
@@ -310,8 +576,12 @@ mod tests {
         Symbol::new("BTCUSDT").unwrap()
     }
 
-    fn parse(text: &str) -> Result<Vec<Candle>, String> {
+    fn read(text: &str) -> Result<(Vec<Candle>, Layout, TimestampUnit), String> {
         parse_candles(text, &btc()).map_err(|e| e.at(Path::new("f.csv")).to_string())
+    }
+
+    fn parse(text: &str) -> Result<Vec<Candle>, String> {
+        read(text).map(|(candles, _, _)| candles)
     }
 
     const BINANCE_ROWS: &str = "\
@@ -321,17 +591,22 @@ mod tests {
 
     #[test]
     fn binance_dump_without_header_is_read() {
-        let candles = parse(BINANCE_ROWS).unwrap();
+        let (candles, layout, unit) = read(BINANCE_ROWS).unwrap();
         assert_eq!(candles.len(), 2);
         assert_eq!(candles[0].open_time_ms, 1_700_000_000_000);
         assert_eq!(candles[0].close_time_ms, 1_700_000_060_000);
         assert_eq!(candles[1].close, 101.5);
+        assert!(layout.binance);
+        assert_eq!(unit, TimestampUnit::Milliseconds);
     }
 
     #[test]
     fn binance_dump_with_header_is_read() {
         let header = "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,taker_buy_quote_volume,ignore\n";
-        assert_eq!(parse(&format!("{header}{BINANCE_ROWS}")).unwrap().len(), 2);
+        let (candles, layout, _) = read(&format!("{header}{BINANCE_ROWS}")).unwrap();
+        assert_eq!(candles.len(), 2);
+        assert!(layout.binance);
+        assert_eq!(candles[0].close_time_ms, 1_700_000_060_000);
     }
 
     #[test]
@@ -340,15 +615,119 @@ mod tests {
                     2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n\
                     2024-01-01T00:05:00Z,1.5,2,1,1.8,10\n\
                     2024-01-01 00:10:00,1.8,2,1,1.9,10\n";
-        let candles = parse(text).unwrap();
+        let (candles, _, unit) = read(text).unwrap();
         assert_eq!(candles[1].open_time_ms - candles[0].open_time_ms, 300_000);
         assert_eq!(candles[2].close_time_ms - candles[2].open_time_ms, 300_000);
+        assert_eq!(unit, TimestampUnit::IsoDateTime);
+    }
+
+    /// The same three minutes written in each integer unit.
+    #[test]
+    fn integer_timestamps_in_each_unit_are_told_apart_by_size() {
+        for (unit, scale) in [
+            (TimestampUnit::Seconds, 1_i64),
+            (TimestampUnit::Milliseconds, 1_000),
+            (TimestampUnit::Microseconds, 1_000_000),
+            (TimestampUnit::Nanoseconds, 1_000_000_000),
+        ] {
+            let mut text = String::from("timestamp,open,high,low,close,volume\n");
+            for minute in 0..3 {
+                let t = (1_700_000_000 + minute * 60) * scale;
+                text.push_str(&format!("{t},1,2,0.5,1.5,10\n"));
+            }
+            let (candles, _, found) = read(&text).unwrap();
+            assert_eq!(found, unit);
+            assert_eq!(candles[0].open_time_ms, 1_700_000_000_000, "{unit:?}");
+            assert_eq!(candles[2].close_time_ms, 1_700_000_180_000, "{unit:?}");
+        }
     }
 
     #[test]
-    fn microsecond_timestamps_become_milliseconds() {
+    fn microsecond_binance_dumps_become_milliseconds() {
         let text = "1700000000000000,100,101,99,100.5,1,1700000059999999,0,0,0,0,0\n";
-        assert_eq!(parse(text).unwrap()[0].open_time_ms, 1_700_000_000_000);
+        let (candles, _, unit) = read(text).unwrap();
+        assert_eq!(candles[0].open_time_ms, 1_700_000_000_000);
+        assert_eq!(candles[0].close_time_ms, 1_700_000_060_000);
+        assert_eq!(unit, TimestampUnit::Microseconds);
+    }
+
+    #[test]
+    fn a_row_in_another_unit_than_the_first_is_refused_with_its_line() {
+        let text = "timestamp,open,high,low,close,volume\n\
+                    1700000000,1,2,0.5,1.5,10\n\
+                    1700000060000,1,2,0.5,1.5,10\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "f.csv:3: timestamp \"1700000060000\" is in milliseconds, but the file's timestamps \
+             are in seconds (line 2)"
+        );
+        let text = "timestamp,open,high,low,close,volume\n\
+                    2024-01-01,1,2,0.5,1.5,10\n\
+                    1704153600,1,2,0.5,1.5,10\n";
+        assert!(parse(text).unwrap_err().starts_with("f.csv:3: timestamp"));
+    }
+
+    /// What pandas writes for daily data (`df.to_csv()` of backtesting.py's GOOG).
+    #[test]
+    fn a_pandas_daily_file_with_dates_and_capitalised_header_is_read() {
+        let text = "Date,Open,High,Low,Close,Volume\n\
+                    2004-08-19,100.0,104.06,95.96,100.34,22351900\n\
+                    2004-08-20,101.01,109.08,100.5,108.31,11428600\n\
+                    2004-08-23,110.75,113.48,109.05,109.4,9137200\n";
+        let (candles, layout, unit) = read(text).unwrap();
+        assert_eq!(unit, TimestampUnit::IsoDate);
+        assert!(!layout.binance && layout.ignored.is_empty());
+        assert_eq!(candles[0].open_time_ms, 1_092_873_600_000);
+        // The weekend does not stretch Friday's candle: the interval is the smallest spacing.
+        assert_eq!(
+            candles[1].close_time_ms - candles[1].open_time_ms,
+            86_400_000
+        );
+        assert_eq!(candles[2].volume, 9_137_200.0);
+    }
+
+    #[test]
+    fn columns_are_found_by_name_and_other_columns_are_named_as_ignored() {
+        let yahoo = "Date,Open,High,Low,Close,Adj Close,Volume\n\
+                     2024-01-02,10,12,9,11,10.8,500\n\
+                     2024-01-03,11,13,10,12,11.8,600\n";
+        let (candles, layout, _) = read(yahoo).unwrap();
+        assert_eq!(layout.ignored, ["Adj Close"]);
+        assert_eq!(candles[0].close, 11.0);
+        assert_eq!(candles[1].volume, 600.0);
+        let reordered = "close,volume,open_time,low,high,open\n1.5,10,1700000000000,0.5,2,1\n";
+        let candles = parse(reordered).unwrap();
+        assert_eq!((candles[0].open, candles[0].close), (1.0, 1.5));
+        // pandas writes an unnamed index column first.
+        let unnamed = ",Open,High,Low,Close,Volume\n2024-01-02 09:30:00,10,12,9,11,500\n";
+        assert_eq!(parse(unnamed).unwrap()[0].open_time_ms, 1_704_187_800_000);
+    }
+
+    #[test]
+    fn a_header_without_a_needed_column_is_refused_naming_it() {
+        let no_time = "when,open,high,low,close,volume\n1700000000,1,2,0.5,1.5,10\n";
+        assert!(
+            parse(no_time)
+                .unwrap_err()
+                .starts_with("f.csv:1: no time column"),
+        );
+        let no_volume = "Date,Open,High,Low,Close\n2024-01-02,10,12,9,11\n";
+        assert!(
+            parse(no_volume)
+                .unwrap_err()
+                .starts_with("f.csv:1: no volume column")
+        );
+        let split = "Date,Time,Open,High,Low,Close,Volume\n2024-01-02,09:30,10,12,9,11,5\n";
+        assert_eq!(
+            parse(split).unwrap_err(),
+            "f.csv:1: several time columns (Date, Time): keep one, holding the whole date and time"
+        );
+        let twice = "date,open,high,low,close,close,volume\n2024-01-02,10,12,9,11,11,5\n";
+        assert!(
+            parse(twice)
+                .unwrap_err()
+                .contains("\"close\" appears twice")
+        );
     }
 
     #[test]
@@ -357,6 +736,12 @@ mod tests {
         assert_eq!(
             parse(text).unwrap_err(),
             "f.csv:3: close \"abc\" is not a number"
+        );
+        let text = "date,open,high,low,close,volume\n2024-13-01,1,2,0.5,1.5,10\n";
+        assert!(
+            parse(text)
+                .unwrap_err()
+                .starts_with("f.csv:2: timestamp \"2024-13-01\" is neither")
         );
     }
 
@@ -390,18 +775,41 @@ mod tests {
                 .unwrap_err()
                 .contains("f.csv:2: 5 columns, expected 6")
         );
+        let extra_value = "timestamp,open,high,low,close,volume\n1,1,2,0.5,1.5,10,7\n";
+        assert!(
+            parse(extra_value)
+                .unwrap_err()
+                .contains("f.csv:2: 7 columns, expected 6")
+        );
         let headerless_plain = "1,1,2,0.5,1.5,10\n";
         assert!(
             parse(headerless_plain)
                 .unwrap_err()
-                .contains("needs the header")
+                .contains("needs a header line")
         );
         assert!(parse("").unwrap_err().contains("no candles"));
+        assert!(
+            parse("timestamp,open,high,low,close,volume\n")
+                .unwrap_err()
+                .contains("no candles")
+        );
         let nan = "timestamp,open,high,low,close,volume\n1,NaN,2,0.5,1.5,10\n";
         assert!(
             parse(nan)
                 .unwrap_err()
                 .contains("open \"NaN\" is not a finite")
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_header() {
+        let text = "\u{feff}Date,Open,High,Low,Close,Volume\n2024-01-02,10,12,9,11,500\n";
+        assert_eq!(parse(text).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn iso_ms_writes_utc_text() {
+        assert_eq!(iso_ms(1_092_873_600_000), "2004-08-19T00:00:00Z");
+        assert_eq!(iso_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use keel_kernel::ids::Symbol;
 use rust_decimal::Decimal;
 
 use super::candles::read_candles;
-use super::report::summary_table;
+use super::report::{BacktestReport, summary_table};
 use super::run::{BacktestSpec, BacktestStore, load_inputs, run_backtest};
 use super::sweep::{RankBy, SweepAxis, heatmap, run_sweep, sweep_table};
 
@@ -18,7 +18,10 @@ pub struct BacktestArgs {
     /// The plugin component (`.wasm`).
     #[arg(long)]
     pub plugin: PathBuf,
-    /// The candle file: a Binance kline dump or `timestamp,open,high,low,close,volume`.
+    /// The candle file: a Binance kline dump, or a CSV whose header names a time column and
+    /// open, high, low, close and volume (any case, any order: `Date,Open,High,Low,Close,Volume`
+    /// as pandas writes it). Timestamps in seconds, milliseconds or microseconds since the epoch,
+    /// or ISO-8601 dates and date-times.
     #[arg(long)]
     pub candles: PathBuf,
     /// The symbol the candles are of.
@@ -55,9 +58,14 @@ pub struct BacktestArgs {
     /// the same on each.
     #[arg(long, value_enum, default_value_t = BacktestStore::Memory)]
     pub store: BacktestStore,
-    /// Plot equity and drawdown with trades marked (SVG or PNG, by extension).
+    /// Plot price with trades and refusals marked, equity and drawdown (SVG or PNG, by
+    /// extension).
     #[arg(long, value_name = "OUT.svg|OUT.png")]
     pub plot: Option<PathBuf>,
+    /// Fail (exit status 1) if the kernel refused any intent of the strategy, after printing
+    /// and writing the report.
+    #[arg(long)]
+    pub strict: bool,
     /// Seed of the plugin's randomness: the same seed replays the same run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -82,11 +90,11 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
     }
     let config = keel_runtime::check::parse_config(&args.config)?;
     let (plugin, plugin_name) = load_inputs(&args.plugin)?;
-    let candles = read_candles(&args.candles, &symbol)?;
+    let file = read_candles(&args.candles, &symbol)?;
     let spec = BacktestSpec {
         plugin,
         plugin_name,
-        candles,
+        candles: file.candles,
         symbol,
         config,
         capital: args.capital,
@@ -98,16 +106,25 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         slippage_reserve_bps: args.slippage_reserve_bps,
     };
     if !args.sweep.is_empty() {
+        if args.strict {
+            anyhow::bail!(
+                "--strict judges a single run; a sweep lists each run's refusals instead"
+            );
+        }
         return sweep(&spec, &args);
     }
-    let report = run_backtest(&spec, true).await?;
+    let mut report = run_backtest(&spec, true).await?;
+    report.candle_file = Some(file.info);
     print!("{}", summary_table(&report));
     if let Some(path) = &args.json {
         let bytes = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        super::plot::plot(&report, path)?;
+        super::plot::plot(&report, &spec.candles, path)?;
+    }
+    if args.strict {
+        strict_verdict(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -135,4 +152,22 @@ fn sweep(spec: &BacktestSpec, args: &BacktestArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Under `--strict`, an error naming how many intents were refused and the first of them.
+pub fn strict_verdict(report: &BacktestReport) -> anyhow::Result<()> {
+    let count = report.summary.refusals;
+    let Some(first) = report.refusals.first() else {
+        return Ok(());
+    };
+    let intents = if count == 1 { "intent" } else { "intents" };
+    bail!(
+        "--strict: the kernel refused {count} {intents}; the first, at {} (bar {}): {} refused \
+         by {}: {}",
+        first.time,
+        first.bar,
+        first.what(),
+        first.rule,
+        first.message
+    )
 }

@@ -36,7 +36,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive as _;
 use tokio::sync::mpsc;
 
-use super::report::{BacktestReport, EquityPoint, build_report};
+use super::report::{BacktestReport, EquityPoint, Refusals, build_report};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, user_cache_dir};
 
@@ -199,8 +199,11 @@ pub async fn run_backtest_with(
     let mut rig = Rig::new(spec, config, first.open_time_ms, progress).await?;
     let bar = progress_bar(spec.candles.len(), progress);
     let mut equity = Vec::with_capacity(spec.candles.len());
+    let mut refusals = Refusals::default();
     for (index, candle) in spec.candles.iter().enumerate() {
         rig.step(candle).await?;
+        // Taken after every candle, so the engine's bounded queue never drops one.
+        refusals.extend(index, rig.engine.take_refusals());
         equity.push(rig.equity_point(candle));
         if (index as u64).is_multiple_of(PROGRESS_EVERY_CANDLES) {
             bar.set_position(index as u64);
@@ -211,7 +214,7 @@ pub async fn run_backtest_with(
         .exchange
         .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
     let realized_pnl = rig.engine.book().capital.realized_pnl;
-    let mut report = build_report(spec, &fills, equity, realized_pnl);
+    let mut report = build_report(spec, &fills, equity, realized_pnl, refusals);
     report.config = config.to_vec();
     Ok(report)
 }
@@ -253,7 +256,11 @@ impl Rig {
                 user,
                 limits: backtest_limits(&spec.symbol, spec.capital, spec.notional_max),
             },
-            backtest_engine_config(spec.fee_bps, spec.slippage_reserve_bps),
+            // The refusals are taken after every candle: the queue holds one candle's.
+            EngineConfig {
+                refusals_kept_max: usize::MAX,
+                ..backtest_engine_config(spec.fee_bps, spec.slippage_reserve_bps)
+            },
             store,
             exchange_dyn,
             Box::new(strategy),

@@ -355,7 +355,8 @@ impl PaperEngine {
         Ok(())
     }
 
-    /// Feeds one closed candle: fills what it crosses and moves the clock to its close.
+    /// Feeds one closed candle: fills what it crosses and moves the clock to its close. Fills are
+    /// stamped with the candle's open time (a market order fills at the open).
     ///
     /// Events go to the queue read by [`PaperEngine::drain_events`].
     pub fn on_candle(&mut self, candle: &Candle) -> Result<(), PaperError> {
@@ -636,7 +637,9 @@ impl PaperEngine {
         }
         self.orders.get_mut(id).expect("open order").matched_open_ms = Some(candle.open_time_ms);
         if qty > Decimal::ZERO {
-            self.execute(id, price, qty, maker, candle.close_time_ms);
+            // A fill is stamped with the open of the candle that filled it, the bar it belongs
+            // to: a market order fills at that open, not at the close that is known only later.
+            self.execute(id, price, qty, maker, candle.open_time_ms);
         }
         if expire {
             let order = self.orders.get_mut(id).expect("open order");

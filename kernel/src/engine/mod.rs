@@ -440,6 +440,13 @@ impl ProfileEngine {
         self.refusals.iter()
     }
 
+    /// Removes the kept refusals and returns them, oldest first. A caller that takes them after
+    /// every call into the engine sees every refusal, as long as one call refuses no more than
+    /// [`EngineConfig::refusals_kept_max`] intents (a backtest's report lists them all this way).
+    pub fn take_refusals(&mut self) -> std::collections::vec_deque::Drain<'_, RefusalRecord> {
+        self.refusals.drain(..)
+    }
+
     /// The reason new entries are blocked, if they are.
     pub fn entry_block(&self) -> Option<EntryBlock> {
         if self.switches.kill.load(Ordering::Relaxed) {

@@ -40,28 +40,22 @@ fn peer(dir: &Path) -> (Vec<Candle>, BTreeMap<String, Vec<PeerTrade>>) {
         script.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    let candles = read_candles(&dir.join("goog.csv"), &symbol()).unwrap();
+    let candles = read_candles(&dir.join("goog.csv"), &symbol())
+        .unwrap()
+        .candles;
     let trades = std::fs::read(dir.join("trades.json")).unwrap();
     (candles, serde_json::from_slice(&trades).unwrap())
 }
 
-/// The bar a fill at `time_ms` happened in.
-fn bar_of(candles: &[Candle], time_ms: i64) -> usize {
-    candles
-        .iter()
-        .position(|c| c.open_time_ms <= time_ms && time_ms <= c.close_time_ms)
-        .unwrap_or_else(|| panic!("no candle holds {time_ms}"))
-}
-
 /// The closed trades of a kernel run, as the peer lists them.
-fn closed(candles: &[Candle], trades: &[Trade]) -> Vec<PeerTrade> {
+fn closed(trades: &[Trade]) -> Vec<PeerTrade> {
     trades
         .iter()
         .filter_map(|t| {
             Some(PeerTrade {
                 side: t.side.to_owned(),
-                entry_bar: bar_of(candles, t.entry_time_ms),
-                exit_bar: bar_of(candles, t.exit_time_ms?),
+                entry_bar: t.entry_bar,
+                exit_bar: t.exit_bar?,
                 entry_price: t.entry_price.to_f64().unwrap(),
                 exit_price: t.exit_price?.to_f64().unwrap(),
             })
@@ -92,7 +86,7 @@ async fn sma_cross_on_goog_makes_backtesting_py_s_trades() {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let report = run_backtest(&run, false).await.unwrap();
-        let ours = closed(&candles, &report.trades);
+        let ours = closed(&report.trades);
         let theirs = &peer_cases[case];
         assert!(theirs.len() > 40, "{case}: {} trades", theirs.len());
         for (index, (a, b)) in ours.iter().zip(theirs).enumerate() {

@@ -2,8 +2,7 @@
 
 Usage: peer_sma_cross.py OUT_DIR
 
-Writes OUT_DIR/goog.csv (the daily candles as timestamp,open,high,low,close,volume with
-timestamps in milliseconds) and OUT_DIR/trades.json: for each case, the closed trades
+Writes OUT_DIR/goog.csv (the daily candles, as pandas writes them) and OUT_DIR/trades.json: for each case, the closed trades
 backtesting.py makes (side, entry and exit bar, entry and exit price).
 """
 
@@ -49,11 +48,8 @@ class SmaCross(Strategy):
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "goog.csv", "w") as f:
-        f.write("timestamp,open,high,low,close,volume\n")
-        for when, row in GOOG.iterrows():
-            ms = int(when.value // 1_000_000)
-            f.write(f"{ms},{row.Open},{row.High},{row.Low},{row.Close},{row.Volume}\n")
+    # As pandas writes it: the dates in an unnamed first column, then Open,High,Low,Close,Volume.
+    GOOG.to_csv(out / "goog.csv")
     cases = {}
     for name, params in CASES.items():
         stats = Backtest(GOOG, SmaCross, cash=CASH, commission=0.0).run(**params)

@@ -102,6 +102,10 @@ fn market_order_fills_at_the_next_candles_open_not_the_last_close() {
     let fills = fills(&mut engine);
     assert_eq!(fills.len(), 1);
     assert_eq!(fills[0].price.get(), dec!(110));
+    assert_eq!(
+        fills[0].time_ms, 60_000,
+        "stamped at the open it filled at, not at the close"
+    );
     assert_eq!(status(&engine, "m1"), OrderStatus::Filled);
 }
 
@@ -127,6 +131,10 @@ fn limit_buy_fills_only_when_the_low_reaches_it_at_the_limit_price() {
     assert_eq!(fills.len(), 1);
     assert_eq!(fills[0].price.get(), dec!(95));
     assert!(fills[0].maker);
+    assert_eq!(
+        fills[0].time_ms, 120_000,
+        "the open of the candle that filled it"
+    );
 }
 
 #[test]
