@@ -365,8 +365,8 @@ pub fn sweep_table(report: &SweepReport) -> String {
         report.rank_by
     );
     out.push_str(&format!(
-        "{:>4}  {:<32} {:>12} {:>12} {:>8} {:>8} {:>7}\n",
-        "rank", "params", "total return", "max drawdown", "sharpe", "win rate", "trades"
+        "{:>4}  {:<32} {:>12} {:>12} {:>8} {:>8} {:>7} {:>8}\n",
+        "rank", "params", "total return", "max drawdown", "sharpe", "win rate", "trades", "refused"
     ));
     for (index, row) in report.rows.iter().take(ROWS_PRINTED).enumerate() {
         let params = row
@@ -377,14 +377,15 @@ pub fn sweep_table(report: &SweepReport) -> String {
             .join(" ");
         match &row.summary {
             Some(s) => out.push_str(&format!(
-                "{:>4}  {:<32} {:>12} {:>12} {:>8.2} {:>8} {:>7}\n",
+                "{:>4}  {:<32} {:>12} {:>12} {:>8.2} {:>8} {:>7} {:>8}\n",
                 index + 1,
                 params,
                 pct(s.total_return),
                 pct(s.max_drawdown),
                 s.sharpe,
                 pct(s.win_rate),
-                s.trades
+                s.trades,
+                s.refusals
             )),
             None => out.push_str(&format!(
                 "{:>4}  {:<32} failed: {}\n",
