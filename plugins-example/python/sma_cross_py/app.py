@@ -13,6 +13,8 @@ State lives in module globals: componentize-py makes a fresh `WitWorld` object f
 call, so anything set on `self` in `init` is gone by `on_candle`.
 """
 
+import difflib
+
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import account, log
@@ -41,9 +43,17 @@ CONFIG = None
 CROSSES = {}
 
 
+KEYS = ("fast", "slow", "mode", "size_fraction")
+
+
 class Settings:
     def __init__(self, pairs):
         values = dict(pairs)  # the last occurrence of a key wins
+        unknown = [key for key, _ in pairs if key not in KEYS]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], KEYS, n=1)
+            hint = f" (did you mean `{near[0]}`?)" if near else ""
+            raise ValueError(f"unknown config key `{unknown[0]}`{hint}; the keys are {', '.join(KEYS)}")
         self.fast = parse(values, "fast", int, 10)
         self.slow = parse(values, "slow", int, 30)
         self.mode = values.get("mode", "long-only").strip()

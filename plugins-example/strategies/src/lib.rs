@@ -10,6 +10,42 @@ pub const SMA_LONG_TAG: &str = "sma-cross long";
 /// Tag of a short entry made by the moving-average cross.
 pub const SMA_SHORT_TAG: &str = "sma-cross short";
 
+/// Refuses a config key the strategy does not read: a misspelt `fats=10` would otherwise leave
+/// `fast` at its default without a word. The error names the key, the nearest known one when
+/// it is a likely misspelling, and every key the strategy reads.
+pub fn refuse_unknown_keys(pairs: &[(String, String)], known: &[&str]) -> Result<(), String> {
+    let Some((key, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) else {
+        return Ok(());
+    };
+    let nearest = known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .min()
+        .filter(|(distance, _)| *distance <= 2)
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    Err(format!(
+        "unknown config key `{key}`{nearest}; the keys are {}",
+        known.join(", ")
+    ))
+}
+
+/// The Levenshtein distance between two short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// `key` of the config pairs parsed as `T`, or `default` when absent (the last occurrence wins);
 /// the error names the key.
 pub fn config_value<T: std::str::FromStr>(
@@ -153,6 +189,7 @@ impl SmaCrossConfig {
     /// Reads `fast` (10), `slow` (30), `mode` (`long-only`) and `size_fraction` (0.1) from the
     /// config pairs, and checks them.
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<SmaCrossConfig, String> {
+        refuse_unknown_keys(pairs, &["fast", "slow", "mode", "size_fraction"])?;
         let mode: String = config_value(pairs, "mode", "long-only".to_string())?;
         SmaCrossConfig {
             fast: config_value(pairs, "fast", 10)?,
@@ -235,6 +272,10 @@ impl RsiConfig {
     /// Reads `period` (14), `oversold` (30), `overbought` (70), `mode` (`long-only`) and
     /// `size_fraction` (0.1) from the config pairs, and checks them.
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<RsiConfig, String> {
+        refuse_unknown_keys(
+            pairs,
+            &["period", "oversold", "overbought", "mode", "size_fraction"],
+        )?;
         let mode: String = config_value(pairs, "mode", "long-only".to_string())?;
         RsiConfig {
             period: config_value(pairs, "period", 14)?,
@@ -351,6 +392,26 @@ mod tests {
             .map(|p| cross.on_close(p))
             .to_vec();
         assert_eq!(turns.iter().flatten().collect::<Vec<_>>(), vec![&Turn::Up]);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_naming_the_nearest_one() {
+        let pairs = |k: &str| vec![(k.to_owned(), "10".to_owned())];
+        let error = SmaCrossConfig::from_pairs(&pairs("fats")).unwrap_err();
+        assert_eq!(
+            error,
+            "unknown config key `fats` (did you mean `fast`?); the keys are fast, slow, mode, \
+             size_fraction"
+        );
+        let error = RsiConfig::from_pairs(&pairs("threshold")).unwrap_err();
+        assert!(
+            error.starts_with("unknown config key `threshold`; the keys are period"),
+            "{error}"
+        );
+        assert!(SmaCrossConfig::from_pairs(&pairs("fast")).is_ok());
+        assert_eq!(edit_distance("size_fraction", "size_fraction"), 0);
+        assert_eq!(edit_distance("slwo", "slow"), 2);
+        assert_eq!(edit_distance("", "mode"), 4);
     }
 
     #[test]

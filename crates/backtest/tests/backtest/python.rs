@@ -44,3 +44,17 @@ fn a_python_plugin_is_detected_and_gets_the_python_budgets() {
     assert_eq!(rust.report().language, GuestLanguage::Compiled);
     assert_eq!(*rust.limits(), PluginLimits::default());
 }
+
+#[tokio::test]
+async fn a_misspelt_config_key_stops_the_run_naming_it_in_both_languages() {
+    for plugin in ["sma-cross", "sma-cross-py"] {
+        let mut run = spec(plugin, 0);
+        run.config = vec![("fats".to_owned(), "10".to_owned())];
+        let error = run_backtest(&run, false).await.unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("unknown config key `fats` (did you mean `fast`?)"),
+            "{plugin}: {message}"
+        );
+    }
+}
