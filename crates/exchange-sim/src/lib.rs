@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use keel_kernel::exchange::{Interval, SymbolRules, UserEvent};
 use keel_kernel::ids::Symbol;
 use keel_kernel::market::Candle;
@@ -501,6 +501,10 @@ fn router(state: SimState) -> Router {
         )
         .route("/fapi/v1/openOrder", get(rest::open_order))
         .route("/fapi/v1/openOrders", get(rest::open_orders))
+        .route(
+            "/fapi/v1/allOpenOrders",
+            delete(rest::cancel_all_open_orders),
+        )
         .route("/fapi/v1/allOrders", get(rest::all_orders))
         .route("/fapi/v2/account", get(rest::account_v2))
         .route("/fapi/v3/account", get(rest::account_v3))

@@ -787,6 +787,36 @@ const ALL_ORDERS_LIMIT_MAX: i64 = 1_000;
 const ALL_ORDERS_LIMIT_DEFAULT: i64 = 500;
 
 signed_handler!(
+    /// `DELETE /fapi/v1/allOpenOrders`: cancels every open order of the symbol, each reported on
+    /// the user-data stream as a cancel of its own would be, and answers Binance's acknowledgement
+    /// (not the orders).
+    cancel_all_open_orders,
+    1,
+    |state: &SimState, account: &str, params: &Params| -> Reply {
+        let symbol = symbol_param(params)?;
+        state
+            .with_engine(account, |engine| {
+                engine
+                    .open_orders(Some(&symbol))
+                    .iter()
+                    .try_for_each(|order| engine.cancel(&symbol, &order.client_order_id).map(drop))
+            })
+            .map_err(|(code, msg)| ApiError::bad(code, msg))?;
+        ok(CancelAllAnswer {
+            code: 200,
+            msg: "The operation of cancel all open order is done.",
+        })
+    }
+);
+
+/// Binance's answer to `DELETE /fapi/v1/allOpenOrders`.
+#[derive(Serialize)]
+struct CancelAllAnswer {
+    code: u16,
+    msg: &'static str,
+}
+
+signed_handler!(
     /// `GET /fapi/v1/allOrders`: from `orderId` up, else within `startTime`/`endTime`, else
     /// the newest `limit`, oldest first.
     all_orders,

@@ -58,6 +58,11 @@ def run_ccxt():
     check(fetched["id"] == resting["id"], "fetch the order")
     check(len(ex.fetch_open_orders("BTC/USDT:USDT")) == 1, "one open order")
     ex.cancel_order(resting["id"], "BTC/USDT:USDT")
+    for fraction in (0.5, 0.6):
+        ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * fraction, 1))
+    check(len(ex.fetch_open_orders("BTC/USDT:USDT")) == 2, "two open orders")
+    ex.cancel_all_orders("BTC/USDT:USDT")
+    check(ex.fetch_open_orders("BTC/USDT:USDT") == [], "cancel all leaves none open")
     filled = ex.create_order("BTC/USDT:USDT", "market", "buy", 0.01)
     check(filled["status"] == "closed" and filled["filled"] == 0.01, f"a filled market order {filled}")
     trades = ex.fetch_my_trades("BTC/USDT:USDT")
@@ -91,6 +96,12 @@ def run_connector():
     client.get_open_orders(symbol="ETHUSDT", orderId=order["orderId"])
     client.get_orders(symbol="ETHUSDT")
     client.cancel_order(symbol="ETHUSDT", orderId=order["orderId"])
+    client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01, price=2400,
+                     timeInForce="GTC")
+    answer = client.cancel_open_orders(symbol="ETHUSDT")
+    check(answer == {"code": 200, "msg": "The operation of cancel all open order is done."},
+          f"Binance's acknowledgement: {answer}")
+    check(client.get_orders(symbol="ETHUSDT") == [], "cancel all leaves none open")
     client.get_all_orders(symbol="ETHUSDT")
     client.get_account_trades(symbol="ETHUSDT")
 

@@ -250,6 +250,13 @@ async fn answers_have_the_fields_and_json_types_of_binances_documented_examples(
             "/fapi/v1/userTrades",
             "symbol=BTCUSDT".into(),
         ),
+        // Last: it cancels the open order the reads above name.
+        (
+            "cancel_all_open_orders",
+            Method::DELETE,
+            "/fapi/v1/allOpenOrders",
+            "symbol=BTCUSDT".into(),
+        ),
     ];
     for (name, method, path, query) in signed_reads {
         served.push((name, signed(&sim, method, path, &query).await));
