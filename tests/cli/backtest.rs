@@ -189,3 +189,52 @@ fn cli_reads_a_pandas_daily_file_and_states_its_timestamps() {
     assert!(table.contains("ISO-8601 dates"), "{table}");
     assert!(table.contains("2004-08-19 to 2005-03-06"), "{table}");
 }
+
+/// A sweep through the binary: the ranking on stdout, every run in the JSON, a heatmap, and a
+/// clear refusal of a malformed `--sweep` or of `--strict` with a sweep.
+#[test]
+fn cli_sweeps_ranks_and_writes_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let candles = candle_file(dir.path(), 15);
+    let json = dir.path().join("sweep.json");
+    let svg = dir.path().join("sweep.svg");
+    let out = backtest(
+        &candles,
+        &[
+            "--sweep",
+            "fast=2..4:2",
+            "--sweep",
+            "slow=6,9",
+            "--jobs",
+            "2",
+            "--rank-by",
+            "sharpe",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("4 runs ranked by sharpe"), "{table}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(report["rank_by"], "sharpe");
+    assert!(
+        std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("sharpe by fast and slow")
+    );
+
+    let out = backtest(&candles, &["--sweep", "fast=9..2:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("below the start"), "{}", stderr(&out));
+    let out = backtest(&candles, &["--sweep", "fast=2,3", "--strict"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--strict judges a single run"),
+        "{}",
+        stderr(&out)
+    );
+}
