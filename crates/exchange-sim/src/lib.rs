@@ -46,6 +46,8 @@ pub const STREAM_BUFFER_MAX: usize = 4096;
 pub const WEIGHT_LIMIT_1M_DEFAULT: u32 = 2400;
 /// The order limit per minute announced in `exchangeInfo` and enforced.
 pub const ORDER_LIMIT_1M_DEFAULT: u32 = 1200;
+/// Binance's order limit per ten seconds on USDⓈ-M futures.
+pub const ORDER_LIMIT_10S_DEFAULT: u32 = 300;
 /// A listen key expires this long after its creation or last keep-alive, as on Binance.
 pub const LISTEN_KEY_TTL_MS: i64 = 60 * 60 * 1000;
 /// The name of the account every key without one of its own trades on.
@@ -102,6 +104,8 @@ pub struct SimConfig {
     pub weight_limit_1m: u32,
     /// The order limit per minute.
     pub order_limit_1m: u32,
+    /// The order limit per ten seconds.
+    pub order_limit_10s: u32,
     /// The paper engine's settings (fees, latency, partial fills, starting balance).
     pub paper: PaperConfig,
     /// Candles to replay instead of the random walk, in file order. Their prices are kept and
@@ -134,6 +138,7 @@ impl SimConfig {
             candle_ms: 1_000,
             weight_limit_1m: WEIGHT_LIMIT_1M_DEFAULT,
             order_limit_1m: ORDER_LIMIT_1M_DEFAULT,
+            order_limit_10s: ORDER_LIMIT_10S_DEFAULT,
             paper: PaperConfig {
                 seed,
                 ..PaperConfig::default()
@@ -183,6 +188,9 @@ struct Window {
     minute: i64,
     weight: u32,
     orders: u32,
+    /// The current ten-second window (time / 10 s) and the orders created in it.
+    ten_seconds: i64,
+    orders_10s: u32,
 }
 
 pub(crate) struct Inner {
@@ -253,6 +261,8 @@ impl SimState {
                 minute: 0,
                 weight: 0,
                 orders: 0,
+                ten_seconds: 0,
+                orders_10s: 0,
             }),
             interval_name,
             config,

@@ -59,6 +59,18 @@ impl ApiError {
         )
     }
 
+    /// Binance's answer to an order beyond an order-rate limit: 429 with -1015.
+    fn too_many_orders(limit: u32, interval: &str, retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                -1015,
+                format!("Too many new orders; current limit is {limit} orders per {interval}."),
+            )
+        }
+    }
+
     fn rate_limited(retry_after_s: u64) -> Self {
         Self {
             retry_after_s: Some(retry_after_s),
@@ -94,6 +106,10 @@ pub(crate) fn finish(state: &SimState, reply: Reply) -> Response {
     let headers = response.headers_mut();
     headers.insert("X-MBX-USED-WEIGHT-1M", HeaderValue::from(window.weight));
     headers.insert("X-MBX-ORDER-COUNT-1M", HeaderValue::from(window.orders));
+    headers.insert(
+        "X-MBX-ORDER-COUNT-10S",
+        HeaderValue::from(window.orders_10s),
+    );
     response
 }
 
@@ -199,13 +215,35 @@ fn count_weight(state: &SimState, weight: u32, is_order: bool) -> Result<(), Api
         window.weight = 0;
         window.orders = 0;
     }
+    let ten_seconds = now / 10_000;
+    if window.ten_seconds != ten_seconds {
+        window.ten_seconds = ten_seconds;
+        window.orders_10s = 0;
+    }
     window.weight += weight;
     window.orders += u32::from(is_order);
-    let over = window.weight > state.0.config.weight_limit_1m
-        || window.orders > state.0.config.order_limit_1m;
-    if over {
-        let retry_after_s = u64::try_from(60 - (now % 60_000) / 1000).unwrap_or(60);
-        return Err(ApiError::rate_limited(retry_after_s));
+    window.orders_10s += u32::from(is_order);
+    // Whole seconds to the end of the window, rounded up: a client that waits them out is in
+    // the next window.
+    let until_s =
+        |width_ms: i64| u64::try_from((width_ms - now % width_ms + 999) / 1000).unwrap_or(60);
+    let config = &state.0.config;
+    if window.weight > config.weight_limit_1m {
+        return Err(ApiError::rate_limited(until_s(60_000)));
+    }
+    if window.orders_10s > config.order_limit_10s {
+        return Err(ApiError::too_many_orders(
+            config.order_limit_10s,
+            "TEN_SECONDS",
+            until_s(10_000),
+        ));
+    }
+    if window.orders > config.order_limit_1m {
+        return Err(ApiError::too_many_orders(
+            config.order_limit_1m,
+            "MINUTE",
+            until_s(60_000),
+        ));
     }
     Ok(())
 }
@@ -333,6 +371,8 @@ pub(crate) async fn exchange_info(State(state): State<SimState>) -> Response {
                      "limit": state.0.config.weight_limit_1m},
                     {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1,
                      "limit": state.0.config.order_limit_1m},
+                    {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
+                     "limit": state.0.config.order_limit_10s},
                 ],
                 "exchangeFilters": [],
                 "assets": [{"asset": "USDT", "marginAvailable": true, "autoAssetExchange": "0"}],

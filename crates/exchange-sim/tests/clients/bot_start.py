@@ -104,6 +104,14 @@ def run_connector():
     check(client.get_orders(symbol="ETHUSDT") == [], "cancel all leaves none open")
     client.get_all_orders(symbol="ETHUSDT")
     client.get_account_trades(symbol="ETHUSDT")
+    # The connector's limit usage reads Binance's rate headers, the order counts among them.
+    counting = UMFutures(key=key, secret=secret, base_url=base, show_limit_usage=True)
+    placed = counting.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01,
+                                price=2300, timeInForce="GTC")
+    usage = placed["limit_usage"]
+    for header in ("x-mbx-used-weight-1m", "x-mbx-order-count-1m", "x-mbx-order-count-10s"):
+        check(int(usage.get(header, 0)) >= 1, f"{header} in the limit usage: {usage}")
+    counting.cancel_open_orders(symbol="ETHUSDT")
 
 
 run_ccxt()

@@ -599,3 +599,77 @@ async fn each_own_account_key_has_its_balance_orders_positions_and_listen_key() 
     let event: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
     assert_eq!(event["o"]["c"], "alices", "{event}");
 }
+
+/// Binance's ten-second order limit: every answer counts the window's orders in
+/// `X-MBX-ORDER-COUNT-10S`, `exchangeInfo` lists the limit, and the order beyond it is refused
+/// with 429, -1015 and a Retry-After within the window.
+#[tokio::test]
+async fn orders_beyond_the_ten_second_limit_answer_1015_with_retry_after() {
+    let mut config = SimConfig::new(47);
+    config.candle_ms = 100;
+    config.order_limit_10s = 3;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = serve(config, listener).await.unwrap();
+    let (_, info) = public(&sim, "/fapi/v1/exchangeInfo").await;
+    assert!(
+        info["rateLimits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["interval"] == "SECOND" && l["intervalNum"] == 10 && l["limit"] == 3),
+        "{}",
+        info["rateLimits"]
+    );
+    // Start well inside a window, so the four orders share it.
+    let (_, time) = public(&sim, "/fapi/v1/time").await;
+    let into_window = time["serverTime"].as_i64().unwrap() % 10_000;
+    if into_window > 6_000 {
+        tokio::time::sleep(Duration::from_millis((10_100 - into_window) as u64)).await;
+    }
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for price in [30_000, 30_100, 30_200, 30_300] {
+        let query = format!(
+            "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01&price={price}&timestamp={}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+        let signature = hmac_sha256_hex(SimConfig::DEFAULT_API_SECRET, &query);
+        let response = client
+            .post(format!(
+                "{}/fapi/v1/order?{query}&signature={signature}",
+                sim.rest_url()
+            ))
+            .header("X-MBX-APIKEY", SimConfig::DEFAULT_API_KEY)
+            .send()
+            .await
+            .unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let counted = header("X-MBX-ORDER-COUNT-10S");
+        let retry_after = header("Retry-After");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        answers.push((status, counted, retry_after, body));
+    }
+    for (index, (status, counted, _, body)) in answers[..3].iter().enumerate() {
+        assert!(status.is_success(), "order {index}: {status} {body}");
+        assert_eq!(counted.as_deref(), Some(&*(index + 1).to_string()));
+    }
+    let (status, _, retry_after, body) = &answers[3];
+    assert_eq!(*status, 429, "{body}");
+    assert_eq!(body["code"], -1015, "{body}");
+    assert_eq!(
+        body["msg"],
+        "Too many new orders; current limit is 3 orders per TEN_SECONDS."
+    );
+    let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&seconds), "{seconds}");
+}
