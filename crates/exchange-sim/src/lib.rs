@@ -499,6 +499,8 @@ fn router(state: SimState) -> Router {
         .route("/fapi/v1/time", get(rest::time))
         .route("/fapi/v1/exchangeInfo", get(rest::exchange_info))
         .route("/fapi/v1/klines", get(market::klines))
+        .route("/fapi/v1/continuousKlines", get(market::continuous_klines))
+        .route("/fapi/v1/fundingRate", get(market::funding_rate))
         .route("/fapi/v1/ticker/price", get(market::ticker_price))
         .route("/fapi/v2/ticker/price", get(market::ticker_price))
         .route("/fapi/v1/ticker/24hr", get(market::ticker_24hr))
@@ -525,6 +527,10 @@ fn router(state: SimState) -> Router {
         .route("/fapi/v1/leverageBracket", get(rest::leverage_bracket))
         .route("/fapi/v1/leverage", post(rest::set_leverage))
         .route("/fapi/v1/marginType", post(rest::set_margin_type))
+        .route(
+            "/fapi/v1/positionSide/dual",
+            get(rest::position_mode).post(rest::set_position_mode),
+        )
         .route("/fapi/v1/userTrades", get(rest::user_trades))
         .route(
             "/fapi/v1/listenKey",

@@ -33,6 +33,7 @@ const DEPTH_LIMIT_DEFAULT: usize = 500;
 const DEPTH_LIMITS: [usize; 7] = [5, 10, 20, 50, 100, 500, 1000];
 /// Funding is every eight hours.
 const FUNDING_INTERVAL_MS: i64 = 8 * 3_600_000;
+const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// How a kline interval cuts time.
@@ -342,6 +343,113 @@ pub(crate) async fn klines(State(state): State<SimState>, RawQuery(query): RawQu
         }
     };
     finish(&state, reply)
+}
+
+/// `GET /fapi/v1/continuousKlines`: the perpetual contract's candles of `pair`, as `klines`
+/// answers them for the symbol (the simulator lists perpetuals only).
+pub(crate) async fn continuous_klines(
+    State(state): State<SimState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let reply = match klines_limit(&query) {
+        Err(e) => Err(e),
+        Ok(limit) => {
+            let spec = Gate::public_query(wire::klines_weight(limit), Some(&query));
+            match gate(&state, &HeaderMap::new(), spec).await {
+                Ok(mut params) => perpetual_of_pair(&mut params)
+                    .and_then(|()| klines_rows(&state, &params, limit)),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    finish(&state, reply)
+}
+
+/// Names the perpetual of `pair` as the symbol `klines_rows` reads, or refuses another
+/// contract type as Binance refuses a parameter it does not accept.
+fn perpetual_of_pair(params: &mut Params) -> Result<(), ApiError> {
+    let pair = param(params, "pair")?.to_owned();
+    let contract = param(params, "contractType")?;
+    if contract != "PERPETUAL" {
+        return Err(ApiError::bad(
+            -1130,
+            "Data sent for parameter 'contractType' is not valid.",
+        ));
+    }
+    params.insert("symbol".to_owned(), pair);
+    Ok(())
+}
+
+/// Most funding rows one `fundingRate` answer holds, and how many it holds by default.
+const FUNDING_ROWS_MAX: i64 = 1_000;
+const FUNDING_ROWS_DEFAULT: i64 = 100;
+
+/// `GET /fapi/v1/fundingRate`: the funding times (every eight hours) with the rate
+/// `premiumIndex` quotes and the mark price then: from `startTime` forward, else the newest
+/// `limit` up to `endTime` or now, oldest first. The simulator quotes funding; it charges none.
+pub(crate) async fn funding_rate(
+    State(state): State<SimState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let spec = Gate::public_query(1, query.as_deref());
+    let reply = match gate(&state, &HeaderMap::new(), spec).await {
+        Ok(params) => funding_rows(&state, &params),
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+fn funding_rows(state: &SimState, params: &Params) -> Reply {
+    let (symbols, _) = symbols(params)?;
+    let limit = match number(params, "limit")? {
+        None => FUNDING_ROWS_DEFAULT,
+        Some(limit) if (1..=FUNDING_ROWS_MAX).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::bad(
+                -1130,
+                "Data sent for parameter 'limit' is not valid.",
+            ));
+        }
+    };
+    let now = state.now_ms();
+    let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+    let end = end.unwrap_or(now).min(now);
+    let last = end - end.rem_euclid(FUNDING_INTERVAL_MS);
+    let first = match start {
+        Some(start) => {
+            let start = start.max(HISTORY_START_MS);
+            start
+                + (FUNDING_INTERVAL_MS - start.rem_euclid(FUNDING_INTERVAL_MS))
+                    % FUNDING_INTERVAL_MS
+        }
+        None => (last - (limit - 1) * FUNDING_INTERVAL_MS).max(HISTORY_START_MS),
+    };
+    let times: Vec<i64> = (0..limit)
+        .map(|i| first + i * FUNDING_INTERVAL_MS)
+        .take_while(|&t| t <= last)
+        .collect();
+    let mut rows = Vec::new();
+    for symbol in &symbols {
+        let Some(&first_time) = times.first() else {
+            break;
+        };
+        let tape = Tape::of(state, symbol, first_time - MINUTE_MS)
+            .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+        for &time in &times {
+            // The mark price at a funding time: the close of the minute that ends there.
+            let Some(candle) = tape.candle(time - MINUTE_MS, time, now) else {
+                continue;
+            };
+            rows.push(json!({
+                "symbol": symbol.as_str(),
+                "fundingRate": "0.00010000",
+                "fundingTime": time,
+                "markPrice": text(candle.close),
+            }));
+        }
+    }
+    ok(rows)
 }
 
 fn klines_rows(state: &SimState, params: &Params, limit: usize) -> Reply {

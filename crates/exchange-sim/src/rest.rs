@@ -827,6 +827,36 @@ const ALL_ORDERS_LIMIT_MAX: i64 = 1_000;
 const ALL_ORDERS_LIMIT_DEFAULT: i64 = 500;
 
 signed_handler!(
+    /// `GET /fapi/v1/positionSide/dual`: one-way mode, the only mode the simulator keeps.
+    position_mode,
+    30,
+    |_: &SimState, _: &str, _: &Params| -> Reply { ok(PositionMode { dual_side_position: false }) }
+);
+
+signed_handler!(
+    /// `POST /fapi/v1/positionSide/dual`: staying in one-way mode answers Binance's -4059;
+    /// hedge mode is refused as a value the simulator does not accept.
+    set_position_mode,
+    1,
+    |_: &SimState, _: &str, params: &Params| -> Reply {
+        match param(params, "dualSidePosition")? {
+            "false" => Err(ApiError::bad(-4059, "No need to change position side.")),
+            _ => Err(ApiError::bad(
+                -1130,
+                "Data sent for parameter 'dualSidePosition' is not valid.",
+            )),
+        }
+    }
+);
+
+/// Binance's answer to `GET /fapi/v1/positionSide/dual`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PositionMode {
+    dual_side_position: bool,
+}
+
+signed_handler!(
     /// `DELETE /fapi/v1/allOpenOrders`: cancels every open order of the symbol, each reported on
     /// the user-data stream as a cancel of its own would be, and answers Binance's acknowledgement
     /// (not the orders).

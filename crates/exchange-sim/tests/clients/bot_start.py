@@ -51,6 +51,11 @@ def run_ccxt():
         check(len(rows) >= 1 and all(r[2] >= r[3] > 0 for r in rows), f"{timeframe} candles")
     positions = ex.fetch_positions(["BTC/USDT:USDT"])
     check(isinstance(positions, list), "positions")
+    funding = ex.fetch_funding_rate_history("BTC/USDT:USDT", limit=5)
+    check(len(funding) == 5 and all(f["fundingRate"] == 0.0001 for f in funding), f"funding {funding}")
+    check(all(b["timestamp"] - a["timestamp"] == 8 * 3600 * 1000 for a, b in zip(funding, funding[1:])),
+          "funding every eight hours")
+    check(ex.fetch_position_mode("BTC/USDT:USDT")["hedged"] is False, "one-way mode")
     price = ticker["last"]
     resting = ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 0.5, 1))
     check(resting["status"] == "open", f"a resting limit order: {resting['status']}")
@@ -85,6 +90,17 @@ def run_connector():
     client.depth("ETHUSDT", limit=5)
     rows = client.klines("ETHUSDT", "15m", limit=5)
     check(len(rows) == 5, "five klines")
+    perpetual = client.continuous_klines("ETHUSDT", "PERPETUAL", "15m", limit=5)
+    check([r[0] for r in perpetual] == [r[0] for r in rows], "the perpetual's klines are the symbol's")
+    check(len(client.funding_rate("ETHUSDT", limit=3)) == 3, "three funding rows")
+    check(client.get_position_mode() == {"dualSidePosition": False}, "one-way mode")
+    try:
+        client.change_position_mode(dualSidePosition="true")
+        raise SystemExit("FAILED: hedge mode accepted")
+    except SystemExit:
+        raise
+    except Exception as error:  # the connector's ClientError carries Binance's code
+        check(getattr(error, "error_code", None) == -1130, f"hedge mode refused with -1130: {error}")
     client.account()
     check(float(client.balance()[0]["balance"]) > 0, "a balance")
     client.get_position_risk(symbol="ETHUSDT")

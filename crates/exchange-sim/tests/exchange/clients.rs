@@ -191,6 +191,21 @@ async fn answers_have_the_fields_and_json_types_of_binances_documented_examples(
                 .1,
         ),
         (
+            "klines",
+            public(
+                &sim,
+                "/fapi/v1/continuousKlines?pair=BTCUSDT&contractType=PERPETUAL&interval=1h&limit=3",
+            )
+            .await
+            .1,
+        ),
+        (
+            "funding_rate",
+            public(&sim, "/fapi/v1/fundingRate?symbol=BTCUSDT&limit=3")
+                .await
+                .1,
+        ),
+        (
             "error",
             public(&sim, "/fapi/v1/ticker/price?symbol=NOPEUSDT")
                 .await
@@ -218,6 +233,12 @@ async fn answers_have_the_fields_and_json_types_of_binances_documented_examples(
             "leverage_bracket",
             Method::GET,
             "/fapi/v1/leverageBracket",
+            String::new(),
+        ),
+        (
+            "position_side_dual",
+            Method::GET,
+            "/fapi/v1/positionSide/dual",
             String::new(),
         ),
         (
