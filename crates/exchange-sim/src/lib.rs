@@ -532,6 +532,7 @@ fn router(state: SimState) -> Router {
             get(rest::position_mode).post(rest::set_position_mode),
         )
         .route("/fapi/v1/userTrades", get(rest::user_trades))
+        .route("/fapi/v1/income", get(rest::income))
         .route(
             "/fapi/v1/listenKey",
             post(rest::listen_key_create)

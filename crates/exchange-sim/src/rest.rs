@@ -677,6 +677,80 @@ fn trades(state: &SimState, account: &str, params: &Params) -> Reply {
     ok(rows)
 }
 
+/// Most income rows one answer holds, and how many it holds by default.
+const INCOME_ROWS_MAX: i64 = 1_000;
+const INCOME_ROWS_DEFAULT: i64 = 100;
+/// The window `income` answers for when neither `startTime` nor `endTime` is sent.
+const INCOME_WINDOW_DEFAULT_MS: i64 = 7 * 86_400_000;
+
+signed_handler!(
+    /// `GET /fapi/v1/income`: the account's income from its fills, a `COMMISSION` row for every
+    /// fee and a `REALIZED_PNL` row for every fill that closed quantity (funding is quoted, never
+    /// charged: no `FUNDING_FEE` rows). Filtered by `symbol`, `incomeType` and
+    /// `startTime`/`endTime` (neither: the last seven days), oldest first, at most `limit`.
+    income,
+    30,
+    |state: &SimState, account: &str, params: &Params| -> Reply {
+        let symbol = optional_symbol(params)?;
+        let kind = params.get("incomeType").map(String::as_str);
+        let limit = number(params, "limit")?
+            .map_or(INCOME_ROWS_DEFAULT, |l| l.clamp(1, INCOME_ROWS_MAX));
+        let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+        let start = match (start, end) {
+            (None, None) => Some(state.now_ms() - INCOME_WINDOW_DEFAULT_MS),
+            (start, _) => start,
+        };
+        let asset = state.0.config.paper.quote_asset.as_str();
+        let rows: Vec<WireIncome> = state.with_account(account, |a| {
+            a.trades
+                .values()
+                .filter(|f| {
+                    symbol.as_ref().is_none_or(|s| &f.symbol == s)
+                        && start.is_none_or(|t| f.time_ms >= t)
+                        && end.is_none_or(|t| f.time_ms <= t)
+                })
+                .flat_map(|f| {
+                    let fee = Decimal::ZERO - f.fee.get();
+                    let pnl = f.realized_pnl.get();
+                    [
+                        ("COMMISSION", fee, 0),
+                        ("REALIZED_PNL", pnl, 1),
+                    ]
+                    .into_iter()
+                    .filter(move |(what, amount, _)| *what == "COMMISSION" || !amount.is_zero())
+                    .map(move |(what, amount, slot)| WireIncome {
+                        symbol: f.symbol.to_string(),
+                        income_type: what,
+                        income: format!("{amount:.8}"),
+                        asset: asset.to_owned(),
+                        info: what,
+                        time: f.time_ms,
+                        tran_id: f.trade_id.0 * 2 + slot,
+                        trade_id: f.trade_id.0.to_string(),
+                    })
+                })
+                .filter(|row| kind.is_none_or(|k| row.income_type == k))
+                .take(usize::try_from(limit).unwrap_or(100))
+                .collect()
+        });
+        ok(rows)
+    }
+);
+
+/// One row of Binance's income history.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireIncome {
+    symbol: String,
+    income_type: &'static str,
+    income: String,
+    asset: String,
+    info: &'static str,
+    time: i64,
+    tran_id: i64,
+    trade_id: String,
+}
+
 fn api_key_gate<'a>(query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
     Gate {
         security: Security::ApiKey,

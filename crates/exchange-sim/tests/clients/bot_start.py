@@ -77,6 +77,15 @@ def run_ccxt():
     positions = ex.fetch_positions(["BTC/USDT:USDT"])
     check(any(p["contracts"] == 0.01 for p in positions), f"a position: {positions}")
     ex.create_order("BTC/USDT:USDT", "market", "sell", 0.01, params={"reduceOnly": True})
+    # The fills reach the income history: fees, and the PnL of the closing fill.
+    deadline = time.time() + 15
+    while True:
+        ledger = ex.fetch_ledger("USDT")
+        kinds = {entry["type"] for entry in ledger}
+        if {"commission", "trade"} <= kinds or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    check({"commission", "trade"} <= kinds, f"fees and realized PnL in the ledger: {kinds}")
 
 
 def run_connector():
@@ -120,6 +129,8 @@ def run_connector():
     check(client.get_orders(symbol="ETHUSDT") == [], "cancel all leaves none open")
     client.get_all_orders(symbol="ETHUSDT")
     client.get_account_trades(symbol="ETHUSDT")
+    for row in client.get_income_history(incomeType="COMMISSION"):
+        check(row["incomeType"] == "COMMISSION" and float(row["income"]) <= 0, f"a fee row {row}")
     # The connector's limit usage reads Binance's rate headers, the order counts among them.
     counting = UMFutures(key=key, secret=secret, base_url=base, show_limit_usage=True)
     placed = counting.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01,

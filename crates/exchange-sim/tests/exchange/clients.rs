@@ -271,6 +271,7 @@ async fn answers_have_the_fields_and_json_types_of_binances_documented_examples(
             "/fapi/v1/userTrades",
             "symbol=BTCUSDT".into(),
         ),
+        ("income", Method::GET, "/fapi/v1/income", String::new()),
         // Last: it cancels the open order the reads above name.
         (
             "cancel_all_open_orders",
