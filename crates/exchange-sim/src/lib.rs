@@ -511,6 +511,7 @@ fn router(state: SimState) -> Router {
             "/fapi/v1/order",
             post(rest::place).get(rest::query).delete(rest::cancel),
         )
+        .route("/fapi/v1/batchOrders", post(rest::place_batch))
         .route("/fapi/v1/openOrder", get(rest::open_order))
         .route("/fapi/v1/openOrders", get(rest::open_orders))
         .route(

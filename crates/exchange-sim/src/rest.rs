@@ -409,11 +409,85 @@ pub(crate) async fn place(
                 .get("X-MBX-APIKEY")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            place_checked(&state, &params, key).await
+            place_checked(&state, &params, key).await.and_then(ok)
         }
         Err(e) => Err(e),
     };
     finish(&state, reply)
+}
+
+/// Most orders one `batchOrders` request may carry, as on Binance.
+const BATCH_ORDERS_MAX: usize = 5;
+
+/// `POST /fapi/v1/batchOrders`: up to five orders, each placed as `POST /fapi/v1/order` would
+/// place it (and counted as an order); the answer lists, in the request's order, each order
+/// or the `{code, msg}` of its refusal.
+pub(crate) async fn place_batch(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let gate_spec = Gate {
+        is_order: true,
+        ..signed(5, &query, &body)
+    };
+    let reply = match gate(&state, &headers, gate_spec).await {
+        Ok(params) => match batch_orders(&params) {
+            Ok(batch) => {
+                let key = headers
+                    .get("X-MBX-APIKEY")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                // The gate counted the request as one order; Binance counts each.
+                count_orders(&state, batch.len().saturating_sub(1));
+                let mut answers = Vec::with_capacity(batch.len());
+                for order in &batch {
+                    answers.push(match place_checked(&state, order, key).await {
+                        Ok(placed) => serde_json::to_value(placed).expect("an order serializes"),
+                        Err(refused) => json!({"code": refused.code, "msg": refused.msg}),
+                    });
+                }
+                ok(answers)
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    finish(&state, reply)
+}
+
+/// The orders of a `batchOrders` parameter: a JSON list of objects whose values are the
+/// parameters of `POST /fapi/v1/order` (strings, or numbers and booleans as their text).
+fn batch_orders(params: &Params) -> Result<Vec<Params>, ApiError> {
+    let invalid = || ApiError::bad(-1130, "Data sent for parameter 'batchOrders' is not valid.");
+    let text = param(params, "batchOrders")?;
+    let list: Vec<serde_json::Map<String, Value>> =
+        serde_json::from_str(text).map_err(|_| invalid())?;
+    if list.is_empty() || list.len() > BATCH_ORDERS_MAX {
+        return Err(invalid());
+    }
+    list.into_iter()
+        .map(|order| {
+            order
+                .into_iter()
+                .map(|(key, value)| match value {
+                    Value::String(text) => Ok((key, text)),
+                    Value::Number(n) => Ok((key, n.to_string())),
+                    Value::Bool(b) => Ok((key, b.to_string())),
+                    _ => Err(invalid()),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Counts `extra` orders in the order windows beyond the one the gate counted.
+fn count_orders(state: &SimState, extra: usize) {
+    let extra = u32::try_from(extra).unwrap_or(u32::MAX);
+    let mut window = state.0.window.lock().expect("lock poisoned");
+    window.orders = window.orders.saturating_add(extra);
+    window.orders_10s = window.orders_10s.saturating_add(extra);
 }
 
 fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiError> {
@@ -473,7 +547,11 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
     })
 }
 
-async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Reply {
+async fn place_checked(
+    state: &SimState,
+    params: &Params,
+    api_key: &str,
+) -> Result<WireOrder, ApiError> {
     let account = state.account_of(api_key);
     let request = order_request(state, params)?;
     let now = state.now_ms();
@@ -516,9 +594,9 @@ async fn place_checked(state: &SimState, params: &Params, api_key: &str) -> Repl
     let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
     if wants_result && report.order_type == OrderType::Market {
         let settled = market_result(state, account, &report).await;
-        return ok(WireOrder::from_report(&settled));
+        return Ok(WireOrder::from_report(&settled));
     }
-    ok(WireOrder::from_report(&report))
+    Ok(WireOrder::from_report(&report))
 }
 
 /// How long a `RESULT` answer waits for a market order to fill, in candles: it fills at the

@@ -68,6 +68,13 @@ def run_ccxt():
     check(len(ex.fetch_open_orders("BTC/USDT:USDT")) == 2, "two open orders")
     ex.cancel_all_orders("BTC/USDT:USDT")
     check(ex.fetch_open_orders("BTC/USDT:USDT") == [], "cancel all leaves none open")
+    batch = ex.create_orders([
+        {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.01,
+         "price": round(price * fraction, 1)}
+        for fraction in (0.5, 0.6)
+    ])
+    check(len(batch) == 2 and all(o["status"] == "open" for o in batch), f"a batch of two: {batch}")
+    ex.cancel_all_orders("BTC/USDT:USDT")
     filled = ex.create_order("BTC/USDT:USDT", "market", "buy", 0.01)
     check(filled["status"] == "closed" and filled["filled"] == 0.01, f"a filled market order {filled}")
     trades = ex.fetch_my_trades("BTC/USDT:USDT")
@@ -123,6 +130,15 @@ def run_connector():
     client.cancel_order(symbol="ETHUSDT", orderId=order["orderId"])
     client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01, price=2400,
                      timeInForce="GTC")
+    # A batch answers each order in turn: placed, or refused with Binance's code.
+    batch = client.new_batch_order(batchOrders=[
+        {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01",
+         "timeInForce": "GTC", "price": "2350"},
+        {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01",
+         "timeInForce": "GTC"},
+    ])
+    check(len(batch) == 2 and batch[0]["status"] == "NEW", f"the first order placed: {batch}")
+    check(batch[1].get("code") == -1102, f"the second refused for its missing price: {batch}")
     answer = client.cancel_open_orders(symbol="ETHUSDT")
     check(answer == {"code": 200, "msg": "The operation of cancel all open order is done."},
           f"Binance's acknowledgement: {answer}")
