@@ -331,27 +331,7 @@ impl PaperEngine {
         };
         check_candle(candle, book.last_open_time_ms)?;
         self.now_ms = self.now_ms.max(candle.open_time_ms);
-        if book.open.is_empty() {
-            return Ok(());
-        }
-        let mut ids = std::mem::take(&mut book.open);
-        let mut closed = Vec::new();
-        ids.retain(|id| {
-            if self.orders[id].report.order_type != OrderType::Market {
-                return true;
-            }
-            self.match_order(id, candle);
-            let open = self.orders[id].report.status.is_open();
-            if !open {
-                closed.push(id.clone());
-            }
-            open
-        });
-        let book = self.books.get_mut(&candle.symbol).expect("checked above");
-        book.open = ids;
-        for id in closed {
-            self.close(id);
-        }
+        self.match_open_orders(candle, |order| order.report.order_type == OrderType::Market);
         Ok(())
     }
 
@@ -371,14 +351,26 @@ impl PaperEngine {
         }
         book.history.push_back(Bar::of(candle));
         self.now_ms = self.now_ms.max(candle.close_time_ms);
+        self.match_open_orders(candle, |_| true);
+        Ok(())
+    }
+
+    /// Matches the open orders of `candle`'s symbol that `eligible` picks against it, and
+    /// closes those it fills or expires. The open list is taken out and put back so its
+    /// capacity is reused: no allocation per candle unless an order closes.
+    fn match_open_orders(&mut self, candle: &Candle, eligible: impl Fn(&PaperOrder) -> bool) {
+        let Some(book) = self.books.get_mut(&candle.symbol) else {
+            return;
+        };
         if book.open.is_empty() {
-            return Ok(());
+            return;
         }
-        // The open list is taken out and put back so its capacity is reused: no allocation
-        // per candle unless an order closes.
         let mut ids = std::mem::take(&mut book.open);
         let mut closed = Vec::new();
         ids.retain(|id| {
+            if !eligible(&self.orders[id]) {
+                return true;
+            }
             self.match_order(id, candle);
             let open = self.orders[id].report.status.is_open();
             if !open {
@@ -386,12 +378,12 @@ impl PaperEngine {
             }
             open
         });
-        let book = self.books.get_mut(&candle.symbol).expect("checked above");
-        book.open = ids;
+        if let Some(book) = self.books.get_mut(&candle.symbol) {
+            book.open = ids;
+        }
         for id in closed {
             self.close(id);
         }
-        Ok(())
     }
 
     /// The last `limit` closed candles of `symbol` (at most [`CANDLES_KEPT`]), oldest first;
