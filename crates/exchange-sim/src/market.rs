@@ -331,18 +331,30 @@ fn klines_limit(query: &str) -> Result<usize, ApiError> {
 /// `GET /fapi/v1/klines`: candles of any USDⓈ-M interval, honouring `startTime`, `endTime`
 /// and `limit` as Binance does (from `startTime` forward, else back from `endTime` or now).
 pub(crate) async fn klines(State(state): State<SimState>, RawQuery(query): RawQuery) -> Response {
+    klines_answer(&state, query, |_| Ok(())).await
+}
+
+/// The candles a klines request asks for, once `name_symbol` has named the symbol in its
+/// parameters.
+async fn klines_answer(
+    state: &SimState,
+    query: Option<String>,
+    name_symbol: impl FnOnce(&mut Params) -> Result<(), ApiError>,
+) -> Response {
     let query = query.unwrap_or_default();
     let reply = match klines_limit(&query) {
         Err(e) => Err(e),
         Ok(limit) => {
             let spec = Gate::public_query(wire::klines_weight(limit), Some(&query));
-            match gate(&state, &HeaderMap::new(), spec).await {
-                Ok(params) => klines_rows(&state, &params, limit),
+            match gate(state, &HeaderMap::new(), spec).await {
+                Ok(mut params) => {
+                    name_symbol(&mut params).and_then(|()| klines_rows(state, &params, limit))
+                }
                 Err(e) => Err(e),
             }
         }
     };
-    finish(&state, reply)
+    finish(state, reply)
 }
 
 /// `GET /fapi/v1/continuousKlines`: the perpetual contract's candles of `pair`, as `klines`
@@ -351,19 +363,7 @@ pub(crate) async fn continuous_klines(
     State(state): State<SimState>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let query = query.unwrap_or_default();
-    let reply = match klines_limit(&query) {
-        Err(e) => Err(e),
-        Ok(limit) => {
-            let spec = Gate::public_query(wire::klines_weight(limit), Some(&query));
-            match gate(&state, &HeaderMap::new(), spec).await {
-                Ok(mut params) => perpetual_of_pair(&mut params)
-                    .and_then(|()| klines_rows(&state, &params, limit)),
-                Err(e) => Err(e),
-            }
-        }
-    };
-    finish(&state, reply)
+    klines_answer(&state, query, perpetual_of_pair).await
 }
 
 /// Names the perpetual of `pair` as the symbol `klines_rows` reads, or refuses another

@@ -403,14 +403,9 @@ pub(crate) async fn place(
         ..signed(0, &query, &body)
     };
     let reply = match gate(&state, &headers, gate_spec).await {
-        Ok(params) => {
-            // The gate accepted the key: it is there and known.
-            let key = headers
-                .get("X-MBX-APIKEY")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            place_checked(&state, &params, key).await.and_then(ok)
-        }
+        Ok(params) => place_checked(&state, &params, api_key_of(&headers))
+            .await
+            .and_then(ok),
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -435,10 +430,7 @@ pub(crate) async fn place_batch(
     let reply = match gate(&state, &headers, gate_spec).await {
         Ok(params) => match batch_orders(&params) {
             Ok(batch) => {
-                let key = headers
-                    .get("X-MBX-APIKEY")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
+                let key = api_key_of(&headers);
                 // The gate counted the request as one order; Binance counts each.
                 count_orders(&state, batch.len().saturating_sub(1));
                 let mut answers = Vec::with_capacity(batch.len());
@@ -938,13 +930,17 @@ pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<Str
     Json(state.placed_by())
 }
 
-/// The account the request's API key trades on (the gate checked the key).
-fn account_name(state: &SimState, headers: &HeaderMap) -> String {
-    let key = headers
+/// The request's API key (once the gate accepted it: it is there and known).
+fn api_key_of(headers: &HeaderMap) -> &str {
+    headers
         .get("X-MBX-APIKEY")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    state.account_of(key).to_owned()
+        .unwrap_or_default()
+}
+
+/// The account the request's API key trades on (the gate checked the key).
+fn account_name(state: &SimState, headers: &HeaderMap) -> String {
+    state.account_of(api_key_of(headers)).to_owned()
 }
 
 /// An order as `GET /fapi/v1/openOrder` and `allOrders` write it, with its creation time.
