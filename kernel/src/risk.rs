@@ -190,6 +190,19 @@ pub enum EntryBlock {
     PluginFaulted,
 }
 
+impl std::fmt::Display for EntryBlock {
+    /// The reason in words, as a refusal's message gives it to a person.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EntryBlock::HostKillSwitch => "the host-wide kill switch is on",
+            EntryBlock::ProfileKillSwitch => "the profile's kill switch is on",
+            EntryBlock::Paused => "the profile is paused",
+            EntryBlock::Quarantined => "the profile is quarantined (reduce-only)",
+            EntryBlock::PluginFaulted => "the plugin faulted",
+        })
+    }
+}
+
 /// What the kernel knows about the profile when it validates an intent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RiskContext {
@@ -429,7 +442,7 @@ pub enum Refusal {
         max: Decimal,
     },
     /// New entries are blocked for the profile.
-    #[error("entries are blocked: {0:?}")]
+    #[error("entries are blocked: {0}")]
     EntryBlocked(EntryBlock),
     /// An exit for a symbol the profile holds no position in.
     #[error("no open position in {0} to exit")]
@@ -771,6 +784,15 @@ mod tests {
 
     fn btc() -> Symbol {
         Symbol::new("BTCUSDT").unwrap()
+    }
+
+    #[test]
+    fn an_entry_block_refusal_says_its_reason_in_words() {
+        let refusal = Refusal::EntryBlocked(EntryBlock::HostKillSwitch);
+        assert_eq!(
+            refusal.to_string(),
+            "entries are blocked: the host-wide kill switch is on"
+        );
     }
 
     #[test]

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::demo_keys;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -260,7 +262,35 @@ async fn readings(client: &Client, name: &str) -> Option<(String, String)> {
     Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned()))
 }
 
-/// The demo user's API at `base`.
+/// Clicks the element matching `css` as a person does: WebDriver scrolls it into view, moves
+/// the pointer onto it, presses and releases. A page that replaces the element between the two
+/// (a re-render) fails here, as it would fail its user.
+async fn click(client: &Client, css: &str) {
+    let element = client
+        .wait()
+        .at_most(WAIT_MAX)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"));
+    element
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+}
+
+/// The status badge of every profile card, sorted by profile name.
+async fn statuses(client: &Client) -> Vec<(String, String)> {
+    let script = r#"
+        return [...document.querySelectorAll('[data-profile]')]
+            .map((c) => [c.querySelector('.name').textContent, c.querySelector('.status').textContent]);
+    "#;
+    let value = client.execute(script, vec![]).await.unwrap();
+    let mut pairs: Vec<(String, String)> = serde_json::from_value(value).unwrap();
+    pairs.sort();
+    pairs
+}
+
+/// The API at `base`, as the holder of `token`.
 struct UserApi {
     base: String,
     token: String,
@@ -520,8 +550,7 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     .await;
 
     // The operator's view: the host's loops with states and ages computed by the host.
-    let secret = std::fs::read_to_string(data.path().join("jwt-secret")).unwrap();
-    let keys = keel_api::auth::JwtKeys::new(secret.trim().as_bytes()).unwrap();
+    let keys = demo_keys(data.path());
     let operator = keys.mint(
         keel_kernel::ids::UserId::new_random(),
         true,
@@ -555,6 +584,89 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     })
     .await;
     screenshot(&client, "5-operator").await;
+
+    client.close().await.unwrap();
+    driver.kill().await.unwrap();
+    interrupt(&mut demo).await;
+}
+
+/// The operator's side of the page, clicked as a person clicks: the host-wide kill switch goes
+/// on, the API and every profile card agree that entries are blocked, and a second click
+/// releases it.
+#[tokio::test]
+async fn an_operator_switches_the_host_kill_switch_with_a_click() {
+    let data = tempfile::tempdir().unwrap();
+    let profile_dir = tempfile::tempdir().unwrap();
+    let (mut demo, url) = start_demo(data.path(), 0).await;
+    let (base, user_token) = url.split_once("/#token=").unwrap();
+    // The demo's user with the operator role: the page shows its profiles and the host.
+    let keys = demo_keys(data.path());
+    let user = keys.verify(user_token).expect("the demo's token").user;
+    let token = keys.mint(user, true, chrono::Utc::now().timestamp(), 600);
+    let api = UserApi {
+        base: base.to_owned(),
+        token: token.clone(),
+        client: reqwest::Client::new(),
+    };
+    let host_kill = || async {
+        api.send(
+            reqwest::Method::GET,
+            "/operator/kill",
+            None,
+            "application/json",
+        )
+        .await["engaged"]
+            .as_bool()
+            .expect("the switch's state")
+    };
+    let (mut driver, port) = start_chromedriver().await;
+    let client = browser(port, profile_dir.path()).await;
+    client
+        .goto(&format!("{base}/#token={token}"))
+        .await
+        .unwrap();
+    wait_for("the three demo profiles running", || async {
+        let seen = statuses(&client).await;
+        seen.len() == DEMO_PROFILES.len() && seen.iter().all(|(_, s)| s == "running")
+    })
+    .await;
+    assert!(!host_kill().await, "the demo starts with the switch off");
+
+    click(&client, "#host-toggle").await;
+    wait_for("the host view with the switch off", || async {
+        texts(&client, "#host .host-kill").await == ["off"]
+    })
+    .await;
+
+    // On: the page, the API and every profile's entries.
+    click(&client, "#host-kill-toggle").await;
+    wait_for("the page to show the switch on", || async {
+        texts(&client, "#host .host-kill").await == ["ON"]
+    })
+    .await;
+    assert!(host_kill().await, "the API reports the switch on");
+    wait_for("every card to show its entries blocked", || async {
+        let seen = statuses(&client).await;
+        seen.len() == DEMO_PROFILES.len()
+            && seen
+                .iter()
+                .all(|(_, s)| s == "entries blocked: host kill switch")
+    })
+    .await;
+    screenshot(&client, "operator-kill-on").await;
+
+    // Off again: the page, the API, and the profiles run as before.
+    click(&client, "#host-kill-toggle").await;
+    wait_for("the page to show the switch off", || async {
+        texts(&client, "#host .host-kill").await == ["off"]
+    })
+    .await;
+    assert!(!host_kill().await, "the API reports the switch off");
+    wait_for("every card running again", || async {
+        statuses(&client).await.iter().all(|(_, s)| s == "running")
+    })
+    .await;
+    screenshot(&client, "operator-kill-off").await;
 
     client.close().await.unwrap();
     driver.kill().await.unwrap();

@@ -27,9 +27,7 @@ impl Demo {
         )
         .unwrap();
         let user = keel_kernel::ids::UserId::parse(state["user"].as_str().unwrap()).unwrap();
-        let secret = std::fs::read_to_string(self.data_dir.join("jwt-secret")).unwrap();
-        let keys = keel_api::auth::JwtKeys::new(secret.trim().as_bytes()).unwrap();
-        keys.mint(user, false, chrono::Utc::now().timestamp(), 600)
+        crate::demo_keys(&self.data_dir).mint(user, false, chrono::Utc::now().timestamp(), 600)
     }
 
     /// The demo's profile ids.

@@ -27,6 +27,12 @@ fn repo_root() -> PathBuf {
     keel_testkit::repo_root()
 }
 
+/// The keys that sign the demo's tokens, from the secret in its data directory.
+fn demo_keys(data_dir: &Path) -> keel_api::auth::JwtKeys {
+    let secret = std::fs::read_to_string(data_dir.join("jwt-secret")).unwrap();
+    keel_api::auth::JwtKeys::new(secret.trim().as_bytes()).unwrap()
+}
+
 struct Demo {
     child: Child,
     base: String,
@@ -115,10 +121,8 @@ impl Demo {
 
     /// A token signed with the demo's secret, for a fresh user id.
     fn token(&self, operator: bool) -> String {
-        let secret = std::fs::read_to_string(self.data_dir.join("jwt-secret")).unwrap();
-        let keys = keel_api::auth::JwtKeys::new(secret.trim().as_bytes()).unwrap();
         let now = chrono::Utc::now().timestamp();
-        keys.mint(keel_kernel::ids::UserId::new_random(), operator, now, 600)
+        demo_keys(&self.data_dir).mint(keel_kernel::ids::UserId::new_random(), operator, now, 600)
     }
 
     async fn wait_ready(&self) {

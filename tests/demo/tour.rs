@@ -22,43 +22,12 @@ const COMMAND_MAX: Duration = Duration::from_secs(900);
 /// The shell commands of the tour's first `sh` block: continuation lines joined, a here-document
 /// kept with its command, comment-only lines dropped.
 fn tour_commands(readme: &str) -> Vec<String> {
-    let section = readme
-        .split(TOUR_HEADING)
-        .nth(1)
-        .unwrap_or_else(|| panic!("README.md has no {TOUR_HEADING:?} section"));
-    let block = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("\n```").next())
+    let section = keel_testkit::readme::section(readme, TOUR_HEADING);
+    let block = keel_testkit::readme::sh_blocks(section)
+        .into_iter()
+        .next()
         .expect("the tour has a sh block");
-    let mut commands = Vec::new();
-    let mut lines = block.lines();
-    while let Some(line) = lines.next() {
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let mut command = line.to_owned();
-        while command.trim_end().ends_with('\\') {
-            let next = lines.next().expect("a continued line goes on");
-            command.push('\n');
-            command.push_str(next);
-        }
-        if let Some(start) = command.find("<<'") {
-            let tag: String = command[start + 3..]
-                .chars()
-                .take_while(|c| *c != '\'')
-                .collect();
-            for body in lines.by_ref() {
-                command.push('\n');
-                command.push_str(body);
-                if body == tag {
-                    break;
-                }
-            }
-        }
-        commands.push(command);
-    }
-    commands
+    keel_testkit::readme::commands(block)
 }
 
 /// Whether `command` only sets shell variables (`A=1; B="x y"`), kept for the commands after

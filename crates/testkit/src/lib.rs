@@ -6,6 +6,7 @@
 //! - [`example_plugin_path`] / [`example_plugin_bytes`]: the example strategies built by
 //!   `scripts/build-plugins`.
 //! - [`wait_for`]: polls a condition with a deadline, so no test waits without end.
+//! - [`readme`]: the shell commands of README.md's sections, for tests that run them as written.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -14,6 +15,7 @@
 //! # }
 //! ```
 
+pub mod readme;
 pub mod store;
 
 use std::path::{Path, PathBuf};
