@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use keel_exchange::binance::wire::WireOrder;
 use keel_exchange::paper::PaperEngine;
 use keel_kernel::exchange::{Fill, OrderReport, UserEvent};
 use keel_kernel::ids::Symbol;
@@ -26,6 +27,8 @@ pub const LEVERAGE_MAX: u32 = 125;
 pub(crate) struct KeptOrder {
     pub report: OrderReport,
     pub created_ms: i64,
+    /// Placed post-only (`timeInForce=GTX`): answers name its time in force so.
+    pub post_only: bool,
 }
 
 /// The engine of one account and what Binance remembers besides.
@@ -52,6 +55,19 @@ impl Account {
         }
     }
 
+    /// An order's wire form, with the time in force it was placed with.
+    pub fn wire_order(&self, report: &OrderReport) -> WireOrder {
+        let mut wire = WireOrder::from_report(report);
+        if self
+            .orders
+            .get(&report.exchange_order_id.0)
+            .is_some_and(|kept| kept.post_only)
+        {
+            wire.time_in_force = "GTX".to_owned();
+        }
+        wire
+    }
+
     /// Remembers what the engine emitted, and hands the events back for the stream.
     pub fn drain_and_record(&mut self) -> Vec<UserEvent> {
         let events: Vec<UserEvent> = self.engine.drain_events().collect();
@@ -65,6 +81,7 @@ impl Account {
                         .or_insert_with(|| KeptOrder {
                             report: report.clone(),
                             created_ms,
+                            post_only: false,
                         });
                 }
                 UserEvent::Fill(fill) => {

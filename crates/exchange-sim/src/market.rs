@@ -611,6 +611,11 @@ public_handler!(
 );
 
 /// The best bid and ask around the last price: one tick apart.
+/// The best bid and ask of `symbol`'s synthetic book now, if the simulator lists it.
+pub(crate) fn best_bid_ask(state: &SimState, symbol: &Symbol) -> Option<(f64, f64)> {
+    Tape::of(state, symbol, state.now_ms() - MINUTE_MS).map(|tape| best(&tape))
+}
+
 fn best(tape: &Tape) -> (f64, f64) {
     let bid = (tape.last_price() / tape.tick).floor() * tape.tick;
     (bid, bid + tape.tick)

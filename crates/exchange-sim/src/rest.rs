@@ -12,8 +12,10 @@ use keel_kernel::exchange::{
     ExchangeOrderId, Fill, OrderReport, OrderRequest, OrderType, PlaceOutcome,
 };
 use keel_kernel::ids::{ClientOrderId, Symbol};
+use keel_kernel::market::Side;
 use keel_kernel::money::{Price, Qty};
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -411,6 +413,30 @@ pub(crate) async fn place(
     finish(&state, reply)
 }
 
+/// A post-only (GTX) limit order that would take liquidity now — a buy at or above the best
+/// ask, a sell at or below the best bid — is refused as Binance refuses it, unrecorded.
+fn post_only_check(state: &SimState, request: &OrderRequest) -> Result<(), ApiError> {
+    let OrderType::Limit { price } = request.order_type else {
+        return Ok(());
+    };
+    let price = price.get().to_f64().unwrap_or(f64::NAN);
+    let Some((bid, ask)) = super::market::best_bid_ask(state, &request.symbol) else {
+        return Err(ApiError::bad(-1121, "Invalid symbol."));
+    };
+    let takes = match request.side {
+        Side::Buy => price >= ask,
+        Side::Sell => price <= bid,
+    };
+    if takes {
+        return Err(ApiError::bad(
+            -5022,
+            "Due to the order could not be executed as maker, the Post Only order will be \
+             rejected. The order will not be recorded in the order history",
+        ));
+    }
+    Ok(())
+}
+
 /// Most orders one `batchOrders` request may carry, as on Binance.
 const BATCH_ORDERS_MAX: usize = 5;
 
@@ -497,7 +523,8 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
         }
         "MARKET" => OrderType::Market,
         "LIMIT" => {
-            if param(params, "timeInForce")? != "GTC" {
+            // GTX (post-only) rests like GTC once `post_only_check` let it through.
+            if !matches!(param(params, "timeInForce")?, "GTC" | "GTX") {
                 return Err(ApiError::bad(-1115, "Invalid timeInForce."));
             }
             let price = Price::new(decimal_param(params, "price")?)
@@ -546,6 +573,9 @@ async fn place_checked(
 ) -> Result<WireOrder, ApiError> {
     let account = state.account_of(api_key);
     let request = order_request(state, params)?;
+    if params.get("timeInForce").map(String::as_str) == Some("GTX") {
+        post_only_check(state, &request)?;
+    }
     let now = state.now_ms();
     let outcome = state.with_engine(account, |engine| {
         engine.advance_clock(now);
@@ -558,6 +588,13 @@ async fn place_checked(
             .cloned()
             .expect("the engine answers with a report"),
     };
+    if params.get("timeInForce").map(String::as_str) == Some("GTX") {
+        state.with_account(account, |a| {
+            if let Some(kept) = a.orders.get_mut(&report.exchange_order_id.0) {
+                kept.post_only = true;
+            }
+        });
+    }
     *state
         .0
         .placements
@@ -586,9 +623,9 @@ async fn place_checked(
     let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
     if wants_result && report.order_type == OrderType::Market {
         let settled = market_result(state, account, &report).await;
-        return Ok(WireOrder::from_report(&settled));
+        return Ok(state.with_account(account, |a| a.wire_order(&settled)));
     }
-    Ok(WireOrder::from_report(&report))
+    Ok(state.with_account(account, |a| a.wire_order(&report)))
 }
 
 /// How long a `RESULT` answer waits for a market order to fill, in candles: it fills at the
@@ -647,8 +684,11 @@ pub(crate) async fn query(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => find_order(&state, &account_name(&state, &headers), &params)
-            .and_then(|r| ok(WireOrder::from_report(&r))),
+        Ok(params) => {
+            let account = account_name(&state, &headers);
+            find_order(&state, &account, &params)
+                .and_then(|r| ok(state.with_account(&account, |a| a.wire_order(&r))))
+        }
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -667,7 +707,10 @@ pub(crate) async fn cancel(
                     engine.cancel(&found.symbol, &found.client_order_id)
                 })
                 .map_err(|(code, msg)| ApiError::bad(code, msg))
-                .and_then(|r| ok(WireOrder::from_report(&r))),
+                .and_then(|r| {
+                    let account = account_name(&state, &headers);
+                    ok(state.with_account(&account, |a| a.wire_order(&r)))
+                }),
             Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
             Err(e) => Err(e),
         },
@@ -691,10 +734,11 @@ pub(crate) async fn open_orders(
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
         Ok(params) => optional_symbol(&params).and_then(|symbol| {
-            let open = state.with_engine(&account_name(&state, &headers), |e| {
-                e.open_orders(symbol.as_ref())
+            let open = state.with_account(&account_name(&state, &headers), |a| {
+                let open = a.engine.open_orders(symbol.as_ref());
+                open.iter().map(|r| a.wire_order(r)).collect::<Vec<_>>()
             });
-            ok(open.iter().map(WireOrder::from_report).collect::<Vec<_>>())
+            ok(open)
         }),
         Err(e) => Err(e),
     };
@@ -944,9 +988,9 @@ fn account_name(state: &SimState, headers: &HeaderMap) -> String {
 }
 
 /// An order as `GET /fapi/v1/openOrder` and `allOrders` write it, with its creation time.
-fn order_json(kept: &super::account::KeptOrder) -> Value {
+fn order_json(account: &super::account::Account, kept: &super::account::KeptOrder) -> Value {
     let mut order =
-        serde_json::to_value(WireOrder::from_report(&kept.report)).expect("an order serializes");
+        serde_json::to_value(account.wire_order(&kept.report)).expect("an order serializes");
     order["time"] = json!(kept.created_ms);
     order
 }
@@ -960,13 +1004,16 @@ signed_handler!(
         if !found.status.is_open() {
             return Err(ApiError::bad(-2013, "Order does not exist."));
         }
-        let kept =
-            state.with_account(account, |a| a.orders.get(&found.exchange_order_id.0).cloned());
-        let kept = kept.unwrap_or(super::account::KeptOrder {
-            created_ms: found.update_time_ms,
-            report: found,
+        let order = state.with_account(account, |a| {
+            let kept = a.orders.get(&found.exchange_order_id.0).cloned();
+            let kept = kept.unwrap_or(super::account::KeptOrder {
+                created_ms: found.update_time_ms,
+                report: found,
+                post_only: false,
+            });
+            order_json(a, &kept)
         });
-        ok(order_json(&kept))
+        ok(order)
     }
 );
 
@@ -1059,7 +1106,7 @@ signed_handler!(
                 newest.reverse();
                 newest
             };
-            kept.into_iter().map(order_json).collect()
+            kept.into_iter().map(|k| order_json(a, k)).collect()
         });
         ok(rows)
     }

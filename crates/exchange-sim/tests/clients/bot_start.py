@@ -68,6 +68,17 @@ def run_ccxt():
     check(len(ex.fetch_open_orders("BTC/USDT:USDT")) == 2, "two open orders")
     ex.cancel_all_orders("BTC/USDT:USDT")
     check(ex.fetch_open_orders("BTC/USDT:USDT") == [], "cancel all leaves none open")
+    # Post-only: resting below the market it is kept; at a price that would take, refused (-5022).
+    maker = ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 0.7, 1),
+                            params={"postOnly": True})
+    check(maker["status"] == "open" and maker["postOnly"], f"a post-only order rests: {maker}")
+    try:
+        ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 1.05, 1),
+                        params={"postOnly": True})
+        raise SystemExit("FAILED: a post-only order that would take was accepted")
+    except ccxt.InvalidOrder as error:
+        check("-5022" in str(error), f"refused with -5022: {error}")
+    ex.cancel_all_orders("BTC/USDT:USDT")
     batch = ex.create_orders([
         {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.01,
          "price": round(price * fraction, 1)}
