@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use keel_exchange::binance::wire::WireOrder;
 use keel_exchange::paper::PaperEngine;
 use keel_kernel::exchange::{Fill, OrderReport, UserEvent};
-use keel_kernel::ids::Symbol;
+use keel_kernel::ids::{ClientOrderId, Symbol};
+use keel_kernel::market::Candle;
 
 /// Orders an account remembers for `allOrders` and queries by `orderId`; the oldest go first.
 pub const ORDER_HISTORY_MAX: usize = 100_000;
@@ -27,8 +28,8 @@ pub const LEVERAGE_MAX: u32 = 125;
 pub(crate) struct KeptOrder {
     pub report: OrderReport,
     pub created_ms: i64,
-    /// Placed post-only (`timeInForce=GTX`): answers name its time in force so.
-    pub post_only: bool,
+    /// The `timeInForce` it was placed with (`GTC` for every order placed without one).
+    pub time_in_force: &'static str,
 }
 
 /// The engine of one account and what Binance remembers besides.
@@ -58,14 +59,30 @@ impl Account {
     /// An order's wire form, with the time in force it was placed with.
     pub fn wire_order(&self, report: &OrderReport) -> WireOrder {
         let mut wire = WireOrder::from_report(report);
-        if self
-            .orders
-            .get(&report.exchange_order_id.0)
-            .is_some_and(|kept| kept.post_only)
-        {
-            wire.time_in_force = "GTX".to_owned();
+        if let Some(kept) = self.orders.get(&report.exchange_order_id.0) {
+            kept.time_in_force.clone_into(&mut wire.time_in_force);
         }
         wire
+    }
+
+    /// Expires the immediate-or-cancel orders on `candle`'s symbol that this candle was the
+    /// first chance of (placed by its open) and left open: what it did not fill, it never will.
+    pub fn expire_unfilled_ioc(&mut self, candle: &Candle) {
+        let due: Vec<ClientOrderId> = self
+            .orders
+            .values()
+            .filter(|kept| {
+                kept.time_in_force == "IOC"
+                    && kept.report.symbol == candle.symbol
+                    && kept.report.status.is_open()
+                    && kept.created_ms <= candle.open_time_ms
+            })
+            .map(|kept| kept.report.client_order_id.clone())
+            .collect();
+        for id in due {
+            // Open a moment ago, under the same lock: the engine knows it.
+            let _ = self.engine.expire(&candle.symbol, &id);
+        }
     }
 
     /// Remembers what the engine emitted, and hands the events back for the stream.
@@ -81,7 +98,7 @@ impl Account {
                         .or_insert_with(|| KeptOrder {
                             report: report.clone(),
                             created_ms,
-                            post_only: false,
+                            time_in_force: "GTC",
                         });
                 }
                 UserEvent::Fill(fill) => {

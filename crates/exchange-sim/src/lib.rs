@@ -606,7 +606,13 @@ async fn run_market(state: SimState) {
                 .0
                 .accounts
                 .keys()
-                .map(|name| state.with_engine(name, |engine| engine.on_candle(&candle)))
+                .map(|name| {
+                    state.with_account(name, |account| {
+                        account.engine.on_candle(&candle)?;
+                        account.expire_unfilled_ioc(&candle);
+                        Ok::<(), keel_exchange::paper::PaperError>(())
+                    })
+                })
                 .collect();
             if let Err(e) = fed {
                 tracing::error!(error = %e, "simulated candle refused");

@@ -523,8 +523,9 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
         }
         "MARKET" => OrderType::Market,
         "LIMIT" => {
-            // GTX (post-only) rests like GTC once `post_only_check` let it through.
-            if !matches!(param(params, "timeInForce")?, "GTC" | "GTX") {
+            // GTX (post-only) rests like GTC once `post_only_check` let it through; IOC rests
+            // until the next candle has had its chance to fill it, then expires.
+            if !matches!(param(params, "timeInForce")?, "GTC" | "GTX" | "IOC") {
                 return Err(ApiError::bad(-1115, "Invalid timeInForce."));
             }
             let price = Price::new(decimal_param(params, "price")?)
@@ -588,13 +589,16 @@ async fn place_checked(
             .cloned()
             .expect("the engine answers with a report"),
     };
-    if params.get("timeInForce").map(String::as_str) == Some("GTX") {
-        state.with_account(account, |a| {
-            if let Some(kept) = a.orders.get_mut(&report.exchange_order_id.0) {
-                kept.post_only = true;
-            }
-        });
-    }
+    let time_in_force = match params.get("timeInForce").map(String::as_str) {
+        Some("GTX") => "GTX",
+        Some("IOC") => "IOC",
+        _ => "GTC",
+    };
+    state.with_account(account, |a| {
+        if let Some(kept) = a.orders.get_mut(&report.exchange_order_id.0) {
+            kept.time_in_force = time_in_force;
+        }
+    });
     *state
         .0
         .placements
@@ -1009,7 +1013,7 @@ signed_handler!(
             let kept = kept.unwrap_or(super::account::KeptOrder {
                 created_ms: found.update_time_ms,
                 report: found,
-                post_only: false,
+                time_in_force: "GTC",
             });
             order_json(a, &kept)
         });

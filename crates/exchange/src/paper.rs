@@ -468,6 +468,25 @@ impl PaperEngine {
         symbol: &Symbol,
         id: &ClientOrderId,
     ) -> Result<OrderReport, (i64, String)> {
+        self.end(symbol, id, OrderStatus::Canceled)
+    }
+
+    /// Expires an open order, as an exchange ends an immediate-or-cancel order it could not fill.
+    pub fn expire(
+        &mut self,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<OrderReport, (i64, String)> {
+        self.end(symbol, id, OrderStatus::Expired)
+    }
+
+    /// Closes an open order with `status` and reports it.
+    fn end(
+        &mut self,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+        status: OrderStatus,
+    ) -> Result<OrderReport, (i64, String)> {
         let open = self
             .orders
             .get(id)
@@ -476,7 +495,7 @@ impl PaperEngine {
             return Err((CODE_CANCEL_REJECTED, "Unknown order sent.".to_owned()));
         }
         let order = self.orders.get_mut(id).expect("checked");
-        order.report.status = OrderStatus::Canceled;
+        order.report.status = status;
         order.report.update_time_ms = self.now_ms;
         let report = order.report.clone();
         let book = self

@@ -79,6 +79,14 @@ def run_ccxt():
     except ccxt.InvalidOrder as error:
         check("-5022" in str(error), f"refused with -5022: {error}")
     ex.cancel_all_orders("BTC/USDT:USDT")
+    # Immediate-or-cancel: far below the market, the next candle cannot fill it and it expires.
+    ioc = ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 0.5, 1),
+                          params={"timeInForce": "IOC"})
+    check(ioc["timeInForce"] == "IOC", f"an IOC order: {ioc}")
+    deadline = time.time() + 15
+    while ex.fetch_order(ioc["id"], "BTC/USDT:USDT")["status"] == "open" and time.time() < deadline:
+        time.sleep(0.1)
+    check(ex.fetch_order(ioc["id"], "BTC/USDT:USDT")["status"] == "expired", "an unfilled IOC expires")
     batch = ex.create_orders([
         {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.01,
          "price": round(price * fraction, 1)}
@@ -141,6 +149,19 @@ def run_connector():
     client.cancel_order(symbol="ETHUSDT", orderId=order["orderId"])
     client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01, price=2400,
                      timeInForce="GTC")
+    # At a price the next candle reaches, an IOC order fills there.
+    last = float(client.ticker_price("ETHUSDT")["price"])
+    ioc = client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.01,
+                           price=round(last * 1.05, 2), timeInForce="IOC")
+    check(ioc["timeInForce"] == "IOC", f"an IOC order: {ioc}")
+    deadline = time.time() + 15
+    while True:
+        status = client.query_order(symbol="ETHUSDT", orderId=ioc["orderId"])["status"]
+        if status != "NEW" or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    check(status == "FILLED", f"a reachable IOC fills: {status}")
+    client.new_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity=0.01, reduceOnly="true")
     # A batch answers each order in turn: placed, or refused with Binance's code.
     batch = client.new_batch_order(batchOrders=[
         {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01",
