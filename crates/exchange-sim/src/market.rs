@@ -34,6 +34,8 @@ const DEPTH_LIMITS: [usize; 7] = [5, 10, 20, 50, 100, 500, 1000];
 /// Funding is every eight hours.
 const FUNDING_INTERVAL_MS: i64 = 8 * 3_600_000;
 const MINUTE_MS: i64 = 60_000;
+/// How far past now a klines request's times are taken as they are (a year and a month).
+const KLINES_FUTURE_MS: i64 = 400 * DAY_MS;
 const DAY_MS: i64 = 86_400_000;
 
 /// How a kline interval cuts time.
@@ -414,11 +416,14 @@ fn funding_rows(state: &SimState, params: &Params) -> Reply {
     };
     let now = state.now_ms();
     let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
-    let end = end.unwrap_or(now).min(now);
+    // Any i64 may be sent: the times are held to the simulated history first, so the
+    // arithmetic below stays far inside the range.
+    let within = |t: i64| t.clamp(HISTORY_START_MS, now);
+    let end = within(end.unwrap_or(now));
     let last = end - end.rem_euclid(FUNDING_INTERVAL_MS);
     let first = match start {
         Some(start) => {
-            let start = start.max(HISTORY_START_MS);
+            let start = within(start);
             start
                 + (FUNDING_INTERVAL_MS - start.rem_euclid(FUNDING_INTERVAL_MS))
                     % FUNDING_INTERVAL_MS
@@ -457,8 +462,13 @@ fn klines_rows(state: &SimState, params: &Params, limit: usize) -> Reply {
     let own = (state.0.interval_name, state.0.config.candle_ms as i64);
     let name = param(params, "interval")?;
     let span = span_of(name, own).ok_or_else(|| ApiError::bad(-1120, "Invalid interval."))?;
-    let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
     let now = state.now_ms();
+    // Any i64 may be sent: times before 1970 ask for what 1970 asks for (nothing played
+    // then), times past next year for what next year does (nothing yet), so the interval
+    // arithmetic below stays inside the range.
+    let within = |t: i64| t.clamp(0, now.saturating_add(KLINES_FUTURE_MS));
+    let (start, end) = (number(params, "startTime")?, number(params, "endTime")?);
+    let (start, end) = (start.map(within), end.map(within));
     let own_only = name == own.0;
     let last_open = span.start(end.unwrap_or(now).min(now));
     // The earliest bucket the answer can need, so only the bars from there are copied.

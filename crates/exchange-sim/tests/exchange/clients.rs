@@ -695,3 +695,28 @@ async fn orders_beyond_the_ten_second_limit_answer_1015_with_retry_after() {
     let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
     assert!((1..=10).contains(&seconds), "{seconds}");
 }
+
+/// Times at the ends of an i64 in the history endpoints answer (an empty list or Binance's
+/// error), never a dropped connection.
+#[tokio::test]
+async fn extreme_times_in_history_requests_are_answered() {
+    let sim = start_sim(48).await;
+    for time in [i64::MIN, -1, 0, i64::MAX] {
+        for path in [
+            format!("/fapi/v1/fundingRate?symbol=BTCUSDT&startTime={time}"),
+            format!("/fapi/v1/fundingRate?symbol=BTCUSDT&endTime={time}"),
+            format!("/fapi/v1/fundingRate?symbol=BTCUSDT&startTime={time}&endTime={time}"),
+            format!("/fapi/v1/klines?symbol=BTCUSDT&interval=1h&startTime={time}"),
+            format!("/fapi/v1/klines?symbol=BTCUSDT&interval=1h&endTime={time}"),
+            format!(
+                "/fapi/v1/continuousKlines?pair=BTCUSDT&contractType=PERPETUAL&interval=1m&startTime={time}"
+            ),
+        ] {
+            let (status, body) = public(&sim, &path).await;
+            assert!(
+                status.is_success() || body["code"].is_i64(),
+                "{path}: {status} {body}"
+            );
+        }
+    }
+}
