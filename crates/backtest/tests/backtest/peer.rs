@@ -26,13 +26,20 @@ struct PeerTrade {
     exit_price: f64,
 }
 
+/// How long the peer may take (three backtests of 2,148 candles: seconds).
+const PEER_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Runs the peer: the GOOG candles and each case's closed trades.
-fn peer(dir: &Path) -> (Vec<Candle>, BTreeMap<String, Vec<PeerTrade>>) {
+async fn peer(dir: &Path) -> (Vec<Candle>, BTreeMap<String, Vec<PeerTrade>>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/backtest/peer_sma_cross.py");
-    let output = std::process::Command::new("python3")
+    let run = tokio::process::Command::new("python3")
         .arg(&script)
         .arg(dir)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PEER_WAIT_MAX, run)
+        .await
+        .unwrap_or_else(|_| panic!("{} ran past {PEER_WAIT_MAX:?}", script.display()))
         .expect("python3 runs");
     assert!(
         output.status.success(),
@@ -66,7 +73,7 @@ fn closed(trades: &[Trade]) -> Vec<PeerTrade> {
 #[tokio::test]
 async fn sma_cross_on_goog_makes_backtesting_py_s_trades() {
     let dir = tempfile::tempdir().unwrap();
-    let (candles, peer_cases) = peer(dir.path());
+    let (candles, peer_cases) = peer(dir.path()).await;
     let cases = [
         ("long_only_tenth", "long-only", "0.1"),
         ("long_short_tenth", "long-short", "0.1"),
