@@ -11,10 +11,18 @@ use tokio::net::TcpListener;
 
 /// How long a test waits for an asynchronous effect before failing.
 pub(crate) const WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long the bot start through ccxt and the connector may take.
+const BOT_START_WAIT_MAX: Duration = Duration::from_secs(300);
 
 pub(crate) async fn start_sim(seed: u64) -> SimHandle {
+    start_sim_with(seed, |_| {}).await
+}
+
+/// A simulator with tenth-of-a-second candles, configured further by `configure`.
+pub(crate) async fn start_sim_with(seed: u64, configure: impl FnOnce(&mut SimConfig)) -> SimHandle {
     let mut config = SimConfig::new(seed);
     config.candle_ms = 100;
+    configure(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     serve(config, listener).await.unwrap()
 }
@@ -483,13 +491,17 @@ async fn ccxt_and_the_binance_connector_run_a_bot_start_against_the_simulator() 
     wait_for_candles(&sim, 2).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bot_start.py");
     let base = sim.rest_url();
-    let output = tokio::process::Command::new("python3")
+    let run = tokio::process::Command::new("python3")
         .arg(&script)
         .arg(&base)
         .arg(SimConfig::DEFAULT_API_KEY)
         .arg(SimConfig::DEFAULT_API_SECRET)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    // Every wait inside the script has its own deadline; this one bounds the whole.
+    let output = tokio::time::timeout(BOT_START_WAIT_MAX, run)
         .await
+        .expect("the bot start ran past its deadline")
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -627,11 +639,7 @@ async fn each_own_account_key_has_its_balance_orders_positions_and_listen_key() 
 /// with 429, -1015 and a Retry-After within the window.
 #[tokio::test]
 async fn orders_beyond_the_ten_second_limit_answer_1015_with_retry_after() {
-    let mut config = SimConfig::new(47);
-    config.candle_ms = 100;
-    config.order_limit_10s = 3;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = serve(config, listener).await.unwrap();
+    let sim = start_sim_with(47, |config| config.order_limit_10s = 3).await;
     let (_, info) = public(&sim, "/fapi/v1/exchangeInfo").await;
     assert!(
         info["rateLimits"]
