@@ -37,14 +37,6 @@ fn server_url() -> String {
     std::env::var("KEEL_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `value` as one word of bash.
 fn quoted(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
@@ -327,7 +319,11 @@ async fn the_readme_starts_two_instances_on_an_empty_database() {
     let names = Names::of(std::process::id());
     names.drop_all().await;
     let server = server_url();
-    let (sim, a, b) = (free_port(), free_port(), free_port());
+    let (sim, a, b) = (
+        keel_testkit::free_port(),
+        keel_testkit::free_port(),
+        keel_testkit::free_port(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();

@@ -56,15 +56,6 @@ pub(crate) async fn start_demo(data_dir: &Path, port: u16) -> (Child, String) {
     (child, url)
 }
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Stops a demo as Ctrl-C does and waits for it to exit cleanly.
 pub(crate) async fn interrupt(demo: &mut Child) {
     let pid = demo.id().expect("the demo runs").to_string();
@@ -82,7 +73,7 @@ pub(crate) async fn interrupt(demo: &mut Child) {
 
 /// A chromedriver on a free port.
 pub(crate) async fn start_chromedriver() -> (Child, u16) {
-    let port = free_port();
+    let port = keel_testkit::free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -340,7 +331,7 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     let data = tempfile::tempdir().unwrap();
     let profile_dir = tempfile::tempdir().unwrap();
     // A fixed port: the page reconnects to the same address after the restart.
-    let demo_port = free_port();
+    let demo_port = keel_testkit::free_port();
     let (mut demo, url) = start_demo(data.path(), demo_port).await;
     assert!(url.contains("/#token="), "{url}");
     let (base, token) = url.split_once("/#token=").unwrap();

@@ -21,6 +21,14 @@ pub mod store;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// A port nothing listens on now, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("the loopback interface gives a free port")
+        .port()
+}
+
 /// The root of the repository.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use keel_exchange::binance::{BinanceConfig, BinanceExchange, Signer};
-use keel_exchange_sim::{Faults, SimConfig, SimHandle, SimKey, serve};
+use keel_exchange_sim::{Faults, SimConfig, SimHandle, SimKey};
 use keel_kernel::exchange::{
     Exchange, ExchangeError, Interval, OrderReport, OrderRequest, OrderType, PlaceOutcome,
     UserEvent,
@@ -15,7 +15,8 @@ use keel_kernel::money::{Price, Qty};
 use keel_kernel::order::{OrderStatus, Transition};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
-use tokio::net::TcpListener;
+
+use crate::clients::start_sim_with;
 
 /// Short enough that lost responses are noticed quickly, long enough for a loaded machine.
 const TEST_REQUEST_TIMEOUT_MS: u64 = 1_500;
@@ -24,14 +25,6 @@ const WAIT_MAX: Duration = Duration::from_secs(30);
 
 pub fn btc() -> Symbol {
     Symbol::new("BTCUSDT").unwrap()
-}
-
-async fn start_sim(seed: u64, configure: impl FnOnce(&mut SimConfig)) -> SimHandle {
-    let mut config = SimConfig::new(seed);
-    config.candle_ms = 100;
-    configure(&mut config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    serve(config, listener).await.unwrap()
 }
 
 fn adapter_config(rest: String, ws: String, signer: Signer) -> BinanceConfig {
@@ -48,7 +41,7 @@ fn hmac() -> Signer {
 }
 
 async fn start(seed: u64) -> (SimHandle, BinanceExchange) {
-    let sim = start_sim(seed, |_| {}).await;
+    let sim = start_sim_with(seed, |_| {}).await;
     let config = adapter_config(sim.rest_url(), sim.ws_url(), hmac());
     let exchange = BinanceExchange::connect(config).await.unwrap();
     (sim, exchange)
@@ -165,7 +158,7 @@ async fn exchange_info_filters_round_before_submit_and_refuse_below_minimum() {
 
 #[tokio::test]
 async fn a_wrong_secret_is_refused_with_1022_and_ed25519_keys_verify() {
-    let sim = start_sim(3, |config| {
+    let sim = start_sim_with(3, |config| {
         let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
         config.keys.insert(
             "ed-key".to_owned(),
@@ -803,7 +796,7 @@ async fn listen_keys_are_created_kept_alive_and_deleted() {
 
 #[tokio::test]
 async fn after_listen_key_expired_the_user_stream_takes_a_new_key_and_carries_on() {
-    let sim = start_sim(21, |_| {}).await;
+    let sim = start_sim_with(21, |_| {}).await;
     let mut config = adapter_config(sim.rest_url(), sim.ws_url(), hmac());
     // No periodic resync to fall back on: only a new stream can carry the order.
     config.resync_interval_ms = 3_600_000;
@@ -870,7 +863,7 @@ async fn a_replayed_candle_file_sets_the_prices_orders_fill_at() {
         })
         .collect();
     let replay = keel_exchange_sim::read_candle_file(&lines).unwrap();
-    let sim = start_sim(21, |config| {
+    let sim = start_sim_with(21, |config| {
         config.replay = Some(replay);
         config.candle_ms = 400;
     })
