@@ -615,7 +615,7 @@ impl ProfileEngine {
     /// the exit freed) once the position is closed. One reversal waits per symbol; a later one
     /// replaces it. Kept in memory: after a restart the strategy decides afresh.
     fn defer_reversal(&mut self, symbol: Symbol, raw: RawIntent, sequence: u64) {
-        tracing::info!(%symbol, "reversal: the entry waits for the exit to close the position");
+        tracing::debug!(%symbol, "reversal: the entry waits for the exit to close the position");
         if let Some((replaced, _)) = self.reversals.insert(symbol.clone(), (raw, sequence)) {
             self.record_refusal(
                 replaced,
