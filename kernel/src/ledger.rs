@@ -68,6 +68,36 @@ pub enum LedgerError {
         /// The amount that could not be computed.
         what: &'static str,
     },
+    /// An allocation needs more of its owner's capital budget than operators granted and the
+    /// owner's profiles do not already hold.
+    #[error(
+        "the capital budget is exceeded: {requested} requested, {available} of the budget available \
+         (granted {granted}, allocated {allocated}); an operator grants budgets"
+    )]
+    OverBudget {
+        /// The allocation refused.
+        requested: Decimal,
+        /// What the budget had left.
+        available: Decimal,
+        /// What operators granted in all.
+        granted: Decimal,
+        /// What the owner's profiles already hold.
+        allocated: Decimal,
+    },
+    /// A grant would take back more than the user's profiles leave unallocated, or bring the
+    /// budget beyond [`CAPITAL_MAX`].
+    #[error(
+        "a grant of {amount} would leave the budget at {granted}, below its {allocated} allocated \
+         or beyond the limit {CAPITAL_MAX}"
+    )]
+    GrantOutOfRange {
+        /// The grant refused.
+        amount: Decimal,
+        /// What the budget would be.
+        granted: Decimal,
+        /// What the user's profiles hold.
+        allocated: Decimal,
+    },
     /// A reservation column would go below zero: the kernel's own bookkeeping is wrong.
     #[error("{what} would become negative ({value})")]
     NegativeReservation {
@@ -118,6 +148,58 @@ pub fn round_half(value: Decimal) -> Decimal {
         AMOUNT_SCALE,
         rust_decimal::RoundingStrategy::MidpointAwayFromZero,
     )
+}
+
+/// A user's capital budget: what operators granted, and how much of it the user's profiles were
+/// allocated. Allocations draw on it; only operators' grants move `granted`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// The sum of every grant.
+    pub granted: Decimal,
+    /// The sum of every allocation to the user's profiles.
+    pub allocated: Decimal,
+}
+
+impl Budget {
+    /// What the user may still allocate.
+    pub fn available(&self) -> Decimal {
+        self.granted - self.allocated
+    }
+
+    /// The budget after allocating `amount`, refused beyond the grant.
+    pub fn draw(&self, amount: Decimal) -> Result<Budget, LedgerError> {
+        let allocated = self.allocated + amount;
+        if amount <= Decimal::ZERO || allocated > self.granted {
+            return Err(LedgerError::OverBudget {
+                requested: amount,
+                available: self.available(),
+                granted: self.granted,
+                allocated: self.allocated,
+            });
+        }
+        Ok(Budget {
+            granted: self.granted,
+            allocated,
+        })
+    }
+
+    /// The budget after a grant of `amount` (negative: taken back), refused below what is
+    /// allocated or beyond [`CAPITAL_MAX`].
+    pub fn grant(&self, amount: Decimal) -> Result<Budget, LedgerError> {
+        check_amount("grant", amount)?;
+        let granted = self.granted + amount;
+        if amount.is_zero() || granted < self.allocated || granted > CAPITAL_MAX {
+            return Err(LedgerError::GrantOutOfRange {
+                amount,
+                granted,
+                allocated: self.allocated,
+            });
+        }
+        Ok(Budget {
+            granted,
+            allocated: self.allocated,
+        })
+    }
 }
 
 /// One profile's capital row.

@@ -75,6 +75,7 @@ pub struct Metrics {
     pub cluster_instances: IntGauge,
     pub profiles_owned: IntGauge,
     pub tenant_isolation_denials_total: IntCounterVec,
+    pub exchange_foreign_events_total: IntCounterVec,
     pub ready: IntGauge,
 }
 
@@ -339,6 +340,13 @@ impl Metrics {
                 "Requests for another tenant's data that were denied, by surface (api, websocket, store).",
                 &["surface"],
             ),
+            exchange_foreign_events_total: counter_vec(
+                &r,
+                "keel_exchange_foreign_events_total",
+                "User-data events (order, fill) about orders a profile did not place — another \
+                 profile's on a shared exchange account, or one placed by hand — which it ignores.",
+                &["kind"],
+            ),
             ready: int_gauge(
                 &r,
                 "keel_ready",
@@ -401,6 +409,10 @@ impl Metrics {
             self.tenant_isolation_denials_total
                 .with_label_values(&[surface]);
         }
+        for kind in ["order", "fill"] {
+            self.exchange_foreign_events_total
+                .with_label_values(&[kind]);
+        }
     }
 
     /// The label value for `profile`: its id while fewer than [`PROFILE_LABELS_MAX`] profiles
@@ -456,7 +468,8 @@ impl Metrics {
     /// Exposes `store`'s lock, fence and capital counters (read at each scrape) as
     /// `keel_lock_contention_total`, `keel_lock_acquire_duration_seconds`,
     /// `keel_lock_ttl_expiries_total`, `keel_lock_stale_fence_rejections_total`,
-    /// `keel_capital_check_refusals_total` and `keel_capital_constraint_violations_total`. Until
+    /// `keel_capital_check_refusals_total`, `keel_capital_constraint_violations_total`,
+    /// `keel_budget_check_refusals_total` and `keel_budget_constraint_violations_total`. Until
     /// a store is attached those families read zero. One store per process: a second is a programming
     /// error.
     pub fn observe_store(&self, store: &Store) {
@@ -535,6 +548,8 @@ struct StoreCollector {
     stale_fences: Desc,
     capital_check_refusals: Desc,
     capital_constraint_violations: Desc,
+    budget_check_refusals: Desc,
+    budget_constraint_violations: Desc,
 }
 
 const LOCK_CONTENTION: (&str, &str) = (
@@ -561,6 +576,15 @@ const CAPITAL_CHECK_REFUSALS: (&str, &str) = (
 const CAPITAL_CONSTRAINT_VIOLATIONS: (&str, &str) = (
     "keel_capital_constraint_violations_total",
     "Store writes the database refused by a capital CHECK (capital_invariant, capital_*_nonnegative): the kernel's check missed them. Alert on any.",
+);
+
+const BUDGET_CHECK_REFUSALS: (&str, &str) = (
+    "keel_budget_check_refusals_total",
+    "Allocations and grants the kernel refused because they would break a user's capital budget (allocated within granted).",
+);
+const BUDGET_CONSTRAINT_VIOLATIONS: (&str, &str) = (
+    "keel_budget_constraint_violations_total",
+    "Store writes the database refused by a capital_budgets CHECK or its trigger: the kernel's budget check missed them. Alert on any.",
 );
 
 fn desc((name, help): (&str, &str), labels: &[&str]) -> Desc {
@@ -627,6 +651,8 @@ impl StoreCollector {
             stale_fences: desc(LOCK_STALE_FENCES, &[]),
             capital_check_refusals: desc(CAPITAL_CHECK_REFUSALS, &[]),
             capital_constraint_violations: desc(CAPITAL_CONSTRAINT_VIOLATIONS, &[]),
+            budget_check_refusals: desc(BUDGET_CHECK_REFUSALS, &[]),
+            budget_constraint_violations: desc(BUDGET_CONSTRAINT_VIOLATIONS, &[]),
         }
     }
 }
@@ -640,6 +666,8 @@ impl Collector for StoreCollector {
             &self.stale_fences,
             &self.capital_check_refusals,
             &self.capital_constraint_violations,
+            &self.budget_check_refusals,
+            &self.budget_constraint_violations,
         ]
     }
 
@@ -690,6 +718,16 @@ impl Collector for StoreCollector {
                 CAPITAL_CONSTRAINT_VIOLATIONS,
                 MetricType::COUNTER,
                 single(snapshot.capital_constraint_violations),
+            ),
+            family(
+                BUDGET_CHECK_REFUSALS,
+                MetricType::COUNTER,
+                single(snapshot.budget_check_refusals),
+            ),
+            family(
+                BUDGET_CONSTRAINT_VIOLATIONS,
+                MetricType::COUNTER,
+                single(snapshot.budget_constraint_violations),
             ),
         ]
     }

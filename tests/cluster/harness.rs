@@ -152,10 +152,24 @@ impl World {
         let user = UserId::new_random();
         let tenant = db.store.tenant(user);
         let profile = tenant.create_profile("cluster").await.unwrap();
+        // Room for the profiles a scenario adds beside the first.
+        db.store
+            .operator(keel_kernel::store::HOST_OPERATOR)
+            .grant_budget(user, Decimal::from(CAPITAL * 10))
+            .await
+            .unwrap();
         tenant
             .allocate(profile, Amount::positive(Decimal::from(CAPITAL)).unwrap())
             .await
             .unwrap();
+        // It trades on the simulator's (the host's) account, as an operator assigned.
+        assert!(
+            db.store
+                .operator(keel_kernel::store::HOST_OPERATOR)
+                .assign_host_account(profile, true)
+                .await
+                .unwrap()
+        );
         let server_url = std::env::var("KEEL_TEST_DATABASE_URL")
             .unwrap_or_else(|_| crate::support::DEFAULT_SERVER_URL.to_owned());
         World {

@@ -206,10 +206,13 @@ async fn a_profile_trades_on_the_account_its_owners_credentials_name() {
     world.drop_db().await;
 }
 
-/// On SQLite (one instance, no notifications) credentials stored, replaced or removed through
-/// the instance's own API move the running profile to the account they name at once.
+/// On SQLite (one instance, no notifications) a change of account made through the instance's
+/// own API moves the running profile to the account it names at once: a profile neither
+/// credentialed nor assigned trades on paper (nothing reaches the exchange while its orders are
+/// stored), the operator's assignment moves it to the host's account, its owner's credentials
+/// to theirs, and back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_sqlite_credentials_changed_through_the_api_move_the_running_profile() {
+async fn on_sqlite_account_changes_made_through_the_api_move_the_running_profile() {
     use keel_kernel::ids::UserId;
     use keel_kernel::money::Amount;
     use keel_kernel::store::Store;
@@ -222,6 +225,11 @@ async fn on_sqlite_credentials_changed_through_the_api_move_the_running_profile(
     let tenant = store.tenant(user);
     let profile = tenant.create_profile("on-sqlite").await.unwrap();
     let capital = rust_decimal::Decimal::from(CAPITAL);
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .grant_budget(user, capital)
+        .await
+        .unwrap();
     tenant
         .allocate(profile, Amount::positive(capital).unwrap())
         .await
@@ -239,15 +247,64 @@ async fn on_sqlite_credentials_changed_through_the_api_move_the_running_profile(
     );
     let one = Serve::start("lite", &config).await;
 
-    let token = JwtKeys::new(JWT_SECRET)
-        .unwrap()
-        .mint(user, false, now_secs(), 600);
+    let keys = JwtKeys::new(JWT_SECRET).unwrap();
+    let token = keys.mint(user, false, now_secs(), 600);
+    let operator = keys.mint(UserId::new_random(), true, now_secs(), 600);
     let credentials = format!("{}/api/v1/profiles/{profile}/credentials", one.base);
     let client = reqwest::Client::new();
     let orders_by = |key: &'static str| {
         let sim = &sim;
         async move { sim.placed_by().await.values().filter(|k| *k == key).count() }
     };
+    let profile_view = || {
+        let (client, token) = (&client, &token);
+        let url = format!("{}/api/v1/profiles/{profile}", one.base);
+        async move {
+            let reply = client.get(&url).bearer_auth(token).send().await.unwrap();
+            reply.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let stored_orders = || {
+        let (client, token) = (&client, &token);
+        let url = format!("{}/api/v1/profiles/{profile}/orders", one.base);
+        async move {
+            let reply = client.get(&url).bearer_auth(token).send().await.unwrap();
+            let orders: serde_json::Value = reply.json().await.unwrap();
+            orders.as_array().map_or(0, Vec::len)
+        }
+    };
+
+    // Neither credentials nor an assignment: it trades on paper, and the exchange sees nothing.
+    assert_eq!(profile_view().await["account"], "paper");
+    wait_for("orders on the paper account", || async {
+        stored_orders().await >= 2
+    })
+    .await;
+    assert!(
+        sim.placed_by().await.is_empty(),
+        "a paper profile reached the exchange: {:?}",
+        sim.placed_by().await
+    );
+    // A user's token cannot assign the host's account to their own profile.
+    let host_account = format!(
+        "{}/api/v1/operator/profiles/{profile}/host-account",
+        one.base
+    );
+    let refused = client
+        .put(&host_account)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let assigned = client
+        .put(&host_account)
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assigned.status().as_u16(), 200);
+    assert_eq!(profile_view().await["account"], "host");
     wait_for("an order on the host's account", || async {
         orders_by("keel-sim-key").await > 0
     })
@@ -281,6 +338,16 @@ async fn on_sqlite_credentials_changed_through_the_api_move_the_running_profile(
         orders_by("keel-sim-key").await > on_host_before
     })
     .await;
+
+    // Taken back: paper again.
+    let withdrawn = client
+        .delete(&host_account)
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(withdrawn.status().as_u16(), 200);
+    assert_eq!(profile_view().await["account"], "paper");
 
     let (status, log) = one.stop().await;
     assert!(status.success(), "{log:#?}");

@@ -57,6 +57,12 @@ const FAULTS: &[AlertFault] = &[
         Fault::Increase(1.0),
     ),
     (
+        "KeelBudgetConstraintViolation",
+        "keel_budget_constraint_violations_total",
+        None,
+        Fault::Increase(1.0),
+    ),
+    (
         "KeelLifecycleTransactionsFailing",
         "keel_lifecycle_transactions_total",
         Some(("result", "failed")),

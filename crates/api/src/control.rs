@@ -72,8 +72,9 @@ pub trait ProfileControl: Send + Sync {
     /// Whether the host-wide kill switch is engaged.
     fn host_kill(&self) -> bool;
 
-    /// The profile's exchange credentials were stored, replaced or removed through this
-    /// process. A host whose store cannot tell it (SQLite) re-reads the profile's settings and
+    /// The profile's exchange account changed through this process: its owner's credentials
+    /// were stored, replaced or removed, or an operator assigned or took back the host's
+    /// account. A host whose store cannot tell it (SQLite) re-reads the profile's settings and
     /// moves a running profile to the account they name.
-    fn credentials_stored(&self, profile: ProfileId);
+    fn account_changed(&self, profile: ProfileId);
 }

@@ -262,7 +262,7 @@ async fn put_credentials(
     tx.put_credentials(profile, &sealed).await?;
     let stored = tx.credentials(profile).await?.expect("just stored");
     tx.commit().await?;
-    state.control.credentials_stored(profile);
+    state.control.account_changed(profile);
     Ok(Json(CredentialsView {
         profile_id: profile,
         exchange: stored.exchange,
@@ -290,7 +290,7 @@ async fn delete_credentials(
         )));
     }
     tx.commit().await?;
-    state.control.credentials_stored(profile);
+    state.control.account_changed(profile);
     Ok(StatusCode::NO_CONTENT)
 }
 

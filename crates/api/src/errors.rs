@@ -133,6 +133,9 @@ impl From<StoreError> for ApiError {
             StoreError::Constraint(
                 Constraint::CapitalInvariant | Constraint::CapitalNonNegative(_),
             ) => ApiError::Conflict("the capital ledger refused the change".to_owned()),
+            StoreError::Constraint(Constraint::Budget(_)) => {
+                ApiError::Conflict("the capital budget refused the change".to_owned())
+            }
             other => ApiError::internal(other),
         }
     }

@@ -14,6 +14,7 @@
 //! the document describes every route that exists.
 
 pub mod auth;
+mod budgets;
 pub mod control;
 pub mod credentials;
 pub mod errors;
@@ -158,7 +159,8 @@ fn parts(limits: BodyLimits) -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .merge(credentials::router())
         .merge(plugins::router(limits.upload_bytes))
         .merge(history::router())
-        .merge(operator::router());
+        .merge(operator::router())
+        .merge(budgets::router());
     let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();

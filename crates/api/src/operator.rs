@@ -9,6 +9,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use uuid::Uuid;
+
+use super::errors::ApiPath;
 use super::{ApiError, ApiState, ErrorBody, OperatorAuth, ReconcileOutcome};
 
 pub(super) fn router() -> OpenApiRouter<ApiState> {
@@ -20,6 +23,70 @@ pub(super) fn router() -> OpenApiRouter<ApiState> {
             release_host_kill
         ))
         .routes(routes!(reconcile))
+        .routes(routes!(assign_host_account, withdraw_host_account))
+}
+
+/// Whether a profile may trade on the host's own exchange account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostAccountView {
+    /// The profile.
+    #[schema(value_type = String, format = Uuid)]
+    pub profile_id: ProfileId,
+    /// True while an operator's assignment lets it trade on the host's account (when its owner
+    /// stored credentials, it trades on theirs all the same).
+    pub assigned: bool,
+    /// False when the profile already was as asked.
+    pub changed: bool,
+}
+
+/// Assigns the host's exchange account to a profile: without its owner's credentials it then
+/// trades there instead of on paper. The instance running it restarts it on that account.
+#[utoipa::path(put, path = "/operator/profiles/{profile_id}/host-account", tag = "operator",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = HostAccountView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn assign_host_account(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<HostAccountView>, ApiError> {
+    set_host_account(&state, caller.user, ProfileId::from_uuid(profile), true).await
+}
+
+/// Takes the host's exchange account back from a profile: it trades on paper again (unless its
+/// owner stored credentials).
+#[utoipa::path(delete, path = "/operator/profiles/{profile_id}/host-account", tag = "operator",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = HostAccountView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn withdraw_host_account(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<HostAccountView>, ApiError> {
+    set_host_account(&state, caller.user, ProfileId::from_uuid(profile), false).await
+}
+
+async fn set_host_account(
+    state: &ApiState,
+    operator: UserId,
+    profile: ProfileId,
+    assigned: bool,
+) -> Result<Json<HostAccountView>, ApiError> {
+    let changed = state
+        .store
+        .operator(operator)
+        .assign_host_account(profile, assigned)
+        .await?;
+    if changed {
+        state.control.account_changed(profile);
+        tracing::warn!(%operator, profile_id = %profile, assigned, "host exchange account assignment changed");
+    }
+    Ok(Json(HostAccountView {
+        profile_id: profile,
+        assigned,
+        changed,
+    }))
 }
 
 /// A profile as an operator sees it: whose it is and how it is switched, not its money.

@@ -179,6 +179,9 @@ pub struct ProfileView {
     pub waiting: Option<String>,
     /// Its capital account.
     pub capital: CapitalView,
+    /// The exchange account `keel serve` trades it on (`keel demo` trades every profile on
+    /// paper).
+    pub account: AccountKind,
     /// The plugin bound to it, if any (`null`: the host runs its default plugin).
     pub plugin: Option<BindingView>,
     /// Its plugin's and loops' state in the answering host: faults and quarantine.
@@ -187,6 +190,18 @@ pub struct ProfileView {
     /// runs it here). Right after a binding it still names the old plugin until the loop takes
     /// the new one at its next call boundary.
     pub running_plugin: Option<RunningPluginView>,
+}
+
+/// Which exchange account a profile trades on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    /// Its owner's, through the credentials they stored for it.
+    Owner,
+    /// The host's own account, which an operator assigned to it.
+    Host,
+    /// A paper account filled on the host's candles: neither of the above.
+    Paper,
 }
 
 /// The plugin a profile's loop runs.
@@ -249,6 +264,13 @@ async fn view_with(
     let waiting = (!runnable.contains(&row.profile))
         .then(|| crate::quotas::running_quota_reason(state.quotas.running_profiles_per_user_max));
     let capital = tx.capital(row.profile).await?;
+    let account = if tx.credentials(row.profile).await?.is_some() {
+        AccountKind::Owner
+    } else if tx.host_account_assigned(row.profile).await? {
+        AccountKind::Host
+    } else {
+        AccountKind::Paper
+    };
     let plugin = tx
         .binding(row.profile)
         .await?
@@ -264,6 +286,7 @@ async fn view_with(
         running: state.control.is_running(row.profile),
         waiting,
         capital: capital.into(),
+        account,
         plugin,
         health: ProfileHealth::of(&state.health, row.profile),
         running_plugin: state.control.running_plugin(row.profile).map(|running| {

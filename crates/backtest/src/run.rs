@@ -233,6 +233,10 @@ impl Rig {
         let tenant = store.tenant(user);
         let profile = tenant.create_profile("backtest").await?;
         let capital = Amount::positive(spec.capital).context("--capital")?;
+        store
+            .operator(keel_kernel::store::HOST_OPERATOR)
+            .grant_budget(user, capital.get())
+            .await?;
         tenant.allocate(profile, capital).await?;
         let exchange = Arc::new(PaperExchange::new(
             PaperConfig {

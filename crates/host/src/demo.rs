@@ -21,21 +21,19 @@ use anyhow::Context;
 use keel_kernel::engine::{
     Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock,
 };
-use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
-use keel_kernel::ids::{IntentKind, ProfileId, Symbol, UserId, escape_unprintable};
-use keel_kernel::lifecycle::OrderRecord;
+use keel_kernel::exchange::Exchange;
+use keel_kernel::ids::{ProfileId, Symbol, UserId, escape_unprintable};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::market::Candle;
-use keel_kernel::market::Side;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::money::Amount;
-use keel_kernel::money::Qty;
 use keel_kernel::risk::RiskLimits;
 use keel_kernel::store::Store;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::paper::restored_paper;
 use crate::serve::control::LoopControl;
 use crate::serve::http::{AppState, HealthProbe, router};
 use crate::serve::metered::MeteredStrategy;
@@ -604,6 +602,14 @@ async fn set_up_tenant(store: &Store, dir: &Path) -> anyhow::Result<DemoState> {
         return Ok(state);
     }
     let user = UserId::new_random();
+    // The demo is its own operator: it grants its user what its profiles are allocated and room
+    // for as many profiles of the user's own, made through the API.
+    let budget = Decimal::from(CAPITAL_PER_PROFILE) * Decimal::from(2 * DEMO_PROFILES.len());
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .grant_budget(user, budget)
+        .await
+        .context("granting the demo user's capital budget")?;
     let tenant = store.tenant(user);
     let mut profiles = Vec::new();
     for spec in &DEMO_PROFILES {
@@ -630,9 +636,8 @@ async fn set_up_tenant(store: &Store, dir: &Path) -> anyhow::Result<DemoState> {
     Ok(state)
 }
 
-/// A fresh paper account holding the positions and open orders the store says the profile
-/// holds, numbering its ids from `first_id`.
-async fn restored_paper(
+/// The demo profile's paper account, restored from the store (see [`restored_paper`]).
+async fn demo_paper(
     store: &Store,
     user: UserId,
     profile: ProfileId,
@@ -642,53 +647,8 @@ async fn restored_paper(
         seed: DEMO_SEED,
         ..PaperConfig::default()
     };
-    let paper = PaperExchange::new(config, sim_symbols().into_iter().map(|(r, _)| r));
-    paper.with_engine(|e| e.start_ids_at(first_id));
-    let tenant = store.tenant(user);
-    for position in tenant.positions(profile).await? {
-        if position.qty_open.is_zero() {
-            continue;
-        }
-        let qty = match position.side {
-            Side::Buy => position.qty_open,
-            Side::Sell => -position.qty_open,
-        };
-        let entry_price = position.cost_open / position.qty_open;
-        paper.with_engine(|e| e.restore_position(&position.symbol, qty, entry_price))?;
-        tracing::info!(profile_id = %profile, symbol = %position.symbol, %qty, "paper position restored from the store");
-    }
-    for order in tenant.open_orders(profile).await? {
-        restore_order(&paper, &order)?;
-    }
-    Ok(Arc::new(paper))
-}
-
-/// Places an order the store holds open into a fresh paper account, under its own client order
-/// id, for what is left of it. The demo's plugins send market orders only, so the order comes
-/// back as a market order; its fill then reaches the engine as a live fill would.
-fn restore_order(paper: &PaperExchange, order: &OrderRecord) -> anyhow::Result<()> {
-    let remaining = order.qty - order.filled_qty;
-    if !order.status.is_open() || remaining <= Decimal::ZERO {
-        return Ok(());
-    }
-    let request = OrderRequest {
-        client_order_id: order.client_order_id.clone(),
-        symbol: order.symbol.clone(),
-        side: order.side,
-        order_type: OrderType::Market,
-        qty: Qty::new(remaining)?,
-        reduce_only: order.kind == IntentKind::Exit,
-    };
-    match paper.with_engine(|e| e.place(&request)) {
-        PlaceOutcome::Accepted(_) => {
-            tracing::info!(client_order_id = %order.client_order_id, "open order restored into the paper account");
-            Ok(())
-        }
-        other => anyhow::bail!(
-            "restoring order {} into the paper account: {other:?}",
-            order.client_order_id
-        ),
-    }
+    let rules = sim_symbols().into_iter().map(|(r, _)| r);
+    restored_paper(store, user, profile, config, rules, first_id).await
 }
 
 /// What every demo profile is started with.
@@ -736,7 +696,7 @@ async fn launch(
     user: UserId,
     profile: ProfileId,
 ) -> anyhow::Result<Launched> {
-    let paper = restored_paper(with.store, user, profile, with.clock.now_ms()).await?;
+    let paper = demo_paper(with.store, user, profile, with.clock.now_ms()).await?;
     let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
     let events = paper.user_events().await?;
     let (engine, swap) = build_engine(&defaults, with, &paper, stored, profile).await?;
@@ -782,6 +742,7 @@ async fn build_engine(
         row,
         binding,
         credentials: _,
+        host_account: _,
     } = stored;
     let (bytes, config, source, name) = match binding {
         Some(BoundPlugin { wasm, config, name }) => {

@@ -6,7 +6,10 @@
 //! - [`config`]: `keel serve`'s configuration file and its `KEEL_*` overrides.
 //! - [`demo`]: `keel demo`, the embedded default: SQLite, the paper exchange over a random walk,
 //!   the example plugins.
+//! - `paper`: the paper accounts of profiles that trade on no real exchange account, restored
+//!   from the store.
 
 pub mod config;
 pub mod demo;
+mod paper;
 pub mod serve;

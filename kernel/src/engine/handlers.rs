@@ -409,6 +409,21 @@ impl ProfileEngine {
     /// One event from the exchange's user-data stream.
     #[tracing::instrument(name = "profile_step", skip_all, fields(profile_id = %self.spec.profile, user_id = %self.spec.user))]
     pub async fn on_user_event(&mut self, event: &UserEvent) -> Result<StepOutcome, EngineError> {
+        let (kind, id, symbol) = match event {
+            UserEvent::Order(report) => ("order", &report.client_order_id, &report.symbol),
+            UserEvent::Fill(fill) => ("fill", &fill.client_order_id, &fill.symbol),
+        };
+        // An exchange account may be shared: an event is this profile's only when its client
+        // order id is one this profile derives. Any other is never looked up in the store, so
+        // no profile applies another's orders or fills (under its own lease).
+        if !id.is_derived_for(self.spec.profile, symbol) {
+            self.metrics
+                .exchange_foreign_events_total
+                .with_label_values(&[kind])
+                .inc();
+            tracing::debug!(client_order_id = %id, %symbol, kind, "an event about another profile's order, ignored");
+            return Ok(StepOutcome::default());
+        }
         match event {
             UserEvent::Order(report) => self.apply_report(report).await?,
             UserEvent::Fill(fill) => self.apply_fill(fill).await?,

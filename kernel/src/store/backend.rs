@@ -24,6 +24,19 @@ pub(crate) enum Tx {
     Memory(super::memory::Transaction),
 }
 
+impl Tx {
+    /// Commits.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Pg(tx) => tx.commit().await?,
+            Tx::Lite(tx) => tx.commit().await?,
+            Tx::InThread(tx) => tx.commit().await?,
+            Tx::Memory(tx) => tx.commit(),
+        }
+        Ok(())
+    }
+}
+
 /// Matches `$value`, a [`Tx`] or a [`Pool`](super::Pool), and expands `$body` once per SQL
 /// variant with `$c` bound to its inner value and `$b` to the backend's helper module (`pg` or
 /// `lite`); in the in-thread arm, [`super::in_thread`] stands in for `sqlx`. The memory store
@@ -231,8 +244,14 @@ pub(crate) fn constraint_in_message(message: &str) -> Option<String> {
     TRIGGER_NAMES.contains(&name).then(|| name.to_owned())
 }
 
-const TRIGGER_NAMES: [&str; 3] = [
+const TRIGGER_NAMES: [&str; 9] = [
     "ledger_entries_append_only",
+    "budget_grants_append_only",
+    "capital_budgets_within_grant",
+    "fills_order_fkey",
+    "lifecycles_order_fkey",
+    "trade_history_order_fkey",
+    "ledger_entries_order_fkey",
     "orders_current_fence",
     "locks_fence_only_grows",
 ];

@@ -539,6 +539,8 @@ mod tests {
         let tenant = store.tenant(user);
         let profile = tenant.create_profile("p").await.unwrap();
         let amount = Amount::positive(Decimal::from(100)).unwrap();
+        let operator = store.operator(crate::store::HOST_OPERATOR);
+        operator.grant_budget(user, amount.get()).await.unwrap();
         tenant.allocate(profile, amount).await.unwrap();
         (store, user, profile)
     }

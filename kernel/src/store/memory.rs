@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rust_decimal::Decimal;
 
 use crate::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
-use crate::ledger::{Capital, CapitalDelta, JournalKind};
+use crate::ledger::{Budget, CAPITAL_MAX, Capital, CapitalDelta, JournalKind};
 use crate::lifecycle::OrderRecord;
 use crate::lock::LockKind;
 use crate::market::Side;
@@ -136,6 +136,7 @@ enum Undo {
     Trade((ProfileId, Symbol, String)),
     Lock(LockKind, String, Option<LockRow>),
     FenceSeq(i64),
+    Budget(UserId, Option<Budget>),
 }
 
 type SymbolKey = (ProfileId, Symbol);
@@ -166,6 +167,8 @@ pub(crate) struct Db {
     trades: HashSet<(ProfileId, Symbol, String)>,
     locks: [HashMap<String, LockRow>; 3],
     fence_seq: i64,
+    /// `capital_budgets`, kept equal to the grants and ALLOCATE entries as its triggers keep it.
+    budgets: HashMap<UserId, Budget>,
 }
 
 fn lock_table(kind: LockKind) -> usize {
@@ -200,6 +203,20 @@ fn check_capital(c: &Capital) -> Result<(), StoreError> {
         "capital_reserved_for_positions_nonnegative",
     )?;
     check(c.holds_invariant(), "capital_invariant")
+}
+
+/// The CHECK constraints of `capital_budgets`.
+fn check_budget(b: &Budget) -> Result<(), StoreError> {
+    check(
+        b.granted >= Decimal::ZERO,
+        "capital_budgets_granted_nonnegative",
+    )?;
+    check(b.granted <= CAPITAL_MAX, "capital_budgets_granted_bounded")?;
+    check(
+        b.allocated >= Decimal::ZERO,
+        "capital_budgets_allocated_nonnegative",
+    )?;
+    check(b.allocated <= b.granted, "capital_budgets_within_grant")
 }
 
 /// The CHECK constraints of `orders`.
@@ -261,6 +278,11 @@ fn normalize_capital(c: &Capital) -> Capital {
 
 /// Reads of the tables. Every one filters by the tenant's user, as the statements do.
 impl Db {
+    /// `capital_budgets`' row of `user`.
+    pub(crate) fn budget(&self, user: UserId) -> Option<Budget> {
+        self.budgets.get(&user).copied()
+    }
+
     pub(crate) fn profile_owned(&self, profile: ProfileId, user: UserId) -> bool {
         self.profiles.get(&profile).is_some_and(|p| p.user == user)
     }
@@ -501,12 +523,15 @@ impl Transaction {
             "ledger_entries_order_reference",
         )?;
         if let Some(order) = order {
-            self.check_order_reference(order)?;
+            self.check_order_reference(order, profile, "ledger_entries_order_fkey")?;
         }
         self.check_profile_reference(profile, user, "ledger_entries_profile_fkey")?;
         let key = (profile, dedup_key.to_owned());
         if self.db.journal_keys.contains(&key) {
             return Err(refuse(Constraint::LedgerDedupKey));
+        }
+        if kind == JournalKind::Allocate {
+            self.draw_budget(user, money(delta.allocated))?;
         }
         self.db.journal_keys.insert(key);
         self.db.journal.push(JournalRow {
@@ -524,6 +549,39 @@ impl Transaction {
         Ok(())
     }
 
+    /// The `ledger_entries_draw_budget` trigger: an allocation draws on its owner's budget.
+    fn draw_budget(&mut self, user: UserId, amount: Decimal) -> Result<(), StoreError> {
+        let Some(before) = self.db.budgets.get(&user).copied() else {
+            return check(false, "capital_budgets_within_grant");
+        };
+        let after = Budget {
+            allocated: before.allocated + amount,
+            ..before
+        };
+        check_budget(&after)?;
+        self.set_budget(user, before, after);
+        Ok(())
+    }
+
+    /// `INSERT INTO budget_grants` with its `budget_grants_apply` trigger.
+    pub(crate) fn insert_grant(&mut self, user: UserId, amount: Decimal) -> Result<(), StoreError> {
+        check(!amount.is_zero(), "budget_grants_amount_nonzero")?;
+        let before = self.db.budgets.get(&user).copied().unwrap_or_default();
+        let after = Budget {
+            granted: before.granted + money(amount),
+            ..before
+        };
+        check_budget(&after)?;
+        self.set_budget(user, before, after);
+        Ok(())
+    }
+
+    fn set_budget(&mut self, user: UserId, before: Budget, after: Budget) {
+        let previous = self.db.budgets.insert(user, after);
+        debug_assert!(previous.is_none_or(|p| p == before));
+        self.undo.push(Undo::Budget(user, previous));
+    }
+
     /// `UPDATE` or `DELETE` on `ledger_entries`: the journal is append-only.
     pub(crate) fn rewrite_journal(&mut self) -> Result<u64, StoreError> {
         Err(refuse(Constraint::LedgerAppendOnly))
@@ -538,11 +596,20 @@ impl Transaction {
         check(self.db.profile_owned(profile, user), name)
     }
 
-    fn check_order_reference(&self, order: &ClientOrderId) -> Result<(), StoreError> {
-        check(
-            self.db.order_ids.contains_key(order),
-            "orders_reference_fkey",
-        )
+    /// The foreign key `name` from a row of `profile` to its order, by (profile, client order
+    /// id).
+    fn check_order_reference(
+        &self,
+        order: &ClientOrderId,
+        profile: ProfileId,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let owned = self
+            .db
+            .order_ids
+            .get(order)
+            .is_some_and(|&at| self.db.orders[at].profile == profile);
+        check(owned, name)
     }
 
     /// `INSERT INTO orders … ON CONFLICT (client_order_id) DO NOTHING`: false when the client
@@ -630,7 +697,7 @@ impl Transaction {
         fee: Decimal,
         dedup: bool,
     ) -> Result<bool, StoreError> {
-        self.check_order_reference(&order.client_order_id)?;
+        self.check_order_reference(&order.client_order_id, order.profile, "fills_order_fkey")?;
         self.check_profile_reference(order.profile, order.user, "fills_profile_fkey")?;
         let row = FillRow {
             client_order_id: order.client_order_id.as_str().to_owned(),
@@ -658,7 +725,7 @@ impl Transaction {
     pub(crate) fn insert_lifecycle(&mut self, row: LifecycleRow) -> Result<(), StoreError> {
         let coid = ClientOrderId::new(&row.client_order_id)
             .map_err(|e| super::rows::corrupt("client order id", e))?;
-        self.check_order_reference(&coid)?;
+        self.check_order_reference(&coid, row.profile, "lifecycles_order_fkey")?;
         self.check_profile_reference(row.profile, row.user, "lifecycles_profile_fkey")?;
         check_lifecycle(&row)?;
         if self.db.lifecycle_ids.contains_key(&row.client_order_id) {
@@ -709,7 +776,11 @@ impl Transaction {
         order: &OrderRecord,
         trade_id: &str,
     ) -> Result<(), StoreError> {
-        self.check_order_reference(&order.client_order_id)?;
+        self.check_order_reference(
+            &order.client_order_id,
+            order.profile,
+            "trade_history_order_fkey",
+        )?;
         self.check_profile_reference(order.profile, order.user, "trade_history_profile_fkey")?;
         let key = (order.profile, order.symbol.clone(), trade_id.to_owned());
         if !self.db.trades.insert(key.clone()) {
@@ -861,6 +932,14 @@ impl Db {
                 };
             }
             Undo::FenceSeq(before) => self.fence_seq = before,
+            Undo::Budget(user, before) => match before {
+                Some(row) => {
+                    self.budgets.insert(user, row);
+                }
+                None => {
+                    self.budgets.remove(&user);
+                }
+            },
         }
     }
 }

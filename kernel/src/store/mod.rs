@@ -11,10 +11,12 @@
 //! # async fn demo() -> Result<(), keel_kernel::store::StoreError> {
 //! use keel_kernel::ids::UserId;
 //! use keel_kernel::money::Amount;
-//! use keel_kernel::store::Store;
+//! use keel_kernel::store::{HOST_OPERATOR, Store};
 //!
 //! let store = Store::open_sqlite(std::path::Path::new("keel.db")).await?;
 //! let user = UserId::new_random();
+//! // An operator grants the user a budget; the user's allocations draw on it.
+//! store.operator(HOST_OPERATOR).grant_budget(user, rust_decimal::Decimal::from(5000)).await?;
 //! let mut tx = store.tenant(user).begin().await?;
 //! let profile = tx.create_profile("momentum").await?;
 //! tx.allocate(profile, Amount::positive(rust_decimal::Decimal::from(1000)).unwrap()).await?;
@@ -22,7 +24,9 @@
 //! # Ok(()) }
 //! ```
 
+mod accounts;
 pub(crate) mod backend;
+mod budgets;
 mod combined;
 mod directory;
 mod history;
@@ -55,6 +59,7 @@ use crate::lock::LockError;
 use crate::plant::Plant;
 use crate::plant::Planted;
 
+pub use budgets::HOST_OPERATOR;
 pub use directory::{
     DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL,
 };
@@ -103,6 +108,12 @@ pub enum Constraint {
     /// `profile_lease_current`: a profile's write under a profile lease that expired or was
     /// taken over by another instance.
     StaleProfileLease,
+    /// `capital_budgets_within_grant` or another CHECK of `capital_budgets`: an allocation
+    /// beyond its owner's budget (or by a user without one), or a grant out of range.
+    Budget(String),
+    /// `fills_order_fkey`, `lifecycles_order_fkey`, `trade_history_order_fkey` or
+    /// `ledger_entries_order_fkey`: a row naming an order that is not its profile's.
+    OrderOfAnotherProfile(String),
     /// Any other named constraint.
     Other(String),
 }
@@ -122,6 +133,11 @@ impl Constraint {
             "orders_current_fence" => Constraint::CurrentFence,
             "locks_fence_only_grows" => Constraint::FenceOnlyGrows,
             "profile_lease_current" => Constraint::StaleProfileLease,
+            other if other.starts_with("capital_budgets_") => Constraint::Budget(other.to_owned()),
+            "fills_order_fkey"
+            | "lifecycles_order_fkey"
+            | "trade_history_order_fkey"
+            | "ledger_entries_order_fkey" => Constraint::OrderOfAnotherProfile(name.to_owned()),
             other if other.starts_with("capital_") && other.ends_with("_nonnegative") => {
                 Constraint::CapitalNonNegative(other.to_owned())
             }

@@ -191,7 +191,8 @@ impl TenantTx {
     }
 }
 
-/// An operator's view of the store: reads across tenants, never writes to tenant tables.
+/// An operator's view of the store: reads across tenants and grants capital budgets, never
+/// writes to tenant tables.
 pub struct Operator<'s> {
     pub(super) store: &'s Store,
     pub(super) operator: UserId,
@@ -234,12 +235,7 @@ impl Operator<'_> {
                 .fetch_all(&mut **c).await?;
             rows.iter().map(decode_profile).collect::<Result<Vec<_>, _>>()
         }, memory => unsupported("all profiles"))?;
-        match tx {
-            Tx::Pg(tx) => tx.commit().await?,
-            Tx::Lite(tx) => tx.commit().await?,
-            Tx::InThread(tx) => tx.commit().await?,
-            Tx::Memory(tx) => tx.commit(),
-        }
+        tx.commit().await?;
         Ok(rows)
     }
 }

@@ -294,17 +294,20 @@ impl TenantTx {
         lock: bool,
     ) -> Result<Option<OrderRecord>, StoreError> {
         let user = self.user_uuid();
-        with_tx!(&mut self.tx, c, b => {
+        let scope = self.scope();
+        let order = with_tx!(&mut self.tx, c, b => {
             let sql = format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE client_order_id = $1 AND user_id = $2 {}",
                 if lock { b::FOR_UPDATE } else { "" }
             );
             let row = sqlx::query(&sql).bind(coid.as_str()).bind(user)
                 .fetch_optional(&mut **c).await?;
-            row.map(|r| decode_order(&r)).transpose()
+            row.map(|r| decode_order(&r)).transpose()?
         }, memory m => {
-            Ok(m.order(coid, UserId::from_uuid(user)).cloned())
-        })
+            m.order(coid, UserId::from_uuid(user)).cloned()
+        });
+        // Under a profile lease, another profile's order is not there.
+        Ok(order.filter(|order| scope.is_none_or(|profile| order.profile == profile)))
     }
 
     /// Inserts the write-ahead row; false when the client order id already exists.
@@ -414,7 +417,8 @@ impl TenantTx {
             .map(|c| format!("o.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        with_tx!(&mut self.tx, c, b => {
+        let scope = self.scope();
+        let gathered = with_tx!(&mut self.tx, c, b => {
             let sql = format!(
                 "SELECT {columns}, c.allocated, c.reserved_for_orders, c.reserved_for_positions, \
                  c.realized_pnl, f.client_order_id AS f_client_order_id, f.qty AS f_qty, \
@@ -452,7 +456,9 @@ impl TenantTx {
             let trade = fill.exchange_trade_id.as_str();
             let existing = m.fill(order.profile, user, &order.symbol, trade).map(stored_fill);
             Ok(Some(FillGather { order: order.clone(), capital, existing }))
-        })
+        })?;
+        // Under a profile lease, another profile's order is not there.
+        Ok(gathered.filter(|g| scope.is_none_or(|profile| g.order.profile == profile)))
     }
 
     /// Quantity of EXIT orders in flight for (profile, symbol) not yet filled.

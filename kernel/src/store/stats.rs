@@ -32,6 +32,8 @@ pub struct StoreStats {
     stale_fence_rejections: AtomicU64,
     capital_check_refusals: AtomicU64,
     capital_constraint_violations: AtomicU64,
+    budget_check_refusals: AtomicU64,
+    budget_constraint_violations: AtomicU64,
     replay_duplicates: AtomicU64,
     replay_mismatches: AtomicU64,
     ledger_rebuild_differences: AtomicU64,
@@ -63,6 +65,11 @@ pub struct StoreStatsSnapshot {
     /// Writes the database refused by the `capital_invariant` or a `capital_*_nonnegative` CHECK
     /// (the kernel check missed).
     pub capital_constraint_violations: u64,
+    /// Allocations and grants the kernel refused because they would break a capital budget.
+    pub budget_check_refusals: u64,
+    /// Writes the database refused by a `capital_budgets` CHECK or its trigger (the kernel
+    /// check missed).
+    pub budget_constraint_violations: u64,
     /// Replayed write-aheads, fills and status reports that changed nothing.
     pub replay_duplicates: u64,
     /// Replays refused because their payload differed from the original.
@@ -133,6 +140,13 @@ impl StoreStats {
                 StoreError::Constraint(
                     Constraint::CapitalInvariant | Constraint::CapitalNonNegative(_),
                 ) => bump(&self.capital_constraint_violations),
+                StoreError::Ledger(
+                    crate::ledger::LedgerError::OverBudget { .. }
+                    | crate::ledger::LedgerError::GrantOutOfRange { .. },
+                ) => bump(&self.budget_check_refusals),
+                StoreError::Constraint(Constraint::Budget(_)) => {
+                    bump(&self.budget_constraint_violations)
+                }
                 StoreError::Lock(crate::lock::LockError::StaleFence { .. })
                 | StoreError::Constraint(Constraint::CurrentFence) => {
                     bump(&self.stale_fence_rejections)
@@ -163,6 +177,8 @@ impl StoreStats {
             stale_fence_rejections: load(&self.stale_fence_rejections),
             capital_check_refusals: load(&self.capital_check_refusals),
             capital_constraint_violations: load(&self.capital_constraint_violations),
+            budget_check_refusals: load(&self.budget_check_refusals),
+            budget_constraint_violations: load(&self.budget_constraint_violations),
             replay_duplicates: load(&self.replay_duplicates),
             replay_mismatches: load(&self.replay_mismatches),
             ledger_rebuild_differences: load(&self.ledger_rebuild_differences),
@@ -195,5 +211,26 @@ mod tests {
         );
         assert_eq!(snap.lock_latency_buckets[2][0], 1);
         assert_eq!(snap.lock_latency_count, [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_budget_refused_by_the_database_is_counted_apart_from_the_kernels() {
+        let stats = StoreStats::default();
+        let database: Result<(), StoreError> = Err(StoreError::Constraint(Constraint::from_name(
+            "capital_budgets_within_grant",
+        )));
+        let _ = stats.observe(database);
+        let kernel: Result<(), StoreError> =
+            Err(StoreError::Ledger(crate::ledger::LedgerError::OverBudget {
+                requested: 2.into(),
+                available: 1.into(),
+                granted: 1.into(),
+                allocated: 0.into(),
+            }));
+        let _ = stats.observe(kernel);
+        let snap = stats.snapshot();
+        assert_eq!(snap.budget_constraint_violations, 1);
+        assert_eq!(snap.budget_check_refusals, 1);
+        assert_eq!(snap.capital_constraint_violations, 0);
     }
 }

@@ -34,6 +34,10 @@ pub struct Tenant<'s> {
 pub struct TenantTx {
     pub(crate) tx: Tx,
     user: UserId,
+    /// The profile whose lease guards the store ([`Store::guarded_by`]): its transactions see
+    /// that profile's orders only, so an engine never applies a sibling profile's order under
+    /// its own lease.
+    scope: Option<ProfileId>,
     pub(super) stats: Arc<StoreStats>,
     plant: Planted,
 }
@@ -95,6 +99,7 @@ impl<'s> Tenant<'s> {
         Ok(TenantTx {
             tx,
             user: self.user,
+            scope: self.store.guard().map(|guard| guard.profile),
             stats: self.store.stats_arc(),
             plant: self.store.plant(),
         })
@@ -155,15 +160,15 @@ impl TenantTx {
         self.user
     }
 
+    /// The one profile whose orders this transaction sees, when its store is guarded by a
+    /// profile lease.
+    pub(crate) fn scope(&self) -> Option<ProfileId> {
+        self.scope
+    }
+
     /// Commits.
     pub async fn commit(self) -> Result<(), StoreError> {
-        match self.tx {
-            Tx::Pg(tx) => tx.commit().await?,
-            Tx::Lite(tx) => tx.commit().await?,
-            Tx::InThread(tx) => tx.commit().await?,
-            Tx::Memory(tx) => tx.commit(),
-        }
-        Ok(())
+        self.tx.commit().await
     }
 
     /// Holds this user's quota lock until the transaction ends, so that transactions that count
@@ -171,13 +176,7 @@ impl TenantTx {
     /// advisory lock keyed by the user; a SQLite writer already holds the whole database, and a
     /// memory store's transaction its database.
     pub async fn lock_user_quota(&mut self) -> Result<(), StoreError> {
-        if let Tx::Pg(tx) = &mut self.tx {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(format!("keel_user_quota:{}", self.user.as_uuid()))
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+        super::budgets::lock_budget(&mut self.tx, self.user).await
     }
 
     /// The PostgreSQL connection of this transaction, with the tenant's claims set: for reports
@@ -238,7 +237,12 @@ impl TenantTx {
             },
             dedup_key: format!("allocate:{}", uuid::Uuid::new_v4()),
         }];
-        self.apply_moves(profile, None, &moves).await
+        let capital = self.plan_moves(profile, &moves).await?;
+        // The kernel's budget check, before the database's trigger and CHECK.
+        self.lock_user_quota().await?;
+        self.budget().await?.draw(amount)?;
+        self.commit_moves(profile, None, &capital, &moves).await?;
+        Ok(capital)
     }
 
     /// Loads the capital row for update and checks every move against the ledger's invariant:

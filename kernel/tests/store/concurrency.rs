@@ -22,6 +22,7 @@ async fn racing_allocations_and_reservations_never_lose_an_update_or_over_reserv
     let store = db.store.clone();
     let user = UserId::new_random();
     let profile = store.tenant(user).create_profile("race").await.unwrap();
+    budgeted(&store, user).await;
     let barrier = Arc::new(Barrier::new(RACERS));
     let allocations = (0..RACERS).map(|_| {
         let (store, barrier) = (store.clone(), Arc::clone(&barrier));

@@ -3,7 +3,7 @@
 //! write planted into the rows of the memory store ([`Harness::write_outside`]).
 
 use keel_kernel::ids::{ClientOrderId, IntentKind, ProfileId, UserId};
-use keel_kernel::ledger::{Capital, LedgerError};
+use keel_kernel::ledger::{Budget, Capital, LedgerError};
 use keel_kernel::ledger::{CapitalDelta, JournalKind};
 use keel_kernel::lifecycle::OrderRecord;
 use keel_kernel::lifecycle::{FillOutcome, LifecycleError, StatusOutcome, WriteAhead};
@@ -11,13 +11,18 @@ use keel_kernel::lock::{LockError, LockKey, LockKind, OwnerToken};
 use keel_kernel::market::Side;
 use keel_kernel::money::{Amount, Price, Qty, decimal_from_f64};
 use keel_kernel::order::OrderStatus;
-use keel_kernel::store::{Constraint, DirectoryEntry, LeaseGuard, RowWrite, StoreError};
+use keel_kernel::store::{
+    Constraint, DirectoryEntry, HOST_OPERATOR, LeaseGuard, RowWrite, StoreError,
+};
 
 use crate::fixtures::*;
 use crate::support::Harness;
 
 keel_testkit::contract_tests!(
     allocation_is_journaled_and_rebuild_finds_no_difference,
+    allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_database,
+    a_row_naming_another_profiles_order_is_refused,
+    a_store_guarded_by_a_profile_lease_sees_only_that_profiles_orders,
     entry_is_refused_when_capital_is_insufficient,
     bad_amounts_and_unknown_profiles_are_refused_with_typed_errors,
     write_ahead_replay_is_a_noop_and_a_different_payload_is_refused,
@@ -53,6 +58,210 @@ async fn allocation_is_journaled_and_rebuild_finds_no_difference(h: &Harness) {
     let report = tenant.rebuild_capital(profile, false).await.unwrap();
     assert!(!report.differs(), "{report:?}");
     assert_eq!(report.journal, capital);
+}
+
+/// Capital has an authority: a user's allocations draw on the budget operators granted them.
+/// The kernel refuses first (a typed error, counted); an allocation written past the kernel is
+/// refused by the database's trigger and CHECK (the memory store's rows check the same).
+async fn allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_database(h: &Harness) {
+    let user = UserId::new_random();
+    let tenant = h.store.tenant(user);
+    let profile = tenant.create_profile("budgeted").await.unwrap();
+    let amount = |text: &str| Amount::positive(d(text)).unwrap();
+    let over_budget = |result: Result<Capital, StoreError>| {
+        matches!(
+            result,
+            Err(StoreError::Ledger(LedgerError::OverBudget { .. }))
+        )
+    };
+    assert!(over_budget(tenant.allocate(profile, amount("1")).await));
+    let operator = h.store.operator(HOST_OPERATOR);
+    let granted = operator.grant_budget(user, d("100")).await.unwrap();
+    assert_eq!(
+        granted,
+        Budget {
+            granted: d("100"),
+            allocated: d("0")
+        }
+    );
+    tenant.allocate(profile, amount("60")).await.unwrap();
+    let before = h.store.stats().snapshot();
+    let refused = tenant.allocate(profile, amount("40.00000001")).await;
+    assert!(over_budget(refused), "the kernel refuses first");
+    let after = h.store.stats().snapshot();
+    assert_eq!(
+        after.budget_check_refusals,
+        before.budget_check_refusals + 1
+    );
+    assert_eq!(
+        after.budget_constraint_violations,
+        before.budget_constraint_violations
+    );
+    assert_eq!(tenant.capital(profile).await.unwrap().allocated, d("60"));
+    let budget = operator.budget(user).await.unwrap();
+    assert_eq!((budget.granted, budget.allocated), (d("100"), d("60")));
+    assert_eq!(
+        tenant.begin().await.unwrap().budget().await.unwrap(),
+        budget
+    );
+
+    // An operator takes back only what is not allocated.
+    assert!(matches!(
+        operator.grant_budget(user, d("-40.00000001")).await,
+        Err(StoreError::Ledger(LedgerError::GrantOutOfRange { .. }))
+    ));
+    let taken_back = operator.grant_budget(user, d("-30")).await.unwrap();
+    assert_eq!(taken_back.available(), d("10"));
+
+    // Past the kernel: an ALLOCATE entry as large as what the profile holds (60 > 10 left), and
+    // one by a user who was never granted a budget.
+    let stranger = UserId::new_random();
+    let unbudgeted = h
+        .store
+        .tenant(stranger)
+        .create_profile("unbudgeted")
+        .await
+        .unwrap();
+    for (owner, target, allocated) in [(user, profile, d("60")), (stranger, unbudgeted, d("0"))] {
+        let sql = format!(
+            "INSERT INTO ledger_entries (user_id, profile_id, entry_kind, d_allocated, dedup_key) \
+             SELECT user_id, profile_id, 'ALLOCATE', allocated + 1, 'planted' \
+             FROM capital_accounts WHERE profile_id = {}",
+            profile_literal(h, target)
+        );
+        let planted = RowWrite::Journal {
+            profile: target,
+            order: None,
+            kind: JournalKind::Allocate,
+            delta: CapitalDelta {
+                allocated: allocated + d("1"),
+                ..CapitalDelta::default()
+            },
+            dedup_key: "planted".to_owned(),
+        };
+        let refused = h.write_outside(owner, &sql, planted).await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Constraint(Constraint::Budget(name)) if name == "capital_budgets_within_grant"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(operator.budget(user).await.unwrap(), taken_back);
+    assert_eq!(operator.budget(stranger).await.unwrap(), Budget::default());
+}
+
+/// Two profiles of one owner: a journal entry or a fill of one that names the other's order is
+/// refused by the database (by `(profile_id, client_order_id)`), and on the memory store by its
+/// rows.
+async fn a_row_naming_another_profiles_order_is_refused(h: &Harness) {
+    let user = UserId::new_random();
+    let owner = funded_profile(&h.store, user, "1000").await;
+    let sibling = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, owner, &s).await;
+    let request = entry(&lease, owner, &s, 1, "1", "100");
+    let coid = request.client_order_id.clone();
+    h.store
+        .tenant(user)
+        .write_ahead_entry(&request)
+        .await
+        .unwrap();
+    let sibling_literal = profile_literal(h, sibling);
+    let journal = format!(
+        "INSERT INTO ledger_entries (user_id, profile_id, client_order_id, entry_kind, \
+         d_reserved_for_orders, dedup_key) SELECT user_id, {sibling_literal}, client_order_id, \
+         'ENTRY_RESERVE', 0, 'cross' FROM orders WHERE client_order_id = '{coid}'"
+    );
+    let planted = RowWrite::Journal {
+        profile: sibling,
+        order: Some(coid.clone()),
+        kind: JournalKind::EntryReserve,
+        delta: CapitalDelta::default(),
+        dedup_key: "cross".to_owned(),
+    };
+    let refused = h.write_outside(user, &journal, planted).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Constraint(Constraint::OrderOfAnotherProfile(name)) if name == "ledger_entries_order_fkey"),
+        "{refused:?}"
+    );
+    // The memory store plants fills through their order, which carries its own profile: the
+    // fill row of another profile is a database case.
+    if h.store.backend() != keel_kernel::store::Backend::Memory {
+        let fill_sql = format!(
+            "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
+             qty, price, fee, executed_at_ms) SELECT user_id, {sibling_literal}, symbol, \
+             client_order_id, 'cross', qty, price, 0, 0 FROM orders WHERE client_order_id = '{coid}'"
+        );
+        let refused = h.raw(user, &fill_sql).await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Constraint(Constraint::OrderOfAnotherProfile(name)) if name == "fills_order_fkey"),
+            "{refused:?}"
+        );
+    }
+    let sibling_capital = h.store.tenant(user).capital(sibling).await.unwrap();
+    assert_eq!(sibling_capital.reserved_for_orders, d("0"));
+}
+
+/// An engine's store is guarded by its profile's lease: through it, a sibling profile's order
+/// (same owner, same exchange account) is not there — neither read nor filled — so no engine
+/// applies another profile's events under its own lease.
+async fn a_store_guarded_by_a_profile_lease_sees_only_that_profiles_orders(h: &Harness) {
+    let user = UserId::new_random();
+    let owner = funded_profile(&h.store, user, "1000").await;
+    let sibling = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, owner, &s).await;
+    let request = entry(&lease, owner, &s, 1, "1", "100");
+    let coid = request.client_order_id.clone();
+    h.store
+        .tenant(user)
+        .write_ahead_entry(&request)
+        .await
+        .unwrap();
+    let sibling_lease = h
+        .store
+        .locks()
+        .acquire(
+            LockKind::ProfileLease,
+            &LockKey::profile(sibling),
+            OwnerToken::new_random(),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let guarded = h.store.guarded_by(LeaseGuard::of(sibling, &sibling_lease));
+    assert!(guarded.tenant(user).order(&coid).await.unwrap().is_none());
+    let refused = guarded
+        .tenant(user)
+        .record_fill(&fill(&coid, "t1", "1", "100", "0"))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Lifecycle(LifecycleError::UnknownOrder(_)))
+        ),
+        "{refused:?}"
+    );
+    let order = h.store.tenant(user).order(&coid).await.unwrap().unwrap();
+    assert_eq!(order.filled_qty, d("0"), "the sibling filled nothing");
+    // The owner's own guarded store sees and fills it.
+    let owner_lease = h
+        .store
+        .locks()
+        .acquire(
+            LockKind::ProfileLease,
+            &LockKey::profile(owner),
+            OwnerToken::new_random(),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let own = h.store.guarded_by(LeaseGuard::of(owner, &owner_lease));
+    own.tenant(user)
+        .record_fill(&fill(&coid, "t1", "1", "100", "0"))
+        .await
+        .unwrap();
 }
 
 async fn entry_is_refused_when_capital_is_insufficient(h: &Harness) {

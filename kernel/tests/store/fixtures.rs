@@ -3,11 +3,12 @@
 use std::str::FromStr;
 
 use keel_kernel::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
+use keel_kernel::ledger::CAPITAL_MAX;
 use keel_kernel::lifecycle::{EntryRequest, ExitRequest, FillReport};
 use keel_kernel::lock::{Lease, LockKey, LockKind, OwnerToken};
 use keel_kernel::market::Side;
 use keel_kernel::money::{Amount, Price, Qty};
-use keel_kernel::store::Store;
+use keel_kernel::store::{HOST_OPERATOR, Store};
 use rust_decimal::Decimal;
 
 /// TTL of the entry locks tests take: long enough never to expire during a test.
@@ -23,8 +24,22 @@ pub fn sym(text: &str) -> Symbol {
     Symbol::new(text).unwrap()
 }
 
-/// A new profile of `user` with `allocated` capital.
+/// Grants `user` the largest budget there is, so that only the capital checks refuse their
+/// allocations.
+pub async fn budgeted(store: &Store, user: UserId) {
+    let operator = store.operator(HOST_OPERATOR);
+    let granted = operator.budget(user).await.unwrap().granted;
+    if granted < CAPITAL_MAX {
+        operator
+            .grant_budget(user, CAPITAL_MAX - granted)
+            .await
+            .unwrap();
+    }
+}
+
+/// A new profile of `user` with `allocated` capital (and the largest budget, see [`budgeted`]).
 pub async fn funded_profile(store: &Store, user: UserId, allocated: &str) -> ProfileId {
+    budgeted(store, user).await;
     let tenant = store.tenant(user);
     let profile = tenant.create_profile("test").await.unwrap();
     tenant

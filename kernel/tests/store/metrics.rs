@@ -5,8 +5,9 @@ use keel_kernel::ids::UserId;
 use keel_kernel::ledger::LedgerError;
 use keel_kernel::lifecycle::WriteAhead;
 use keel_kernel::metrics::Metrics;
+use keel_kernel::money::Amount;
 use keel_kernel::plant::Plant;
-use keel_kernel::store::{Constraint, StoreError};
+use keel_kernel::store::{Constraint, HOST_OPERATOR, StoreError};
 
 use crate::fixtures::*;
 use crate::support::Harness;
@@ -14,6 +15,7 @@ use crate::support::Harness;
 keel_testkit::contract_tests!(
     capital_check_refusal_moves_the_exported_counter,
     capital_constraint_refusal_on_the_fill_path_moves_the_exported_counter,
+    budget_check_refusal_moves_the_exported_counter,
 );
 
 /// The value of the unlabelled counter `name` in the text exposition of `metrics`.
@@ -91,4 +93,36 @@ async fn capital_constraint_refusal_on_the_fill_path_moves_the_exported_counter(
     let capital = tenant.capital(profile).await.unwrap();
     assert!(capital.holds_invariant(), "{capital}");
     assert_eq!(capital.realized_pnl, d("0"));
+}
+
+/// An allocation beyond its owner's budget is refused by the kernel and counted; the database's
+/// counter stays at zero (and is exported: its family is read).
+async fn budget_check_refusal_moves_the_exported_counter(h: &Harness) {
+    let metrics = Metrics::new();
+    metrics.observe_store(&h.store);
+    let user = UserId::new_random();
+    let tenant = h.store.tenant(user);
+    let profile = tenant.create_profile("budgeted").await.unwrap();
+    h.store
+        .operator(HOST_OPERATOR)
+        .grant_budget(user, d("10"))
+        .await
+        .unwrap();
+    let before = exported(&metrics, "keel_budget_check_refusals_total");
+    let error = tenant
+        .allocate(profile, Amount::positive(d("10.5")).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::Ledger(LedgerError::OverBudget { .. })),
+        "{error:?}"
+    );
+    assert_eq!(
+        exported(&metrics, "keel_budget_check_refusals_total"),
+        before + 1
+    );
+    assert_eq!(
+        exported(&metrics, "keel_budget_constraint_violations_total"),
+        0
+    );
 }

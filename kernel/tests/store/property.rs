@@ -594,6 +594,7 @@ fn sym_of(sym: usize) -> Symbol {
 
 async fn run_case(store: &Store, ops: &[Op]) -> Result<(), String> {
     let user = UserId::new_random();
+    crate::fixtures::budgeted(store, user).await;
     let profile = store
         .tenant(user)
         .create_profile("prop")

@@ -23,6 +23,15 @@ const TENANT_TABLES: [&str; 10] = [
     "profile_credentials",
 ];
 
+/// Tenant tables only operators write (through the store's operator scope; on
+/// `capital_budgets` only the owner's triggers): a tenant's claims read their own rows and
+/// write none.
+const OPERATOR_WRITTEN_TABLES: [&str; 3] = [
+    "budget_grants",
+    "capital_budgets",
+    "host_account_assignments",
+];
+
 /// SQLSTATE of both "permission denied" and "new row violates row-level security policy".
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
@@ -262,7 +271,11 @@ async fn host_role_owns_nothing_bypasses_nothing_and_every_tenant_table_forces_r
     .unwrap();
     // The profile directory names owners without RLS, so instances can list every profile: it
     // must stay ids only and read-only for the host role.
-    let mut expected: Vec<String> = TENANT_TABLES.iter().map(|t| t.to_string()).collect();
+    let mut expected: Vec<String> = TENANT_TABLES
+        .iter()
+        .chain(&OPERATOR_WRITTEN_TABLES)
+        .map(|t| t.to_string())
+        .collect();
     expected.push("profile_directory".to_string());
     expected.sort();
     assert_eq!(with_user_id, expected, "tenant tables in the schema");
@@ -312,5 +325,82 @@ async fn host_role_owns_nothing_bypasses_nothing_and_every_tenant_table_forces_r
             "{table}: one policy with USING and WITH CHECK on the claims"
         );
     }
+    db.drop_db().await;
+}
+
+/// A tenant cannot grant itself capital or the host's exchange account, even with SQL of its
+/// own on the host's connection: under a tenant's claims the operator-written tables refuse
+/// every write and show only the tenant's rows; under an operator's claims grants and
+/// assignments are written, and a grant moves the budget only through the owner's trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_grant_itself_capital_or_the_hosts_account() {
+    let db = PgTestDb::create().await;
+    let store = db.store.clone();
+    let (alice, alice_profile) = trading_user(&store).await;
+    let (bob, _) = trading_user(&store).await;
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .assign_host_account(alice_profile, true)
+        .await
+        .unwrap();
+    let writes = [
+        format!(
+            "INSERT INTO budget_grants (user_id, operator_id, amount) VALUES ('{bob}', '{bob}', 1000000)"
+        ),
+        format!("UPDATE capital_budgets SET granted = granted + 1000000 WHERE user_id = '{bob}'"),
+        format!(
+            "INSERT INTO capital_budgets (user_id, granted) VALUES ('{}', 1)",
+            UserId::new_random()
+        ),
+        format!(
+            "INSERT INTO host_account_assignments (profile_id, user_id, operator_id) \
+             SELECT profile_id, user_id, user_id FROM profiles WHERE user_id = '{bob}'"
+        ),
+    ];
+    for sql in &writes {
+        let mut tx = store.tenant(bob).begin().await.unwrap();
+        let conn = tx.pg_connection().unwrap();
+        let refused = sqlx::query(sql).execute(&mut *conn).await.expect_err(sql);
+        assert_eq!(
+            refused
+                .as_database_error()
+                .and_then(|d| d.code())
+                .as_deref(),
+            Some(INSUFFICIENT_PRIVILEGE),
+            "{sql}: {refused}"
+        );
+    }
+    for table in OPERATOR_WRITTEN_TABLES {
+        let mut tx = store.tenant(bob).begin().await.unwrap();
+        let conn = tx.pg_connection().unwrap();
+        let foreign: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE user_id <> '{bob}'"
+        ))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(foreign, 0, "{table}: bob sees another user's rows");
+    }
+    let budget = store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .budget(bob)
+        .await
+        .unwrap();
+    assert_eq!(
+        budget.granted,
+        d("10000000000"),
+        "bob's budget is as granted"
+    );
+    // Alice cannot give her assignment up either (or take anyone's): no row is hers to delete.
+    let mut tx = store.tenant(alice).begin().await.unwrap();
+    let conn = tx.pg_connection().unwrap();
+    let deleted = sqlx::query("DELETE FROM host_account_assignments")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 0);
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(alice).begin().await.unwrap();
+    assert!(tx.host_account_assigned(alice_profile).await.unwrap());
     db.drop_db().await;
 }

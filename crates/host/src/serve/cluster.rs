@@ -75,9 +75,9 @@ pub trait ProfileStarter: Send + Sync {
     /// The host switches every engine it builds reads.
     fn switches(&self) -> &HostSwitches;
 
-    /// Profiles whose exchange credentials were changed through this process's API: how a
-    /// store without notifications (SQLite) learns of it.
-    fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId>;
+    /// Profiles whose exchange account was changed through this process's API (credentials,
+    /// the host's account): how a store without notifications (SQLite) learns of it.
+    fn account_changes(&self) -> mpsc::UnboundedReceiver<ProfileId>;
 
     /// The profile's loops ended in this process (stopped, moved or failed): forget what was
     /// kept for them.
@@ -215,7 +215,7 @@ impl Cluster {
         let (tx, rx) = mpsc::channel(1);
         let (settings_tx, settings_rx) = mpsc::unbounded_channel();
         let Some(pool) = self.store.pg_pool() else {
-            return (rx, self.starter.credentials_changes());
+            return (rx, self.starter.account_changes());
         };
         let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
             Ok(listener) => listener,

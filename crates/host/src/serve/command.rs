@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, ExchangeConfig};
 use keel_api::{BINANCE_USDM, ControlChange, CredentialsKey, ProfileControl as _};
 use keel_exchange::binance::{BinanceConfig, BinanceExchange, Signer};
+use keel_exchange::paper::{PaperConfig, PaperExchange};
+use keel_kernel::money::Amount;
 use keel_runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
 
 use super::ProfileLoops;
@@ -35,7 +37,8 @@ use super::cluster::{Cluster, ClusterConfig, ProfileStarter, Refreshed};
 use super::control::{LoopControl, RunningPlugin};
 use super::http::AppState;
 use super::metered::MeteredStrategy;
-use super::stored::{BoundPlugin, stored_profile};
+use super::stored::{BoundPlugin, StoredProfile, stored_profile};
+use crate::paper::restored_paper;
 use keel_api::health::LoopHealth;
 
 /// Candles queued per profile before its stream waits.
@@ -284,9 +287,8 @@ struct Starter {
     exchange_config: ExchangeConfig,
     /// Opens the owners' sealed credentials.
     credentials: CredentialsKey,
-    /// The credentials (by their nonce, new with every seal) each profile was started with:
-    /// `None` for the host's account.
-    accounts: std::sync::Mutex<std::collections::HashMap<ProfileId, Option<Vec<u8>>>>,
+    /// The account each running profile was started on.
+    accounts: std::sync::Mutex<std::collections::HashMap<ProfileId, Account>>,
 }
 
 impl Starter {
@@ -418,18 +420,71 @@ impl Starter {
         }
     }
 
-    /// The exchange account a profile trades on: its owner's, when the owner stored credentials
-    /// for it (at the configured exchange, with its own connection, user-data stream and rate
-    /// limits), else the host's. Credentials that do not open, or are for another exchange, stop
-    /// the profile from starting: it never falls back to the host's account.
+    /// The exchange account a profile trades on, with its paper account when it is one (see
+    /// [`Account`]). Credentials that do not open, or are for another exchange, stop the profile
+    /// from starting: it never falls back to another account.
     async fn account(
         &self,
         entry: &DirectoryEntry,
-        sealed: Option<&SealedCredentials>,
-    ) -> anyhow::Result<Arc<dyn Exchange>> {
-        let Some(sealed) = sealed else {
-            return Ok(self.exchange.clone());
+        stored: &StoredProfile,
+        store: &Store,
+    ) -> anyhow::Result<(Arc<dyn Exchange>, Option<Arc<PaperExchange>>)> {
+        match (&stored.credentials, stored.host_account) {
+            (Some(sealed), _) => Ok((self.owner_account(entry, sealed).await?, None)),
+            (None, true) => {
+                tracing::info!(profile_id = %entry.profile, "trading on the host's exchange account, as an operator assigned");
+                Ok((self.exchange.clone(), None))
+            }
+            (None, false) => {
+                let paper = self.paper_account(entry, store).await?;
+                tracing::info!(profile_id = %entry.profile, "trading on a paper account: no credentials of its owner, no assignment of the host's account");
+                Ok((paper.clone(), Some(paper)))
+            }
+        }
+    }
+
+    /// A paper account of the configured symbols, restored from the store, holding the
+    /// profile's allocated capital.
+    async fn paper_account(
+        &self,
+        entry: &DirectoryEntry,
+        store: &Store,
+    ) -> anyhow::Result<Arc<PaperExchange>> {
+        let mut rules = Vec::with_capacity(self.symbols.len());
+        for symbol in &self.symbols {
+            rules.push(
+                self.exchange
+                    .symbol_rules(symbol)
+                    .await
+                    .with_context(|| format!("reading the exchange's rules of {symbol}"))?,
+            );
+        }
+        let capital = store.tenant(entry.user).capital(entry.profile).await?;
+        let config = PaperConfig {
+            // Partial fills are off: the seed only names the account's history.
+            seed: entry.profile.as_uuid().as_u64_pair().0,
+            initial_balance: Amount::new(capital.allocated)
+                .unwrap_or(PaperConfig::default().initial_balance),
+            ..PaperConfig::default()
         };
+        restored_paper(
+            store,
+            entry.user,
+            entry.profile,
+            config,
+            rules,
+            SystemClock.now_ms(),
+        )
+        .await
+    }
+
+    /// The owner's account at the configured exchange, with its own connection, user-data
+    /// stream and rate limits.
+    async fn owner_account(
+        &self,
+        entry: &DirectoryEntry,
+        sealed: &SealedCredentials,
+    ) -> anyhow::Result<Arc<dyn Exchange>> {
         let profile = entry.profile;
         anyhow::ensure!(
             sealed.exchange == BINANCE_USDM,
@@ -451,8 +506,12 @@ impl Starter {
         Ok(Arc::new(exchange))
     }
 
-    /// One channel of every configured symbol's closed candles.
-    async fn candles(&self) -> anyhow::Result<mpsc::Receiver<keel_kernel::market::Candle>> {
+    /// One channel of every configured symbol's closed candles, from the host's exchange. A
+    /// paper account sees each candle first (its orders fill on it), then the profile does.
+    async fn candles(
+        &self,
+        paper: Option<Arc<PaperExchange>>,
+    ) -> anyhow::Result<mpsc::Receiver<keel_kernel::market::Candle>> {
         let (tx, rx) = mpsc::channel(CANDLE_QUEUE_MAX);
         for symbol in &self.symbols {
             let mut stream = self
@@ -461,9 +520,15 @@ impl Starter {
                 .await
                 .with_context(|| format!("subscribing to {symbol} candles"))?;
             let tx = tx.clone();
+            let paper = paper.clone();
             // Ends when the profile's loops drop their receiver, which ends the stream too.
             tokio::spawn(async move {
                 while let Some(candle) = stream.recv().await {
+                    if let Some(paper) = &paper
+                        && let Err(e) = paper.feed_candle(&candle).await
+                    {
+                        tracing::debug!(symbol = %candle.symbol, error = %e, "the paper account skipped a candle");
+                    }
                     if tx.send(candle).await.is_err() {
                         return;
                     }
@@ -480,8 +545,8 @@ impl ProfileStarter for Starter {
         &self.switches
     }
 
-    fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
-        self.control.credentials_changes()
+    fn account_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
+        self.control.account_changes()
     }
 
     fn stopped(&self, profile: ProfileId) {
@@ -495,11 +560,11 @@ impl ProfileStarter for Starter {
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
-        let exchange = self.account(&entry, stored.credentials.as_ref()).await?;
+        let (exchange, paper) = self.account(&entry, &stored, &store).await?;
         self.accounts
             .lock()
             .expect("lock poisoned")
-            .insert(entry.profile, sealed_nonce(&stored.credentials));
+            .insert(entry.profile, Account::of(&stored));
         let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
         let setup = InstanceSetup::new(entry.profile, clock.clone())
             .config(config)
@@ -524,7 +589,7 @@ impl ProfileStarter for Starter {
             .user_events()
             .await
             .context("subscribing to the exchange's user events")?;
-        let candles = self.candles().await?;
+        let candles = self.candles(paper).await?;
         let mut engine = ProfileEngine::new(
             ProfileSpec {
                 profile: entry.profile,
@@ -576,7 +641,7 @@ impl ProfileStarter for Starter {
             .expect("lock poisoned")
             .get(&profile)
             .cloned();
-        if started_with != Some(sealed_nonce(&stored.credentials)) {
+        if started_with != Some(Account::of(&stored)) {
             // The account is fixed for the life of the loops: start them again on the new one.
             return Ok(Refreshed::Restart);
         }
@@ -628,7 +693,25 @@ impl ProfileStarter for Starter {
     }
 }
 
-/// What tells one sealing of credentials from another (`None`: no credentials).
-fn sealed_nonce(sealed: &Option<SealedCredentials>) -> Option<Vec<u8>> {
-    sealed.as_ref().map(|c| c.nonce.clone())
+/// The exchange account a profile trades on: its owner's, when the owner stored credentials for
+/// it; the host's own, when an operator assigned it; else a paper account, filled on the host's
+/// candles. A change of either restarts the profile on the account it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Account {
+    /// The owner's credentials, told apart by the nonce of their sealing (new with every seal).
+    Owner(Vec<u8>),
+    /// The host's configured account.
+    Host,
+    /// A paper account.
+    Paper,
+}
+
+impl Account {
+    fn of(stored: &StoredProfile) -> Account {
+        match (&stored.credentials, stored.host_account) {
+            (Some(sealed), _) => Account::Owner(sealed.nonce.clone()),
+            (None, true) => Account::Host,
+            (None, false) => Account::Paper,
+        }
+    }
 }

@@ -159,7 +159,7 @@ impl RunningPlugin {
 pub struct LoopControl {
     switches: Arc<HostSwitches>,
     profiles: RwLock<HashMap<ProfileId, Registered>>,
-    /// Where [`ProfileControl::credentials_stored`] tells of a change, once someone listens.
+    /// Where [`ProfileControl::account_changed`] tells of a change, once someone listens.
     credentials: Mutex<Option<mpsc::UnboundedSender<ProfileId>>>,
 }
 
@@ -173,9 +173,10 @@ impl LoopControl {
         }
     }
 
-    /// The profiles whose credentials are stored, replaced or removed through this process
-    /// from now on (a later call takes them over).
-    pub fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
+    /// The profiles whose exchange account changes through this process (credentials stored,
+    /// replaced or removed; the host's account assigned or taken back) from now on (a later
+    /// call takes them over).
+    pub fn account_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.credentials.lock().expect("lock poisoned") = Some(tx);
         rx
@@ -337,7 +338,7 @@ impl ProfileControl for LoopControl {
         self.switches.kill.load(Ordering::Acquire)
     }
 
-    fn credentials_stored(&self, profile: ProfileId) {
+    fn account_changed(&self, profile: ProfileId) {
         if let Some(changes) = &*self.credentials.lock().expect("lock poisoned") {
             // Nobody listening any more (the host is stopping) is no error.
             let _ = changes.send(profile);

@@ -26,6 +26,8 @@ pub struct StoredProfile {
     pub binding: Option<BoundPlugin>,
     /// Its owner's exchange credentials, sealed, if the owner gave some.
     pub credentials: Option<SealedCredentials>,
+    /// An operator assigned it the host's exchange account.
+    pub host_account: bool,
 }
 
 /// Reads the profile's row, binding and credentials in one transaction of its owner's scope.
@@ -56,10 +58,12 @@ pub async fn stored_profile(
         None => None,
     };
     let credentials = tx.credentials(profile).await?;
+    let host_account = tx.host_account_assigned(profile).await?;
     tx.commit().await?;
     Ok(StoredProfile {
         row,
         binding,
         credentials,
+        host_account,
     })
 }

@@ -9,6 +9,7 @@ use crate::{Api, Db, plugin_bytes, risk_limits};
 crate::api_tests!(
     profiles_are_created_listed_read_updated_and_deleted,
     capital_is_allocated_through_the_ledger,
+    allocations_draw_on_a_budget_only_an_operator_grants,
     credentials_are_stored_sealed_and_never_returned,
     plugins_are_uploaded_once_listed_read_and_bound,
     switches_are_stored_and_history_is_readable,
@@ -136,7 +137,9 @@ pub fn id_match(db: &Db, column: &str, id: &str) -> String {
 
 async fn capital_is_allocated_through_the_ledger(db: &Db) {
     let api = Api::new(db.store());
-    let token = api.token(UserId::new_random(), false);
+    let user = UserId::new_random();
+    let token = api.token(user, false);
+    api.grant(user, "1500.25").await;
     let profile = api.create_profile(&token, "funded").await;
     let path = format!("/api/v1/profiles/{profile}/allocations");
     let first = api
@@ -209,6 +212,118 @@ async fn capital_is_allocated_through_the_ledger(db: &Db) {
         ))
         .await;
     assert_eq!(journal_after, 2, "refused allocations wrote nothing");
+}
+
+/// A user cannot give themselves capital: every allocation draws on a budget that only an
+/// operator grants, the grants are journalled, and a refusal writes nothing.
+async fn allocations_draw_on_a_budget_only_an_operator_grants(db: &Db) {
+    let api = Api::new(db.store());
+    let user = UserId::new_random();
+    let token = api.token(user, false);
+    let profile = api.create_profile(&token, "self-funded").await;
+    let path = format!("/api/v1/profiles/{profile}/allocations");
+    let allocate = |amount: &str| {
+        let body = json!({ "amount": amount });
+        let (api, path, token) = (&api, &path, &token);
+        async move { api.send("POST", path, Some(token), Some(body)).await }
+    };
+
+    // Without a budget, nothing can be allocated.
+    let refused = allocate("1000000").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused:?}"
+    );
+    assert!(refused.error().contains("capital budget"), "{refused:?}");
+    // A user's token cannot reach the operator's grant.
+    let own_grant = api
+        .send(
+            "POST",
+            &format!("/api/v1/operator/users/{user}/budget"),
+            Some(&token),
+            Some(json!({"amount": "1000000"})),
+        )
+        .await;
+    assert_eq!(own_grant.status, StatusCode::FORBIDDEN, "{own_grant:?}");
+
+    let granted = api.grant(user, "1000").await;
+    assert_eq!(granted.body["granted"], "1000");
+    assert_eq!(granted.body["available"], "1000");
+    assert_eq!(allocate("600").await.status, StatusCode::OK);
+    let beyond = allocate("400.00000001").await;
+    assert_eq!(
+        beyond.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{beyond:?}"
+    );
+    assert!(
+        beyond
+            .error()
+            .contains("400.00000001 requested, 400 of the budget available"),
+        "{beyond:?}"
+    );
+    // A second profile of the same user draws on the same budget.
+    let second = api.create_profile(&token, "second").await;
+    let second_path = format!("/api/v1/profiles/{second}/allocations");
+    let rest = api
+        .send(
+            "POST",
+            &second_path,
+            Some(&token),
+            Some(json!({"amount": "400"})),
+        )
+        .await;
+    assert_eq!(rest.status, StatusCode::OK, "{rest:?}");
+    let own = api.send("GET", "/api/v1/budget", Some(&token), None).await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert_eq!(
+        (
+            own.body["granted"].as_str(),
+            own.body["allocated"].as_str(),
+            own.body["available"].as_str()
+        ),
+        (Some("1000"), Some("1000"), Some("0"))
+    );
+
+    // An operator may take back only what is not allocated.
+    let operator = api.token(UserId::new_random(), true);
+    let grant_path = format!("/api/v1/operator/users/{user}/budget");
+    for (amount, status) in [
+        ("-0.00000001", StatusCode::UNPROCESSABLE_ENTITY),
+        ("0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("lots", StatusCode::UNPROCESSABLE_ENTITY),
+        ("10000000000", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let reply = api
+            .send(
+                "POST",
+                &grant_path,
+                Some(&operator),
+                Some(json!({"amount": amount})),
+            )
+            .await;
+        assert_eq!(reply.status, status, "{amount}: {reply:?}");
+    }
+    let read = api.send("GET", &grant_path, Some(&operator), None).await;
+    assert_eq!(
+        read.body["granted"], "1000",
+        "refused grants changed nothing"
+    );
+    let grants = db
+        .scalar_count(&format!(
+            "SELECT count(*) FROM budget_grants WHERE {}",
+            id_match(db, "user_id", &user.to_string())
+        ))
+        .await;
+    assert_eq!(grants, 1, "one grant journalled");
+    let journal = db
+        .scalar_count(&format!(
+            "SELECT count(*) FROM ledger_entries WHERE entry_kind = 'ALLOCATE' AND {}",
+            id_match(db, "user_id", &user.to_string())
+        ))
+        .await;
+    assert_eq!(journal, 2, "refused allocations wrote nothing");
 }
 
 async fn credentials_are_stored_sealed_and_never_returned(db: &Db) {

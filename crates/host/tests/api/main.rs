@@ -82,7 +82,7 @@ impl Db {
     /// Every row of every table the API writes, as text, sorted: equal fingerprints mean
     /// nothing changed.
     pub async fn fingerprint(&self) -> Vec<String> {
-        const TABLES: [(&str, &[&str]); 7] = [
+        const TABLES: [(&str, &[&str]); 10] = [
             (
                 "profiles",
                 &[
@@ -135,6 +135,15 @@ impl Db {
                     "updated_at_ms",
                 ],
             ),
+            (
+                "capital_budgets",
+                &["user_id", "granted", "allocated", "updated_at_ms"],
+            ),
+            (
+                "budget_grants",
+                &["grant_id", "user_id", "operator_id", "amount"],
+            ),
+            ("host_account_assignments", &["profile_id", "operator_id"]),
         ];
         let mut rows = Vec::new();
         for (table, columns) in TABLES {
@@ -271,6 +280,21 @@ impl Api {
     pub fn token(&self, user: UserId, operator: bool) -> String {
         self.keys
             .mint(user, operator, chrono::Utc::now().timestamp(), 3600)
+    }
+
+    /// Grants `user` a capital budget of `amount` more, as an operator would.
+    pub async fn grant(&self, user: UserId, amount: &str) -> Reply {
+        let operator = self.token(UserId::new_random(), true);
+        let reply = self
+            .send(
+                "POST",
+                &format!("/api/v1/operator/users/{user}/budget"),
+                Some(&operator),
+                Some(serde_json::json!({"amount": amount})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        reply
     }
 
     /// Sends a request with an optional bearer token and JSON body.

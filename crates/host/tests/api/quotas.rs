@@ -418,7 +418,7 @@ impl ProfileStarter for RecordingStarter {
         &self.switches
     }
 
-    fn credentials_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
+    fn account_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.credentials.lock().unwrap().push(tx);
         rx

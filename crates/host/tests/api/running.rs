@@ -91,6 +91,7 @@ async fn the_api_controls_a_running_profile(db: &Db) {
     let operator = api.token(UserId::new_random(), true);
     let id = api.create_profile(&token, "live").await;
     let profile = ProfileId::parse(&id).unwrap();
+    api.grant(user, "10000").await;
     let funded = api
         .send(
             "POST",

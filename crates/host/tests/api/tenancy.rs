@@ -67,6 +67,7 @@ async fn another_users_ids_answer_404_and_change_nothing(db: &Db) {
     let (alice_token, bob_token) = (api.token(alice, false), api.token(bob, false));
 
     // Alice's profile holds capital, credentials, a switch and a bound plugin.
+    api.grant(alice, "100").await;
     let p = api.create_profile(&alice_token, "alice").await;
     let q = api
         .upload(&alice_token, "alice-sma", plugin_bytes("sma-cross"))

@@ -222,6 +222,11 @@ impl Harness {
         let user = UserId::new_random();
         let tenant = store.tenant(user);
         let profile = tenant.create_profile("engine-test").await.unwrap();
+        store
+            .operator(keel_kernel::store::HOST_OPERATOR)
+            .grant_budget(user, dec!(10000))
+            .await
+            .unwrap();
         tenant
             .allocate(profile, Amount::positive(dec!(10000)).unwrap())
             .await
@@ -288,7 +293,7 @@ impl Harness {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build_engine(
+pub fn build_engine(
     store: &Store,
     exchange: &Arc<Gated>,
     clock: &Arc<VirtualClock>,

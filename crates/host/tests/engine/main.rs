@@ -5,4 +5,5 @@ mod metrics;
 mod path;
 mod recovery;
 mod reversal;
+mod shared_account;
 mod warm_up;

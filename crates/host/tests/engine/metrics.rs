@@ -76,6 +76,11 @@ async fn an_order_left_unknown_shows_in_orders_open_until_reconciliation_settles
     let user = UserId::new_random();
     let tenant = store.tenant(user);
     let profile = tenant.create_profile("unknown-order").await.unwrap();
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .grant_budget(user, dec!(10000))
+        .await
+        .unwrap();
     tenant
         .allocate(profile, Amount::positive(dec!(10000)).unwrap())
         .await

@@ -101,6 +101,11 @@ async fn tenant(
     let user = UserId::new_random();
     let symbol = Symbol::new(symbol).unwrap();
     let limits = RiskLimits::conservative([symbol.clone()]);
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .grant_budget(user, Decimal::from(10_000))
+        .await
+        .unwrap();
     let mut tx = store.tenant(user).begin().await.unwrap();
     let profile = tx
         .create_profile_with_limits(&format!("{symbol} trader"), &limits)

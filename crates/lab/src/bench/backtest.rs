@@ -120,9 +120,12 @@ async fn order_round_trips(store: &Store, count: u32) -> anyhow::Result<Duration
     let user = UserId::new_random();
     let tenant = store.tenant(user);
     let profile = tenant.create_profile("bench").await?;
-    tenant
-        .allocate(profile, Amount::positive(Decimal::from(1_000_000_000_i64))?)
+    let capital = Amount::positive(Decimal::from(1_000_000_000_i64))?;
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .grant_budget(user, capital.get())
         .await?;
+    tenant.allocate(profile, capital).await?;
     let symbol = Symbol::new("BTCUSDT")?;
     let key = LockKey::entry(profile, &symbol);
     let owner = OwnerToken::new_random();

@@ -285,6 +285,10 @@ async fn new_profile(store: &Store, capital: i64) -> anyhow::Result<(UserId, Pro
     let tenant = store.tenant(user);
     let profile = tenant.create_profile("bench-engine").await?;
     let amount = Amount::positive(Decimal::from(capital)).context("capital")?;
+    store
+        .operator(keel_kernel::store::HOST_OPERATOR)
+        .grant_budget(user, amount.get())
+        .await?;
     tenant.allocate(profile, amount).await?;
     Ok((user, profile))
 }

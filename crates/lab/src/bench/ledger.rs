@@ -237,6 +237,10 @@ async fn setup_profiles(store: &Store, count: usize) -> anyhow::Result<Vec<Bench
         let user = UserId::new_random();
         let tenant = store.tenant(user);
         let profile = tenant.create_profile("bench").await?;
+        store
+            .operator(keel_kernel::store::HOST_OPERATOR)
+            .grant_budget(user, allocation.get())
+            .await?;
         tenant.allocate(profile, allocation).await?;
         let key = LockKey::new(&format!("bench:entry:{profile}"))?;
         let lease = store

@@ -219,6 +219,10 @@ impl World {
         let tenant = store.tenant(user);
         tenant.create_profile_with_id(profile, "simulated").await?;
         let capital = Amount::positive(Decimal::from(CAPITAL)).expect("a positive capital");
+        store
+            .operator(keel_kernel::store::HOST_OPERATOR)
+            .grant_budget(user, capital.get())
+            .await?;
         tenant.allocate(profile, capital).await?;
         let paper = Arc::new(PaperExchange::new(
             PaperConfig {
