@@ -297,13 +297,38 @@ async fn on_sqlite_account_changes_made_through_the_api_move_the_running_profile
         .await
         .unwrap();
     assert_eq!(refused.status().as_u16(), 403);
-    let assigned = client
-        .put(&host_account)
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(assigned.status().as_u16(), 200);
+    // An operator moves it once it is flat: its entries stopped, its exits close what it holds.
+    let kill = format!("{}/api/v1/profiles/{profile}/kill", one.base);
+    let switch_account = |method: reqwest::Method| {
+        let (client, operator, host_account, kill, token) =
+            (&client, &operator, &host_account, &kill, &token);
+        async move {
+            let killed = client.post(kill).bearer_auth(token).send().await.unwrap();
+            assert_eq!(killed.status().as_u16(), 200);
+            wait_for("the profile to be flat and its account changed", || {
+                let method = method.clone();
+                async move {
+                    let reply = client
+                        .request(method, host_account)
+                        .bearer_auth(operator)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = reply.status().as_u16();
+                    let body = reply.text().await.unwrap();
+                    assert!(
+                        status == 200 || (status == 409 && body.contains("holds")),
+                        "{status} {body}"
+                    );
+                    status == 200
+                }
+            })
+            .await;
+            let released = client.delete(kill).bearer_auth(token).send().await.unwrap();
+            assert_eq!(released.status().as_u16(), 200);
+        }
+    };
+    switch_account(reqwest::Method::PUT).await;
     assert_eq!(profile_view().await["account"], "host");
     wait_for("an order on the host's account", || async {
         orders_by("keel-sim-key").await > 0
@@ -340,13 +365,7 @@ async fn on_sqlite_account_changes_made_through_the_api_move_the_running_profile
     .await;
 
     // Taken back: paper again.
-    let withdrawn = client
-        .delete(&host_account)
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(withdrawn.status().as_u16(), 200);
+    switch_account(reqwest::Method::DELETE).await;
     assert_eq!(profile_view().await["account"], "paper");
 
     let (status, log) = one.stop().await;

@@ -121,8 +121,12 @@ impl Demo {
 
     /// A token signed with the demo's secret, for a fresh user id.
     fn token(&self, operator: bool) -> String {
+        self.token_of(keel_kernel::ids::UserId::new_random(), operator)
+    }
+
+    fn token_of(&self, user: keel_kernel::ids::UserId, operator: bool) -> String {
         let now = chrono::Utc::now().timestamp();
-        demo_keys(&self.data_dir).mint(keel_kernel::ids::UserId::new_random(), operator, now, 600)
+        demo_keys(&self.data_dir).mint(user, operator, now, 600)
     }
 
     async fn wait_ready(&self) {

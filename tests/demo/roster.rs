@@ -48,7 +48,19 @@ async fn a_profile_created_through_the_api_runs_once_its_limits_name_a_market_sy
     let dir = tempfile::tempdir().unwrap();
     let demo = Demo::start(dir.path()).await;
     demo.wait_ready().await;
-    let token = demo.token(false);
+    let user = keel_kernel::ids::UserId::new_random();
+    let token = demo.token_of(user, false);
+    // A new user allocates only what an operator granted them.
+    let grant = format!("/api/v1/operator/users/{user}/budget");
+    let (status, budget) = demo
+        .send_as(
+            "POST",
+            &grant,
+            &demo.token(true),
+            json!({"amount": "10000"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{budget}");
     let created = json!({"name": "mine", "risk_limits": limits(&["SOLUSDT"])});
     let (status, profile) = demo
         .send_as("POST", "/api/v1/profiles", &token, created)

@@ -44,7 +44,8 @@ pub struct HostAccountView {
 #[utoipa::path(put, path = "/operator/profiles/{profile_id}/host-account", tag = "operator",
     params(("profile_id" = Uuid, Path, description = "the profile")),
     responses((status = 200, body = HostAccountView), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 async fn assign_host_account(
     State(state): State<ApiState>,
     OperatorAuth(caller): OperatorAuth,
@@ -58,7 +59,8 @@ async fn assign_host_account(
 #[utoipa::path(delete, path = "/operator/profiles/{profile_id}/host-account", tag = "operator",
     params(("profile_id" = Uuid, Path, description = "the profile")),
     responses((status = 200, body = HostAccountView), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 async fn withdraw_host_account(
     State(state): State<ApiState>,
     OperatorAuth(caller): OperatorAuth,
@@ -67,12 +69,44 @@ async fn withdraw_host_account(
     set_host_account(&state, caller.user, ProfileId::from_uuid(profile), false).await
 }
 
+/// Stores the assignment (or its withdrawal), refused while the profile holds a position or an
+/// open order: those are on the account it trades on now, and the profile restarts on the other
+/// one, whose reconciliation would find them missing and quarantine it. Its owner (or an
+/// operator, with the host-wide kill switch) stops its entries and lets its exits close them.
 async fn set_host_account(
     state: &ApiState,
     operator: UserId,
     profile: ProfileId,
     assigned: bool,
 ) -> Result<Json<HostAccountView>, ApiError> {
+    let owner = state
+        .store
+        .operator(operator)
+        .profile_owner(profile)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no profile {profile}")))?;
+    let mut tx = state.store.tenant(owner).begin().await?;
+    let held: Vec<String> = tx
+        .positions(profile)
+        .await?
+        .into_iter()
+        .filter(|position| !position.qty_open.is_zero())
+        .map(|position| format!("a position of {} {}", position.qty_open, position.symbol))
+        .chain(
+            tx.open_orders(profile)
+                .await?
+                .into_iter()
+                .map(|order| format!("open order {}", order.client_order_id)),
+        )
+        .collect();
+    tx.commit().await?;
+    if !held.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "profile {profile} holds {} on the account it trades on now: stop its entries (its \
+             kill switch) and let its exits close them, then change its account",
+            held.join(", ")
+        )));
+    }
     let changed = state
         .store
         .operator(operator)

@@ -2,7 +2,7 @@
 //! `profile_credentials`), the host's own when an operator assigned it (`host_account_assignments`),
 //! else a paper account. Only an operator assigns the host's account.
 
-use crate::ids::ProfileId;
+use crate::ids::{ProfileId, UserId};
 
 use super::backend::with_tx;
 use super::tenant::TenantTx;
@@ -24,6 +24,21 @@ impl TenantTx {
 }
 
 impl Operator<'_> {
+    /// The owner of a profile that is not deleted.
+    pub async fn profile_owner(&self, profile: ProfileId) -> Result<Option<UserId>, StoreError> {
+        let mut tx = self.begin().await?;
+        let owner = with_tx!(&mut tx, c, b => {
+            let owner: Option<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT user_id FROM profiles WHERE profile_id = $1 AND deleted_at_ms IS NULL",
+            )
+            .bind(profile.as_uuid())
+            .fetch_optional(&mut **c).await?;
+            owner.map(UserId::from_uuid)
+        }, memory => unsupported("profile owner"));
+        tx.commit().await?;
+        Ok(owner)
+    }
+
     /// Assigns the host's exchange account to a profile (or, with `assigned` false, takes it
     /// back: the profile trades on paper unless its owner gave credentials). Answers whether
     /// anything changed; an unknown or deleted profile is [`StoreError::UnknownProfile`].

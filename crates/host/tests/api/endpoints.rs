@@ -14,6 +14,7 @@ crate::api_tests!(
     plugins_are_uploaded_once_listed_read_and_bound,
     switches_are_stored_and_history_is_readable,
     operator_routes_list_every_profile_and_switch_the_host,
+    only_an_operator_assigns_the_hosts_account_and_only_to_a_flat_profile,
 );
 
 async fn profiles_are_created_listed_read_updated_and_deleted(db: &Db) {
@@ -612,4 +613,108 @@ impl Api {
         use keel_api::ProfileControl as _;
         self.control.host_kill()
     }
+}
+
+/// A profile trades on paper until an operator assigns it the host's exchange account; a user
+/// cannot assign it, and an account change is refused while the profile holds a position (it is
+/// on the account it trades on now).
+async fn only_an_operator_assigns_the_hosts_account_and_only_to_a_flat_profile(db: &Db) {
+    use keel_kernel::ids::{ClientOrderId, IntentKind, ProfileId, Symbol};
+    use keel_kernel::lifecycle::{EntryRequest, FillReport};
+    use keel_kernel::lock::{LockKey, LockKind, OwnerToken};
+    use keel_kernel::market::Side;
+    use keel_kernel::money::{Price, Qty};
+    use rust_decimal_macros::dec;
+
+    let store = db.store();
+    let api = Api::new(store.clone());
+    let user = UserId::new_random();
+    let token = api.token(user, false);
+    let operator = api.token(UserId::new_random(), true);
+    api.grant(user, "1000").await;
+    let id = api.create_profile(&token, "flat").await;
+    let view = api
+        .send("GET", &format!("/api/v1/profiles/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(view.body["account"], "paper");
+    let path = format!("/api/v1/operator/profiles/{id}/host-account");
+    let own = api.send("PUT", &path, Some(&token), None).await;
+    assert_eq!(own.status, StatusCode::FORBIDDEN, "{own:?}");
+    let unknown = api
+        .send(
+            "PUT",
+            &format!(
+                "/api/v1/operator/profiles/{}/host-account",
+                ProfileId::new_random()
+            ),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{unknown:?}");
+    let assigned = api.send("PUT", &path, Some(&operator), None).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{assigned:?}");
+    assert_eq!(assigned.body["changed"], true);
+    let again = api.send("PUT", &path, Some(&operator), None).await;
+    assert_eq!(again.body["changed"], false);
+    let view = api
+        .send("GET", &format!("/api/v1/profiles/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(view.body["account"], "host");
+
+    // It opens a position: the account cannot be taken back until it is closed.
+    let profile = ProfileId::parse(&id).unwrap();
+    let funded = api
+        .send(
+            "POST",
+            &format!("/api/v1/profiles/{id}/allocations"),
+            Some(&token),
+            Some(json!({"amount": "1000"})),
+        )
+        .await;
+    assert_eq!(funded.status, StatusCode::OK, "{funded:?}");
+    let btc = Symbol::new("BTCUSDT").unwrap();
+    let lease = store
+        .locks()
+        .acquire(
+            LockKind::Entry,
+            &LockKey::entry(profile, &btc),
+            OwnerToken::new_random(),
+            60_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let coid = ClientOrderId::derive(profile, &btc, 1, IntentKind::Entry);
+    let tenant = store.tenant(user);
+    tenant
+        .write_ahead_entry(&EntryRequest {
+            profile,
+            client_order_id: coid.clone(),
+            symbol: btc.clone(),
+            side: Side::Buy,
+            qty: Qty::new(dec!(1)).unwrap(),
+            price: Price::new(dec!(100)).unwrap(),
+            lock: lease.fenced(),
+        })
+        .await
+        .unwrap();
+    tenant
+        .record_fill(&FillReport {
+            client_order_id: coid,
+            exchange_trade_id: "1".to_owned(),
+            qty: Qty::new(dec!(1)).unwrap(),
+            price: Price::new(dec!(100)).unwrap(),
+            fee: dec!(0),
+            executed_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    let held = api.send("DELETE", &path, Some(&operator), None).await;
+    assert_eq!(held.status, StatusCode::CONFLICT, "{held:?}");
+    assert!(held.error().contains("a position of 1 BTCUSDT"), "{held:?}");
+    let view = api
+        .send("GET", &format!("/api/v1/profiles/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(view.body["account"], "host", "the refusal changed nothing");
 }
