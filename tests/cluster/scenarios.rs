@@ -200,13 +200,6 @@ async fn a_joining_instance_takes_its_share_of_the_profiles_and_a_leaving_one_gi
     let tenant = world.db.store.tenant(world.user);
     for name in ["second", "third", "fourth"] {
         let profile = tenant.create_profile(name).await.unwrap();
-        world
-            .db
-            .store
-            .operator(keel_kernel::store::HOST_OPERATOR)
-            .assign_host_account(profile, true)
-            .await
-            .unwrap();
         tenant
             .allocate(
                 profile,

@@ -25,6 +25,17 @@ pub(crate) enum Tx {
 }
 
 impl Tx {
+    /// A transaction of the host role, outside any tenant's scope (no claims: row-level
+    /// security shows it no tenant row). A SQLite writer takes the database from the start.
+    pub(crate) async fn begin_host(store: &super::Store) -> Result<Tx, StoreError> {
+        Ok(match store.pool() {
+            super::Pool::Pg(pool) => Tx::Pg(pool.begin().await?),
+            super::Pool::Lite(pool) => Tx::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            super::Pool::InThread(pool) => Tx::InThread(pool.begin_with("BEGIN IMMEDIATE").await?),
+            super::Pool::Memory(pool) => Tx::Memory(pool.begin().await?),
+        })
+    }
+
     /// Commits.
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {

@@ -27,6 +27,7 @@
 mod accounts;
 pub(crate) mod backend;
 mod budgets;
+mod claims;
 mod combined;
 mod directory;
 mod history;
@@ -60,6 +61,7 @@ use crate::plant::Plant;
 use crate::plant::Planted;
 
 pub use budgets::HOST_OPERATOR;
+pub use claims::{HOST_ACCOUNT, owner_account};
 pub use directory::{
     DIRECTORY_ROWS_MAX, DirectoryEntry, LeaseGuard, PROFILES_CHANNEL, SETTINGS_CHANNEL,
 };

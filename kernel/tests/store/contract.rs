@@ -23,6 +23,7 @@ keel_testkit::contract_tests!(
     allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_database,
     a_row_naming_another_profiles_order_is_refused,
     a_store_guarded_by_a_profile_lease_sees_only_that_profiles_orders,
+    one_running_profile_claims_each_symbol_of_an_exchange_account,
     entry_is_refused_when_capital_is_insufficient,
     bad_amounts_and_unknown_profiles_are_refused_with_typed_errors,
     write_ahead_replay_is_a_noop_and_a_different_payload_is_refused,
@@ -262,6 +263,102 @@ async fn a_store_guarded_by_a_profile_lease_sees_only_that_profiles_orders(h: &H
         .record_fill(&fill(&coid, "t1", "1", "100", "0"))
         .await
         .unwrap();
+}
+
+/// An exchange account holds one position per symbol: while a profile holding a live lease
+/// claims (account, symbol), no other profile can; a claim of a profile that stopped (its lease
+/// released) is taken over; moving to paper gives every claim up.
+async fn one_running_profile_claims_each_symbol_of_an_exchange_account(h: &Harness) {
+    use keel_kernel::store::{HOST_ACCOUNT, owner_account};
+    let (first, second) = (ProfileId::new_random(), ProfileId::new_random());
+    let (btc, eth) = (sym("BTCUSDT"), sym("ETHUSDT"));
+    if h.store.backend() == keel_kernel::store::Backend::Memory {
+        let unsupported = h
+            .store
+            .claim_account(first, Some(HOST_ACCOUNT), &[btc])
+            .await;
+        assert!(matches!(
+            unsupported,
+            Err(StoreError::UnsupportedOnMemory(_))
+        ));
+        return;
+    }
+    let locks = h.store.locks();
+    let lease_of = |profile| {
+        let locks = &locks;
+        async move {
+            locks
+                .acquire(
+                    LockKind::ProfileLease,
+                    &LockKey::profile(profile),
+                    OwnerToken::new_random(),
+                    60_000,
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let first_lease = lease_of(first).await;
+    let _second_lease = lease_of(second).await;
+    let both = [btc.clone(), eth.clone()];
+    let claim = |profile, account: Option<&'static str>, symbols: &'static [&'static str]| {
+        let store = &h.store;
+        async move {
+            let symbols: Vec<_> = symbols.iter().map(|s| sym(s)).collect();
+            store
+                .claim_account(profile, account, &symbols)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        h.store
+            .claim_account(first, Some(HOST_ACCOUNT), &both)
+            .await
+            .unwrap(),
+        None
+    );
+    // Claiming again (a restart, a takeover by another instance) is the same claim.
+    assert_eq!(claim(first, Some(HOST_ACCOUNT), &["BTCUSDT"]).await, None);
+    // All or nothing: ETHUSDT is held, so SOLUSDT is not claimed either.
+    assert_eq!(
+        claim(second, Some(HOST_ACCOUNT), &["SOLUSDT", "ETHUSDT"]).await,
+        Some(eth.clone())
+    );
+    // Another account's symbols are free; an owner's account is named by its key's digest.
+    let owner = owner_account("owner-key");
+    assert!(owner.starts_with("key:") && !owner.contains("owner-key"));
+    assert_eq!(
+        h.store
+            .claim_account(second, Some(&owner), &both)
+            .await
+            .unwrap(),
+        None
+    );
+    // The first profile stops: its claims are free to take over.
+    assert!(locks.release(&first_lease).await.unwrap());
+    assert_eq!(
+        h.store
+            .claim_account(second, Some(HOST_ACCOUNT), &both)
+            .await
+            .unwrap(),
+        None,
+        "moving to the host's account gives up the owner's"
+    );
+    let third = ProfileId::new_random();
+    let _third_lease = lease_of(third).await;
+    assert_eq!(
+        h.store
+            .claim_account(third, Some(&owner), &both)
+            .await
+            .unwrap(),
+        None,
+        "the second profile's claims on the owner's account were given up"
+    );
+    // Paper gives up everything.
+    assert_eq!(claim(second, None, &[]).await, None);
+    assert_eq!(claim(third, Some(HOST_ACCOUNT), &["BTCUSDT"]).await, None);
 }
 
 async fn entry_is_refused_when_capital_is_insufficient(h: &Harness) {

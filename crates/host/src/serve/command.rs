@@ -22,7 +22,7 @@ use keel_kernel::ids::{ProfileId, Symbol, escape_unprintable};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::risk::RiskLimits;
-use keel_kernel::store::{DirectoryEntry, SealedCredentials, Store};
+use keel_kernel::store::{DirectoryEntry, HOST_ACCOUNT, SealedCredentials, Store, owner_account};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ExchangeConfig};
@@ -428,19 +428,47 @@ impl Starter {
         entry: &DirectoryEntry,
         stored: &StoredProfile,
         store: &Store,
-    ) -> anyhow::Result<(Arc<dyn Exchange>, Option<Arc<PaperExchange>>)> {
-        match (&stored.credentials, stored.host_account) {
-            (Some(sealed), _) => Ok((self.owner_account(entry, sealed).await?, None)),
+    ) -> anyhow::Result<Trading> {
+        let trading = match (&stored.credentials, stored.host_account) {
+            (Some(sealed), _) => {
+                let (exchange, account) = self.owner_account(entry, sealed).await?;
+                Trading {
+                    exchange,
+                    paper: None,
+                    account: Some(account),
+                }
+            }
             (None, true) => {
                 tracing::info!(profile_id = %entry.profile, "trading on the host's exchange account, as an operator assigned");
-                Ok((self.exchange.clone(), None))
+                Trading {
+                    exchange: self.exchange.clone(),
+                    paper: None,
+                    account: Some(HOST_ACCOUNT.to_owned()),
+                }
             }
             (None, false) => {
                 let paper = self.paper_account(entry, store).await?;
                 tracing::info!(profile_id = %entry.profile, "trading on a paper account: no credentials of its owner, no assignment of the host's account");
-                Ok((paper.clone(), Some(paper)))
+                Trading {
+                    exchange: paper.clone(),
+                    paper: Some(paper),
+                    account: None,
+                }
             }
+        };
+        let account = trading.account.as_deref();
+        if let Some(symbol) = store
+            .claim_account(entry.profile, account, &self.symbols)
+            .await?
+        {
+            anyhow::bail!(
+                "profile {} cannot trade {symbol} on its exchange account: another running profile \
+                 trades it there, and an account holds one position per symbol (one profile per \
+                 account and symbol); it starts once that profile stops or moves",
+                entry.profile
+            );
         }
+        Ok(trading)
     }
 
     /// A paper account of the configured symbols, restored from the store, holding the
@@ -484,7 +512,7 @@ impl Starter {
         &self,
         entry: &DirectoryEntry,
         sealed: &SealedCredentials,
-    ) -> anyhow::Result<Arc<dyn Exchange>> {
+    ) -> anyhow::Result<(Arc<dyn Exchange>, String)> {
         let profile = entry.profile;
         anyhow::ensure!(
             sealed.exchange == BINANCE_USDM,
@@ -498,12 +526,13 @@ impl Starter {
         let signer = Signer::Hmac {
             secret: secret.api_secret,
         };
+        let account = owner_account(&secret.api_key);
         let binance = BinanceConfig::at(rest_url, ws_url, secret.api_key, signer);
         let exchange = BinanceExchange::connect(binance)
             .await
             .with_context(|| format!("connecting profile {profile}'s account at {rest_url}"))?;
         tracing::info!(profile_id = %profile, "trading on the owner's exchange account");
-        Ok(Arc::new(exchange))
+        Ok((Arc::new(exchange), account))
     }
 
     /// One channel of every configured symbol's closed candles, from the host's exchange. A
@@ -560,7 +589,9 @@ impl ProfileStarter for Starter {
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
         let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
-        let (exchange, paper) = self.account(&entry, &stored, &store).await?;
+        let Trading {
+            exchange, paper, ..
+        } = self.account(&entry, &stored, &store).await?;
         self.accounts
             .lock()
             .expect("lock poisoned")
@@ -691,6 +722,14 @@ impl ProfileStarter for Starter {
         tracing::info!(profile_id = %profile, plugin = %name, "bound plugin queued for a hot-swap");
         Ok(Refreshed::Applied)
     }
+}
+
+/// What a profile trades on: the exchange, its paper account when it is one, and the account's
+/// name in claims (none for paper).
+struct Trading {
+    exchange: Arc<dyn Exchange>,
+    paper: Option<Arc<PaperExchange>>,
+    account: Option<String>,
 }
 
 /// The exchange account a profile trades on: its owner's, when the owner stored credentials for
