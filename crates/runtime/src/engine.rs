@@ -287,7 +287,7 @@ impl PluginEngine {
         Ok(version)
     }
 
-    /// Calls the plugin's `params` in an instance of its own (under the `init` budgets) and
+    /// Calls the plugin's `params` in an instance of its own (under a call's budgets) and
     /// checks the declaration; the error says what is wrong with it.
     fn read_params(&self, version: &PluginVersion) -> anyhow::Result<Vec<ParamSpec>> {
         let declared = executor::run_guest(|| PreparedInstance::read_params(self, version))

@@ -120,8 +120,12 @@ impl PreparedInstance {
         Ok((prepared, init))
     }
 
-    /// Instantiates `version` in a store of its own and calls its `params` under the `init`
-    /// budgets: what the plugin declares, not yet checked. The instance is dropped after.
+    /// Instantiates `version` in a store of its own (under the `init` budgets, as any
+    /// instantiation) and calls its `params` under the budgets of an ordinary call: what the
+    /// plugin declares, not yet checked. The instance is dropped after.
+    ///
+    /// The per-call fuel also bounds what lifting the answer may copy into the host (wasmtime
+    /// charges fuel per byte of string it lifts), as it does for the intents of any call.
     pub(crate) fn read_params(
         engine: &PluginEngine,
         version: &PluginVersion,
@@ -143,11 +147,10 @@ impl PreparedInstance {
             .instantiate(&mut store)
             .map_err(classify)?;
         let params: ParamsFunc = typed_export(&instance, &mut store, PARAMS_EXPORT)?;
-        // Instantiation may have used some of the budget: `params` gets a whole one.
         store
             .data_mut()
             .begin_call(&AccountView::default(), call_deadline(&limits));
-        store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
+        store.set_fuel(limits.fuel_per_call).map_err(host_error)?;
         store.set_epoch_deadline(deadline_ticks);
         let (declared,) = params.call(&mut store, ()).map_err(classify)?;
         Ok(declared)
