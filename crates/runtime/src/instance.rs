@@ -93,17 +93,8 @@ impl PreparedInstance {
         epoch_tick_ms: u64,
         accounting: CallAccounting,
     ) -> Result<(Self, InitFunc), PluginFault> {
-        let deadline_ticks = limits
-            .call_deadline_ms
-            .div_ceil(epoch_tick_ms.max(1))
-            .max(1);
-        store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
-        store.set_epoch_deadline(deadline_ticks);
-        let instance = version
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(classify)?;
+        let deadline_ticks = deadline_ticks(limits, epoch_tick_ms);
+        let instance = instantiate(&mut store, version, limits, deadline_ticks)?;
         let init = typed_export(&instance, &mut store, "init")?;
         let prepared = PreparedInstance {
             on_candle: typed_export(&instance, &mut store, "on-candle")?,
@@ -135,17 +126,8 @@ impl PreparedInstance {
         let setup =
             InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).random_seed(0);
         let mut store = new_store(engine, version, &setup, &limits);
-        let deadline_ticks = limits
-            .call_deadline_ms
-            .div_ceil(engine.settings().epoch_tick_ms.max(1))
-            .max(1);
-        store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
-        store.set_epoch_deadline(deadline_ticks);
-        let instance = version
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(classify)?;
+        let deadline_ticks = deadline_ticks(&limits, engine.settings().epoch_tick_ms);
+        let instance = instantiate(&mut store, version, &limits, deadline_ticks)?;
         let params: ParamsFunc = typed_export(&instance, &mut store, PARAMS_EXPORT)?;
         store
             .data_mut()
@@ -277,6 +259,31 @@ impl PreparedInstance {
             .call(&mut self.store, (now_ms, convert::account_view(view)));
         self.finish(output)
     }
+}
+
+/// The call deadline in epoch ticks (at least one).
+fn deadline_ticks(limits: &PluginLimits, epoch_tick_ms: u64) -> u64 {
+    limits
+        .call_deadline_ms
+        .div_ceil(epoch_tick_ms.max(1))
+        .max(1)
+}
+
+/// Instantiates `version` in `store` under the `init` budgets (instantiation may run guest
+/// code: a component's start functions).
+fn instantiate(
+    store: &mut Store<PluginState>,
+    version: &PluginVersion,
+    limits: &PluginLimits,
+    deadline_ticks: u64,
+) -> Result<Instance, PluginFault> {
+    store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
+    store.set_epoch_deadline(deadline_ticks);
+    version
+        .pre
+        .instance_pre()
+        .instantiate(&mut *store)
+        .map_err(classify)
 }
 
 type InitFunc = TypedFunc<(Vec<(String, String)>,), (Result<(), String>,)>;
