@@ -74,6 +74,24 @@ fn plugin_check_accepts_a_0_1_0_plugin_that_declares_no_parameters() {
 }
 
 #[test]
+fn plugin_check_refuses_a_malformed_parameter_declaration_naming_the_parameter() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("bad-params"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(
+            "refused: the plugin's declared parameters: parameter `fast`: the default 0 is not \
+             int in [1, 10]"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plugin_check_refuses_an_unknown_key_or_an_out_of_range_value_before_init() {
     let check = |pair: &str| {
         Command::new(env!("CARGO_BIN_EXE_keel"))

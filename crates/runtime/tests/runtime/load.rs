@@ -271,3 +271,14 @@ fn a_0_1_0_plugin_checks_its_configuration_itself() {
         .unwrap();
     assert_eq!(&prepared.setup().config[..], [("fast".into(), "5".into())]);
 }
+
+/// A malformed declaration is refused when the plugin loads, naming the parameter: it would
+/// otherwise refuse every configuration later, its own defaults included.
+#[test]
+fn a_malformed_parameter_declaration_is_refused_at_load_naming_the_parameter() {
+    let error = load_error(&plugin_bytes("bad-params"));
+    assert_eq!(
+        error,
+        "the plugin's declared parameters: parameter `fast`: the default 0 is not int in [1, 10]"
+    );
+}
