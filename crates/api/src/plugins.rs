@@ -133,7 +133,8 @@ pub struct BindPlugin {
     /// The plugin version to run (one of the caller's uploads).
     #[schema(value_type = String, format = Uuid)]
     pub plugin_id: Uuid,
-    /// Settings handed to the plugin's `init` (at most 64, each key and value at most 256 bytes).
+    /// Settings handed to the plugin's `init` (at most 64, each key and value at most 256 bytes),
+    /// checked first against the parameters the plugin declares.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
 }
