@@ -303,7 +303,8 @@ impl Metrics {
             plugin_faults_total: counter_vec(
                 &r,
                 "keel_plugin_faults_total",
-                "Plugin faults by kind (fuel, deadline, memory, trap, invalid_output, init_refused).",
+                "Plugin faults by kind (fuel, deadline, memory, trap, invalid_output, init_refused, \
+                 config_refused).",
                 &["kind"],
             ),
             plugin_hot_swaps_total: counter_vec(
@@ -388,6 +389,7 @@ impl Metrics {
             "trap",
             "invalid_output",
             "init_refused",
+            "config_refused",
         ] {
             self.plugin_faults_total.with_label_values(&[kind]);
         }

@@ -91,6 +91,10 @@ pub enum PluginFault {
     /// `init` returned an error.
     #[error("init refused: {0}")]
     InitRefused(String),
+    /// The configuration does not fit the parameters the plugin declares (an unknown key, a
+    /// value of the wrong type or out of range); `init` was not called.
+    #[error("configuration refused: {0}")]
+    ConfigRefused(String),
     /// The instance faulted earlier and is never re-entered.
     #[error("instance is dead after an earlier fault")]
     Dead,
@@ -106,6 +110,7 @@ impl PluginFault {
             PluginFault::Trap(_) => "trap",
             PluginFault::InvalidOutput(_) => "invalid_output",
             PluginFault::InitRefused(_) => "init_refused",
+            PluginFault::ConfigRefused(_) => "config_refused",
             PluginFault::Dead => "dead",
         }
     }

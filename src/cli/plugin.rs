@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use keel_kernel::ids::escape_unprintable;
 use keel_runtime::check::{check_bytes, parse_config};
+use keel_runtime::params::ParamSpec;
 use keel_runtime::{
     CompileCancel, CompileLimits, EngineSettings, PluginEngine, PluginLimits, PluginVersion,
     user_cache_dir,
@@ -19,7 +20,7 @@ pub fn check(
     compile: CompileLimits,
 ) -> anyhow::Result<ExitCode> {
     let pairs = parse_config(config)?;
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (bytes, plugin_name) = keel_backtest::run::load_inputs(file)?;
     let engine = PluginEngine::new(EngineSettings {
         instances_max: 2,
         cache_dir: user_cache_dir(),
@@ -28,7 +29,7 @@ pub fn check(
     })?;
     let name = file.display().to_string();
     let spinner = keel_backtest::run::compile_spinner(&name, bytes.len(), !json);
-    let checked = check_bytes(&engine, &bytes, pairs, &CompileCancel::new());
+    let checked = check_bytes(&engine, &bytes, &plugin_name, pairs, &CompileCancel::new());
     spinner.finish_and_clear();
     let checked = match checked {
         Ok(checked) => checked,
@@ -99,12 +100,38 @@ fn print_report(
     for import in &report.imports {
         println!("  {import}");
     }
+    print_params(report.params.as_deref());
     match init {
         Ok(()) => println!("init:     ok\nloadable: yes"),
         Err(fault) => {
             println!("init:     {fault}\nloadable: no");
             eprintln!("{}: refused: {fault}", file.display());
         }
+    }
+}
+
+/// The parameters block of the report: one line each, name, type and range, default,
+/// description.
+fn print_params(params: Option<&[ParamSpec]>) {
+    let Some(params) = params else {
+        println!("params:   none declared (the plugin checks its configuration in init)");
+        return;
+    };
+    println!("params:");
+    let width = |texts: &[String]| texts.iter().map(String::len).max().unwrap_or(0);
+    let ranges: Vec<String> = params.iter().map(ParamSpec::range_text).collect();
+    let defaults: Vec<String> = params
+        .iter()
+        .map(|p| format!("default {}", escape_unprintable(&p.default.to_string())))
+        .collect();
+    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+    let (name_width, range_width, default_width) =
+        (width(&names), width(&ranges), width(&defaults));
+    for (((name, range), default), param) in names.iter().zip(&ranges).zip(&defaults).zip(params) {
+        println!(
+            "  {name:name_width$}  {range:range_width$}  {default:default_width$}  {}",
+            escape_unprintable(&param.description)
+        );
     }
 }
 

@@ -120,13 +120,13 @@ wit-bindgen.workspace = true
 
 const STRATEGY_TEMPLATE: &str = r#"//! A Keel strategy plugin: momentum over a few closes.
 //!
-//! Config keys: `lookback` (closes compared, default 20), `size_fraction` (of free capital per
-//! entry, default 0.1). Enters long when the close is above the close `lookback` candles ago and
-//! leaves when it falls below it.
+//! Enters long when the close is above the close `lookback` candles ago and leaves when it falls
+//! below it. Its parameters are declared once, in `PARAMS`: `keel plugin check` shows them, and
+//! Keel refuses an unknown key or a value out of range before `init` runs.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use keel_guest::{AccountView, Candle, Config, Intent, PositionSide, Strategy, SymbolId};
+use keel_guest::{AccountView, Candle, Config, Intent, Param, PositionSide, Strategy, SymbolId};
 
 /// Most closes kept per instrument, and most instruments tracked: bounds on memory.
 const LOOKBACK_MAX: usize = 10_000;
@@ -139,18 +139,18 @@ struct Momentum {
 }
 
 impl Strategy for Momentum {
+    const PARAMS: &'static [Param] = &[
+        Param::int("lookback", 20, "Closes compared, in candles.")
+            .range(1.0, LOOKBACK_MAX as f64),
+        Param::float("size_fraction", 0.1, "Fraction of free capital committed per entry.")
+            .range(0.001, 1.0),
+    ];
+
     fn init(config: &Config) -> Result<Self, String> {
-        let lookback: usize = config.parse_or("lookback", 20)?;
-        let size_fraction: f64 = config.parse_or("size_fraction", 0.1)?;
-        if lookback == 0 || lookback > LOOKBACK_MAX {
-            return Err(format!("lookback must be 1..={LOOKBACK_MAX}, not {lookback}"));
-        }
-        if !(size_fraction > 0.0 && size_fraction <= 1.0) {
-            return Err(format!("size_fraction must be in (0, 1], not {size_fraction}"));
-        }
+        // Keel has checked each value against PARAMS and filled in the defaults.
         Ok(Momentum {
-            lookback,
-            size_fraction,
+            lookback: config.parse("lookback")?,
+            size_fraction: config.parse("size_fraction")?,
             closes: BTreeMap::new(),
         })
     }

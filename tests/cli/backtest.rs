@@ -238,3 +238,37 @@ fn cli_sweeps_ranks_and_writes_every_run() {
         stderr(&out)
     );
 }
+
+/// The plugin declares its parameters: a misspelt key, a value out of range or of the wrong
+/// type stops the run before `init`, with the key and what it takes, on the command line and in
+/// a sweep alike.
+#[test]
+fn cli_refuses_an_unknown_or_out_of_range_parameter_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let candles = candle_file(dir.path(), 16);
+    for (args, refusal) in [
+        (
+            ["--config", "fats=10"],
+            "configuration refused: plugin sma_cross has no parameter `fats` (did you mean \
+             `fast`?); its parameters are fast, slow, mode, size_fraction",
+        ),
+        (
+            ["--config", "size_fraction=2"],
+            "configuration refused: plugin sma_cross: parameter `size_fraction` takes float in \
+             [0.001, 1], not \"2\"",
+        ),
+        (
+            ["--config", "fast=ten"],
+            "configuration refused: plugin sma_cross: parameter `fast` takes an int, not \"ten\"",
+        ),
+        (
+            ["--sweep", "slwo=10,20"],
+            "plugin sma_cross has no parameter `slwo` (did you mean `slow`?)",
+        ),
+    ] {
+        let out = backtest(&candles, &args);
+        assert!(!out.status.success(), "{args:?} ran");
+        assert!(stderr(&out).contains(refusal), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: no summary is printed");
+    }
+}

@@ -15,14 +15,116 @@ fn plugin_check_accepts_an_example_plugin_and_prints_its_world() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(
+        stdout.contains("world:    keel:strategy/strategy-with-params@0.1.1"),
+        "{stdout}"
+    );
+    for export in ["init", "on-candle", "on-fill", "on-timer", "params"] {
+        let exports = stdout.lines().find(|l| l.starts_with("exports:")).unwrap();
+        assert!(exports.contains(export), "{stdout}");
+    }
+    assert!(stdout.contains("loadable: yes"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_prints_the_declared_parameters() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("sma-cross"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let params: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "params:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    let expected = [
+        "fast           int in [1, 10000]             default 10         \
+         Length of the fast moving average, in candles.",
+        "slow           int in [2, 10000]             default 30         \
+         Length of the slow moving average, in candles; above fast.",
+        "mode           text: long-only | long-short  default long-only  \
+         Long only, or long and short.",
+        "size_fraction  float in [0.001, 1]           default 0.1        \
+         Fraction of free capital committed per entry.",
+    ];
+    assert_eq!(params, expected, "{stdout}");
+}
+
+/// A plugin built against the released 0.1.0 contract declares nothing: it loads, shows its
+/// world at 0.1.0 and says that it checks its configuration itself.
+#[test]
+fn plugin_check_accepts_a_0_1_0_plugin_that_declares_no_parameters() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("sma-cross-0-1-0"))
+        .args(["--config", "fast=5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
         stdout.contains("world:    keel:strategy/strategy@0.1.0"),
         "{stdout}"
     );
+    assert!(stdout.contains("params:   none declared"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_refuses_a_malformed_parameter_declaration_naming_the_parameter() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["plugin", "check"])
+        .arg(plugin_path("bad-params"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
     assert!(
-        stdout.contains("exports:  init, on-candle, on-fill, on-timer"),
-        "{stdout}"
+        stderr.contains(
+            "refused: the plugin's declared parameters: parameter `fast`: the default 0 is not \
+             int in [1, 10]"
+        ),
+        "{stderr}"
     );
-    assert!(stdout.contains("loadable: yes"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_refuses_an_unknown_key_or_an_out_of_range_value_before_init() {
+    let check = |pair: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["plugin", "check"])
+            .arg(plugin_path("sma-cross"))
+            .args(["--config", pair])
+            .output()
+            .unwrap()
+    };
+    for (pair, refusal) in [
+        (
+            "fats=10",
+            "configuration refused: plugin sma_cross has no parameter `fats` (did you mean \
+             `fast`?); its parameters are fast, slow, mode, size_fraction",
+        ),
+        (
+            "slow=20000",
+            "configuration refused: plugin sma_cross: parameter `slow` takes int in [2, 10000], \
+             not \"20000\"",
+        ),
+        (
+            "mode=both",
+            "configuration refused: plugin sma_cross: parameter `mode` takes text: long-only | \
+             long-short, not \"both\"",
+        ),
+    ] {
+        let output = check(pair);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{pair}: {stdout}");
+        assert!(stderr.contains(refusal), "{pair}: {stderr}");
+        assert!(stdout.contains("loadable: no"), "{pair}: {stdout}");
+    }
 }
 
 #[test]

@@ -84,7 +84,7 @@ pub struct ProfileSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FaultView {
     /// A plugin fault's kind (`trap`, `deadline`, `fuel`, `memory`, `invalid_output`,
-    /// `init_refused`, `dead`), or the loops' own (`panic`, `error`).
+    /// `init_refused`, `config_refused`, `dead`), or the loops' own (`panic`, `error`).
     pub kind: String,
     /// What happened, with control characters escaped.
     pub message: String,

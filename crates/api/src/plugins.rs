@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use keel_kernel::engine::{Clock, SystemClock};
 use keel_kernel::ids::{PluginId, ProfileId};
 use keel_kernel::store::{BindingRow, NewPlugin, PluginRow};
+use keel_kernel::strategy::PluginFault;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -55,7 +56,9 @@ pub struct PluginView {
     pub size_bytes: i64,
     /// Uploaded, ms since the epoch.
     pub created_at_ms: i64,
-    /// The world it implements, what it exports and imports.
+    /// The world it implements, what it exports and imports, and the parameters it declares
+    /// (`params`: name, default with its type, min, max, choices, description; null when it
+    /// declares none).
     #[schema(value_type = Object)]
     pub report: serde_json::Value,
 }
@@ -130,7 +133,8 @@ pub struct BindPlugin {
     /// The plugin version to run (one of the caller's uploads).
     #[schema(value_type = String, format = Uuid)]
     pub plugin_id: Uuid,
-    /// Settings handed to the plugin's `init` (at most 64, each key and value at most 256 bytes).
+    /// Settings handed to the plugin's `init` (at most 64, each key and value at most 256 bytes),
+    /// checked first against the parameters the plugin declares.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
 }
@@ -186,7 +190,9 @@ async fn upload_plugin(
     // An uploader that goes away drops this handler, and the guard gives the compile up.
     let cancel = CompileCancel::new();
     let guard = cancel.on_drop();
-    let checked = blocking(move || check_bytes(&engine, &wasm, Vec::new(), &cancel)).await?;
+    let checked_name = name.clone();
+    let checked =
+        blocking(move || check_bytes(&engine, &wasm, &checked_name, Vec::new(), &cancel)).await?;
     guard.disarm();
     let checked =
         checked.map_err(|reason| ApiError::Unprocessable(format!("invalid plugin: {reason}")))?;
@@ -198,6 +204,7 @@ async fn upload_plugin(
     let report = checked.version.report();
     let report = serde_json::json!({
         "world": report.world, "exports": report.exports, "imports": report.imports,
+        "params": report.params,
     })
     .to_string();
     let mut tx = state.store.tenant(caller.user).begin().await?;
@@ -331,8 +338,10 @@ fn check_config(config: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Binds a plugin version and its configuration to the profile. A fresh instance runs `init`
-/// with the configuration first: if it refuses, nothing changes (422). Then the binding is
+/// Binds a plugin version and its configuration to the profile. The configuration is checked
+/// against the parameters the plugin declares (an unknown key, a value of the wrong type or out
+/// of range answers 422 naming the key), then a fresh instance runs `init` with it: if it
+/// refuses, nothing changes (422). Then the binding is
 /// stored and, if the profile runs in this host, its loop swaps to the new instance at its next
 /// call boundary: the call in progress finishes on the old one, no candle is skipped or
 /// delivered twice.
@@ -373,8 +382,10 @@ async fn bind_plugin(
         .name(name);
     let engine = state.plugins.clone();
     let prepared = blocking(move || engine.prepare_replacement(&version, setup)).await?;
-    let prepared = prepared.map_err(|fault| {
-        ApiError::Unprocessable(format!("plugin init refused the configuration: {fault}"))
+    let prepared = prepared.map_err(|fault| match fault {
+        // Names the plugin, the key and what it takes.
+        PluginFault::ConfigRefused(_) => ApiError::Unprocessable(format!("config: {fault}")),
+        _ => ApiError::Unprocessable(format!("plugin init refused the configuration: {fault}")),
     })?;
     let config = serde_json::to_string(&body.config).expect("a map of strings serializes");
     let mut tx = tenant.begin().await?;

@@ -32,13 +32,14 @@ use keel_kernel::metrics::Metrics;
 use keel_kernel::money::Amount;
 use keel_kernel::risk::{ENTRY_NOTIONAL_CEILING, RiskLimits};
 use keel_kernel::store::Store;
+use keel_kernel::strategy::PluginFault;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive as _;
 use tokio::sync::mpsc;
 
 use super::report::{BacktestReport, EquityPoint, Refusals, build_report};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
-use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, user_cache_dir};
+use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, PluginVersion, user_cache_dir};
 
 /// Candles between two redraws of the progress bar.
 const PROGRESS_EVERY_CANDLES: u64 = 4_096;
@@ -353,15 +354,12 @@ pub async fn open_store(kind: BacktestStore) -> anyhow::Result<(Store, Option<te
     }
 }
 
-fn start_plugin(
+/// Loads the spec's plugin on an engine of its own: the live budgets (fuel, memory, deadlines)
+/// with room for one instance; compiled code is cached as for `keel plugin check`.
+pub fn load_plugin(
     spec: &BacktestSpec,
-    config: &[(String, String)],
-    profile: ProfileId,
-    clock: Arc<VirtualClock>,
     progress: bool,
-) -> anyhow::Result<keel_runtime::WasmStrategy> {
-    // The live budgets (fuel, memory, deadlines) with room for one instance; compiled code is
-    // cached as for `keel plugin check`.
+) -> anyhow::Result<(PluginEngine, PluginVersion)> {
     let runtime = PluginEngine::new(EngineSettings {
         instances_max: 2,
         cache_dir: user_cache_dir(),
@@ -372,15 +370,30 @@ fn start_plugin(
         .load(&spec.plugin)
         .with_context(|| format!("loading plugin {}", spec.plugin_name));
     spinner.finish_and_clear();
-    let version = version?;
+    Ok((runtime, version?))
+}
+
+fn start_plugin(
+    spec: &BacktestSpec,
+    config: &[(String, String)],
+    profile: ProfileId,
+    clock: Arc<VirtualClock>,
+    progress: bool,
+) -> anyhow::Result<keel_runtime::WasmStrategy> {
+    let (runtime, version) = load_plugin(spec, progress)?;
     runtime
         .start(
             &version,
             InstanceSetup::new(profile, clock)
                 .config(config.to_vec())
-                .random_seed(spec.seed),
+                .random_seed(spec.seed)
+                .name(spec.plugin_name.as_str()),
         )
-        .map_err(|fault| anyhow::anyhow!("plugin {}: init: {fault}", spec.plugin_name))
+        .map_err(|fault| match fault {
+            // The message names the plugin, the key and what it takes.
+            PluginFault::ConfigRefused(_) => anyhow::anyhow!("{fault}"),
+            _ => anyhow::anyhow!("plugin {}: init: {fault}", spec.plugin_name),
+        })
 }
 
 /// A spinner on stderr (when it is a terminal and `wanted`) while a plugin of `bytes` compiles:

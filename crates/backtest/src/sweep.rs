@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::plot::{PlotFormat, format_of};
 use super::report::Summary;
-use super::run::{BacktestSpec, run_backtest_with};
+use super::run::{BacktestSpec, load_plugin, run_backtest_with};
 
 /// Most values one swept key may take.
 pub const VALUES_PER_KEY_MAX: usize = 1_000;
@@ -249,6 +249,26 @@ fn run_config(base: &[(String, String)], params: &[(String, String)]) -> Vec<(St
         .collect()
 }
 
+/// Refuses a sweep any of whose configurations does not fit the parameters the plugin declares
+/// (a misspelt swept key, a value out of range), before any run: each run would refuse it
+/// alike. A plugin that declares nothing checks each run's configuration in its `init`.
+fn check_declared_params(
+    spec: &BacktestSpec,
+    all: &[Vec<(String, String)>],
+    progress: bool,
+) -> anyhow::Result<()> {
+    let (_, version) = load_plugin(spec, progress)?;
+    let Some(declared) = &version.report().params else {
+        return Ok(());
+    };
+    for params in all {
+        let config = run_config(&spec.config, params);
+        keel_runtime::params::check_config(&spec.plugin_name, declared, &config)
+            .map_err(|error| anyhow::anyhow!("configuration refused: {error}"))?;
+    }
+    Ok(())
+}
+
 /// Runs every combination of `axes` over `spec`, `jobs` at a time; `progress` draws a bar on
 /// stderr when it is a terminal.
 pub fn run_sweep(
@@ -265,6 +285,7 @@ pub fn run_sweep(
         bail!("--jobs must be at least 1");
     }
     let all = combinations(axes)?;
+    check_declared_params(spec, &all, progress)?;
     let bar = sweep_bar(all.len(), progress);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Summary, String>>>> = Mutex::new(vec![None; all.len()]);

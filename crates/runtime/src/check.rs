@@ -16,18 +16,23 @@ pub struct Checked {
     pub init: Result<(), String>,
 }
 
-/// Checks plugin bytes exactly as the host loads them: validation and compilation, then an
-/// instance whose `init` runs with `config`. `Err` is the reason the bytes were refused at load.
+/// Checks plugin bytes exactly as the host loads them: validation and compilation (with the
+/// declared parameters read), then `config` checked against those parameters and an instance
+/// whose `init` runs with it. `Err` is the reason the bytes were refused at load; `name` is
+/// what errors call the plugin.
 pub fn check_bytes(
     engine: &PluginEngine,
     bytes: &[u8],
+    name: &str,
     config: Vec<(String, String)>,
     cancel: &CompileCancel,
 ) -> Result<Checked, String> {
     let version = engine
         .load_cancellable(bytes, cancel)
         .map_err(|error| format!("{error:#}"))?;
-    let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).config(config);
+    let setup = InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock))
+        .config(config)
+        .name(name);
     let init = engine
         .prepare(&version, setup)
         .map(|_| ())

@@ -1,4 +1,4 @@
-//! Between the kernel's native types and the WIT types of `keel:strategy@0.1.0`.
+//! Between the kernel's native types and the WIT types of `keel:strategy` (`wit/strategy.wit`).
 //!
 //! Inbound (kernel → plugin) conversions are total. Outbound (plugin → kernel) conversions check
 //! only the shape the kernel cannot check later (handles, sizes of strings, count of intents);

@@ -20,21 +20,25 @@ use super::faults::{FaultCounts, FaultLedger};
 use super::guest::GuestLanguage;
 use super::instance::PreparedInstance;
 use super::limits::{EngineSettings, PluginLimits};
+use super::params::{self, ParamSpec};
 use super::state::PluginState;
 use super::strategy::WasmStrategy;
 use super::wit::{Strategy, StrategyPre};
 use keel_kernel::engine::Clock;
 
-/// The functions a `keel:strategy@0.1.0` component must export.
+/// The functions a `keel:strategy` component must export.
 pub const STRATEGY_EXPORTS: [&str; 4] = ["init", "on-candle", "on-fill", "on-timer"];
 
-/// The interfaces of the `strategy` world a plugin may import.
-const STRATEGY_IMPORTS: [&str; 4] = [
-    "keel:strategy/types@0.1.0",
-    "keel:strategy/log@0.1.0",
-    "keel:strategy/clock@0.1.0",
-    "keel:strategy/account@0.1.0",
-];
+/// The function a component of the `strategy-with-params` world (0.1.1) exports besides.
+pub const PARAMS_EXPORT: &str = "params";
+
+/// The versions of `keel:strategy` this host serves, oldest first; the last is
+/// `wit/strategy.wit`. A component built against any of them links to the newest by semantic
+/// versioning (`0.1.x` imports are served by the `0.1.1` definitions).
+pub const CONTRACT_VERSIONS: [&str; 2] = ["0.1.0", "0.1.1"];
+
+/// The interfaces of the `strategy` world a plugin may import (at any of [`CONTRACT_VERSIONS`]).
+const STRATEGY_INTERFACES: [&str; 4] = ["types", "log", "clock", "account"];
 
 /// Core instances one component may create (a Rust guest makes three or four, a componentize-py
 /// guest, which links CPython and its libraries as separate modules, about fifteen).
@@ -116,6 +120,9 @@ pub struct LoadReport {
     pub compile_ms: f64,
     /// Whether the compiled code came from the cache.
     pub from_cache: bool,
+    /// The parameters the plugin declares (`strategy-with-params`), or none for a plugin of the
+    /// plain `strategy` world, which checks its configuration in `init` alone.
+    pub params: Option<Vec<ParamSpec>>,
 }
 
 /// Everything one instance is set up with, besides the plugin version.
@@ -230,8 +237,9 @@ impl PluginEngine {
     }
 
     /// Validates and compiles a plugin exactly as it will run: a component of the
-    /// `keel:strategy@0.1.0` world importing nothing outside that world and WASI 0.2, within
-    /// the engine's [`CompileLimits`].
+    /// `keel:strategy` world (any of [`CONTRACT_VERSIONS`]) importing nothing outside that
+    /// world and WASI 0.2, within the engine's [`CompileLimits`]. A plugin that declares its
+    /// parameters has them read (its `params` called once) and checked here.
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<PluginVersion> {
         self.load_cancellable(bytes, &CompileCancel::new())
     }
@@ -253,23 +261,40 @@ impl PluginEngine {
         })?;
         let exports = check_exports(&self.inner.engine, &component)?;
         let pre = StrategyPre::new(instance_pre).map_err(|e| {
-            anyhow::anyhow!("exports do not match the keel:strategy@0.1.0 world: {e:#}")
+            anyhow::anyhow!("exports do not match the keel:strategy/strategy world: {e:#}")
         })?;
+        let declares = exports.iter().any(|e| e == PARAMS_EXPORT);
         let report = LoadReport {
-            world: "keel:strategy/strategy@0.1.0".to_string(),
+            world: world_of(&imports, declares),
             language,
             exports,
             imports,
             size_bytes: bytes.len(),
             compile_ms: started.elapsed().as_secs_f64() * 1e3,
             from_cache: source == CompileSource::Cache,
+            params: None,
         };
-        Ok(PluginVersion {
+        let mut version = PluginVersion {
             digest,
             pre,
             limits: *self.inner.settings.limits_for(language),
             report: Arc::new(report),
-        })
+        };
+        if declares {
+            let params = self.read_params(&version)?;
+            Arc::make_mut(&mut version.report).params = Some(params);
+        }
+        Ok(version)
+    }
+
+    /// Calls the plugin's `params` in an instance of its own (under a call's budgets) and
+    /// checks the declaration; the error says what is wrong with it.
+    fn read_params(&self, version: &PluginVersion) -> anyhow::Result<Vec<ParamSpec>> {
+        let declared = executor::run_guest(|| PreparedInstance::read_params(self, version))
+            .and_then(|declared| declared)
+            .map_err(|fault| anyhow::anyhow!("calling the plugin's `params`: {fault}"))?;
+        params::check_declared(declared)
+            .map_err(|problem| anyhow::anyhow!("the plugin's declared parameters: {problem}"))
     }
 
     fn compile(
@@ -295,17 +320,23 @@ impl PluginEngine {
         }
     }
 
-    /// Instantiates `version` in a new store and runs `init`; the instance serves no profile
-    /// yet. A fault (including `init` refusing the config) is counted under the profile.
+    /// Checks the setup's configuration against the parameters `version` declares (if it
+    /// declares any), then instantiates it in a new store and runs `init` with that
+    /// configuration, each absent parameter filled with its default; the instance serves no
+    /// profile yet. A fault (a refused configuration, `init` refusing it, ...) is counted under
+    /// the profile.
     pub fn prepare(
         &self,
         version: &PluginVersion,
         setup: InstanceSetup,
     ) -> Result<PreparedInstance, PluginFault> {
         let profile = setup.profile;
-        // Instantiation and `init` run guest code: off the async runtime, like every call.
-        executor::run_guest(|| PreparedInstance::new(self, version, setup))
-            .and_then(|prepared| prepared)
+        checked_setup(version, setup)
+            .and_then(|setup| {
+                // Instantiation and `init` run guest code: off the async runtime, like every call.
+                executor::run_guest(|| PreparedInstance::new(self, version, setup))
+                    .and_then(|prepared| prepared)
+            })
             .inspect_err(|fault| {
                 self.inner.faults.record(profile, &version.digest, fault);
             })
@@ -364,6 +395,40 @@ impl PluginEngine {
     pub fn fault_counts(&self, profile: ProfileId) -> Vec<(PluginDigest, FaultCounts)> {
         self.inner.faults.for_profile(profile)
     }
+}
+
+/// `setup` with its configuration checked against the parameters `version` declares and
+/// completed with their defaults; unchanged for a plugin that declares none.
+fn checked_setup(
+    version: &PluginVersion,
+    mut setup: InstanceSetup,
+) -> Result<InstanceSetup, PluginFault> {
+    let Some(specs) = &version.report.params else {
+        return Ok(setup);
+    };
+    let config = params::check_config(&setup.name, specs, &setup.config)
+        .map_err(|error| PluginFault::ConfigRefused(error.to_string()))?;
+    setup.config = config.into();
+    Ok(setup)
+}
+
+/// The world a component implements, at the contract version its imports name (the newest
+/// when they name several; the first version with `params` when it imports none and declares
+/// parameters, else the first).
+fn world_of(imports: &[String], declares_params: bool) -> String {
+    let imported = imports
+        .iter()
+        .filter_map(|name| name.strip_prefix("keel:strategy/"))
+        .filter_map(|name| name.split_once('@'))
+        .filter_map(|(_, version)| CONTRACT_VERSIONS.iter().position(|v| *v == version))
+        .max();
+    let (world, first) = if declares_params {
+        ("strategy-with-params", 1)
+    } else {
+        ("strategy", 0)
+    };
+    let version = CONTRACT_VERSIONS[imported.unwrap_or(first).max(first)];
+    format!("keel:strategy/{world}@{version}")
 }
 
 fn wasmtime_config(settings: &EngineSettings) -> Config {
@@ -436,16 +501,26 @@ fn check_imports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<S
         .map(|(name, _)| name.to_string())
         .collect();
     for name in &names {
-        let allowed = STRATEGY_IMPORTS.contains(&name.as_str())
-            || (name.starts_with("wasi:") && name.contains("@0.2."));
+        let allowed =
+            is_strategy_import(name) || (name.starts_with("wasi:") && name.contains("@0.2."));
         if !allowed {
             bail!(
-                "plugin imports `{name}`, which is outside the keel:strategy@0.1.0 world and \
-                 WASI 0.2; a strategy may import only those"
+                "plugin imports `{name}`, which is outside the keel:strategy world (versions \
+                 {}) and WASI 0.2; a strategy may import only those",
+                CONTRACT_VERSIONS.join(", ")
             );
         }
     }
     Ok(names)
+}
+
+/// Whether `name` is an interface of the `strategy` world at a version this host serves.
+fn is_strategy_import(name: &str) -> bool {
+    name.strip_prefix("keel:strategy/")
+        .and_then(|rest| rest.split_once('@'))
+        .is_some_and(|(interface, version)| {
+            STRATEGY_INTERFACES.contains(&interface) && CONTRACT_VERSIONS.contains(&version)
+        })
 }
 
 fn check_exports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<String>> {
@@ -461,7 +536,7 @@ fn check_exports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<S
         .collect();
     if !missing.is_empty() {
         bail!(
-            "not a keel:strategy@0.1.0 strategy: it exports [{}] and lacks [{}]",
+            "not a keel:strategy strategy: it exports [{}] and lacks [{}]",
             names.join(", "),
             missing.join(", ")
         );

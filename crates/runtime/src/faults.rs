@@ -23,6 +23,8 @@ pub struct FaultCounts {
     pub invalid_output: u64,
     /// [`PluginFault::InitRefused`].
     pub init_refused: u64,
+    /// [`PluginFault::ConfigRefused`]: a configuration refused against the declared parameters.
+    pub config_refused: u64,
     /// [`PluginFault::Dead`]: calls refused because the instance had faulted.
     pub dead: u64,
 }
@@ -36,6 +38,7 @@ impl FaultCounts {
             PluginFault::Trap(_) => &mut self.trap,
             PluginFault::InvalidOutput(_) => &mut self.invalid_output,
             PluginFault::InitRefused(_) => &mut self.init_refused,
+            PluginFault::ConfigRefused(_) => &mut self.config_refused,
             PluginFault::Dead => &mut self.dead,
         };
         *slot += 1;
@@ -49,6 +52,7 @@ impl FaultCounts {
             + self.trap
             + self.invalid_output
             + self.init_refused
+            + self.config_refused
             + self.dead
     }
 }

@@ -14,13 +14,14 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::PluginDigest;
-use keel_kernel::engine::Clock;
+use keel_kernel::engine::{Clock, SystemClock};
+use keel_kernel::ids::ProfileId;
 use keel_kernel::ids::escape_unprintable;
 
 use super::clock::{WasiMonotonicClock, WasiWallClock};
 use super::convert;
 use super::deadline::CallDeadlineExceeded;
-use super::engine::{InstanceSetup, PluginEngine, PluginVersion};
+use super::engine::{InstanceSetup, PARAMS_EXPORT, PluginEngine, PluginVersion};
 use super::limits::PluginLimits;
 use super::log::{LogCounters, LogLevel, LogLine, LogPipe, PluginLog};
 use super::state::{MemoryCap, MemoryCapExceeded, PluginState, SymbolTable};
@@ -92,17 +93,8 @@ impl PreparedInstance {
         epoch_tick_ms: u64,
         accounting: CallAccounting,
     ) -> Result<(Self, InitFunc), PluginFault> {
-        let deadline_ticks = limits
-            .call_deadline_ms
-            .div_ceil(epoch_tick_ms.max(1))
-            .max(1);
-        store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
-        store.set_epoch_deadline(deadline_ticks);
-        let instance = version
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(classify)?;
+        let deadline_ticks = deadline_ticks(limits, epoch_tick_ms);
+        let instance = instantiate(&mut store, version, limits, deadline_ticks)?;
         let init = typed_export(&instance, &mut store, "init")?;
         let prepared = PreparedInstance {
             on_candle: typed_export(&instance, &mut store, "on-candle")?,
@@ -117,6 +109,33 @@ impl PreparedInstance {
             fuel_consumed: accounting.fuel_consumed,
         };
         Ok((prepared, init))
+    }
+
+    /// Instantiates `version` in a store of its own (under the `init` budgets, as any
+    /// instantiation) and calls its `params` under the budgets of an ordinary call: what the
+    /// plugin declares, not yet checked. The instance is dropped after.
+    ///
+    /// The per-call fuel also bounds what lifting the answer may copy into the host (wasmtime
+    /// charges fuel per byte of string it lifts), as it does for the intents of any call.
+    pub(crate) fn read_params(
+        engine: &PluginEngine,
+        version: &PluginVersion,
+    ) -> Result<Vec<wit::ParamSpec>, PluginFault> {
+        let limits = version.limits;
+        // Declaring parameters needs no profile, no seed and no particular clock.
+        let setup =
+            InstanceSetup::new(ProfileId::new_random(), Arc::new(SystemClock)).random_seed(0);
+        let mut store = new_store(engine, version, &setup, &limits);
+        let deadline_ticks = deadline_ticks(&limits, engine.settings().epoch_tick_ms);
+        let instance = instantiate(&mut store, version, &limits, deadline_ticks)?;
+        let params: ParamsFunc = typed_export(&instance, &mut store, PARAMS_EXPORT)?;
+        store
+            .data_mut()
+            .begin_call(&AccountView::default(), call_deadline(&limits));
+        store.set_fuel(limits.fuel_per_call).map_err(host_error)?;
+        store.set_epoch_deadline(deadline_ticks);
+        let (declared,) = params.call(&mut store, ()).map_err(classify)?;
+        Ok(declared)
     }
 
     /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
@@ -242,7 +261,33 @@ impl PreparedInstance {
     }
 }
 
+/// The call deadline in epoch ticks (at least one).
+fn deadline_ticks(limits: &PluginLimits, epoch_tick_ms: u64) -> u64 {
+    limits
+        .call_deadline_ms
+        .div_ceil(epoch_tick_ms.max(1))
+        .max(1)
+}
+
+/// Instantiates `version` in `store` under the `init` budgets (instantiation may run guest
+/// code: a component's start functions).
+fn instantiate(
+    store: &mut Store<PluginState>,
+    version: &PluginVersion,
+    limits: &PluginLimits,
+    deadline_ticks: u64,
+) -> Result<Instance, PluginFault> {
+    store.set_fuel(limits.fuel_per_init).map_err(host_error)?;
+    store.set_epoch_deadline(deadline_ticks);
+    version
+        .pre
+        .instance_pre()
+        .instantiate(&mut *store)
+        .map_err(classify)
+}
+
 type InitFunc = TypedFunc<(Vec<(String, String)>,), (Result<(), String>,)>;
+type ParamsFunc = TypedFunc<(), (Vec<wit::ParamSpec>,)>;
 
 /// Looks up an export and checks its type once, so each call skips both.
 fn typed_export<P, R>(

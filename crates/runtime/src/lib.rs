@@ -1,6 +1,6 @@
 //! The sandboxed WebAssembly strategy runtime: Keel's implementation of the kernel's
 //! [`StrategyRuntime`](keel_kernel::strategy::StrategyRuntime) for plugins of the
-//! `keel:strategy@0.1.0` world (`wit/strategy.wit`).
+//! `keel:strategy` world (`wit/strategy.wit`, version 0.1.1, serving 0.1.0 components too).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -30,6 +30,8 @@
 //! - [`WasmStrategy`]: the instance serving one profile, implementing `StrategyRuntime`. A fault
 //!   drops its instance for good; a hot-swap replaces it at a call boundary through its
 //!   [`SwapHandle`].
+//! - [`params`]: the parameters a plugin declares (`strategy-with-params`), read once at load
+//!   and checked against every configuration before `init`.
 
 mod cache;
 pub mod check;
@@ -44,12 +46,16 @@ mod guest;
 mod instance;
 mod limits;
 mod log;
+pub mod params;
 mod state;
 mod strategy;
 
 pub use cache::{CACHE_DIR_ENV, CompileSource, user_cache_dir};
 pub use compile::{CompileCancel, CompileLimits};
-pub use engine::{InstanceSetup, LoadReport, PLUGIN_NAME_DEFAULT, PluginEngine, PluginVersion};
+pub use engine::{
+    CONTRACT_VERSIONS, InstanceSetup, LoadReport, PARAMS_EXPORT, PLUGIN_NAME_DEFAULT, PluginEngine,
+    PluginVersion,
+};
 pub use executor::panic_message;
 pub use faults::FaultCounts;
 pub use guest::GuestLanguage;

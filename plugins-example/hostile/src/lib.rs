@@ -15,8 +15,8 @@
 use std::hint::black_box;
 
 use keel_guest::{
-    AccountView, Candle, Config, EntryRequest, ExitRequest, Intent, Level, PositionSide, Price,
-    Size, Strategy,
+    AccountView, Candle, Config, EntryRequest, ExitRequest, Intent, Level, Param, PositionSide,
+    Price, Size, Strategy,
 };
 
 struct Hostile {
@@ -26,8 +26,13 @@ struct Hostile {
 }
 
 impl Strategy for Hostile {
+    const PARAMS: &'static [Param] = &[
+        Param::text("attack", "", "The misbehaviour (see the crate's documentation)."),
+        Param::text("label", "echo", "What `echo` names its cancels after."),
+    ];
+
     fn init(config: &Config) -> Result<Self, String> {
-        let attack = config.get("attack").unwrap_or("").to_string();
+        let attack = config.text("attack")?;
         match attack.as_str() {
             "fail-init" => return Err("hostile plugin refuses this configuration".to_string()),
             "println-in-init" => println!("hello from init"),
@@ -35,7 +40,7 @@ impl Strategy for Hostile {
             "sleep-forever-in-init" => std::thread::sleep(std::time::Duration::from_secs(1 << 40)),
             _ => {}
         }
-        let label = config.get("label").unwrap_or("echo").to_string();
+        let label = config.text("label")?;
         Ok(Hostile {
             attack,
             label,

@@ -1,18 +1,28 @@
 //! Guest SDK for Keel strategy plugins.
 //!
 //! A strategy is a type implementing [`Strategy`]; [`export_strategy!`] turns it into a
-//! component of the `keel:strategy@0.1.0` world. Build with
+//! component of the `keel:strategy@0.1.1` world `strategy-with-params`. Build with
 //! `cargo build --target wasm32-wasip2 --release` and check the result with
 //! `keel plugin check target/wasm32-wasip2/release/<name>.wasm`.
 //!
-//! ```ignore
-//! use keel_guest::{AccountView, Candle, Config, Intent, Strategy};
+//! The parameters are declared in one place, [`Strategy::PARAMS`]: Keel shows them, refuses a
+//! configuration that does not fit them before `init`, and [`Config`] reads them (the value
+//! given, or the declared default).
 //!
-//! struct Quiet;
+//! ```ignore
+//! use keel_guest::{AccountView, Candle, Config, Intent, Param, Strategy};
+//!
+//! struct Quiet {
+//!     lookback: usize,
+//! }
 //!
 //! impl Strategy for Quiet {
-//!     fn init(_config: &Config) -> Result<Self, String> {
-//!         Ok(Quiet)
+//!     const PARAMS: &'static [Param] = &[
+//!         Param::int("lookback", 20, "Closes compared, in candles.").range(1.0, 10_000.0),
+//!     ];
+//!
+//!     fn init(config: &Config) -> Result<Self, String> {
+//!         Ok(Quiet { lookback: config.parse("lookback")? })
 //!     }
 //!     fn on_candle(&mut self, _candle: &Candle, _account: &AccountView) -> Vec<Intent> {
 //!         Vec::new()
@@ -26,7 +36,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "keel:strategy/strategy",
+        world: "keel:strategy/strategy-with-params",
         pub_export_macro: true,
         default_bindings_module: "keel_guest::bindings",
     });
@@ -36,14 +46,20 @@ pub use bindings::keel::strategy::account;
 pub use bindings::keel::strategy::clock;
 pub use bindings::keel::strategy::log::{self, Level};
 pub use bindings::keel::strategy::types::{
-    AccountView, Candle, EntryRequest, ExitRequest, Fill, Intent, OpenOrder, Position,
-    PositionSide, Price, Size, SymbolId,
+    AccountView, Candle, EntryRequest, ExitRequest, Fill, Intent, OpenOrder, ParamSpec,
+    ParamValue, Position, PositionSide, Price, Size, SymbolId,
 };
 
 /// A strategy: configured once by [`Strategy::init`], then called for each event of its
 /// profile. Each call returns the requests the strategy makes; the kernel validates them.
 pub trait Strategy: Sized + 'static {
-    /// Builds the strategy from the profile's settings; an `Err` refuses the configuration.
+    /// The parameters `init` reads: Keel refuses any other key, a value of the wrong type and
+    /// a value out of range before `init`, and hands `init` every parameter (the default for
+    /// those not set). None unless overridden: then every key is refused.
+    const PARAMS: &'static [Param] = &[];
+
+    /// Builds the strategy from the profile's settings; an `Err` refuses the configuration
+    /// (for what [`Strategy::PARAMS`] cannot say, such as `fast` below `slow`).
     fn init(config: &Config) -> Result<Self, String>;
 
     /// A candle closed for one of the profile's instruments.
@@ -60,16 +76,160 @@ pub trait Strategy: Sized + 'static {
     }
 }
 
-/// The profile's settings, as key/value text pairs, with typed readers.
+/// One declared parameter: name, type and default, range or choices, and a description.
+/// Built in a `const` with [`Param::int`], [`Param::float`], [`Param::boolean`] or
+/// [`Param::text`], then [`Param::range`], [`Param::min`], [`Param::max`] or
+/// [`Param::choices`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Param {
+    /// The configuration key: `[a-z][a-z0-9_-]*`, at most 64 bytes.
+    pub name: &'static str,
+    /// The type, and the value used when the configuration does not set the parameter.
+    pub default: ParamDefault,
+    /// The smallest value allowed (numbers only), inclusive.
+    pub min: Option<f64>,
+    /// The largest value allowed (numbers only), inclusive.
+    pub max: Option<f64>,
+    /// The values a text parameter may take (any text when empty).
+    pub choices: &'static [&'static str],
+    /// What the parameter does, in a sentence.
+    pub description: &'static str,
+}
+
+/// A parameter's default; its case is the parameter's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamDefault {
+    /// A whole number.
+    Int(i64),
+    /// A finite decimal number.
+    Float(f64),
+    /// `true` or `false`.
+    Boolean(bool),
+    /// Text.
+    Text(&'static str),
+}
+
+impl Param {
+    const fn new(name: &'static str, default: ParamDefault, description: &'static str) -> Self {
+        Param {
+            name,
+            default,
+            min: None,
+            max: None,
+            choices: &[],
+            description,
+        }
+    }
+
+    /// A whole-number parameter.
+    pub const fn int(name: &'static str, default: i64, description: &'static str) -> Self {
+        Param::new(name, ParamDefault::Int(default), description)
+    }
+
+    /// A decimal-number parameter.
+    pub const fn float(name: &'static str, default: f64, description: &'static str) -> Self {
+        Param::new(name, ParamDefault::Float(default), description)
+    }
+
+    /// A `true`/`false` parameter.
+    pub const fn boolean(name: &'static str, default: bool, description: &'static str) -> Self {
+        Param::new(name, ParamDefault::Boolean(default), description)
+    }
+
+    /// A text parameter.
+    pub const fn text(
+        name: &'static str,
+        default: &'static str,
+        description: &'static str,
+    ) -> Self {
+        Param::new(name, ParamDefault::Text(default), description)
+    }
+
+    /// Allows only numbers in `[min, max]`.
+    pub const fn range(self, min: f64, max: f64) -> Self {
+        self.min(min).max(max)
+    }
+
+    /// Allows only numbers at or above `min`.
+    pub const fn min(mut self, min: f64) -> Self {
+        self.min = Some(min);
+        self
+    }
+
+    /// Allows only numbers at or below `max`.
+    pub const fn max(mut self, max: f64) -> Self {
+        self.max = Some(max);
+        self
+    }
+
+    /// Allows only these texts.
+    pub const fn choices(mut self, choices: &'static [&'static str]) -> Self {
+        self.choices = choices;
+        self
+    }
+
+    /// The default as configuration text.
+    pub fn default_text(&self) -> String {
+        match self.default {
+            ParamDefault::Int(value) => value.to_string(),
+            ParamDefault::Float(value) => value.to_string(),
+            ParamDefault::Boolean(value) => value.to_string(),
+            ParamDefault::Text(value) => value.to_string(),
+        }
+    }
+
+    /// The declaration as the contract carries it (what the `params` export returns).
+    pub fn spec(&self) -> ParamSpec {
+        ParamSpec {
+            name: self.name.to_string(),
+            default: match self.default {
+                ParamDefault::Int(value) => ParamValue::Int(value),
+                ParamDefault::Float(value) => ParamValue::Float(value),
+                ParamDefault::Boolean(value) => ParamValue::Boolean(value),
+                ParamDefault::Text(value) => ParamValue::Text(value.to_string()),
+            },
+            min: self.min,
+            max: self.max,
+            choices: self.choices.iter().map(|c| c.to_string()).collect(),
+            description: self.description.to_string(),
+        }
+    }
+}
+
+/// The profile's settings, as key/value text pairs, with typed readers of the declared
+/// parameters.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pairs: Vec<(String, String)>,
+    params: &'static [Param],
 }
 
 impl Config {
-    /// Wraps the pairs handed to `init`.
-    pub fn new(pairs: Vec<(String, String)>) -> Self {
-        Config { pairs }
+    /// Wraps the pairs handed to `init`, with the parameters the strategy declares.
+    pub fn new(pairs: Vec<(String, String)>, params: &'static [Param]) -> Self {
+        Config { pairs, params }
+    }
+
+    /// The declared parameter `name`'s value: the text given, or its default. An error when
+    /// `name` is not declared in [`Strategy::PARAMS`].
+    pub fn text(&self, name: &str) -> Result<String, String> {
+        if let Some(text) = self.get(name) {
+            return Ok(text.to_string());
+        }
+        self.params
+            .iter()
+            .find(|p| p.name == name)
+            .map(Param::default_text)
+            .ok_or_else(|| format!("parameter `{name}` is not declared in the strategy's PARAMS"))
+    }
+
+    /// The declared parameter `name` parsed as `T` (given, or its default); the error names
+    /// the parameter.
+    pub fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<T, String> {
+        let text = self.text(name)?;
+        text.trim()
+            .parse()
+            .map_err(|_| format!("parameter `{name}`: cannot parse {text:?}"))
     }
 
     /// All pairs, in the order given.
@@ -84,17 +244,6 @@ impl Config {
             .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
-    }
-
-    /// `key` parsed as `T`, or `default` when the key is absent; an error names the key.
-    pub fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, String> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(text) => text
-                .trim()
-                .parse()
-                .map_err(|_| format!("config key `{key}`: cannot parse {text:?}")),
-        }
     }
 }
 
@@ -157,8 +306,17 @@ macro_rules! export_strategy {
         }
 
         impl $crate::bindings::Guest for KeelGuestExport {
+            fn params() -> Vec<$crate::ParamSpec> {
+                <$strategy as $crate::Strategy>::PARAMS
+                    .iter()
+                    .map($crate::Param::spec)
+                    .collect()
+            }
+
             fn init(config: Vec<(String, String)>) -> Result<(), String> {
-                let strategy = <$strategy as $crate::Strategy>::init(&$crate::Config::new(config))?;
+                let params = <$strategy as $crate::Strategy>::PARAMS;
+                let strategy =
+                    <$strategy as $crate::Strategy>::init(&$crate::Config::new(config, params))?;
                 KEEL_GUEST_STATE.with(|cell| *cell.borrow_mut() = Some(strategy));
                 Ok(())
             }

@@ -1,19 +1,19 @@
 """Moving-average cross, written in Python: the same strategy as the Rust `sma-cross` example.
 
 Long when the fast average crosses above the slow one; out (or short, in `long-short` mode) when
-it crosses below. Config keys: `fast` (default 10), `slow` (default 30), `mode` (`long-only` |
-`long-short`, default `long-only`), `size_fraction` (default 0.1).
+it crosses below. Parameters, declared once in `PARAMS` (Keel shows them and refuses a config
+that does not fit them before `init`): `fast` (default 10), `slow` (default 30), `mode`
+(`long-only` | `long-short`, default `long-only`), `size_fraction` (default 0.1).
 
-Built into a `keel:strategy@0.1.0` component by componentize-py (see scripts/build-plugins):
+Built into a component of the `keel:strategy@0.1.1` world `strategy-with-params` by
+componentize-py (see scripts/build-plugins):
 
-    componentize-py -d wit -w strategy componentize -p plugins-example/python/sma_cross_py app \
-        -o sma_cross_py.wasm
+    componentize-py -d wit -w strategy-with-params componentize \
+        -p plugins-example/python/sma_cross_py app -o sma_cross_py.wasm
 
 State lives in module globals: componentize-py makes a fresh `WitWorld` object for each export
 call, so anything set on `self` in `init` is gone by `on_candle`.
 """
-
-import difflib
 
 import wit_world
 from componentize_py_types import Err
@@ -27,6 +27,10 @@ from wit_world.imports.types import (
     Intent,
     Intent_Entry,
     Intent_Exit,
+    ParamSpec,
+    ParamValue_Float,
+    ParamValue_Int,
+    ParamValue_Text,
     PositionSide,
     Price_Market,
     Size_FreeCapitalFraction,
@@ -43,39 +47,43 @@ CONFIG = None
 CROSSES = {}
 
 
-KEYS = ("fast", "slow", "mode", "size_fraction")
+# The parameters, declared once: the `params` export returns them, and `Settings` reads each
+# (Keel has already refused unknown keys, values of the wrong type and values out of range, and
+# filled in the defaults).
+PARAMS = [
+    ParamSpec("fast", ParamValue_Int(10), 1.0, float(WINDOW_MAX), [],
+              "Length of the fast moving average, in candles."),
+    ParamSpec("slow", ParamValue_Int(30), 2.0, float(WINDOW_MAX), [],
+              "Length of the slow moving average, in candles; above fast."),
+    ParamSpec("mode", ParamValue_Text("long-only"), None, None, ["long-only", "long-short"],
+              "Long only, or long and short."),
+    ParamSpec("size_fraction", ParamValue_Float(0.1), 0.001, 1.0, [],
+              "Fraction of free capital committed per entry."),
+]
 
 
 class Settings:
     def __init__(self, pairs):
         values = dict(pairs)  # the last occurrence of a key wins
-        unknown = [key for key, _ in pairs if key not in KEYS]
-        if unknown:
-            near = difflib.get_close_matches(unknown[0], KEYS, n=1)
-            hint = f" (did you mean `{near[0]}`?)" if near else ""
-            raise ValueError(f"unknown config key `{unknown[0]}`{hint}; the keys are {', '.join(KEYS)}")
-        self.fast = parse(values, "fast", int, 10)
-        self.slow = parse(values, "slow", int, 30)
-        self.mode = values.get("mode", "long-only").strip()
-        self.size_fraction = parse(values, "size_fraction", float, 0.1)
-        if self.mode not in ("long-only", "long-short"):
-            raise ValueError(f"mode must be `long-only` or `long-short`, not {self.mode!r}")
-        if self.fast < 1 or self.slow > WINDOW_MAX:
-            raise ValueError(f"fast and slow must be in 1..={WINDOW_MAX}")
+        self.fast = parse(values, "fast", int)
+        self.slow = parse(values, "slow", int)
+        self.mode = parse(values, "mode", str)
+        self.size_fraction = parse(values, "size_fraction", float)
+        # Fast below slow is the one rule the declared ranges cannot say.
         if self.fast >= self.slow:
             raise ValueError(f"fast ({self.fast}) must be less than slow ({self.slow})")
-        if not 0.0 < self.size_fraction <= 1.0:
-            raise ValueError(f"size_fraction must be in (0, 1], not {self.size_fraction}")
 
 
-def parse(values, key, kind, default):
+def parse(values, key, kind):
+    """The value of a declared parameter: the text given, or its declared default."""
     text = values.get(key)
     if text is None:
-        return default
+        spec = next(p for p in PARAMS if p.name == key)
+        return kind(spec.default.value)
     try:
         return kind(text.strip())
     except ValueError:
-        raise ValueError(f"config key `{key}`: cannot parse {text!r}") from None
+        raise ValueError(f"parameter `{key}`: cannot parse {text!r}") from None
 
 
 class Sma:
@@ -126,6 +134,9 @@ def enter_market(symbol, side, fraction, tag):
 
 
 class WitWorld(wit_world.WitWorld):
+    def params(self) -> list[ParamSpec]:
+        return PARAMS
+
     def init(self, config):
         global CONFIG
         try:

@@ -1,11 +1,12 @@
 //! RSI mean reversion: long when the RSI enters the oversold zone, out (or short, in
 //! `long-short` mode) when it enters the overbought zone.
 //!
-//! Config keys: `period` (default 14), `oversold` (default 30), `overbought` (default 70),
-//! `mode` (`long-only` | `long-short`, default `long-only`), `size_fraction` (default 0.1).
+//! Parameters (declared in `PARAMS`): `period` (default 14), `oversold` (default 30),
+//! `overbought` (default 70), `mode` (`long-only` | `long-short`, default `long-only`),
+//! `size_fraction` (default 0.1).
 
-use keel_guest::{AccountView, Candle, Config, Intent, PositionSide, Strategy};
-use keel_strategies::{Holding, RsiConfig, RsiReversion, decide};
+use keel_guest::{AccountView, Candle, Config, Intent, Param, PositionSide, Strategy};
+use keel_strategies::{Holding, Mode, RsiConfig, RsiReversion, WINDOW_MAX, decide};
 
 /// How many instruments one instance tracks; a bound on its memory.
 const SYMBOLS_MAX: usize = 256;
@@ -16,8 +17,28 @@ struct RsiPlugin {
 }
 
 impl Strategy for RsiPlugin {
+    const PARAMS: &'static [Param] = &[
+        Param::int("period", 14, "RSI period, in candles.").range(2.0, WINDOW_MAX as f64),
+        Param::float("oversold", 30.0, "Below this RSI the market is oversold: a turn up.")
+            .range(0.0, 100.0),
+        Param::float("overbought", 70.0, "Above this RSI the market is overbought: a turn down.")
+            .range(0.0, 100.0),
+        Param::text("mode", "long-only", "Long only, or long and short.")
+            .choices(&["long-only", "long-short"]),
+        Param::float("size_fraction", 0.1, "Fraction of free capital committed per entry.")
+            .range(0.001, 1.0),
+    ];
+
     fn init(config: &Config) -> Result<Self, String> {
-        let config = RsiConfig::from_pairs(config.pairs())?;
+        // oversold below overbought is the one rule the declared ranges cannot say.
+        let config = RsiConfig {
+            period: config.parse("period")?,
+            oversold: config.parse("oversold")?,
+            overbought: config.parse("overbought")?,
+            mode: Mode::parse(&config.text("mode")?)?,
+            size_fraction: config.parse("size_fraction")?,
+        }
+        .validate()?;
         Ok(RsiPlugin {
             config,
             indicators: Vec::new(),

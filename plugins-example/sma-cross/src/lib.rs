@@ -1,13 +1,14 @@
 //! Moving-average cross: long when the fast average crosses above the slow one, out (or short,
 //! in `long-short` mode) when it crosses below.
 //!
-//! Config keys: `fast` (default 10), `slow` (default 30), `mode` (`long-only` | `long-short`,
-//! default `long-only`), `size_fraction` (default 0.1).
+//! Parameters (declared in `PARAMS`, shown by `keel plugin check`): `fast` (default 10), `slow`
+//! (default 30), `mode` (`long-only` | `long-short`, default `long-only`), `size_fraction`
+//! (default 0.1).
 
-use keel_guest::{AccountView, Candle, Config, Intent, PositionSide, Strategy};
+use keel_guest::{AccountView, Candle, Config, Intent, Param, PositionSide, Strategy};
 use keel_strategies::{
     Holding, Mode, SMA_EXIT_TAG, SMA_LONG_TAG, SMA_SHORT_TAG, SmaCross, SmaCrossConfig, Turn,
-    decide,
+    WINDOW_MAX, decide,
 };
 
 /// How many instruments one instance tracks; a bound on its memory.
@@ -20,8 +21,26 @@ struct SmaCrossPlugin {
 }
 
 impl Strategy for SmaCrossPlugin {
+    const PARAMS: &'static [Param] = &[
+        Param::int("fast", 10, "Length of the fast moving average, in candles.")
+            .range(1.0, WINDOW_MAX as f64),
+        Param::int("slow", 30, "Length of the slow moving average, in candles; above fast.")
+            .range(2.0, WINDOW_MAX as f64),
+        Param::text("mode", "long-only", "Long only, or long and short.")
+            .choices(&["long-only", "long-short"]),
+        Param::float("size_fraction", 0.1, "Fraction of free capital committed per entry.")
+            .range(0.001, 1.0),
+    ];
+
     fn init(config: &Config) -> Result<Self, String> {
-        let config = SmaCrossConfig::from_pairs(config.pairs())?;
+        // Fast below slow is the one rule the declared ranges cannot say.
+        let config = SmaCrossConfig {
+            fast: config.parse("fast")?,
+            slow: config.parse("slow")?,
+            mode: Mode::parse(&config.text("mode")?)?,
+            size_fraction: config.parse("size_fraction")?,
+        }
+        .validate()?;
         Ok(SmaCrossPlugin {
             config,
             crosses: Vec::new(),

@@ -408,7 +408,12 @@ async fn plugins_are_uploaded_once_listed_read_and_bound(db: &Db) {
     assert_eq!(uploaded.body["size_bytes"], bytes.len());
     assert_eq!(
         uploaded.body["report"]["world"],
-        "keel:strategy/strategy@0.1.0"
+        "keel:strategy/strategy-with-params@0.1.1"
+    );
+    assert_eq!(uploaded.body["report"]["params"][0]["name"], "fast");
+    assert_eq!(
+        uploaded.body["report"]["params"][0]["default"],
+        serde_json::json!({"type": "int", "value": 10})
     );
     let plugin = uploaded.body["plugin_id"].as_str().unwrap().to_owned();
     let again = api.upload(&token, "sma-again", bytes.clone()).await;
@@ -452,6 +457,40 @@ async fn plugins_are_uploaded_once_listed_read_and_bound(db: &Db) {
         "init refuses fast >= slow: {refused:?}"
     );
     assert!(refused.error().contains("init"), "{refused:?}");
+    // Checked against the declared parameters before `init`: the error names the plugin (by
+    // its upload name), the key and what it takes.
+    for (config, error) in [
+        (
+            json!({"fats": "9"}),
+            "config: configuration refused: plugin sma has no parameter `fats` (did you mean \
+             `fast`?); its parameters are fast, slow, mode, size_fraction",
+        ),
+        (
+            json!({"fast": "3", "slow": "0"}),
+            "config: configuration refused: plugin sma: parameter `slow` takes int in \
+             [2, 10000], not \"0\"",
+        ),
+        (
+            json!({"mode": "sideways"}),
+            "config: configuration refused: plugin sma: parameter `mode` takes text: \
+             long-only | long-short, not \"sideways\"",
+        ),
+    ] {
+        let refused = api
+            .send(
+                "PUT",
+                &path,
+                Some(&token),
+                Some(json!({"plugin_id": plugin, "config": config})),
+            )
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{refused:?}"
+        );
+        assert_eq!(refused.error(), error, "{refused:?}");
+    }
     assert_eq!(
         db.scalar_count("SELECT count(*) FROM profile_bindings")
             .await,

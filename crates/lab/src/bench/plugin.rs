@@ -70,7 +70,12 @@ pub fn plugin(plugins_dir: &Path, instances: u32, json: bool) -> anyhow::Result<
     let boundary = load(&engine, plugins_dir, "boundary")?;
     let candles = random_walk(CALLS_MEASURED * 2);
     let (wasm_median, wasm_p99) = on_candle_ns(&mut start(&engine, &sma)?, &candles);
-    let (boundary_median, _) = on_candle_ns(&mut start(&engine, &boundary)?, &candles);
+    // The boundary plugin declares no parameters: it starts with none.
+    let quiet = InstanceSetup::new(ProfileId::new_random(), Arc::new(VirtualClock::new(0)));
+    let mut boundary = engine
+        .start(&boundary, quiet)
+        .map_err(|fault| anyhow::anyhow!("starting the boundary plugin: {fault}"))?;
+    let (boundary_median, _) = on_candle_ns(&mut boundary, &candles);
     let mut native = NativeSmaCross::new();
     native
         .init(&pairs())

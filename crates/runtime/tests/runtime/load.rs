@@ -10,14 +10,14 @@ fn load_error(bytes: &[u8]) -> String {
 }
 
 #[test]
-fn every_example_plugin_loads_as_a_strategy() {
+fn every_example_plugin_loads_as_a_strategy_that_declares_its_parameters() {
     for name in ["sma-cross", "rsi-reversion", "boundary", "hostile"] {
         let version = engine()
             .load(&plugin_bytes(name))
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let report = version.report();
-        assert_eq!(report.world, "keel:strategy/strategy@0.1.0");
-        for export in ["init", "on-candle", "on-fill", "on-timer"] {
+        assert_eq!(report.world, "keel:strategy/strategy-with-params@0.1.1");
+        for export in ["init", "on-candle", "on-fill", "on-timer", "params"] {
             assert!(
                 report.exports.iter().any(|e| e == export),
                 "{name} lacks {export}"
@@ -27,10 +27,65 @@ fn every_example_plugin_loads_as_a_strategy() {
             report
                 .imports
                 .iter()
-                .any(|i| i == "keel:strategy/types@0.1.0"),
-            "{name}"
+                .any(|i| i.starts_with("keel:strategy/") && i.ends_with("@0.1.1")),
+            "{name}: {:?}",
+            report.imports
         );
+        assert!(report.params.is_some(), "{name}");
     }
+}
+
+/// The released 0.1.0 contract still loads: its imports (`...@0.1.0`) link to the host's 0.1.1
+/// definitions by semantic versioning, and it declares no parameters.
+#[test]
+fn a_plugin_built_against_0_1_0_loads_and_declares_nothing() {
+    let version = engine().load(&plugin_bytes("sma-cross-0-1-0")).unwrap();
+    let report = version.report();
+    assert_eq!(report.world, "keel:strategy/strategy@0.1.0");
+    assert!(
+        report
+            .imports
+            .iter()
+            .any(|i| i == "keel:strategy/account@0.1.0"),
+        "{:?}",
+        report.imports
+    );
+    assert!(
+        !report.imports.iter().any(|i| i.ends_with("@0.1.1")),
+        "{:?}",
+        report.imports
+    );
+    assert!(!report.exports.iter().any(|e| e == "params"));
+    assert_eq!(report.params, None);
+}
+
+#[test]
+fn the_declared_parameters_are_read_at_load() {
+    use keel_runtime::params::ParamValue;
+    let version = engine().load(&plugin_bytes("sma-cross")).unwrap();
+    let params = version.report().params.clone().unwrap();
+    let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["fast", "slow", "mode", "size_fraction"]);
+    assert_eq!(params[0].default, ParamValue::Int(10));
+    assert_eq!((params[0].min, params[0].max), (Some(1.0), Some(10_000.0)));
+    assert_eq!(params[2].choices, ["long-only", "long-short"]);
+    assert_eq!(params[3].default, ParamValue::Float(0.1));
+    assert!(params.iter().all(|p| !p.description.is_empty()));
+}
+
+#[test]
+fn an_interface_of_an_unserved_contract_version_is_refused_naming_it() {
+    let wat = r#"(component
+        (import "keel:strategy/log@0.2.0" (instance (export "log" (func))))
+    )"#;
+    let error = load_error(&wat::parse_str(wat).unwrap());
+    assert!(
+        error.contains(
+            "plugin imports `keel:strategy/log@0.2.0`, which is outside the \
+                        keel:strategy world (versions 0.1.0, 0.1.1)"
+        ),
+        "{error}"
+    );
 }
 
 #[test]
@@ -80,10 +135,7 @@ fn component_of_another_world_is_refused_listing_what_it_lacks() {
         (export "run" (func $run))
     )"#;
     let error = load_error(&wat::parse_str(wat).unwrap());
-    assert!(
-        error.contains("not a keel:strategy@0.1.0 strategy"),
-        "{error}"
-    );
+    assert!(error.contains("not a keel:strategy strategy"), "{error}");
     assert!(
         error.contains("lacks [init, on-candle, on-fill, on-timer]"),
         "{error}"
@@ -143,4 +195,90 @@ fn compiled_plugins_are_cached_on_disk_and_reused() {
     let second = engine.load(&bytes).unwrap();
     assert!(second.report().from_cache);
     assert_eq!(first.digest(), second.digest());
+}
+
+#[test]
+fn a_configuration_is_checked_against_the_declared_parameters_before_init() {
+    use keel_kernel::strategy::PluginFault;
+    let engine = engine();
+    let version = crate::common::version(engine, "sma-cross");
+    let setup = crate::common::setup(&[("slow", "40"), ("fats", "10")]).name("sma");
+    let profile = setup.profile;
+    let refused = engine.prepare(&version, setup).err();
+    assert_eq!(
+        refused,
+        Some(PluginFault::ConfigRefused(
+            "plugin sma has no parameter `fats` (did you mean `fast`?); its parameters are \
+             fast, slow, mode, size_fraction"
+                .to_string()
+        ))
+    );
+    assert_eq!(engine.fault_counts(profile)[0].1.config_refused, 1);
+    let refused = engine
+        .prepare(
+            &version,
+            crate::common::setup(&[("size_fraction", "0")]).name("sma"),
+        )
+        .err();
+    assert_eq!(
+        refused,
+        Some(PluginFault::ConfigRefused(
+            "plugin sma: parameter `size_fraction` takes float in [0.001, 1], not \"0\""
+                .to_string()
+        ))
+    );
+    // What `init` received: every declared parameter, the absent ones at their defaults.
+    let prepared = engine
+        .prepare(&version, crate::common::setup(&[("slow", "40")]))
+        .unwrap();
+    let config: Vec<(&str, &str)> = prepared
+        .setup()
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        config,
+        [
+            ("fast", "10"),
+            ("slow", "40"),
+            ("mode", "long-only"),
+            ("size_fraction", "0.1")
+        ]
+    );
+}
+
+/// A 0.1.0 plugin declares nothing, so the host passes its configuration through untouched and
+/// the plugin's own `init` is what refuses a misspelt key.
+#[test]
+fn a_0_1_0_plugin_checks_its_configuration_itself() {
+    use keel_kernel::strategy::PluginFault;
+    let engine = engine();
+    let version = crate::common::version(engine, "sma-cross-0-1-0");
+    let refused = engine
+        .prepare(&version, crate::common::setup(&[("fats", "10")]))
+        .err();
+    assert_eq!(
+        refused,
+        Some(PluginFault::InitRefused(
+            "unknown config key `fats` (did you mean `fast`?); the keys are fast, slow, mode, \
+             size_fraction"
+                .to_string()
+        ))
+    );
+    let prepared = engine
+        .prepare(&version, crate::common::setup(&[("fast", "5")]))
+        .unwrap();
+    assert_eq!(&prepared.setup().config[..], [("fast".into(), "5".into())]);
+}
+
+/// A malformed declaration is refused when the plugin loads, naming the parameter: it would
+/// otherwise refuse every configuration later, its own defaults included.
+#[test]
+fn a_malformed_parameter_declaration_is_refused_at_load_naming_the_parameter() {
+    let error = load_error(&plugin_bytes("bad-params"));
+    assert_eq!(
+        error,
+        "the plugin's declared parameters: parameter `fast`: the default 0 is not int in [1, 10]"
+    );
 }
