@@ -65,14 +65,15 @@ impl Account {
         wire
     }
 
-    /// Expires the immediate-or-cancel orders on `candle`'s symbol that this candle was the
-    /// first chance of (placed by its open) and left open: what it did not fill, it never will.
-    pub fn expire_unfilled_ioc(&mut self, candle: &Candle) {
+    /// Expires the immediate-or-cancel and fill-or-kill orders on `candle`'s symbol that this
+    /// candle was the first chance of (placed by its open) and left open: what it did not fill,
+    /// it never will.
+    pub fn expire_unfilled_immediate(&mut self, candle: &Candle) {
         let due: Vec<ClientOrderId> = self
             .orders
             .values()
             .filter(|kept| {
-                kept.time_in_force == "IOC"
+                matches!(kept.time_in_force, "IOC" | "FOK")
                     && kept.report.symbol == candle.symbol
                     && kept.report.status.is_open()
                     && kept.created_ms <= candle.open_time_ms

@@ -609,7 +609,7 @@ async fn run_market(state: SimState) {
                 .map(|name| {
                     state.with_account(name, |account| {
                         account.engine.on_candle(&candle)?;
-                        account.expire_unfilled_ioc(&candle);
+                        account.expire_unfilled_immediate(&candle);
                         Ok::<(), keel_exchange::paper::PaperError>(())
                     })
                 })

@@ -523,9 +523,11 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
         }
         "MARKET" => OrderType::Market,
         "LIMIT" => {
-            // GTX (post-only) rests like GTC once `post_only_check` let it through; IOC rests
-            // until the next candle has had its chance to fill it, then expires.
-            if !matches!(param(params, "timeInForce")?, "GTC" | "GTX" | "IOC") {
+            // GTX (post-only) rests like GTC once `post_only_check` let it through; IOC and FOK
+            // rest until the next candle has had its chance to fill them, then expire: a candle
+            // that reaches the price fills the whole order at once (fills are whole unless
+            // partial fills are configured), so FOK fills entirely or expires.
+            if !matches!(param(params, "timeInForce")?, "GTC" | "GTX" | "IOC" | "FOK") {
                 return Err(ApiError::bad(-1115, "Invalid timeInForce."));
             }
             let price = Price::new(decimal_param(params, "price")?)
@@ -592,6 +594,7 @@ async fn place_checked(
     let time_in_force = match params.get("timeInForce").map(String::as_str) {
         Some("GTX") => "GTX",
         Some("IOC") => "IOC",
+        Some("FOK") => "FOK",
         _ => "GTC",
     };
     state.with_account(account, |a| {

@@ -87,6 +87,15 @@ def run_ccxt():
     while ex.fetch_order(ioc["id"], "BTC/USDT:USDT")["status"] == "open" and time.time() < deadline:
         time.sleep(0.1)
     check(ex.fetch_order(ioc["id"], "BTC/USDT:USDT")["status"] == "expired", "an unfilled IOC expires")
+    # Fill-or-kill: out of the next candle's reach, it expires with nothing filled.
+    fok = ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 0.5, 1),
+                          params={"timeInForce": "FOK"})
+    check(fok["timeInForce"] == "FOK", f"a FOK order: {fok}")
+    deadline = time.time() + 15
+    while ex.fetch_order(fok["id"], "BTC/USDT:USDT")["status"] == "open" and time.time() < deadline:
+        time.sleep(0.1)
+    killed = ex.fetch_order(fok["id"], "BTC/USDT:USDT")
+    check(killed["status"] == "expired" and killed["filled"] == 0, f"an unfilled FOK expires: {killed}")
     batch = ex.create_orders([
         {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.01,
          "price": round(price * fraction, 1)}
@@ -161,7 +170,20 @@ def run_connector():
             break
         time.sleep(0.1)
     check(status == "FILLED", f"a reachable IOC fills: {status}")
-    client.new_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity=0.01, reduceOnly="true")
+    # A reachable fill-or-kill order fills whole, in one trade.
+    fok = client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.02,
+                           price=round(last * 1.05, 2), timeInForce="FOK")
+    check(fok["timeInForce"] == "FOK", f"a FOK order: {fok}")
+    deadline = time.time() + 15
+    while True:
+        status = client.query_order(symbol="ETHUSDT", orderId=fok["orderId"])["status"]
+        if status != "NEW" or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    check(status == "FILLED", f"a reachable FOK fills: {status}")
+    fok_trades = client.get_account_trades(symbol="ETHUSDT", orderId=fok["orderId"])
+    check(len(fok_trades) == 1 and float(fok_trades[0]["qty"]) == 0.02, f"FOK fills whole: {fok_trades}")
+    client.new_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity=0.03, reduceOnly="true")
     # A batch answers each order in turn: placed, or refused with Binance's code.
     batch = client.new_batch_order(batchOrders=[
         {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01",
