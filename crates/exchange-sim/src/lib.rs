@@ -15,6 +15,7 @@ mod events;
 mod faults;
 mod market;
 mod rest;
+mod wire;
 mod ws;
 
 use std::collections::{HashMap, VecDeque};
@@ -37,7 +38,6 @@ use tokio::sync::broadcast;
 
 pub use faults::Faults;
 
-use keel_exchange::binance::wire;
 use keel_exchange::paper::{PaperConfig, PaperEngine};
 
 /// How many stream messages a slow WebSocket client may fall behind before it is disconnected.
@@ -370,10 +370,10 @@ impl SimState {
             .lock()
             .expect("lock poisoned");
         let result = f(&mut account);
-        let events = account.drain_and_record();
-        let mut traded: Vec<Symbol> = events
+        let updates = account.drain_and_record();
+        let mut traded: Vec<Symbol> = updates
             .iter()
-            .filter_map(|e| match e {
+            .filter_map(|u| match &u.event {
                 UserEvent::Fill(fill) => Some(fill.symbol.clone()),
                 UserEvent::Order(_) => None,
             })
@@ -383,7 +383,7 @@ impl SimState {
         let after = (!traded.is_empty()).then(|| events::AccountState::of(&account, &traded));
         let asset = self.0.config.paper.quote_asset.clone();
         drop(account);
-        self.publish(name, events, &asset, after.as_ref());
+        self.publish(name, updates, &asset, after.as_ref());
         result
     }
 
@@ -393,7 +393,7 @@ impl SimState {
     fn publish(
         &self,
         name: &str,
-        events: Vec<UserEvent>,
+        updates: Vec<account::Update>,
         asset: &str,
         after: Option<&events::AccountState>,
     ) {
@@ -403,7 +403,7 @@ impl SimState {
             let _ = self.0.user_stream.send((name.to_owned(), json.to_string()));
         };
         let mut pending_fill = None;
-        for event in events {
+        for account::Update { event, terms } in updates {
             match event {
                 UserEvent::Fill(fill) => pending_fill = Some(fill),
                 UserEvent::Order(report) => {
@@ -421,7 +421,13 @@ impl SimState {
                             ));
                         }
                     }
-                    send(wire::order_trade_update(&report, fill.as_ref(), asset, now));
+                    send(wire::order_trade_update(
+                        &report,
+                        &terms,
+                        fill.as_ref(),
+                        asset,
+                        now,
+                    ));
                 }
             }
         }
@@ -441,12 +447,19 @@ fn accounts(config: &SimConfig) -> HashMap<String, Mutex<account::Account>> {
     own.sort();
     let mut accounts = HashMap::from([(
         MAIN_ACCOUNT.to_owned(),
-        Mutex::new(account::Account::new(engine(config.paper.initial_balance))),
+        Mutex::new(account::Account::new(
+            engine(config.paper.initial_balance),
+            1,
+        )),
     )]);
     for (n, (key, balance)) in (1i64..).zip(own) {
+        let first_id = n * ACCOUNT_ID_STRIDE + 1;
         let mut engine = engine(*balance);
-        engine.start_ids_at(n * ACCOUNT_ID_STRIDE + 1);
-        accounts.insert(key.clone(), Mutex::new(account::Account::new(engine)));
+        engine.start_ids_at(first_id);
+        accounts.insert(
+            key.clone(),
+            Mutex::new(account::Account::new(engine, first_id)),
+        );
     }
     accounts
 }
@@ -610,6 +623,7 @@ async fn run_market(state: SimState) {
                     state.with_account(name, |account| {
                         account.engine.on_candle(&candle)?;
                         account.expire_unfilled_immediate(&candle);
+                        account.trigger_conditionals(&candle);
                         Ok::<(), keel_exchange::paper::PaperError>(())
                     })
                 })
@@ -619,7 +633,12 @@ async fn run_market(state: SimState) {
                 continue;
             }
             state.record_bar(&candle);
-            let event = wire::kline_event(&candle, state.0.interval_name, true, close_time_ms);
+            let event = keel_exchange::binance::wire::kline_event(
+                &candle,
+                state.0.interval_name,
+                true,
+                close_time_ms,
+            );
             let _ = state
                 .0
                 .klines

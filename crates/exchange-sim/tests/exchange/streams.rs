@@ -14,10 +14,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::clients::{WAIT_MAX, differences, fixture, signed, start_sim, wait_for_candles};
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str) -> Ws {
+pub(crate) async fn connect(url: &str) -> Ws {
     let connecting = tokio_tungstenite::connect_async(url);
     let (ws, _) = tokio::time::timeout(WAIT_MAX, connecting)
         .await
@@ -37,7 +37,7 @@ async fn listen_key_call(sim: &SimHandle, method: reqwest::Method) -> (u16, Valu
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn listen_key(sim: &SimHandle) -> String {
+pub(crate) async fn listen_key(sim: &SimHandle) -> String {
     let (status, body) = listen_key_call(sim, reqwest::Method::POST).await;
     assert_eq!(status, 200, "{body}");
     body["listenKey"].as_str().unwrap().to_owned()
@@ -58,7 +58,7 @@ async fn next_json(ws: &mut Ws) -> Value {
 }
 
 /// The first message `wanted` accepts, skipping the others.
-async fn next_where(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn next_where(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         assert!(Instant::now() < deadline, "no {what} arrived");
