@@ -382,3 +382,31 @@ async fn conditional_orders_are_refused_as_binance_refuses_them() {
     let open = signed(&sim, Method::GET, "/fapi/v1/openOrders", "symbol=BTCUSDT").await;
     assert_eq!(open, serde_json::json!([]), "nothing refused was kept");
 }
+
+#[tokio::test]
+async fn order_trade_update_names_the_time_in_force_the_order_was_placed_with() {
+    let sim = start_sim(67).await;
+    wait_for_candles(&sim, 2).await;
+    let key = crate::streams::listen_key(&sim).await;
+    let mut ws = crate::streams::connect(&format!("{}/ws/{key}", sim.ws_url())).await;
+    let price = last_price(&sim).await;
+    for tif in ["GTC", "GTX", "IOC", "FOK"] {
+        let query = format!(
+            "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce={tif}&quantity=0.01&price={:.1}",
+            price * 0.5
+        );
+        let placed = signed(&sim, Method::POST, "/fapi/v1/order", &query).await;
+        let id = placed["orderId"].clone();
+        let new = updates_until(&mut ws, &id, "NEW").await;
+        assert_eq!(new[0]["f"], tif, "{new:?}");
+        if tif == "IOC" || tif == "FOK" {
+            let expired = updates_until(&mut ws, &id, "EXPIRED").await;
+            assert_eq!(expired.last().unwrap()["f"], tif, "{expired:?}");
+        }
+    }
+    // A market order has no time in force of its own: Binance says GTC.
+    let query = "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.01";
+    let placed = signed(&sim, Method::POST, "/fapi/v1/order", query).await;
+    let filled = updates_until(&mut ws, &placed["orderId"], "FILLED").await;
+    assert!(filled.iter().all(|o| o["f"] == "GTC"), "{filled:?}");
+}
