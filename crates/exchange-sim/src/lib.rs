@@ -207,7 +207,8 @@ pub(crate) struct Inner {
     rng: Mutex<ChaCha8Rng>,
     /// User-stream events, with the name of the account they belong to.
     user_stream: broadcast::Sender<(String, String)>,
-    klines: broadcast::Sender<(Symbol, String)>,
+    /// Kline events: the symbol, the interval and the event.
+    klines: broadcast::Sender<(Symbol, &'static str, String)>,
     /// Live listen keys: their account and expiry.
     listen_keys: Mutex<HashMap<String, (String, i64)>>,
     placements: Mutex<HashMap<String, u32>>,
@@ -603,6 +604,7 @@ async fn run_market(state: SimState) {
     let candle_ms = state.0.config.candle_ms;
     let mut source = CandleSource::new(&state.0.config);
     let mut open_time_ms = state.0.market_start_ms;
+    let mut streams = market::KlineStreams::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(candle_ms));
     ticker.tick().await;
     loop {
@@ -633,16 +635,13 @@ async fn run_market(state: SimState) {
                 continue;
             }
             state.record_bar(&candle);
-            let event = keel_exchange::binance::wire::kline_event(
-                &candle,
-                state.0.interval_name,
-                true,
-                close_time_ms,
-            );
-            let _ = state
-                .0
-                .klines
-                .send((candle.symbol.clone(), event.to_string()));
+            for (interval, event) in streams.on_played(&state, &candle) {
+                // No subscriber is fine: a stream only carries what happens while connected.
+                let _ = state
+                    .0
+                    .klines
+                    .send((candle.symbol.clone(), interval, event.to_string()));
+            }
         }
         open_time_ms = close_time_ms;
     }
