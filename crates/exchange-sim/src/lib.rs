@@ -8,6 +8,10 @@
 //! seeded synthetic market (a random walk, one candle every `candle_ms`). Faults (see
 //! [`Faults`]) are injected from a seeded RNG and can be changed at run time with
 //! `PUT /admin/faults`.
+//!
+//! It checks Keel's Binance adapter, so it shares none of the adapter's wire code: its JSON
+//! (`wire`, `events`, `market`) and its signature check (`sign`) are its own, written from
+//! Binance's documentation; only the paper matching engine is shared.
 
 mod account;
 pub mod cli;
@@ -15,6 +19,7 @@ mod events;
 mod faults;
 mod market;
 mod rest;
+mod sign;
 mod wire;
 mod ws;
 

@@ -21,7 +21,6 @@ use rand::Rng;
 
 use super::account::{Conditional, ConditionalKind, OrderTerms, WorkingType};
 use super::{Faults, LISTEN_KEY_TTL_MS, SimKey, SimState, wire};
-use keel_exchange::binance::sign::{ed25519_verify, hmac_sha256_hex};
 
 /// The largest `recvWindow` Binance accepts.
 const RECV_WINDOW_MAX_MS: i64 = 60_000;
@@ -274,10 +273,8 @@ fn check_signature(key: &SimKey, query: &str, body: &str, params: &Params) -> Re
     };
     let payload = format!("{}{}", strip(query), strip(body));
     let valid = match key {
-        SimKey::Hmac { secret } => {
-            hmac_sha256_hex(secret, &payload).eq_ignore_ascii_case(signature)
-        }
-        SimKey::Ed25519 { public } => ed25519_verify(public, &payload, signature),
+        SimKey::Hmac { secret } => super::sign::hmac_sha256_valid(secret, &payload, signature),
+        SimKey::Ed25519 { public } => super::sign::ed25519_valid(public, &payload, signature),
     };
     if valid { Ok(()) } else { Err(invalid()) }
 }

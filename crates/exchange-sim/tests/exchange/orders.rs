@@ -7,7 +7,9 @@ use keel_exchange_sim::SimHandle;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::clients::{WAIT_MAX, public, signed, signed_raw, start_sim, wait_for_candles};
+use crate::clients::{
+    WAIT_MAX, differences, fixture, public, signed, signed_raw, start_sim, wait_for_candles,
+};
 
 /// The last traded price of BTCUSDT.
 async fn last_price(sim: &SimHandle) -> f64 {
@@ -151,6 +153,11 @@ async fn a_close_position_stop_market_triggers_on_the_candle_that_crosses_it_and
         "{stop}"
     );
     assert_ne!(stop["stopPrice"], "0", "{stop}");
+    // Every field of Binance's documented order and event examples, with its JSON type.
+    assert_eq!(
+        differences("order", &fixture("order"), &stop),
+        Vec::<String>::new()
+    );
     let id = stop["orderId"].clone();
 
     let updates = updates_until(&mut ws, &id, "FILLED").await;
@@ -171,7 +178,14 @@ async fn a_close_position_stop_market_triggers_on_the_candle_that_crosses_it_and
         ],
         "{updates:#?}"
     );
+    let documented = &fixture("stream_order_trade_update")["o"];
     for update in &updates {
+        // `AP` and `cr` are documented as pushed only with TRAILING_STOP_MARKET orders.
+        let missing: Vec<String> = differences("o", documented, update)
+            .into_iter()
+            .filter(|d| !d.starts_with("o.AP:") && !d.starts_with("o.cr:"))
+            .collect();
+        assert!(missing.is_empty(), "{missing:?}");
         assert_eq!(update["sp"], stop["stopPrice"], "{update}");
         assert_eq!(
             (&update["cp"], &update["wt"]),
