@@ -561,3 +561,78 @@ fn duplicate() -> PlaceOutcome {
         msg: "Duplicate clientOrderId.".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ConditionalKind::{Stop, StopMarket, TakeProfit, TakeProfitMarket};
+
+    fn condition(kind: ConditionalKind, stop: i64, working_type: WorkingType) -> Conditional {
+        Conditional {
+            kind,
+            stop_price: Decimal::from(stop),
+            working_type,
+            close_position: false,
+            price_protect: false,
+            triggered: false,
+        }
+    }
+
+    /// Binance's table: STOP and STOP_MARKET buy when the price is at or above the stop price
+    /// and sell when at or below it; TAKE_PROFIT and TAKE_PROFIT_MARKET the other way round.
+    #[test]
+    fn every_conditional_type_triggers_in_the_direction_binance_documents() {
+        let table = [
+            (Stop, Side::Buy, true),
+            (StopMarket, Side::Buy, true),
+            (Stop, Side::Sell, false),
+            (StopMarket, Side::Sell, false),
+            (TakeProfit, Side::Buy, false),
+            (TakeProfitMarket, Side::Buy, false),
+            (TakeProfit, Side::Sell, true),
+            (TakeProfitMarket, Side::Sell, true),
+        ];
+        for (kind, side, rises) in table {
+            let c = condition(kind, 100, WorkingType::ContractPrice);
+            assert_eq!(
+                kind.triggers_when_price_rises(side),
+                rises,
+                "{kind:?} {side:?}"
+            );
+            assert!(c.reached_by(side, 100.0, 100.0), "at the stop price");
+            assert_eq!(
+                c.reached_by(side, 101.0, 101.0),
+                rises,
+                "{kind:?} {side:?} above"
+            );
+            assert_eq!(
+                c.reached_by(side, 99.0, 99.0),
+                !rises,
+                "{kind:?} {side:?} below"
+            );
+        }
+    }
+
+    #[test]
+    fn the_contract_price_triggers_on_the_candles_range_and_the_mark_price_on_its_close() {
+        let candle = Candle {
+            symbol: Symbol::new("BTCUSDT").unwrap(),
+            open_time_ms: 0,
+            close_time_ms: 1_000,
+            open: 100.0,
+            high: 103.0,
+            low: 99.0,
+            close: 100.0,
+            volume: 1.0,
+        };
+        let contract = condition(StopMarket, 102, WorkingType::ContractPrice);
+        let mark = condition(StopMarket, 102, WorkingType::MarkPrice);
+        assert!(contract.triggered_by(Side::Buy, &candle));
+        assert!(!mark.triggered_by(Side::Buy, &candle));
+        let closing_above = Candle {
+            close: 102.5,
+            ..candle
+        };
+        assert!(mark.triggered_by(Side::Buy, &closing_above));
+    }
+}

@@ -145,6 +145,30 @@ async def run_ccxt_pro():
         for id in placed:
             await exchange.cancel_order(id, symbol)
 
+        # A conditional order, placed through /fapi/v1/order (ccxt itself sends conditional
+        # orders to the Algo Order API), streams to ccxt.pro with its trigger price.
+        trigger = round(price * 2, 1)
+        watch = asyncio.ensure_future(exchange.watch_orders(symbol))
+        stop = await exchange.fapiPrivatePostOrder({
+            "symbol": "BTCUSDT", "side": "BUY", "type": "STOP_MARKET", "quantity": "0.01",
+            "stopPrice": str(trigger), "newClientOrderId": "ccxt-pro-stop"})
+        # The watcher resolves on any order event (the cancels above among them); the orders
+        # it heard of stay in its cache.
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            check(time.monotonic() < deadline, f"the stop order streamed within {DEADLINE_S} s")
+            await asyncio.wait({watch}, timeout=1)
+            if watch.done():
+                watch.result()
+                watch = asyncio.ensure_future(exchange.watch_orders(symbol))
+            streamed = [o for o in (exchange.orders or []) if o["clientOrderId"] == "ccxt-pro-stop"]
+            if streamed:
+                break
+        watch.cancel()
+        check(streamed[-1]["info"]["o"] == "STOP_MARKET" and streamed[-1]["triggerPrice"] == trigger
+              and streamed[-1]["status"] == "open", f"the stop order as ccxt.pro reads it: {streamed}")
+        await exchange.cancel_order(str(stop["orderId"]), symbol)
+
         # ACCOUNT_UPDATE feeds ccxt.pro's balance and positions (the private connection is
         # already open, so the fill's event reaches both watchers).
         balance_watch = asyncio.ensure_future(exchange.watch_balance())
