@@ -8,6 +8,10 @@
 //! seeded synthetic market (a random walk, one candle every `candle_ms`). Faults (see
 //! [`Faults`]) are injected from a seeded RNG and can be changed at run time with
 //! `PUT /admin/faults`.
+//!
+//! It checks Keel's Binance adapter, so it shares none of the adapter's wire code: its JSON
+//! (`wire`, `events`, `market`) and its signature check (`sign`) are its own, written from
+//! Binance's documentation; only the paper matching engine is shared.
 
 mod account;
 pub mod cli;
@@ -15,6 +19,8 @@ mod events;
 mod faults;
 mod market;
 mod rest;
+mod sign;
+mod wire;
 mod ws;
 
 use std::collections::{HashMap, VecDeque};
@@ -37,7 +43,6 @@ use tokio::sync::broadcast;
 
 pub use faults::Faults;
 
-use keel_exchange::binance::wire;
 use keel_exchange::paper::{PaperConfig, PaperEngine};
 
 /// How many stream messages a slow WebSocket client may fall behind before it is disconnected.
@@ -207,7 +212,8 @@ pub(crate) struct Inner {
     rng: Mutex<ChaCha8Rng>,
     /// User-stream events, with the name of the account they belong to.
     user_stream: broadcast::Sender<(String, String)>,
-    klines: broadcast::Sender<(Symbol, String)>,
+    /// Kline events: the symbol, the interval and the event.
+    klines: broadcast::Sender<(Symbol, &'static str, String)>,
     /// Live listen keys: their account and expiry.
     listen_keys: Mutex<HashMap<String, (String, i64)>>,
     placements: Mutex<HashMap<String, u32>>,
@@ -370,10 +376,10 @@ impl SimState {
             .lock()
             .expect("lock poisoned");
         let result = f(&mut account);
-        let events = account.drain_and_record();
-        let mut traded: Vec<Symbol> = events
+        let updates = account.drain_and_record();
+        let mut traded: Vec<Symbol> = updates
             .iter()
-            .filter_map(|e| match e {
+            .filter_map(|u| match &u.event {
                 UserEvent::Fill(fill) => Some(fill.symbol.clone()),
                 UserEvent::Order(_) => None,
             })
@@ -383,7 +389,7 @@ impl SimState {
         let after = (!traded.is_empty()).then(|| events::AccountState::of(&account, &traded));
         let asset = self.0.config.paper.quote_asset.clone();
         drop(account);
-        self.publish(name, events, &asset, after.as_ref());
+        self.publish(name, updates, &asset, after.as_ref());
         result
     }
 
@@ -393,7 +399,7 @@ impl SimState {
     fn publish(
         &self,
         name: &str,
-        events: Vec<UserEvent>,
+        updates: Vec<account::Update>,
         asset: &str,
         after: Option<&events::AccountState>,
     ) {
@@ -403,7 +409,7 @@ impl SimState {
             let _ = self.0.user_stream.send((name.to_owned(), json.to_string()));
         };
         let mut pending_fill = None;
-        for event in events {
+        for account::Update { event, terms } in updates {
             match event {
                 UserEvent::Fill(fill) => pending_fill = Some(fill),
                 UserEvent::Order(report) => {
@@ -421,7 +427,13 @@ impl SimState {
                             ));
                         }
                     }
-                    send(wire::order_trade_update(&report, fill.as_ref(), asset, now));
+                    send(wire::order_trade_update(
+                        &report,
+                        &terms,
+                        fill.as_ref(),
+                        asset,
+                        now,
+                    ));
                 }
             }
         }
@@ -441,12 +453,19 @@ fn accounts(config: &SimConfig) -> HashMap<String, Mutex<account::Account>> {
     own.sort();
     let mut accounts = HashMap::from([(
         MAIN_ACCOUNT.to_owned(),
-        Mutex::new(account::Account::new(engine(config.paper.initial_balance))),
+        Mutex::new(account::Account::new(
+            engine(config.paper.initial_balance),
+            1,
+        )),
     )]);
     for (n, (key, balance)) in (1i64..).zip(own) {
+        let first_id = n * ACCOUNT_ID_STRIDE + 1;
         let mut engine = engine(*balance);
-        engine.start_ids_at(n * ACCOUNT_ID_STRIDE + 1);
-        accounts.insert(key.clone(), Mutex::new(account::Account::new(engine)));
+        engine.start_ids_at(first_id);
+        accounts.insert(
+            key.clone(),
+            Mutex::new(account::Account::new(engine, first_id)),
+        );
     }
     accounts
 }
@@ -590,6 +609,7 @@ async fn run_market(state: SimState) {
     let candle_ms = state.0.config.candle_ms;
     let mut source = CandleSource::new(&state.0.config);
     let mut open_time_ms = state.0.market_start_ms;
+    let mut streams = market::KlineStreams::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(candle_ms));
     ticker.tick().await;
     loop {
@@ -609,7 +629,8 @@ async fn run_market(state: SimState) {
                 .map(|name| {
                     state.with_account(name, |account| {
                         account.engine.on_candle(&candle)?;
-                        account.expire_unfilled_ioc(&candle);
+                        account.expire_unfilled_immediate(&candle);
+                        account.trigger_conditionals(&candle);
                         Ok::<(), keel_exchange::paper::PaperError>(())
                     })
                 })
@@ -619,11 +640,13 @@ async fn run_market(state: SimState) {
                 continue;
             }
             state.record_bar(&candle);
-            let event = wire::kline_event(&candle, state.0.interval_name, true, close_time_ms);
-            let _ = state
-                .0
-                .klines
-                .send((candle.symbol.clone(), event.to_string()));
+            for (interval, event) in streams.on_played(&state, &candle) {
+                // No subscriber is fine: a stream only carries what happens while connected.
+                let _ = state
+                    .0
+                    .klines
+                    .send((candle.symbol.clone(), interval, event.to_string()));
+            }
         }
         open_time_ms = close_time_ms;
     }

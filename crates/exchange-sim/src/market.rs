@@ -15,10 +15,21 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::rest::{ApiError, Gate, Params, Reply, finish, gate, ok, optional_symbol, param};
-use keel_exchange::binance::wire;
 
 /// Candles `GET /fapi/v1/klines` returns without a `limit`, as on Binance.
 const KLINES_LIMIT_DEFAULT: usize = 500;
+/// The most candles one `GET /fapi/v1/klines` returns.
+const KLINES_LIMIT_MAX: usize = 1_500;
+
+/// The request weight of `GET /fapi/v1/klines` for `limit` rows, as Binance documents it.
+fn klines_weight(limit: usize) -> u32 {
+    match limit {
+        0..100 => 1,
+        100..500 => 2,
+        500..=1000 => 5,
+        _ => 10,
+    }
+}
 /// No kline opens before this time: the listed symbols' `onboardDate`.
 const HISTORY_START_MS: i64 = 1_569_398_400_000;
 /// Points sampled inside a synthetic candle to find its high and low.
@@ -268,24 +279,48 @@ impl Tape {
 
 /// One row of `GET /fapi/v1/klines`, with quote volume, trade count and taker volumes.
 fn kline_row(candle: &Candle, seed: i64) -> Value {
-    let volume = candle.volume;
-    let quote = volume * (candle.open + candle.close) / 2.0;
-    let taker = 0.35 + 0.3 * noise(&[seed, candle.open_time_ms, 3]);
-    let trades = (volume * TRADES_PER_CONTRACT).ceil().max(1.0) as i64;
+    let numbers = KlineNumbers::of(candle, seed);
     json!([
         candle.open_time_ms,
         text(candle.open),
         text(candle.high),
         text(candle.low),
         text(candle.close),
-        text(volume),
+        text(candle.volume),
         candle.close_time_ms - 1,
-        decimal(quote, 5),
-        trades,
-        text(volume * taker),
-        decimal(quote * taker, 5),
+        decimal(numbers.quote_volume, 5),
+        numbers.trades,
+        text(numbers.taker_volume),
+        decimal(numbers.taker_quote_volume, 5),
         "0"
     ])
+}
+
+/// What a kline says beyond prices and volume, derived from the candle and the seed so the
+/// `klines` row and the stream event of a candle agree.
+struct KlineNumbers {
+    quote_volume: f64,
+    trades: i64,
+    taker_volume: f64,
+    taker_quote_volume: f64,
+    /// The id of the candle's first trade: trades are numbered by time, a tenth of a second
+    /// apart at most.
+    first_trade_id: i64,
+}
+
+impl KlineNumbers {
+    fn of(candle: &Candle, seed: i64) -> Self {
+        let volume = candle.volume;
+        let quote_volume = volume * (candle.open + candle.close) / 2.0;
+        let taker = 0.35 + 0.3 * noise(&[seed, candle.open_time_ms, 3]);
+        Self {
+            quote_volume,
+            trades: (volume * TRADES_PER_CONTRACT).ceil().max(1.0) as i64,
+            taker_volume: volume * taker,
+            taker_quote_volume: quote_volume * taker,
+            first_trade_id: candle.open_time_ms / 100,
+        }
+    }
 }
 
 fn text(price: f64) -> String {
@@ -319,7 +354,7 @@ fn klines_limit(query: &str) -> Result<usize, ApiError> {
         .map(|(_, v)| {
             v.parse::<usize>()
                 .ok()
-                .filter(|l| (1..=wire::KLINES_LIMIT_MAX).contains(l))
+                .filter(|l| (1..=KLINES_LIMIT_MAX).contains(l))
         });
     match limit {
         Some(None) => Err(ApiError::bad(
@@ -347,7 +382,7 @@ async fn klines_answer(
     let reply = match klines_limit(&query) {
         Err(e) => Err(e),
         Ok(limit) => {
-            let spec = Gate::public_query(wire::klines_weight(limit), Some(&query));
+            let spec = Gate::public_query(klines_weight(limit), Some(&query));
             match gate(state, &HeaderMap::new(), spec).await {
                 Ok(mut params) => {
                     name_symbol(&mut params).and_then(|()| klines_rows(state, &params, limit))
@@ -707,6 +742,108 @@ public_handler!(
         }))
     }
 );
+
+/// The candles of every kline stream as the market plays them: for each symbol and interval,
+/// the candle forming now. Binance sends the forming candle on every update (`x` false) and the
+/// finished one once (`x` true); the simulator updates once per played candle.
+pub(crate) struct KlineStreams {
+    forming: std::collections::HashMap<(Symbol, &'static str), Candle>,
+}
+
+impl KlineStreams {
+    pub fn new() -> Self {
+        Self {
+            forming: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The interval names a kline stream may name: every USDⓈ-M interval and the simulator's
+    /// own width.
+    fn names(own: &'static str) -> impl Iterator<Item = &'static str> {
+        let listed = INTERVALS.iter().map(|(name, _)| *name).chain(["1M"]);
+        std::iter::once(own).chain(listed.filter(move |name| *name != own))
+    }
+
+    /// The `kline` event of every interval for `played`, a candle just played and recorded:
+    /// the interval's candle it belongs to, closed when `played` ends it.
+    pub fn on_played(&mut self, state: &SimState, played: &Candle) -> Vec<(&'static str, Value)> {
+        let own = (state.0.interval_name, state.0.config.candle_ms as i64);
+        let now = state.now_ms();
+        let seed = state.0.config.seed as i64;
+        let mut events = Vec::new();
+        for name in Self::names(own.0) {
+            let span = span_of(name, own).expect("listed intervals have a span");
+            let from = span.start(played.open_time_ms);
+            let to = span.next(from);
+            let key = (played.symbol.clone(), name);
+            let candle = match self.forming.get_mut(&key) {
+                Some(candle) if candle.open_time_ms == from => {
+                    candle.high = candle.high.max(played.high);
+                    candle.low = candle.low.min(played.low);
+                    candle.close = played.close;
+                    candle.volume += played.volume;
+                    candle.clone()
+                }
+                _ => {
+                    // The interval began before this candle: what was played and, before the
+                    // market started, the synthetic history (this candle is already a bar).
+                    let begun = (from < played.open_time_ms)
+                        .then(|| Tape::of(state, &played.symbol, from)?.candle(from, to, now))
+                        .flatten();
+                    let candle = begun.unwrap_or_else(|| Candle {
+                        open_time_ms: from,
+                        close_time_ms: to,
+                        ..played.clone()
+                    });
+                    self.forming.insert(key.clone(), candle.clone());
+                    candle
+                }
+            };
+            let closed = played.close_time_ms >= to;
+            if closed {
+                self.forming.remove(&key);
+            }
+            events.push((name, kline_event(&candle, name, closed, now, seed)));
+        }
+        events
+    }
+}
+
+/// Whether `name` is a kline interval the simulator serves.
+pub(crate) fn is_interval(state: &SimState, name: &str) -> bool {
+    let own = (state.0.interval_name, state.0.config.candle_ms as i64);
+    span_of(name, own).is_some()
+}
+
+/// A `kline` stream event, with the same volumes and trade count as the `klines` row of the
+/// candle.
+fn kline_event(candle: &Candle, interval: &str, closed: bool, now_ms: i64, seed: i64) -> Value {
+    let numbers = KlineNumbers::of(candle, seed);
+    json!({
+        "e": "kline",
+        "E": now_ms,
+        "s": candle.symbol.as_str(),
+        "k": {
+            "t": candle.open_time_ms,
+            "T": candle.close_time_ms - 1,
+            "s": candle.symbol.as_str(),
+            "i": interval,
+            "f": numbers.first_trade_id,
+            "L": numbers.first_trade_id + numbers.trades - 1,
+            "o": text(candle.open),
+            "c": text(candle.close),
+            "h": text(candle.high),
+            "l": text(candle.low),
+            "v": text(candle.volume),
+            "n": numbers.trades,
+            "x": closed,
+            "q": decimal(numbers.quote_volume, 5),
+            "V": text(numbers.taker_volume),
+            "Q": decimal(numbers.taker_quote_volume, 5),
+            "B": "0"
+        }
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,9 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keel_kernel::exchange::{
-    ExchangeOrderId, Fill, OrderReport, OrderRequest, OrderType, PlaceOutcome,
-};
+use keel_kernel::exchange::{Fill, OrderReport, OrderRequest, OrderType, PlaceOutcome};
 use keel_kernel::ids::{ClientOrderId, Symbol};
 use keel_kernel::market::Side;
 use keel_kernel::money::{Price, Qty};
@@ -21,9 +19,8 @@ use serde_json::{Value, json};
 
 use rand::Rng;
 
-use super::{Faults, LISTEN_KEY_TTL_MS, SimKey, SimState};
-use keel_exchange::binance::sign::{ed25519_verify, hmac_sha256_hex};
-use keel_exchange::binance::wire::{self, WireOrder, WireTrade};
+use super::account::{Conditional, ConditionalKind, OrderTerms, WorkingType};
+use super::{Faults, LISTEN_KEY_TTL_MS, SimKey, SimState, wire};
 
 /// The largest `recvWindow` Binance accepts.
 const RECV_WINDOW_MAX_MS: i64 = 60_000;
@@ -91,10 +88,7 @@ pub(crate) fn finish(state: &SimState, reply: Reply) -> Response {
     let mut response = match reply {
         Ok(response) => response,
         Err(e) => {
-            let body = Json(wire::WireError {
-                code: e.code,
-                msg: e.msg,
-            });
+            let body = Json(json!({"code": e.code, "msg": e.msg}));
             let mut response = (e.status, body).into_response();
             if let Some(seconds) = e.retry_after_s {
                 response
@@ -279,10 +273,8 @@ fn check_signature(key: &SimKey, query: &str, body: &str, params: &Params) -> Re
     };
     let payload = format!("{}{}", strip(query), strip(body));
     let valid = match key {
-        SimKey::Hmac { secret } => {
-            hmac_sha256_hex(secret, &payload).eq_ignore_ascii_case(signature)
-        }
-        SimKey::Ed25519 { public } => ed25519_verify(public, &payload, signature),
+        SimKey::Hmac { secret } => super::sign::hmac_sha256_valid(secret, &payload, signature),
+        SimKey::Ed25519 { public } => super::sign::ed25519_valid(public, &payload, signature),
     };
     if valid { Ok(()) } else { Err(invalid()) }
 }
@@ -349,11 +341,7 @@ fn public(weight: u32) -> Gate<'static> {
 pub(crate) async fn time(State(state): State<SimState>) -> Response {
     let reply = gate(&state, &HeaderMap::new(), public(1))
         .await
-        .and_then(|_| {
-            ok(wire::ServerTime {
-                server_time: state.now_ms(),
-            })
-        });
+        .and_then(|_| ok(json!({"serverTime": state.now_ms()})));
     finish(&state, reply)
 }
 
@@ -462,7 +450,7 @@ pub(crate) async fn place_batch(
                 let mut answers = Vec::with_capacity(batch.len());
                 for order in &batch {
                     answers.push(match place_checked(&state, order, key).await {
-                        Ok(placed) => serde_json::to_value(placed).expect("an order serializes"),
+                        Ok(placed) => placed,
                         Err(refused) => json!({"code": refused.code, "msg": refused.msg}),
                     });
                 }
@@ -508,31 +496,146 @@ fn count_orders(state: &SimState, extra: usize) {
     window.orders_10s = window.orders_10s.saturating_add(extra);
 }
 
-fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiError> {
-    let symbol = symbol_param(params)?;
-    let side = wire::parse_side(param(params, "side")?)
-        .map_err(|_| ApiError::bad(-1117, "Invalid side."))?;
-    let qty = Qty::new(decimal_param(params, "quantity")?)
-        .map_err(|_| ApiError::bad(-4003, "Quantity less than or equal to zero."))?;
-    let order_type = match param(params, "type")? {
-        "MARKET" if params.contains_key("price") => {
+/// The time in force of an order: `GTC` unless it names another. GTX (post-only) rests like
+/// GTC once `post_only_check` let it through; IOC and FOK rest until the next candle has had
+/// its chance to fill them, then expire: a candle that reaches the price fills the whole order
+/// at once (fills are whole unless partial fills are configured), so FOK fills entirely or
+/// expires.
+fn time_in_force(params: &Params, mandatory: bool) -> Result<&'static str, ApiError> {
+    let text = if mandatory {
+        param(params, "timeInForce")?
+    } else {
+        params.get("timeInForce").map_or("GTC", String::as_str)
+    };
+    ["GTC", "GTX", "IOC", "FOK"]
+        .into_iter()
+        .find(|tif| *tif == text)
+        .ok_or_else(|| ApiError::bad(-1115, "Invalid timeInForce."))
+}
+
+fn not_required(name: &str) -> ApiError {
+    ApiError::bad(-1106, format!("Parameter '{name}' sent when not required."))
+}
+
+/// A `true`/`false` parameter, `false` when absent; Binance takes either case.
+fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::bad(
+            -1130,
+            format!("Data sent for parameter '{name}' is not valid."),
+        )),
+    }
+}
+
+/// What a conditional order's parameters say: its condition, and whether it closes the
+/// position rather than naming a quantity.
+fn condition(params: &Params, kind: ConditionalKind) -> Result<Conditional, ApiError> {
+    let stop_price = decimal_param(params, "stopPrice")?;
+    if stop_price <= Decimal::ZERO {
+        return Err(ApiError::bad(-4006, "Stop price less than zero."));
+    }
+    let working_type = match params.get("workingType") {
+        None => WorkingType::ContractPrice,
+        Some(text) => WorkingType::parse(text).ok_or_else(|| {
+            ApiError::bad(-4031, format!("Invalid parameter working type: {text}"))
+        })?,
+    };
+    let close_position = flag(params, "closePosition")?;
+    if close_position {
+        if !kind.is_market() {
             return Err(ApiError::bad(
-                -1106,
-                "Parameter 'price' sent when not required.",
+                -4136,
+                format!(
+                    "Target strategy invalid for orderType {},closePosition true",
+                    kind.as_str()
+                ),
             ));
         }
-        "MARKET" => OrderType::Market,
-        "LIMIT" => {
-            // GTX (post-only) rests like GTC once `post_only_check` let it through; IOC rests
-            // until the next candle has had its chance to fill it, then expires.
-            if !matches!(param(params, "timeInForce")?, "GTC" | "GTX" | "IOC") {
-                return Err(ApiError::bad(-1115, "Invalid timeInForce."));
-            }
-            let price = Price::new(decimal_param(params, "price")?)
-                .map_err(|_| ApiError::bad(-4001, "Price less than 0."))?;
-            OrderType::Limit { price }
+        if params.contains_key("quantity") {
+            return Err(ApiError::bad(
+                -4137,
+                "Quantity must be zero with closePosition equals true",
+            ));
+        }
+        if params.contains_key("reduceOnly") {
+            return Err(not_required("reduceOnly"));
+        }
+    }
+    Ok(Conditional {
+        kind,
+        stop_price,
+        working_type,
+        close_position,
+        price_protect: flag(params, "priceProtect")?,
+        triggered: false,
+    })
+}
+
+fn price_param(params: &Params) -> Result<Price, ApiError> {
+    Price::new(decimal_param(params, "price")?)
+        .map_err(|_| ApiError::bad(-4001, "Price less than 0."))
+}
+
+/// The order a `POST /fapi/v1/order` asks for, and its terms. A `closePosition` order's
+/// quantity is a placeholder of one lot: it takes the position's when it triggers.
+fn order_request(
+    state: &SimState,
+    params: &Params,
+) -> Result<(OrderRequest, OrderTerms), ApiError> {
+    let symbol = symbol_param(params)?;
+    let side = wire::parse_side(param(params, "side")?)
+        .ok_or_else(|| ApiError::bad(-1117, "Invalid side."))?;
+    let type_name = param(params, "type")?;
+    let kind = ConditionalKind::parse(type_name);
+    let (order_type, terms) = match (type_name, kind) {
+        ("MARKET", _) if params.contains_key("price") => return Err(not_required("price")),
+        ("MARKET", _) => (OrderType::Market, OrderTerms::default()),
+        ("LIMIT", _) => {
+            let time_in_force = time_in_force(params, true)?;
+            let terms = OrderTerms {
+                time_in_force,
+                conditional: None,
+            };
+            (
+                OrderType::Limit {
+                    price: price_param(params)?,
+                },
+                terms,
+            )
+        }
+        (_, Some(kind)) => {
+            let conditional = condition(params, kind)?;
+            let order_type = if kind.is_market() {
+                if params.contains_key("price") {
+                    return Err(not_required("price"));
+                }
+                OrderType::Market
+            } else {
+                OrderType::Limit {
+                    price: price_param(params)?,
+                }
+            };
+            let terms = OrderTerms {
+                time_in_force: time_in_force(params, false)?,
+                conditional: Some(conditional),
+            };
+            (order_type, terms)
         }
         _ => return Err(ApiError::bad(-1116, "Invalid orderType.")),
+    };
+    let closes = terms.conditional.as_ref().is_some_and(|c| c.close_position);
+    let qty = if closes {
+        let lot = super::sim_symbols()
+            .into_iter()
+            .find(|(rules, _)| rules.symbol == symbol)
+            .map(|(rules, _)| rules.market_min_qty)
+            .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+        Qty::new(lot).expect("a lot is positive")
+    } else {
+        Qty::new(decimal_param(params, "quantity")?)
+            .map_err(|_| ApiError::bad(-4003, "Quantity less than or equal to zero."))?
     };
     let client_order_id = match params.get("newClientOrderId") {
         Some(text) => ClientOrderId::new(text).map_err(|_| {
@@ -550,38 +653,85 @@ fn order_request(state: &SimState, params: &Params) -> Result<OrderRequest, ApiE
     let reduce_only = match params.get("reduceOnly").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => {
-            return Err(ApiError::bad(
-                -1106,
-                "Parameter 'reduceOnly' sent when not required.",
-            ));
-        }
+        Some(_) => return Err(not_required("reduceOnly")),
     };
-    Ok(OrderRequest {
+    let request = OrderRequest {
         client_order_id,
         symbol,
         side,
         order_type,
         qty,
         reduce_only,
-    })
+    };
+    Ok((request, terms))
+}
+
+/// Binance's filters on a conditional order, which the engine checks only once it triggers:
+/// quantity precision and lot size, price and stop price on the tick, and that the stop price
+/// has not been reached already (-2021).
+fn check_conditional(
+    engine: &keel_exchange::paper::PaperEngine,
+    request: &OrderRequest,
+    condition: &Conditional,
+) -> Result<(), ApiError> {
+    let rules = engine
+        .rules(&request.symbol)
+        .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+    let on_tick = |price: Decimal| rules.round_price(price) == price.normalize();
+    let prices_on_tick = request
+        .order_type
+        .limit_price()
+        .is_none_or(|p| on_tick(p.get()))
+        && on_tick(condition.stop_price);
+    if !prices_on_tick {
+        return Err(ApiError::bad(-4014, "Price not increased by tick size."));
+    }
+    let last = engine.last_price(&request.symbol);
+    if !condition.close_position {
+        let qty = request.qty.get();
+        if rules.round_qty(qty, request.order_type) != qty.normalize() {
+            return Err(ApiError::bad(
+                -1111,
+                "Precision is over the maximum defined for this asset.",
+            ));
+        }
+        rules.apply(request, last).map_err(|violation| {
+            let code = match violation {
+                keel_kernel::exchange::RuleViolation::NotionalBelowMin { .. } => -4164,
+                _ => -4003,
+            };
+            ApiError::bad(code, violation.to_string())
+        })?;
+    }
+    let last = last.and_then(|p| p.get().to_f64());
+    if last.is_some_and(|p| condition.reached_by(request.side, p, p)) {
+        return Err(ApiError::bad(-2021, "Order would immediately trigger."));
+    }
+    Ok(())
 }
 
 async fn place_checked(
     state: &SimState,
     params: &Params,
     api_key: &str,
-) -> Result<WireOrder, ApiError> {
+) -> Result<Value, ApiError> {
     let account = state.account_of(api_key);
-    let request = order_request(state, params)?;
-    if params.get("timeInForce").map(String::as_str) == Some("GTX") {
+    let (request, terms) = order_request(state, params)?;
+    if terms.time_in_force == "GTX" && terms.conditional.is_none() {
         post_only_check(state, &request)?;
     }
     let now = state.now_ms();
-    let outcome = state.with_engine(account, |engine| {
-        engine.advance_clock(now);
-        engine.place(&request)
-    });
+    let conditional = terms.conditional.is_some();
+    let outcome = state.with_account(account, |a| {
+        a.engine.advance_clock(now);
+        match &terms.conditional {
+            Some(condition) => {
+                check_conditional(&a.engine, &request, condition)?;
+                Ok(a.place_conditional(&request, terms.clone(), now))
+            }
+            None => Ok(a.place(&request, terms.clone())),
+        }
+    })?;
     let report = match outcome {
         PlaceOutcome::Rejected { code, msg } => return Err(ApiError::bad(code, msg)),
         other => other
@@ -589,16 +739,6 @@ async fn place_checked(
             .cloned()
             .expect("the engine answers with a report"),
     };
-    let time_in_force = match params.get("timeInForce").map(String::as_str) {
-        Some("GTX") => "GTX",
-        Some("IOC") => "IOC",
-        _ => "GTC",
-    };
-    state.with_account(account, |a| {
-        if let Some(kept) = a.orders.get_mut(&report.exchange_order_id.0) {
-            kept.time_in_force = time_in_force;
-        }
-    });
     *state
         .0
         .placements
@@ -625,11 +765,11 @@ async fn place_checked(
         tokio::time::sleep(Duration::from_millis(faults.lost_response_hold_ms)).await;
     }
     let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
-    if wants_result && report.order_type == OrderType::Market {
+    if wants_result && !conditional && report.order_type == OrderType::Market {
         let settled = market_result(state, account, &report).await;
-        return Ok(state.with_account(account, |a| a.wire_order(&settled)));
+        return Ok(state.with_account(account, |a| a.order_json(&settled)));
     }
-    Ok(state.with_account(account, |a| a.wire_order(&report)))
+    Ok(state.with_account(account, |a| a.order_json(&report)))
 }
 
 /// How long a `RESULT` answer waits for a market order to fill, in candles: it fills at the
@@ -654,30 +794,26 @@ async fn market_result(state: &SimState, account: &str, report: &OrderReport) ->
     }
 }
 
-fn find_order(state: &SimState, account: &str, params: &Params) -> Result<OrderReport, ApiError> {
+/// The order a query, cancel or `openOrder` names by `orderId` or `origClientOrderId`.
+fn find_order(
+    state: &SimState,
+    account: &str,
+    params: &Params,
+) -> Result<super::account::KeptOrder, ApiError> {
     let symbol = symbol_param(params)?;
-    let found = state.with_engine(account, |engine| {
-        if let Some(text) = params.get("origClientOrderId") {
-            let id = ClientOrderId::new(text).ok()?;
-            return engine.order(&symbol, &id).cloned();
-        }
-        let id: i64 = params.get("orderId")?.parse().ok()?;
-        engine
-            .order_by_exchange_id(&symbol, ExchangeOrderId(id))
-            .cloned()
-    });
-    // The engine forgets an order whose client order id was reused; the history keeps it.
-    let found = found.or_else(|| {
-        let id: i64 = params.get("orderId")?.parse().ok()?;
-        let kept = state.with_account(account, |a| a.orders.get(&id).cloned())?;
-        (kept.report.symbol == symbol).then_some(kept.report)
-    });
     if !params.contains_key("origClientOrderId") && !params.contains_key("orderId") {
         return Err(ApiError::bad(
             -1102,
             "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
         ));
     }
+    let order_id = number(params, "orderId")?;
+    let client_order_id = params
+        .get("origClientOrderId")
+        .and_then(|text| ClientOrderId::new(text).ok());
+    let found = state.with_account(account, |a| {
+        a.find(&symbol, order_id, client_order_id.as_ref()).cloned()
+    });
     found.ok_or_else(|| ApiError::bad(-2013, "Order does not exist."))
 }
 
@@ -688,11 +824,8 @@ pub(crate) async fn query(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => {
-            let account = account_name(&state, &headers);
-            find_order(&state, &account, &params)
-                .and_then(|r| ok(state.with_account(&account, |a| a.wire_order(&r))))
-        }
+        Ok(params) => find_order(&state, &account_name(&state, &headers), &params)
+            .and_then(|kept| ok(wire::order(&kept.report, &kept.terms, kept.created_ms))),
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -705,19 +838,24 @@ pub(crate) async fn cancel(
     body: Bytes,
 ) -> Response {
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
-        Ok(params) => match find_order(&state, &account_name(&state, &headers), &params) {
-            Ok(found) => state
-                .with_engine(&account_name(&state, &headers), |engine| {
-                    engine.cancel(&found.symbol, &found.client_order_id)
-                })
-                .map_err(|(code, msg)| ApiError::bad(code, msg))
-                .and_then(|r| {
-                    let account = account_name(&state, &headers);
-                    ok(state.with_account(&account, |a| a.wire_order(&r)))
-                }),
-            Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
-            Err(e) => Err(e),
-        },
+        Ok(params) => {
+            let account = account_name(&state, &headers);
+            match find_order(&state, &account, &params) {
+                Ok(found) => {
+                    let now = state.now_ms();
+                    state
+                        .with_account(&account, |a| {
+                            a.engine.advance_clock(now);
+                            let id = found.report.exchange_order_id.0;
+                            a.cancel(id, now).map(|r| a.order_json(&r))
+                        })
+                        .map_err(|(code, msg)| ApiError::bad(code, msg))
+                        .and_then(ok)
+                }
+                Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
     finish(&state, reply)
@@ -739,8 +877,8 @@ pub(crate) async fn open_orders(
     let reply = match gate(&state, &headers, signed(1, &query, &body)).await {
         Ok(params) => optional_symbol(&params).and_then(|symbol| {
             let open = state.with_account(&account_name(&state, &headers), |a| {
-                let open = a.engine.open_orders(symbol.as_ref());
-                open.iter().map(|r| a.wire_order(r)).collect::<Vec<_>>()
+                let open = a.open_orders(symbol.as_ref());
+                open.into_iter().map(kept_json).collect::<Vec<_>>()
             });
             ok(open)
         }),
@@ -772,7 +910,7 @@ fn trades(state: &SimState, account: &str, params: &Params) -> Reply {
     let limit = number(params, "limit")?.map_or(500, |l| l.clamp(1, USER_TRADES_LIMIT_MAX as i64));
     let limit = usize::try_from(limit).expect("positive");
     let asset = state.0.config.paper.quote_asset.clone();
-    let rows: Vec<WireTrade> = state.with_account(account, |a| {
+    let rows: Vec<Value> = state.with_account(account, |a| {
         let matching = a.trades.values().filter(|f| {
             f.symbol == symbol
                 && order_id.is_none_or(|id| f.exchange_order_id.0 == id)
@@ -787,10 +925,7 @@ fn trades(state: &SimState, account: &str, params: &Params) -> Reply {
             newest.reverse();
             newest
         };
-        fills
-            .into_iter()
-            .map(|f| WireTrade::from_fill(f, &asset))
-            .collect()
+        fills.into_iter().map(|f| wire::trade(f, &asset)).collect()
     });
     ok(rows)
 }
@@ -895,7 +1030,7 @@ pub(crate) async fn listen_key_create(
                 format!("{}{n:016x}", crate::ws::LISTEN_KEY_PREFIX)
             });
             keys.insert(key.clone(), (account, now + LISTEN_KEY_TTL_MS));
-            ok(wire::ListenKey { listen_key: key })
+            ok(json!({"listenKey": key}))
         }
         Err(e) => Err(e),
     };
@@ -919,9 +1054,7 @@ pub(crate) async fn listen_key_keepalive(
             match live {
                 Some((key, (_, expiry))) => {
                     *expiry = now + LISTEN_KEY_TTL_MS;
-                    ok(wire::ListenKey {
-                        listen_key: key.clone(),
-                    })
+                    ok(json!({"listenKey": key}))
                 }
                 None => Err(ApiError::bad(-1125, "This listenKey does not exist.")),
             }
@@ -991,12 +1124,9 @@ fn account_name(state: &SimState, headers: &HeaderMap) -> String {
     state.account_of(api_key_of(headers)).to_owned()
 }
 
-/// An order as `GET /fapi/v1/openOrder` and `allOrders` write it, with its creation time.
-fn order_json(account: &super::account::Account, kept: &super::account::KeptOrder) -> Value {
-    let mut order =
-        serde_json::to_value(account.wire_order(&kept.report)).expect("an order serializes");
-    order["time"] = json!(kept.created_ms);
-    order
+/// A kept order as the order endpoints write it.
+fn kept_json(kept: &super::account::KeptOrder) -> Value {
+    wire::order(&kept.report, &kept.terms, kept.created_ms)
 }
 
 signed_handler!(
@@ -1005,19 +1135,10 @@ signed_handler!(
     1,
     |state: &SimState, account: &str, params: &Params| -> Reply {
         let found = find_order(state, account, params)?;
-        if !found.status.is_open() {
+        if !found.report.status.is_open() {
             return Err(ApiError::bad(-2013, "Order does not exist."));
         }
-        let order = state.with_account(account, |a| {
-            let kept = a.orders.get(&found.exchange_order_id.0).cloned();
-            let kept = kept.unwrap_or(super::account::KeptOrder {
-                created_ms: found.update_time_ms,
-                report: found,
-                time_in_force: "GTC",
-            });
-            order_json(a, &kept)
-        });
-        ok(order)
+        ok(kept_json(&found))
     }
 );
 
@@ -1063,12 +1184,16 @@ signed_handler!(
     1,
     |state: &SimState, account: &str, params: &Params| -> Reply {
         let symbol = symbol_param(params)?;
+        let now = state.now_ms();
         state
-            .with_engine(account, |engine| {
-                engine
+            .with_account(account, |a| {
+                a.engine.advance_clock(now);
+                let open: Vec<i64> = a
                     .open_orders(Some(&symbol))
                     .iter()
-                    .try_for_each(|order| engine.cancel(&symbol, &order.client_order_id).map(drop))
+                    .map(|k| k.report.exchange_order_id.0)
+                    .collect();
+                open.into_iter().try_for_each(|id| a.cancel(id, now).map(drop))
             })
             .map_err(|(code, msg)| ApiError::bad(code, msg))?;
         ok(CancelAllAnswer {
@@ -1110,7 +1235,7 @@ signed_handler!(
                 newest.reverse();
                 newest
             };
-            kept.into_iter().map(|k| order_json(a, k)).collect()
+            kept.into_iter().map(kept_json).collect()
         });
         ok(rows)
     }

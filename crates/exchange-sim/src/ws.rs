@@ -11,7 +11,9 @@
 //! `SET_PROPERTY` and `GET_PROPERTY` (`combined`), answered `{"result": ..., "id": ...}` or
 //! with Binance's `{"code", "msg"}` errors.
 //!
-//! A stream is a kline stream `<symbol>@kline_<interval>` or a listen key: its account's
+//! A stream is a kline stream `<symbol>@kline_<interval>` (every USDⓈ-M interval and the
+//! simulator's own: the forming candle on every played candle, `x` true once it closes) or a
+//! listen key: its account's
 //! `ORDER_TRADE_UPDATE`, `TRADE_LITE` and `ACCOUNT_UPDATE` events, then `listenKeyExpired`
 //! once the key expires or is deleted. Any other name is accepted and carries nothing, as
 //! Binance does with a name it does not publish; a listen key the simulator issued and no
@@ -153,19 +155,18 @@ fn open(
 /// What a subscribed stream carries.
 #[derive(Debug, Clone)]
 enum Stream {
-    /// Closed candles of a symbol.
-    Kline(Symbol),
+    /// The candles of a symbol and interval: each update of the forming one, and the closed.
+    Kline(Symbol, String),
     /// The user-data events of an account, while the key lives.
     User { key: String, account: String },
     /// Nothing: a name the simulator does not publish.
     Silent,
 }
 
-fn parse_kline_stream(stream: &str) -> Option<Symbol> {
+fn parse_kline_stream(state: &SimState, stream: &str) -> Option<Stream> {
     let (symbol, interval) = stream.split_once("@kline_")?;
     let symbol = Symbol::new(&symbol.to_ascii_uppercase()).ok()?;
-    keel_kernel::exchange::Interval::parse(interval)?;
-    Some(symbol)
+    super::market::is_interval(state, interval).then(|| Stream::Kline(symbol, interval.to_owned()))
 }
 
 /// The account of a live listen key.
@@ -182,8 +183,8 @@ fn live_account(state: &SimState, key: &str) -> Option<String> {
 }
 
 fn classify(state: &SimState, name: &str) -> Result<Stream, Unservable> {
-    if let Some(symbol) = parse_kline_stream(name) {
-        return Ok(Stream::Kline(symbol));
+    if let Some(stream) = parse_kline_stream(state, name) {
+        return Ok(stream);
     }
     if let Some(account) = live_account(state, name) {
         return Ok(Stream::User {
@@ -259,7 +260,7 @@ async fn send(socket: &mut WebSocket, text: &str) -> bool {
 /// delivered out of order.
 struct Session {
     state: SimState,
-    klines: broadcast::Receiver<(Symbol, String)>,
+    klines: broadcast::Receiver<(Symbol, &'static str, String)>,
     users: broadcast::Receiver<(String, String)>,
     combined: bool,
     /// Subscribed stream names in subscription order, with what each carries.
@@ -306,7 +307,9 @@ impl Session {
         loop {
             let delivered = tokio::select! {
                 received = self.klines.recv() => match received {
-                    Ok((symbol, text)) => self.on_kline(&mut socket, &symbol, &text).await,
+                    Ok((symbol, interval, text)) => {
+                        self.on_kline(&mut socket, &symbol, interval, &text).await
+                    }
                     // A client this far behind is cut off, as Binance does; it must resync.
                     Err(_) => false,
                 },
@@ -333,11 +336,17 @@ impl Session {
         let _ = SinkExt::close(&mut socket).await;
     }
 
-    async fn on_kline(&mut self, socket: &mut WebSocket, symbol: &Symbol, text: &str) -> bool {
+    async fn on_kline(
+        &mut self,
+        socket: &mut WebSocket,
+        symbol: &Symbol,
+        interval: &str,
+        text: &str,
+    ) -> bool {
         let names: Vec<String> = self
             .streams
             .iter()
-            .filter(|(_, s)| matches!(s, Stream::Kline(of) if of == symbol))
+            .filter(|(_, s)| matches!(s, Stream::Kline(of, at) if of == symbol && at == interval))
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {

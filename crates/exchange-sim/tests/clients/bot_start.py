@@ -87,6 +87,15 @@ def run_ccxt():
     while ex.fetch_order(ioc["id"], "BTC/USDT:USDT")["status"] == "open" and time.time() < deadline:
         time.sleep(0.1)
     check(ex.fetch_order(ioc["id"], "BTC/USDT:USDT")["status"] == "expired", "an unfilled IOC expires")
+    # Fill-or-kill: out of the next candle's reach, it expires with nothing filled.
+    fok = ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.01, round(price * 0.5, 1),
+                          params={"timeInForce": "FOK"})
+    check(fok["timeInForce"] == "FOK", f"a FOK order: {fok}")
+    deadline = time.time() + 15
+    while ex.fetch_order(fok["id"], "BTC/USDT:USDT")["status"] == "open" and time.time() < deadline:
+        time.sleep(0.1)
+    killed = ex.fetch_order(fok["id"], "BTC/USDT:USDT")
+    check(killed["status"] == "expired" and killed["filled"] == 0, f"an unfilled FOK expires: {killed}")
     batch = ex.create_orders([
         {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.01,
          "price": round(price * fraction, 1)}
@@ -112,6 +121,65 @@ def run_ccxt():
             break
         time.sleep(0.2)
     check({"commission", "trade"} <= kinds, f"fees and realized PnL in the ledger: {kinds}")
+
+
+def wait_for_status(client, order_id, leaving):
+    deadline = time.time() + 15
+    while True:
+        order = client.query_order(symbol="ETHUSDT", orderId=order_id)
+        if order["status"] != leaving or time.time() > deadline:
+            return order
+        time.sleep(0.1)
+
+
+def place_stop(client, stop_of, **params):
+    """Places a conditional order at the stop price `stop_of(last price)` gives, again with a
+    fresh price when the market moved past it in between (-2021)."""
+    for _ in range(20):
+        last = float(client.ticker_price("ETHUSDT")["price"])
+        try:
+            return client.new_order(symbol="ETHUSDT", stopPrice=round(stop_of(last), 2), **params)
+        except Exception as error:  # the connector's ClientError carries Binance's code
+            if getattr(error, "error_code", None) != -2021:
+                raise
+    raise SystemExit("FAILED: the market kept moving past the stop price")
+
+
+def run_conditional_orders(client):
+    """A stop-loss that closes the position, through the connector; ccxt reads it too."""
+    client.new_order(symbol="ETHUSDT", side="BUY", type="MARKET", quantity=0.02)
+    deadline = time.time() + 15
+    while float(client.get_position_risk(symbol="ETHUSDT")[0]["positionAmt"]) != 0.02:
+        check(time.time() < deadline, "the entry fills")
+        time.sleep(0.1)
+    # Far above the market a take-profit waits; ccxt lists it with its trigger price.
+    far = float(client.ticker_price("ETHUSDT")["price"]) * 2
+    waiting = client.new_order(symbol="ETHUSDT", side="SELL", type="TAKE_PROFIT_MARKET",
+                               stopPrice=round(far, 2), closePosition="true")
+    check(waiting["type"] == "TAKE_PROFIT_MARKET" and waiting["closePosition"], f"{waiting}")
+    listed = [o for o in ccxt_client().fetch_open_orders("ETH/USDT:USDT")
+              if o["id"] == str(waiting["orderId"])]
+    check(len(listed) == 1 and listed[0]["triggerPrice"] == round(far, 2)
+          and listed[0]["info"]["origType"] == "TAKE_PROFIT_MARKET", f"ccxt lists it: {listed}")
+    cancelled = client.cancel_order(symbol="ETHUSDT", orderId=waiting["orderId"])
+    check(cancelled["status"] == "CANCELED", f"a conditional order cancels: {cancelled}")
+    # A tick under the market, the next candle's low reaches the stop: it closes the position.
+    stop = place_stop(client, lambda last: last - 0.01, side="SELL", type="STOP_MARKET",
+                      closePosition="true", workingType="CONTRACT_PRICE")
+    check(stop["status"] == "NEW" and stop["origQty"] == "0", f"a waiting stop-loss: {stop}")
+    filled = wait_for_status(client, stop["orderId"], "NEW")
+    check(filled["status"] == "FILLED" and float(filled["executedQty"]) == 0.02,
+          f"the stop-loss closed the position: {filled}")
+    position = float(client.get_position_risk(symbol="ETHUSDT")[0]["positionAmt"])
+    check(position == 0, f"flat after the stop-loss: {position}")
+    try:
+        client.new_order(symbol="ETHUSDT", side="SELL", type="STOP_MARKET", quantity=0.01,
+                         stopPrice=round(far, 2), closePosition="true")
+        raise SystemExit("FAILED: closePosition with a quantity accepted")
+    except SystemExit:
+        raise
+    except Exception as error:
+        check(getattr(error, "error_code", None) == -4137, f"refused with -4137: {error}")
 
 
 def run_connector():
@@ -161,7 +229,21 @@ def run_connector():
             break
         time.sleep(0.1)
     check(status == "FILLED", f"a reachable IOC fills: {status}")
-    client.new_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity=0.01, reduceOnly="true")
+    # A reachable fill-or-kill order fills whole, in one trade.
+    fok = client.new_order(symbol="ETHUSDT", side="BUY", type="LIMIT", quantity=0.02,
+                           price=round(last * 1.05, 2), timeInForce="FOK")
+    check(fok["timeInForce"] == "FOK", f"a FOK order: {fok}")
+    deadline = time.time() + 15
+    while True:
+        status = client.query_order(symbol="ETHUSDT", orderId=fok["orderId"])["status"]
+        if status != "NEW" or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    check(status == "FILLED", f"a reachable FOK fills: {status}")
+    fok_trades = client.get_account_trades(symbol="ETHUSDT", orderId=fok["orderId"])
+    check(len(fok_trades) == 1 and float(fok_trades[0]["qty"]) == 0.02, f"FOK fills whole: {fok_trades}")
+    client.new_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity=0.03, reduceOnly="true")
+    run_conditional_orders(client)
     # A batch answers each order in turn: placed, or refused with Binance's code.
     batch = client.new_batch_order(batchOrders=[
         {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01",

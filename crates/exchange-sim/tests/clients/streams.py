@@ -17,8 +17,8 @@ rest, ws, key, secret = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
 # How long any one wait may last.
 DEADLINE_S = 30
-# The simulator's candles are one second wide (its default); it streams them on any kline
-# stream of the symbol.
+# The simulator's candles are one second wide (its default) and named so; every USDⓈ-M
+# interval streams too, its forming candle updated with each played one.
 INTERVAL = "1s"
 
 
@@ -81,6 +81,16 @@ def run_connector():
         client.new_order(symbol="BTCUSDT", side="SELL", type="MARKET", quantity=0.01,
                          reduceOnly="true")
 
+        # A quarter-hour stream: the forming candle, not closed, on the quarter hour.
+        stream.kline(symbol="btcusdt", interval="15m", id=6)
+        wait_for(messages, "the answer to subscription 6", lambda m: m == {"result": None, "id": 6})
+        forming = wait_for(messages, "a 15m kline",
+                           lambda m: m.get("e") == "kline" and m["k"]["i"] == "15m")
+        k = forming["k"]
+        check(k["t"] % 900_000 == 0 and k["T"] == k["t"] + 900_000 - 1 and k["x"] is False,
+              f"the forming quarter hour: {forming}")
+        stream.unsubscribe("btcusdt@kline_15m", id=7)
+        wait_for(messages, "the answer to unsubscription 7", lambda m: m == {"result": None, "id": 7})
         stream.unsubscribe(f"btcusdt@kline_{INTERVAL}", id=4)
         wait_for(messages, "the answer to the unsubscription",
                  lambda m: m == {"result": None, "id": 4})
@@ -111,6 +121,12 @@ async def run_ccxt_pro():
         candles = await asyncio.wait_for(exchange.watch_ohlcv(symbol, INTERVAL), DEADLINE_S)
         check(len(candles) >= 1 and all(c[2] >= c[3] > 0 for c in candles),
               f"candles: {candles}")
+        # The hour's candle forms: each update has the hour's open time and its volume so far.
+        hourly = await asyncio.wait_for(exchange.watch_ohlcv(symbol, "1h"), DEADLINE_S)
+        again = await asyncio.wait_for(exchange.watch_ohlcv(symbol, "1h"), DEADLINE_S)
+        first, later = hourly[-1], again[-1]
+        check(first[0] % 3_600_000 == 0, f"an hourly candle: {first}")
+        check(later[0] > first[0] or later[5] >= first[5], f"the hour's volume grows: {first} {later}")
         price = (await exchange.fetch_ticker(symbol))["last"]
         watch = asyncio.ensure_future(exchange.watch_orders(symbol))
         # The first order may be placed before the private stream is connected: place
@@ -128,6 +144,30 @@ async def run_ccxt_pro():
               f"a placed order streamed open: {orders}")
         for id in placed:
             await exchange.cancel_order(id, symbol)
+
+        # A conditional order, placed through /fapi/v1/order (ccxt itself sends conditional
+        # orders to the Algo Order API), streams to ccxt.pro with its trigger price.
+        trigger = round(price * 2, 1)
+        watch = asyncio.ensure_future(exchange.watch_orders(symbol))
+        stop = await exchange.fapiPrivatePostOrder({
+            "symbol": "BTCUSDT", "side": "BUY", "type": "STOP_MARKET", "quantity": "0.01",
+            "stopPrice": str(trigger), "newClientOrderId": "ccxt-pro-stop"})
+        # The watcher resolves on any order event (the cancels above among them); the orders
+        # it heard of stay in its cache.
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            check(time.monotonic() < deadline, f"the stop order streamed within {DEADLINE_S} s")
+            await asyncio.wait({watch}, timeout=1)
+            if watch.done():
+                watch.result()
+                watch = asyncio.ensure_future(exchange.watch_orders(symbol))
+            streamed = [o for o in (exchange.orders or []) if o["clientOrderId"] == "ccxt-pro-stop"]
+            if streamed:
+                break
+        watch.cancel()
+        check(streamed[-1]["info"]["o"] == "STOP_MARKET" and streamed[-1]["triggerPrice"] == trigger
+              and streamed[-1]["status"] == "open", f"the stop order as ccxt.pro reads it: {streamed}")
+        await exchange.cancel_order(str(stop["orderId"]), symbol)
 
         # ACCOUNT_UPDATE feeds ccxt.pro's balance and positions (the private connection is
         # already open, so the fill's event reaches both watchers).

@@ -65,7 +65,7 @@ pub(crate) async fn signed_raw(
     (status, response.json().await.unwrap())
 }
 
-async fn public(sim: &SimHandle, path_and_query: &str) -> (reqwest::StatusCode, Value) {
+pub(crate) async fn public(sim: &SimHandle, path_and_query: &str) -> (reqwest::StatusCode, Value) {
     let response = reqwest::get(format!("{}{path_and_query}", sim.rest_url()))
         .await
         .unwrap();

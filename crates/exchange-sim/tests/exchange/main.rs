@@ -3,5 +3,6 @@
 
 mod binance;
 mod clients;
+mod orders;
 mod paper;
 mod streams;

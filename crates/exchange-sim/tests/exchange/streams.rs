@@ -2,6 +2,7 @@
 //! combined streams, the user-data events, and the adapter reading them; then Binance's
 //! connector and ccxt.pro subscribing through them.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::clients::{WAIT_MAX, differences, fixture, signed, start_sim, wait_for_candles};
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str) -> Ws {
+pub(crate) async fn connect(url: &str) -> Ws {
     let connecting = tokio_tungstenite::connect_async(url);
     let (ws, _) = tokio::time::timeout(WAIT_MAX, connecting)
         .await
@@ -37,7 +38,7 @@ async fn listen_key_call(sim: &SimHandle, method: reqwest::Method) -> (u16, Valu
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn listen_key(sim: &SimHandle) -> String {
+pub(crate) async fn listen_key(sim: &SimHandle) -> String {
     let (status, body) = listen_key_call(sim, reqwest::Method::POST).await;
     assert_eq!(status, 200, "{body}");
     body["listenKey"].as_str().unwrap().to_owned()
@@ -58,7 +59,7 @@ async fn next_json(ws: &mut Ws) -> Value {
 }
 
 /// The first message `wanted` accepts, skipping the others.
-async fn next_where(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn next_where(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         assert!(Instant::now() < deadline, "no {what} arrived");
@@ -465,4 +466,108 @@ async fn the_binance_connector_and_ccxt_pro_stream_from_the_simulator() {
     let sim = start_sim(63).await;
     wait_for_candles(&sim, 2).await;
     run_client_script(&sim, "streams.py").await;
+}
+
+/// The server's clock, skewed to stand `lead_ms` before the end of a minute that does not end
+/// three minutes too, so the minute's candle closes while the test watches and the three
+/// minutes' candle does not.
+fn skew_before_a_minute_ends(lead_ms: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut end = now - now.rem_euclid(60_000) + 60_000;
+    while end % 180_000 == 0 {
+        end += 60_000;
+    }
+    end - lead_ms - now
+}
+
+fn k_f64(event: &Value, field: &str) -> f64 {
+    event["k"][field].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn kline_streams_of_every_interval_update_the_forming_candle_and_close_it_once() {
+    let skew = skew_before_a_minute_ends(3_000);
+    let sim = crate::clients::start_sim_with(71, |c| c.faults.clock_skew_ms = skew).await;
+    let names = [
+        "btcusdt@kline_1m",
+        "btcusdt@kline_3m",
+        "btcusdt@kline_1M",
+        "btcusdt@kline_1s",
+    ];
+    let url = format!("{}/stream?streams={}", sim.ws_url(), names.join("/"));
+    let mut ws = connect(&url).await;
+    let mut minutes: Vec<Value> = Vec::new();
+    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
+    // Until the minute closed and the next one began.
+    while !minutes.iter().any(|m| m["k"]["x"] == true) || minutes.last().unwrap()["k"]["x"] == true
+    {
+        let framed = next_where(&mut ws, "a kline", |m| m.get("data").is_some()).await;
+        let stream = framed["stream"].as_str().unwrap().to_owned();
+        let event = framed["data"].clone();
+        assert_eq!(event["e"], "kline", "{framed}");
+        assert_eq!(
+            format!("btcusdt@kline_{}", event["k"]["i"].as_str().unwrap()),
+            stream,
+            "each stream carries its interval: {framed}"
+        );
+        if stream == "btcusdt@kline_1m" {
+            minutes.push(event.clone());
+        }
+        seen.entry(stream).or_default().push(event);
+    }
+    let closed_at = minutes.iter().position(|m| m["k"]["x"] == true).unwrap();
+    let (forming, after) = minutes.split_at(closed_at + 1);
+    let minute = forming[0]["k"]["t"].as_i64().unwrap();
+    assert_eq!(minute % 60_000, 0);
+    for (earlier, later) in forming.iter().zip(&forming[1..]) {
+        assert_eq!(later["k"]["t"], minute, "one minute forms: {later}");
+        assert_eq!(later["k"]["T"], minute + 59_999);
+        assert_eq!(earlier["k"]["x"], false, "closed only once: {earlier}");
+        assert!(
+            k_f64(later, "h") >= k_f64(earlier, "h") && k_f64(later, "l") <= k_f64(earlier, "l")
+        );
+        assert!(
+            k_f64(later, "v") >= k_f64(earlier, "v"),
+            "{earlier} then {later}"
+        );
+        assert_eq!(later["k"]["o"], earlier["k"]["o"]);
+    }
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        (&after[0]["k"]["t"], &after[0]["k"]["x"]),
+        (&json!(minute + 60_000), &json!(false)),
+        "the next minute forms: {}",
+        after[0]
+    );
+
+    // The closed minute is the one the klines endpoint answers.
+    let closed = &forming[closed_at]["k"];
+    let query = format!("/fapi/v1/klines?symbol=BTCUSDT&interval=1m&startTime={minute}&limit=1");
+    let (_, rows) = crate::clients::public(&sim, &query).await;
+    let row = &rows[0];
+    assert_eq!(row[0], closed["t"]);
+    for (i, field) in [(1, "o"), (2, "h"), (3, "l"), (4, "c")] {
+        assert_eq!(row[i], closed[field], "{field}: {row} vs {closed}");
+    }
+    let volume: f64 = row[5].as_str().unwrap().parse().unwrap();
+    assert!(
+        (volume - k_f64(&forming[closed_at], "v")).abs() < 1e-6,
+        "{row} vs {closed}"
+    );
+
+    // The longer intervals formed all along; the simulator's own candles close every time.
+    for event in &seen["btcusdt@kline_3m"] {
+        assert_eq!(event["k"]["x"], false, "{event}");
+        assert_eq!(event["k"]["t"].as_i64().unwrap() % 180_000, 0, "{event}");
+    }
+    let month = &seen["btcusdt@kline_1M"];
+    assert!(
+        month
+            .iter()
+            .all(|e| e["k"]["x"] == false && e["k"]["t"] == month[0]["k"]["t"])
+    );
+    assert!(seen["btcusdt@kline_1s"].iter().all(|e| e["k"]["x"] == true));
 }
