@@ -150,22 +150,28 @@ async fn allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_data
     assert_eq!(operator.budget(stranger).await.unwrap(), Budget::default());
 }
 
-/// Two profiles of one owner: a journal entry or a fill of one that names the other's order is
-/// refused by the database (by `(profile_id, client_order_id)`), and on the memory store by its
-/// rows.
-async fn a_row_naming_another_profiles_order_is_refused(h: &Harness) {
+/// Two funded profiles of one owner, the first with an ENTRY written ahead: (owner, first,
+/// second, the entry's client order id).
+async fn siblings_with_an_order(h: &Harness) -> (UserId, ProfileId, ProfileId, ClientOrderId) {
     let user = UserId::new_random();
     let owner = funded_profile(&h.store, user, "1000").await;
     let sibling = funded_profile(&h.store, user, "1000").await;
     let s = sym("BTCUSDT");
     let lease = entry_lock(&h.store, owner, &s).await;
     let request = entry(&lease, owner, &s, 1, "1", "100");
-    let coid = request.client_order_id.clone();
     h.store
         .tenant(user)
         .write_ahead_entry(&request)
         .await
         .unwrap();
+    (user, owner, sibling, request.client_order_id)
+}
+
+/// Two profiles of one owner: a journal entry or a fill of one that names the other's order is
+/// refused by the database (by `(profile_id, client_order_id)`), and on the memory store by its
+/// rows.
+async fn a_row_naming_another_profiles_order_is_refused(h: &Harness) {
+    let (user, _, sibling, coid) = siblings_with_an_order(h).await;
     let sibling_literal = profile_literal(h, sibling);
     let journal = format!(
         "INSERT INTO ledger_entries (user_id, profile_id, client_order_id, entry_kind, \
@@ -206,18 +212,7 @@ async fn a_row_naming_another_profiles_order_is_refused(h: &Harness) {
 /// (same owner, same exchange account) is not there — neither read nor filled — so no engine
 /// applies another profile's events under its own lease.
 async fn a_store_guarded_by_a_profile_lease_sees_only_that_profiles_orders(h: &Harness) {
-    let user = UserId::new_random();
-    let owner = funded_profile(&h.store, user, "1000").await;
-    let sibling = funded_profile(&h.store, user, "1000").await;
-    let s = sym("BTCUSDT");
-    let lease = entry_lock(&h.store, owner, &s).await;
-    let request = entry(&lease, owner, &s, 1, "1", "100");
-    let coid = request.client_order_id.clone();
-    h.store
-        .tenant(user)
-        .write_ahead_entry(&request)
-        .await
-        .unwrap();
+    let (user, owner, sibling, coid) = siblings_with_an_order(h).await;
     let sibling_lease = h
         .store
         .locks()
