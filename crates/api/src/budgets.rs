@@ -41,9 +41,9 @@ impl BudgetView {
     fn of(user_id: UserId, budget: Budget) -> BudgetView {
         BudgetView {
             user_id,
-            granted: budget.granted.to_string(),
-            allocated: budget.allocated.to_string(),
-            available: budget.available().to_string(),
+            granted: budget.granted.normalize().to_string(),
+            allocated: budget.allocated.normalize().to_string(),
+            available: budget.available().normalize().to_string(),
         }
     }
 }
