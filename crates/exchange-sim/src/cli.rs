@@ -43,6 +43,11 @@ pub struct ExchangeSimArgs {
     /// `--api-key` and `--key` trade on the main account.
     #[arg(long = "account", value_name = "KEY:SECRET[:BALANCE]")]
     pub accounts: Vec<String>,
+    /// A file of accounts, one `KEY:SECRET` or `KEY:SECRET:BALANCE` per line as `--account`
+    /// takes them (blank lines and lines starting with `#` are skipped): keys stay out of the
+    /// process list.
+    #[arg(long, value_name = "PATH")]
+    pub accounts_file: Option<std::path::PathBuf>,
     /// The main account's starting balance, in the quote asset (USDT).
     #[arg(long, default_value = "10000")]
     pub balance: rust_decimal::Decimal,
@@ -62,6 +67,7 @@ impl std::fmt::Debug for ExchangeSimArgs {
             .field("api_secret", &"..")
             .field("keys", &self.keys.len())
             .field("accounts", &self.accounts.len())
+            .field("accounts_file", &self.accounts_file)
             .field("balance", &self.balance)
             .finish()
     }
@@ -94,7 +100,11 @@ pub async fn run(args: ExchangeSimArgs) -> anyhow::Result<()> {
     }
     config.paper.initial_balance = starting_balance(args.balance)?;
     let own_balance = config.paper.initial_balance;
-    for spec in args.accounts {
+    let mut accounts = args.accounts;
+    if let Some(path) = &args.accounts_file {
+        accounts.extend(read_accounts_file(path)?);
+    }
+    for spec in accounts {
         let (key, secret, balance) = parse_account(&spec, own_balance)?;
         config.keys.insert(key.clone(), SimKey::Hmac { secret });
         config.own_accounts.insert(key, balance);
@@ -114,6 +124,32 @@ fn starting_balance(value: rust_decimal::Decimal) -> anyhow::Result<Amount> {
         "a balance is not negative"
     );
     Amount::new(value).map_err(|e| anyhow::anyhow!("balance {value}: {e}"))
+}
+
+/// The account lines of `--accounts-file`: at most [`ACCOUNTS_FILE_BYTES_MAX`] bytes.
+fn read_accounts_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("--accounts-file {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= ACCOUNTS_FILE_BYTES_MAX,
+        "--accounts-file {} is {size} bytes, more than {ACCOUNTS_FILE_BYTES_MAX}",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --accounts-file {}", path.display()))?;
+    Ok(account_lines(&text))
+}
+
+/// The largest `--accounts-file` read.
+const ACCOUNTS_FILE_BYTES_MAX: u64 = 1 << 20;
+
+fn account_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Reads `KEY:SECRET` or `KEY:SECRET:BALANCE`.
@@ -147,5 +183,20 @@ mod tests {
         assert_eq!(parse_account("k:s", default).unwrap().2, default);
         assert!(parse_account("k", default).is_err());
         assert!(parse_account("k:s:-1", default).is_err());
+    }
+
+    #[test]
+    fn an_accounts_file_holds_one_account_a_line_with_comments_and_blanks() {
+        let lines = account_lines("# traders\n\n alice:a-secret:500 \nbob:b-secret\n");
+        assert_eq!(lines, ["alice:a-secret:500", "bob:b-secret"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts");
+        std::fs::write(&path, "carol:c:1\n").unwrap();
+        assert_eq!(read_accounts_file(&path).unwrap(), ["carol:c:1"]);
+        let missing = read_accounts_file(&dir.path().join("none")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("--accounts-file"),
+            "{missing:#}"
+        );
     }
 }
