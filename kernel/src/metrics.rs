@@ -76,6 +76,7 @@ pub struct Metrics {
     pub profiles_owned: IntGauge,
     pub tenant_isolation_denials_total: IntCounterVec,
     pub exchange_foreign_events_total: IntCounterVec,
+    pub account_allocation_shortfall_quote: Gauge,
     pub ready: IntGauge,
 }
 
@@ -347,6 +348,14 @@ impl Metrics {
                 "User-data events (order, fill) about orders a profile did not place — another \
                  profile's on a shared exchange account, or one placed by hand — which it ignores.",
                 &["kind"],
+            ),
+            account_allocation_shortfall_quote: gauge(
+                &r,
+                "keel_account_allocation_shortfall_quote",
+                "The largest amount (USDT) by which the capital allocated to the profiles on a \
+                 real exchange account exceeds the wallet balance it reported, over the accounts \
+                 this instance's profiles trade on, at the last account audit; 0 when every one \
+                 is covered (or none is audited).",
             ),
             ready: int_gauge(
                 &r,

@@ -371,3 +371,55 @@ async fn on_sqlite_account_changes_made_through_the_api_move_the_running_profile
     let (status, log) = one.stop().await;
     assert!(status.success(), "{log:#?}");
 }
+
+/// The capital allocated to the profiles on a real exchange account never silently exceeds
+/// what the account holds: the running instance's account audit records the balance the
+/// simulator reports (100 USDT against the profile's 10 000), exports the shortfall, and the
+/// API refuses a further allocation on that account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_whose_balance_is_below_its_profiles_capital_is_reported_and_allocations_refused()
+ {
+    use keel_kernel::store::HOST_ACCOUNT;
+    let world = World::create_with(37, &["--balance", "100"]).await;
+    let config = world.config_file("audit", "sma_cross.wasm", &BUSY_STRATEGY);
+    let one = Serve::start("audit", &config).await;
+    let shortfall = (CAPITAL - 100) as f64;
+    wait_for("the account audit to report the shortfall", || async {
+        one.metric("keel_account_allocation_shortfall_quote").await == shortfall
+    })
+    .await;
+    let balance = world.db.store.account_balance(HOST_ACCOUNT).await.unwrap();
+    assert_eq!(balance, Some(rust_decimal::Decimal::from(100)));
+
+    let token = JwtKeys::new(JWT_SECRET)
+        .unwrap()
+        .mint(world.user, false, now_secs(), 600);
+    let refused = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/profiles/{}/allocations",
+            one.base, world.profile
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"amount": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let message = refused.text().await.unwrap();
+    assert!(
+        message.contains("reports a balance of 100 USDT and its profiles hold 10000"),
+        "{message}"
+    );
+    let capital = world
+        .db
+        .store
+        .tenant(world.user)
+        .capital(world.profile)
+        .await
+        .unwrap();
+    assert_eq!(capital.allocated, rust_decimal::Decimal::from(CAPITAL));
+
+    let (status, log) = one.stop().await;
+    assert!(status.success(), "{log:#?}");
+    world.drop_db().await;
+}

@@ -63,6 +63,12 @@ const FAULTS: &[AlertFault] = &[
         Fault::Increase(1.0),
     ),
     (
+        "KeelAccountUnderfunded",
+        "keel_account_allocation_shortfall_quote",
+        None,
+        Fault::Value(100.0),
+    ),
+    (
         "KeelLifecycleTransactionsFailing",
         "keel_lifecycle_transactions_total",
         Some(("result", "failed")),

@@ -456,10 +456,38 @@ async fn allocate(
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let amount = Amount::positive(amount)?;
     let mut tx = state.store.tenant(caller.user).begin().await?;
+    found(&mut tx, profile, false).await?;
+    tx.commit().await?;
+    within_account_balances(&state, profile, amount.get()).await?;
+    let mut tx = state.store.tenant(caller.user).begin().await?;
     found(&mut tx, profile, true).await?;
     let capital = tx.allocate(profile, amount).await?;
     tx.commit().await?;
     Ok(Json(capital.into()))
+}
+
+/// Refuses an allocation that would take the capital allocated to the profiles on a real
+/// exchange account the profile trades on beyond the wallet balance that account last
+/// reported (`account_balances`, written by the account audit of the instances running them).
+/// An account that never reported a balance is not checked here; the audit reports it later.
+async fn within_account_balances(
+    state: &ApiState,
+    profile: ProfileId,
+    amount: Decimal,
+) -> Result<(), ApiError> {
+    for account in state.store.profile_accounts(profile).await? {
+        let Some(balance) = state.store.account_balance(&account).await? else {
+            continue;
+        };
+        let allocated = state.store.account_allocated(&account).await?;
+        if allocated + amount > balance {
+            return Err(ApiError::Unprocessable(format!(
+                "the exchange account this profile trades on reports a balance of {balance} USDT \
+                 and its profiles hold {allocated}: {amount} more would exceed it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One of the owner's switches.

@@ -4,11 +4,17 @@
 //! (account, symbol); a profile claims its symbols as it starts, and takes over a claim only
 //! from a profile that no longer holds a live profile lease.
 
-use crate::ids::{ProfileId, Symbol};
+use rust_decimal::Decimal;
+
+use crate::ids::{ProfileId, Symbol, UserId};
+use crate::ledger::check_nonnegative;
 use crate::lock::LockKey;
 
-use super::backend::{Tx, with_tx};
-use super::{Store, StoreError};
+use super::backend::{RowExt, Tx, with_pool, with_tx};
+use super::{DirectoryEntry, Store, StoreError};
+
+/// The most profiles an account audit sums (claims are one per symbol of an account).
+const ACCOUNT_CLAIMANTS_MAX: i64 = 1_000;
 
 /// The host's own exchange account's name in claims.
 pub const HOST_ACCOUNT: &str = "host";
@@ -72,5 +78,76 @@ impl Store {
         }
         tx.commit().await?;
         Ok(None)
+    }
+
+    /// The accounts whose symbols `profile` claims.
+    pub async fn profile_accounts(&self, profile: ProfileId) -> Result<Vec<String>, StoreError> {
+        with_pool!(self.pool(), pool, b => {
+            let rows = sqlx::query(
+                "SELECT DISTINCT account FROM account_claims WHERE profile_id = $1 ORDER BY account",
+            )
+            .bind(profile.as_uuid())
+            .fetch_all(pool).await?;
+            rows.iter().map(|row| row.text("account")).collect()
+        }, memory => unsupported("account claims"))
+    }
+
+    /// The capital allocated to the profiles claiming `account`, summed through each owner's
+    /// scope (the directory names the owners).
+    pub async fn account_allocated(&self, account: &str) -> Result<Decimal, StoreError> {
+        let claimants: Vec<DirectoryEntry> = with_pool!(self.pool(), pool, b => {
+            let rows = sqlx::query(
+                "SELECT DISTINCT c.profile_id, d.user_id FROM account_claims c \
+                 JOIN profile_directory d ON d.profile_id = c.profile_id \
+                 WHERE c.account = $1 LIMIT $2",
+            )
+            .bind(account).bind(ACCOUNT_CLAIMANTS_MAX)
+            .fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok(DirectoryEntry {
+                    profile: ProfileId::from_uuid(row.uuid("profile_id")?),
+                    user: UserId::from_uuid(row.uuid("user_id")?),
+                }))
+                .collect::<Result<Vec<_>, StoreError>>()?
+        }, memory => unsupported("account claims"));
+        let mut allocated = Decimal::ZERO;
+        for entry in claimants {
+            match self.tenant(entry.user).capital(entry.profile).await {
+                Ok(capital) => allocated += capital.allocated,
+                // Deleted since it claimed: it holds nothing on the account any more.
+                Err(StoreError::UnknownProfile(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(allocated)
+    }
+
+    /// Records the wallet balance `account` reports.
+    pub async fn record_account_balance(
+        &self,
+        account: &str,
+        balance: Decimal,
+    ) -> Result<(), StoreError> {
+        let balance = check_nonnegative("account balance", balance)?;
+        with_pool!(self.pool(), pool, b => {
+            let sql = format!(
+                "INSERT INTO account_balances (account, balance) VALUES ($1, $2) \
+                 ON CONFLICT (account) DO UPDATE SET balance = excluded.balance, \
+                 reported_at_ms = {}",
+                b::NOW_MS
+            );
+            sqlx::query(&sql).bind(account).bind(b::money(balance)).execute(pool).await?;
+        }, memory => unsupported("account balances"));
+        Ok(())
+    }
+
+    /// The wallet balance `account` last reported, if it ever did.
+    pub async fn account_balance(&self, account: &str) -> Result<Option<Decimal>, StoreError> {
+        with_pool!(self.pool(), pool, b => {
+            let row = sqlx::query("SELECT balance FROM account_balances WHERE account = $1")
+                .bind(account)
+                .fetch_optional(pool).await?;
+            row.map(|r| r.money("balance")).transpose()
+        }, memory => unsupported("account balances"))
     }
 }

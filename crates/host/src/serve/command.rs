@@ -41,6 +41,32 @@ use super::stored::{BoundPlugin, StoredProfile, stored_profile};
 use crate::paper::restored_paper;
 use keel_api::health::LoopHealth;
 
+/// Audits the accounts the running profiles trade on every `interval` until `stop` turns true
+/// (see [`Starter::audit_accounts`]).
+async fn audit_accounts_every(
+    starter: Arc<Starter>,
+    store: Store,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopped = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = stop.wait_for(|stopped| *stopped) => true,
+        };
+        if stopped {
+            return;
+        }
+        starter.audit_accounts(&store).await;
+    }
+}
+
+/// The asset the capital ledger counts in, and the one whose wallet balance an account audit
+/// compares with the allocations.
+const MARGIN_ASSET: &str = "USDT";
+
 /// Candles queued per profile before its stream waits.
 pub const CANDLE_QUEUE_MAX: usize = 64;
 
@@ -91,6 +117,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let switches = starter.switches.clone();
     let starter = Arc::new(starter);
+    let auditor = starter.clone();
     let app = AppState {
         metrics: metrics.clone(),
         health: health.clone(),
@@ -121,6 +148,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         health,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let audit = tokio::spawn(audit_accounts_every(
+        auditor,
+        store.clone(),
+        Duration::from_millis(config.loops.reconcile_interval_ms),
+        stop_rx.clone(),
+    ));
     let mut cluster = tokio::spawn(cluster.run(stop_rx.clone()));
     let live = keel_api::live::router(bus.clone(), auth);
     let watch = tokio::spawn(keel_api::live::watch_host(
@@ -152,6 +185,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = ended.context("the cluster task panicked").and_then(|r| r);
     server.await.context("server task panicked")??;
     watch.await.context("host watch task panicked")?;
+    audit.await.context("account audit task panicked")?;
     store.close().await;
     println!("keel serve: stopped cleanly");
     result
@@ -289,6 +323,15 @@ struct Starter {
     credentials: CredentialsKey,
     /// The account each running profile was started on.
     accounts: std::sync::Mutex<std::collections::HashMap<ProfileId, Account>>,
+    /// The real exchange accounts the running profiles trade on, by name in claims, with the
+    /// profiles on each: what the account audit reads.
+    audited: std::sync::Mutex<std::collections::HashMap<String, AuditedAccount>>,
+}
+
+/// A real exchange account some running profiles of this instance trade on.
+struct AuditedAccount {
+    exchange: Arc<dyn Exchange>,
+    profiles: std::collections::BTreeSet<ProfileId>,
 }
 
 impl Starter {
@@ -338,6 +381,7 @@ impl Starter {
             exchange_config: config.exchange.clone(),
             credentials,
             accounts: Default::default(),
+            audited: Default::default(),
             seeding: tokio::sync::Mutex::new(()),
             // One owner per instance: its entry locks, like its profile leases, are its own.
             owner: OwnerToken::new_random(),
@@ -468,7 +512,64 @@ impl Starter {
                 entry.profile
             );
         }
+        if let Some(account) = &trading.account {
+            self.audited
+                .lock()
+                .expect("lock poisoned")
+                .entry(account.clone())
+                .or_insert_with(|| AuditedAccount {
+                    exchange: trading.exchange.clone(),
+                    profiles: Default::default(),
+                })
+                .profiles
+                .insert(entry.profile);
+        }
         Ok(trading)
+    }
+
+    /// One account audit: for each real account a running profile trades on, its wallet
+    /// balance (USDT) read and recorded, the capital allocated to the profiles claiming it
+    /// summed, and the shortfall exported and logged.
+    async fn audit_accounts(&self, store: &Store) {
+        let accounts: Vec<(String, Arc<dyn Exchange>)> = self
+            .audited
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(name, audited)| (name.clone(), audited.exchange.clone()))
+            .collect();
+        let mut largest = rust_decimal::Decimal::ZERO;
+        for (account, exchange) in accounts {
+            match self.audit_account(store, &account, exchange.as_ref()).await {
+                Ok(shortfall) => largest = largest.max(shortfall),
+                Err(error) => {
+                    tracing::warn!(%account, error = %format!("{error:#}"), "account audit failed");
+                }
+            }
+        }
+        let largest = rust_decimal::prelude::ToPrimitive::to_f64(&largest).unwrap_or(f64::MAX);
+        self.metrics.account_allocation_shortfall_quote.set(largest);
+    }
+
+    /// The shortfall of one account (zero when its balance covers its profiles' capital).
+    async fn audit_account(
+        &self,
+        store: &Store,
+        account: &str,
+        exchange: &dyn Exchange,
+    ) -> anyhow::Result<rust_decimal::Decimal> {
+        let balances = exchange.balances().await.context("reading the balances")?;
+        let balance = balances
+            .iter()
+            .find(|b| b.asset == MARGIN_ASSET)
+            .map_or(rust_decimal::Decimal::ZERO, |b| b.wallet_balance.get());
+        store.record_account_balance(account, balance).await?;
+        let allocated = store.account_allocated(account).await?;
+        let shortfall = (allocated - balance).max(rust_decimal::Decimal::ZERO);
+        if !shortfall.is_zero() {
+            tracing::warn!(%account, %allocated, %balance, %shortfall, "the profiles on an exchange account were allocated more than its balance");
+        }
+        Ok(shortfall)
     }
 
     /// A paper account of the configured symbols, restored from the store, holding the
@@ -583,6 +684,10 @@ impl ProfileStarter for Starter {
             .lock()
             .expect("lock poisoned")
             .remove(&profile);
+        self.audited.lock().expect("lock poisoned").retain(|_, on| {
+            on.profiles.remove(&profile);
+            !on.profiles.is_empty()
+        });
         self.control.forget(profile);
     }
 
