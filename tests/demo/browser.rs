@@ -464,7 +464,7 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     let two_symbols = api
         .create_running_profile(TWO_SYMBOLS, &TWO_SYMBOLS_TRADED)
         .await;
-    let mut all_profiles: Vec<&str> = DEMO_PROFILES.iter().copied().collect();
+    let mut all_profiles: Vec<&str> = DEMO_PROFILES.to_vec();
     all_profiles.push(TWO_SYMBOLS);
     all_profiles.sort();
     let (mut driver, port) = start_chromedriver().await;
