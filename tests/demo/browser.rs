@@ -20,6 +20,10 @@ pub(crate) const WAIT_MAX: Duration = Duration::from_secs(120);
 /// Bound on the wait for the demo's first short trade.
 const MARKERS_WAIT_MAX: Duration = Duration::from_secs(600);
 const DEMO_PROFILES: [&str; 3] = ["rsi-eth", "sma-btc", "sma-eth-long-short"];
+/// A profile made through the demo's API whose risk limits name both symbols of the demo's
+/// market: it runs on both, and its card draws a price chart for each.
+const TWO_SYMBOLS: &str = "sma-btc-eth";
+const TWO_SYMBOLS_TRADED: [&str; 2] = ["BTCUSDT", "ETHUSDT"];
 
 fn repo_root() -> PathBuf {
     keel_testkit::repo_root()
@@ -179,8 +183,8 @@ pub(crate) async fn screenshot(client: &Client, name: &str) -> PathBuf {
     path
 }
 
-/// Pixels of the price chart of profile `name`, counted by colour: the price line, long
-/// markers, short markers, and anything not white.
+/// Pixels of the price chart of `symbol` on the card of profile `name`, counted by colour: the
+/// price line, long markers, short markers, and anything not white.
 #[derive(Debug, Default)]
 struct ChartPixels {
     price: u64,
@@ -189,11 +193,11 @@ struct ChartPixels {
     painted: u64,
 }
 
-async fn chart_pixels(client: &Client, name: &str) -> ChartPixels {
+async fn chart_pixels(client: &Client, name: &str, symbol: &str) -> ChartPixels {
     let script = r#"
         const card = [...document.querySelectorAll('[data-profile]')]
             .find((c) => c.querySelector('.name').textContent === arguments[0]);
-        const canvas = card && card.querySelector('.price-chart canvas');
+        const canvas = card && card.querySelector(`.price-symbol[data-symbol="${arguments[1]}"] .price-chart canvas`);
         if (!canvas || !canvas.width) return { price: 0, long: 0, short: 0, painted: 0 };
         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
         const near = (i, [r, g, b]) => Math.abs(data[i] - r) < 24 && Math.abs(data[i + 1] - g) < 24
@@ -208,7 +212,10 @@ async fn chart_pixels(client: &Client, name: &str) -> ChartPixels {
         return counts;
     "#;
     let value = client
-        .execute(script, vec![serde_json::json!(name)])
+        .execute(
+            script,
+            vec![serde_json::json!(name), serde_json::json!(symbol)],
+        )
         .await
         .unwrap();
     let count = |key: &str| value[key].as_u64().unwrap_or(0);
@@ -218,6 +225,52 @@ async fn chart_pixels(client: &Client, name: &str) -> ChartPixels {
         short: count("short"),
         painted: count("painted"),
     }
+}
+
+/// The price charts on the card of profile `name`, in order: each one's symbol and the last
+/// price in its title.
+async fn price_charts(client: &Client, name: &str) -> Vec<(String, String)> {
+    let script = r#"
+        const card = [...document.querySelectorAll('[data-profile]')]
+            .find((c) => c.querySelector('.name').textContent === arguments[0]);
+        if (!card) return [];
+        return [...card.querySelectorAll('.price-symbol')].map((chart) => [
+            chart.dataset.symbol, chart.querySelector('.symbol-last').textContent]);
+    "#;
+    let value = client
+        .execute(script, vec![serde_json::json!(name)])
+        .await
+        .unwrap();
+    serde_json::from_value(value).unwrap()
+}
+
+/// The symbols of the orders listed on the card of profile `name`.
+async fn order_symbols(client: &Client, name: &str) -> std::collections::BTreeSet<String> {
+    let script = r#"
+        const card = [...document.querySelectorAll('[data-profile]')]
+            .find((c) => c.querySelector('.name').textContent === arguments[0]);
+        if (!card) return [];
+        return [...card.querySelectorAll('table.orders .order-symbol')].map((s) => s.textContent);
+    "#;
+    let value = client
+        .execute(script, vec![serde_json::json!(name)])
+        .await
+        .unwrap();
+    serde_json::from_value(value).unwrap()
+}
+
+/// Scrolls the card of profile `name` into view (`None`: back to the top of the page).
+async fn scroll_to(client: &Client, name: Option<&str>) {
+    let script = r#"
+        const card = arguments[0] === null ? null : [...document.querySelectorAll('[data-profile]')]
+            .find((c) => c.querySelector('.name').textContent === arguments[0]);
+        if (card) card.scrollIntoView(); else window.scrollTo(0, 0);
+        return 1;
+    "#;
+    client
+        .execute(script, vec![serde_json::json!(name)])
+        .await
+        .unwrap();
 }
 
 /// The order ids and statuses listed on the card of profile `name`, and its fill prices.
@@ -311,6 +364,73 @@ impl UserApi {
         value
     }
 
+    /// Creates a profile through the API with risk limits allowing `symbols`, allocates it the
+    /// demo profiles' capital, and waits until the demo runs it. Returns its id.
+    async fn create_running_profile(&self, name: &str, symbols: &[&str]) -> String {
+        let limits = serde_json::json!({
+            "symbols_allowed": symbols,
+            "entry_notional_max": "1000",
+            "positions_open_max": 3,
+            "leverage_max": "1",
+            "limit_price_band_bps": 500,
+            "intents_per_minute_max": 600,
+            "daily_loss_max": "500",
+        });
+        let body = serde_json::json!({"name": name, "risk_limits": limits});
+        let created = self
+            .send(
+                reqwest::Method::POST,
+                "/profiles",
+                Some(body.to_string().into()),
+                "application/json",
+            )
+            .await;
+        let id = created["profile_id"].as_str().unwrap().to_owned();
+        let amount = serde_json::json!({"amount": "10000"});
+        self.send(
+            reqwest::Method::POST,
+            &format!("/profiles/{id}/allocations"),
+            Some(amount.to_string().into()),
+            "application/json",
+        )
+        .await;
+        wait_for(
+            "the demo to run the profile made through the API",
+            || async {
+                let profile = self
+                    .send(
+                        reqwest::Method::GET,
+                        &format!("/profiles/{id}"),
+                        None,
+                        "application/json",
+                    )
+                    .await;
+                profile["running"] == true
+            },
+        )
+        .await;
+        id
+    }
+
+    /// The price of the newest order of profile `id` on `symbol`.
+    async fn last_order_price(&self, id: &str, symbol: &str) -> f64 {
+        let orders = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/profiles/{id}/orders?limit=500"),
+                None,
+                "application/json",
+            )
+            .await;
+        let newest = orders
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["symbol"] == symbol)
+            .unwrap_or_else(|| panic!("no {symbol} order in {orders}"));
+        newest["price"].as_str().unwrap().parse().unwrap()
+    }
+
     async fn profile_id(&self, name: &str) -> String {
         let profiles = self
             .send(reqwest::Method::GET, "/profiles", None, "application/json")
@@ -340,13 +460,21 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
         token: token.to_owned(),
         client: reqwest::Client::new(),
     };
+    // Made before the page loads: the page learns of profiles from its snapshot.
+    let two_symbols = api
+        .create_running_profile(TWO_SYMBOLS, &TWO_SYMBOLS_TRADED)
+        .await;
+    let mut all_profiles: Vec<&str> = DEMO_PROFILES.to_vec();
+    all_profiles.push(TWO_SYMBOLS);
+    all_profiles.sort();
     let (mut driver, port) = start_chromedriver().await;
     let client = browser(port, profile_dir.path()).await;
 
     client.goto(&url).await.unwrap();
-    wait_for("the three demo profiles on the page", || async {
-        profile_names(&client).await == DEMO_PROFILES
-    })
+    wait_for(
+        "the demo's profiles and the one made through the API",
+        || async { profile_names(&client).await == all_profiles },
+    )
     .await;
     // The token left the address bar for session storage.
     let current = client.current_url().await.unwrap();
@@ -368,7 +496,7 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     );
     wait_for("capital on every card", || async {
         let allocated = texts(&client, "[data-profile] .allocated").await;
-        allocated.len() == 3 && allocated.iter().all(|a| a.starts_with("10,000"))
+        allocated.len() == all_profiles.len() && allocated.iter().all(|a| a.starts_with("10,000"))
     })
     .await;
 
@@ -396,7 +524,7 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
         "long and short markers on the sma-eth-long-short chart",
         MARKERS_WAIT_MAX,
         || async {
-            let pixels = chart_pixels(&client, "sma-eth-long-short").await;
+            let pixels = chart_pixels(&client, "sma-eth-long-short", "ETHUSDT").await;
             // Not blank (axes, grid, line), the price line drawn, and both sides' markers.
             pixels.painted > 1_000 && pixels.price > 50 && pixels.long > 20 && pixels.short > 20
         },
@@ -424,6 +552,53 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
         "{loops:?}"
     );
     screenshot(&client, "1-trading").await;
+
+    // The profile of two symbols: a price chart for each, in the order of its symbols, each with
+    // its own price line and its own fills (long-only: no short marker), titled with a last
+    // price of its own symbol; its orders name both symbols.
+    assert_eq!(
+        price_charts(&client, "sma-eth-long-short").await.len(),
+        1,
+        "a profile of one symbol has one price chart"
+    );
+    keel_testkit::wait_for(
+        "a price line and long markers on both charts of the two-symbol profile",
+        MARKERS_WAIT_MAX,
+        || async {
+            let mut ready = true;
+            for symbol in TWO_SYMBOLS_TRADED {
+                let pixels = chart_pixels(&client, TWO_SYMBOLS, symbol).await;
+                ready &= pixels.painted > 1_000 && pixels.price > 50 && pixels.long > 20;
+            }
+            ready
+        },
+    )
+    .await;
+    for symbol in TWO_SYMBOLS_TRADED {
+        let pixels = chart_pixels(&client, TWO_SYMBOLS, symbol).await;
+        assert_eq!(pixels.short, 0, "{symbol}: a long-only profile: {pixels:?}");
+    }
+    let charts = price_charts(&client, TWO_SYMBOLS).await;
+    let symbols: Vec<&str> = charts.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(symbols, TWO_SYMBOLS_TRADED, "{charts:?}");
+    for (symbol, last) in &charts {
+        // The title's price is its own symbol's: near the profile's newest order on it (the
+        // demo's BTC and ETH prices are far apart).
+        let last: f64 = last.replace(',', "").parse().unwrap_or(f64::NAN);
+        let ordered = api.last_order_price(&two_symbols, symbol).await;
+        assert!(
+            (last / ordered - 1.0).abs() < 0.1,
+            "{symbol}: chart's last price {last}, newest order at {ordered}"
+        );
+    }
+    wait_for("orders of both symbols on the two-symbol card", || async {
+        let seen = order_symbols(&client, TWO_SYMBOLS).await;
+        seen.iter().map(String::as_str).eq(TWO_SYMBOLS_TRADED)
+    })
+    .await;
+    scroll_to(&client, Some(TWO_SYMBOLS)).await;
+    screenshot(&client, "1-two-symbols").await;
+    scroll_to(&client, None).await;
 
     // 2. Hot-swap: the card names the new plugin and version without a reload.
     let wasm = std::fs::read(
@@ -522,9 +697,20 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
         Some("paused")
     );
     wait_for("the markers from before the restart", || async {
-        let pixels = chart_pixels(&client, "sma-eth-long-short").await;
+        let pixels = chart_pixels(&client, "sma-eth-long-short", "ETHUSDT").await;
         pixels.long > 20 && pixels.short > 20
     })
+    .await;
+    wait_for(
+        "both charts of the two-symbol profile after the restart",
+        || async {
+            let mut ready = price_charts(&client, TWO_SYMBOLS).await.len() == 2;
+            for symbol in TWO_SYMBOLS_TRADED {
+                ready &= chart_pixels(&client, TWO_SYMBOLS, symbol).await.long > 20;
+            }
+            ready
+        },
+    )
     .await;
     let same_page = client
         .execute("return window.keelNoReload === 1", vec![])
@@ -536,7 +722,7 @@ async fn the_dashboard_shows_the_demo_live_in_chromium() {
     // A reload without the fragment connects again with the token from session storage.
     client.goto(url.split('#').next().unwrap()).await.unwrap();
     wait_for("the profiles after a reload", || async {
-        profile_names(&client).await == DEMO_PROFILES
+        profile_names(&client).await == all_profiles
     })
     .await;
 

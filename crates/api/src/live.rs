@@ -42,7 +42,8 @@ pub const RECENT_ORDERS_MAX: usize = 20;
 pub const RECENT_FAULTS_MAX: usize = 20;
 /// Recent refused intents kept per profile for the snapshot.
 pub const RECENT_REFUSALS_MAX: usize = 20;
-/// Recent candles kept per profile for the snapshot (the dashboard's price chart).
+/// Recent candles kept per symbol of a profile for the snapshot (the dashboard's price chart of
+/// that symbol).
 pub const RECENT_CANDLES_MAX: usize = 500;
 /// How often the host watch re-sends a loop's status whose state did not change, so that the
 /// age of its last run stays current on the operator's view.
@@ -306,7 +307,7 @@ pub struct ProfileInfo {
     pub plugin: String,
     /// The plugin version (sha256 of the component).
     pub plugin_version: String,
-    /// The symbols it trades.
+    /// The symbols it trades: the dashboard draws one price chart for each.
     pub symbols: Vec<Symbol>,
 }
 
@@ -369,10 +370,12 @@ pub struct ProfileView {
     pub loops: BTreeMap<&'static str, LoopRun>,
     /// The state of each loop as the host judges it: `ok`, `failing` or `stalled`.
     pub loop_states: BTreeMap<&'static str, &'static str>,
-    /// The last candle.
+    /// The last candle, of any of its symbols.
     pub last_candle: Option<CandleState>,
-    /// The latest candles' `[open_time_ms, close]`, oldest first (the price chart).
-    pub recent_candles: VecDeque<(i64, f64)>,
+    /// The latest candles' `[open_time_ms, close]` of each symbol the profile trades, oldest
+    /// first (one price chart per symbol): at most [`RECENT_CANDLES_MAX`] per symbol, and only
+    /// for the symbols of [`ProfileInfo::symbols`].
+    pub recent_candles: BTreeMap<Symbol, VecDeque<(i64, f64)>>,
     /// The latest refused intents, newest last.
     pub refusals: VecDeque<RefusalState>,
     /// The last reconciliation pass that found drift, if one did since the host started.
@@ -382,6 +385,13 @@ pub struct ProfileView {
 }
 
 impl ProfileView {
+    /// Replaces the registered facts; the candles of a symbol no longer traded go.
+    fn register(&mut self, info: ProfileInfo) {
+        self.recent_candles
+            .retain(|symbol, _| info.symbols.contains(symbol));
+        self.info = info;
+    }
+
     fn new(info: ProfileInfo) -> Self {
         ProfileView {
             info,
@@ -396,7 +406,7 @@ impl ProfileView {
             loops: BTreeMap::new(),
             loop_states: BTreeMap::new(),
             last_candle: None,
-            recent_candles: VecDeque::new(),
+            recent_candles: BTreeMap::new(),
             refusals: VecDeque::new(),
             last_drift: None,
             plugin_since_ms: None,
@@ -416,14 +426,10 @@ impl ProfileView {
                     open_time_ms: *open_time_ms,
                     close: *close,
                 });
-                if self
-                    .info
-                    .symbols
-                    .first()
-                    .is_none_or(|first| first == symbol)
-                {
+                // Only the registered symbols get a chart: they bound how many are kept.
+                if self.info.symbols.contains(symbol) {
                     push_bounded(
-                        &mut self.recent_candles,
+                        self.recent_candles.entry(symbol.clone()).or_default(),
                         (*open_time_ms, *close),
                         RECENT_CANDLES_MAX,
                     );
@@ -673,11 +679,12 @@ impl Bus {
         &self.store
     }
 
-    /// Registers a profile's name and plugin; its events may come before or after.
+    /// Registers a profile's name, plugin and symbols; its events may come before or after (a
+    /// candle counts towards its price charts only once its symbol is registered).
     pub fn register(&self, info: ProfileInfo) {
         let mut inner = self.inner.lock().expect("lock poisoned");
         match inner.profiles.get_mut(&info.profile) {
-            Some(view) => view.info = info,
+            Some(view) => view.register(info),
             None => {
                 inner.profiles.insert(info.profile, ProfileView::new(info));
             }
@@ -904,5 +911,88 @@ pub async fn watch_host(
             bus.publish_host(HostEvent::HostKill { on: kill });
         }
         first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn symbol(text: &str) -> Symbol {
+        Symbol::new(text).unwrap()
+    }
+
+    fn info(symbols: &[&str]) -> ProfileInfo {
+        ProfileInfo {
+            profile: ProfileId::new_random(),
+            user: UserId::new_random(),
+            name: "two".to_owned(),
+            plugin: "sma_cross.wasm".to_owned(),
+            plugin_version: "00".to_owned(),
+            symbols: symbols.iter().map(|s| symbol(s)).collect(),
+        }
+    }
+
+    fn candle(text: &str, open_time_ms: i64, close: f64) -> ProfileEvent {
+        ProfileEvent::Candle {
+            symbol: symbol(text),
+            open_time_ms,
+            close,
+        }
+    }
+
+    #[test]
+    fn a_profile_keeps_the_recent_candles_of_each_of_its_symbols_apart_and_bounded() {
+        let mut view = ProfileView::new(info(&["BTCUSDT", "ETHUSDT"]));
+        let candles_per_symbol = RECENT_CANDLES_MAX as i64 + 7;
+        for i in 0..candles_per_symbol {
+            let t = i * 60_000;
+            view.apply(&candle("BTCUSDT", t, 100_000.0 + i as f64));
+            view.apply(&candle("ETHUSDT", t, 3_000.0 + i as f64));
+            // A symbol the profile was not registered with gets no chart.
+            view.apply(&candle("SOLUSDT", t, 150.0));
+        }
+        let symbols: Vec<&str> = view.recent_candles.keys().map(Symbol::as_str).collect();
+        assert_eq!(symbols, ["BTCUSDT", "ETHUSDT"]);
+        for (text, base) in [("BTCUSDT", 100_000.0), ("ETHUSDT", 3_000.0)] {
+            let kept = &view.recent_candles[&symbol(text)];
+            assert_eq!(kept.len(), RECENT_CANDLES_MAX, "{text}");
+            // The newest kept, oldest first, each symbol's own prices.
+            let first = candles_per_symbol - RECENT_CANDLES_MAX as i64;
+            assert_eq!(kept.front(), Some(&(first * 60_000, base + first as f64)));
+            let last = candles_per_symbol - 1;
+            assert_eq!(kept.back(), Some(&(last * 60_000, base + last as f64)));
+        }
+        let last = view.last_candle.as_ref().expect("a last candle");
+        assert_eq!(last.symbol.as_str(), "SOLUSDT");
+
+        // The snapshot carries each symbol's candles under its name.
+        let json = serde_json::to_value(&view).unwrap();
+        let btc = json["recent_candles"]["BTCUSDT"].as_array().unwrap();
+        let eth = json["recent_candles"]["ETHUSDT"].as_array().unwrap();
+        assert_eq!(
+            (btc.len(), eth.len()),
+            (RECENT_CANDLES_MAX, RECENT_CANDLES_MAX)
+        );
+        assert_eq!(
+            eth.last().unwrap()[1],
+            3_000.0 + (candles_per_symbol - 1) as f64
+        );
+        assert!(json["recent_candles"].get("SOLUSDT").is_none(), "{json}");
+        assert_eq!(json["symbols"], serde_json::json!(["BTCUSDT", "ETHUSDT"]));
+    }
+
+    #[test]
+    fn registering_a_profile_again_drops_the_candles_of_a_symbol_it_no_longer_trades() {
+        let mut view = ProfileView::new(info(&["BTCUSDT", "ETHUSDT"]));
+        view.apply(&candle("BTCUSDT", 0, 100_000.0));
+        view.apply(&candle("ETHUSDT", 0, 3_000.0));
+        let mut fewer = view.info.clone();
+        fewer.symbols = vec![symbol("ETHUSDT")];
+        view.register(fewer);
+        let symbols: Vec<&str> = view.recent_candles.keys().map(Symbol::as_str).collect();
+        assert_eq!(symbols, ["ETHUSDT"]);
+        view.apply(&candle("BTCUSDT", 60_000, 100_001.0));
+        assert!(!view.recent_candles.contains_key(&symbol("BTCUSDT")));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Profiles created through the API run too: each second the demo reads the store's profile
 //! directory and starts any profile not running whose risk limits allow a symbol of its market,
-//! on the first such symbol, with its own paper account.
+//! on every such symbol, with its own paper account.
 //!
 //! Restart: the store is the truth. Profiles and the market's clock are remembered in
 //! `demo.json` beside the database; capital is allocated once. The paper accounts live only in
@@ -197,7 +197,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             name: spec.name.to_owned(),
             plugin: spec.plugin,
             config: spec.config,
-            symbol: Symbol::new(spec.symbol)?,
+            symbols: vec![Symbol::new(spec.symbol)?],
         };
         let launched = launch(host, defaults, stored, state.user, *profile).await?;
         profile_infos.push(launched.info);
@@ -391,7 +391,7 @@ impl Roster {
             } else {
                 match Roster::start(&run, entry.user, entry.profile).await {
                     Ok(Some(launched)) => {
-                        tracing::info!(profile_id = %entry.profile, symbol = %launched.member.symbol, "profile started");
+                        tracing::info!(profile_id = %entry.profile, symbols = ?launched.info.symbols, "profile started");
                         run.bus.register(launched.info);
                         // The market ends only after the loops' owner stops: it still receives.
                         let _ = run.joining.send(launched.member);
@@ -426,7 +426,8 @@ impl Roster {
         Ok(())
     }
 
-    /// The profile launched on the first market symbol its limits allow, or `None`.
+    /// The profile launched on every market symbol its limits allow, or `None` if they allow
+    /// none.
     async fn start(
         run: &RosterRun<'_>,
         user: UserId,
@@ -439,15 +440,19 @@ impl Roster {
             .as_ref()
             .map(|limits| limits.symbols_allowed.clone())
             .unwrap_or_default();
-        let Some(symbol) = market_symbols().into_iter().find(|s| allowed.contains(s)) else {
+        let symbols: Vec<Symbol> = market_symbols()
+            .into_iter()
+            .filter(|s| allowed.contains(s))
+            .collect();
+        if symbols.is_empty() {
             return Ok(None);
-        };
+        }
         let example = &DEMO_PROFILES[0];
         let defaults = Defaults {
             name: stored.row.name.clone(),
             plugin: example.plugin,
             config: example.config,
-            symbol,
+            symbols,
         };
         launch(run.host, defaults, stored, user, profile)
             .await
@@ -664,12 +669,12 @@ struct Collaborators<'a> {
 }
 
 /// How a profile starts when no plugin is bound to it: an example plugin with its settings, on
-/// one symbol of the demo market.
+/// symbols of the demo market.
 struct Defaults {
     name: String,
     plugin: &'static str,
     config: &'static [(&'static str, &'static str)],
-    symbol: Symbol,
+    symbols: Vec<Symbol>,
 }
 
 /// A started profile: its loops' inputs, its place in the market and its dashboard card.
@@ -680,10 +685,10 @@ struct Launched {
 }
 
 /// One profile in the market: its paper account sees every candle (fills and marks), its
-/// loops get its symbol's.
+/// loops get its symbols'.
 struct MarketMember {
     paper: Arc<PaperExchange>,
-    symbol: Symbol,
+    symbols: Vec<Symbol>,
     candles: mpsc::Sender<Candle>,
 }
 
@@ -714,7 +719,7 @@ async fn launch(
         },
         member: MarketMember {
             paper,
-            symbol: defaults.symbol.clone(),
+            symbols: defaults.symbols.clone(),
             candles: candle_tx,
         },
         info: keel_api::live::ProfileInfo {
@@ -723,7 +728,7 @@ async fn launch(
             name: defaults.name,
             plugin: running.name.to_string(),
             plugin_version: running.digest.to_string(),
-            symbols: vec![defaults.symbol],
+            symbols: defaults.symbols,
         },
     })
 }
@@ -783,7 +788,7 @@ async fn build_engine(
     let exchange: Arc<dyn Exchange> = paper.clone();
     let limits = match row.risk_limits {
         Some(limits) => limits,
-        None => RiskLimits::conservative([defaults.symbol.clone()]),
+        None => RiskLimits::conservative(defaults.symbols.iter().cloned()),
     };
     let mut engine = ProfileEngine::new(
         ProfileSpec {
@@ -845,7 +850,7 @@ struct MarketRun {
 }
 
 /// One candle per symbol every `speed_ms`: each paper account sees every candle (fills and
-/// marks), each profile gets its own symbol's.
+/// marks), each profile gets its own symbols'.
 async fn run_market(mut run: MarketRun) -> anyhow::Result<()> {
     let mut source = CandleSource::new(&SimConfig::new(
         DEMO_SEED ^ run.state.next_open_time_ms as u64,
@@ -869,7 +874,7 @@ async fn run_market(mut run: MarketRun) -> anyhow::Result<()> {
                 member.paper.feed_candle(candle).await?;
             }
             for member in &run.members {
-                if member.symbol == candle.symbol {
+                if member.symbols.contains(&candle.symbol) {
                     // A closed receiver means its profile task ended; the loops report that.
                     let _ = member.candles.send(candle.clone()).await;
                 }
