@@ -113,8 +113,13 @@ pub(crate) struct Conditional {
     /// Closes the whole position when it triggers; it has no quantity of its own.
     pub close_position: bool,
     pub price_protect: bool,
+    /// Placed through the Algo Order API (`/fapi/v1/algoOrder`): until it triggers it is an
+    /// algo order, listed by the algo endpoints rather than `openOrders`.
+    pub algo: bool,
     /// Set once the price crossed the stop price and the order went to the engine.
     pub triggered: bool,
+    /// When it triggered (0 until then).
+    pub triggered_ms: i64,
 }
 
 impl Conditional {
@@ -164,8 +169,13 @@ pub(crate) struct KeptOrder {
 }
 
 impl KeptOrder {
+    /// Whether it was placed through the Algo Order API.
+    pub fn is_algo(&self) -> bool {
+        self.terms.conditional.as_ref().is_some_and(|c| c.algo)
+    }
+
     /// A conditional order still waiting for its trigger.
-    fn is_waiting(&self) -> bool {
+    pub fn is_waiting(&self) -> bool {
         self.report.status.is_open()
             && self
                 .terms
@@ -255,14 +265,19 @@ impl Account {
     }
 
     /// The open orders, on one symbol or all, by order id: the engine's and the conditional
-    /// orders waiting for their trigger.
+    /// orders waiting for their trigger (algo orders wait apart, in [`Self::open_algo_orders`]).
     pub fn open_orders(&self, symbol: Option<&Symbol>) -> Vec<&KeptOrder> {
         let mut ids: Vec<i64> = self
             .engine
             .open_orders(symbol)
             .iter()
             .map(|r| self.own_id(r.exchange_order_id.0))
-            .chain(self.waiting.iter().copied())
+            .chain(
+                self.waiting
+                    .iter()
+                    .copied()
+                    .filter(|id| !self.orders[id].is_algo()),
+            )
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -270,6 +285,21 @@ impl Account {
             .filter_map(|id| self.orders.get(id))
             .filter(|k| symbol.is_none_or(|s| &k.report.symbol == s))
             .collect()
+    }
+
+    /// The algo orders waiting for their trigger, on one symbol or all, by algo id.
+    pub fn open_algo_orders(&self, symbol: Option<&Symbol>) -> Vec<&KeptOrder> {
+        self.waiting
+            .iter()
+            .map(|id| &self.orders[id])
+            .filter(|k| k.is_algo() && symbol.is_none_or(|s| &k.report.symbol == s))
+            .collect()
+    }
+
+    /// Whether the triggered conditional order `id` went to the engine as an order (rather
+    /// than expiring at its trigger with nothing to reduce).
+    pub fn was_placed_at_trigger(&self, id: i64) -> bool {
+        self.aliases.values().any(|own| *own == id)
     }
 
     /// Whether an open order (in the engine or waiting) already uses `cid`.
@@ -438,6 +468,7 @@ impl Account {
         let kept = self.orders.get_mut(&id).expect("kept");
         let condition = kept.terms.conditional.as_mut().expect("conditional");
         condition.triggered = true;
+        condition.triggered_ms = now_ms;
         let close_position = condition.close_position;
         let position = self
             .engine
@@ -574,7 +605,9 @@ mod tests {
             working_type,
             close_position: false,
             price_protect: false,
+            algo: false,
             triggered: false,
+            triggered_ms: 0,
         }
     }
 

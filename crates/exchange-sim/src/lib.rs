@@ -538,6 +538,18 @@ fn router(state: SimState) -> Router {
             delete(rest::cancel_all_open_orders),
         )
         .route("/fapi/v1/allOrders", get(rest::all_orders))
+        .route(
+            "/fapi/v1/algoOrder",
+            post(rest::place_algo)
+                .get(rest::query_algo)
+                .delete(rest::cancel_algo),
+        )
+        .route("/fapi/v1/openAlgoOrders", get(rest::open_algo_orders))
+        .route("/fapi/v1/allAlgoOrders", get(rest::all_algo_orders))
+        .route(
+            "/fapi/v1/algoOpenOrders",
+            delete(rest::cancel_all_algo_orders),
+        )
         .route("/fapi/v2/account", get(rest::account_v2))
         .route("/fapi/v3/account", get(rest::account_v3))
         .route("/fapi/v2/positionRisk", get(rest::position_risk))

@@ -134,6 +134,8 @@ macro_rules! signed_handler {
 
 mod account;
 pub(crate) use account::*;
+mod algo;
+pub(crate) use algo::*;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Security {
@@ -315,7 +317,7 @@ pub(crate) fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
     Symbol::new(param(params, "symbol")?).map_err(|_| ApiError::bad(-1121, "Invalid symbol."))
 }
 
-fn decimal_param(params: &Params, name: &str) -> Result<Decimal, ApiError> {
+pub(crate) fn decimal_param(params: &Params, name: &str) -> Result<Decimal, ApiError> {
     param(params, name)?
         .parse()
         .map_err(|_| ApiError::bad(-1111, format!("Parameter '{name}' is malformed.")))
@@ -372,7 +374,7 @@ pub(crate) async fn exchange_info(State(state): State<SimState>) -> Response {
     finish(&state, reply)
 }
 
-fn signed<'a>(weight: u32, query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
+pub(crate) fn signed<'a>(weight: u32, query: &'a Option<String>, body: &'a Bytes) -> Gate<'a> {
     Gate {
         security: Security::Signed,
         weight,
@@ -393,7 +395,7 @@ pub(crate) async fn place(
         ..signed(0, &query, &body)
     };
     let reply = match gate(&state, &headers, gate_spec).await {
-        Ok(params) => place_checked(&state, &params, api_key_of(&headers))
+        Ok(params) => place_checked(&state, &params, api_key_of(&headers), false)
             .await
             .and_then(ok),
         Err(e) => Err(e),
@@ -449,7 +451,7 @@ pub(crate) async fn place_batch(
                 count_orders(&state, batch.len().saturating_sub(1));
                 let mut answers = Vec::with_capacity(batch.len());
                 for order in &batch {
-                    answers.push(match place_checked(&state, order, key).await {
+                    answers.push(match place_checked(&state, order, key, false).await {
                         Ok(placed) => placed,
                         Err(refused) => json!({"code": refused.code, "msg": refused.msg}),
                     });
@@ -569,7 +571,9 @@ fn condition(params: &Params, kind: ConditionalKind) -> Result<Conditional, ApiE
         working_type,
         close_position,
         price_protect: flag(params, "priceProtect")?,
+        algo: false,
         triggered: false,
+        triggered_ms: 0,
     })
 }
 
@@ -710,13 +714,19 @@ fn check_conditional(
     Ok(())
 }
 
-async fn place_checked(
+/// Places the order `params` describe (a conditional order through the Algo Order API when
+/// `algo`: then it answers as an algo order) and answers it.
+pub(crate) async fn place_checked(
     state: &SimState,
     params: &Params,
     api_key: &str,
+    algo: bool,
 ) -> Result<Value, ApiError> {
     let account = state.account_of(api_key);
-    let (request, terms) = order_request(state, params)?;
+    let (request, mut terms) = order_request(state, params)?;
+    if let Some(condition) = terms.conditional.as_mut() {
+        condition.algo = algo;
+    }
     if terms.time_in_force == "GTX" && terms.conditional.is_none() {
         post_only_check(state, &request)?;
     }
@@ -764,6 +774,14 @@ async fn place_checked(
     if state.draw(faults.lost_response_rate) {
         tokio::time::sleep(Duration::from_millis(faults.lost_response_hold_ms)).await;
     }
+    if algo {
+        let id = report.exchange_order_id.0;
+        return Ok(state.with_account(account, |a| {
+            a.orders.get(&id).map_or(Value::Null, |kept| {
+                wire::algo_order(kept, a.was_placed_at_trigger(id))
+            })
+        }));
+    }
     let wants_result = params.get("newOrderRespType").map(String::as_str) == Some("RESULT");
     if wants_result && !conditional && report.order_type == OrderType::Market {
         let settled = market_result(state, account, &report).await;
@@ -795,7 +813,7 @@ async fn market_result(state: &SimState, account: &str, report: &OrderReport) ->
 }
 
 /// The order a query, cancel or `openOrder` names by `orderId` or `origClientOrderId`.
-fn find_order(
+pub(crate) fn find_order(
     state: &SimState,
     account: &str,
     params: &Params,
@@ -1112,7 +1130,7 @@ pub(crate) async fn placed_by(State(state): State<SimState>) -> Json<HashMap<Str
 }
 
 /// The request's API key (once the gate accepted it: it is there and known).
-fn api_key_of(headers: &HeaderMap) -> &str {
+pub(crate) fn api_key_of(headers: &HeaderMap) -> &str {
     headers
         .get("X-MBX-APIKEY")
         .and_then(|v| v.to_str().ok())
@@ -1120,7 +1138,7 @@ fn api_key_of(headers: &HeaderMap) -> &str {
 }
 
 /// The account the request's API key trades on (the gate checked the key).
-fn account_name(state: &SimState, headers: &HeaderMap) -> String {
+pub(crate) fn account_name(state: &SimState, headers: &HeaderMap) -> String {
     state.account_of(api_key_of(headers)).to_owned()
 }
 
@@ -1241,7 +1259,7 @@ signed_handler!(
     }
 );
 
-fn number(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn number(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
     params
         .get(name)
         .map(|v| {

@@ -9,7 +9,7 @@ use keel_kernel::order::OrderStatus;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::account::{Conditional, OrderTerms};
+use crate::account::{Conditional, KeptOrder, OrderTerms};
 
 /// `BUY` / `SELL`.
 pub(crate) fn side(side: Side) -> &'static str {
@@ -111,6 +111,69 @@ pub(crate) fn order(report: &OrderReport, terms: &OrderTerms, created_ms: i64) -
         "goodTillDate": 0,
         "time": created_ms,
         "updateTime": report.update_time_ms,
+    })
+}
+
+/// An algo order's `algoStatus`: `NEW` while it waits, `CANCELED` if cancelled then,
+/// `TRIGGERED` once its order went to the matching engine and `FINISHED` once that order
+/// closed; `EXPIRED` when the trigger found nothing to do (a `closePosition` or reduce-only
+/// order with no position to reduce).
+fn algo_status(kept: &KeptOrder, placed_at_trigger: bool) -> &'static str {
+    let triggered = kept.terms.conditional.as_ref().is_some_and(|c| c.triggered);
+    match (triggered, placed_at_trigger, kept.report.status) {
+        (false, _, OrderStatus::Canceled) => "CANCELED",
+        (false, _, s) if s.is_open() => "NEW",
+        (false, _, _) => "EXPIRED",
+        (true, false, _) => "EXPIRED",
+        (true, true, s) if s.is_open() => "TRIGGERED",
+        (true, true, _) => "FINISHED",
+    }
+}
+
+/// An algo order as the Algo Order API (`/fapi/v1/algoOrder`, `openAlgoOrders`,
+/// `allAlgoOrders`) answers it. Its `algoId` is the order id the simulator keeps through the
+/// trigger, so `actualOrderId` (once triggered) is the same number.
+pub(crate) fn algo_order(kept: &KeptOrder, placed_at_trigger: bool) -> Value {
+    let (report, terms) = (&kept.report, &kept.terms);
+    let conditional = terms.conditional.as_ref();
+    let triggered_ms = conditional.map_or(0, |c| c.triggered_ms);
+    let actual_order_id = if placed_at_trigger {
+        report.exchange_order_id.0.to_string()
+    } else {
+        String::new()
+    };
+    let actual_price = report.avg_price.map_or(Decimal::ZERO, Price::get);
+    json!({
+        "algoId": report.exchange_order_id.0,
+        "clientAlgoId": report.client_order_id.as_str(),
+        "algoType": "CONDITIONAL",
+        "orderType": placed_type(report, terms),
+        "symbol": report.symbol.as_str(),
+        "side": side(report.side),
+        "positionSide": "BOTH",
+        "timeInForce": terms.time_in_force,
+        "quantity": orig_qty(report, terms),
+        "algoStatus": algo_status(kept, placed_at_trigger),
+        "actualOrderId": actual_order_id,
+        "actualPrice": actual_price.to_string(),
+        "triggerPrice": stop_price(terms),
+        "price": limit_price(report).to_string(),
+        "icebergQuantity": null,
+        "tpTriggerPrice": "0",
+        "tpPrice": "0",
+        "slTriggerPrice": "0",
+        "slPrice": "0",
+        "tpOrderType": "",
+        "selfTradePreventionMode": "NONE",
+        "workingType": conditional.map_or("CONTRACT_PRICE", |c| c.working_type.as_str()),
+        "priceMatch": "NONE",
+        "closePosition": conditional.is_some_and(|c| c.close_position),
+        "priceProtect": conditional.is_some_and(|c| c.price_protect),
+        "reduceOnly": report.reduce_only,
+        "createTime": kept.created_ms,
+        "updateTime": report.update_time_ms,
+        "triggerTime": triggered_ms,
+        "goodTillDate": 0,
     })
 }
 

@@ -123,6 +123,39 @@ def run_ccxt():
     check({"commission", "trade"} <= kinds, f"fees and realized PnL in the ledger: {kinds}")
 
 
+def run_ccxt_algo_orders():
+    """Conditional orders through ccxt, which sends them to Binance's Algo Order API:
+    a stop-market and a take-profit-market closing the position, placed, fetched, listed and
+    cancelled."""
+    ex = ccxt_client()
+    ex.load_markets()
+    symbol = "BTC/USDT:USDT"
+    far = round(ex.fetch_ticker(symbol)["last"] * 2, 1)
+    stop = ex.create_order(symbol, "market", "buy", 0.01, None, {"triggerPrice": far})
+    check(stop["status"] == "open" and stop["info"]["orderType"] == "STOP_MARKET"
+          and stop["triggerPrice"] == far and stop["info"]["algoType"] == "CONDITIONAL",
+          f"an algo stop-market: {stop}")
+    fetched = ex.fetch_order(stop["id"], symbol, {"trigger": True})
+    check(fetched["id"] == stop["id"] and fetched["status"] == "open"
+          and fetched["clientOrderId"] == stop["clientOrderId"], f"fetched: {fetched}")
+    # The position the take-profit closes.
+    ex.create_order(symbol, "market", "buy", 0.01)
+    take = ex.create_order(symbol, "market", "sell", None, None,
+                           {"takeProfitPrice": far, "closePosition": True})
+    check(take["info"]["orderType"] == "TAKE_PROFIT_MARKET" and take["info"]["closePosition"] is True
+          and take["takeProfitPrice"] == far, f"an algo take-profit closing the position: {take}")
+    open_ids = {o["id"] for o in ex.fetch_open_orders(symbol, params={"trigger": True})}
+    check(open_ids == {stop["id"], take["id"]}, f"both wait as algo orders: {open_ids}")
+    check(ex.fetch_open_orders(symbol) == [], "no algo order among the plain open orders")
+    for order in (stop, take):
+        cancelled = ex.cancel_order(order["id"], symbol, {"trigger": True})
+        check(cancelled["id"] == order["id"], f"cancelled: {cancelled}")
+        after = ex.fetch_order(order["id"], symbol, {"trigger": True})
+        check(after["status"] == "canceled", f"cancelled for good: {after}")
+    check(ex.fetch_open_orders(symbol, params={"trigger": True}) == [], "none left waiting")
+    ex.create_order(symbol, "market", "sell", 0.01, params={"reduceOnly": True})
+
+
 def wait_for_status(client, order_id, leaving):
     deadline = time.time() + 15
     while True:
@@ -272,5 +305,6 @@ def run_connector():
 
 
 run_ccxt()
+run_ccxt_algo_orders()
 run_connector()
 print("ok")
