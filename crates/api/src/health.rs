@@ -78,6 +78,8 @@ pub struct ProfileSnapshot {
     pub quarantine: Option<keel_kernel::engine::QuarantineRecord>,
     /// A resume asked for the quarantine to end at the next clean pass.
     pub quarantine_clear_requested: bool,
+    /// Events about orders it did not place, heard on its account and ignored.
+    pub foreign_events: u64,
 }
 
 /// A fault as owners and operators read it.
@@ -127,6 +129,10 @@ pub struct ProfileHealth {
     pub loop_fault: Option<ProfileFault>,
     /// Why and since when it is quarantined, while it is.
     pub quarantine: Option<QuarantineView>,
+    /// User events about orders it did not place (another profile's on its exchange account,
+    /// or one placed there by hand), heard and ignored since it started here: above zero, the
+    /// account is shared with something that is not this profile.
+    pub foreign_events: u64,
 }
 
 impl ProfileHealth {
@@ -155,6 +161,7 @@ impl ProfileHealth {
                 .and_then(|s| s.plugin_fault.as_ref().map(FaultView::of_plugin)),
             loop_fault,
             quarantine,
+            foreign_events: snapshot.as_ref().map_or(0, |s| s.foreign_events),
         }
     }
 }
@@ -326,6 +333,7 @@ impl LoopHealth {
             plugin_fault: engine.last_fault().cloned(),
             quarantine: engine.quarantine().cloned(),
             quarantine_clear_requested: engine.quarantine_clear_requested(),
+            foreign_events: engine.foreign_events(),
         };
         let mut snapshots = self.snapshots.lock().expect("lock poisoned");
         snapshots.insert(engine.profile(), snapshot);

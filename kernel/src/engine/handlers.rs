@@ -417,6 +417,7 @@ impl ProfileEngine {
         // order id is one this profile derives. Any other is never looked up in the store, so
         // no profile applies another's orders or fills (under its own lease).
         if !id.is_derived_for(self.spec.profile, symbol) {
+            self.foreign_events += 1;
             self.metrics
                 .exchange_foreign_events_total
                 .with_label_values(&[kind])

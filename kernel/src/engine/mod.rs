@@ -261,6 +261,8 @@ pub struct ProfileEngine {
     reversals: HashMap<Symbol, (RawIntent, u64)>,
     plant: Planted,
     /// A resume asked for the quarantine to end at the next clean reconciliation pass.
+    /// User events about orders this profile did not place, heard and ignored since it started.
+    foreign_events: u64,
     quarantine_clear_requested: bool,
     /// Why the profile is quarantined, while it is.
     quarantine: Option<QuarantineRecord>,
@@ -321,6 +323,7 @@ impl ProfileEngine {
             reversals: HashMap::new(),
             plant: Planted::default(),
             quarantine_clear_requested: false,
+            foreign_events: 0,
             quarantine: None,
             last_fault: None,
         }
@@ -386,6 +389,12 @@ impl ProfileEngine {
     /// Whether a request to clear the quarantine waits for a clean pass.
     pub fn quarantine_clear_requested(&self) -> bool {
         self.quarantine_clear_requested
+    }
+
+    /// User events about orders this profile did not place (another profile's on its account,
+    /// or one placed by hand) that it heard and ignored since it started.
+    pub fn foreign_events(&self) -> u64 {
+        self.foreign_events
     }
 
     /// Why and since when the profile is quarantined, while it is.

@@ -63,6 +63,11 @@ async fn a_sibling_on_the_same_account_ignores_the_other_profiles_orders_and_fil
     assert!(foreign(&sibling_metrics, "fill") >= 1.0);
     assert_eq!(foreign(&h.metrics, "fill"), 0.0);
     assert!(sibling_engine.book().positions.is_empty());
+    assert!(
+        sibling_engine.foreign_events() >= 2,
+        "its health counts them"
+    );
+    assert_eq!(h.engine.foreign_events(), 0);
     let capital = tenant.capital(sibling).await.unwrap();
     assert_eq!(
         (capital.reserved_for_positions, capital.realized_pnl),
