@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 /// How long a test waits for an asynchronous effect before failing.
 pub(crate) const WAIT_MAX: Duration = Duration::from_secs(30);
 /// How long the bot start through ccxt and the connector may take.
-const BOT_START_WAIT_MAX: Duration = Duration::from_secs(300);
+const CLIENT_SCRIPT_WAIT_MAX: Duration = Duration::from_secs(300);
 
 pub(crate) async fn start_sim(seed: u64) -> SimHandle {
     start_sim_with(seed, |_| {}).await
@@ -487,9 +487,25 @@ async fn klines_of_every_usdm_interval_page_forward_from_start_time() {
 /// binance-futures-connector (`scripts/test` installs them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ccxt_and_the_binance_connector_run_a_bot_start_against_the_simulator() {
-    let sim = start_sim(47).await;
+    run_client_script(47, "bot_start.py").await;
+}
+
+/// Every REST fault kind through the same clients: each raises its own error for Binance's
+/// answer, an order whose answer was lost or unknown is found by its client order id, and a
+/// skewed clock is -1021 until ccxt adjusts for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ccxt_and_the_binance_connector_meet_every_fault_kind_as_binance_answers_it() {
+    run_client_script(48, "faults.py").await;
+}
+
+/// Runs `tests/clients/<script>` against a fresh simulator with its default key, under a
+/// deadline, and requires it to succeed and print `ok`.
+async fn run_client_script(seed: u64, script: &str) {
+    let sim = start_sim(seed).await;
     wait_for_candles(&sim, 2).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bot_start.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
     let base = sim.rest_url();
     let run = tokio::process::Command::new("python3")
         .arg(&script)
@@ -499,9 +515,9 @@ async fn ccxt_and_the_binance_connector_run_a_bot_start_against_the_simulator() 
         .kill_on_drop(true)
         .output();
     // Every wait inside the script has its own deadline; this one bounds the whole.
-    let output = tokio::time::timeout(BOT_START_WAIT_MAX, run)
+    let output = tokio::time::timeout(CLIENT_SCRIPT_WAIT_MAX, run)
         .await
-        .expect("the bot start ran past its deadline")
+        .unwrap_or_else(|_| panic!("{} ran past its deadline", script.display()))
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
