@@ -352,8 +352,8 @@ impl Metrics {
             account_allocation_shortfall_quote: gauge(
                 &r,
                 "keel_account_allocation_shortfall_quote",
-                "The largest amount (USDT) by which the capital allocated to the profiles on a \
-                 real exchange account exceeds the wallet balance it reported, over the accounts \
+                "The largest amount (USDT) by which the capital of the profiles on a real \
+                 exchange account (allocated plus realized PnL) exceeds the wallet balance it reported, over the accounts \
                  this instance's profiles trade on, at the last account audit; 0 when every one \
                  is covered (or none is audited).",
             ),

@@ -8,5 +8,6 @@ mod harness;
 mod readme;
 mod scenarios;
 mod stored;
+mod tenants;
 
 use keel_testkit::store as support;

@@ -407,7 +407,7 @@ async fn an_account_whose_balance_is_below_its_profiles_capital_is_reported_and_
     assert_eq!(refused.status().as_u16(), 422);
     let message = refused.text().await.unwrap();
     assert!(
-        message.contains("reports a balance of 100 USDT and its profiles hold 10000"),
+        message.contains("reports a balance of 100 USDT and its profiles' capital"),
         "{message}"
     );
     let capital = world

@@ -466,8 +466,8 @@ async fn allocate(
     Ok(Json(capital.into()))
 }
 
-/// Refuses an allocation that would take the capital allocated to the profiles on a real
-/// exchange account the profile trades on beyond the wallet balance that account last
+/// Refuses an allocation that would take the capital of the profiles on a real exchange
+/// account the profile trades on (allocated plus realized PnL) beyond the wallet balance it last
 /// reported (`account_balances`, written by the account audit of the instances running them).
 /// An account that never reported a balance is not checked here; the audit reports it later.
 async fn within_account_balances(
@@ -479,11 +479,12 @@ async fn within_account_balances(
         let Some(balance) = state.store.account_balance(&account).await? else {
             continue;
         };
-        let allocated = state.store.account_allocated(&account).await?;
-        if allocated + amount > balance {
+        let capital = state.store.account_capital(&account).await?;
+        if capital + amount > balance {
             return Err(ApiError::Unprocessable(format!(
                 "the exchange account this profile trades on reports a balance of {balance} USDT \
-                 and its profiles hold {allocated}: {amount} more would exceed it"
+                 and its profiles' capital (allocated plus realized PnL) is {capital}: {amount} \
+                 more would exceed it"
             )));
         }
     }

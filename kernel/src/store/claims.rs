@@ -92,9 +92,10 @@ impl Store {
         }, memory => unsupported("account claims"))
     }
 
-    /// The capital allocated to the profiles claiming `account`, summed through each owner's
-    /// scope (the directory names the owners).
-    pub async fn account_allocated(&self, account: &str) -> Result<Decimal, StoreError> {
+    /// The capital of the profiles claiming `account` — allocated plus realized PnL (fees
+    /// included), what the account's wallet balance holds for them — summed through each
+    /// owner's scope (the directory names the owners).
+    pub async fn account_capital(&self, account: &str) -> Result<Decimal, StoreError> {
         let claimants: Vec<DirectoryEntry> = with_pool!(self.pool(), pool, b => {
             let rows = sqlx::query(
                 "SELECT DISTINCT c.profile_id, d.user_id FROM account_claims c \
@@ -110,16 +111,16 @@ impl Store {
                 }))
                 .collect::<Result<Vec<_>, StoreError>>()?
         }, memory => unsupported("account claims"));
-        let mut allocated = Decimal::ZERO;
+        let mut total = Decimal::ZERO;
         for entry in claimants {
             match self.tenant(entry.user).capital(entry.profile).await {
-                Ok(capital) => allocated += capital.allocated,
+                Ok(capital) => total += capital.allocated + capital.realized_pnl,
                 // Deleted since it claimed: it holds nothing on the account any more.
                 Err(StoreError::UnknownProfile(_)) => {}
                 Err(error) => return Err(error),
             }
         }
-        Ok(allocated)
+        Ok(total)
     }
 
     /// Records the wallet balance `account` reports.

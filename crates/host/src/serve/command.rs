@@ -528,8 +528,9 @@ impl Starter {
     }
 
     /// One account audit: for each real account a running profile trades on, its wallet
-    /// balance (USDT) read and recorded, the capital allocated to the profiles claiming it
-    /// summed, and the shortfall exported and logged.
+    /// balance (USDT) read and recorded, the capital of the profiles claiming it (allocated
+    /// plus realized PnL: fees and realized gains move both) summed, and the shortfall exported
+    /// and logged.
     async fn audit_accounts(&self, store: &Store) {
         let accounts: Vec<(String, Arc<dyn Exchange>)> = self
             .audited
@@ -564,10 +565,10 @@ impl Starter {
             .find(|b| b.asset == MARGIN_ASSET)
             .map_or(rust_decimal::Decimal::ZERO, |b| b.wallet_balance.get());
         store.record_account_balance(account, balance).await?;
-        let allocated = store.account_allocated(account).await?;
-        let shortfall = (allocated - balance).max(rust_decimal::Decimal::ZERO);
+        let capital = store.account_capital(account).await?;
+        let shortfall = (capital - balance).max(rust_decimal::Decimal::ZERO);
         if !shortfall.is_zero() {
-            tracing::warn!(%account, %allocated, %balance, %shortfall, "the profiles on an exchange account were allocated more than its balance");
+            tracing::warn!(%account, %capital, %balance, %shortfall, "the capital of the profiles on an exchange account exceeds its balance");
         }
         Ok(shortfall)
     }
