@@ -346,7 +346,8 @@ impl Metrics {
                 &r,
                 "keel_exchange_foreign_events_total",
                 "User-data events (order, fill) about orders a profile did not place — another \
-                 profile's on a shared exchange account, or one placed by hand — which it ignores.",
+                 profile's on a shared exchange account, or one placed by hand — which it ignores, \
+                 and such orders found open by reconciliation (open_order, once each).",
                 &["kind"],
             ),
             account_allocation_shortfall_quote: gauge(
@@ -420,7 +421,7 @@ impl Metrics {
             self.tenant_isolation_denials_total
                 .with_label_values(&[surface]);
         }
-        for kind in ["order", "fill"] {
+        for kind in ["order", "fill", "open_order"] {
             self.exchange_foreign_events_total
                 .with_label_values(&[kind]);
         }

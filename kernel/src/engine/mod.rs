@@ -263,6 +263,9 @@ pub struct ProfileEngine {
     /// A resume asked for the quarantine to end at the next clean reconciliation pass.
     /// User events about orders this profile did not place, heard and ignored since it started.
     foreign_events: u64,
+    /// Open orders on the account this profile did not place, as reconciliation found them
+    /// (bounded by [`FOREIGN_ORDERS_KEPT_MAX`]): each counted once.
+    foreign_open_orders: std::collections::HashSet<ClientOrderId>,
     quarantine_clear_requested: bool,
     /// Why the profile is quarantined, while it is.
     quarantine: Option<QuarantineRecord>,
@@ -273,6 +276,8 @@ pub struct ProfileEngine {
 /// Most rounds of fill-triggered decisions one step runs.
 pub const PENDING_DECISIONS_PER_STEP_MAX: usize = 64;
 
+/// The most foreign open orders a profile remembers having counted.
+pub const FOREIGN_ORDERS_KEPT_MAX: usize = 1_000;
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -324,6 +329,7 @@ impl ProfileEngine {
             plant: Planted::default(),
             quarantine_clear_requested: false,
             foreign_events: 0,
+            foreign_open_orders: std::collections::HashSet::new(),
             quarantine: None,
             last_fault: None,
         }
@@ -392,9 +398,27 @@ impl ProfileEngine {
     }
 
     /// User events about orders this profile did not place (another profile's on its account,
-    /// or one placed by hand) that it heard and ignored since it started.
+    /// or one placed by hand) that it heard and ignored since it started, and such orders open
+    /// on the account that reconciliation found.
     pub fn foreign_events(&self) -> u64 {
         self.foreign_events
+    }
+
+    /// Counts an open order on the account that this profile did not place, once per order
+    /// (`keel_exchange_foreign_events_total{kind="open_order"}`, and [`Self::foreign_events`]).
+    pub(super) fn note_foreign_open_order(&mut self, id: &ClientOrderId) {
+        if self.foreign_open_orders.contains(id)
+            || self.foreign_open_orders.len() >= FOREIGN_ORDERS_KEPT_MAX
+        {
+            return;
+        }
+        self.foreign_open_orders.insert(id.clone());
+        self.foreign_events += 1;
+        self.metrics
+            .exchange_foreign_events_total
+            .with_label_values(&["open_order"])
+            .inc();
+        tracing::warn!(client_order_id = %id, "an open order on the account that this profile did not place: ignored by reconciliation");
     }
 
     /// Why and since when the profile is quarantined, while it is.

@@ -153,12 +153,17 @@ impl ProfileEngine {
         // orders would otherwise compare 10⁸ ids per pass.
         let stored_ids: BTreeSet<&ClientOrderId> =
             stored_open.iter().map(|o| &o.client_order_id).collect();
-        let tenant = self.store.tenant(self.spec.user);
         for (id, live) in &exchange_open {
             if stored_ids.contains(id) {
                 continue;
             }
-            match tenant.order(id).await? {
+            if !id.is_derived_for(self.spec.profile, &live.symbol) {
+                // Another profile's on a shared account, or one placed by hand: not this
+                // profile's to explain, and no reason to stop its trading.
+                self.note_foreign_open_order(id);
+                continue;
+            }
+            match self.store.tenant(self.spec.user).order(id).await? {
                 // Terminal in the store, open on the exchange: the store cannot move back.
                 Some(_) => report.found("status_mismatch"),
                 // An order the store never wrote ahead: not Keel's, or a lost database.

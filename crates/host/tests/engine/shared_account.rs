@@ -73,4 +73,30 @@ async fn a_sibling_on_the_same_account_ignores_the_other_profiles_orders_and_fil
         (capital.reserved_for_positions, capital.realized_pnl),
         (dec!(0), dec!(0))
     );
+
+    // An order placed on the account by hand stays open there: the owner's reconciliation
+    // counts it once as foreign and does not quarantine for it. (The sibling trades the same
+    // symbol on the same account, which `keel serve` refuses — one profile per account and
+    // symbol — so its reconciliation would see the owner's position as its own drift.)
+    let manual = keel_kernel::exchange::OrderRequest {
+        client_order_id: keel_kernel::ids::ClientOrderId::new("by-hand-1").unwrap(),
+        symbol: btc(),
+        side: keel_kernel::market::Side::Buy,
+        order_type: keel_kernel::exchange::OrderType::Limit {
+            price: keel_kernel::money::Price::new(dec!(50)).unwrap(),
+        },
+        qty: keel_kernel::money::Qty::new(dec!(1)).unwrap(),
+        reduce_only: false,
+    };
+    let placed = h.exchange.with_engine(|e| e.place(&manual));
+    assert!(
+        matches!(placed, keel_kernel::exchange::PlaceOutcome::Accepted(_)),
+        "{placed:?}"
+    );
+    for _ in 0..2 {
+        let report = h.engine.reconcile().await.unwrap();
+        assert!(!report.quarantined, "{report:?}");
+    }
+    assert_eq!(foreign(&h.metrics, "open_order"), 1.0);
+    assert_eq!(h.engine.foreign_events(), 1);
 }
