@@ -156,8 +156,8 @@ def run_ccxt_algo_orders():
     ex.create_order(symbol, "market", "sell", 0.01, params={"reduceOnly": True})
 
 
-def wait_for_status(client, order_id, leaving):
-    deadline = time.time() + 15
+def wait_for_status(client, order_id, leaving, wait_s=15):
+    deadline = time.time() + wait_s
     while True:
         order = client.query_order(symbol="ETHUSDT", orderId=order_id)
         if order["status"] != leaving or time.time() > deadline:
@@ -196,11 +196,12 @@ def run_conditional_orders(client):
           and listed[0]["info"]["origType"] == "TAKE_PROFIT_MARKET", f"ccxt lists it: {listed}")
     cancelled = client.cancel_order(symbol="ETHUSDT", orderId=waiting["orderId"])
     check(cancelled["status"] == "CANCELED", f"a conditional order cancels: {cancelled}")
-    # A tick under the market, the next candle's low reaches the stop: it closes the position.
+    # A tick under the market, the first candle whose low dips below it triggers the stop, which
+    # closes the position (a random walk that keeps rising delays it: a minute of candles).
     stop = place_stop(client, lambda last: last - 0.01, side="SELL", type="STOP_MARKET",
                       closePosition="true", workingType="CONTRACT_PRICE")
     check(stop["status"] == "NEW" and stop["origQty"] == "0", f"a waiting stop-loss: {stop}")
-    filled = wait_for_status(client, stop["orderId"], "NEW")
+    filled = wait_for_status(client, stop["orderId"], "NEW", wait_s=60)
     check(filled["status"] == "FILLED" and float(filled["executedQty"]) == 0.02,
           f"the stop-loss closed the position: {filled}")
     position = float(client.get_position_risk(symbol="ETHUSDT")[0]["positionAmt"])
