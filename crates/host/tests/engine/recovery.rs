@@ -50,8 +50,8 @@ async fn restart_recovers_fills_made_while_down_and_decides_the_same_ids() {
 async fn an_order_the_store_never_wrote_quarantines_the_profile() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let foreign = manual_order("manual-order-1");
-    h.exchange.place(&foreign).await;
+    let unwritten = unwritten_order(&h, 901);
+    h.exchange.place(&unwritten).await;
     let report = h.engine.reconcile().await.unwrap();
     assert_eq!(report.mismatches.get("missing_in_db"), Some(&1));
     assert!(report.quarantined);
@@ -66,8 +66,8 @@ async fn an_order_the_store_never_wrote_quarantines_the_profile() {
 async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let foreign = manual_order("manual-order-2");
-    h.exchange.place(&foreign).await;
+    let unwritten = unwritten_order(&h, 902);
+    h.exchange.place(&unwritten).await;
     assert!(h.engine.reconcile().await.unwrap().quarantined);
     // Asked while the drift is still there: the pass finds it again and the request is spent.
     h.engine.request_quarantine_clear();
@@ -76,7 +76,7 @@ async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
     assert!(h.engine.controls().quarantined);
     // The drift explained (the manual order gone), but nobody asked: it stays.
     h.exchange
-        .cancel(&btc(), &foreign.client_order_id)
+        .cancel(&btc(), &unwritten.client_order_id)
         .await
         .unwrap();
     assert!(h.engine.reconcile().await.unwrap().is_clean());
@@ -94,8 +94,8 @@ async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
 async fn an_engine_that_ends_in_quarantine_leaves_the_gauge() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let foreign = manual_order("manual-order-3");
-    h.exchange.place(&foreign).await;
+    let unwritten = unwritten_order(&h, 903);
+    h.exchange.place(&unwritten).await;
     assert!(h.engine.reconcile().await.unwrap().quarantined);
     assert_eq!(h.metrics.profiles_quarantined.get(), 1);
     // A restart (or a takeover elsewhere) drops the engine: this instance owns no quarantine.
@@ -103,10 +103,18 @@ async fn an_engine_that_ends_in_quarantine_leaves_the_gauge() {
     assert_eq!(h.metrics.profiles_quarantined.get(), 0);
 }
 
-/// A resting buy placed on the exchange outside Keel (by hand, in the exchange's own UI).
-fn manual_order(id: &str) -> OrderRequest {
+/// A resting buy on the exchange under a client order id the profile derives (decision `seq`)
+/// that its store never wrote: what a lost or restored-from-backup database leaves. (An order
+/// under an id the profile does not derive — placed by hand, or another profile's — is not its
+/// drift: `shared_account` tests that it is counted as foreign and quarantines nothing.)
+fn unwritten_order(h: &Harness, seq: u64) -> OrderRequest {
     OrderRequest {
-        client_order_id: ClientOrderId::new(id).unwrap(),
+        client_order_id: ClientOrderId::derive(
+            h.profile,
+            &btc(),
+            seq,
+            keel_kernel::ids::IntentKind::Entry,
+        ),
         symbol: btc(),
         side: Side::Buy,
         order_type: OrderType::Limit {
