@@ -74,7 +74,7 @@ async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
     assert!(h.engine.reconcile().await.unwrap().quarantined);
     assert!(!h.engine.quarantine_clear_requested());
     assert!(h.engine.controls().quarantined);
-    // The drift explained (the manual order gone), but nobody asked: it stays.
+    // The drift explained (the unwritten order gone), but nobody asked: it stays.
     h.exchange
         .cancel(&btc(), &unwritten.client_order_id)
         .await
