@@ -1201,25 +1201,40 @@ signed_handler!(
     cancel_all_open_orders,
     1,
     |state: &SimState, account: &str, params: &Params| -> Reply {
-        let symbol = symbol_param(params)?;
-        let now = state.now_ms();
-        state
-            .with_account(account, |a| {
-                a.engine.advance_clock(now);
-                let open: Vec<i64> = a
-                    .open_orders(Some(&symbol))
-                    .iter()
-                    .map(|k| k.report.exchange_order_id.0)
-                    .collect();
-                open.into_iter().try_for_each(|id| a.cancel(id, now).map(drop))
-            })
-            .map_err(|(code, msg)| ApiError::bad(code, msg))?;
-        ok(CancelAllAnswer {
-            code: 200,
-            msg: "The operation of cancel all open order is done.",
-        })
+        cancel_all(state, account, params, super::account::Account::open_orders)
     }
 );
+
+/// Cancels every order of the request's symbol that `listed` names on `account`, each as a
+/// cancel of its own would be, and answers Binance's acknowledgement (`allOpenOrders`,
+/// `algoOpenOrders`).
+pub(super) fn cancel_all(
+    state: &SimState,
+    account: &str,
+    params: &Params,
+    listed: for<'a> fn(
+        &'a super::account::Account,
+        Option<&Symbol>,
+    ) -> Vec<&'a super::account::KeptOrder>,
+) -> Reply {
+    let symbol = symbol_param(params)?;
+    let now = state.now_ms();
+    state
+        .with_account(account, |a| {
+            a.engine.advance_clock(now);
+            let open: Vec<i64> = listed(a, Some(&symbol))
+                .iter()
+                .map(|k| k.report.exchange_order_id.0)
+                .collect();
+            open.into_iter()
+                .try_for_each(|id| a.cancel(id, now).map(drop))
+        })
+        .map_err(|(code, msg)| ApiError::bad(code, msg))?;
+    ok(CancelAllAnswer {
+        code: 200,
+        msg: "The operation of cancel all open order is done.",
+    })
+}
 
 /// Binance's answer to `DELETE /fapi/v1/allOpenOrders`.
 #[derive(Serialize)]

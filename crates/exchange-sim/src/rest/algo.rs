@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    ApiError, Gate, Params, Reply, account_name, api_key_of, finish, gate, number, ok,
+    ApiError, Gate, Params, Reply, account_name, api_key_of, cancel_all, finish, gate, number, ok,
     optional_symbol, param, place_checked, signed, symbol_param,
 };
 use crate::SimState;
@@ -212,35 +212,12 @@ signed_handler!(
     }
 );
 
-/// Binance's answer to `DELETE /fapi/v1/algoOpenOrders`.
-#[derive(Serialize)]
-struct CancelAllAlgoAnswer {
-    code: u16,
-    msg: &'static str,
-}
-
 signed_handler!(
     /// `DELETE /fapi/v1/algoOpenOrders`: cancels every algo order of the symbol still waiting
     /// for its trigger, and answers Binance's acknowledgement.
     cancel_all_algo_orders,
     1,
     |state: &SimState, account: &str, params: &Params| -> Reply {
-        let symbol = symbol_param(params)?;
-        let now = state.now_ms();
-        state
-            .with_account(account, |a| {
-                a.engine.advance_clock(now);
-                let open: Vec<i64> = a
-                    .open_algo_orders(Some(&symbol))
-                    .iter()
-                    .map(|k| k.report.exchange_order_id.0)
-                    .collect();
-                open.into_iter().try_for_each(|id| a.cancel(id, now).map(drop))
-            })
-            .map_err(|(code, msg)| ApiError::bad(code, msg))?;
-        ok(CancelAllAlgoAnswer {
-            code: 200,
-            msg: "The operation of cancel all open order is done.",
-        })
+        cancel_all(state, account, params, Account::open_algo_orders)
     }
 );
