@@ -5,6 +5,7 @@
 use crate::ids::{ProfileId, UserId};
 
 use super::backend::with_tx;
+use super::profiles::Access;
 use super::tenant::TenantTx;
 use super::{Operator, StoreError};
 
@@ -26,7 +27,7 @@ impl TenantTx {
 impl Operator<'_> {
     /// The owner of a profile that is not deleted.
     pub async fn profile_owner(&self, profile: ProfileId) -> Result<Option<UserId>, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin(Access::ReadOnly).await?;
         let owner = with_tx!(&mut tx, c, b => {
             let owner: Option<uuid::Uuid> = sqlx::query_scalar(
                 "SELECT user_id FROM profiles WHERE profile_id = $1 AND deleted_at_ms IS NULL",
@@ -47,7 +48,7 @@ impl Operator<'_> {
         profile: ProfileId,
         assigned: bool,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin(Access::ReadWrite).await?;
         let operator = self.operator.as_uuid();
         let changed = with_tx!(&mut tx, c, b => {
             let exists = sqlx::query(

@@ -13,8 +13,9 @@ use crate::ids::UserId;
 use crate::ledger::Budget;
 
 use super::backend::{RowExt, Tx, with_tx};
+use super::profiles::Access;
 use super::tenant::TenantTx;
-use super::{Operator, Pool, StoreError};
+use super::{Operator, StoreError};
 
 /// The grants of a host that is its own operator — the demo, backtests, simulations — are made
 /// under this id (the nil UUID), as are the grants migration 0009 made for earlier allocations.
@@ -44,7 +45,7 @@ impl TenantTx {
 impl Operator<'_> {
     /// `user`'s capital budget (nothing granted: zero).
     pub async fn budget(&self, user: UserId) -> Result<Budget, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin(Access::ReadOnly).await?;
         let budget = budget_row(&mut tx, user.as_uuid()).await?;
         tx.commit().await?;
         Ok(budget.unwrap_or_default())
@@ -64,7 +65,7 @@ impl Operator<'_> {
         user: UserId,
         amount: Decimal,
     ) -> Result<Budget, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin(Access::ReadWrite).await?;
         lock_budget(&mut tx, user).await?;
         let before = budget_row(&mut tx, user.as_uuid())
             .await?
@@ -82,23 +83,6 @@ impl Operator<'_> {
         assert_eq!(stored, Some(after), "the budget row follows its grants");
         tx.commit().await?;
         Ok(after)
-    }
-
-    /// A read-write transaction under operator claims.
-    pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self.store.pool() {
-            Pool::Pg(pool) => {
-                let begin = format!(
-                    "BEGIN; SELECT set_config('request.jwt.claims', \
-                     '{{\"sub\":\"{}\",\"role\":\"authenticated\",\"app_metadata\":{{\"keel_role\":\"operator\"}}}}', true)",
-                    self.operator.as_uuid().hyphenated()
-                );
-                Tx::Pg(pool.begin_with(begin).await?)
-            }
-            Pool::Lite(pool) => Tx::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::InThread(pool) => Tx::InThread(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Memory(pool) => Tx::Memory(pool.begin().await?),
-        })
     }
 }
 

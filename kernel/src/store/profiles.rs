@@ -210,22 +210,44 @@ impl Store {
     }
 }
 
+/// What an operator transaction does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Reads only (`BEGIN READ ONLY` on PostgreSQL; a deferred transaction on SQLite).
+    ReadOnly,
+    /// Writes too (a SQLite writer takes the database from the start).
+    ReadWrite,
+}
+
 impl Operator<'_> {
-    /// Every profile that is not deleted, of every user, oldest first.
-    pub async fn all_profiles(&self) -> Result<Vec<ProfileRow>, StoreError> {
-        let mut tx = match self.store.pool() {
+    /// A transaction under operator claims: on PostgreSQL `app_metadata.keel_role` is
+    /// `operator`, which the operator policies (`profiles_operator_read`, `budget_grants_operator`,
+    /// `host_account_assignments_operator`, …) let through.
+    pub(super) async fn begin(&self, access: Access) -> Result<Tx, StoreError> {
+        let writes = access == Access::ReadWrite;
+        Ok(match self.store.pool() {
             Pool::Pg(pool) => {
                 let begin = format!(
-                    "BEGIN READ ONLY; SELECT set_config('request.jwt.claims', \
+                    "BEGIN{}; SELECT set_config('request.jwt.claims', \
                      '{{\"sub\":\"{}\",\"role\":\"authenticated\",\"app_metadata\":{{\"keel_role\":\"operator\"}}}}', true)",
+                    if writes { "" } else { " READ ONLY" },
                     self.operator.as_uuid().hyphenated()
                 );
                 Tx::Pg(pool.begin_with(begin).await?)
             }
+            Pool::Lite(pool) if writes => Tx::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Lite(pool) => Tx::Lite(pool.begin().await?),
+            Pool::InThread(pool) if writes => {
+                Tx::InThread(pool.begin_with("BEGIN IMMEDIATE").await?)
+            }
             Pool::InThread(pool) => Tx::InThread(pool.begin().await?),
-            Pool::Memory(_) => return Err(StoreError::UnsupportedOnMemory("all profiles")),
-        };
+            Pool::Memory(pool) => Tx::Memory(pool.begin().await?),
+        })
+    }
+
+    /// Every profile that is not deleted, of every user, oldest first.
+    pub async fn all_profiles(&self) -> Result<Vec<ProfileRow>, StoreError> {
+        let mut tx = self.begin(Access::ReadOnly).await?;
         let rows = with_tx!(&mut tx, c, b => {
             let sql = format!(
                 "SELECT {PROFILE_COLUMNS} FROM profiles WHERE deleted_at_ms IS NULL \
