@@ -136,6 +136,12 @@ const FAULTS: &[AlertFault] = &[
         Fault::Increase(10.0),
     ),
     (
+        "KeelProfileFaults",
+        "keel_profile_faults_total",
+        Some(("kind", "panic")),
+        Fault::Increase(1.0),
+    ),
+    (
         "KeelExchangeUnknownAnswers",
         "keel_exchange_requests_total",
         Some(("outcome", "unknown")),

@@ -20,30 +20,6 @@ impl Demo {
         Demo::spawn(command, data_dir).await
     }
 
-    /// A token of the demo's own user, who owns its three profiles.
-    fn owner_token(&self) -> String {
-        let state: Value = serde_json::from_str(
-            &std::fs::read_to_string(self.data_dir.join("demo.json")).unwrap(),
-        )
-        .unwrap();
-        let user = keel_kernel::ids::UserId::parse(state["user"].as_str().unwrap()).unwrap();
-        crate::demo_keys(&self.data_dir).mint(user, false, chrono::Utc::now().timestamp(), 600)
-    }
-
-    /// The demo's profile ids.
-    fn profile_ids(&self) -> Vec<String> {
-        let state: Value = serde_json::from_str(
-            &std::fs::read_to_string(self.data_dir.join("demo.json")).unwrap(),
-        )
-        .unwrap();
-        state["profiles"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|pair| pair[1].as_str().unwrap().to_owned())
-            .collect()
-    }
-
     /// The health document, anonymous or as an operator.
     async fn health(&self, operator: bool) -> (u16, Value) {
         let (status, body) = if operator {

@@ -14,6 +14,7 @@ mod alerts;
 mod browser;
 mod docs;
 mod faults;
+mod hostile;
 mod logs;
 mod plugins;
 mod roster;
@@ -127,6 +128,37 @@ impl Demo {
     fn token_of(&self, user: keel_kernel::ids::UserId, operator: bool) -> String {
         let now = chrono::Utc::now().timestamp();
         demo_keys(&self.data_dir).mint(user, operator, now, 600)
+    }
+
+    /// What the demo remembers in `demo.json`.
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.data_dir.join("demo.json")).unwrap())
+            .unwrap()
+    }
+
+    /// A token of the demo's own user, who owns its three profiles.
+    fn owner_token(&self) -> String {
+        let state = self.state();
+        let user = keel_kernel::ids::UserId::parse(state["user"].as_str().unwrap()).unwrap();
+        demo_keys(&self.data_dir).mint(user, false, chrono::Utc::now().timestamp(), 600)
+    }
+
+    /// The demo's profiles: name and id of each.
+    fn profiles(&self) -> Vec<(String, String)> {
+        self.state()["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| {
+                let name = pair[0].as_str().unwrap().to_owned();
+                (name, pair[1].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    /// The demo's profile ids.
+    fn profile_ids(&self) -> Vec<String> {
+        self.profiles().into_iter().map(|(_, id)| id).collect()
     }
 
     async fn wait_ready(&self) {

@@ -6,7 +6,9 @@
 //! `clock-and-random`, `scavenge` (looks for what an earlier instance left in memory).
 //! `eprintln`, `panic-message` (a division by zero), `sleep` (one second), `poll` (waits on a
 //! pollable that is never ready), `udp-socket`, `tcp-socket`, `slow-legal` (sleeps 50 ms, a legal call
-//! under the deadline). In `init`: `println-in-init`,
+//! under the deadline), `busy-legal` (keeps the host busy for its whole call without breaking a
+//! rule: `busy_calls` calls of `account.lookup-symbol` with a 1 MiB name, which the host copies
+//! and checks each time). In `init`: `println-in-init`,
 //! `panic-in-init`, `sleep-forever-in-init`.
 //! `fail-init` refuses the configuration. `echo` (not hostile) answers each
 //! candle with `cancel("<label>-<open-time-ms>")`.
@@ -23,12 +25,19 @@ struct Hostile {
     attack: String,
     label: String,
     hoard: Vec<Vec<u8>>,
+    busy_calls: u32,
 }
 
 impl Strategy for Hostile {
     const PARAMS: &'static [Param] = &[
         Param::text("attack", "", "The misbehaviour (see the crate's documentation)."),
         Param::text("label", "echo", "What `echo` names its cancels after."),
+        Param::int(
+            "busy_calls",
+            100,
+            "Host calls with a 1 MiB name `busy-legal` makes per candle.",
+        )
+        .range(0.0, 100_000.0),
     ];
 
     fn init(config: &Config) -> Result<Self, String> {
@@ -41,10 +50,12 @@ impl Strategy for Hostile {
             _ => {}
         }
         let label = config.text("label")?;
+        let busy_calls = config.parse("busy_calls")?;
         Ok(Hostile {
             attack,
             label,
             hoard: Vec::new(),
+            busy_calls,
         })
     }
 
@@ -100,6 +111,7 @@ impl Strategy for Hostile {
                 std::net::TcpListener::bind(("127.0.0.1", 0)).map(|_| ()),
             ),
             "slow-legal" => std::thread::sleep(std::time::Duration::from_millis(50)),
+            "busy-legal" => self.busy(),
             "clock-and-random" => clock_and_random(),
             "scavenge" => return scavenge(&self.label),
             _ => {}
@@ -151,6 +163,18 @@ fn infinite_loop() {
 }
 
 impl Hostile {
+    /// Makes the host copy and check a 1 MiB symbol name `busy_calls` times: legal calls (the
+    /// name is refused, as any unknown name is) that cost the host, not the plugin's fuel.
+    fn busy(&mut self) {
+        if self.hoard.is_empty() {
+            self.hoard.push(vec![b'B'; 1 << 20]);
+        }
+        let name = std::str::from_utf8(&self.hoard[0]).unwrap_or("B");
+        for _ in 0..self.busy_calls {
+            black_box(keel_guest::account::lookup_symbol(black_box(name)));
+        }
+    }
+
     fn grow_memory(&mut self) {
         loop {
             // Reserve without zeroing, so memory runs out long before fuel does.

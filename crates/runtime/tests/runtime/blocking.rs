@@ -189,6 +189,25 @@ fn a_slow_legal_plugin_delays_only_its_own_profile() {
 }
 
 #[test]
+fn host_calls_with_a_huge_name_are_legal_and_refused_as_unknown_symbols() {
+    // `busy-legal` (the load of the sandbox benchmark) costs the host a copy and a check of a
+    // 1 MiB name per call: each call answers "no such symbol" and the candle answers normally.
+    let mut neighbour = Neighbour::start();
+    let outcomes = on_worker(move || {
+        let mut plugin = start(
+            engine(),
+            "hostile",
+            &[("attack", "busy-legal"), ("busy_calls", "8")],
+        );
+        (0..3)
+            .map(|index| plugin.on_candle(&candle(index, 100.0), &flat_view()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(outcomes, vec![Ok(Vec::new()); 3]);
+    neighbour.assert_trades_normally();
+}
+
+#[test]
 fn a_warm_up_stops_when_its_budget_is_spent() {
     let candles: Vec<_> = (0..500).map(|index| candle(index, 100.0)).collect();
     let mut plugin = start(engine(), "hostile", &[("attack", "slow-legal")]);
