@@ -18,14 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keel_kernel::engine::{
-    Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock,
-};
-use keel_kernel::exchange::Exchange;
-use keel_kernel::ids::{ProfileId, Symbol, UserId, escape_unprintable};
+use keel_kernel::engine::{Clock as _, EngineConfig, VirtualClock};
+use keel_kernel::exchange::Exchange as _;
+use keel_kernel::ids::{ProfileId, Symbol, UserId};
 use keel_kernel::lock::OwnerToken;
 use keel_kernel::market::Candle;
-use keel_kernel::metrics::Metrics;
 use keel_kernel::money::Amount;
 use keel_kernel::risk::RiskLimits;
 use keel_kernel::store::Store;
@@ -33,17 +30,16 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::assemble::{Host, HostSetup, ProfileBuilder, ProfileParts, ProfilePlugin};
 use crate::paper::restored_paper;
-use crate::serve::control::LoopControl;
-use crate::serve::http::{AppState, HealthProbe, router};
-use crate::serve::metered::MeteredStrategy;
-use crate::serve::stored::{BoundPlugin, StoredProfile, stored_profile};
+use crate::serve::http::HealthProbe;
+use crate::serve::stored::{StoredProfile, stored_profile};
 use crate::serve::{Loops, ProfileLoops};
+use keel_api::CredentialsKey;
 use keel_api::health::{LoopConfig, LoopHealth, wall_now_ms};
-use keel_api::{ApiState, CredentialsKey};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 use keel_exchange_sim::{CandleSource, SimConfig, sim_symbols};
-use keel_runtime::{EngineSettings, InstanceSetup, PluginEngine, SwapHandle};
+use keel_runtime::PluginEngine;
 
 /// Width of one synthetic candle in virtual time.
 pub const CANDLE_MS: i64 = 60_000;
@@ -159,38 +155,45 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", db_path.display()))?;
     let plugins_dir = find_plugins(args.plugins_dir.as_deref())?;
     let state = set_up_tenant(&store, &args.data_dir).await?;
-    let clock = Arc::new(VirtualClock::new(state.next_open_time_ms));
-    let metrics = Arc::new(Metrics::new());
-    metrics.observe_store(&store);
+    let loop_config = LoopConfig {
+        reconcile_interval_ms: args.reconcile_interval_ms,
+        trading_stall_ms: (args.speed_ms * 10).max(5_000),
+        monitor_stall_ms: 10_000,
+        reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
+    };
+    let quotas = keel_api::Quotas::default();
+    let mut host = Host::new(HostSetup {
+        name: "keel demo",
+        store: store.clone(),
+        loop_config,
+        // An operator's kill switch survives a restart of the demo.
+        kill_switch: store.host_switches().await?.kill,
+        profiles_expected: state.profiles.len(),
+        auth: demo_jwt_keys(&args.data_dir)?,
+        credentials: demo_credentials_key(&args.data_dir)?,
+        limits: keel_api::BodyLimits::default(),
+        quotas,
+        // The demo listens on 127.0.0.1 only, for the person running it: its per-profile series
+        // (the dashboard's free capital panel) need no token. `keel serve` keeps them for
+        // operators unless `api.metrics_profile_labels` says otherwise.
+        profile_labels_public: true,
+    })?;
     // The paper account has no rate limits: its headroom is always whole.
-    metrics
+    host.metrics()
         .exchange_rate_limit_headroom_ratio
         .with_label_values(&["request_weight"])
         .set(1.0);
-    let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
-    // An operator's kill switch survives a restart of the demo.
-    let switches = Arc::new(HostSwitches::default());
-    let stored_kill = store.host_switches().await?.kill;
-    switches
-        .kill
-        .store(stored_kill, std::sync::atomic::Ordering::Release);
-    let control = Arc::new(LoopControl::new(switches.clone()));
-    let host = Collaborators {
-        store: &store,
-        plugins: &plugins,
-        clock: &clock,
-        metrics: &metrics,
-        switches: &switches,
-        control: &control,
-        plugins_dir: &plugins_dir,
+    let demo = DemoHost {
+        store,
+        profiles: host.profiles().clone(),
+        clock: Arc::new(VirtualClock::new(state.next_open_time_ms)),
+        plugins_dir,
     };
     let mut members = Vec::new();
     let mut inputs = Vec::new();
-    let mut profile_infos = Vec::new();
-    let quotas = keel_api::Quotas::default();
     let mut roster = Roster::new(quotas.running_profiles_per_user_max);
     for (spec, (_, profile)) in DEMO_PROFILES.iter().zip(&state.profiles) {
-        let stored = stored_profile(&store, state.user, *profile)
+        let stored = stored_profile(&demo.store, state.user, *profile)
             .await
             .with_context(|| format!("reading profile {}", spec.name))?;
         let defaults = Defaults {
@@ -199,91 +202,53 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             config: spec.config,
             symbols: vec![Symbol::new(spec.symbol)?],
         };
-        let launched = launch(host, defaults, stored, state.user, *profile).await?;
-        profile_infos.push(launched.info);
+        let launched = demo.launch(defaults, stored, state.user, *profile).await?;
         inputs.push(launched.loops);
         members.push(launched.member);
         roster.running.insert(*profile);
     }
-    let loop_config = LoopConfig {
-        reconcile_interval_ms: args.reconcile_interval_ms,
-        trading_stall_ms: (args.speed_ms * 10).max(5_000),
-        monitor_stall_ms: 10_000,
-        reconciliation_stall_ms: (args.reconcile_interval_ms * 3).max(10_000),
-    };
-    let health = Arc::new(LoopHealth::new(inputs.len()));
-    let bus = keel_api::live::Bus::new(
-        store.clone(),
-        loop_config,
-        keel_api::live::QUEUE_MAX_DEFAULT,
-    );
-    for info in profile_infos {
-        bus.register(info);
-    }
-    health.publish_to(bus.clone());
-    let auth = demo_jwt_keys(&args.data_dir)?;
-    let token = auth.mint(
+    let token = host.auth().mint(
         state.user,
         false,
         chrono::Utc::now().timestamp(),
         DEMO_TOKEN_TTL_SECS,
     );
-    let market_clock = Arc::new(MarketProbe::default());
-    let app = AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        loop_config,
-        store: store.clone(),
-        probes: vec![
-            market_clock.clone(),
-            Arc::new(PluginProbe {
-                engine: plugins.clone(),
-                profiles: state.profiles.clone(),
-            }),
-        ],
-        auth: auth.clone(),
-        // The demo listens on 127.0.0.1 only, for the person running it: its per-profile series
-        // (the dashboard's free capital panel) need no token. `keel serve` keeps them for
-        // operators unless `api.metrics_profile_labels` says otherwise.
-        profile_labels_public: true,
-    };
-    let api = ApiState {
-        store: store.clone(),
-        auth,
-        plugins: plugins.clone(),
-        control: control.clone(),
-        credentials: demo_credentials_key(&args.data_dir)?,
-        limits: keel_api::BodyLimits::default(),
-        quotas,
-        health: health.clone(),
-    };
+    let market_probe = Arc::new(MarketProbe::default());
+    host.add_probe(market_probe.clone());
+    host.add_probe(Arc::new(PluginProbe {
+        engine: demo.profiles.plugins().clone(),
+        profiles: state.profiles.clone(),
+    }));
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await
         .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
     let address = listener.local_addr()?;
-    let mut loops = Loops::start(inputs, loop_config, metrics.clone(), health.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let loops = Loops::start(
+        inputs,
+        loop_config,
+        host.metrics().clone(),
+        host.health().clone(),
+    );
     let (joining, joining_rx) = mpsc::unbounded_channel();
-    let live = keel_api::live::router(bus.clone(), app.auth.clone());
-    let roster_bus = bus.clone();
-    let routes = router(app).merge(keel_api::router(api)).merge(live);
-    let server = tokio::spawn(serve(listener, routes, stop_rx.clone()));
-    let watch = tokio::spawn(keel_api::live::watch_host(
-        bus,
-        health.clone(),
-        None,
-        stop_rx.clone(),
-    ));
     let market = tokio::spawn(run_market(MarketRun {
         members,
         joining: joining_rx,
-        clock: clock.clone(),
+        clock: demo.clock.clone(),
         speed_ms: args.speed_ms,
         state,
         data_dir: args.data_dir.clone(),
-        probe: market_clock,
-        stop: stop_rx,
+        probe: market_probe,
+        stop: host.stopping(),
     }));
+    let profiles = run_profiles(ProfilesRun {
+        demo,
+        loops,
+        market,
+        roster,
+        joining,
+        health: host.health().clone(),
+        stop: host.stopping(),
+    });
     println!("keel demo: http://{address}/internal/health  (metrics at http://{address}/metrics)");
     println!(
         "keel demo: API at http://{address}/api/v1 (described at http://{address}/openapi.json)"
@@ -294,42 +259,52 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "keel demo: data in {}; Ctrl-C to stop",
         args.data_dir.display()
     );
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
+    host.run(listener, profiles).await
+}
+
+/// The demo's profiles as they run: their loops, the market that feeds them, and the roster
+/// that starts the profiles created since.
+struct ProfilesRun {
+    demo: DemoHost,
+    loops: Loops,
+    market: tokio::task::JoinHandle<anyhow::Result<()>>,
+    roster: Roster,
+    /// Profiles the roster starts join the market through it.
+    joining: mpsc::UnboundedSender<MarketMember>,
+    health: Arc<LoopHealth>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Runs the profiles, and starts new ones every [`ROSTER_INTERVAL`], until `stop` turns true;
+/// then the market stops, then each profile finishes its step.
+async fn run_profiles(mut run: ProfilesRun) -> anyhow::Result<()> {
     let mut roster_tick = tokio::time::interval(ROSTER_INTERVAL);
     roster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            signal = &mut signal => { signal?; break; }
-            error = loops.failed() => {
+            // The host only ever turns it true (a closed channel means it is gone too).
+            _ = run.stop.changed() => break,
+            error = run.loops.failed() => {
                 // A profile's task handles every fault on its path itself; one that still
                 // ended (a bug in that handling) leaves its profile stopped, never the others.
                 tracing::error!(error = %format!("{error:#}"), "a profile task ended on its own: its profile stays stopped");
-                metrics.profile_faults_total.with_label_values(&["panic"]).inc();
+                run.demo.profiles.metrics().profile_faults_total.with_label_values(&["panic"]).inc();
             }
             _ = roster_tick.tick() => {
                 let starting = RosterRun {
-                    host,
-                    loops: &mut loops,
-                    joining: &joining,
-                    bus: &roster_bus,
-                    health: &health,
+                    demo: &run.demo,
+                    loops: &mut run.loops,
+                    joining: &run.joining,
+                    health: &run.health,
                 };
-                if let Err(error) = roster.scan(starting).await {
+                if let Err(error) = run.roster.scan(starting).await {
                     tracing::warn!(error = %format!("{error:#}"), "reading the profile directory failed");
                 }
             }
         }
     }
-    tracing::info!("shutting down: the market stops, then each profile finishes its step");
-    stop_tx.send_replace(true);
-    market.await.context("market task panicked")??;
-    let stopped = loops.stop().await;
-    server.await.context("server task panicked")??;
-    watch.await.context("host watch task panicked")?;
-    store.close().await;
-    println!("keel demo: stopped cleanly");
-    stopped
+    run.market.await.context("market task panicked")??;
+    run.loops.stop().await
 }
 
 /// How often the demo looks for profiles created since it started.
@@ -351,10 +326,9 @@ const ROSTER_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// What a roster pass starts profiles into.
 struct RosterRun<'a> {
-    host: Collaborators<'a>,
+    demo: &'a DemoHost,
     loops: &'a mut Loops,
     joining: &'a mpsc::UnboundedSender<MarketMember>,
-    bus: &'a keel_api::live::Bus,
     health: &'a LoopHealth,
 }
 
@@ -373,7 +347,7 @@ impl Roster {
     /// owner's oldest `running_profiles_per_user_max` (as `keel serve` shares them out).
     /// Without a bound plugin it runs the first demo profile's example plugin and settings.
     async fn scan(&mut self, run: RosterRun<'_>) -> anyhow::Result<()> {
-        let directory = run.host.store.profile_directory().await?;
+        let directory = run.demo.store.profile_directory().await?;
         let (_, past_quota) =
             keel_api::quotas::within_running_quota(directory.clone(), self.running_per_user_max);
         let past_quota: std::collections::HashSet<ProfileId> =
@@ -391,8 +365,7 @@ impl Roster {
             } else {
                 match Roster::start(&run, entry.user, entry.profile).await {
                     Ok(Some(launched)) => {
-                        tracing::info!(profile_id = %entry.profile, symbols = ?launched.info.symbols, "profile started");
-                        run.bus.register(launched.info);
+                        tracing::info!(profile_id = %entry.profile, symbols = ?launched.member.symbols, "profile started");
                         // The market ends only after the loops' owner stops: it still receives.
                         let _ = run.joining.send(launched.member);
                         run.loops.add(launched.loops);
@@ -400,7 +373,7 @@ impl Roster {
                         self.waiting.remove(&entry.profile);
                         self.retry_at.remove(&entry.profile);
                         run.health
-                            .expect_profiles(self.running.len(), run.host.metrics);
+                            .expect_profiles(self.running.len(), run.demo.profiles.metrics());
                         continue;
                     }
                     Ok(None) => {
@@ -433,7 +406,7 @@ impl Roster {
         user: UserId,
         profile: ProfileId,
     ) -> anyhow::Result<Option<Launched>> {
-        let stored = stored_profile(run.host.store, user, profile).await?;
+        let stored = stored_profile(&run.demo.store, user, profile).await?;
         let allowed = stored
             .row
             .risk_limits
@@ -454,7 +427,8 @@ impl Roster {
             config: example.config,
             symbols,
         };
-        launch(run.host, defaults, stored, user, profile)
+        run.demo
+            .launch(defaults, stored, user, profile)
             .await
             .map(Some)
     }
@@ -657,15 +631,12 @@ async fn demo_paper(
 }
 
 /// What every demo profile is started with.
-#[derive(Clone, Copy)]
-struct Collaborators<'a> {
-    store: &'a Store,
-    plugins: &'a PluginEngine,
-    clock: &'a Arc<VirtualClock>,
-    metrics: &'a Arc<Metrics>,
-    switches: &'a Arc<HostSwitches>,
-    control: &'a LoopControl,
-    plugins_dir: &'a Path,
+struct DemoHost {
+    store: Store,
+    profiles: ProfileBuilder,
+    /// The market's clock: every engine and strategy of the demo reads it.
+    clock: Arc<VirtualClock>,
+    plugins_dir: PathBuf,
 }
 
 /// How a profile starts when no plugin is bound to it: an example plugin with its settings, on
@@ -677,11 +648,10 @@ struct Defaults {
     symbols: Vec<Symbol>,
 }
 
-/// A started profile: its loops' inputs, its place in the market and its dashboard card.
+/// A started profile: its loops' inputs and its place in the market.
 struct Launched {
     loops: ProfileLoops,
     member: MarketMember,
-    info: keel_api::live::ProfileInfo,
 }
 
 /// One profile in the market: its paper account sees every candle (fills and marks), its
@@ -692,148 +662,82 @@ struct MarketMember {
     candles: mpsc::Sender<Candle>,
 }
 
-/// Builds a profile's paper account (restored from the store), engine and channels, and
-/// registers it with the API's loop control.
-async fn launch(
-    with: Collaborators<'_>,
-    defaults: Defaults,
-    stored: StoredProfile,
-    user: UserId,
-    profile: ProfileId,
-) -> anyhow::Result<Launched> {
-    let paper = demo_paper(with.store, user, profile, with.clock.now_ms()).await?;
-    let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
-    let events = paper.user_events().await?;
-    let (engine, swap) = build_engine(&defaults, with, &paper, stored, profile).await?;
-    let running = swap.running();
-    let commands = with
-        .control
-        .register(profile, Some(swap.clone()), with.clock.clone());
-    Ok(Launched {
-        loops: ProfileLoops {
-            engine,
-            candles,
-            events,
-            commands,
-            plugin: Some(swap),
-        },
-        member: MarketMember {
-            paper,
-            symbols: defaults.symbols.clone(),
-            candles: candle_tx,
-        },
-        info: keel_api::live::ProfileInfo {
+impl DemoHost {
+    /// Builds a profile's paper account (restored from the store) and its loops, set as the
+    /// store says: the plugin bound through the API (else the default example plugin), its risk
+    /// rules and its switches.
+    async fn launch(
+        &self,
+        defaults: Defaults,
+        stored: StoredProfile,
+        user: UserId,
+        profile: ProfileId,
+    ) -> anyhow::Result<Launched> {
+        // The demo trades on its paper exchange: stored exchange credentials are not used.
+        let StoredProfile {
+            row,
+            binding,
+            credentials: _,
+            host_account: _,
+        } = stored;
+        let paper = demo_paper(&self.store, user, profile, self.clock.now_ms()).await?;
+        let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);
+        let events = paper.user_events().await?;
+        let plugin = self
+            .profiles
+            .bound_or(binding, self.example_plugin(&defaults))
+            .await?;
+        let loops = self.profiles.loops(ProfileParts {
             profile,
             user,
             name: defaults.name,
-            plugin: running.name.to_string(),
-            plugin_version: running.digest.to_string(),
-            symbols: defaults.symbols,
-        },
-    })
-}
-
-/// The profile's engine, set as the store says: the plugin bound through the API (else the
-/// default example plugin), its risk rules and its switches. Returns the strategy's swap handle.
-async fn build_engine(
-    defaults: &Defaults,
-    with: Collaborators<'_>,
-    paper: &Arc<PaperExchange>,
-    stored: StoredProfile,
-    profile: ProfileId,
-) -> anyhow::Result<(ProfileEngine, SwapHandle)> {
-    // The demo trades on its paper exchange: stored exchange credentials are not used.
-    let StoredProfile {
-        row,
-        binding,
-        credentials: _,
-        host_account: _,
-    } = stored;
-    let (bytes, config, source, name) = match binding {
-        Some(BoundPlugin { wasm, config, name }) => {
-            (wasm, config, "the bound plugin".to_owned(), name)
-        }
-        None => {
-            let path = with.plugins_dir.join(defaults.plugin);
-            let bytes = std::fs::read(&path).with_context(|| {
-                format!(
-                    "reading plugin {}: build the example plugins first with scripts/build-plugins",
-                    path.display()
-                )
-            })?;
-            let config = defaults
-                .config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()));
-            (
-                bytes,
-                config.collect(),
-                path.display().to_string(),
-                defaults.plugin.to_owned(),
-            )
-        }
-    };
-    let version = with
-        .plugins
-        .load(&bytes)
-        .with_context(|| format!("loading {source}"))?;
-    let setup = InstanceSetup::new(profile, with.clock.clone())
-        .config(config)
-        .name(name);
-    let (strategy, fault) = with.plugins.start_or_faulted(&version, setup);
-    if let Some(fault) = fault {
-        tracing::warn!(profile_id = %profile, %source, fault = %escape_unprintable(&fault.to_string()), "the plugin faulted at start: the profile runs without entries until a working plugin is bound");
-    }
-    let swap = strategy.swap_handle();
-    let exchange: Arc<dyn Exchange> = paper.clone();
-    let limits = match row.risk_limits {
-        Some(limits) => limits,
-        None => RiskLimits::conservative(defaults.symbols.iter().cloned()),
-    };
-    let mut engine = ProfileEngine::new(
-        ProfileSpec {
-            profile,
-            user: row.user,
-            limits,
-        },
-        EngineConfig::default(),
-        with.store.clone(),
-        exchange,
-        Box::new(MeteredStrategy::new(
-            Box::new(strategy),
-            with.metrics.clone(),
-        )),
-        with.clock.clone(),
-        with.metrics.clone(),
-        with.switches.clone(),
-        OwnerToken::new_random(),
-    );
-    engine.set_paused(row.paused);
-    engine.set_killed(row.killed);
-    Ok((engine, swap))
-}
-
-/// Serves the operational router until `stop` turns true.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    routes: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
+            symbols: defaults.symbols.clone(),
+            limits: row.risk_limits,
+            paused: row.paused,
+            killed: row.killed,
+            plugin,
+            engine: EngineConfig::default(),
+            store: self.store.clone(),
+            exchange: paper.clone(),
+            clock: self.clock.clone(),
+            owner: OwnerToken::new_random(),
+            history: None,
+            candles,
+            events,
+        });
+        Ok(Launched {
+            loops,
+            member: MarketMember {
+                paper,
+                symbols: defaults.symbols,
+                candles: candle_tx,
+            },
         })
-        .await
-        .context("serving HTTP")
-}
+    }
 
-/// Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C"),
-        _ = term.recv() => Ok(()),
+    /// The default example plugin of `defaults`, read from the plugins directory.
+    async fn example_plugin(&self, defaults: &Defaults) -> anyhow::Result<ProfilePlugin> {
+        let path = self.plugins_dir.join(defaults.plugin);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading plugin {}: build the example plugins first with scripts/build-plugins",
+                path.display()
+            )
+        })?;
+        let version = self
+            .profiles
+            .version(bytes)
+            .await
+            .with_context(|| format!("loading {}", path.display()))?;
+        let config = defaults
+            .config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        Ok(ProfilePlugin {
+            version,
+            config: config.collect(),
+            name: defaults.plugin.to_owned(),
+        })
     }
 }
 

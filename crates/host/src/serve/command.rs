@@ -10,36 +10,30 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use keel_kernel::engine::{
-    CandleHistory, Clock as _, EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, SystemClock,
-};
+use keel_kernel::engine::{CandleHistory, Clock as _, EngineConfig, HostSwitches, SystemClock};
 use keel_kernel::exchange::{Exchange, Interval};
-use keel_kernel::ids::{ProfileId, Symbol, escape_unprintable};
+use keel_kernel::ids::{ProfileId, Symbol};
 use keel_kernel::lock::OwnerToken;
-use keel_kernel::metrics::Metrics;
-use keel_kernel::risk::RiskLimits;
 use keel_kernel::store::{DirectoryEntry, HOST_ACCOUNT, SealedCredentials, Store, owner_account};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio::sync::watch;
 
+use crate::assemble::{Host, HostSetup, ProfileBuilder, ProfileParts, ProfilePlugin};
 use crate::config::{Config, ExchangeConfig};
 use keel_api::{BINANCE_USDM, ControlChange, CredentialsKey, ProfileControl as _};
 use keel_exchange::binance::{BinanceConfig, BinanceExchange, Signer};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 use keel_kernel::money::Amount;
-use keel_runtime::{EngineSettings, InstanceSetup, PluginDigest, PluginEngine, PluginVersion};
+use keel_runtime::{InstanceSetup, PluginDigest, PluginVersion};
 
 use super::ProfileLoops;
 use super::cluster::{Cluster, ClusterConfig, ProfileStarter, Refreshed};
-use super::control::{LoopControl, RunningPlugin};
-use super::http::AppState;
-use super::metered::MeteredStrategy;
+use super::control::RunningPlugin;
 use super::stored::{BoundPlugin, StoredProfile, stored_profile};
 use crate::paper::restored_paper;
-use keel_api::health::LoopHealth;
 
 /// Audits the accounts the running profiles trade on every `interval` until `stop` turns true
 /// (see [`Starter::audit_accounts`]).
@@ -84,50 +78,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     refuse_unknown_crash_point()?;
     let instance = config.instance.id_or_default();
     let store = open_store(&config).await?;
-    let metrics = Arc::new(Metrics::new());
     let auth = keel_api::auth::JwtKeys::new(config.api.jwt_secret.expose().as_bytes())
         .context("api.jwt_secret")?;
     let exchange = connect_exchange(&config.exchange).await?;
     let loop_config = config.loops.loop_config();
-    let bus = keel_api::live::Bus::new(
-        store.clone(),
-        loop_config,
-        keel_api::live::QUEUE_MAX_DEFAULT,
-    );
     let credentials = credentials_key()?;
-    let starter = Starter::new(
-        &config,
-        exchange,
-        credentials.clone(),
-        metrics.clone(),
-        bus.clone(),
-    )?;
-    // Not ready until the first look at the directory says how many profiles must recover.
-    let health = Arc::new(LoopHealth::new(usize::MAX));
-    health.publish_to(bus.clone());
-    let api = keel_api::ApiState {
+    let mut host = Host::new(HostSetup {
+        name: "keel serve",
         store: store.clone(),
-        auth: auth.clone(),
-        plugins: starter.plugins.clone(),
-        control: starter.control.clone(),
-        credentials,
+        loop_config,
+        kill_switch: config.host.kill_switch,
+        // Not ready until the first look at the directory says how many profiles must recover.
+        profiles_expected: usize::MAX,
+        auth,
+        credentials: credentials.clone(),
         limits: config.api.body_limits(),
         quotas: config.quotas,
-        health: health.clone(),
-    };
-    let switches = starter.switches.clone();
-    let starter = Arc::new(starter);
-    let auditor = starter.clone();
-    let app = AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        loop_config,
-        store: store.clone(),
-        probes: Vec::new(),
-        auth: auth.clone(),
         profile_labels_public: config.api.metrics_profile_labels,
-    };
-    let health_for_watch = health.clone();
+    })?;
+    let starter = Arc::new(Starter::new(
+        &config,
+        exchange,
+        credentials,
+        host.profiles().clone(),
+    )?);
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("binding api.listen {}", config.api.listen))?;
@@ -143,52 +117,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             running_per_user_max: config.quotas.running_profiles_per_user_max,
         },
         loop_config,
-        starter,
-        metrics.clone(),
-        health,
+        starter.clone(),
+        host.metrics().clone(),
+        host.health().clone(),
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let audit = tokio::spawn(audit_accounts_every(
-        auditor,
-        store.clone(),
-        Duration::from_millis(config.loops.reconcile_interval_ms),
-        stop_rx.clone(),
-    ));
-    let mut cluster = tokio::spawn(cluster.run(stop_rx.clone()));
-    let live = keel_api::live::router(bus.clone(), auth);
-    let watch = tokio::spawn(keel_api::live::watch_host(
-        bus,
-        health_for_watch,
-        Some(switches),
-        stop_rx.clone(),
-    ));
-    let routes = super::http::router(app)
-        .merge(keel_api::router(api))
-        .merge(live);
-    let server = tokio::spawn(crate::demo::serve(listener, routes, stop_rx));
+    host.spawn_beside(
+        "account audit",
+        audit_accounts_every(
+            starter,
+            store,
+            Duration::from_millis(config.loops.reconcile_interval_ms),
+            host.stopping(),
+        ),
+    );
+    let stopping = host.stopping();
     // One line on stdout, so scripts and tests can find the address.
     println!(
         "keel serve: instance {instance} (owner {}) listening on http://{address}",
         owner.as_uuid()
     );
     tracing::info!(%instance, owner = %owner.as_uuid(), %address, "serving");
-    let early = tokio::select! {
-        signal = crate::demo::shutdown_signal() => { signal?; None }
-        ended = &mut cluster => Some(ended),
-    };
-    tracing::info!("shutting down: each profile finishes its step, then its lease is released");
-    stop_tx.send_replace(true);
-    let ended = match early {
-        Some(ended) => ended,
-        None => cluster.await,
-    };
-    let result = ended.context("the cluster task panicked").and_then(|r| r);
-    server.await.context("server task panicked")??;
-    watch.await.context("host watch task panicked")?;
-    audit.await.context("account audit task panicked")?;
-    store.close().await;
-    println!("keel serve: stopped cleanly");
-    result
+    host.run(listener, cluster.run(stopping)).await
 }
 
 /// The key exchange credentials are sealed with: `KEEL_CREDENTIALS_KEY` (64 hex digits).
@@ -294,22 +243,16 @@ async fn connect_exchange_once(config: &ExchangeConfig) -> anyhow::Result<Arc<dy
 
 /// Builds each profile's engine: the configured plugin, the exchange, the candle streams.
 struct Starter {
-    plugins: PluginEngine,
+    /// What every profile's loops are built with: the plugin engine, the loop control (the
+    /// API's pause, resume, kill and hot-load), the host switches, the live bus.
+    profiles: ProfileBuilder,
     version: PluginVersion,
-    /// Plugins bound to profiles through the API, loaded so far.
-    bound: std::sync::Mutex<std::collections::HashMap<PluginDigest, PluginVersion>>,
     engine: EngineConfig,
     plugin_config: Vec<(String, String)>,
     symbols: Vec<Symbol>,
     interval: Interval,
     exchange: Arc<dyn Exchange>,
-    metrics: Arc<Metrics>,
-    switches: Arc<HostSwitches>,
     owner: OwnerToken,
-    /// Pause, resume, kill and hot-load of the profiles this instance runs (the API's).
-    control: Arc<LoopControl>,
-    /// The live feed of the dashboard and `/api/v1/ws`.
-    bus: Arc<keel_api::live::Bus>,
     /// The plugin's file name, as the dashboard shows it.
     plugin_name: String,
     /// Recent candles of the configured symbols, shared by every profile engine of this host.
@@ -339,14 +282,13 @@ impl Starter {
         config: &Config,
         exchange: Arc<dyn Exchange>,
         credentials: CredentialsKey,
-        metrics: Arc<Metrics>,
-        bus: Arc<keel_api::live::Bus>,
+        profiles: ProfileBuilder,
     ) -> anyhow::Result<Starter> {
         let strategy = &config.strategy;
-        let plugins = PluginEngine::reporting_to(EngineSettings::default(), &metrics)?;
         let bytes = std::fs::read(&strategy.plugin)
             .with_context(|| format!("reading strategy.plugin {}", strategy.plugin.display()))?;
-        let version = plugins
+        let version = profiles
+            .plugins()
             .load(&bytes)
             .with_context(|| format!("loading strategy.plugin {}", strategy.plugin.display()))?;
         let symbols = strategy
@@ -355,27 +297,19 @@ impl Starter {
             .map(|s| Symbol::new(s))
             .collect::<Result<Vec<_>, _>>()
             .context("strategy.symbols")?;
-        let switches = Arc::new(HostSwitches {
-            kill: AtomicBool::new(config.host.kill_switch),
-        });
         let plugin_name = strategy
             .plugin
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Starter {
-            plugins,
+            profiles,
             version,
-            bound: Default::default(),
             engine: config.engine.clone(),
             plugin_config: strategy.config.clone().into_iter().collect(),
             symbols,
             interval: strategy.interval()?,
             exchange,
-            metrics,
-            control: Arc::new(LoopControl::new(switches.clone())),
-            switches,
-            bus,
             plugin_name,
             history: Arc::new(CandleHistory::new(config.engine.warm_up_candles_max)),
             exchange_config: config.exchange.clone(),
@@ -388,43 +322,16 @@ impl Starter {
         })
     }
 
-    /// The plugin the owner bound, else the configured one: version, settings, name.
-    async fn wanted_plugin(
-        &self,
-        binding: Option<BoundPlugin>,
-    ) -> anyhow::Result<(PluginVersion, Vec<(String, String)>, String)> {
-        Ok(match binding {
-            Some(bound) => (
-                self.bound_version(bound.wasm)
-                    .await
-                    .with_context(|| format!("loading plugin {:?}", bound.name))?,
-                bound.config,
-                bound.name,
-            ),
-            None => (
-                self.version.clone(),
-                self.plugin_config.clone(),
-                self.plugin_name.clone(),
-            ),
-        })
-    }
-
-    /// The loaded version of a bound plugin's bytes: compiled once per instance and digest, off
-    /// the async threads (a large component compiles for seconds).
-    async fn bound_version(&self, wasm: Vec<u8>) -> anyhow::Result<PluginVersion> {
-        let digest = PluginDigest::of(&wasm);
-        if let Some(version) = self.bound.lock().expect("lock poisoned").get(&digest) {
-            return Ok(version.clone());
-        }
-        let plugins = self.plugins.clone();
-        let version = tokio::task::spawn_blocking(move || plugins.load(&wasm))
-            .await
-            .context("the plugin compile task")??;
-        self.bound
-            .lock()
-            .expect("lock poisoned")
-            .insert(digest, version.clone());
-        Ok(version)
+    /// The plugin the owner bound, else the configured one.
+    async fn wanted_plugin(&self, binding: Option<BoundPlugin>) -> anyhow::Result<ProfilePlugin> {
+        let configured = async {
+            Ok(ProfilePlugin {
+                version: self.version.clone(),
+                config: self.plugin_config.clone(),
+                name: self.plugin_name.clone(),
+            })
+        };
+        self.profiles.bound_or(binding, configured).await
     }
 
     /// Fills the host's candle history from the exchange's recent candles, which an engine
@@ -549,7 +456,10 @@ impl Starter {
             }
         }
         let largest = rust_decimal::prelude::ToPrimitive::to_f64(&largest).unwrap_or(f64::MAX);
-        self.metrics.account_allocation_shortfall_quote.set(largest);
+        self.profiles
+            .metrics()
+            .account_allocation_shortfall_quote
+            .set(largest);
     }
 
     /// The shortfall of one account (zero when its balance covers its profiles' capital).
@@ -673,11 +583,11 @@ impl Starter {
 #[async_trait::async_trait]
 impl ProfileStarter for Starter {
     fn switches(&self) -> &HostSwitches {
-        &self.switches
+        self.profiles.switches()
     }
 
     fn account_changes(&self) -> mpsc::UnboundedReceiver<ProfileId> {
-        self.control.account_changes()
+        self.profiles.control().account_changes()
     }
 
     fn stopped(&self, profile: ProfileId) {
@@ -689,11 +599,10 @@ impl ProfileStarter for Starter {
             on.profiles.remove(&profile);
             !on.profiles.is_empty()
         });
-        self.control.forget(profile);
+        self.profiles.control().forget(profile);
     }
 
     async fn start(&self, entry: DirectoryEntry, store: Store) -> anyhow::Result<ProfileLoops> {
-        let clock = Arc::new(SystemClock);
         let mut stored = stored_profile(&store, entry.user, entry.profile).await?;
         let Trading {
             exchange, paper, ..
@@ -702,71 +611,31 @@ impl ProfileStarter for Starter {
             .lock()
             .expect("lock poisoned")
             .insert(entry.profile, Account::of(&stored));
-        let (version, config, plugin_name) = self.wanted_plugin(stored.binding.take()).await?;
-        let setup = InstanceSetup::new(entry.profile, clock.clone())
-            .config(config)
-            .name(plugin_name.as_str());
-        let strategy_config = setup.config.clone();
-        let (strategy, fault) = self.plugins.start_or_faulted(&version, setup);
-        if let Some(fault) = fault {
-            tracing::warn!(profile_id = %entry.profile, plugin = %plugin_name, fault = %escape_unprintable(&fault.to_string()), "the plugin faulted at start: the profile runs without entries until a working plugin is bound");
-        }
-        let swap = strategy.swap_handle();
-        let commands = self
-            .control
-            .register(entry.profile, Some(swap.clone()), clock.clone());
-        self.control.set_running(
-            entry.profile,
-            RunningPlugin {
-                digest: version.digest().clone(),
-                config: strategy_config,
-            },
-        );
+        let plugin = self.wanted_plugin(stored.binding.take()).await?;
         let events = exchange
             .user_events()
             .await
             .context("subscribing to the exchange's user events")?;
         let candles = self.candles(paper).await?;
-        let mut engine = ProfileEngine::new(
-            ProfileSpec {
-                profile: entry.profile,
-                user: entry.user,
-                limits: stored
-                    .row
-                    .risk_limits
-                    .unwrap_or_else(|| RiskLimits::conservative(self.symbols.iter().cloned())),
-            },
-            self.engine.clone(),
-            store,
-            exchange,
-            Box::new(MeteredStrategy::new(
-                Box::new(strategy),
-                self.metrics.clone(),
-            )),
-            clock,
-            self.metrics.clone(),
-            self.switches.clone(),
-            self.owner,
-        );
-        engine.share_history(self.history.clone());
-        engine.set_paused(stored.row.paused);
-        engine.set_killed(stored.row.killed);
         self.seed_recent_candles(entry.profile).await;
-        self.bus.register(keel_api::live::ProfileInfo {
+        Ok(self.profiles.loops(ProfileParts {
             profile: entry.profile,
             user: entry.user,
             name: entry.profile.to_string(),
-            plugin: plugin_name,
-            plugin_version: version.digest().to_string(),
             symbols: self.symbols.clone(),
-        });
-        Ok(ProfileLoops {
-            engine,
+            limits: stored.row.risk_limits,
+            paused: stored.row.paused,
+            killed: stored.row.killed,
+            plugin,
+            engine: self.engine.clone(),
+            store,
+            exchange,
+            clock: Arc::new(SystemClock),
+            owner: self.owner,
+            history: Some(self.history.clone()),
             candles,
             events,
-            commands,
-            plugin: Some(swap),
-        })
+        }))
     }
 
     async fn refresh(&self, entry: DirectoryEntry, store: &Store) -> anyhow::Result<Refreshed> {
@@ -788,7 +657,7 @@ impl ProfileStarter for Starter {
         ];
         changes.extend(stored.row.risk_limits.take().map(ControlChange::Limits));
         for change in changes {
-            if !self.control.apply(profile, change) {
+            if !self.profiles.control().apply(profile, change) {
                 anyhow::bail!("profile {profile} does not run here any more");
             }
         }
@@ -805,24 +674,29 @@ impl ProfileStarter for Starter {
                 config: self.plugin_config.clone().into(),
             },
         };
-        if self.control.running(profile).as_ref() == Some(&wanted) {
+        if self.profiles.control().running(profile).as_ref() == Some(&wanted) {
             return Ok(Refreshed::Applied);
         }
-        let (version, config, name) = self.wanted_plugin(binding).await?;
+        let ProfilePlugin {
+            version,
+            config,
+            name,
+        } = self.wanted_plugin(binding).await?;
         let clock = self
-            .control
+            .profiles
+            .control()
             .clock(profile)
             .with_context(|| format!("profile {profile} does not run here any more"))?;
         let setup = InstanceSetup::new(profile, clock)
             .config(config)
             .name(name.as_str());
-        let plugins = self.plugins.clone();
+        let plugins = self.profiles.plugins().clone();
         let prepared =
             tokio::task::spawn_blocking(move || plugins.prepare_replacement(&version, setup))
                 .await
                 .context("the plugin instantiation task")?
                 .map_err(|fault| anyhow::anyhow!("starting plugin {name:?}: {fault}"))?;
-        if !self.control.offer_strategy(profile, prepared) {
+        if !self.profiles.control().offer_strategy(profile, prepared) {
             anyhow::bail!("profile {profile} does not run here any more");
         }
         tracing::info!(profile_id = %profile, plugin = %name, "bound plugin queued for a hot-swap");
