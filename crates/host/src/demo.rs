@@ -748,6 +748,8 @@ async fn build_engine(
         binding,
         credentials: _,
         host_account: _,
+        // The engine reads its quarantine itself, at recovery and before each pass.
+        quarantine_clear_requested: _,
     } = stored;
     let (bytes, config, source, name) = match binding {
         Some(BoundPlugin { wasm, config, name }) => {
