@@ -52,6 +52,8 @@ pub struct Metrics {
     pub reconciliation_mismatches_total: IntCounterVec,
     pub reconciliation_last_clean_pass_timestamp_seconds: Gauge,
     pub profiles_quarantined: IntGauge,
+    /// `keel_quarantine_writes_total{action,result}`.
+    pub quarantine_writes_total: IntCounterVec,
     pub orders_awaiting_placement: IntGaugeVec,
     pub order_placement_retries_total: IntCounterVec,
     pub loop_heartbeat_timestamp_seconds: GaugeVec,
@@ -203,7 +205,16 @@ impl Metrics {
             profiles_quarantined: int_gauge(
                 &r,
                 "keel_profiles_quarantined",
-                "Profiles in reduce-only quarantine after drift reconciliation could not repair.",
+                "Profiles this instance runs that are in reduce-only quarantine after drift \
+                 reconciliation could not repair (counted from their engines at each scrape).",
+            ),
+            quarantine_writes_total: counter_vec(
+                &r,
+                "keel_quarantine_writes_total",
+                "Writes of profile_quarantines by the engine: action entered, renewed or cleared; \
+                 result committed, refused (a kernel check or a database constraint, such as one \
+                 open quarantine per profile) or failed.",
+                &["action", "result"],
             ),
             orders_awaiting_placement: int_gauge_vec(
                 &r,
@@ -380,6 +391,12 @@ impl Metrics {
         }
         for result in ["clean", "repaired", "quarantined", "error"] {
             self.reconciliation_runs_total.with_label_values(&[result]);
+        }
+        for action in ["entered", "renewed", "cleared"] {
+            for result in ["committed", "refused", "failed"] {
+                self.quarantine_writes_total
+                    .with_label_values(&[action, result]);
+            }
         }
         for kind in MISMATCH_KINDS {
             self.reconciliation_mismatches.with_label_values(&[kind]);

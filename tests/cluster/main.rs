@@ -5,6 +5,7 @@
 mod chaos;
 mod crash;
 mod harness;
+mod quarantine;
 mod readme;
 mod scenarios;
 mod stored;

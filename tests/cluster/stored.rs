@@ -70,7 +70,7 @@ async fn a_profile_starts_with_the_plugin_and_switches_its_owner_stored() {
 
 /// Uploads the boundary plugin (it never trades) as `never-trades` and binds it to the world's
 /// profile, as the API does; returns its digest.
-async fn bind_never_trades(world: &World, tx: &mut TenantTx) -> PluginDigest {
+pub(crate) async fn bind_never_trades(world: &World, tx: &mut TenantTx) -> PluginDigest {
     let wasm = std::fs::read(plugin("boundary.wasm")).unwrap();
     let digest = PluginDigest::of(&wasm);
     let (row, _) = tx

@@ -23,9 +23,14 @@ pub enum ControlChange {
     Killed(bool),
     /// Replace the risk rules.
     Limits(RiskLimits),
-    /// End the profile's quarantine at the next reconciliation pass that finds the store and
-    /// the exchange in agreement (an explicit resume; a pass that finds drift keeps it).
+    /// A resume by the profile's owner: it acknowledges a fault of the profile's loops, and
+    /// the request to end its quarantine it stored (`profile_quarantines`) is read by a
+    /// reconciliation pass run at once, which ends it when it finds the store and the exchange
+    /// in agreement (a pass that finds drift keeps it).
     ClearQuarantine,
+    /// A request to end the quarantine was stored by an operator, or through another instance:
+    /// a reconciliation pass runs at once to read it (nothing else changes).
+    QuarantineClearRequested,
 }
 
 /// The result of one forced reconciliation pass.

@@ -74,10 +74,8 @@ pub struct ProfileSnapshot {
     pub plugin_faulted: bool,
     /// The strategy's last fault, if it ever had one.
     pub plugin_fault: Option<keel_kernel::engine::StrategyFaultRecord>,
-    /// Why and since when the profile is quarantined, while it is.
+    /// Why and since when the profile is quarantined, while it is, as stored.
     pub quarantine: Option<keel_kernel::engine::QuarantineRecord>,
-    /// A resume asked for the quarantine to end at the next clean pass.
-    pub quarantine_clear_requested: bool,
     /// Events about orders it did not place, heard on its account and ignored.
     pub foreign_events: u64,
 }
@@ -104,15 +102,62 @@ impl FaultView {
     }
 }
 
-/// Why and since when a profile is quarantined.
+/// Why and since when a profile is quarantined, what the pass found, and whether (and by whom)
+/// its end was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QuarantineView {
-    /// What the reconciliation pass that quarantined it found.
+    /// What the reconciliation pass that quarantined it found, by mismatch kind.
     pub reason: String,
-    /// Since when, ms since the epoch.
+    /// Since when, ms since the epoch (kernel time of the pass that first found it).
     pub since_ms: i64,
-    /// A resume asked for the quarantine to end at the next clean reconciliation pass.
+    /// Each order or position the pass could not explain, with what the store and the
+    /// exchange said (at most 32).
+    pub evidence: Vec<EvidenceView>,
+    /// A request to end it stands: the next reconciliation pass that finds the store and the
+    /// exchange in agreement ends it.
     pub clear_requested: bool,
+    /// Who asked (the owner by a resume, or an operator).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub clear_requested_by: Option<keel_kernel::ids::UserId>,
+    /// When they asked, ms since the epoch.
+    pub clear_requested_at_ms: Option<i64>,
+}
+
+/// One order or position a reconciliation pass could not explain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct EvidenceView {
+    /// `missing_in_db`, `missing_on_exchange`, `status_mismatch` or `position_mismatch`.
+    pub kind: String,
+    /// The client order id of the order, or the symbol of the position.
+    pub subject: String,
+    /// What the store said.
+    pub store: String,
+    /// What the exchange said.
+    pub exchange: String,
+}
+
+impl QuarantineView {
+    /// The view of a stored quarantine.
+    pub fn of(record: &keel_kernel::engine::QuarantineRecord) -> QuarantineView {
+        let text = |t: &str| escape_unprintable(t).into_owned();
+        QuarantineView {
+            reason: text(&record.reason),
+            since_ms: record.since_ms,
+            evidence: record
+                .evidence
+                .iter()
+                .map(|e| EvidenceView {
+                    kind: text(&e.kind),
+                    subject: text(&e.subject),
+                    store: text(&e.store),
+                    exchange: text(&e.exchange),
+                })
+                .collect(),
+            clear_requested: record.clear_requested_by.is_some(),
+            clear_requested_by: record.clear_requested_by,
+            clear_requested_at_ms: record.clear_requested_at_ms,
+        }
+    }
 }
 
 /// The state of a profile's plugin and loops in the answering host.
@@ -147,13 +192,9 @@ impl ProfileHealth {
             (Some(_), None) => "ok",
             (None, None) => "not_running",
         };
-        let quarantine = snapshot.as_ref().and_then(|s| {
-            s.quarantine.as_ref().map(|q| QuarantineView {
-                reason: q.reason.clone(),
-                since_ms: q.since_ms,
-                clear_requested: s.quarantine_clear_requested,
-            })
-        });
+        let quarantine = snapshot
+            .as_ref()
+            .and_then(|s| s.quarantine.as_ref().map(QuarantineView::of));
         ProfileHealth {
             state: state.to_owned(),
             plugin_fault: snapshot
@@ -332,7 +373,6 @@ impl LoopHealth {
             plugin_faulted: engine.strategy_faulted(),
             plugin_fault: engine.last_fault().cloned(),
             quarantine: engine.quarantine().cloned(),
-            quarantine_clear_requested: engine.quarantine_clear_requested(),
             foreign_events: engine.foreign_events(),
         };
         let mut snapshots = self.snapshots.lock().expect("lock poisoned");

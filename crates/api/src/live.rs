@@ -29,7 +29,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::health::{LoopConfig, LoopHealth, LoopRun, LoopStatus, loop_statuses, wall_now_ms};
+use crate::health::{
+    LoopConfig, LoopHealth, LoopRun, LoopStatus, QuarantineView, loop_statuses, wall_now_ms,
+};
 
 pub use feed::{ProfileFeed, StepReport};
 pub use ws::router;
@@ -209,6 +211,9 @@ pub enum ProfileEvent {
         controls: ProfileControls,
         /// Why entries are blocked, if they are.
         entry_block: Option<EntryBlock>,
+        /// Why and since when it is quarantined, what the pass found, and whether its end was
+        /// asked for, while it is.
+        quarantine: Option<QuarantineView>,
     },
     /// One loop of the profile finished an iteration.
     Loop {
@@ -354,6 +359,8 @@ pub struct ProfileView {
     pub controls: ProfileControls,
     /// Why entries are blocked.
     pub entry_block: Option<EntryBlock>,
+    /// Its quarantine, while it is quarantined.
+    pub quarantine: Option<QuarantineView>,
     /// Capital, once the profile has recovered.
     pub capital: Option<CapitalState>,
     /// Open positions by symbol.
@@ -397,6 +404,7 @@ impl ProfileView {
             info,
             controls: ProfileControls::default(),
             entry_block: None,
+            quarantine: None,
             capital: None,
             positions: BTreeMap::new(),
             open_orders: BTreeMap::new(),
@@ -463,9 +471,11 @@ impl ProfileView {
             ProfileEvent::Status {
                 controls,
                 entry_block,
+                quarantine,
             } => {
                 self.controls = *controls;
                 self.entry_block = *entry_block;
+                self.quarantine = quarantine.clone();
             }
             ProfileEvent::Loop { name, run } => {
                 self.loops.insert(name, run.clone());

@@ -1,5 +1,6 @@
-//! Operator routes: every profile of every user, the host-wide kill switch, and a forced
-//! reconciliation pass. A token without the operator role gets 403.
+//! Operator routes: every profile of every user, the host-wide kill switch, a forced
+//! reconciliation pass, the host's exchange account, and the end of a profile's quarantine. A
+//! token without the operator role gets 403.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +13,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::errors::ApiPath;
-use super::{ApiError, ApiState, ErrorBody, OperatorAuth, ReconcileOutcome};
+use super::health::QuarantineView;
+use super::{ApiError, ApiState, ControlChange, ErrorBody, OperatorAuth, ReconcileOutcome};
 
 pub(super) fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -24,6 +26,46 @@ pub(super) fn router() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(reconcile))
         .routes(routes!(assign_host_account, withdraw_host_account))
+        .routes(routes!(clear_quarantine))
+}
+
+/// Asks to end a profile's quarantine, after reading its reason and evidence and putting right
+/// what they show: the request is stored with the operator's id (whichever instance answers),
+/// the instance running the profile runs a reconciliation pass, and the first pass that finds
+/// the store and the exchange in agreement ends the quarantine (kept as history). A pass that
+/// still finds drift keeps it and forgets the request. Answers the quarantine with the request.
+#[utoipa::path(post, path = "/operator/profiles/{profile_id}/quarantine/clear", tag = "operator",
+    params(("profile_id" = Uuid, Path, description = "the profile")),
+    responses((status = 200, body = QuarantineView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn clear_quarantine(
+    State(state): State<ApiState>,
+    OperatorAuth(caller): OperatorAuth,
+    ApiPath(profile): ApiPath<Uuid>,
+) -> Result<Json<QuarantineView>, ApiError> {
+    let profile = ProfileId::from_uuid(profile);
+    let operator = caller.user;
+    let owner = state
+        .store
+        .operator(operator)
+        .profile_owner(profile)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no profile {profile}")))?;
+    // The request is written in the owner's scope, naming the operator who made it.
+    let mut tx = state.store.tenant(owner).begin().await?;
+    let requested = tx.request_quarantine_clear(profile, operator).await?;
+    tx.commit().await?;
+    let Some(quarantine) = requested else {
+        return Err(ApiError::Conflict(format!(
+            "profile {profile} is not quarantined"
+        )));
+    };
+    tracing::warn!(%operator, profile_id = %profile, reason = %quarantine.reason, "an operator asked to clear the profile's quarantine");
+    state
+        .control
+        .apply(profile, ControlChange::QuarantineClearRequested);
+    Ok(Json(QuarantineView::of(&quarantine)))
 }
 
 /// Whether a profile may trade on the host's own exchange account.

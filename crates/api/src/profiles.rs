@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::errors::{ApiJson, ApiPath};
-use super::health::ProfileHealth;
+use super::health::{ProfileHealth, QuarantineView};
 use super::plugins::BindingView;
 use super::{ApiError, ApiState, Auth, ControlChange, ErrorBody};
 
@@ -276,6 +276,13 @@ async fn view_with(
         .await?
         .map(BindingView::from_row)
         .transpose()?;
+    let mut health = ProfileHealth::of(&state.health, row.profile);
+    // The stored quarantine, whichever instance runs the profile (or none).
+    health.quarantine = tx
+        .quarantine(row.profile)
+        .await?
+        .as_ref()
+        .map(QuarantineView::of);
     Ok(ProfileView {
         profile_id: row.profile,
         name: row.name,
@@ -288,7 +295,7 @@ async fn view_with(
         capital: capital.into(),
         account,
         plugin,
-        health: ProfileHealth::of(&state.health, row.profile),
+        health,
         running_plugin: state.control.running_plugin(row.profile).map(|running| {
             RunningPluginView {
                 name: running.name.to_string(),
@@ -496,6 +503,8 @@ async fn within_account_balances(
 enum Switch {
     Paused(bool),
     Killed(bool),
+    /// Unpaused, and a request to end the quarantine recorded if the profile is quarantined.
+    Resumed,
 }
 
 /// Stores a switch, then tells the running loop.
@@ -507,20 +516,33 @@ async fn switch(
 ) -> Result<Json<ProfileView>, ApiError> {
     let mut tx = state.store.tenant(caller.user).begin().await?;
     found(&mut tx, profile, true).await?;
-    let change = match switch {
+    let changes = match switch {
         Switch::Paused(paused) => {
             tx.set_paused(profile, paused).await?;
-            ControlChange::Paused(paused)
+            vec![ControlChange::Paused(paused)]
         }
         Switch::Killed(killed) => {
             tx.set_killed(profile, killed).await?;
-            ControlChange::Killed(killed)
+            vec![ControlChange::Killed(killed)]
+        }
+        Switch::Resumed => {
+            tx.set_paused(profile, false).await?;
+            if tx
+                .request_quarantine_clear(profile, caller.user)
+                .await?
+                .is_some()
+            {
+                tracing::warn!(user_id = %caller.user, profile_id = %profile, "the owner asked to clear the profile's quarantine");
+            }
+            vec![ControlChange::Paused(false), ControlChange::ClearQuarantine]
         }
     };
     let row = found(&mut tx, profile, false).await?;
     let view = view(state, &mut tx, row).await?;
     tx.commit().await?;
-    state.control.apply(profile, change);
+    for change in changes {
+        state.control.apply(profile, change);
+    }
     Ok(Json(view))
 }
 
@@ -543,9 +565,11 @@ async fn pause(
     .await
 }
 
-/// Resumes new entries after a pause (the kill switch stays as it is). A quarantined profile
-/// leaves quarantine at its next reconciliation pass that finds the store and the exchange in
-/// agreement; one that still differs stays quarantined.
+/// Resumes new entries after a pause (the kill switch stays as it is). For a quarantined profile
+/// it records the owner's request to end the quarantine (`health.quarantine.clear_requested_by`),
+/// whichever instance answers: the instance running the profile runs a reconciliation pass, and
+/// the quarantine ends at the first pass that finds the store and the exchange in agreement; one
+/// that still differs stays quarantined and forgets the request.
 #[utoipa::path(post, path = "/profiles/{profile_id}/resume", tag = "controls",
     params(("profile_id" = Uuid, Path, description = "the profile")),
     responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody),
@@ -555,16 +579,13 @@ async fn resume(
     Auth(caller): Auth,
     ApiPath(profile): ApiPath<Uuid>,
 ) -> Result<Json<ProfileView>, ApiError> {
-    let view = switch(
+    switch(
         &state,
         caller,
         ProfileId::from_uuid(profile),
-        Switch::Paused(false),
+        Switch::Resumed,
     )
-    .await?;
-    let profile = ProfileId::from_uuid(profile);
-    state.control.apply(profile, ControlChange::ClearQuarantine);
-    Ok(view)
+    .await
 }
 
 /// Engages the profile's kill switch: no new entries until it is released.

@@ -679,6 +679,8 @@ impl DemoHost {
             binding,
             credentials: _,
             host_account: _,
+            // The engine reads its quarantine itself, at recovery and before each pass.
+            quarantine_clear_requested: _,
         } = stored;
         let paper = demo_paper(&self.store, user, profile, self.clock.now_ms()).await?;
         let (candle_tx, candles) = mpsc::channel(CANDLE_QUEUE_MAX);

@@ -165,14 +165,8 @@ pub struct StrategyFaultRecord {
     pub at_ms: i64,
 }
 
-/// Why and since when the profile is quarantined.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QuarantineRecord {
-    /// What the reconciliation pass that quarantined the profile found, by mismatch kind.
-    pub reason: String,
-    /// Kernel time of that pass, ms since the epoch.
-    pub since_ms: i64,
-}
+/// Why and since when the profile is quarantined, as stored (`profile_quarantines`).
+pub use crate::store::QuarantineRecord;
 
 /// Operator and owner controls of one profile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -260,14 +254,13 @@ pub struct ProfileEngine {
     /// the sequence of the decision that asked for them (see [`ProfileEngine::defer_reversal`]).
     reversals: HashMap<Symbol, (RawIntent, u64)>,
     plant: Planted,
-    /// A resume asked for the quarantine to end at the next clean reconciliation pass.
     /// User events about orders this profile did not place, heard and ignored since it started.
     foreign_events: u64,
     /// Open orders on the account this profile did not place, as reconciliation found them
     /// (bounded by [`FOREIGN_ORDERS_KEPT_MAX`]): each counted once.
     foreign_open_orders: std::collections::HashSet<ClientOrderId>,
-    quarantine_clear_requested: bool,
-    /// Why the profile is quarantined, while it is.
+    /// Why the profile is quarantined, while it is: the open row of `profile_quarantines`, as
+    /// this engine last wrote or read it.
     quarantine: Option<QuarantineRecord>,
     /// The strategy's last fault.
     last_fault: Option<StrategyFaultRecord>,
@@ -327,7 +320,6 @@ impl ProfileEngine {
             pending_decisions: VecDeque::new(),
             reversals: HashMap::new(),
             plant: Planted::default(),
-            quarantine_clear_requested: false,
             foreign_events: 0,
             foreign_open_orders: std::collections::HashSet::new(),
             quarantine: None,
@@ -372,29 +364,12 @@ impl ProfileEngine {
         self.controls.killed = killed;
     }
 
-    /// Clears quarantine at once (an operator, after checking the exchange and the store agree).
-    pub fn clear_quarantine(&mut self) {
-        self.quarantine = None;
-        if self.controls.quarantined {
-            self.controls.quarantined = false;
-            self.metrics.profiles_quarantined.dec();
-        }
-    }
-
-    /// Asks for the quarantine to be cleared by the next reconciliation pass that finds the
-    /// store and the exchange in agreement (a resume of a quarantined profile). A pass that
-    /// finds drift again keeps the quarantine and forgets the request. Nothing happens when the
-    /// profile is not quarantined.
-    pub fn request_quarantine_clear(&mut self) {
-        if self.controls.quarantined {
-            self.quarantine_clear_requested = true;
-            tracing::info!(profile_id = %self.spec.profile, "quarantine clear requested: the next clean reconciliation pass clears it");
-        }
-    }
-
-    /// Whether a request to clear the quarantine waits for a clean pass.
+    /// Whether a request to end the quarantine (a resume by the owner, or an operator's clear,
+    /// through any instance) waits for a clean reconciliation pass.
     pub fn quarantine_clear_requested(&self) -> bool {
-        self.quarantine_clear_requested
+        self.quarantine
+            .as_ref()
+            .is_some_and(|q| q.clear_requested_by.is_some())
     }
 
     /// User events about orders this profile did not place (another profile's on its account,
@@ -1088,14 +1063,12 @@ fn order_type(price: OrderPrice) -> OrderType {
     }
 }
 
-/// The quarantine and waiting-order gauges count what engines hold: an engine that ends (its
-/// profile moved to another instance, stopped, or the host shuts down) takes its counts with it.
-/// Its waiting orders stay PENDING_SUBMIT in the store, where recovery finds them.
+/// The waiting-order gauge counts what engines hold: an engine that ends (its profile moved to
+/// another instance, stopped, or the host shuts down) takes its counts with it. Its waiting
+/// orders stay PENDING_SUBMIT in the store, where recovery finds them; its quarantine stays in
+/// the store too, where the next owner's recovery finds it.
 impl Drop for ProfileEngine {
     fn drop(&mut self) {
-        if self.controls.quarantined {
-            self.metrics.profiles_quarantined.dec();
-        }
         let waiting: Vec<ClientOrderId> = self.unplaced.keys().cloned().collect();
         for id in &waiting {
             self.forget_unplaced(id);

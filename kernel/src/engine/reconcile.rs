@@ -18,6 +18,7 @@ use crate::lock::{LockKey, LockKind};
 use crate::market::Side;
 use crate::money::Qty;
 use crate::order::OrderStatus;
+use crate::store::{QUARANTINE_EVIDENCE_ITEMS_MAX, QuarantineEvidence, StoreError};
 
 use super::{EngineError, ProfileEngine};
 
@@ -33,6 +34,11 @@ pub struct ReconcileReport {
     pub repaired: u32,
     /// Set when the pass put the profile into quarantine.
     pub quarantined: bool,
+    /// What the store and the exchange said of each thing the pass could not explain (the
+    /// first [`QUARANTINE_EVIDENCE_ITEMS_MAX`]).
+    pub evidence: Vec<QuarantineEvidence>,
+    /// Set when the pass ended the profile's quarantine (a clean pass after a request).
+    pub quarantine_cleared: bool,
     /// Set when another owner held the reconciliation lock: nothing was compared.
     pub skipped_locked: bool,
 }
@@ -40,6 +46,16 @@ pub struct ReconcileReport {
 impl ReconcileReport {
     fn found(&mut self, kind: &'static str) {
         *self.mismatches.entry(kind).or_default() += 1;
+    }
+
+    /// A drift the pass cannot repair: the profile is quarantined, with what each side said.
+    fn unexplained(&mut self, kind: &'static str, subject: &str, store: &str, exchange: &str) {
+        self.found(kind);
+        self.quarantined = true;
+        if self.evidence.len() < QUARANTINE_EVIDENCE_ITEMS_MAX {
+            self.evidence
+                .push(QuarantineEvidence::new(kind, subject, store, exchange));
+        }
     }
 
     /// True when the pass found nothing to repair.
@@ -117,6 +133,9 @@ impl ProfileEngine {
     async fn reconcile_locked(&mut self) -> Result<ReconcileReport, EngineError> {
         // Orders waiting to be sent again go first: the comparison then sees where they stand.
         self.retry_unplaced().await?;
+        if self.controls.quarantined {
+            self.load_quarantine().await?;
+        }
         let mut report = ReconcileReport::default();
         // What the store holds, read once in one transaction: compared with the exchange, and,
         // when the pass repairs nothing, the book as it is (no second listing).
@@ -163,14 +182,24 @@ impl ProfileEngine {
                 self.note_foreign_open_order(id);
                 continue;
             }
+            let on_exchange = format!(
+                "open, {}, filled {} of {}",
+                live.status, live.executed_qty, live.orig_qty
+            );
             match self.store.tenant(self.spec.user).order(id).await? {
                 // Terminal in the store, open on the exchange: the store cannot move back.
-                Some(_) => report.found("status_mismatch"),
+                Some(stored) => report.unexplained(
+                    "status_mismatch",
+                    id.as_str(),
+                    &describe_order(&stored),
+                    &on_exchange,
+                ),
                 // An order the store never wrote ahead: not Keel's, or a lost database.
-                None => report.found("missing_in_db"),
+                None => {
+                    report.unexplained("missing_in_db", id.as_str(), "no such order", &on_exchange)
+                }
             }
             tracing::warn!(client_order_id = %id, status = %live.status, "exchange order the store cannot explain");
-            report.quarantined = true;
         }
         let untouched = report.repaired == 0;
         let stored_positions = if untouched {
@@ -185,11 +214,9 @@ impl ProfileEngine {
         self.reconcile_positions(&stored_positions, &mut report)
             .await?;
         if report.quarantined {
-            self.enter_quarantine(&report);
-        } else if report.is_clean() && self.quarantine_clear_requested {
-            self.quarantine_clear_requested = false;
-            self.clear_quarantine();
-            tracing::info!("quarantine cleared: a clean pass after the request to resume");
+            self.enter_quarantine(&report).await?;
+        } else if report.is_clean() && self.quarantine_clear_requested() {
+            report.quarantine_cleared = self.end_quarantine().await?;
         }
         if untouched {
             self.reset_book(capital, stored_positions, stored_open);
@@ -254,8 +281,12 @@ impl ProfileEngine {
             }
             None => {
                 // The store saw the exchange accept it, and the exchange has forgotten it.
-                report.found("missing_on_exchange");
-                report.quarantined = true;
+                report.unexplained(
+                    "missing_on_exchange",
+                    order.client_order_id.as_str(),
+                    &describe_order(order),
+                    "no such order",
+                );
             }
         }
         Ok(())
@@ -304,16 +335,21 @@ impl ProfileEngine {
             let have = actual.get(symbol).copied().unwrap_or_default();
             if want != have {
                 tracing::warn!(%symbol, stored = %want, exchange = %have, "position differs from the exchange");
-                report.found("position_mismatch");
-                report.quarantined = true;
+                report.unexplained(
+                    "position_mismatch",
+                    symbol,
+                    &format!("position {want}"),
+                    &format!("position {have}"),
+                );
             }
         }
         Ok(())
     }
 
-    fn enter_quarantine(&mut self, report: &ReconcileReport) {
-        // A drift found after a request to resume needs a new request once it is explained.
-        self.quarantine_clear_requested = false;
+    /// Stores the quarantine this pass found (a new one, or the open one renewed with this
+    /// pass's evidence) and puts the profile in reduce-only. A request to end it that stood is
+    /// forgotten: the drift found after it needs a new request once it is explained.
+    async fn enter_quarantine(&mut self, report: &ReconcileReport) -> Result<(), EngineError> {
         let found: Vec<String> = report
             .mismatches
             .iter()
@@ -323,16 +359,85 @@ impl ProfileEngine {
             "reconciliation found what it could not repair: {}",
             found.join(", ")
         );
-        let since_ms = match &self.quarantine {
-            Some(earlier) => earlier.since_ms,
-            None => self.clock.now_ms(),
+        // Read at the start of this pass: the same drift with no request standing is stored.
+        let unchanged = self.quarantine.as_ref().is_some_and(|q| {
+            q.reason == reason && q.evidence == report.evidence && q.clear_requested_by.is_none()
+        });
+        if unchanged {
+            return Ok(());
+        }
+        let action = if self.quarantine.is_some() {
+            "renewed"
+        } else {
+            "entered"
         };
-        self.quarantine = Some(super::QuarantineRecord { reason, since_ms });
+        let now_ms = self.clock.now_ms();
+        let written = self
+            .store
+            .tenant(self.spec.user)
+            .enter_quarantine(self.spec.profile, &reason, &report.evidence, now_ms)
+            .await;
+        self.count_quarantine_write(action, &written);
+        // Reduce-only whether or not the row could be written: the drift is there either way,
+        // and the next pass writes it again.
         if !self.controls.quarantined {
             self.controls.quarantined = true;
-            self.metrics.profiles_quarantined.inc();
-            tracing::error!("profile quarantined: reduce-only until an operator clears it");
+            tracing::error!(%reason, "profile quarantined: reduce-only until its owner or an operator asks to clear it and a reconciliation pass is clean");
         }
+        let stored = written?;
+        assert!(
+            stored.cleared_at_ms.is_none() && stored.clear_requested_by.is_none(),
+            "a quarantine just entered is open, with no request standing"
+        );
+        self.quarantine = Some(stored);
+        Ok(())
+    }
+
+    /// Ends the quarantine on the request that stands: the stored row is closed (kept as
+    /// history) and entries may start again. False when the store held no request any more.
+    async fn end_quarantine(&mut self) -> Result<bool, EngineError> {
+        let closed = self
+            .store
+            .tenant(self.spec.user)
+            .clear_quarantine(self.spec.profile)
+            .await;
+        self.count_quarantine_write("cleared", &closed);
+        let Some(closed) = closed? else {
+            return Ok(false);
+        };
+        self.quarantine = None;
+        self.controls.quarantined = false;
+        tracing::info!(cleared_by = ?closed.cleared_by, "quarantine cleared: a clean pass after the request to clear it");
+        Ok(true)
+    }
+
+    /// Reads the profile's stored quarantine: at recovery (a quarantine outlives the engine
+    /// that found it) and before each pass while quarantined (a request to end it may have
+    /// been recorded through any instance).
+    pub(super) async fn load_quarantine(&mut self) -> Result<(), EngineError> {
+        let stored = self
+            .store
+            .tenant(self.spec.user)
+            .quarantine(self.spec.profile)
+            .await?;
+        if stored.is_some() && !self.controls.quarantined {
+            tracing::warn!(reason = %stored.as_ref().map_or("", |q| q.reason.as_str()), "profile quarantined by an earlier pass: reduce-only until its owner or an operator asks to clear it and a reconciliation pass is clean");
+        }
+        self.controls.quarantined = stored.is_some();
+        self.quarantine = stored;
+        Ok(())
+    }
+
+    fn count_quarantine_write<T>(&self, action: &str, written: &Result<T, StoreError>) {
+        let result = match written {
+            Ok(_) => "committed",
+            Err(StoreError::Constraint(_) | StoreError::InvalidQuarantine(_)) => "refused",
+            Err(_) => "failed",
+        };
+        self.metrics
+            .quarantine_writes_total
+            .with_label_values(&[action, result])
+            .inc();
     }
 
     /// Reloads the book from the store.
@@ -351,6 +456,14 @@ impl ProfileEngine {
         self.book.reset(capital, positions, orders);
         self.orders_open.publish(&self.book);
     }
+}
+
+/// An order as the store holds it, for the evidence of a quarantine.
+fn describe_order(order: &OrderRecord) -> String {
+    format!(
+        "{}, {:?} {:?}, filled {} of {}",
+        order.status, order.kind, order.side, order.filled_qty, order.qty
+    )
 }
 
 /// The request of a stored exit whose request was not kept (it was written before a restart):

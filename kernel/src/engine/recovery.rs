@@ -37,6 +37,9 @@ impl ProfileEngine {
             tracing::error!(stored = %rebuild.stored, journal = %rebuild.journal, "ledger rebuild: the capital row differed from its journal");
         }
         self.reload_book().await?;
+        // A quarantine outlives the engine that found it: this one starts in it, and leaves it
+        // only on a request and a clean pass, like the engine before it.
+        self.load_quarantine().await?;
         let in_flight: Vec<_> = self.book.open_orders.values().cloned().collect();
         // The window after which an order the exchange does not know counts as never placed
         // starts now at the latest, whatever the queries below answer: an engine that starts

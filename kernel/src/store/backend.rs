@@ -181,6 +181,7 @@ pub(crate) trait RowExt {
     fn uuid(&self, column: &str) -> Result<Uuid, StoreError>;
     fn text(&self, column: &str) -> Result<String, StoreError>;
     fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>, StoreError>;
     fn int(&self, column: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
     fn flag(&self, column: &str) -> Result<bool, StoreError>;
@@ -199,6 +200,9 @@ macro_rules! row_ext {
                 Ok(self.try_get(column)?)
             }
             fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>, StoreError> {
                 Ok(self.try_get(column)?)
             }
             fn int(&self, column: &str) -> Result<i64, StoreError> {
@@ -278,6 +282,7 @@ fn sqlite_unique_name(columns: &str) -> Option<&'static str> {
             "trade_history_exchange_trade_key"
         }
         "ledger_entries.profile_id, ledger_entries.dedup_key" => "ledger_entries_dedup_key",
+        "profile_quarantines.profile_id" => "profile_quarantines_one_open",
         _ => return None,
     })
 }

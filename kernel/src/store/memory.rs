@@ -33,6 +33,7 @@ use crate::lock::LockKind;
 use crate::market::Side;
 
 use super::backend::{decimal_to_units, units_to_decimal};
+use super::quarantine::{MemoryQuarantine, QuarantineRecord, decode_evidence};
 use super::{Constraint, StoreError};
 
 /// A money value as the database stores and returns it: exact units of 10⁻⁸, normalized.
@@ -137,6 +138,10 @@ enum Undo {
     Lock(LockKind, String, Option<LockRow>),
     FenceSeq(i64),
     Budget(UserId, Option<Budget>),
+    Quarantine {
+        at: usize,
+        before: Option<MemoryQuarantine>,
+    },
 }
 
 type SymbolKey = (ProfileId, Symbol);
@@ -169,6 +174,8 @@ pub(crate) struct Db {
     fence_seq: i64,
     /// `capital_budgets`, kept equal to the grants and ALLOCATE entries as its triggers keep it.
     budgets: HashMap<UserId, Budget>,
+    /// `profile_quarantines`, in insertion order (open and closed).
+    quarantines: Vec<MemoryQuarantine>,
 }
 
 fn lock_table(kind: LockKind) -> usize {
@@ -217,6 +224,18 @@ fn check_budget(b: &Budget) -> Result<(), StoreError> {
         "capital_budgets_allocated_nonnegative",
     )?;
     check(b.allocated <= b.granted, "capital_budgets_within_grant")
+}
+
+/// The CHECK constraints of `profile_quarantines` on what the kernel writes.
+fn check_quarantine_row(reason: &str, evidence: &str) -> Result<(), StoreError> {
+    check(
+        (1..=1_000).contains(&reason.chars().count()),
+        "profile_quarantines_reason_length",
+    )?;
+    check(
+        (2..=16_384).contains(&evidence.chars().count()),
+        "profile_quarantines_evidence_length",
+    )
 }
 
 /// The CHECK constraints of `orders`.
@@ -415,6 +434,40 @@ impl Db {
         (row.user == user).then_some((lifecycle_id(at), row))
     }
 
+    /// The open row of `profile_quarantines` of (profile, user).
+    pub(crate) fn open_quarantine(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+    ) -> Option<&QuarantineRecord> {
+        self.quarantines
+            .iter()
+            .find(|q| q.profile == profile && q.user == user && q.is_open())
+            .map(|q| &q.record)
+    }
+
+    /// The closed rows of `profile_quarantines` of (profile, user), newest first.
+    pub(crate) fn quarantine_history(
+        &self,
+        profile: ProfileId,
+        user: UserId,
+        limit: usize,
+    ) -> Vec<QuarantineRecord> {
+        self.quarantines
+            .iter()
+            .rev()
+            .filter(|q| q.profile == profile && q.user == user && !q.is_open())
+            .take(limit)
+            .map(|q| q.record.clone())
+            .collect()
+    }
+
+    fn open_quarantine_at(&self, profile: ProfileId, user: UserId) -> Option<usize> {
+        self.quarantines
+            .iter()
+            .position(|q| q.profile == profile && q.user == user && q.is_open())
+    }
+
     /// Every profile of every tenant, oldest first.
     pub(crate) fn directory(&self) -> Vec<(ProfileId, UserId)> {
         let mut rows: Vec<(&ProfileId, &ProfileRow)> = self.profiles.iter().collect();
@@ -506,6 +559,107 @@ impl Transaction {
         let before = self.db.capital.insert(profile, row);
         self.undo.push(Undo::Capital(profile, before));
         Ok(())
+    }
+
+    /// `INSERT INTO profile_quarantines` (no open row of the profile) or the `UPDATE` of the
+    /// open one, as [`super::TenantTx::enter_quarantine`] chooses.
+    pub(crate) fn enter_quarantine(
+        &mut self,
+        profile: ProfileId,
+        user: UserId,
+        reason: &str,
+        evidence: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        check_quarantine_row(reason, evidence)?;
+        let Some(at) = self.db.open_quarantine_at(profile, user) else {
+            return self.insert_quarantine(profile, user, reason, evidence, now_ms);
+        };
+        let before = self.db.quarantines[at].clone();
+        let record = &mut self.db.quarantines[at].record;
+        record.reason = reason.to_owned();
+        record.evidence = decode_evidence(evidence)?;
+        record.clear_requested_by = None;
+        record.clear_requested_at_ms = None;
+        self.undo.push(Undo::Quarantine {
+            at,
+            before: Some(before),
+        });
+        Ok(())
+    }
+
+    /// `INSERT INTO profile_quarantines`, with the table's CHECK constraints, its foreign key
+    /// and its one-open index.
+    fn insert_quarantine(
+        &mut self,
+        profile: ProfileId,
+        user: UserId,
+        reason: &str,
+        evidence: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        check_quarantine_row(reason, evidence)?;
+        check(
+            self.db.profile_owned(profile, user),
+            "profile_quarantines_profile_fkey",
+        )?;
+        check(
+            !self
+                .db
+                .quarantines
+                .iter()
+                .any(|q| q.profile == profile && q.is_open()),
+            "profile_quarantines_one_open",
+        )?;
+        self.db.quarantines.push(MemoryQuarantine {
+            profile,
+            user,
+            record: QuarantineRecord {
+                reason: reason.to_owned(),
+                since_ms: now_ms,
+                evidence: decode_evidence(evidence)?,
+                clear_requested_by: None,
+                clear_requested_at_ms: None,
+                cleared_at_ms: None,
+                cleared_by: None,
+            },
+        });
+        let at = self.db.quarantines.len() - 1;
+        self.undo.push(Undo::Quarantine { at, before: None });
+        Ok(())
+    }
+
+    /// The `UPDATE` that records a request to end the open quarantine of (profile, user).
+    pub(crate) fn request_quarantine_clear(
+        &mut self,
+        profile: ProfileId,
+        user: UserId,
+        by: UserId,
+    ) {
+        if let Some(at) = self.db.open_quarantine_at(profile, user) {
+            let before = self.db.quarantines[at].clone();
+            let record = &mut self.db.quarantines[at].record;
+            record.clear_requested_by = Some(by);
+            record.clear_requested_at_ms = Some(now_ms());
+            self.undo.push(Undo::Quarantine {
+                at,
+                before: Some(before),
+            });
+        }
+    }
+
+    /// The `UPDATE` that closes the open quarantine of (profile, user) on its request.
+    pub(crate) fn clear_quarantine(&mut self, profile: ProfileId, user: UserId) {
+        if let Some(at) = self.db.open_quarantine_at(profile, user) {
+            let before = self.db.quarantines[at].clone();
+            let record = &mut self.db.quarantines[at].record;
+            record.cleared_at_ms = Some(now_ms());
+            record.cleared_by = record.clear_requested_by;
+            self.undo.push(Undo::Quarantine {
+                at,
+                before: Some(before),
+            });
+        }
     }
 
     /// `INSERT INTO ledger_entries`.
@@ -910,6 +1064,12 @@ impl Db {
             Undo::Fill(key) => {
                 self.fills.remove(&key);
             }
+            Undo::Quarantine { at, before } => match before {
+                Some(row) => self.quarantines[at] = row,
+                None => {
+                    self.quarantines.pop();
+                }
+            },
             Undo::Lifecycle { at, before } => {
                 let current = self.lifecycles[at].clone();
                 let _ = self.index_lifecycle(at, Some(&current), before.as_ref());
@@ -1035,6 +1195,11 @@ pub enum RowWrite {
         /// How much earlier it expires.
         earlier_ms: i64,
     },
+    /// `INSERT INTO profile_quarantines`: an open quarantine of the profile, beside any open one.
+    OpenQuarantine {
+        /// The profile.
+        profile: ProfileId,
+    },
     /// `INSERT INTO lifecycles`: an open ENTRY lifecycle of the order's (profile, symbol).
     OpenEntryLifecycle {
         /// The order it is recorded under.
@@ -1106,6 +1271,10 @@ impl Transaction {
                     cost_open: money(cost),
                     is_open: true,
                 })?;
+                Ok(1)
+            }
+            RowWrite::OpenQuarantine { profile } => {
+                self.insert_quarantine(profile, user, "planted", "[]", now_ms())?;
                 Ok(1)
             }
             RowWrite::ExpireLock {

@@ -38,6 +38,7 @@ mod memory;
 mod pages;
 mod plugins;
 mod profiles;
+mod quarantine;
 mod rows;
 mod stats;
 mod switches;
@@ -71,6 +72,10 @@ pub use memory::RowWrite;
 pub use pages::{LedgerRow, OrderRow, PAGE_ROWS_MAX, Page, TradeRow};
 pub use plugins::{BindingRow, NewPlugin, PLUGINS_LISTED_MAX, PluginRow, SealedCredentials};
 pub use profiles::{Operator, PROFILES_LISTED_MAX, ProfileRow};
+pub use quarantine::{
+    QUARANTINE_EVIDENCE_BYTES_MAX, QUARANTINE_EVIDENCE_ITEMS_MAX, QUARANTINE_EVIDENCE_TEXT_LEN_MAX,
+    QUARANTINE_HISTORY_MAX, QUARANTINE_REASON_LEN_MAX, QuarantineEvidence, QuarantineRecord,
+};
 pub use stats::{LOCK_LATENCY_BUCKETS_US, StoreStats, StoreStatsSnapshot};
 pub use switches::{HOST_CHANNEL, HostSwitchesRow};
 pub use tenant::{PROFILE_NAME_LEN_MAX, Tenant, TenantTx};
@@ -116,6 +121,8 @@ pub enum Constraint {
     /// `fills_order_fkey`, `lifecycles_order_fkey`, `trade_history_order_fkey` or
     /// `ledger_entries_order_fkey`: a row naming an order that is not its profile's.
     OrderOfAnotherProfile(String),
+    /// `profile_quarantines_one_open`: a second open quarantine of a profile.
+    OneOpenQuarantine,
     /// Any other named constraint.
     Other(String),
 }
@@ -135,6 +142,7 @@ impl Constraint {
             "orders_current_fence" => Constraint::CurrentFence,
             "locks_fence_only_grows" => Constraint::FenceOnlyGrows,
             "profile_lease_current" => Constraint::StaleProfileLease,
+            "profile_quarantines_one_open" => Constraint::OneOpenQuarantine,
             other if other.starts_with("capital_budgets_") => Constraint::Budget(other.to_owned()),
             "fills_order_fkey"
             | "lifecycles_order_fkey"
@@ -169,6 +177,9 @@ pub enum StoreError {
     /// The database refused a write by a named constraint.
     #[error("the database refused the write by constraint {0:?}")]
     Constraint(Constraint),
+    /// A quarantine the kernel will not store (a reason or evidence out of bounds).
+    #[error("quarantine refused: {0}")]
+    InvalidQuarantine(String),
     /// A stored value the kernel cannot read back (a status or side it does not know).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

@@ -152,6 +152,17 @@ in_own_transaction! {
     fn order(order: &ClientOrderId) -> Option<OrderRecord>;
     /// See [`TenantTx::position`].
     fn position(profile: ProfileId, symbol: &Symbol) -> Option<Position>;
+    /// See [`TenantTx::quarantine`].
+    fn quarantine(profile: ProfileId) -> Option<super::QuarantineRecord>;
+    /// See [`TenantTx::enter_quarantine`].
+    fn enter_quarantine(
+        profile: ProfileId,
+        reason: &str,
+        evidence: &[super::QuarantineEvidence],
+        now_ms: i64
+    ) -> super::QuarantineRecord;
+    /// See [`TenantTx::clear_quarantine`].
+    fn clear_quarantine(profile: ProfileId) -> Option<super::QuarantineRecord>;
 }
 
 impl TenantTx {

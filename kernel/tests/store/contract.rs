@@ -12,7 +12,9 @@ use keel_kernel::market::Side;
 use keel_kernel::money::{Amount, Price, Qty, decimal_from_f64};
 use keel_kernel::order::OrderStatus;
 use keel_kernel::store::{
-    Constraint, DirectoryEntry, HOST_OPERATOR, LeaseGuard, RowWrite, StoreError,
+    Constraint, DirectoryEntry, HOST_OPERATOR, LeaseGuard, QUARANTINE_EVIDENCE_ITEMS_MAX,
+    QUARANTINE_EVIDENCE_TEXT_LEN_MAX, QUARANTINE_REASON_LEN_MAX, QuarantineEvidence, RowWrite,
+    StoreError,
 };
 
 use crate::fixtures::*;
@@ -45,6 +47,8 @@ keel_testkit::contract_tests!(
     exits_beyond_the_position_are_refused,
     a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transaction,
     the_directory_lists_every_tenants_profiles,
+    a_quarantine_is_stored_asked_to_end_and_kept_as_history,
+    a_second_open_quarantine_is_refused_by_the_database,
 );
 
 async fn allocation_is_journaled_and_rebuild_finds_no_difference(h: &Harness) {
@@ -1340,4 +1344,138 @@ async fn the_directory_lists_every_tenants_profiles(h: &Harness) {
             "{profile} of {user} missing from {listed:?}"
         );
     }
+}
+
+async fn a_quarantine_is_stored_asked_to_end_and_kept_as_history(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let tenant = h.store.tenant(user);
+    let evidence = [QuarantineEvidence::new(
+        "missing_in_db",
+        "E-unwritten",
+        "no such order",
+        "open, NEW, filled 0 of 1",
+    )];
+    let mut tx = tenant.begin().await.unwrap();
+    assert_eq!(tx.quarantine(profile).await.unwrap(), None);
+    assert_eq!(
+        tx.request_quarantine_clear(profile, user).await.unwrap(),
+        None,
+        "nothing to ask for on a profile that is not quarantined"
+    );
+    let stored = tx
+        .enter_quarantine(profile, "missing_in_db x1", &evidence, 1_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored.reason, "missing_in_db x1");
+    assert_eq!(stored.since_ms, 1_000);
+    assert_eq!(stored.evidence, evidence);
+    assert_eq!(stored.clear_requested_by, None);
+
+    let mut tx = tenant.begin().await.unwrap();
+    // Nobody asked: a clean pass ends nothing.
+    assert_eq!(tx.clear_quarantine(profile).await.unwrap(), None);
+    assert!(tx.quarantine(profile).await.unwrap().is_some());
+    // Asked, then drift found again: the row is renewed (since kept) and the request spent.
+    let operator = UserId::new_random();
+    let asked = tx
+        .request_quarantine_clear(profile, operator)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(asked.clear_requested_by, Some(operator));
+    assert!(asked.clear_requested_at_ms.is_some_and(|at| at > 0));
+    let renewed = tx
+        .enter_quarantine(profile, "position_mismatch x1", &[], 2_000)
+        .await
+        .unwrap();
+    assert_eq!(renewed.since_ms, 1_000);
+    assert_eq!(renewed.reason, "position_mismatch x1");
+    assert!(renewed.evidence.is_empty());
+    assert_eq!(renewed.clear_requested_by, None);
+    // Asked again, and a clean pass ends it: kept, closed, naming who asked.
+    tx.request_quarantine_clear(profile, user).await.unwrap();
+    let closed = tx.clear_quarantine(profile).await.unwrap().unwrap();
+    assert_eq!(closed.cleared_by, Some(user));
+    assert!(closed.cleared_at_ms.is_some());
+    assert_eq!(tx.quarantine(profile).await.unwrap(), None);
+    // A later quarantine is a new row; the closed one stays as history.
+    let again = tx
+        .enter_quarantine(profile, "missing_on_exchange x1", &[], 3_000)
+        .await
+        .unwrap();
+    assert_eq!(again.since_ms, 3_000);
+    assert_eq!(tx.quarantine_history(profile).await.unwrap(), vec![closed]);
+    tx.commit().await.unwrap();
+
+    // Another tenant neither sees it nor asks for its end.
+    let other = UserId::new_random();
+    let mut tx = h.store.tenant(other).begin().await.unwrap();
+    assert_eq!(tx.quarantine(profile).await.unwrap(), None);
+    assert_eq!(
+        tx.request_quarantine_clear(profile, other).await.unwrap(),
+        None
+    );
+    assert!(tx.quarantine_history(profile).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    let mut tx = tenant.begin().await.unwrap();
+    let open = tx.quarantine(profile).await.unwrap().unwrap();
+    assert_eq!(
+        open.clear_requested_by, None,
+        "another tenant asked nothing"
+    );
+
+    // The kernel's bounds: a reason too long is refused; evidence is cut to its bound.
+    let refused = tx
+        .enter_quarantine(
+            profile,
+            &"x".repeat(QUARANTINE_REASON_LEN_MAX + 1),
+            &[],
+            4_000,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::InvalidQuarantine(_)),
+        "{refused:?}"
+    );
+    drop(tx);
+    let many: Vec<QuarantineEvidence> = (0..100)
+        .map(|i| QuarantineEvidence::new("missing_in_db", &format!("E-{i}"), &"s".repeat(500), "x"))
+        .collect();
+    let mut tx = tenant.begin().await.unwrap();
+    let bounded = tx
+        .enter_quarantine(profile, "missing_in_db x100", &many, 5_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(bounded.evidence.len(), QUARANTINE_EVIDENCE_ITEMS_MAX);
+    assert_eq!(
+        bounded.evidence[0].store.chars().count(),
+        QUARANTINE_EVIDENCE_TEXT_LEN_MAX
+    );
+}
+
+async fn a_second_open_quarantine_is_refused_by_the_database(h: &Harness) {
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let mut tx = h.store.tenant(user).begin().await.unwrap();
+    tx.enter_quarantine(profile, "position_mismatch x1", &[], 1_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let copy = "INSERT INTO profile_quarantines (profile_id, user_id, reason, evidence, since_ms) \
+                SELECT profile_id, user_id, reason, evidence, since_ms FROM profile_quarantines";
+    let refused = h
+        .write_outside(user, copy, RowWrite::OpenQuarantine { profile })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::Constraint(Constraint::OneOpenQuarantine)
+        ),
+        "{refused:?}"
+    );
 }

@@ -2,7 +2,7 @@
 //! role sees it, and the catalog facts it rests on.
 
 use keel_kernel::ids::{ProfileId, UserId};
-use keel_kernel::store::{NewPlugin, SealedCredentials, Store};
+use keel_kernel::store::{NewPlugin, QuarantineEvidence, SealedCredentials, Store};
 use sqlx::Row;
 
 use crate::fixtures::*;
@@ -10,7 +10,7 @@ use crate::support::{HOST_ROLE, OWNER_ROLE, PgTestDb};
 
 /// Every table that carries tenant rows. The catalog test checks that no other table has a
 /// `user_id` column, so a new tenant table cannot be added without landing here.
-const TENANT_TABLES: [&str; 10] = [
+const TENANT_TABLES: [&str; 11] = [
     "profiles",
     "capital_accounts",
     "orders",
@@ -21,6 +21,7 @@ const TENANT_TABLES: [&str; 10] = [
     "plugins",
     "profile_bindings",
     "profile_credentials",
+    "profile_quarantines",
 ];
 
 /// Tenant tables only operators write (through the store's operator scope; on
@@ -36,7 +37,7 @@ const OPERATOR_WRITTEN_TABLES: [&str; 3] = [
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// A user with one profile that went through a full ENTRY and a partial EXIT, with a plugin
-/// bound and credentials stored, so that every tenant table has rows.
+/// bound, credentials stored and a quarantine, so that every tenant table has rows.
 async fn trading_user(store: &Store) -> (UserId, ProfileId) {
     let user = UserId::new_random();
     let profile = funded_profile(store, user, "1000").await;
@@ -79,6 +80,15 @@ async fn trading_user(store: &Store) -> (UserId, ProfileId) {
         updated_at_ms: 0,
     };
     tx.put_credentials(profile, &sealed).await.unwrap();
+    let evidence = [QuarantineEvidence::new(
+        "position_mismatch",
+        "BTCUSDT",
+        "position 1",
+        "position 0",
+    )];
+    tx.enter_quarantine(profile, "position_mismatch x1", &evidence, 0)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     (user, profile)
 }

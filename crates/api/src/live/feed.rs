@@ -19,7 +19,7 @@ use keel_kernel::strategy::PluginFault;
 use keel_runtime::{RunningVersion, SwapHandle};
 
 use super::{Bus, OrderState, ProfileEvent};
-use crate::health::{LoopRun, wall_now_ms};
+use crate::health::{LoopRun, QuarantineView, wall_now_ms};
 
 /// What a loop did in one step, as the feed needs it.
 #[derive(Debug, Default)]
@@ -48,7 +48,7 @@ struct Published {
     orders: BTreeMap<ClientOrderId, OrderRecord>,
     positions: BTreeMap<Symbol, Position>,
     capital: Option<Capital>,
-    status: Option<(ProfileControls, Option<EntryBlock>)>,
+    status: Option<(ProfileControls, Option<EntryBlock>, Option<QuarantineView>)>,
     plugin: Option<RunningVersion>,
 }
 
@@ -130,13 +130,18 @@ impl ProfileFeed {
                 capital: (&capital).into(),
             });
         }
-        let status = (engine.controls(), engine.entry_block());
-        if self.published.status != Some(status) {
-            self.published.status = Some(status);
+        let status = (
+            engine.controls(),
+            engine.entry_block(),
+            engine.quarantine().map(QuarantineView::of),
+        );
+        if self.published.status.as_ref() != Some(&status) {
             self.send(ProfileEvent::Status {
                 controls: status.0,
                 entry_block: status.1,
+                quarantine: status.2.clone(),
             });
+            self.published.status = Some(status);
         }
         self.refusals(engine, step.refused);
         if let Some(report) = step.reconciliation.filter(|r| !r.mismatches.is_empty()) {

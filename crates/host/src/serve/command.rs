@@ -656,6 +656,10 @@ impl ProfileStarter for Starter {
             ControlChange::Killed(stored.row.killed),
         ];
         changes.extend(stored.row.risk_limits.take().map(ControlChange::Limits));
+        if stored.quarantine_clear_requested {
+            // Recorded through another instance: the loop runs a pass for it.
+            changes.push(ControlChange::QuarantineClearRequested);
+        }
         for change in changes {
             if !self.profiles.control().apply(profile, change) {
                 anyhow::bail!("profile {profile} does not run here any more");

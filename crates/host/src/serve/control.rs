@@ -35,6 +35,7 @@ pub enum Command {
 #[derive(Debug, Default)]
 struct Pending {
     clear_quarantine: bool,
+    quarantine_clear_requested: bool,
     paused: Option<bool>,
     killed: Option<bool>,
     limits: Option<RiskLimits>,
@@ -44,6 +45,7 @@ impl Pending {
     fn record(&mut self, change: ControlChange) {
         match change {
             ControlChange::ClearQuarantine => self.clear_quarantine = true,
+            ControlChange::QuarantineClearRequested => self.quarantine_clear_requested = true,
             ControlChange::Paused(paused) => self.paused = Some(paused),
             ControlChange::Killed(killed) => self.killed = Some(killed),
             ControlChange::Limits(limits) => self.limits = Some(limits),
@@ -55,6 +57,9 @@ impl Pending {
     fn take(&mut self) -> Option<ControlChange> {
         if std::mem::take(&mut self.clear_quarantine) {
             return Some(ControlChange::ClearQuarantine);
+        }
+        if std::mem::take(&mut self.quarantine_clear_requested) {
+            return Some(ControlChange::QuarantineClearRequested);
         }
         if let Some(paused) = self.paused.take() {
             return Some(ControlChange::Paused(paused));
@@ -119,10 +124,12 @@ impl From<mpsc::Receiver<Command>> for Commands {
 }
 
 /// Applies a change to the engine (reconciliation is the loop's own: it records its health).
+/// A request to end a quarantine is in the store already (`profile_quarantines`): the loop runs
+/// a reconciliation pass for it, which reads it and, when clean, ends the quarantine.
 pub(super) fn apply(change: ControlChange, engine: &mut ProfileEngine) {
     match change {
         ControlChange::Paused(paused) => engine.set_paused(paused),
-        ControlChange::ClearQuarantine => engine.request_quarantine_clear(),
+        ControlChange::ClearQuarantine | ControlChange::QuarantineClearRequested => {}
         ControlChange::Killed(killed) => engine.set_killed(killed),
         ControlChange::Limits(limits) => engine.set_limits(limits),
     }

@@ -82,6 +82,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         Ok(operator) => operator,
         Err(refused) => return refused,
     };
+    // Counted from the profiles this instance runs (their engines' last snapshots), so a
+    // profile that moved to another instance is counted there, and only there.
+    let quarantined = state.health.profile_counts().quarantined;
+    state
+        .metrics
+        .profiles_quarantined
+        .set(i64::try_from(quarantined).unwrap_or(i64::MAX));
     let text = if operator || state.profile_labels_public {
         state.metrics.encode()
     } else {

@@ -419,7 +419,16 @@ impl ProfileTask {
     async fn command(&mut self, engine: &mut ProfileEngine, command: control::Command) {
         match command {
             control::Command::Change(change) => {
+                let clear = matches!(
+                    change,
+                    ControlChange::ClearQuarantine | ControlChange::QuarantineClearRequested
+                );
                 self.apply_change(change, engine);
+                if clear && engine.controls().quarantined {
+                    // The request is stored: a pass now reads it and, when clean, ends the
+                    // quarantine, instead of waiting for the next tick.
+                    let _ = self.reconcile(engine).await;
+                }
                 // The feed sees the new status at once, not at the next candle.
                 let step = keel_api::live::StepReport {
                     loop_name: "trading",

@@ -1,5 +1,5 @@
-//! What the store says a profile runs with: its row (risk rules, switches) and the plugin bound
-//! to it through the API, if any. `keel serve` and `keel demo` start every profile from it, so
+//! What the store says a profile runs with: its row (risk rules, switches), the plugin bound
+//! to it through the API, if any, and whether a request to end its quarantine stands. `keel serve` and `keel demo` start every profile from it, so
 //! what an owner set survives a restart and follows the profile to another instance.
 
 use std::collections::BTreeMap;
@@ -28,6 +28,8 @@ pub struct StoredProfile {
     pub credentials: Option<SealedCredentials>,
     /// An operator assigned it the host's exchange account.
     pub host_account: bool,
+    /// It is quarantined and its owner or an operator asked (through any instance) to end it.
+    pub quarantine_clear_requested: bool,
 }
 
 /// Reads the profile's row, binding and credentials in one transaction of its owner's scope.
@@ -59,11 +61,16 @@ pub async fn stored_profile(
     };
     let credentials = tx.credentials(profile).await?;
     let host_account = tx.host_account_assigned(profile).await?;
+    let quarantine_clear_requested = tx
+        .quarantine(profile)
+        .await?
+        .is_some_and(|q| q.clear_requested_by.is_some());
     tx.commit().await?;
     Ok(StoredProfile {
         row,
         binding,
         credentials,
         host_account,
+        quarantine_clear_requested,
     })
 }

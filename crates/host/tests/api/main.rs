@@ -6,6 +6,7 @@ use keel_testkit::store as support;
 
 mod auth;
 mod endpoints;
+mod quarantine;
 mod quotas;
 mod running;
 mod tenancy;
@@ -82,7 +83,7 @@ impl Db {
     /// Every row of every table the API writes, as text, sorted: equal fingerprints mean
     /// nothing changed.
     pub async fn fingerprint(&self) -> Vec<String> {
-        const TABLES: [(&str, &[&str]); 10] = [
+        const TABLES: [(&str, &[&str]); 11] = [
             (
                 "profiles",
                 &[
@@ -144,6 +145,16 @@ impl Db {
                 &["grant_id", "user_id", "operator_id", "amount"],
             ),
             ("host_account_assignments", &["profile_id", "operator_id"]),
+            (
+                "profile_quarantines",
+                &[
+                    "profile_id",
+                    "reason",
+                    "clear_requested_by",
+                    "clear_requested_at_ms",
+                    "cleared_at_ms",
+                ],
+            ),
         ];
         let mut rows = Vec::new();
         for (table, columns) in TABLES {

@@ -100,6 +100,8 @@ async fn another_users_ids_answer_404_and_change_nothing(db: &Db) {
         let reply = api.send(method, &path, Some(&alice_token), body).await;
         assert_eq!(reply.status, StatusCode::OK, "{method} {path}: {reply:?}");
     }
+    // And a quarantine, whose end Bob's resume must not ask for.
+    crate::quarantine::quarantine(db, alice, &p).await;
     // Bob has a profile and a plugin of his own.
     let own_p = api.create_profile(&bob_token, "bob").await;
     let own_q = api

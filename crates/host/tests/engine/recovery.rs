@@ -1,8 +1,9 @@
 //! Restart durability and reconciliation against the exchange's truth.
 
 use keel_kernel::engine::Clock;
+use keel_kernel::engine::QuarantineRecord;
 use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
-use keel_kernel::ids::ClientOrderId;
+use keel_kernel::ids::{ClientOrderId, UserId};
 use keel_kernel::market::Side;
 use keel_kernel::money::Qty;
 use keel_kernel::order::OrderStatus;
@@ -47,7 +48,7 @@ async fn restart_recovers_fills_made_while_down_and_decides_the_same_ids() {
 }
 
 #[tokio::test]
-async fn an_order_the_store_never_wrote_quarantines_the_profile() {
+async fn an_order_the_store_never_wrote_quarantines_the_profile_with_its_evidence_stored() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
     let unwritten = unwritten_order(&h, 901);
@@ -55,24 +56,48 @@ async fn an_order_the_store_never_wrote_quarantines_the_profile() {
     let report = h.engine.reconcile().await.unwrap();
     assert_eq!(report.mismatches.get("missing_in_db"), Some(&1));
     assert!(report.quarantined);
-    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
     assert_eq!(
         h.engine.entry_block(),
         Some(keel_kernel::risk::EntryBlock::Quarantined)
     );
+    let stored = stored_quarantine(&h)
+        .await
+        .expect("the quarantine is stored");
+    assert_eq!(Some(&stored), h.engine.quarantine());
+    assert!(stored.reason.contains("missing_in_db x1"), "{stored:?}");
+    assert_eq!(stored.since_ms, h.clock.now_ms());
+    let [evidence] = stored.evidence.as_slice() else {
+        panic!("one item of evidence: {stored:?}");
+    };
+    assert_eq!(evidence.kind, "missing_in_db");
+    assert_eq!(evidence.subject, unwritten.client_order_id.as_str());
+    assert_eq!(evidence.store, "no such order");
+    assert!(evidence.exchange.starts_with("open, NEW"), "{evidence:?}");
+    assert_eq!(
+        h.metrics
+            .quarantine_writes_total
+            .with_label_values(&["entered", "committed"])
+            .get(),
+        1
+    );
 }
 
 #[tokio::test]
-async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
+async fn a_quarantine_ends_only_on_a_stored_request_and_at_a_clean_pass() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
     let unwritten = unwritten_order(&h, 902);
     h.exchange.place(&unwritten).await;
     assert!(h.engine.reconcile().await.unwrap().quarantined);
+    let operator = UserId::new_random();
     // Asked while the drift is still there: the pass finds it again and the request is spent.
-    h.engine.request_quarantine_clear();
+    request_clear(&h, operator).await;
     assert!(h.engine.reconcile().await.unwrap().quarantined);
     assert!(!h.engine.quarantine_clear_requested());
+    assert_eq!(
+        stored_quarantine(&h).await.unwrap().clear_requested_by,
+        None
+    );
     assert!(h.engine.controls().quarantined);
     // The drift explained (the unwritten order gone), but nobody asked: it stays.
     h.exchange
@@ -81,26 +106,72 @@ async fn a_quarantine_ends_only_on_request_and_at_a_clean_pass() {
         .unwrap();
     assert!(h.engine.reconcile().await.unwrap().is_clean());
     assert!(h.engine.controls().quarantined);
-    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
-    // Asked, and the pass is clean: cleared, and the gauge follows.
-    h.engine.request_quarantine_clear();
-    assert!(h.engine.reconcile().await.unwrap().is_clean());
+    // Asked (through the store, as any instance's API records it), and the pass is clean:
+    // cleared, and kept as history naming who asked.
+    request_clear(&h, operator).await;
+    let report = h.engine.reconcile().await.unwrap();
+    assert!(report.is_clean() && report.quarantine_cleared, "{report:?}");
     assert!(!h.engine.controls().quarantined);
+    assert_eq!(h.engine.quarantine(), None);
     assert_eq!(h.engine.entry_block(), None);
-    assert_eq!(h.metrics.profiles_quarantined.get(), 0);
+    assert_eq!(stored_quarantine(&h).await, None);
+    let mut tx = h.store.tenant(h.user).begin().await.unwrap();
+    let history = tx.quarantine_history(h.profile).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].cleared_by, Some(operator));
 }
 
 #[tokio::test]
-async fn an_engine_that_ends_in_quarantine_leaves_the_gauge() {
+async fn a_restart_restores_the_stored_quarantine_instead_of_clearing_it() {
     let mut h = Harness::new(Scripted::default()).await;
     h.step(&candle(0, 100.0, 100.0)).await;
     let unwritten = unwritten_order(&h, 903);
     h.exchange.place(&unwritten).await;
     assert!(h.engine.reconcile().await.unwrap().quarantined);
-    assert_eq!(h.metrics.profiles_quarantined.get(), 1);
-    // A restart (or a takeover elsewhere) drops the engine: this instance owns no quarantine.
+    let found = stored_quarantine(&h).await.unwrap();
+    // The drift goes while the host is down; the engine that starts finds the store and the
+    // exchange in agreement, and stays quarantined all the same: nobody asked.
+    h.exchange
+        .cancel(&btc(), &unwritten.client_order_id)
+        .await
+        .unwrap();
     h.restart(Scripted::default());
-    assert_eq!(h.metrics.profiles_quarantined.get(), 0);
+    let report = h.engine.recover().await.unwrap();
+    assert!(report.reconciliation.is_clean(), "{report:?}");
+    assert!(!report.reconciliation.quarantine_cleared);
+    assert!(h.engine.controls().quarantined);
+    assert_eq!(
+        h.engine.entry_block(),
+        Some(keel_kernel::risk::EntryBlock::Quarantined)
+    );
+    assert_eq!(
+        h.engine.quarantine(),
+        Some(&found),
+        "the stored reason and time"
+    );
+    // A request recorded while it was down is read by the next pass, which ends it.
+    request_clear(&h, h.user).await;
+    h.restart(Scripted::default());
+    let report = h.engine.recover().await.unwrap();
+    assert!(report.reconciliation.quarantine_cleared, "{report:?}");
+    assert!(!h.engine.controls().quarantined);
+}
+
+/// The profile's open quarantine as stored.
+async fn stored_quarantine(h: &Harness) -> Option<QuarantineRecord> {
+    let mut tx = h.store.tenant(h.user).begin().await.unwrap();
+    let stored = tx.quarantine(h.profile).await.unwrap();
+    tx.commit().await.unwrap();
+    stored
+}
+
+/// Records `by`'s request to end the profile's quarantine, as the API does.
+async fn request_clear(h: &Harness, by: UserId) {
+    let mut tx = h.store.tenant(h.user).begin().await.unwrap();
+    let asked = tx.request_quarantine_clear(h.profile, by).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(asked.is_some(), "the profile is quarantined");
 }
 
 /// A resting buy on the exchange under a client order id the profile derives (decision `seq`)
