@@ -379,6 +379,7 @@ async fn the_openapi_document_describes_every_route(db: &Db) {
         "GET /api/v1/profiles/{profile_id}/positions",
         "GET /api/v1/profiles/{profile_id}/trades",
         "POST /api/v1/operator/kill",
+        "POST /api/v1/operator/profiles/{profile_id}/quarantine/clear",
         "POST /api/v1/operator/reconcile",
         "POST /api/v1/operator/users/{user_id}/budget",
         "POST /api/v1/plugins",
