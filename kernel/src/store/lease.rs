@@ -375,6 +375,11 @@ fn acquire_memory(
         fence,
         expires_at_ms,
     };
+    if kind == LockKind::Entry
+        && held.is_some_and(|held| held.owner != row.owner && held.expires_at_ms > now)
+    {
+        tx.record_entry_lock_steal();
+    }
     tx.set_lock(kind, key.as_str(), Some(row))?;
     Ok(Some(Granted {
         fence,

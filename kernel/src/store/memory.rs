@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
@@ -142,6 +143,7 @@ enum Undo {
         at: usize,
         before: Option<MemoryQuarantine>,
     },
+    EntryLockSteal,
 }
 
 type SymbolKey = (ProfileId, Symbol);
@@ -176,6 +178,27 @@ pub(crate) struct Db {
     budgets: HashMap<UserId, Budget>,
     /// `profile_quarantines`, in insertion order (open and closed).
     quarantines: Vec<MemoryQuarantine>,
+    /// What the deterministic simulation does to the database from outside the store.
+    faults: Faults,
+}
+
+/// The deterministic simulation's instruments on a memory store's database, the counterparts of
+/// the SQL it adds to a SQLite file: a switch that makes the writes of fills and orders fail,
+/// and an audit of entry locks taken from a live holder. Only lab builds set or read them.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Inserts into `fills` and updates of `orders` fail, as a lost connection fails them.
+    writes_failing: bool,
+    /// Entry locks granted over another owner's live lease (committed grants only).
+    entry_lock_steals: u64,
+}
+
+/// What a write refused by [`Faults::writes_failing`] returns: a failure the host cannot tell
+/// from a lost connection.
+fn simulated_write_failure() -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::other(
+        "simulated transaction failure",
+    )))
 }
 
 fn lock_table(kind: LockKind) -> usize {
@@ -822,6 +845,9 @@ impl Transaction {
         if before.user != user {
             return Ok(());
         }
+        if self.db.faults.writes_failing {
+            return Err(simulated_write_failure());
+        }
         let after = OrderRecord {
             status: order.status,
             filled_qty: money(order.filled_qty),
@@ -851,6 +877,9 @@ impl Transaction {
         fee: Decimal,
         dedup: bool,
     ) -> Result<bool, StoreError> {
+        if self.db.faults.writes_failing {
+            return Err(simulated_write_failure());
+        }
         self.check_order_reference(&order.client_order_id, order.profile, "fills_order_fkey")?;
         self.check_profile_reference(order.profile, order.user, "fills_profile_fkey")?;
         let row = FillRow {
@@ -973,6 +1002,25 @@ impl Transaction {
         self.undo.push(Undo::FenceSeq(before));
         self.db.fence_seq
     }
+
+    /// Switches [`Faults::writes_failing`]; not undone by a rollback (it is no row).
+    #[cfg(feature = "lab")]
+    pub(crate) fn set_writes_failing(&mut self, failing: bool) {
+        self.db.faults.writes_failing = failing;
+    }
+
+    /// Entry locks granted over another owner's live lease so far.
+    #[cfg(feature = "lab")]
+    pub(crate) fn entry_lock_steals(&self) -> u64 {
+        self.db.faults.entry_lock_steals
+    }
+
+    /// Records, for the simulation's audit, an entry lock granted over another owner's lease
+    /// that was still live.
+    pub(crate) fn record_entry_lock_steal(&mut self) {
+        self.db.faults.entry_lock_steals += 1;
+        self.undo.push(Undo::EntryLockSteal);
+    }
 }
 
 impl Db {
@@ -1092,6 +1140,7 @@ impl Db {
                 };
             }
             Undo::FenceSeq(before) => self.fence_seq = before,
+            Undo::EntryLockSteal => self.faults.entry_lock_steals -= 1,
             Undo::Budget(user, before) => match before {
                 Some(row) => {
                     self.budgets.insert(user, row);
@@ -1111,6 +1160,9 @@ pub(crate) struct MemoryPool {
     db: Arc<tokio::sync::Mutex<Db>>,
     /// How long a caller waits for the database before giving up, as the SQL pools do.
     acquire_timeout: Duration,
+    /// Set by [`MemoryPool::close`]: the pool opens no more transactions, as a closed SQL pool
+    /// opens no more connections. The rows stay for a pool opened again over them.
+    closed: Arc<AtomicBool>,
 }
 
 impl MemoryPool {
@@ -1118,11 +1170,37 @@ impl MemoryPool {
         MemoryPool {
             db: Arc::new(tokio::sync::Mutex::new(Db::default())),
             acquire_timeout,
+            closed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A new pool, open, over the same rows: a restarted process's pool over the same database.
+    #[cfg(feature = "lab")]
+    pub(crate) fn reopened(&self) -> MemoryPool {
+        MemoryPool {
+            db: Arc::clone(&self.db),
+            acquire_timeout: self.acquire_timeout,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Closes this pool (and its clones): every later [`MemoryPool::begin`] fails with the error
+    /// a closed SQL pool gives.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Opens a transaction, waiting at most `acquire_timeout` for the one open now to end.
     pub(crate) async fn begin(&self) -> Result<Transaction, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        self.begin_outside().await
+    }
+
+    /// Opens a transaction whether or not this pool is closed: a statement made from outside
+    /// the process that closed it, as a raw SQL statement is on a database.
+    pub(crate) async fn begin_outside(&self) -> Result<Transaction, StoreError> {
         let db = match self.db.clone().try_lock_owned() {
             Ok(db) => db,
             Err(_) => tokio::time::timeout(self.acquire_timeout, self.db.clone().lock_owned())
@@ -1200,6 +1278,12 @@ pub enum RowWrite {
         /// The profile.
         profile: ProfileId,
     },
+    /// `UPDATE <lock table> SET expires_at_ms = 0`: every lease of the table lapses, as when
+    /// their holders stall past the TTL.
+    ExpireLocks {
+        /// The lock table.
+        kind: LockKind,
+    },
     /// `INSERT INTO lifecycles`: an open ENTRY lifecycle of the order's (profile, symbol).
     OpenEntryLifecycle {
         /// The order it is recorded under.
@@ -1276,6 +1360,20 @@ impl Transaction {
             RowWrite::OpenQuarantine { profile } => {
                 self.insert_quarantine(profile, user, "planted", "[]", now_ms())?;
                 Ok(1)
+            }
+            RowWrite::ExpireLocks { kind } => {
+                let rows: Vec<(String, LockRow)> = self.db.locks[lock_table(kind)]
+                    .iter()
+                    .map(|(key, row)| (key.clone(), *row))
+                    .collect();
+                for (key, row) in &rows {
+                    let expired = LockRow {
+                        expires_at_ms: 0,
+                        ..*row
+                    };
+                    self.set_lock(kind, key, Some(expired))?;
+                }
+                Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
             }
             RowWrite::ExpireLock {
                 kind,
@@ -1509,6 +1607,115 @@ mod tests {
         assert!(matches!(pool.begin().await, Err(StoreError::MemoryBusy(_))));
         held.commit();
         pool.begin().await.unwrap().commit();
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_opens_no_transaction_and_its_rows_stay_for_statements_from_outside() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        pool.clone().close();
+        assert!(matches!(
+            pool.begin().await,
+            Err(StoreError::Database(sqlx::Error::PoolClosed))
+        ));
+        assert!(
+            pool.begin_outside()
+                .await
+                .unwrap()
+                .profile_owned(profile, user)
+        );
+    }
+
+    #[cfg(feature = "lab")]
+    #[tokio::test]
+    async fn a_reopened_pool_sees_the_rows_the_closed_one_wrote() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        pool.close();
+        let again = pool.reopened();
+        assert!(again.begin().await.unwrap().profile_owned(profile, user));
+        assert!(pool.begin().await.is_err(), "the closed pool stays closed");
+    }
+
+    #[cfg(feature = "lab")]
+    #[tokio::test]
+    async fn failing_writes_refuse_fills_and_order_updates_as_a_lost_connection() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let order = entry_order(user, profile, "a");
+        let mut tx = pool.begin().await.unwrap();
+        assert!(tx.insert_order(&order, 0).unwrap());
+        tx.set_writes_failing(true);
+        let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Database(_)));
+        assert!(lost(
+            tx.insert_fill(&order, "t1", dec!(1), dec!(100), dec!(0), true)
+                .map(|_| ())
+        ));
+        let accepted = OrderRecord {
+            status: OrderStatus::New,
+            ..order.clone()
+        };
+        assert!(lost(tx.update_order(&accepted, user)));
+        // Writes the triggers do not cover still go through.
+        let other = OrderRecord {
+            symbol: Symbol::new("ETHUSDT").unwrap(),
+            ..entry_order(user, profile, "b")
+        };
+        assert!(tx.insert_order(&other, 0).unwrap());
+        tx.set_writes_failing(false);
+        tx.update_order(&accepted, user).unwrap();
+        assert!(
+            tx.insert_fill(&order, "t1", dec!(1), dec!(100), dec!(0), true)
+                .unwrap()
+        );
+    }
+
+    #[cfg(feature = "lab")]
+    #[tokio::test]
+    async fn an_entry_lock_taken_from_a_live_holder_is_audited_and_a_rollback_takes_it_back() {
+        use crate::lock::OwnerToken;
+
+        let store = super::super::Store::open_memory();
+        let user = UserId::new_random();
+        let key = LockKey::entry(ProfileId::new_random(), &Symbol::new("BTCUSDT").unwrap());
+        let (first, second) = (OwnerToken::new_random(), OwnerToken::new_random());
+        let mut tx = store.tenant(user).begin().await.unwrap();
+        tx.acquire_lock(LockKind::Entry, &key, first, 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        // The holder taking its own live lease again is no steal.
+        tx.acquire_lock_ignoring_holder(LockKind::Entry, &key, first, 60_000)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.memory_entry_lock_steals().await.unwrap(), 0);
+        let mut tx = store.tenant(user).begin().await.unwrap();
+        tx.acquire_lock_ignoring_holder(LockKind::Entry, &key, second, 60_000)
+            .await
+            .unwrap();
+        drop(tx);
+        assert_eq!(store.memory_entry_lock_steals().await.unwrap(), 0);
+        let mut tx = store.tenant(user).begin().await.unwrap();
+        tx.acquire_lock_ignoring_holder(LockKind::Entry, &key, second, 60_000)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.memory_entry_lock_steals().await.unwrap(), 1);
+        // Once every lease lapsed, taking the lock over is no steal either.
+        let lapsed = RowWrite::ExpireLocks {
+            kind: LockKind::Entry,
+        };
+        assert_eq!(store.plant_row_write(user, lapsed).await.unwrap(), 1);
+        let mut tx = store.tenant(user).begin().await.unwrap();
+        assert!(
+            tx.acquire_lock(LockKind::Entry, &key, first, 60_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(store.memory_entry_lock_steals().await.unwrap(), 1);
     }
 
     #[test]

@@ -373,10 +373,46 @@ impl Store {
         let Pool::Memory(pool) = &self.pool else {
             return Err(StoreError::MemoryOnly("a planted row write"));
         };
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_outside().await?;
         let written = tx.plant(user, write)?;
         tx.commit();
         Ok(written)
+    }
+
+    /// A memory store opened again over the same rows after [`Store::close`], as a restarted
+    /// process opens its database again: a new pool, no plant, new counters. The simulation's
+    /// host restarts this way. [`StoreError::MemoryOnly`] on a database store.
+    #[cfg(feature = "lab")]
+    pub fn reopen_memory(&self) -> Result<Store, StoreError> {
+        let Pool::Memory(pool) = &self.pool else {
+            return Err(StoreError::MemoryOnly("opening the same rows again"));
+        };
+        Ok(Store::from_pool(Pool::Memory(pool.reopened())))
+    }
+
+    /// Makes a memory store's inserts into `fills` and updates of `orders` fail (or succeed
+    /// again), with a database error the host cannot tell from a lost connection: the
+    /// simulation's transaction failure, which on SQLite is a trigger. It reaches the rows even
+    /// after [`Store::close`], as another connection would. [`StoreError::MemoryOnly`] on a
+    /// database store.
+    #[cfg(feature = "lab")]
+    pub async fn set_memory_writes_failing(&self, failing: bool) -> Result<(), StoreError> {
+        let Pool::Memory(pool) = &self.pool else {
+            return Err(StoreError::MemoryOnly("failing writes"));
+        };
+        pool.begin_outside().await?.set_writes_failing(failing);
+        Ok(())
+    }
+
+    /// How many times a memory store granted an entry lock over another owner's live lease:
+    /// the simulation's audit of mutual exclusion, which on SQLite is a trigger. It reaches the
+    /// rows even after [`Store::close`]. [`StoreError::MemoryOnly`] on a database store.
+    #[cfg(feature = "lab")]
+    pub async fn memory_entry_lock_steals(&self) -> Result<u64, StoreError> {
+        let Pool::Memory(pool) = &self.pool else {
+            return Err(StoreError::MemoryOnly("the entry lock audit"));
+        };
+        Ok(pool.begin_outside().await?.entry_lock_steals())
     }
 
     async fn open_sqlite_with(
@@ -482,13 +518,15 @@ impl Store {
         }
     }
 
-    /// Closes every connection.
+    /// Closes every connection. A memory store's rows stay until its last clone is dropped,
+    /// but it opens no more transactions.
     pub async fn close(&self) {
         match &self.pool {
             Pool::Pg(pool) => pool.close().await,
             Pool::Lite(pool) => pool.close().await,
             // One connection, closed when the last clone of the store is dropped.
-            Pool::InThread(_) | Pool::Memory(_) => {}
+            Pool::InThread(_) => {}
+            Pool::Memory(pool) => pool.close(),
         }
     }
 

@@ -34,7 +34,7 @@ pub struct Checker {
     /// What broke.
     pub violations: Vec<Violation>,
     capital_constraint_seen: u64,
-    lock_steals_seen: i64,
+    lock_steals_seen: u64,
 }
 
 /// The step number the end-of-run phase uses.
@@ -206,9 +206,7 @@ impl Checker {
         self.expect(world, step, new == 0, "capital_checked_before_database", || {
             format!("the database's capital_invariant CHECK refused {new} write(s) the kernel's check should have refused first")
         });
-        let steals: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sim_lock_steals")
-            .fetch_one(&world.faults_pool)
-            .await?;
+        let steals = world.database.entry_lock_steals().await?;
         let new = steals - self.lock_steals_seen;
         self.lock_steals_seen = steals;
         self.expect(world, step, new == 0, "entry_lock_excludes", || {

@@ -1,7 +1,8 @@
 //! `keel simulate`: the deterministic simulation of the kernel under faults.
 //!
-//! Each seed builds a world (see [`world`]): the real [`ProfileEngine`] over a scratch SQLite
-//! store, the paper exchange behind a fault injector ([`faults`]), a virtual clock, a seeded
+//! Each seed builds a world (see [`world`]): the real [`ProfileEngine`] over a memory store or a
+//! scratch SQLite file (`--store`, see [`database`]), the paper exchange behind a fault injector
+//! ([`faults`]), a virtual clock, a seeded
 //! strategy and a second host instance. Faults — lost acknowledgements, unknown answers that did
 //! execute, dropped requests, failed queries, dropped, duplicated, delayed and reordered events,
 //! host crashes before and after a submission and between steps, failed transactions, lapsed
@@ -14,6 +15,7 @@
 //!
 //! [`ProfileEngine`]: keel_kernel::engine::ProfileEngine
 
+mod database;
 mod faults;
 mod invariants;
 mod strategy;
@@ -21,12 +23,15 @@ mod world;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use keel_kernel::plant::Plant;
 use serde::Serialize;
 
+pub use database::StoreKind;
 pub use invariants::Violation;
 
 /// The most seeds run at once.
@@ -55,9 +60,13 @@ pub struct SimulateArgs {
     /// The run then succeeds only if it reports violations.
     #[arg(long)]
     pub plant: Option<Plant>,
-    /// Seeds run at once (each has its own database and exchange).
+    /// Seeds run at once, each in a task of its own (each has its own database and exchange).
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// The store the host runs on: the memory store (fast, for depth) or a scratch SQLite file
+    /// per seed (the schema's constraints and triggers). Every fault and plant applies to both.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +85,8 @@ pub struct SimulationReport {
     pub steps_run: u64,
     /// The planted bug, if any.
     pub plant: Option<String>,
+    /// The store the host ran on.
+    pub store: &'static str,
     /// Faults injected in total.
     pub faults_injected: u64,
     /// Faults injected by kind.
@@ -129,6 +140,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationReport> {
         steps: args.steps,
         steps_run: 0,
         plant: args.plant.map(|p| p.to_string()),
+        store: args.store.as_str(),
         faults_injected: 0,
         faults_by_kind: BTreeMap::new(),
         invariant_checks: 0,
@@ -138,14 +150,27 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationReport> {
         failing_seeds: Vec::new(),
         violations: Vec::new(),
     };
-    let (steps, plant, path) = (args.steps, args.plant, dir.path());
-    // Seeds finish in any order; `buffered` hands their outcomes back in seed order.
+    let plan = Arc::new(world::SeedPlan {
+        steps: args.steps,
+        plant: args.plant,
+        store: args.store,
+        dir: Arc::from(dir.path()),
+    });
+    // Each seed runs on a thread of its own, so seeds use every core; `buffered` starts at most
+    // `jobs` at once and hands their outcomes back in seed order.
     let mut outcomes = futures::stream::iter(first_seed..first_seed + seeds)
-        .map(|seed| async move {
-            let outcome = world::run_seed(seed, steps, plant, path)
-                .await
-                .with_context(|| format!("seed {seed}"));
-            (seed, outcome)
+        .map(|seed| {
+            let plan = Arc::clone(&plan);
+            let task = tokio::task::spawn_blocking(move || run_seed_on_this_thread(seed, &plan));
+            async move {
+                let outcome = match task.await {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        Err(anyhow::Error::new(error).context("the seed's thread failed"))
+                    }
+                };
+                (seed, outcome.with_context(|| format!("seed {seed}")))
+            }
         })
         .buffered(args.jobs);
     while let Some((seed, outcome)) = outcomes.next().await {
@@ -170,14 +195,31 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationReport> {
     Ok(report)
 }
 
-/// `keel simulate`: prints the report; fails when the run did not pass (see
+/// Runs one seed to its end on the calling thread. A world is driven by one task and is not
+/// shared (its engine's strategy is `Send` but not `Sync`), so each seed gets a runtime of its
+/// own rather than a task on the caller's.
+fn run_seed_on_this_thread(
+    seed: u64,
+    plan: &world::SeedPlan,
+) -> anyhow::Result<world::SeedOutcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the seed's runtime")?;
+    runtime.block_on(world::run_seed(seed, plan))
+}
+
+/// `keel simulate`: prints the report (the text adds the wall time, seeds per second and the
+/// ratio of simulated to wall time); fails when the run did not pass (see
 /// [`SimulationReport::passed`]).
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
     let report = simulate(&args).await?;
+    let wall = started.elapsed();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_text(&report);
+        print_text(&report, wall);
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS
@@ -186,18 +228,45 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_text(report: &SimulationReport) {
+impl SimulationReport {
+    /// Simulated time over all seeds: a minute of market per step run.
+    pub fn virtual_time(&self) -> Duration {
+        let step_ms = u64::try_from(world::STEP_MS).expect("a positive step");
+        Duration::from_millis(self.steps_run.saturating_mul(step_ms))
+    }
+
+    /// The command that replays `seed` of this run.
+    pub fn replay_command(&self, seed: u64) -> String {
+        let mut command = format!(
+            "keel simulate --seed {seed} --steps {} --store {}",
+            self.steps, self.store
+        );
+        if let Some(plant) = &self.plant {
+            command.push_str(&format!(" --plant {plant}"));
+        }
+        command
+    }
+}
+
+fn print_text(report: &SimulationReport, wall: Duration) {
     let plant = report.plant.as_deref().unwrap_or("none");
     println!(
-        "seeds {}..{} × {} steps (plant: {plant}): {} steps run, {} faults injected, {} invariant checks, {} orders sent, {} restarts",
+        "seeds {}..{} × {} steps (store: {}, plant: {plant}): {} steps run, {} faults injected, {} invariant checks, {} orders sent, {} restarts",
         report.first_seed,
         report.first_seed + report.seeds,
         report.steps,
+        report.store,
         report.steps_run,
         report.faults_injected,
         report.invariant_checks,
         report.orders_sent,
         report.restarts,
+    );
+    let wall_s = wall.as_secs_f64().max(f64::EPSILON);
+    println!(
+        "wall {wall_s:.1} s: {:.1} seeds/s, {:.0}× virtual time",
+        report.seeds as f64 / wall_s,
+        report.virtual_time().as_secs_f64() / wall_s,
     );
     for (kind, count) in &report.faults_by_kind {
         println!("  {kind:<28} {count}");
@@ -205,9 +274,17 @@ fn print_text(report: &SimulationReport) {
     println!("violations: {}", report.violations_total);
     for v in &report.violations {
         let at = v.step.map_or("end".to_owned(), |s| format!("step {s}"));
-        println!(
-            "  seed {} {at}: {}: {}  (replay: keel simulate --seed {} --steps {})",
-            v.seed, v.invariant, v.detail, v.seed, report.steps
-        );
+        println!("  seed {} {at}: {}: {}", v.seed, v.invariant, v.detail);
+    }
+    println!("failing seeds: {}", report.failing_seeds.len());
+    for &seed in report.failing_seeds.iter().take(VIOLATIONS_LISTED_MAX) {
+        println!("  replay: {}", report.replay_command(seed));
+    }
+    let unlisted = report
+        .failing_seeds
+        .len()
+        .saturating_sub(VIOLATIONS_LISTED_MAX);
+    if unlisted > 0 {
+        println!("  … and {unlisted} more (every one is in --json's failing_seeds)");
     }
 }

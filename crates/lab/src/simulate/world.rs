@@ -1,16 +1,15 @@
-//! One seed's world: the real kernel ([`ProfileEngine`]) over a scratch SQLite store, the paper
+//! One seed's world: the real kernel ([`ProfileEngine`]) over a memory or scratch SQLite store, the paper
 //! exchange behind the fault injector, a virtual clock, a seeded strategy and a second instance.
 //! Every choice is drawn from generators seeded by the seed; nothing reads the wall clock to
 //! decide, and nothing iterates a hash map to decide.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context as _;
 use keel_kernel::engine::{EngineConfig, HostSwitches, ProfileEngine, ProfileSpec, VirtualClock};
 use keel_kernel::exchange::{Exchange, SymbolRules, UserEvent};
 use keel_kernel::ids::{ProfileId, Symbol, UserId};
-use keel_kernel::lock::{LOCK_TTL_MS_MAX, OwnerToken};
+use keel_kernel::lock::{LOCK_TTL_MS_MAX, LockKind, OwnerToken};
 use keel_kernel::market::Candle;
 use keel_kernel::metrics::Metrics;
 use keel_kernel::money::Amount;
@@ -21,16 +20,16 @@ use rand::seq::SliceRandom as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
-use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
+use super::database::{Database, StoreKind};
 use super::faults::{FaultRates, FaultyExchange, Injector};
 use super::invariants::{CONVERGENCE, Checker, Violation};
 use super::strategy::{Decisions, Mirror, RandomIntents};
 use keel_exchange::paper::{PaperConfig, PaperExchange};
 
 /// One candle per symbol per step, a minute apart.
-const STEP_MS: i64 = 60_000;
+pub(super) const STEP_MS: i64 = 60_000;
 /// The capital the profile trades.
 const CAPITAL: i64 = 10_000;
 /// Where the virtual clock starts: 2024-01-01T00:00:00Z.
@@ -46,23 +45,6 @@ const TRANSACTION_FAILS: f64 = 0.05;
 const LOCKS_EXPIRE: f64 = 0.03;
 const HOST_RESTARTS: f64 = 0.02;
 const RECONCILE_EXTRA: f64 = 0.1;
-
-/// SQL the simulation adds to its scratch database: a switch that makes writes fail (a
-/// transaction failure the host cannot tell from a lost connection), and an audit of entry
-/// locks taken from a live holder — the mutual exclusion invariant 2 needs, recorded by the
-/// database itself.
-const SIM_SCHEMA: [&str; 6] = [
-    "CREATE TABLE IF NOT EXISTS sim_faults (id INTEGER PRIMARY KEY CHECK (id = 1), armed INTEGER NOT NULL)",
-    "INSERT OR IGNORE INTO sim_faults (id, armed) VALUES (1, 0)",
-    "CREATE TABLE IF NOT EXISTS sim_lock_steals (lock_key TEXT NOT NULL)",
-    "CREATE TRIGGER IF NOT EXISTS sim_fail_fills BEFORE INSERT ON fills \
-     WHEN (SELECT armed FROM sim_faults) = 1 BEGIN SELECT RAISE(ABORT, 'simulated transaction failure'); END",
-    "CREATE TRIGGER IF NOT EXISTS sim_fail_orders BEFORE UPDATE ON orders \
-     WHEN (SELECT armed FROM sim_faults) = 1 BEGIN SELECT RAISE(ABORT, 'simulated transaction failure'); END",
-    "CREATE TRIGGER IF NOT EXISTS sim_audit_entry_locks BEFORE UPDATE ON entry_locks \
-     WHEN OLD.owner_token <> NEW.owner_token AND OLD.expires_at_ms > NEW.acquired_at_ms \
-     BEGIN INSERT INTO sim_lock_steals (lock_key) VALUES (OLD.lock_key); END",
-];
 
 /// What one seed did.
 #[derive(Debug, Default)]
@@ -84,7 +66,7 @@ pub struct SeedOutcome {
 pub(super) struct World {
     pub(super) seed: u64,
     plant: Option<Plant>,
-    path: PathBuf,
+    pub(super) database: Database,
     rng: ChaCha8Rng,
     pub(super) paper: Arc<PaperExchange>,
     exchange: Arc<dyn Exchange>,
@@ -97,7 +79,6 @@ pub(super) struct World {
     pub(super) user: UserId,
     pub(super) profile: ProfileId,
     pub(super) store: Store,
-    pub(super) faults_pool: SqlitePool,
     pub(super) engine: ProfileEngine,
     decided: Decisions,
     recovered: bool,
@@ -106,14 +87,23 @@ pub(super) struct World {
     pub(super) now_ms: i64,
 }
 
-/// Runs one seed for `steps` steps in `dir` and reports what broke.
-pub async fn run_seed(
-    seed: u64,
-    steps: u32,
-    plant: Option<Plant>,
-    dir: &Path,
-) -> anyhow::Result<SeedOutcome> {
-    let mut world = World::new(seed, plant, dir).await?;
+/// What a seed runs with besides its number.
+#[derive(Debug, Clone)]
+pub struct SeedPlan {
+    /// Steps to run.
+    pub steps: u32,
+    /// The protection switched off, if any.
+    pub plant: Option<Plant>,
+    /// The store the host runs on.
+    pub store: StoreKind,
+    /// Where a SQLite store keeps its file.
+    pub dir: Arc<Path>,
+}
+
+/// Runs one seed as `plan` says and reports what broke.
+pub async fn run_seed(seed: u64, plan: &SeedPlan) -> anyhow::Result<SeedOutcome> {
+    let steps = plan.steps;
+    let mut world = World::new(seed, plan).await?;
     let mut checker = Checker::default();
     let mut outcome = SeedOutcome::default();
     for step in 1..=steps {
@@ -136,13 +126,7 @@ pub async fn run_seed(
     outcome.orders_sent = world.injector.sent().values().map(|&n| u64::from(n)).sum();
     outcome.restarts = world.restarts;
     world.store.close().await;
-    world.faults_pool.close().await;
-    // A run of millions of seeds keeps one directory: each seed's files go when it ends.
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = world.path.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(path);
-    }
+    world.database.remove().await;
     Ok(outcome)
 }
 
@@ -194,26 +178,10 @@ fn stream(seed: u64, purpose: u64) -> ChaCha8Rng {
     rng
 }
 
-async fn open_store(path: &Path, plant: Option<Plant>) -> anyhow::Result<Store> {
-    let store = Store::open_sqlite_scratch(path)
-        .await
-        .context("opening the simulation's SQLite store")?;
-    Ok(match plant {
-        Some(plant) => store.with_plant(plant),
-        None => store,
-    })
-}
-
 impl World {
-    async fn new(seed: u64, plant: Option<Plant>, dir: &Path) -> anyhow::Result<World> {
-        let path = dir.join(format!("seed-{seed}.db"));
-        let store = open_store(&path, plant).await?;
-        let faults_pool = SqlitePool::connect(&format!("sqlite:{}", path.display()))
-            .await
-            .context("opening the fault injector's connection")?;
-        for sql in SIM_SCHEMA {
-            sqlx::query(sql).execute(&faults_pool).await?;
-        }
+    async fn new(seed: u64, plan: &SeedPlan) -> anyhow::Result<World> {
+        let plant = plan.plant;
+        let (database, store) = Database::create(plan.store, &plan.dir, seed, plant).await?;
         let user = UserId::from_uuid(uuid::Uuid::from_u64_pair(seed, 1));
         let profile = ProfileId::from_uuid(uuid::Uuid::from_u64_pair(seed, 2));
         let tenant = store.tenant(user);
@@ -258,7 +226,7 @@ impl World {
         let mut world = World {
             seed,
             plant,
-            path,
+            database,
             rng: stream(seed, 2),
             paper,
             exchange,
@@ -271,7 +239,6 @@ impl World {
             user,
             profile,
             store,
-            faults_pool,
             engine,
             decided,
             recovered: false,
@@ -428,24 +395,12 @@ impl World {
     }
 
     async fn set_writes_failing(&self, failing: bool) -> anyhow::Result<()> {
-        sqlx::query("UPDATE sim_faults SET armed = $1 WHERE id = 1")
-            .bind(i64::from(failing))
-            .execute(&self.faults_pool)
-            .await?;
-        Ok(())
+        self.database.set_writes_failing(failing).await
     }
 
     /// Every entry lease lapses, as when its holder stalls past the TTL.
     async fn expire_entry_locks(&self) -> anyhow::Result<()> {
-        self.expire_leases("entry_locks").await
-    }
-
-    /// Every lease of `table` lapses, as when its holder stalls past the TTL.
-    async fn expire_leases(&self, table: &'static str) -> anyhow::Result<()> {
-        sqlx::query(&format!("UPDATE {table} SET expires_at_ms = 0"))
-            .execute(&self.faults_pool)
-            .await?;
-        Ok(())
+        self.database.expire_leases(LockKind::Entry).await
     }
 
     /// The host dies and starts again over the same database and exchange: a new engine (new
@@ -460,7 +415,7 @@ impl World {
             // The restart took longer than the entry locks' TTL.
             self.expire_entry_locks().await?;
         }
-        self.store = open_store(&self.path, self.plant).await?;
+        self.store = self.database.open_store(self.plant).await?;
         self.injector.set_store(self.store.clone());
         let strategy = RandomIntents::new(
             stream(self.seed, 100 + u64::from(self.restarts)),
@@ -490,8 +445,10 @@ impl World {
         // That long, every lease a dead owner left lapses too (their TTLs run by the database's
         // clock, which a replayable run does not wait for): a host that died inside a
         // reconciliation pass no longer holds it.
-        self.expire_leases("entry_locks").await?;
-        self.expire_leases("reconciliation_locks").await?;
+        self.database.expire_leases(LockKind::Entry).await?;
+        self.database
+            .expire_leases(LockKind::Reconciliation)
+            .await?;
         for _ in 0..2 {
             let result = self.engine.reconcile().await;
             checker.note(self, step, result.map(|_| ()));
