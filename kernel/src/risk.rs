@@ -1366,6 +1366,18 @@ mod tests {
         by_name.sort();
         let sorted: Vec<&str> = by_rule.iter().map(|r| r.as_str()).collect();
         assert_eq!(sorted, by_name);
+        // A report's count by rule is the JSON a count by name was.
+        let counts: std::collections::BTreeMap<RefusalRule, usize> = RefusalRule::ALL
+            .iter()
+            .enumerate()
+            .map(|(n, &rule)| (rule, n))
+            .collect();
+        let named: std::collections::BTreeMap<&str, usize> =
+            counts.iter().map(|(rule, &n)| (rule.as_str(), n)).collect();
+        assert_eq!(
+            serde_json::to_string(&counts).unwrap(),
+            serde_json::to_string(&named).unwrap()
+        );
     }
 
     #[test]
