@@ -431,8 +431,8 @@ impl Metrics {
         for kind in PROFILE_FAULT_KINDS {
             self.profile_faults_total.with_label_values(&[kind]);
         }
-        for rule in crate::risk::REFUSAL_RULES {
-            self.risk_refusals_total.with_label_values(&[rule]);
+        for rule in crate::risk::RefusalRule::ALL {
+            self.risk_refusals_total.with_label_values(&[rule.as_str()]);
         }
         for surface in ["api", "websocket", "store"] {
             self.tenant_isolation_denials_total
@@ -794,6 +794,20 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("keel_"), "{line}");
         }
+    }
+
+    #[test]
+    fn every_refusal_rule_is_counted_from_the_start() {
+        let text = Metrics::new().encode();
+        for rule in crate::risk::RefusalRule::ALL {
+            let line = format!("keel_risk_refusals_total{{rule=\"{rule}\"}} 0\n");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        let labelled = text
+            .lines()
+            .filter(|l| l.starts_with("keel_risk_refusals_total{"))
+            .count();
+        assert_eq!(labelled, crate::risk::RefusalRule::ALL.len(), "{text}");
     }
 
     #[test]

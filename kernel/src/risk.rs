@@ -463,60 +463,136 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A short, stable name of the rule, for metrics labels and the refusal record.
-    pub fn rule(&self) -> &'static str {
+    /// The rule the refusal broke, for metrics labels and the refusal record.
+    pub fn rule(&self) -> RefusalRule {
         match self {
-            Refusal::InvalidNumber(_) | Refusal::FractionOutOfRange { .. } => "invalid_number",
-            Refusal::InvalidId(_) => "invalid_id",
-            Refusal::TagTooLong { .. } => "tag_too_long",
-            Refusal::TagUnprintable { .. } => "tag_unprintable",
-            Refusal::SymbolNotAllowed(_) => "symbol_not_allowed",
-            Refusal::NoPrice(_) => "no_price",
-            Refusal::NotionalAboveMax { .. } => "notional_max",
-            Refusal::InsufficientCapital { .. } => "insufficient_capital",
-            Refusal::TooManyPositions { .. } => "positions_max",
-            Refusal::LeverageAboveMax { .. } => "leverage_max",
-            Refusal::PriceOutsideBand { .. } => "price_band",
-            Refusal::ProtectiveOrderWrongSide { .. } => "protective_order_side",
-            Refusal::RateLimited { .. } => "rate_limit",
-            Refusal::DailyLossLimit { .. } => "daily_loss",
-            Refusal::EntryBlocked(_) => "entry_blocked",
-            Refusal::NoPosition(_) => "no_position",
-            Refusal::TimerOutOfRange { .. } => "timer_range",
-            Refusal::ArithmeticOverflow { .. } => "arithmetic_overflow",
+            Refusal::InvalidNumber(_) | Refusal::FractionOutOfRange { .. } => {
+                RefusalRule::InvalidNumber
+            }
+            Refusal::InvalidId(_) => RefusalRule::InvalidId,
+            Refusal::TagTooLong { .. } => RefusalRule::TagTooLong,
+            Refusal::TagUnprintable { .. } => RefusalRule::TagUnprintable,
+            Refusal::SymbolNotAllowed(_) => RefusalRule::SymbolNotAllowed,
+            Refusal::NoPrice(_) => RefusalRule::NoPrice,
+            Refusal::NotionalAboveMax { .. } => RefusalRule::NotionalMax,
+            Refusal::InsufficientCapital { .. } => RefusalRule::InsufficientCapital,
+            Refusal::TooManyPositions { .. } => RefusalRule::PositionsMax,
+            Refusal::LeverageAboveMax { .. } => RefusalRule::LeverageMax,
+            Refusal::PriceOutsideBand { .. } => RefusalRule::PriceBand,
+            Refusal::ProtectiveOrderWrongSide { .. } => RefusalRule::ProtectiveOrderSide,
+            Refusal::RateLimited { .. } => RefusalRule::RateLimit,
+            Refusal::DailyLossLimit { .. } => RefusalRule::DailyLoss,
+            Refusal::EntryBlocked(_) => RefusalRule::EntryBlocked,
+            Refusal::NoPosition(_) => RefusalRule::NoPosition,
+            Refusal::TimerOutOfRange { .. } => RefusalRule::TimerRange,
+            Refusal::ArithmeticOverflow { .. } => RefusalRule::ArithmeticOverflow,
         }
     }
 }
 
-/// Every rule a refusal is counted under: the values of [`Refusal::rule`] and the refusals the
-/// engine records after validation. `keel_risk_refusals_total` has each from the start.
-pub const REFUSAL_RULES: [&str; 25] = [
-    "invalid_number",
-    "invalid_id",
-    "tag_too_long",
-    "tag_unprintable",
-    "symbol_not_allowed",
-    "no_price",
-    "notional_max",
-    "insufficient_capital",
-    "positions_max",
-    "leverage_max",
-    "price_band",
-    "protective_order_side",
-    "rate_limit",
-    "daily_loss",
-    "entry_blocked",
-    "no_position",
-    "timer_range",
-    "arithmetic_overflow",
-    "entry_in_flight",
-    "exchange_filter",
-    "exit_refused",
-    "stale_fence",
-    "decision_replayed",
-    "entry_locked",
-    "unknown_order",
-];
+/// Declares [`RefusalRule`] from one list of `Variant => "name"`, so that the variants, their
+/// names and [`RefusalRule::ALL`] cannot drift apart.
+macro_rules! refusal_rules {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
+        /// A rule an intent was refused by: the rules of [`validate`] ([`Refusal::rule`]) and
+        /// the refusals the engine records after validation. Its name (`as_str`, and its serde
+        /// form) labels `keel_risk_refusals_total` and fills the `rule` of refusal records,
+        /// backtest reports and the live feed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum RefusalRule {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $variant,)+
+        }
+
+        impl RefusalRule {
+            /// Every rule, in declaration order. `keel_risk_refusals_total` has each from the
+            /// start.
+            pub const ALL: &[RefusalRule] = &[$(RefusalRule::$variant,)+];
+
+            /// The rule's stable `snake_case` name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(RefusalRule::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+refusal_rules! {
+    /// A number is NaN, infinite, not positive or too large, or a fraction is outside (0, 1].
+    InvalidNumber => "invalid_number",
+    /// A symbol or client order id is not well formed.
+    InvalidId => "invalid_id",
+    /// The tag is longer than [`TAG_BYTES_MAX`].
+    TagTooLong => "tag_too_long",
+    /// The tag holds an unprintable character.
+    TagUnprintable => "tag_unprintable",
+    /// The profile may not trade the symbol.
+    SymbolNotAllowed => "symbol_not_allowed",
+    /// No price is known yet for the symbol.
+    NoPrice => "no_price",
+    /// The entry's notional is above the profile's maximum.
+    NotionalMax => "notional_max",
+    /// The entry needs more capital than is free (checked by the rules or by the store).
+    InsufficientCapital => "insufficient_capital",
+    /// Too many positions are open.
+    PositionsMax => "positions_max",
+    /// The entry would take exposure over the leverage limit.
+    LeverageMax => "leverage_max",
+    /// A limit price too far from the last price.
+    PriceBand => "price_band",
+    /// Stop-loss or take-profit on the wrong side of the entry price.
+    ProtectiveOrderSide => "protective_order_side",
+    /// Too many intents this minute, or in one call.
+    RateLimit => "rate_limit",
+    /// Today's realized loss reached the daily limit.
+    DailyLoss => "daily_loss",
+    /// New entries are blocked for the profile.
+    EntryBlocked => "entry_blocked",
+    /// An exit for a symbol the profile holds no position in.
+    NoPosition => "no_position",
+    /// A timer in the past or more than a day ahead.
+    TimerRange => "timer_range",
+    /// An amount of the check is beyond the range of a decimal.
+    ArithmeticOverflow => "arithmetic_overflow",
+    /// An entry on the symbol is already in flight.
+    EntryInFlight => "entry_in_flight",
+    /// The order does not pass the exchange's filters for the symbol (tick, step, notional).
+    ExchangeFilter => "exchange_filter",
+    /// The store refused to write the exit ahead (no open lifecycle to exit).
+    ExitRefused => "exit_refused",
+    /// The entry lock's fencing token is no longer current.
+    StaleFence => "stale_fence",
+    /// The decision was already written ahead, before a restart.
+    DecisionReplayed => "decision_replayed",
+    /// The entry lock is held by another owner.
+    EntryLocked => "entry_locked",
+    /// A cancel for an order that is not open.
+    UnknownOrder => "unknown_order",
+    /// A later reversal on the symbol replaced this entry before it was sent.
+    ReversalReplaced => "reversal_replaced",
+    /// The reversal's exit ended with the position still open, so its entry was not sent.
+    ReversalAbandoned => "reversal_abandoned",
+}
+
+impl std::fmt::Display for RefusalRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rules order by name, so a map keyed by rule lists them as the same map keyed by name would.
+impl Ord for RefusalRule {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for RefusalRule {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// How far ahead a strategy may set a timer: one day.
 pub const TIMER_AHEAD_MS_MAX: i64 = 24 * 60 * 60 * 1000;
@@ -998,14 +1074,18 @@ mod tests {
             RawSize::FreeCapitalFraction(2.0),
         ] {
             let refusal = check(&entry(size, RawPrice::Market), &context()).unwrap_err();
-            assert_eq!(refusal.rule(), "invalid_number", "{size:?}: {refusal}");
+            assert_eq!(
+                refusal.rule(),
+                RefusalRule::InvalidNumber,
+                "{size:?}: {refusal}"
+            );
         }
         let refusal = check(
             &entry(RawSize::BaseQty(1.0), RawPrice::Limit(f64::NAN)),
             &context(),
         )
         .unwrap_err();
-        assert_eq!(refusal.rule(), "invalid_number");
+        assert_eq!(refusal.rule(), RefusalRule::InvalidNumber);
     }
 
     #[test]
@@ -1017,22 +1097,22 @@ mod tests {
             &context,
         )
         .unwrap_err();
-        assert_eq!(refusal.rule(), "insufficient_capital");
+        assert_eq!(refusal.rule(), RefusalRule::InsufficientCapital);
     }
 
     #[test]
     fn each_rule_refuses_with_its_own_name() {
         let base = context();
-        let cases: Vec<(RawIntent, RiskContext, &str)> = vec![
+        let cases: Vec<(RawIntent, RiskContext, RefusalRule)> = vec![
             (
                 entry(RawSize::QuoteNotional(2000.0), RawPrice::Market),
                 base.clone(),
-                "notional_max",
+                RefusalRule::NotionalMax,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Limit(200.0)),
                 base.clone(),
-                "price_band",
+                RefusalRule::PriceBand,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Market),
@@ -1040,7 +1120,7 @@ mod tests {
                     positions_open: 3,
                     ..base.clone()
                 },
-                "positions_max",
+                RefusalRule::PositionsMax,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Market),
@@ -1048,7 +1128,7 @@ mod tests {
                     exposure: dec!(950),
                     ..base.clone()
                 },
-                "leverage_max",
+                RefusalRule::LeverageMax,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Market),
@@ -1056,7 +1136,7 @@ mod tests {
                     daily_realized_pnl: dec!(-500),
                     ..base.clone()
                 },
-                "daily_loss",
+                RefusalRule::DailyLoss,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Market),
@@ -1064,7 +1144,7 @@ mod tests {
                     intents_this_minute: 60,
                     ..base.clone()
                 },
-                "rate_limit",
+                RefusalRule::RateLimit,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Market),
@@ -1072,7 +1152,7 @@ mod tests {
                     entry_block: Some(EntryBlock::HostKillSwitch),
                     ..base.clone()
                 },
-                "entry_blocked",
+                RefusalRule::EntryBlocked,
             ),
             (
                 entry(RawSize::BaseQty(1.0), RawPrice::Market),
@@ -1080,7 +1160,7 @@ mod tests {
                     last_price: None,
                     ..base.clone()
                 },
-                "no_price",
+                RefusalRule::NoPrice,
             ),
         ];
         for (raw, context, rule) in cases {
@@ -1097,7 +1177,7 @@ mod tests {
         }
         assert_eq!(
             check(&raw, &context()).unwrap_err().rule(),
-            "symbol_not_allowed"
+            RefusalRule::SymbolNotAllowed
         );
     }
 
@@ -1109,7 +1189,7 @@ mod tests {
         }
         assert_eq!(
             check(&raw, &context()).unwrap_err().rule(),
-            "protective_order_side"
+            RefusalRule::ProtectiveOrderSide
         );
     }
 
@@ -1136,7 +1216,10 @@ mod tests {
             position_qty: dec!(0),
             ..context
         };
-        assert_eq!(check(&raw, &no_position).unwrap_err().rule(), "no_position");
+        assert_eq!(
+            check(&raw, &no_position).unwrap_err().rule(),
+            RefusalRule::NoPosition
+        );
     }
 
     #[test]
@@ -1153,7 +1236,7 @@ mod tests {
                 what: "equity times the leverage limit"
             }
         );
-        assert_eq!(refusal.rule(), "arithmetic_overflow");
+        assert_eq!(refusal.rule(), RefusalRule::ArithmeticOverflow);
     }
 
     #[test]
@@ -1172,7 +1255,7 @@ mod tests {
             validate(&raw, &limits, &huge_exposure, 0)
                 .unwrap_err()
                 .rule(),
-            "arithmetic_overflow"
+            RefusalRule::ArithmeticOverflow
         );
         let tiny_price = RiskContext {
             last_price: Some(Price::new(Decimal::new(1, 12)).unwrap()),
@@ -1182,7 +1265,7 @@ mod tests {
         let raw = entry(RawSize::FreeCapitalFraction(1.0), RawPrice::Market);
         assert_eq!(
             validate(&raw, &limits, &tiny_price, 0).unwrap_err().rule(),
-            "arithmetic_overflow"
+            RefusalRule::ArithmeticOverflow
         );
     }
 
@@ -1192,24 +1275,109 @@ mod tests {
         let limits = RiskLimits::conservative([btc()]);
         assert_eq!(
             validate(&raw, &limits, &context(), -1).unwrap_err().rule(),
-            "timer_range"
+            RefusalRule::TimerRange
         );
     }
 
+    /// The name of a rule in a match that lists every variant: adding a rule without adding it
+    /// here does not compile, and a rule missing from `ALL` fails the test below.
+    fn name_by_match(rule: RefusalRule) -> &'static str {
+        use RefusalRule::*;
+        match rule {
+            InvalidNumber | InvalidId | TagTooLong | TagUnprintable | SymbolNotAllowed
+            | NoPrice | NotionalMax | InsufficientCapital | PositionsMax | LeverageMax
+            | PriceBand | ProtectiveOrderSide | RateLimit | DailyLoss | EntryBlocked
+            | NoPosition | TimerRange | ArithmeticOverflow | EntryInFlight | ExchangeFilter
+            | ExitRefused | StaleFence | DecisionReplayed | EntryLocked | UnknownOrder
+            | ReversalReplaced | ReversalAbandoned => rule.as_str(),
+        }
+    }
+
     #[test]
-    fn every_rule_is_listed_for_the_metrics() {
-        let refusals = [
-            Refusal::ArithmeticOverflow { what: "x" },
-            Refusal::TimerOutOfRange { at_ms: 0 },
-            Refusal::NoPosition(btc()),
+    fn every_rule_is_in_all_once_with_a_distinct_snake_case_name() {
+        use RefusalRule::*;
+        let every = [
+            InvalidNumber,
+            InvalidId,
+            TagTooLong,
+            TagUnprintable,
+            SymbolNotAllowed,
+            NoPrice,
+            NotionalMax,
+            InsufficientCapital,
+            PositionsMax,
+            LeverageMax,
+            PriceBand,
+            ProtectiveOrderSide,
+            RateLimit,
+            DailyLoss,
+            EntryBlocked,
+            NoPosition,
+            TimerRange,
+            ArithmeticOverflow,
+            EntryInFlight,
+            ExchangeFilter,
+            ExitRefused,
+            StaleFence,
+            DecisionReplayed,
+            EntryLocked,
+            UnknownOrder,
+            ReversalReplaced,
+            ReversalAbandoned,
         ];
-        for refusal in refusals {
+        for rule in every {
             assert!(
-                REFUSAL_RULES.contains(&refusal.rule()),
-                "{}",
-                refusal.rule()
+                RefusalRule::ALL.contains(&rule),
+                "{rule} is missing from ALL"
+            );
+            assert_eq!(name_by_match(rule), rule.as_str());
+        }
+        let names: BTreeSet<&str> = RefusalRule::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), RefusalRule::ALL.len(), "a name is used twice");
+        assert_eq!(
+            RefusalRule::ALL.len(),
+            every.len(),
+            "ALL lists a rule twice"
+        );
+        for name in names {
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name} is not snake_case"
             );
         }
+    }
+
+    #[test]
+    fn a_rule_serializes_as_its_name_and_back() {
+        for &rule in RefusalRule::ALL {
+            let json = serde_json::to_string(&rule).unwrap();
+            assert_eq!(json, format!("\"{}\"", rule.as_str()));
+            assert_eq!(serde_json::from_str::<RefusalRule>(&json).unwrap(), rule);
+            assert_eq!(rule.to_string(), rule.as_str());
+        }
+        assert!(serde_json::from_str::<RefusalRule>("\"no_such_rule\"").is_err());
+    }
+
+    #[test]
+    fn rules_order_by_name_as_reports_list_them() {
+        let mut by_rule = RefusalRule::ALL.to_vec();
+        by_rule.sort();
+        let mut by_name: Vec<&str> = RefusalRule::ALL.iter().map(|r| r.as_str()).collect();
+        by_name.sort();
+        let sorted: Vec<&str> = by_rule.iter().map(|r| r.as_str()).collect();
+        assert_eq!(sorted, by_name);
+        // A report's count by rule is the JSON a count by name was.
+        let counts: std::collections::BTreeMap<RefusalRule, usize> = RefusalRule::ALL
+            .iter()
+            .enumerate()
+            .map(|(n, &rule)| (rule, n))
+            .collect();
+        let named: std::collections::BTreeMap<&str, usize> =
+            counts.iter().map(|(rule, &n)| (rule.as_str(), n)).collect();
+        assert_eq!(
+            serde_json::to_string(&counts).unwrap(),
+            serde_json::to_string(&named).unwrap()
+        );
     }
 
     #[test]
@@ -1220,7 +1388,7 @@ mod tests {
                 entry.tag = tag.to_owned();
             }
             let refusal = check(&raw, &context()).unwrap_err();
-            assert_eq!(refusal.rule(), "tag_unprintable");
+            assert_eq!(refusal.rule(), RefusalRule::TagUnprintable);
             assert!(
                 refusal.to_string().chars().all(|c| !c.is_control()),
                 "the reason is printable: {refusal}"
@@ -1239,11 +1407,17 @@ mod tests {
         if let RawIntent::Entry(entry) = &mut raw {
             entry.tag = "x".repeat(TAG_BYTES_MAX + 1);
         }
-        assert_eq!(check(&raw, &context()).unwrap_err().rule(), "tag_too_long");
+        assert_eq!(
+            check(&raw, &context()).unwrap_err().rule(),
+            RefusalRule::TagTooLong
+        );
         let cancel = RawIntent::Cancel {
             client_order_id: "not valid!".into(),
         };
-        assert_eq!(check(&cancel, &context()).unwrap_err().rule(), "invalid_id");
+        assert_eq!(
+            check(&cancel, &context()).unwrap_err().rule(),
+            RefusalRule::InvalidId
+        );
     }
 
     /// Random decimals: half of them plain amounts (so that intents get past the early rules

@@ -23,7 +23,7 @@ use keel_kernel::ledger::Capital;
 use keel_kernel::lifecycle::{OrderRecord, Position};
 use keel_kernel::market::Side;
 use keel_kernel::order::OrderStatus;
-use keel_kernel::risk::EntryBlock;
+use keel_kernel::risk::{EntryBlock, RefusalRule};
 use keel_kernel::store::Store;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -235,7 +235,7 @@ pub enum ProfileEvent {
         /// Kernel time of the refusal, ms since the epoch.
         at_ms: i64,
         /// The rule that refused it.
-        rule: &'static str,
+        rule: RefusalRule,
         /// Why, in full.
         reason: String,
     },
@@ -333,7 +333,7 @@ pub struct RefusalState {
     /// Kernel time of the refusal, ms since the epoch.
     pub at_ms: i64,
     /// The rule that refused it.
-    pub rule: &'static str,
+    pub rule: RefusalRule,
     /// Why, in full.
     pub reason: String,
 }
@@ -496,7 +496,7 @@ impl ProfileView {
             } => {
                 let refusal = RefusalState {
                     at_ms: *at_ms,
-                    rule,
+                    rule: *rule,
                     reason: reason.clone(),
                 };
                 push_bounded(&mut self.refusals, refusal, RECENT_REFUSALS_MAX);

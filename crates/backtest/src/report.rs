@@ -10,6 +10,7 @@ use keel_kernel::ids::Symbol;
 use keel_kernel::ledger::round_half;
 use keel_kernel::lifecycle::{Position, exit_fill_move};
 use keel_kernel::market::{Candle, Side};
+use keel_kernel::risk::RefusalRule;
 use keel_kernel::strategy::RawIntent;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive as _;
@@ -95,8 +96,8 @@ pub struct Summary {
     pub buy_and_hold_return: f64,
     /// Intents the kernel refused, every one of the run.
     pub refusals: usize,
-    /// The refusals counted by rule (`Refusal::rule` and the engine's own rules).
-    pub refusals_by_rule: BTreeMap<&'static str, usize>,
+    /// The refusals counted by rule, listed by the rule's name.
+    pub refusals_by_rule: BTreeMap<RefusalRule, usize>,
     /// Equity at the last close.
     pub final_equity: f64,
     /// Realized PnL in the kernel's ledger, fees included.
@@ -154,7 +155,7 @@ pub struct RefusalEntry {
     /// Index of that candle, from 0.
     pub bar: usize,
     /// The rule that refused it.
-    pub rule: &'static str,
+    pub rule: RefusalRule,
     /// Why, in words.
     pub message: String,
     /// The intent as the strategy sent it (`kind`, `symbol`, `side`, …).
@@ -185,7 +186,7 @@ pub struct Refusals {
     /// The first [`REFUSALS_LISTED_MAX`], in order.
     listed: Vec<RefusalEntry>,
     /// Every refusal by rule.
-    by_rule: BTreeMap<&'static str, usize>,
+    by_rule: BTreeMap<RefusalRule, usize>,
     /// Every refusal.
     total: usize,
 }

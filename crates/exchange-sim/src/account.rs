@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use keel_exchange::codes;
 use keel_exchange::paper::PaperEngine;
 use keel_kernel::exchange::{
     ExchangeOrderId, Fill, OrderReport, OrderRequest, PlaceOutcome, UserEvent,
@@ -33,7 +34,7 @@ pub const LEVERAGE_DEFAULT: u32 = 20;
 /// The highest leverage `POST /fapi/v1/leverage` accepts.
 pub const LEVERAGE_MAX: u32 = 125;
 /// Conditional orders an account may hold waiting for their trigger, as Binance limits stop
-/// orders (-4045 beyond it).
+/// orders (`MAX_STOP_ORDER_EXCEEDED` beyond it).
 pub const CONDITIONAL_ORDERS_MAX: usize = 200;
 
 /// The conditional order types.
@@ -344,7 +345,7 @@ impl Account {
         }
         if self.waiting.len() >= CONDITIONAL_ORDERS_MAX {
             return PlaceOutcome::Rejected {
-                code: -4045,
+                code: codes::MAX_STOP_ORDER_EXCEEDED,
                 msg: "Reach max stop order limit.".to_owned(),
             };
         }
@@ -381,7 +382,7 @@ impl Account {
 
     /// Cancels an open order: a waiting conditional order here, any other in the engine.
     pub fn cancel(&mut self, kept_id: i64, now_ms: i64) -> Result<OrderReport, (i64, String)> {
-        let unknown = || (-2011, "Unknown order sent.".to_owned());
+        let unknown = || (codes::CANCEL_REJECTED, "Unknown order sent.".to_owned());
         let kept = self.orders.get(&kept_id).ok_or_else(unknown)?;
         if !kept.report.status.is_open() {
             return Err(unknown());
@@ -588,7 +589,7 @@ impl Account {
 
 fn duplicate() -> PlaceOutcome {
     PlaceOutcome::Rejected {
-        code: -4116,
+        code: codes::DUPLICATED_CLIENT_TRAN_ID,
         msg: "Duplicate clientOrderId.".to_owned(),
     }
 }

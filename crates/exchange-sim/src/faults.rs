@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct Faults {
     /// Added to every REST answer.
     pub latency_ms: u64,
-    /// Orders that are placed, then answered `503 {"code":-1007,...}` (status unknown).
+    /// Orders that are placed, then answered 503 with Binance's `TIMEOUT` code (status unknown).
     pub unknown_rate: f64,
     /// Orders that are placed, then answered only after `lost_response_hold_ms` (the client
     /// times out first: a lost response).

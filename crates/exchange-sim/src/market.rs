@@ -8,6 +8,7 @@
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use keel_exchange::codes;
 use keel_kernel::ids::Symbol;
 use keel_kernel::market::Candle;
 use rust_decimal::Decimal;
@@ -339,7 +340,7 @@ fn number(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
         .map(|v| {
             v.parse().map_err(|_| {
                 ApiError::bad(
-                    -1100,
+                    codes::ILLEGAL_CHARS,
                     format!("Illegal characters found in parameter '{name}'."),
                 )
             })
@@ -358,7 +359,7 @@ fn klines_limit(query: &str) -> Result<usize, ApiError> {
         });
     match limit {
         Some(None) => Err(ApiError::bad(
-            -1130,
+            codes::INVALID_PARAMETER,
             "Data sent for parameter 'limit' is not valid.",
         )),
         limit => Ok(limit.flatten().unwrap_or(KLINES_LIMIT_DEFAULT)),
@@ -410,7 +411,7 @@ fn perpetual_of_pair(params: &mut Params) -> Result<(), ApiError> {
     let contract = param(params, "contractType")?;
     if contract != "PERPETUAL" {
         return Err(ApiError::bad(
-            -1130,
+            codes::INVALID_PARAMETER,
             "Data sent for parameter 'contractType' is not valid.",
         ));
     }
@@ -444,7 +445,7 @@ fn funding_rows(state: &SimState, params: &Params) -> Reply {
         Some(limit) if (1..=FUNDING_ROWS_MAX).contains(&limit) => limit,
         Some(_) => {
             return Err(ApiError::bad(
-                -1130,
+                codes::INVALID_PARAMETER,
                 "Data sent for parameter 'limit' is not valid.",
             ));
         }
@@ -475,7 +476,7 @@ fn funding_rows(state: &SimState, params: &Params) -> Reply {
             break;
         };
         let tape = Tape::of(state, symbol, first_time - MINUTE_MS)
-            .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+            .ok_or_else(|| ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."))?;
         for &time in &times {
             // The mark price at a funding time: the close of the minute that ends there.
             let Some(candle) = tape.candle(time - MINUTE_MS, time, now) else {
@@ -496,7 +497,8 @@ fn klines_rows(state: &SimState, params: &Params, limit: usize) -> Reply {
     let symbol = super::rest::symbol_param(params)?;
     let own = (state.0.interval_name, state.0.config.candle_ms as i64);
     let name = param(params, "interval")?;
-    let span = span_of(name, own).ok_or_else(|| ApiError::bad(-1120, "Invalid interval."))?;
+    let span = span_of(name, own)
+        .ok_or_else(|| ApiError::bad(codes::BAD_INTERVAL, "Invalid interval."))?;
     let now = state.now_ms();
     // Any i64 may be sent: times before 1970 ask for what 1970 asks for (nothing played
     // then), times past next year for what next year does (nothing yet), so the interval
@@ -511,8 +513,8 @@ fn klines_rows(state: &SimState, params: &Params, limit: usize) -> Reply {
         Some(start) => span.start(start),
         None => (0..limit).fold(last_open, |from, _| span.prev(from)),
     };
-    let tape =
-        Tape::of(state, &symbol, since).ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+    let tape = Tape::of(state, &symbol, since)
+        .ok_or_else(|| ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."))?;
     let row = |from: i64| -> Option<Candle> {
         let to = span.next(from);
         if own_only {
@@ -566,7 +568,7 @@ fn symbols(params: &Params) -> Result<(Vec<Symbol>, bool), ApiError> {
         .collect();
     match optional_symbol(params)? {
         Some(symbol) if listed.contains(&symbol) => Ok((vec![symbol], true)),
-        Some(_) => Err(ApiError::bad(-1121, "Invalid symbol.")),
+        Some(_) => Err(ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol.")),
         None => Ok((listed, false)),
     }
 }
@@ -723,9 +725,9 @@ public_handler!(
             Some(l) => DEPTH_LIMITS
                 .into_iter()
                 .find(|allowed| *allowed as i64 == l)
-                .ok_or_else(|| ApiError::bad(-1130, "Data sent for parameter 'limit' is not valid."))?,
+                .ok_or_else(|| ApiError::bad(codes::INVALID_PARAMETER, "Data sent for parameter 'limit' is not valid."))?,
         };
-        let tape = Tape::of(state, &symbol, state.now_ms()).ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+        let tape = Tape::of(state, &symbol, state.now_ms()).ok_or_else(|| ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."))?;
         let (bid, ask) = best(&tape);
         let level = |side: i64, i: usize| {
             let offset = tape.tick * i as f64;

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keel_exchange::codes;
 use keel_kernel::exchange::{Fill, OrderReport, OrderRequest, OrderType, PlaceOutcome};
 use keel_kernel::ids::{ClientOrderId, Symbol};
 use keel_kernel::market::Side;
@@ -53,18 +54,18 @@ impl ApiError {
 
     fn mandatory(name: &str) -> Self {
         Self::bad(
-            -1102,
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
             format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
         )
     }
 
-    /// Binance's answer to an order beyond an order-rate limit: 429 with -1015.
+    /// Binance's answer to an order beyond an order-rate limit: 429 with `TOO_MANY_ORDERS`.
     fn too_many_orders(limit: u32, interval: &str, retry_after_s: u64) -> Self {
         Self {
             retry_after_s: Some(retry_after_s),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                -1015,
+                codes::TOO_MANY_ORDERS,
                 format!("Too many new orders; current limit is {limit} orders per {interval}."),
             )
         }
@@ -75,7 +76,7 @@ impl ApiError {
             retry_after_s: Some(retry_after_s),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                -1003,
+                codes::TOO_MANY_REQUESTS,
                 "Too many requests; please use the websocket for live updates.",
             )
         }
@@ -182,13 +183,17 @@ pub(crate) async fn gate(
     if state.draw(faults.unavailable_rate) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            -1001,
+            codes::DISCONNECTED,
             "Internal error; unable to process your request. Please try again.",
         ));
     }
     let query = gate.query.unwrap_or("");
-    let body = std::str::from_utf8(gate.body)
-        .map_err(|_| ApiError::bad(-1100, "Illegal characters found in a parameter."))?;
+    let body = std::str::from_utf8(gate.body).map_err(|_| {
+        ApiError::bad(
+            codes::ILLEGAL_CHARS,
+            "Illegal characters found in a parameter.",
+        )
+    })?;
     let params: Params = url::form_urlencoded::parse(query.as_bytes())
         .chain(url::form_urlencoded::parse(body.as_bytes()))
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -251,19 +256,23 @@ fn api_key(state: &SimState, headers: &HeaderMap) -> Result<SimKey, ApiError> {
     let name = headers
         .get("X-MBX-APIKEY")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| unauthorized(-2014, "API-key format invalid."))?;
-    state
-        .0
-        .config
-        .keys
-        .get(name)
-        .cloned()
-        .ok_or_else(|| unauthorized(-2015, "Invalid API-key, IP, or permissions for action."))
+        .ok_or_else(|| unauthorized(codes::BAD_API_KEY_FMT, "API-key format invalid."))?;
+    state.0.config.keys.get(name).cloned().ok_or_else(|| {
+        unauthorized(
+            codes::REJECTED_MBX_KEY,
+            "Invalid API-key, IP, or permissions for action.",
+        )
+    })
 }
 
 /// Binance signs `totalParams`: the query string followed by the body, without `signature`.
 fn check_signature(key: &SimKey, query: &str, body: &str, params: &Params) -> Result<(), ApiError> {
-    let invalid = || ApiError::bad(-1022, "Signature for this request is not valid.");
+    let invalid = || {
+        ApiError::bad(
+            codes::INVALID_SIGNATURE,
+            "Signature for this request is not valid.",
+        )
+    };
     let signature = params
         .get("signature")
         .ok_or_else(|| ApiError::mandatory("signature"))?;
@@ -292,14 +301,16 @@ fn check_timestamp(state: &SimState, params: &Params) -> Result<(), ApiError> {
             .parse()
             .ok()
             .filter(|w| (1..=RECV_WINDOW_MAX_MS).contains(w))
-            .ok_or_else(|| ApiError::bad(-1131, "recvWindow must be less than 60000"))?,
+            .ok_or_else(|| {
+                ApiError::bad(codes::BAD_RECV_WINDOW, "recvWindow must be less than 60000")
+            })?,
     };
     let server = state.now_ms();
     if timestamp < server + 1000 && server - timestamp <= recv_window {
         Ok(())
     } else {
         Err(ApiError::bad(
-            -1021,
+            codes::INVALID_TIMESTAMP,
             "Timestamp for this request is outside of the recvWindow.",
         ))
     }
@@ -314,13 +325,17 @@ pub(crate) fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiEr
 }
 
 pub(crate) fn symbol_param(params: &Params) -> Result<Symbol, ApiError> {
-    Symbol::new(param(params, "symbol")?).map_err(|_| ApiError::bad(-1121, "Invalid symbol."))
+    Symbol::new(param(params, "symbol")?)
+        .map_err(|_| ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."))
 }
 
 pub(crate) fn decimal_param(params: &Params, name: &str) -> Result<Decimal, ApiError> {
-    param(params, name)?
-        .parse()
-        .map_err(|_| ApiError::bad(-1111, format!("Parameter '{name}' is malformed.")))
+    param(params, name)?.parse().map_err(|_| {
+        ApiError::bad(
+            codes::BAD_PRECISION,
+            format!("Parameter '{name}' is malformed."),
+        )
+    })
 }
 
 pub(crate) async fn ping(State(state): State<SimState>) -> Response {
@@ -411,7 +426,7 @@ fn post_only_check(state: &SimState, request: &OrderRequest) -> Result<(), ApiEr
     };
     let price = price.get().to_f64().unwrap_or(f64::NAN);
     let Some((bid, ask)) = super::market::best_bid_ask(state, &request.symbol) else {
-        return Err(ApiError::bad(-1121, "Invalid symbol."));
+        return Err(ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."));
     };
     let takes = match request.side {
         Side::Buy => price >= ask,
@@ -419,7 +434,7 @@ fn post_only_check(state: &SimState, request: &OrderRequest) -> Result<(), ApiEr
     };
     if takes {
         return Err(ApiError::bad(
-            -5022,
+            codes::GTX_ORDER_REJECT,
             "Due to the order could not be executed as maker, the Post Only order will be \
              rejected. The order will not be recorded in the order history",
         ));
@@ -468,7 +483,12 @@ pub(crate) async fn place_batch(
 /// The orders of a `batchOrders` parameter: a JSON list of objects whose values are the
 /// parameters of `POST /fapi/v1/order` (strings, or numbers and booleans as their text).
 fn batch_orders(params: &Params) -> Result<Vec<Params>, ApiError> {
-    let invalid = || ApiError::bad(-1130, "Data sent for parameter 'batchOrders' is not valid.");
+    let invalid = || {
+        ApiError::bad(
+            codes::INVALID_PARAMETER,
+            "Data sent for parameter 'batchOrders' is not valid.",
+        )
+    };
     let text = param(params, "batchOrders")?;
     let list: Vec<serde_json::Map<String, Value>> =
         serde_json::from_str(text).map_err(|_| invalid())?;
@@ -512,11 +532,14 @@ fn time_in_force(params: &Params, mandatory: bool) -> Result<&'static str, ApiEr
     ["GTC", "GTX", "IOC", "FOK"]
         .into_iter()
         .find(|tif| *tif == text)
-        .ok_or_else(|| ApiError::bad(-1115, "Invalid timeInForce."))
+        .ok_or_else(|| ApiError::bad(codes::INVALID_TIMEINFORCE, "Invalid timeInForce."))
 }
 
 fn not_required(name: &str) -> ApiError {
-    ApiError::bad(-1106, format!("Parameter '{name}' sent when not required."))
+    ApiError::bad(
+        codes::PARAM_NOT_REQUIRED,
+        format!("Parameter '{name}' sent when not required."),
+    )
 }
 
 /// A `true`/`false` parameter, `false` when absent; Binance takes either case.
@@ -525,7 +548,7 @@ fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(_) => Err(ApiError::bad(
-            -1130,
+            codes::INVALID_PARAMETER,
             format!("Data sent for parameter '{name}' is not valid."),
         )),
     }
@@ -536,19 +559,25 @@ fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
 fn condition(params: &Params, kind: ConditionalKind) -> Result<Conditional, ApiError> {
     let stop_price = decimal_param(params, "stopPrice")?;
     if stop_price <= Decimal::ZERO {
-        return Err(ApiError::bad(-4006, "Stop price less than zero."));
+        return Err(ApiError::bad(
+            codes::STOP_PRICE_LESS_THAN_ZERO,
+            "Stop price less than zero.",
+        ));
     }
     let working_type = match params.get("workingType") {
         None => WorkingType::ContractPrice,
         Some(text) => WorkingType::parse(text).ok_or_else(|| {
-            ApiError::bad(-4031, format!("Invalid parameter working type: {text}"))
+            ApiError::bad(
+                codes::INVALID_WORKING_TYPE,
+                format!("Invalid parameter working type: {text}"),
+            )
         })?,
     };
     let close_position = flag(params, "closePosition")?;
     if close_position {
         if !kind.is_market() {
             return Err(ApiError::bad(
-                -4136,
+                codes::TARGET_STRATEGY_INVALID,
                 format!(
                     "Target strategy invalid for orderType {},closePosition true",
                     kind.as_str()
@@ -557,7 +586,7 @@ fn condition(params: &Params, kind: ConditionalKind) -> Result<Conditional, ApiE
         }
         if params.contains_key("quantity") {
             return Err(ApiError::bad(
-                -4137,
+                codes::QUANTITY_EXISTS_WITH_CLOSE_POSITION,
                 "Quantity must be zero with closePosition equals true",
             ));
         }
@@ -579,7 +608,7 @@ fn condition(params: &Params, kind: ConditionalKind) -> Result<Conditional, ApiE
 
 fn price_param(params: &Params) -> Result<Price, ApiError> {
     Price::new(decimal_param(params, "price")?)
-        .map_err(|_| ApiError::bad(-4001, "Price less than 0."))
+        .map_err(|_| ApiError::bad(codes::PRICE_LESS_THAN_ZERO, "Price less than 0."))
 }
 
 /// The order a `POST /fapi/v1/order` asks for, and its terms. A `closePosition` order's
@@ -590,7 +619,7 @@ fn order_request(
 ) -> Result<(OrderRequest, OrderTerms), ApiError> {
     let symbol = symbol_param(params)?;
     let side = wire::parse_side(param(params, "side")?)
-        .ok_or_else(|| ApiError::bad(-1117, "Invalid side."))?;
+        .ok_or_else(|| ApiError::bad(codes::INVALID_SIDE, "Invalid side."))?;
     let type_name = param(params, "type")?;
     let kind = ConditionalKind::parse(type_name);
     let (order_type, terms) = match (type_name, kind) {
@@ -627,7 +656,12 @@ fn order_request(
             };
             (order_type, terms)
         }
-        _ => return Err(ApiError::bad(-1116, "Invalid orderType.")),
+        _ => {
+            return Err(ApiError::bad(
+                codes::INVALID_ORDER_TYPE,
+                "Invalid orderType.",
+            ));
+        }
     };
     let closes = terms.conditional.as_ref().is_some_and(|c| c.close_position);
     let qty = if closes {
@@ -635,16 +669,20 @@ fn order_request(
             .into_iter()
             .find(|(rules, _)| rules.symbol == symbol)
             .map(|(rules, _)| rules.market_min_qty)
-            .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+            .ok_or_else(|| ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."))?;
         Qty::new(lot).expect("a lot is positive")
     } else {
-        Qty::new(decimal_param(params, "quantity")?)
-            .map_err(|_| ApiError::bad(-4003, "Quantity less than or equal to zero."))?
+        Qty::new(decimal_param(params, "quantity")?).map_err(|_| {
+            ApiError::bad(
+                codes::QTY_LESS_THAN_ZERO,
+                "Quantity less than or equal to zero.",
+            )
+        })?
     };
     let client_order_id = match params.get("newClientOrderId") {
         Some(text) => ClientOrderId::new(text).map_err(|_| {
             ApiError::bad(
-                -1100,
+                codes::ILLEGAL_CHARS,
                 "Illegal characters found in parameter 'newClientOrderId'; legal range is \
                  '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.",
             )
@@ -672,7 +710,7 @@ fn order_request(
 
 /// Binance's filters on a conditional order, which the engine checks only once it triggers:
 /// quantity precision and lot size, price and stop price on the tick, and that the stop price
-/// has not been reached already (-2021).
+/// has not been reached already (`ORDER_WOULD_IMMEDIATELY_TRIGGER`).
 fn check_conditional(
     engine: &keel_exchange::paper::PaperEngine,
     request: &OrderRequest,
@@ -680,7 +718,7 @@ fn check_conditional(
 ) -> Result<(), ApiError> {
     let rules = engine
         .rules(&request.symbol)
-        .ok_or_else(|| ApiError::bad(-1121, "Invalid symbol."))?;
+        .ok_or_else(|| ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."))?;
     let on_tick = |price: Decimal| rules.round_price(price) == price.normalize();
     let prices_on_tick = request
         .order_type
@@ -688,28 +726,36 @@ fn check_conditional(
         .is_none_or(|p| on_tick(p.get()))
         && on_tick(condition.stop_price);
     if !prices_on_tick {
-        return Err(ApiError::bad(-4014, "Price not increased by tick size."));
+        return Err(ApiError::bad(
+            codes::PRICE_NOT_INCREASED_BY_TICK_SIZE,
+            "Price not increased by tick size.",
+        ));
     }
     let last = engine.last_price(&request.symbol);
     if !condition.close_position {
         let qty = request.qty.get();
         if rules.round_qty(qty, request.order_type) != qty.normalize() {
             return Err(ApiError::bad(
-                -1111,
+                codes::BAD_PRECISION,
                 "Precision is over the maximum defined for this asset.",
             ));
         }
         rules.apply(request, last).map_err(|violation| {
             let code = match violation {
-                keel_kernel::exchange::RuleViolation::NotionalBelowMin { .. } => -4164,
-                _ => -4003,
+                keel_kernel::exchange::RuleViolation::NotionalBelowMin { .. } => {
+                    codes::MIN_NOTIONAL
+                }
+                _ => codes::QTY_LESS_THAN_ZERO,
             };
             ApiError::bad(code, violation.to_string())
         })?;
     }
     let last = last.and_then(|p| p.get().to_f64());
     if last.is_some_and(|p| condition.reached_by(request.side, p, p)) {
-        return Err(ApiError::bad(-2021, "Order would immediately trigger."));
+        return Err(ApiError::bad(
+            codes::ORDER_WOULD_IMMEDIATELY_TRIGGER,
+            "Order would immediately trigger.",
+        ));
     }
     Ok(())
 }
@@ -767,7 +813,7 @@ pub(crate) async fn place_checked(
         // The order exists; the client is told nothing useful.
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            -1007,
+            codes::TIMEOUT,
             "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
         ));
     }
@@ -821,7 +867,7 @@ pub(crate) fn find_order(
     let symbol = symbol_param(params)?;
     if !params.contains_key("origClientOrderId") && !params.contains_key("orderId") {
         return Err(ApiError::bad(
-            -1102,
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
             "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
         ));
     }
@@ -832,7 +878,7 @@ pub(crate) fn find_order(
     let found = state.with_account(account, |a| {
         a.find(&symbol, order_id, client_order_id.as_ref()).cloned()
     });
-    found.ok_or_else(|| ApiError::bad(-2013, "Order does not exist."))
+    found.ok_or_else(|| ApiError::bad(codes::NO_SUCH_ORDER, "Order does not exist."))
 }
 
 pub(crate) async fn query(
@@ -870,7 +916,9 @@ pub(crate) async fn cancel(
                         .map_err(|(code, msg)| ApiError::bad(code, msg))
                         .and_then(ok)
                 }
-                Err(e) if e.code == -2013 => Err(ApiError::bad(-2011, "Unknown order sent.")),
+                Err(e) if e.code == codes::NO_SUCH_ORDER => {
+                    Err(ApiError::bad(codes::CANCEL_REJECTED, "Unknown order sent."))
+                }
                 Err(e) => Err(e),
             }
         }
@@ -1074,7 +1122,10 @@ pub(crate) async fn listen_key_keepalive(
                     *expiry = now + LISTEN_KEY_TTL_MS;
                     ok(json!({"listenKey": key}))
                 }
-                None => Err(ApiError::bad(-1125, "This listenKey does not exist.")),
+                None => Err(ApiError::bad(
+                    codes::INVALID_LISTEN_KEY,
+                    "This listenKey does not exist.",
+                )),
             }
         }
         Err(e) => Err(e),
@@ -1115,7 +1166,7 @@ pub(crate) async fn faults_put(State(state): State<SimState>, body: Bytes) -> Re
         }
         Err(msg) => (
             StatusCode::BAD_REQUEST,
-            Json(json!({"code": -1100, "msg": msg})),
+            Json(json!({"code": codes::ILLEGAL_CHARS, "msg": msg})),
         )
             .into_response(),
     }
@@ -1148,13 +1199,13 @@ fn kept_json(kept: &super::account::KeptOrder) -> Value {
 }
 
 signed_handler!(
-    /// `GET /fapi/v1/openOrder`: an open order, or -2013 once it closed.
+    /// `GET /fapi/v1/openOrder`: an open order, or `NO_SUCH_ORDER` once it closed.
     open_order,
     1,
     |state: &SimState, account: &str, params: &Params| -> Reply {
         let found = find_order(state, account, params)?;
         if !found.report.status.is_open() {
-            return Err(ApiError::bad(-2013, "Order does not exist."));
+            return Err(ApiError::bad(codes::NO_SUCH_ORDER, "Order does not exist."));
         }
         ok(kept_json(&found))
     }
@@ -1172,15 +1223,16 @@ signed_handler!(
 );
 
 signed_handler!(
-    /// `POST /fapi/v1/positionSide/dual`: staying in one-way mode answers Binance's -4059;
+    /// `POST /fapi/v1/positionSide/dual`: staying in one-way mode answers Binance's
+    /// `NO_NEED_TO_CHANGE_POSITION_SIDE`;
     /// hedge mode is refused as a value the simulator does not accept.
     set_position_mode,
     1,
     |_: &SimState, _: &str, params: &Params| -> Reply {
         match param(params, "dualSidePosition")? {
-            "false" => Err(ApiError::bad(-4059, "No need to change position side.")),
+            "false" => Err(ApiError::bad(codes::NO_NEED_TO_CHANGE_POSITION_SIDE, "No need to change position side.")),
             _ => Err(ApiError::bad(
-                -1130,
+                codes::INVALID_PARAMETER,
                 "Data sent for parameter 'dualSidePosition' is not valid.",
             )),
         }
@@ -1280,7 +1332,7 @@ pub(crate) fn number(params: &Params, name: &str) -> Result<Option<i64>, ApiErro
         .map(|v| {
             v.parse().map_err(|_| {
                 ApiError::bad(
-                    -1100,
+                    codes::ILLEGAL_CHARS,
                     format!("Illegal characters found in parameter '{name}'."),
                 )
             })
@@ -1296,7 +1348,7 @@ pub(crate) async fn unknown_route(
 ) -> Response {
     let error = ApiError::new(
         StatusCode::NOT_FOUND,
-        -5000,
+        codes::INVALID_PATH,
         format!("Path {}, Method {} is invalid", uri.path(), method),
     );
     finish(&state, Err(error))

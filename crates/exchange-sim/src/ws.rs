@@ -29,6 +29,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::SinkExt;
+use keel_exchange::codes;
 use keel_kernel::ids::Symbol;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -114,8 +115,8 @@ impl std::fmt::Display for Unservable {
 /// parameters).
 fn refuse(why: Unservable) -> Response {
     let code = match why {
-        Unservable::DeadListenKey(_) => -1125,
-        Unservable::TooManyStreams => -1101,
+        Unservable::DeadListenKey(_) => codes::INVALID_LISTEN_KEY,
+        Unservable::TooManyStreams => codes::TOO_MANY_PARAMETERS,
     };
     let body = Json(json!({"code": code, "msg": why.to_string()}));
     (StatusCode::BAD_REQUEST, body).into_response()

@@ -2,4 +2,5 @@
 //! the Binance-compatible simulator server used to test that adapter.
 
 pub mod binance;
+pub mod codes;
 pub mod paper;

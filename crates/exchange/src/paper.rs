@@ -12,8 +12,8 @@
 //!   for limit fills;
 //! - with a partial-fill probability above zero, a seeded RNG makes some fills take only part
 //!   of the remaining quantity; the rest waits for the next candle;
-//! - a client order id is refused with Binance's -4116 while an order with that id is open,
-//!   and may be reused once it is closed.
+//! - a client order id is refused with Binance's [`codes::DUPLICATED_CLIENT_TRAN_ID`] while an
+//!   order with that id is open, and may be reused once it is closed.
 //!
 //! The per-candle path does not allocate when the symbol has no open orders. [`PaperExchange`]
 //! wraps the engine behind the kernel's `Exchange` trait for paper trading and the simulator.
@@ -37,6 +37,8 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use tokio::sync::mpsc;
 
+use crate::codes;
+
 /// How many closed orders the engine remembers for queries before forgetting the oldest.
 pub const CLOSED_ORDERS_REMEMBERED_MAX: usize = 100_000;
 /// How many orders may be open at once across all symbols (Binance allows 200 per symbol).
@@ -44,27 +46,6 @@ pub const OPEN_ORDERS_MAX: usize = 1_000;
 /// Closed candles kept per symbol for [`Exchange::recent_candles`]: as many as one Binance
 /// klines request returns.
 pub const CANDLES_KEPT: usize = 1_500;
-
-/// Binance's code for a client order id that is already used by an open order.
-pub const CODE_DUPLICATE_CLIENT_ORDER_ID: i64 = -4116;
-/// Binance's code for an unknown order.
-pub const CODE_NO_SUCH_ORDER: i64 = -2013;
-/// Binance's code for a cancel that cannot be done (unknown or closed order).
-pub const CODE_CANCEL_REJECTED: i64 = -2011;
-/// Binance's code for a reduce-only order that would not reduce.
-pub const CODE_REDUCE_ONLY_REJECTED: i64 = -2022;
-/// Binance's code for an unknown symbol.
-pub const CODE_INVALID_SYMBOL: i64 = -1121;
-/// Binance's code for too many open orders.
-pub const CODE_TOO_MANY_ORDERS: i64 = -2025;
-/// Binance's code for an order below the minimum notional.
-pub const CODE_MIN_NOTIONAL: i64 = -4164;
-/// Binance's code for a quantity with more decimals than the step allows.
-pub const CODE_PRECISION: i64 = -1111;
-/// Binance's code for a price not on the tick.
-pub const CODE_TICK: i64 = -4014;
-/// Binance's code for a quantity outside the lot size.
-pub const CODE_LOT_SIZE: i64 = -4003;
 
 /// Decimal places of settled amounts (fees, realized PnL), as the ledger stores them.
 const LEDGER_DECIMALS: u32 = keel_kernel::ledger::AMOUNT_SCALE;
@@ -436,26 +417,26 @@ impl PaperEngine {
 
     fn check_placement(&self, request: &OrderRequest) -> Result<(), (i64, String)> {
         let Some(book) = self.books.get(&request.symbol) else {
-            return Err((CODE_INVALID_SYMBOL, "Invalid symbol.".to_owned()));
+            return Err((codes::BAD_SYMBOL, "Invalid symbol.".to_owned()));
         };
         if let Some(existing) = self.orders.get(&request.client_order_id)
             && existing.report.status.is_open()
         {
             return Err((
-                CODE_DUPLICATE_CLIENT_ORDER_ID,
+                codes::DUPLICATED_CLIENT_TRAN_ID,
                 "Duplicate clientOrderId.".to_owned(),
             ));
         }
         if self.open_count >= OPEN_ORDERS_MAX {
             return Err((
-                CODE_TOO_MANY_ORDERS,
+                codes::MAX_OPEN_ORDER_EXCEEDED,
                 "Reach max open order limit.".to_owned(),
             ));
         }
         check_filters(&book.rules, request, self.last_price(&request.symbol))?;
         if request.reduce_only && !reduces(book.position.qty, request.side) {
             return Err((
-                CODE_REDUCE_ONLY_REJECTED,
+                codes::REDUCE_ONLY_REJECT,
                 "ReduceOnly Order is rejected.".to_owned(),
             ));
         }
@@ -492,7 +473,7 @@ impl PaperEngine {
             .get(id)
             .is_some_and(|o| &o.report.symbol == symbol && o.report.status.is_open());
         if !open {
-            return Err((CODE_CANCEL_REJECTED, "Unknown order sent.".to_owned()));
+            return Err((codes::CANCEL_REJECTED, "Unknown order sent.".to_owned()));
         }
         let order = self.orders.get_mut(id).expect("checked");
         order.report.status = status;
@@ -772,19 +753,22 @@ fn check_filters(
     let qty = request.qty.get();
     if rules.round_qty(qty, request.order_type) != qty.normalize() {
         return Err((
-            CODE_PRECISION,
+            codes::BAD_PRECISION,
             "Precision is over the maximum defined for this asset.".to_owned(),
         ));
     }
     if let Some(price) = request.order_type.limit_price()
         && rules.round_price(price.get()) != price.get().normalize()
     {
-        return Err((CODE_TICK, "Price not increased by tick size.".to_owned()));
+        return Err((
+            codes::PRICE_NOT_INCREASED_BY_TICK_SIZE,
+            "Price not increased by tick size.".to_owned(),
+        ));
     }
     rules.apply(request, last).map_err(|violation| {
         let code = match violation {
-            keel_kernel::exchange::RuleViolation::NotionalBelowMin { .. } => CODE_MIN_NOTIONAL,
-            _ => CODE_LOT_SIZE,
+            keel_kernel::exchange::RuleViolation::NotionalBelowMin { .. } => codes::MIN_NOTIONAL,
+            _ => codes::QTY_LESS_THAN_ZERO,
         };
         (code, violation.to_string())
     })?;

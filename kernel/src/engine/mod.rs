@@ -35,7 +35,9 @@ use crate::market::Candle;
 use crate::metrics::Metrics;
 use crate::money::Price;
 use crate::plant::{Plant, Planted};
-use crate::risk::{self, EntryBlock, OrderPrice, Refusal, RiskContext, RiskLimits, ValidIntent};
+use crate::risk::{
+    self, EntryBlock, OrderPrice, Refusal, RefusalRule, RiskContext, RiskLimits, ValidIntent,
+};
 use crate::store::{Store, StoreError, TenantTx};
 use crate::strategy::{PluginFault, RawIntent, StrategyRuntime};
 
@@ -118,8 +120,8 @@ pub enum EngineError {
 pub struct RefusalRecord {
     /// Kernel time of the refusal.
     pub at_ms: i64,
-    /// The rule (`Refusal::rule`).
-    pub rule: &'static str,
+    /// The rule that refused it.
+    pub rule: RefusalRule,
     /// The full reason.
     pub reason: String,
     /// The intent as the strategy sent it.
@@ -186,13 +188,13 @@ pub struct ProfileControls {
 #[derive(Debug, Default)]
 struct RefusalLog {
     last_report: Option<std::time::Instant>,
-    counted: std::collections::BTreeMap<&'static str, u64>,
+    counted: std::collections::BTreeMap<RefusalRule, u64>,
 }
 
 impl RefusalLog {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-    fn count(&mut self, rule: &'static str, reason: &str) {
+    fn count(&mut self, rule: RefusalRule, reason: &str) {
         *self.counted.entry(rule).or_default() += 1;
         let due = self
             .last_report
@@ -208,7 +210,7 @@ impl RefusalLog {
             .collect::<Vec<_>>()
             .join(" ");
         if self.last_report.is_none() {
-            tracing::info!(rule, %reason, "intent refused (later refusals are counted here every minute, each one logged at debug)");
+            tracing::info!(%rule, %reason, "intent refused (later refusals are counted here every minute, each one logged at debug)");
         } else {
             tracing::info!(refused, %rules, last_reason = %reason, "intents refused in the last minute");
         }
@@ -627,7 +629,7 @@ impl ProfileEngine {
         if let Some((replaced, _)) = self.reversals.insert(symbol.clone(), (raw, sequence)) {
             self.record_refusal(
                 replaced,
-                "reversal_replaced",
+                RefusalRule::ReversalReplaced,
                 format!("a later reversal on {symbol} replaced this entry before it was sent"),
             );
         }
@@ -651,7 +653,7 @@ impl ProfileEngine {
         } else {
             self.record_refusal(
                 raw,
-                "reversal_abandoned",
+                RefusalRule::ReversalAbandoned,
                 format!(
                     "the exit on {symbol} ended {exit_status} with the position still open: \
                      the reversal's entry was not sent"
@@ -713,12 +715,12 @@ impl ProfileEngine {
 
     /// Counts a refused intent by rule, logs it (each at debug, counted at info: see
     /// [`RefusalLog`]), and keeps it for the API (bounded).
-    fn record_refusal(&mut self, intent: RawIntent, rule: &'static str, reason: String) {
+    fn record_refusal(&mut self, intent: RawIntent, rule: RefusalRule, reason: String) {
         self.metrics
             .risk_refusals_total
-            .with_label_values(&[rule])
+            .with_label_values(&[rule.as_str()])
             .inc();
-        tracing::debug!(rule, %reason, "intent refused");
+        tracing::debug!(%rule, %reason, "intent refused");
         self.refusal_log.count(rule, &reason);
         if self.refusals.len() == self.config.refusals_kept_max {
             self.refusals.pop_front();
@@ -779,7 +781,11 @@ impl ProfileEngine {
         match rules.apply(&request, reference) {
             Ok(prepared) => Ok(Some(prepared)),
             Err(violation) => {
-                self.record_refusal(raw.clone(), "exchange_filter", violation.to_string());
+                self.record_refusal(
+                    raw.clone(),
+                    RefusalRule::ExchangeFilter,
+                    violation.to_string(),
+                );
                 Ok(None)
             }
         }
@@ -831,7 +837,7 @@ impl ProfileEngine {
         if self.book.entry_in_flight(&entry.symbol) {
             self.record_refusal(
                 raw.clone(),
-                "entry_in_flight",
+                RefusalRule::EntryInFlight,
                 format!("an entry on {} is already in flight", entry.symbol),
             );
             return Ok(None);
@@ -862,7 +868,7 @@ impl ProfileEngine {
         let Some(lease) = self.acquire_entry_lock(&mut tx, &key).await? else {
             self.record_refusal(
                 raw.clone(),
-                "entry_locked",
+                RefusalRule::EntryLocked,
                 format!("the entry lock {key} is held by another owner"),
             );
             return Ok(None);
@@ -905,7 +911,7 @@ impl ProfileEngine {
     fn refuse_replayed(&mut self, raw: &RawIntent, order: &OrderRecord) {
         self.record_refusal(
             raw.clone(),
-            "decision_replayed",
+            RefusalRule::DecisionReplayed,
             format!(
                 "order {} was already written ahead ({})",
                 order.client_order_id, order.status
@@ -924,19 +930,23 @@ impl ProfileEngine {
             StoreError::Ledger(LedgerError::InsufficientCapital { .. })
             | StoreError::Constraint(Constraint::CapitalInvariant) => {
                 self.count_constraint_refusal(&error);
-                self.record_refusal(raw.clone(), "insufficient_capital", error.to_string());
+                self.record_refusal(
+                    raw.clone(),
+                    RefusalRule::InsufficientCapital,
+                    error.to_string(),
+                );
                 Ok(None)
             }
             // The store counts the stale fence (`keel_lock_stale_fence_rejections_total`).
             StoreError::Constraint(Constraint::CurrentFence) | StoreError::Lock(_) => {
-                self.record_refusal(raw.clone(), "stale_fence", error.to_string());
+                self.record_refusal(raw.clone(), RefusalRule::StaleFence, error.to_string());
                 Ok(None)
             }
             // The store's check: one lifecycle per (profile, symbol), so an entry while a
             // position is still open is the strategy's mistake, refused like an order in flight.
             StoreError::Constraint(Constraint::OneOpenEntryOrder)
             | StoreError::Lifecycle(crate::lifecycle::LifecycleError::EntryInFlight { .. }) => {
-                self.record_refusal(raw.clone(), "entry_in_flight", error.to_string());
+                self.record_refusal(raw.clone(), RefusalRule::EntryInFlight, error.to_string());
                 Ok(None)
             }
             _ => Err(error.into()),
@@ -1028,7 +1038,7 @@ impl ProfileEngine {
                 return Ok(None);
             }
             Err(StoreError::Lifecycle(error)) => {
-                self.record_refusal(raw.clone(), "exit_refused", error.to_string());
+                self.record_refusal(raw.clone(), RefusalRule::ExitRefused, error.to_string());
                 return Ok(None);
             }
             Err(error) => return Err(error.into()),
@@ -1043,7 +1053,7 @@ impl ProfileEngine {
         let Some(order) = self.book.open_orders.get(id).cloned() else {
             self.record_refusal(
                 raw.clone(),
-                "unknown_order",
+                RefusalRule::UnknownOrder,
                 format!("no open order {id} to cancel"),
             );
             return Ok(());

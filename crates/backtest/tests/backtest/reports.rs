@@ -30,7 +30,7 @@ async fn every_refusal_is_counted_by_rule_and_listed_with_its_bar_and_intent() {
     assert_eq!(report.refusals.len(), s.refusals, "every refusal is listed");
     assert_eq!(s.refusals_by_rule.values().sum::<usize>(), s.refusals);
     for refusal in &report.refusals {
-        assert!(s.refusals_by_rule.contains_key(refusal.rule));
+        assert!(s.refusals_by_rule.contains_key(&refusal.rule));
         let candle = &spec("sma-cross", 31).candles[refusal.bar];
         assert_eq!(refusal.time_ms, candle.close_time_ms, "{refusal:?}");
         assert!(refusal.time.ends_with('Z') && refusal.time.starts_with("2024-01-"));

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use keel_exchange::codes;
 use keel_kernel::ids::Symbol;
 use keel_kernel::money::Price;
 use rust_decimal::Decimal;
@@ -346,7 +347,7 @@ signed_handler!(
         let listed: Vec<Symbol> = crate::sim_symbols().into_iter().map(|(r, _)| r.symbol).collect();
         match optional_symbol(params)? {
             Some(symbol) if listed.contains(&symbol) => ok(bracket(&symbol)),
-            Some(_) => Err(ApiError::bad(-1121, "Invalid symbol.")),
+            Some(_) => Err(ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol.")),
             None => ok(listed.iter().map(bracket).collect::<Vec<_>>()),
         }
     }
@@ -355,7 +356,7 @@ signed_handler!(
 fn listed_symbol(state: &SimState, params: &Params) -> Result<Symbol, ApiError> {
     let symbol = symbol_param(params)?;
     if state.with_engine(crate::MAIN_ACCOUNT, |e| e.rules(&symbol).is_none()) {
-        return Err(ApiError::bad(-1121, "Invalid symbol."));
+        return Err(ApiError::bad(codes::BAD_SYMBOL, "Invalid symbol."));
     }
     Ok(symbol)
 }
@@ -371,7 +372,7 @@ signed_handler!(
             .parse()
             .ok()
             .filter(|l| (1..=crate::account::LEVERAGE_MAX).contains(l))
-            .ok_or_else(|| ApiError::bad(-4028, format!("Leverage {text} is not valid")))?;
+            .ok_or_else(|| ApiError::bad(codes::INVALID_LEVERAGE, format!("Leverage {text} is not valid")))?;
         state.with_account(account, |a| a.leverage.insert(symbol.clone(), leverage));
         ok(json!({
             "leverage": leverage,
@@ -382,7 +383,8 @@ signed_handler!(
 );
 
 signed_handler!(
-    /// `POST /fapi/v1/marginType`: `ISOLATED` or `CROSSED`; -4046 when nothing changes.
+    /// `POST /fapi/v1/marginType`: `ISOLATED` or `CROSSED`; `NO_NEED_TO_CHANGE_MARGIN_TYPE` when nothing
+    /// changes.
     set_margin_type,
     1,
     |state: &SimState, account: &str, params: &Params| -> Reply {
@@ -390,7 +392,7 @@ signed_handler!(
         let isolated = match param(params, "marginType")? {
             "ISOLATED" => true,
             "CROSSED" => false,
-            _ => return Err(ApiError::bad(-4044, "The margin type is invalid.")),
+            _ => return Err(ApiError::bad(codes::INVALID_MARGIN_TYPE, "The margin type is invalid.")),
         };
         let changed = state.with_account(account, |a| {
             if isolated {
@@ -400,7 +402,7 @@ signed_handler!(
             }
         });
         if !changed {
-            return Err(ApiError::bad(-4046, "No need to change margin type."));
+            return Err(ApiError::bad(codes::NO_NEED_TO_CHANGE_MARGIN_TYPE, "No need to change margin type."));
         }
         ok(json!({"code": 200, "msg": "success"}))
     }

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use keel_exchange::codes;
 use keel_kernel::ids::{ClientOrderId, Symbol};
 use serde::Serialize;
 use serde_json::Value;
@@ -54,14 +55,17 @@ pub(crate) async fn place_algo(
 fn order_params(params: &Params) -> Result<Params, ApiError> {
     if param(params, "algoType")? != "CONDITIONAL" {
         return Err(ApiError::bad(
-            -1130,
+            codes::INVALID_PARAMETER,
             "Data sent for parameter 'algoType' is not valid.",
         ));
     }
     let type_name = param(params, "type")?;
     if ConditionalKind::parse(type_name).is_none() {
         // MARKET and LIMIT are not algo orders; TRAILING_STOP_MARKET is not simulated.
-        return Err(ApiError::bad(-1116, "Invalid orderType."));
+        return Err(ApiError::bad(
+            codes::INVALID_ORDER_TYPE,
+            "Invalid orderType.",
+        ));
     }
     param(params, "triggerPrice")?;
     let mut order: Params = params
@@ -87,7 +91,7 @@ fn find_algo<'a>(account: &'a Account, params: &Params) -> Result<&'a KeptOrder,
     let client_algo_id = params.get("clientAlgoId");
     if algo_id.is_none() && client_algo_id.is_none() {
         return Err(ApiError::bad(
-            -1102,
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
             "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!",
         ));
     }
@@ -104,7 +108,7 @@ fn find_algo<'a>(account: &'a Account, params: &Params) -> Result<&'a KeptOrder,
     };
     found
         .filter(|k| k.is_algo())
-        .ok_or_else(|| ApiError::bad(-2013, "Order does not exist."))
+        .ok_or_else(|| ApiError::bad(codes::NO_SUCH_ORDER, "Order does not exist."))
 }
 
 fn algo_json(account: &Account, kept: &KeptOrder) -> Value {
@@ -136,7 +140,7 @@ struct CancelAlgoAnswer {
 
 signed_handler!(
     /// `DELETE /fapi/v1/algoOrder`: cancels an algo order still waiting for its trigger; one
-    /// that triggered or ended is -2011 (its order, once triggered, cancels through
+    /// that triggered or ended is `CANCEL_REJECTED` (its order, once triggered, cancels through
     /// `/fapi/v1/order`).
     cancel_algo,
     1,
@@ -145,7 +149,7 @@ signed_handler!(
         let answer = state.with_account(account, |a| {
             let kept = find_algo(a, params)?;
             if !kept.is_waiting() {
-                return Err(ApiError::bad(-2011, "Unknown order sent."));
+                return Err(ApiError::bad(codes::CANCEL_REJECTED, "Unknown order sent."));
             }
             let id = kept.report.exchange_order_id.0;
             a.engine.advance_clock(now);

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use keel_exchange::codes;
 use keel_exchange_sim::SimHandle;
 use reqwest::Method;
 use serde_json::Value;
@@ -21,13 +22,13 @@ async fn last_price(sim: &SimHandle) -> f64 {
 }
 
 /// Places the algo order `query` with the trigger price `trigger_of(last price)`, trying again
-/// with a fresh price when the market moved past it in between (-2021).
+/// with a fresh price when the market moved past it in between (`ORDER_WOULD_IMMEDIATELY_TRIGGER`).
 async fn place_algo(sim: &SimHandle, query: &str, trigger_of: impl Fn(f64) -> f64) -> Value {
     for _ in 0..20 {
         let trigger = trigger_of(last_price(sim).await);
         let query = format!("{query}&triggerPrice={trigger:.1}");
         let (status, body) = signed_raw(sim, Method::POST, "/fapi/v1/algoOrder", &query).await;
-        if body["code"] == -2021 {
+        if body["code"] == codes::ORDER_WOULD_IMMEDIATELY_TRIGGER {
             continue;
         }
         assert_eq!(status, 200, "{query}: {body}");
@@ -139,7 +140,7 @@ async fn an_algo_stop_market_is_placed_queried_listed_and_cancelled_as_binance_d
     let (status, again) = signed_raw(&sim, Method::DELETE, "/fapi/v1/algoOrder", &cancel).await;
     assert_eq!(
         (status.as_u16(), &again["code"]),
-        (400, &(-2011).into()),
+        (400, &codes::CANCEL_REJECTED.into()),
         "{again}"
     );
     let after = signed(&sim, Method::GET, "/fapi/v1/algoOrder", &cancel).await;
@@ -164,10 +165,10 @@ async fn an_algo_stop_market_is_placed_queried_listed_and_cancelled_as_binance_d
         (&history[0]["algoId"], &history[0]["algoStatus"]),
         (&algo_id, &"CANCELED".into())
     );
-    // An algo id the account never had is -2013, as for orders.
+    // An algo id the account never had is `NO_SUCH_ORDER`, as for orders.
     let (_, unknown) =
         signed_raw(&sim, Method::GET, "/fapi/v1/algoOrder", "algoId=999999999").await;
-    assert_eq!(unknown["code"], -2013, "{unknown}");
+    assert_eq!(unknown["code"], codes::NO_SUCH_ORDER, "{unknown}");
 }
 
 #[tokio::test]
@@ -234,7 +235,8 @@ async fn a_close_position_algo_take_profit_triggers_and_closes_the_position() {
     )
     .await;
     assert_eq!(
-        late["code"], -2011,
+        late["code"],
+        codes::CANCEL_REJECTED,
         "a triggered algo order no longer cancels: {late}"
     );
 }
@@ -249,26 +251,26 @@ async fn algo_orders_are_refused_as_binance_refuses_them_and_cancelled_all_at_on
     let cases = [
         (
             format!("{base}&type=STOP_MARKET&triggerPrice={far:.1}"),
-            -1102,
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
         ),
         (
             format!("algoType=VP&{base}&type=STOP_MARKET&triggerPrice={far:.1}"),
-            -1130,
+            codes::INVALID_PARAMETER,
         ),
         (
             format!("algoType=CONDITIONAL&{base}&type=STOP_MARKET"),
-            -1102,
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
         ),
         (
             format!("algoType=CONDITIONAL&{base}&type=LIMIT&price=1&triggerPrice={far:.1}"),
-            -1116,
+            codes::INVALID_ORDER_TYPE,
         ),
         (
             format!(
                 "algoType=CONDITIONAL&{base}&type=STOP_MARKET&triggerPrice={:.1}",
                 price / 2.0
             ),
-            -2021,
+            codes::ORDER_WOULD_IMMEDIATELY_TRIGGER,
         ),
         (
             format!(
@@ -276,7 +278,7 @@ async fn algo_orders_are_refused_as_binance_refuses_them_and_cancelled_all_at_on
                  &closePosition=true&quantity=0.01&triggerPrice={:.1}",
                 price / 2.0
             ),
-            -4137,
+            codes::QUANTITY_EXISTS_WITH_CLOSE_POSITION,
         ),
     ];
     for (query, code) in cases {
@@ -288,7 +290,11 @@ async fn algo_orders_are_refused_as_binance_refuses_them_and_cancelled_all_at_on
         );
     }
     let (_, neither) = signed_raw(&sim, Method::GET, "/fapi/v1/algoOrder", "").await;
-    assert_eq!(neither["code"], -1102, "{neither}");
+    assert_eq!(
+        neither["code"],
+        codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
+        "{neither}"
+    );
 
     for n in 0..3 {
         let query = format!(

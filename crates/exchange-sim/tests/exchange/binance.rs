@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use keel_exchange::binance::{BinanceConfig, BinanceExchange, Signer};
+use keel_exchange::codes;
 use keel_exchange_sim::{Faults, SimConfig, SimHandle, SimKey};
 use keel_kernel::exchange::{
     Exchange, ExchangeError, Interval, OrderReport, OrderRequest, OrderType, PlaceOutcome,
@@ -108,7 +109,12 @@ async fn place_query_cancel_and_account_round_trip_through_the_simulator() {
     assert_eq!(cancelled.status, OrderStatus::Canceled);
     assert!(exchange.open_orders(None).await.unwrap().is_empty());
     let again = exchange.cancel(&btc(), &id("rest-1")).await.unwrap_err();
-    assert!(again.to_string().contains("-2011"), "{again}");
+    assert!(
+        again
+            .to_string()
+            .contains(&codes::CANCEL_REJECTED.to_string()),
+        "{again}"
+    );
     assert_eq!(exchange.order(&btc(), &id("never")).await.unwrap(), None);
 
     exchange
@@ -178,7 +184,13 @@ async fn a_wrong_secret_is_refused_with_1022_and_ed25519_keys_verify() {
         .place(&limit("sig-1", Side::Buy, dec!(30000), dec!(0.01)))
         .await;
     assert!(
-        matches!(refused, PlaceOutcome::Rejected { code: -1022, .. }),
+        matches!(
+            refused,
+            PlaceOutcome::Rejected {
+                code: codes::INVALID_SIGNATURE,
+                ..
+            }
+        ),
         "{refused:?}"
     );
 
@@ -292,7 +304,10 @@ async fn documented_503_failures_are_retried_and_reported_rejected_when_they_per
             .await;
         match outcome {
             PlaceOutcome::Accepted(_) => assert_eq!(sim.state.placements()[&cid], 1),
-            PlaceOutcome::Unavailable { code: -1001, .. } => {
+            PlaceOutcome::Unavailable {
+                code: codes::DISCONNECTED,
+                ..
+            } => {
                 assert!(!sim.state.placements().contains_key(&cid))
             }
             other => panic!("unexpected {other:?}"),
@@ -306,7 +321,13 @@ async fn documented_503_failures_are_retried_and_reported_rejected_when_they_per
         .place(&limit("busy-x", Side::Buy, dec!(30000), dec!(0.01)))
         .await;
     assert!(
-        matches!(outcome, PlaceOutcome::Unavailable { code: -1001, .. }),
+        matches!(
+            outcome,
+            PlaceOutcome::Unavailable {
+                code: codes::DISCONNECTED,
+                ..
+            }
+        ),
         "{outcome:?}"
     );
     assert!(!sim.state.placements().contains_key("busy-x"));
@@ -543,7 +564,7 @@ async fn recent_candles_are_the_closed_klines_oldest_first_as_the_stream_deliver
         exchange.recent_candles(&unknown, Interval::S1, 3).await,
         Err(ExchangeError::UnknownSymbol(_))
     ));
-    // An interval Binance does not serve is its -1120.
+    // An interval Binance does not serve is its `BAD_INTERVAL`.
     let wrong = reqwest::get(format!(
         "{}/fapi/v1/klines?symbol=BTCUSDT&interval=7m",
         sim.rest_url()
@@ -552,7 +573,7 @@ async fn recent_candles_are_the_closed_klines_oldest_first_as_the_stream_deliver
     .unwrap();
     assert_eq!(wrong.status(), 400);
     let body: serde_json::Value = wrong.json().await.unwrap();
-    assert_eq!(body["code"], -1120);
+    assert_eq!(body["code"], codes::BAD_INTERVAL);
     let too_many = reqwest::get(format!(
         "{}/fapi/v1/klines?symbol=BTCUSDT&interval=1s&limit=1501",
         sim.rest_url()
@@ -560,7 +581,7 @@ async fn recent_candles_are_the_closed_klines_oldest_first_as_the_stream_deliver
     .await
     .unwrap();
     let body: serde_json::Value = too_many.json().await.unwrap();
-    assert_eq!(body["code"], -1130);
+    assert_eq!(body["code"], codes::INVALID_PARAMETER);
 }
 
 /// The caller's rule: on Unknown, query by client order id until the order is found (or the
@@ -706,7 +727,7 @@ async fn binance_error_bodies_and_statuses_are_served_for_bad_requests() {
     let no_key = http.get(&url).send().await.unwrap();
     assert_eq!(no_key.status(), 401);
     let body: serde_json::Value = no_key.json().await.unwrap();
-    assert_eq!(body["code"], -2014);
+    assert_eq!(body["code"], codes::BAD_API_KEY_FMT);
     let unsigned = http
         .get(&url)
         .header("X-MBX-APIKEY", SimConfig::DEFAULT_API_KEY)
@@ -715,7 +736,7 @@ async fn binance_error_bodies_and_statuses_are_served_for_bad_requests() {
         .unwrap();
     assert_eq!(unsigned.status(), 400);
     let body: serde_json::Value = unsigned.json().await.unwrap();
-    assert_eq!(body["code"], -1102);
+    assert_eq!(body["code"], codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED);
     let time: serde_json::Value = http
         .get(format!("{}/fapi/v1/time", sim.rest_url()))
         .send()
@@ -787,7 +808,7 @@ async fn listen_keys_are_created_kept_alive_and_deleted() {
     let kept = call(reqwest::Method::PUT).await.unwrap();
     assert_eq!(kept.status(), 400);
     let body: serde_json::Value = kept.json().await.unwrap();
-    assert_eq!(body["code"], -1125);
+    assert_eq!(body["code"], codes::INVALID_LISTEN_KEY);
     assert!(
         tokio_tungstenite::connect_async(&ws).await.is_err(),
         "a deleted key streams nothing"

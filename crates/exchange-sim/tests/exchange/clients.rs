@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use keel_exchange::binance::sign::hmac_sha256_hex;
+use keel_exchange::codes;
 use keel_exchange_sim::{SimConfig, SimHandle, serve};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -309,7 +310,7 @@ async fn unknown_paths_and_methods_answer_with_a_binance_error_body() {
     let sim = start_sim(42).await;
     let (status, body) = public(&sim, "/fapi/v1/noSuchThing").await;
     assert_eq!(status, 404);
-    assert_eq!(body["code"], -5000, "{body}");
+    assert_eq!(body["code"], codes::INVALID_PATH, "{body}");
     assert!(
         body["msg"]
             .as_str()
@@ -323,7 +324,7 @@ async fn unknown_paths_and_methods_answer_with_a_binance_error_body() {
         .unwrap();
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], -5000);
+    assert_eq!(body["code"], codes::INVALID_PATH);
 }
 
 #[tokio::test]
@@ -337,7 +338,7 @@ async fn a_market_order_with_a_price_is_refused_with_1106() {
     )
     .await;
     assert_eq!(status, 400);
-    assert_eq!(body["code"], -1106, "{body}");
+    assert_eq!(body["code"], codes::PARAM_NOT_REQUIRED, "{body}");
 }
 
 #[tokio::test]
@@ -480,7 +481,10 @@ async fn klines_of_every_usdm_interval_page_forward_from_start_time() {
         assert!(Instant::now() < deadline, "{played} vs {minute}");
     }
     let (status, body) = public(&sim, "/fapi/v1/klines?symbol=ETHUSDT&interval=7m").await;
-    assert_eq!((status.as_u16(), body["code"].as_i64()), (400, Some(-1120)));
+    assert_eq!(
+        (status.as_u16(), body["code"].as_i64()),
+        (400, Some(codes::BAD_INTERVAL))
+    );
 }
 
 /// A bot's start through real client libraries. Needs `python3` with ccxt and
@@ -492,7 +496,7 @@ async fn ccxt_and_the_binance_connector_run_a_bot_start_against_the_simulator() 
 
 /// Every REST fault kind through the same clients: each raises its own error for Binance's
 /// answer, an order whose answer was lost or unknown is found by its client order id, and a
-/// skewed clock is -1021 until ccxt adjusts for it.
+/// skewed clock is `INVALID_TIMESTAMP` until ccxt adjusts for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ccxt_and_the_binance_connector_meet_every_fault_kind_as_binance_answers_it() {
     run_client_script(48, "faults.py").await;
@@ -652,7 +656,7 @@ async fn each_own_account_key_has_its_balance_orders_positions_and_listen_key() 
 
 /// Binance's ten-second order limit: every answer counts the window's orders in
 /// `X-MBX-ORDER-COUNT-10S`, `exchangeInfo` lists the limit, and the order beyond it is refused
-/// with 429, -1015 and a Retry-After within the window.
+/// with 429, `TOO_MANY_ORDERS` and a Retry-After within the window.
 #[tokio::test]
 async fn orders_beyond_the_ten_second_limit_answer_1015_with_retry_after() {
     let sim = start_sim_with(47, |config| config.order_limit_10s = 3).await;
@@ -711,7 +715,7 @@ async fn orders_beyond_the_ten_second_limit_answer_1015_with_retry_after() {
     }
     let (status, _, retry_after, body) = &answers[3];
     assert_eq!(*status, 429, "{body}");
-    assert_eq!(body["code"], -1015, "{body}");
+    assert_eq!(body["code"], codes::TOO_MANY_ORDERS, "{body}");
     assert_eq!(
         body["msg"],
         "Too many new orders; current limit is 3 orders per TEN_SECONDS."

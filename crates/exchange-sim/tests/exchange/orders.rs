@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use keel_exchange::codes;
 use keel_exchange_sim::SimHandle;
 use reqwest::Method;
 use serde_json::Value;
@@ -82,7 +83,7 @@ async fn an_unknown_time_in_force_is_refused_with_1115() {
         );
         let (status, body) = signed_raw(&sim, Method::POST, "/fapi/v1/order", &query).await;
         assert_eq!(status, 400, "{tif}: {body}");
-        assert_eq!(body["code"], -1115, "{tif}: {body}");
+        assert_eq!(body["code"], codes::INVALID_TIMEINFORCE, "{tif}: {body}");
         assert_eq!(body["msg"], "Invalid timeInForce.", "{tif}: {body}");
     }
 }
@@ -92,13 +93,13 @@ const TICK: f64 = 0.1;
 
 /// Places `query` (a conditional order whose stop price `stop_of(last price)` gives) and
 /// answers it, trying again with a fresh price when the market moved past the stop price in
-/// between (-2021).
+/// between (`ORDER_WOULD_IMMEDIATELY_TRIGGER`).
 async fn place_conditional(sim: &SimHandle, query: &str, stop_of: impl Fn(f64) -> f64) -> Value {
     for _ in 0..20 {
         let stop = stop_of(last_price(sim).await);
         let query = format!("{query}&stopPrice={stop:.1}");
         let (status, body) = signed_raw(sim, Method::POST, "/fapi/v1/order", &query).await;
-        if body["code"] == -2021 {
+        if body["code"] == codes::ORDER_WOULD_IMMEDIATELY_TRIGGER {
             continue;
         }
         assert_eq!(status, 200, "{query}: {body}");
@@ -258,7 +259,7 @@ async fn conditional_orders_wait_in_open_orders_and_cancel_like_any_order() {
         (&"CANCELED".into(), &"STOP".into())
     );
     let (_, again) = signed_raw(&sim, Method::DELETE, "/fapi/v1/order", &query).await;
-    assert_eq!(again["code"], -2011, "{again}");
+    assert_eq!(again["code"], codes::CANCEL_REJECTED, "{again}");
 
     // A plain order after them numbers after them, and cancel-all takes the conditional too.
     let plain = format!(
@@ -296,7 +297,7 @@ async fn a_reduce_only_take_profit_with_nothing_to_reduce_expires_when_it_trigge
         let last = last_price(&sim).await;
         let query = format!("{query}&price={:.1}&stopPrice={:.1}", last, last - TICK);
         let (_, body) = signed_raw(&sim, Method::POST, "/fapi/v1/order", &query).await;
-        if body["code"] != -2021 {
+        if body["code"] != codes::ORDER_WOULD_IMMEDIATELY_TRIGGER {
             order = body;
             break;
         }
@@ -323,65 +324,68 @@ async fn conditional_orders_are_refused_as_binance_refuses_them() {
                 "type=STOP_MARKET&side=SELL&closePosition=true&quantity=0.01&stopPrice={:.1}",
                 price * 0.5
             ),
-            -4137,
+            codes::QUANTITY_EXISTS_WITH_CLOSE_POSITION,
         ),
         (
             format!(
                 "type=STOP&side=SELL&closePosition=true&price={far}&stopPrice={:.1}",
                 price * 0.5
             ),
-            -4136,
+            codes::TARGET_STRATEGY_INVALID,
         ),
         (
             format!(
                 "type=TAKE_PROFIT_MARKET&side=BUY&closePosition=true&reduceOnly=true&stopPrice={:.1}",
                 price * 0.5
             ),
-            -1106,
+            codes::PARAM_NOT_REQUIRED,
         ),
-        ("type=STOP_MARKET&side=BUY&quantity=0.01".to_owned(), -1102),
+        (
+            "type=STOP_MARKET&side=BUY&quantity=0.01".to_owned(),
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
+        ),
         (
             format!("type=STOP&side=BUY&quantity=0.01&stopPrice={far}"),
-            -1102,
+            codes::MANDATORY_PARAM_EMPTY_OR_MALFORMED,
         ),
         (
             format!("type=STOP_MARKET&side=BUY&quantity=0.01&price={far}&stopPrice={far}"),
-            -1106,
+            codes::PARAM_NOT_REQUIRED,
         ),
         (
             format!(
                 "type=STOP_MARKET&side=BUY&quantity=0.01&stopPrice={far}&workingType=INDEX_PRICE"
             ),
-            -4031,
+            codes::INVALID_WORKING_TYPE,
         ),
         (
             format!(
                 "type=STOP_MARKET&side=BUY&quantity=0.01&stopPrice={:.1}",
                 price * 0.5
             ),
-            -2021,
+            codes::ORDER_WOULD_IMMEDIATELY_TRIGGER,
         ),
         (
             format!(
                 "type=TAKE_PROFIT_MARKET&side=SELL&quantity=0.01&stopPrice={:.1}",
                 price * 0.5
             ),
-            -2021,
+            codes::ORDER_WOULD_IMMEDIATELY_TRIGGER,
         ),
         (
             format!(
                 "type=STOP_MARKET&side=BUY&quantity=0.01&stopPrice={:.2}",
                 price * 2.0 + 0.05
             ),
-            -4014,
+            codes::PRICE_NOT_INCREASED_BY_TICK_SIZE,
         ),
         (
             "type=STOP_MARKET&side=BUY&quantity=0.01&stopPrice=-5".to_owned(),
-            -4006,
+            codes::STOP_PRICE_LESS_THAN_ZERO,
         ),
         (
             format!("type=TRAILING_STOP_MARKET&side=BUY&quantity=0.01&stopPrice={far}"),
-            -1116,
+            codes::INVALID_ORDER_TYPE,
         ),
     ];
     for (query, code) in cases {

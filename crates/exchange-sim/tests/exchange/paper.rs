@@ -1,5 +1,6 @@
 //! Paper fill rules on hand-made candle sequences.
 
+use keel_exchange::codes;
 use keel_exchange::paper::{PaperConfig, PaperEngine, PaperError, PaperExchange};
 use keel_kernel::exchange::{
     Exchange, Interval, OrderRequest, OrderType, PlaceOutcome, SymbolRules, UserEvent,
@@ -210,7 +211,13 @@ fn duplicate_client_order_id_is_refused_while_open_and_reusable_once_closed() {
     engine.place(&order("dup", Side::Buy, limit(dec!(90)), dec!(1)));
     let again = engine.place(&order("dup", Side::Buy, limit(dec!(90)), dec!(1)));
     assert!(
-        matches!(again, PlaceOutcome::Rejected { code: -4116, .. }),
+        matches!(
+            again,
+            PlaceOutcome::Rejected {
+                code: codes::DUPLICATED_CLIENT_TRAN_ID,
+                ..
+            }
+        ),
         "{again:?}"
     );
     engine
@@ -230,7 +237,10 @@ fn reduce_only_is_refused_when_flat_and_never_flips_a_position() {
     exit.reduce_only = true;
     assert!(matches!(
         engine.place(&exit),
-        PlaceOutcome::Rejected { code: -2022, .. }
+        PlaceOutcome::Rejected {
+            code: codes::REDUCE_ONLY_REJECT,
+            ..
+        }
     ));
     engine.place(&order("e", Side::Buy, OrderType::Market, dec!(1)));
     engine
@@ -253,17 +263,35 @@ fn orders_below_filters_are_refused_with_binance_codes() {
         .unwrap();
     let tiny = engine.place(&order("t", Side::Buy, limit(dec!(100)), dec!(0.001)));
     assert!(
-        matches!(tiny, PlaceOutcome::Rejected { code: -4164, .. }),
+        matches!(
+            tiny,
+            PlaceOutcome::Rejected {
+                code: codes::MIN_NOTIONAL,
+                ..
+            }
+        ),
         "{tiny:?}"
     );
     let fine = engine.place(&order("p", Side::Buy, OrderType::Market, dec!(0.0011)));
     assert!(
-        matches!(fine, PlaceOutcome::Rejected { code: -1111, .. }),
+        matches!(
+            fine,
+            PlaceOutcome::Rejected {
+                code: codes::BAD_PRECISION,
+                ..
+            }
+        ),
         "{fine:?}"
     );
     let tick = engine.place(&order("k", Side::Buy, limit(dec!(100.05)), dec!(1)));
     assert!(
-        matches!(tick, PlaceOutcome::Rejected { code: -4014, .. }),
+        matches!(
+            tick,
+            PlaceOutcome::Rejected {
+                code: codes::PRICE_NOT_INCREASED_BY_TICK_SIZE,
+                ..
+            }
+        ),
         "{tick:?}"
     );
 }

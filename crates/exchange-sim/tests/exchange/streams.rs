@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use keel_exchange::binance::wire;
+use keel_exchange::codes;
 use keel_exchange_sim::SimConfig;
 use keel_exchange_sim::SimHandle;
 use serde_json::{Value, json};
@@ -400,10 +401,10 @@ async fn the_private_entry_point_delivers_only_the_events_named() {
     let event = next_json(&mut ws).await;
     assert_eq!(event["e"], "listenKeyExpired", "{event}");
     // A key the simulator no longer honours, or too many streams, are refused at connect.
-    assert_eq!(refused(&url).await, (400, -1125));
+    assert_eq!(refused(&url).await, (400, codes::INVALID_LISTEN_KEY));
     let many: Vec<String> = (0..=1024).map(|n| format!("s{n}")).collect();
     let many = format!("{}/stream?streams={}", sim.ws_url(), many.join("/"));
-    assert_eq!(refused(&many).await, (400, -1101));
+    assert_eq!(refused(&many).await, (400, codes::TOO_MANY_PARAMETERS));
     // A name the simulator does not publish is accepted and carries nothing, as on Binance.
     let mut quiet = connect(&format!("{}/market/ws/0", sim.ws_url())).await;
     let list = r#"{"method": "LIST_SUBSCRIPTIONS", "id": 1}"#;

@@ -2,10 +2,12 @@
 //!
 //! What it guarantees on top of the wire:
 //! - every request is signed (HMAC-SHA256 or Ed25519) with `timestamp` and `recvWindow`, the
-//!   clock offset to the server is kept fresh, and a -1021 answer resyncs it and retries once;
-//! - an order whose answer is lost, late, a 5xx or -1006/-1007 becomes
-//!   [`PlaceOutcome::Unknown`] only after a query by client order id failed to settle it;
-//!   -4116 (duplicate client order id) is settled by the same query;
+//!   clock offset to the server is kept fresh, and an [`codes::INVALID_TIMESTAMP`] answer
+//!   resyncs it and retries once;
+//! - an order whose answer is lost, late, a 5xx, [`codes::UNEXPECTED_RESP`] or
+//!   [`codes::TIMEOUT`] becomes [`PlaceOutcome::Unknown`] only after a query by client order id
+//!   failed to settle it; [`codes::DUPLICATED_CLIENT_TRAN_ID`] (a client order id in use) is
+//!   settled by the same query;
 //! - 503 answers Binance documents as certain failures are retried with backoff;
 //! - the `X-MBX-USED-WEIGHT-1M` / `X-MBX-ORDER-COUNT-1M` headers throttle requests before the
 //!   exchange has to answer 429; after a 429/418 nothing is sent until `Retry-After` has passed;
@@ -33,6 +35,8 @@ use keel_kernel::market::Candle;
 use keel_kernel::money::{Amount, Price};
 use reqwest::Method;
 use tokio::sync::mpsc;
+
+use crate::codes;
 
 pub use sign::Signer;
 use wire::{WireBalance, WireError, WireOrder, WirePosition, WireTrade};
@@ -314,7 +318,8 @@ impl Client {
         Ok(())
     }
 
-    /// One request with the retry policy: -1021 resyncs the clock and retries once; certain
+    /// One request with the retry policy: [`codes::INVALID_TIMESTAMP`] resyncs the clock and
+    /// retries once; certain
     /// failures are retried with backoff; reads wait out rate limits a few times.
     pub(crate) async fn request(
         &self,
@@ -337,7 +342,10 @@ impl Client {
                 .send_once(method.clone(), path, params, security, weight)
                 .await
             {
-                Err(CallError::Api { code: -1021, .. }) if !resynced => {
+                Err(CallError::Api {
+                    code: codes::INVALID_TIMESTAMP,
+                    ..
+                }) if !resynced => {
                     resynced = true;
                     self.sync_time().await?;
                 }
@@ -491,7 +499,7 @@ impl Client {
         }
         match error {
             // Binance's "execution status unknown" codes, whatever the HTTP status.
-            Some(e) if e.code == -1006 || e.code == -1007 => {
+            Some(e) if e.code == codes::UNEXPECTED_RESP || e.code == codes::TIMEOUT => {
                 Err(CallError::Unknown(format!("{} {}", e.code, e.msg)))
             }
             Some(e) => Err(CallError::Api {
@@ -526,7 +534,10 @@ impl Client {
             .await
         {
             Ok(body) => Ok(Some(parse_order(&body)?)),
-            Err(CallError::Api { code: -2013, .. }) => Ok(None),
+            Err(CallError::Api {
+                code: codes::NO_SUCH_ORDER,
+                ..
+            }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -718,7 +729,10 @@ impl Exchange for BinanceExchange {
                     reason: format!("{e:?}"),
                 },
             },
-            Err(CallError::Api { code: -4116, msg }) => {
+            Err(CallError::Api {
+                code: codes::DUPLICATED_CLIENT_TRAN_ID,
+                msg,
+            }) => {
                 client
                     .settle(&prepared, format!("duplicate client order id ({msg})"))
                     .await

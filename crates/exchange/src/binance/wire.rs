@@ -12,7 +12,8 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// An error body: `{"code": -2013, "msg": "Order does not exist."}`.
+/// An error body: a code of [`crate::codes`] and a message, as
+/// `{"code": NO_SUCH_ORDER, "msg": "Order does not exist."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireError {
     /// Binance's error code.

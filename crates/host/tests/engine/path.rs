@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use keel_kernel::lock::{LockKey, LockKind, OwnerToken};
 use keel_kernel::order::OrderStatus;
+use keel_kernel::risk::RefusalRule;
 use keel_kernel::strategy::{PositionSide, RawEntry, RawExit, RawIntent, RawPrice, RawSize};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
@@ -77,7 +78,11 @@ async fn a_second_entry_while_one_is_in_flight_is_refused_not_sent() {
     assert_eq!(outcome.orders_sent.len(), 1);
     let open = h.exchange.with_engine(|e| e.open_orders(None));
     assert_eq!(open.len(), 1);
-    assert!(h.engine.refusals().any(|r| r.rule == "entry_in_flight"));
+    assert!(
+        h.engine
+            .refusals()
+            .any(|r| r.rule == RefusalRule::EntryInFlight)
+    );
 }
 
 #[tokio::test]
@@ -93,7 +98,7 @@ async fn an_entry_while_a_position_is_open_is_refused_and_the_step_succeeds() {
     let second = h.step(&candle(3, 100.0, 100.0)).await;
     assert!(second.orders_sent.is_empty(), "{second:?}");
     let last = h.engine.refusals().last().unwrap();
-    assert_eq!(last.rule, "entry_in_flight", "{last:?}");
+    assert_eq!(last.rule, RefusalRule::EntryInFlight, "{last:?}");
     // The refused write-ahead took the entry lock in its own transaction, rolled back with it.
     let key = LockKey::entry(h.engine.profile(), &btc());
     let free = h
@@ -133,7 +138,7 @@ async fn hostile_numbers_never_reach_the_exchange() {
     let refused = h
         .metrics
         .risk_refusals_total
-        .with_label_values(&["invalid_number"])
+        .with_label_values(&[RefusalRule::InvalidNumber.as_str()])
         .get();
     assert_eq!(refused, 4);
 }
@@ -152,7 +157,11 @@ async fn host_kill_switch_blocks_entries_but_not_exits() {
     h.switches.kill.store(true, Ordering::Relaxed);
     let blocked = h.step(&candle(3, 100.0, 100.0)).await;
     assert!(blocked.orders_sent.is_empty());
-    assert!(h.engine.refusals().any(|r| r.rule == "entry_blocked"));
+    assert!(
+        h.engine
+            .refusals()
+            .any(|r| r.rule == RefusalRule::EntryBlocked)
+    );
     let exit = h.step(&candle(4, 100.0, 100.0)).await;
     assert_eq!(exit.orders_sent.len(), 1);
     h.step(&candle(5, 100.0, 100.0)).await;

@@ -1,5 +1,6 @@
 //! Restart durability and reconciliation against the exchange's truth.
 
+use keel_exchange::codes;
 use keel_kernel::engine::Clock;
 use keel_kernel::engine::QuarantineRecord;
 use keel_kernel::exchange::{Exchange, OrderRequest, OrderType, PlaceOutcome};
@@ -235,7 +236,7 @@ async fn a_rate_limited_exit_is_sent_again_with_the_same_id_until_it_is_placed()
     h.gate.refuse_next(
         1,
         PlaceOutcome::Unavailable {
-            code: -1001,
+            code: codes::DISCONNECTED,
             msg: "Internal error; unable to process your request. Please try again.".into(),
         },
     );

@@ -2,6 +2,7 @@
 //! entry is decided once the exit closed the position, within the profile's limits.
 
 use keel_kernel::ids::{ClientOrderId, IntentKind};
+use keel_kernel::risk::RefusalRule;
 use keel_kernel::strategy::{PositionSide, RawEntry, RawExit, RawIntent, RawPrice, RawSize};
 use rust_decimal::Decimal;
 
@@ -100,7 +101,7 @@ async fn a_reversal_whose_exit_ends_without_closing_refuses_its_entry() {
     assert_eq!(h.engine.book().positions.len(), 1, "the long is still held");
     let refusals: Vec<_> = h.engine.refusals().collect();
     assert_eq!(refusals.len(), 1, "{refusals:?}");
-    assert_eq!(refusals[0].rule, "reversal_abandoned");
+    assert_eq!(refusals[0].rule, RefusalRule::ReversalAbandoned);
     assert!(
         refusals[0].reason.contains("position still open"),
         "{refusals:?}"
@@ -122,7 +123,10 @@ async fn an_entry_on_the_held_side_after_an_exit_is_no_reversal() {
         1,
         "the long entry is refused at once: {refusals:?}"
     );
-    assert!(!refusals[0].rule.starts_with("reversal"), "{refusals:?}");
+    assert!(
+        !refusals[0].rule.as_str().starts_with("reversal"),
+        "{refusals:?}"
+    );
     h.step(&candle(4, 100.0, 100.0)).await;
     h.step(&candle(5, 100.0, 100.0)).await;
     assert!(

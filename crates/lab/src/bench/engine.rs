@@ -55,6 +55,7 @@ use tokio::sync::mpsc;
 use crate::native::NativeSmaCross;
 use keel_exchange::binance::order_params;
 use keel_exchange::binance::sign::hmac_sha256_hex;
+use keel_exchange::codes;
 
 /// The most decisions, fan-out candles, profiles or orders a run may ask for.
 pub const COUNT_MAX: u32 = 1_000_000;
@@ -418,7 +419,7 @@ impl Exchange for WireExchange {
         *self.wired_at.lock().expect("lock poisoned") = Some(Stamp::now());
         *self.wire_bytes.lock().expect("lock poisoned") = bytes.len();
         PlaceOutcome::Rejected {
-            code: -2019,
+            code: codes::MARGIN_NOT_SUFFICIEN,
             msg: "Margin is insufficient.".to_owned(),
         }
     }
@@ -429,7 +430,7 @@ impl Exchange for WireExchange {
         id: &ClientOrderId,
     ) -> Result<OrderReport, ExchangeError> {
         Err(ExchangeError::Rejected {
-            code: -2011,
+            code: codes::CANCEL_REJECTED,
             msg: format!("unknown order {id}"),
         })
     }

@@ -20,6 +20,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
+use keel_exchange::codes;
 use keel_exchange::paper::PaperExchange;
 
 /// Chances of each fault, per opportunity.
@@ -301,7 +302,7 @@ impl Exchange for FaultyExchange {
                 };
             }
             return PlaceOutcome::Unavailable {
-                code: -1001,
+                code: codes::DISCONNECTED,
                 msg: "simulated: Internal error; unable to process your request. Please try again."
                     .to_owned(),
             };
