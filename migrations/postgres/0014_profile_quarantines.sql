@@ -35,15 +35,9 @@ CREATE POLICY profile_quarantines_tenant ON profile_quarantines FOR ALL
 -- History: rows are closed, never deleted.
 GRANT SELECT, INSERT, UPDATE ON profile_quarantines TO keel_app;
 
-CREATE FUNCTION profile_quarantines_clear_requested_notify() RETURNS trigger
-    LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
-BEGIN
-    PERFORM pg_notify('keel_profile_settings', NEW.profile_id::text);
-    RETURN NULL;
-END
-$$;
+-- A request to end a quarantine reaches the instance running the profile as its settings do.
 CREATE TRIGGER profile_quarantines_clear_requested AFTER UPDATE OF clear_requested_at_ms ON profile_quarantines
     FOR EACH ROW
     WHEN (NEW.clear_requested_at_ms IS NOT NULL AND NEW.cleared_at_ms IS NULL
           AND OLD.clear_requested_at_ms IS DISTINCT FROM NEW.clear_requested_at_ms)
-    EXECUTE FUNCTION profile_quarantines_clear_requested_notify();
+    EXECUTE FUNCTION profile_settings_notify();
