@@ -120,6 +120,38 @@ async fn seed_818_ends_with_the_database_equal_to_the_exchange() {
     }
 }
 
+/// Seeds 2741, 6616 and 8544 once ended with an order the exchange never saw still open in the
+/// database: its request was lost while the database refused writes, so the order stayed
+/// PENDING_SUBMIT without the moment its outcome became unknown, and the window after which it
+/// counts as never placed started only at the end-of-run pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_while_writes_fail_ends_with_the_database_equal_to_the_exchange() {
+    for store in STORES {
+        for seed in [2741, 6616, 8544] {
+            let mut replay = on(store, args(0, 1, 60, None));
+            replay.seed = Some(seed);
+            let report = simulate(&replay).await.unwrap();
+            assert_eq!(report.violations_total, 0, "{}", pretty(&report));
+            assert!(
+                report
+                    .faults_by_kind
+                    .get("request_dropped")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+                    && report
+                        .faults_by_kind
+                        .get("transaction_failed")
+                        .copied()
+                        .unwrap_or(0)
+                        > 0,
+                "seed {seed} no longer meets the faults it was kept for: {}",
+                pretty(&report)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_replays_exactly() {
     for store in STORES {
