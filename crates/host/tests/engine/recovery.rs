@@ -348,3 +348,61 @@ async fn a_request_lost_while_its_status_write_fails_is_released_one_window_afte
     assert_eq!(h.gate.attempts.lock().unwrap().len(), 1, "sent once");
     assert!(h.engine.book().open_orders.is_empty());
 }
+
+/// A waiting entry past its retry budget whose release the database refuses stays known as never
+/// placed: it is not sent again, and the next pass releases it, instead of leaving it
+/// PENDING_SUBMIT for a never-placed window that starts only when a pass notices it.
+#[tokio::test]
+async fn a_waiting_entry_whose_release_fails_is_released_by_the_next_pass() {
+    let strategy = Scripted::default().at(1, vec![buy(500.0)]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    h.gate.refuse_next(
+        1,
+        PlaceOutcome::RateLimited {
+            retry_after_ms: 1_000,
+        },
+    );
+    h.step(&candle(1, 100.0, 100.0)).await;
+    let entry = h.gate.attempts.lock().unwrap()[0].clone();
+    let path = h._dir.path().join("keel.db");
+    let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_order_updates BEFORE UPDATE ON orders \
+         BEGIN SELECT RAISE(ABORT, 'order updates refused'); END",
+    )
+    .execute(&database)
+    .await
+    .unwrap();
+    let budget_ms = keel_kernel::engine::EngineConfig::default().entry_retry_budget_ms;
+    h.clock.advance_to(h.clock.now_ms() + budget_ms);
+    let result = h.engine.reconcile().await;
+    assert!(result.is_err(), "the release was refused: {result:?}");
+    sqlx::query("DROP TRIGGER refuse_order_updates")
+        .execute(&database)
+        .await
+        .unwrap();
+    let tenant = h.store.tenant(h.user);
+    let stored = tenant.order(&entry).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::PendingSubmit);
+    let waiting = || {
+        h.metrics
+            .orders_awaiting_placement
+            .with_label_values(&["entry"])
+            .get()
+    };
+    assert_eq!(waiting(), 1, "still known as never placed");
+
+    let report = h.engine.reconcile().await.unwrap();
+    let stored = tenant.order(&entry).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Rejected, "{report:?}");
+    assert_eq!(h.gate.attempts.lock().unwrap().len(), 1, "never sent again");
+    assert_eq!(waiting(), 0);
+    assert!(h.engine.book().open_orders.is_empty());
+    assert_eq!(
+        h.engine.book().capital.reserved_for_orders,
+        rust_decimal::Decimal::ZERO
+    );
+}
