@@ -104,11 +104,15 @@ impl ProfileEngine {
         .await
     }
 
+    /// Records that the exchange may or may not hold `id`. The window after which it counts as
+    /// never placed starts now, before the status is written: the request went out now whether or
+    /// not the write succeeds, and an order left PENDING_SUBMIT by a failed write must not start
+    /// its window only at the first reconciliation pass that notices it.
     async fn mark_unknown(&mut self, id: &ClientOrderId) -> Result<(), EngineError> {
-        let outcome = self.store.tenant(self.spec.user).mark_unknown(id).await?;
         self.unknown_since_ms
             .entry(id.clone())
             .or_insert_with(|| self.clock.now_ms());
+        let outcome = self.store.tenant(self.spec.user).mark_unknown(id).await?;
         self.note_status(outcome).await
     }
 

@@ -71,7 +71,6 @@ impl ProfileEngine {
             .map_or((0, now_ms), |u| (u.attempts, u.first_ms));
         if order.kind == IntentKind::Entry && now_ms - first_ms >= self.entry_retry_budget_ms() {
             tracing::warn!(profile_id = %self.spec.profile, client_order_id = %id, attempts, "entry not placed within its retry budget: released");
-            self.forget_unplaced(id);
             return self.release(id, OrderStatus::Rejected).await;
         }
         let wait_ms = placement_wait_ms(attempts, retry_after_ms);
@@ -100,7 +99,9 @@ impl ProfileEngine {
             .min(self.config.entry_lock_ttl_ms / 2)
     }
 
-    /// Stops waiting for `id`: the exchange answered for it, or it left the book.
+    /// Stops waiting for `id`: the exchange answered for it, or it left the book. A waiting
+    /// order released by the engine is forgotten by the release itself, once stored: while the
+    /// write fails it stays known as never placed, and the next step releases it again.
     pub(super) fn forget_unplaced(&mut self, id: &ClientOrderId) {
         if let Some(unplaced) = self.unplaced.remove(id) {
             self.metrics
@@ -132,7 +133,6 @@ impl ProfileEngine {
             .collect();
         for id in expired {
             tracing::warn!(profile_id = %self.spec.profile, client_order_id = %id, "entry not placed within its retry budget: released");
-            self.forget_unplaced(&id);
             self.release(&id, OrderStatus::Rejected).await?;
         }
         let due: Vec<ClientOrderId> = self
@@ -164,7 +164,6 @@ impl ProfileEngine {
             };
             if unplaced.kind == IntentKind::Entry && self.entry_block().is_some() {
                 tracing::info!(profile_id = %self.spec.profile, client_order_id = %id, "waiting entry released: entries are blocked");
-                self.forget_unplaced(&id);
                 self.release(&id, OrderStatus::Rejected).await?;
                 continue;
             }

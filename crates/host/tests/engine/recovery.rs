@@ -296,3 +296,114 @@ async fn a_rate_limited_entry_is_released_after_its_retry_budget() {
         0
     );
 }
+
+/// A request lost while the database refuses the write of UNKNOWN leaves the order
+/// PENDING_SUBMIT with nothing stored of when its answer went missing. The window after which it
+/// counts as never placed still starts then, not at the first pass that notices it: one pass
+/// past the window releases it.
+#[tokio::test]
+async fn a_request_lost_while_its_status_write_fails_is_released_one_window_after_it_was_sent() {
+    let strategy = Scripted::default().at(1, vec![buy(500.0)]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    let path = h._dir.path().join("keel.db");
+    let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_order_updates BEFORE UPDATE ON orders \
+         BEGIN SELECT RAISE(ABORT, 'order updates refused'); END",
+    )
+    .execute(&database)
+    .await
+    .unwrap();
+    h.gate.refuse_next(
+        1,
+        PlaceOutcome::Unknown {
+            reason: "request lost on the way".to_owned(),
+        },
+    );
+    let decided = candle(1, 100.0, 100.0);
+    h.clock.advance_to(decided.close_time_ms);
+    let sent_ms = decided.close_time_ms;
+    let result = h.engine.on_candle(&decided).await;
+    assert!(result.is_err(), "the status write was refused: {result:?}");
+    sqlx::query("DROP TRIGGER refuse_order_updates")
+        .execute(&database)
+        .await
+        .unwrap();
+    let id = h.gate.attempts.lock().unwrap()[0].clone();
+    let tenant = h.store.tenant(h.user);
+    let order = tenant.order(&id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::PendingSubmit);
+
+    let window_ms = keel_kernel::engine::EngineConfig::default().unknown_resolve_after_ms;
+    h.clock.advance_to(sent_ms + window_ms / 2);
+    let report = h.engine.reconcile().await.unwrap();
+    assert!(report.is_clean(), "inside the window: {report:?}");
+    h.clock.advance_to(sent_ms + window_ms);
+    let report = h.engine.reconcile().await.unwrap();
+    let order = tenant.order(&id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Rejected, "{report:?}");
+    assert_eq!(report.mismatches.get("missing_on_exchange"), Some(&1));
+    assert_eq!(h.gate.attempts.lock().unwrap().len(), 1, "sent once");
+    assert!(h.engine.book().open_orders.is_empty());
+}
+
+/// A waiting entry past its retry budget whose release the database refuses stays known as never
+/// placed: it is not sent again, and the next pass releases it, instead of leaving it
+/// PENDING_SUBMIT for a never-placed window that starts only when a pass notices it.
+#[tokio::test]
+async fn a_waiting_entry_whose_release_fails_is_released_by_the_next_pass() {
+    let strategy = Scripted::default().at(1, vec![buy(500.0)]);
+    let mut h = Harness::new(strategy).await;
+    h.step(&candle(0, 100.0, 100.0)).await;
+    h.gate.refuse_next(
+        1,
+        PlaceOutcome::RateLimited {
+            retry_after_ms: 1_000,
+        },
+    );
+    h.step(&candle(1, 100.0, 100.0)).await;
+    let entry = h.gate.attempts.lock().unwrap()[0].clone();
+    let path = h._dir.path().join("keel.db");
+    let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_order_updates BEFORE UPDATE ON orders \
+         BEGIN SELECT RAISE(ABORT, 'order updates refused'); END",
+    )
+    .execute(&database)
+    .await
+    .unwrap();
+    let budget_ms = keel_kernel::engine::EngineConfig::default().entry_retry_budget_ms;
+    h.clock.advance_to(h.clock.now_ms() + budget_ms);
+    let result = h.engine.reconcile().await;
+    assert!(result.is_err(), "the release was refused: {result:?}");
+    sqlx::query("DROP TRIGGER refuse_order_updates")
+        .execute(&database)
+        .await
+        .unwrap();
+    let tenant = h.store.tenant(h.user);
+    let stored = tenant.order(&entry).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::PendingSubmit);
+    let waiting = || {
+        h.metrics
+            .orders_awaiting_placement
+            .with_label_values(&["entry"])
+            .get()
+    };
+    assert_eq!(waiting(), 1, "still known as never placed");
+
+    let report = h.engine.reconcile().await.unwrap();
+    let stored = tenant.order(&entry).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Rejected, "{report:?}");
+    assert_eq!(h.gate.attempts.lock().unwrap().len(), 1, "never sent again");
+    assert_eq!(waiting(), 0);
+    assert!(h.engine.book().open_orders.is_empty());
+    assert_eq!(
+        h.engine.book().capital.reserved_for_orders,
+        rust_decimal::Decimal::ZERO
+    );
+}

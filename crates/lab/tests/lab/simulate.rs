@@ -120,6 +120,33 @@ async fn seed_818_ends_with_the_database_equal_to_the_exchange() {
     }
 }
 
+/// Seeds that once ended with an order the exchange never saw still open in the database: the
+/// database refused a write just as the order's fate was known, so it stayed PENDING_SUBMIT
+/// with nothing left of when it was known, and the window after which it counts as never placed
+/// started only at the end-of-run pass. In 2741, 6616 and 8544 the request was lost and the write
+/// of UNKNOWN refused; in 5117 a rate-limited entry's release past its retry budget was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_status_write_failed_ends_with_the_database_equal_to_the_exchange() {
+    for store in STORES {
+        for seed in [2741, 5117, 6616, 8544] {
+            let mut replay = on(store, args(0, 1, 60, None));
+            replay.seed = Some(seed);
+            let report = simulate(&replay).await.unwrap();
+            assert_eq!(report.violations_total, 0, "{}", pretty(&report));
+            assert!(
+                report
+                    .faults_by_kind
+                    .get("transaction_failed")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0,
+                "seed {seed} no longer meets the fault it was kept for: {}",
+                pretty(&report)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_replays_exactly() {
     for store in STORES {
