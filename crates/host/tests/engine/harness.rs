@@ -285,6 +285,31 @@ impl Harness {
         self.engine.on_candle(candle).await.unwrap()
     }
 
+    /// Runs `sql` on the store's SQLite file from a connection of its own, beside the engine:
+    /// what an outage or an operator does to the database from outside.
+    pub async fn sql_outside(&self, sql: &str) {
+        let path = self._dir.path().join("keel.db");
+        let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&database).await.unwrap();
+        database.close().await;
+    }
+
+    /// From now on the database refuses every update of an order, as a lost connection would.
+    pub async fn refuse_order_updates(&self) {
+        self.sql_outside(
+            "CREATE TRIGGER refuse_order_updates BEFORE UPDATE ON orders \
+             BEGIN SELECT RAISE(ABORT, 'order updates refused'); END",
+        )
+        .await;
+    }
+
+    /// Ends [`Harness::refuse_order_updates`].
+    pub async fn allow_order_updates(&self) {
+        self.sql_outside("DROP TRIGGER refuse_order_updates").await;
+    }
+
     pub async fn drain_events(&mut self) {
         while let Ok(event) = self.events.try_recv() {
             self.engine.on_user_event(&event).await.unwrap();

@@ -306,17 +306,7 @@ async fn a_request_lost_while_its_status_write_fails_is_released_one_window_afte
     let strategy = Scripted::default().at(1, vec![buy(500.0)]);
     let mut h = Harness::new(strategy).await;
     h.step(&candle(0, 100.0, 100.0)).await;
-    let path = h._dir.path().join("keel.db");
-    let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_order_updates BEFORE UPDATE ON orders \
-         BEGIN SELECT RAISE(ABORT, 'order updates refused'); END",
-    )
-    .execute(&database)
-    .await
-    .unwrap();
+    h.refuse_order_updates().await;
     h.gate.refuse_next(
         1,
         PlaceOutcome::Unknown {
@@ -328,10 +318,7 @@ async fn a_request_lost_while_its_status_write_fails_is_released_one_window_afte
     let sent_ms = decided.close_time_ms;
     let result = h.engine.on_candle(&decided).await;
     assert!(result.is_err(), "the status write was refused: {result:?}");
-    sqlx::query("DROP TRIGGER refuse_order_updates")
-        .execute(&database)
-        .await
-        .unwrap();
+    h.allow_order_updates().await;
     let id = h.gate.attempts.lock().unwrap()[0].clone();
     let tenant = h.store.tenant(h.user);
     let order = tenant.order(&id).await.unwrap().unwrap();
@@ -366,25 +353,12 @@ async fn a_waiting_entry_whose_release_fails_is_released_by_the_next_pass() {
     );
     h.step(&candle(1, 100.0, 100.0)).await;
     let entry = h.gate.attempts.lock().unwrap()[0].clone();
-    let path = h._dir.path().join("keel.db");
-    let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_order_updates BEFORE UPDATE ON orders \
-         BEGIN SELECT RAISE(ABORT, 'order updates refused'); END",
-    )
-    .execute(&database)
-    .await
-    .unwrap();
+    h.refuse_order_updates().await;
     let budget_ms = keel_kernel::engine::EngineConfig::default().entry_retry_budget_ms;
     h.clock.advance_to(h.clock.now_ms() + budget_ms);
     let result = h.engine.reconcile().await;
     assert!(result.is_err(), "the release was refused: {result:?}");
-    sqlx::query("DROP TRIGGER refuse_order_updates")
-        .execute(&database)
-        .await
-        .unwrap();
+    h.allow_order_updates().await;
     let tenant = h.store.tenant(h.user);
     let stored = tenant.order(&entry).await.unwrap().unwrap();
     assert_eq!(stored.status, OrderStatus::PendingSubmit);
