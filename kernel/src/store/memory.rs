@@ -594,10 +594,10 @@ impl Transaction {
         evidence: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        check_quarantine_row(reason, evidence)?;
         let Some(at) = self.db.open_quarantine_at(profile, user) else {
             return self.insert_quarantine(profile, user, reason, evidence, now_ms);
         };
+        check_quarantine_row(reason, evidence)?;
         let before = self.db.quarantines[at].clone();
         let record = &mut self.db.quarantines[at].record;
         record.reason = reason.to_owned();
