@@ -207,6 +207,12 @@ async fn the_readme_tour_runs_as_written() {
         })
     })
     .await;
+    // The API reads the swap as the loop takes it; the live feed publishes it once that step
+    // ends: a snapshot taken in between still names the old plugin.
+    browser::wait_for("a live snapshot to name the bound plugin", || async {
+        snapshot_profile(base, token, "sma-btc").await["plugin"] == "mine"
+    })
+    .await;
     let snapshot = snapshot_profile(base, token, "sma-btc").await;
     assert_eq!(snapshot["plugin"], "mine", "{snapshot}");
     assert_eq!(snapshot["plugin_version"], sha256.as_str(), "{snapshot}");
