@@ -214,7 +214,7 @@ pub async fn run_backtest_with(
     let fills = rig
         .exchange
         .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
-    let realized_pnl = rig.engine.book().capital.realized_pnl;
+    let realized_pnl = rig.engine.book().capital.realized_pnl.get();
     let mut report = build_report(spec, &fills, equity, realized_pnl, refusals);
     report.config = config.to_vec();
     Ok(report)
@@ -329,7 +329,7 @@ impl Rig {
                 })
                 .sum()
         };
-        let equity = book.capital.allocated + book.capital.realized_pnl + unrealized;
+        let equity = book.capital.equity() + unrealized;
         EquityPoint {
             time_ms: candle.close_time_ms,
             equity: equity.to_f64().unwrap_or(f64::NAN),
