@@ -14,11 +14,13 @@
 //! A profile whose calls keep a core busy (a legal plugin that computes, or calls the host,
 //! for milliseconds per candle) would share the cores evenly with the host's own threads and
 //! its neighbours' calls, and every one of them would wait for its turn. So such a profile's
-//! calls run at low priority ([`run_guest_low`]): on a thread of their own whose niceness is
-//! raised to [`LOW_PRIORITY_NICE`] for the call, which the scheduler preempts whenever a thread
-//! of the host or a light plugin wakes up; with the cores otherwise idle it still gets them all.
-//! Raising niceness needs no privilege, lowering it again would, hence a thread per call (a
-//! few tens of microseconds beside a call of milliseconds).
+//! calls run at low priority ([`run_guest_low`]): on a thread of their own under the kernel's
+//! `SCHED_IDLE` policy, which any thread of the host or a light plugin preempts the moment it
+//! wakes up (a lower niceness alone does not: the scheduler lets the running thread finish its
+//! slice first, a millisecond or more per wake-up). With the cores otherwise idle the call still
+//! gets them all; on a saturated machine it waits, and its deadline may end it: a heavy plugin
+//! pays for its own weight. Any thread may take `SCHED_IDLE`, only a privileged one may leave
+//! it, hence a thread per call (a few tens of microseconds beside a call of milliseconds).
 //!
 //! Every guest call is bounded in wall-clock time (the epoch deadline in Wasm code, the call's
 //! deadline in a blocking `poll`), so a caller never waits on a guest without a bound. A panic
@@ -34,12 +36,6 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// Stack of a guest thread, in bytes: wasmtime's Wasm stack (512 KiB by default) plus the host
 /// frames around it, with room to spare.
 const GUEST_THREAD_STACK_BYTES: usize = 4 << 20;
-
-/// The niceness of a low-priority guest call's thread: a runnable thread at the default 0
-/// weighs ten times as much (the kernel's weights 1024 against 110), so it is preferred at
-/// every wake-up, while the call still gets about a tenth of a core on a saturated machine
-/// (at the lowest priority, 19, a fiftieth: its deadline would end it).
-pub const LOW_PRIORITY_NICE: i32 = 10;
 
 /// Runs `job`, which calls into a guest, off the async runtime's threads, and returns what it
 /// returned; a panic inside `job` is caught and returned as a trap.
@@ -68,7 +64,7 @@ pub(crate) fn run_guest<R: Send>(job: impl FnOnce() -> R + Send) -> Result<R, Pl
 }
 
 /// [`run_guest`] at low priority, with the CPU time the call took: inside a tokio runtime `job`
-/// runs on a thread of its own at [`LOW_PRIORITY_NICE`], which ends with the call. With no
+/// runs on a thread of its own under `SCHED_IDLE`, which ends with the call. With no
 /// tokio context there is nothing to protect and it runs where it is, like [`run_guest`].
 pub(crate) fn run_guest_low<R: Send>(
     job: impl FnOnce() -> R + Send,
@@ -100,16 +96,17 @@ pub(crate) fn run_guest_low<R: Send>(
     }
 }
 
-/// Raises the calling thread's niceness to [`LOW_PRIORITY_NICE`] (on Linux niceness is a
-/// thread's, and `setpriority` of "this process" sets the calling thread's); a refusal leaves
-/// it as it was (the call runs, at the host's priority).
+/// Puts the calling thread under `SCHED_IDLE` (at the lowest niceness, which that policy
+/// ignores); a refusal leaves it as it was (the call runs, at the host's priority).
 fn lower_this_threads_priority() {
-    // A thread already nicer than that (a host started under `nice`) is left alone.
-    if rustix::process::getpriority_process(None).is_ok_and(|nice| nice >= LOW_PRIORITY_NICE) {
-        return;
-    }
-    if let Err(error) = rustix::process::setpriority_process(None, LOW_PRIORITY_NICE) {
-        tracing::debug!(%error, "could not lower a plugin thread's priority");
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+    {
+        tracing::debug!(?error, "could not lower a plugin thread's priority");
     }
 }
 
@@ -141,8 +138,10 @@ fn panic_fault(payload: Box<dyn std::any::Any + Send>) -> PluginFault {
 mod tests {
     use super::*;
 
-    fn nice() -> i32 {
-        rustix::process::getpriority_process(None).unwrap()
+    fn idle() -> bool {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        thread_priority::thread_schedule_policy().unwrap()
+            == ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
     }
 
     fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
@@ -159,21 +158,15 @@ mod tests {
     }
 
     #[test]
-    fn a_low_priority_call_runs_niced_and_leaves_the_callers_priority_alone() {
-        let base = nice();
+    fn a_low_priority_call_runs_idle_and_leaves_the_callers_priority_alone() {
         for multi_thread in [true, false] {
             let (during, after, normal) = runtime(multi_thread).block_on(async {
-                let (during, _cpu) = run_guest_low(nice).unwrap();
-                (during, nice(), run_guest(nice).unwrap())
+                let (during, _cpu) = run_guest_low(idle).unwrap();
+                (during, idle(), run_guest(idle).unwrap())
             });
             assert_eq!(
-                during,
-                LOW_PRIORITY_NICE.max(base),
-                "multi-thread: {multi_thread}"
-            );
-            assert_eq!(
-                (after, normal),
-                (base, base),
+                (during, after, normal),
+                (true, false, false),
                 "multi-thread: {multi_thread}"
             );
         }
