@@ -254,10 +254,10 @@ pub struct Position {
     pub symbol: Symbol,
     /// BUY: long, SELL: short.
     pub side: Side,
-    /// Quantity still open.
-    pub qty_open: Decimal,
+    /// Quantity still open: an open position has some.
+    pub qty_open: Qty,
     /// Cost of the open quantity (what `reserved_for_positions` holds for it).
-    pub cost_open: Decimal,
+    pub cost_open: Reservation,
 }
 
 /// What a write-ahead did.
@@ -391,43 +391,25 @@ pub struct ExitFillMove {
     pub delta: CapitalDelta,
 }
 
-/// What an EXIT fill of `qty` at `price` with `fee` moves, given the open position.
-///
-/// # Panics
-///
-/// When an amount leaves the range of a decimal, which amounts within the ledger's range
-/// cannot; [`try_exit_fill_move`] refuses instead, for positions read from the store.
-pub fn exit_fill_move(
-    position: &Position,
-    qty: Decimal,
-    price: Decimal,
-    fee: Decimal,
-) -> ExitFillMove {
-    try_exit_fill_move(position, qty, price, fee)
-        .expect("amounts within the ledger's range stay inside a decimal's")
-}
-
-/// [`exit_fill_move`], or [`LedgerError::ArithmeticOverflow`] when an amount computed from the
-/// position, the fill or the fee leaves the range of a decimal.
+/// What an EXIT fill of `qty` at `price` with `fee` moves, given the open position, or
+/// [`LedgerError::ArithmeticOverflow`] when an amount computed from the position, the fill or
+/// the fee leaves the range of a decimal.
 pub fn try_exit_fill_move(
     position: &Position,
     qty: Decimal,
     price: Decimal,
     fee: Decimal,
 ) -> Result<ExitFillMove, LedgerError> {
-    assert!(
-        qty <= position.qty_open,
-        "exit fill checked against the position"
-    );
-    let cost_released = if qty == position.qty_open {
-        position.cost_open
+    let (qty_open, cost_open) = (position.qty_open.get(), position.cost_open.get());
+    assert!(qty <= qty_open, "exit fill checked against the position");
+    let cost_released = if qty == qty_open {
+        cost_open
     } else {
-        let cost = mul("cost released by the exit", position.cost_open, qty)?;
-        let cost =
-            (cost.checked_div(position.qty_open)).ok_or(LedgerError::ArithmeticOverflow {
-                what: "cost released by the exit",
-            })?;
-        ledger::round_half(cost).min(position.cost_open)
+        let cost = mul("cost released by the exit", cost_open, qty)?;
+        let cost = (cost.checked_div(qty_open)).ok_or(LedgerError::ArithmeticOverflow {
+            what: "cost released by the exit",
+        })?;
+        ledger::round_half(cost).min(cost_open)
     };
     let proceeds = ledger::round_half(mul("proceeds of the exit", qty, price)?);
     let pnl = match position.side {
@@ -550,10 +532,10 @@ mod tests {
             lifecycle_id: 1,
             symbol: Symbol::new("BTCUSDT").unwrap(),
             side: Side::Sell,
-            qty_open: dec!(2),
-            cost_open: dec!(200),
+            qty_open: qty(dec!(2)),
+            cost_open: Reservation::new(dec!(200)).unwrap(),
         };
-        let half = exit_fill_move(&position, dec!(1), dec!(90), dec!(0.5));
+        let half = try_exit_fill_move(&position, dec!(1), dec!(90), dec!(0.5)).unwrap();
         assert_eq!(half.cost_released, dec!(100));
         assert_eq!(half.pnl, dec!(10));
         assert_eq!(half.delta.realized_pnl, dec!(9.5));
@@ -581,18 +563,18 @@ mod tests {
     }
 
     #[test]
-    fn exit_from_a_stored_position_with_a_huge_cost_is_an_overflow_not_a_panic() {
+    fn exit_at_a_price_beyond_a_decimal_is_an_overflow_not_a_panic() {
         let position = Position {
             lifecycle_id: 1,
             symbol: Symbol::new("BTCUSDT").unwrap(),
             side: Side::Buy,
-            qty_open: dec!(20_000_000_000),
-            cost_open: dec!(1_000_000_000_000_000_000_000),
+            qty_open: qty(MAGNITUDE_MAX),
+            cost_open: Reservation::new(crate::ledger::CAPITAL_MAX).unwrap(),
         };
         assert_eq!(
-            try_exit_fill_move(&position, dec!(10_000_000_000), dec!(1), dec!(0)),
+            try_exit_fill_move(&position, dec!(10_000_000_000), Decimal::MAX, dec!(0)),
             Err(LedgerError::ArithmeticOverflow {
-                what: "cost released by the exit"
+                what: "proceeds of the exit"
             })
         );
     }

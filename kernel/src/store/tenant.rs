@@ -462,7 +462,7 @@ impl TenantTx {
             profile: request.profile,
             symbol: request.symbol.clone(),
         })?;
-        let open = position.qty_open
+        let open = position.qty_open.get()
             - self
                 .pending_exit_qty(request.profile, &request.symbol)
                 .await?;
@@ -737,10 +737,10 @@ impl TenantTx {
             profile: order.profile,
             symbol: order.symbol.clone(),
         })?;
-        if qty > position.qty_open {
+        if qty > position.qty_open.get() {
             return Err(LifecycleError::ExitExceedsPosition {
                 qty,
-                open: position.qty_open,
+                open: position.qty_open.get(),
             }
             .into());
         }
