@@ -230,12 +230,12 @@ impl OrderRecord {
     pub fn after_fill(
         &self,
         filled_qty: FilledQty,
-        released: Decimal,
+        released: Reservation,
         next: OrderStatus,
     ) -> Result<OrderRecord, LedgerError> {
         let reserved_remaining = self
             .reserved_remaining
-            .release("reserved_remaining", released)?;
+            .release("reserved_remaining", released.get())?;
         Ok(OrderRecord {
             filled_qty,
             reserved_remaining,
@@ -333,7 +333,7 @@ fn sub(what: &'static str, a: Decimal, b: Decimal) -> Result<Decimal, LedgerErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryFillMove {
     /// Reservation the fill takes off the order.
-    pub released: Decimal,
+    pub released: Reservation,
     /// Cost added to the position.
     pub cost: Decimal,
     /// The journal delta (fee included).
@@ -353,7 +353,7 @@ pub fn entry_fill_move(
     price: Price,
     fee: Decimal,
 ) -> Result<EntryFillMove, LedgerError> {
-    let remaining = order.reserved_remaining.get();
+    let remaining = order.reserved_remaining;
     let released = if qty.get() == order.qty_remaining() {
         remaining
     } else {
@@ -362,11 +362,12 @@ pub fn entry_fill_move(
             qty.get(),
             order.price.get(),
         )?;
-        ledger::round_up(covered).min(remaining)
+        // At most what remains, and at the ledger's scale: a reservation.
+        Reservation::new(ledger::round_up(covered).min(remaining.get()))?
     };
     let cost = ledger::round_half(mul("cost of the fill", qty.get(), price.get())?);
     let delta = CapitalDelta {
-        reserved_for_orders: -released,
+        reserved_for_orders: -released.get(),
         reserved_for_positions: cost,
         realized_pnl: -fee,
         ..CapitalDelta::default()
@@ -488,13 +489,13 @@ mod tests {
     fn completing_fill_releases_everything_left() {
         let o = order(qty(dec!(3)), price(dec!(0.33333333)));
         let first = entry_fill_move(&o, qty(dec!(1)), price(dec!(0.3)), dec!(0)).unwrap();
-        assert_eq!(first.released, dec!(0.33333333));
+        assert_eq!(first.released.get(), dec!(0.33333333));
         let filled = o.filled_after(qty(dec!(1))).unwrap();
         let o = o
             .after_fill(filled, first.released, OrderStatus::PartiallyFilled)
             .unwrap();
         let last = entry_fill_move(&o, qty(dec!(2)), price(dec!(0.3)), dec!(0.01)).unwrap();
-        assert_eq!(first.released + last.released, o.reserved.get());
+        assert_eq!(first.released.get() + last.released.get(), o.reserved.get());
         assert_eq!(last.delta.realized_pnl, dec!(-0.01));
         let filled = o.filled_after(qty(dec!(2))).unwrap();
         assert_eq!(status_after_fill(o.qty, filled), OrderStatus::Filled);
@@ -518,7 +519,11 @@ mod tests {
         );
         let filled = o.filled_after(qty(dec!(1))).unwrap();
         assert_eq!(
-            o.after_fill(filled, dec!(6.00000001), OrderStatus::PartiallyFilled),
+            o.after_fill(
+                filled,
+                Reservation::new(dec!(6.00000001)).unwrap(),
+                OrderStatus::PartiallyFilled
+            ),
             Err(LedgerError::NegativeReservation {
                 what: "reserved_remaining",
                 value: dec!(-0.00000001)
