@@ -154,34 +154,39 @@ pub fn round_half(value: Decimal) -> Decimal {
 
 /// A user's capital budget: what operators granted, and how much of it the user's profiles were
 /// allocated. Allocations draw on it; only operators' grants move `granted`.
+///
+/// Its columns are [`CapitalAmount`]s, as a capital row's are: within [`CAPITAL_MAX`] and the
+/// ledger's scale whatever the row's origin; [`Budget::draw`] and [`Budget::grant`] keep
+/// `allocated` between zero and `granted`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {
     /// The sum of every grant.
-    pub granted: Decimal,
+    pub granted: CapitalAmount,
     /// The sum of every allocation to the user's profiles.
-    pub allocated: Decimal,
+    pub allocated: CapitalAmount,
 }
 
 impl Budget {
-    /// What the user may still allocate.
+    /// What the user may still allocate. Exact: two amounts within [`CAPITAL_MAX`].
     pub fn available(&self) -> Decimal {
-        self.granted - self.allocated
+        self.granted.get() - self.allocated.get()
     }
 
     /// The budget after allocating `amount`, refused beyond the grant.
     pub fn draw(&self, amount: Decimal) -> Result<Budget, LedgerError> {
-        let allocated = self.allocated + amount;
-        if amount <= Decimal::ZERO || allocated > self.granted {
-            return Err(LedgerError::OverBudget {
-                requested: amount,
-                available: self.available(),
-                granted: self.granted,
-                allocated: self.allocated,
-            });
+        let over = || LedgerError::OverBudget {
+            requested: amount,
+            available: self.available(),
+            granted: self.granted.get(),
+            allocated: self.allocated.get(),
+        };
+        let allocated = self.allocated.get().checked_add(amount).ok_or_else(over)?;
+        if amount <= Decimal::ZERO || allocated > self.granted.get() {
+            return Err(over());
         }
         Ok(Budget {
             granted: self.granted,
-            allocated,
+            allocated: CapitalAmount::named("allocated", allocated)?,
         })
     }
 
@@ -189,16 +194,17 @@ impl Budget {
     /// allocated or beyond [`CAPITAL_MAX`].
     pub fn grant(&self, amount: Decimal) -> Result<Budget, LedgerError> {
         check_amount("grant", amount)?;
-        let granted = self.granted + amount;
-        if amount.is_zero() || granted < self.allocated || granted > CAPITAL_MAX {
+        // Exact: both within CAPITAL_MAX.
+        let granted = self.granted.get() + amount;
+        if amount.is_zero() || granted < self.allocated.get() || granted > CAPITAL_MAX {
             return Err(LedgerError::GrantOutOfRange {
                 amount,
                 granted,
-                allocated: self.allocated,
+                allocated: self.allocated.get(),
             });
         }
         Ok(Budget {
-            granted,
+            granted: CapitalAmount::named("granted", granted)?,
             allocated: self.allocated,
         })
     }

@@ -230,12 +230,12 @@ impl OrderRecord {
     pub fn after_fill(
         &self,
         filled_qty: FilledQty,
-        released: Decimal,
+        released: Reservation,
         next: OrderStatus,
     ) -> Result<OrderRecord, LedgerError> {
         let reserved_remaining = self
             .reserved_remaining
-            .release("reserved_remaining", released)?;
+            .release("reserved_remaining", released.get())?;
         Ok(OrderRecord {
             filled_qty,
             reserved_remaining,
@@ -254,10 +254,10 @@ pub struct Position {
     pub symbol: Symbol,
     /// BUY: long, SELL: short.
     pub side: Side,
-    /// Quantity still open.
-    pub qty_open: Decimal,
+    /// Quantity still open: an open position has some.
+    pub qty_open: Qty,
     /// Cost of the open quantity (what `reserved_for_positions` holds for it).
-    pub cost_open: Decimal,
+    pub cost_open: Reservation,
 }
 
 /// What a write-ahead did.
@@ -333,7 +333,7 @@ fn sub(what: &'static str, a: Decimal, b: Decimal) -> Result<Decimal, LedgerErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryFillMove {
     /// Reservation the fill takes off the order.
-    pub released: Decimal,
+    pub released: Reservation,
     /// Cost added to the position.
     pub cost: Decimal,
     /// The journal delta (fee included).
@@ -353,7 +353,7 @@ pub fn entry_fill_move(
     price: Price,
     fee: Decimal,
 ) -> Result<EntryFillMove, LedgerError> {
-    let remaining = order.reserved_remaining.get();
+    let remaining = order.reserved_remaining;
     let released = if qty.get() == order.qty_remaining() {
         remaining
     } else {
@@ -362,11 +362,12 @@ pub fn entry_fill_move(
             qty.get(),
             order.price.get(),
         )?;
-        ledger::round_up(covered).min(remaining)
+        // At most what remains, and at the ledger's scale: a reservation.
+        Reservation::new(ledger::round_up(covered).min(remaining.get()))?
     };
     let cost = ledger::round_half(mul("cost of the fill", qty.get(), price.get())?);
     let delta = CapitalDelta {
-        reserved_for_orders: -released,
+        reserved_for_orders: -released.get(),
         reserved_for_positions: cost,
         realized_pnl: -fee,
         ..CapitalDelta::default()
@@ -391,43 +392,25 @@ pub struct ExitFillMove {
     pub delta: CapitalDelta,
 }
 
-/// What an EXIT fill of `qty` at `price` with `fee` moves, given the open position.
-///
-/// # Panics
-///
-/// When an amount leaves the range of a decimal, which amounts within the ledger's range
-/// cannot; [`try_exit_fill_move`] refuses instead, for positions read from the store.
-pub fn exit_fill_move(
-    position: &Position,
-    qty: Decimal,
-    price: Decimal,
-    fee: Decimal,
-) -> ExitFillMove {
-    try_exit_fill_move(position, qty, price, fee)
-        .expect("amounts within the ledger's range stay inside a decimal's")
-}
-
-/// [`exit_fill_move`], or [`LedgerError::ArithmeticOverflow`] when an amount computed from the
-/// position, the fill or the fee leaves the range of a decimal.
+/// What an EXIT fill of `qty` at `price` with `fee` moves, given the open position, or
+/// [`LedgerError::ArithmeticOverflow`] when an amount computed from the position, the fill or
+/// the fee leaves the range of a decimal.
 pub fn try_exit_fill_move(
     position: &Position,
     qty: Decimal,
     price: Decimal,
     fee: Decimal,
 ) -> Result<ExitFillMove, LedgerError> {
-    assert!(
-        qty <= position.qty_open,
-        "exit fill checked against the position"
-    );
-    let cost_released = if qty == position.qty_open {
-        position.cost_open
+    let (qty_open, cost_open) = (position.qty_open.get(), position.cost_open.get());
+    assert!(qty <= qty_open, "exit fill checked against the position");
+    let cost_released = if qty == qty_open {
+        cost_open
     } else {
-        let cost = mul("cost released by the exit", position.cost_open, qty)?;
-        let cost =
-            (cost.checked_div(position.qty_open)).ok_or(LedgerError::ArithmeticOverflow {
-                what: "cost released by the exit",
-            })?;
-        ledger::round_half(cost).min(position.cost_open)
+        let cost = mul("cost released by the exit", cost_open, qty)?;
+        let cost = (cost.checked_div(qty_open)).ok_or(LedgerError::ArithmeticOverflow {
+            what: "cost released by the exit",
+        })?;
+        ledger::round_half(cost).min(cost_open)
     };
     let proceeds = ledger::round_half(mul("proceeds of the exit", qty, price)?);
     let pnl = match position.side {
@@ -506,13 +489,13 @@ mod tests {
     fn completing_fill_releases_everything_left() {
         let o = order(qty(dec!(3)), price(dec!(0.33333333)));
         let first = entry_fill_move(&o, qty(dec!(1)), price(dec!(0.3)), dec!(0)).unwrap();
-        assert_eq!(first.released, dec!(0.33333333));
+        assert_eq!(first.released.get(), dec!(0.33333333));
         let filled = o.filled_after(qty(dec!(1))).unwrap();
         let o = o
             .after_fill(filled, first.released, OrderStatus::PartiallyFilled)
             .unwrap();
         let last = entry_fill_move(&o, qty(dec!(2)), price(dec!(0.3)), dec!(0.01)).unwrap();
-        assert_eq!(first.released + last.released, o.reserved.get());
+        assert_eq!(first.released.get() + last.released.get(), o.reserved.get());
         assert_eq!(last.delta.realized_pnl, dec!(-0.01));
         let filled = o.filled_after(qty(dec!(2))).unwrap();
         assert_eq!(status_after_fill(o.qty, filled), OrderStatus::Filled);
@@ -536,7 +519,11 @@ mod tests {
         );
         let filled = o.filled_after(qty(dec!(1))).unwrap();
         assert_eq!(
-            o.after_fill(filled, dec!(6.00000001), OrderStatus::PartiallyFilled),
+            o.after_fill(
+                filled,
+                Reservation::new(dec!(6.00000001)).unwrap(),
+                OrderStatus::PartiallyFilled
+            ),
             Err(LedgerError::NegativeReservation {
                 what: "reserved_remaining",
                 value: dec!(-0.00000001)
@@ -550,10 +537,10 @@ mod tests {
             lifecycle_id: 1,
             symbol: Symbol::new("BTCUSDT").unwrap(),
             side: Side::Sell,
-            qty_open: dec!(2),
-            cost_open: dec!(200),
+            qty_open: qty(dec!(2)),
+            cost_open: Reservation::new(dec!(200)).unwrap(),
         };
-        let half = exit_fill_move(&position, dec!(1), dec!(90), dec!(0.5));
+        let half = try_exit_fill_move(&position, dec!(1), dec!(90), dec!(0.5)).unwrap();
         assert_eq!(half.cost_released, dec!(100));
         assert_eq!(half.pnl, dec!(10));
         assert_eq!(half.delta.realized_pnl, dec!(9.5));
@@ -581,18 +568,18 @@ mod tests {
     }
 
     #[test]
-    fn exit_from_a_stored_position_with_a_huge_cost_is_an_overflow_not_a_panic() {
+    fn exit_at_a_price_beyond_a_decimal_is_an_overflow_not_a_panic() {
         let position = Position {
             lifecycle_id: 1,
             symbol: Symbol::new("BTCUSDT").unwrap(),
             side: Side::Buy,
-            qty_open: dec!(20_000_000_000),
-            cost_open: dec!(1_000_000_000_000_000_000_000),
+            qty_open: qty(MAGNITUDE_MAX),
+            cost_open: Reservation::new(crate::ledger::CAPITAL_MAX).unwrap(),
         };
         assert_eq!(
-            try_exit_fill_move(&position, dec!(10_000_000_000), dec!(1), dec!(0)),
+            try_exit_fill_move(&position, dec!(10_000_000_000), Decimal::MAX, dec!(0)),
             Err(LedgerError::ArithmeticOverflow {
-                what: "cost released by the exit"
+                what: "proceeds of the exit"
             })
         );
     }

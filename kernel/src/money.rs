@@ -228,7 +228,8 @@ impl Default for CapitalAmount {
 }
 
 checked_decimal!(
-    /// Capital an order holds: zero or positive, with the bounds of a [`CapitalAmount`].
+    /// Capital an order or an open position holds: zero or positive, with the bounds of a
+    /// [`CapitalAmount`].
     Reservation,
     "reservation",
     ledger::check_nonnegative,

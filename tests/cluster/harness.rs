@@ -298,11 +298,10 @@ impl World {
             .await
             .unwrap()
             .into_iter()
-            .filter(|p| !p.qty_open.is_zero())
             .map(|p| {
                 let signed = match p.side {
-                    Side::Buy => p.qty_open,
-                    Side::Sell => -p.qty_open,
+                    Side::Buy => p.qty_open.get(),
+                    Side::Sell => -p.qty_open.get(),
                 };
                 (p.symbol.to_string(), signed)
             })

@@ -41,8 +41,8 @@ impl BudgetView {
     fn of(user_id: UserId, budget: Budget) -> BudgetView {
         BudgetView {
             user_id,
-            granted: budget.granted.normalize().to_string(),
-            allocated: budget.allocated.normalize().to_string(),
+            granted: budget.granted.get().normalize().to_string(),
+            allocated: budget.allocated.get().normalize().to_string(),
             available: budget.available().normalize().to_string(),
         }
     }

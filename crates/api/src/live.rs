@@ -108,8 +108,8 @@ impl From<&Position> for PositionState {
     fn from(position: &Position) -> Self {
         PositionState {
             side: position.side,
-            qty_open: position.qty_open,
-            cost_open: position.cost_open,
+            qty_open: position.qty_open.get(),
+            cost_open: position.cost_open.get(),
         }
     }
 }

@@ -132,7 +132,6 @@ async fn set_host_account(
         .positions(profile)
         .await?
         .into_iter()
-        .filter(|position| !position.qty_open.is_zero())
         .map(|position| format!("a position of {} {}", position.qty_open, position.symbol))
         .chain(
             tx.open_orders(profile)

@@ -8,8 +8,9 @@ use keel_kernel::engine::RefusalRecord;
 use keel_kernel::exchange::Fill;
 use keel_kernel::ids::Symbol;
 use keel_kernel::ledger::round_half;
-use keel_kernel::lifecycle::{Position, exit_fill_move};
+use keel_kernel::lifecycle::{Position, try_exit_fill_move};
 use keel_kernel::market::{Candle, Side};
+use keel_kernel::money::{Qty, Reservation};
 use keel_kernel::risk::RefusalRule;
 use keel_kernel::strategy::RawIntent;
 use rust_decimal::Decimal;
@@ -473,20 +474,38 @@ impl OpenTrade {
         self.qty_max = self.qty_max.max(self.position.abs());
     }
 
+    /// The cost an exit of `qty` releases and its PnL, as the ledger computes them. A position
+    /// beyond the ledger's range, which no run's ledger holds, releases its cost in proportion.
+    fn exit_move(&self, fill: &Fill, qty: Decimal) -> (Decimal, Decimal) {
+        if let (Ok(qty_open), Ok(cost_open)) =
+            (Qty::new(self.qty_open), Reservation::new(self.cost_open))
+        {
+            let position = Position {
+                lifecycle_id: 0,
+                symbol: self.symbol.clone(),
+                side: self.side,
+                qty_open,
+                cost_open,
+            };
+            if let Ok(moved) = try_exit_fill_move(&position, qty, fill.price.get(), fill.fee.get())
+            {
+                return (moved.cost_released, moved.pnl);
+            }
+        }
+        let cost_released = (self.cost_open.checked_div(self.qty_open))
+            .and_then(|unit| unit.checked_mul(qty))
+            .unwrap_or(self.cost_open);
+        let proceeds = qty * fill.price.get();
+        (cost_released, self.direction() * (proceeds - cost_released))
+    }
+
     /// An exit fill, its PnL computed by the ledger's own arithmetic (the exchange's figure
     /// may differ in the last decimal place).
     fn reduce(&mut self, fill: &Fill, qty: Decimal) {
-        let position = Position {
-            lifecycle_id: 0,
-            symbol: self.symbol.clone(),
-            side: self.side,
-            qty_open: self.qty_open,
-            cost_open: self.cost_open,
-        };
-        let moved = exit_fill_move(&position, qty, fill.price.get(), fill.fee.get());
+        let (cost_released, pnl) = self.exit_move(fill, qty);
         self.qty_open -= qty;
-        self.cost_open -= moved.cost_released;
-        self.pnl += moved.pnl;
+        self.cost_open -= cost_released;
+        self.pnl += pnl;
         self.fees += fill.fee.get();
         self.exit_value += qty * fill.price.get();
         self.exit_qty += qty;

@@ -321,10 +321,10 @@ impl Rig {
             book.positions
                 .values()
                 .map(|p| {
-                    let value = p.qty_open * close;
+                    let value = p.qty_open.get() * close;
                     match p.side {
-                        Side::Buy => value - p.cost_open,
-                        Side::Sell => p.cost_open - value,
+                        Side::Buy => value - p.cost_open.get(),
+                        Side::Sell => p.cost_open.get() - value,
                     }
                 })
                 .sum()

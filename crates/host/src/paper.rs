@@ -29,14 +29,12 @@ pub(crate) async fn restored_paper(
     paper.with_engine(|e| e.start_ids_at(first_id));
     let tenant = store.tenant(user);
     for position in tenant.positions(profile).await? {
-        if position.qty_open.is_zero() {
-            continue;
-        }
+        let (qty_open, cost_open) = (position.qty_open.get(), position.cost_open.get());
         let qty = match position.side {
-            Side::Buy => position.qty_open,
-            Side::Sell => -position.qty_open,
+            Side::Buy => qty_open,
+            Side::Sell => -qty_open,
         };
-        let entry_price = position.cost_open / position.qty_open;
+        let entry_price = cost_open / qty_open;
         paper.with_engine(|e| e.restore_position(&position.symbol, qty, entry_price))?;
         tracing::info!(profile_id = %profile, symbol = %position.symbol, %qty, "paper position restored from the store");
     }

@@ -50,12 +50,10 @@ pub fn entry_side(side: PositionSide) -> Side {
 /// when the decimal quotient would leave a decimal's range (a large stored cost over a tiny
 /// quantity).
 fn entry_price(position: &Position) -> f64 {
-    if position.qty_open.is_zero() {
-        return 0.0;
-    }
-    match position.cost_open.checked_div(position.qty_open) {
+    let (qty, cost) = (position.qty_open.get(), position.cost_open.get());
+    match cost.checked_div(qty) {
         Some(price) => float(price),
-        None => float(position.cost_open) / float(position.qty_open),
+        None => float(cost) / float(qty),
     }
 }
 
@@ -150,7 +148,7 @@ impl Book {
             .map(|p| PositionView {
                 symbol: p.symbol.to_string(),
                 side: position_side(p.side, IntentKind::Entry),
-                qty: float(p.qty_open),
+                qty: float(p.qty_open.get()),
                 entry_price: entry_price(p),
             })
             .collect();

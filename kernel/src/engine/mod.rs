@@ -673,7 +673,9 @@ impl ProfileEngine {
             // Saturating: a stored quantity beyond reason is refused by the risk rules (too large
             // or not positive), never a panic here.
             position_qty: position.map_or(Decimal::ZERO, |p| {
-                p.qty_open.saturating_sub(self.exit_qty_pending(&p.symbol))
+                p.qty_open
+                    .get()
+                    .saturating_sub(self.exit_qty_pending(&p.symbol))
             }),
             position_side: position.map(|p| book::position_side(p.side, IntentKind::Entry)),
             daily_realized_pnl: self.day.1,

@@ -315,8 +315,8 @@ impl ProfileEngine {
         let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
         for position in stored {
             let signed = match position.side {
-                Side::Buy => position.qty_open,
-                Side::Sell => -position.qty_open,
+                Side::Buy => position.qty_open.get(),
+                Side::Sell => -position.qty_open.get(),
             };
             expected.insert(position.symbol.to_string(), signed);
         }

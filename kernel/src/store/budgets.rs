@@ -27,7 +27,10 @@ async fn budget_row(tx: &mut Tx, user: Uuid) -> Result<Option<Budget>, StoreErro
         let row = sqlx::query("SELECT granted, allocated FROM capital_budgets WHERE user_id = $1")
             .bind(user)
             .fetch_optional(&mut **c).await?;
-        row.map(|r| Ok(Budget { granted: r.money("granted")?, allocated: r.money("allocated")? }))
+        row.map(|r| Ok(Budget {
+            granted: r.checked_money("granted")?,
+            allocated: r.checked_money("allocated")?,
+        }))
             .transpose()
     }, memory m => {
         Ok(m.budget(UserId::from_uuid(user)))

@@ -91,8 +91,8 @@ impl TenantTx {
         position: &Position,
         add: &LifecycleAdd,
     ) -> Result<(), StoreError> {
-        let qty_open = position.qty_open - add.qty;
-        let cost_open = position.cost_open - add.cost;
+        let qty_open = position.qty_open.get() - add.qty;
+        let cost_open = position.cost_open.get() - add.cost;
         assert!(qty_open >= Decimal::ZERO && cost_open >= Decimal::ZERO);
         let first = order.filled_qty == FilledQty::ZERO;
         with_tx!(&mut self.tx, c, b => {

@@ -60,7 +60,7 @@ impl TenantTx {
                 .collect::<Result<Vec<_>, _>>()
         }, memory m => {
             let rows = m.open_entries(profile, UserId::from_uuid(user));
-            Ok(rows.into_iter().map(|(id, row)| memory_position(id, row)).collect())
+            rows.into_iter().map(|(id, row)| memory_position(id, row)).collect()
         })?;
         check_bounded("positions", profile, rows.len())?;
         Ok(rows)

@@ -32,6 +32,7 @@ use crate::ledger::{Budget, CAPITAL_MAX, Capital, CapitalDelta, JournalKind};
 use crate::lifecycle::OrderRecord;
 use crate::lock::LockKind;
 use crate::market::Side;
+use crate::money::CapitalAmount;
 
 use super::backend::{decimal_to_units, units_to_decimal};
 use super::quarantine::{MemoryQuarantine, QuarantineRecord, decode_evidence};
@@ -242,18 +243,26 @@ fn check_capital(c: &Capital) -> Result<(), StoreError> {
     check(c.holds_invariant(), "capital_invariant")
 }
 
-/// The CHECK constraints of `capital_budgets`.
-fn check_budget(b: &Budget) -> Result<(), StoreError> {
+/// The CHECK constraints of `capital_budgets`, on the row of `granted` and `allocated`.
+fn check_budget(granted: Decimal, allocated: Decimal) -> Result<Budget, StoreError> {
     check(
-        b.granted >= Decimal::ZERO,
+        granted >= Decimal::ZERO,
         "capital_budgets_granted_nonnegative",
     )?;
-    check(b.granted <= CAPITAL_MAX, "capital_budgets_granted_bounded")?;
+    check(granted <= CAPITAL_MAX, "capital_budgets_granted_bounded")?;
     check(
-        b.allocated >= Decimal::ZERO,
+        allocated >= Decimal::ZERO,
         "capital_budgets_allocated_nonnegative",
     )?;
-    check(b.allocated <= b.granted, "capital_budgets_within_grant")
+    check(allocated <= granted, "capital_budgets_within_grant")?;
+    // Within the bounds just checked, at the scale `money` gives: no refusal is left.
+    let column = |what, value| {
+        CapitalAmount::named(what, value).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    };
+    Ok(Budget {
+        granted: column("granted", granted)?,
+        allocated: column("allocated", allocated)?,
+    })
 }
 
 /// The CHECK constraints of `profile_quarantines` on what the kernel writes.
@@ -741,11 +750,7 @@ impl Transaction {
         let Some(before) = self.db.budgets.get(&user).copied() else {
             return check(false, "capital_budgets_within_grant");
         };
-        let after = Budget {
-            allocated: before.allocated + amount,
-            ..before
-        };
-        check_budget(&after)?;
+        let after = check_budget(before.granted.get(), before.allocated.get() + amount)?;
         self.set_budget(user, before, after);
         Ok(())
     }
@@ -754,11 +759,7 @@ impl Transaction {
     pub(crate) fn insert_grant(&mut self, user: UserId, amount: Decimal) -> Result<(), StoreError> {
         check(!amount.is_zero(), "budget_grants_amount_nonzero")?;
         let before = self.db.budgets.get(&user).copied().unwrap_or_default();
-        let after = Budget {
-            granted: before.granted + money(amount),
-            ..before
-        };
-        check_budget(&after)?;
+        let after = check_budget(before.granted.get() + money(amount), before.allocated.get())?;
         self.set_budget(user, before, after);
         Ok(())
     }

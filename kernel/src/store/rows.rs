@@ -11,6 +11,7 @@ use crate::ledger::{Capital, CapitalDelta, JournalKind};
 use crate::lifecycle::{EntryRequest, FillReport, OrderRecord, Position};
 use crate::lock::{FencedLock, LockKey, LockKind};
 use crate::market::Side;
+use crate::money::{Qty, Reservation};
 use crate::order::OrderStatus;
 
 use super::StoreError;
@@ -122,8 +123,8 @@ pub(super) fn decode_position(row: &impl RowExt, symbol: &Symbol) -> Result<Posi
         lifecycle_id: row.int("lifecycle_id")?,
         symbol: symbol.clone(),
         side: parse_side(&row.text("side")?)?,
-        qty_open: row.money("qty_open")?,
-        cost_open: row.money("cost_open")?,
+        qty_open: row.checked_money("qty_open")?,
+        cost_open: row.checked_money("cost_open")?,
     })
 }
 
@@ -160,15 +161,16 @@ fn stored_fill(row: &FillRow) -> StoredFill {
     }
 }
 
-/// The position an open ENTRY lifecycle row of the memory store is.
-pub(super) fn memory_position(id: i64, row: &memory::LifecycleRow) -> Position {
-    Position {
+/// The position an open ENTRY lifecycle row of the memory store is, refused as
+/// [`StoreError::Corrupt`] as a database row would be when a column is out of its type's range.
+pub(super) fn memory_position(id: i64, row: &memory::LifecycleRow) -> Result<Position, StoreError> {
+    Ok(Position {
         lifecycle_id: id,
         symbol: row.symbol.clone(),
         side: row.side,
-        qty_open: row.qty_open,
-        cost_open: row.cost_open,
-    }
+        qty_open: Qty::new(row.qty_open).map_err(|e| corrupt("qty_open", e))?,
+        cost_open: Reservation::new(row.cost_open).map_err(|e| corrupt("cost_open", e))?,
+    })
 }
 
 impl TenantTx {
@@ -507,7 +509,7 @@ impl TenantTx {
             row.map(|r| decode_position(&r, symbol)).transpose()
         }, memory m => {
             let open = m.open_entry(profile, UserId::from_uuid(user), symbol);
-            Ok(open.map(|(id, row)| memory_position(id, row)))
+            open.map(|(id, row)| memory_position(id, row)).transpose()
         })
     }
 

@@ -462,7 +462,7 @@ impl TenantTx {
             profile: request.profile,
             symbol: request.symbol.clone(),
         })?;
-        let open = position.qty_open
+        let open = position.qty_open.get()
             - self
                 .pending_exit_qty(request.profile, &request.symbol)
                 .await?;
@@ -666,7 +666,7 @@ impl TenantTx {
         }
         let (realized_pnl, released) = match order.kind {
             IntentKind::Entry => (Decimal::ZERO, self.entry_fill(&order, fill).await?),
-            IntentKind::Exit => (self.exit_fill(&order, fill).await?, Decimal::ZERO),
+            IntentKind::Exit => (self.exit_fill(&order, fill).await?, Reservation::ZERO),
         };
         let order = order.after_fill(filled, released, next)?;
         self.update_order(&order).await?;
@@ -702,7 +702,7 @@ impl TenantTx {
         &mut self,
         order: &OrderRecord,
         fill: &FillReport,
-    ) -> Result<Decimal, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         let mv = lifecycle::entry_fill_move(order, fill.qty, fill.price, fill.fee)?;
         let moves = entry_fill_moves(order, fill, mv.released, mv.cost);
         let capital = self.plan_moves(order.profile, &moves).await?;
@@ -737,10 +737,10 @@ impl TenantTx {
             profile: order.profile,
             symbol: order.symbol.clone(),
         })?;
-        if qty > position.qty_open {
+        if qty > position.qty_open.get() {
             return Err(LifecycleError::ExitExceedsPosition {
                 qty,
-                open: position.qty_open,
+                open: position.qty_open.get(),
             }
             .into());
         }
@@ -811,7 +811,7 @@ impl TenantTx {
 fn entry_fill_moves(
     order: &OrderRecord,
     fill: &FillReport,
-    released: Decimal,
+    released: Reservation,
     cost: Decimal,
 ) -> [Move; 2] {
     let trade = &fill.exchange_trade_id;
@@ -819,7 +819,7 @@ fn entry_fill_moves(
         Move {
             kind: JournalKind::Fill,
             delta: CapitalDelta {
-                reserved_for_orders: -released,
+                reserved_for_orders: -released.get(),
                 reserved_for_positions: cost,
                 ..CapitalDelta::default()
             },

@@ -86,8 +86,8 @@ async fn allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_data
     assert_eq!(
         granted,
         Budget {
-            granted: d("100"),
-            allocated: d("0")
+            granted: money("100"),
+            allocated: money("0")
         }
     );
     tenant.allocate(profile, amount("60")).await.unwrap();
@@ -108,7 +108,10 @@ async fn allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_data
         d("60")
     );
     let budget = operator.budget(user).await.unwrap();
-    assert_eq!((budget.granted, budget.allocated), (d("100"), d("60")));
+    assert_eq!(
+        (budget.granted.get(), budget.allocated.get()),
+        (d("100"), d("60"))
+    );
     assert_eq!(
         tenant.begin().await.unwrap().budget().await.unwrap(),
         budget
@@ -522,7 +525,7 @@ async fn entry_and_exit_lifecycle_moves_capital_and_writes_rows_only_on_fills(h:
         .unwrap();
     let position = tenant.position(profile, &s).await.unwrap().unwrap();
     assert_eq!(
-        (position.qty_open, position.cost_open),
+        (position.qty_open.get(), position.cost_open.get()),
         (d("0.5"), d("49.5"))
     );
     tenant
@@ -1067,8 +1070,25 @@ async fn rows_the_money_types_refuse_are_a_typed_error_when_read(h: &Harness) {
     tenant.write_ahead_entry(&request).await.unwrap();
     let lit = profile_literal(h, profile);
     // Beyond CAPITAL_MAX, within what both databases hold (NUMERIC(30, 8), 64-bit units), and
-    // within every CHECK constraint of the two tables.
+    // within every CHECK constraint of the three tables.
     let beyond = money_literal(h, "20000000000");
+    // A position: the order's first fill opens it.
+    tenant
+        .record_fill(&fill(&coid, "t0", "1", "100", "0"))
+        .await
+        .unwrap();
+    assert_eq!(tenant.positions(profile).await.unwrap().len(), 1);
+    let sql = format!("UPDATE lifecycles SET cost_open = {beyond} WHERE profile_id = {lit}");
+    assert_eq!(h.raw(user, &sql).await.unwrap(), 1);
+    let refused = tenant.positions(profile).await.unwrap_err();
+    assert!(corrupt_column(&refused, "cost_open"), "{refused:?}");
+    // An open position of nothing, which the CHECK constraints allow and the type does not.
+    let cost = money_literal(h, "100");
+    let sql =
+        format!("UPDATE lifecycles SET qty_open = 0, cost_open = {cost} WHERE profile_id = {lit}");
+    assert_eq!(h.raw(user, &sql).await.unwrap(), 1);
+    let refused = tenant.positions(profile).await.unwrap_err();
+    assert!(corrupt_column(&refused, "qty_open"), "{refused:?}");
     let sql = format!(
         "UPDATE orders SET reserved = {beyond}, reserved_remaining = {beyond} \
          WHERE profile_id = {lit}"
@@ -1100,6 +1120,21 @@ async fn rows_the_money_types_refuse_are_a_typed_error_when_read(h: &Harness) {
         h.raw(user, &sql).await.unwrap();
         let refused = tenant.order(&coid).await.unwrap_err();
         assert!(corrupt_column(&refused, "filled_qty"), "{refused:?}");
+        // A budget beyond CAPITAL_MAX, which only the CHECK constraint keeps out.
+        let sql = format!(
+            "PRAGMA ignore_check_constraints = ON; \
+             UPDATE capital_budgets SET granted = {beyond} WHERE user_id = X'{}'; \
+             PRAGMA ignore_check_constraints = OFF",
+            user.as_uuid().simple()
+        );
+        h.raw(user, &sql).await.unwrap();
+        let refused = h
+            .store
+            .operator(HOST_OPERATOR)
+            .budget(user)
+            .await
+            .unwrap_err();
+        assert!(corrupt_column(&refused, "granted"), "{refused:?}");
     }
 }
 

@@ -37,7 +37,7 @@ pub fn sym(text: &str) -> Symbol {
 /// allocations.
 pub async fn budgeted(store: &Store, user: UserId) {
     let operator = store.operator(HOST_OPERATOR);
-    let granted = operator.budget(user).await.unwrap().granted;
+    let granted = operator.budget(user).await.unwrap().granted.get();
     if granted < CAPITAL_MAX {
         operator
             .grant_budget(user, CAPITAL_MAX - granted)

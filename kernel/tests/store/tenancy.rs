@@ -397,7 +397,7 @@ async fn a_tenant_cannot_grant_itself_capital_or_the_hosts_account() {
         .await
         .unwrap();
     assert_eq!(
-        budget.granted,
+        budget.granted.get(),
         d("10000000000"),
         "bob's budget is as granted"
     );

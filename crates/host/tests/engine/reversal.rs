@@ -28,7 +28,7 @@ async fn long_held(strategy: Scripted) -> Harness {
         h.step(&candle(minute, 100.0, 100.0)).await;
     }
     let position = &h.engine.book().positions[&btc()];
-    assert_eq!(position.qty_open, Decimal::from(5));
+    assert_eq!(position.qty_open.get(), Decimal::from(5));
     h
 }
 

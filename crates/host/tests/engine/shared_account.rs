@@ -58,7 +58,7 @@ async fn a_sibling_on_the_same_account_ignores_the_other_profiles_orders_and_fil
         }
     }
     // The owner's long is open; the sibling heard its order and its fill and applied neither.
-    assert_eq!(h.engine.book().positions[&btc()].qty_open, dec!(5));
+    assert_eq!(h.engine.book().positions[&btc()].qty_open.get(), dec!(5));
     assert!(foreign(&sibling_metrics, "order") >= 1.0);
     assert!(foreign(&sibling_metrics, "fill") >= 1.0);
     assert_eq!(foreign(&h.metrics, "fill"), 0.0);

@@ -125,7 +125,7 @@ impl Checker {
             },
         );
         let positions = tenant.positions(world.profile).await?;
-        let cost: Decimal = positions.iter().map(|p| p.cost_open).sum();
+        let cost: Decimal = positions.iter().map(|p| p.cost_open.get()).sum();
         self.expect(
             world,
             step,
@@ -296,8 +296,8 @@ impl Checker {
         let mut stored: BTreeMap<String, Decimal> = BTreeMap::new();
         for position in tenant.positions(world.profile).await? {
             let signed = match position.side {
-                Side::Buy => position.qty_open,
-                Side::Sell => -position.qty_open,
+                Side::Buy => position.qty_open.get(),
+                Side::Sell => -position.qty_open.get(),
             };
             stored.insert(position.symbol.to_string(), signed);
         }
