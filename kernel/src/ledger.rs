@@ -11,6 +11,8 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::money::CapitalAmount;
+
 /// Decimal places the ledger keeps: the scale of `NUMERIC(30, 8)` on PostgreSQL and of the
 /// fixed-point integer units on SQLite.
 pub const AMOUNT_SCALE: u32 = 8;
@@ -203,47 +205,49 @@ impl Budget {
 }
 
 /// One profile's capital row.
+///
+/// Its columns are [`CapitalAmount`]s: within [`CAPITAL_MAX`] and the ledger's scale whatever
+/// the row's origin, so free capital is always computable. They are signed, so that a row the
+/// ledger's other checks would refuse can still be held and shown to the database's
+/// constraints (see [`crate::plant`]); [`Capital::apply`] keeps them non-negative but for
+/// `realized_pnl`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capital {
     /// Capital the owner gave the profile.
-    pub allocated: Decimal,
+    pub allocated: CapitalAmount,
     /// Capital held by orders that may still fill.
-    pub reserved_for_orders: Decimal,
+    pub reserved_for_orders: CapitalAmount,
     /// Cost of open positions.
-    pub reserved_for_positions: Decimal,
+    pub reserved_for_positions: CapitalAmount,
     /// Realized profit and loss, fees included.
-    pub realized_pnl: Decimal,
+    pub realized_pnl: CapitalAmount,
 }
 
 impl Capital {
     /// Capital that no order or position holds:
     /// `allocated - reserved_for_orders - reserved_for_positions + realized_pnl`.
-    ///
-    /// # Panics
-    ///
-    /// When the sum leaves the range of a decimal. A row the store returns cannot: its columns
-    /// are below 10^22 (`NUMERIC(30, 8)`, or 64-bit units on SQLite), and a row [`Capital::apply`]
-    /// returns is within [`CAPITAL_MAX`]. [`Capital::checked_free`] takes any row.
     pub fn free(&self) -> Decimal {
-        self.checked_free()
-            .expect("capital columns within NUMERIC(30, 8) sum inside a decimal's range")
+        // Exact: four terms within CAPITAL_MAX (10^10) sum far inside a decimal's range.
+        self.allocated.get() - self.reserved_for_orders.get() - self.reserved_for_positions.get()
+            + self.realized_pnl.get()
     }
 
-    /// [`Capital::free`], or `None` when the sum leaves the range of a decimal.
-    pub fn checked_free(&self) -> Option<Decimal> {
-        self.allocated
-            .checked_sub(self.reserved_for_orders)?
-            .checked_sub(self.reserved_for_positions)?
-            .checked_add(self.realized_pnl)
+    /// Allocated capital plus realized PnL. Exact, as [`Capital::free`] is.
+    pub fn equity(&self) -> Decimal {
+        self.allocated.get() + self.realized_pnl.get()
+    }
+
+    /// Capital held by open orders and positions. Exact, as [`Capital::free`] is.
+    pub fn reserved(&self) -> Decimal {
+        self.reserved_for_positions.get() + self.reserved_for_orders.get()
     }
 
     /// True when the capital invariant holds.
     pub fn holds_invariant(&self) -> bool {
-        self.checked_free()
-            .is_some_and(|free| free >= Decimal::ZERO)
-            && self.allocated >= Decimal::ZERO
-            && self.reserved_for_orders >= Decimal::ZERO
-            && self.reserved_for_positions >= Decimal::ZERO
+        self.free() >= Decimal::ZERO
+            && self.allocated.get() >= Decimal::ZERO
+            && self.reserved_for_orders.get() >= Decimal::ZERO
+            && self.reserved_for_positions.get() >= Decimal::ZERO
     }
 
     /// The row after `delta`, or the reason the ledger refuses it.
@@ -253,39 +257,15 @@ impl Capital {
     pub fn apply(&self, delta: &CapitalDelta) -> Result<Capital, LedgerError> {
         let next = self.plus_unchecked(delta)?;
         for (what, value) in next.columns() {
-            check_amount(what, value)?;
+            if what != "realized_pnl" && value < Decimal::ZERO {
+                return Err(LedgerError::NegativeReservation { what, value });
+            }
         }
-        if next.allocated < Decimal::ZERO {
-            return Err(LedgerError::NegativeReservation {
-                what: "allocated",
-                value: next.allocated,
-            });
-        }
-        if next.reserved_for_orders < Decimal::ZERO {
-            return Err(LedgerError::NegativeReservation {
-                what: "reserved_for_orders",
-                value: next.reserved_for_orders,
-            });
-        }
-        if next.reserved_for_positions < Decimal::ZERO {
-            return Err(LedgerError::NegativeReservation {
-                what: "reserved_for_positions",
-                value: next.reserved_for_positions,
-            });
-        }
-        // Every column of `next` is within CAPITAL_MAX, so its free capital is; `self` is a
-        // row as stored or as checked by an earlier `apply`.
-        let free_before = (self.checked_free()).ok_or(LedgerError::ArithmeticOverflow {
-            what: "free capital",
-        })?;
+        let free_before = self.free();
         let free_after = next.free();
         if free_after < Decimal::ZERO {
             return Err(LedgerError::InsufficientCapital {
-                needed: (free_before.checked_sub(free_after)).ok_or(
-                    LedgerError::ArithmeticOverflow {
-                        what: "capital needed",
-                    },
-                )?,
+                needed: free_before - free_after,
                 available: free_before,
             });
         }
@@ -293,32 +273,41 @@ impl Capital {
         Ok(next)
     }
 
-    /// The row after `delta`, without the ledger's checks: what the database's constraints
-    /// alone would see when the kernel's check is planted away (see [`crate::plant`]). Only a
-    /// sum beyond the range of a decimal is refused.
+    /// The row after `delta`, without the ledger's checks of sign and of the invariant: what
+    /// the database's constraints alone would see when the kernel's check is planted away (see
+    /// [`crate::plant`]). A column beyond [`CAPITAL_MAX`] or the ledger's scale is refused, as
+    /// neither database could hold it.
     pub(crate) fn plus_unchecked(&self, delta: &CapitalDelta) -> Result<Capital, LedgerError> {
-        let sum = |what, a: Decimal, b: Decimal| {
-            a.checked_add(b)
+        let sum = |what, a: CapitalAmount, b: Decimal| {
+            a.get()
+                .checked_add(b)
                 .ok_or(LedgerError::ArithmeticOverflow { what })
         };
+        let allocated = sum("allocated", self.allocated, delta.allocated)?;
+        let reserved_for_orders = sum(
+            "reserved_for_orders",
+            self.reserved_for_orders,
+            delta.reserved_for_orders,
+        )?;
+        let reserved_for_positions = sum(
+            "reserved_for_positions",
+            self.reserved_for_positions,
+            delta.reserved_for_positions,
+        )?;
+        let realized_pnl = sum("realized_pnl", self.realized_pnl, delta.realized_pnl)?;
         Ok(Capital {
-            allocated: sum("allocated", self.allocated, delta.allocated)?,
-            reserved_for_orders: sum(
-                "reserved_for_orders",
-                self.reserved_for_orders,
-                delta.reserved_for_orders,
-            )?,
-            reserved_for_positions: sum(
+            allocated: CapitalAmount::named("allocated", allocated)?,
+            reserved_for_orders: CapitalAmount::named("reserved_for_orders", reserved_for_orders)?,
+            reserved_for_positions: CapitalAmount::named(
                 "reserved_for_positions",
-                self.reserved_for_positions,
-                delta.reserved_for_positions,
+                reserved_for_positions,
             )?,
-            realized_pnl: sum("realized_pnl", self.realized_pnl, delta.realized_pnl)?,
+            realized_pnl: CapitalAmount::named("realized_pnl", realized_pnl)?,
         })
     }
 
     /// The row the journal `deltas` add up to, starting from zero, or the column whose sum left
-    /// the range of a decimal.
+    /// the ledger's range.
     pub fn from_journal<'a>(
         deltas: impl IntoIterator<Item = &'a CapitalDelta>,
     ) -> Result<Capital, LedgerError> {
@@ -329,10 +318,10 @@ impl Capital {
 
     fn columns(&self) -> [(&'static str, Decimal); 4] {
         [
-            ("allocated", self.allocated),
-            ("reserved_for_orders", self.reserved_for_orders),
-            ("reserved_for_positions", self.reserved_for_positions),
-            ("realized_pnl", self.realized_pnl),
+            ("allocated", self.allocated.get()),
+            ("reserved_for_orders", self.reserved_for_orders.get()),
+            ("reserved_for_positions", self.reserved_for_positions.get()),
+            ("realized_pnl", self.realized_pnl.get()),
         ]
     }
 }
@@ -428,9 +417,13 @@ mod tests {
     use super::*;
     use rust_decimal_macros::dec;
 
+    fn amount(value: Decimal) -> CapitalAmount {
+        CapitalAmount::new(value).unwrap()
+    }
+
     fn funded(allocated: Decimal) -> Capital {
         Capital {
-            allocated,
+            allocated: amount(allocated),
             ..Capital::default()
         }
     }
@@ -496,16 +489,16 @@ mod tests {
 
     #[test]
     fn delta_beyond_a_decimal_is_an_overflow_not_a_panic() {
-        let capital = Capital {
-            realized_pnl: Decimal::MAX,
-            ..funded(dec!(1))
-        };
         let delta = CapitalDelta {
             realized_pnl: Decimal::MAX,
             ..CapitalDelta::default()
         };
+        let capital = funded(dec!(1)).plus_unchecked(&CapitalDelta {
+            realized_pnl: CAPITAL_MAX,
+            ..CapitalDelta::default()
+        });
         assert_eq!(
-            capital.apply(&delta),
+            capital.unwrap().apply(&delta),
             Err(LedgerError::ArithmeticOverflow {
                 what: "realized_pnl"
             })
@@ -514,14 +507,52 @@ mod tests {
     }
 
     #[test]
-    fn row_whose_free_capital_overflows_breaks_the_invariant() {
+    fn column_beyond_the_ledger_range_is_refused_even_unchecked() {
+        let delta = CapitalDelta {
+            reserved_for_orders: CAPITAL_MAX + dec!(1),
+            realized_pnl: -CAPITAL_MAX - dec!(1),
+            ..CapitalDelta::default()
+        };
+        let refusal = Err(LedgerError::OutOfRange {
+            what: "reserved_for_orders",
+            value: CAPITAL_MAX + dec!(1),
+        });
+        assert_eq!(Capital::default().apply(&delta), refusal);
+        assert_eq!(Capital::default().plus_unchecked(&delta), refusal);
+        assert!(matches!(
+            CapitalAmount::new(dec!(0.000000001)),
+            Err(LedgerError::TooPrecise { .. })
+        ));
+    }
+
+    #[test]
+    fn free_capital_of_the_most_extreme_row_is_computed_and_breaks_the_invariant() {
         let capital = Capital {
-            reserved_for_orders: Decimal::MAX,
-            realized_pnl: Decimal::MIN,
+            reserved_for_orders: amount(CAPITAL_MAX),
+            reserved_for_positions: amount(CAPITAL_MAX),
+            realized_pnl: amount(-CAPITAL_MAX),
             ..Capital::default()
         };
-        assert_eq!(capital.checked_free(), None);
+        assert_eq!(capital.free(), -CAPITAL_MAX * dec!(3));
         assert!(!capital.holds_invariant());
+    }
+
+    #[test]
+    fn unchecked_sum_keeps_a_negative_reservation_for_the_database_to_refuse() {
+        let delta = CapitalDelta {
+            reserved_for_positions: dec!(-1),
+            ..CapitalDelta::default()
+        };
+        let planted = funded(dec!(5)).plus_unchecked(&delta).unwrap();
+        assert_eq!(planted.reserved_for_positions.get(), dec!(-1));
+        assert!(!planted.holds_invariant());
+        assert_eq!(
+            funded(dec!(5)).apply(&delta),
+            Err(LedgerError::NegativeReservation {
+                what: "reserved_for_positions",
+                value: dec!(-1)
+            })
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
 use crate::ledger::{self, CapitalDelta, LedgerError};
 use crate::lock::FencedLock;
 use crate::market::Side;
-use crate::money::{Price, Qty};
+use crate::money::{FilledQty, Price, Qty, Reservation};
 use crate::order::{InvalidTransition, OrderStatus};
 
 /// The longest exchange trade id or exchange order id accepted.
@@ -167,15 +167,15 @@ pub struct OrderRecord {
     /// BUY or SELL.
     pub side: Side,
     /// Ordered quantity.
-    pub qty: Decimal,
+    pub qty: Qty,
     /// Limit or reference price.
-    pub price: Decimal,
+    pub price: Price,
     /// Capital reserved when written ahead (zero for exits).
-    pub reserved: Decimal,
+    pub reserved: Reservation,
     /// Part of the reservation not yet moved to a position or released.
-    pub reserved_remaining: Decimal,
+    pub reserved_remaining: Reservation,
     /// Quantity filled so far.
-    pub filled_qty: Decimal,
+    pub filled_qty: FilledQty,
     /// Current status.
     pub status: OrderStatus,
     /// The lock it was written under, with its fence.
@@ -191,8 +191,8 @@ impl OrderRecord {
             && self.profile == request.profile
             && self.symbol == request.symbol
             && self.side == request.side
-            && self.qty == request.qty.get()
-            && self.price == request.price.get()
+            && self.qty == request.qty
+            && self.price == request.price
     }
 
     /// True when `request` repeats exactly what this EXIT order was written with.
@@ -200,8 +200,48 @@ impl OrderRecord {
         self.kind == IntentKind::Exit
             && self.profile == request.profile
             && self.symbol == request.symbol
-            && self.qty == request.qty.get()
-            && self.price == request.price.get()
+            && self.qty == request.qty
+            && self.price == request.price
+    }
+
+    /// Quantity not yet filled (negative only for a stored row that breaks
+    /// `orders_filled_bounded`).
+    pub fn qty_remaining(&self) -> Decimal {
+        self.qty.remaining_after(self.filled_qty)
+    }
+
+    /// The filled quantity after a fill of `qty`, refused beyond the ordered quantity.
+    pub fn filled_after(&self, qty: Qty) -> Result<FilledQty, LifecycleError> {
+        let remaining = self.qty_remaining();
+        let overfill = || LifecycleError::Overfill {
+            order: self.client_order_id.clone(),
+            qty: qty.get(),
+            remaining,
+        };
+        if qty.get() > remaining {
+            return Err(overfill());
+        }
+        self.filled_qty.checked_add(qty).map_err(|_| overfill())
+    }
+
+    /// The order after a fill that brought its filled quantity to `filled_qty` (see
+    /// [`OrderRecord::filled_after`]) and released `released` of its reservation, in status
+    /// `next`; refused when more is released than the order still reserves.
+    pub fn after_fill(
+        &self,
+        filled_qty: FilledQty,
+        released: Decimal,
+        next: OrderStatus,
+    ) -> Result<OrderRecord, LedgerError> {
+        let reserved_remaining = self
+            .reserved_remaining
+            .release("reserved_remaining", released)?;
+        Ok(OrderRecord {
+            filled_qty,
+            reserved_remaining,
+            status: next,
+            ..self.clone()
+        })
     }
 }
 
@@ -271,9 +311,10 @@ impl StatusOutcome {
 }
 
 /// The capital an ENTRY of `qty` at `price` reserves: the notional, rounded up.
-pub fn entry_reservation(price: Decimal, qty: Decimal) -> Result<Decimal, LedgerError> {
-    let notional = mul("entry reservation", price, qty)?;
-    ledger::check_positive("entry reservation", ledger::round_up(notional))
+pub fn entry_reservation(price: Price, qty: Qty) -> Result<Reservation, LedgerError> {
+    let notional = mul("entry reservation", price.get(), qty.get())?;
+    let reserved = ledger::check_positive("entry reservation", ledger::round_up(notional))?;
+    Reservation::new(reserved)
 }
 
 /// `a * b`, or the overflow of `what`.
@@ -302,26 +343,28 @@ pub struct EntryFillMove {
 /// What an ENTRY fill of `qty` at `price` with `fee` moves, given the order's state.
 ///
 /// The order releases the part of its reservation that covered the filled quantity (all that is
-/// left when this fill completes the order); the position costs the fill's notional. The stored
-/// order's numbers are not trusted to be small: a product beyond the range of a decimal is
-/// [`LedgerError::ArithmeticOverflow`].
+/// left when this fill completes the order); the position costs the fill's notional. Products of
+/// prices and quantities within [`MAGNITUDE_MAX`](crate::money::MAGNITUDE_MAX) stay inside a
+/// decimal; they are checked all the same ([`LedgerError::ArithmeticOverflow`]), and amounts
+/// beyond the ledger's range are refused when the delta is applied.
 pub fn entry_fill_move(
     order: &OrderRecord,
-    qty: Decimal,
-    price: Decimal,
+    qty: Qty,
+    price: Price,
     fee: Decimal,
 ) -> Result<EntryFillMove, LedgerError> {
-    let filled_after =
-        (order.filled_qty.checked_add(qty)).ok_or(LedgerError::ArithmeticOverflow {
-            what: "filled quantity",
-        })?;
-    let released = if filled_after == order.qty {
-        order.reserved_remaining
+    let remaining = order.reserved_remaining.get();
+    let released = if qty.get() == order.qty_remaining() {
+        remaining
     } else {
-        let covered = mul("reservation released by the fill", qty, order.price)?;
-        ledger::round_up(covered).min(order.reserved_remaining)
+        let covered = mul(
+            "reservation released by the fill",
+            qty.get(),
+            order.price.get(),
+        )?;
+        ledger::round_up(covered).min(remaining)
     };
-    let cost = ledger::round_half(mul("cost of the fill", qty, price)?);
+    let cost = ledger::round_half(mul("cost of the fill", qty.get(), price.get())?);
     let delta = CapitalDelta {
         reserved_for_orders: -released,
         reserved_for_positions: cost,
@@ -405,8 +448,8 @@ pub fn try_exit_fill_move(
 }
 
 /// The status an order has after a fill brings its filled quantity to `filled_qty`.
-pub fn status_after_fill(order_qty: Decimal, filled_qty: Decimal) -> OrderStatus {
-    if filled_qty == order_qty {
+pub fn status_after_fill(order_qty: Qty, filled_qty: FilledQty) -> OrderStatus {
+    if filled_qty.get() == order_qty.get() {
         OrderStatus::Filled
     } else {
         OrderStatus::PartiallyFilled
@@ -416,9 +459,18 @@ pub fn status_after_fill(order_qty: Decimal, filled_qty: Decimal) -> OrderStatus
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::MAGNITUDE_MAX;
     use rust_decimal_macros::dec;
 
-    fn order(qty: Decimal, price: Decimal) -> OrderRecord {
+    fn qty(value: Decimal) -> Qty {
+        Qty::new(value).unwrap()
+    }
+
+    fn price(value: Decimal) -> Price {
+        Price::new(value).unwrap()
+    }
+
+    fn order(qty: Qty, price: Price) -> OrderRecord {
         let profile = ProfileId::new_random();
         let symbol = Symbol::new("BTCUSDT").unwrap();
         let reserved = entry_reservation(price, qty).unwrap();
@@ -433,7 +485,7 @@ mod tests {
             price,
             reserved,
             reserved_remaining: reserved,
-            filled_qty: Decimal::ZERO,
+            filled_qty: FilledQty::ZERO,
             status: OrderStatus::New,
             lock: None,
             exchange_order_id: None,
@@ -443,21 +495,53 @@ mod tests {
     #[test]
     fn reservation_rounds_up_never_under_reserving() {
         assert_eq!(
-            entry_reservation(dec!(0.33333333), dec!(0.5)).unwrap(),
+            entry_reservation(price(dec!(0.33333333)), qty(dec!(0.5)))
+                .unwrap()
+                .get(),
             dec!(0.16666667)
         );
     }
 
     #[test]
     fn completing_fill_releases_everything_left() {
-        let mut o = order(dec!(3), dec!(0.33333333));
-        let first = entry_fill_move(&o, dec!(1), dec!(0.3), dec!(0)).unwrap();
+        let o = order(qty(dec!(3)), price(dec!(0.33333333)));
+        let first = entry_fill_move(&o, qty(dec!(1)), price(dec!(0.3)), dec!(0)).unwrap();
         assert_eq!(first.released, dec!(0.33333333));
-        o.filled_qty = dec!(1);
-        o.reserved_remaining -= first.released;
-        let last = entry_fill_move(&o, dec!(2), dec!(0.3), dec!(0.01)).unwrap();
-        assert_eq!(first.released + last.released, o.reserved);
+        let filled = o.filled_after(qty(dec!(1))).unwrap();
+        let o = o
+            .after_fill(filled, first.released, OrderStatus::PartiallyFilled)
+            .unwrap();
+        let last = entry_fill_move(&o, qty(dec!(2)), price(dec!(0.3)), dec!(0.01)).unwrap();
+        assert_eq!(first.released + last.released, o.reserved.get());
         assert_eq!(last.delta.realized_pnl, dec!(-0.01));
+        let filled = o.filled_after(qty(dec!(2))).unwrap();
+        assert_eq!(status_after_fill(o.qty, filled), OrderStatus::Filled);
+        let done = o
+            .after_fill(filled, last.released, OrderStatus::Filled)
+            .unwrap();
+        assert_eq!(done.reserved_remaining, Reservation::ZERO);
+        assert_eq!(done.qty_remaining(), Decimal::ZERO);
+    }
+
+    #[test]
+    fn fill_beyond_the_order_or_release_beyond_the_reservation_is_refused() {
+        let o = order(qty(dec!(3)), price(dec!(2)));
+        assert_eq!(
+            o.filled_after(qty(dec!(3.00000001))),
+            Err(LifecycleError::Overfill {
+                order: o.client_order_id.clone(),
+                qty: dec!(3.00000001),
+                remaining: dec!(3),
+            })
+        );
+        let filled = o.filled_after(qty(dec!(1))).unwrap();
+        assert_eq!(
+            o.after_fill(filled, dec!(6.00000001), OrderStatus::PartiallyFilled),
+            Err(LedgerError::NegativeReservation {
+                what: "reserved_remaining",
+                value: dec!(-0.00000001)
+            })
+        );
     }
 
     #[test]
@@ -476,18 +560,23 @@ mod tests {
     }
 
     #[test]
-    fn fill_on_a_stored_order_with_a_huge_price_is_an_overflow_not_a_panic() {
-        let mut o = order(dec!(3), dec!(1));
-        o.price = dec!(1_000_000_000_000_000_000_000);
-        assert_eq!(
-            entry_fill_move(&o, dec!(10_000_000_000), dec!(1), dec!(0)),
-            Err(LedgerError::ArithmeticOverflow {
-                what: "reservation released by the fill"
-            })
-        );
+    fn fill_at_the_largest_price_and_quantity_is_refused_by_the_ledger_not_a_panic() {
+        let largest = order(qty(dec!(1)), price(dec!(1)));
+        let (qty, price) = (qty(MAGNITUDE_MAX), price(MAGNITUDE_MAX));
+        let o = OrderRecord {
+            qty,
+            price,
+            ..largest
+        };
+        let mv = entry_fill_move(&o, qty, price, dec!(0)).unwrap();
+        assert_eq!(mv.cost, MAGNITUDE_MAX * MAGNITUDE_MAX);
         assert!(matches!(
-            entry_reservation(Decimal::MAX, dec!(2)),
-            Err(LedgerError::ArithmeticOverflow { .. })
+            crate::ledger::Capital::default().apply(&mv.delta),
+            Err(LedgerError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            entry_reservation(price, qty),
+            Err(LedgerError::OutOfRange { .. })
         ));
     }
 

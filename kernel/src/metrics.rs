@@ -72,6 +72,8 @@ pub struct Metrics {
     pub plugin_fuel_consumed_total: IntCounter,
     pub plugin_faults_total: IntCounterVec,
     pub plugin_hot_swaps_total: IntCounterVec,
+    /// `keel_plugin_low_priority_calls_total`
+    pub plugin_low_priority_calls_total: IntCounter,
     pub profile_faults_total: IntCounterVec,
     pub warm_up_candles_total: IntCounter,
     pub cluster_instances: IntGauge,
@@ -324,6 +326,12 @@ impl Metrics {
                 "keel_plugin_hot_swaps_total",
                 "Plugin hot-swaps by result (ok, failed).",
                 &["result"],
+            ),
+            plugin_low_priority_calls_total: counter(
+                &r,
+                "keel_plugin_low_priority_calls_total",
+                "Calls into strategy plugins run at low priority: warm-ups, and the calls of a \
+                 profile whose calls keep a core busy for milliseconds.",
             ),
             profile_faults_total: counter_vec(
                 &r,

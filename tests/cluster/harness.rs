@@ -310,8 +310,10 @@ impl World {
         assert_eq!(db_positions, exchange_positions, "positions differ");
         let capital = tenant.capital(self.profile).await.unwrap();
         assert!(
-            capital.allocated - capital.reserved_for_orders - capital.reserved_for_positions
-                + capital.realized_pnl
+            capital.allocated.get()
+                - capital.reserved_for_orders.get()
+                - capital.reserved_for_positions.get()
+                + capital.realized_pnl.get()
                 >= Decimal::ZERO,
             "capital invariant broken: {capital:?}"
         );

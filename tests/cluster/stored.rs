@@ -417,7 +417,10 @@ async fn an_account_whose_balance_is_below_its_profiles_capital_is_reported_and_
         .capital(world.profile)
         .await
         .unwrap();
-    assert_eq!(capital.allocated, rust_decimal::Decimal::from(CAPITAL));
+    assert_eq!(
+        capital.allocated.get(),
+        rust_decimal::Decimal::from(CAPITAL)
+    );
 
     let (status, log) = one.stop().await;
     assert!(status.success(), "{log:#?}");

@@ -85,9 +85,9 @@ impl From<&OrderRecord> for OrderState {
             symbol: order.symbol.clone(),
             kind: order.kind,
             side: order.side,
-            qty: order.qty,
-            price: order.price,
-            filled_qty: order.filled_qty,
+            qty: order.qty.get(),
+            price: order.price.get(),
+            filled_qty: order.filled_qty.get(),
             status: order.status,
         }
     }
@@ -132,10 +132,10 @@ pub struct CapitalState {
 impl From<&Capital> for CapitalState {
     fn from(capital: &Capital) -> Self {
         CapitalState {
-            allocated: capital.allocated,
-            reserved_for_orders: capital.reserved_for_orders,
-            reserved_for_positions: capital.reserved_for_positions,
-            realized_pnl: capital.realized_pnl,
+            allocated: capital.allocated.get(),
+            reserved_for_orders: capital.reserved_for_orders.get(),
+            reserved_for_positions: capital.reserved_for_positions.get(),
+            realized_pnl: capital.realized_pnl.get(),
             free: capital.free(),
         }
     }

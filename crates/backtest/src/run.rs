@@ -217,7 +217,7 @@ pub async fn run_backtest_with(
     let fills = rig
         .exchange
         .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
-    let realized_pnl = rig.engine.book().capital.realized_pnl;
+    let realized_pnl = rig.engine.book().capital.realized_pnl.get();
     let mut report = build_report(spec, &fills, equity, realized_pnl, refusals);
     report.config = config.to_vec();
     Ok(report)
@@ -317,7 +317,10 @@ impl Rig {
     /// Equity at the candle's close: allocated + realized PnL (fees included) + unrealized PnL.
     fn equity_point(&mut self, candle: &Candle) -> EquityPoint {
         let book = self.engine.book();
-        let (allocated, realized_pnl) = (book.capital.allocated, book.capital.realized_pnl);
+        let (allocated, realized_pnl) = (
+            book.capital.allocated.get(),
+            book.capital.realized_pnl.get(),
+        );
         let in_position = !book.positions.is_empty();
         let equity = if in_position {
             let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();

@@ -51,7 +51,7 @@ pub(crate) async fn restored_paper(
 /// market order (the example plugins send market orders only); its fill then reaches the engine
 /// as a live fill would.
 fn restore_order(paper: &PaperExchange, order: &OrderRecord) -> anyhow::Result<()> {
-    let remaining = order.qty - order.filled_qty;
+    let remaining = order.qty_remaining();
     if !order.status.is_open() || remaining <= Decimal::ZERO {
         return Ok(());
     }

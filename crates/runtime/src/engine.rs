@@ -63,6 +63,8 @@ pub(crate) struct EngineInner {
     pub fuel_consumed: prometheus::IntCounter,
     /// Hot-swaps by result: `keel_plugin_hot_swaps_total`.
     pub hot_swaps: prometheus::IntCounterVec,
+    /// Calls run at low priority: `keel_plugin_low_priority_calls_total`.
+    pub low_priority_calls: prometheus::IntCounter,
     cache: Option<CompiledCache>,
     ticker: EpochTicker,
     /// Compiles running now, at most `settings.compile.compiles_concurrent_max`.
@@ -198,6 +200,7 @@ impl PluginEngine {
     pub fn reporting_to(settings: EngineSettings, metrics: &Metrics) -> anyhow::Result<Self> {
         let fuel_consumed = metrics.plugin_fuel_consumed_total.clone();
         let hot_swaps = metrics.plugin_hot_swaps_total.clone();
+        let low_priority_calls = metrics.plugin_low_priority_calls_total.clone();
         let engine = Engine::new(&wasmtime_config(&settings))
             .map_err(|e| e.context("creating the wasm engine"))?;
         let mut linker = Linker::new(&engine);
@@ -222,6 +225,7 @@ impl PluginEngine {
             faults: FaultLedger::default(),
             fuel_consumed,
             hot_swaps,
+            low_priority_calls,
             cache,
             ticker,
             compile_slots: CompileSlots::default(),

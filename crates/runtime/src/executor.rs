@@ -11,12 +11,22 @@
 //! it runs on a plain OS thread of its own. A call made with no tokio context runs right where
 //! it is: there is nothing to protect, and a candle costs no thread handoff.
 //!
+//! A profile whose calls keep a core busy (a legal plugin that computes, or calls the host,
+//! for milliseconds per candle) would share the cores evenly with the host's own threads and
+//! its neighbours' calls, and every one of them would wait for its turn. So such a profile's
+//! calls run at low priority ([`run_guest_low`]): on a thread of their own whose niceness is
+//! raised to [`LOW_PRIORITY_NICE`] for the call, which the scheduler preempts whenever a thread
+//! of the host or a light plugin wakes up; with the cores otherwise idle it still gets them all.
+//! Raising niceness needs no privilege, lowering it again would, hence a thread per call (a
+//! few tens of microseconds beside a call of milliseconds).
+//!
 //! Every guest call is bounded in wall-clock time (the epoch deadline in Wasm code, the call's
 //! deadline in a blocking `poll`), so a caller never waits on a guest without a bound. A panic
 //! on the guest's path (a host bug reached by a plugin) becomes a [`PluginFault::Trap`]: the
 //! instance involved is dropped by the caller, the process goes on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
 
 use keel_kernel::strategy::PluginFault;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -24,6 +34,12 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// Stack of a guest thread, in bytes: wasmtime's Wasm stack (512 KiB by default) plus the host
 /// frames around it, with room to spare.
 const GUEST_THREAD_STACK_BYTES: usize = 4 << 20;
+
+/// The niceness of a low-priority guest call's thread: a runnable thread at the default 0
+/// weighs ten times as much (the kernel's weights 1024 against 110), so it is preferred at
+/// every wake-up, while the call still gets about a tenth of a core on a saturated machine
+/// (at the lowest priority, 19, a fiftieth: its deadline would end it).
+pub const LOW_PRIORITY_NICE: i32 = 10;
 
 /// Runs `job`, which calls into a guest, off the async runtime's threads, and returns what it
 /// returned; a panic inside `job` is caught and returned as a trap.
@@ -51,6 +67,61 @@ pub(crate) fn run_guest<R: Send>(job: impl FnOnce() -> R + Send) -> Result<R, Pl
     }
 }
 
+/// [`run_guest`] at low priority, with the CPU time the call took: inside a tokio runtime `job`
+/// runs on a thread of its own at [`LOW_PRIORITY_NICE`], which ends with the call. With no
+/// tokio context there is nothing to protect and it runs where it is, like [`run_guest`].
+pub(crate) fn run_guest_low<R: Send>(
+    job: impl FnOnce() -> R + Send,
+) -> Result<(R, Duration), PluginFault> {
+    let timed = || {
+        let started = thread_cpu_time();
+        let value = job();
+        (value, thread_cpu_time().saturating_sub(started))
+    };
+    let Ok(handle) = Handle::try_current() else {
+        return catch_unwind(AssertUnwindSafe(timed)).map_err(panic_fault);
+    };
+    let on_own_thread = || {
+        std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name("keel-plugin-low".to_string())
+                .stack_size(GUEST_THREAD_STACK_BYTES)
+                .spawn_scoped(scope, || {
+                    lower_this_threads_priority();
+                    timed()
+                })
+                .map_err(|e| PluginFault::Trap(format!("host: starting a plugin thread: {e}")))?;
+            thread.join().map_err(panic_fault)
+        })
+    };
+    match handle.runtime_flavor() {
+        RuntimeFlavor::MultiThread => tokio::task::block_in_place(on_own_thread),
+        _ => on_own_thread(),
+    }
+}
+
+/// Raises the calling thread's niceness to [`LOW_PRIORITY_NICE`] (on Linux niceness is a
+/// thread's, and `setpriority` of "this process" sets the calling thread's); a refusal leaves
+/// it as it was (the call runs, at the host's priority).
+fn lower_this_threads_priority() {
+    // A thread already nicer than that (a host started under `nice`) is left alone.
+    if rustix::process::getpriority_process(None).is_ok_and(|nice| nice >= LOW_PRIORITY_NICE) {
+        return;
+    }
+    if let Err(error) = rustix::process::setpriority_process(None, LOW_PRIORITY_NICE) {
+        tracing::debug!(%error, "could not lower a plugin thread's priority");
+    }
+}
+
+/// CPU time the calling thread has used so far.
+fn thread_cpu_time() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// The text of a caught panic's payload.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -64,4 +135,68 @@ fn panic_fault(payload: Box<dyn std::any::Any + Send>) -> PluginFault {
     let message = panic_message(payload.as_ref());
     tracing::error!(%message, "panic on a plugin's call path: the instance is dropped");
     PluginFault::Trap(format!("host panicked during the call: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(None).unwrap()
+    }
+
+    fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+        if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_low_priority_call_runs_niced_and_leaves_the_callers_priority_alone() {
+        let base = nice();
+        for multi_thread in [true, false] {
+            let (during, after, normal) = runtime(multi_thread).block_on(async {
+                let (during, _cpu) = run_guest_low(nice).unwrap();
+                (during, nice(), run_guest(nice).unwrap())
+            });
+            assert_eq!(
+                during,
+                LOW_PRIORITY_NICE.max(base),
+                "multi-thread: {multi_thread}"
+            );
+            assert_eq!(
+                (after, normal),
+                (base, base),
+                "multi-thread: {multi_thread}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_low_priority_call_reports_its_cpu_time_and_survives_a_panic() {
+        let spin = || {
+            let started = std::time::Instant::now();
+            let mut turns = 0_u64;
+            while started.elapsed() < Duration::from_millis(30) {
+                turns = std::hint::black_box(turns + 1);
+            }
+            turns
+        };
+        let (turns, cpu) = runtime(true)
+            .block_on(async { run_guest_low(spin) })
+            .unwrap();
+        assert!(turns > 0);
+        assert!(cpu > Duration::from_millis(1), "a busy call used {cpu:?}");
+        let fault = runtime(true)
+            .block_on(async { run_guest_low(|| panic!("a host bug")) })
+            .unwrap_err();
+        assert!(matches!(fault, PluginFault::Trap(message) if message.contains("a host bug")));
+    }
 }

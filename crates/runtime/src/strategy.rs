@@ -33,6 +33,56 @@ pub struct WasmStrategy {
     fresh: bool,
     /// The fault that kept the first instance from starting, returned by the first call.
     start_fault: Option<PluginFault>,
+    /// Whether the profile's calls run at low priority.
+    pacing: Pacing,
+}
+
+/// A call that keeps its thread busy this long marks its profile as heavy: its later calls run
+/// at low priority ([`executor::run_guest_low`]). A candle's decision takes microseconds.
+const HEAVY_CALL: Duration = Duration::from_millis(2);
+
+/// Low-priority calls in a row that must each use less CPU than [`HEAVY_CALL`] before the
+/// profile's calls run at the host's priority again.
+const LIGHT_CALLS_TO_RESTORE: u32 = 16;
+
+/// Where a profile's calls run: at the host's priority until one takes [`HEAVY_CALL`] of wall
+/// time (measured cheaply, so a call delayed by the machine's load counts too), then at low
+/// priority until [`LIGHT_CALLS_TO_RESTORE`] calls in a row used less CPU time than that (CPU
+/// time, which the load does not inflate, so a light plugin comes back however busy the
+/// machine is).
+#[derive(Debug, Default)]
+struct Pacing {
+    low: bool,
+    light_in_a_row: u32,
+}
+
+impl Pacing {
+    /// Books a call run at the host's priority that took `wall`.
+    fn after_normal_call(&mut self, wall: Duration) {
+        if wall >= HEAVY_CALL {
+            *self = Pacing {
+                low: true,
+                light_in_a_row: 0,
+            };
+            tracing::info!(
+                call_ms = wall.as_secs_f64() * 1e3,
+                "plugin calls keep a core busy: they run at low priority from now on"
+            );
+        }
+    }
+
+    /// Books a call run at low priority that used `cpu`.
+    fn after_low_call(&mut self, cpu: Duration) {
+        if cpu >= HEAVY_CALL {
+            self.light_in_a_row = 0;
+            return;
+        }
+        self.light_in_a_row += 1;
+        if self.light_in_a_row >= LIGHT_CALLS_TO_RESTORE {
+            *self = Pacing::default();
+            tracing::info!("plugin calls are light again: they run at the host's priority");
+        }
+    }
 }
 
 /// A replacement waiting for the next call boundary, and what runs now.
@@ -133,6 +183,7 @@ impl WasmStrategy {
             // The kernel treats a strategy it was just given as fresh anyway.
             fresh: false,
             start_fault: None,
+            pacing: Pacing::default(),
         }
     }
 
@@ -161,6 +212,7 @@ impl WasmStrategy {
             dead_log: (Vec::new(), LogCounters::default()),
             fresh: false,
             start_fault: Some(fault),
+            pacing: Pacing::default(),
         }
     }
 
@@ -235,20 +287,36 @@ impl WasmStrategy {
     }
 
     /// Runs one call (or a batch of calls) on the live instance, off the async runtime's
-    /// threads, and books its fault, if any.
+    /// threads, at the priority the profile's [`Pacing`] says (or at low priority if `low`),
+    /// and books its fault, if any.
     fn call<T: Send>(
         &mut self,
+        low: bool,
         run: impl FnOnce(&mut PreparedInstance) -> Result<T, PluginFault> + Send,
     ) -> Result<T, PluginFault> {
         self.take_swap();
         let result = match self.current.as_mut() {
             Some(instance) => {
                 let span = instance.span().clone();
-                executor::run_guest(|| {
+                let job = || {
                     let _entered = span.enter();
                     run(instance)
-                })
-                .and_then(|result| result)
+                };
+                if low || self.pacing.low {
+                    self.engine.inner.low_priority_calls.inc();
+                    executor::run_guest_low(job).and_then(|(result, cpu)| {
+                        if self.pacing.low {
+                            self.pacing.after_low_call(cpu);
+                        }
+                        result
+                    })
+                } else {
+                    let started = Instant::now();
+                    executor::run_guest(job).and_then(|result| {
+                        self.pacing.after_normal_call(started.elapsed());
+                        result
+                    })
+                }
             }
             // The start's fault was counted when it happened: said once more, not counted.
             None => match self.start_fault.take() {
@@ -293,7 +361,7 @@ impl StrategyRuntime for WasmStrategy {
         candle: &Candle,
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault> {
-        self.call(|instance| instance.on_candle(candle, view))
+        self.call(false, |instance| instance.on_candle(candle, view))
     }
 
     fn on_fill(
@@ -301,11 +369,11 @@ impl StrategyRuntime for WasmStrategy {
         fill: &FillView,
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault> {
-        self.call(|instance| instance.on_fill(fill, view))
+        self.call(false, |instance| instance.on_fill(fill, view))
     }
 
     fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
-        self.call(|instance| instance.on_timer(now_ms, view))
+        self.call(false, |instance| instance.on_timer(now_ms, view))
     }
 
     /// Replays the candles in one batch on the guest's thread, within the version's warm-up
@@ -314,7 +382,8 @@ impl StrategyRuntime for WasmStrategy {
     fn warm_up(&mut self, candles: &[Candle], view: &AccountView) -> (u64, Option<PluginFault>) {
         let budget = Duration::from_millis(self.last_version.limits.warm_up_ms_max);
         let mut replayed = 0_u64;
-        let result = self.call(|instance| {
+        // Catching up is the host's least urgent work: a warm-up always runs at low priority.
+        let result = self.call(true, |instance| {
             let started = Instant::now();
             for candle in candles {
                 if started.elapsed() >= budget {
@@ -338,5 +407,30 @@ impl StrategyRuntime for WasmStrategy {
     fn take_fresh(&mut self) -> bool {
         self.take_swap();
         std::mem::take(&mut self.fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_heavy_call_lowers_the_priority_and_a_run_of_light_ones_restores_it() {
+        let mut pacing = Pacing::default();
+        pacing.after_normal_call(HEAVY_CALL / 2);
+        assert!(!pacing.low, "a light call changes nothing");
+        pacing.after_normal_call(HEAVY_CALL);
+        assert!(pacing.low);
+        for _ in 1..LIGHT_CALLS_TO_RESTORE {
+            pacing.after_low_call(HEAVY_CALL / 4);
+        }
+        pacing.after_low_call(HEAVY_CALL);
+        assert!(pacing.low, "a heavy call breaks the run of light ones");
+        for _ in 1..LIGHT_CALLS_TO_RESTORE {
+            pacing.after_low_call(Duration::ZERO);
+        }
+        assert!(pacing.low, "one light call short of the run");
+        pacing.after_low_call(Duration::ZERO);
+        assert!(!pacing.low);
     }
 }

@@ -120,12 +120,12 @@ impl Book {
 
     /// Notional of open positions (at cost) and of open entry orders (their reservations).
     pub fn exposure(&self) -> Decimal {
-        self.capital.reserved_for_positions + self.capital.reserved_for_orders
+        self.capital.reserved()
     }
 
     /// Allocated capital plus realized PnL.
     pub fn equity(&self) -> Decimal {
-        self.capital.allocated + self.capital.realized_pnl
+        self.capital.equity()
     }
 
     /// True while an ENTRY order for `symbol` is open.
@@ -162,9 +162,9 @@ impl Book {
                 symbol: o.symbol.to_string(),
                 is_exit: o.kind == IntentKind::Exit,
                 side: position_side(o.side, o.kind),
-                qty: float(o.qty),
-                filled_qty: float(o.filled_qty),
-                limit_price: Some(float(o.price)),
+                qty: float(o.qty.get()),
+                filled_qty: float(o.filled_qty.get()),
+                limit_price: Some(float(o.price.get())),
             })
             .collect();
         AccountView {

@@ -161,7 +161,7 @@ impl ProfileEngine {
                 // Not this profile's order (or not this tenant's): nothing to apply here.
                 return Ok(());
             };
-            let behind = report.executed_qty > stored.filled_qty;
+            let behind = report.executed_qty > stored.filled_qty.get();
             if behind {
                 let fills = self
                     .exchange

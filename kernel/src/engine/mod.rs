@@ -689,7 +689,7 @@ impl ProfileEngine {
             .open_orders
             .values()
             .filter(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
-            .map(|o| o.qty.saturating_sub(o.filled_qty))
+            .map(|o| o.qty_remaining())
             .fold(Decimal::ZERO, Decimal::saturating_add)
     }
 

@@ -16,7 +16,6 @@ use crate::ledger::Capital;
 use crate::lifecycle::{OrderRecord, Position};
 use crate::lock::{LockKey, LockKind};
 use crate::market::Side;
-use crate::money::Qty;
 use crate::order::OrderStatus;
 use crate::store::{QUARANTINE_EVIDENCE_ITEMS_MAX, QuarantineEvidence, StoreError};
 
@@ -154,7 +153,7 @@ impl ProfileEngine {
         for order in &stored_open {
             match exchange_open.get(&order.client_order_id) {
                 Some(live) => {
-                    if live.executed_qty != order.filled_qty {
+                    if live.executed_qty != order.filled_qty.get() {
                         report.found("qty_mismatch");
                         self.apply_report(live).await?;
                         report.repaired += 1;
@@ -238,7 +237,7 @@ impl ProfileEngine {
             .await?
         {
             Some(live) => {
-                report.found(if live.executed_qty != order.filled_qty {
+                report.found(if live.executed_qty != order.filled_qty.get() {
                     "qty_mismatch"
                 } else {
                     "status_mismatch"
@@ -269,12 +268,10 @@ impl ProfileEngine {
                             .unknown_requests
                             .get(&order.client_order_id)
                             .cloned()
-                            .or_else(|| exit_request_of(order));
-                        if let Some(request) = request {
-                            self.unknown_since_ms.remove(&order.client_order_id);
-                            tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, "exit never placed: sent again");
-                            return self.submit(order, &request).await;
-                        }
+                            .unwrap_or_else(|| exit_request_of(order));
+                        self.unknown_since_ms.remove(&order.client_order_id);
+                        tracing::warn!(profile_id = %self.spec.profile, client_order_id = %order.client_order_id, "exit never placed: sent again");
+                        return self.submit(order, &request).await;
                     }
                     self.release_never_placed(&order.client_order_id).await?;
                 }
@@ -469,13 +466,13 @@ fn describe_order(order: &OrderRecord) -> String {
 /// The request of a stored exit whose request was not kept (it was written before a restart):
 /// a reduce-only market order for its quantity, since the store does not keep the order type and
 /// an exit's purpose is to close the position.
-fn exit_request_of(order: &OrderRecord) -> Option<OrderRequest> {
-    Some(OrderRequest {
+fn exit_request_of(order: &OrderRecord) -> OrderRequest {
+    OrderRequest {
         client_order_id: order.client_order_id.clone(),
         symbol: order.symbol.clone(),
         side: order.side,
         order_type: OrderType::Market,
-        qty: Qty::new(order.qty).ok()?,
+        qty: order.qty,
         reduce_only: true,
-    })
+    }
 }

@@ -132,8 +132,8 @@ pub(crate) mod pg {
     use rust_decimal::Decimal;
 
     /// The money encoding.
-    pub fn money(value: Decimal) -> Decimal {
-        value
+    pub fn money(value: impl Into<Decimal>) -> Decimal {
+        value.into()
     }
 
     /// Milliseconds since the epoch by the database clock.
@@ -150,8 +150,8 @@ pub(crate) mod lite {
     use rust_decimal::Decimal;
 
     /// The money encoding: exact units of 10^-8.
-    pub fn money(value: Decimal) -> i64 {
-        super::decimal_to_units(value)
+    pub fn money(value: impl Into<Decimal>) -> i64 {
+        super::decimal_to_units(value.into())
     }
 
     /// Milliseconds since the epoch by the database clock.
@@ -186,6 +186,18 @@ pub(crate) trait RowExt {
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
     fn flag(&self, column: &str) -> Result<bool, StoreError>;
     fn money(&self, column: &str) -> Result<Decimal, StoreError>;
+
+    /// A money column read into one of the checked types of [`crate::money`]: a value the type
+    /// refuses (out of its range, negative where it cannot be) is [`StoreError::Corrupt`],
+    /// naming the column, as a status the kernel does not know is.
+    fn checked_money<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: TryFrom<Decimal>,
+        T::Error: std::fmt::Display,
+    {
+        let value = self.money(column)?;
+        T::try_from(value).map_err(|error| StoreError::Corrupt(format!("{column}: {error}")))
+    }
 }
 
 /// Implements [`RowExt`] for a row type whose `try_get(column)` decodes each of the types, with

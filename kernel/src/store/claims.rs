@@ -114,7 +114,7 @@ impl Store {
         let mut total = Decimal::ZERO;
         for entry in claimants {
             match self.tenant(entry.user).capital(entry.profile).await {
-                Ok(capital) => total += capital.allocated + capital.realized_pnl,
+                Ok(capital) => total += capital.equity(),
                 // Deleted since it claimed: it holds nothing on the account any more.
                 Err(StoreError::UnknownProfile(_)) => {}
                 Err(error) => return Err(error),

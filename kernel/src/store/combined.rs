@@ -53,20 +53,20 @@ impl TenantTx {
         .bind(order.profile.as_uuid())
         .bind(order.symbol.as_str())
         .bind(side_str(order.side))
-        .bind(order.qty)
-        .bind(order.price)
-        .bind(order.reserved)
+        .bind(order.qty.get())
+        .bind(order.price.get())
+        .bind(order.reserved.get())
         .bind(lock.key.as_str())
         .bind(lock.fence.0)
-        .bind(capital.allocated)
-        .bind(capital.reserved_for_orders)
-        .bind(capital.reserved_for_positions)
-        .bind(capital.realized_pnl)
+        .bind(capital.allocated.get())
+        .bind(capital.reserved_for_orders.get())
+        .bind(capital.reserved_for_positions.get())
+        .bind(capital.realized_pnl.get())
         .bind(reserve.kind.as_str())
         .bind(reserve.dedup_key.as_str())
         .fetch_one(self.pg())
         .await?;
-        assert_eq!(reserve.delta.reserved_for_orders, order.reserved);
+        assert_eq!(reserve.delta.reserved_for_orders, order.reserved.get());
         Ok(inserted == 1)
     }
 
@@ -121,10 +121,10 @@ impl TenantTx {
             .bind(fill.price.get())
             .bind(fill.fee)
             .bind(fill.executed_at_ms)
-            .bind(capital.allocated)
-            .bind(capital.reserved_for_orders)
-            .bind(capital.reserved_for_positions)
-            .bind(capital.realized_pnl);
+            .bind(capital.allocated.get())
+            .bind(capital.reserved_for_orders.get())
+            .bind(capital.reserved_for_positions.get())
+            .bind(capital.realized_pnl.get());
         for entry in moves {
             let d = entry.delta;
             query = query
@@ -137,8 +137,8 @@ impl TenantTx {
         }
         query
             .bind(after.status.as_str())
-            .bind(after.filled_qty)
-            .bind(after.reserved_remaining)
+            .bind(after.filled_qty.get())
+            .bind(after.reserved_remaining.get())
             .bind(side_str(after.side))
             .bind(cost)
             .execute(self.pg())

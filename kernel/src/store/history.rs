@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 
 use crate::ids::IntentKind;
 use crate::lifecycle::{FillReport, OrderRecord, Position};
+use crate::money::FilledQty;
 
 use super::StoreError;
 use super::backend::with_tx;
@@ -27,7 +28,7 @@ impl TenantTx {
         order: &OrderRecord,
         add: &LifecycleAdd,
     ) -> Result<(), StoreError> {
-        let first = order.filled_qty == Decimal::ZERO;
+        let first = order.filled_qty == FilledQty::ZERO;
         with_tx!(&mut self.tx, c, b => {
             if first {
                 sqlx::query(
@@ -93,7 +94,7 @@ impl TenantTx {
         let qty_open = position.qty_open - add.qty;
         let cost_open = position.cost_open - add.cost;
         assert!(qty_open >= Decimal::ZERO && cost_open >= Decimal::ZERO);
-        let first = order.filled_qty == Decimal::ZERO;
+        let first = order.filled_qty == FilledQty::ZERO;
         with_tx!(&mut self.tx, c, b => {
             let sql = format!(
                 "UPDATE lifecycles SET qty_open = $3, cost_open = $4, is_open = $5, updated_at_ms = {} \

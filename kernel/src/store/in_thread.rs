@@ -602,7 +602,7 @@ mod tests {
         let profiles = store.tenant(user).begin().await.unwrap().profiles().await;
         assert_eq!(profiles.unwrap().len(), 1);
         let capital = store.tenant(user).capital(profile).await.unwrap();
-        assert_eq!(capital.reserved_for_orders, Decimal::ZERO);
+        assert_eq!(capital.reserved_for_orders.get(), Decimal::ZERO);
     }
 
     #[tokio::test]

@@ -55,6 +55,13 @@ pub(crate) fn money(value: Decimal) -> Decimal {
     units_to_decimal(decimal_to_units(value))
 }
 
+/// [`money`] of a value of one of the checked types of [`crate::money`].
+fn checked_money<T: Copy + Into<Decimal> + TryFrom<Decimal>>(value: T) -> T {
+    // `money` returns a value equal to the one the type accepted (or refuses it as SQLite's
+    // encoding does), so the type accepts it again.
+    T::try_from(money(value.into())).unwrap_or(value)
+}
+
 /// Milliseconds since the epoch by this process's clock, the memory store's database clock.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -252,15 +259,15 @@ fn open_lifecycle_key(row: &LifecycleRow) -> Option<SymbolKey> {
 /// The CHECK constraints of `capital_accounts`.
 fn check_capital(c: &Capital) -> Result<(), StoreError> {
     check(
-        c.allocated >= Decimal::ZERO,
+        c.allocated.get() >= Decimal::ZERO,
         "capital_allocated_nonnegative",
     )?;
     check(
-        c.reserved_for_orders >= Decimal::ZERO,
+        c.reserved_for_orders.get() >= Decimal::ZERO,
         "capital_reserved_for_orders_nonnegative",
     )?;
     check(
-        c.reserved_for_positions >= Decimal::ZERO,
+        c.reserved_for_positions.get() >= Decimal::ZERO,
         "capital_reserved_for_positions_nonnegative",
     )?;
     check(c.holds_invariant(), "capital_invariant")
@@ -294,15 +301,18 @@ fn check_quarantine_row(reason: &str, evidence: &str) -> Result<(), StoreError> 
 
 /// The CHECK constraints of `orders`.
 fn check_order(o: &OrderRecord) -> Result<(), StoreError> {
-    check(o.qty > Decimal::ZERO, "orders_qty_positive")?;
-    check(o.price > Decimal::ZERO, "orders_price_positive")?;
-    check(o.reserved >= Decimal::ZERO, "orders_reserved_nonnegative")?;
+    check(o.qty.get() > Decimal::ZERO, "orders_qty_positive")?;
+    check(o.price.get() > Decimal::ZERO, "orders_price_positive")?;
     check(
-        o.reserved_remaining >= Decimal::ZERO && o.reserved_remaining <= o.reserved,
+        o.reserved.get() >= Decimal::ZERO,
+        "orders_reserved_nonnegative",
+    )?;
+    check(
+        o.reserved_remaining.get() >= Decimal::ZERO && o.reserved_remaining <= o.reserved,
         "orders_reserved_remaining_bounded",
     )?;
     check(
-        o.filled_qty >= Decimal::ZERO && o.filled_qty <= o.qty,
+        o.filled_qty.get() >= Decimal::ZERO && o.filled_qty.get() <= o.qty.get(),
         "orders_filled_bounded",
     )
 }
@@ -331,21 +341,21 @@ fn check_lifecycle(l: &LifecycleRow) -> Result<(), StoreError> {
 
 fn normalize_order(o: &OrderRecord) -> OrderRecord {
     OrderRecord {
-        qty: money(o.qty),
-        price: money(o.price),
-        reserved: money(o.reserved),
-        reserved_remaining: money(o.reserved_remaining),
-        filled_qty: money(o.filled_qty),
+        qty: checked_money(o.qty),
+        price: checked_money(o.price),
+        reserved: checked_money(o.reserved),
+        reserved_remaining: checked_money(o.reserved_remaining),
+        filled_qty: checked_money(o.filled_qty),
         ..o.clone()
     }
 }
 
 fn normalize_capital(c: &Capital) -> Capital {
     Capital {
-        allocated: money(c.allocated),
-        reserved_for_orders: money(c.reserved_for_orders),
-        reserved_for_positions: money(c.reserved_for_positions),
-        realized_pnl: money(c.realized_pnl),
+        allocated: checked_money(c.allocated),
+        reserved_for_orders: checked_money(c.reserved_for_orders),
+        reserved_for_positions: checked_money(c.reserved_for_positions),
+        realized_pnl: checked_money(c.realized_pnl),
     }
 }
 
@@ -893,8 +903,8 @@ impl Transaction {
         }
         let mut after = before.clone();
         after.status = order.status;
-        after.filled_qty = money(order.filled_qty);
-        after.reserved_remaining = money(order.reserved_remaining);
+        after.filled_qty = checked_money(order.filled_qty);
+        after.reserved_remaining = checked_money(order.reserved_remaining);
         after.exchange_order_id.clone_from(&order.exchange_order_id);
         check_order(&after)?;
         let (from, to) = (OrderSlot::of(Some(before)), OrderSlot::of(Some(&after)));
@@ -1463,6 +1473,7 @@ mod tests {
     use super::*;
     use crate::ids::Fence;
     use crate::lock::{FencedLock, LockKey};
+    use crate::money::{CapitalAmount, FilledQty, Price, Qty, Reservation};
     use crate::order::OrderStatus;
 
     fn pool() -> MemoryPool {
@@ -1477,11 +1488,11 @@ mod tests {
             symbol: Symbol::new("BTCUSDT").unwrap(),
             kind: IntentKind::Entry,
             side: Side::Buy,
-            qty: dec!(1),
-            price: dec!(100),
-            reserved: dec!(100),
-            reserved_remaining: dec!(100),
-            filled_qty: dec!(0),
+            qty: Qty::new(dec!(1)).unwrap(),
+            price: Price::new(dec!(100)).unwrap(),
+            reserved: Reservation::new(dec!(100)).unwrap(),
+            reserved_remaining: Reservation::new(dec!(100)).unwrap(),
+            filled_qty: FilledQty::ZERO,
             status: OrderStatus::PendingSubmit,
             lock: None,
             exchange_order_id: None,
@@ -1510,7 +1521,7 @@ mod tests {
         let order = entry_order(user, profile, "a");
         let mut tx = pool.begin().await.unwrap();
         let capital = Capital {
-            allocated: dec!(100),
+            allocated: CapitalAmount::new(dec!(100)).unwrap(),
             ..Capital::default()
         };
         tx.write_capital(profile, user, &capital).unwrap();
@@ -1544,7 +1555,7 @@ mod tests {
         let mut tx = pool.begin().await.unwrap();
         let canceled = OrderRecord {
             status: OrderStatus::Canceled,
-            reserved_remaining: dec!(0),
+            reserved_remaining: Reservation::ZERO,
             ..order.clone()
         };
         tx.update_order(&canceled, user).unwrap();
@@ -1598,8 +1609,8 @@ mod tests {
         let (user, profile) = with_profile(&pool).await;
         let mut tx = pool.begin().await.unwrap();
         let negative = Capital {
-            allocated: dec!(10),
-            reserved_for_positions: dec!(-1),
+            allocated: CapitalAmount::new(dec!(10)).unwrap(),
+            reserved_for_positions: CapitalAmount::new(dec!(-1)).unwrap(),
             ..Capital::default()
         };
         assert_eq!(
@@ -1607,7 +1618,7 @@ mod tests {
             Constraint::CapitalNonNegative("capital_reserved_for_positions_nonnegative".into())
         );
         let mut order = entry_order(user, profile, "a");
-        order.reserved_remaining = dec!(101);
+        order.reserved_remaining = Reservation::new(dec!(101)).unwrap();
         assert_eq!(
             constraint(tx.insert_order(&order, now_ms())),
             Constraint::Other("orders_reserved_remaining_bounded".into())

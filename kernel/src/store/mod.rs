@@ -180,7 +180,8 @@ pub enum StoreError {
     /// A quarantine the kernel will not store (a reason or evidence out of bounds).
     #[error("quarantine refused: {0}")]
     InvalidQuarantine(String),
-    /// A stored value the kernel cannot read back (a status or side it does not know).
+    /// A stored value the kernel cannot read back: a status or side it does not know, or an
+    /// amount its money type refuses (out of range, negative where it cannot be).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
     /// The store was opened with a URL it does not understand.

@@ -81,10 +81,10 @@ pub(super) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
 
 fn decode_capital(row: &impl RowExt) -> Result<Capital, StoreError> {
     Ok(Capital {
-        allocated: row.money("allocated")?,
-        reserved_for_orders: row.money("reserved_for_orders")?,
-        reserved_for_positions: row.money("reserved_for_positions")?,
-        realized_pnl: row.money("realized_pnl")?,
+        allocated: row.checked_money("allocated")?,
+        reserved_for_orders: row.checked_money("reserved_for_orders")?,
+        reserved_for_positions: row.checked_money("reserved_for_positions")?,
+        realized_pnl: row.checked_money("realized_pnl")?,
     })
 }
 
@@ -105,11 +105,11 @@ pub(super) fn decode_order(row: &impl RowExt) -> Result<OrderRecord, StoreError>
         symbol: Symbol::new(&row.text("symbol")?).map_err(|e| corrupt("symbol", e))?,
         kind: parse_kind(&row.text("kind")?)?,
         side: parse_side(&row.text("side")?)?,
-        qty: row.money("qty")?,
-        price: row.money("price")?,
-        reserved: row.money("reserved")?,
-        reserved_remaining: row.money("reserved_remaining")?,
-        filled_qty: row.money("filled_qty")?,
+        qty: row.checked_money("qty")?,
+        price: row.checked_money("price")?,
+        reserved: row.checked_money("reserved")?,
+        reserved_remaining: row.checked_money("reserved_remaining")?,
+        filled_qty: row.checked_money("filled_qty")?,
         status: OrderStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("order status {status:?}")))?,
         lock,
@@ -481,7 +481,7 @@ impl TenantTx {
             let user = UserId::from_uuid(user);
             let pending = m.open_orders(profile, user)
                 .filter(|o| o.kind == IntentKind::Exit && &o.symbol == symbol)
-                .map(|o| o.qty - o.filled_qty)
+                .map(|o| o.qty_remaining())
                 .sum();
             Ok(memory::money(pending))
         })

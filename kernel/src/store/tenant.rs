@@ -11,7 +11,7 @@ use crate::lifecycle::{
     Position, StatusOutcome, WriteAhead,
 };
 use crate::lock::LockError;
-use crate::money::Amount;
+use crate::money::{Amount, FilledQty, Reservation};
 use crate::order::{OrderStatus, Transition};
 use crate::plant::{Plant, Planted};
 
@@ -333,9 +333,10 @@ impl TenantTx {
         &mut self,
         request: &EntryRequest,
     ) -> Result<WriteAhead, StoreError> {
-        let qty = ledger::check_positive("quantity", request.qty.get())?;
-        let price = ledger::check_positive("price", request.price.get())?;
-        let reserved = lifecycle::entry_reservation(price, qty)?;
+        // The ledger's range and scale, which the SQLite encoding of an order row needs.
+        ledger::check_positive("quantity", request.qty.get())?;
+        ledger::check_positive("price", request.price.get())?;
+        let reserved = lifecycle::entry_reservation(request.price, request.qty)?;
         let coid = &request.client_order_id;
         let gathered = self.gather_entry(request).await?;
         if gathered.order_exists {
@@ -352,7 +353,7 @@ impl TenantTx {
         let reserve = Move {
             kind: JournalKind::EntryReserve,
             delta: CapitalDelta {
-                reserved_for_orders: reserved,
+                reserved_for_orders: reserved.get(),
                 ..CapitalDelta::default()
             },
             dedup_key: format!("reserve:{coid}"),
@@ -372,11 +373,11 @@ impl TenantTx {
             symbol: request.symbol.clone(),
             kind: IntentKind::Entry,
             side: request.side,
-            qty,
-            price,
+            qty: request.qty,
+            price: request.price,
             reserved,
             reserved_remaining: reserved,
-            filled_qty: Decimal::ZERO,
+            filled_qty: FilledQty::ZERO,
             status: OrderStatus::PendingSubmit,
             lock: Some(request.lock.clone()),
             exchange_order_id: None,
@@ -438,7 +439,7 @@ impl TenantTx {
         request: &ExitRequest,
     ) -> Result<WriteAhead, StoreError> {
         let qty = ledger::check_positive("quantity", request.qty.get())?;
-        let price = ledger::check_positive("price", request.price.get())?;
+        ledger::check_positive("price", request.price.get())?;
         let coid = &request.client_order_id;
         let replay = |this: &Self, existing: OrderRecord| {
             if existing.matches_exit(request) {
@@ -475,11 +476,11 @@ impl TenantTx {
             symbol: request.symbol.clone(),
             kind: IntentKind::Exit,
             side: position.side.opposite(),
-            qty,
-            price,
-            reserved: Decimal::ZERO,
-            reserved_remaining: Decimal::ZERO,
-            filled_qty: Decimal::ZERO,
+            qty: request.qty,
+            price: request.price,
+            reserved: Reservation::ZERO,
+            reserved_remaining: Reservation::ZERO,
+            filled_qty: FilledQty::ZERO,
             status: OrderStatus::PendingSubmit,
             lock: None,
             exchange_order_id: None,
@@ -555,17 +556,17 @@ impl TenantTx {
         if let Some(id) = exchange_order_id {
             order.exchange_order_id = Some(id.to_owned());
         }
-        if next.is_terminal() && order.reserved_remaining > Decimal::ZERO {
+        if next.is_terminal() && order.reserved_remaining > Reservation::ZERO {
             let moves = [Move {
                 kind: JournalKind::CancelRelease,
                 delta: CapitalDelta {
-                    reserved_for_orders: -order.reserved_remaining,
+                    reserved_for_orders: -order.reserved_remaining.get(),
                     ..CapitalDelta::default()
                 },
                 dedup_key: format!("release:{coid}"),
             }];
             self.apply_moves(order.profile, Some(coid), &moves).await?;
-            order.reserved_remaining = Decimal::ZERO;
+            order.reserved_remaining = Reservation::ZERO;
         }
         self.update_order(&order).await?;
         Ok(StatusOutcome::Changed(order))
@@ -600,7 +601,7 @@ impl TenantTx {
 
     async fn record_fill_inner(&mut self, fill: &FillReport) -> Result<FillOutcome, StoreError> {
         lifecycle::check_exchange_id(&fill.exchange_trade_id)?;
-        let qty = ledger::check_positive("fill quantity", fill.qty.get())?;
+        ledger::check_positive("fill quantity", fill.qty.get())?;
         ledger::check_positive("fill price", fill.price.get())?;
         ledger::check_nonnegative("fee", fill.fee)?;
         let coid = &fill.client_order_id;
@@ -610,26 +611,19 @@ impl TenantTx {
             return self.fill_replay(Some(stored), fill);
         }
         let order = gathered.order;
-        let remaining = order.qty - order.filled_qty;
-        if qty > remaining {
-            return Err(LifecycleError::Overfill {
-                order: coid.clone(),
-                qty,
-                remaining,
-            }
-            .into());
-        }
-        let reported = lifecycle::status_after_fill(order.qty, order.filled_qty + qty);
+        let filled = order.filled_after(fill.qty)?;
+        let reported = lifecycle::status_after_fill(order.qty, filled);
         let next = match order.status.apply(reported).map_err(LifecycleError::from)? {
             Transition::Advance(next) => next,
             Transition::Same | Transition::Stale => order.status,
         };
         if order.kind == IntentKind::Entry && matches!(self.tx, Tx::Pg(_)) {
             return self
-                .pg_entry_fill(order, next, gathered.capital, fill)
+                .pg_entry_fill(order, filled, next, gathered.capital, fill)
                 .await;
         }
-        self.fill_statement_by_statement(order, next, fill).await
+        self.fill_statement_by_statement(order, filled, next, fill)
+            .await
     }
 
     /// PostgreSQL's ENTRY fill: the capital read with the order is checked here, then every row
@@ -637,22 +631,19 @@ impl TenantTx {
     async fn pg_entry_fill(
         &mut self,
         order: OrderRecord,
+        filled: FilledQty,
         next: OrderStatus,
         capital: Capital,
         fill: &FillReport,
     ) -> Result<FillOutcome, StoreError> {
-        let (qty, price) = (fill.qty.get(), fill.price.get());
-        let mv = lifecycle::entry_fill_move(&order, qty, price, fill.fee)?;
+        let mv = lifecycle::entry_fill_move(&order, fill.qty, fill.price, fill.fee)?;
         let moves = entry_fill_moves(&order, fill, mv.released, mv.cost);
         let mut planned = capital;
         for entry in &moves {
             planned = self.checked_apply(&planned, &entry.delta)?;
         }
-        let mut after = order.clone();
-        after.filled_qty += qty;
-        after.reserved_remaining -= mv.released;
-        after.status = next;
-        let first_fill = order.filled_qty == Decimal::ZERO;
+        let after = order.after_fill(filled, mv.released, next)?;
+        let first_fill = order.filled_qty == FilledQty::ZERO;
         self.pg_write_entry_fill(&after, first_fill, fill, mv.cost, &planned, &moves)
             .await?;
         Ok(FillOutcome::Recorded {
@@ -664,7 +655,8 @@ impl TenantTx {
     /// Every other fill (and every fill on SQLite), one statement per row.
     async fn fill_statement_by_statement(
         &mut self,
-        mut order: OrderRecord,
+        order: OrderRecord,
+        filled: FilledQty,
         next: OrderStatus,
         fill: &FillReport,
     ) -> Result<FillOutcome, StoreError> {
@@ -676,9 +668,7 @@ impl TenantTx {
             IntentKind::Entry => (Decimal::ZERO, self.entry_fill(&order, fill).await?),
             IntentKind::Exit => (self.exit_fill(&order, fill).await?, Decimal::ZERO),
         };
-        order.reserved_remaining -= released;
-        order.filled_qty += fill.qty.get();
-        order.status = next;
+        let order = order.after_fill(filled, released, next)?;
         self.update_order(&order).await?;
         self.insert_trade(&order, fill, realized_pnl).await?;
         Ok(FillOutcome::Recorded {
@@ -713,12 +703,11 @@ impl TenantTx {
         order: &OrderRecord,
         fill: &FillReport,
     ) -> Result<Decimal, StoreError> {
-        let (qty, price) = (fill.qty.get(), fill.price.get());
-        let mv = lifecycle::entry_fill_move(order, qty, price, fill.fee)?;
+        let mv = lifecycle::entry_fill_move(order, fill.qty, fill.price, fill.fee)?;
         let moves = entry_fill_moves(order, fill, mv.released, mv.cost);
         let capital = self.plan_moves(order.profile, &moves).await?;
         let add = LifecycleAdd {
-            qty,
+            qty: fill.qty.get(),
             cost: mv.cost,
             proceeds: Decimal::ZERO,
             realized_pnl: Decimal::ZERO,

@@ -37,7 +37,7 @@ async fn racing_allocations_and_reservations_never_lose_an_update_or_over_reserv
     }
     let tenant = store.tenant(user);
     assert_eq!(
-        tenant.capital(profile).await.unwrap().allocated,
+        tenant.capital(profile).await.unwrap().allocated.get(),
         d("600"),
         "no allocation lost"
     );
@@ -62,7 +62,7 @@ async fn racing_allocations_and_reservations_never_lose_an_update_or_over_reserv
     }
     assert_eq!(written, 6);
     let capital = tenant.capital(profile).await.unwrap();
-    assert_eq!(capital.reserved_for_orders, d("600"));
+    assert_eq!(capital.reserved_for_orders.get(), d("600"));
     assert!(capital.holds_invariant());
     assert!(
         !tenant

@@ -12,7 +12,7 @@ use keel_kernel::market::Side;
 use keel_kernel::money::{Amount, Price, Qty, decimal_from_f64};
 use keel_kernel::order::OrderStatus;
 use keel_kernel::store::{
-    Constraint, DirectoryEntry, HOST_OPERATOR, LeaseGuard, QUARANTINE_EVIDENCE_ITEMS_MAX,
+    Backend, Constraint, DirectoryEntry, HOST_OPERATOR, LeaseGuard, QUARANTINE_EVIDENCE_ITEMS_MAX,
     QUARANTINE_EVIDENCE_TEXT_LEN_MAX, QUARANTINE_REASON_LEN_MAX, QuarantineEvidence, RowWrite,
     StoreError,
 };
@@ -40,6 +40,7 @@ keel_testkit::contract_tests!(
     a_lease_taken_in_a_transaction_exists_only_if_it_commits,
     live_leases_are_counted_by_key_prefix,
     database_check_refuses_a_capital_row_that_breaks_the_invariant,
+    rows_the_money_types_refuse_are_a_typed_error_when_read,
     journal_refuses_update_and_delete,
     rebuild_reports_and_repairs_a_tampered_capital_row,
     unique_keys_refuse_duplicate_rows_in_the_database,
@@ -59,7 +60,7 @@ async fn allocation_is_journaled_and_rebuild_finds_no_difference(h: &Harness) {
         .allocate(profile, Amount::positive(d("0.00000001")).unwrap())
         .await
         .unwrap();
-    assert_eq!(capital.allocated, d("100.50000001"));
+    assert_eq!(capital.allocated.get(), d("100.50000001"));
     let report = tenant.rebuild_capital(profile, false).await.unwrap();
     assert!(!report.differs(), "{report:?}");
     assert_eq!(report.journal, capital);
@@ -102,7 +103,10 @@ async fn allocations_beyond_the_budget_are_refused_by_the_kernel_and_by_the_data
         after.budget_constraint_violations,
         before.budget_constraint_violations
     );
-    assert_eq!(tenant.capital(profile).await.unwrap().allocated, d("60"));
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().allocated.get(),
+        d("60")
+    );
     let budget = operator.budget(user).await.unwrap();
     assert_eq!((budget.granted, budget.allocated), (d("100"), d("60")));
     assert_eq!(
@@ -209,7 +213,7 @@ async fn a_row_naming_another_profiles_order_is_refused(h: &Harness) {
         );
     }
     let sibling_capital = h.store.tenant(user).capital(sibling).await.unwrap();
-    assert_eq!(sibling_capital.reserved_for_orders, d("0"));
+    assert_eq!(sibling_capital.reserved_for_orders.get(), d("0"));
 }
 
 /// An engine's store is guarded by its profile's lease: through it, a sibling profile's order
@@ -243,7 +247,7 @@ async fn a_store_guarded_by_a_profile_lease_sees_only_that_profiles_orders(h: &H
         "{refused:?}"
     );
     let order = h.store.tenant(user).order(&coid).await.unwrap().unwrap();
-    assert_eq!(order.filled_qty, d("0"), "the sibling filled nothing");
+    assert_eq!(order.filled_qty.get(), d("0"), "the sibling filled nothing");
     // The owner's own guarded store sees and fills it.
     let owner_lease = h
         .store
@@ -388,7 +392,12 @@ async fn entry_is_refused_when_capital_is_insufficient(h: &Harness) {
             .is_none()
     );
     assert_eq!(
-        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        tenant
+            .capital(profile)
+            .await
+            .unwrap()
+            .reserved_for_orders
+            .get(),
         d("0")
     );
     let fits = entry(&lease, profile, &s, 2, "1", "100");
@@ -437,7 +446,10 @@ async fn bad_amounts_and_unknown_profiles_are_refused_with_typed_errors(h: &Harn
         tenant.write_ahead_entry(&precise).await,
         Err(StoreError::Ledger(LedgerError::TooPrecise { .. }))
     ));
-    assert_eq!(tenant.capital(profile).await.unwrap().allocated, d("10"));
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().allocated.get(),
+        d("10")
+    );
     assert!(
         !tenant
             .rebuild_capital(profile, false)
@@ -473,7 +485,12 @@ async fn write_ahead_replay_is_a_noop_and_a_different_payload_is_refused(h: &Har
     ));
     assert!(h.store.stats().snapshot().replay_mismatches >= 1);
     assert_eq!(
-        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        tenant
+            .capital(profile)
+            .await
+            .unwrap()
+            .reserved_for_orders
+            .get(),
         d("200")
     );
     assert!(
@@ -514,15 +531,15 @@ async fn entry_and_exit_lifecycle_moves_capital_and_writes_rows_only_on_fills(h:
         .unwrap();
     let order = tenant.order(&coid).await.unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::Filled);
-    assert_eq!(order.reserved_remaining, d("0"));
+    assert_eq!(order.reserved_remaining.get(), d("0"));
     let capital = tenant.capital(profile).await.unwrap();
     assert_eq!(
         capital,
         Capital {
-            allocated: d("1000"),
-            reserved_for_orders: d("0"),
-            reserved_for_positions: d("199.5"),
-            realized_pnl: d("-0.04"),
+            allocated: money("1000"),
+            reserved_for_orders: money("0"),
+            reserved_for_positions: money("199.5"),
+            realized_pnl: money("-0.04"),
         }
     );
     let exit_request = exit(profile, &s, 2, "2", "110");
@@ -540,8 +557,8 @@ async fn entry_and_exit_lifecycle_moves_capital_and_writes_rows_only_on_fills(h:
         "position closed"
     );
     let capital = tenant.capital(profile).await.unwrap();
-    assert_eq!(capital.reserved_for_positions, d("0"));
-    assert_eq!(capital.realized_pnl, d("20.41"));
+    assert_eq!(capital.reserved_for_positions.get(), d("0"));
+    assert_eq!(capital.realized_pnl.get(), d("20.41"));
     assert!(capital.holds_invariant());
     assert!(
         !tenant
@@ -587,7 +604,7 @@ async fn fill_replay_changes_nothing_and_a_different_fill_under_its_trade_id_is_
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(order.filled_qty, d("1"));
+    assert_eq!(order.filled_qty.get(), d("1"));
     assert_eq!(order.status, OrderStatus::PartiallyFilled);
     assert!(
         !tenant
@@ -625,8 +642,8 @@ async fn cancel_releases_the_reservation_exactly_once(h: &Harness) {
         assert!(matches!(again, StatusOutcome::Unchanged(_)));
     }
     let capital = tenant.capital(profile).await.unwrap();
-    assert_eq!(capital.reserved_for_orders, d("0"));
-    assert_eq!(capital.reserved_for_positions, d("100"));
+    assert_eq!(capital.reserved_for_orders.get(), d("0"));
+    assert_eq!(capital.reserved_for_positions.get(), d("100"));
     assert!(matches!(
         tenant.release_order(&coid, OrderStatus::New).await,
         Err(StoreError::Lifecycle(LifecycleError::NotAReleaseStatus(_)))
@@ -657,7 +674,12 @@ async fn unknown_order_keeps_its_reservation_until_resolved(h: &Harness) {
     let order = tenant.order(&coid).await.unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::Unknown);
     assert_eq!(
-        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        tenant
+            .capital(profile)
+            .await
+            .unwrap()
+            .reserved_for_orders
+            .get(),
         d("100")
     );
     tenant.confirm_accepted(&coid, "55").await.unwrap();
@@ -690,7 +712,12 @@ async fn second_entry_for_a_symbol_is_refused_while_one_is_in_flight(h: &Harness
         StoreError::Lifecycle(LifecycleError::EntryInFlight { .. })
     ));
     assert_eq!(
-        tenant.capital(profile).await.unwrap().reserved_for_orders,
+        tenant
+            .capital(profile)
+            .await
+            .unwrap()
+            .reserved_for_orders
+            .get(),
         d("100")
     );
 }
@@ -735,11 +762,11 @@ async fn write_with_a_stale_fence_is_refused_by_the_kernel_and_by_the_database(h
         symbol: s.clone(),
         kind: IntentKind::Entry,
         side: Side::Buy,
-        qty: d("1"),
-        price: d("1"),
-        reserved: d("0"),
-        reserved_remaining: d("0"),
-        filled_qty: d("0"),
+        qty: money("1"),
+        price: money("1"),
+        reserved: money("0"),
+        reserved_remaining: money("0"),
+        filled_qty: money("0"),
         status: OrderStatus::PendingSubmit,
         lock: Some(old.fenced()),
         exchange_order_id: None,
@@ -991,10 +1018,9 @@ async fn database_check_refuses_a_capital_row_that_breaks_the_invariant(h: &Harn
         "UPDATE capital_accounts SET reserved_for_orders = allocated + 1 WHERE profile_id = {}",
         profile_literal(h, profile)
     );
-    let allocated = d("100");
     let capital = Capital {
-        allocated,
-        reserved_for_orders: allocated + d("1"),
+        allocated: money("100"),
+        reserved_for_orders: money("101"),
         ..Capital::default()
     };
     let planted = RowWrite::Capital { profile, capital };
@@ -1010,6 +1036,71 @@ async fn database_check_refuses_a_capital_row_that_breaks_the_invariant(h: &Harn
         h.store.tenant(user).capital(profile).await.unwrap().free(),
         d("100")
     );
+}
+
+/// A money value as an SQL literal of the backend: a decimal on PostgreSQL, units of 10^-8 on
+/// SQLite.
+fn money_literal(h: &Harness, text: &str) -> String {
+    match h.store.backend() {
+        Backend::Postgres => text.to_owned(),
+        Backend::Sqlite | Backend::Memory => (d(text) * d("100000000")).to_string(),
+    }
+}
+
+/// The store error of reading a stored value back, when it names `column`.
+fn corrupt_column(error: &StoreError, column: &str) -> bool {
+    matches!(error, StoreError::Corrupt(what) if what.starts_with(&format!("{column}: ")))
+}
+
+async fn rows_the_money_types_refuse_are_a_typed_error_when_read(h: &Harness) {
+    if h.store.backend() == Backend::Memory {
+        // The memory store keeps its rows as the checked types: no such row can exist there.
+        return;
+    }
+    let user = UserId::new_random();
+    let profile = funded_profile(&h.store, user, "1000").await;
+    let s = sym("BTCUSDT");
+    let lease = entry_lock(&h.store, profile, &s).await;
+    let tenant = h.store.tenant(user);
+    let request = entry(&lease, profile, &s, 1, "2", "100");
+    let coid = request.client_order_id.clone();
+    tenant.write_ahead_entry(&request).await.unwrap();
+    let lit = profile_literal(h, profile);
+    // Beyond CAPITAL_MAX, within what both databases hold (NUMERIC(30, 8), 64-bit units), and
+    // within every CHECK constraint of the two tables.
+    let beyond = money_literal(h, "20000000000");
+    let sql = format!(
+        "UPDATE orders SET reserved = {beyond}, reserved_remaining = {beyond} \
+         WHERE profile_id = {lit}"
+    );
+    assert_eq!(h.raw(user, &sql).await.unwrap(), 1);
+    let refused = tenant.order(&coid).await.unwrap_err();
+    assert!(corrupt_column(&refused, "reserved"), "{refused:?}");
+    let refused = tenant
+        .record_fill(&fill(&coid, "t1", "1", "100", "0"))
+        .await
+        .unwrap_err();
+    assert!(corrupt_column(&refused, "reserved"), "{refused:?}");
+    let sql = format!("UPDATE capital_accounts SET allocated = {beyond} WHERE profile_id = {lit}");
+    assert_eq!(h.raw(user, &sql).await.unwrap(), 1);
+    let refused = tenant.capital(profile).await.unwrap_err();
+    assert!(corrupt_column(&refused, "allocated"), "{refused:?}");
+    let refused = tenant.rebuild_capital(profile, true).await.unwrap_err();
+    assert!(corrupt_column(&refused, "allocated"), "{refused:?}");
+    if h.store.backend() == Backend::Sqlite {
+        // A negative filled quantity, which only a database whose CHECK constraints were
+        // switched off for the write can hold.
+        let sql = format!(
+            "PRAGMA ignore_check_constraints = ON; \
+             UPDATE orders SET reserved = 0, reserved_remaining = 0, filled_qty = -100000000 \
+             WHERE profile_id = {lit}; PRAGMA ignore_check_constraints = OFF"
+        );
+        // One statement string, so that the pragma holds on the connection that writes; the
+        // count of rows it reports depends on the driver, the read below shows the write.
+        h.raw(user, &sql).await.unwrap();
+        let refused = tenant.order(&coid).await.unwrap_err();
+        assert!(corrupt_column(&refused, "filled_qty"), "{refused:?}");
+    }
 }
 
 async fn journal_refuses_update_and_delete(h: &Harness) {
@@ -1046,14 +1137,14 @@ async fn rebuild_reports_and_repairs_a_tampered_capital_row(h: &Harness) {
     );
     let tenant = h.store.tenant(user);
     let mut capital = tenant.capital(profile).await.unwrap();
-    capital.allocated += capital.allocated;
+    capital.allocated = money("200");
     let planted = RowWrite::Capital { profile, capital };
     assert_eq!(h.write_outside(user, &sql, planted).await.unwrap(), 1);
     let differences = h.store.stats().snapshot().ledger_rebuild_differences;
     let report = tenant.rebuild_capital(profile, true).await.unwrap();
     assert!(report.differs() && report.repaired);
-    assert_eq!(report.stored.allocated, d("200"));
-    assert_eq!(report.journal.allocated, d("100"));
+    assert_eq!(report.stored.allocated.get(), d("200"));
+    assert_eq!(report.journal.allocated.get(), d("100"));
     assert_eq!(
         h.store.stats().snapshot().ledger_rebuild_differences,
         differences + 1
@@ -1065,7 +1156,10 @@ async fn rebuild_reports_and_repairs_a_tampered_capital_row(h: &Harness) {
             .unwrap()
             .differs()
     );
-    assert_eq!(tenant.capital(profile).await.unwrap().allocated, d("100"));
+    assert_eq!(
+        tenant.capital(profile).await.unwrap().allocated.get(),
+        d("100")
+    );
 }
 
 async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
@@ -1091,7 +1185,7 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
     let closed_copy = OrderRecord {
         status: OrderStatus::Canceled,
         lock: None,
-        filled_qty: d("0"),
+        filled_qty: money("0"),
         exchange_order_id: None,
         ..order.clone()
     };
@@ -1100,7 +1194,7 @@ async fn unique_keys_refuse_duplicate_rows_in_the_database(h: &Harness) {
         ..order.clone()
     };
     let reserve = CapitalDelta {
-        reserved_for_orders: order.reserved,
+        reserved_for_orders: order.reserved.get(),
         ..CapitalDelta::default()
     };
     let cases = [
@@ -1321,7 +1415,7 @@ async fn a_write_under_a_profile_lease_taken_over_is_refused_in_its_own_transact
     let current = h.store.guarded_by(LeaseGuard::of(profile, &second));
     let capital = current.tenant(user).allocate(profile, one).await.unwrap();
     assert_eq!(
-        capital.allocated,
+        capital.allocated.get(),
         d("102"),
         "the refused write left nothing"
     );

@@ -19,6 +19,15 @@ pub fn d(text: &str) -> Decimal {
     Decimal::from_str(text).unwrap()
 }
 
+/// One of the checked money types of `keel_kernel::money`, from text.
+pub fn money<T>(text: &str) -> T
+where
+    T: TryFrom<Decimal>,
+    T::Error: std::fmt::Debug,
+{
+    T::try_from(d(text)).unwrap()
+}
+
 /// A symbol from text.
 pub fn sym(text: &str) -> Symbol {
     Symbol::new(text).unwrap()

@@ -92,7 +92,7 @@ async fn capital_constraint_refusal_on_the_fill_path_moves_the_exported_counter(
     );
     let capital = tenant.capital(profile).await.unwrap();
     assert!(capital.holds_invariant(), "{capital}");
-    assert_eq!(capital.realized_pnl, d("0"));
+    assert_eq!(capital.realized_pnl.get(), d("0"));
 }
 
 /// An allocation beyond its owner's budget is refused by the kernel and counted; the database's

@@ -150,10 +150,29 @@ struct ModelPosition {
     cost_open: Decimal,
 }
 
+/// The model's capital row: plain decimals, where the kernel's row holds checked amounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ModelCapital {
+    allocated: Decimal,
+    reserved_for_orders: Decimal,
+    reserved_for_positions: Decimal,
+    realized_pnl: Decimal,
+}
+
+impl ModelCapital {
+    /// True when the stored row holds exactly these amounts.
+    fn matches(&self, stored: &Capital) -> bool {
+        stored.allocated.get() == self.allocated
+            && stored.reserved_for_orders.get() == self.reserved_for_orders
+            && stored.reserved_for_positions.get() == self.reserved_for_positions
+            && stored.realized_pnl.get() == self.realized_pnl
+    }
+}
+
 /// The model: plain arithmetic on decimals, written independently of the kernel's ledger.
 #[derive(Debug, Clone, Default)]
 struct Model {
-    capital: Capital,
+    capital: ModelCapital,
     entries: HashMap<usize, ModelOrder>,
     exits: HashMap<usize, Vec<ModelOrder>>,
     positions: HashMap<usize, ModelPosition>,
@@ -167,7 +186,7 @@ fn round_half8(x: Decimal) -> Decimal {
     x.round_dp_with_strategy(8, RoundingStrategy::MidpointAwayFromZero)
 }
 
-fn free(c: &Capital) -> Decimal {
+fn free(c: &ModelCapital) -> Decimal {
     c.allocated - c.reserved_for_orders - c.reserved_for_positions + c.realized_pnl
 }
 
@@ -182,7 +201,7 @@ fn is_open(status: OrderStatus) -> bool {
 }
 
 /// Applies capital moves one after the other; `None` when one leaves free capital negative.
-fn moved(capital: &Capital, moves: &[(Decimal, Decimal, Decimal)]) -> Option<Capital> {
+fn moved(capital: &ModelCapital, moves: &[(Decimal, Decimal, Decimal)]) -> Option<ModelCapital> {
     let mut c = *capital;
     for (d_orders, d_positions, d_pnl) in moves {
         c.reserved_for_orders += d_orders;
@@ -340,9 +359,9 @@ impl Case<'_> {
             .capital(self.profile)
             .await
             .map_err(|e| e.to_string())?;
-        if stored != self.model.capital {
+        if !self.model.capital.matches(&stored) {
             return Err(format!(
-                "{op:?}: store {stored} != model {}",
+                "{op:?}: store {stored} != model {:?}",
                 self.model.capital
             ));
         }

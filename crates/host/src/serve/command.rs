@@ -503,7 +503,7 @@ impl Starter {
         let config = PaperConfig {
             // Partial fills are off: the seed only names the account's history.
             seed: entry.profile.as_uuid().as_u64_pair().0,
-            initial_balance: Amount::new(capital.allocated)
+            initial_balance: Amount::new(capital.allocated.get())
                 .unwrap_or(PaperConfig::default().initial_balance),
             ..PaperConfig::default()
         };

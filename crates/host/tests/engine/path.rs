@@ -46,24 +46,24 @@ async fn entry_then_exit_moves_capital_through_the_ledger() {
     // A market order is accepted now and fills at the next candle's open.
     let order = h.store.tenant(h.user).order(&id).await.unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::New);
-    assert!(h.engine.book().capital.reserved_for_orders > Decimal::ZERO);
+    assert!(h.engine.book().capital.reserved_for_orders.get() > Decimal::ZERO);
 
     h.step(&candle(2, 110.0, 110.0)).await;
     let order = h.store.tenant(h.user).order(&id).await.unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::Filled);
     let capital = h.engine.book().capital;
-    assert_eq!(capital.reserved_for_orders, Decimal::ZERO);
-    assert_eq!(capital.reserved_for_positions, dec!(5) * dec!(110));
+    assert_eq!(capital.reserved_for_orders.get(), Decimal::ZERO);
+    assert_eq!(capital.reserved_for_positions.get(), dec!(5) * dec!(110));
     assert_eq!(strategy.fills_seen.lock().unwrap().len(), 1);
 
     h.step(&candle(3, 120.0, 120.0)).await;
     h.step(&candle(4, 130.0, 130.0)).await;
     let capital = h.engine.book().capital;
-    assert_eq!(capital.reserved_for_positions, Decimal::ZERO);
+    assert_eq!(capital.reserved_for_positions.get(), Decimal::ZERO);
     assert!(h.engine.book().positions.is_empty());
     // Bought 5 at 110, sold 5 at 130: +100 before fees; fees are 4 bps of each notional.
     let fees = (dec!(550) + dec!(650)) * dec!(0.0004);
-    assert_eq!(capital.realized_pnl, dec!(100) - fees);
+    assert_eq!(capital.realized_pnl.get(), dec!(100) - fees);
     assert!(capital.holds_invariant());
     let report = h.engine.reconcile().await.unwrap();
     assert!(report.is_clean(), "{report:?}");
@@ -230,5 +230,5 @@ async fn the_book_mirrors_the_store_after_every_step() {
         .capital(h.engine.profile())
         .await
         .unwrap();
-    assert_ne!(fills.realized_pnl, Decimal::ZERO, "the script traded");
+    assert_ne!(fills.realized_pnl.get(), Decimal::ZERO, "the script traded");
 }

@@ -285,7 +285,7 @@ async fn a_rate_limited_entry_is_released_after_its_retry_budget() {
     assert_eq!(stored.status, OrderStatus::Rejected);
     assert!(h.gate.attempts.lock().unwrap().len() > 2);
     assert_eq!(
-        h.engine.book().capital.reserved_for_orders,
+        h.engine.book().capital.reserved_for_orders.get(),
         rust_decimal::Decimal::ZERO
     );
     assert_eq!(
@@ -377,7 +377,7 @@ async fn a_waiting_entry_whose_release_fails_is_released_by_the_next_pass() {
     assert_eq!(waiting(), 0);
     assert!(h.engine.book().open_orders.is_empty());
     assert_eq!(
-        h.engine.book().capital.reserved_for_orders,
+        h.engine.book().capital.reserved_for_orders.get(),
         rust_decimal::Decimal::ZERO
     );
 }

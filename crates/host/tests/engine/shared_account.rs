@@ -70,7 +70,10 @@ async fn a_sibling_on_the_same_account_ignores_the_other_profiles_orders_and_fil
     assert_eq!(h.engine.foreign_events(), 0);
     let capital = tenant.capital(sibling).await.unwrap();
     assert_eq!(
-        (capital.reserved_for_positions, capital.realized_pnl),
+        (
+            capital.reserved_for_positions.get(),
+            capital.realized_pnl.get()
+        ),
         (dec!(0), dec!(0))
     );
 

@@ -111,11 +111,11 @@ impl Checker {
             },
         );
         let open = tenant.open_orders(world.profile).await?;
-        let reserved: Decimal = open.iter().map(|o| o.reserved_remaining).sum();
+        let reserved: Decimal = open.iter().map(|o| o.reserved_remaining.get()).sum();
         self.expect(
             world,
             step,
-            reserved == capital.reserved_for_orders,
+            reserved == capital.reserved_for_orders.get(),
             "reservations_match_open_orders",
             || {
                 format!(
@@ -129,7 +129,7 @@ impl Checker {
         self.expect(
             world,
             step,
-            cost == capital.reserved_for_positions,
+            cost == capital.reserved_for_positions.get(),
             "position_cost_matches",
             || {
                 format!(
@@ -175,7 +175,7 @@ impl Checker {
             self.expect(
                 world,
                 step,
-                order.filled_qty <= order.qty && order.filled_qty <= executed,
+                order.qty_remaining() >= Decimal::ZERO && order.filled_qty.get() <= executed,
                 "fills_applied_once",
                 || {
                     format!(
@@ -269,7 +269,7 @@ impl Checker {
             });
             let agree = match (&stored, &live) {
                 (Some(s), Some(l)) => {
-                    s.filled_qty == l.executed_qty && s.status.is_open() == l.status.is_open()
+                    s.filled_qty.get() == l.executed_qty && s.status.is_open() == l.status.is_open()
                 }
                 (None, None) => true,
                 _ => false,

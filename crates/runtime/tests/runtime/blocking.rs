@@ -208,6 +208,54 @@ fn host_calls_with_a_huge_name_are_legal_and_refused_as_unknown_symbols() {
 }
 
 #[test]
+fn a_busy_plugins_calls_run_at_low_priority_after_its_first_heavy_call() {
+    let metrics = keel_kernel::metrics::Metrics::new();
+    let engine =
+        keel_runtime::PluginEngine::reporting_to(keel_runtime::EngineSettings::default(), &metrics)
+            .unwrap();
+    let version = crate::common::load(&engine, "hostile");
+    let mut plugin = engine
+        .start(
+            &version,
+            setup(&[("attack", "busy-legal"), ("busy_calls", "64")]),
+        )
+        .unwrap();
+    let low_calls = metrics.plugin_low_priority_calls_total.clone();
+    let (outcomes, low_after_each) = on_worker(move || {
+        let mut low_after_each = Vec::new();
+        let outcomes = (0..3)
+            .map(|index| {
+                let outcome = plugin.on_candle(&candle(index, 100.0), &flat_view());
+                low_after_each.push(low_calls.get());
+                outcome
+            })
+            .collect::<Vec<_>>();
+        (outcomes, low_after_each)
+    });
+    assert_eq!(outcomes, vec![Ok(Vec::new()); 3]);
+    // 64 copies and checks of a 1 MiB name take far more than the 2 ms that mark a call heavy.
+    assert_eq!(low_after_each, vec![0, 1, 2]);
+}
+
+#[test]
+fn a_warm_up_runs_at_low_priority() {
+    let metrics = keel_kernel::metrics::Metrics::new();
+    let engine =
+        keel_runtime::PluginEngine::reporting_to(keel_runtime::EngineSettings::default(), &metrics)
+            .unwrap();
+    let mut plugin = engine
+        .start(
+            &crate::common::load(&engine, "sma-cross"),
+            setup(&[("fast", "2"), ("slow", "4")]),
+        )
+        .unwrap();
+    let candles: Vec<_> = (0..20).map(|index| candle(index, 100.0)).collect();
+    let (replayed, fault) = on_worker(move || plugin.warm_up(&candles, &flat_view()));
+    assert_eq!((replayed, fault), (20, None));
+    assert_eq!(metrics.plugin_low_priority_calls_total.get(), 1);
+}
+
+#[test]
 fn a_warm_up_stops_when_its_budget_is_spent() {
     let candles: Vec<_> = (0..500).map(|index| candle(index, 100.0)).collect();
     let mut plugin = start(engine(), "hostile", &[("attack", "slow-legal")]);
