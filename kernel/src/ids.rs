@@ -160,43 +160,64 @@ impl IntentKind {
     }
 }
 
+/// The longest client order id Binance accepts.
+const CLIENT_ORDER_ID_LEN_MAX: usize = 36;
+
 /// The id the kernel gives an order before the exchange sees it.
 ///
 /// It is derived, not random: the same decision re-made after a crash yields the same id, so the
-/// kernel can ask the exchange whether the order exists instead of sending it twice.
+/// kernel can ask the exchange whether the order exists instead of sending it twice. Kept
+/// inline like [`Symbol`]: an order, its fills and its events carry it, and copy it without a
+/// heap allocation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ClientOrderId(String);
+pub struct ClientOrderId(ArrayString<CLIENT_ORDER_ID_LEN_MAX>);
 
 impl ClientOrderId {
     /// The longest id Binance accepts.
-    pub const LEN_MAX: usize = 36;
+    pub const LEN_MAX: usize = CLIENT_ORDER_ID_LEN_MAX;
 
     /// Checks `text` against Binance's `^[\.A-Z\:/a-z0-9_-]{1,36}$`.
     pub fn new(text: &str) -> Result<Self, IdError> {
-        let allowed = |b: u8| b.is_ascii_alphanumeric() || b".:/_-".contains(&b);
-        if !text.is_empty() && text.len() <= Self::LEN_MAX && text.bytes().all(allowed) {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(IdError::ClientOrderId(text.to_owned()))
+        match ArrayString::from(text) {
+            Ok(inline) if Self::is_valid(text) => Ok(Self(inline)),
+            _ => Err(IdError::ClientOrderId(text.to_owned())),
         }
+    }
+
+    fn is_valid(text: &str) -> bool {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b".:/_-".contains(&b);
+        !text.is_empty() && text.len() <= Self::LEN_MAX && text.bytes().all(allowed)
     }
 
     /// Derives the id of decision `sequence` of `kind` for `profile` on `symbol`.
     ///
     /// The form is `k{E|X}{sequence}-{digest}`: readable enough to grep for, and the digest of
-    /// (profile, symbol) keeps ids of different profiles apart on a shared exchange account.
+    /// (profile, symbol), in lowercase hex cut to what fits, keeps ids of different profiles
+    /// apart on a shared exchange account. Written in place, without a heap allocation: every
+    /// order and every attributed exchange event derives one.
     pub fn derive(profile: ProfileId, symbol: &Symbol, sequence: u64, kind: IntentKind) -> Self {
+        use std::fmt::Write as _;
+        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut hasher = Sha256::new();
         hasher.update(profile.as_uuid().as_bytes());
         hasher.update(symbol.as_str().as_bytes());
-        let digest = hex::encode(hasher.finalize());
-        let head = format!("k{}{}-", kind.letter(), sequence);
-        let digest_len = Self::LEN_MAX - head.len();
-        let id = format!("{head}{}", &digest[..digest_len.min(digest.len())]);
-        let id = Self::new(&id).expect("a derived client order id is always valid");
-        assert!(id.0.len() <= Self::LEN_MAX);
-        id
+        let digest = hasher.finalize();
+        let mut id = ArrayString::new();
+        // At most 23 characters: `k`, the letter, 20 digits of a u64 and the dash.
+        write!(id, "k{}{}-", kind.letter(), sequence).expect("the head fits in the id");
+        let digits = digest
+            .iter()
+            .flat_map(|byte| [byte >> 4, byte & 0xf])
+            .map(|nibble| char::from(HEX_DIGITS[usize::from(nibble)]));
+        for digit in digits.take(Self::LEN_MAX - id.len()) {
+            id.push(digit);
+        }
+        assert!(
+            Self::is_valid(&id),
+            "a derived client order id is always valid: {id:?}"
+        );
+        Self(id)
     }
 
     /// Whether this id is one [`ClientOrderId::derive`] makes for `profile` on `symbol`.
@@ -242,7 +263,7 @@ impl TryFrom<String> for ClientOrderId {
 
 impl From<ClientOrderId> for String {
     fn from(id: ClientOrderId) -> String {
-        id.0
+        id.0.to_string()
     }
 }
 
@@ -366,6 +387,31 @@ mod tests {
         assert_ne!(
             a,
             ClientOrderId::derive(profile, &other, u64::MAX, IntentKind::Entry)
+        );
+    }
+
+    /// The ids of orders already placed must stay the ids derived for them: a restarted kernel
+    /// asks the exchange for them by the id it derives again. Pinned against the digest written
+    /// out whole in hex and cut to fit.
+    #[test]
+    fn a_derived_id_is_the_head_and_the_hex_digest_cut_to_36_characters() {
+        let profile = ProfileId::parse("7d1f3e8a-5b2c-4c4e-9a51-0f6f0d3c2b1a").unwrap();
+        let symbol = Symbol::new("BTCUSDT").unwrap();
+        let mut hasher = Sha256::new();
+        hasher.update(profile.as_uuid().as_bytes());
+        hasher.update(symbol.as_str().as_bytes());
+        let digest = hex::encode(hasher.finalize());
+        for sequence in [0, 7, 1_700_000_000_000, u64::MAX] {
+            for kind in [IntentKind::Entry, IntentKind::Exit] {
+                let head = format!("k{}{sequence}-", kind.letter());
+                let expected = format!("{head}{}", &digest[..36 - head.len()]);
+                let id = ClientOrderId::derive(profile, &symbol, sequence, kind);
+                assert_eq!(id.as_str(), expected);
+            }
+        }
+        assert_eq!(
+            ClientOrderId::derive(profile, &symbol, 7, IntentKind::Entry).as_str(),
+            format!("kE7-{}", &digest[..32])
         );
     }
 

@@ -7,6 +7,7 @@
 //! carries its [`FencedLock`] and is refused inside its own transaction when the fence is stale.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -89,10 +90,11 @@ impl LockKind {
     }
 }
 
-/// The name of a lock.
+/// The name of a lock. Shared, not copied, when cloned: every order written under an entry lock
+/// carries its key, and the order is copied in and out of the store several times a trade.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct LockKey(String);
+pub struct LockKey(Arc<str>);
 
 impl LockKey {
     /// Checks that `text` is 1 to [`LOCK_KEY_LEN_MAX`] printable ASCII characters.
@@ -101,7 +103,7 @@ impl LockKey {
             && text.len() <= LOCK_KEY_LEN_MAX
             && text.bytes().all(|b| b.is_ascii_graphic());
         if ok {
-            Ok(Self(text.to_owned()))
+            Ok(Self(Arc::from(text)))
         } else {
             Err(LockError::InvalidKey(text.to_owned()))
         }
@@ -109,17 +111,17 @@ impl LockKey {
 
     /// The entry lock of (profile, symbol).
     pub fn entry(profile: ProfileId, symbol: &Symbol) -> Self {
-        Self(format!("entry:{profile}:{symbol}"))
+        Self(format!("entry:{profile}:{symbol}").into())
     }
 
     /// The reconciliation lock of a profile.
     pub fn reconciliation(profile: ProfileId) -> Self {
-        Self(format!("reconcile:{profile}"))
+        Self(format!("reconcile:{profile}").into())
     }
 
     /// The instance lease of a profile.
     pub fn profile(profile: ProfileId) -> Self {
-        Self(format!("profile:{profile}"))
+        Self(format!("profile:{profile}").into())
     }
 
     /// The key prefix of instance presence leases ([`LockKey::instance`]).
@@ -128,7 +130,7 @@ impl LockKey {
     /// The presence lease of a `keel serve` instance: held while it runs, counted by the others
     /// to share the profiles out evenly.
     pub fn instance(owner: OwnerToken) -> Self {
-        Self(format!("{}{}", Self::INSTANCE_PREFIX, owner.as_uuid()))
+        Self(format!("{}{}", Self::INSTANCE_PREFIX, owner.as_uuid()).into())
     }
 
     /// The key as text.
@@ -146,7 +148,7 @@ impl TryFrom<String> for LockKey {
 
 impl From<LockKey> for String {
     fn from(key: LockKey) -> String {
-        key.0
+        key.0.to_string()
     }
 }
 

@@ -276,24 +276,31 @@ pub(crate) fn parse_candles(
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .trim(csv::Trim::All)
         // A byte-order mark, as spreadsheets write one, is not part of the first column's name.
         .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
     let mut layout: Option<Layout> = None;
     let mut timestamps = Timestamps { unit: None };
     let mut candles: Vec<Candle> = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
+    // One record, refilled row by row: a row allocates nothing. Fields are trimmed of ASCII
+    // white space where they are read (as the reader's own trimming would, without rebuilding
+    // the record).
+    let mut record = csv::StringRecord::new();
+    loop {
+        let more = reader.read_record(&mut record).map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
             row_error(line, e.to_string())
         })?;
+        if !more {
+            break;
+        }
         let line = record.position().map_or(0, |p| p.line());
-        if record.iter().all(str::is_empty) {
+        if record.iter().all(|field| field.trim_ascii().is_empty()) {
             continue;
         }
         let layout = match &layout {
             Some(layout) => layout,
             None => {
+                record.trim();
                 let (detected, is_header) = detect_layout(&record, line)?;
                 let detected = layout.insert(detected);
                 if is_header {
@@ -318,7 +325,7 @@ pub(crate) fn parse_candles(
                 line,
                 format!(
                     "{what} timestamp {}: the previous row is at {}",
-                    &record[layout.time],
+                    record[layout.time].trim_ascii(),
                     iso_ms(previous.open_time_ms)
                 ),
             ));
@@ -455,7 +462,7 @@ fn parse_row(
         ));
     }
     let number = |index: usize, name: &str| -> Result<f64, ParseError> {
-        let text = &record[layout.values[index]];
+        let text = record[layout.values[index]].trim_ascii();
         let value: f64 = text
             .parse()
             .map_err(|_| row_error(line, format!("{name} {text:?} is not a number")))?;
@@ -467,10 +474,12 @@ fn parse_row(
         }
         Ok(value)
     };
-    let open_time_ms = timestamps.read(&record[layout.time], line)?;
+    let open_time_ms = timestamps.read(record[layout.time].trim_ascii(), line)?;
     let close_time_ms = if layout.binance {
         // Binance's close time is the last millisecond of the interval; ours is exclusive.
-        timestamps.read(&record[6], line)?.saturating_add(1)
+        timestamps
+            .read(record[6].trim_ascii(), line)?
+            .saturating_add(1)
     } else {
         open_time_ms
     };
@@ -598,6 +607,25 @@ mod tests {
         assert_eq!(candles[1].close, 101.5);
         assert!(layout.binance);
         assert_eq!(unit, TimestampUnit::Milliseconds);
+    }
+
+    #[test]
+    fn white_space_around_fields_and_blank_lines_are_ignored() {
+        let spaced = "\
+ timestamp ,\tOpen, high,low ,close,volume\r
+1700000000000 , 100.0,101.0,\t99.0, 100.5 ,12.5
+ , ,\t, , ,
+1700000060000,100.5 ,102.0,100.0,101.5,8.0
+";
+        let plain = "\
+timestamp,open,high,low,close,volume
+1700000000000,100.0,101.0,99.0,100.5,12.5
+1700000060000,100.5,102.0,100.0,101.5,8.0
+";
+        assert_eq!(parse(spaced).unwrap(), parse(plain).unwrap());
+        let error = read("timestamp,open,high,low,close,volume\n1700000000000, abc ,1,1,1,1\n")
+            .unwrap_err();
+        assert_eq!(error, "f.csv:2: open \"abc\" is not a number");
     }
 
     #[test]

@@ -151,6 +151,9 @@ struct Rig {
     events: mpsc::Receiver<UserEvent>,
     clock: Arc<VirtualClock>,
     engine: ProfileEngine,
+    /// Equity out of the market, with the (allocated, realized PnL) it was computed from, each
+    /// as its exact bytes: it stays the same from one candle to the next until a trade closes.
+    flat_equity: Option<([u8; 16], [u8; 16], f64)>,
 }
 
 /// Runs the backtest; `progress` draws a bar on stderr when it is a terminal.
@@ -284,6 +287,7 @@ impl Rig {
             events,
             clock,
             engine,
+            flat_equity: None,
         })
     }
 
@@ -311,14 +315,17 @@ impl Rig {
     }
 
     /// Equity at the candle's close: allocated + realized PnL (fees included) + unrealized PnL.
-    fn equity_point(&self, candle: &Candle) -> EquityPoint {
+    fn equity_point(&mut self, candle: &Candle) -> EquityPoint {
         let book = self.engine.book();
-        // Out of the market no position has a value to take: the close is not converted.
-        let unrealized: Decimal = if book.positions.is_empty() {
-            Decimal::ZERO
-        } else {
+        let (allocated, realized_pnl) = (
+            book.capital.allocated.get(),
+            book.capital.realized_pnl.get(),
+        );
+        let in_position = !book.positions.is_empty();
+        let equity = if in_position {
             let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();
-            book.positions
+            let unrealized: Decimal = book
+                .positions
                 .values()
                 .map(|p| {
                     let value = p.qty_open.get() * close;
@@ -327,15 +334,34 @@ impl Rig {
                         Side::Sell => p.cost_open.get() - value,
                     }
                 })
-                .sum()
+                .sum();
+            equity_f64(allocated, realized_pnl, unrealized)
+        } else {
+            // Out of the market no position has a value to take: the close is not converted,
+            // and the equity of the previous candle out of the market is the same.
+            let key = (allocated.serialize(), realized_pnl.serialize());
+            match self.flat_equity {
+                Some((a, r, equity)) if (a, r) == key => equity,
+                _ => {
+                    let equity = equity_f64(allocated, realized_pnl, Decimal::ZERO);
+                    self.flat_equity = Some((key.0, key.1, equity));
+                    equity
+                }
+            }
         };
-        let equity = book.capital.equity() + unrealized;
         EquityPoint {
             time_ms: candle.close_time_ms,
-            equity: equity.to_f64().unwrap_or(f64::NAN),
-            in_position: !book.positions.is_empty(),
+            equity,
+            in_position,
         }
     }
+}
+
+/// Equity as the report has it: allocated + realized PnL + unrealized PnL, as a float.
+fn equity_f64(allocated: Decimal, realized_pnl: Decimal, unrealized: Decimal) -> f64 {
+    (allocated + realized_pnl + unrealized)
+        .to_f64()
+        .unwrap_or(f64::NAN)
 }
 
 /// Opens a backtest's store of `kind`, with the temporary directory of a file store (the

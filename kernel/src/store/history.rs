@@ -61,7 +61,7 @@ impl TenantTx {
                     symbol: order.symbol.clone(),
                     kind: IntentKind::Entry,
                     side: order.side,
-                    client_order_id: order.client_order_id.as_str().to_owned(),
+                    client_order_id: order.client_order_id.clone(),
                     entry_lifecycle_id: None,
                     qty,
                     cost,
@@ -71,7 +71,7 @@ impl TenantTx {
                     cost_open: cost,
                     is_open: true,
                 })?;
-            } else if let Some((id, _)) = m.lifecycle(order.client_order_id.as_str(), order.user) {
+            } else if let Some((id, _)) = m.lifecycle(&order.client_order_id, order.user) {
                 m.update_lifecycle(id, order.user, |l| {
                     l.qty += qty;
                     l.cost += cost;
@@ -146,7 +146,7 @@ impl TenantTx {
                     symbol: order.symbol.clone(),
                     kind: IntentKind::Exit,
                     side: order.side,
-                    client_order_id: order.client_order_id.as_str().to_owned(),
+                    client_order_id: order.client_order_id.clone(),
                     entry_lifecycle_id: Some(position.lifecycle_id),
                     qty,
                     cost,
@@ -156,7 +156,7 @@ impl TenantTx {
                     cost_open: Decimal::ZERO,
                     is_open: false,
                 })?;
-            } else if let Some((id, _)) = m.lifecycle(order.client_order_id.as_str(), order.user) {
+            } else if let Some((id, _)) = m.lifecycle(&order.client_order_id, order.user) {
                 m.update_lifecycle(id, order.user, |l| {
                     l.qty += qty;
                     l.cost += cost;

@@ -165,13 +165,15 @@ impl<'s> Locks<'s> {
     /// Gives the lease up. False when it was no longer held (expired and possibly taken over);
     /// a later acquisition still gets a larger fence, since fences come from a sequence.
     pub async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE lock_key = $1 AND owner_token = $2 AND fence = $3",
-            lease.kind.table()
-        );
+        let sql = || {
+            format!(
+                "DELETE FROM {} WHERE lock_key = $1 AND owner_token = $2 AND fence = $3",
+                lease.kind.table()
+            )
+        };
         let (key, owner, fence) = (lease.key.as_str(), lease.owner.as_uuid(), lease.fence.0);
         let affected = with_pool!(self.store.pool(), pool, b => {
-            sqlx::query(&sql).bind(key).bind(owner).bind(fence)
+            sqlx::query(&sql()).bind(key).bind(owner).bind(fence)
                 .execute(pool).await?.rows_affected()
         }, memory pool => {
             let mut tx = pool.begin().await?;

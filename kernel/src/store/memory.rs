@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rust_decimal::Decimal;
 
 use crate::ids::{ClientOrderId, IntentKind, ProfileId, Symbol, UserId};
-use crate::ledger::{Budget, CAPITAL_MAX, Capital, CapitalDelta, JournalKind};
+use crate::ledger::{AMOUNT_SCALE, Budget, CAPITAL_MAX, Capital, CapitalDelta, JournalKind};
 use crate::lifecycle::OrderRecord;
 use crate::lock::LockKind;
 use crate::market::Side;
@@ -39,7 +39,20 @@ use super::quarantine::{MemoryQuarantine, QuarantineRecord, decode_evidence};
 use super::{Constraint, StoreError};
 
 /// A money value as the database stores and returns it: exact units of 10⁻⁸, normalized.
+///
+/// A value with at most [`AMOUNT_SCALE`] places whose units fit the database's integer comes
+/// back as it went in, normalized: that is checked on the value itself, without the decimal
+/// multiplication and division of the way through units, which every other value still takes
+/// (and which refuses it as it refuses it on SQLite).
 pub(crate) fn money(value: Decimal) -> Decimal {
+    let normalized = value.normalize();
+    let exact_in_units = AMOUNT_SCALE
+        .checked_sub(normalized.scale())
+        .and_then(|places| normalized.mantissa().checked_mul(10_i128.pow(places)))
+        .is_some_and(|units| i64::try_from(units).is_ok());
+    if exact_in_units {
+        return normalized;
+    }
     units_to_decimal(decimal_to_units(value))
 }
 
@@ -96,7 +109,7 @@ pub(crate) struct JournalRow {
 /// A fill row.
 #[derive(Debug, Clone)]
 pub(crate) struct FillRow {
-    pub client_order_id: String,
+    pub client_order_id: ClientOrderId,
     pub qty: Decimal,
     pub price: Decimal,
     pub fee: Decimal,
@@ -110,7 +123,7 @@ pub(crate) struct LifecycleRow {
     pub symbol: Symbol,
     pub kind: IntentKind,
     pub side: Side,
-    pub client_order_id: String,
+    pub client_order_id: ClientOrderId,
     pub entry_lifecycle_id: Option<i64>,
     pub qty: Decimal,
     pub cost: Decimal,
@@ -174,7 +187,7 @@ pub(crate) struct Db {
     fills: HashMap<(ProfileId, Symbol, String), FillRow>,
     /// Lifecycles in insertion order: `lifecycle_id` is the index plus one.
     lifecycles: Vec<LifecycleRow>,
-    lifecycle_ids: HashMap<String, usize>,
+    lifecycle_ids: HashMap<ClientOrderId, usize>,
     /// `lifecycles_one_open_entry`: the open ENTRY lifecycle of (profile, symbol).
     open_entries: HashMap<SymbolKey, usize>,
     /// `trade_history_exchange_trade_key`: the trade ids of the history, which nothing in a run
@@ -188,6 +201,9 @@ pub(crate) struct Db {
     quarantines: Vec<MemoryQuarantine>,
     /// What the deterministic simulation does to the database from outside the store.
     faults: Faults,
+    /// The undo log's buffer between transactions: each transaction takes it and gives it back
+    /// empty, so a transaction's writes do not allocate their log anew.
+    undo_spare: Vec<Undo>,
 }
 
 /// The deterministic simulation's instruments on a memory store's database, the counterparts of
@@ -217,9 +233,24 @@ fn lock_table(kind: LockKind) -> usize {
     }
 }
 
-fn open_entry_key(order: &OrderRecord) -> Option<SymbolKey> {
-    (order.kind == IntentKind::Entry && order.status.is_open())
-        .then(|| (order.profile, order.symbol.clone()))
+/// Where an order sits in the indexes of open orders: its key in `orders_one_open_entry` (an
+/// open ENTRY's) and whether it is in `orders_open`.
+struct OrderSlot {
+    open_entry: Option<SymbolKey>,
+    open: bool,
+}
+
+impl OrderSlot {
+    /// The slot of `order`; of no order (before an insert), none.
+    fn of(order: Option<&OrderRecord>) -> OrderSlot {
+        OrderSlot {
+            open_entry: order.and_then(|order| {
+                (order.kind == IntentKind::Entry && order.status.is_open())
+                    .then(|| (order.profile, order.symbol.clone()))
+            }),
+            open: order.is_some_and(|order| order.status.is_open()),
+        }
+    }
 }
 
 fn open_lifecycle_key(row: &LifecycleRow) -> Option<SymbolKey> {
@@ -470,7 +501,11 @@ impl Db {
         rows
     }
 
-    pub(crate) fn lifecycle(&self, coid: &str, user: UserId) -> Option<(i64, &LifecycleRow)> {
+    pub(crate) fn lifecycle(
+        &self,
+        coid: &ClientOrderId,
+        user: UserId,
+    ) -> Option<(i64, &LifecycleRow)> {
         let at = *self.lifecycle_ids.get(coid)?;
         let row = &self.lifecycles[at];
         (row.user == user).then_some((lifecycle_id(at), row))
@@ -526,6 +561,10 @@ fn lifecycle_index(id: i64) -> Option<usize> {
     usize::try_from(id.checked_sub(1)?).ok()
 }
 
+/// The largest undo log kept for the next transaction: a fill writes about a dozen rows, and a
+/// rare transaction that wrote far more (lapsing every lock) does not keep its log's memory.
+const UNDO_SPARE_CAPACITY_MAX: usize = 64;
+
 /// An open transaction: the database, held until the transaction ends, and how to undo what it
 /// wrote. Dropped without [`Transaction::commit`], it rolls back.
 pub(crate) struct Transaction {
@@ -544,6 +583,9 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         while let Some(undo) = self.undo.pop() {
             self.db.undo(undo);
+        }
+        if self.undo.capacity() <= UNDO_SPARE_CAPACITY_MAX {
+            self.db.undo_spare = std::mem::take(&mut self.undo);
         }
     }
 }
@@ -822,7 +864,8 @@ impl Transaction {
         let order = normalize_order(order);
         check_order(&order)?;
         let at = self.db.orders.len();
-        self.db.index_order(at, None, Some(&order))?;
+        self.db
+            .index_order(at, OrderSlot::of(None), OrderSlot::of(Some(&order)))?;
         self.db.order_ids.insert(order.client_order_id.clone(), at);
         self.db.orders.push(order);
         self.undo.push(Undo::Order { at, before: None });
@@ -852,23 +895,22 @@ impl Transaction {
         let Some(&at) = self.db.order_ids.get(&order.client_order_id) else {
             return Ok(());
         };
-        let before = self.db.orders[at].clone();
+        let before = &self.db.orders[at];
         if before.user != user {
             return Ok(());
         }
         if self.db.faults.writes_failing {
             return Err(simulated_write_failure());
         }
-        let after = OrderRecord {
-            status: order.status,
-            filled_qty: checked_money(order.filled_qty),
-            reserved_remaining: checked_money(order.reserved_remaining),
-            exchange_order_id: order.exchange_order_id.clone(),
-            ..before.clone()
-        };
+        let mut after = before.clone();
+        after.status = order.status;
+        after.filled_qty = checked_money(order.filled_qty);
+        after.reserved_remaining = checked_money(order.reserved_remaining);
+        after.exchange_order_id.clone_from(&order.exchange_order_id);
         check_order(&after)?;
-        self.db.index_order(at, Some(&before), Some(&after))?;
-        self.db.orders[at] = after;
+        let (from, to) = (OrderSlot::of(Some(before)), OrderSlot::of(Some(&after)));
+        self.db.index_order(at, from, to)?;
+        let before = std::mem::replace(&mut self.db.orders[at], after);
         self.undo.push(Undo::Order {
             at,
             before: Some(before),
@@ -894,7 +936,7 @@ impl Transaction {
         self.check_order_reference(&order.client_order_id, order.profile, "fills_order_fkey")?;
         self.check_profile_reference(order.profile, order.user, "fills_profile_fkey")?;
         let row = FillRow {
-            client_order_id: order.client_order_id.as_str().to_owned(),
+            client_order_id: order.client_order_id.clone(),
             qty: money(qty),
             price: money(price),
             fee: money(fee),
@@ -917,9 +959,7 @@ impl Transaction {
 
     /// `INSERT INTO lifecycles`.
     pub(crate) fn insert_lifecycle(&mut self, row: LifecycleRow) -> Result<(), StoreError> {
-        let coid = ClientOrderId::new(&row.client_order_id)
-            .map_err(|e| super::rows::corrupt("client order id", e))?;
-        self.check_order_reference(&coid, row.profile, "lifecycles_order_fkey")?;
+        self.check_order_reference(&row.client_order_id, row.profile, "lifecycles_order_fkey")?;
         self.check_profile_reference(row.profile, row.user, "lifecycles_profile_fkey")?;
         check_lifecycle(&row)?;
         if self.db.lifecycle_ids.contains_key(&row.client_order_id) {
@@ -928,7 +968,8 @@ impl Transaction {
             )));
         }
         let at = self.db.lifecycles.len();
-        self.db.index_lifecycle(at, None, Some(&row))?;
+        self.db
+            .index_lifecycle(at, None, open_lifecycle_key(&row))?;
         self.db
             .lifecycle_ids
             .insert(row.client_order_id.clone(), at);
@@ -948,15 +989,16 @@ impl Transaction {
         let Some(at) = lifecycle_index(id).filter(|&at| at < self.db.lifecycles.len()) else {
             return Ok(());
         };
-        let before = self.db.lifecycles[at].clone();
+        let before = &self.db.lifecycles[at];
         if before.user != user {
             return Ok(());
         }
         let mut after = before.clone();
         change(&mut after);
         check_lifecycle(&after)?;
-        self.db.index_lifecycle(at, Some(&before), Some(&after))?;
-        self.db.lifecycles[at] = after;
+        let (from, to) = (open_lifecycle_key(before), open_lifecycle_key(&after));
+        self.db.index_lifecycle(at, from, to)?;
+        let before = std::mem::replace(&mut self.db.lifecycles[at], after);
         self.undo.push(Undo::Lifecycle {
             at,
             before: Some(before),
@@ -998,11 +1040,16 @@ impl Transaction {
         {
             return Err(refuse(Constraint::FenceOnlyGrows));
         }
-        let before = match row {
-            Some(row) => table.insert(key.to_owned(), row),
-            None => table.remove(key),
+        // The key is copied once for the undo log, and once more only for a row not there yet.
+        let (key, before) = match (row, table.get_mut(key)) {
+            (Some(row), Some(held)) => (key.to_owned(), Some(std::mem::replace(held, row))),
+            (Some(row), None) => (key.to_owned(), table.insert(key.to_owned(), row)),
+            (None, _) => match table.remove_entry(key) {
+                Some((key, held)) => (key, Some(held)),
+                None => (key.to_owned(), None),
+            },
         };
-        self.undo.push(Undo::Lock(kind, key.to_owned(), before));
+        self.undo.push(Undo::Lock(kind, key, before));
         Ok(())
     }
 
@@ -1040,11 +1087,10 @@ impl Db {
     fn index_order(
         &mut self,
         at: usize,
-        before: Option<&OrderRecord>,
-        after: Option<&OrderRecord>,
+        before: OrderSlot,
+        after: OrderSlot,
     ) -> Result<(), StoreError> {
-        let new_key = after.and_then(open_entry_key);
-        if let Some(key) = &new_key
+        if let Some(key) = &after.open_entry
             && self
                 .open_entry_orders
                 .get(key)
@@ -1052,39 +1098,38 @@ impl Db {
         {
             return Err(refuse(Constraint::OneOpenEntryOrder));
         }
-        if let Some(key) = before.and_then(open_entry_key) {
+        if let Some(key) = before.open_entry {
             self.open_entry_orders.remove(&key);
         }
-        if before.is_some_and(|o| o.status.is_open()) {
+        if before.open {
             self.open_orders.remove(&at);
         }
-        if let Some(key) = new_key {
+        if let Some(key) = after.open_entry {
             self.open_entry_orders.insert(key, at);
         }
-        if after.is_some_and(|o| o.status.is_open()) {
+        if after.open {
             self.open_orders.insert(at);
         }
         Ok(())
     }
 
-    /// Moves lifecycle `at` from the index of `before` to that of `after`, refusing a second
-    /// open ENTRY lifecycle for (profile, symbol).
+    /// Moves lifecycle `at` from the open-ENTRY key `before` to `after` (each [`None`] when the
+    /// row is not an open ENTRY), refusing a second open ENTRY lifecycle for (profile, symbol).
     fn index_lifecycle(
         &mut self,
         at: usize,
-        before: Option<&LifecycleRow>,
-        after: Option<&LifecycleRow>,
+        before: Option<SymbolKey>,
+        after: Option<SymbolKey>,
     ) -> Result<(), StoreError> {
-        let new_key = after.and_then(open_lifecycle_key);
-        if let Some(key) = &new_key
+        if let Some(key) = &after
             && self.open_entries.get(key).is_some_and(|&held| held != at)
         {
             return Err(refuse(Constraint::OneOpenEntryLifecycle));
         }
-        if let Some(key) = before.and_then(open_lifecycle_key) {
+        if let Some(key) = before {
             self.open_entries.remove(&key);
         }
-        if let Some(key) = new_key {
+        if let Some(key) = after {
             self.open_entries.insert(key, at);
         }
         Ok(())
@@ -1110,13 +1155,14 @@ impl Db {
                 }
             }
             Undo::Order { at, before } => {
-                let current = self.orders[at].clone();
-                let _ = self.index_order(at, Some(&current), before.as_ref());
+                let current = OrderSlot::of(Some(&self.orders[at]));
+                let _ = self.index_order(at, current, OrderSlot::of(before.as_ref()));
                 match before {
                     Some(row) => self.orders[at] = row,
                     None => {
-                        self.orders.pop();
-                        self.order_ids.remove(&current.client_order_id);
+                        if let Some(row) = self.orders.pop() {
+                            self.order_ids.remove(&row.client_order_id);
+                        }
                     }
                 }
             }
@@ -1130,13 +1176,15 @@ impl Db {
                 }
             },
             Undo::Lifecycle { at, before } => {
-                let current = self.lifecycles[at].clone();
-                let _ = self.index_lifecycle(at, Some(&current), before.as_ref());
+                let current = open_lifecycle_key(&self.lifecycles[at]);
+                let _ =
+                    self.index_lifecycle(at, current, before.as_ref().and_then(open_lifecycle_key));
                 match before {
                     Some(row) => self.lifecycles[at] = row,
                     None => {
-                        self.lifecycles.pop();
-                        self.lifecycle_ids.remove(&current.client_order_id);
+                        if let Some(row) = self.lifecycles.pop() {
+                            self.lifecycle_ids.remove(&row.client_order_id);
+                        }
                     }
                 }
             }
@@ -1212,16 +1260,14 @@ impl MemoryPool {
     /// Opens a transaction whether or not this pool is closed: a statement made from outside
     /// the process that closed it, as a raw SQL statement is on a database.
     pub(crate) async fn begin_outside(&self) -> Result<Transaction, StoreError> {
-        let db = match self.db.clone().try_lock_owned() {
+        let mut db = match self.db.clone().try_lock_owned() {
             Ok(db) => db,
             Err(_) => tokio::time::timeout(self.acquire_timeout, self.db.clone().lock_owned())
                 .await
                 .map_err(|_| StoreError::MemoryBusy(self.acquire_timeout))?,
         };
-        Ok(Transaction {
-            db,
-            undo: Vec::new(),
-        })
+        let undo = std::mem::take(&mut db.undo_spare);
+        Ok(Transaction { db, undo })
     }
 }
 
@@ -1356,7 +1402,7 @@ impl Transaction {
                     symbol: order.symbol.clone(),
                     kind: IntentKind::Entry,
                     side: order.side,
-                    client_order_id: order.client_order_id.as_str().to_owned(),
+                    client_order_id: order.client_order_id.clone(),
                     entry_lifecycle_id: None,
                     qty: money(qty),
                     cost: money(cost),
@@ -1734,5 +1780,30 @@ mod tests {
     fn money_is_kept_as_the_database_keeps_it() {
         assert_eq!(money(dec!(1.50000000)).to_string(), "1.5");
         assert_eq!(money(dec!(100)).to_string(), "100");
+        assert_eq!(money(-dec!(0.000)).to_string(), "0");
+        assert_eq!(money(dec!(-0.00000001)).to_string(), "-0.00000001");
+    }
+
+    proptest::proptest! {
+        /// The shortcut of [`money`] gives the very value (scale included) that the way through
+        /// SQLite's units gives, for every value the ledger lets through.
+        #[test]
+        fn money_equals_the_round_trip_through_units(
+            units in -(i64::MAX / 2)..=(i64::MAX / 2),
+            scale in 0_u32..=AMOUNT_SCALE,
+            padding in 0_u32..=10,
+        ) {
+            let exact = Decimal::new(units, AMOUNT_SCALE);
+            // The same value written with more places (trailing zeros), as arithmetic leaves it.
+            let padded = Decimal::from_i128_with_scale(
+                i128::from(units) * 10_i128.pow(padding),
+                AMOUNT_SCALE + padding,
+            );
+            let rounded = exact.round_dp(scale);
+            for value in [exact, padded, rounded, -exact] {
+                let through_units = units_to_decimal(decimal_to_units(value));
+                proptest::prop_assert_eq!(money(value).serialize(), through_units.serialize());
+            }
+        }
     }
 }

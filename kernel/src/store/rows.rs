@@ -154,7 +154,7 @@ pub(crate) struct StoredFill {
 
 fn stored_fill(row: &FillRow) -> StoredFill {
     StoredFill {
-        client_order_id: row.client_order_id.clone(),
+        client_order_id: row.client_order_id.as_str().to_owned(),
         qty: row.qty,
         price: row.price,
         fee: row.fee,
@@ -251,8 +251,6 @@ impl TenantTx {
         entry: &Move,
     ) -> Result<(), StoreError> {
         let user = self.user_uuid();
-        let order_id = order;
-        let order = order.map(|o| o.as_str().to_owned());
         let d = entry.delta;
         with_tx!(&mut self.tx, c, b => {
             sqlx::query(
@@ -260,14 +258,15 @@ impl TenantTx {
                  d_allocated, d_reserved_for_orders, d_reserved_for_positions, d_realized_pnl, dedup_key) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
-            .bind(user).bind(profile.as_uuid()).bind(order).bind(entry.kind.as_str())
+            .bind(user).bind(profile.as_uuid()).bind(order.map(|o| o.as_str().to_owned()))
+            .bind(entry.kind.as_str())
             .bind(b::money(d.allocated)).bind(b::money(d.reserved_for_orders))
             .bind(b::money(d.reserved_for_positions)).bind(b::money(d.realized_pnl))
             .bind(entry.dedup_key.as_str())
             .execute(&mut **c).await?;
         }, memory m => {
             let user = UserId::from_uuid(user);
-            m.insert_journal(user, profile, order_id, entry.kind, &d, &entry.dedup_key)?;
+            m.insert_journal(user, profile, order, entry.kind, &d, &entry.dedup_key)?;
         });
         Ok(())
     }
@@ -314,11 +313,11 @@ impl TenantTx {
 
     /// Inserts the write-ahead row; false when the client order id already exists.
     pub(crate) async fn insert_order(&mut self, order: &OrderRecord) -> Result<bool, StoreError> {
-        let (lock_key, fence) = match &order.lock {
-            Some(lock) => (Some(lock.key.as_str().to_owned()), Some(lock.fence.0)),
-            None => (None, None),
-        };
         with_tx!(&mut self.tx, c, b => {
+            let (lock_key, fence) = match &order.lock {
+                Some(lock) => (Some(lock.key.as_str().to_owned()), Some(lock.fence.0)),
+                None => (None, None),
+            };
             let row = sqlx::query(
                 "INSERT INTO orders (client_order_id, user_id, profile_id, symbol, kind, side, qty, \
                  price, reserved, reserved_remaining, filled_qty, status, lock_key, fence) \
@@ -331,7 +330,7 @@ impl TenantTx {
             .bind(b::money(order.qty)).bind(b::money(order.price))
             .bind(b::money(order.reserved)).bind(b::money(order.reserved_remaining))
             .bind(b::money(order.filled_qty)).bind(order.status.as_str())
-            .bind(lock_key.clone()).bind(fence)
+            .bind(lock_key).bind(fence)
             .fetch_optional(&mut **c).await?;
             Ok(row.is_some())
         }, memory m => {
@@ -414,13 +413,13 @@ impl TenantTx {
         fill: &FillReport,
     ) -> Result<Option<FillGather>, StoreError> {
         let user = self.user_uuid();
-        let columns = ORDER_COLUMNS
-            .split(", ")
-            .map(|c| format!("o.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let scope = self.scope();
         let gathered = with_tx!(&mut self.tx, c, b => {
+            let columns = ORDER_COLUMNS
+                .split(", ")
+                .map(|c| format!("o.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let sql = format!(
                 "SELECT {columns}, c.allocated, c.reserved_for_orders, c.reserved_for_positions, \
                  c.realized_pnl, f.client_order_id AS f_client_order_id, f.qty AS f_qty, \
@@ -522,17 +521,17 @@ impl TenantTx {
         // Without de-duplication (planted by the simulation) a repeated trade id reaches the
         // database's UNIQUE key.
         let dedup = self.dedups_fills();
-        let on_conflict = if dedup {
-            "ON CONFLICT (profile_id, symbol, exchange_trade_id) DO NOTHING"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
-             qty, price, fee, executed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             {on_conflict} RETURNING fill_id"
-        );
         with_tx!(&mut self.tx, c, b => {
+            let on_conflict = if dedup {
+                "ON CONFLICT (profile_id, symbol, exchange_trade_id) DO NOTHING"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "INSERT INTO fills (user_id, profile_id, symbol, client_order_id, exchange_trade_id, \
+                 qty, price, fee, executed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 {on_conflict} RETURNING fill_id"
+            );
             let row = sqlx::query(&sql)
             .bind(order.user.as_uuid()).bind(order.profile.as_uuid()).bind(order.symbol.as_str())
             .bind(order.client_order_id.as_str()).bind(fill.exchange_trade_id.as_str())
