@@ -42,30 +42,45 @@ pub struct WasmStrategy {
 const HEAVY_CALL: Duration = Duration::from_millis(2);
 
 /// Low-priority calls in a row that must each use less CPU than [`HEAVY_CALL`] before the
-/// profile's calls run at the host's priority again.
+/// profile's calls run at the host's priority again, the first time; each later return to low
+/// priority doubles it, up to [`LIGHT_CALLS_TO_RESTORE_MAX`], so a plugin cannot keep most of
+/// its heavy calls at the host's priority by spacing them out.
 const LIGHT_CALLS_TO_RESTORE: u32 = 16;
+
+/// The most light calls in a row a profile is asked for.
+const LIGHT_CALLS_TO_RESTORE_MAX: u32 = 4096;
 
 /// Where a profile's calls run: at the host's priority until one takes [`HEAVY_CALL`] of wall
 /// time (measured cheaply, so a call delayed by the machine's load counts too), then at low
-/// priority until [`LIGHT_CALLS_TO_RESTORE`] calls in a row used less CPU time than that (CPU
-/// time, which the load does not inflate, so a light plugin comes back however busy the
-/// machine is).
-#[derive(Debug, Default)]
+/// priority until enough calls in a row ([`LIGHT_CALLS_TO_RESTORE`], doubled at each return)
+/// used less CPU time than that (CPU time, which the load does not inflate, so a light plugin
+/// comes back however busy the machine is).
+#[derive(Debug)]
 struct Pacing {
     low: bool,
     light_in_a_row: u32,
+    light_calls_to_restore: u32,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            low: false,
+            light_in_a_row: 0,
+            light_calls_to_restore: LIGHT_CALLS_TO_RESTORE,
+        }
+    }
 }
 
 impl Pacing {
     /// Books a call run at the host's priority that took `wall`.
     fn after_normal_call(&mut self, wall: Duration) {
         if wall >= HEAVY_CALL {
-            *self = Pacing {
-                low: true,
-                light_in_a_row: 0,
-            };
+            self.low = true;
+            self.light_in_a_row = 0;
             tracing::info!(
                 call_ms = wall.as_secs_f64() * 1e3,
+                light_calls_to_restore = self.light_calls_to_restore,
                 "plugin calls keep a core busy: they run at low priority from now on"
             );
         }
@@ -78,8 +93,13 @@ impl Pacing {
             return;
         }
         self.light_in_a_row += 1;
-        if self.light_in_a_row >= LIGHT_CALLS_TO_RESTORE {
-            *self = Pacing::default();
+        if self.light_in_a_row >= self.light_calls_to_restore {
+            self.low = false;
+            self.light_in_a_row = 0;
+            self.light_calls_to_restore = self
+                .light_calls_to_restore
+                .saturating_mul(2)
+                .min(LIGHT_CALLS_TO_RESTORE_MAX);
             tracing::info!("plugin calls are light again: they run at the host's priority");
         }
     }
@@ -432,5 +452,26 @@ mod tests {
         assert!(pacing.low, "one light call short of the run");
         pacing.after_low_call(Duration::ZERO);
         assert!(!pacing.low);
+    }
+
+    #[test]
+    fn a_plugin_that_spaces_its_heavy_calls_out_waits_longer_each_time() {
+        let mut pacing = Pacing::default();
+        let mut runs = Vec::new();
+        for _ in 0..12 {
+            pacing.after_normal_call(HEAVY_CALL);
+            let mut light = 0;
+            while pacing.low {
+                pacing.after_low_call(Duration::ZERO);
+                light += 1;
+            }
+            runs.push(light);
+        }
+        assert_eq!(
+            runs,
+            [
+                16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 4096, 4096, 4096
+            ]
+        );
     }
 }
