@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use keel_kernel::strategy::{PluginFault, RawIntent, StrategyRuntime};
 use keel_runtime::{LogLevel, WasmStrategy};
 
-use crate::common::{Neighbour, candle, engine, flat_view, setup, start, version};
+use crate::common::{Neighbour, candle, engine, flat_view, metered_engine, setup, start, version};
 
 /// Runs `work` in a task on a worker thread of a multi-thread runtime; a panic in it fails the
 /// test.
@@ -209,10 +209,7 @@ fn host_calls_with_a_huge_name_are_legal_and_refused_as_unknown_symbols() {
 
 #[test]
 fn a_busy_plugins_calls_run_at_low_priority_after_its_first_heavy_call() {
-    let metrics = keel_kernel::metrics::Metrics::new();
-    let engine =
-        keel_runtime::PluginEngine::reporting_to(keel_runtime::EngineSettings::default(), &metrics)
-            .unwrap();
+    let (metrics, engine) = metered_engine();
     let version = crate::common::load(&engine, "hostile");
     let mut plugin = engine
         .start(
@@ -239,10 +236,7 @@ fn a_busy_plugins_calls_run_at_low_priority_after_its_first_heavy_call() {
 
 #[test]
 fn a_warm_up_runs_at_low_priority() {
-    let metrics = keel_kernel::metrics::Metrics::new();
-    let engine =
-        keel_runtime::PluginEngine::reporting_to(keel_runtime::EngineSettings::default(), &metrics)
-            .unwrap();
+    let (metrics, engine) = metered_engine();
     let mut plugin = engine
         .start(
             &crate::common::load(&engine, "sma-cross"),

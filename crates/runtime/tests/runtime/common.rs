@@ -30,6 +30,14 @@ pub fn engine() -> &'static PluginEngine {
     })
 }
 
+/// An engine of the test's own with the default settings, reporting to metrics the test reads.
+pub fn metered_engine() -> (keel_kernel::metrics::Metrics, PluginEngine) {
+    let metrics = keel_kernel::metrics::Metrics::new();
+    let engine = PluginEngine::reporting_to(EngineSettings::default(), &metrics)
+        .expect("building a metered engine");
+    (metrics, engine)
+}
+
 /// An engine whose fuel never runs out, so only the wall-clock deadline can stop a call.
 pub fn deadline_only_engine() -> &'static PluginEngine {
     static ENGINE: OnceLock<PluginEngine> = OnceLock::new();
