@@ -330,7 +330,7 @@ impl Metrics {
             plugin_low_priority_calls_total: counter(
                 &r,
                 "keel_plugin_low_priority_calls_total",
-                "Calls into strategy plugins run at low priority: warm-ups, and the calls of a \
+                "Calls into strategy plugins run at low priority: the calls and warm-ups of a \
                  profile whose calls keep a core busy for milliseconds.",
             ),
             profile_faults_total: counter_vec(

@@ -111,8 +111,8 @@ fn lower_this_threads_priority() {
     }
 }
 
-/// CPU time the calling thread has used so far.
-fn thread_cpu_time() -> Duration {
+/// CPU time the calling thread has used so far (a system call, unlike `Instant::now`).
+pub(crate) fn thread_cpu_time() -> Duration {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(
         u64::try_from(now.tv_sec).unwrap_or(0),

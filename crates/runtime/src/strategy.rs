@@ -37,8 +37,8 @@ pub struct WasmStrategy {
     pacing: Pacing,
 }
 
-/// A call that keeps its thread busy this long marks its profile as heavy: its later calls run
-/// at low priority ([`executor::run_guest_low`]). A candle's decision takes microseconds.
+/// A call that keeps a core busy this long marks its profile as heavy: its later calls run at
+/// low priority ([`executor::run_guest_low`]). A candle's decision takes microseconds.
 const HEAVY_CALL: Duration = Duration::from_millis(2);
 
 /// Low-priority calls in a row that must each use less CPU than [`HEAVY_CALL`] before the
@@ -51,21 +51,35 @@ const LIGHT_CALLS_TO_RESTORE: u32 = 16;
 const LIGHT_CALLS_TO_RESTORE_MAX: u32 = 4096;
 
 /// Where a profile's calls run: at the host's priority until one takes [`HEAVY_CALL`] of wall
-/// time (measured cheaply, so a call delayed by the machine's load counts too), then at low
-/// priority until enough calls in a row ([`LIGHT_CALLS_TO_RESTORE`], doubled at each return)
-/// used less CPU time than that (CPU time, which the load does not inflate, so a light plugin
-/// comes back however busy the machine is).
+/// time (two cheap clock reads per call); the next call then runs at the host's priority with
+/// its CPU time measured (wall time includes waiting for a core on a loaded machine, CPU time
+/// does not), and only [`HEAVY_CALL`] of CPU moves the profile to low priority. There it stays
+/// until enough calls in a row ([`LIGHT_CALLS_TO_RESTORE`], doubled at each return) used less
+/// CPU time than that. So a light plugin on a busy machine keeps the host's priority, and a
+/// heavy one pays for its own weight.
 #[derive(Debug)]
 struct Pacing {
-    low: bool,
+    mode: Mode,
     light_in_a_row: u32,
     light_calls_to_restore: u32,
+}
+
+/// How the next call of a profile runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// At the host's priority, its wall time measured.
+    Normal,
+    /// At the host's priority, its CPU time measured: the last call took [`HEAVY_CALL`] of
+    /// wall time.
+    Probe,
+    /// At low priority ([`executor::run_guest_low`]), its CPU time measured.
+    Low,
 }
 
 impl Default for Pacing {
     fn default() -> Self {
         Pacing {
-            low: false,
+            mode: Mode::Normal,
             light_in_a_row: 0,
             light_calls_to_restore: LIGHT_CALLS_TO_RESTORE,
         }
@@ -73,20 +87,29 @@ impl Default for Pacing {
 }
 
 impl Pacing {
-    /// Books a call run at the host's priority that took `wall`.
+    /// Books a call run in [`Mode::Normal`] that took `wall`.
     fn after_normal_call(&mut self, wall: Duration) {
         if wall >= HEAVY_CALL {
-            self.low = true;
-            self.light_in_a_row = 0;
-            tracing::info!(
-                call_ms = wall.as_secs_f64() * 1e3,
-                light_calls_to_restore = self.light_calls_to_restore,
-                "plugin calls keep a core busy: they run at low priority from now on"
-            );
+            self.mode = Mode::Probe;
         }
     }
 
-    /// Books a call run at low priority that used `cpu`.
+    /// Books a call run in [`Mode::Probe`] that used `cpu`.
+    fn after_probe_call(&mut self, cpu: Duration) {
+        if cpu < HEAVY_CALL {
+            self.mode = Mode::Normal;
+            return;
+        }
+        self.mode = Mode::Low;
+        self.light_in_a_row = 0;
+        tracing::info!(
+            cpu_ms = cpu.as_secs_f64() * 1e3,
+            light_calls_to_restore = self.light_calls_to_restore,
+            "plugin calls keep a core busy: they run at low priority from now on"
+        );
+    }
+
+    /// Books a call run in [`Mode::Low`] that used `cpu`.
     fn after_low_call(&mut self, cpu: Duration) {
         if cpu >= HEAVY_CALL {
             self.light_in_a_row = 0;
@@ -94,7 +117,7 @@ impl Pacing {
         }
         self.light_in_a_row += 1;
         if self.light_in_a_row >= self.light_calls_to_restore {
-            self.low = false;
+            self.mode = Mode::Normal;
             self.light_in_a_row = 0;
             self.light_calls_to_restore = self
                 .light_calls_to_restore
@@ -307,11 +330,12 @@ impl WasmStrategy {
     }
 
     /// Runs one call (or a batch of calls) on the live instance, off the async runtime's
-    /// threads, at the priority the profile's [`Pacing`] says (or at low priority if `low`),
-    /// and books its fault, if any.
+    /// threads, at the priority the profile's [`Pacing`] says, and books its fault, if any.
+    /// A call's cost is booked in the pacing only if `paced` (a warm-up's batch of calls is
+    /// no measure of one).
     fn call<T: Send>(
         &mut self,
-        low: bool,
+        paced: bool,
         run: impl FnOnce(&mut PreparedInstance) -> Result<T, PluginFault> + Send,
     ) -> Result<T, PluginFault> {
         self.take_swap();
@@ -322,20 +346,37 @@ impl WasmStrategy {
                     let _entered = span.enter();
                     run(instance)
                 };
-                if low || self.pacing.low {
-                    self.engine.inner.low_priority_calls.inc();
-                    executor::run_guest_low(job).and_then(|(result, cpu)| {
-                        if self.pacing.low {
-                            self.pacing.after_low_call(cpu);
+                let pacing = &mut self.pacing;
+                match pacing.mode {
+                    Mode::Normal => {
+                        let started = Instant::now();
+                        executor::run_guest(job).and_then(|result| {
+                            if paced {
+                                pacing.after_normal_call(started.elapsed());
+                            }
+                            result
+                        })
+                    }
+                    Mode::Probe => executor::run_guest(|| {
+                        let started = executor::thread_cpu_time();
+                        let result = job();
+                        (result, executor::thread_cpu_time().saturating_sub(started))
+                    })
+                    .and_then(|(result, cpu)| {
+                        if paced {
+                            pacing.after_probe_call(cpu);
                         }
                         result
-                    })
-                } else {
-                    let started = Instant::now();
-                    executor::run_guest(job).and_then(|result| {
-                        self.pacing.after_normal_call(started.elapsed());
-                        result
-                    })
+                    }),
+                    Mode::Low => {
+                        self.engine.inner.low_priority_calls.inc();
+                        executor::run_guest_low(job).and_then(|(result, cpu)| {
+                            if paced {
+                                pacing.after_low_call(cpu);
+                            }
+                            result
+                        })
+                    }
                 }
             }
             // The start's fault was counted when it happened: said once more, not counted.
@@ -381,7 +422,7 @@ impl StrategyRuntime for WasmStrategy {
         candle: &Candle,
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault> {
-        self.call(false, |instance| instance.on_candle(candle, view))
+        self.call(true, |instance| instance.on_candle(candle, view))
     }
 
     fn on_fill(
@@ -389,11 +430,11 @@ impl StrategyRuntime for WasmStrategy {
         fill: &FillView,
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault> {
-        self.call(false, |instance| instance.on_fill(fill, view))
+        self.call(true, |instance| instance.on_fill(fill, view))
     }
 
     fn on_timer(&mut self, now_ms: i64, view: &AccountView) -> Result<Vec<RawIntent>, PluginFault> {
-        self.call(false, |instance| instance.on_timer(now_ms, view))
+        self.call(true, |instance| instance.on_timer(now_ms, view))
     }
 
     /// Replays the candles in one batch on the guest's thread, within the version's warm-up
@@ -402,8 +443,8 @@ impl StrategyRuntime for WasmStrategy {
     fn warm_up(&mut self, candles: &[Candle], view: &AccountView) -> (u64, Option<PluginFault>) {
         let budget = Duration::from_millis(self.last_version.limits.warm_up_ms_max);
         let mut replayed = 0_u64;
-        // Catching up is the host's least urgent work: a warm-up always runs at low priority.
-        let result = self.call(true, |instance| {
+        // At the profile's priority: a heavy plugin's warm-up runs at low priority.
+        let result = self.call(false, |instance| {
             let started = Instant::now();
             for candle in candles {
                 if started.elapsed() >= budget {
@@ -435,23 +476,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_heavy_call_lowers_the_priority_and_a_run_of_light_ones_restores_it() {
+    fn a_heavy_call_confirmed_by_cpu_lowers_the_priority_and_a_run_of_light_ones_restores_it() {
         let mut pacing = Pacing::default();
         pacing.after_normal_call(HEAVY_CALL / 2);
-        assert!(!pacing.low, "a light call changes nothing");
+        assert_eq!(pacing.mode, Mode::Normal, "a light call changes nothing");
         pacing.after_normal_call(HEAVY_CALL);
-        assert!(pacing.low);
+        assert_eq!(pacing.mode, Mode::Probe);
+        pacing.after_probe_call(HEAVY_CALL / 2);
+        assert_eq!(
+            pacing.mode,
+            Mode::Normal,
+            "a call slow only by the wall clock (waiting for a core) is no heavy call"
+        );
+        pacing.after_normal_call(HEAVY_CALL);
+        pacing.after_probe_call(HEAVY_CALL);
+        assert_eq!(pacing.mode, Mode::Low);
         for _ in 1..LIGHT_CALLS_TO_RESTORE {
             pacing.after_low_call(HEAVY_CALL / 4);
         }
         pacing.after_low_call(HEAVY_CALL);
-        assert!(pacing.low, "a heavy call breaks the run of light ones");
+        assert_eq!(
+            pacing.mode,
+            Mode::Low,
+            "a heavy call breaks the run of light ones"
+        );
         for _ in 1..LIGHT_CALLS_TO_RESTORE {
             pacing.after_low_call(Duration::ZERO);
         }
-        assert!(pacing.low, "one light call short of the run");
+        assert_eq!(pacing.mode, Mode::Low, "one light call short of the run");
         pacing.after_low_call(Duration::ZERO);
-        assert!(!pacing.low);
+        assert_eq!(pacing.mode, Mode::Normal);
     }
 
     #[test]
@@ -460,8 +514,9 @@ mod tests {
         let mut runs = Vec::new();
         for _ in 0..12 {
             pacing.after_normal_call(HEAVY_CALL);
+            pacing.after_probe_call(HEAVY_CALL);
             let mut light = 0;
-            while pacing.low {
+            while pacing.mode == Mode::Low {
                 pacing.after_low_call(Duration::ZERO);
                 light += 1;
             }

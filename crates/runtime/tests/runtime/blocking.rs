@@ -208,7 +208,7 @@ fn host_calls_with_a_huge_name_are_legal_and_refused_as_unknown_symbols() {
 }
 
 #[test]
-fn a_busy_plugins_calls_run_at_low_priority_after_its_first_heavy_call() {
+fn a_busy_plugins_calls_and_warm_ups_run_at_low_priority_once_its_cpu_confirms_it() {
     let (metrics, engine) = metered_engine();
     let version = crate::common::load(&engine, "hostile");
     let mut plugin = engine
@@ -218,7 +218,7 @@ fn a_busy_plugins_calls_run_at_low_priority_after_its_first_heavy_call() {
         )
         .unwrap();
     let low_calls = metrics.plugin_low_priority_calls_total.clone();
-    let (outcomes, low_after_each) = on_worker(move || {
+    let (outcomes, low_after_each, warm_up) = on_worker(move || {
         let mut low_after_each = Vec::new();
         let outcomes = (0..3)
             .map(|index| {
@@ -227,15 +227,21 @@ fn a_busy_plugins_calls_run_at_low_priority_after_its_first_heavy_call() {
                 outcome
             })
             .collect::<Vec<_>>();
-        (outcomes, low_after_each)
+        let candles: Vec<_> = (3..5).map(|index| candle(index, 100.0)).collect();
+        let warm_up = plugin.warm_up(&candles, &flat_view());
+        low_after_each.push(low_calls.get());
+        (outcomes, low_after_each, warm_up)
     });
     assert_eq!(outcomes, vec![Ok(Vec::new()); 3]);
-    // 64 copies and checks of a 1 MiB name take far more than the 2 ms that mark a call heavy.
-    assert_eq!(low_after_each, vec![0, 1, 2]);
+    assert_eq!(warm_up, (2, None));
+    // 64 copies and checks of a 1 MiB name take far more than the 2 ms that mark a call heavy:
+    // the first call at the host's priority, the second too with its CPU time measured, the
+    // third and the warm-up at low priority.
+    assert_eq!(low_after_each, vec![0, 0, 1, 2]);
 }
 
 #[test]
-fn a_warm_up_runs_at_low_priority() {
+fn a_light_plugins_warm_up_runs_at_the_hosts_priority() {
     let (metrics, engine) = metered_engine();
     let mut plugin = engine
         .start(
@@ -246,7 +252,7 @@ fn a_warm_up_runs_at_low_priority() {
     let candles: Vec<_> = (0..20).map(|index| candle(index, 100.0)).collect();
     let (replayed, fault) = on_worker(move || plugin.warm_up(&candles, &flat_view()));
     assert_eq!((replayed, fault), (20, None));
-    assert_eq!(metrics.plugin_low_priority_calls_total.get(), 1);
+    assert_eq!(metrics.plugin_low_priority_calls_total.get(), 0);
 }
 
 #[test]
