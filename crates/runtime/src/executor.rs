@@ -52,14 +52,7 @@ pub(crate) fn run_guest<R: Send>(job: impl FnOnce() -> R + Send) -> Result<R, Pl
         }
         // A current-thread runtime has no other worker to hand its tasks to: the call runs on a
         // thread of its own, and the wait is bounded by the call's deadline.
-        _ => std::thread::scope(|scope| {
-            let thread = std::thread::Builder::new()
-                .name("keel-plugin".to_string())
-                .stack_size(GUEST_THREAD_STACK_BYTES)
-                .spawn_scoped(scope, job)
-                .map_err(|e| PluginFault::Trap(format!("host: starting a plugin thread: {e}")))?;
-            thread.join().map_err(panic_fault)
-        }),
+        _ => on_thread_of_its_own("keel-plugin", job),
     }
 }
 
@@ -69,31 +62,43 @@ pub(crate) fn run_guest<R: Send>(job: impl FnOnce() -> R + Send) -> Result<R, Pl
 pub(crate) fn run_guest_low<R: Send>(
     job: impl FnOnce() -> R + Send,
 ) -> Result<(R, Duration), PluginFault> {
-    let timed = || {
-        let started = thread_cpu_time();
-        let value = job();
-        (value, thread_cpu_time().saturating_sub(started))
-    };
     let Ok(handle) = Handle::try_current() else {
-        return catch_unwind(AssertUnwindSafe(timed)).map_err(panic_fault);
+        return catch_unwind(AssertUnwindSafe(|| with_cpu_time(job))).map_err(panic_fault);
     };
-    let on_own_thread = || {
-        std::thread::scope(|scope| {
-            let thread = std::thread::Builder::new()
-                .name("keel-plugin-low".to_string())
-                .stack_size(GUEST_THREAD_STACK_BYTES)
-                .spawn_scoped(scope, || {
-                    lower_this_threads_priority();
-                    timed()
-                })
-                .map_err(|e| PluginFault::Trap(format!("host: starting a plugin thread: {e}")))?;
-            thread.join().map_err(panic_fault)
+    let low = || {
+        on_thread_of_its_own("keel-plugin-low", || {
+            lower_this_threads_priority();
+            with_cpu_time(job)
         })
     };
     match handle.runtime_flavor() {
-        RuntimeFlavor::MultiThread => tokio::task::block_in_place(on_own_thread),
-        _ => on_own_thread(),
+        RuntimeFlavor::MultiThread => tokio::task::block_in_place(low),
+        _ => low(),
     }
+}
+
+/// Runs `job` on a new thread named `name` and waits for it; a panic inside `job` is caught
+/// and returned as a trap.
+fn on_thread_of_its_own<R: Send>(
+    name: &str,
+    job: impl FnOnce() -> R + Send,
+) -> Result<R, PluginFault> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(GUEST_THREAD_STACK_BYTES)
+            .spawn_scoped(scope, job)
+            .map_err(|e| PluginFault::Trap(format!("host: starting a plugin thread: {e}")))?;
+        thread.join().map_err(panic_fault)
+    })
+}
+
+/// Runs `job` and returns what it returned with the CPU time the calling thread spent in it
+/// (two system calls, unlike `Instant::now`).
+pub(crate) fn with_cpu_time<R>(job: impl FnOnce() -> R) -> (R, Duration) {
+    let started = thread_cpu_time();
+    let value = job();
+    (value, thread_cpu_time().saturating_sub(started))
 }
 
 /// Puts the calling thread under `SCHED_IDLE` (at the lowest niceness, which that policy
@@ -111,8 +116,8 @@ fn lower_this_threads_priority() {
     }
 }
 
-/// CPU time the calling thread has used so far (a system call, unlike `Instant::now`).
-pub(crate) fn thread_cpu_time() -> Duration {
+/// CPU time the calling thread has used so far.
+fn thread_cpu_time() -> Duration {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(
         u64::try_from(now.tv_sec).unwrap_or(0),

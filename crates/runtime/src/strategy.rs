@@ -87,6 +87,16 @@ impl Default for Pacing {
 }
 
 impl Pacing {
+    /// Books a call run in `mode` that cost `cost`: its wall time in [`Mode::Normal`], its CPU
+    /// time in the others.
+    fn after_call(&mut self, mode: Mode, cost: Duration) {
+        match mode {
+            Mode::Normal => self.after_normal_call(cost),
+            Mode::Probe => self.after_probe_call(cost),
+            Mode::Low => self.after_low_call(cost),
+        }
+    }
+
     /// Books a call run in [`Mode::Normal`] that took `wall`.
     fn after_normal_call(&mut self, wall: Duration) {
         if wall >= HEAVY_CALL {
@@ -346,38 +356,24 @@ impl WasmStrategy {
                     let _entered = span.enter();
                     run(instance)
                 };
-                let pacing = &mut self.pacing;
-                match pacing.mode {
+                let mode = self.pacing.mode;
+                let ran = match mode {
                     Mode::Normal => {
                         let started = Instant::now();
-                        executor::run_guest(job).and_then(|result| {
-                            if paced {
-                                pacing.after_normal_call(started.elapsed());
-                            }
-                            result
-                        })
+                        executor::run_guest(job).map(|result| (result, started.elapsed()))
                     }
-                    Mode::Probe => executor::run_guest(|| {
-                        let started = executor::thread_cpu_time();
-                        let result = job();
-                        (result, executor::thread_cpu_time().saturating_sub(started))
-                    })
-                    .and_then(|(result, cpu)| {
-                        if paced {
-                            pacing.after_probe_call(cpu);
-                        }
-                        result
-                    }),
+                    Mode::Probe => executor::run_guest(|| executor::with_cpu_time(job)),
                     Mode::Low => {
                         self.engine.inner.low_priority_calls.inc();
-                        executor::run_guest_low(job).and_then(|(result, cpu)| {
-                            if paced {
-                                pacing.after_low_call(cpu);
-                            }
-                            result
-                        })
+                        executor::run_guest_low(job)
                     }
-                }
+                };
+                ran.and_then(|(result, cost)| {
+                    if paced {
+                        self.pacing.after_call(mode, cost);
+                    }
+                    result
+                })
             }
             // The start's fault was counted when it happened: said once more, not counted.
             None => match self.start_fault.take() {
