@@ -16,11 +16,11 @@
 //! commit.
 
 use std::collections::BTreeSet;
+use std::hash::BuildHasher as _;
 
 /// The tables' indexes hash with foldhash: its keys are the kernel's own ids, and SipHash's
 /// protection against chosen keys cost a tenth of an order round trip.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -106,9 +106,12 @@ pub(crate) struct JournalRow {
     pub dedup_key: String,
 }
 
-/// A fill row.
+/// A fill row, with its key (profile, symbol, exchange trade id).
 #[derive(Debug, Clone)]
 pub(crate) struct FillRow {
+    pub profile: ProfileId,
+    pub symbol: Symbol,
+    pub trade_id: String,
     pub client_order_id: ClientOrderId,
     pub qty: Decimal,
     pub price: Decimal,
@@ -151,12 +154,12 @@ enum Undo {
         at: usize,
         before: Option<OrderRecord>,
     },
-    Fill((ProfileId, Symbol, String)),
+    Fill,
     Lifecycle {
         at: usize,
         before: Option<LifecycleRow>,
     },
-    Trade((ProfileId, Symbol, String)),
+    Trade,
     Lock(LockKind, String, Option<LockRow>),
     FenceSeq(i64),
     Budget(UserId, Option<Budget>),
@@ -169,6 +172,41 @@ enum Undo {
 
 type SymbolKey = (ProfileId, Symbol);
 
+/// A trade history row's key: (profile, symbol, exchange trade id).
+type TradeKey = (ProfileId, Symbol, String);
+
+/// A unique index over rows kept in a `Vec`, appended to and undone newest first: the row holds
+/// its key and the index only the key's hash and the row's position, so a key is stored once,
+/// and a growing index moves its entries without hashing their keys again.
+#[derive(Default)]
+struct UniqueIndex {
+    entries: hashbrown::HashTable<(u64, usize)>,
+}
+
+impl UniqueIndex {
+    /// The position of the row whose key hashes to `hash` and for which `is_key` holds.
+    fn find(&self, hash: u64, is_key: impl Fn(usize) -> bool) -> Option<usize> {
+        self.entries
+            .find(hash, |&(h, at)| h == hash && is_key(at))
+            .map(|&(_, at)| at)
+    }
+
+    /// Indexes the row at `at` under `hash`; its key is in no other row.
+    fn insert(&mut self, hash: u64, at: usize) {
+        self.entries.insert_unique(hash, (hash, at), |&(h, _)| h);
+    }
+
+    /// Takes the row at `at` out of the index.
+    fn remove(&mut self, hash: u64, at: usize) {
+        if let Ok(entry) = self
+            .entries
+            .find_entry(hash, |&(h, a)| h == hash && a == at)
+        {
+            entry.remove();
+        }
+    }
+}
+
 /// The tables, with the indexes their constraints and lookups need.
 #[derive(Default)]
 pub(crate) struct Db {
@@ -176,7 +214,8 @@ pub(crate) struct Db {
     profile_seq: u64,
     capital: HashMap<ProfileId, CapitalRow>,
     journal: Vec<JournalRow>,
-    journal_keys: HashSet<(ProfileId, String)>,
+    /// `ledger_entries_dedup_key`: (profile, dedup key) of the journal's rows.
+    journal_keys: UniqueIndex,
     /// Orders in insertion order: `order_id` is the index plus one.
     orders: Vec<OrderRecord>,
     order_ids: HashMap<ClientOrderId, usize>,
@@ -184,7 +223,10 @@ pub(crate) struct Db {
     open_orders: BTreeSet<usize>,
     /// `orders_one_open_entry`: the open ENTRY order of (profile, symbol).
     open_entry_orders: HashMap<SymbolKey, usize>,
-    fills: HashMap<(ProfileId, Symbol, String), FillRow>,
+    /// Fills in insertion order.
+    fills: Vec<FillRow>,
+    /// `fills_exchange_trade_key`: (profile, symbol, trade id) of the fills.
+    fill_keys: UniqueIndex,
     /// Lifecycles in insertion order: `lifecycle_id` is the index plus one.
     lifecycles: Vec<LifecycleRow>,
     lifecycle_ids: HashMap<ClientOrderId, usize>,
@@ -192,7 +234,10 @@ pub(crate) struct Db {
     open_entries: HashMap<SymbolKey, usize>,
     /// `trade_history_exchange_trade_key`: the trade ids of the history, which nothing in a run
     /// thrown away reads back.
-    trades: HashSet<(ProfileId, Symbol, String)>,
+    trades: Vec<TradeKey>,
+    trade_keys: UniqueIndex,
+    /// The hasher of the indexes of positions.
+    keys_hasher: foldhash::fast::RandomState,
     locks: [HashMap<String, LockRow>; 3],
     fence_seq: i64,
     /// `capital_budgets`, kept equal to the grants and ALLOCATE entries as its triggers keep it.
@@ -466,10 +511,42 @@ impl Db {
         symbol: &Symbol,
         trade_id: &str,
     ) -> Option<&FillRow> {
-        let key = (profile, symbol.clone(), trade_id.to_owned());
-        self.fills
-            .get(&key)
+        self.fill_at(profile, symbol, trade_id)
+            .map(|at| &self.fills[at])
             .filter(|_| self.profile_owned(profile, user))
+    }
+
+    fn journal_key_hash(&self, profile: ProfileId, dedup_key: &str) -> u64 {
+        self.keys_hasher.hash_one((profile, dedup_key))
+    }
+
+    fn trade_key_hash(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> u64 {
+        self.keys_hasher
+            .hash_one((profile, symbol.as_str(), trade_id))
+    }
+
+    fn journal_at(&self, profile: ProfileId, dedup_key: &str) -> Option<usize> {
+        let hash = self.journal_key_hash(profile, dedup_key);
+        self.journal_keys.find(hash, |at| {
+            let row = &self.journal[at];
+            row.profile == profile && row.dedup_key == dedup_key
+        })
+    }
+
+    fn fill_at(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> Option<usize> {
+        let hash = self.trade_key_hash(profile, symbol, trade_id);
+        self.fill_keys.find(hash, |at| {
+            let row = &self.fills[at];
+            row.profile == profile && row.symbol == *symbol && row.trade_id == trade_id
+        })
+    }
+
+    fn trade_at(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> Option<usize> {
+        let hash = self.trade_key_hash(profile, symbol, trade_id);
+        self.trade_keys.find(hash, |at| {
+            let (p, s, t) = &self.trades[at];
+            *p == profile && s == symbol && t == trade_id
+        })
     }
 
     /// The open ENTRY lifecycle of (profile, symbol), with its id.
@@ -764,14 +841,15 @@ impl Transaction {
             self.check_order_reference(order, profile, "ledger_entries_order_fkey")?;
         }
         self.check_profile_reference(profile, user, "ledger_entries_profile_fkey")?;
-        let key = (profile, dedup_key.to_owned());
-        if self.db.journal_keys.contains(&key) {
+        if self.db.journal_at(profile, dedup_key).is_some() {
             return Err(refuse(Constraint::LedgerDedupKey));
         }
         if kind == JournalKind::Allocate {
             self.draw_budget(user, money(delta.allocated))?;
         }
-        self.db.journal_keys.insert(key);
+        let hash = self.db.journal_key_hash(profile, dedup_key);
+        let at = self.db.journal.len();
+        self.db.journal_keys.insert(hash, at);
         self.db.journal.push(JournalRow {
             user,
             profile,
@@ -935,25 +1013,36 @@ impl Transaction {
         }
         self.check_order_reference(&order.client_order_id, order.profile, "fills_order_fkey")?;
         self.check_profile_reference(order.profile, order.user, "fills_profile_fkey")?;
-        let row = FillRow {
-            client_order_id: order.client_order_id.clone(),
-            qty: money(qty),
-            price: money(price),
-            fee: money(fee),
-        };
-        check(row.qty > Decimal::ZERO, "fills_qty_positive")?;
-        check(row.price > Decimal::ZERO, "fills_price_positive")?;
-        check(row.fee >= Decimal::ZERO, "fills_fee_nonnegative")?;
-        let key = (order.profile, order.symbol.clone(), trade_id.to_owned());
-        if self.db.fills.contains_key(&key) {
+        let (qty, price, fee) = (money(qty), money(price), money(fee));
+        check(qty > Decimal::ZERO, "fills_qty_positive")?;
+        check(price > Decimal::ZERO, "fills_price_positive")?;
+        check(fee >= Decimal::ZERO, "fills_fee_nonnegative")?;
+        if self
+            .db
+            .fill_at(order.profile, &order.symbol, trade_id)
+            .is_some()
+        {
             return if dedup {
                 Ok(false)
             } else {
                 Err(refuse(Constraint::ExchangeTradeKey))
             };
         }
-        self.db.fills.insert(key.clone(), row);
-        self.undo.push(Undo::Fill(key));
+        let hash = self
+            .db
+            .trade_key_hash(order.profile, &order.symbol, trade_id);
+        let at = self.db.fills.len();
+        self.db.fill_keys.insert(hash, at);
+        self.db.fills.push(FillRow {
+            profile: order.profile,
+            symbol: order.symbol.clone(),
+            trade_id: trade_id.to_owned(),
+            client_order_id: order.client_order_id.clone(),
+            qty,
+            price,
+            fee,
+        });
+        self.undo.push(Undo::Fill);
         Ok(true)
     }
 
@@ -1018,11 +1107,22 @@ impl Transaction {
             "trade_history_order_fkey",
         )?;
         self.check_profile_reference(order.profile, order.user, "trade_history_profile_fkey")?;
-        let key = (order.profile, order.symbol.clone(), trade_id.to_owned());
-        if !self.db.trades.insert(key.clone()) {
+        if self
+            .db
+            .trade_at(order.profile, &order.symbol, trade_id)
+            .is_some()
+        {
             return Err(refuse(Constraint::ExchangeTradeKey));
         }
-        self.undo.push(Undo::Trade(key));
+        let hash = self
+            .db
+            .trade_key_hash(order.profile, &order.symbol, trade_id);
+        let at = self.db.trades.len();
+        self.db.trade_keys.insert(hash, at);
+        self.db
+            .trades
+            .push((order.profile, order.symbol.clone(), trade_id.to_owned()));
+        self.undo.push(Undo::Trade);
         Ok(())
     }
 
@@ -1151,7 +1251,8 @@ impl Db {
             },
             Undo::Journal => {
                 if let Some(row) = self.journal.pop() {
-                    self.journal_keys.remove(&(row.profile, row.dedup_key));
+                    let hash = self.journal_key_hash(row.profile, &row.dedup_key);
+                    self.journal_keys.remove(hash, self.journal.len());
                 }
             }
             Undo::Order { at, before } => {
@@ -1166,8 +1267,11 @@ impl Db {
                     }
                 }
             }
-            Undo::Fill(key) => {
-                self.fills.remove(&key);
+            Undo::Fill => {
+                if let Some(row) = self.fills.pop() {
+                    let hash = self.trade_key_hash(row.profile, &row.symbol, &row.trade_id);
+                    self.fill_keys.remove(hash, self.fills.len());
+                }
             }
             Undo::Quarantine { at, before } => match before {
                 Some(row) => self.quarantines[at] = row,
@@ -1188,8 +1292,11 @@ impl Db {
                     }
                 }
             }
-            Undo::Trade(key) => {
-                self.trades.remove(&key);
+            Undo::Trade => {
+                if let Some((profile, symbol, trade_id)) = self.trades.pop() {
+                    let hash = self.trade_key_hash(profile, &symbol, &trade_id);
+                    self.trade_keys.remove(hash, self.trades.len());
+                }
             }
             Undo::Lock(kind, key, before) => {
                 let table = &mut self.locks[lock_table(kind)];
@@ -1656,6 +1763,70 @@ mod tests {
             constraint(tx.insert_fill(&order, "t1", dec!(1), dec!(100), dec!(0), false)),
             Constraint::ExchangeTradeKey
         );
+    }
+
+    #[tokio::test]
+    async fn the_unique_keys_of_journal_fills_and_trades_go_with_their_rows() {
+        let pool = pool();
+        let (user, profile) = with_profile(&pool).await;
+        let order = entry_order(user, profile, "a");
+        let id = order.client_order_id.clone();
+        let mut tx = pool.begin().await.unwrap();
+        assert!(tx.insert_order(&order, now_ms()).unwrap());
+        tx.commit();
+        let delta = CapitalDelta::default();
+        let write = |tx: &mut Transaction, key: &str, trade: &str| {
+            tx.insert_journal(user, profile, Some(&id), JournalKind::Fill, &delta, key)?;
+            tx.insert_fill(&order, trade, dec!(1), dec!(100), dec!(0), false)?;
+            tx.insert_trade(&order, trade)
+        };
+        // Written, then rolled back: the keys are free again.
+        let mut tx = pool.begin().await.unwrap();
+        write(&mut tx, "fill:t1", "t1").unwrap();
+        drop(tx);
+        let mut tx = pool.begin().await.unwrap();
+        assert!(tx.fill(profile, user, &order.symbol, "t1").is_none());
+        write(&mut tx, "fill:t1", "t1").unwrap();
+        // Rows enough to grow every index several times, each found under its own key.
+        for n in 2..200 {
+            write(&mut tx, &format!("fill:t{n}"), &format!("t{n}")).unwrap();
+        }
+        tx.commit();
+        let mut tx = pool.begin().await.unwrap();
+        for n in 1..200 {
+            let trade = format!("t{n}");
+            let row = tx.fill(profile, user, &order.symbol, &trade).unwrap();
+            assert_eq!((row.trade_id.as_str(), row.qty), (trade.as_str(), dec!(1)));
+        }
+        // Committed: each key is taken, the other tables' rows notwithstanding.
+        assert_eq!(
+            constraint(tx.insert_journal(
+                user,
+                profile,
+                Some(&id),
+                JournalKind::Fill,
+                &delta,
+                "fill:t7"
+            )),
+            Constraint::LedgerDedupKey
+        );
+        assert_eq!(
+            constraint(tx.insert_fill(&order, "t7", dec!(1), dec!(100), dec!(0), false)),
+            Constraint::ExchangeTradeKey
+        );
+        assert_eq!(
+            constraint(tx.insert_trade(&order, "t7")),
+            Constraint::ExchangeTradeKey
+        );
+        // The same trade id on another symbol is another key.
+        let mut other = entry_order(user, profile, "b");
+        other.symbol = Symbol::new("ETHUSDT").unwrap();
+        assert!(tx.insert_order(&other, now_ms()).unwrap());
+        assert!(
+            tx.insert_fill(&other, "t7", dec!(1), dec!(100), dec!(0), false)
+                .unwrap()
+        );
+        tx.insert_trade(&other, "t7").unwrap();
     }
 
     #[tokio::test]
