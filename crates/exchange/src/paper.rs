@@ -18,7 +18,11 @@
 //! The per-candle path does not allocate when the symbol has no open orders. [`PaperExchange`]
 //! wraps the engine behind the kernel's `Exchange` trait for paper trading and the simulator.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// The engine's maps hash with foldhash: their keys are symbols and client order ids, and
+/// SipHash's protection against chosen keys is not needed by a simulation in one process.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -191,7 +195,9 @@ pub struct PaperEngine {
     config: PaperConfig,
     rng: ChaCha8Rng,
     books: HashMap<Symbol, Book>,
-    orders: HashMap<ClientOrderId, PaperOrder>,
+    /// Boxed: the map holds up to [`CLOSED_ORDERS_REMEMBERED_MAX`] closed orders besides the
+    /// open ones, and growing it moves its entries.
+    orders: HashMap<ClientOrderId, Box<PaperOrder>>,
     closed: VecDeque<ClientOrderId>,
     open_count: usize,
     next_order_id: i64,
@@ -228,7 +234,7 @@ impl PaperEngine {
             wallet: config.initial_balance.get(),
             config,
             books,
-            orders: HashMap::new(),
+            orders: HashMap::default(),
             closed: VecDeque::new(),
             open_count: 0,
             next_order_id: 1,
@@ -407,7 +413,8 @@ impl PaperEngine {
             matched_open_ms: None,
         };
         // A reused id replaces the closed order it named, as on Binance.
-        self.orders.insert(request.client_order_id.clone(), order);
+        self.orders
+            .insert(request.client_order_id.clone(), Box::new(order));
         let book = self.books.get_mut(&request.symbol).expect("checked");
         book.open.push(request.client_order_id.clone());
         self.open_count += 1;
