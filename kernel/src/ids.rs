@@ -163,6 +163,30 @@ impl IntentKind {
 /// The longest client order id Binance accepts.
 const CLIENT_ORDER_ID_LEN_MAX: usize = 36;
 
+/// The SHA-256 of (profile, symbol) that derived client order ids carry. A thread remembers
+/// the last one it computed: an engine derives and attributes its ids for one profile and
+/// mostly one symbol, and the digest is the most of what a derivation costs.
+fn profile_symbol_digest(profile: ProfileId, symbol: &Symbol) -> [u8; 32] {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(ProfileId, Symbol, [u8; 32])>> =
+            const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| {
+        let kept = last.take();
+        let digest = match kept {
+            Some((p, s, digest)) if p == profile && s == *symbol => digest,
+            _ => {
+                let mut hasher = Sha256::new();
+                hasher.update(profile.as_uuid().as_bytes());
+                hasher.update(symbol.as_str().as_bytes());
+                hasher.finalize().into()
+            }
+        };
+        last.set(Some((profile, symbol.clone(), digest)));
+        digest
+    })
+}
+
 /// The id the kernel gives an order before the exchange sees it.
 ///
 /// It is derived, not random: the same decision re-made after a crash yields the same id, so the
@@ -199,10 +223,7 @@ impl ClientOrderId {
     pub fn derive(profile: ProfileId, symbol: &Symbol, sequence: u64, kind: IntentKind) -> Self {
         use std::fmt::Write as _;
         const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hasher = Sha256::new();
-        hasher.update(profile.as_uuid().as_bytes());
-        hasher.update(symbol.as_str().as_bytes());
-        let digest = hasher.finalize();
+        let digest = profile_symbol_digest(profile, symbol);
         let mut id = ArrayString::new();
         // At most 23 characters: `k`, the letter, 20 digits of a u64 and the dash.
         write!(id, "k{}{}-", kind.letter(), sequence).expect("the head fits in the id");
