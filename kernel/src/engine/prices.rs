@@ -1,13 +1,13 @@
 //! The last price of each symbol, from the closes of the candles the engine was fed.
 
-use std::collections::HashMap;
+use std::cell::Cell;
 
 use crate::ids::Symbol;
 use crate::money::Price;
 
 /// Closes within this range convert to a [`Price`] without fail (positive after rounding to 12
 /// places, below the magnitude limit of 10¹²): they are kept as floats and converted only when
-/// a price is asked for, so a candle costs no decimal conversion.
+/// a price is asked for, once, so a candle costs no decimal conversion.
 const CLOSE_PLAUSIBLE_MIN: f64 = 1e-11;
 const CLOSE_PLAUSIBLE_MAX: f64 = 1e11;
 
@@ -15,14 +15,17 @@ const CLOSE_PLAUSIBLE_MAX: f64 = 1e11;
 /// infinite, zero, negative, too large) leaves the previous price in place.
 #[derive(Debug, Default)]
 pub(super) struct LastPrices {
-    closes: HashMap<Symbol, LastPrice>,
+    /// Keyed by the engine's own symbols, hashed with foldhash. A price asked for is kept in
+    /// place of its close, so an order's several reads of it convert it once.
+    closes: std::collections::HashMap<Symbol, Cell<LastPrice>, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum LastPrice {
     /// A close known to convert, not converted yet.
     Close(f64),
-    /// A price converted on the slow path.
+    /// A price: a close outside the plausible range converted when noted, or one converted
+    /// when first asked for.
     Price(Price),
 }
 
@@ -38,21 +41,24 @@ impl LastPrices {
             }
         };
         match self.closes.get_mut(symbol) {
-            Some(kept) => *kept = last,
+            Some(kept) => *kept.get_mut() = last,
             None => {
-                self.closes.insert(symbol.clone(), last);
+                self.closes.insert(symbol.clone(), Cell::new(last));
             }
         }
     }
 
     /// The last price of `symbol`, if a candle of it gave one.
     pub(super) fn get(&self, symbol: &Symbol) -> Option<Price> {
-        match *self.closes.get(symbol)? {
+        let kept = self.closes.get(symbol)?;
+        match kept.get() {
             LastPrice::Price(price) => Some(price),
             LastPrice::Close(close) => {
                 let price = Price::from_f64(close);
                 debug_assert!(price.is_ok(), "a plausible close {close} converts");
-                price.ok()
+                let price = price.ok()?;
+                kept.set(LastPrice::Price(price));
+                Some(price)
             }
         }
     }
