@@ -53,6 +53,8 @@ pub struct PreparedInstance {
     span: tracing::Span,
     /// `keel_plugin_fuel_consumed_total`, or the engine's own counter when no registry is used.
     fuel_consumed: prometheus::IntCounter,
+    /// When the last call began (the clock read its deadline was set from), until taken.
+    call_started: Option<Instant>,
 }
 
 impl PreparedInstance {
@@ -107,6 +109,7 @@ impl PreparedInstance {
             deadline_ticks,
             span: accounting.span,
             fuel_consumed: accounting.fuel_consumed,
+            call_started: None,
         };
         Ok((prepared, init))
     }
@@ -184,13 +187,21 @@ impl PreparedInstance {
     }
 
     fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
-        let deadline = call_deadline(&self.limits);
+        let started = Instant::now();
+        self.call_started = Some(started);
+        let deadline = started + Duration::from_millis(self.limits.call_deadline_ms);
         self.store.data_mut().begin_call(view, deadline);
         self.store
             .set_fuel(self.limits.fuel_per_call)
             .map_err(host_error)?;
         self.store.set_epoch_deadline(self.deadline_ticks);
         Ok(())
+    }
+
+    /// When the last call began, if one began since this was last asked: the pacing times a
+    /// call's wall time from the clock read that set its deadline.
+    pub(crate) fn take_call_started(&mut self) -> Option<Instant> {
+        self.call_started.take()
     }
 
     /// The span of this instance, entered around each call.

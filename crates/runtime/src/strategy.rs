@@ -358,10 +358,13 @@ impl WasmStrategy {
                 };
                 let mode = self.pacing.mode;
                 let ran = match mode {
-                    Mode::Normal => {
-                        let started = Instant::now();
-                        executor::run_guest(job).map(|result| (result, started.elapsed()))
-                    }
+                    Mode::Normal => executor::run_guest(job).map(|result| {
+                        // Timed from the clock read the call's deadline was set from.
+                        let took = instance
+                            .take_call_started()
+                            .map_or(Duration::ZERO, |started| started.elapsed());
+                        (result, took)
+                    }),
                     Mode::Probe => executor::run_guest(|| executor::with_cpu_time(job)),
                     Mode::Low => {
                         self.engine.inner.low_priority_calls.inc();
