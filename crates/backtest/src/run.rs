@@ -151,9 +151,19 @@ struct Rig {
     events: mpsc::Receiver<UserEvent>,
     clock: Arc<VirtualClock>,
     engine: ProfileEngine,
-    /// Equity out of the market, with the (allocated, realized PnL) it was computed from, each
-    /// as its exact bytes: it stays the same from one candle to the next until a trade closes.
-    flat_equity: Option<([u8; 16], [u8; 16], f64)>,
+    /// Allocated capital plus realized PnL as last summed: it stays the same from one candle
+    /// to the next until a trade changes it.
+    equity_base: Option<EquityBase>,
+}
+
+/// Allocated capital plus realized PnL, the first sum of every equity point, with the two
+/// values it was summed from, each as its exact bytes.
+struct EquityBase {
+    allocated: [u8; 16],
+    realized_pnl: [u8; 16],
+    sum: Decimal,
+    /// `sum` as a float: the equity out of the market.
+    flat: f64,
 }
 
 /// Runs the backtest; `progress` draws a bar on stderr when it is a terminal.
@@ -287,7 +297,7 @@ impl Rig {
             events,
             clock,
             engine,
-            flat_equity: None,
+            equity_base: None,
         })
     }
 
@@ -309,7 +319,8 @@ impl Rig {
     /// Hands the exchange's events to the engine.
     async fn hear_events(&mut self) -> anyhow::Result<()> {
         while let Ok(event) = self.events.try_recv() {
-            self.engine.on_user_event(&event).await?;
+            // Boxed: most candles bring no event, and the future of one is large.
+            Box::pin(self.engine.on_user_event(&event)).await?;
         }
         Ok(())
     }
@@ -322,6 +333,19 @@ impl Rig {
             book.capital.realized_pnl.get(),
         );
         let in_position = !book.positions.is_empty();
+        let key = (allocated.serialize(), realized_pnl.serialize());
+        let base = match self.equity_base.take() {
+            Some(base) if (base.allocated, base.realized_pnl) == key => base,
+            _ => {
+                let sum = allocated + realized_pnl;
+                EquityBase {
+                    allocated: key.0,
+                    realized_pnl: key.1,
+                    sum,
+                    flat: equity_f64(sum),
+                }
+            }
+        };
         let equity = if in_position {
             let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();
             let unrealized: Decimal = book
@@ -335,20 +359,13 @@ impl Rig {
                     }
                 })
                 .sum();
-            equity_f64(allocated, realized_pnl, unrealized)
+            equity_f64(base.sum + unrealized)
         } else {
-            // Out of the market no position has a value to take: the close is not converted,
-            // and the equity of the previous candle out of the market is the same.
-            let key = (allocated.serialize(), realized_pnl.serialize());
-            match self.flat_equity {
-                Some((a, r, equity)) if (a, r) == key => equity,
-                _ => {
-                    let equity = equity_f64(allocated, realized_pnl, Decimal::ZERO);
-                    self.flat_equity = Some((key.0, key.1, equity));
-                    equity
-                }
-            }
+            // Out of the market no position has a value to take: the close is not converted.
+            // (Adding a zero gives back the same decimal, so this is the sum with no position.)
+            base.flat
         };
+        self.equity_base = Some(base);
         EquityPoint {
             time_ms: candle.close_time_ms,
             equity,
@@ -357,11 +374,9 @@ impl Rig {
     }
 }
 
-/// Equity as the report has it: allocated + realized PnL + unrealized PnL, as a float.
-fn equity_f64(allocated: Decimal, realized_pnl: Decimal, unrealized: Decimal) -> f64 {
-    (allocated + realized_pnl + unrealized)
-        .to_f64()
-        .unwrap_or(f64::NAN)
+/// An equity as the report has it: (allocated + realized PnL) + unrealized PnL, as a float.
+fn equity_f64(equity: Decimal) -> f64 {
+    equity.to_f64().unwrap_or(f64::NAN)
 }
 
 /// Opens a backtest's store of `kind`, with the temporary directory of a file store (the

@@ -517,8 +517,15 @@ impl ProfileEngine {
         self.warm_up_if_fresh(Some(candle.open_time_ms));
         self.history.record(candle);
         self.note_price(candle);
+        // Boxed, and only when an order waits: its future is large, and a candle's step is
+        // built and moved at the size of what it holds.
+        let orders_sent = if self.unplaced.is_empty() {
+            Vec::new()
+        } else {
+            Box::pin(self.retry_unplaced()).await?
+        };
         let mut outcome = StepOutcome {
-            orders_sent: self.retry_unplaced().await?,
+            orders_sent,
             ..StepOutcome::default()
         };
         let now_ms = self.clock.now_ms();
@@ -583,7 +590,10 @@ impl ProfileEngine {
                         ValidIntent::Exit(exit) => Some(exit.symbol.clone()),
                         _ => None,
                     };
-                    if let Some(sent) = self.execute(&raw, valid, sequence).await? {
+                    // Boxed: most decisions send nothing, and the future of an order's way to
+                    // the exchange is large; inline, every candle's step would be built and
+                    // moved at its size.
+                    if let Some(sent) = Box::pin(self.execute(&raw, valid, sequence)).await? {
                         exits_sent.extend(exit_symbol);
                         outcome.orders_sent.push(sent);
                     }
