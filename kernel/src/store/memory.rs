@@ -218,7 +218,8 @@ pub(crate) struct Db {
     journal_keys: UniqueIndex,
     /// Orders in insertion order: `order_id` is the index plus one.
     orders: Vec<OrderRecord>,
-    order_ids: HashMap<ClientOrderId, usize>,
+    /// `orders_client_order_id_key`.
+    order_ids: UniqueIndex,
     /// The orders that may still fill (`orders_open`), by index.
     open_orders: BTreeSet<usize>,
     /// `orders_one_open_entry`: the open ENTRY order of (profile, symbol).
@@ -229,7 +230,8 @@ pub(crate) struct Db {
     fill_keys: UniqueIndex,
     /// Lifecycles in insertion order: `lifecycle_id` is the index plus one.
     lifecycles: Vec<LifecycleRow>,
-    lifecycle_ids: HashMap<ClientOrderId, usize>,
+    /// `lifecycles_client_order_id_key`.
+    lifecycle_ids: UniqueIndex,
     /// `lifecycles_one_open_entry`: the open ENTRY lifecycle of (profile, symbol).
     open_entries: HashMap<SymbolKey, usize>,
     /// `trade_history_exchange_trade_key`: the trade ids of the history, which nothing in a run
@@ -445,7 +447,7 @@ impl Db {
     }
 
     pub(crate) fn order(&self, coid: &ClientOrderId, user: UserId) -> Option<&OrderRecord> {
-        let at = *self.order_ids.get(coid)?;
+        let at = self.order_at(coid)?;
         Some(&self.orders[at]).filter(|o| o.user == user)
     }
 
@@ -516,6 +518,22 @@ impl Db {
             .filter(|_| self.profile_owned(profile, user))
     }
 
+    fn id_hash(&self, coid: &ClientOrderId) -> u64 {
+        self.keys_hasher.hash_one(coid.as_str())
+    }
+
+    fn order_at(&self, coid: &ClientOrderId) -> Option<usize> {
+        let hash = self.id_hash(coid);
+        self.order_ids
+            .find(hash, |at| self.orders[at].client_order_id == *coid)
+    }
+
+    fn lifecycle_at(&self, coid: &ClientOrderId) -> Option<usize> {
+        let hash = self.id_hash(coid);
+        self.lifecycle_ids
+            .find(hash, |at| self.lifecycles[at].client_order_id == *coid)
+    }
+
     fn journal_key_hash(&self, profile: ProfileId, dedup_key: &str) -> u64 {
         self.keys_hasher.hash_one((profile, dedup_key))
     }
@@ -583,7 +601,7 @@ impl Db {
         coid: &ClientOrderId,
         user: UserId,
     ) -> Option<(i64, &LifecycleRow)> {
-        let at = *self.lifecycle_ids.get(coid)?;
+        let at = self.lifecycle_at(coid)?;
         let row = &self.lifecycles[at];
         (row.user == user).then_some((lifecycle_id(at), row))
     }
@@ -914,9 +932,8 @@ impl Transaction {
     ) -> Result<(), StoreError> {
         let owned = self
             .db
-            .order_ids
-            .get(order)
-            .is_some_and(|&at| self.db.orders[at].profile == profile);
+            .order_at(order)
+            .is_some_and(|at| self.db.orders[at].profile == profile);
         check(owned, name)
     }
 
@@ -935,7 +952,7 @@ impl Transaction {
                 return Err(refuse(Constraint::CurrentFence));
             }
         }
-        if self.db.order_ids.contains_key(&order.client_order_id) {
+        if self.db.order_at(&order.client_order_id).is_some() {
             return Ok(false);
         }
         self.check_profile_reference(order.profile, order.user, "orders_profile_fkey")?;
@@ -944,7 +961,8 @@ impl Transaction {
         let at = self.db.orders.len();
         self.db
             .index_order(at, OrderSlot::of(None), OrderSlot::of(Some(&order)))?;
-        self.db.order_ids.insert(order.client_order_id.clone(), at);
+        let hash = self.db.id_hash(&order.client_order_id);
+        self.db.order_ids.insert(hash, at);
         self.db.orders.push(order);
         self.undo.push(Undo::Order { at, before: None });
         Ok(true)
@@ -970,7 +988,7 @@ impl Transaction {
         order: &OrderRecord,
         user: UserId,
     ) -> Result<(), StoreError> {
-        let Some(&at) = self.db.order_ids.get(&order.client_order_id) else {
+        let Some(at) = self.db.order_at(&order.client_order_id) else {
             return Ok(());
         };
         let before = &self.db.orders[at];
@@ -1051,7 +1069,7 @@ impl Transaction {
         self.check_order_reference(&row.client_order_id, row.profile, "lifecycles_order_fkey")?;
         self.check_profile_reference(row.profile, row.user, "lifecycles_profile_fkey")?;
         check_lifecycle(&row)?;
-        if self.db.lifecycle_ids.contains_key(&row.client_order_id) {
+        if self.db.lifecycle_at(&row.client_order_id).is_some() {
             return Err(refuse(Constraint::Other(
                 "lifecycles_client_order_id_key".to_owned(),
             )));
@@ -1059,9 +1077,8 @@ impl Transaction {
         let at = self.db.lifecycles.len();
         self.db
             .index_lifecycle(at, None, open_lifecycle_key(&row))?;
-        self.db
-            .lifecycle_ids
-            .insert(row.client_order_id.clone(), at);
+        let hash = self.db.id_hash(&row.client_order_id);
+        self.db.lifecycle_ids.insert(hash, at);
         self.db.lifecycles.push(row);
         self.undo.push(Undo::Lifecycle { at, before: None });
         Ok(())
@@ -1262,7 +1279,8 @@ impl Db {
                     Some(row) => self.orders[at] = row,
                     None => {
                         if let Some(row) = self.orders.pop() {
-                            self.order_ids.remove(&row.client_order_id);
+                            let hash = self.id_hash(&row.client_order_id);
+                            self.order_ids.remove(hash, self.orders.len());
                         }
                     }
                 }
@@ -1287,7 +1305,8 @@ impl Db {
                     Some(row) => self.lifecycles[at] = row,
                     None => {
                         if let Some(row) = self.lifecycles.pop() {
-                            self.lifecycle_ids.remove(&row.client_order_id);
+                            let hash = self.id_hash(&row.client_order_id);
+                            self.lifecycle_ids.remove(hash, self.lifecycles.len());
                         }
                     }
                 }
