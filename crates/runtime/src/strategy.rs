@@ -351,6 +351,9 @@ impl WasmStrategy {
         self.take_swap();
         let result = match self.current.as_mut() {
             Some(instance) => {
+                // A start left by a call the pacing timed otherwise (a probe, a low-priority
+                // call) is not this one's.
+                instance.take_call_started();
                 let span = instance.span().clone();
                 let job = || {
                     let _entered = span.enter();
