@@ -64,7 +64,7 @@ fn quoted(text: &str) -> Vec<(bool, &str)> {
 const FILE_EXTENSIONS: [&str; 8] = ["rs", "wit", "md", "toml", "py", "json", "sql", "yml"];
 
 /// Names the docs quote that belong to other software, with where they come from.
-const FOREIGN_NAMES: [(&str, &str); 8] = [
+const FOREIGN_NAMES: [(&str, &str); 9] = [
     (
         "kil_switch",
         "the misspelt key configuration.md shows being refused",
@@ -75,6 +75,7 @@ const FOREIGN_NAMES: [(&str, &str); 8] = [
     ("sqlite3_step", "a SQLite symbol in a profile"),
     ("futures_executor", "a crate in a profile"),
     ("wake_arc_raw", "a futures symbol in a profile"),
+    ("lookup_vmdef", "a wasmtime symbol in a profile"),
     ("current_user", "PostgreSQL"),
 ];
 
