@@ -132,9 +132,10 @@ impl PreparedInstance {
         let deadline_ticks = deadline_ticks(&limits, engine.settings().epoch_tick_ms);
         let instance = instantiate(&mut store, version, &limits, deadline_ticks)?;
         let params: ParamsFunc = typed_export(&instance, &mut store, PARAMS_EXPORT)?;
-        store
-            .data_mut()
-            .begin_call(&AccountView::default(), call_deadline(&limits));
+        store.data_mut().begin_call(
+            &AccountView::default(),
+            call_deadline(Instant::now(), &limits),
+        );
         store.set_fuel(limits.fuel_per_call).map_err(host_error)?;
         store.set_epoch_deadline(deadline_ticks);
         let (declared,) = params.call(&mut store, ()).map_err(classify)?;
@@ -143,7 +144,7 @@ impl PreparedInstance {
 
     /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
     fn init(&mut self, init: InitFunc, config: &[(String, String)]) -> Result<(), PluginFault> {
-        let deadline = call_deadline(&self.limits);
+        let deadline = call_deadline(Instant::now(), &self.limits);
         self.store
             .data_mut()
             .begin_call(&AccountView::default(), deadline);
@@ -189,7 +190,7 @@ impl PreparedInstance {
     fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
         let started = Instant::now();
         self.call_started = Some(started);
-        let deadline = started + Duration::from_millis(self.limits.call_deadline_ms);
+        let deadline = call_deadline(started, &self.limits);
         self.store.data_mut().begin_call(view, deadline);
         self.store
             .set_fuel(self.limits.fuel_per_call)
@@ -351,7 +352,7 @@ fn new_store(
         setup.clock.clone(),
         call_seq,
         // Instantiation may run guest code too (a component's start functions).
-        call_deadline(limits),
+        call_deadline(Instant::now(), limits),
     );
     let mut store = Store::new(&engine.inner.engine, state);
     store.limiter(|state| &mut state.memory);
@@ -383,9 +384,9 @@ fn no_authority_wasi(
     builder.build()
 }
 
-/// When a call starting now must end.
-fn call_deadline(limits: &PluginLimits) -> Instant {
-    Instant::now() + Duration::from_millis(limits.call_deadline_ms)
+/// When a call that started at `started` must end.
+fn call_deadline(started: Instant, limits: &PluginLimits) -> Instant {
+    started + Duration::from_millis(limits.call_deadline_ms)
 }
 
 /// Names what stopped a call.
