@@ -517,15 +517,8 @@ impl ProfileEngine {
         self.warm_up_if_fresh(Some(candle.open_time_ms));
         self.history.record(candle);
         self.note_price(candle);
-        // Boxed, and only when an order waits: its future is large, and a candle's step is
-        // built and moved at the size of what it holds.
-        let orders_sent = if self.unplaced.is_empty() {
-            Vec::new()
-        } else {
-            Box::pin(self.retry_unplaced()).await?
-        };
         let mut outcome = StepOutcome {
-            orders_sent,
+            orders_sent: self.retry_unplaced().await?,
             ..StepOutcome::default()
         };
         let now_ms = self.clock.now_ms();

@@ -123,6 +123,12 @@ impl ProfileEngine {
         if self.unplaced.is_empty() {
             return Ok(Vec::new());
         }
+        // Boxed: the retries' future is large, and every candle's step, which holds this one,
+        // is built and moved at the size of what it holds; most steps retry nothing.
+        Box::pin(self.retry_due()).await
+    }
+
+    async fn retry_due(&mut self) -> Result<Vec<ClientOrderId>, EngineError> {
         let now_ms = self.clock.now_ms();
         let budget_ms = self.entry_retry_budget_ms();
         let expired: Vec<ClientOrderId> = self
