@@ -184,11 +184,13 @@ struct UniqueIndex {
 }
 
 impl UniqueIndex {
-    /// The position of the row whose key hashes to `hash` and for which `is_key` holds.
-    fn find(&self, hash: u64, is_key: impl Fn(usize) -> bool) -> Option<usize> {
+    /// The position of the row whose key hashes to `hash` and for which `is_key` holds, or,
+    /// when no row holds the key, the hash to index a new row under.
+    fn find(&self, hash: u64, is_key: impl Fn(usize) -> bool) -> Result<usize, u64> {
         self.entries
             .find(hash, |&(h, at)| h == hash && is_key(at))
             .map(|&(_, at)| at)
+            .ok_or(hash)
     }
 
     /// Indexes the row at `at` under `hash`; its key is in no other row.
@@ -447,7 +449,7 @@ impl Db {
     }
 
     pub(crate) fn order(&self, coid: &ClientOrderId, user: UserId) -> Option<&OrderRecord> {
-        let at = self.order_at(coid)?;
+        let at = self.order_at(coid).ok()?;
         Some(&self.orders[at]).filter(|o| o.user == user)
     }
 
@@ -514,6 +516,7 @@ impl Db {
         trade_id: &str,
     ) -> Option<&FillRow> {
         self.fill_at(profile, symbol, trade_id)
+            .ok()
             .map(|at| &self.fills[at])
             .filter(|_| self.profile_owned(profile, user))
     }
@@ -522,13 +525,15 @@ impl Db {
         self.keys_hasher.hash_one(coid.as_str())
     }
 
-    fn order_at(&self, coid: &ClientOrderId) -> Option<usize> {
+    /// The position of the order with this id, or the hash to index it under (see
+    /// [`UniqueIndex::find`]); the same for the other tables' keys below.
+    fn order_at(&self, coid: &ClientOrderId) -> Result<usize, u64> {
         let hash = self.id_hash(coid);
         self.order_ids
             .find(hash, |at| self.orders[at].client_order_id == *coid)
     }
 
-    fn lifecycle_at(&self, coid: &ClientOrderId) -> Option<usize> {
+    fn lifecycle_at(&self, coid: &ClientOrderId) -> Result<usize, u64> {
         let hash = self.id_hash(coid);
         self.lifecycle_ids
             .find(hash, |at| self.lifecycles[at].client_order_id == *coid)
@@ -543,7 +548,7 @@ impl Db {
             .hash_one((profile, symbol.as_str(), trade_id))
     }
 
-    fn journal_at(&self, profile: ProfileId, dedup_key: &str) -> Option<usize> {
+    fn journal_at(&self, profile: ProfileId, dedup_key: &str) -> Result<usize, u64> {
         let hash = self.journal_key_hash(profile, dedup_key);
         self.journal_keys.find(hash, |at| {
             let row = &self.journal[at];
@@ -551,7 +556,7 @@ impl Db {
         })
     }
 
-    fn fill_at(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> Option<usize> {
+    fn fill_at(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> Result<usize, u64> {
         let hash = self.trade_key_hash(profile, symbol, trade_id);
         self.fill_keys.find(hash, |at| {
             let row = &self.fills[at];
@@ -559,7 +564,7 @@ impl Db {
         })
     }
 
-    fn trade_at(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> Option<usize> {
+    fn trade_at(&self, profile: ProfileId, symbol: &Symbol, trade_id: &str) -> Result<usize, u64> {
         let hash = self.trade_key_hash(profile, symbol, trade_id);
         self.trade_keys.find(hash, |at| {
             let (p, s, t) = &self.trades[at];
@@ -601,7 +606,7 @@ impl Db {
         coid: &ClientOrderId,
         user: UserId,
     ) -> Option<(i64, &LifecycleRow)> {
-        let at = self.lifecycle_at(coid)?;
+        let at = self.lifecycle_at(coid).ok()?;
         let row = &self.lifecycles[at];
         (row.user == user).then_some((lifecycle_id(at), row))
     }
@@ -859,13 +864,12 @@ impl Transaction {
             self.check_order_reference(order, profile, "ledger_entries_order_fkey")?;
         }
         self.check_profile_reference(profile, user, "ledger_entries_profile_fkey")?;
-        if self.db.journal_at(profile, dedup_key).is_some() {
+        let Err(hash) = self.db.journal_at(profile, dedup_key) else {
             return Err(refuse(Constraint::LedgerDedupKey));
-        }
+        };
         if kind == JournalKind::Allocate {
             self.draw_budget(user, money(delta.allocated))?;
         }
-        let hash = self.db.journal_key_hash(profile, dedup_key);
         let at = self.db.journal.len();
         self.db.journal_keys.insert(hash, at);
         self.db.journal.push(JournalRow {
@@ -933,7 +937,7 @@ impl Transaction {
         let owned = self
             .db
             .order_at(order)
-            .is_some_and(|at| self.db.orders[at].profile == profile);
+            .is_ok_and(|at| self.db.orders[at].profile == profile);
         check(owned, name)
     }
 
@@ -952,16 +956,15 @@ impl Transaction {
                 return Err(refuse(Constraint::CurrentFence));
             }
         }
-        if self.db.order_at(&order.client_order_id).is_some() {
+        let Err(hash) = self.db.order_at(&order.client_order_id) else {
             return Ok(false);
-        }
+        };
         self.check_profile_reference(order.profile, order.user, "orders_profile_fkey")?;
         let order = normalize_order(order);
         check_order(&order)?;
         let at = self.db.orders.len();
         self.db
             .index_order(at, OrderSlot::of(None), OrderSlot::of(Some(&order)))?;
-        let hash = self.db.id_hash(&order.client_order_id);
         self.db.order_ids.insert(hash, at);
         self.db.orders.push(order);
         self.undo.push(Undo::Order { at, before: None });
@@ -988,7 +991,7 @@ impl Transaction {
         order: &OrderRecord,
         user: UserId,
     ) -> Result<(), StoreError> {
-        let Some(at) = self.db.order_at(&order.client_order_id) else {
+        let Ok(at) = self.db.order_at(&order.client_order_id) else {
             return Ok(());
         };
         let before = &self.db.orders[at];
@@ -1035,20 +1038,13 @@ impl Transaction {
         check(qty > Decimal::ZERO, "fills_qty_positive")?;
         check(price > Decimal::ZERO, "fills_price_positive")?;
         check(fee >= Decimal::ZERO, "fills_fee_nonnegative")?;
-        if self
-            .db
-            .fill_at(order.profile, &order.symbol, trade_id)
-            .is_some()
-        {
+        let Err(hash) = self.db.fill_at(order.profile, &order.symbol, trade_id) else {
             return if dedup {
                 Ok(false)
             } else {
                 Err(refuse(Constraint::ExchangeTradeKey))
             };
-        }
-        let hash = self
-            .db
-            .trade_key_hash(order.profile, &order.symbol, trade_id);
+        };
         let at = self.db.fills.len();
         self.db.fill_keys.insert(hash, at);
         self.db.fills.push(FillRow {
@@ -1069,15 +1065,14 @@ impl Transaction {
         self.check_order_reference(&row.client_order_id, row.profile, "lifecycles_order_fkey")?;
         self.check_profile_reference(row.profile, row.user, "lifecycles_profile_fkey")?;
         check_lifecycle(&row)?;
-        if self.db.lifecycle_at(&row.client_order_id).is_some() {
+        let Err(hash) = self.db.lifecycle_at(&row.client_order_id) else {
             return Err(refuse(Constraint::Other(
                 "lifecycles_client_order_id_key".to_owned(),
             )));
-        }
+        };
         let at = self.db.lifecycles.len();
         self.db
             .index_lifecycle(at, None, open_lifecycle_key(&row))?;
-        let hash = self.db.id_hash(&row.client_order_id);
         self.db.lifecycle_ids.insert(hash, at);
         self.db.lifecycles.push(row);
         self.undo.push(Undo::Lifecycle { at, before: None });
@@ -1124,16 +1119,9 @@ impl Transaction {
             "trade_history_order_fkey",
         )?;
         self.check_profile_reference(order.profile, order.user, "trade_history_profile_fkey")?;
-        if self
-            .db
-            .trade_at(order.profile, &order.symbol, trade_id)
-            .is_some()
-        {
+        let Err(hash) = self.db.trade_at(order.profile, &order.symbol, trade_id) else {
             return Err(refuse(Constraint::ExchangeTradeKey));
-        }
-        let hash = self
-            .db
-            .trade_key_hash(order.profile, &order.symbol, trade_id);
+        };
         let at = self.db.trades.len();
         self.db.trade_keys.insert(hash, at);
         self.db
