@@ -201,7 +201,10 @@ pub enum RawIntent {
 }
 
 /// A read-only snapshot of the profile's account, handed to every call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// `clone_from` reuses the copy's buffers field by field (a runtime copies the view into its
+/// instance on every call): the derived one would build a new copy and drop the old.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AccountView {
     /// Capital not reserved by orders or positions, in quote currency.
     pub free_capital: f64,
@@ -213,8 +216,26 @@ pub struct AccountView {
     pub open_orders: Vec<OrderView>,
 }
 
-/// One open position, as a strategy sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl Clone for AccountView {
+    fn clone(&self) -> Self {
+        AccountView {
+            free_capital: self.free_capital,
+            equity: self.equity,
+            positions: self.positions.clone(),
+            open_orders: self.open_orders.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.free_capital = source.free_capital;
+        self.equity = source.equity;
+        self.positions.clone_from(&source.positions);
+        self.open_orders.clone_from(&source.open_orders);
+    }
+}
+
+/// One open position, as a strategy sees it (`clone_from` reuses the symbol's buffer).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct PositionView {
     /// The instrument.
     pub symbol: String,
@@ -226,8 +247,26 @@ pub struct PositionView {
     pub entry_price: f64,
 }
 
-/// One open order, as a strategy sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl Clone for PositionView {
+    fn clone(&self) -> Self {
+        PositionView {
+            symbol: self.symbol.clone(),
+            side: self.side,
+            qty: self.qty,
+            entry_price: self.entry_price,
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.symbol.clone_from(&source.symbol);
+        self.side = source.side;
+        self.qty = source.qty;
+        self.entry_price = source.entry_price;
+    }
+}
+
+/// One open order, as a strategy sees it (`clone_from` reuses the text buffers).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderView {
     /// The kernel's id for the order; a strategy cancels by it.
     pub client_order_id: String,
@@ -243,6 +282,30 @@ pub struct OrderView {
     pub filled_qty: f64,
     /// Limit price, if any.
     pub limit_price: Option<f64>,
+}
+
+impl Clone for OrderView {
+    fn clone(&self) -> Self {
+        OrderView {
+            client_order_id: self.client_order_id.clone(),
+            symbol: self.symbol.clone(),
+            is_exit: self.is_exit,
+            side: self.side,
+            qty: self.qty,
+            filled_qty: self.filled_qty,
+            limit_price: self.limit_price,
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.client_order_id.clone_from(&source.client_order_id);
+        self.symbol.clone_from(&source.symbol);
+        self.is_exit = source.is_exit;
+        self.side = source.side;
+        self.qty = source.qty;
+        self.filled_qty = source.filled_qty;
+        self.limit_price = source.limit_price;
+    }
 }
 
 /// A fill of one of the profile's orders, as a strategy sees it.
@@ -264,4 +327,65 @@ pub struct FillView {
     pub fee: f64,
     /// Exchange time of the fill, milliseconds since the epoch.
     pub time_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(symbol: &str, qty: f64) -> PositionView {
+        PositionView {
+            symbol: symbol.into(),
+            side: PositionSide::Short,
+            qty,
+            entry_price: 101.5,
+        }
+    }
+
+    fn order(id: &str, limit_price: Option<f64>) -> OrderView {
+        OrderView {
+            client_order_id: id.into(),
+            symbol: "ETHUSDT".into(),
+            is_exit: true,
+            side: PositionSide::Long,
+            qty: 2.0,
+            filled_qty: 0.5,
+            limit_price,
+        }
+    }
+
+    #[test]
+    fn a_view_cloned_into_another_equals_its_source_whatever_the_other_held() {
+        let full = AccountView {
+            free_capital: 10.0,
+            equity: 25.0,
+            positions: vec![position("BTCUSDT", 1.0), position("SOLUSDT", 3.0)],
+            open_orders: vec![order("kE1-a", Some(99.0)), order("kX2-b", None)],
+        };
+        let small = AccountView {
+            free_capital: 1.0,
+            equity: 2.0,
+            positions: vec![position("ETHUSDT", 9.0)],
+            open_orders: Vec::new(),
+        };
+        for (source, target) in [
+            (&full, &small),
+            (&small, &full),
+            (&full, &AccountView::default()),
+            (&AccountView::default(), &full),
+        ] {
+            let mut copy = target.clone();
+            copy.clone_from(source);
+            assert_eq!(&copy, source);
+            assert_eq!(&source.clone(), source);
+        }
+        let mut copy = full.clone();
+        let buffer = copy.positions[0].symbol.as_ptr();
+        copy.clone_from(&small);
+        assert_eq!(
+            copy.positions[0].symbol.as_ptr(),
+            buffer,
+            "a symbol's buffer is reused"
+        );
+    }
 }
