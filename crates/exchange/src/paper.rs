@@ -317,8 +317,11 @@ impl PaperEngine {
             return Err(PaperError::UnknownSymbol(candle.symbol.clone()));
         };
         check_candle(candle, book.last_open_time_ms)?;
+        let orders_open = !book.open.is_empty();
         self.now_ms = self.now_ms.max(candle.open_time_ms);
-        self.match_open_orders(candle, |order| order.report.order_type == OrderType::Market);
+        if orders_open {
+            self.match_open_orders(candle, |order| order.report.order_type == OrderType::Market);
+        }
         Ok(())
     }
 
@@ -337,14 +340,19 @@ impl PaperEngine {
             book.history.pop_front();
         }
         book.history.push_back(Bar::of(candle));
+        let orders_open = !book.open.is_empty();
         self.now_ms = self.now_ms.max(candle.close_time_ms);
-        self.match_open_orders(candle, |_| true);
+        if orders_open {
+            self.match_open_orders(candle, |_| true);
+        }
         Ok(())
     }
 
     /// Matches the open orders of `candle`'s symbol that `eligible` picks against it, and
     /// closes those it fills or expires. The open list is taken out and put back so its
-    /// capacity is reused: no allocation per candle unless an order closes.
+    /// capacity is reused: no allocation per candle unless an order closes. (Callers that
+    /// already hold the symbol's book call it only while an order is open: a candle with
+    /// none costs one look-up of the book.)
     fn match_open_orders(&mut self, candle: &Candle, eligible: impl Fn(&PaperOrder) -> bool) {
         let Some(book) = self.books.get_mut(&candle.symbol) else {
             return;
