@@ -318,11 +318,22 @@ impl Rig {
 
     /// Hands the exchange's events to the engine.
     async fn hear_events(&mut self) -> anyhow::Result<()> {
-        while let Ok(event) = self.events.try_recv() {
-            // Boxed: most candles bring no event, and the future of one is large.
-            Box::pin(self.engine.on_user_event(&event)).await?;
-        }
-        Ok(())
+        let Ok(first) = self.events.try_recv() else {
+            return Ok(());
+        };
+        // Boxed, once for the candle's events (a fill comes with its order's report): most
+        // candles bring none, and the future of one is large.
+        Box::pin(async {
+            let mut event = first;
+            loop {
+                self.engine.on_user_event(&event).await?;
+                match self.events.try_recv() {
+                    Ok(next) => event = next,
+                    Err(_) => return Ok(()),
+                }
+            }
+        })
+        .await
     }
 
     /// Equity at the candle's close: allocated + realized PnL (fees included) + unrealized PnL.
