@@ -197,6 +197,9 @@ impl ProfileEngine {
                 // The fills fetched above moved the order on: read it again. Without them it is
                 // as read above.
                 None if behind => self.reload_order(&report.client_order_id).await,
+                // The order as the engine last applied it (a fill's report after the fill): the
+                // change that brought it here re-read position and capital; nothing is new.
+                None if self.order_applied.as_ref() == Some(&stored) => Ok(()),
                 None => self.after_order_change(stored).await,
             }
         }
@@ -286,16 +289,19 @@ impl ProfileEngine {
         );
         let symbol = order.symbol.clone();
         let exit_status = (order.kind == IntentKind::Exit).then_some(order.status);
-        self.update_book_order(order);
+        self.order_applied = None;
         if status_only {
+            self.update_book_order(order);
             return Ok(());
         }
+        self.update_book_order(order.clone());
         let mut tx = self.store.tenant(self.spec.user).begin().await?;
         let position = tx.position(self.spec.profile, &symbol).await?;
         let capital = tx.capital(self.spec.profile).await?;
         tx.commit().await?;
         self.book.update_position(&symbol, position);
         self.set_capital(capital);
+        self.order_applied = Some(order);
         if let Some(status) = exit_status {
             self.follow_reversal(&symbol, status);
         }
@@ -313,10 +319,17 @@ impl ProfileEngine {
     }
 
     /// The capital row as last read, in the book and in `keel_capital_free_quote` (and its `_min`).
+    /// A row the same to the byte as the one last recorded (most reads after a change of an
+    /// order that moved no capital) leaves both as they are.
     fn set_capital(&mut self, capital: Capital) {
+        let bytes = capital_bytes(&capital);
+        if self.capital_recorded == Some(bytes) {
+            return;
+        }
         self.book.update_capital(capital);
         let free = rust_decimal::prelude::ToPrimitive::to_f64(&capital.free()).unwrap_or(0.0);
         self.metrics.set_capital_free(self.spec.profile, free);
+        self.capital_recorded = Some(bytes);
     }
 
     /// Records a fill in its own transaction, passing the crash points around its commit.
@@ -454,6 +467,19 @@ impl ProfileEngine {
         // for ever: what is left waits for the next step.
         Ok(())
     }
+}
+
+/// A capital row's columns as their exact bytes: two rows equal in value may differ in scale,
+/// and the book keeps the row as read.
+pub(super) type CapitalBytes = [[u8; 16]; 4];
+
+fn capital_bytes(capital: &Capital) -> CapitalBytes {
+    [
+        capital.allocated.get().serialize(),
+        capital.reserved_for_orders.get().serialize(),
+        capital.reserved_for_positions.get().serialize(),
+        capital.realized_pnl.get().serialize(),
+    ]
 }
 
 fn kind_label(kind: Option<IntentKind>) -> &'static str {

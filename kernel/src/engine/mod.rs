@@ -50,6 +50,7 @@ pub use unplaced::{
 };
 
 use book::{OpenOrdersGauge, entry_side};
+use handlers::CapitalBytes;
 
 /// Candles kept for warm-up unless configured otherwise: the longest window of the example
 /// strategies with room to spare, and at most what one Binance klines request returns (1500).
@@ -237,6 +238,12 @@ pub struct ProfileEngine {
     /// The last closed candles, replayed into a fresh strategy.
     history: Arc<CandleHistory>,
     book: Book,
+    /// The capital row last recorded by [`ProfileEngine::set_capital`], byte for byte, while
+    /// the book still holds it: the same row read again changes neither the book nor the gauges.
+    capital_recorded: Option<CapitalBytes>,
+    /// The order of the last change after which position and capital were re-read, as it was
+    /// applied: a report of it as it stands brings nothing new ([`ProfileEngine::apply_report`]).
+    order_applied: Option<OrderRecord>,
     orders_open: OpenOrdersGauge,
     last_price: prices::LastPrices,
     rules: HashMap<Symbol, SymbolRules>,
@@ -307,6 +314,8 @@ impl ProfileEngine {
             strategy_fresh: true,
             history,
             book: Book::default(),
+            capital_recorded: None,
+            order_applied: None,
             orders_open,
             last_price: prices::LastPrices::default(),
             rules: HashMap::new(),

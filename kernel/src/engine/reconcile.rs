@@ -451,6 +451,8 @@ impl ProfileEngine {
     /// Replaces the book with what the store holds and publishes its open orders.
     fn reset_book(&mut self, capital: Capital, positions: Vec<Position>, orders: Vec<OrderRecord>) {
         self.book.reset(capital, positions, orders);
+        self.capital_recorded = None;
+        self.order_applied = None;
         self.orders_open.publish(&self.book);
     }
 }
