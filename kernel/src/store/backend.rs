@@ -36,12 +36,12 @@ impl Tx {
         })
     }
 
-    /// Commits.
+    /// Commits (a database's commit as a boxed future, as in [`with_tx!`]).
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Pg(tx) => tx.commit().await?,
-            Tx::Lite(tx) => tx.commit().await?,
-            Tx::InThread(tx) => tx.commit().await?,
+            Tx::Pg(tx) => Box::pin(tx.commit()).await?,
+            Tx::Lite(tx) => Box::pin(tx.commit()).await?,
+            Tx::InThread(tx) => Box::pin(tx.commit()).await?,
             Tx::Memory(tx) => tx.commit(),
         }
         Ok(())
@@ -54,6 +54,11 @@ impl Tx {
 /// has no SQL: `memory $m => $mem` is the statement's Rust counterpart on its rows, with `$m`
 /// bound to the memory transaction or pool, and `memory => unsupported($what)` marks an
 /// operation the memory store does not offer.
+///
+/// Each SQL arm runs as a boxed future of its own (`?` and `return` in `$body` end the arm with
+/// its value): a database statement's future is large, and inline it would be part of every
+/// future that waits on the operation, on every backend, to be built and moved at that size.
+/// The memory arm runs inline; one allocation beside a database round trip is nothing.
 macro_rules! on_each_backend {
     ($($enum:ident)::+, $value:expr, $c:ident, $b:ident => $body:block,
      memory => unsupported($what:expr)) => {
@@ -69,19 +74,19 @@ macro_rules! on_each_backend {
             $($enum)::+::Pg($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::pg as $b;
-                $body
+                Box::pin(async { Ok::<_, $crate::store::StoreError>($body) }).await?
             }
             $($enum)::+::Lite($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::lite as $b;
-                $body
+                Box::pin(async { Ok::<_, $crate::store::StoreError>($body) }).await?
             }
             $($enum)::+::InThread($c) => {
                 #[allow(unused_imports)]
                 use $crate::store::backend::lite as $b;
                 #[allow(unused_imports)]
                 use $crate::store::in_thread as sqlx;
-                $body
+                Box::pin(async { Ok::<_, $crate::store::StoreError>($body) }).await?
             }
         }
     };

@@ -55,38 +55,50 @@ impl<'s> Tenant<'s> {
     /// Opens a transaction in this tenant's scope. On PostgreSQL it sets the transaction-local
     /// `request.jwt.claims` to `{"sub": user, "role": "authenticated"}`, so row-level security
     /// sees this user only; on SQLite it takes the write lock at once (`BEGIN IMMEDIATE`).
+    ///
+    /// A database's begin runs as a boxed future (see [`with_tx!`](super::backend::with_tx)):
+    /// every operation waits on a begin, and the memory store's is small.
     pub async fn begin(&self) -> Result<TenantTx, StoreError> {
         let tx = match self.store.pool() {
             Pool::Pg(pool) => {
-                // One round trip: BEGIN and the claims as one simple query. The user id is a
-                // UUID printed by Rust, so the literal cannot carry anything else.
-                let begin = format!(
-                    "BEGIN; SELECT set_config('request.jwt.claims', \
-                     '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', true)",
-                    self.user.as_uuid().hyphenated()
-                );
-                let mut tx = pool.begin_with(begin).await?;
-                // The lease check runs inside the opened transaction, not in the BEGIN query:
-                // a failed BEGIN query would leave the connection in an aborted transaction
-                // that nothing rolls back, while dropping `tx` does.
-                if let Some(guard) = self.store.guard() {
-                    guard.check_pg(&mut tx).await?;
-                }
-                Tx::Pg(tx)
+                Box::pin(async {
+                    // One round trip: BEGIN and the claims as one simple query. The user id is
+                    // a UUID printed by Rust, so the literal cannot carry anything else.
+                    let begin = format!(
+                        "BEGIN; SELECT set_config('request.jwt.claims', \
+                         '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', true)",
+                        self.user.as_uuid().hyphenated()
+                    );
+                    let mut tx = pool.begin_with(begin).await?;
+                    // The lease check runs inside the opened transaction, not in the BEGIN
+                    // query: a failed BEGIN query would leave the connection in an aborted
+                    // transaction that nothing rolls back, while dropping `tx` does.
+                    if let Some(guard) = self.store.guard() {
+                        guard.check_pg(&mut tx).await?;
+                    }
+                    Ok::<_, StoreError>(Tx::Pg(tx))
+                })
+                .await?
             }
             Pool::Lite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                if let Some(guard) = self.store.guard() {
-                    guard.check_lite(&mut tx).await?;
-                }
-                Tx::Lite(tx)
+                Box::pin(async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    if let Some(guard) = self.store.guard() {
+                        guard.check_lite(&mut tx).await?;
+                    }
+                    Ok::<_, StoreError>(Tx::Lite(tx))
+                })
+                .await?
             }
             Pool::InThread(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                if let Some(guard) = self.store.guard() {
-                    guard.check_in_thread(&mut tx).await?;
-                }
-                Tx::InThread(tx)
+                Box::pin(async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    if let Some(guard) = self.store.guard() {
+                        guard.check_in_thread(&mut tx).await?;
+                    }
+                    Ok::<_, StoreError>(Tx::InThread(tx))
+                })
+                .await?
             }
             Pool::Memory(pool) => {
                 let tx = pool.begin().await?;
