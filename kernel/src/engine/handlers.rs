@@ -70,33 +70,37 @@ impl ProfileEngine {
                     }
                     self.apply_report(&report).await
                 }
+                // The outcomes other than an order taken are boxed: rarer, and their ways are
+                // long (inline, their futures would be part of every submission's).
                 PlaceOutcome::Rejected { code, msg } => {
                     tracing::info!(code, %msg, "order rejected by the exchange");
-                    self.release(&order.client_order_id, OrderStatus::Rejected)
-                        .await
+                    Box::pin(self.release(&order.client_order_id, OrderStatus::Rejected)).await
                 }
                 // Not executed, and the decision stands: sent again after the wait.
                 PlaceOutcome::RateLimited { retry_after_ms } => {
                     tracing::warn!(retry_after_ms, "order rate-limited");
-                    self.defer(order, request, retry_after_ms).await
+                    Box::pin(self.defer(order, request, retry_after_ms)).await
                 }
                 PlaceOutcome::Unavailable { code, msg } => {
                     tracing::warn!(code, %msg, "exchange unavailable; the order was not executed");
-                    self.defer(order, request, 0).await
+                    Box::pin(self.defer(order, request, 0)).await
                 }
                 PlaceOutcome::Unknown { reason } => {
                     tracing::warn!(%reason, "order outcome unknown: querying");
                     // Kept so that an exit found never placed is sent again as it was decided.
                     self.unknown_requests
                         .insert(order.client_order_id.clone(), request.clone());
-                    self.mark_unknown(&order.client_order_id).await?;
-                    let order = self
-                        .book
-                        .open_orders
-                        .get(&order.client_order_id)
-                        .cloned()
-                        .unwrap_or_else(|| order.clone());
-                    self.resolve_by_query(&order).await
+                    Box::pin(async {
+                        self.mark_unknown(&order.client_order_id).await?;
+                        let order = self
+                            .book
+                            .open_orders
+                            .get(&order.client_order_id)
+                            .cloned()
+                            .unwrap_or_else(|| order.clone());
+                        self.resolve_by_query(&order).await
+                    })
+                    .await
                 }
             }
         }
@@ -335,7 +339,9 @@ impl ProfileEngine {
     /// Records a fill in its own transaction, passing the crash points around its commit.
     async fn record_fill(&mut self, report: &FillReport) -> Result<FillOutcome, StoreError> {
         let mut tx = self.store.tenant(self.spec.user).begin().await?;
-        let recorded = tx.record_fill(report).await?;
+        // Boxed: the store's fill is the largest future on an order's way, and inline it would
+        // be built and moved at each of the many levels that wait on a fill.
+        let recorded = Box::pin(tx.record_fill(report)).await?;
         #[cfg(feature = "lab")]
         crash::point(crash::AFTER_ANSWER_BEFORE_COMMIT);
         tx.commit().await?;
