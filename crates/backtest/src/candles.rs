@@ -269,17 +269,74 @@ impl Timestamps {
 }
 
 /// Parses the text of a candle file: its candles, its layout and its timestamps' unit.
+///
+/// A large file with integer timestamps is parsed in two halves at once ([`parse_halves`]);
+/// whatever it holds, the result is the row-by-row read's, error for error.
 pub(crate) fn parse_candles(
     text: &str,
     symbol: &Symbol,
 ) -> Result<(Vec<Candle>, Layout, TimestampUnit), ParseError> {
+    parse_candles_with(text, symbol, HALVES_BYTES_MIN)
+}
+
+/// The smallest text parsed in two halves: below it a thread's start is a fair part of the read.
+const HALVES_BYTES_MIN: usize = 1 << 20;
+
+/// [`parse_candles`], in two halves from `halves_bytes_min` bytes of text.
+fn parse_candles_with(
+    text: &str,
+    symbol: &Symbol,
+    halves_bytes_min: usize,
+) -> Result<(Vec<Candle>, Layout, TimestampUnit), ParseError> {
+    // A byte-order mark, as spreadsheets write one, is not part of the first column's name.
+    let text = text.trim_start_matches('\u{feff}');
+    let rows = match parse_halves(text, symbol, halves_bytes_min) {
+        Some(rows) => rows,
+        None => parse_rows(text, symbol, None)?,
+    };
+    let Some(layout) = rows.layout.filter(|_| !rows.candles.is_empty()) else {
+        return Err(ParseError::Empty);
+    };
+    let mut candles = rows.candles;
+    if !layout.binance {
+        infer_close_times(&mut candles);
+    }
+    Ok((candles, layout, rows.unit))
+}
+
+/// The rows of (part of) a file, as read, before close times are inferred.
+struct Rows {
+    candles: Vec<Candle>,
+    /// `None` when no row but blank ones was read.
+    layout: Option<Layout>,
+    unit: TimestampUnit,
+}
+
+/// Where a file's first data row says a part of it is to be read from: its layout, and the
+/// unit and line of its first timestamp.
+#[derive(Clone)]
+struct Start {
+    layout: Layout,
+    unit: TimestampUnit,
+    line: u64,
+}
+
+/// Reads the rows of `text` one by one: the layout from its first row unless `start` gives it
+/// (and the timestamps' unit with it).
+fn parse_rows(text: &str, symbol: &Symbol, start: Option<Start>) -> Result<Rows, ParseError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        // A byte-order mark, as spreadsheets write one, is not part of the first column's name.
-        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
-    let mut layout: Option<Layout> = None;
-    let mut timestamps = Timestamps { unit: None };
+        .from_reader(text.as_bytes());
+    let (mut layout, mut timestamps) = match start {
+        Some(start) => (
+            Some(start.layout),
+            Timestamps {
+                unit: Some((start.unit, start.line)),
+            },
+        ),
+        None => (None, Timestamps { unit: None }),
+    };
     let mut candles: Vec<Candle> = Vec::new();
     // One record, refilled row by row: a row allocates nothing. Fields are trimmed of ASCII
     // white space where they are read (as the reader's own trimming would, without rebuilding
@@ -332,13 +389,93 @@ pub(crate) fn parse_candles(
         }
         candles.push(candle);
     }
-    let Some(layout) = layout.filter(|_| !candles.is_empty()) else {
-        return Err(ParseError::Empty);
-    };
-    if !layout.binance {
-        infer_close_times(&mut candles);
+    Ok(Rows {
+        candles,
+        layout,
+        unit: timestamps.unit(),
+    })
+}
+
+/// The layout and first timestamp of `text`'s first data row, and the byte where the row after
+/// it starts; `None` if the first rows do not make a file [`parse_rows`] reads.
+fn first_data_row(text: &str) -> Option<(Start, usize)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
+    let mut layout = None;
+    while reader.read_record(&mut record).ok()? {
+        if record.iter().all(|field| field.trim_ascii().is_empty()) {
+            continue;
+        }
+        let line = record.position()?.line();
+        let Some(layout) = &layout else {
+            record.trim();
+            let (detected, is_header) = detect_layout(&record, line).ok()?;
+            if !is_header {
+                let (unit, _) = parse_timestamp(record[detected.time].trim_ascii()).ok()?;
+                let start = Start {
+                    layout: detected,
+                    unit,
+                    line,
+                };
+                return Some((start, usize::try_from(reader.position().byte()).ok()?));
+            }
+            layout = Some(detected);
+            continue;
+        };
+        let (unit, _) = parse_timestamp(record.get(layout.time)?.trim_ascii()).ok()?;
+        let start = Start {
+            layout: layout.clone(),
+            unit,
+            line,
+        };
+        return Some((start, usize::try_from(reader.position().byte()).ok()?));
     }
-    Ok((candles, layout, timestamps.unit()))
+    None
+}
+
+/// Reads a file of `halves_bytes_min` bytes or more with integer timestamps in two halves at
+/// once, split at a line break after its first data row: the second half is read on a thread
+/// of its own, with the layout and the timestamps' unit of the first row, while this thread
+/// reads the first. Each row is read the same whichever half it is in, so when both halves are
+/// read whole, their timestamps go on increasing from one to the other and the candles fit in
+/// a file, the candles are the row-by-row read's. In any other case (an error anywhere, text
+/// timestamps, whose unit the file's later rows may widen, a quoted field, which may hold a line
+/// break) this returns `None`, and the file is read row by row, which finds the error it finds.
+fn parse_halves(text: &str, symbol: &Symbol, halves_bytes_min: usize) -> Option<Rows> {
+    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    if text.len() < halves_bytes_min || !two_cores || text.contains('"') {
+        return None;
+    }
+    let (start, after_first_row) = first_data_row(text)?;
+    if start.unit.is_text() {
+        return None;
+    }
+    let from = (text.len() / 2).max(after_first_row);
+    let split = from + text.get(from..)?.find('\n')? + 1;
+    let (head, tail) = text.split_at(split);
+    let unit = start.unit;
+    let (head, tail) = std::thread::scope(|scope| {
+        let tail = std::thread::Builder::new()
+            .name("keel-candles".into())
+            .spawn_scoped(scope, || parse_rows(tail, symbol, Some(start)))
+            .ok()?;
+        let head = parse_rows(head, symbol, None);
+        Some((head, tail.join().ok()?))
+    })?;
+    let (mut head, tail) = (head.ok()?, tail.ok()?);
+    let in_order = match (head.candles.last(), tail.candles.first()) {
+        (Some(last), Some(next)) => next.open_time_ms > last.open_time_ms,
+        _ => true,
+    };
+    let fits = head.candles.len() + tail.candles.len() <= CANDLES_PER_FILE_MAX;
+    if head.unit != unit || !in_order || !fits {
+        return None;
+    }
+    head.candles.extend(tail.candles);
+    Some(head)
 }
 
 /// `time_ms` as ISO-8601 UTC text (`2024-01-01T00:00:00Z`, with milliseconds when it has them).
@@ -833,6 +970,117 @@ timestamp,open,high,low,close,volume
     fn a_byte_order_mark_is_not_part_of_the_header() {
         let text = "\u{feff}Date,Open,High,Low,Close,Volume\n2024-01-02,10,12,9,11,500\n";
         assert_eq!(parse(text).unwrap().len(), 1);
+    }
+
+    /// What a read gives, errors as their text, for comparing two ways of reading.
+    fn outcome(text: &str, halves_bytes_min: usize) -> String {
+        match parse_candles_with(text, &btc(), halves_bytes_min) {
+            Ok(read) => format!("{read:?}"),
+            Err(error) => error.at(Path::new("f.csv")).to_string(),
+        }
+    }
+
+    /// A row of a file with a header (`binance` false) or of a headerless Binance dump, at
+    /// `time_ms`; `defect` plants one fault in it.
+    fn row(binance: bool, time_ms: i64, close: f64, defect: u8) -> String {
+        let (open, high, low) = (close - 0.5, close + 1.0, close - 1.0);
+        let time = match defect {
+            1 => (time_ms / 1000).to_string(), // seconds among milliseconds
+            2 => "2024-01-02".to_string(),     // text among integers
+            _ => time_ms.to_string(),
+        };
+        let close = match defect {
+            3 => "x".to_string(),
+            4 => (high + 5.0).to_string(), // above the high
+            _ => close.to_string(),
+        };
+        let mut row = if binance {
+            format!(
+                "{time},{open},{high},{low},{close},3.5,{},1,2,3,4,0",
+                time_ms + 59_999
+            )
+        } else {
+            format!("{time},{open},{high},{low},{close},3.5")
+        };
+        if defect == 5 {
+            row.push_str(",7"); // a column too many
+        }
+        row
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Read in two halves or row by row, a file gives the same candles or the same error,
+        /// wherever its faults are: in either half, at the split, or in the order of rows.
+        #[test]
+        fn a_file_read_in_two_halves_reads_as_row_by_row(
+            binance in proptest::bool::ANY,
+            header in proptest::bool::ANY,
+            crlf in proptest::bool::ANY,
+            steps in proptest::collection::vec((-2_i64..40, 0_u8..40, 0_u8..12), 1..120),
+        ) {
+            let newline = if crlf { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            if header {
+                text.push_str(if binance {
+                    "open_time,open,high,low,close,volume,close_time,quote_volume,count,\
+                     taker_buy_volume,taker_buy_quote_volume,ignore"
+                } else {
+                    "timestamp,open,high,low,close,volume"
+                });
+                text.push_str(newline);
+            }
+            let mut time_ms = 1_700_000_000_000_i64;
+            for (index, (step, defect, blank)) in steps.into_iter().enumerate() {
+                // Mostly increasing; a step of 0 or less repeats or reverses the time.
+                time_ms += step.signum().max(-1) * 60_000 * step.abs().max(1);
+                if step == 0 {
+                    time_ms -= 60_000;
+                }
+                if blank == 0 {
+                    text.push_str(newline);
+                }
+                let close = 100.0 + (index % 7) as f64;
+                // Most rows are sound: a defect is planted in about one row in eight.
+                let defect = if defect < 35 { 0 } else { defect - 34 };
+                text.push_str(&row(binance, time_ms, close, defect));
+                text.push_str(newline);
+            }
+            proptest::prop_assert_eq!(outcome(&text, 0), outcome(&text, usize::MAX));
+        }
+    }
+
+    #[test]
+    fn a_large_file_is_read_in_halves_and_gives_the_candles_read_row_by_row() {
+        let mut text = String::from("timestamp,open,high,low,close,volume\n");
+        for minute in 0..40_000_i64 {
+            text.push_str(&row(false, 1_700_000_000_000 + minute * 60_000, 100.0, 0));
+            text.push('\n');
+        }
+        assert!(text.len() > HALVES_BYTES_MIN);
+        let halves = parse_halves(text.trim_start_matches('\u{feff}'), &btc(), 0)
+            .expect("a sound file with integer timestamps is read in two halves");
+        assert_eq!(halves.candles.len(), 40_000);
+        assert_eq!(outcome(&text, 0), outcome(&text, usize::MAX));
+        // The row after the split repeats the time before it: the read by halves gives way,
+        // and the row-by-row read names the row.
+        let split = text.len() / 2 + text[text.len() / 2..].find('\n').unwrap() + 1;
+        let previous_time = text[..split - 1]
+            .rsplit('\n')
+            .next()
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let mut broken = text[..split].to_string();
+        broken.push_str(&row(false, previous_time.parse().unwrap(), 100.0, 0));
+        broken.push('\n');
+        broken.push_str(&text[split..]);
+        assert!(parse_halves(&broken, &btc(), 0).is_none());
+        let error = outcome(&broken, 0);
+        assert!(error.contains("duplicated timestamp"), "{error}");
+        assert_eq!(error, outcome(&broken, usize::MAX));
     }
 
     #[test]
