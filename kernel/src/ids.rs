@@ -163,27 +163,34 @@ impl IntentKind {
 /// The longest client order id Binance accepts.
 const CLIENT_ORDER_ID_LEN_MAX: usize = 36;
 
-/// The SHA-256 of (profile, symbol) that derived client order ids carry. A thread remembers
-/// the last one it computed: an engine derives and attributes its ids for one profile and
-/// mostly one symbol, and the digest is the most of what a derivation costs.
-fn profile_symbol_digest(profile: ProfileId, symbol: &Symbol) -> [u8; 32] {
+/// The SHA-256 of (profile, symbol) that derived client order ids carry, in lowercase hex. A
+/// thread remembers the last one it computed: an engine derives and attributes its ids for one
+/// profile and mostly one symbol, and the digest is the most of what a derivation costs.
+fn profile_symbol_hex(profile: ProfileId, symbol: &Symbol) -> [u8; 64] {
     thread_local! {
-        static LAST: std::cell::Cell<Option<(ProfileId, Symbol, [u8; 32])>> =
+        static LAST: std::cell::Cell<Option<(ProfileId, Symbol, [u8; 64])>> =
             const { std::cell::Cell::new(None) };
     }
+    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     LAST.with(|last| {
         let kept = last.take();
-        let digest = match kept {
-            Some((p, s, digest)) if p == profile && s == *symbol => digest,
+        let hex = match kept {
+            Some((p, s, hex)) if p == profile && s == *symbol => hex,
             _ => {
                 let mut hasher = Sha256::new();
                 hasher.update(profile.as_uuid().as_bytes());
                 hasher.update(symbol.as_str().as_bytes());
-                hasher.finalize().into()
+                let digest: [u8; 32] = hasher.finalize().into();
+                let mut hex = [0_u8; 64];
+                for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+                    pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+                    pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
+                }
+                hex
             }
         };
-        last.set(Some((profile, symbol.clone(), digest)));
-        digest
+        last.set(Some((profile, symbol.clone(), hex)));
+        hex
     })
 }
 
@@ -221,18 +228,26 @@ impl ClientOrderId {
     /// apart on a shared exchange account. Written in place, without a heap allocation: every
     /// order and every attributed exchange event derives one.
     pub fn derive(profile: ProfileId, symbol: &Symbol, sequence: u64, kind: IntentKind) -> Self {
-        use std::fmt::Write as _;
-        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let digest = profile_symbol_digest(profile, symbol);
-        let mut id = ArrayString::new();
+        let hex = profile_symbol_hex(profile, symbol);
         // At most 23 characters: `k`, the letter, 20 digits of a u64 and the dash.
-        write!(id, "k{}{}-", kind.letter(), sequence).expect("the head fits in the id");
-        let digits = digest
-            .iter()
-            .flat_map(|byte| [byte >> 4, byte & 0xf])
-            .map(|nibble| char::from(HEX_DIGITS[usize::from(nibble)]));
-        for digit in digits.take(Self::LEN_MAX - id.len()) {
-            id.push(digit);
+        let mut head = [0_u8; 23];
+        let mut start = head.len() - 1;
+        head[start] = b'-';
+        let mut rest = sequence;
+        loop {
+            start -= 1;
+            head[start] = b'0' + u8::try_from(rest % 10).expect("a digit");
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        head[start - 1] = kind.letter() as u8;
+        head[start - 2] = b'k';
+        let head = &head[start - 2..];
+        let mut id = ArrayString::new();
+        for part in [head, &hex[..Self::LEN_MAX - head.len()]] {
+            id.push_str(std::str::from_utf8(part).expect("ASCII"));
         }
         assert!(
             Self::is_valid(&id),
