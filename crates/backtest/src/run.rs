@@ -154,6 +154,10 @@ struct Rig {
     /// Allocated capital plus realized PnL as last summed: it stays the same from one candle
     /// to the next until a trade changes it.
     equity_base: Option<EquityBase>,
+    /// Every fill of the run, in the order the engine heard them: the report's trades are
+    /// rebuilt from them (the paper exchange forgets closed orders beyond
+    /// `CLOSED_ORDERS_REMEMBERED_MAX`, and their fills with them).
+    fills: Vec<Fill>,
 }
 
 /// Allocated capital plus realized PnL, the first sum of every equity point, with the two
@@ -224,9 +228,7 @@ pub async fn run_backtest_with(
         }
     }
     bar.finish_and_clear();
-    let fills = rig
-        .exchange
-        .with_engine(|engine| engine.symbol_fills(&spec.symbol, 0));
+    let fills = std::mem::take(&mut rig.fills);
     let realized_pnl = rig.engine.book().capital.realized_pnl.get();
     let mut report = build_report(spec, &fills, equity, realized_pnl, refusals);
     report.config = config.to_vec();
@@ -298,6 +300,7 @@ impl Rig {
             clock,
             engine,
             equity_base: None,
+            fills: Vec::new(),
         })
     }
 
@@ -326,6 +329,9 @@ impl Rig {
         Box::pin(async {
             let mut event = first;
             loop {
+                if let UserEvent::Fill(fill) = &event {
+                    self.fills.push(fill.clone());
+                }
                 self.engine.on_user_event(&event).await?;
                 match self.events.try_recv() {
                     Ok(next) => event = next,

@@ -528,20 +528,6 @@ impl PaperEngine {
         (&order.report.symbol == symbol).then_some(order.fills.as_slice())
     }
 
-    /// Every fill of `symbol` with a trade id at or above `from_trade_id`, oldest first.
-    pub fn symbol_fills(&self, symbol: &Symbol, from_trade_id: i64) -> Vec<Fill> {
-        let mut fills: Vec<Fill> = self
-            .orders
-            .values()
-            .filter(|o| &o.report.symbol == symbol)
-            .flat_map(|o| o.fills.iter())
-            .filter(|f| f.trade_id.0 >= from_trade_id)
-            .cloned()
-            .collect();
-        fills.sort_by_key(|f| f.trade_id);
-        fills
-    }
-
     /// Every open order, on one symbol or all, in placement order.
     pub fn open_orders(&self, symbol: Option<&Symbol>) -> Vec<OrderReport> {
         let mut open: Vec<OrderReport> = self

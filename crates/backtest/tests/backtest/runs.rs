@@ -2,9 +2,11 @@
 
 use keel_backtest::report::BacktestReport;
 use keel_backtest::run::{BacktestStore, run_backtest};
+use keel_backtest::synthetic::random_walk;
+use keel_exchange::paper::CLOSED_ORDERS_REMEMBERED_MAX;
 use rust_decimal::Decimal;
 
-use crate::common::{CANDLES, spec};
+use crate::common::{CANDLES, spec, symbol};
 
 fn assert_sane(report: &BacktestReport) {
     let s = &report.summary;
@@ -197,4 +199,31 @@ fn a_sweeps_best_row_is_the_single_run_with_its_values() {
         text.contains("total_return by fast and slow"),
         "{text:.400}"
     );
+}
+
+/// A run of more orders than the paper exchange remembers once they are closed
+/// ([`CLOSED_ORDERS_REMEMBERED_MAX`]) still reports every trade, from the first: the report is
+/// rebuilt from the fills the engine heard, not from those the exchange still holds. (Rebuilt
+/// from the exchange's, the trades of the forgotten orders were missing and the first exit
+/// left was read as opening a short.)
+#[tokio::test]
+async fn a_run_of_more_orders_than_the_paper_exchange_remembers_reports_every_trade() {
+    let mut spec = spec("sma-cross", 6);
+    // Long and short, so that each cross is an exit and an entry.
+    spec.candles = random_walk(&symbol(), 120_000, 6);
+    spec.config = vec![
+        ("fast".into(), "1".into()),
+        ("slow".into(), "2".into()),
+        ("mode".into(), "long-short".into()),
+    ];
+    let report = run_backtest(&spec, false).await.unwrap();
+    let trades = &report.trades;
+    assert!(
+        trades.len() * 2 > CLOSED_ORDERS_REMEMBERED_MAX,
+        "{} trades: too few orders to outrun the exchange's memory",
+        trades.len()
+    );
+    assert!(trades[0].entry_bar < 10, "{:?}", trades[0]);
+    let net: Decimal = trades.iter().map(|t| t.net_pnl).sum();
+    assert_eq!(net, report.summary.realized_pnl);
 }
