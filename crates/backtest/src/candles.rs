@@ -410,28 +410,18 @@ fn first_data_row(text: &str) -> Option<(Start, usize)> {
             continue;
         }
         let line = record.position()?.line();
-        let Some(layout) = &layout else {
+        if layout.is_none() {
             record.trim();
             let (detected, is_header) = detect_layout(&record, line).ok()?;
-            if !is_header {
-                let (unit, _) = parse_timestamp(record[detected.time].trim_ascii()).ok()?;
-                let start = Start {
-                    layout: detected,
-                    unit,
-                    line,
-                };
-                return Some((start, usize::try_from(reader.position().byte()).ok()?));
-            }
             layout = Some(detected);
-            continue;
-        };
+            if is_header {
+                continue;
+            }
+        }
+        let layout: Layout = layout?;
         let (unit, _) = parse_timestamp(record.get(layout.time)?.trim_ascii()).ok()?;
-        let start = Start {
-            layout: layout.clone(),
-            unit,
-            line,
-        };
-        return Some((start, usize::try_from(reader.position().byte()).ok()?));
+        let after = usize::try_from(reader.position().byte()).ok()?;
+        return Some((Start { layout, unit, line }, after));
     }
     None
 }
