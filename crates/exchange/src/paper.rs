@@ -350,16 +350,13 @@ impl PaperEngine {
 
     /// Matches the open orders of `candle`'s symbol that `eligible` picks against it, and
     /// closes those it fills or expires. The open list is taken out and put back so its
-    /// capacity is reused: no allocation per candle unless an order closes. (Callers that
-    /// already hold the symbol's book call it only while an order is open: a candle with
-    /// none costs one look-up of the book.)
+    /// capacity is reused: no allocation per candle unless an order closes. Its callers, which
+    /// hold the symbol's book already, call it only while an order is open: a candle with none
+    /// costs one look-up of the book.
     fn match_open_orders(&mut self, candle: &Candle, eligible: impl Fn(&PaperOrder) -> bool) {
         let Some(book) = self.books.get_mut(&candle.symbol) else {
             return;
         };
-        if book.open.is_empty() {
-            return;
-        }
         let mut ids = std::mem::take(&mut book.open);
         let mut closed = Vec::new();
         ids.retain(|id| {
