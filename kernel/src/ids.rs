@@ -171,7 +171,6 @@ fn profile_symbol_hex(profile: ProfileId, symbol: &Symbol) -> [u8; 64] {
         static LAST: std::cell::Cell<Option<(ProfileId, Symbol, [u8; 64])>> =
             const { std::cell::Cell::new(None) };
     }
-    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     LAST.with(|last| {
         let kept = last.take();
         let hex = match kept {
@@ -180,12 +179,9 @@ fn profile_symbol_hex(profile: ProfileId, symbol: &Symbol) -> [u8; 64] {
                 let mut hasher = Sha256::new();
                 hasher.update(profile.as_uuid().as_bytes());
                 hasher.update(symbol.as_str().as_bytes());
-                let digest: [u8; 32] = hasher.finalize().into();
                 let mut hex = [0_u8; 64];
-                for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
-                    pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
-                    pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
-                }
+                hex::encode_to_slice(hasher.finalize(), &mut hex)
+                    .expect("64 hex digits for 32 bytes");
                 hex
             }
         };
@@ -229,26 +225,14 @@ impl ClientOrderId {
     /// order and every attributed exchange event derives one.
     pub fn derive(profile: ProfileId, symbol: &Symbol, sequence: u64, kind: IntentKind) -> Self {
         let hex = profile_symbol_hex(profile, symbol);
-        // At most 23 characters: `k`, the letter, 20 digits of a u64 and the dash.
-        let mut head = [0_u8; 23];
-        let mut start = head.len() - 1;
-        head[start] = b'-';
-        let mut rest = sequence;
-        loop {
-            start -= 1;
-            head[start] = b'0' + u8::try_from(rest % 10).expect("a digit");
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        head[start - 1] = kind.letter() as u8;
-        head[start - 2] = b'k';
-        let head = &head[start - 2..];
         let mut id = ArrayString::new();
-        for part in [head, &hex[..Self::LEN_MAX - head.len()]] {
-            id.push_str(std::str::from_utf8(part).expect("ASCII"));
-        }
+        // At most 23 characters: `k`, the letter, 20 digits of a u64 and the dash.
+        id.push('k');
+        id.push(kind.letter());
+        id.push_str(itoa::Buffer::new().format(sequence));
+        id.push('-');
+        let digits = &hex[..Self::LEN_MAX - id.len()];
+        id.push_str(std::str::from_utf8(digits).expect("hex digits are ASCII"));
         assert!(
             Self::is_valid(&id),
             "a derived client order id is always valid: {id:?}"
