@@ -160,13 +160,12 @@ struct Rig {
     fills: Vec<Fill>,
 }
 
-/// Allocated capital plus realized PnL, the first sum of every equity point, with the two
-/// values it was summed from, each as its exact bytes.
+/// Allocated capital plus realized PnL, summed exactly and then taken as a float, the first
+/// term of every equity point, with the two values it was summed from, each as its exact bytes.
 struct EquityBase {
     allocated: [u8; 16],
     realized_pnl: [u8; 16],
-    sum: Decimal,
-    /// `sum` as a float: the equity out of the market.
+    /// The sum as a float: the equity out of the market.
     flat: f64,
 }
 
@@ -353,33 +352,29 @@ impl Rig {
         let key = (allocated.serialize(), realized_pnl.serialize());
         let base = match self.equity_base.take() {
             Some(base) if (base.allocated, base.realized_pnl) == key => base,
-            _ => {
-                let sum = allocated + realized_pnl;
-                EquityBase {
-                    allocated: key.0,
-                    realized_pnl: key.1,
-                    sum,
-                    flat: equity_f64(sum),
-                }
-            }
+            _ => EquityBase {
+                allocated: key.0,
+                realized_pnl: key.1,
+                flat: equity_f64(allocated + realized_pnl),
+            },
         };
         let equity = if in_position {
-            let close = Decimal::from_f64_retain(candle.close).unwrap_or_default();
-            let unrealized: Decimal = book
+            // The unrealized PnL in floats: the report's equity is a float, and an exact
+            // decimal of every close (28 digits of its binary value) costs more than the rest
+            // of the point.
+            let unrealized: f64 = book
                 .positions
                 .values()
                 .map(|p| {
-                    let value = p.qty_open.get() * close;
+                    let (qty, cost) = (equity_f64(p.qty_open.get()), equity_f64(p.cost_open.get()));
                     match p.side {
-                        Side::Buy => value - p.cost_open.get(),
-                        Side::Sell => p.cost_open.get() - value,
+                        Side::Buy => qty * candle.close - cost,
+                        Side::Sell => cost - qty * candle.close,
                     }
                 })
                 .sum();
-            equity_f64(base.sum + unrealized)
+            base.flat + unrealized
         } else {
-            // Out of the market no position has a value to take: the close is not converted.
-            // (Adding a zero gives back the same decimal, so this is the sum with no position.)
             base.flat
         };
         self.equity_base = Some(base);
@@ -391,9 +386,9 @@ impl Rig {
     }
 }
 
-/// An equity as the report has it: (allocated + realized PnL) + unrealized PnL, as a float.
-fn equity_f64(equity: Decimal) -> f64 {
-    equity.to_f64().unwrap_or(f64::NAN)
+/// A term of an equity as the report has it, as a float.
+fn equity_f64(value: Decimal) -> f64 {
+    value.to_f64().unwrap_or(f64::NAN)
 }
 
 /// Opens a backtest's store of `kind`, with the temporary directory of a file store (the
