@@ -854,7 +854,7 @@ impl Transaction {
         order: Option<&ClientOrderId>,
         kind: JournalKind,
         delta: &CapitalDelta,
-        dedup_key: &str,
+        dedup_key: String,
     ) -> Result<(), StoreError> {
         check(
             (kind == JournalKind::Allocate) == order.is_none(),
@@ -864,7 +864,7 @@ impl Transaction {
             self.check_order_reference(order, profile, "ledger_entries_order_fkey")?;
         }
         self.check_profile_reference(profile, user, "ledger_entries_profile_fkey")?;
-        let Err(hash) = self.db.journal_at(profile, dedup_key) else {
+        let Err(hash) = self.db.journal_at(profile, &dedup_key) else {
             return Err(refuse(Constraint::LedgerDedupKey));
         };
         if kind == JournalKind::Allocate {
@@ -881,7 +881,7 @@ impl Transaction {
                 reserved_for_positions: money(delta.reserved_for_positions),
                 realized_pnl: money(delta.realized_pnl),
             },
-            dedup_key: dedup_key.to_owned(),
+            dedup_key,
         });
         self.undo.push(Undo::Journal);
         Ok(())
@@ -1493,7 +1493,7 @@ impl Transaction {
                 delta,
                 dedup_key,
             } => {
-                self.insert_journal(user, profile, order.as_ref(), kind, &delta, &dedup_key)?;
+                self.insert_journal(user, profile, order.as_ref(), kind, &delta, dedup_key)?;
                 Ok(1)
             }
             RowWrite::UpdateJournal { profile } | RowWrite::DeleteJournal { profile } => {
@@ -1783,7 +1783,14 @@ mod tests {
         tx.commit();
         let delta = CapitalDelta::default();
         let write = |tx: &mut Transaction, key: &str, trade: &str| {
-            tx.insert_journal(user, profile, Some(&id), JournalKind::Fill, &delta, key)?;
+            tx.insert_journal(
+                user,
+                profile,
+                Some(&id),
+                JournalKind::Fill,
+                &delta,
+                key.into(),
+            )?;
             tx.insert_fill(&order, trade, dec!(1), dec!(100), dec!(0), false)?;
             tx.insert_trade(&order, trade)
         };
@@ -1813,7 +1820,7 @@ mod tests {
                 Some(&id),
                 JournalKind::Fill,
                 &delta,
-                "fill:t7"
+                "fill:t7".into()
             )),
             Constraint::LedgerDedupKey
         );

@@ -248,7 +248,7 @@ impl TenantTx {
         &mut self,
         profile: ProfileId,
         order: Option<&ClientOrderId>,
-        entry: &Move,
+        entry: Move,
     ) -> Result<(), StoreError> {
         let user = self.user_uuid();
         let d = entry.delta;
@@ -266,7 +266,7 @@ impl TenantTx {
             .execute(&mut **c).await?;
         }, memory m => {
             let user = UserId::from_uuid(user);
-            m.insert_journal(user, profile, order, entry.kind, &d, &entry.dedup_key)?;
+            m.insert_journal(user, profile, order, entry.kind, &d, entry.dedup_key)?;
         });
         Ok(())
     }

@@ -264,7 +264,7 @@ impl TenantTx {
         // The kernel's budget check, before the database's trigger and CHECK.
         self.lock_user_quota().await?;
         self.budget().await?.draw(amount)?;
-        self.commit_moves(profile, None, &capital, &moves).await?;
+        self.commit_moves(profile, None, &capital, moves).await?;
         Ok(capital)
     }
 
@@ -301,28 +301,29 @@ impl TenantTx {
         !self.plant.is(Plant::FillDedupDisabled)
     }
 
-    /// Writes the planned capital row and journals every non-zero move.
-    async fn commit_moves(
+    /// Writes the planned capital row and journals every non-zero move (the journal takes
+    /// each move's key as it is).
+    async fn commit_moves<const N: usize>(
         &mut self,
         profile: ProfileId,
         order: Option<&ClientOrderId>,
         capital: &Capital,
-        moves: &[Move],
+        moves: [Move; N],
     ) -> Result<(), StoreError> {
         self.write_capital(profile, capital).await?;
-        for entry in moves.iter().filter(|m| !m.delta.is_zero()) {
+        for entry in moves.into_iter().filter(|m| !m.delta.is_zero()) {
             self.insert_journal(profile, order, entry).await?;
         }
         Ok(())
     }
 
-    async fn apply_moves(
+    async fn apply_moves<const N: usize>(
         &mut self,
         profile: ProfileId,
         order: Option<&ClientOrderId>,
-        moves: &[Move],
+        moves: [Move; N],
     ) -> Result<Capital, StoreError> {
-        let capital = self.plan_moves(profile, moves).await?;
+        let capital = self.plan_moves(profile, &moves).await?;
         self.commit_moves(profile, order, &capital, moves).await?;
         Ok(capital)
     }
@@ -368,7 +369,7 @@ impl TenantTx {
                 reserved_for_orders: reserved.get(),
                 ..CapitalDelta::default()
             },
-            dedup_key: format!("reserve:{coid}"),
+            dedup_key: ["reserve:", coid.as_str()].concat(),
         };
         let capital = self.checked_apply(&gathered.capital, &reserve.delta)?;
         if gathered.in_flight {
@@ -399,8 +400,7 @@ impl TenantTx {
             Tx::Lite(_) | Tx::InThread(_) | Tx::Memory(_) => {
                 let inserted = self.insert_order(&order).await?;
                 if inserted {
-                    let moves = [reserve];
-                    self.commit_moves(request.profile, Some(coid), &capital, &moves)
+                    self.commit_moves(request.profile, Some(coid), &capital, [reserve])
                         .await?;
                 }
                 inserted
@@ -575,9 +575,9 @@ impl TenantTx {
                     reserved_for_orders: -order.reserved_remaining.get(),
                     ..CapitalDelta::default()
                 },
-                dedup_key: format!("release:{coid}"),
+                dedup_key: ["release:", coid.as_str()].concat(),
             }];
-            self.apply_moves(order.profile, Some(coid), &moves).await?;
+            self.apply_moves(order.profile, Some(coid), moves).await?;
             order.reserved_remaining = Reservation::ZERO;
         }
         self.update_order(&order).await?;
@@ -725,13 +725,8 @@ impl TenantTx {
             realized_pnl: Decimal::ZERO,
         };
         self.add_entry_fill(order, &add).await?;
-        self.commit_moves(
-            order.profile,
-            Some(&order.client_order_id),
-            &capital,
-            &moves,
-        )
-        .await?;
+        self.commit_moves(order.profile, Some(&order.client_order_id), &capital, moves)
+            .await?;
         Ok(mv.released)
     }
 
@@ -765,7 +760,7 @@ impl TenantTx {
                     reserved_for_positions: -mv.cost_released,
                     ..CapitalDelta::default()
                 },
-                dedup_key: format!("exit:{}:{trade}", order.symbol),
+                dedup_key: ["exit:", order.symbol.as_str(), ":", trade].concat(),
             },
             Move {
                 kind: JournalKind::RealizedPnl,
@@ -773,7 +768,7 @@ impl TenantTx {
                     realized_pnl: mv.pnl,
                     ..CapitalDelta::default()
                 },
-                dedup_key: format!("pnl:{}:{trade}", order.symbol),
+                dedup_key: ["pnl:", order.symbol.as_str(), ":", trade].concat(),
             },
             fee_move(&order.symbol, trade, fill.fee),
         ];
@@ -785,13 +780,8 @@ impl TenantTx {
             realized_pnl: mv.pnl,
         };
         self.add_exit_fill(order, &position, &add).await?;
-        self.commit_moves(
-            order.profile,
-            Some(&order.client_order_id),
-            &capital,
-            &moves,
-        )
-        .await?;
+        self.commit_moves(order.profile, Some(&order.client_order_id), &capital, moves)
+            .await?;
         Ok(mv.pnl)
     }
 
@@ -835,7 +825,7 @@ fn entry_fill_moves(
                 reserved_for_positions: cost,
                 ..CapitalDelta::default()
             },
-            dedup_key: format!("fill:{}:{trade}", order.symbol),
+            dedup_key: ["fill:", order.symbol.as_str(), ":", trade].concat(),
         },
         fee_move(&order.symbol, trade, fill.fee),
     ]
@@ -848,6 +838,6 @@ fn fee_move(symbol: &Symbol, trade: &str, fee: Decimal) -> Move {
             realized_pnl: -fee,
             ..CapitalDelta::default()
         },
-        dedup_key: format!("fee:{symbol}:{trade}"),
+        dedup_key: ["fee:", symbol.as_str(), ":", trade].concat(),
     }
 }
