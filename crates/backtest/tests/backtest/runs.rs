@@ -227,3 +227,37 @@ async fn a_run_of_more_orders_than_the_paper_exchange_remembers_reports_every_tr
     let net: Decimal = trades.iter().map(|t| t.net_pnl).sum();
     assert_eq!(net, report.summary.realized_pnl);
 }
+
+/// A position open while the price leaves the range of the kernel's decimals is valued at that
+/// price: its equity point is the float of quantity times close. (Valued through a decimal of
+/// the close, such a close read as zero, and the equity fell below the capital.)
+#[tokio::test]
+async fn a_position_is_valued_at_a_close_beyond_the_decimal_range() {
+    const WALK: usize = 2_000;
+    let walk = spec("sma-cross", 11);
+    let mut short = walk.clone();
+    short.candles.truncate(WALK);
+    let plain = run_backtest(&short, false).await.unwrap();
+    // A bar in position: from the next one on, every price is 10^30.
+    let at = (0..WALK - 1)
+        .rev()
+        .find(|&bar| plain.equity[bar].in_position)
+        .expect("sma-cross enters a position on the walk");
+    let mut jumped = short.clone();
+    jumped.candles.truncate(at + 1);
+    let far = 1e30;
+    for bar in &walk.candles[at + 1..at + 60] {
+        jumped.candles.push(keel_kernel::market::Candle {
+            open: far,
+            high: far,
+            low: far,
+            close: far,
+            ..bar.clone()
+        });
+    }
+    let report = run_backtest(&jumped, false).await.unwrap();
+    assert_eq!(report.equity[at].equity, plain.equity[at].equity);
+    let next = &report.equity[at + 1];
+    assert!(next.in_position, "{next:?}");
+    assert!(next.equity.is_finite() && next.equity > 1e20, "{next:?}");
+}
