@@ -359,9 +359,9 @@ impl Rig {
             },
         };
         let equity = if in_position {
-            // The unrealized PnL in floats: the report's equity is a float, and an exact
-            // decimal of every close (28 digits of its binary value) costs more than the rest
-            // of the point.
+            // The unrealized PnL in floats: the report's equity is a float, an exact decimal of
+            // every close (28 digits of its binary value) costs more than the rest of the
+            // point, and a close beyond the decimals' range has none.
             let unrealized: f64 = book
                 .positions
                 .values()
