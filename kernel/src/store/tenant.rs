@@ -760,7 +760,7 @@ impl TenantTx {
                     reserved_for_positions: -mv.cost_released,
                     ..CapitalDelta::default()
                 },
-                dedup_key: ["exit:", order.symbol.as_str(), ":", trade].concat(),
+                dedup_key: trade_key("exit", &order.symbol, trade),
             },
             Move {
                 kind: JournalKind::RealizedPnl,
@@ -768,7 +768,7 @@ impl TenantTx {
                     realized_pnl: mv.pnl,
                     ..CapitalDelta::default()
                 },
-                dedup_key: ["pnl:", order.symbol.as_str(), ":", trade].concat(),
+                dedup_key: trade_key("pnl", &order.symbol, trade),
             },
             fee_move(&order.symbol, trade, fill.fee),
         ];
@@ -825,7 +825,7 @@ fn entry_fill_moves(
                 reserved_for_positions: cost,
                 ..CapitalDelta::default()
             },
-            dedup_key: ["fill:", order.symbol.as_str(), ":", trade].concat(),
+            dedup_key: trade_key("fill", &order.symbol, trade),
         },
         fee_move(&order.symbol, trade, fill.fee),
     ]
@@ -838,6 +838,12 @@ fn fee_move(symbol: &Symbol, trade: &str, fee: Decimal) -> Move {
             realized_pnl: -fee,
             ..CapitalDelta::default()
         },
-        dedup_key: ["fee:", symbol.as_str(), ":", trade].concat(),
+        dedup_key: trade_key("fee", symbol, trade),
     }
+}
+
+/// The journal key of a trade's move of `kind` (`fill`, `fee`, `exit`, `pnl`): at most one
+/// move of each kind per exchange trade of the symbol.
+fn trade_key(kind: &str, symbol: &Symbol, trade: &str) -> String {
+    [kind, ":", symbol.as_str(), ":", trade].concat()
 }
