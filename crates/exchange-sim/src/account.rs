@@ -509,7 +509,7 @@ impl Account {
 
     /// Records what the engine emitted, under the orders' own ids.
     fn absorb_engine_events(&mut self) {
-        let events: Vec<UserEvent> = self.engine.drain_events().collect();
+        let events = self.engine.take_events();
         for event in events {
             let event = match event {
                 UserEvent::Order(mut report) => {

@@ -299,9 +299,10 @@ impl PaperEngine {
         self.next_trade_id = self.next_trade_id.max(first_id);
     }
 
-    /// Events (order updates and fills) produced since the last drain, oldest first.
-    pub fn drain_events(&mut self) -> std::vec::Drain<'_, UserEvent> {
-        self.events.drain(..)
+    /// Events (order updates and fills) produced since they were last taken, oldest first.
+    /// Most candles produce none: taking none costs no allocation.
+    pub fn take_events(&mut self) -> Vec<UserEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Opens a candle before feeding it: the market orders active by its open fill at the open,
@@ -311,7 +312,7 @@ impl PaperEngine {
     /// each [`PaperEngine::on_candle`]; live paper trading, which hears of candles once they
     /// closed, does not.
     ///
-    /// Events go to the queue read by [`PaperEngine::drain_events`].
+    /// Events go to the queue read by [`PaperEngine::take_events`].
     pub fn on_open(&mut self, candle: &Candle) -> Result<(), PaperError> {
         let Some(book) = self.books.get_mut(&candle.symbol) else {
             return Err(PaperError::UnknownSymbol(candle.symbol.clone()));
@@ -328,7 +329,7 @@ impl PaperEngine {
     /// Feeds one closed candle: fills what it crosses and moves the clock to its close. Fills are
     /// stamped with the candle's open time (a market order fills at the open).
     ///
-    /// Events go to the queue read by [`PaperEngine::drain_events`].
+    /// Events go to the queue read by [`PaperEngine::take_events`].
     pub fn on_candle(&mut self, candle: &Candle) -> Result<(), PaperError> {
         let Some(book) = self.books.get_mut(&candle.symbol) else {
             return Err(PaperError::UnknownSymbol(candle.symbol.clone()));
@@ -899,7 +900,7 @@ impl PaperExchange {
     pub async fn open_candle(&self, candle: &Candle) -> Result<(), PaperError> {
         let events: Vec<UserEvent> = self.with_engine(|engine| {
             engine.on_open(candle)?;
-            Ok::<_, PaperError>(engine.drain_events().collect())
+            Ok::<_, PaperError>(engine.take_events())
         })?;
         self.publish(events).await;
         Ok(())
@@ -910,7 +911,7 @@ impl PaperExchange {
     pub async fn feed_candle(&self, candle: &Candle) -> Result<(), PaperError> {
         let events: Vec<UserEvent> = self.with_engine(|engine| {
             engine.on_candle(candle)?;
-            Ok::<_, PaperError>(engine.drain_events().collect())
+            Ok::<_, PaperError>(engine.take_events())
         })?;
         self.publish(events).await;
         let subscribers: Vec<mpsc::Sender<Candle>> = {
@@ -963,7 +964,7 @@ impl Exchange for PaperExchange {
     async fn place(&self, request: &OrderRequest) -> PlaceOutcome {
         let (outcome, events) = self.with_engine(|e| {
             let outcome = e.place(request);
-            (outcome, e.drain_events().collect::<Vec<_>>())
+            (outcome, e.take_events())
         });
         self.publish(events).await;
         outcome
@@ -976,7 +977,7 @@ impl Exchange for PaperExchange {
     ) -> Result<OrderReport, ExchangeError> {
         let (result, events) = self.with_engine(|e| {
             let result = e.cancel(symbol, id);
-            (result, e.drain_events().collect::<Vec<_>>())
+            (result, e.take_events())
         });
         self.publish(events).await;
         result.map_err(rejected)

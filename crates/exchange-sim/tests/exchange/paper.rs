@@ -70,7 +70,8 @@ fn fee_free() -> PaperConfig {
 
 fn fills(engine: &mut PaperEngine) -> Vec<keel_kernel::exchange::Fill> {
     engine
-        .drain_events()
+        .take_events()
+        .into_iter()
         .filter_map(|e| match e {
             UserEvent::Fill(fill) => Some(fill),
             UserEvent::Order(_) => None,
@@ -342,7 +343,7 @@ fn partial_run(seed: u64) -> Vec<UserEvent> {
         engine
             .on_candle(&candle(minute, price, price + 1.0, price - 1.0, price))
             .unwrap();
-        events.extend(engine.drain_events());
+        events.extend(engine.take_events());
     }
     events
 }

@@ -90,7 +90,7 @@ pub async fn run(args: PaperBenchArgs) -> anyhow::Result<()> {
             assert!(matches!(placed, PlaceOutcome::Accepted(_)), "{placed:?}");
         }
         engine.on_candle(c)?;
-        engine.drain_events().for_each(drop);
+        drop(engine.take_events());
     }
     let engine_trading = rate(args.candles, started);
     let report = json!({
