@@ -15,6 +15,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use super::PluginDigest;
 use super::cache::{CompileSource, CompiledCache};
 use super::compile::{self, CompileCancel, CompileSlots};
+use super::deadline::Ticks;
 use super::executor;
 use super::faults::{FaultCounts, FaultLedger};
 use super::guest::GuestLanguage;
@@ -69,6 +70,13 @@ pub(crate) struct EngineInner {
     ticker: EpochTicker,
     /// Compiles running now, at most `settings.compile.compiles_concurrent_max`.
     compile_slots: CompileSlots,
+}
+
+impl EngineInner {
+    /// The epoch ticker's count: calls' deadlines are ticks of it.
+    pub(crate) fn ticks(&self) -> &Arc<Ticks> {
+        &self.ticker.ticks
+    }
 }
 
 impl Drop for EngineInner {
@@ -548,8 +556,10 @@ fn check_exports(engine: &Engine, component: &Component) -> anyhow::Result<Vec<S
     Ok(names)
 }
 
-/// Advances the engine's epoch at a fixed interval: the wall-clock backstop of every call.
+/// Advances the engine's epoch at a fixed interval, and counts its ticks in [`Ticks`]: the
+/// wall-clock backstop of every call.
 struct EpochTicker {
+    ticks: Arc<Ticks>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -558,16 +568,20 @@ impl EpochTicker {
     fn start(engine: Engine, tick: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_seen = stop.clone();
+        let ticks = Arc::new(Ticks::new(tick));
+        let counted = ticks.clone();
         let thread = std::thread::Builder::new()
             .name("keel-epoch".to_string())
             .spawn(move || {
                 while !stop_seen.load(Ordering::Acquire) {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    counted.advance();
                 }
             })
             .expect("spawning the epoch ticker thread");
         EpochTicker {
+            ticks,
             stop,
             thread: Some(thread),
         }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_kernel::market::Candle;
 use keel_kernel::strategy::{AccountView, FillView, PluginFault, RawIntent};
@@ -20,7 +20,7 @@ use keel_kernel::ids::escape_unprintable;
 
 use super::clock::{WasiMonotonicClock, WasiWallClock};
 use super::convert;
-use super::deadline::CallDeadlineExceeded;
+use super::deadline::{CallDeadlineExceeded, Ticks};
 use super::engine::{InstanceSetup, PARAMS_EXPORT, PluginEngine, PluginVersion};
 use super::limits::PluginLimits;
 use super::log::{LogCounters, LogLevel, LogLine, LogPipe, PluginLog};
@@ -36,6 +36,7 @@ type CallOutput = (Vec<wit::Intent>,);
 struct CallAccounting {
     span: tracing::Span,
     fuel_consumed: prometheus::IntCounter,
+    ticks: Arc<Ticks>,
 }
 
 /// An instantiated, initialised plugin in its own store, ready to serve a profile.
@@ -53,8 +54,10 @@ pub struct PreparedInstance {
     span: tracing::Span,
     /// `keel_plugin_fuel_consumed_total`, or the engine's own counter when no registry is used.
     fuel_consumed: prometheus::IntCounter,
-    /// When the last call began (the clock read its deadline was set from), until taken.
-    call_started: Option<Instant>,
+    /// The engine's epoch ticks, which time calls.
+    ticks: Arc<Ticks>,
+    /// The tick at which the last call began, until taken.
+    call_started_tick: Option<u64>,
 }
 
 impl PreparedInstance {
@@ -73,6 +76,7 @@ impl PreparedInstance {
         let accounting = CallAccounting {
             span: span.clone(),
             fuel_consumed: engine.inner.fuel_consumed.clone(),
+            ticks: engine.inner.ticks().clone(),
         };
         let (mut instance, init) = Self::instantiate(
             store,
@@ -109,7 +113,8 @@ impl PreparedInstance {
             deadline_ticks,
             span: accounting.span,
             fuel_consumed: accounting.fuel_consumed,
-            call_started: None,
+            ticks: accounting.ticks,
+            call_started_tick: None,
         };
         Ok((prepared, init))
     }
@@ -132,10 +137,10 @@ impl PreparedInstance {
         let deadline_ticks = deadline_ticks(&limits, engine.settings().epoch_tick_ms);
         let instance = instantiate(&mut store, version, &limits, deadline_ticks)?;
         let params: ParamsFunc = typed_export(&instance, &mut store, PARAMS_EXPORT)?;
-        store.data_mut().begin_call(
-            &AccountView::default(),
-            call_deadline(Instant::now(), &limits),
-        );
+        let deadline_tick = engine.inner.ticks().count() + deadline_ticks;
+        store
+            .data_mut()
+            .begin_call(&AccountView::default(), deadline_tick);
         store.set_fuel(limits.fuel_per_call).map_err(host_error)?;
         store.set_epoch_deadline(deadline_ticks);
         let (declared,) = params.call(&mut store, ()).map_err(classify)?;
@@ -144,10 +149,10 @@ impl PreparedInstance {
 
     /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
     fn init(&mut self, init: InitFunc, config: &[(String, String)]) -> Result<(), PluginFault> {
-        let deadline = call_deadline(Instant::now(), &self.limits);
+        let deadline_tick = self.ticks.count() + self.deadline_ticks;
         self.store
             .data_mut()
-            .begin_call(&AccountView::default(), deadline);
+            .begin_call(&AccountView::default(), deadline_tick);
         self.store
             .set_fuel(self.limits.fuel_per_init)
             .map_err(host_error)?;
@@ -188,10 +193,11 @@ impl PreparedInstance {
     }
 
     fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
-        let started = Instant::now();
-        self.call_started = Some(started);
-        let deadline = call_deadline(started, &self.limits);
-        self.store.data_mut().begin_call(view, deadline);
+        let started = self.ticks.count();
+        self.call_started_tick = Some(started);
+        self.store
+            .data_mut()
+            .begin_call(view, started + self.deadline_ticks);
         self.store
             .set_fuel(self.limits.fuel_per_call)
             .map_err(host_error)?;
@@ -199,10 +205,14 @@ impl PreparedInstance {
         Ok(())
     }
 
-    /// When the last call began, if one began since this was last asked: the pacing times a
-    /// call's wall time from the clock read that set its deadline.
-    pub(crate) fn take_call_started(&mut self) -> Option<Instant> {
-        self.call_started.take()
+    /// The wall time of the last call, if one began since this was last asked, in epoch ticks:
+    /// a period for each tick that came during it, none when none came. A call that saw a tick
+    /// may have taken as long as a period (or a moment), one that saw none took less; the
+    /// pacing reads no clock around a call.
+    pub(crate) fn take_call_wall(&mut self) -> Option<Duration> {
+        let started = self.call_started_tick.take()?;
+        let ticks = u32::try_from(self.ticks.count().saturating_sub(started)).unwrap_or(u32::MAX);
+        Some(self.ticks.period().saturating_mul(ticks))
     }
 
     /// The span of this instance, entered around each call.
@@ -333,6 +343,7 @@ fn new_store(
     setup: &InstanceSetup,
     limits: &PluginLimits,
 ) -> Store<PluginState> {
+    let ticks = engine.inner.ticks();
     let call_seq = Arc::new(AtomicU64::new(0));
     let label = format!("{}/{}", setup.profile, version.digest.short());
     let log = Arc::new(Mutex::new(PluginLog::new(
@@ -351,8 +362,9 @@ fn new_store(
         log,
         setup.clock.clone(),
         call_seq,
+        ticks.clone(),
         // Instantiation may run guest code too (a component's start functions).
-        call_deadline(Instant::now(), limits),
+        ticks.count() + deadline_ticks(limits, engine.settings().epoch_tick_ms),
     );
     let mut store = Store::new(&engine.inner.engine, state);
     store.limiter(|state| &mut state.memory);
@@ -382,11 +394,6 @@ fn no_authority_wasi(
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     builder.build()
-}
-
-/// When a call that started at `started` must end.
-fn call_deadline(started: Instant, limits: &PluginLimits) -> Instant {
-    started + Duration::from_millis(limits.call_deadline_ms)
 }
 
 /// Names what stopped a call.

@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::convert;
+use super::deadline::Ticks;
 use super::log::{LogLevel, PluginLog};
 use super::wit::keel::strategy::{account, clock, log, types};
 use keel_kernel::engine::Clock;
@@ -118,8 +119,11 @@ pub(crate) struct PluginState {
     pub clock: Arc<dyn Clock>,
     /// Advanced before each call; the log's per-call budget restarts when it changes.
     pub call_seq: Arc<AtomicU64>,
-    /// When the call in progress must end: a blocking WASI call gives up then.
-    pub call_deadline: Instant,
+    /// The engine's epoch ticks: the call in progress must end when its deadline tick is due.
+    ticks: Arc<Ticks>,
+    /// The tick at which the call in progress must end: Wasm code stops at it (the epoch
+    /// deadline), a blocking WASI call gives up when it is due.
+    deadline_tick: u64,
 }
 
 impl PluginState {
@@ -130,7 +134,8 @@ impl PluginState {
         log: Arc<Mutex<PluginLog>>,
         clock: Arc<dyn Clock>,
         call_seq: Arc<AtomicU64>,
-        call_deadline: Instant,
+        ticks: Arc<Ticks>,
+        deadline_tick: u64,
     ) -> Self {
         PluginState {
             wasi,
@@ -141,16 +146,22 @@ impl PluginState {
             log,
             clock,
             call_seq,
-            call_deadline,
+            ticks,
+            deadline_tick,
         }
     }
 
-    /// Starts a call that must end by `deadline`: the log budget restarts, the account view is
-    /// the caller's.
-    pub fn begin_call(&mut self, view: &AccountView, deadline: Instant) {
+    /// Starts a call that must end at tick `deadline_tick`: the log budget restarts, the
+    /// account view is the caller's.
+    pub fn begin_call(&mut self, view: &AccountView, deadline_tick: u64) {
         self.call_seq.fetch_add(1, Ordering::Relaxed);
         self.view.clone_from(view);
-        self.call_deadline = deadline;
+        self.deadline_tick = deadline_tick;
+    }
+
+    /// When the call in progress must end.
+    pub fn call_deadline(&self) -> Instant {
+        self.ticks.due(self.deadline_tick)
     }
 
     /// The resources WASI handed the guest.

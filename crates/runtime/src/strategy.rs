@@ -50,10 +50,13 @@ const LIGHT_CALLS_TO_RESTORE: u32 = 16;
 /// The most light calls in a row a profile is asked for.
 const LIGHT_CALLS_TO_RESTORE_MAX: u32 = 4096;
 
-/// Where a profile's calls run: at the host's priority until one takes [`HEAVY_CALL`] of wall
-/// time (two cheap clock reads per call); the next call then runs at the host's priority with
-/// its CPU time measured (wall time includes waiting for a core on a loaded machine, CPU time
-/// does not), and only [`HEAVY_CALL`] of CPU moves the profile to low priority. There it stays
+/// Where a profile's calls run: at the host's priority until one may have taken [`HEAVY_CALL`]
+/// of wall time, which the epoch ticker tells without a clock read: a tick came during the call
+/// (a tick every 5 ms by default, so a call of [`HEAVY_CALL`] sees one two times in five and a
+/// longer one always, a call of a microsecond once in thousands); the next call then runs at
+/// the host's priority with its CPU time measured (wall time includes waiting for a core on a
+/// loaded machine, CPU time does not), and only [`HEAVY_CALL`] of CPU moves the profile to low
+/// priority. There it stays
 /// until enough calls in a row ([`LIGHT_CALLS_TO_RESTORE`], doubled at each return) used less
 /// CPU time than that. So a light plugin on a busy machine keeps the host's priority, and a
 /// heavy one pays for its own weight.
@@ -353,7 +356,7 @@ impl WasmStrategy {
             Some(instance) => {
                 // A start left by a call the pacing timed otherwise (a probe, a low-priority
                 // call) is not this one's.
-                instance.take_call_started();
+                instance.take_call_wall();
                 let span = instance.span().clone();
                 let job = || {
                     let _entered = span.enter();
@@ -362,10 +365,7 @@ impl WasmStrategy {
                 let mode = self.pacing.mode;
                 let ran = match mode {
                     Mode::Normal => executor::run_guest(job).map(|result| {
-                        // Timed from the clock read the call's deadline was set from.
-                        let took = instance
-                            .take_call_started()
-                            .map_or(Duration::ZERO, |started| started.elapsed());
+                        let took = instance.take_call_wall().unwrap_or(Duration::ZERO);
                         (result, took)
                     }),
                     Mode::Probe => executor::run_guest(|| executor::with_cpu_time(job)),
