@@ -10,6 +10,7 @@
 //! [`PluginFault::Deadline`](keel_kernel::strategy::PluginFault::Deadline).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ pub(crate) fn bound_blocking_polls(linker: &mut Linker<PluginState>) -> wasmtime
         "poll",
         |mut store, (pollables,): (Vec<Resource<DynPollable>>,)| {
             let state: &mut PluginState = store.data_mut();
-            let deadline = state.call_deadline();
+            let deadline = state.deadline.due();
             until(deadline, state.table().poll(pollables)).map(|ready| (ready,))
         },
     )?;
@@ -46,7 +47,7 @@ pub(crate) fn bound_blocking_polls(linker: &mut Linker<PluginState>) -> wasmtime
         "[method]pollable.block",
         |mut store, (pollable,): (Resource<DynPollable>,)| {
             let state: &mut PluginState = store.data_mut();
-            let deadline = state.call_deadline();
+            let deadline = state.deadline.due();
             until(deadline, state.table().block(pollable))
         },
     )?;
@@ -112,6 +113,41 @@ impl Ticks {
         let to_come = u32::try_from(number.saturating_sub(count)).unwrap_or(u32::MAX);
         last.checked_add(self.period.saturating_mul(to_come))
             .unwrap_or(last)
+    }
+}
+
+/// The deadline of a store's calls: a tick of the engine's epoch ticker, set at each call's
+/// start from the ticks a call may take.
+#[derive(Debug)]
+pub(crate) struct CallDeadline {
+    ticks: Arc<Ticks>,
+    /// The tick at which the call in progress must end.
+    tick: u64,
+}
+
+impl CallDeadline {
+    /// A deadline `allowed` ticks from now (instantiation may run guest code: a component's
+    /// start functions).
+    pub(crate) fn new(ticks: Arc<Ticks>, allowed: u64) -> Self {
+        let tick = ticks.count().saturating_add(allowed);
+        CallDeadline { ticks, tick }
+    }
+
+    /// Starts a call that may take `allowed` ticks; returns the tick it started at.
+    pub(crate) fn start(&mut self, allowed: u64) -> u64 {
+        let started = self.ticks.count();
+        self.tick = started.saturating_add(allowed);
+        started
+    }
+
+    /// When the call in progress must end.
+    pub(crate) fn due(&self) -> Instant {
+        self.ticks.due(self.tick)
+    }
+
+    /// The ticker the deadline counts on.
+    pub(crate) fn ticks(&self) -> &Ticks {
+        &self.ticks
     }
 }
 

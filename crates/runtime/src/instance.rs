@@ -20,7 +20,7 @@ use keel_kernel::ids::escape_unprintable;
 
 use super::clock::{WasiMonotonicClock, WasiWallClock};
 use super::convert;
-use super::deadline::{CallDeadlineExceeded, Ticks};
+use super::deadline::{CallDeadline, CallDeadlineExceeded};
 use super::engine::{InstanceSetup, PARAMS_EXPORT, PluginEngine, PluginVersion};
 use super::limits::PluginLimits;
 use super::log::{LogCounters, LogLevel, LogLine, LogPipe, PluginLog};
@@ -36,7 +36,6 @@ type CallOutput = (Vec<wit::Intent>,);
 struct CallAccounting {
     span: tracing::Span,
     fuel_consumed: prometheus::IntCounter,
-    ticks: Arc<Ticks>,
 }
 
 /// An instantiated, initialised plugin in its own store, ready to serve a profile.
@@ -54,8 +53,6 @@ pub struct PreparedInstance {
     span: tracing::Span,
     /// `keel_plugin_fuel_consumed_total`, or the engine's own counter when no registry is used.
     fuel_consumed: prometheus::IntCounter,
-    /// The engine's epoch ticks, which time calls.
-    ticks: Arc<Ticks>,
     /// The tick at which the last call began, until taken.
     call_started_tick: Option<u64>,
 }
@@ -76,7 +73,6 @@ impl PreparedInstance {
         let accounting = CallAccounting {
             span: span.clone(),
             fuel_consumed: engine.inner.fuel_consumed.clone(),
-            ticks: engine.inner.ticks().clone(),
         };
         let (mut instance, init) = Self::instantiate(
             store,
@@ -113,7 +109,6 @@ impl PreparedInstance {
             deadline_ticks,
             span: accounting.span,
             fuel_consumed: accounting.fuel_consumed,
-            ticks: accounting.ticks,
             call_started_tick: None,
         };
         Ok((prepared, init))
@@ -137,10 +132,9 @@ impl PreparedInstance {
         let deadline_ticks = deadline_ticks(&limits, engine.settings().epoch_tick_ms);
         let instance = instantiate(&mut store, version, &limits, deadline_ticks)?;
         let params: ParamsFunc = typed_export(&instance, &mut store, PARAMS_EXPORT)?;
-        let deadline_tick = engine.inner.ticks().count() + deadline_ticks;
         store
             .data_mut()
-            .begin_call(&AccountView::default(), deadline_tick);
+            .begin_call(&AccountView::default(), deadline_ticks);
         store.set_fuel(limits.fuel_per_call).map_err(host_error)?;
         store.set_epoch_deadline(deadline_ticks);
         let (declared,) = params.call(&mut store, ()).map_err(classify)?;
@@ -149,10 +143,9 @@ impl PreparedInstance {
 
     /// Runs `init` under the init budget; an `Err` from the plugin is [`PluginFault::InitRefused`].
     fn init(&mut self, init: InitFunc, config: &[(String, String)]) -> Result<(), PluginFault> {
-        let deadline_tick = self.ticks.count() + self.deadline_ticks;
         self.store
             .data_mut()
-            .begin_call(&AccountView::default(), deadline_tick);
+            .begin_call(&AccountView::default(), self.deadline_ticks);
         self.store
             .set_fuel(self.limits.fuel_per_init)
             .map_err(host_error)?;
@@ -193,11 +186,8 @@ impl PreparedInstance {
     }
 
     fn begin_call(&mut self, view: &AccountView) -> Result<(), PluginFault> {
-        let started = self.ticks.count();
+        let started = self.store.data_mut().begin_call(view, self.deadline_ticks);
         self.call_started_tick = Some(started);
-        self.store
-            .data_mut()
-            .begin_call(view, started + self.deadline_ticks);
         self.store
             .set_fuel(self.limits.fuel_per_call)
             .map_err(host_error)?;
@@ -211,8 +201,9 @@ impl PreparedInstance {
     /// pacing reads no clock around a call.
     pub(crate) fn take_call_wall(&mut self) -> Option<Duration> {
         let started = self.call_started_tick.take()?;
-        let ticks = u32::try_from(self.ticks.count().saturating_sub(started)).unwrap_or(u32::MAX);
-        Some(self.ticks.period().saturating_mul(ticks))
+        let ticks = self.store.data().deadline.ticks();
+        let came = u32::try_from(ticks.count().saturating_sub(started)).unwrap_or(u32::MAX);
+        Some(ticks.period().saturating_mul(came))
     }
 
     /// The span of this instance, entered around each call.
@@ -343,7 +334,6 @@ fn new_store(
     setup: &InstanceSetup,
     limits: &PluginLimits,
 ) -> Store<PluginState> {
-    let ticks = engine.inner.ticks();
     let call_seq = Arc::new(AtomicU64::new(0));
     let label = format!("{}/{}", setup.profile, version.digest.short());
     let log = Arc::new(Mutex::new(PluginLog::new(
@@ -362,9 +352,10 @@ fn new_store(
         log,
         setup.clock.clone(),
         call_seq,
-        ticks.clone(),
-        // Instantiation may run guest code too (a component's start functions).
-        ticks.count() + deadline_ticks(limits, engine.settings().epoch_tick_ms),
+        CallDeadline::new(
+            engine.inner.ticks().clone(),
+            deadline_ticks(limits, engine.settings().epoch_tick_ms),
+        ),
     );
     let mut store = Store::new(&engine.inner.engine, state);
     store.limiter(|state| &mut state.memory);

@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use keel_kernel::strategy::{AccountView, OrderView, PositionView};
 use wasmtime::ResourceLimiter;
@@ -10,7 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::convert;
-use super::deadline::Ticks;
+use super::deadline::CallDeadline;
 use super::log::{LogLevel, PluginLog};
 use super::wit::keel::strategy::{account, clock, log, types};
 use keel_kernel::engine::Clock;
@@ -119,11 +118,9 @@ pub(crate) struct PluginState {
     pub clock: Arc<dyn Clock>,
     /// Advanced before each call; the log's per-call budget restarts when it changes.
     pub call_seq: Arc<AtomicU64>,
-    /// The engine's epoch ticks: the call in progress must end when its deadline tick is due.
-    ticks: Arc<Ticks>,
-    /// The tick at which the call in progress must end: Wasm code stops at it (the epoch
-    /// deadline), a blocking WASI call gives up when it is due.
-    deadline_tick: u64,
+    /// When the call in progress must end: Wasm code stops at its tick (the epoch deadline), a
+    /// blocking WASI call gives up when the tick is due.
+    pub deadline: CallDeadline,
 }
 
 impl PluginState {
@@ -134,8 +131,7 @@ impl PluginState {
         log: Arc<Mutex<PluginLog>>,
         clock: Arc<dyn Clock>,
         call_seq: Arc<AtomicU64>,
-        ticks: Arc<Ticks>,
-        deadline_tick: u64,
+        deadline: CallDeadline,
     ) -> Self {
         PluginState {
             wasi,
@@ -146,22 +142,16 @@ impl PluginState {
             log,
             clock,
             call_seq,
-            ticks,
-            deadline_tick,
+            deadline,
         }
     }
 
-    /// Starts a call that must end at tick `deadline_tick`: the log budget restarts, the
-    /// account view is the caller's.
-    pub fn begin_call(&mut self, view: &AccountView, deadline_tick: u64) {
+    /// Starts a call that may take `allowed` epoch ticks: the log budget restarts, the account
+    /// view is the caller's. Returns the tick it started at.
+    pub fn begin_call(&mut self, view: &AccountView, allowed: u64) -> u64 {
         self.call_seq.fetch_add(1, Ordering::Relaxed);
         self.view.clone_from(view);
-        self.deadline_tick = deadline_tick;
-    }
-
-    /// When the call in progress must end.
-    pub fn call_deadline(&self) -> Instant {
-        self.ticks.due(self.deadline_tick)
+        self.deadline.start(allowed)
     }
 
     /// The resources WASI handed the guest.
