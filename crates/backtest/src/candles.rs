@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat};
 use keel_kernel::ids::Symbol;
 use keel_kernel::market::Candle;
 use serde::Serialize;
@@ -469,10 +469,18 @@ fn parse_halves(text: &str, symbol: &Symbol, halves_bytes_min: usize) -> Option<
 }
 
 /// `time_ms` as ISO-8601 UTC text (`2024-01-01T00:00:00Z`, with milliseconds when it has them).
+///
+/// RFC 3339 text (written field by field, with no format string to parse: a report has one per
+/// trade and a JSON report one per equity point), the same as `%Y-%m-%dT%H:%M:%SZ` and
+/// `%Y-%m-%dT%H:%M:%S%.3fZ` write.
 pub fn iso_ms(time_ms: i64) -> String {
+    let seconds = if time_ms % 1_000 == 0 {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Millis
+    };
     match DateTime::from_timestamp_millis(time_ms) {
-        Some(time) if time_ms % 1_000 == 0 => time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        Some(time) => time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Some(time) => time.to_rfc3339_opts(seconds, true),
         None => time_ms.to_string(),
     }
 }
@@ -1077,5 +1085,33 @@ timestamp,open,high,low,close,volume
     fn iso_ms_writes_utc_text() {
         assert_eq!(iso_ms(1_092_873_600_000), "2004-08-19T00:00:00Z");
         assert_eq!(iso_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso_ms(i64::MAX), i64::MAX.to_string());
+    }
+
+    /// The text chrono's strftime writes for the formats `iso_ms` names.
+    fn strftime_iso_ms(time_ms: i64) -> String {
+        match DateTime::from_timestamp_millis(time_ms) {
+            Some(time) if time_ms % 1_000 == 0 => time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            Some(time) => time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            None => time_ms.to_string(),
+        }
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Before year 0, after 9999, in whole seconds or not: as strftime writes it.
+        #[test]
+        fn iso_ms_writes_what_strftime_writes(
+            time_ms in proptest::prop_oneof![
+                proptest::prelude::any::<i64>(),
+                // chrono's range: about 262,000 years either side of year 0.
+                -8_300_000_000_000_000_i64..8_300_000_000_000_000,
+                (-8_300_000_000_000_i64..8_300_000_000_000).prop_map(|s| s * 1_000),
+                -100_000_000_000_000_i64..400_000_000_000_000,
+            ]
+        ) {
+            proptest::prop_assert_eq!(iso_ms(time_ms), strftime_iso_ms(time_ms));
+        }
     }
 }
