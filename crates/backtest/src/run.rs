@@ -229,30 +229,9 @@ pub async fn run_backtest_with(
     bar.finish_and_clear();
     let fills = std::mem::take(&mut rig.fills);
     let realized_pnl = rig.engine.book().capital.realized_pnl.get();
-    let mut report = build_report_beside_drop(rig, || {
-        build_report(spec, &fills, equity, realized_pnl, refusals)
-    });
+    let mut report = build_report(spec, &fills, equity, realized_pnl, refusals);
     report.config = config.to_vec();
     Ok(report)
-}
-
-/// Builds the report with `build` while `rig` is dropped on a thread of its own: freeing a
-/// long run's store rows, fills and plugin instance takes about as long as its report (a
-/// twentieth of a 1,000,000-candle run each). The rig is dropped before this returns; where no
-/// thread can be started it is dropped here.
-fn build_report_beside_drop(rig: Rig, build: impl FnOnce() -> BacktestReport) -> BacktestReport {
-    // The store's drop may need the runtime's context (a worker store closes its pool).
-    let runtime = tokio::runtime::Handle::try_current().ok();
-    std::thread::scope(|scope| {
-        // A thread that cannot start drops its job, and the rig with it, here.
-        let _dropping = std::thread::Builder::new()
-            .name("keel-backtest-drop".to_string())
-            .spawn_scoped(scope, move || {
-                let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
-                drop(rig);
-            });
-        build()
-    })
 }
 
 impl Rig {
