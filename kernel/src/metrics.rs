@@ -28,6 +28,10 @@ pub const PROFILE_LABELS_MAX: usize = 1000;
 /// The label value that stands for every profile past [`PROFILE_LABELS_MAX`].
 pub const PROFILE_LABEL_OTHER: &str = "_other";
 
+/// A profile's label value (see [`Metrics::profile_label`]): a UUID's text or
+/// [`PROFILE_LABEL_OTHER`].
+pub type ProfileLabel = arrayvec::ArrayString<{ uuid::fmt::Hyphenated::LENGTH }>;
+
 /// Buckets for latencies from 10 µs to 10 s.
 const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
@@ -453,17 +457,21 @@ impl Metrics {
     }
 
     /// The label value for `profile`: its id while fewer than [`PROFILE_LABELS_MAX`] profiles
-    /// have one, [`PROFILE_LABEL_OTHER`] after.
-    pub fn profile_label(&self, profile: ProfileId) -> String {
+    /// have one, [`PROFILE_LABEL_OTHER`] after. Written on the stack: a trade sets a labelled
+    /// series several times.
+    pub fn profile_label(&self, profile: ProfileId) -> ProfileLabel {
         let mut labelled = self
             .profiles_labelled
             .lock()
             .expect("the label set is never poisoned");
+        // Both fit: a UUID's text is 36 bytes.
         if labelled.contains(&profile) || labelled.len() < PROFILE_LABELS_MAX {
             labelled.insert(profile);
-            profile.to_string()
+            let mut text = uuid::Uuid::encode_buffer();
+            ProfileLabel::from(profile.as_uuid().hyphenated().encode_lower(&mut text))
+                .unwrap_or_default()
         } else {
-            PROFILE_LABEL_OTHER.to_owned()
+            ProfileLabel::from(PROFILE_LABEL_OTHER).unwrap_or_default()
         }
     }
 
@@ -471,7 +479,7 @@ impl Metrics {
     /// profile this instance runs, `keel_capital_free_quote_min`.
     pub fn set_capital_free(&self, profile: ProfileId, free: f64) {
         self.capital_free_quote
-            .with_label_values(&[&self.profile_label(profile)])
+            .with_label_values(&[self.profile_label(profile).as_str()])
             .set(free);
         let mut free_by_profile = self.capital_free.lock().expect("never poisoned");
         free_by_profile.insert(profile, free);
@@ -866,14 +874,14 @@ mod tests {
     fn profile_labels_are_capped() {
         let metrics = Metrics::new();
         let first = ProfileId::new_random();
-        assert_eq!(metrics.profile_label(first), first.to_string());
+        assert_eq!(metrics.profile_label(first).as_str(), first.to_string());
         for _ in 1..PROFILE_LABELS_MAX {
             metrics.profile_label(ProfileId::new_random());
         }
         assert_eq!(
-            metrics.profile_label(ProfileId::new_random()),
+            metrics.profile_label(ProfileId::new_random()).as_str(),
             PROFILE_LABEL_OTHER
         );
-        assert_eq!(metrics.profile_label(first), first.to_string());
+        assert_eq!(metrics.profile_label(first).as_str(), first.to_string());
     }
 }

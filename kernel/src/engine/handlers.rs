@@ -178,10 +178,11 @@ impl ProfileEngine {
             let tenant = self.store.tenant(self.spec.user);
             let outcome = match report.status {
                 OrderStatus::New => {
-                    let exchange_id = report.exchange_order_id.to_string();
+                    let mut exchange_id = itoa::Buffer::new();
+                    let exchange_id = exchange_id.format(report.exchange_order_id.0);
                     Some(
                         tenant
-                            .confirm_accepted(&report.client_order_id, &exchange_id)
+                            .confirm_accepted(&report.client_order_id, exchange_id)
                             .await?,
                     )
                 }
