@@ -180,8 +180,9 @@ pub struct OrderRecord {
     pub status: OrderStatus,
     /// The lock it was written under, with its fence.
     pub lock: Option<FencedLock>,
-    /// The exchange's id, once known.
-    pub exchange_order_id: Option<String>,
+    /// The exchange's id, once known: shared by the record's copies (the store's row, its undo
+    /// entry, the engine's book), which a trade makes several of.
+    pub exchange_order_id: Option<std::sync::Arc<str>>,
 }
 
 impl OrderRecord {

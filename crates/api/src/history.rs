@@ -106,7 +106,7 @@ impl From<OrderRow> for OrderView {
             filled_qty: order.filled_qty.to_string(),
             reserved_remaining: order.reserved_remaining.to_string(),
             status: order.status.as_str().to_owned(),
-            exchange_order_id: order.exchange_order_id,
+            exchange_order_id: order.exchange_order_id.as_deref().map(str::to_owned),
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
         }

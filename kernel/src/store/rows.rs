@@ -114,7 +114,7 @@ pub(super) fn decode_order(row: &impl RowExt) -> Result<OrderRecord, StoreError>
         status: OrderStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("order status {status:?}")))?,
         lock,
-        exchange_order_id: row.opt_text("exchange_order_id")?,
+        exchange_order_id: row.opt_text("exchange_order_id")?.map(Into::into),
     })
 }
 
@@ -349,7 +349,7 @@ impl TenantTx {
             sqlx::query(&sql)
                 .bind(order.client_order_id.as_str()).bind(user)
                 .bind(order.status.as_str()).bind(b::money(order.filled_qty))
-                .bind(b::money(order.reserved_remaining)).bind(order.exchange_order_id.clone())
+                .bind(b::money(order.reserved_remaining)).bind(order.exchange_order_id.as_deref())
                 .execute(&mut **c).await?;
         }, memory m => {
             m.update_order(order, UserId::from_uuid(user))?;

@@ -566,7 +566,7 @@ impl TenantTx {
         };
         order.status = next;
         if let Some(id) = exchange_order_id {
-            order.exchange_order_id = Some(id.to_owned());
+            order.exchange_order_id = Some(id.into());
         }
         if next.is_terminal() && order.reserved_remaining > Reservation::ZERO {
             let moves = [Move {
