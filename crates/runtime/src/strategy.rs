@@ -52,8 +52,8 @@ const LIGHT_CALLS_TO_RESTORE_MAX: u32 = 4096;
 
 /// Where a profile's calls run: at the host's priority until one may have taken [`HEAVY_CALL`]
 /// of wall time, which the epoch ticker tells without a clock read: a tick came during the call
-/// (a tick every 5 ms by default, so a call of [`HEAVY_CALL`] sees one two times in five and a
-/// longer one always, a call of a microsecond once in thousands); the next call then runs at
+/// (a tick every 5 ms by default, so a call of [`HEAVY_CALL`] sees one two times in five, one of
+/// 5 ms or more always, one of a microsecond once in thousands); the next call then runs at
 /// the host's priority with its CPU time measured (wall time includes waiting for a core on a
 /// loaded machine, CPU time does not), and only [`HEAVY_CALL`] of CPU moves the profile to low
 /// priority. There it stays

@@ -214,7 +214,7 @@ fn a_busy_plugins_calls_and_warm_ups_run_at_low_priority_once_its_cpu_confirms_i
     let mut plugin = engine
         .start(
             &version,
-            setup(&[("attack", "busy-legal"), ("busy_calls", "64")]),
+            setup(&[("attack", "busy-legal"), ("busy_calls", "320")]),
         )
         .unwrap();
     let low_calls = metrics.plugin_low_priority_calls_total.clone();
@@ -234,9 +234,10 @@ fn a_busy_plugins_calls_and_warm_ups_run_at_low_priority_once_its_cpu_confirms_i
     });
     assert_eq!(outcomes, vec![Ok(Vec::new()); 3]);
     assert_eq!(warm_up, (2, None));
-    // 64 copies and checks of a 1 MiB name take far more than the 2 ms that mark a call heavy:
-    // the first call at the host's priority, the second too with its CPU time measured, the
-    // third and the warm-up at low priority.
+    // 320 copies and checks of a 1 MiB name take tens of milliseconds, far more than the 2 ms
+    // that mark a call heavy, and several epoch ticks come during each: the first call at the
+    // host's priority, the second too with its CPU time measured, the third and the warm-up at
+    // low priority.
     assert_eq!(low_after_each, vec![0, 0, 1, 2]);
 }
 
