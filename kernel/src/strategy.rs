@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ClientOrderId, Symbol};
 use crate::market::Candle;
 
 /// A strategy as the kernel drives it: a Wasm component in production, or a native Rust
@@ -312,9 +313,9 @@ impl Clone for OrderView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FillView {
     /// The order that filled.
-    pub client_order_id: String,
+    pub client_order_id: ClientOrderId,
     /// The instrument.
-    pub symbol: String,
+    pub symbol: Symbol,
     /// True for an exit order.
     pub is_exit: bool,
     /// Long or short.

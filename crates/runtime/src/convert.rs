@@ -53,7 +53,7 @@ pub(crate) fn candle(symbol: wit::SymbolId, candle: &Candle) -> wit::Candle {
 
 pub(crate) fn fill(symbol: wit::SymbolId, fill: &FillView) -> wit::Fill {
     wit::Fill {
-        client_order_id: fill.client_order_id.clone(),
+        client_order_id: fill.client_order_id.to_string(),
         symbol,
         is_exit: fill.is_exit,
         side: side_to_wit(fill.side),

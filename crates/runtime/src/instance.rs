@@ -252,7 +252,7 @@ impl PreparedInstance {
         fill: &FillView,
         view: &AccountView,
     ) -> Result<Vec<RawIntent>, PluginFault> {
-        let Some(symbol) = self.store.data_mut().symbols.intern(&fill.symbol) else {
+        let Some(symbol) = self.store.data_mut().symbols.intern(fill.symbol.as_str()) else {
             return Ok(Vec::new());
         };
         self.begin_call(view)?;

@@ -399,8 +399,8 @@ impl ProfileEngine {
                 .inc();
             self.note_realized(realized_pnl.saturating_sub(report.fee));
             let view = FillView {
-                client_order_id: order.client_order_id.to_string(),
-                symbol: order.symbol.to_string(),
+                client_order_id: order.client_order_id.clone(),
+                symbol: order.symbol.clone(),
                 is_exit: order.kind == IntentKind::Exit,
                 side: position_side(order.side, order.kind),
                 price: fill.price.get().try_into().unwrap_or(0.0),

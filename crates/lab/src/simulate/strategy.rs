@@ -117,9 +117,12 @@ impl StrategyRuntime for RandomIntents {
         if fill.is_exit || !self.rng.gen_bool(0.1) {
             return Ok(Vec::new());
         }
-        let held = view.positions.iter().find(|p| p.symbol == fill.symbol);
+        let held = view
+            .positions
+            .iter()
+            .find(|p| p.symbol == fill.symbol.as_str());
         Ok(held
-            .map(|p| vec![self.exit(&fill.symbol, p.side, fill.price)])
+            .map(|p| vec![self.exit(fill.symbol.as_str(), p.side, fill.price)])
             .unwrap_or_default())
     }
 }
