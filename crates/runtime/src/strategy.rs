@@ -56,10 +56,9 @@ const LIGHT_CALLS_TO_RESTORE_MAX: u32 = 4096;
 /// 5 ms or more always, one of a microsecond once in thousands); the next call then runs at
 /// the host's priority with its CPU time measured (wall time includes waiting for a core on a
 /// loaded machine, CPU time does not), and only [`HEAVY_CALL`] of CPU moves the profile to low
-/// priority. There it stays
-/// until enough calls in a row ([`LIGHT_CALLS_TO_RESTORE`], doubled at each return) used less
-/// CPU time than that. So a light plugin on a busy machine keeps the host's priority, and a
-/// heavy one pays for its own weight.
+/// priority. There it stays until enough calls in a row ([`LIGHT_CALLS_TO_RESTORE`], doubled at
+/// each return) used less CPU time than that. So a light plugin on a busy machine keeps the
+/// host's priority, and a heavy one pays for its own weight.
 #[derive(Debug)]
 struct Pacing {
     mode: Mode,
