@@ -109,7 +109,8 @@ impl Ticks {
     /// come (the last tick's instant for one that came).
     pub(crate) fn due(&self, number: u64) -> Instant {
         let count = self.count();
-        let last = self.origin + Duration::from_nanos(self.last_ns.load(Ordering::Acquire));
+        let since_origin = Duration::from_nanos(self.last_ns.load(Ordering::Acquire));
+        let last = self.origin.checked_add(since_origin).unwrap_or(self.origin);
         let to_come = u32::try_from(number.saturating_sub(count)).unwrap_or(u32::MAX);
         last.checked_add(self.period.saturating_mul(to_come))
             .unwrap_or(last)
